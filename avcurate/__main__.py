@@ -1,0 +1,3 @@
+from avcurate.cli import main
+
+main()

@@ -1,0 +1,89 @@
+"""Any JSON-lines or Parquet file, with a column mapping.
+
+`columns` maps sample-table columns to the file's own column names, e.g.
+`{"question": "q", "options": "choices", "answer": "label", "video": "path"}`.
+Columns the mapping does not use are kept in `meta`. Options may be a list or
+a JSON string of a list; an integer answer is read as a 0-based option index.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from avcurate.catalogs.base import (
+    BadLine,
+    MediaRoot,
+    Reject,
+    UnsafePathError,
+    load_records,
+    normalise_answer,
+    stable_id,
+    strip_letter,
+)
+from avcurate.pipeline.schema import sample_row
+
+MAPPABLE = ("id", "video", "audio", "question", "options", "answer", "duration_s")
+
+
+def _parquet_records(path: str) -> Iterator[dict]:
+    pf = pq.ParquetFile(path)
+    for batch in pf.iter_batches(batch_size=4096):
+        yield from batch.to_pylist()
+
+
+def read_tabular(
+    path: str, media: MediaRoot, *, source: str = "tabular", columns: dict[str, str] | None = None,
+    **_: Any,
+) -> Iterator[dict | Reject]:
+    mapping = {k: k for k in MAPPABLE} | dict(columns or {})
+    unknown = set(mapping) - set(MAPPABLE)
+    if unknown:
+        raise ValueError(f"cannot map {', '.join(sorted(unknown))}; mappable: {', '.join(MAPPABLE)}")
+    records = _parquet_records(path) if Path(path).suffix == ".parquet" else load_records(path)
+    used = set(mapping.values())
+    for n, rec in enumerate(records):
+        if isinstance(rec, BadLine):
+            yield Reject(source, f"{source}:line-{rec.line_no}", "malformed_annotation",
+                         f"line {rec.line_no} is not JSON: {rec.error}", rec.text)
+            continue
+        if not isinstance(rec, dict):
+            yield Reject(source, f"{source}:record-{n}", "malformed_annotation",
+                         "record is not an object", rec)
+            continue
+        yield _row(rec, n, media, source, mapping, used)
+
+
+def _row(rec: dict, n: int, media: MediaRoot, source: str, mapping: dict[str, str],
+         used: set[str]) -> dict | Reject:
+    get = {k: rec.get(v) for k, v in mapping.items()}
+    raw_id = str(get["id"]) if get["id"] is not None else stable_id(n, rec)
+    sid = f"{source}:{raw_id}"
+    if not get["video"]:
+        return Reject(source, sid, "malformed_annotation", f"no {mapping['video']!r} column", rec)
+    options = get["options"]
+    if isinstance(options, str):
+        try:
+            options = json.loads(options)
+        except json.JSONDecodeError:
+            return Reject(source, sid, "malformed_annotation", "options is not a JSON list", rec)
+    if options is not None and not isinstance(options, list):
+        return Reject(source, sid, "malformed_annotation", "options is not a list", rec)
+    options = [strip_letter(str(o)) for o in options] if options else None
+    try:
+        video = media.resolve(str(get["video"]))
+        audio = media.resolve(str(get["audio"])) if get["audio"] else None
+    except UnsafePathError as exc:
+        return Reject(source, sid, "unsafe_path", str(exc), rec)
+    duration = get["duration_s"]
+    return sample_row(
+        id=sid, source=source, video=video, audio=audio,
+        question=None if get["question"] is None else str(get["question"]),
+        options=options, answer=normalise_answer(get["answer"], options or []),
+        duration_s=float(duration) if isinstance(duration, int | float) else None,
+        meta={"source_id": raw_id, **{k: v for k, v in rec.items() if k not in used}},
+    )

@@ -1,0 +1,207 @@
+"""The `avcurate` command line. Thin: parse, build a recipe, run it, print."""
+
+from __future__ import annotations
+
+import json
+import sys
+import tomllib
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from avcurate import __version__
+from avcurate.catalogs import CATALOGS
+from avcurate.pipeline.recipe import Recipe, RecipeError, SourceSpec, StageSpec
+from avcurate.pipeline.report import reasons_table, stage_rows, summary_table
+from avcurate.pipeline.runner import RunError, Runner, extend_run
+from avcurate.pipeline.stage import StageError, available
+from avcurate.pipeline.store import RunStore
+
+app = typer.Typer(
+    help="Curate audio-visual QA data for omni-modal RL: ingest, validate, score, balance, "
+         "trace, export, train. Start with `avcurate demo --out demo_out`.",
+    no_args_is_help=True, add_completion=False, rich_markup_mode="rich",
+)
+out = Console()
+err = Console(stderr=True)
+
+RunDir = Annotated[Path, typer.Argument(help="A run folder (made by `avcurate run` or `ingest`).")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+Force = Annotated[bool, typer.Option(
+    "--force", help="If the run folder was made with a different recipe, recompute from the "
+                    "first stage that differs instead of stopping.")]
+
+
+def fail(message: str) -> None:
+    err.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(2)
+
+
+def _print_summary(run_dir: Path, title: str) -> None:
+    rows = stage_rows(RunStore(run_dir))
+    out.print(summary_table(rows, title))
+    if any(r["rejects_by_reason"] for r in rows):
+        out.print(reasons_table(rows))
+
+
+def _guard(fn, *args, **kwargs):
+    """Turn the errors users can cause into one clear line and exit code 2."""
+    try:
+        return fn(*args, **kwargs)
+    except (RunError, RecipeError, StageError, FileNotFoundError) as exc:
+        fail(str(exc))
+
+
+@app.command()
+def run(
+    recipe: Annotated[Path, typer.Argument(help="Recipe TOML: sources + ordered stages.")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Run folder to create or resume.")],
+    force: Force = False,
+    quiet: Quiet = False,
+) -> None:
+    """Run a recipe into a run folder. Re-running resumes: finished shards are skipped."""
+    rec = _guard(Recipe.load, recipe)
+    _guard(Runner(rec, out_dir, force=force, show_progress=not quiet).run)
+    _print_summary(out_dir, f"Run {out_dir}")
+    out.print(f"Inspect it with: [bold]avcurate status {out_dir}[/]")
+
+
+@app.command()
+def status(
+    run_dir: RunDir,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Counts per stage (in = kept + rejected) and rejected rows grouped by reason."""
+    store = RunStore(run_dir)
+    rows = _guard(stage_rows, store)
+    if as_json:
+        out.print_json(json.dumps({"run": str(run_dir), "stages": rows}))
+        return
+    out.print(summary_table(rows, f"Run {run_dir}"))
+    if any(r["rejects_by_reason"] for r in rows):
+        out.print(reasons_table(rows))
+    if any(r["balanced"] is False for r in rows):
+        raise typer.Exit(1)
+
+
+def _parse_columns(pairs: list[str]) -> dict[str, str]:
+    mapping = {}
+    for pair in pairs:
+        if "=" not in pair:
+            fail(f"--column takes SAMPLE_COLUMN=FILE_COLUMN, got {pair!r}")
+        k, v = pair.split("=", 1)
+        mapping[k.strip()] = v.strip()
+    return mapping
+
+
+@app.command()
+def ingest(
+    source: Annotated[str, typer.Option(help="Annotation format; see `avcurate sources`.")],
+    annotations: Annotated[Path, typer.Option(help="Annotation file (JSON, JSONL or Parquet).")],
+    media_root: Annotated[Path, typer.Option(help="Folder the media paths are relative to; "
+                                                  "paths escaping it are rejected.")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Run folder to create.")],
+    column: Annotated[list[str] | None, typer.Option(
+        help="For jsonl/parquet: SAMPLE_COLUMN=FILE_COLUMN, repeatable "
+             "(id, video, audio, question, options, answer, duration_s).")] = None,
+    shard_size: Annotated[int, typer.Option(help="Rows per shard (the unit of resume).")] = 256,
+    force: Force = False,
+    quiet: Quiet = False,
+) -> None:
+    """Normalise one annotation file into the sample table (stage 00-ingest)."""
+    if source not in CATALOGS:
+        fail(f"unknown source {source!r}; available: {', '.join(CATALOGS)}")
+    options = {"columns": _parse_columns(column)} if column else {}
+    spec = SourceSpec(source, str(annotations.resolve()), str(media_root.resolve()), options)
+    rec = Recipe([spec], [], shard_size=shard_size)
+    _guard(Runner(rec, out_dir, force=force, show_progress=not quiet).run)
+    _print_summary(out_dir, f"Ingested into {out_dir}")
+    out.print(f"Next: [bold]avcurate validate {out_dir}[/]")
+
+
+@app.command()
+def validate(
+    run_dir: RunDir,
+    silence_db: Annotated[float, typer.Option(help="RMS level (dBFS) below which audio "
+                                                   "counts as silent.")] = -60.0,
+    min_duration: Annotated[float, typer.Option(help="Shortest allowed clip, seconds.")] = 1.0,
+    max_duration: Annotated[float, typer.Option(help="Longest allowed clip, seconds "
+                                                     "(0 = no limit).")] = 0.0,
+    require_audio: Annotated[bool, typer.Option(help="Reject samples without an audio "
+                                                     "track.")] = True,
+    workers: Annotated[int | None, typer.Option(help="Processes for probing media.")] = None,
+    force: Force = False,
+    quiet: Quiet = False,
+) -> None:
+    """Structural checks: missing/corrupt/truncated media, no or silent audio, bad annotations."""
+    spec = StageSpec("validate", {"silence_db": silence_db, "min_duration_s": min_duration,
+                                  "max_duration_s": max_duration, "require_audio": require_audio})
+    _run_more(run_dir, spec, workers, force, quiet)
+
+
+def _run_more(run_dir: Path, spec: StageSpec, workers: int | None, force: bool,
+              quiet: bool) -> None:
+    if not RunStore(run_dir).exists():
+        fail(f"{run_dir} is not a run folder; make one with `avcurate ingest` or `avcurate run`")
+    if workers is not None:
+        _set_workers(run_dir, workers)
+    _guard(extend_run, run_dir, spec, force=force, show_progress=not quiet)
+    _print_summary(run_dir, f"Run {run_dir}")
+
+
+def _set_workers(run_dir: Path, workers: int) -> None:
+    store = RunStore(run_dir)
+    manifest = store.load_manifest()
+    manifest["recipe"].setdefault("run", {})["workers"] = workers
+    store.save_manifest(manifest)
+
+
+@app.command()
+def sources() -> None:
+    """List the annotation formats avcurate can ingest."""
+    for c in CATALOGS.values():
+        out.print(f"[bold]{c.name:<12}[/] {c.description}")
+
+
+@app.command()
+def stages() -> None:
+    """List the stages a recipe can use (built-in and plugins)."""
+    for name, cls in sorted(available().items()):
+        doc = (getattr(cls, "__doc__", None) or "").strip().splitlines()
+        origin = "" if isinstance(cls, type) else f"  [dim](plugin {cls.value})[/]"
+        out.print(f"[bold]{name:<12}[/] {doc[0] if doc and isinstance(cls, type) else ''}{origin}")
+
+
+@app.command()
+def demo(
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for the demo data and "
+                                                              "its run.")] = Path("demo_out"),
+    quiet: Quiet = False,
+) -> None:
+    """Make a small synthetic dataset with real media, ingest and validate it, and explain."""
+    from avcurate.demo import make_demo, next_steps
+
+    recipe_path = make_demo(out_dir)
+    run_dir = out_dir / "run"
+    rec = _guard(Recipe.load, recipe_path)
+    _guard(Runner(rec, run_dir, show_progress=not quiet).run)
+    rows = stage_rows(RunStore(run_dir))
+    out.print(summary_table(rows, f"Demo run {run_dir}"))
+    out.print(reasons_table(rows))
+    out.print(next_steps(out_dir, run_dir))
+
+
+@app.command(name="version")
+def version_cmd() -> None:
+    """Print the version."""
+    out.print(__version__)
+
+
+def main() -> None:
+    try:
+        app()
+    except tomllib.TOMLDecodeError as exc:  # pragma: no cover - surfaced by Recipe.load
+        err.print(f"error: {exc}")
+        sys.exit(2)

@@ -1,0 +1,1 @@
+"""Rule stages: validate (structural), and later threshold, balance, subset, dedup."""

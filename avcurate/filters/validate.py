@@ -1,0 +1,198 @@
+"""The validate stage: structural checks before any model sees a sample.
+
+Annotation checks come first (cheap), then duplicate ids, then media checks.
+Each failure has its own reason code so `avcurate status` can say how much
+data was lost to what. Media probes are cached per file (path, size, mtime)
+in the run folder, because real datasets ask many questions about one video.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from avcurate.media.errors import MediaError
+from avcurate.media.probe import probe
+from avcurate.pipeline.context import StageContext
+from avcurate.pipeline.schema import BASE_COLUMNS, letter_index
+from avcurate.pipeline.stage import BaseStage, Outcome, register
+
+REASONS = {
+    "empty_question": "the question is empty",
+    "too_few_options": "a multiple-choice question with fewer than two options",
+    "answer_not_in_options": "the answer is not one of the options",
+    "missing_answer": "an open-ended question with no answer",
+    "duplicate_id": "another row has the same id (the first one is kept)",
+    "unsafe_path": "the media path escapes the media root",
+    "missing_media": "the media file does not exist",
+    "unreadable_media": "the media file is corrupt or not media",
+    "truncated": "the file ends far before its declared duration",
+    "no_video_stream": "the video file has no video stream",
+    "no_audio_stream": "there is no audio track",
+    "silent_audio": "the audio track is silent",
+    "duration_out_of_range": "the duration is outside the configured bounds",
+}
+
+
+def probe_job(args: tuple[str, float, float]) -> dict[str, Any]:
+    """Probe one file in a worker process; errors come back as data, not exceptions."""
+    path, loudness_seconds, tolerance = args
+    try:
+        return probe(path, loudness_seconds=loudness_seconds,
+                     truncation_tolerance=tolerance).to_dict()
+    except MediaError as exc:
+        return {"error": exc.kind, "detail": str(exc)}
+
+
+def file_key(path: str) -> str | None:
+    """Cache key of a file's current content: path, size and mtime (None if missing)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return f"{path}|{st.st_size}|{st.st_mtime_ns}"
+
+
+@register
+@dataclass
+class Validate(BaseStage):
+    """Reject structurally unusable samples; add probe results as columns.
+
+    silence_db:           audio quieter than this (RMS dBFS) counts as silent.
+    min_duration_s / max_duration_s: allowed duration (max 0 = no upper bound).
+    require_audio:        reject samples without an audio track (an audio-visual dataset).
+    truncation_tolerance: fraction of the declared duration that may be missing.
+    loudness_seconds:     how much audio to decode to measure loudness.
+    """
+
+    name = "validate"
+    requires = BASE_COLUMNS
+    adds = {
+        "has_audio": pa.bool_(),
+        "audio_rms_db": pa.float64(),
+        "fps": pa.float64(),
+        "width": pa.int32(),
+        "height": pa.int32(),
+    }
+    version = "1"
+
+    silence_db: float = -60.0
+    min_duration_s: float = 1.0
+    max_duration_s: float = 0.0
+    require_audio: bool = True
+    truncation_tolerance: float = 0.1
+    loudness_seconds: float = 60.0
+
+    def prepare(self, ctx: StageContext, inputs: list[Path]) -> None:
+        """Find every row whose id already appeared earlier (by shard, then row order)."""
+        files = [str(p) for p in inputs]
+        rows = duckdb.sql(
+            "SELECT filename, file_row_number, id, first FROM ("
+            " SELECT filename, file_row_number, id,"
+            "  first_value(filename || '#' || file_row_number) OVER w AS first,"
+            "  row_number() OVER w AS k"
+            " FROM read_parquet($files, filename=true, file_row_number=true)"
+            " WINDOW w AS (PARTITION BY id ORDER BY filename, file_row_number)"
+            ") WHERE k > 1",
+            params={"files": files},
+        ).fetchall()
+        index = {f: i for i, f in enumerate(files)}
+        self._state["dups"] = {(index[f], int(r)): first for f, r, _id, first in rows}
+
+    def process(self, table: pa.Table, ctx: StageContext) -> Outcome:
+        rows = table.select(["id", "video", "audio", "question", "options", "answer"]).to_pylist()
+        probes = self._probe_all(rows, ctx)
+        reasons, details, added = [], [], {k: [] for k in self.adds}
+        for r, row in enumerate(rows):
+            reason, detail = self._annotation_check(row)
+            if reason is None and (ctx.shard_index, r) in self._state["dups"]:
+                reason, detail = "duplicate_id", f"same id as row {self._state['dups'][ctx.shard_index, r]}"
+            video = probes.get(row["video"]) if row["video"] else None
+            sound = probes.get(row["audio"]) if row["audio"] else video
+            if reason is None:
+                reason, detail = self._media_check(row, video, sound)
+            reasons.append(reason)
+            details.append(detail)
+            ok = video is not None and "error" not in video
+            sound_ok = sound is not None and "error" not in sound
+            added["has_audio"].append(bool(sound_ok and sound["has_audio"]) if sound_ok else None)
+            added["audio_rms_db"].append(sound["audio_rms_db"] if sound_ok else None)
+            added["fps"].append(video["fps"] if ok else None)
+            added["width"].append(video["width"] if ok else None)
+            added["height"].append(video["height"] if ok else None)
+        durations = [
+            (probes[row["video"]]["duration_s"] if row["video"] in probes
+             and "error" not in probes[row["video"]] else None)
+            for row in rows
+        ]
+        table = table.set_column(table.schema.get_field_index("duration_s"), "duration_s",
+                                 pa.array(durations, pa.float64()))
+        for name, values in added.items():
+            table = table.append_column(name, pa.array(values, self.adds[name]))
+        return Outcome.split(table, self.name, reasons, details)
+
+    def _probe_all(self, rows: list[dict], ctx: StageContext) -> dict[str, dict]:
+        """Probe every distinct media file of the shard once, through the run's probe cache."""
+        paths = sorted({p for row in rows for p in (row["video"], row["audio"]) if p})
+        keys = {p: file_key(p) for p in paths}
+        cache = ctx.cache("probe")
+        settings = f"|{self.loudness_seconds}|{self.truncation_tolerance}"
+        present = {p: k + settings for p, k in keys.items() if k is not None}
+        cached = cache.get_many(list(present.values()))
+        out = {p: {"error": "missing_media", "detail": f"{p}: no such file"}
+               for p, k in keys.items() if k is None}
+        todo = []
+        for p, k in present.items():
+            if k in cached:
+                out[p] = cached[k]
+            else:
+                todo.append(p)
+        results = ctx.map(probe_job, [(p, self.loudness_seconds, self.truncation_tolerance)
+                                      for p in todo])
+        cache.put_many({present[p]: res for p, res in zip(todo, results, strict=True)})
+        out.update(zip(todo, results, strict=True))
+        return out
+
+    @staticmethod
+    def _annotation_check(row: dict) -> tuple[str | None, str | None]:
+        if not (row["question"] or "").strip():
+            return "empty_question", None
+        options = row["options"]
+        if options is not None and len(options) > 0:
+            if len(options) < 2:
+                return "too_few_options", f"{len(options)} option(s)"
+            if letter_index(row["answer"], len(options)) is None:
+                return "answer_not_in_options", f"answer {row['answer']!r} for {len(options)} options"
+        elif not (row["answer"] or "").strip():
+            return "missing_answer", None
+        return None, None
+
+    def _media_check(self, row: dict, video: dict | None, sound: dict | None
+                     ) -> tuple[str | None, str | None]:
+        if video is None:
+            return "missing_media", "no video path"
+        if "error" in video:
+            return video["error"], video["detail"]
+        if not video["has_video"]:
+            return "no_video_stream", row["video"]
+        if video["truncated"]:
+            return "truncated", (f"{video['decodable_s']:.2f}s readable of "
+                                 f"{video['declared_duration_s']:.2f}s declared")
+        if self.require_audio:
+            if sound is not None and "error" in sound:
+                return sound["error"], sound["detail"]
+            if sound is None or not sound["has_audio"]:
+                return "no_audio_stream", None
+            if sound["audio_rms_db"] < self.silence_db:
+                return "silent_audio", f"{sound['audio_rms_db']:.1f} dBFS < {self.silence_db}"
+        duration = video["duration_s"]
+        upper = self.max_duration_s if self.max_duration_s > 0 else math.inf
+        if not self.min_duration_s <= duration <= upper:
+            return "duration_out_of_range", f"{duration:.2f}s not in [{self.min_duration_s}, {upper}]"
+        return None, None

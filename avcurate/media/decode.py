@@ -1,0 +1,145 @@
+"""Decode what models look at: N evenly spaced frames and a mono audio clip.
+
+decord is the default frame reader (random access by index is what it is good
+at); PyAV is the fallback and the reference in `benchmarks/bench_media.py`.
+Audio files (wav/flac/mp3/ogg) are read with soundfile; audio inside a video
+container with PyAV, whose resampler also handles rate conversion.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import av
+import numpy as np
+
+from avcurate.media.errors import MediaError
+from avcurate.media.probe import _open
+
+AUDIO_SUFFIXES = {".wav", ".flac", ".mp3", ".ogg", ".oga", ".aiff", ".aif"}
+
+
+def frame_indices(total: int, n: int) -> np.ndarray:
+    """Indices of n frames spread evenly over `total`, each at the middle of its segment.
+
+    Taking the segment centres (not 0 and total-1) avoids the black first frame
+    and the often-duplicated last one.
+    """
+    if total <= 0:
+        raise ValueError("a video with no frames has no frames to sample")
+    return np.minimum(((np.arange(n) + 0.5) * total / n).astype(np.int64), total - 1)
+
+
+def frames(
+    path: str | os.PathLike, n: int = 8, *, backend: str = "decord"
+) -> tuple[np.ndarray, np.ndarray]:
+    """n evenly spaced RGB frames as uint8 [n, H, W, 3], and their timestamps in seconds."""
+    if not Path(path).is_file():
+        raise MediaError("missing_media", f"{path}: no such file")
+    if backend == "decord":
+        return _frames_decord(str(path), n)
+    if backend == "pyav":
+        return _frames_pyav(str(path), n)
+    raise ValueError(f"unknown frame backend {backend!r} (use 'decord' or 'pyav')")
+
+
+def _frames_decord(path: str, n: int) -> tuple[np.ndarray, np.ndarray]:
+    import decord
+
+    try:
+        reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
+        idx = frame_indices(len(reader), n)
+        batch = reader.get_batch(idx.tolist()).asnumpy()
+        times = reader.get_frame_timestamp(idx.tolist())[:, 0]
+    except decord.DECORDError as exc:
+        raise MediaError("unreadable_media", f"{path}: cannot decode frames ({exc})") from exc
+    return batch, times.astype(np.float64)
+
+
+def _frames_pyav(path: str, n: int) -> tuple[np.ndarray, np.ndarray]:
+    with _open(path) as container:
+        if not container.streams.video:
+            raise MediaError("no_video_stream", f"{path}: no video stream")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        total = stream.frames or int(round(float(stream.duration * stream.time_base)
+                                           * float(stream.average_rate)))
+        wanted = frame_indices(total, n)
+        out, times = [], []
+        try:
+            for i, frame in enumerate(container.decode(stream)):
+                while len(out) < n and wanted[len(out)] == i:
+                    out.append(frame.to_ndarray(format="rgb24"))
+                    times.append(float(frame.time))
+                if len(out) == n:
+                    break
+        except av.error.FFmpegError as exc:
+            raise MediaError("unreadable_media", f"{path}: cannot decode frames ({exc})") from exc
+    if len(out) < n:  # declared frame count was optimistic: repeat the last frame we got
+        if not out:
+            raise MediaError("unreadable_media", f"{path}: no frame could be decoded")
+        out += [out[-1]] * (n - len(out))
+        times += [times[-1]] * (n - len(times))
+    return np.stack(out), np.asarray(times)
+
+
+def audio(
+    path: str | os.PathLike, seconds: float | None = 10.0, sr: int = 16000, *, offset: float = 0.0
+) -> np.ndarray:
+    """Mono float32 PCM at `sr` Hz: `seconds` from `offset` (None = to the end)."""
+    path = Path(path)
+    if not path.is_file():
+        raise MediaError("missing_media", f"{path}: no such file")
+    if path.suffix.lower() in AUDIO_SUFFIXES:
+        try:
+            return _audio_soundfile(path, seconds, sr, offset)
+        except RuntimeError:  # libsndfile cannot read it (old mp3 support, odd codec)
+            pass
+    return _audio_pyav(path, seconds, sr, offset)
+
+
+def _audio_soundfile(path: Path, seconds: float | None, sr: int, offset: float) -> np.ndarray:
+    import soundfile as sf
+
+    with sf.SoundFile(str(path)) as f:
+        f.seek(min(int(offset * f.samplerate), f.frames))
+        count = -1 if seconds is None else int(seconds * f.samplerate)
+        data = f.read(count, dtype="float32", always_2d=True)
+        native = f.samplerate
+    mono = data.mean(axis=1).astype(np.float32)
+    return mono if native == sr else resample(mono, native, sr)
+
+
+def resample(samples: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
+    """Resample mono float32 PCM with FFmpeg's resampler (via PyAV)."""
+    frame = av.AudioFrame.from_ndarray(samples[None, :].astype(np.float32), format="flt",
+                                       layout="mono")
+    frame.sample_rate = rate_in
+    resampler = av.AudioResampler(format="flt", layout="mono", rate=rate_out)
+    parts = [f.to_ndarray().reshape(-1) for f in resampler.resample(frame)]
+    parts += [f.to_ndarray().reshape(-1) for f in resampler.resample(None)]
+    return np.concatenate(parts).astype(np.float32) if parts else np.zeros(0, np.float32)
+
+
+def _audio_pyav(path: Path, seconds: float | None, sr: int, offset: float) -> np.ndarray:
+    with _open(path) as container:
+        if not container.streams.audio:
+            raise MediaError("no_audio_stream", f"{path}: no audio stream")
+        stream = container.streams.audio[0]
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=sr)
+        start = int(offset * sr)
+        stop = None if seconds is None else start + int(seconds * sr)
+        chunks, have = [], 0
+        try:
+            for frame in container.decode(stream):
+                for out in resampler.resample(frame):
+                    chunk = out.to_ndarray().reshape(-1)
+                    chunks.append(chunk)
+                    have += chunk.size
+                if stop is not None and have >= stop:
+                    break
+        except av.error.FFmpegError as exc:
+            raise MediaError("unreadable_media", f"{path}: cannot decode audio ({exc})") from exc
+    pcm = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
+    return pcm[start:stop].astype(np.float32)

@@ -1,0 +1,133 @@
+"""Probe a media file: streams, duration, loudness, truncation.
+
+PyAV is used because it reads the container's declared duration *and* lets us
+demux packets without decoding them, which is how a truncated file shows:
+the last packet ends far before the declared duration. Decoding is limited to
+the first `loudness_seconds` of audio.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import av
+import numpy as np
+
+from avcurate.media.errors import MediaError
+
+av.logging.set_level(av.logging.PANIC)  # FFmpeg's own chatter would flood progress bars
+
+SILENCE_FLOOR_DB = -120.0
+
+
+@dataclass(frozen=True)
+class MediaInfo:
+    """What `probe` learns about a file. Durations are in seconds."""
+
+    duration_s: float
+    declared_duration_s: float
+    decodable_s: float
+    has_video: bool
+    has_audio: bool
+    fps: float | None
+    frame_count: int | None
+    width: int | None
+    height: int | None
+    audio_rate: int | None
+    audio_rms_db: float | None
+    truncated: bool
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def rms_db(samples: np.ndarray) -> float:
+    """RMS level of float samples in dBFS, floored so silence is a finite number."""
+    if samples.size == 0:
+        return SILENCE_FLOOR_DB
+    rms = float(np.sqrt(np.mean(np.square(samples, dtype=np.float64))))
+    return max(SILENCE_FLOOR_DB, 20 * math.log10(rms)) if rms > 0 else SILENCE_FLOOR_DB
+
+
+def _open(path: str | os.PathLike) -> av.container.InputContainer:
+    if not Path(path).is_file():
+        raise MediaError("missing_media", f"{path}: no such file")
+    try:
+        return av.open(str(path))
+    except (av.error.FFmpegError, ValueError, OSError) as exc:
+        raise MediaError("unreadable_media", f"{path}: cannot open ({exc})") from exc
+
+
+def _declared_duration(container, streams) -> float:
+    if container.duration:
+        return container.duration / av.time_base
+    durations = [float(s.duration * s.time_base) for s in streams if s.duration]
+    return max(durations, default=0.0)
+
+
+def probe(
+    path: str | os.PathLike, *, loudness_seconds: float = 60.0, truncation_tolerance: float = 0.1
+) -> MediaInfo:
+    """Probe `path`. Raises `MediaError` for a missing or unreadable file.
+
+    A file counts as truncated when the packets that can actually be read end
+    more than `truncation_tolerance` (fraction, at least 1 s) short of the
+    duration the container declares.
+    """
+    with _open(path) as container:
+        video = container.streams.video[0] if container.streams.video else None
+        audio = container.streams.audio[0] if container.streams.audio else None
+        streams = [s for s in (video, audio) if s is not None]
+        if not streams:
+            raise MediaError("unreadable_media", f"{path}: no audio or video stream")
+        declared = _declared_duration(container, streams)
+        end, pcm, error = _scan(container, streams, audio, loudness_seconds)
+    if error and end == 0.0:
+        raise MediaError("unreadable_media", f"{path}: no packet could be read ({error})")
+    slack = max(1.0, truncation_tolerance * declared)
+    truncated = bool(error) or (declared > 0 and end < declared - slack)
+    return MediaInfo(
+        duration_s=declared or end,
+        declared_duration_s=declared,
+        decodable_s=end,
+        has_video=video is not None,
+        has_audio=audio is not None,
+        fps=float(video.average_rate) if video is not None and video.average_rate else None,
+        frame_count=(video.frames or None) if video is not None else None,
+        width=video.codec_context.width if video is not None else None,
+        height=video.codec_context.height if video is not None else None,
+        audio_rate=audio.codec_context.sample_rate if audio is not None else None,
+        audio_rms_db=rms_db(pcm) if audio is not None else None,
+        truncated=truncated,
+    )
+
+
+def _scan(container, streams, audio_stream, loudness_seconds: float):
+    """Demux every packet (cheap) and decode the first seconds of audio (for loudness).
+
+    Returns (end of the last readable packet in seconds, mono PCM, error text or None).
+    """
+    end = 0.0
+    chunks: list[np.ndarray] = []
+    decoded = 0.0
+    resampler = av.AudioResampler(format="flt", layout="mono") if audio_stream else None
+    try:
+        for packet in container.demux(*streams):
+            if packet.pts is not None and packet.time_base is not None:
+                end = max(end, float((packet.pts + (packet.duration or 0)) * packet.time_base))
+            if packet.stream is audio_stream and decoded < loudness_seconds:
+                for frame in packet.decode():
+                    for out in resampler.resample(frame):
+                        chunk = out.to_ndarray().reshape(-1)
+                        chunks.append(chunk)
+                        decoded += chunk.size / out.sample_rate
+    except (av.error.FFmpegError, ValueError) as exc:
+        return end, _concat(chunks), str(exc)
+    return end, _concat(chunks), None
+
+
+def _concat(chunks: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(chunks) if chunks else np.zeros(0, np.float32)

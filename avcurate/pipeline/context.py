@@ -1,0 +1,49 @@
+"""What a stage gets from the runner: where the run lives and shared services."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from avcurate.pipeline.kvcache import KVCache
+
+
+@dataclass
+class StageContext:
+    """Per-stage context. `shard_index` is set by the runner before each `process` call."""
+
+    run_dir: Path
+    stage_dir: Path
+    workers: int = 1
+    shard_index: int = 0
+    _pool: ProcessPoolExecutor | None = field(default=None, repr=False)
+    _caches: dict[str, KVCache] = field(default_factory=dict, repr=False)
+
+    def cache(self, name: str) -> KVCache:
+        """A persistent key-value cache in the run folder, shared by every stage of the run."""
+        if name not in self._caches:
+            self._caches[name] = KVCache(self.run_dir / "cache" / f"{name}.sqlite")
+        return self._caches[name]
+
+    def map(self, fn: Callable[[Any], Any], items: Iterable[Any]) -> list[Any]:
+        """`fn` over `items`, in a process pool when workers > 1 (for CPU-bound decoding).
+
+        `fn` must be a module-level function so it can be pickled.
+        """
+        items = list(items)
+        if self.workers <= 1 or len(items) <= 1:
+            return [fn(x) for x in items]
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(max_workers=self.workers)
+        return list(self._pool.map(fn, items, chunksize=max(1, len(items) // (4 * self.workers))))
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+            self._pool = None
+        for cache in self._caches.values():
+            cache.close()
+        self._caches.clear()

@@ -1,0 +1,105 @@
+"""The sample table: the one Arrow schema every part of avcurate agrees on.
+
+Columns are flat and snake_case so they can be queried from SQL. Stages add
+their own columns (declared in `Stage.adds`); rejected rows carry
+`reject_stage`, `reject_reason` (a stable code, grouped in reports) and
+`reject_detail` (free text for humans).
+"""
+
+from __future__ import annotations
+
+import json
+import string
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import pyarrow as pa
+
+SAMPLE_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("source", pa.string()),
+        pa.field("video", pa.string()),
+        pa.field("audio", pa.string()),
+        pa.field("question", pa.string()),
+        pa.field("options", pa.list_(pa.string())),
+        pa.field("answer", pa.string()),
+        pa.field("duration_s", pa.float64()),
+        pa.field("meta", pa.string()),
+    ]
+)
+BASE_COLUMNS: tuple[str, ...] = tuple(SAMPLE_SCHEMA.names)
+
+REJECT_FIELDS = [
+    pa.field("reject_stage", pa.string()),
+    pa.field("reject_reason", pa.string()),
+    pa.field("reject_detail", pa.string()),
+]
+
+LETTERS = string.ascii_uppercase
+
+
+def letter(index: int) -> str:
+    """Option letter for a 0-based index (A, B, ...)."""
+    return LETTERS[index]
+
+
+def letter_index(answer: str | None, n_options: int) -> int | None:
+    """0-based index of a letter answer, or None when it is not a valid letter."""
+    if answer is None or len(answer) != 1 or answer not in LETTERS:
+        return None
+    idx = LETTERS.index(answer)
+    return idx if idx < n_options else None
+
+
+def sample_row(
+    *,
+    id: str,
+    source: str,
+    video: str | None,
+    question: str | None,
+    options: list[str] | None = None,
+    answer: str | None = None,
+    audio: str | None = None,
+    duration_s: float | None = None,
+    meta: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """One row of the sample table as a dict, with `meta` serialised to JSON."""
+    return {
+        "id": id,
+        "source": source,
+        "video": video,
+        "audio": audio,
+        "question": question,
+        "options": list(options) if options is not None else None,
+        "answer": answer,
+        "duration_s": duration_s,
+        "meta": json.dumps(dict(meta or {}), ensure_ascii=False, sort_keys=True, default=str),
+    }
+
+
+def rows_to_table(rows: Iterable[Mapping[str, Any]], schema: pa.Schema = SAMPLE_SCHEMA) -> pa.Table:
+    """Build a table with exactly `schema`, so shards of one stage always agree."""
+    rows = list(rows)
+    return pa.Table.from_pylist(rows, schema=schema)
+
+
+def with_columns(table: pa.Table, columns: Mapping[str, pa.Array | list]) -> pa.Table:
+    """Append or replace columns by name."""
+    for name, values in columns.items():
+        arr = values if isinstance(values, pa.Array | pa.ChunkedArray) else pa.array(values)
+        idx = table.schema.get_field_index(name)
+        table = table.set_column(idx, name, arr) if idx >= 0 else table.append_column(name, arr)
+    return table
+
+
+def add_reject_columns(table: pa.Table, stage: str, reasons: list[str], details: list[str]) -> pa.Table:
+    """Mark rows of `table` as rejected by `stage`."""
+    return with_columns(
+        table,
+        {
+            "reject_stage": pa.array([stage] * table.num_rows, pa.string()),
+            "reject_reason": pa.array(reasons, pa.string()),
+            "reject_detail": pa.array(details, pa.string()),
+        },
+    )

@@ -1,0 +1,105 @@
+"""The run folder: manifest, per-stage shard folders, atomic writes.
+
+    RUN_DIR/
+      manifest.json            recipe, versions, per-stage fingerprint, counts, timings
+      00-ingest/part-00000.parquet
+      00-ingest/rejects/part-00000.parquet
+      01-validate/...
+      cache/                   probe and model-response caches (SQLite)
+
+A shard counts as finished once its kept file exists. The rejects file is
+written first, so a kill between the two writes only means that shard is
+recomputed (and its rejects file overwritten, never appended to).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+MANIFEST = "manifest.json"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write via a temp file in the same folder + rename, so readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_parquet_atomic(table: pa.Table, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp, compression="zstd")
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def parquet_rows(paths: list[Path]) -> int:
+    """Row count from Parquet footers, without reading data."""
+    return sum(pq.ParquetFile(p).metadata.num_rows for p in paths)
+
+
+class RunStore:
+    """Paths and manifest I/O for one run folder."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.root / MANIFEST
+
+    def exists(self) -> bool:
+        return self.manifest_path.is_file()
+
+    def load_manifest(self) -> dict[str, Any]:
+        if not self.exists():
+            raise FileNotFoundError(f"{self.root} is not an avcurate run (no {MANIFEST})")
+        return json.loads(self.manifest_path.read_text())
+
+    def save_manifest(self, manifest: dict[str, Any]) -> None:
+        data = json.dumps(manifest, indent=2, sort_keys=False, default=str).encode()
+        atomic_write_bytes(self.manifest_path, data)
+
+    def stage_dir(self, index: int, name: str) -> Path:
+        return self.root / f"{index:02d}-{name}"
+
+    @staticmethod
+    def shard_path(stage_dir: Path, i: int) -> Path:
+        return stage_dir / f"part-{i:05d}.parquet"
+
+    @staticmethod
+    def reject_path(stage_dir: Path, i: int) -> Path:
+        return stage_dir / "rejects" / f"part-{i:05d}.parquet"
+
+    @staticmethod
+    def shards(stage_dir: Path) -> list[Path]:
+        return sorted(stage_dir.glob("part-*.parquet"))
+
+    @staticmethod
+    def rejects(stage_dir: Path) -> list[Path]:
+        return sorted((stage_dir / "rejects").glob("part-*.parquet"))
+
+    def stage_dirs(self) -> list[Path]:
+        return sorted(p for p in self.root.glob("[0-9][0-9]-*") if p.is_dir())
