@@ -35,7 +35,7 @@ Force = Annotated[bool, typer.Option(
 
 
 def fail(message: str) -> None:
-    err.print(f"[bold red]error:[/] {message}")
+    err.print(f"[bold red]error:[/] {message}", soft_wrap=True, highlight=False)
     raise typer.Exit(2)
 
 

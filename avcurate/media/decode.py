@@ -52,7 +52,7 @@ def _frames_decord(path: str, n: int) -> tuple[np.ndarray, np.ndarray]:
         idx = frame_indices(len(reader), n)
         batch = reader.get_batch(idx.tolist()).asnumpy()
         times = reader.get_frame_timestamp(idx.tolist())[:, 0]
-    except decord.DECORDError as exc:
+    except (decord.DECORDError, RuntimeError) as exc:  # decord raises both for bad input
         raise MediaError("unreadable_media", f"{path}: cannot decode frames ({exc})") from exc
     return batch, times.astype(np.float64)
 

@@ -193,6 +193,7 @@ class Runner:
                  "fingerprint": fp, "options": options, "status": "running",
                  "started_at": now(), "seconds": 0.0}
         stages.append(entry)
+        self._save(manifest)
         return entry
 
     def _finish(self, manifest, entry, out_dir: Path, rows_in: int, seconds: float,
@@ -218,6 +219,7 @@ class Runner:
             progress.skip("ingest", entry["kept"] + entry["rejected"])
             return StageReport(0, "ingest", entry["rows_in"], entry["kept"], entry["rejected"],
                                0.0, entry["shards"])
+        _remove_stale_temp_files(out_dir)
         start = time.perf_counter()
         items = chain.from_iterable(_read(s) for s in self.recipe.sources)
         reject_schema_ = pa.schema(list(SAMPLE_SCHEMA) + REJECT_FIELDS)
@@ -257,6 +259,7 @@ class Runner:
         rej_schema = reject_schema(kept_schema)
         ctx = StageContext(run_dir=self.store.root, stage_dir=out_dir,
                            workers=self.recipe.workers)
+        _remove_stale_temp_files(out_dir)
         start = time.perf_counter()
         resumed = 0
         task = progress.stage(stage.name, total=rows_in)
@@ -294,6 +297,12 @@ class Runner:
             )
         return (conform(outcome.kept, kept_schema, stage.name),
                 conform(outcome.rejected, rej_schema, stage.name))
+
+
+def _remove_stale_temp_files(out_dir: Path) -> None:
+    """Half-written shards of a killed run (never visible as part-*.parquet) are cleared."""
+    for tmp in chain(out_dir.glob(".*.tmp"), out_dir.glob("rejects/.*.tmp")):
+        tmp.unlink(missing_ok=True)
 
 
 def _read(spec: SourceSpec) -> Iterator[dict | Reject]:

@@ -1,0 +1,188 @@
+"""Each source catalog on a fixture in its real annotation format."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from avcurate.catalogs import CATALOGS, Reject, read_source
+from avcurate.catalogs.base import MediaRoot, UnsafePathError, normalise_answer, split_question_options
+
+
+def _read(name, ann, root, **kw):
+    items = list(read_source(name, str(ann), str(root), **kw))
+    return [x for x in items if isinstance(x, dict)], [x for x in items if isinstance(x, Reject)]
+
+
+LLAVA = [
+    {  # multiple choice, with the <image> placeholder and the usual instruction line
+        "id": "v_abc", "video": "academic/v_abc.mp4", "data_source": "0_30_s_academic_v0_1",
+        "conversations": [
+            {"from": "human", "value": "<image>\nWhat is the man holding?\nA. A cup\nB. A guitar\n"
+                                       "C. A phone\nD. A book\nAnswer with the option's letter "
+                                       "from the given choices directly."},
+            {"from": "gpt", "value": "B."},
+        ],
+    },
+    {  # open-ended, multi-turn
+        "id": "ytb_1", "video": "ytb/ytb_1.mp4", "data_source": "30_60_s_youtube_v0_1",
+        "conversations": [
+            {"from": "human", "value": "<video>\nWhat happens first?"},
+            {"from": "gpt", "value": "A dog runs across the yard."},
+            {"from": "human", "value": "Options:\n(A) loud\n(B) quiet\nHow loud is the music?"},
+            {"from": "gpt", "value": "(A) loud"},
+        ],
+    },
+    {"id": "bad", "video": "x.mp4", "conversations": [{"from": "human", "value": "Q?"}]},
+    {"id": "escape", "video": "../outside.mp4",
+     "conversations": [{"from": "human", "value": "Q?"}, {"from": "gpt", "value": "A"}]},
+]
+
+
+def test_llava_video(tmp_path):
+    ann = tmp_path / "llava.json"
+    ann.write_text(json.dumps(LLAVA))
+    rows, rejects = _read("llava-video", ann, tmp_path)
+    by_id = {r["id"]: r for r in rows}
+    assert set(by_id) == {"llava-video:v_abc", "llava-video:ytb_1#0", "llava-video:ytb_1#1"}
+    mc = by_id["llava-video:v_abc"]
+    assert mc["question"] == "What is the man holding?"
+    assert mc["options"] == ["A cup", "A guitar", "A phone", "A book"]
+    assert mc["answer"] == "B"
+    assert mc["video"] == str(tmp_path / "academic/v_abc.mp4")
+    meta = json.loads(mc["meta"])
+    assert meta["data_source"] == "0_30_s_academic_v0_1" and meta["kind"] == "multiple_choice"
+    assert "letter" in meta["instruction"]
+    open_ended = by_id["llava-video:ytb_1#0"]
+    assert open_ended["question"] == "What happens first?" and "<video>" not in open_ended["question"]
+    assert open_ended["options"] is None and open_ended["answer"] == "A dog runs across the yard."
+    second = by_id["llava-video:ytb_1#1"]
+    assert second["options"] == ["loud", "quiet"] and second["answer"] == "A"
+    assert {(r.raw_id, r.reason) for r in rejects} == {
+        ("llava-video:bad", "malformed_annotation"), ("llava-video:escape", "unsafe_path")}
+    # ids are stable: reading again gives the same rows
+    assert _read("llava-video", ann, tmp_path)[0] == rows
+
+
+def test_video_vista(tmp_path):
+    ann = tmp_path / "vista.json"
+    ann.write_text(json.dumps([{
+        "id": 7, "video": "clips/7.mp4", "Type": "Event Location",
+        "conversations": [{"from": "human", "value": "<video>\nWhere?\nA. park\nB. beach"},
+                          {"from": "gpt", "value": "beach"}]}]))
+    rows, rejects = _read("video-vista", ann, tmp_path)
+    assert not rejects
+    assert rows[0]["id"] == "video-vista:7" and rows[0]["answer"] == "B"  # answer given as text
+    assert json.loads(rows[0]["meta"])["Type"] == "Event Location"
+
+
+def test_avqa(tmp_path):
+    ann = tmp_path / "avqa.json"
+    ann.write_text(json.dumps([
+        {"id": 183, "video_name": "-HG3Omg_89c_000030", "video_id": 341,
+         "question_text": "What is the main sound source of the video?",
+         "multi_choice": ["motorboat", "Yacht consignment", "Sailboat set sail", "Consignment car"],
+         "answer": 0, "question_relation": "View", "question_type": "Come From"},
+        {"id": 184, "video_name": "clip.mp4", "question_text": "Q", "multi_choice": "oops",
+         "answer": 0},
+        {"id": 185, "video_name": "a", "question_text": "Q", "multi_choice": ["x", "y"], "answer": 5},
+    ]))
+    rows, rejects = _read("avqa", ann, tmp_path)
+    assert rows[0]["video"] == str(tmp_path / "-HG3Omg_89c_000030.mp4")
+    assert rows[0]["answer"] == "A" and rows[0]["options"][0] == "motorboat"
+    assert json.loads(rows[0]["meta"])["question_type"] == "Come From"
+    assert rows[1]["answer"] == "5"  # out of range: kept as is, validation rejects it
+    assert [r.reason for r in rejects] == ["malformed_annotation"]
+
+
+def test_daily_omni(tmp_path):
+    (tmp_path / "vid1").mkdir()
+    (tmp_path / "vid1" / "vid1_audio.wav").write_bytes(b"")
+    ann = tmp_path / "qa.json"
+    ann.write_text(json.dumps([
+        {"Question": "What does the speaker say after the door closes?",
+         "Choice": ["A. Hello", "B. Goodbye", "C. Thanks", "D. Nothing"], "Answer": "B",
+         "video_id": "vid1", "Type": "AV Event Alignment", "video_category": "vlog",
+         "video_duration": "30s"},
+        {"Question": "Q", "Answer": "A", "video_id": "vid2"},
+    ]))
+    rows, rejects = _read("daily-omni", ann, tmp_path)
+    assert rows[0]["video"] == str(tmp_path / "vid1/vid1_video.mp4")
+    assert rows[0]["audio"] == str(tmp_path / "vid1/vid1_audio.wav")
+    assert rows[0]["options"] == ["Hello", "Goodbye", "Thanks", "Nothing"]
+    assert rows[0]["answer"] == "B"
+    assert rows[0]["id"] == read_source("daily-omni", str(ann), str(tmp_path)).__next__()["id"]
+    assert [r.reason for r in rejects] == ["malformed_annotation"]
+
+
+def test_jsonl_with_mapping_and_bad_line(tmp_path):
+    ann = tmp_path / "mine.jsonl"
+    ann.write_text("\n".join([
+        json.dumps({"uid": "a", "path": "a.mp4", "q": "Why?", "choices": ["x", "y", "z"],
+                    "label": 2, "extra": 1}),
+        "{not json",
+        json.dumps({"uid": "b", "path": "b.mp4", "q": "How?", "choices": '["p", "q"]',
+                    "label": "q"}),
+    ]) + "\n")
+    cols = {"id": "uid", "video": "path", "question": "q", "options": "choices", "answer": "label"}
+    rows, rejects = _read("jsonl", ann, tmp_path, columns=cols)
+    assert [(r["id"], r["answer"]) for r in rows] == [("jsonl:a", "C"), ("jsonl:b", "B")]
+    assert json.loads(rows[0]["meta"])["extra"] == 1
+    assert rejects[0].reason == "malformed_annotation" and "line 2" in rejects[0].detail
+
+
+def test_parquet_with_mapping(tmp_path):
+    ann = tmp_path / "mine.parquet"
+    pq.write_table(pa.table({"vid": ["a.mp4", "b.mp4"], "question": ["Q1", "Q2"],
+                             "opts": [["x", "y"], ["u", "v"]], "gt": ["A", "v"]}), ann)
+    rows, _ = _read("parquet", ann, tmp_path, columns={"video": "vid", "options": "opts",
+                                                       "answer": "gt"})
+    assert [r["answer"] for r in rows] == ["A", "B"]
+    assert rows[0]["id"] != rows[1]["id"]
+
+
+def test_bad_mapping_is_a_clear_error(tmp_path):
+    ann = tmp_path / "x.jsonl"
+    ann.write_text("{}\n")
+    with pytest.raises(ValueError, match="cannot map"):
+        _read("jsonl", ann, tmp_path, columns={"questoin": "q"})
+
+
+def test_media_root_refuses_escapes(tmp_path):
+    root = tmp_path / "root"
+    (root / "ok").mkdir(parents=True)
+    outside = tmp_path / "secret.mp4"
+    outside.write_bytes(b"x")
+    os.symlink(outside, root / "link.mp4")
+    os.symlink(root / "ok", root / "inner")
+    media = MediaRoot(root)
+    assert media.resolve("ok/a.mp4") == str(root.resolve() / "ok/a.mp4")
+    assert media.resolve("inner/a.mp4") == str(root.resolve() / "ok/a.mp4")  # symlink inside: fine
+    assert media.resolve(str(root / "ok/a.mp4")).startswith(str(root.resolve()))
+    for bad in ["../secret.mp4", "ok/../../secret.mp4", str(outside), "link.mp4", ""]:
+        with pytest.raises(UnsafePathError):
+            media.resolve(bad)
+
+
+@pytest.mark.parametrize(("answer", "expected"), [
+    ("B", "B"), ("B.", "B"), ("(B)", "B"), ("B. two", "B"), (1, "B"), ("two", "B"),
+    ("Two.", "B"), ("E", "E"), ("A dog", "A dog"), (9, "9"),
+])
+def test_normalise_answer(answer, expected):
+    assert normalise_answer(answer, ["one", "two", "three"]) == expected
+
+
+def test_split_question_options_needs_consecutive_letters():
+    q, opts, _ = split_question_options("Who?\nA. Lincoln was president\nC. no")
+    assert opts == [] and q.startswith("Who?")
+    q, opts, rest = split_question_options("Pick:\nA) red\nB) blue\nAnswer with a letter.")
+    assert (q, opts, rest) == ("Pick:", ["red", "blue"], "Answer with a letter.")
+
+
+def test_every_catalog_has_a_description():
+    assert set(CATALOGS) >= {"llava-video", "video-vista", "avqa", "daily-omni", "jsonl", "parquet"}
+    assert all(c.description for c in CATALOGS.values())

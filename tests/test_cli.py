@@ -1,0 +1,88 @@
+"""The command line as a user runs it (subprocesses)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+from conftest import avcurate_cmd
+from helpers import read_stage
+
+
+def sh(*args, check=True):
+    return subprocess.run(avcurate_cmd(*args), capture_output=True, text=True, check=check)
+
+
+def test_demo_end_to_end(tmp_path):
+    result = sh("demo", "--out", str(tmp_path / "demo"), "-q")
+    assert "What happened" in result.stdout and "avcurate status" in result.stdout
+    run_dir = tmp_path / "demo" / "run"
+    ingest_kept, ingest_rej = read_stage(run_dir, "00")
+    kept, rej = read_stage(run_dir, "01")
+    annotations = json.loads((tmp_path / "demo/annotations/llava_video.json").read_text())
+    avqa = json.loads((tmp_path / "demo/annotations/avqa.json").read_text())
+    assert len(list((tmp_path / "demo/media").rglob("*.mp4"))) >= 38
+    # every record is accounted for: llava multi-turn records give two samples
+    multi = sum(1 for r in annotations if isinstance(r, dict)
+                and len(r.get("conversations", [])) == 4)
+    assert ingest_kept.num_rows + ingest_rej.num_rows == len(annotations) + multi + len(avqa)
+    assert kept.num_rows + rej.num_rows == ingest_kept.num_rows
+    reasons = set(rej.column("reject_reason").to_pylist())
+    assert {"silent_audio", "no_audio_stream", "truncated", "missing_media", "unreadable_media",
+            "answer_not_in_options", "empty_question", "duplicate_id",
+            "too_few_options"} <= reasons
+    assert set(ingest_rej.column("reject_reason").to_pylist()) == {"malformed_annotation",
+                                                                   "unsafe_path"}
+    assert kept.num_rows >= 25
+    status = sh("status", str(run_dir))
+    assert "01-validate" in status.stdout and "silent_audio" in status.stdout
+    # running the demo recipe again resumes: nothing is recomputed
+    again = sh("run", str(tmp_path / "demo/demo.toml"), "--out", str(run_dir), "-q")
+    assert "01-validate" in again.stdout
+
+
+def test_ingest_then_validate(tmp_path, media):
+    ann = tmp_path / "mine.jsonl"
+    ann.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"uid": "a", "clip": "good.mp4", "q": "Color?", "opts": ["red", "blue"], "gt": 0},
+        {"uid": "b", "clip": "silent.mp4", "q": "Color?", "opts": ["red", "blue"], "gt": 1},
+        {"uid": "c", "clip": "../escape.mp4", "q": "Color?", "opts": ["red", "blue"], "gt": 1},
+    ]))
+    run_dir = tmp_path / "run"
+    sh("ingest", "--source", "jsonl", "--annotations", str(ann), "--media-root",
+       str(media["root"]), "--out", str(run_dir), "--column", "id=uid", "--column", "video=clip",
+       "--column", "question=q", "--column", "options=opts", "--column", "answer=gt", "-q")
+    result = sh("validate", str(run_dir), "--silence-db", "-50", "-q")
+    assert "01-validate" in result.stdout
+    kept, rej = read_stage(run_dir, "01")
+    assert kept.column("id").to_pylist() == ["jsonl:a"]
+    assert rej.column("reject_reason").to_pylist() == ["silent_audio"]
+    assert read_stage(run_dir, "00")[1].column("reject_reason").to_pylist() == ["unsafe_path"]
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["recipe"]["stages"] == [{"name": "validate", "silence_db": -50.0,
+                                            "min_duration_s": 1.0, "max_duration_s": 0.0,
+                                            "require_audio": True}]
+    status = json.loads(sh("status", str(run_dir), "--json").stdout)
+    assert status["stages"][1]["rejects_by_reason"] == {"silent_audio": 1}
+
+
+def test_clear_errors(tmp_path):
+    missing = sh("status", str(tmp_path / "nope"), check=False)
+    assert missing.returncode == 2 and "not an avcurate run" in missing.stderr
+    bad = sh("ingest", "--source", "nope", "--annotations", "x", "--media-root", ".", "--out",
+             str(tmp_path / "r"), check=False)
+    assert bad.returncode == 2 and "unknown source 'nope'" in bad.stderr
+    no_recipe = sh("run", str(tmp_path / "missing.toml"), "--out", str(tmp_path / "r"), check=False)
+    assert no_recipe.returncode == 2 and "no recipe at" in no_recipe.stderr
+    no_file = tmp_path / "r.toml"
+    no_file.write_text('[[sources]]\nname = "avqa"\nannotations = "gone.json"\nmedia_root = "."\n')
+    result = sh("run", str(no_file), "--out", str(tmp_path / "r2"), check=False)
+    assert result.returncode == 2 and "does not exist" in result.stderr
+
+
+def test_sources_and_help():
+    listing = sh("sources").stdout
+    for name in ("llava-video", "video-vista", "avqa", "daily-omni", "jsonl", "parquet"):
+        assert name in listing
+    assert "resumes" in sh("run", "--help").stdout
+    assert "validate" in sh("stages").stdout

@@ -1,0 +1,113 @@
+"""probe / frames / audio on real files made with PyAV and soundfile."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import pcm_peak_freq
+
+from avcurate.media import MediaError, audio, frame_indices, frames, probe
+from avcurate.media.synth import COLORS
+
+
+def test_probe_good_clip(media):
+    info = probe(media["good"])
+    assert info.has_video and info.has_audio
+    assert info.duration_s == pytest.approx(4.0, abs=0.1)
+    assert info.fps == pytest.approx(25.0)
+    assert info.frame_count == 100
+    assert (info.width, info.height) == (320, 240)
+    assert -16 < info.audio_rms_db < -10  # a 0.3-amplitude sine is about -13.5 dBFS
+    assert not info.truncated
+
+
+def test_probe_without_audio_and_silent(media):
+    assert probe(media["noaudio"]).has_audio is False
+    assert probe(media["noaudio"]).audio_rms_db is None
+    assert probe(media["silent"]).audio_rms_db <= -100
+    assert -75 < probe(media["quiet"]).audio_rms_db < -60
+
+
+def test_probe_truncated(media):
+    info = probe(media["truncated"])
+    assert info.truncated
+    assert info.declared_duration_s == pytest.approx(6.0, abs=0.1)
+    assert info.decodable_s < 4.0
+
+
+def test_probe_errors_are_clear(media, tmp_path):
+    with pytest.raises(MediaError) as missing:
+        probe(tmp_path / "nope.mp4")
+    assert missing.value.kind == "missing_media" and "no such file" in str(missing.value)
+    with pytest.raises(MediaError) as corrupt:
+        probe(media["corrupt"])
+    assert corrupt.value.kind == "unreadable_media" and "corrupt.mp4" in str(corrupt.value)
+
+
+@pytest.mark.parametrize("kind", ["wav", "flac", "mp3"])
+def test_probe_audio_files(media, kind):
+    info = probe(media[kind])
+    assert info.has_audio and not info.has_video
+    assert info.duration_s == pytest.approx(3.0, abs=0.1)
+
+
+def test_frame_indices_are_evenly_spaced():
+    assert frame_indices(100, 4).tolist() == [12, 37, 62, 87]
+    assert frame_indices(3, 8).max() == 2
+    with pytest.raises(ValueError):
+        frame_indices(0, 8)
+
+
+@pytest.mark.parametrize("backend", ["decord", "pyav"])
+def test_frames_shape_timestamps_and_content(media, backend):
+    x, times = frames(media["good"], 8, backend=backend)
+    assert x.shape == (8, 240, 320, 3) and x.dtype == np.uint8
+    assert np.allclose(np.diff(times), 0.5, atol=0.05)  # 4 s / 8 frames
+    assert times[0] == pytest.approx(0.24, abs=0.05)
+    # the square is red: some pixels are close to the synth color
+    red = np.array(COLORS["red"])
+    assert (np.abs(x[0].astype(int) - red).sum(axis=-1) < 60).sum() > 500
+
+
+def test_frame_backends_agree(media):
+    a, ta = frames(media["good2"], 8, backend="decord")
+    b, tb = frames(media["good2"], 8, backend="pyav")
+    assert np.allclose(ta, tb, atol=1e-3)
+    assert np.abs(a.astype(int) - b.astype(int)).mean() < 2
+
+
+def test_frames_errors(media, tmp_path):
+    with pytest.raises(MediaError, match="no such file"):
+        frames(tmp_path / "x.mp4")
+    with pytest.raises(MediaError):
+        frames(media["corrupt"])
+    with pytest.raises(ValueError, match="unknown frame backend"):
+        frames(media["good"], backend="opencv")
+
+
+def test_audio_from_video_is_mono_16k_and_right_pitch(media):
+    pcm = audio(media["good2"], seconds=2.0)
+    assert pcm.dtype == np.float32 and pcm.ndim == 1
+    assert len(pcm) == 32000
+    assert pcm_peak_freq(pcm, 16000) == pytest.approx(880, abs=5)
+
+
+def test_audio_clip_is_capped_and_offset(media):
+    assert len(audio(media["good"], seconds=10.0)) == pytest.approx(4 * 16000, abs=1100)
+    assert len(audio(media["good"], seconds=1.0, offset=1.0)) == 16000
+
+
+@pytest.mark.parametrize("kind", ["wav", "flac", "mp3"])
+def test_audio_files_resampled(media, kind):
+    pcm = audio(media[kind], seconds=2.0, sr=16000)
+    assert len(pcm) == pytest.approx(32000, abs=1200)
+    assert pcm_peak_freq(pcm, 16000) == pytest.approx(300, abs=5)
+
+
+def test_audio_errors(media):
+    with pytest.raises(MediaError) as exc:
+        audio(media["noaudio"])
+    assert exc.value.kind == "no_audio_stream"
+    with pytest.raises(MediaError) as exc:
+        audio(media["corrupt"])
+    assert exc.value.kind == "unreadable_media"

@@ -1,0 +1,213 @@
+"""The local runner: run folder layout, manifest, resume, invariants, column checks."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+from conftest import avcurate_cmd
+from helpers import jsonl_recipe, read_stage, rows_by_id, run
+
+from avcurate.pipeline.recipe import Recipe, RecipeError, StageSpec
+from avcurate.pipeline.runner import RunError
+from avcurate.pipeline.stage import BaseStage, Outcome, StageError, register
+
+
+def _records(media, n=10):
+    clips = [media["good"], media["good2"], media["silent"], media["noaudio"]]
+    return [{"id": f"r{i:02d}", "video": str(clips[i % 4]), "question": f"Question {i}?",
+             "options": ["x", "y"], "answer": "AB"[i % 2]} for i in range(n)]
+
+
+def test_run_folder_layout_and_manifest(tmp_path, media):
+    recipe = jsonl_recipe(tmp_path, _records(media), media["root"], [StageSpec("validate")],
+                          shard_size=3)
+    run(recipe, tmp_path / "run")
+    root = tmp_path / "run"
+    assert sorted(p.name for p in (root / "00-ingest").glob("part-*")) == [
+        "part-00000.parquet", "part-00001.parquet", "part-00002.parquet", "part-00003.parquet"]
+    assert len(list((root / "01-validate").glob("part-*"))) == 4
+    assert len(list((root / "01-validate/rejects").glob("part-*"))) == 4
+    manifest = json.loads((root / "manifest.json").read_text())
+    assert manifest["recipe"]["stages"] == [{"name": "validate"}]
+    assert manifest["recipe"]["run"]["shard_size"] == 3
+    assert {"python", "avcurate", "pyarrow", "av"} <= set(manifest["versions"])
+    ingest, validate = manifest["stages"]
+    assert (ingest["rows_in"], ingest["kept"], ingest["rejected"]) == (10, 10, 0)
+    assert validate["rows_in"] == 10 and validate["kept"] + validate["rejected"] == 10
+    assert validate["rejects_by_reason"] == {"no_audio_stream": 2, "silent_audio": 2}
+    assert validate["status"] == "done" and validate["seconds"] >= 0
+    assert validate["options"]["silence_db"] == -60.0
+    assert len(validate["fingerprint"]) == 16 and validate["fingerprint"] != ingest["fingerprint"]
+
+
+def test_rerun_skips_finished_shards(tmp_path, media):
+    recipe = jsonl_recipe(tmp_path, _records(media), media["root"], [StageSpec("validate")])
+    run(recipe, tmp_path / "run")
+    shards = sorted((tmp_path / "run").rglob("part-*.parquet"))
+    before = {p: p.stat().st_mtime_ns for p in shards}
+    reports = run(recipe, tmp_path / "run")
+    assert {p: p.stat().st_mtime_ns for p in shards} == before
+    assert [r.seconds for r in reports] == [0.0, 0.0]
+
+
+def test_changed_recipe_needs_force(tmp_path, media):
+    recipe = jsonl_recipe(tmp_path, _records(media), media["root"], [StageSpec("validate")])
+    run(recipe, tmp_path / "run")
+    recipe.stages = [StageSpec("validate", {"require_audio": False})]
+    with pytest.raises(RunError, match="different recipe"):
+        run(recipe, tmp_path / "run")
+    run(recipe, tmp_path / "run", force=True)
+    kept, rej = read_stage(tmp_path / "run", "01")
+    assert kept.num_rows == 10 and rej.num_rows == 0
+
+
+@register
+@dataclass
+class _NeedsScores(BaseStage):
+    name = "_test_needs_scores"
+    requires = ("composite_score",)
+
+    def process(self, table, ctx):  # pragma: no cover - never reached
+        raise AssertionError("must not run")
+
+
+@register
+@dataclass
+class _LosesRows(BaseStage):
+    name = "_test_loses_rows"
+
+    def process(self, table, ctx):
+        return Outcome(kept=table.slice(1), rejected=table.slice(0, 0))
+
+
+@register
+@dataclass
+class _Undeclared(BaseStage):
+    name = "_test_undeclared"
+
+    def process(self, table, ctx):
+        return Outcome.split(table.append_column("surprise", pa.nulls(table.num_rows)),
+                             self.name, [None] * table.num_rows)
+
+
+def test_missing_columns_are_caught_before_any_work(tmp_path, media):
+    recipe = jsonl_recipe(tmp_path, _records(media), media["root"],
+                          [StageSpec("validate"), StageSpec("_test_needs_scores")])
+    with pytest.raises(RunError, match="composite_score"):
+        run(recipe, tmp_path / "run")
+    assert not (tmp_path / "run" / "00-ingest").exists()
+
+
+def test_invariant_violations_stop_the_run(tmp_path, media):
+    recipe = jsonl_recipe(tmp_path, _records(media), media["root"], [StageSpec("_test_loses_rows")])
+    with pytest.raises(RunError, match="rejected rows for"):
+        run(recipe, tmp_path / "run")
+    recipe.stages = [StageSpec("_test_undeclared")]
+    with pytest.raises(StageError, match="undeclared column"):
+        run(recipe, tmp_path / "run2")
+
+
+def test_unknown_stage_and_option_are_clear(tmp_path, media):
+    recipe = jsonl_recipe(tmp_path, _records(media), media["root"], [StageSpec("valdate")])
+    with pytest.raises(RunError, match="unknown stage 'valdate'"):
+        run(recipe, tmp_path / "run")
+    recipe.stages = [StageSpec("validate", {"silence": -50})]
+    with pytest.raises(RunError, match="has no option"):
+        run(recipe, tmp_path / "run")
+
+
+def test_recipe_toml_paths_are_relative_to_the_file(tmp_path):
+    (tmp_path / "r.toml").write_text(
+        '[run]\nshard_size = 5\n[[sources]]\nname = "avqa"\nannotations = "a.json"\n'
+        'media_root = "m"\n[[stages]]\nname = "validate"\nsilence_db = -50\n')
+    recipe = Recipe.load(tmp_path / "r.toml")
+    assert recipe.sources[0].annotations == str(tmp_path / "a.json")
+    assert recipe.stages[0].options == {"silence_db": -50}
+    (tmp_path / "bad.toml").write_text("[run]\nshard_size = \n")
+    with pytest.raises(RecipeError, match="not valid TOML"):
+        Recipe.load(tmp_path / "bad.toml")
+    (tmp_path / "nosrc.toml").write_text("[run]\nshard_size = 5\n")
+    with pytest.raises(RecipeError, match="at least one"):
+        Recipe.load(tmp_path / "nosrc.toml")
+
+
+def _write_recipe(tmp: Path, media, n: int) -> Path:
+    records = _records(media, n)
+    ann = tmp / "ann.jsonl"
+    ann.write_text("".join(json.dumps(r) + "\n" for r in records))
+    recipe = tmp / "recipe.toml"
+    recipe.write_text(
+        f'[run]\nshard_size = 3\nworkers = 1\n[[sources]]\nname = "jsonl"\n'
+        f'annotations = "{ann}"\nmedia_root = "{media["root"]}"\n'
+        'columns = {id = "id", video = "video", question = "question", options = "options", '
+        'answer = "answer"}\n'
+        '[[stages]]\nname = "validate"\n[[stages]]\nname = "slow"\nseconds = 0.15\n'
+        '[[stages]]\nname = "shout"\n')
+    return recipe
+
+
+def _all_rows(run_dir: Path) -> dict[str, list]:
+    out = {}
+    for prefix in ("00", "01", "02", "03"):
+        kept, rej = read_stage(run_dir, prefix)
+        out[prefix] = (sorted(json.dumps(r, sort_keys=True, default=str) for r in kept.to_pylist()),
+                       sorted(json.dumps(r, sort_keys=True, default=str) for r in rej.to_pylist()))
+    return out
+
+
+@pytest.mark.parametrize("kill_after_shards", [1, 5])
+def test_sigkill_mid_stage_then_resume_equals_uninterrupted(tmp_path, media, plugin_path,
+                                                            kill_after_shards):
+    recipe = _write_recipe(tmp_path, media, 30)
+    subprocess.run(avcurate_cmd("run", str(recipe), "--out", str(tmp_path / "ref"), "-q"),
+                   check=True, capture_output=True)
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(avcurate_cmd("run", str(recipe), "--out", str(killed), "-q"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    slow_dir = killed / "02-slow"
+    deadline = time.time() + 60
+    while len(list(slow_dir.glob("part-*.parquet"))) < kill_after_shards:
+        assert proc.poll() is None, "the run finished before it could be killed"
+        assert time.time() < deadline
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = len(list(slow_dir.glob("part-*.parquet")))
+    assert 0 < done_before < 10  # really killed in the middle of the stage
+    manifest = json.loads((killed / "manifest.json").read_text())
+    assert manifest["stages"][2]["status"] == "running"
+    subprocess.run(avcurate_cmd("run", str(recipe), "--out", str(killed), "-q"), check=True,
+                   capture_output=True)
+    assert _all_rows(killed) == _all_rows(tmp_path / "ref")
+    kept, rej = read_stage(killed, "03")
+    ids = [r["id"] for r in kept.to_pylist()] + [r["id"] for r in rej.to_pylist()]
+    assert len(ids) == len(set(ids))  # nothing duplicated
+    status = subprocess.run(avcurate_cmd("status", str(killed), "--json"), check=True,
+                            capture_output=True, text=True)
+    stages = json.loads(status.stdout)["stages"]
+    assert all(s["balanced"] for s in stages) and stages[0]["rows_in"] == 30
+
+
+def test_plugin_stage_from_entry_points(tmp_path, media, plugin_path):
+    from avcurate.pipeline.stage import available, create
+
+    assert {"shout", "slow"} <= set(available())
+    assert create("shout", {"max_len": 5}).options() == {"max_len": 5}
+    listing = subprocess.run(avcurate_cmd("stages"), check=True, capture_output=True, text=True)
+    assert "shout" in listing.stdout and "plugin avc_test_plugin:ShoutStage" in listing.stdout
+    recipe = jsonl_recipe(tmp_path, _records(media, 4), media["root"],
+                          [StageSpec("shout", {"max_len": 11})])
+    run(recipe, tmp_path / "run")
+    kept, rej = read_stage(tmp_path / "run", "01")
+    assert rows_by_id(kept)["jsonl:r00"]["question_upper"] == "QUESTION 0?"
+    assert rej.num_rows == 0
+    recipe.stages = [StageSpec("shout", {"max_len": 5})]
+    run(recipe, tmp_path / "run2")
+    assert read_stage(tmp_path / "run2", "01")[1].column("reject_reason").to_pylist() == ["too_long"] * 4

@@ -1,0 +1,107 @@
+"""The validate stage: one real file per failure mode, each with its own reason."""
+
+from __future__ import annotations
+
+import pytest
+from helpers import jsonl_recipe, read_stage, rows_by_id, run
+
+from avcurate.filters import validate as validate_mod
+from avcurate.pipeline.recipe import StageSpec
+
+MC = {"options": ["red", "blue", "green"], "answer": "A"}
+
+
+def _records(media):
+    def rec(i, video, **kw):
+        base = {"id": i, "video": str(video), "question": "What color is the square?", **MC}
+        return base | kw
+
+    return [
+        rec("good", media["good"]),
+        rec("good_again", media["good"], question="Which tone do you hear?"),
+        rec("separate_audio", media["noaudio"], audio=str(media["wav"])),
+        rec("empty_q", media["good"], question="   "),
+        rec("one_option", media["good"], options=["red"], answer="A"),
+        rec("bad_answer", media["good"], answer="D"),
+        rec("open_no_answer", media["good"], options=None, answer=""),
+        rec("good", media["good2"]),  # duplicate id: the first one is kept
+        rec("missing", media["root"] / "nowhere.mp4"),
+        rec("corrupt", media["corrupt"]),
+        rec("truncated", media["truncated"]),
+        rec("noaudio", media["noaudio"]),
+        rec("silent", media["silent"]),
+        rec("quiet", media["quiet"]),
+        rec("short", media["short"]),
+        rec("open", media["good2"], options=None, answer="It is blue."),
+    ]
+
+
+EXPECTED = {
+    "empty_q": "empty_question", "one_option": "too_few_options",
+    "bad_answer": "answer_not_in_options", "open_no_answer": "missing_answer",
+    "good": "duplicate_id", "missing": "missing_media", "corrupt": "unreadable_media",
+    "truncated": "truncated", "noaudio": "no_audio_stream", "silent": "silent_audio",
+    "quiet": "silent_audio", "short": "duration_out_of_range",
+}
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_each_failure_has_its_reason(tmp_path, media, workers):
+    recipe = jsonl_recipe(tmp_path, _records(media), media["root"], [StageSpec("validate")],
+                          workers=workers)
+    reports = run(recipe, tmp_path / "run")
+    kept, rej = read_stage(tmp_path / "run", "01")
+    assert {r["id"] for r in kept.to_pylist()} == {"jsonl:good", "jsonl:good_again",
+                                                   "jsonl:separate_audio", "jsonl:open"}
+    got = {(r["id"].removeprefix("jsonl:"), r["reject_reason"]) for r in rej.to_pylist()}
+    assert got == set(EXPECTED.items())
+    assert all(r["reject_stage"] == "validate" for r in rej.to_pylist())
+    dup = [r for r in rej.to_pylist() if r["reject_reason"] == "duplicate_id"][0]
+    assert dup["video"].endswith("good2.mp4")  # the later row is the one rejected
+    assert reports[1].rows_in == reports[1].kept + reports[1].rejected == 16
+
+
+def test_probe_columns_are_added(tmp_path, media):
+    recipe = jsonl_recipe(tmp_path, _records(media)[:3], media["root"], [StageSpec("validate")])
+    run(recipe, tmp_path / "run")
+    kept = rows_by_id(read_stage(tmp_path / "run", "01")[0])
+    good = kept["jsonl:good"]
+    assert good["has_audio"] is True and good["fps"] == 25.0
+    assert (good["width"], good["height"]) == (320, 240)
+    assert good["duration_s"] == pytest.approx(4.0, abs=0.1)
+    assert -16 < good["audio_rms_db"] < -10
+    assert kept["jsonl:separate_audio"]["has_audio"] is True  # from the wav, not the silent video
+
+
+def test_thresholds_are_configurable(tmp_path, media):
+    records = [r for r in _records(media)[:-1] if r["id"] in ("quiet", "short", "good")]
+    records = list({r["id"]: r for r in reversed(records)}.values())  # first "good" only
+    stage = StageSpec("validate", {"silence_db": -80.0, "min_duration_s": 0.5,
+                                   "max_duration_s": 3.5})
+    run(jsonl_recipe(tmp_path, records, media["root"], [stage]), tmp_path / "run")
+    kept, rej = read_stage(tmp_path / "run", "01")
+    assert {r["id"] for r in kept.to_pylist()} == {"jsonl:quiet", "jsonl:short"}
+    assert rows_by_id(rej)["jsonl:good"]["reject_reason"] == "duration_out_of_range"
+
+
+def test_require_audio_off_keeps_videos_without_sound(tmp_path, media):
+    records = [r for r in _records(media) if r["id"] in ("noaudio", "silent")]
+    stage = StageSpec("validate", {"require_audio": False})
+    run(jsonl_recipe(tmp_path, records, media["root"], [stage]), tmp_path / "run")
+    kept, _ = read_stage(tmp_path / "run", "01")
+    assert kept.num_rows == 2
+
+
+def test_probes_are_cached_per_file(tmp_path, media, monkeypatch):
+    calls = []
+    real = validate_mod.probe
+    monkeypatch.setattr(validate_mod, "probe", lambda p, **kw: calls.append(p) or real(p, **kw))
+    records = _records(media)
+    recipe = jsonl_recipe(tmp_path, records, media["root"], [StageSpec("validate")])
+    run(recipe, tmp_path / "run")
+    distinct = {r["video"] for r in records if "nowhere" not in r["video"]} | {str(media["wav"])}
+    assert sorted(calls) == sorted(distinct)  # once per file, though 'good.mp4' backs 6 rows
+    calls.clear()
+    recipe.stages = [StageSpec("validate", {"silence_db": -70.0})]
+    run(recipe, tmp_path / "run", force=True)  # recomputed stage, same files: all from cache
+    assert calls == []
