@@ -2,7 +2,9 @@
 
 `columns` maps sample-table columns to the file's own column names, e.g.
 `{"question": "q", "options": "choices", "answer": "label", "video": "path"}`.
-Columns the mapping does not use are kept in `meta`. Options may be a list or
+Columns the mapping does not use are kept in `meta`, except those named in
+`extra_columns = {name = "type"}`, which become flat columns of their own
+(for data scored or categorised elsewhere). Options may be a list or
 a JSON string of a list; an integer answer is read as a 0-based option index.
 """
 
@@ -38,14 +40,15 @@ def _parquet_records(path: str) -> Iterator[dict]:
 
 def read_tabular(
     path: str, media: MediaRoot, *, source: str = "tabular", columns: dict[str, str] | None = None,
-    **_: Any,
+    extra_columns: dict[str, str] | None = None, **_: Any,
 ) -> Iterator[dict | Reject]:
     mapping = {k: k for k in MAPPABLE} | dict(columns or {})
     unknown = set(mapping) - set(MAPPABLE)
     if unknown:
         raise ValueError(f"cannot map {', '.join(sorted(unknown))}; mappable: {', '.join(MAPPABLE)}")
     records = _parquet_records(path) if Path(path).suffix == ".parquet" else load_records(path)
-    used = set(mapping.values())
+    extras = list(extra_columns or {})
+    used = set(mapping.values()) | set(extras)
     for n, rec in enumerate(records):
         if isinstance(rec, BadLine):
             yield Reject(source, f"{source}:line-{rec.line_no}", "malformed_annotation",
@@ -55,7 +58,10 @@ def read_tabular(
             yield Reject(source, f"{source}:record-{n}", "malformed_annotation",
                          "record is not an object", rec)
             continue
-        yield _row(rec, n, media, source, mapping, used)
+        row = _row(rec, n, media, source, mapping, used)
+        if isinstance(row, dict):
+            row |= {k: rec.get(k) for k in extras}
+        yield row
 
 
 def _row(rec: dict, n: int, media: MediaRoot, source: str, mapping: dict[str, str],

@@ -58,6 +58,21 @@ class Recipe:
     shard_size: int = 256
     workers: int = 2
 
+    def extra_columns(self) -> dict[str, Any]:
+        """Columns that jsonl/parquet sources pass through as-is (name -> Arrow type)."""
+        from avcurate.pipeline.schema import BASE_COLUMNS, arrow_type
+
+        extras: dict[str, Any] = {}
+        for s in self.sources:
+            for name, type_name in s.options.get("extra_columns", {}).items():
+                if name in BASE_COLUMNS:
+                    raise RecipeError(f"extra column {name!r} is already a sample-table column")
+                try:
+                    extras[name] = arrow_type(type_name)
+                except ValueError as exc:
+                    raise RecipeError(f"source {s.name!r}: {exc}") from exc
+        return extras
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "run": {"shard_size": self.shard_size, "workers": self.workers},

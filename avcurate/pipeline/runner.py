@@ -91,7 +91,7 @@ def plan(recipe: Recipe) -> list[tuple[Stage, str]]:
     """Build every stage and check, before any work, that each one's inputs will exist."""
     stages: list[tuple[Stage, str]] = []
     parent = ingest_fingerprint(recipe)
-    available = set(BASE_COLUMNS)
+    available = set(BASE_COLUMNS) | set(recipe.extra_columns())
     for spec in recipe.stages:
         try:
             stage = create(spec.name, spec.options)
@@ -222,7 +222,9 @@ class Runner:
         _remove_stale_temp_files(out_dir)
         start = time.perf_counter()
         items = chain.from_iterable(_read(s) for s in self.recipe.sources)
-        reject_schema_ = pa.schema(list(SAMPLE_SCHEMA) + REJECT_FIELDS)
+        schema = pa.schema(list(SAMPLE_SCHEMA) + [pa.field(n, t) for n, t in
+                                                  self.recipe.extra_columns().items()])
+        reject_schema_ = pa.schema(list(schema) + REJECT_FIELDS)
         resumed = 0
         task = progress.stage("ingest", total=None)
         for i, chunk in enumerate(batched(items, self.recipe.shard_size)):
@@ -234,10 +236,10 @@ class Runner:
                 bad = [x.to_row() for x in chunk if isinstance(x, Reject)]
                 write_parquet_atomic(pa.Table.from_pylist(bad, schema=reject_schema_),
                                      self.store.reject_path(out_dir, i))
-                write_parquet_atomic(pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA), kept_path)
+                write_parquet_atomic(pa.Table.from_pylist(rows, schema=schema), kept_path)
             progress.advance(task, len(chunk))
         if not self.store.shards(out_dir):  # no records at all: one empty shard keeps the shape
-            write_parquet_atomic(SAMPLE_SCHEMA.empty_table(), self.store.shard_path(out_dir, 0))
+            write_parquet_atomic(schema.empty_table(), self.store.shard_path(out_dir, 0))
             write_parquet_atomic(reject_schema_.empty_table(), self.store.reject_path(out_dir, 0))
         rows = parquet_rows(self.store.shards(out_dir)) + parquet_rows(self.store.rejects(out_dir))
         progress.done(task)

@@ -38,6 +38,20 @@ REJECT_FIELDS = [
 
 LETTERS = string.ascii_uppercase
 
+TYPE_NAMES = {
+    "string": pa.string(), "str": pa.string(), "double": pa.float64(), "float": pa.float64(),
+    "float64": pa.float64(), "int": pa.int64(), "int64": pa.int64(), "bool": pa.bool_(),
+    "list<string>": pa.list_(pa.string()),
+}
+
+
+def arrow_type(name: str) -> pa.DataType:
+    """Arrow type for a type name used in recipes (`extra_columns = {category = "string"}`)."""
+    try:
+        return TYPE_NAMES[name.strip().lower()]
+    except KeyError:
+        raise ValueError(f"unknown column type {name!r}; use one of {', '.join(TYPE_NAMES)}") from None
+
 
 def letter(index: int) -> str:
     """Option letter for a 0-based index (A, B, ...)."""

@@ -33,7 +33,13 @@ if TYPE_CHECKING:
     from avcurate.pipeline.context import StageContext
 
 ENTRY_POINT_GROUP = "avcurate.stages"
-BUILTIN_MODULES = ("avcurate.filters.validate",)
+BUILTIN_MODULES = (
+    "avcurate.filters.validate",
+    "avcurate.filters.threshold",
+    "avcurate.filters.balance",
+    "avcurate.filters.subset",
+    "avcurate.filters.dedup",
+)
 
 
 class StageError(Exception):

@@ -8,13 +8,30 @@ import duckdb
 
 
 def reject_reasons(paths: list[Path]) -> dict[str, int]:
-    """Rejected rows per `reject_reason`, most frequent first."""
+    """Rejected rows per reason, most frequent first.
+
+    Reasons that carry a payload after a colon (`duplicate_of:<id>`) are grouped by the
+    part before it, so a report shows one line per kind of failure.
+    """
     if not paths:
         return {}
     files = [str(p) for p in paths]
     rows = duckdb.sql(
-        "SELECT reject_reason, count(*) AS n FROM read_parquet($files, union_by_name=true) "
+        "SELECT split_part(reject_reason, ':', 1) AS reason, count(*) AS n "
+        "FROM read_parquet($files, union_by_name=true) "
         "GROUP BY 1 ORDER BY n DESC, 1",
         params={"files": files},
     ).fetchall()
     return {str(reason): int(n) for reason, n in rows}
+
+
+def sql_string(value: str) -> str:
+    """A SQL string literal (DuckDB views cannot take prepared parameters)."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+def parquet_scan(paths: list[Path] | list[str], *, positions: bool = False) -> str:
+    """`read_parquet([...])` over `paths`, optionally with filename and file_row_number columns."""
+    files = ", ".join(sql_string(str(p)) for p in paths)
+    extra = ", filename=true, file_row_number=true" if positions else ""
+    return f"read_parquet([{files}], union_by_name=true{extra})"

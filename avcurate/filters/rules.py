@@ -1,0 +1,89 @@
+"""A tiny, safe rule language for thresholds: `column op number [and column op number ...]`.
+
+No `eval`: a regular expression tokenises each comparison, and pyarrow compute
+applies it to a whole column at once. A small tolerance makes boundary values
+such as a composite of exactly 0.7 pass `>= 0.7` despite float rounding
+(e.g. (0.6 + 0.8) / 2 is 0.7000000000000001, but (0.9 + 0.5) / 2 is 0.7 minus
+a hair).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+EPS = 1e-9
+COMPARISON_RE = re.compile(
+    r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(==|!=|>=|<=|>|<)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$"
+)
+
+
+class RuleError(ValueError):
+    """A rule that does not parse."""
+
+
+@dataclass(frozen=True)
+class Comparison:
+    column: str
+    op: str
+    value: float
+
+    def __str__(self) -> str:
+        return f"{self.column} {self.op} {self.value:g}"
+
+    def mask(self, table: pa.Table) -> np.ndarray:
+        """True where the row satisfies the comparison (nulls never do)."""
+        col = pc.cast(table.column(self.column), pa.float64())
+        ops = {
+            "==": lambda c: pc.less_equal(pc.abs(pc.subtract(c, self.value)), EPS),
+            "!=": lambda c: pc.greater(pc.abs(pc.subtract(c, self.value)), EPS),
+            ">=": lambda c: pc.greater_equal(c, self.value - EPS),
+            "<=": lambda c: pc.less_equal(c, self.value + EPS),
+            ">": lambda c: pc.greater(c, self.value + EPS),
+            "<": lambda c: pc.less(c, self.value - EPS),
+        }
+        return pc.fill_null(ops[self.op](col), False).to_numpy(zero_copy_only=False)
+
+
+def parse_rule(text: str) -> list[Comparison]:
+    """Parse `a >= 0.8 and b == 1` into comparisons; raise RuleError with the bad part."""
+    parts = re.split(r"\s+and\s+", text.strip(), flags=re.IGNORECASE)
+    out = []
+    for part in parts:
+        m = COMPARISON_RE.match(part)
+        if not m:
+            raise RuleError(
+                f"cannot parse rule {part!r} (in {text!r}); write 'column op number' with op one of "
+                "== != >= <= > <, joined by 'and'"
+            )
+        out.append(Comparison(m.group(1), m.group(2), float(m.group(3))))
+    return out
+
+
+def parse_rules(texts: list[str]) -> list[Comparison]:
+    return [c for t in texts for c in parse_rule(t)]
+
+
+def columns_of(rules: list[Comparison]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(r.column for r in rules))
+
+
+def first_failure(table: pa.Table, rules: list[Comparison]) -> list[str | None]:
+    """Per row: the text of the first rule it fails, or None when it passes them all."""
+    failed = np.full(table.num_rows, -1, dtype=np.int64)
+    for i, rule in enumerate(rules):
+        fails = ~rule.mask(table) & (failed < 0)
+        failed[fails] = i
+    names = [str(r) for r in rules]
+    return [names[i] if i >= 0 else None for i in failed.tolist()]
+
+
+def all_pass(table: pa.Table, rules: list[Comparison]) -> np.ndarray:
+    ok = np.ones(table.num_rows, dtype=bool)
+    for rule in rules:
+        ok &= rule.mask(table)
+    return ok
