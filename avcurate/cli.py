@@ -8,13 +8,22 @@ import tomllib
 from pathlib import Path
 from typing import Annotated
 
+import duckdb
 import typer
 from rich.console import Console
 
 from avcurate import __version__
 from avcurate.catalogs import CATALOGS
 from avcurate.pipeline.recipe import Recipe, RecipeError, SourceSpec, StageSpec
-from avcurate.pipeline.report import reasons_table, stage_rows, summary_table
+from avcurate.pipeline.report import (
+    category_table,
+    reasons_table,
+    result_table,
+    scores_table,
+    sources_table,
+    stage_rows,
+    summary_table,
+)
 from avcurate.pipeline.runner import RunError, Runner, extend_run
 from avcurate.pipeline.stage import StageError, available
 from avcurate.pipeline.store import RunStore
@@ -156,6 +165,125 @@ def _set_workers(run_dir: Path, workers: int) -> None:
     manifest = store.load_manifest()
     manifest["recipe"].setdefault("run", {})["workers"] = workers
     store.save_manifest(manifest)
+
+
+@app.command()
+def threshold(
+    run_dir: RunDir,
+    rule: Annotated[list[str] | None, typer.Option(
+        help="A rule 'column op number [and ...]', repeatable. Default (OmniVideo-R1, scores "
+             "in [0, 1]): 'answer_accuracy == 1', 'question_logic >= 0.8', "
+             "'composite_score >= 0.7'.")] = None,
+    force: Force = False,
+    quiet: Quiet = False,
+) -> None:
+    """Keep rows passing every rule; rejects name the first rule a row failed."""
+    options = {"rules": rule} if rule else {}
+    _run_more(run_dir, StageSpec("threshold", options), None, force, quiet)
+
+
+@app.command()
+def balance(
+    run_dir: RunDir,
+    max_ratio: Annotated[float, typer.Option(help="Largest category at most this times the "
+                                                  "second largest.")] = 3.0,
+    min_count: Annotated[int, typer.Option(help="Drop categories with fewer rows "
+                                                "(long tail).")] = 10,
+    cascade: Annotated[bool, typer.Option(help="Cap every category at max-ratio times the "
+                                               "next one down.")] = False,
+    max_per_category: Annotated[int, typer.Option(help="Cap every category (0 = no cap).")] = 0,
+    force: Force = False,
+    quiet: Quiet = False,
+) -> None:
+    """Prune long-tail categories and cap the largest; prints the category table before/after."""
+    spec = StageSpec("balance", {"min_count": min_count, "max_ratio": max_ratio,
+                                 "cascade": cascade, "max_per_category": max_per_category})
+    _run_more(run_dir, spec, None, force, quiet)
+    entry = RunStore(run_dir).load_manifest()["stages"][-1]
+    out.print(category_table(entry["categories_before"], entry["categories_after"]))
+
+
+@app.command()
+def subset(
+    run_dir: RunDir,
+    name: Annotated[str, typer.Option(help="Subset name (a separate split of the run).")] =
+    "audio_visual",
+    rule: Annotated[list[str] | None, typer.Option(
+        help="Rules rows of the subset pass (default 'video_dependency >= 0.7 and "
+             "audio_dependency >= 0.7').")] = None,
+    force: Force = False,
+    quiet: Quiet = False,
+) -> None:
+    """Mark a named subset (default: the audio-visual one) without rejecting anything."""
+    options = {"subset": name} | ({"rules": rule} if rule else {})
+    _run_more(run_dir, StageSpec("subset", options), None, force, quiet)
+
+
+@app.command()
+def dedup(run_dir: RunDir, force: Force = False, quiet: Quiet = False) -> None:
+    """Reject exact duplicates (same media, normalised question and options)."""
+    _run_more(run_dir, StageSpec("dedup"), None, force, quiet)
+
+
+@app.command()
+def stats(
+    run_dir: RunDir,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    html: Annotated[Path | None, typer.Option(help="Also write a self-contained HTML report "
+                                                   "with charts.")] = None,
+) -> None:
+    """Funnel, reject reasons, categories before/after balancing, score quantiles, sources."""
+    from avcurate.reports import html as html_report
+    from avcurate.reports.stats import collect
+
+    data = _guard(collect, run_dir)
+    if html is not None:
+        html.write_text(html_report.render(data), encoding="utf-8")
+    if as_json:
+        out.print_json(json.dumps(data, default=str))
+        return
+    out.print(summary_table(data["stages"], f"Run {run_dir}"))
+    if any(r["rejects_by_reason"] for r in data["stages"]):
+        out.print(reasons_table(data["stages"]))
+    cats = data["categories"]
+    if "before" in cats:
+        out.print(category_table(cats["before"], cats["after"]))
+    elif cats:
+        out.print(category_table(cats["samples"], None))
+    if data["scores"]:
+        out.print(scores_table(data["scores"]))
+    out.print(sources_table(data["sources"]))
+    if html is not None:
+        out.print(f"HTML report written to {html}")
+
+
+@app.command()
+def query(
+    run_dir: RunDir,
+    sql: Annotated[str, typer.Argument(help="SQL over the views: samples (newest stage's kept "
+                                            "rows), rejects, one per stage, subset_<name>.")],
+    out_file: Annotated[Path | None, typer.Option("--out", help="Write the result to .csv or "
+                                                                ".parquet instead.")] = None,
+    limit: Annotated[int, typer.Option(help="Rows to print.")] = 50,
+) -> None:
+    """DuckDB SQL over a run, e.g. "SELECT category, count(*) FROM samples GROUP BY 1"."""
+    from avcurate.reports.query import connect, export, views
+
+    con = _guard(connect, run_dir)
+    try:
+        if out_file is not None:
+            n = export(con, sql, out_file)
+            out.print(f"{n:,} rows written to {out_file}")
+            return
+        result = con.sql(sql)
+    except (duckdb.Error, ValueError) as exc:
+        fail(f"{exc}\nviews: {', '.join(views(con))}")
+    if result is None:
+        return
+    out.print(result_table(result.columns, result.limit(limit).fetchall()))
+    total = con.execute(f"SELECT count(*) FROM ({sql})").fetchone()[0]
+    if total > limit:
+        out.print(f"[dim]{limit} of {total:,} rows shown (--limit, or --out FILE for all)[/]")
 
 
 @app.command()

@@ -57,3 +57,52 @@ def reasons_table(rows: list[dict[str, Any]]) -> Table:
 
 def _n(v: int | None) -> str:
     return "-" if v is None else f"{v:,}"
+
+
+def category_table(before: dict[str, int], after: dict[str, int] | None) -> Table:
+    table = Table(title="Categories", title_justify="left")
+    table.add_column("category")
+    table.add_column("before" if after is not None else "rows", justify="right")
+    if after is not None:
+        table.add_column("after", justify="right")
+    for cat, n in before.items():
+        cells = [str(cat), f"{n:,}"] + ([f"{after.get(cat, 0):,}"] if after is not None else [])
+        table.add_row(*cells)
+    total = [f"{sum(before.values()):,}"] + (
+        [f"{sum(after.values()):,}"] if after is not None else [])
+    table.add_row("[bold]total[/]", *total)
+    return table
+
+
+def scores_table(scores: dict[str, dict[str, Any]]) -> Table:
+    table = Table(title="Score distributions (samples)", title_justify="left")
+    table.add_column("score")
+    table.add_column("n", justify="right")
+    table.add_column("mean", justify="right")
+    names = list(next(iter(scores.values()))["quantiles"])
+    for q in names:
+        table.add_column(q, justify="right")
+    for col, s in scores.items():
+        qs = [f"{v:.2f}" if v is not None else "-" for v in s["quantiles"].values()]
+        table.add_row(col, str(s["count"]), f"{s['mean']:.3f}" if s["mean"] is not None else "-",
+                      *qs)
+    return table
+
+
+def sources_table(sources: dict[str, dict[str, int]]) -> Table:
+    table = Table(title="Per source", title_justify="left")
+    keys = sorted({k for v in sources.values() for k in v} - {"input", "kept"})
+    for col in ["source", "input", "kept", *keys]:
+        table.add_column(col, justify="left" if col == "source" else "right")
+    for src, v in sources.items():
+        table.add_row(src, *(f"{v.get(k, 0):,}" for k in ["input", "kept", *keys]))
+    return table
+
+
+def result_table(columns: list[str], rows: list[tuple]) -> Table:
+    table = Table()
+    for c in columns:
+        table.add_column(c)
+    for row in rows:
+        table.add_row(*(("NULL" if v is None else str(v))[:80] for v in row))
+    return table

@@ -1,0 +1,1 @@
+"""Looking at a run: DuckDB views (`avcurate query`) and statistics (`avcurate stats`)."""

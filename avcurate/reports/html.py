@@ -1,0 +1,90 @@
+"""A self-contained HTML report: tables plus bar charts as inline SVG.
+
+The charts are a few rectangles each, so they are drawn as SVG by hand rather
+than pulling in a plotting library (and its fonts and backends) as a
+dependency; inline SVG needs no image files and no network to view.
+"""
+
+from __future__ import annotations
+
+from html import escape
+from typing import Any
+
+PALETTE = ("#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2")
+
+
+def bars(title: str, series: dict[str, dict[str, float]], width: int = 720) -> str:
+    """Horizontal grouped bars: one group per label, one bar per series."""
+    labels = list(dict.fromkeys(k for s in series.values() for k in s))
+    if not labels:
+        return ""
+    peak = max((v for s in series.values() for v in s.values()), default=1) or 1
+    row_h, bar_h, left = 8 + 14 * len(series), 12, 220
+    height = 40 + row_h * len(labels) + 20
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+             f'role="img" aria-label="{escape(title)}">',
+             f'<text x="0" y="16" font-weight="bold">{escape(title)}</text>']
+    for i, name in enumerate(series):
+        parts.append(f'<rect x="{left + 130 * i}" y="26" width="10" height="10" '
+                     f'fill="{PALETTE[i % 5]}"/><text x="{left + 14 + 130 * i}" y="35" '
+                     f'font-size="11">{escape(name)}</text>')
+    for r, label in enumerate(labels):
+        y = 44 + r * row_h
+        parts.append(f'<text x="{left - 6}" y="{y + 11}" font-size="11" text-anchor="end">'
+                     f'{escape(str(label))[:32]}</text>')
+        for i, (_, values) in enumerate(series.items()):
+            v = values.get(label, 0)
+            w = (width - left - 70) * v / peak
+            yy = y + i * (bar_h + 2)
+            parts.append(f'<rect x="{left}" y="{yy}" width="{w:.1f}" height="{bar_h}" '
+                         f'fill="{PALETTE[i % 5]}"><title>{escape(str(label))}: {v:g}</title></rect>'
+                         f'<text x="{left + w + 4:.1f}" y="{yy + 10}" font-size="10">{v:g}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _table(headers: list[str], rows: list[list[Any]]) -> str:
+    head = "".join(f"<th>{escape(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{escape(_fmt(c))}</td>" for c in row) + "</tr>"
+                   for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.3f}"
+    return "-" if v is None else str(v)
+
+
+def render(stats: dict[str, Any]) -> str:
+    stages = stats["stages"]
+    sections = [f"<h1>avcurate run report</h1><p><code>{escape(stats['run'])}</code></p>",
+                "<h2>Stage funnel</h2>",
+                bars("Rows kept and rejected per stage",
+                     {"kept": {s["stage"]: s["kept"] for s in stages},
+                      "rejected": {s["stage"]: s["rejected"] for s in stages}}),
+                _table(["stage", "status", "in", "kept", "rejected", "seconds"],
+                       [[s["stage"], s["status"], s["rows_in"], s["kept"], s["rejected"],
+                         s["seconds"]] for s in stages]),
+                "<h2>Rejected rows by reason</h2>",
+                _table(["stage", "reason", "rows"], [[s["stage"], r, n] for s in stages
+                                                     for r, n in s["rejects_by_reason"].items()])]
+    if stats["categories"]:
+        sections += ["<h2>Categories</h2>", bars("Rows per category", stats["categories"])]
+    if stats["scores"]:
+        sections.append("<h2>Scores</h2>")
+        for col, s in stats["scores"].items():
+            hist = {f"{b / 10:.1f}-{(b + 1) / 10:.1f}": n for b, n in enumerate(s["histogram"])}
+            sections.append(bars(f"{col} (n={s['count']}, mean={s['mean'] or 0:.3f})",
+                                 {col: hist}))
+        sections.append(_table(["score", *next(iter(stats["scores"].values()))["quantiles"]],
+                               [[c, *s["quantiles"].values()] for c, s in stats["scores"].items()]))
+    if stats["sources"]:
+        keys = sorted({k for v in stats["sources"].values() for k in v})
+        sections += ["<h2>Sources</h2>", _table(["source", *keys], [
+            [src, *(v.get(k, 0) for k in keys)] for src, v in stats["sources"].items()])]
+    style = ("body{font-family:system-ui,sans-serif;max-width:960px;margin:2em auto;color:#222}"
+             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;"
+             "padding:3px 8px;text-align:right}th{background:#f3f3f3}svg{display:block;margin:1em 0}")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>avcurate report</title>"
+            f"<style>{style}</style></head><body>{''.join(sections)}</body></html>")

@@ -1,0 +1,82 @@
+"""Statistics of a run: funnel, reject reasons, categories, score distributions, sources."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from avcurate.pipeline.report import stage_rows
+from avcurate.pipeline.store import RunStore
+from avcurate.reports.query import connect, views
+
+SCORE_COLUMNS = ("video_dependency", "audio_dependency", "question_logic", "answer_accuracy",
+                 "composite_score")
+QUANTILES = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
+
+
+def _columns(con, view: str) -> set[str]:
+    return {r[0] for r in con.execute(f'DESCRIBE "{view}"').fetchall()}
+
+
+def collect(run_dir: Path | str) -> dict[str, Any]:
+    """Everything `avcurate stats` shows, as plain data (what `--json` prints)."""
+    store = RunStore(run_dir)
+    manifest = store.load_manifest()
+    con = connect(run_dir)
+    cols = _columns(con, "samples")
+    return {
+        "run": str(run_dir),
+        "stages": stage_rows(store),
+        "categories": _categories(con, manifest, cols),
+        "scores": _scores(con, cols),
+        "sources": _sources(con),
+        "subsets": {k: v for e in manifest["stages"] for k, v in e.get("subsets", {}).items()},
+    }
+
+
+def _categories(con, manifest, cols) -> dict[str, dict[str, int]]:
+    for entry in manifest["stages"]:
+        if "categories_before" in entry:
+            return {"before": entry["categories_before"], "after": entry["categories_after"]}
+    if "category" not in cols:
+        return {}
+    rows = con.execute("SELECT coalesce(category, '(none)'), count(*) FROM samples "
+                       "GROUP BY 1 ORDER BY 2 DESC, 1").fetchall()
+    return {"samples": dict(rows)}
+
+
+def _scores(con, cols) -> dict[str, dict[str, Any]]:
+    out = {}
+    for col in SCORE_COLUMNS:
+        if col not in cols:
+            continue
+        qs = ", ".join(f"quantile_cont({col}, {q})" for q in QUANTILES)
+        row = con.execute(f"SELECT count({col}), avg({col}), {qs} FROM samples").fetchone()
+        hist = con.execute(
+            f"SELECT least(floor({col} * 10), 9)::INT AS b, count(*) FROM samples "
+            f"WHERE {col} IS NOT NULL GROUP BY 1 ORDER BY 1").fetchall()
+        bins = [0] * 10
+        for b, n in hist:
+            bins[b] = n
+        out[col] = {"count": row[0], "mean": row[1],
+                    "quantiles": dict(zip([f"p{int(q * 100)}" for q in QUANTILES], row[2:],
+                                          strict=True)),
+                    "histogram": bins}
+    return out
+
+
+def _sources(con) -> dict[str, dict[str, int]]:
+    kept = dict(con.execute("SELECT source, count(*) FROM samples GROUP BY 1").fetchall())
+    rejected = []
+    if "rejects" in views(con):
+        rejected = con.execute("SELECT source, reject_stage, count(*) FROM rejects "
+                               "GROUP BY 1, 2 ORDER BY 1, 2").fetchall()
+    out: dict[str, dict[str, int]] = {}
+    for source, n in kept.items():
+        out.setdefault(str(source), {})["kept"] = n
+    for source, stage, n in rejected:
+        out.setdefault(str(source), {})[f"rejected_{stage}"] = n
+    for counts in out.values():
+        counts.setdefault("kept", 0)
+        counts["input"] = sum(counts.values())
+    return out

@@ -1,0 +1,83 @@
+"""`avcurate balance/threshold/subset/dedup/stats/query` on a real run, via the CLI."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+
+import pyarrow.parquet as pq
+import pytest
+from conftest import avcurate_cmd
+from test_filters import row, scored_recipe
+
+from avcurate.pipeline.runner import Runner
+from avcurate.reports.query import connect
+
+
+def sh(*args, check=True):
+    return subprocess.run(avcurate_cmd(*args), capture_output=True, text=True, check=check)
+
+
+@pytest.fixture
+def scored_run(tmp_path):
+    rows = ([row(f"a{i:02d}", "speech", comp=0.7 + i / 100, vd=0.8, ad=0.9) for i in range(25)]
+            + [row(f"b{i:02d}", "music", comp=0.75, vd=0.2, ad=0.9) for i in range(5)]
+            + [row(f"c{i}", "counting") for i in range(2)]
+            + [row("bad", "speech", aa=0.0), row("dup", "music", comp=0.1, question="q b00",
+                                                 video="b00.mp4")])
+    Runner(scored_recipe(tmp_path, rows, []), tmp_path / "run", show_progress=False).run()
+    return tmp_path / "run"
+
+
+def test_tool_commands_build_the_funnel(scored_run):
+    sh("dedup", str(scored_run), "-q")
+    sh("threshold", str(scored_run), "-q")
+    result = sh("balance", str(scored_run), "--max-ratio", "2", "--min-count", "3", "-q")
+    table = re.sub(r"[│┃]", "|", result.stdout)
+    assert re.search(r"\|\s*speech\s*\|\s*25\s*\|\s*10\s*\|", table)
+    assert re.search(r"\|\s*counting\s*\|\s*2\s*\|\s*0\s*\|", table)
+    sh("subset", str(scored_run), "-q")
+    manifest = json.loads((scored_run / "manifest.json").read_text())
+    assert [s["name"] for s in manifest["stages"]] == ["ingest", "dedup", "threshold", "balance",
+                                                      "subset"]
+    assert [s["kept"] for s in manifest["stages"]] == [34, 33, 32, 15, 15]
+    assert manifest["stages"][4]["subsets"]["audio_visual"]["rows"] == 10
+
+    stats = json.loads(sh("stats", str(scored_run), "--json").stdout)
+    assert stats["categories"]["before"] == {"speech": 25, "music": 5, "counting": 2}
+    assert stats["categories"]["after"] == {"speech": 10, "music": 5, "counting": 0}
+    comp = stats["scores"]["composite_score"]
+    assert comp["count"] == 15 and comp["quantiles"]["p100"] == pytest.approx(0.94)
+    assert sum(comp["histogram"]) == 15
+    assert stats["sources"]["jsonl"] == {"kept": 15, "rejected_dedup": 1, "rejected_threshold": 1,
+                                         "rejected_balance": 17, "input": 34}
+    text = sh("stats", str(scored_run), "--html", str(scored_run / "report.html")).stdout
+    assert "Score distributions" in text and "Per source" in text
+    html = (scored_run / "report.html").read_text()
+    assert html.count("<svg") >= 3 and "speech" in html and "<script" not in html
+    assert "http" not in html.replace('xmlns="http://www.w3.org/2000/svg"', "")  # self-contained
+
+
+def test_query_views_and_export(scored_run):
+    sh("threshold", str(scored_run), "-q")
+    sh("subset", str(scored_run), "-q")
+    con = connect(scored_run)
+    assert con.execute("SELECT count(*) FROM samples").fetchone()[0] == 32
+    assert con.execute("SELECT count(*) FROM threshold").fetchone()[0] == 32
+    assert con.execute("SELECT count(*) FROM ingest").fetchone()[0] == 34
+    assert con.execute("SELECT id, reject_reason FROM rejects ORDER BY id").fetchall() == [
+        ("jsonl:bad", "failed(answer_accuracy == 1)"), ("jsonl:dup", "failed(composite_score >= 0.7)")]
+    assert con.execute("SELECT count(*) FROM subset_audio_visual").fetchone()[0] == 25
+    printed = sh("query", str(scored_run),
+                 "SELECT category, count(*) AS n FROM samples GROUP BY 1 ORDER BY n DESC").stdout
+    assert re.search(r"speech\s*[│|]\s*25", printed)
+    out = scored_run / "speech.parquet"
+    sh("query", str(scored_run), "SELECT id FROM samples WHERE category = 'speech'", "--out",
+       str(out))
+    assert pq.read_table(out).num_rows == 25
+    sh("query", str(scored_run), "SELECT id FROM rejects ORDER BY id", "--out",
+       str(scored_run / "r.csv"))
+    assert (scored_run / "r.csv").read_text().splitlines() == ["id", "jsonl:bad", "jsonl:dup"]
+    bad = sh("query", str(scored_run), "SELECT nope FROM samples", check=False)
+    assert bad.returncode == 2 and "views:" in bad.stderr and "samples" in bad.stderr
