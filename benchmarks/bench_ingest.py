@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import psutil
+from _util import measure
 
 from avcurate.media import synth
 
@@ -37,16 +35,6 @@ def write_annotations(path: Path, rows: int, clips: int) -> None:
     path.write_text(json.dumps(records))
 
 
-def tree_rss(proc: psutil.Process) -> int:
-    total = 0
-    for p in [proc, *proc.children(recursive=True)]:
-        try:
-            total += p.memory_info().rss
-        except psutil.NoSuchProcess:
-            continue
-    return total
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=100_000)
@@ -62,15 +50,7 @@ def main() -> None:
             'annotations = "ann.json"\nmedia_root = "media"\n[[stages]]\nname = "validate"\n')
         cmd = [sys.executable, "-m", "avcurate", "run", str(root / "recipe.toml"), "--out",
                str(root / "run"), "-q"]
-        start = time.perf_counter()
-        proc = psutil.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        peak = 0
-        while proc.poll() is None:
-            peak = max(peak, tree_rss(proc))
-            time.sleep(0.05)
-        elapsed = time.perf_counter() - start
-        if proc.returncode:
-            sys.exit(f"run failed: {proc.stderr.read().decode()}")
+        elapsed, peak = measure(cmd)
         manifest = json.loads((root / "run/manifest.json").read_text())
     ingest, validate = manifest["stages"]
     print(f"{args.rows:,} annotation rows over {args.clips} clips: ingest {ingest['seconds']:.1f}s, "
