@@ -167,6 +167,123 @@ def _set_workers(run_dir: Path, workers: int) -> None:
     store.save_manifest(manifest)
 
 
+def _model_options(backend, model, base_url, concurrency, rpm, timeout, max_attempts,
+                   no_cache) -> dict:
+    return {"backend": backend, "model": model, "base_url": base_url or "",
+            "concurrency": concurrency, "rpm": rpm, "timeout": timeout,
+            "max_attempts": max_attempts, "cache": not no_cache}
+
+
+Backend = Annotated[str, typer.Option(help="openai (any OpenAI-compatible server, e.g. `vllm "
+                                            "serve`), gemini, transformers (local folder), vllm.")]
+Model = Annotated[str, typer.Option(help="Model name (or local folder for transformers).")]
+BaseUrl = Annotated[str | None, typer.Option(help="Server URL, e.g. http://localhost:8000/v1.")]
+Concurrency = Annotated[int, typer.Option(help="Requests in flight at once.")]
+Rpm = Annotated[float, typer.Option(help="At most this many requests per minute (0 = no limit).")]
+Timeout = Annotated[float, typer.Option(help="Seconds before a request times out.")]
+Attempts = Annotated[int, typer.Option(help="Tries per request (errors and bad answers).")]
+NoCache = Annotated[bool, typer.Option("--no-cache", help="Ignore and do not fill the response "
+                                                          "cache.")]
+DryRun = Annotated[bool, typer.Option("--dry-run", help="Print the number of calls, an input "
+                                                        "token estimate and an example request; "
+                                                        "call nothing.")]
+
+
+def _model_stage(run_dir: Path | None, spec: StageSpec, dry: bool, force: bool, quiet: bool,
+                 ingest: dict | None) -> None:
+    if ingest is not None:
+        if run_dir is not None:
+            fail("give either RUN_DIR or --source/--annotations/--media-root/--out, not both")
+        missing = [k for k in ("annotations", "media_root", "out") if not ingest.get(k)]
+        if missing:
+            fail(f"--source needs {', '.join('--' + m.replace('_', '-') for m in missing)}")
+        columns = {"columns": _parse_columns(ingest["column"])} if ingest["column"] else {}
+        src = SourceSpec(ingest["source"], str(Path(ingest["annotations"]).resolve()),
+                         str(Path(ingest["media_root"]).resolve()), columns)
+        run_dir = ingest["out"]
+        _guard(Runner(Recipe([src], [StageSpec("validate")]), run_dir, force=force,
+                      show_progress=not quiet).run)
+    if run_dir is None:
+        fail("give a RUN_DIR, or --source/--annotations/--media-root/--out to start one")
+    if dry:
+        from avcurate.curation.dry_run import dry_run
+
+        out.print(_guard(dry_run, run_dir, spec), highlight=False, soft_wrap=True)
+        return
+    _run_more(run_dir, spec, None, force, quiet)
+    entry = RunStore(run_dir).load_manifest()["stages"][-1]
+    usage = entry.get("usage", {})
+    out.print(f"{spec.name}: {usage.get('calls', 0)} calls, {usage.get('cached', 0)} cached, "
+              f"{usage.get('retries', 0)} retries, {usage.get('prompt_tokens', 0):,} prompt + "
+              f"{usage.get('completion_tokens', 0):,} completion tokens")
+
+
+IngestSource = Annotated[str | None, typer.Option("--source", help="Start a run: annotation "
+                                                                   "format (see `sources`).")]
+IngestPath = Annotated[Path | None, typer.Option(help="With --source: the annotation file.")]
+IngestMedia = Annotated[Path | None, typer.Option(help="With --source: the media root.")]
+IngestOut = Annotated[Path | None, typer.Option("--out", "-o", help="With --source: the run "
+                                                                    "folder to create.")]
+IngestColumn = Annotated[list[str] | None, typer.Option(help="With jsonl/parquet: "
+                                                             "SAMPLE_COLUMN=FILE_COLUMN.")]
+
+
+@app.command()
+def score(
+    run_dir: Annotated[Path | None, typer.Argument(help="An existing run to score.")] = None,
+    source: IngestSource = None, annotations: IngestPath = None, media_root: IngestMedia = None,
+    out_dir: IngestOut = None, column: IngestColumn = None,
+    backend: Backend = "openai", model: Model = "", base_url: BaseUrl = None,
+    concurrency: Concurrency = 16, rpm: Rpm = 0.0, timeout: Timeout = 120.0,
+    max_attempts: Attempts = 4, no_cache: NoCache = False,
+    prompt: Annotated[Path | None, typer.Option(help="Rubric prompt file (default: the "
+                                                     "packaged one).")] = None,
+    media: Annotated[str, typer.Option(help="What the judge sees: frames+audio, video or "
+                                            "none.")] = "frames+audio",
+    frames: Annotated[int, typer.Option(help="Evenly spaced frames (frames+audio).")] = 8,
+    audio_seconds: Annotated[float, typer.Option(help="Seconds of audio (frames+audio).")] = 30.0,
+    weights: Annotated[str, typer.Option(help="Composite weights for video, audio, logic, "
+                                              "accuracy.")] = "0.25,0.25,0.25,0.25",
+    dry_run: DryRun = False, force: Force = False, quiet: Quiet = False,
+) -> None:
+    """Score samples on 4 dimensions with a multimodal judge (OmniVideo-R1 used Gemini-2.5-Pro).
+
+    Either score an existing RUN_DIR, or give --source/--annotations/--media-root/--out to
+    ingest + validate + score in one go.
+    """
+    try:
+        w = [float(x) for x in weights.split(",")]
+    except ValueError:
+        fail(f"--weights takes four comma-separated numbers, got {weights!r}")
+    options = _model_options(backend, model, base_url, concurrency, rpm, timeout, max_attempts,
+                             no_cache) | {"prompt": str(prompt) if prompt else "", "media": media,
+                                          "frames": frames, "audio_seconds": audio_seconds,
+                                          "weights": w}
+    ingest = None if source is None else {"source": source, "annotations": annotations,
+                                          "media_root": media_root, "out": out_dir,
+                                          "column": column}
+    _model_stage(run_dir, StageSpec("score", options), dry_run, force, quiet, ingest)
+
+
+@app.command()
+def classify(
+    run_dir: RunDir,
+    backend: Backend = "openai", model: Model = "", base_url: BaseUrl = None,
+    concurrency: Concurrency = 16, rpm: Rpm = 0.0, timeout: Timeout = 120.0,
+    max_attempts: Attempts = 4, no_cache: NoCache = False,
+    taxonomy: Annotated[Path | None, typer.Option(help="Taxonomy TOML ([[category]] name, "
+                                                       "definition); default: 16 categories.")]
+    = None,
+    prompt: Annotated[Path | None, typer.Option(help="Prompt file (default: packaged).")] = None,
+    dry_run: DryRun = False, force: Force = False, quiet: Quiet = False,
+) -> None:
+    """Sort questions into the taxonomy with a text LLM (OmniVideo-R1 used Qwen3-32B)."""
+    options = _model_options(backend, model, base_url, concurrency, rpm, timeout, max_attempts,
+                             no_cache) | {"taxonomy": str(taxonomy) if taxonomy else "",
+                                          "prompt": str(prompt) if prompt else ""}
+    _model_stage(run_dir, StageSpec("classify", options), dry_run, force, quiet, None)
+
+
 @app.command()
 def threshold(
     run_dir: RunDir,

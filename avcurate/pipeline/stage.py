@@ -39,6 +39,8 @@ BUILTIN_MODULES = (
     "avcurate.filters.balance",
     "avcurate.filters.subset",
     "avcurate.filters.dedup",
+    "avcurate.curation.score",
+    "avcurate.curation.classify",
 )
 
 

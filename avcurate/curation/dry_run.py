@@ -1,0 +1,99 @@
+"""`--dry-run` for model stages: how many calls, roughly how many input tokens, and one
+fully rendered example request, without calling any model."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from avcurate.curation.model_stage import ModelStage
+from avcurate.models.request import AudioPart, ImagePart, ModelRequest, TextPart, VideoPart
+from avcurate.pipeline.context import StageContext
+from avcurate.pipeline.recipe import StageSpec
+from avcurate.pipeline.stage import create
+from avcurate.pipeline.store import RunStore
+
+# Rough per-item token costs, for an order-of-magnitude estimate only.
+TOKENS_PER_IMAGE = 258
+TOKENS_PER_AUDIO_SECOND = 32
+TOKENS_PER_VIDEO_SECOND = 300
+EXACT_UP_TO = 2000
+
+
+def estimate_tokens(request: ModelRequest, video_seconds: float = 0.0) -> int:
+    total = 0
+    for m in request.messages:
+        for p in m.parts:
+            if isinstance(p, TextPart):
+                total += len(p.text) // 4 + 1
+            elif isinstance(p, ImagePart):
+                total += TOKENS_PER_IMAGE
+            elif isinstance(p, AudioPart):
+                total += int(p.seconds * TOKENS_PER_AUDIO_SECOND)
+            elif isinstance(p, VideoPart):
+                total += int(video_seconds * TOKENS_PER_VIDEO_SECOND)
+    return total
+
+
+def _elide(value: Any) -> Any:
+    """Shorten base64 payloads so the example request fits on a screen."""
+    if isinstance(value, dict):
+        return {k: _elide(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_elide(v) for v in value]
+    if isinstance(value, str) and len(value) > 200 and (";base64," in value or " " not in value):
+        return value[:60] + f"…({len(value):,} chars)"
+    return value
+
+
+def rendered(stage: ModelStage, request: ModelRequest) -> dict[str, Any]:
+    if stage.backend == "openai":
+        from avcurate.models.openai_backend import OpenAIBackend
+
+        body = OpenAIBackend(stage.model, stage.base_url or None).render(request)
+    else:
+        body = {"model": stage.model, **request.describe()}
+    return _elide(body)
+
+
+def dry_run(run_dir, spec: StageSpec) -> str:
+    stage = create(spec.name, spec.options)
+    if not isinstance(stage, ModelStage):
+        raise ValueError(f"{spec.name} is not a model stage")
+    stage.spec()
+    store = RunStore(run_dir)
+    last = store.load_manifest()["stages"][-1]
+    inputs = store.shards(store.root / last["dir"])
+    rows = sum(pq.ParquetFile(p).metadata.num_rows for p in inputs)
+    ctx = StageContext(run_dir=store.root, stage_dir=store.root / "dry-run")
+    try:
+        sample_rows = min(rows, EXACT_UP_TO)
+        table = pa.concat_tables([pq.read_table(p) for p in inputs]).slice(0, sample_rows)
+        _, requests, errors = stage.requests_for(table, ctx)
+        built = [r for r in requests if r is not None]
+        cache = ctx.cache("responses") if stage.cache else None
+        keys = [r.key(stage.backend, stage.model) for r in built]
+        hits = len(cache.get_many(keys)) if cache is not None else 0
+        durations = table.column("duration_s").to_pylist() if "duration_s" in table.column_names \
+            else [0.0] * table.num_rows
+        tokens = sum(estimate_tokens(r, d or 0.0) for r, d in zip(
+            requests, durations, strict=True) if r is not None)
+    finally:
+        ctx.close()
+    scale = rows / sample_rows if sample_rows else 0
+    calls = round((len(built) - hits) * scale)
+    lines = [
+        f"[bold]{spec.name}[/] with {stage.backend}:{stage.model} on {rows:,} rows"
+        + ("" if scale == 1 else f" (estimated from the first {sample_rows:,})"),
+        f"  {calls:,} calls to make ({round(hits * scale):,} answers already cached, "
+        f"{round(len(errors) * scale):,} rows rejected before any call: unreadable media)",
+        f"  about {round(tokens * scale):,} input tokens (rough: {TOKENS_PER_IMAGE}/image, "
+        f"{TOKENS_PER_AUDIO_SECOND}/s of audio, text/4)",
+    ]
+    if built:
+        lines += ["  example request:", json.dumps(rendered(stage, built[0]), indent=2,
+                                                   ensure_ascii=False)]
+    return "\n".join(lines)

@@ -1,0 +1,95 @@
+"""The score stage: a multimodal judge rates each sample on four dimensions (OmniVideo-R1).
+
+The judge answers integer scores 0-10 for video dependency, audio dependency,
+question logic and answer accuracy, each with a one-sentence rationale. They
+are stored normalised to [0, 1]; the composite is their weighted sum (weights
+normalised to sum to 1, equal by default). The paper's judge was Gemini-2.5-Pro.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+from avcurate.curation.model_stage import ModelStage, lettered, load_prompt, render
+from avcurate.media.cache import DecodedMedia
+from avcurate.models import InvalidAnswer, ModelResponse
+from avcurate.models.request import AudioPart, ImagePart, Message, ModelRequest, TextPart, VideoPart
+from avcurate.pipeline.stage import register
+
+DIMENSIONS = ("video_dependency", "audio_dependency", "question_logic", "answer_accuracy")
+MEDIA_MODES = ("frames+audio", "video", "none")
+
+SCHEMA = {
+    "type": "object",
+    "properties": {k: v for d in DIMENSIONS for k, v in (
+        (d, {"type": "integer", "minimum": 0, "maximum": 10}),
+        (f"{d}_rationale", {"type": "string"}))},
+    "required": [k for d in DIMENSIONS for k in (d, f"{d}_rationale")],
+}
+
+
+@register
+@dataclass
+class Score(ModelStage):
+    """Rate each sample on video/audio dependency, question logic, answer accuracy (0-10 -> 0-1)."""
+
+    name = "score"
+    requires = ("id", "video", "question", "options", "answer")
+    adds = {**{d: pa.float64() for d in DIMENSIONS}, "composite_score": pa.float64(),
+            "score_rationale": pa.string(), "judge_model": pa.string()}
+    version = "1"
+
+    prompt: str = ""
+    media: str = "frames+audio"
+    frames: int = 8
+    audio_seconds: float = 30.0
+    weights: list[float] = field(default_factory=lambda: [0.25, 0.25, 0.25, 0.25])
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.media not in MEDIA_MODES:
+            raise ValueError(f"media must be one of {', '.join(MEDIA_MODES)}")
+        if len(self.weights) != 4 or any(w < 0 for w in self.weights) or sum(self.weights) <= 0:
+            raise ValueError("weights must be four non-negative numbers with a positive sum")
+        self._state["template"] = load_prompt(self.prompt, "score.md")
+        if self.media == "frames+audio":
+            self.decode_frames, self.decode_seconds = self.frames, self.audio_seconds
+
+    def build(self, row: dict[str, Any], media: DecodedMedia | None) -> ModelRequest:
+        text = render(self._state["template"], question=row["question"] or "",
+                      options=lettered(row["options"]) or "(open-ended question)",
+                      answer=row["answer"] or "")
+        parts: list = []
+        if self.media == "video":
+            parts.append(VideoPart(row["video"]))
+        elif media is not None:
+            parts += [ImagePart(f, float(t)) for f, t in zip(media.frames, media.times, strict=True)]
+            if media.audio.size:
+                parts.append(AudioPart(media.audio, media.sample_rate))
+        parts.append(TextPart(text))
+        return ModelRequest((Message("user", tuple(parts)),), temperature=self.temperature,
+                            max_tokens=self.max_tokens, json_schema=SCHEMA)
+
+    def validate(self, response: ModelResponse) -> dict[str, Any]:
+        answer = response.json
+        if not isinstance(answer, dict):
+            raise InvalidAnswer("judge_invalid_json", f"not a JSON object: {response.text[:120]!r}")
+        missing = [d for d in DIMENSIONS if d not in answer]
+        if missing:
+            raise InvalidAnswer("judge_missing_field", f"missing {', '.join(missing)}")
+        scores = {}
+        for d in DIMENSIONS:
+            v = answer[d]
+            if isinstance(v, bool) or not isinstance(v, int | float) or v != int(v) or not 0 <= v <= 10:
+                raise InvalidAnswer("judge_out_of_range", f"{d} = {v!r} is not an integer in 0..10")
+            scores[d] = int(v) / 10
+        total = sum(self.weights)
+        composite = sum(w / total * scores[d] for w, d in zip(self.weights, DIMENSIONS, strict=True))
+        rationale = {d: str(answer.get(f"{d}_rationale", "")) for d in DIMENSIONS}
+        return {**scores, "composite_score": round(composite, 12),
+                "score_rationale": json.dumps(rationale, ensure_ascii=False),
+                "judge_model": f"{self.backend}:{self.model}"}

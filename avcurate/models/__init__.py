@@ -1,0 +1,60 @@
+"""Model backends behind one interface, and the executor every call goes through."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from avcurate.models.errors import BackendUnavailable, InvalidAnswer, ModelError
+from avcurate.models.executor import Executor
+from avcurate.models.request import (
+    AudioPart,
+    ImagePart,
+    Message,
+    ModelRequest,
+    ModelResponse,
+    TextPart,
+    VideoPart,
+)
+
+BACKENDS = ("openai", "gemini", "transformers", "vllm")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How a stage names its model: backend + model (+ base URL and call settings)."""
+
+    backend: str
+    model: str
+    base_url: str | None = None
+    concurrency: int = 16
+    rpm: float = 0.0
+    timeout: float = 120.0
+    max_attempts: int = 4
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"unknown backend {self.backend!r}; use one of {', '.join(BACKENDS)}")
+        if not self.model:
+            raise ValueError("a model name is required (--model)")
+
+
+def make_backend(spec: ModelSpec, **kw: Any):
+    """Build the backend object for `spec` (imports heavy libraries only when used)."""
+    if spec.backend == "openai":
+        from avcurate.models.openai_backend import OpenAIBackend
+
+        return OpenAIBackend(spec.model, spec.base_url, spec.timeout, **kw)
+    if spec.backend == "gemini":
+        from avcurate.models.gemini_backend import GeminiBackend
+
+        return GeminiBackend(spec.model, spec.base_url, spec.timeout, **kw)
+    from avcurate.models.local_backends import TransformersBackend, VLLMBackend
+
+    cls = TransformersBackend if spec.backend == "transformers" else VLLMBackend
+    return cls(spec.model, spec.base_url, spec.timeout, **kw)
+
+
+__all__ = ["BACKENDS", "AudioPart", "BackendUnavailable", "Executor", "ImagePart", "InvalidAnswer",
+           "Message", "ModelError", "ModelRequest", "ModelResponse", "ModelSpec", "TextPart",
+           "VideoPart", "make_backend"]

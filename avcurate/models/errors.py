@@ -1,0 +1,27 @@
+"""How backends report failures to the executor."""
+
+
+class ModelError(Exception):
+    """A call that failed. `retryable` failures (429, 5xx, timeouts, connection errors) are
+    retried with backoff; others (bad request, auth) are not. `retry_after` is the
+    server's Retry-After in seconds, when it sent one."""
+
+    def __init__(self, message: str, *, retryable: bool, kind: str,
+                 retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+        self.kind = kind
+        self.retry_after = retry_after
+
+
+class InvalidAnswer(Exception):
+    """The model answered, but not in the required shape (not JSON, missing field, out of
+    range). `reason` becomes the reject reason once the attempts are used up."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+class BackendUnavailable(RuntimeError):
+    """A backend that cannot be used here (e.g. vllm not installed): a clear message."""

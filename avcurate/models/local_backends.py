@@ -1,0 +1,114 @@
+"""In-process backends: transformers (small local judges) and vLLM (batch inference).
+
+Both are optional at run time: transformers loads a local model directory
+(no hub download), vLLM is imported only when asked for and says clearly when
+it is not installed. For vLLM on another machine, prefer `vllm serve` and the
+openai backend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from avcurate.models.errors import BackendUnavailable, ModelError
+from avcurate.models.request import ModelRequest, ModelResponse, TextPart, parse_json_answer
+
+
+def _chat(request: ModelRequest) -> list[dict[str, str]]:
+    messages = []
+    for m in request.messages:
+        if any(not isinstance(p, TextPart) for p in m.parts):
+            raise ModelError("this backend takes text only; use --media none or a multimodal "
+                             "backend (openai/gemini)", retryable=False, kind="unsupported_media")
+        messages.append({"role": m.role, "content": "\n".join(p.text for p in m.parts)})
+    return messages
+
+
+def _with_json(response: ModelResponse, request: ModelRequest) -> ModelResponse:
+    if request.json_schema is not None:
+        try:
+            response.json = parse_json_answer(response.text)
+        except ValueError:
+            response.json = None
+    return response
+
+
+class TransformersBackend:
+    """A local causal LM directory: chat template + generate, one request at a time."""
+
+    name = "transformers"
+
+    def __init__(self, model: str, base_url: str | None = None, timeout: float = 600.0,
+                 device: str = "cpu") -> None:
+        if not Path(model).is_dir():
+            raise BackendUnavailable(f"transformers backend: {model} is not a local model folder "
+                                     "(weights are never downloaded)")
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.model = model
+        self.tokenizer = AutoTokenizer.from_pretrained(model)
+        self.lm = AutoModelForCausalLM.from_pretrained(model).to(device).eval()
+        self._lock = asyncio.Lock()
+
+    async def aclose(self) -> None:
+        return None
+
+    def _generate(self, request: ModelRequest) -> ModelResponse:
+        import torch
+
+        ids = self.tokenizer.apply_chat_template(_chat(request), add_generation_prompt=True,
+                                                 return_tensors="pt", return_dict=True)
+        kw: dict[str, Any] = {"max_new_tokens": request.max_tokens,
+                              "pad_token_id": self.tokenizer.pad_token_id
+                              or self.tokenizer.eos_token_id}
+        if request.temperature > 0:
+            kw |= {"do_sample": True, "temperature": request.temperature, "top_p": request.top_p}
+        else:
+            kw |= {"do_sample": False}
+        with torch.no_grad():
+            out = self.lm.generate(**ids.to(self.lm.device), **kw)
+        new = out[0, ids["input_ids"].shape[1]:]
+        text = self.tokenizer.decode(new, skip_special_tokens=True)
+        usage = {"prompt_tokens": int(ids["input_ids"].shape[1]), "completion_tokens": int(len(new))}
+        return _with_json(ModelResponse(text=text, usage=usage), request)
+
+    async def call(self, request: ModelRequest) -> ModelResponse:
+        async with self._lock:  # one generate at a time: the model is not re-entrant
+            return await asyncio.to_thread(self._generate, request)
+
+
+class VLLMBackend:
+    """In-process `vllm.LLM` (text prompts through its chat API)."""
+
+    name = "vllm"
+
+    def __init__(self, model: str, base_url: str | None = None, timeout: float = 600.0) -> None:
+        try:
+            import vllm
+        except ImportError as exc:
+            raise BackendUnavailable(
+                "the vllm backend needs vLLM: pip install 'avcurate[vllm]' on a machine with a GPU, "
+                "or run `vllm serve MODEL` and use --backend openai --base-url http://HOST:8000/v1"
+            ) from exc
+        self.model = model
+        self.llm = vllm.LLM(model=model)
+        self._vllm = vllm
+        self._lock = asyncio.Lock()
+
+    async def aclose(self) -> None:
+        return None
+
+    def _generate(self, request: ModelRequest) -> ModelResponse:
+        params = self._vllm.SamplingParams(temperature=request.temperature, top_p=request.top_p,
+                                           max_tokens=request.max_tokens)
+        [out] = self.llm.chat(_chat(request), params, use_tqdm=False)
+        text = out.outputs[0].text
+        usage = {"prompt_tokens": len(out.prompt_token_ids or []),
+                 "completion_tokens": len(out.outputs[0].token_ids)}
+        return _with_json(ModelResponse(text=text, usage=usage), request)
+
+    async def call(self, request: ModelRequest) -> ModelResponse:
+        async with self._lock:
+            return await asyncio.to_thread(self._generate, request)

@@ -1,0 +1,128 @@
+"""Any OpenAI-compatible chat-completions server: OpenAI, `vllm serve`, others.
+
+Images go as `image_url` JPEG data URLs, audio as `input_audio` wav, video as
+`video_url` (a data URL, or `file://` for a vLLM server started with
+`--allowed-local-media-path`). Structured output uses `response_format`
+(json_schema); a server that refuses it gets the schema in the prompt instead
+and the answer is parsed and validated either way. The key comes from
+OPENAI_API_KEY and is never stored.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import openai
+
+from avcurate.models.errors import ModelError
+from avcurate.models.request import (
+    AudioPart,
+    ImagePart,
+    ModelRequest,
+    ModelResponse,
+    TextPart,
+    VideoPart,
+    b64,
+    parse_json_answer,
+)
+
+
+def _retry_after(exc: openai.APIStatusError) -> float | None:
+    value = exc.response.headers.get("retry-after") if exc.response is not None else None
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+class OpenAIBackend:
+    name = "openai"
+
+    def __init__(self, model: str, base_url: str | None = None, timeout: float = 120.0,
+                 video_as: str = "data") -> None:
+        if video_as not in ("data", "file"):
+            raise ValueError("video_as must be 'data' or 'file'")
+        self.model, self.base_url, self.timeout, self.video_as = model, base_url, timeout, video_as
+        self._client: openai.AsyncOpenAI | None = None
+        self.structured = True  # turned off when the server rejects response_format
+
+    def client(self) -> openai.AsyncOpenAI:
+        if self._client is None:
+            # our executor retries; the client's own retries would hide 429s and double waits
+            self._client = openai.AsyncOpenAI(
+                base_url=self.base_url, api_key=os.environ.get("OPENAI_API_KEY") or "EMPTY",
+                timeout=self.timeout, max_retries=0)
+        return self._client
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+    def render(self, request: ModelRequest, structured: bool | None = None) -> dict[str, Any]:
+        """The chat-completions request body (what `--dry-run` prints)."""
+        structured = self.structured if structured is None else structured
+        messages = [{"role": m.role, "content": [self._part(p) for p in m.parts]}
+                    for m in request.messages]
+        body: dict[str, Any] = {"model": self.model, "messages": messages,
+                                "temperature": request.temperature,
+                                "max_tokens": request.max_tokens, "top_p": request.top_p}
+        if request.json_schema is not None:
+            if structured:
+                body["response_format"] = {"type": "json_schema", "json_schema": {
+                    "name": "answer", "schema": request.json_schema}}
+            else:
+                messages[-1]["content"].append({"type": "text", "text": (
+                    "Reply with one JSON object that follows this JSON schema, and nothing "
+                    "else:\n" + json.dumps(request.json_schema))})
+        return body
+
+    def _part(self, part) -> dict[str, Any]:
+        if isinstance(part, TextPart):
+            return {"type": "text", "text": part.text}
+        if isinstance(part, ImagePart):
+            return {"type": "image_url",
+                    "image_url": {"url": f"data:image/jpeg;base64,{b64(part.jpeg)}"}}
+        if isinstance(part, AudioPart):
+            return {"type": "input_audio", "input_audio": {"data": b64(part.wav), "format": "wav"}}
+        if isinstance(part, VideoPart):
+            if self.video_as == "file":
+                url = Path(part.path).resolve().as_uri()
+            else:
+                url = f"data:video/mp4;base64,{b64(Path(part.path).read_bytes())}"
+            return {"type": "video_url", "video_url": {"url": url}}
+        raise TypeError(f"unsupported part {part!r}")
+
+    async def call(self, request: ModelRequest) -> ModelResponse:
+        try:
+            completion = await self.client().chat.completions.create(**self.render(request))
+        except openai.BadRequestError as exc:
+            if request.json_schema is not None and self.structured and "response_format" in str(exc):
+                self.structured = False  # this server has no structured output: fall back
+                return await self.call(request)
+            raise ModelError(str(exc), retryable=False, kind="bad_request") from exc
+        except openai.RateLimitError as exc:
+            raise ModelError(str(exc), retryable=True, kind="rate_limited",
+                             retry_after=_retry_after(exc)) from exc
+        except openai.APITimeoutError as exc:
+            raise ModelError(str(exc), retryable=True, kind="timeout") from exc
+        except openai.APIConnectionError as exc:
+            raise ModelError(str(exc), retryable=True, kind="connection") from exc
+        except openai.APIStatusError as exc:
+            retryable = exc.status_code >= 500 or exc.status_code == 408
+            raise ModelError(str(exc), retryable=retryable, kind=f"http_{exc.status_code}",
+                             retry_after=_retry_after(exc)) from exc
+        text = completion.choices[0].message.content or "" if completion.choices else ""
+        usage = completion.usage
+        response = ModelResponse(text=text, usage={
+            "prompt_tokens": usage.prompt_tokens if usage else 0,
+            "completion_tokens": usage.completion_tokens if usage else 0})
+        if request.json_schema is not None:
+            try:
+                response.json = parse_json_answer(text)
+            except ValueError:
+                response.json = None
+        return response

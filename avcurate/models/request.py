@@ -1,0 +1,184 @@
+"""One request type and one response type for every model backend.
+
+A request is a list of messages whose parts are text, images (decoded frames),
+audio (a mono PCM clip) or a video file, plus sampling parameters and an
+optional JSON schema for the answer. Every request has a stable hash (media
+enter it by content hash), which keys the response cache.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+
+
+@dataclass(frozen=True)
+class TextPart:
+    text: str
+
+
+@dataclass(frozen=True, eq=False)
+class ImagePart:
+    """An RGB uint8 frame [H, W, 3]; sent as JPEG."""
+
+    pixels: np.ndarray
+    timestamp_s: float | None = None
+
+    @cached_property
+    def jpeg(self) -> bytes:
+        return encode_jpeg(self.pixels)
+
+    def digest(self) -> str:
+        return hashlib.sha256(np.ascontiguousarray(self.pixels).tobytes()).hexdigest()
+
+
+@dataclass(frozen=True, eq=False)
+class AudioPart:
+    """Mono float32 PCM at `sample_rate`; sent as a 16-bit wav."""
+
+    pcm: np.ndarray
+    sample_rate: int = 16000
+
+    @cached_property
+    def wav(self) -> bytes:
+        return encode_wav(self.pcm, self.sample_rate)
+
+    @property
+    def seconds(self) -> float:
+        return len(self.pcm) / self.sample_rate
+
+    def digest(self) -> str:
+        return hashlib.sha256(np.ascontiguousarray(self.pcm).tobytes()).hexdigest()
+
+
+@dataclass(frozen=True)
+class VideoPart:
+    """A video file, sent whole (Gemini, omni models) or by path (vLLM `file://`)."""
+
+    path: str
+
+    def digest(self) -> str:
+        return file_digest(self.path)
+
+
+Part = TextPart | ImagePart | AudioPart | VideoPart
+
+
+@dataclass(frozen=True)
+class Message:
+    role: str
+    parts: tuple[Part, ...]
+
+
+@dataclass(frozen=True)
+class ModelRequest:
+    messages: tuple[Message, ...]
+    temperature: float = 0.0
+    max_tokens: int = 1024
+    top_p: float = 1.0
+    json_schema: dict[str, Any] | None = None
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-able description with media replaced by content hashes (the cache key's input)."""
+        return {
+            "messages": [{"role": m.role, "parts": [_describe(p) for p in m.parts]}
+                         for m in self.messages],
+            "temperature": self.temperature, "max_tokens": self.max_tokens, "top_p": self.top_p,
+            "json_schema": self.json_schema,
+        }
+
+    def key(self, backend: str, model: str) -> str:
+        payload = json.dumps({"backend": backend, "model": model, **self.describe()},
+                             sort_keys=True, default=str)
+        return hashlib.sha256(payload.encode()).hexdigest()
+
+    @property
+    def text(self) -> str:
+        return "\n".join(p.text for m in self.messages for p in m.parts if isinstance(p, TextPart))
+
+    def count(self, kind: type) -> int:
+        return sum(isinstance(p, kind) for m in self.messages for p in m.parts)
+
+
+@dataclass
+class ModelResponse:
+    text: str
+    json: Any = None
+    usage: dict[str, int] = field(default_factory=dict)
+    cached: bool = False
+
+
+def _describe(part: Part) -> dict[str, Any]:
+    if isinstance(part, TextPart):
+        return {"text": part.text}
+    if isinstance(part, ImagePart):
+        return {"image": part.digest(), "t": part.timestamp_s}
+    if isinstance(part, AudioPart):
+        return {"audio": part.digest(), "sr": part.sample_rate}
+    return {"video": part.digest()}
+
+
+def file_digest(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def encode_jpeg(pixels: np.ndarray, quality: int = 4) -> bytes:
+    """JPEG bytes of an RGB frame, with FFmpeg's mjpeg encoder (no imaging library needed)."""
+    buf = io.BytesIO()
+    h, w = pixels.shape[:2]
+    with av.open(buf, "w", format="image2pipe") as out:
+        stream = out.add_stream("mjpeg", rate=1)
+        stream.width, stream.height, stream.pix_fmt = w - w % 2, h - h % 2, "yuvj420p"
+        stream.options = {"qmin": str(quality), "qmax": str(quality)}
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(pixels[: h - h % 2, : w - w % 2]),
+                                           format="rgb24")
+        out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    return buf.getvalue()
+
+
+def encode_wav(pcm: np.ndarray, sample_rate: int) -> bytes:
+    import soundfile as sf
+
+    buf = io.BytesIO()
+    sf.write(buf, np.clip(pcm, -1, 1), sample_rate, format="WAV", subtype="PCM_16")
+    return buf.getvalue()
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def parse_json_answer(text: str) -> Any:
+    """The JSON object in a model's answer: plain, fenced in ```json, or embedded in prose.
+
+    Raises ValueError when there is none.
+    """
+    stripped = text.strip()
+    if stripped.startswith("```"):
+        stripped = stripped.split("\n", 1)[-1].rsplit("```", 1)[0]
+    try:
+        return json.loads(stripped)
+    except json.JSONDecodeError:
+        pass
+    start = stripped.find("{")
+    while start != -1:
+        try:
+            obj, _ = json.JSONDecoder().raw_decode(stripped[start:])
+            return obj
+        except json.JSONDecodeError:
+            start = stripped.find("{", start + 1)
+    raise ValueError(f"no JSON object in the answer: {text[:120]!r}")

@@ -1,0 +1,228 @@
+"""Model backends, the executor and the score/classify stages against loopback servers."""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+
+import pytest
+from conftest import avcurate_cmd
+from helpers import jsonl_recipe, read_stage, rows_by_id, run
+from loopback import gemini_server, openai_server, wav_seconds
+
+from avcurate.models import BackendUnavailable, ModelSpec, make_backend
+from avcurate.pipeline.recipe import StageSpec
+from avcurate.pipeline.runner import RunError
+
+SECRET = "sk-test-SECRET-0123456789"
+
+
+def _records(media, markers):
+    return [{"id": f"q{i}", "video": str(media["good"] if m != "[missing]" else
+                                          media["root"] / "gone.mp4"),
+             "question": f"What color is the square? {m}".strip(), "options": ["red", "blue"],
+             "answer": "A"} for i, m in enumerate(markers)]
+
+
+MARKERS = ["", "[429]", "[500]", "[slow]", "[flaky]", "[nonjson]", "[range]", "[missing]"]
+
+
+def _score(server, **kw):
+    return StageSpec("score", {"backend": "openai", "model": "judge",
+                               "base_url": server.url + "/v1", "timeout": 1.0,
+                               "max_attempts": 3, "concurrency": 4, "audio_seconds": 2.0} | kw)
+
+
+def _no_secret_anywhere(root, *texts):
+    for path in root.rglob("*"):
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes(), path
+    for text in texts:
+        assert SECRET not in text
+
+
+def test_score_every_row_kept_or_rejected_under_faults(tmp_path, media, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    with openai_server(slow_seconds=2.5) as server:
+        recipe = jsonl_recipe(tmp_path, _records(media, MARKERS), media["root"], [_score(server)])
+        run(recipe, tmp_path / "run")
+        kept, rej = read_stage(tmp_path / "run", "01")
+    ids = {r: m for r, m in zip([f"jsonl:q{i}" for i in range(len(MARKERS))], MARKERS, strict=True)}
+    assert {ids[i] for i in kept.column("id").to_pylist()} == {"", "[429]", "[500]", "[slow]",
+                                                                "[flaky]"}
+    reasons = {ids[r["id"]]: r["reject_reason"] for r in rej.to_pylist()}
+    assert reasons == {"[nonjson]": "judge_invalid_json", "[range]": "judge_out_of_range",
+                       "[missing]": "missing_media"}
+    row = rows_by_id(kept)["jsonl:q0"]
+    assert 0 <= row["video_dependency"] <= 1 and row["answer_accuracy"] in (0.9, 1.0)
+    expected = sum(row[d] for d in ("video_dependency", "audio_dependency", "question_logic",
+                                    "answer_accuracy")) / 4
+    assert row["composite_score"] == pytest.approx(expected)
+    assert set(json.loads(row["score_rationale"])) == {"video_dependency", "audio_dependency",
+                                                       "question_logic", "answer_accuracy"}
+    assert row["judge_model"] == "openai:judge"
+    manifest = json.loads((tmp_path / "run/manifest.json").read_text())
+    usage = manifest["stages"][1]["usage"]
+    assert usage["retries"] >= 3 and usage["invalid_answers"] >= 1 + 3 + 3
+    assert usage["prompt_tokens"] > 0 and usage["calls"] == len(server.requests)
+    assert manifest["stages"][1]["model"] == {"backend": "openai", "model": "judge",
+                                              "base_url": server.url + "/v1"}
+    assert all(h.get("authorization") == f"Bearer {SECRET}" for h in server.headers_seen)
+    _no_secret_anywhere(tmp_path / "run")
+
+
+def test_request_carries_the_media(tmp_path, media):
+    with openai_server() as server:
+        recipe = jsonl_recipe(tmp_path, _records(media, [""]), media["root"], [_score(server)])
+        run(recipe, tmp_path / "run")
+        body = server.requests[0]
+    parts = body["messages"][0]["content"]
+    images = [p for p in parts if p["type"] == "image_url"]
+    audio = [p for p in parts if p["type"] == "input_audio"]
+    assert len(images) == 8 and all(p["image_url"]["url"].startswith("data:image/jpeg;base64,")
+                                    for p in images)
+    assert base64.b64decode(images[0]["image_url"]["url"].split(",", 1)[1])[:2] == b"\xff\xd8"
+    assert len(audio) == 1 and audio[0]["input_audio"]["format"] == "wav"
+    assert wav_seconds(audio[0]["input_audio"]["data"]) == pytest.approx(2.0, abs=0.01)
+    assert body["response_format"]["type"] == "json_schema"
+    assert "What color is the square?" in parts[-1]["text"]
+
+
+@pytest.mark.parametrize("video_as", ["data", "file"])
+def test_video_mode_sends_the_file(tmp_path, media, video_as):
+    with openai_server() as server:
+        stage = _score(server, media="video")
+        recipe = jsonl_recipe(tmp_path, _records(media, [""]), media["root"], [stage])
+        if video_as == "file":  # vLLM started with --allowed-local-media-path
+            from avcurate.models.openai_backend import OpenAIBackend
+            body = OpenAIBackend("m", video_as="file").render(
+                __import__("avcurate.curation.score", fromlist=["Score"]).Score(
+                    model="m", media="video").build(
+                    {"question": "Q", "options": ["a", "b"], "answer": "A",
+                     "video": str(media["good"])}, None))
+            [video] = [p for p in body["messages"][0]["content"] if p["type"] == "video_url"]
+            assert video["video_url"]["url"] == media["good"].resolve().as_uri()
+            return
+        run(recipe, tmp_path / "run")
+        parts = server.requests[0]["messages"][0]["content"]
+    [video] = [p for p in parts if p["type"] == "video_url"]
+    data = base64.b64decode(video["video_url"]["url"].split(",", 1)[1])
+    assert data == media["good"].read_bytes()
+    assert not [p for p in parts if p["type"] in ("image_url", "input_audio")]
+
+
+def test_second_run_makes_zero_calls_and_no_cache_opts_out(tmp_path, media):
+    with openai_server() as server:
+        recipe = jsonl_recipe(tmp_path, _records(media, ["", "[flaky]"]), media["root"],
+                              [_score(server)])
+        run(recipe, tmp_path / "run")
+        first = len(server.requests)
+        recipe.stages = [_score(server, concurrency=2)]  # same requests, new stage fingerprint
+        run(recipe, tmp_path / "run", force=True)
+        assert len(server.requests) == first
+        manifest = json.loads((tmp_path / "run/manifest.json").read_text())
+        assert manifest["stages"][1]["usage"]["cached"] == 2
+        assert manifest["stages"][1]["usage"]["calls"] == 0
+        recipe.stages = [_score(server, cache=False)]
+        run(recipe, tmp_path / "run", force=True)
+        assert len(server.requests) == first + 2
+
+
+def test_gemini_backend(tmp_path, media, monkeypatch):
+    monkeypatch.setenv("GEMINI_API_KEY", SECRET)
+    with gemini_server(slow_seconds=2.5) as server:
+        stage = StageSpec("score", {"backend": "gemini", "model": "gemini-2.5-pro",
+                                    "base_url": server.url, "timeout": 1.0, "max_attempts": 3,
+                                    "audio_seconds": 2.0})
+        records = _records(media, ["", "[429]", "[500]", "[slow]", "[nonjson]"])
+        run(jsonl_recipe(tmp_path, records, media["root"], [stage]), tmp_path / "run")
+        kept, rej = read_stage(tmp_path / "run", "01")
+        body = server.requests[0]
+    assert kept.num_rows == 4
+    assert rej.column("reject_reason").to_pylist() == ["judge_invalid_json"]
+    parts = body["contents"][0]["parts"]
+    inline = [p["inlineData"] for p in parts if "inlineData" in p]
+    mimes = [d.get("mimeType") or d.get("mime_type") for d in inline]  # the SDK sends either
+    assert mimes.count("image/jpeg") == 8 and mimes.count("audio/wav") == 1
+    assert body["generationConfig"]["responseMimeType"] == "application/json"
+    assert all(h.get("x-goog-api-key") == SECRET for h in server.headers_seen)
+    _no_secret_anywhere(tmp_path / "run")
+
+
+def test_gemini_without_key_is_a_clear_reject(tmp_path, media, monkeypatch):
+    monkeypatch.delenv("GEMINI_API_KEY", raising=False)
+    monkeypatch.delenv("GOOGLE_API_KEY", raising=False)
+    stage = StageSpec("score", {"backend": "gemini", "model": "g", "media": "none"})
+    run(jsonl_recipe(tmp_path, _records(media, [""]), media["root"], [stage]), tmp_path / "run")
+    [row] = read_stage(tmp_path / "run", "01")[1].to_pylist()
+    assert row["reject_reason"] == "model_error" and "GEMINI_API_KEY" in row["reject_detail"]
+
+
+def test_classify(tmp_path, media):
+    questions = ["How many drum hits? counting", "[none] ???", "[weird] ???",
+                 "Who is the speaker on the left? speaker [upper]"]
+    records = [{"id": f"c{i}", "video": str(media["good"]), "question": q,
+                "options": ["x", "y"], "answer": "A"} for i, q in enumerate(questions)]
+    with openai_server() as server:
+        stage = StageSpec("classify", {"backend": "openai", "model": "qwen",
+                                       "base_url": server.url + "/v1", "max_attempts": 2})
+        run(jsonl_recipe(tmp_path, records, media["root"], [stage]), tmp_path / "run")
+        kept, rej = read_stage(tmp_path / "run", "01")
+        prompt = server.requests[0]["messages"][0]["content"][0]["text"]
+    assert prompt.count("\n- ") == 16  # the default taxonomy, one line per category
+    cats = {r["id"]: r["category"] for r in kept.to_pylist()}
+    assert cats == {"jsonl:c0": "audio-visual counting", "jsonl:c3": "speaker identification"}
+    assert {r["id"]: r["reject_reason"] for r in rej.to_pylist()} == {
+        "jsonl:c1": "no_category", "jsonl:c2": "unclassifiable"}
+
+
+def test_custom_taxonomy_and_prompt(tmp_path, media):
+    (tmp_path / "tax.toml").write_text('[[category]]\nname = "colors"\ndefinition = "c"\n'
+                                       '[[category]]\nname = "sounds"\ndefinition = "s"\n')
+    (tmp_path / "p.md").write_text("MY PROMPT\nTaxonomy:\n{{categories}}\nQuestion:\n{{question}}"
+                                   "\n\nOptions:\n{{options}}\n")
+    with openai_server() as server:
+        stage = StageSpec("classify", {"backend": "openai", "model": "q", "base_url":
+                                       server.url + "/v1", "taxonomy": str(tmp_path / "tax.toml"),
+                                       "prompt": str(tmp_path / "p.md")})
+        run(jsonl_recipe(tmp_path, _records(media, ["sounds"]), media["root"], [stage]),
+            tmp_path / "run")
+        assert server.requests[0]["messages"][0]["content"][0]["text"].startswith("MY PROMPT")
+    assert read_stage(tmp_path / "run", "01")[0].column("category").to_pylist() == ["sounds"]
+
+
+def test_vllm_missing_is_clear():
+    with pytest.raises(BackendUnavailable, match="vllm serve"):
+        make_backend(ModelSpec("vllm", "Qwen/Qwen2.5-7B-Instruct"))
+
+
+def test_bad_backend_name_fails_before_work(tmp_path, media):
+    stage = StageSpec("score", {"backend": "opneai", "model": "m"})
+    recipe = jsonl_recipe(tmp_path, _records(media, [""]), media["root"], [stage])
+    with pytest.raises(RunError, match="unknown backend"):
+        run(recipe, tmp_path / "run")
+
+
+def test_score_cli_dry_run_and_one_go(tmp_path, media, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    ann = tmp_path / "ann.jsonl"
+    ann.write_text("".join(json.dumps(r) + "\n" for r in _records(media, ["", "", "[nonjson]"])))
+    cols = ["--column", "id=id", "--column", "video=video", "--column", "question=question",
+            "--column", "options=options", "--column", "answer=answer"]
+    with openai_server() as server:
+        base = ["score", "--source", "jsonl", "--annotations", str(ann), "--media-root",
+                str(media["root"]), "--out", str(tmp_path / "run"), "--backend", "openai",
+                "--model", "judge", "--base-url", server.url + "/v1", "--audio-seconds", "2", *cols]
+        dry = subprocess.run(avcurate_cmd(*base, "--dry-run"), capture_output=True, text=True)
+        assert dry.returncode == 0, dry.stderr
+        assert "3 calls" in dry.stdout and "input tokens" in dry.stdout
+        assert '"image_url"' in dry.stdout and "…" in dry.stdout  # base64 elided
+        assert server.requests == []
+        done = subprocess.run(avcurate_cmd(*base, "-q"), capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        assert len(server.requests) == 2 + 4  # one answer each, the non-JSON one 4 times
+    manifest = json.loads((tmp_path / "run/manifest.json").read_text())
+    assert [s["name"] for s in manifest["stages"]] == ["ingest", "validate", "score"]
+    assert manifest["stages"][2]["kept"] == 2
+    _no_secret_anywhere(tmp_path / "run", dry.stdout, dry.stderr, done.stdout, done.stderr)
