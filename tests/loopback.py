@@ -66,10 +66,12 @@ def answer_for(prompt: str, attempt: int) -> str:
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 256  # listen backlog: the default 5 drops bursts of new connections
 
     def __init__(self, handler, latency: float = 0.0, slow_seconds: float = 2.0) -> None:
         super().__init__(("127.0.0.1", 0), handler)
         self.requests: list[dict] = []
+        self.uploads: list[bytes] = []
         self.headers_seen: list[dict] = []
         self.attempts: Counter[str] = Counter()
         self.latency = latency
@@ -98,6 +100,8 @@ class _Server(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
+    protocol_version = "HTTP/1.1"  # keep-alive, as real inference servers do
+    disable_nagle_algorithm = True  # headers and body are separate writes: no 40 ms ACK stalls
 
     def log_message(self, *args) -> None:  # keep test output clean
         pass
@@ -156,11 +160,38 @@ class OpenAIHandler(_Handler):
 
 
 class GeminiHandler(_Handler):
+    """generateContent, plus the Files API's resumable upload (start, then upload+finalize)
+    and file lookup, which google-genai uses for large videos."""
+
     def _error(self, code, message, headers=None):
         status = {429: "RESOURCE_EXHAUSTED", 500: "INTERNAL"}.get(code, "INVALID_ARGUMENT")
         self._json(code, {"error": {"code": code, "message": message, "status": status}}, headers)
 
+    def _upload(self) -> None:
+        command = self.headers.get("X-Goog-Upload-Command", "")
+        length = int(self.headers.get("Content-Length") or 0)
+        data = self.rfile.read(length) if length else b""
+        if command == "start":
+            self.send_response(200)
+            self.send_header("X-Goog-Upload-URL", f"{self.server.url}/upload-session/1")
+            self.send_header("X-Goog-Upload-Status", "active")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        self.server.uploads.append(data)
+        name = f"files/{len(self.server.uploads)}"
+        file = {"name": name, "uri": f"{self.server.url}/v1beta/{name}", "mimeType": "video/mp4",
+                "sizeBytes": str(len(data)), "state": "ACTIVE"}
+        self._json(200, {"file": file}, {"X-Goog-Upload-Status": "final"})
+
+    def do_GET(self) -> None:
+        name = self.path.split("/v1beta/", 1)[-1].split("?")[0]
+        self._json(200, {"name": name, "uri": f"{self.server.url}/v1beta/{name}",
+                         "mimeType": "video/mp4", "state": "ACTIVE"})
+
     def do_POST(self) -> None:
+        if "/upload" in self.path:
+            return self._upload()
         if ":generateContent" not in self.path:
             return self._error(404, f"no route {self.path}")
         body = self._read()

@@ -226,3 +226,25 @@ def test_score_cli_dry_run_and_one_go(tmp_path, media, monkeypatch):
     assert [s["name"] for s in manifest["stages"]] == ["ingest", "validate", "score"]
     assert manifest["stages"][2]["kept"] == 2
     _no_secret_anywhere(tmp_path / "run", dry.stdout, dry.stderr, done.stdout, done.stderr)
+
+
+def test_gemini_large_video_goes_through_the_files_api(media, monkeypatch):
+    import asyncio
+
+    from avcurate.models.gemini_backend import GeminiBackend
+    from avcurate.models.request import Message, ModelRequest, TextPart, VideoPart
+
+    monkeypatch.setenv("GEMINI_API_KEY", SECRET)
+    with gemini_server() as server:
+        request = ModelRequest((Message("user", (VideoPart(str(media["good"])),
+                                                 TextPart("Describe it."))),))
+        small = GeminiBackend("g", server.url)  # 20 MB inline limit: sent inline
+        asyncio.run(small.call(request))
+        big = GeminiBackend("g", server.url, inline_limit=1000)  # forced through the Files API
+        asyncio.run(big.call(request))
+        inline, uploaded = (server.requests[0]["contents"][0]["parts"][0],
+                            server.requests[1]["contents"][0]["parts"][0])
+    assert "inlineData" in inline and server.uploads == [media["good"].read_bytes()]
+    file_data = uploaded.get("fileData") or uploaded.get("file_data")
+    assert file_data is not None and file_data.get("fileUri", file_data.get("file_uri")).endswith(
+        "/v1beta/files/1")

@@ -98,7 +98,12 @@ class OpenAIBackend:
 
     async def call(self, request: ModelRequest) -> ModelResponse:
         try:
-            completion = await self.client().chat.completions.create(**self.render(request))
+            # The body is already a plain chat-completions payload; posting it through the
+            # client's low-level `post` keeps its auth, base URL, timeouts and error types but
+            # skips the SDK's per-request param transformation (~1.5 ms of CPU per call,
+            # measured in benchmarks/bench_scoring.py), and we read the JSON ourselves.
+            completion = await self.client().post("/chat/completions", body=self.render(request),
+                                                  cast_to=object)
         except openai.BadRequestError as exc:
             if request.json_schema is not None and self.structured and "response_format" in str(exc):
                 self.structured = False  # this server has no structured output: fall back
@@ -115,11 +120,12 @@ class OpenAIBackend:
             retryable = exc.status_code >= 500 or exc.status_code == 408
             raise ModelError(str(exc), retryable=retryable, kind=f"http_{exc.status_code}",
                              retry_after=_retry_after(exc)) from exc
-        text = completion.choices[0].message.content or "" if completion.choices else ""
-        usage = completion.usage
+        choices = completion.get("choices") or [{}]
+        text = (choices[0].get("message") or {}).get("content") or ""
+        usage = completion.get("usage") or {}
         response = ModelResponse(text=text, usage={
-            "prompt_tokens": usage.prompt_tokens if usage else 0,
-            "completion_tokens": usage.completion_tokens if usage else 0})
+            "prompt_tokens": int(usage.get("prompt_tokens") or 0),
+            "completion_tokens": int(usage.get("completion_tokens") or 0)})
         if request.json_schema is not None:
             try:
                 response.json = parse_json_answer(text)

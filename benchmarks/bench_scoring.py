@@ -1,0 +1,68 @@
+"""Judge-call throughput: 2,000 score requests against a loopback OpenAI-compatible server
+that answers after a fixed 200 ms, with 32 requests in flight.
+
+Ideal throughput is concurrency / latency = 160 requests/s; target >= 90% of it.
+The server runs in its own process so the client's CPU time per request is
+measured alone. (The loopback server is the one the tests use.)
+
+    python benchmarks/bench_scoring.py [--requests 2000] [--concurrency 32] [--latency 0.2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the loopback server
+
+
+def serve(latency: float, port_queue) -> None:
+    from loopback import openai_server
+
+    server = openai_server(latency=latency)
+    port_queue.put(server.server_address[1])
+    server.serve_forever()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--latency", type=float, default=0.2)
+    args = parser.parse_args()
+
+    from avcurate.curation.score import Score
+    from avcurate.models import Executor, make_backend
+
+    queue = mp.Queue()
+    proc = mp.Process(target=serve, args=(args.latency, queue), daemon=True)
+    proc.start()
+    port = queue.get(timeout=30)
+    try:
+        stage = Score(backend="openai", model="judge", base_url=f"http://127.0.0.1:{port}/v1",
+                      media="none", concurrency=args.concurrency)
+        rows = [{"id": str(i), "video": "v.mp4", "question": f"What is heard at second {i}?",
+                 "options": ["a dog", "a car", "rain", "music"], "answer": "B"}
+                for i in range(args.requests)]
+        requests = [stage.build(r, None) for r in rows]
+        executor = Executor(make_backend(stage.spec()), concurrency=args.concurrency, cache=None)
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        outcomes = executor.run(requests, stage.validate)
+        wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+    finally:
+        proc.terminate()
+    ok = sum(o.reason is None for o in outcomes)
+    ideal = args.concurrency / args.latency
+    rate = args.requests / wall
+    print(f"{args.requests:,} requests, concurrency {args.concurrency}, server latency "
+          f"{args.latency * 1000:.0f} ms: {ok:,} valid answers in {wall:.2f} s")
+    print(f"achieved {rate:.1f} req/s = {rate / ideal:.1%} of ideal {ideal:.0f} req/s "
+          f"(target >= 90%: {'met' if rate >= 0.9 * ideal else 'NOT met'})")
+    print(f"client CPU: {cpu:.2f} s total, {cpu / args.requests * 1000:.2f} ms per request")
+
+
+if __name__ == "__main__":
+    main()

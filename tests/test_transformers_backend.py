@@ -1,0 +1,79 @@
+"""The transformers backend with a tiny Llama and a tokenizer built in the test (no downloads)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from helpers import jsonl_recipe, read_stage, run
+
+from avcurate.models import BackendUnavailable, Message, ModelRequest, ModelSpec, TextPart, make_backend
+from avcurate.pipeline.recipe import StageSpec
+
+torch = pytest.importorskip("torch")
+
+CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+                 "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    folder = tmp_path_factory.mktemp("tiny-llm")
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    corpus = ["What color is the square? A. red B. blue", '{"category": "speech content"}',
+              "Sort the following audio-visual question into exactly one category."] * 20
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<unk>", "<s>", "</s>", "<pad>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>",
+                                   eos_token="</s>", pad_token="<pad>")
+    fast.chat_template = CHAT_TEMPLATE
+    fast.save_pretrained(folder)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(fast), hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
+                         max_position_embeddings=4096, bos_token_id=1, eos_token_id=2,
+                         pad_token_id=3)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    return folder
+
+
+def test_backend_generates_with_usage(tiny_model):
+    backend = make_backend(ModelSpec("transformers", str(tiny_model)))
+    request = ModelRequest((Message("user", (TextPart("What color is the square?"),)),),
+                           max_tokens=5, json_schema={"type": "object"})
+    response = asyncio.run(backend.call(request))
+    assert isinstance(response.text, str)
+    assert response.usage["prompt_tokens"] > 5 and 1 <= response.usage["completion_tokens"] <= 5
+    again = asyncio.run(backend.call(request))
+    assert again.text == response.text  # greedy decoding at temperature 0 is deterministic
+
+
+def test_classify_stage_through_a_local_model(tmp_path, media, tiny_model):
+    """A random tiny model cannot answer in JSON: every row must end up rejected with a reason."""
+    records = [{"id": f"r{i}", "video": str(media["good"]), "question": f"Question {i}?",
+                "options": ["a", "b"], "answer": "A"} for i in range(3)]
+    stage = StageSpec("classify", {"backend": "transformers", "model": str(tiny_model),
+                                   "max_attempts": 1, "max_tokens": 6, "concurrency": 2})
+    run(jsonl_recipe(tmp_path, records, media["root"], [stage]), tmp_path / "run")
+    kept, rej = read_stage(tmp_path / "run", "01")
+    assert kept.num_rows == 0 and set(rej.column("reject_reason").to_pylist()) == {"unclassifiable"}
+    usage = json.loads((tmp_path / "run/manifest.json").read_text())["stages"][1]["usage"]
+    assert usage["calls"] == 3 and usage["completion_tokens"] > 0
+
+
+def test_local_backend_refuses_media_and_missing_folders(tiny_model, tmp_path, media):
+    with pytest.raises(BackendUnavailable, match="not a local model folder"):
+        make_backend(ModelSpec("transformers", str(tmp_path / "nope")))
+    records = [{"id": "r", "video": str(media["good"]), "question": "Q?", "options": ["a", "b"],
+                "answer": "A"}]
+    stage = StageSpec("score", {"backend": "transformers", "model": str(tiny_model),
+                                "max_attempts": 1})
+    run(jsonl_recipe(tmp_path, records, media["root"], [stage]), tmp_path / "run")
+    [row] = read_stage(tmp_path / "run", "01")[1].to_pylist()
+    assert row["reject_reason"] == "model_error" and "text only" in row["reject_detail"]
