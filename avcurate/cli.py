@@ -285,6 +285,68 @@ def classify(
 
 
 @app.command()
+def teach(
+    run_dir: RunDir,
+    visual_backend: Backend = "openai", visual_model: Model = "",
+    visual_base_url: BaseUrl = None,
+    visual_concurrency: Concurrency = 16,
+    audio_backend: Backend = "openai", audio_model: Model = "", audio_base_url: BaseUrl = None,
+    audio_concurrency: Concurrency = 16,
+    frames: Annotated[int, typer.Option(help="Evenly spaced frames for the visual teacher.")] = 8,
+    audio_seconds: Annotated[float, typer.Option(help="Seconds of audio for the audio "
+                                                      "teacher.")] = 10.0,
+    require: Annotated[str, typer.Option(help="Keep rows where both teachers (AVRT), either, or "
+                                              "any (keep all) answered correctly.")] = "both",
+    timeout: Timeout = 120.0, max_attempts: Attempts = 4, no_cache: NoCache = False,
+    visual_prompt: Annotated[Path | None, typer.Option(help="Visual teacher prompt file.")] = None,
+    audio_prompt: Annotated[Path | None, typer.Option(help="Audio teacher prompt file.")] = None,
+    force: Force = False, quiet: Quiet = False,
+) -> None:
+    """AVRT's single-modality teachers: a vision model on frames, an audio model on the clip.
+
+    AVRT used Kimi-VL-Thinking (vision) and Audio Flamingo 3 think (audio), e.g. each served
+    by `vllm serve` and reached with --*-backend openai --*-base-url http://HOST:PORT/v1.
+    """
+    visual = _model_options(visual_backend, visual_model, visual_base_url, visual_concurrency, 0,
+                            timeout, max_attempts, no_cache) | {
+        "frames": frames, "prompt": str(visual_prompt) if visual_prompt else ""}
+    audio = _model_options(audio_backend, audio_model, audio_base_url, audio_concurrency, 0,
+                           timeout, max_attempts, no_cache) | {
+        "audio_seconds": audio_seconds, "prompt": str(audio_prompt) if audio_prompt else ""}
+    specs = [StageSpec("visual_teacher", visual), StageSpec("audio_teacher", audio),
+             StageSpec("teacher_filter", {"require": require})]
+    if not RunStore(run_dir).exists():
+        fail(f"{run_dir} is not a run folder; make one with `avcurate ingest` or `avcurate run`")
+    _guard(extend_run, run_dir, specs, force=force, show_progress=not quiet)
+    _print_summary(run_dir, f"Run {run_dir}")
+
+
+@app.command(name="merge-traces")
+def merge_traces(
+    run_dir: RunDir,
+    backend: Backend = "openai", model: Model = "", base_url: BaseUrl = None,
+    concurrency: Concurrency = 16, rpm: Rpm = 0.0, timeout: Timeout = 120.0,
+    max_attempts: Annotated[int, typer.Option(help="Rounds per trace: a failing trace is sent "
+                                                   "back with the failed check.")] = 3,
+    min_tokens: Annotated[int, typer.Option(help="Shortest allowed reasoning, tokens.")] = 30,
+    max_tokens: Annotated[int, typer.Option(help="Longest allowed reasoning, tokens.")] = 600,
+    no_cache: NoCache = False,
+    prompt: Annotated[Path | None, typer.Option(help="Merger prompt file.")] = None,
+    dry_run: DryRun = False, force: Force = False, quiet: Quiet = False,
+) -> None:
+    """Merge the teachers' reasoning into <think>…</think><answer>X</answer> traces (AVRT used
+    Qwen2.5-14B-Instruct), check every trace, and print the trace report."""
+    from avcurate.merger.report import format_report, trace_report
+
+    options = _model_options(backend, model, base_url, concurrency, rpm, timeout, max_attempts,
+                             no_cache) | {"min_tokens": min_tokens, "max_tokens_trace": max_tokens,
+                                          "prompt": str(prompt) if prompt else ""}
+    _model_stage(run_dir, StageSpec("merge", options), dry_run, force, quiet, None)
+    if not dry_run and (report := trace_report(run_dir)) is not None:
+        out.print(format_report(report))
+
+
+@app.command()
 def threshold(
     run_dir: RunDir,
     rule: Annotated[list[str] | None, typer.Option(
@@ -370,6 +432,10 @@ def stats(
     if data["scores"]:
         out.print(scores_table(data["scores"]))
     out.print(sources_table(data["sources"]))
+    if data.get("traces"):
+        from avcurate.merger.report import format_report
+
+        out.print(format_report(data["traces"]))
     if html is not None:
         out.print(f"HTML report written to {html}")
 

@@ -10,6 +10,14 @@ inject faults when the question text carries a marker:
   [range]      always answers scores of 14 (out of range)
   [none]       classification: "none"
   [weird]      classification: a category that is not in the taxonomy
+  [v-wrong] [a-wrong]          that teacher picks a wrong option
+  [v-ambiguous] [a-ambiguous]  that teacher answers "A or B"
+  [leak] [mismatch] [outside] [noanswer] [short]   the merger's trace always fails that check
+  [leak-once]  the merger leaks the answer until it is told what was wrong
+
+The fake teachers really look and listen: the visual one finds the dominant
+colour of the frames it is sent, the audio one the pitch of the clip, and each
+picks the option that names what it perceived.
 
 Every request body is recorded (`server.requests`) so tests can check the media sent.
 """
@@ -50,10 +58,88 @@ def classify_answer(question: str, categories: list[str]) -> dict[str, str]:
     return {"category": categories[0]}
 
 
-def answer_for(prompt: str, attempt: int) -> str:
-    """The model's text for a prompt (all of its text parts joined)."""
-    m = re.search(r"Question:\n(.*?)\n\nOptions:", prompt, re.DOTALL)
+def dominant_color(jpeg: bytes) -> str:
+    import av
+    import numpy as np
+
+    from avcurate.media.synth import COLORS
+
+    with av.open(io.BytesIO(jpeg)) as c:
+        rgb = next(c.decode(video=0)).to_ndarray(format="rgb24").reshape(-1, 3).astype(float)
+    saturated = rgb[(rgb.max(axis=1) - rgb.min(axis=1)) > 80]
+    if not len(saturated):
+        return "none"
+    mean = saturated.mean(axis=0)
+    return min(COLORS, key=lambda c: float(((np.array(COLORS[c]) - mean) ** 2).sum()))
+
+
+def pitch_word(wav: bytes) -> str:
+    import numpy as np
+    import soundfile as sf
+
+    pcm, sr = sf.read(io.BytesIO(wav), dtype="float32")
+    if not len(pcm) or float(np.abs(pcm).max()) < 1e-3:
+        return "silence"
+    freq = float(np.fft.rfftfreq(len(pcm), 1 / sr)[int(np.argmax(np.abs(np.fft.rfft(pcm))))])
+    return "low" if freq < 330 else "medium" if freq < 660 else "high"
+
+
+def _options(prompt: str) -> list[tuple[str, str]]:
+    return re.findall(r"^([A-Z])\. (.+)$", prompt, re.MULTILINE)
+
+
+def teacher_answer(kind: str, prompt: str, question: str, media: list[bytes]) -> str:
+    options = _options(prompt)
+    if kind == "visual":
+        seen = dominant_color(media[0]) if media else "nothing"
+        what = f"The frames show a {seen} square sliding across a grey gradient."
+    else:
+        seen = pitch_word(media[0]) if media else "nothing"
+        what = f"I hear a steady {seen}-pitched tone for the whole clip."
+    matching = [letter for letter, text in options if seen in text.lower()]
+    pick = matching[0] if len(matching) == 1 else options[0][0]
+    tag = "v" if kind == "visual" else "a"
+    if f"[{tag}-wrong]" in question:
+        pick = next(letter for letter, _ in options if letter != pick)
+    text = dict(options).get(pick, "")
+    final = "Answer: A or B" if f"[{tag}-ambiguous]" in question else f"Answer: ({pick}) {text}"
+    label = "Visual Description" if kind == "visual" else "Audio Description"
+    return (f"{label}: {what}\nReasoning: Only option {pick} fits what is "
+            f"{'seen' if kind == 'visual' else 'heard'}; the others do not.\n{final}")
+
+
+def merge_answer(prompt: str, question: str) -> str:
+    truth = re.search(r"Correct option: ([A-Z])", prompt).group(1)
+    told = "did not pass a check" in prompt
+    think = ("Looking at the clip, I see a coloured square moving across the frames, and at the "
+             "same time I hear a steady tone. The visual cue and the sound point the same way: "
+             f"together they rule out the other options, so option {truth} is the one that fits.")
+    answer = truth
+    if "[leak]" in question or ("[leak-once]" in question and not told):
+        think += " The correct answer is given as " + truth + "."
+    if "[mismatch]" in question:
+        answer = "A" if truth != "A" else "B"
+    if "[short]" in question:
+        think = "I see and hear it."
+    trace = f"<think>{think}</think><answer>{answer}</answer>"
+    if "[outside]" in question:
+        trace = "Sure! " + trace
+    if "[noanswer]" in question:
+        trace = f"<think>{think}</think> So: {answer}"
+    return trace
+
+
+def answer_for(prompt: str, attempt: int, images: list[bytes] = (), audios: list[bytes] = ()
+               ) -> str:
+    """The model's text for a prompt (all of its text parts joined) and its media."""
+    m = re.search(r"Question:\s*(.*?)\n+Options:", prompt, re.DOTALL)
     question = m.group(1) if m else prompt
+    if "Correct option:" in prompt:
+        return merge_answer(prompt, question)
+    if "Visual Description:" in prompt:
+        return teacher_answer("visual", prompt, question, list(images))
+    if "Audio Description:" in prompt:
+        return teacher_answer("audio", prompt, question, list(audios))
     if "[nonjson]" in question or ("[flaky]" in question and attempt == 1):
         return "Well, the sample looks fine to me overall."
     if "Taxonomy:" in prompt:
@@ -150,7 +236,12 @@ class OpenAIHandler(_Handler):
             time.sleep(self.server.latency)
         if self._fault(prompt, attempt):
             return None
-        text = answer_for(prompt, attempt)
+        parts = [p for m in body["messages"] if isinstance(m["content"], list) for p in m["content"]]
+        images = [base64.b64decode(p["image_url"]["url"].split(",", 1)[1]) for p in parts
+                  if p["type"] == "image_url"]
+        audios = [base64.b64decode(p["input_audio"]["data"]) for p in parts
+                  if p["type"] == "input_audio"]
+        text = answer_for(prompt, attempt, images, audios)
         self._json(200, {
             "id": "cmpl-1", "object": "chat.completion", "created": 0, "model": body["model"],
             "choices": [{"index": 0, "finish_reason": "stop",
@@ -200,7 +291,14 @@ class GeminiHandler(_Handler):
         attempt = self.server.record(body, {k.lower(): v for k, v in self.headers.items()}, prompt)
         if self._fault(prompt, attempt):
             return None
-        text = answer_for(prompt, attempt)
+        inline = [p.get("inlineData") or p.get("inline_data") for p in parts
+                  if "inlineData" in p or "inline_data" in p]
+        # the SDK may send URL-safe base64 without padding
+        media = [(d.get("mimeType") or d.get("mime_type"),
+                  base64.b64decode(d["data"] + "=" * (-len(d["data"]) % 4), altchars=b"-_"))
+                 for d in inline]
+        text = answer_for(prompt, attempt, [b for m, b in media if m.startswith("image/")],
+                          [b for m, b in media if m.startswith("audio/")])
         self._json(200, {
             "candidates": [{"content": {"role": "model", "parts": [{"text": text}]},
                             "finishReason": "STOP", "index": 0}],

@@ -15,7 +15,13 @@ from typing import Any
 
 import pyarrow as pa
 
-from avcurate.media.cache import DecodedMedia, cache_path, content_digest, decode_job
+from avcurate.media.cache import (
+    DecodedMedia,
+    audio_path,
+    content_digest,
+    decode_job,
+    frames_path,
+)
 from avcurate.models import Executor, ModelResponse, ModelSpec, make_backend
 from avcurate.models.request import ModelRequest
 from avcurate.pipeline.context import StageContext
@@ -86,6 +92,10 @@ class ModelStage(BaseStage):
                 cache=ctx.cache("responses") if self.cache else None)
         return self._state["executor"]
 
+    def media_path(self, row: dict[str, Any]) -> str | None:
+        """The file this stage decodes for a row (the audio teacher prefers `audio`)."""
+        return row["video"]
+
     def decode(self, rows: list[dict], ctx: StageContext) -> list[DecodedMedia | dict | None]:
         """Decoded media per row (through the run's media cache), or an error dict."""
         if not self.decode_frames and self.decode_seconds == 0:
@@ -93,20 +103,21 @@ class ModelStage(BaseStage):
         digests = ctx.cache("digests")
         jobs, out = {}, []
         for row in rows:
-            path = row.get("audio") if (not self.decode_frames and row.get("audio")) else row["video"]
+            path = self.media_path(row)
             try:
                 digest = content_digest(path, digests)
             except (OSError, TypeError) as exc:
                 out.append({"error": "missing_media", "detail": f"{path}: {exc}"})
                 continue
-            target = cache_path(ctx.run_dir, digest, self.decode_frames, self.decode_seconds,
-                                self.decode_offset, 16000)
-            jobs[target] = (path, target, self.decode_frames, self.decode_seconds,
-                            self.decode_offset, 16000)
-            out.append(target)
-        results = dict(zip(jobs, ctx.map(decode_job, list(jobs.values())), strict=True))
-        return [x if isinstance(x, dict) else
-                (DecodedMedia(x) if isinstance(results[x], str) else results[x]) for x in out]
+            fpath = frames_path(ctx.run_dir, digest, self.decode_frames) \
+                if self.decode_frames else None
+            apath = audio_path(ctx.run_dir, digest, self.decode_seconds, self.decode_offset,
+                               16000) if self.decode_seconds != 0 else None
+            jobs[(fpath, apath)] = (path, fpath, apath, self.decode_frames, self.decode_seconds,
+                                    self.decode_offset, 16000)
+            out.append((fpath, apath))
+        errors = dict(zip(jobs, ctx.map(decode_job, list(jobs.values())), strict=True))
+        return [x if isinstance(x, dict) else errors[x] or DecodedMedia(*x) for x in out]
 
     def requests_for(self, table: pa.Table, ctx: StageContext):
         rows = table.to_pylist()

@@ -318,15 +318,18 @@ def _read(spec: SourceSpec) -> Iterator[dict | Reject]:
         raise RunError(f"source {spec.name!r} ({spec.annotations}): {exc}") from exc
 
 
-def extend_run(run_dir: Path | str, spec: StageSpec, **runner_kw: Any) -> list[StageReport]:
-    """Run one more stage on an existing run (what `avcurate validate RUN_DIR` etc. do).
+def extend_run(run_dir: Path | str, spec: StageSpec | list[StageSpec], **runner_kw: Any
+               ) -> list[StageReport]:
+    """Run more stages on an existing run (what `avcurate validate RUN_DIR` etc. do).
 
-    The stage is appended to the run's recipe unless the recipe already ends with
-    the same stage and options, in which case the run is simply resumed.
+    The stages are appended to the run's recipe unless the recipe already ends with
+    the same stages and options, in which case the run is simply resumed.
     """
+    specs = spec if isinstance(spec, list) else [spec]
     store = RunStore(run_dir)
     manifest = store.load_manifest()
     recipe = Recipe.from_dict(manifest["recipe"])
-    if not recipe.stages or recipe.stages[-1].to_dict() != spec.to_dict():
-        recipe.stages.append(spec)
+    tail = [s.to_dict() for s in recipe.stages[-len(specs):]]
+    if tail != [s.to_dict() for s in specs]:
+        recipe.stages += specs
     return Runner(recipe, run_dir, **runner_kw).run()

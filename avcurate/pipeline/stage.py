@@ -41,6 +41,8 @@ BUILTIN_MODULES = (
     "avcurate.filters.dedup",
     "avcurate.curation.score",
     "avcurate.curation.classify",
+    "avcurate.teachers.teacher",
+    "avcurate.merger.merge",
 )
 
 

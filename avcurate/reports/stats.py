@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from avcurate.merger.report import trace_report
 from avcurate.pipeline.report import stage_rows
 from avcurate.pipeline.store import RunStore
 from avcurate.reports.query import connect, views
@@ -31,6 +32,7 @@ def collect(run_dir: Path | str) -> dict[str, Any]:
         "scores": _scores(con, cols),
         "sources": _sources(con),
         "subsets": {k: v for e in manifest["stages"] for k, v in e.get("subsets", {}).items()},
+        "traces": trace_report(run_dir),
     }
 
 

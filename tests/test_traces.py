@@ -1,0 +1,226 @@
+"""AVRT: visual/audio teachers, the both-correct filter, the merger and trace checks."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import subprocess
+
+import av
+import numpy as np
+import pytest
+from conftest import avcurate_cmd
+from helpers import jsonl_recipe, read_stage, run
+from loopback import openai_server, wav_seconds
+
+from avcurate.media import frames as decode_frames
+from avcurate.media import synth
+from avcurate.merger.trace import TraceRules, check_trace
+from avcurate.pipeline.recipe import StageSpec
+from avcurate.teachers.answer import extract_answer
+
+OPTIONS = ["a red square and a medium tone", "a blue square and a high tone",
+           "a green square and a low tone"]
+QUESTION = "Which square moves, and which tone plays?"
+
+
+def _model(server, **kw):
+    return {"backend": "openai", "model": "m", "base_url": server.url + "/v1", **kw}
+
+
+def _teach(server, require="both"):
+    return [StageSpec("visual_teacher", _model(server)),
+            StageSpec("audio_teacher", _model(server, audio_seconds=2.0)),
+            StageSpec("teacher_filter", {"require": require})]
+
+
+def _rows(media, markers):
+    clips = {"red": (media["good"], "A"), "blue": (media["good2"], "B")}
+    out = []
+    for i, (clip, marker) in enumerate(markers):
+        path, truth = clips[clip]
+        out.append({"id": f"s{i}", "video": str(path), "question": f"{QUESTION} {marker}".strip(),
+                    "options": OPTIONS, "answer": truth})
+    return out
+
+
+# -- answer extraction -----------------------------------------------------------------------
+
+@pytest.mark.parametrize(("text", "letter", "how"), [
+    ("Visual Description: ...\nReasoning: ...\nAnswer: (D) Action movie", "D", "answer_line"),
+    ("Answer: D", "D", "answer_line"),
+    ("so I pick **D** here", "D", "bold"),
+    ("D.", "D", "bare_letter"),
+    ("Action movie", "D", "option_text"),
+    ("Answer: Action movie", "D", "option_text"),
+    ("Answer: A or B", None, "ambiguous"),
+    ("**A** or maybe **B**", None, "ambiguous"),
+    ("Answer: E", None, "none"),
+    ("I cannot tell.", None, "none"),
+])
+def test_extract_answer(text, letter, how):
+    assert extract_answer(text, ["Crime", "Documentary", "Romance", "Action movie"]) == (letter, how)
+
+
+# -- teachers ----------------------------------------------------------------------------------
+
+def test_teachers_and_both_correct_filter(tmp_path, media):
+    markers = [("red", ""), ("blue", ""), ("red", "[v-wrong]"), ("blue", "[a-wrong]"),
+               ("red", "[v-wrong] [a-wrong]"), ("blue", "[v-ambiguous]")]
+    with openai_server() as server:
+        run(jsonl_recipe(tmp_path, _rows(media, markers), media["root"], _teach(server)),
+            tmp_path / "run")
+    manifest = json.loads((tmp_path / "run/manifest.json").read_text())
+    for stage in manifest["stages"]:
+        assert stage["rows_in"] == stage["kept"] + stage["rejected"]
+    visual_kept, visual_rej = read_stage(tmp_path / "run", "01")
+    assert [r["reject_reason"] for r in visual_rej.to_pylist()] == ["visual_no_answer"]
+    row = visual_kept.to_pylist()[0]
+    assert row["visual_answer"] == "A" and row["visual_correct"] is True
+    assert row["visual_parse"] == "answer_line" and "red square" in row["visual_description"]
+    assert row["visual_reasoning"].startswith("Only option A")
+    audio_kept, _ = read_stage(tmp_path / "run", "02")
+    assert "medium-pitched tone" in audio_kept.to_pylist()[0]["audio_description"]
+    kept, rej = read_stage(tmp_path / "run", "03")
+    assert kept.column("id").to_pylist() == ["jsonl:s0", "jsonl:s1"]
+    assert {r["id"]: r["reject_reason"] for r in rej.to_pylist()} == {
+        "jsonl:s2": "visual_wrong", "jsonl:s3": "audio_wrong", "jsonl:s4": "both_wrong"}
+
+
+@pytest.mark.parametrize(("require", "kept"), [("either", 4), ("any", 5)])
+def test_filter_modes(tmp_path, media, require, kept):
+    markers = [("red", ""), ("blue", ""), ("red", "[v-wrong]"), ("blue", "[a-wrong]"),
+               ("red", "[v-wrong] [a-wrong]")]
+    with openai_server() as server:
+        run(jsonl_recipe(tmp_path, _rows(media, markers), media["root"], _teach(server, require)),
+            tmp_path / "run")
+    assert read_stage(tmp_path / "run", "03")[0].num_rows == kept
+
+
+def test_teacher_requests_carry_the_right_frames_and_audio(tmp_path, media):
+    clip = synth.write_clip(tmp_path / "long.mp4", seconds=12, color="green", freq=220)
+    records = [{"id": "x", "video": str(clip), "question": QUESTION, "options": OPTIONS,
+                "answer": "C"}]
+    stages = [StageSpec("visual_teacher", _model_stub := {"backend": "openai", "model": "m"}),
+              StageSpec("audio_teacher", dict(_model_stub))]
+    with openai_server() as server:
+        for s in stages:
+            s.options["base_url"] = server.url + "/v1"
+        run(jsonl_recipe(tmp_path, records, tmp_path, stages), tmp_path / "run")
+        visual, audio = server.requests
+    images = [p for p in visual["messages"][0]["content"] if p["type"] == "image_url"]
+    assert len(images) == 8
+    sent = np.stack([_jpeg(p["image_url"]["url"]) for p in images]).astype(int)
+    expected, times = decode_frames(clip, 8)
+    assert np.allclose(times, (np.arange(8) + 0.5) * 12 / 8, atol=0.05)
+    assert np.abs(sent - expected).mean() < 4  # the same frames, up to JPEG loss
+    shifted, _ = decode_frames(clip, 9)  # frames from other timestamps look different
+    assert np.abs(sent[1:] - shifted[1:8].astype(int)).mean() > 2 * np.abs(sent - expected).mean()
+    [sound] = [p for p in audio["messages"][0]["content"] if p["type"] == "input_audio"]
+    assert wav_seconds(sound["input_audio"]["data"]) == pytest.approx(10.0, abs=0.01)
+    assert not [p for p in audio["messages"][0]["content"] if p["type"] == "image_url"]
+    row = read_stage(tmp_path / "run", "02")[0].to_pylist()[0]
+    assert row["visual_answer"] == row["audio_answer"] == "C"  # green square, low tone
+
+
+def _jpeg(url: str) -> np.ndarray:
+    with av.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))) as c:
+        return next(c.decode(video=0)).to_ndarray(format="rgb24")
+
+
+def test_frames_are_decoded_once_for_judge_and_teacher(tmp_path, media, monkeypatch):
+    import avcurate.media.cache as cache
+
+    calls = []
+    real = cache.frames
+    monkeypatch.setattr(cache, "frames", lambda p, n: calls.append((p, n)) or real(p, n))
+    with openai_server() as server:
+        stages = [StageSpec("score", _model(server, audio_seconds=2.0)),
+                  StageSpec("visual_teacher", _model(server))]
+        run(jsonl_recipe(tmp_path, _rows(media, [("red", ""), ("red", "again")]), media["root"],
+                         stages), tmp_path / "run")
+    assert calls == [(str(media["good"]), 8)]  # two rows, two stages, one decode
+
+
+# -- merger --------------------------------------------------------------------------------------
+
+RULES = TraceRules(min_tokens=10, max_tokens=200)
+GOOD = ("<think>In the frames I see a red square, and I hear a medium tone; both point to "
+        "option A.</think><answer>A</answer>")
+
+
+@pytest.mark.parametrize(("trace", "check"), [
+    (GOOD, None),
+    ("  " + GOOD + "\n", None),
+    ("Sure. " + GOOD, "format"),
+    (GOOD + " done", "format"),
+    (GOOD.replace("<answer>A</answer>", ""), "format"),
+    (GOOD + "<answer>A</answer>", "format"),
+    (GOOD.replace("<think>", "<think><think>"), "format"),
+    (GOOD.replace("<answer>A", "<answer>A, because"), "answer_format"),
+    (GOOD.replace("<answer>A", "<answer>B"), "answer_mismatch"),
+    ("<think> </think><answer>A</answer>", "empty_think"),
+    ("<think>I see and hear.</think><answer>A</answer>", "too_short"),
+    (GOOD.replace("both point", "the correct answer is A and both point"), "leak"),
+    (GOOD.replace("and I hear a medium tone", "and it moves steadily to the right"),
+     "missing_audio_evidence"),
+    (GOOD.replace("In the frames I see a red square", "I hear a tone, then the tone rises"),
+     "missing_visual_evidence"),
+])
+def test_check_trace(trace, check):
+    assert check_trace(trace, "A", RULES)[0] == check
+
+
+def test_merge_stage_retries_with_feedback_then_rejects(tmp_path, media):
+    markers = [("red", ""), ("blue", "[leak-once]"), ("red", "[leak]"), ("blue", "[mismatch]"),
+               ("red", "[outside]"), ("blue", "[noanswer]"), ("red", "[short]")]
+    with openai_server() as server:
+        stages = _teach(server, "any") + [StageSpec("merge", _model(server, max_attempts=3))]
+        run(jsonl_recipe(tmp_path, _rows(media, markers), media["root"], stages), tmp_path / "run")
+        feedback = [r for r in server.requests if len(r["messages"]) > 1]
+    kept, rej = read_stage(tmp_path / "run", "04")
+    by_id = {r["id"]: r for r in kept.to_pylist()}
+    assert set(by_id) == {"jsonl:s0", "jsonl:s1"}
+    assert by_id["jsonl:s0"]["merge_attempts"] == 1 and by_id["jsonl:s1"]["merge_attempts"] == 2
+    trace = by_id["jsonl:s1"]["trace"]
+    assert trace.startswith("<think>") and trace.endswith("<answer>B</answer>")
+    assert by_id["jsonl:s1"]["trace_answer"] == "B" and by_id["jsonl:s1"]["trace_tokens"] > 30
+    assert {r["id"]: r["reject_reason"] for r in rej.to_pylist()} == {
+        "jsonl:s2": "trace_leak", "jsonl:s3": "trace_answer_mismatch", "jsonl:s4": "trace_format",
+        "jsonl:s5": "trace_format", "jsonl:s6": "trace_too_short"}
+    assert all(r["merge_attempts"] == 3 for r in rej.to_pylist())
+    # the failure is fed back: the retry carries the failed trace and what was wrong
+    assert feedback and feedback[0]["messages"][1]["role"] == "assistant"
+    assert "did not pass a check" in feedback[0]["messages"][2]["content"][0]["text"]
+    manifest = json.loads((tmp_path / "run/manifest.json").read_text())
+    assert all(s["rows_in"] == s["kept"] + s["rejected"] for s in manifest["stages"])
+
+
+def test_teach_and_merge_traces_cli_with_report(tmp_path, media):
+    ann = tmp_path / "ann.jsonl"
+    markers = [("red", ""), ("blue", ""), ("red", "[v-wrong]"), ("blue", "[leak-once]")]
+    ann.write_text("".join(json.dumps(r) + "\n" for r in _rows(media, markers)))
+    cols = [f"--column={c}={c}" for c in ("id", "video", "question", "options", "answer")]
+    run_dir = str(tmp_path / "run")
+    subprocess.run(avcurate_cmd("ingest", "--source", "jsonl", "--annotations", str(ann),
+                                "--media-root", str(media["root"]), "--out", run_dir, "-q", *cols),
+                   check=True, capture_output=True)
+    with openai_server() as server:
+        url = server.url + "/v1"
+        teach = subprocess.run(avcurate_cmd(
+            "teach", run_dir, "--visual-model", "kimi", "--visual-base-url", url,
+            "--audio-model", "af3", "--audio-base-url", url, "--audio-seconds", "2", "-q"),
+            capture_output=True, text=True)
+        assert teach.returncode == 0, teach.stderr
+        merged = subprocess.run(avcurate_cmd("merge-traces", run_dir, "--model", "qwen",
+                                             "--base-url", url, "-q"),
+                                capture_output=True, text=True)
+        assert merged.returncode == 0, merged.stderr
+    text = merged.stdout
+    assert "Trace report" in text and "format compliance 100.0%" in text
+    assert "both teachers correct: 75.0%" in text and "merge retry rate: 33.3%" in text
+    assert "warning" in text  # 2 of 3 answers are B: above the 40% bias threshold
+    stats = json.loads(subprocess.run(avcurate_cmd("stats", run_dir, "--json"), check=True,
+                                      capture_output=True, text=True).stdout)
+    assert stats["traces"]["traces"] == 3 and stats["traces"]["letter_bias"] == ["B"]
