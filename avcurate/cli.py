@@ -74,6 +74,17 @@ def run(
     rec = _guard(Recipe.load, recipe)
     _guard(Runner(rec, out_dir, force=force, show_progress=not quiet).run)
     _print_summary(out_dir, f"Run {out_dir}")
+    if rec.export is not None:
+        from avcurate.hub.export import export_run
+
+        opts = {k: v for k, v in rec.export.items() if k != "out"}
+        try:
+            result = export_run(out_dir, rec.export["out"], **opts)
+        except (ValueError, TypeError) as exc:
+            fail(f"[export]: {exc}")
+        out.print(f"exported to {result.out}: " + "; ".join(
+            f"{c} " + ", ".join(f"{k} {v:,}" for k, v in s.items())
+            for c, s in result.configs.items()))
     out.print(f"Inspect it with: [bold]avcurate status {out_dir}[/]")
 
 
@@ -467,6 +478,53 @@ def query(
     total = con.execute(f"SELECT count(*) FROM ({sql})").fetchone()[0]
     if total > limit:
         out.print(f"[dim]{limit} of {total:,} rows shown (--limit, or --out FILE for all)[/]")
+
+
+@app.command()
+def export(
+    run_dir: RunDir,
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for the Hub-layout "
+                                                              "dataset.")],
+    val_fraction: Annotated[float, typer.Option(help="Share of rows in the validation split "
+                                                     "(by id hash, per category).")] = 0.05,
+    shard_mb: Annotated[int, typer.Option(help="Largest Parquet shard, MB.")] = 500,
+    copy_media: Annotated[bool, typer.Option(help="Copy media under videos/ and audios/.")]
+    = False,
+    hardlink: Annotated[bool, typer.Option(help="With --copy-media: hard-link instead of "
+                                                "copying where possible.")] = False,
+    all_columns: Annotated[bool, typer.Option(help="Export every column, not just the "
+                                                   "training ones.")] = False,
+    license: Annotated[str, typer.Option(help="License id for the card (e.g. cc-by-4.0).")]
+    = "other",
+    push_to_hub: Annotated[bool, typer.Option("--push", help="Upload to the Hub (token from "
+                                                             "HF_TOKEN).")] = False,
+    repo_id: Annotated[str | None, typer.Option(help="With --push: ORG/NAME.")] = None,
+    private: Annotated[bool, typer.Option(help="With --push: create a private repo.")] = False,
+) -> None:
+    """Write the run's final rows as a Hugging Face dataset (data/*.parquet + README card)."""
+    from avcurate.hub.export import export_run
+    from avcurate.hub.push import PushError, push
+
+    if push_to_hub and not repo_id:
+        fail("--push needs --repo-id ORG/NAME")
+    copy = ("hardlink" if hardlink else "copy") if copy_media else None
+    try:
+        result = export_run(run_dir, out_dir, val_fraction=val_fraction,
+                            max_shard_bytes=shard_mb * 1024**2, copy_media=copy,
+                            all_columns=all_columns, license=license)
+    except (ValueError, FileNotFoundError) as exc:
+        fail(str(exc))
+    for config, splits in result.configs.items():
+        out.print(f"config [bold]{config}[/]: " + ", ".join(f"{k} {v:,}" for k, v in splits.items()))
+    out.print(f"exported to {result.out} ({len(result.columns)} columns"
+              + (f", {result.media_copied} media files" if copy else "") + ")")
+    out.print(f"load it with: datasets.load_dataset({str(result.out)!r})")
+    if push_to_hub:
+        try:
+            url = push(result.out, repo_id, private=private)
+        except PushError as exc:
+            fail(str(exc))
+        out.print(f"pushed to {url}")
 
 
 @app.command()

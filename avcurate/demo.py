@@ -1,4 +1,4 @@
-"""A small synthetic dataset with real media, in the LLaVA-Video and AVQA formats.
+"""A small synthetic dataset with real media, in the LLaVA-Video, Video-Vista and AVQA formats.
 
 Every clip shows a colored square moving across the frame while a tone plays,
 so each question has a checkable answer from the picture (the color) or the
@@ -29,6 +29,11 @@ workers = 2
 [[sources]]
 name = "llava-video"
 annotations = "annotations/llava_video.json"
+media_root = "media/llava"
+
+[[sources]]
+name = "video-vista"
+annotations = "annotations/video_vista.json"
 media_root = "media/llava"
 
 [[sources]]
@@ -92,9 +97,18 @@ def _llava(root: Path, rng: random.Random) -> list[dict]:
     return records
 
 
+def _av_options(rng: random.Random, color: str, pitch: str) -> tuple[list[str], int]:
+    """Options pairing a square colour with a tone: only the right pair matches both senses."""
+    colors = [color] + rng.sample([c for c in COLORS if c != color], 2)
+    pitches = [pitch] + [p for p in PITCHES if p != pitch]
+    options = [f"a {c} square with a {p}-pitched tone" for c, p in zip(colors, pitches, strict=True)]
+    order = list(range(3))
+    rng.shuffle(order)
+    return [options[i] for i in order], order.index(0)
+
+
 def _avqa(root: Path, rng: random.Random) -> list[dict]:
     broken = {4: "silent", 11: "corrupt"}
-    labels = [f"a {p}-pitched tone" for p in PITCHES]
     records = []
     for i in range(N_AVQA):
         color, pitch = COLORS[(i + 2) % len(COLORS)], list(PITCHES)[(i + 1) % 3]
@@ -106,15 +120,31 @@ def _avqa(root: Path, rng: random.Random) -> list[dict]:
                                                                   for _ in range(4000)))
         else:
             _clip(path, i, color, pitch, broken=broken.get(i))
-        options, k = _mc(rng, f"a {pitch}-pitched tone", labels, k=3)
+        options, k = _av_options(rng, color, pitch)
         records.append({"id": 1000 + i, "video_name": name,
-                        "question_text": "What sound accompanies the moving square?",
+                        "question_text": "Which square moves across the frame, and what sound "
+                                         "plays with it?",
                         "multi_choice": options, "answer": k,
                         "question_relation": "Both", "question_type": "Which"})
     records[6]["answer"] = 7                                      # answer_not_in_options
     records[8]["multi_choice"] = records[8]["multi_choice"][:1]   # too_few_options
     records[8]["answer"] = 0
     del records[13]["question_text"]                              # malformed_annotation
+    return records
+
+
+def _video_vista(rng: random.Random) -> list[dict]:
+    """A few Video-Vista records over the LLaVA clips (same media, another format)."""
+    records = []
+    for i in (1, 2, 4, 6, 8, 10):
+        pitch = list(PITCHES)[i % 3]
+        options, k = _mc(rng, pitch, list(PITCHES), k=3)
+        human = ("<video>\nIs the tone that plays low, medium or high in pitch?\n"
+                 + "\n".join(f"{letter(j)}. {o}" for j, o in enumerate(options)))
+        records.append({"id": f"vista_{i:02d}", "video": f"clip_{i:02d}.mp4",
+                        "Type": "Audio Attribute", "conversations": [
+                            {"from": "human", "value": human},
+                            {"from": "gpt", "value": letter(k)}]})
     return records
 
 
@@ -126,6 +156,7 @@ def make_demo(out_dir: Path | str, seed: int = 0) -> Path:
     ann.mkdir(parents=True, exist_ok=True)
     (ann / "llava_video.json").write_text(json.dumps(_llava(root, rng), indent=1))
     (ann / "avqa.json").write_text(json.dumps(_avqa(root, rng), indent=1))
+    (ann / "video_vista.json").write_text(json.dumps(_video_vista(rng), indent=1))
     recipe = root / "demo.toml"
     recipe.write_text(RECIPE)
     return recipe
@@ -135,7 +166,7 @@ def next_steps(out_dir: Path, run_dir: Path) -> str:
     lines = [
         "",
         f"[bold]What happened[/]: {out_dir}/annotations holds two annotation files "
-        f"(LLaVA-Video and AVQA formats) over {N_LLAVA + N_AVQA - 1} real mp4 clips; "
+        f"(LLaVA-Video, Video-Vista and AVQA formats) over {N_LLAVA + N_AVQA - 1} real mp4 clips; "
         "a few are broken on purpose (silent, no audio, truncated, corrupt, missing, "
         "malformed annotations). Every annotation ended up kept or rejected with a reason.",
         "",

@@ -21,11 +21,14 @@ def test_demo_end_to_end(tmp_path):
     kept, rej = read_stage(run_dir, "01")
     annotations = json.loads((tmp_path / "demo/annotations/llava_video.json").read_text())
     avqa = json.loads((tmp_path / "demo/annotations/avqa.json").read_text())
+    vista = json.loads((tmp_path / "demo/annotations/video_vista.json").read_text())
     assert len(list((tmp_path / "demo/media").rglob("*.mp4"))) >= 38
     # every record is accounted for: llava multi-turn records give two samples
     multi = sum(1 for r in annotations if isinstance(r, dict)
                 and len(r.get("conversations", [])) == 4)
-    assert ingest_kept.num_rows + ingest_rej.num_rows == len(annotations) + multi + len(avqa)
+    assert ingest_kept.num_rows + ingest_rej.num_rows == (len(annotations) + multi + len(avqa)
+                                                          + len(vista))
+    assert set(ingest_kept.column("source").to_pylist()) == {"llava-video", "video-vista", "avqa"}
     assert kept.num_rows + rej.num_rows == ingest_kept.num_rows
     reasons = set(rej.column("reject_reason").to_pylist())
     assert {"silent_audio", "no_audio_stream", "truncated", "missing_media", "unreadable_media",

@@ -13,6 +13,12 @@
     name = "validate"
     silence_db = -60
 
+String values may use `${NAME}` or `${NAME:-default}`: they are replaced from the
+environment when the recipe is loaded, so one recipe can point at different
+endpoints and data without edits (and API keys never need to be written in it).
+An optional `[export]` table (out, val_fraction, copy_media, ...) exports the
+final rows in the Hugging Face dataset layout at the end of `avcurate run`.
+
 Every key of a `[[stages]]` table other than `name` is an option of that stage;
 every key of a `[[sources]]` table other than name/annotations/media_root is an
 option of that catalog (e.g. `columns = {question = "q"}` for jsonl/parquet).
@@ -20,6 +26,8 @@ option of that catalog (e.g. `columns = {question = "q"}` for jsonl/parquet).
 
 from __future__ import annotations
 
+import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +36,28 @@ from typing import Any
 
 class RecipeError(ValueError):
     """A recipe that cannot be run as written."""
+
+
+ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def expand_env(value: Any) -> Any:
+    """Replace ${NAME} / ${NAME:-default} in every string of a parsed recipe."""
+    if isinstance(value, dict):
+        return {k: expand_env(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [expand_env(v) for v in value]
+    if not isinstance(value, str):
+        return value
+
+    def sub(m: re.Match) -> str:
+        found = os.environ.get(m.group(1))
+        if found is None and m.group(2) is None:
+            raise RecipeError(f"the recipe uses ${{{m.group(1)}}} but it is not set "
+                              f"(or write ${{{m.group(1)}:-default}})")
+        return found if found is not None else m.group(2)
+
+    return ENV_RE.sub(sub, value)
 
 
 @dataclass
@@ -57,6 +87,7 @@ class Recipe:
     stages: list[StageSpec] = field(default_factory=list)
     shard_size: int = 256
     workers: int = 2
+    export: dict[str, Any] | None = None
 
     def extra_columns(self) -> dict[str, Any]:
         """Columns that jsonl/parquet sources pass through as-is (name -> Arrow type)."""
@@ -74,11 +105,14 @@ class Recipe:
         return extras
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "run": {"shard_size": self.shard_size, "workers": self.workers},
             "sources": [s.to_dict() for s in self.sources],
             "stages": [s.to_dict() for s in self.stages],
         }
+        if self.export is not None:
+            out["export"] = dict(self.export)
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], base: Path | None = None) -> Recipe:
@@ -95,7 +129,15 @@ class Recipe:
             if "name" not in s:
                 raise RecipeError("every [[stages]] table needs a name")
             stages.append(StageSpec(s["name"], {k: v for k, v in s.items() if k != "name"}))
-        recipe = cls(sources, stages, int(run.get("shard_size", 256)), int(run.get("workers", 2)))
+        export = data.get("export")
+        if export is not None:
+            if not isinstance(export, dict) or "out" not in export:
+                raise RecipeError("[export] needs at least out = \"FOLDER\"")
+            export = dict(export)
+            out = Path(export["out"]).expanduser()
+            export["out"] = str(out if out.is_absolute() or base is None else (base / out).resolve())
+        recipe = cls(sources, stages, int(run.get("shard_size", 256)), int(run.get("workers", 2)),
+                     export)
         if recipe.shard_size < 1 or recipe.workers < 1:
             raise RecipeError("shard_size and workers must be at least 1")
         return recipe
@@ -104,7 +146,7 @@ class Recipe:
     def load(cls, path: str | Path) -> Recipe:
         path = Path(path)
         try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
+            data = expand_env(tomllib.loads(path.read_text(encoding="utf-8")))
         except FileNotFoundError as exc:
             raise RecipeError(f"no recipe at {path}") from exc
         except tomllib.TOMLDecodeError as exc:

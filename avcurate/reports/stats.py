@@ -29,7 +29,7 @@ def collect(run_dir: Path | str) -> dict[str, Any]:
         "run": str(run_dir),
         "stages": stage_rows(store),
         "categories": _categories(con, manifest, cols),
-        "scores": _scores(con, cols),
+        "scores": score_summary(con, cols),
         "sources": _sources(con),
         "subsets": {k: v for e in manifest["stages"] for k, v in e.get("subsets", {}).items()},
         "traces": trace_report(run_dir),
@@ -47,7 +47,7 @@ def _categories(con, manifest, cols) -> dict[str, dict[str, int]]:
     return {"samples": dict(rows)}
 
 
-def _scores(con, cols) -> dict[str, dict[str, Any]]:
+def score_summary(con, cols) -> dict[str, dict[str, Any]]:
     out = {}
     for col in SCORE_COLUMNS:
         if col not in cols:

@@ -1,0 +1,39 @@
+"""Push an export folder to the Hugging Face Hub (token from HF_TOKEN, never stored)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+class PushError(RuntimeError):
+    """A push that could not happen; the message is one line, the local folder is untouched."""
+
+
+def push(folder: Path | str, repo_id: str, *, private: bool = False) -> str:
+    """Create the dataset repo if needed and upload the folder; return the repo URL."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    token = os.environ.get("HF_TOKEN")
+    if not token:
+        raise PushError("set HF_TOKEN to push (a write token from your Hub settings); "
+                        f"the export in {folder} is complete and unchanged")
+    api = HfApi(token=token)
+    try:
+        url = api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+        api.upload_folder(repo_id=repo_id, repo_type="dataset", folder_path=str(folder),
+                          commit_message="Upload dataset exported by avcurate")
+    except HfHubHTTPError as exc:
+        status = exc.response.status_code if exc.response is not None else "?"
+        raise PushError(f"the Hub refused the push of {repo_id} (HTTP {status}); "
+                        f"the export in {folder} is unchanged") from None
+    except OSError as exc:  # connection refused, DNS, timeouts (requests/httpx raise OSError kin)
+        raise PushError(f"cannot reach the Hub ({type(exc).__name__}); "
+                        f"the export in {folder} is unchanged") from None
+    except Exception as exc:  # httpx errors are not OSError; keep the one-line promise
+        if "connect" in type(exc).__name__.lower() or "timeout" in type(exc).__name__.lower():
+            raise PushError(f"cannot reach the Hub ({type(exc).__name__}); "
+                            f"the export in {folder} is unchanged") from None
+        raise
+    return str(url)

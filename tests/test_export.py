@@ -1,0 +1,206 @@
+"""Export to the Hub layout, the dataset card, push errors, and both recipes end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from conftest import REPO, avcurate_cmd
+from loopback import openai_server
+from test_filters import row, scored_recipe
+
+from avcurate.hub.export import export_run
+from avcurate.pipeline.recipe import StageSpec
+from avcurate.pipeline.runner import Runner
+
+datasets = pytest.importorskip("datasets")
+SECRET = "hf_SECRET_token_0123456789"
+
+
+def _load(path: Path, config: str | None = None):
+    return datasets.load_dataset(str(path), config, cache_dir=str(path.parent / "hf-cache"))
+
+
+@pytest.fixture
+def balanced_run(tmp_path, media):
+    (tmp_path / "clips").mkdir()
+    for name in ("good", "good2"):  # the media root of the run is tmp_path
+        (tmp_path / "clips" / f"{name}.mp4").write_bytes(media[name].read_bytes())
+    rows = ([row(f"a{i:02d}", "speech", vd=0.9, ad=0.9, video="clips/good.mp4")
+             for i in range(70)]
+            + [row(f"b{i:02d}", "music", vd=0.2, video="clips/good2.mp4") for i in range(20)])
+    stages = [StageSpec("threshold"), StageSpec("balance", {"min_count": 5}), StageSpec("subset")]
+    Runner(scored_recipe(tmp_path, rows, stages), tmp_path / "run", show_progress=False).run()
+    return tmp_path / "run"
+
+
+def test_export_layout_splits_and_datasets_load(balanced_run, tmp_path, media):
+    out = tmp_path / "export"
+    result = export_run(balanced_run, out, val_fraction=0.1)
+    assert result.configs == {"default": {"train": 72, "validation": 8},
+                              "audio_visual": {"train": 54, "validation": 6}}
+    assert sorted(p.name for p in (out / "data").glob("*.parquet")) == [
+        "train-00000-of-00001.parquet", "validation-00000-of-00001.parquet"]
+    ds = _load(out)
+    assert {k: len(v) for k, v in ds.items()} == {"train": 72, "validation": 8}
+    val = ds["validation"]
+    assert sorted(val["category"]) == ["music"] * 2 + ["speech"] * 6  # stratified: 10% of each
+    sub = _load(out, "audio_visual")
+    assert {k: len(v) for k, v in sub.items()} == {"train": 54, "validation": 6}
+    assert set(sub["validation"]["id"]) <= set(val["id"])  # one split assignment for all configs
+    assert set(ds["train"].column_names) == {"id", "source", "question", "options", "answer",
+                                             "video", "audio", "category", "video_dependency",
+                                             "audio_dependency", "question_logic",
+                                             "answer_accuracy", "composite_score"}
+    video = ds["train"][0]["video"]
+    assert not os.path.isabs(video) and (out / video).resolve().is_file()
+    again = export_run(balanced_run, tmp_path / "export2", val_fraction=0.1)
+    assert again.configs == result.configs
+    assert pq.read_table(tmp_path / "export2/data/validation-00000-of-00001.parquet").column(
+        "id").to_pylist() == val["id"]  # deterministic
+
+
+def test_card(balanced_run, tmp_path):
+    out = tmp_path / "export"
+    export_run(balanced_run, out, license="cc-by-4.0")
+    text = (out / "README.md").read_text()
+    header = yaml.safe_load(text.split("---")[1])
+    assert header["license"] == "cc-by-4.0" and header["size_categories"] == ["n<1K"]
+    assert "audio-visual" in header["tags"] and header["task_categories"]
+    names = [c["config_name"] for c in header["configs"]]
+    assert names == ["default", "audio_visual"]
+    assert header["configs"][1]["data_files"][0] == {"split": "train",
+                                                     "path": "data/audio_visual/train-*"}
+    for part in ("Stage funnel", "02-balance", "over_cap", "Categories before and after",
+                 "| speech | 70 | 60 |", "Score summary", "composite_score", "## Columns",
+                 "## Recipe"):
+        assert part in text, part
+
+
+def test_sharding_copy_media_and_all_columns(balanced_run, tmp_path, media):
+    out = tmp_path / "export"
+    result = export_run(balanced_run, out, max_shard_bytes=2000, copy_media="copy",
+                        all_columns=True, val_fraction=0.0)
+    shards = sorted((out / "data").glob("train-*.parquet"))
+    assert len(shards) > 1 and all(f"-of-{len(shards):05d}" in p.name for p in shards)
+    assert sum(pq.ParquetFile(p).metadata.num_rows for p in shards) == 80
+    assert result.media_copied == 2 and len(list((out / "videos").iterdir())) == 2
+    table = pq.read_table(shards[0])
+    assert "meta" in table.column_names and "subset_audio_visual" in table.column_names
+    assert table.column("video")[0].as_py().startswith("videos/")
+    assert (out / table.column("video")[0].as_py()).read_bytes() in (
+        media["good"].read_bytes(), media["good2"].read_bytes())
+    linked = export_run(balanced_run, tmp_path / "linked", copy_media="hardlink")
+    assert linked.media_copied == 2
+    [first] = [p for p in (tmp_path / "linked/videos").iterdir() if p.name.endswith("good.mp4")]
+    assert first.stat().st_ino == (tmp_path / "clips/good.mp4").stat().st_ino
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_push_errors_are_one_line_and_keep_the_export(balanced_run, tmp_path):
+    out = tmp_path / "export"
+    env = {k: v for k, v in os.environ.items() if k != "HF_TOKEN"}
+    cmd = avcurate_cmd("export", str(balanced_run), "--out", str(out), "--push", "--repo-id",
+                       "me/demo")
+    no_token = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    assert no_token.returncode == 2 and "set HF_TOKEN" in no_token.stderr
+    assert len(no_token.stderr.strip().splitlines()) == 1
+    assert (out / "README.md").is_file() and list((out / "data").glob("*.parquet"))
+    env |= {"HF_TOKEN": SECRET, "HF_ENDPOINT": f"http://127.0.0.1:{_closed_port()}",
+            "HF_HUB_DISABLE_TELEMETRY": "1"}
+    offline = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    assert offline.returncode == 2 and "cannot reach the Hub" in offline.stderr
+    assert len(offline.stderr.strip().splitlines()) == 1
+    assert SECRET not in offline.stdout + offline.stderr
+    for path in out.rglob("*"):
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes()
+
+
+def test_push_to_a_loopback_hub(balanced_run, tmp_path):
+    from hub_server import HubServer
+
+    out = tmp_path / "export"
+    with HubServer() as hub:
+        env = os.environ | {"HF_TOKEN": SECRET, "HF_ENDPOINT": hub.url,
+                            "HF_HUB_DISABLE_TELEMETRY": "1"}
+        result = subprocess.run(avcurate_cmd("export", str(balanced_run), "--out", str(out),
+                                             "--push", "--repo-id", "me/av-demo", "--private"),
+                                capture_output=True, text=True, env=env, timeout=120)
+        assert result.returncode == 0, result.stderr
+    assert hub.repos["me/av-demo"]["type"] == "dataset"
+    assert hub.repos["me/av-demo"].get("visibility") == "private" or hub.repos["me/av-demo"].get(
+        "private") is True
+    local = {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert hub.files == local  # every file, byte for byte
+    assert all(auth == f"Bearer {SECRET}" for _, _, auth in hub.log)
+    assert "pushed to" in result.stdout and SECRET not in result.stdout + result.stderr
+    assert SECRET.encode() not in b"".join(local.values())
+
+
+def _demo(tmp_path: Path) -> Path:
+    subprocess.run(avcurate_cmd("demo", "--out", str(tmp_path / "demo"), "-q"), check=True,
+                   capture_output=True)
+    return tmp_path / "demo"
+
+
+def test_omnivideo_r1_recipe_end_to_end(tmp_path):
+    demo = _demo(tmp_path)
+    with openai_server() as server:
+        env = os.environ | {
+            "LLAVA_VIDEO_ANNOTATIONS": str(demo / "annotations/llava_video.json"),
+            "LLAVA_VIDEO_ROOT": str(demo / "media/llava"),
+            "VIDEO_VISTA_ANNOTATIONS": str(demo / "annotations/video_vista.json"),
+            "VIDEO_VISTA_ROOT": str(demo / "media/llava"),
+            "JUDGE_BACKEND": "openai", "JUDGE_MODEL": "judge",
+            "JUDGE_BASE_URL": server.url + "/v1", "CLASSIFIER_BASE_URL": server.url + "/v1",
+            "EXPORT_DIR": str(tmp_path / "export"), "OPENAI_API_KEY": "sk-local"}
+        result = subprocess.run(avcurate_cmd("run", str(REPO / "recipes/omnivideo_r1.toml"),
+                                             "--out", str(tmp_path / "run"), "-q"),
+                                capture_output=True, text=True, env=env)
+        assert result.returncode == 0, result.stderr
+    manifest = json.loads((tmp_path / "run/manifest.json").read_text())
+    assert [s["name"] for s in manifest["stages"]] == [
+        "ingest", "validate", "score", "classify", "threshold", "balance", "subset"]
+    assert all(s["rows_in"] == s["kept"] + s["rejected"] for s in manifest["stages"])
+    final = manifest["stages"][-1]["kept"]
+    assert final > 10
+    ds = _load(tmp_path / "export")
+    assert sum(len(v) for v in ds.values()) == final
+    av = _load(tmp_path / "export", "audio_visual")
+    assert sum(len(v) for v in av.values()) == manifest["stages"][-1]["subsets"]["audio_visual"]["rows"]
+    assert "exported to" in result.stdout
+
+
+def test_avrt_recipe_end_to_end(tmp_path):
+    demo = _demo(tmp_path)
+    with openai_server() as server:
+        url = server.url + "/v1"
+        env = os.environ | {
+            "AVQA_ANNOTATIONS": str(demo / "annotations/avqa.json"),
+            "AVQA_ROOT": str(demo / "media/avqa"), "VISUAL_BASE_URL": url,
+            "AUDIO_BASE_URL": url, "MERGER_BASE_URL": url, "EXPORT_DIR": str(tmp_path / "export")}
+        result = subprocess.run(avcurate_cmd("run", str(REPO / "recipes/avrt.toml"), "--out",
+                                             str(tmp_path / "run"), "-q"),
+                                capture_output=True, text=True, env=env)
+        assert result.returncode == 0, result.stderr
+    manifest = json.loads((tmp_path / "run/manifest.json").read_text())
+    assert [s["name"] for s in manifest["stages"]] == [
+        "ingest", "validate", "visual_teacher", "audio_teacher", "teacher_filter", "merge"]
+    assert all(s["rows_in"] == s["kept"] + s["rejected"] for s in manifest["stages"])
+    ds = _load(tmp_path / "export")
+    rows = [r for split in ds.values() for r in split]
+    assert len(rows) == manifest["stages"][-1]["kept"] > 5
+    for r in rows:
+        assert r["trace"].startswith("<think>") and r["trace"].endswith(f"<answer>{r['answer']}</answer>")
