@@ -528,6 +528,64 @@ def export(
 
 
 @app.command()
+def train(
+    data: Annotated[str | None, typer.Option(help="An avcurate export folder (or Parquet with "
+                                                  "question/options/answer).")] = None,
+    model: Annotated[str | None, typer.Option(help="Local model folder (the policy).")] = None,
+    config: Annotated[Path | None, typer.Option(help="TOML with any of the options below "
+                                                     "(a [train] table or top-level keys).")]
+    = None,
+    out_dir: Annotated[str | None, typer.Option("--out", help="Checkpoints, metrics.jsonl and "
+                                                              "the final model.")] = None,
+    algo: Annotated[str | None, typer.Option(help="gspo (default), gspo_token or grpo.")] = None,
+    rewards: Annotated[str | None, typer.Option(help="Comma-separated reward names, e.g. "
+                                                     "format,accuracy (or module:function).")]
+    = None,
+    reward_weights: Annotated[str | None, typer.Option(help="Comma-separated weights.")] = None,
+    num_generations: Annotated[int | None, typer.Option(help="Completions per prompt (G).")]
+    = None,
+    prompts_per_step: Annotated[int | None, typer.Option(help="Prompts per generation step.")]
+    = None,
+    steps: Annotated[int | None, typer.Option(help="Generation steps.")] = None,
+    steps_per_generation: Annotated[int | None, typer.Option(
+        help="Optimizer steps (minibatches) per generation; GSPO's clipping only acts when > 1.")]
+    = None,
+    grad_accum: Annotated[int | None, typer.Option(help="Micro-batches per optimizer step.")]
+    = None,
+    lr: Annotated[float | None, typer.Option(help="AdamW learning rate (5% warmup, then "
+                                                  "cosine).")] = None,
+    beta: Annotated[float | None, typer.Option(help="KL weight to the reference model "
+                                                    "(OmniVideo-R1: 0.03).")] = None,
+    max_new_tokens: Annotated[int | None, typer.Option(help="Longest completion.")] = None,
+    temperature: Annotated[float | None, typer.Option(help="Sampling temperature.")] = None,
+    save_every: Annotated[int | None, typer.Option(help="Checkpoint every N steps.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Run seed.")] = None,
+) -> None:
+    """Train a policy with GSPO/GRPO on an export. Multi-GPU: torchrun -m avcurate.trainer."""
+    from avcurate.trainer.config import TrainConfig
+    from avcurate.trainer.loop import train as run_training
+
+    overrides = {
+        "data": data, "model": model, "out": out_dir, "algo": algo,
+        "rewards": [x.strip() for x in rewards.split(",")] if rewards else None,
+        "reward_weights": [float(x) for x in reward_weights.split(",")] if reward_weights
+        else None,
+        "num_generations": num_generations, "prompts_per_step": prompts_per_step,
+        "steps": steps, "steps_per_generation": steps_per_generation, "grad_accum": grad_accum,
+        "lr": lr, "beta": beta, "max_new_tokens": max_new_tokens, "temperature": temperature,
+        "save_every": save_every, "seed": seed}
+    try:
+        cfg = TrainConfig.load(config or "", **overrides)
+        history = run_training(cfg)
+    except (ValueError, FileNotFoundError) as exc:
+        fail(str(exc))
+    if history:
+        last = history[-1]
+        out.print(f"trained to step {last['step']}: reward mean {last['reward_mean']:.3f}, "
+                  f"{last['tokens_per_s']:.0f} tokens/s; model in {Path(cfg.out) / 'final'}")
+
+
+@app.command()
 def sources() -> None:
     """List the annotation formats avcurate can ingest."""
     for c in CATALOGS.values():

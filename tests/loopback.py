@@ -129,9 +129,39 @@ def merge_answer(prompt: str, question: str) -> str:
     return trace
 
 
-def answer_for(prompt: str, attempt: int, images: list[bytes] = (), audios: list[bytes] = ()
-               ) -> str:
+def clip_facts(mp4: bytes) -> tuple[str, float]:
+    """(dominant colour of the first frame, duration in seconds) of an mp4."""
+    import av
+
+    with av.open(io.BytesIO(mp4)) as c:
+        frame = next(c.decode(video=0))
+        buf = io.BytesIO()
+        with av.open(buf, "w", format="image2pipe") as out:
+            s = out.add_stream("mjpeg", rate=1)
+            s.width, s.height, s.pix_fmt = frame.width, frame.height, "yuvj420p"
+            out.mux(s.encode(frame.reformat(format="yuvj420p")))
+            out.mux(s.encode(None))
+        duration = (c.duration or 0) / 1e6
+    return dominant_color(buf.getvalue()), duration
+
+
+def judge_answer(prompt: str, videos: list[bytes]) -> str:
+    """The fake judge behind the trainer's soft rewards: it really watches the clips."""
+    if "student's answer" in prompt.lower():
+        ref = re.search(r"Reference answer: (\S+)", prompt).group(1)
+        got = re.search(r"Student's answer: (.*)", prompt).group(1).strip()
+        return json.dumps({"score": 1.0 if got[:1] == ref[:1] else 0.0})
+    color, duration = clip_facts(videos[0]) if videos else ("none", 0.0)
+    if "described it as" in prompt:
+        return json.dumps({"score": 1.0 if color in prompt.split("described it as", 1)[1] else 0.0})
+    return json.dumps({"score": round(min(1.0, duration / 2.0), 3)})
+
+
+def answer_for(prompt: str, attempt: int, images: list[bytes] = (), audios: list[bytes] = (),
+               videos: list[bytes] = ()) -> str:
     """The model's text for a prompt (all of its text parts joined) and its media."""
+    if '"score"' in prompt:
+        return judge_answer(prompt, list(videos))
     m = re.search(r"Question:\s*(.*?)\n+Options:", prompt, re.DOTALL)
     question = m.group(1) if m else prompt
     if "Correct option:" in prompt:
@@ -241,7 +271,9 @@ class OpenAIHandler(_Handler):
                   if p["type"] == "image_url"]
         audios = [base64.b64decode(p["input_audio"]["data"]) for p in parts
                   if p["type"] == "input_audio"]
-        text = answer_for(prompt, attempt, images, audios)
+        videos = [base64.b64decode(p["video_url"]["url"].split(",", 1)[1]) for p in parts
+                  if p["type"] == "video_url"]
+        text = answer_for(prompt, attempt, images, audios, videos)
         self._json(200, {
             "id": "cmpl-1", "object": "chat.completion", "created": 0, "model": body["model"],
             "choices": [{"index": 0, "finish_reason": "stop",

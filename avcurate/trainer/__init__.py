@@ -1,0 +1,1 @@
+"""A small GSPO/GRPO trainer that consumes avcurate exports (see trainer/README.md)."""

@@ -1,0 +1,333 @@
+"""The training loop: rollouts, rewards, group advantages, clipped policy updates.
+
+One process, or many with `torchrun` (FSDP2 `fully_shard` per decoder layer, NCCL on
+GPUs, gloo on CPU). Each rank owns whole prompt groups; rewards are gathered before
+normalising; loss denominators are global, so N processes compute the same update
+as one process on the same global batch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from avcurate.trainer import rewards as reward_registry
+from avcurate.trainer.config import TrainConfig
+from avcurate.trainer.data import load_rows
+from avcurate.trainer.losses import LossConfig, local_advantages, policy_loss
+from avcurate.trainer.policy import TextPolicy
+from avcurate.trainer.rollout import pack, prompt_seed, sample_group, token_logprobs
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+# -- distributed ------------------------------------------------------------------------------
+
+def setup_distributed() -> tuple[int, int, torch.device]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    if torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        return rank, world, torch.device("cuda", local)
+    return rank, world, torch.device("cpu")
+
+
+def shard(model: torch.nn.Module, world: int, device: torch.device) -> torch.nn.Module:
+    """FSDP2: shard every decoder layer, then the root (embeddings, head)."""
+    if world == 1:
+        return model
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh(device.type, (world,))
+    layers = getattr(getattr(model, "model", model), "layers", [])
+    for layer in layers:
+        fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return model
+
+
+def all_sum(value: float) -> float:
+    if not dist.is_initialized():
+        return value
+    t = torch.tensor([value], dtype=torch.float64)
+    dist.all_reduce(t)
+    return float(t.item())
+
+
+# -- schedule and checkpoints -------------------------------------------------------------------
+
+def lr_lambda(total: int, warmup_fraction: float):
+    warmup = max(1, math.ceil(total * warmup_fraction)) if warmup_fraction > 0 else 0
+
+    def f(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return f
+
+
+def save_checkpoint(folder: Path, model, optimizer, scheduler, step: int, rank: int) -> None:
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    tmp = folder.with_name(folder.name + ".tmp")
+    msd, osd = get_state_dict(model, optimizer)
+    dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(tmp / "state"))
+    torch.save({"torch": torch.get_rng_state(), "python": random.getstate(),
+                "numpy": np.random.get_state()}, tmp / f"rng-{rank}.pt")
+    if rank == 0:
+        torch.save({"step": step, "scheduler": scheduler.state_dict()}, tmp / "trainer.pt")
+    if dist.is_initialized():
+        dist.barrier()
+    if rank == 0:  # swap in the new checkpoint only once every rank has written its part
+        if folder.exists():
+            import shutil
+
+            shutil.rmtree(folder)
+        tmp.rename(folder)
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def load_checkpoint(folder: Path, model, optimizer, scheduler, rank: int) -> int:
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    msd, osd = get_state_dict(model, optimizer)
+    state = {"model": msd, "optim": osd}
+    dcp.load(state, checkpoint_id=str(folder / "state"))
+    set_state_dict(model, optimizer, model_state_dict=state["model"],
+                   optim_state_dict=state["optim"])
+    trainer = torch.load(folder / "trainer.pt", weights_only=False)
+    scheduler.load_state_dict(trainer["scheduler"])
+    rng = torch.load(folder / f"rng-{rank}.pt", weights_only=False)
+    torch.set_rng_state(rng["torch"])
+    random.setstate(rng["python"])
+    np.random.set_state(rng["numpy"])
+    return int(trainer["step"])
+
+
+def full_state_dict(model) -> dict[str, torch.Tensor]:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True,
+                                                                cpu_offload=True))
+
+
+# -- the loop -----------------------------------------------------------------------------------
+
+def prompt_indices(n_rows: int, step: int, per_step: int, seed: int) -> list[int]:
+    """The step's global prompt indices: a fresh seeded permutation each epoch."""
+    out = []
+    for k in range(step * per_step, (step + 1) * per_step):
+        epoch, pos = divmod(k, n_rows)
+        perm = np.random.default_rng(seed + epoch).permutation(n_rows)
+        out.append(int(perm[pos]))
+    return out
+
+
+def configure_rewards(cfg: TrainConfig) -> None:
+    from avcurate.trainer.rewards import accuracy, modality
+
+    modality.configure(cfg.attention_lambda, cfg.attention_strict)
+    if cfg.judge_backend:
+        accuracy.configure_judge(cfg.judge_backend, cfg.judge_model, cfg.judge_base_url or None)
+
+
+def train(cfg: TrainConfig, progress: bool = True) -> list[dict[str, Any]]:
+    cfg.check()
+    rank, world, device = setup_distributed()
+    if cfg.prompts_per_step % world:
+        raise ValueError(f"--prompts-per-step {cfg.prompts_per_step} must divide among {world} ranks")
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    configure_rewards(cfg)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = load_rows(cfg.data)
+    policy = TextPolicy(cfg.model, dtype=DTYPES[cfg.dtype], device=device,
+                        system_prompt=cfg.system_prompt)
+    model = shard(policy.model, world, device)
+    ref = None
+    if cfg.beta > 0:
+        ref = shard(TextPolicy(cfg.model, dtype=DTYPES[cfg.dtype], device=device).model, world,
+                    device).eval()
+        ref.requires_grad_(False)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    total_updates = cfg.steps * cfg.steps_per_generation
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer,
+                                                  lr_lambda(total_updates, cfg.warmup_fraction))
+    loss_cfg = LossConfig(cfg.algo, cfg.eps_low, cfg.eps_high, cfg.beta, cfg.aggregation,
+                          cfg.max_new_tokens)
+    ckpt = out / "checkpoint"
+    start = load_checkpoint(ckpt, model, optimizer, scheduler, rank) if ckpt.exists() else 0
+    metrics_path = out / "metrics.jsonl"
+    history = []
+    bar = _bar(progress and rank == 0, cfg.steps, start)
+    per_rank = cfg.prompts_per_step // world
+    for step in range(start, cfg.steps):
+        t0 = time.perf_counter()
+        indices = prompt_indices(len(rows), step, cfg.prompts_per_step, cfg.seed)
+        mine = list(range(rank * per_rank, (rank + 1) * per_rank))
+        record = _generation_step(cfg, policy, model, ref, optimizer, scheduler, loss_cfg, rows,
+                                  [indices[i] for i in mine], [step * cfg.prompts_per_step + i
+                                                               for i in mine], step)
+        record |= {"step": step + 1, "lr": scheduler.get_last_lr()[0],
+                   "seconds": time.perf_counter() - t0}
+        record["tokens_per_s"] = record.pop("tokens") / record["seconds"]
+        history.append(record)
+        if rank == 0 and (step + 1) % cfg.log_every == 0:
+            with metrics_path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+        if bar is not None:
+            bar.set_postfix(reward=f"{record['reward_mean']:.3f}")
+            bar.update(1)
+        if cfg.stop_after and step + 1 - start >= cfg.stop_after and step + 1 < cfg.steps:
+            save_checkpoint(ckpt, model, optimizer, scheduler, step + 1, rank)
+            break  # a time-limited job: the next run resumes exactly here
+        if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
+            save_checkpoint(ckpt, model, optimizer, scheduler, step + 1, rank)
+    else:
+        save_checkpoint(ckpt, model, optimizer, scheduler, cfg.steps, rank)
+        save_final(out / "final", policy, model, rank)
+    if bar is not None:
+        bar.close()
+    return history
+
+
+def save_final(folder: Path, policy: TextPolicy, model, rank: int) -> None:
+    """The trained policy as a plain transformers folder (gathered from all shards)."""
+    full = full_state_dict(model)
+    if rank == 0:
+        policy.model.save_pretrained(folder, state_dict=full)
+        policy.tokenizer.save_pretrained(folder)
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def _bar(enabled: bool, total: int, start: int):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=start, desc="train", unit="step")
+
+
+def _generation_step(cfg, policy, model, ref, optimizer, scheduler, loss_cfg, rows, row_ids,
+                     global_ids, step) -> dict[str, Any]:
+    tok = policy.tokenizer
+    G = cfg.num_generations
+    prompts, completions, batch_rows = [], [], []
+    model.eval()
+    for r_idx, g_idx in zip(row_ids, global_ids, strict=True):
+        row = dict(rows[r_idx])
+        ids = policy.encode(policy.prompt(row), cfg.max_prompt_tokens)
+        group = sample_group(model, tok, ids, G, seed=prompt_seed(cfg.seed, step, g_idx),
+                             temperature=cfg.temperature, top_p=cfg.top_p,
+                             max_new_tokens=cfg.max_new_tokens)
+        if "modality_attention" in cfg.rewards:
+            for variant in ("video_only", "audio_only"):
+                vid = policy.encode(policy.prompt(row, variant), cfg.max_prompt_tokens)
+                [alt] = sample_group(model, tok, vid, 1, seed=prompt_seed(cfg.seed + 7, step, g_idx),
+                                     temperature=cfg.temperature, top_p=cfg.top_p,
+                                     max_new_tokens=cfg.max_new_tokens)
+                row[f"{variant}_completion"] = tok.decode(alt, skip_special_tokens=True)
+        prompts += [ids] * G
+        completions += group
+        batch_rows += [row] * G
+    rollout = pack(prompts, completions, tok.pad_token_id, tok)
+    total, parts = reward_registry.combine(cfg.rewards, cfg.reward_weights or None,
+                                           rollout.completions, batch_rows)
+    rewards = torch.tensor(total, dtype=torch.float32)
+    advantages = local_advantages(rewards, G, cfg.advantage)
+    with torch.no_grad():
+        old_logp = token_logprobs(model, rollout.input_ids, rollout.attention_mask)
+        ref_logp = token_logprobs(ref, rollout.input_ids, rollout.attention_mask) \
+            if ref is not None else None
+    model.train()
+    stats = _updates(cfg, model, optimizer, scheduler, loss_cfg, rollout, old_logp, ref_logp,
+                     advantages)
+    all_rewards = _gather_list(total)
+    groups = torch.tensor(all_rewards).view(-1, G)
+    record = {"reward_mean": float(np.mean(all_rewards)), "reward_std": float(np.std(all_rewards)),
+              "zero_std_groups": float((groups.std(dim=1, unbiased=False) < 1e-6).float().mean()),
+              "completion_len": all_sum(rollout.completion_tokens) / len(all_rewards),
+              "tokens": all_sum(rollout.completion_tokens), **stats}
+    for name, values in parts.items():
+        gathered = _gather_list(values)
+        record[f"reward/{name}_mean"] = float(np.mean(gathered))
+        record[f"reward/{name}_std"] = float(np.std(gathered))
+    return record
+
+
+def _gather_list(values: list[float]) -> list[float]:
+    if not dist.is_initialized():
+        return list(values)
+    out: list[list[float]] = [None] * dist.get_world_size()  # type: ignore[list-item]
+    dist.all_gather_object(out, list(values))
+    return [v for part in out for v in part]
+
+
+def _updates(cfg, model, optimizer, scheduler, loss_cfg, rollout, old_logp, ref_logp,
+             advantages) -> dict[str, float]:
+    """steps_per_generation optimizer steps, each over a minibatch split into grad_accum
+    micro-batches; denominators are summed over ranks so the update is layout-independent.
+
+    Sequences are first interleaved by their position in the group ([g0s0, g1s0, g0s1, ...]),
+    so minibatch m holds the same positions of every group whichever rank owns the group:
+    with G divisible by steps_per_generation * grad_accum, N ranks make exactly the
+    updates one process makes.
+    """
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    B = rollout.input_ids.shape[0]
+    G = cfg.num_generations
+    order = torch.tensor([g * G + j for j in range(G) for g in range(B // G)])
+    rollout = type(rollout)(rollout.input_ids[order], rollout.attention_mask[order],
+                            rollout.completion_mask[order], [rollout.completions[i] for i in order],
+                            rollout.completion_tokens)
+    old_logp, advantages = old_logp[order], advantages[order]
+    ref_logp = ref_logp[order] if ref_logp is not None else None
+    mini = B // cfg.steps_per_generation
+    micro = mini // cfg.grad_accum
+    losses, clips, kls, ratios = [], [], [], []
+    for m in range(cfg.steps_per_generation):
+        sl = slice(m * mini, (m + 1) * mini)
+        denom = {"sequences": all_sum(float(mini)),
+                 "tokens": all_sum(float(rollout.completion_mask[sl].sum()))}
+        optimizer.zero_grad(set_to_none=True)
+        step_loss = 0.0
+        for a in range(cfg.grad_accum):
+            ms = slice(sl.start + a * micro, sl.start + (a + 1) * micro)
+            logp = token_logprobs(model, rollout.input_ids[ms], rollout.attention_mask[ms])
+            out = policy_loss(logp, old_logp[ms], advantages[ms], rollout.completion_mask[ms],
+                              loss_cfg, ref_logp[ms] if ref_logp is not None else None, denom)
+            (out.loss * world).backward()  # FSDP averages gradients over ranks
+            step_loss += float(out.loss.detach())
+            clips.append(out.clip_fraction)
+            kls.append(out.kl)
+            ratios.append(out.ratio_mean)
+        if cfg.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        losses.append(all_sum(step_loss))
+    return {"loss": float(np.mean(losses)),
+            "clip_fraction": all_sum(float(np.mean(clips))) / world,
+            "kl": all_sum(float(np.mean(kls))) / world,
+            "ratio_mean": all_sum(float(np.mean(ratios))) / world}

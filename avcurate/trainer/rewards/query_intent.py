@@ -1,0 +1,82 @@
+"""OmniVideo-R1's query-intent reward: are the grounded spans right, and enough?
+
+For every <time>S-E</time><caption>C</caption> pair the span is cut out of the
+video (picture and sound) and a judge scores whether C describes it (r_cons =
+mean over pairs); all spans joined in temporal order are judged for whether
+they hold what is needed to answer the question (r_comp). The reward is
+(r_cons + r_comp) / 2, and 0 without pairs. With the QI weights,
+R_QI = format + accuracy + query_intent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from pathlib import Path
+
+from avcurate.media.cut import cut
+from avcurate.models.request import VideoPart
+from avcurate.trainer.rewards import reward
+from avcurate.trainer.rewards.accuracy import judge_scores
+from avcurate.trainer.rewards.formats import time_caption_pairs
+
+CONSISTENCY = ("Here is a short clip cut from a video. Someone described it as:\n\"{caption}\"\n"
+               "Judge how faithfully that description matches what is seen and heard in the "
+               'clip. Reply with JSON only: {{"score": a number from 0 (unrelated) to 1 '
+               "(exact)}}")
+COMPLETENESS = ("Here are the parts of a video someone picked as the evidence for answering a "
+                "question, joined in time order.\nQuestion: {question}\nOptions:\n{options}\n"
+                "Judge whether these parts alone contain what is needed to answer it, without "
+                'padding. Reply with JSON only: {{"score": a number from 0 (useless) to 1 '
+                "(complete and focused)}}")
+
+_WORKDIR = Path(tempfile.gettempdir()) / "avcurate-qi"
+
+
+def _clip(video: str, spans: list[tuple[float, float]]) -> str | None:
+    key = hashlib.sha1(f"{video}|{spans}".encode()).hexdigest()[:16]
+    out = _WORKDIR / f"{key}.mp4"
+    if not out.exists():
+        try:
+            cut(video, spans, out)
+        except (ValueError, OSError, Exception):  # a span outside the clip: nothing to judge
+            return None
+    return str(out)
+
+
+@reward("query_intent")
+def query_intent_reward(completions, rows) -> list[float]:
+    prompts, media, owners = [], [], []
+    for i, (c, r) in enumerate(zip(completions, rows, strict=True)):
+        pairs = time_caption_pairs(c)
+        if not pairs or not r.get("video"):
+            continue
+        for s, e, caption in pairs:
+            clip = _clip(r["video"], [(s, e)])
+            if clip:
+                prompts.append(CONSISTENCY.format(caption=caption))
+                media.append([VideoPart(clip)])
+                owners.append((i, "cons"))
+        joined = _clip(r["video"], [(s, e) for s, e, _ in pairs])
+        if joined:
+            options = "\n".join(f"{chr(65 + k)}. {o}" for k, o in enumerate(r.get("options") or []))
+            prompts.append(COMPLETENESS.format(question=r["question"], options=options))
+            media.append([VideoPart(joined)])
+            owners.append((i, "comp"))
+    scores = judge_scores(prompts, media) if prompts else []
+    cons: dict[int, list[float]] = {}
+    comp: dict[int, float] = {}
+    for (i, kind), s in zip(owners, scores, strict=True):
+        if kind == "cons":
+            cons.setdefault(i, []).append(s)
+        else:
+            comp[i] = s
+    out = []
+    for i, c in enumerate(completions):
+        n_pairs = len(time_caption_pairs(c))
+        if not n_pairs:
+            out.append(0.0)
+            continue
+        r_cons = sum(cons.get(i, [])) / n_pairs  # a span that could not be cut scores 0
+        out.append(0.5 * (r_cons + comp.get(i, 0.0)))
+    return out

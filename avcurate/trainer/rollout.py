@@ -1,0 +1,69 @@
+"""Rollouts: G sampled completions per prompt, and per-token log-probs of completions.
+
+Each prompt's group is sampled under its own seed (run seed, step, global
+prompt index), so the same prompt gets the same completions whichever rank,
+batch position or number of processes it lands on; that is what lets a
+2-process run reproduce a 1-process run exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class Rollout:
+    input_ids: torch.Tensor        # [B, L] prompt + completion, right-padded
+    attention_mask: torch.Tensor   # [B, L]
+    completion_mask: torch.Tensor  # [B, L-1] 1 where position t predicts a completion token
+    completions: list[str]
+    completion_tokens: int
+
+
+def prompt_seed(seed: int, step: int, prompt_index: int) -> int:
+    return (seed * 1_000_003 + step * 10_007 + prompt_index) % (2**31 - 1)
+
+
+@torch.no_grad()
+def sample_group(model, tokenizer, prompt_ids: torch.Tensor, group: int, *, seed: int,
+                 temperature: float, top_p: float, max_new_tokens: int) -> list[torch.Tensor]:
+    """G completions (token ids, up to and including EOS) for one prompt."""
+    synced = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    torch.manual_seed(seed)  # generate samples from the global generator
+    ids = prompt_ids.unsqueeze(0).repeat(group, 1).to(model.device)
+    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True,
+                         temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
+                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                         synced_gpus=synced)
+    completions = []
+    for seq in out[:, ids.shape[1]:].cpu():
+        eos = (seq == tokenizer.eos_token_id).nonzero()
+        completions.append(seq[: int(eos[0]) + 1] if len(eos) else seq)
+    return completions
+
+
+def pack(prompts: list[torch.Tensor], completions: list[torch.Tensor], pad_id: int,
+         tokenizer) -> Rollout:
+    """Right-padded [prompt + completion] batch with a mask over completion positions."""
+    seqs = [torch.cat([p, c]) for p, c in zip(prompts, completions, strict=True)]
+    length = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), length), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(seqs), length), dtype=torch.long)
+    comp = torch.zeros((len(seqs), length - 1), dtype=torch.float32)
+    for i, (p, s) in enumerate(zip(prompts, seqs, strict=True)):
+        ids[i, : len(s)] = s
+        attn[i, : len(s)] = 1
+        comp[i, len(p) - 1: len(s) - 1] = 1.0  # logits at t predict token t+1
+    texts = [tokenizer.decode(c, skip_special_tokens=True) for c in completions]
+    return Rollout(ids, attn, comp, texts, int(sum(len(c) for c in completions)))
+
+
+def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """log p(token_{t+1} | tokens_{<=t}) for every position, in float32: [B, L-1]."""
+    logits = model(input_ids=input_ids.to(model.device),
+                   attention_mask=attention_mask.to(model.device)).logits[:, :-1].float()
+    target = input_ids[:, 1:].to(logits.device)
+    return torch.log_softmax(logits, dim=-1).gather(-1, target.unsqueeze(-1)).squeeze(-1)

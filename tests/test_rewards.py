@@ -1,0 +1,113 @@
+"""Each reward on crafted completions: good, malformed, edge cases."""
+
+from __future__ import annotations
+
+import pytest
+from loopback import openai_server
+
+from avcurate.media import probe
+from avcurate.media.cut import cut
+from avcurate.media.synth import write_clip
+from avcurate.trainer.rewards import combine, get
+from avcurate.trainer.rewards import modality as modality_mod
+from avcurate.trainer.rewards.accuracy import configure_judge
+
+ROW = {"question": "Which?", "options": ["red", "blue"], "answer": "B", "duration_s": 10.0}
+
+
+def r(name, *completions, row=ROW):
+    return get(name)(list(completions), [row] * len(completions))
+
+
+def test_format():
+    assert r("format", "<think>hm</think><answer>B</answer>", " <think>a\nb</think>\n<answer>B</answer> ",
+             "<think>hm</think><answer>B</answer> extra", "<answer>B</answer>",
+             "<think></think><answer>B</answer>", "<think>a<think>b</think><answer>B</answer>",
+             "<think>a</think><answer>B</answer><answer>C</answer>") == [1, 1, 0, 0, 0, 0, 0]
+
+
+def test_tcta_format():
+    good = ("<time>0.5-2</time><caption>a red square</caption><time>3-4.5</time><caption>a tone"
+            "</caption><thinking>so</thinking><answer>B</answer>")
+    assert r("tcta_format", good,
+             good.replace("3-4.5", "4.5-3"),            # S >= E
+             good.replace("3-4.5", "3-12"),             # outside the 10 s clip
+             good.replace("<caption>a tone</caption>", ""),  # counts differ
+             good.replace("<thinking>so</thinking>", ""),     # no thinking block
+             "<thinking>so</thinking><answer>B</answer>",     # no pair at all
+             good + " trailing") == [1, 0, 0, 0, 0, 0, 0]
+
+
+def test_accuracy():
+    assert r("accuracy", "<think>x</think><answer>B</answer>", "<answer>(B)</answer>",
+             "<answer>B. blue</answer>", "<answer>A</answer>", "B", "<answer>blue</answer>") == \
+        [1, 1, 1, 0, 0, 0]
+
+
+def test_keyframe_rewards():
+    spread = "<time>0-1</time><time>3-4</time><time>6-7</time><time>9-10</time>"
+    clustered = "<time>0-1</time><time>0.2-1.1</time><time>0.4-1.2</time><time>9-10</time>"
+    div = r("keyframe_diversity", spread, clustered, "no keyframes")
+    assert div[0] == 1.0 and div[1] == pytest.approx((-0.2 * 2 + 1.0 * 2) / 4) and div[2] == 0
+    row = dict(ROW, k0=4)
+    assert r("keyframe_count", spread, "<time>0-1</time><time>3-4</time>",
+             "<time>0-1</time>" * 9, row=row) == [1.0, 0.5, 0.0]
+
+
+def test_box_iou_uses_the_best_matching():
+    row = dict(ROW, gt_boxes=[[0, 0, 10, 10], [20, 20, 30, 30]])
+    swapped = "<box>20,20,30,30</box><box>0,0,10,10</box>"  # right boxes, other order
+    half = "<box>0,0,10,5</box>"
+    extra = swapped + "<box>50,50,60,60</box>"
+    assert r("box_iou", swapped, half, extra, "none", row=row) == pytest.approx(
+        [1.0, 0.5 / 2, 2 / 3, 0.0])
+
+
+def test_modality_attention():
+    def row(video_only, audio_only):
+        return dict(ROW, video_only_completion=f"<answer>{video_only}</answer>",
+                    audio_only_completion=f"<answer>{audio_only}</answer>")
+
+    comps = ["<answer>B</answer>", "<answer>A</answer>", "<answer>A</answer>"]
+    rows = [row("A", "A"), row("B", "A"), row("A", "A")]
+    fn = get("modality_attention")
+    modality_mod.configure(0.3, strict=False)
+    assert fn(comps, rows) == [0.3, 0.0, 0.3]  # all three wrong still pays, as published
+    modality_mod.configure(0.3, strict=True)
+    assert fn(comps, rows) == [0.3, 0.0, 0.0]
+    modality_mod.configure(0.3, strict=False)
+    with pytest.raises(ValueError, match="modality-removed"):
+        fn(comps[:1], [ROW])
+
+
+def test_combine_weights_and_errors():
+    total, parts = combine(["format", "accuracy"], [0.5, 2.0],
+                           ["<think>x</think><answer>B</answer>"], [ROW])
+    assert total == [2.5] and parts == {"format": [1.0], "accuracy": [1.0]}
+    with pytest.raises(ValueError, match="unknown reward"):
+        combine(["fromat"], None, ["x"], [ROW])
+
+
+def test_cut_segments(tmp_path):
+    clip = write_clip(tmp_path / "c.mp4", seconds=6, color="red", freq=440)
+    out = cut(clip, [(4, 5), (0.5, 2)], tmp_path / "cut.mp4")
+    info = probe(out)
+    assert info.duration_s == pytest.approx(2.5, abs=0.15) and info.has_audio
+
+
+def test_query_intent_and_soft_accuracy_with_a_judge(tmp_path):
+    clip = write_clip(tmp_path / "red.mp4", seconds=6, color="red", freq=440)
+    row = dict(ROW, video=str(clip), duration_s=6.0)
+    right = ("<time>0-1</time><caption>a red square moves</caption><time>2-3</time>"
+             "<caption>the red square again</caption><thinking>t</thinking><answer>B</answer>")
+    wrong = right.replace("red", "blue")
+    with openai_server() as server:
+        configure_judge("openai", "judge", server.url + "/v1")
+        qi = get("query_intent")([right, wrong, "<answer>B</answer>"], [row] * 3)
+        soft = get("soft_accuracy")(["<answer>B</answer>", "<answer>A</answer>"], [row] * 2)
+        videos = [p for req in server.requests for p in req["messages"][0]["content"]
+                  if p["type"] == "video_url"]
+    # 2 pairs: consistency 1.0 (red clip, red captions) / 0.0; completeness = 2 s / 2 s = 1.0
+    assert qi == pytest.approx([1.0, 0.5, 0.0], abs=0.05)
+    assert len(videos) == 6  # two spans + one joined clip per completion with pairs
+    assert soft == [1.0, 0.0]
