@@ -538,6 +538,9 @@ def train(
     out_dir: Annotated[str | None, typer.Option("--out", help="Checkpoints, metrics.jsonl and "
                                                               "the final model.")] = None,
     algo: Annotated[str | None, typer.Option(help="gspo (default), gspo_token or grpo.")] = None,
+    policy: Annotated[str | None, typer.Option(help="text (causal LM, default) or omni "
+                                                    "(Qwen2.5-Omni thinker: frames + audio).")]
+    = None,
     rewards: Annotated[str | None, typer.Option(help="Comma-separated reward names, e.g. "
                                                      "format,accuracy (or module:function).")]
     = None,
@@ -566,7 +569,7 @@ def train(
     from avcurate.trainer.loop import train as run_training
 
     overrides = {
-        "data": data, "model": model, "out": out_dir, "algo": algo,
+        "data": data, "model": model, "out": out_dir, "algo": algo, "policy": policy,
         "rewards": [x.strip() for x in rewards.split(",")] if rewards else None,
         "reward_weights": [float(x) for x in reward_weights.split(",")] if reward_weights
         else None,

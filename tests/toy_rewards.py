@@ -3,3 +3,8 @@
 
 def starts_with_b(completions, rows):
     return [1.0 if c.strip()[:1] == "B" else 0.0 for c in completions]
+
+
+def first_char_code(completions, rows):
+    """Varies with almost every sample, so no group has zero advantage (a test of plumbing)."""
+    return [ord(c.strip()[:1] or " ") / 128 for c in completions]

@@ -13,6 +13,9 @@ from typing import Any
 class TrainConfig:
     data: str = ""                      # an avcurate export folder, or Parquet file/folder
     model: str = ""                     # a local model folder
+    policy: str = "text"                # text (causal LM) | omni (Qwen2.5-Omni-style thinker)
+    frames: int = 8                     # omni: evenly spaced frames per video
+    audio_seconds: float = 10.0         # omni: seconds of audio
     out: str = "train_out"
     algo: str = "gspo"                  # gspo | gspo_token | grpo
     rewards: list[str] = field(default_factory=lambda: ["format", "accuracy"])

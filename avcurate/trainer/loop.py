@@ -24,7 +24,7 @@ from avcurate.trainer import rewards as reward_registry
 from avcurate.trainer.config import TrainConfig
 from avcurate.trainer.data import load_rows
 from avcurate.trainer.losses import LossConfig, local_advantages, policy_loss
-from avcurate.trainer.policy import TextPolicy
+from avcurate.trainer.policy import make_policy
 from avcurate.trainer.rollout import pack, prompt_seed, sample_group, token_logprobs
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -149,7 +149,9 @@ def configure_rewards(cfg: TrainConfig) -> None:
         accuracy.configure_judge(cfg.judge_backend, cfg.judge_model, cfg.judge_base_url or None)
 
 
-def train(cfg: TrainConfig, progress: bool = True) -> list[dict[str, Any]]:
+def train(cfg: TrainConfig, progress: bool = True, policy_kwargs: dict | None = None
+          ) -> list[dict[str, Any]]:
+    """Run (or resume) training; `policy_kwargs` reach the adapter (e.g. an omni processor)."""
     cfg.check()
     rank, world, device = setup_distributed()
     if cfg.prompts_per_step % world:
@@ -161,13 +163,13 @@ def train(cfg: TrainConfig, progress: bool = True) -> list[dict[str, Any]]:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = load_rows(cfg.data)
-    policy = TextPolicy(cfg.model, dtype=DTYPES[cfg.dtype], device=device,
-                        system_prompt=cfg.system_prompt)
+    policy_kw = {"dtype": DTYPES[cfg.dtype], "device": device, "system_prompt": cfg.system_prompt,
+                 "frames": cfg.frames, "audio_seconds": cfg.audio_seconds, **(policy_kwargs or {})}
+    policy = make_policy(cfg.policy, cfg.model, **policy_kw)
     model = shard(policy.model, world, device)
     ref = None
     if cfg.beta > 0:
-        ref = shard(TextPolicy(cfg.model, dtype=DTYPES[cfg.dtype], device=device).model, world,
-                    device).eval()
+        ref = shard(make_policy(cfg.policy, cfg.model, **policy_kw).model, world, device).eval()
         ref.requires_grad_(False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     total_updates = cfg.steps * cfg.steps_per_generation
@@ -211,12 +213,12 @@ def train(cfg: TrainConfig, progress: bool = True) -> list[dict[str, Any]]:
     return history
 
 
-def save_final(folder: Path, policy: TextPolicy, model, rank: int) -> None:
+def save_final(folder: Path, policy, model, rank: int) -> None:
     """The trained policy as a plain transformers folder (gathered from all shards)."""
     full = full_state_dict(model)
     if rank == 0:
         policy.model.save_pretrained(folder, state_dict=full)
-        policy.tokenizer.save_pretrained(folder)
+        getattr(policy, "processor", policy.tokenizer).save_pretrained(folder)
     if dist.is_initialized():
         dist.barrier()
 
@@ -233,36 +235,39 @@ def _generation_step(cfg, policy, model, ref, optimizer, scheduler, loss_cfg, ro
                      global_ids, step) -> dict[str, Any]:
     tok = policy.tokenizer
     G = cfg.num_generations
-    prompts, completions, batch_rows = [], [], []
+    prompts, completions, batch_rows, extras = [], [], [], []
     model.eval()
+    sampling = {"temperature": cfg.temperature, "top_p": cfg.top_p,
+                "max_new_tokens": cfg.max_new_tokens, "suppress_tokens": policy.suppress_tokens}
     for r_idx, g_idx in zip(row_ids, global_ids, strict=True):
         row = dict(rows[r_idx])
-        ids = policy.encode(policy.prompt(row), cfg.max_prompt_tokens)
+        ids, media = policy.inputs(row, "av", cfg.max_prompt_tokens)
         group = sample_group(model, tok, ids, G, seed=prompt_seed(cfg.seed, step, g_idx),
-                             temperature=cfg.temperature, top_p=cfg.top_p,
-                             max_new_tokens=cfg.max_new_tokens)
+                             extras=media, **sampling)
         if "modality_attention" in cfg.rewards:
             for variant in ("video_only", "audio_only"):
-                vid = policy.encode(policy.prompt(row, variant), cfg.max_prompt_tokens)
+                vid, vmedia = policy.inputs(row, variant, cfg.max_prompt_tokens)
                 [alt] = sample_group(model, tok, vid, 1, seed=prompt_seed(cfg.seed + 7, step, g_idx),
-                                     temperature=cfg.temperature, top_p=cfg.top_p,
-                                     max_new_tokens=cfg.max_new_tokens)
+                                     extras=vmedia, **sampling)
                 row[f"{variant}_completion"] = tok.decode(alt, skip_special_tokens=True)
         prompts += [ids] * G
         completions += group
         batch_rows += [row] * G
+        extras += [media] * G
     rollout = pack(prompts, completions, tok.pad_token_id, tok)
+    rollout.extras = extras
     total, parts = reward_registry.combine(cfg.rewards, cfg.reward_weights or None,
                                            rollout.completions, batch_rows)
     rewards = torch.tensor(total, dtype=torch.float32)
     advantages = local_advantages(rewards, G, cfg.advantage)
+    media = policy.batch_extras(rollout.extras)
     with torch.no_grad():
-        old_logp = token_logprobs(model, rollout.input_ids, rollout.attention_mask)
-        ref_logp = token_logprobs(ref, rollout.input_ids, rollout.attention_mask) \
+        old_logp = token_logprobs(model, rollout.input_ids, rollout.attention_mask, media)
+        ref_logp = token_logprobs(ref, rollout.input_ids, rollout.attention_mask, media) \
             if ref is not None else None
     model.train()
-    stats = _updates(cfg, model, optimizer, scheduler, loss_cfg, rollout, old_logp, ref_logp,
-                     advantages)
+    stats = _updates(cfg, policy, model, optimizer, scheduler, loss_cfg, rollout, old_logp,
+                     ref_logp, advantages)
     all_rewards = _gather_list(total)
     groups = torch.tensor(all_rewards).view(-1, G)
     record = {"reward_mean": float(np.mean(all_rewards)), "reward_std": float(np.std(all_rewards)),
@@ -284,7 +289,7 @@ def _gather_list(values: list[float]) -> list[float]:
     return [v for part in out for v in part]
 
 
-def _updates(cfg, model, optimizer, scheduler, loss_cfg, rollout, old_logp, ref_logp,
+def _updates(cfg, policy, model, optimizer, scheduler, loss_cfg, rollout, old_logp, ref_logp,
              advantages) -> dict[str, float]:
     """steps_per_generation optimizer steps, each over a minibatch split into grad_accum
     micro-batches; denominators are summed over ranks so the update is layout-independent.
@@ -297,10 +302,8 @@ def _updates(cfg, model, optimizer, scheduler, loss_cfg, rollout, old_logp, ref_
     world = dist.get_world_size() if dist.is_initialized() else 1
     B = rollout.input_ids.shape[0]
     G = cfg.num_generations
-    order = torch.tensor([g * G + j for j in range(G) for g in range(B // G)])
-    rollout = type(rollout)(rollout.input_ids[order], rollout.attention_mask[order],
-                            rollout.completion_mask[order], [rollout.completions[i] for i in order],
-                            rollout.completion_tokens)
+    order = [g * G + j for j in range(G) for g in range(B // G)]
+    rollout = rollout.select(order)
     old_logp, advantages = old_logp[order], advantages[order]
     ref_logp = ref_logp[order] if ref_logp is not None else None
     mini = B // cfg.steps_per_generation
@@ -314,7 +317,8 @@ def _updates(cfg, model, optimizer, scheduler, loss_cfg, rollout, old_logp, ref_
         step_loss = 0.0
         for a in range(cfg.grad_accum):
             ms = slice(sl.start + a * micro, sl.start + (a + 1) * micro)
-            logp = token_logprobs(model, rollout.input_ids[ms], rollout.attention_mask[ms])
+            media = policy.batch_extras(rollout.extras[ms]) if rollout.extras else None
+            logp = token_logprobs(model, rollout.input_ids[ms], rollout.attention_mask[ms], media)
             out = policy_loss(logp, old_logp[ms], advantages[ms], rollout.completion_mask[ms],
                               loss_cfg, ref_logp[ms] if ref_logp is not None else None, denom)
             (out.loss * world).backward()  # FSDP averages gradients over ranks

@@ -8,7 +8,7 @@ batch position or number of processes it lands on; that is what lets a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -21,6 +21,13 @@ class Rollout:
     completion_mask: torch.Tensor  # [B, L-1] 1 where position t predicts a completion token
     completions: list[str]
     completion_tokens: int
+    extras: list[dict] = field(default_factory=list)  # per sequence: media inputs (omni)
+
+    def select(self, index: list[int]) -> Rollout:
+        idx = torch.tensor(index)
+        return Rollout(self.input_ids[idx], self.attention_mask[idx], self.completion_mask[idx],
+                       [self.completions[i] for i in index], self.completion_tokens,
+                       [self.extras[i] for i in index] if self.extras else [])
 
 
 def prompt_seed(seed: int, step: int, prompt_index: int) -> int:
@@ -29,12 +36,18 @@ def prompt_seed(seed: int, step: int, prompt_index: int) -> int:
 
 @torch.no_grad()
 def sample_group(model, tokenizer, prompt_ids: torch.Tensor, group: int, *, seed: int,
-                 temperature: float, top_p: float, max_new_tokens: int) -> list[torch.Tensor]:
-    """G completions (token ids, up to and including EOS) for one prompt."""
+                 temperature: float, top_p: float, max_new_tokens: int,
+                 extras: dict | None = None, suppress_tokens: list[int] | None = None
+                 ) -> list[torch.Tensor]:
+    """G completions (token ids, up to and including EOS) for one prompt (and its media)."""
     synced = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
     torch.manual_seed(seed)  # generate samples from the global generator
     ids = prompt_ids.unsqueeze(0).repeat(group, 1).to(model.device)
-    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True,
+    media = {k: torch.cat([v] * group).to(model.device) for k, v in (extras or {}).items()}
+    if suppress_tokens:
+        media["suppress_tokens"] = suppress_tokens
+    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **media,
+                         do_sample=True,
                          temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
                          pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
                          synced_gpus=synced)
@@ -61,9 +74,11 @@ def pack(prompts: list[torch.Tensor], completions: list[torch.Tensor], pad_id: i
     return Rollout(ids, attn, comp, texts, int(sum(len(c) for c in completions)))
 
 
-def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                   extras: dict | None = None) -> torch.Tensor:
     """log p(token_{t+1} | tokens_{<=t}) for every position, in float32: [B, L-1]."""
+    media = {k: v.to(model.device) for k, v in (extras or {}).items()}
     logits = model(input_ids=input_ids.to(model.device),
-                   attention_mask=attention_mask.to(model.device)).logits[:, :-1].float()
+                   attention_mask=attention_mask.to(model.device), **media).logits[:, :-1].float()
     target = input_ids[:, 1:].to(logits.device)
     return torch.log_softmax(logits, dim=-1).gather(-1, target.unsqueeze(-1)).squeeze(-1)
