@@ -69,10 +69,29 @@ def run(
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Run folder to create or resume.")],
     force: Force = False,
     quiet: Quiet = False,
+    executor: Annotated[str, typer.Option(help="local (default) or ray (Ray Data: tasks for "
+                                               "row-local stages, actor pools for model "
+                                               "stages).")] = "local",
+    address: Annotated[str | None, typer.Option(help="With --executor ray: cluster address "
+                                                     "(auto, ray://host:10001); default: start "
+                                                     "a local Ray.")] = None,
+    ray_actors: Annotated[int, typer.Option(help="With --executor ray: actors per model "
+                                                 "stage.")] = 2,
+    ray_cpus_per_task: Annotated[float, typer.Option(help="With --executor ray: CPUs per "
+                                                          "decoding task.")] = 1.0,
 ) -> None:
     """Run a recipe into a run folder. Re-running resumes: finished shards are skipped."""
     rec = _guard(Recipe.load, recipe)
-    _guard(Runner(rec, out_dir, force=force, show_progress=not quiet).run)
+    if executor == "ray":
+        from avcurate.pipeline.ray_runner import RayRunner
+
+        runner = _guard(RayRunner, rec, out_dir, force=force, show_progress=not quiet,
+                        address=address, actors=ray_actors, cpus_per_task=ray_cpus_per_task)
+    elif executor == "local":
+        runner = Runner(rec, out_dir, force=force, show_progress=not quiet)
+    else:
+        fail(f"--executor must be local or ray, not {executor!r}")
+    _guard(runner.run)
     _print_summary(out_dir, f"Run {out_dir}")
     if rec.export is not None:
         from avcurate.hub.export import export_run

@@ -25,6 +25,7 @@ from avcurate.media.cache import (
 from avcurate.models import Executor, ModelResponse, ModelSpec, make_backend
 from avcurate.models.request import ModelRequest
 from avcurate.pipeline.context import StageContext
+from avcurate.pipeline.schema import with_columns
 from avcurate.pipeline.stage import BaseStage, Outcome
 
 
@@ -146,9 +147,9 @@ class ModelStage(BaseStage):
             reasons.append(outcome.reason)
             details.append(outcome.detail)
             values.append(outcome.value)
-        for name, typ in self.adds.items():
-            table = table.append_column(name, pa.array([self.columns(v)[name] if v else None
-                                                        for v in values], typ))
+        table = with_columns(table, {name: pa.array([self.columns(v)[name] if v else None
+                                                     for v in values], typ)
+                                     for name, typ in self.adds.items()})
         return Outcome.split(table, self.name, reasons, details)
 
     def manifest_extra(self) -> dict[str, Any]:

@@ -17,6 +17,7 @@ import pyarrow as pa
 
 from avcurate.filters.rules import all_pass, columns_of, parse_rules
 from avcurate.pipeline.context import StageContext
+from avcurate.pipeline.schema import with_columns
 from avcurate.pipeline.stage import BaseStage, Outcome, register
 from avcurate.pipeline.store import RunStore, parquet_rows, write_parquet_atomic
 
@@ -52,7 +53,7 @@ class Subset(BaseStage):
 
     def process(self, table: pa.Table, ctx: StageContext) -> Outcome:
         inside = all_pass(table, self._state["rules"])
-        table = table.append_column(f"subset_{self.subset}", pa.array(inside, pa.bool_()))
+        table = with_columns(table, {f"subset_{self.subset}": pa.array(inside, pa.bool_())})
         out = subset_dir(ctx.stage_dir, self.subset)
         write_parquet_atomic(table.filter(pa.array(inside)), RunStore.shard_path(out, ctx.shard_index))
         return Outcome(kept=table, rejected=table.slice(0, 0))

@@ -20,7 +20,7 @@ import pyarrow as pa
 from avcurate.media.errors import MediaError
 from avcurate.media.probe import probe
 from avcurate.pipeline.context import StageContext
-from avcurate.pipeline.schema import BASE_COLUMNS, letter_index
+from avcurate.pipeline.schema import BASE_COLUMNS, letter_index, with_columns
 from avcurate.pipeline.stage import BaseStage, Outcome, register
 
 REASONS = {
@@ -103,7 +103,9 @@ class Validate(BaseStage):
             params={"files": files},
         ).fetchall()
         index = {f: i for i, f in enumerate(files)}
-        self._state["dups"] = {(index[f], int(r)): first for f, r, _id, first in rows}
+        prefix = str(ctx.run_dir) + os.sep  # details name the first row relative to the run
+        self._state["dups"] = {(index[f], int(r)): first.removeprefix(prefix)
+                               for f, r, _id, first in rows}
 
     def process(self, table: pa.Table, ctx: StageContext) -> Outcome:
         rows = table.select(["id", "video", "audio", "question", "options", "answer"]).to_pylist()
@@ -133,8 +135,8 @@ class Validate(BaseStage):
         ]
         table = table.set_column(table.schema.get_field_index("duration_s"), "duration_s",
                                  pa.array(durations, pa.float64()))
-        for name, values in added.items():
-            table = table.append_column(name, pa.array(values, self.adds[name]))
+        table = with_columns(table, {name: pa.array(values, self.adds[name])
+                                     for name, values in added.items()})
         return Outcome.split(table, self.name, reasons, details)
 
     def _probe_all(self, rows: list[dict], ctx: StageContext) -> dict[str, dict]:

@@ -19,6 +19,7 @@ from avcurate.merger.trace import TraceRules, check_trace, count_tokens
 from avcurate.models import ModelResponse
 from avcurate.models.request import Message, ModelRequest, TextPart
 from avcurate.pipeline.context import StageContext
+from avcurate.pipeline.schema import with_columns
 from avcurate.pipeline.stage import Outcome, register
 
 FEEDBACK = ("Your reply did not pass a check: {why}. Write the whole reply again, following every "
@@ -115,8 +116,7 @@ class Merge(ModelStage):
             "merger_model": pa.array([f"{self.backend}:{self.model}"] * len(rows), pa.string()),
             "merge_attempts": pa.array([attempts[i] for i in range(len(rows))], pa.int64()),
         }
-        for name, values in cols.items():
-            table = table.append_column(name, values)
+        table = with_columns(table, cols)
         reasons = [None if i in done else failed[i][0] for i in range(len(rows))]
         details = [None if i in done else failed[i][1] for i in range(len(rows))]
         return Outcome.split(table, self.name, reasons, details)

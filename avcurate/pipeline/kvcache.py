@@ -7,7 +7,9 @@ from several processes, which a JSON file or a folder of files would not.
 from __future__ import annotations
 
 import json
+import random
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +20,23 @@ class KVCache:
         self.path = path
         self._db = sqlite3.connect(str(path), timeout=60, isolation_level=None,
                                    check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("CREATE TABLE IF NOT EXISTS kv (k TEXT PRIMARY KEY, v TEXT NOT NULL)")
+        self._setup()
+
+    def _setup(self, attempts: int = 200) -> None:
+        """Switch to WAL and create the table. Several processes opening a new cache at once
+        race for the exclusive lock the WAL switch needs, which SQLite's busy timeout does
+        not cover, so the setup is retried briefly."""
+        for attempt in range(attempts):
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=NORMAL")
+                self._db.execute("CREATE TABLE IF NOT EXISTS kv (k TEXT PRIMARY KEY, "
+                                 "v TEXT NOT NULL)")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or attempt == attempts - 1:
+                    raise
+                time.sleep(0.01 + random.random() * 0.05)
 
     def get(self, key: str) -> Any | None:
         row = self._db.execute("SELECT v FROM kv WHERE k = ?", (key,)).fetchone()

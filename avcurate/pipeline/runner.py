@@ -267,38 +267,55 @@ class Runner:
         task = progress.stage(stage.name, total=rows_in)
         try:
             stage.prepare(ctx, inputs)
+            pending = []
             for i, path in enumerate(inputs):
-                kept_path = self.store.shard_path(out_dir, i)
-                if kept_path.exists():
+                if self.store.shard_path(out_dir, i).exists():
                     resumed += 1
                     progress.advance(task, pq.ParquetFile(path).metadata.num_rows)
-                    continue
-                table = pq.read_table(path)
-                ctx.shard_index = i
-                kept, rejected = self._process(stage, table, ctx, kept_schema, rej_schema)
-                write_parquet_atomic(rejected, self.store.reject_path(out_dir, i))
-                write_parquet_atomic(kept, kept_path)
-                progress.advance(task, table.num_rows)
+                else:
+                    pending.append(i)
+            usage = self._run_shards(stage, ctx, inputs, pending, kept_schema, rej_schema,
+                                     lambda rows: progress.advance(task, rows))
         finally:
             ctx.close()
         progress.done(task)
         extra = getattr(stage, "manifest_extra", lambda: {})()
+        if usage:  # usage counted where the calls were made (Ray workers)
+            extra["usage"] = usage
         return self._finish(manifest, entry, out_dir, rows_in, time.perf_counter() - start,
                             resumed, extra)
 
-    @staticmethod
-    def _process(stage: Stage, table: pa.Table, ctx: StageContext, kept_schema: pa.Schema,
-                 rej_schema: pa.Schema) -> tuple[pa.Table, pa.Table]:
-        if table.num_rows == 0:
-            return kept_schema.empty_table(), rej_schema.empty_table()
+    def _run_shards(self, stage: Stage, ctx: StageContext, inputs: list[Path], pending: list[int],
+                    kept_schema: pa.Schema, rej_schema: pa.Schema, advance) -> dict[str, int]:
+        """Process the unfinished shards, in this process (the Ray runner distributes them)."""
+        for i in pending:
+            advance(process_shard(stage, ctx, inputs[i], i, kept_schema, rej_schema))
+        return {}
+
+
+def process_shard(stage: Stage, ctx: StageContext, path: Path, index: int,
+                  kept_schema: pa.Schema, rej_schema: pa.Schema) -> int:
+    """Run `stage` on one input shard and write its kept and rejected outputs; return its rows.
+
+    Rejects are written first and the kept file last: the kept file's existence is what
+    marks the shard finished, for the local runner and the Ray runner alike.
+    """
+    table = pq.read_table(path)
+    ctx.shard_index = index
+    if table.num_rows == 0:
+        kept, rejected = kept_schema.empty_table(), rej_schema.empty_table()
+    else:
         outcome = stage.process(table, ctx)
         if outcome.kept.num_rows + outcome.rejected.num_rows != table.num_rows:
             raise RunError(
                 f"stage {stage.name!r} returned {outcome.kept.num_rows} kept + "
                 f"{outcome.rejected.num_rows} rejected rows for {table.num_rows} input rows"
             )
-        return (conform(outcome.kept, kept_schema, stage.name),
-                conform(outcome.rejected, rej_schema, stage.name))
+        kept = conform(outcome.kept, kept_schema, stage.name)
+        rejected = conform(outcome.rejected, rej_schema, stage.name)
+    write_parquet_atomic(rejected, RunStore.reject_path(ctx.stage_dir, index))
+    write_parquet_atomic(kept, RunStore.shard_path(ctx.stage_dir, index))
+    return table.num_rows
 
 
 def _remove_stale_temp_files(out_dir: Path) -> None:

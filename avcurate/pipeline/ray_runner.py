@@ -1,0 +1,113 @@
+"""Run a recipe on Ray Data, with the same run folder, invariants and resume rule.
+
+What runs where:
+- the driver ingests, runs every stage's `prepare` (global decisions such as balance,
+  dedup and duplicate ids are DuckDB over the written shards) and keeps the manifest;
+- the unfinished shards of a stage become a Ray Dataset of shard descriptors;
+  row-local stages map over it with `map_batches` tasks (`cpus_per_task` CPUs each,
+  which decoding stages use as their process pool), model stages with an actor pool
+  (`actors` actors, each driving `concurrency` requests in flight), so many inference
+  endpoints are driven in parallel;
+- every worker reads its shard's Arrow table, runs the stage and writes the outputs
+  atomically into the shared run folder (a shared filesystem on a multi-node cluster).
+
+A shard is finished when its kept file exists, exactly as with the local runner, so a
+killed driver resumes where it stopped and both runners produce the same rows. The
+response and media caches are SQLite/files in the run folder, safe for concurrent writers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from avcurate.pipeline.context import StageContext
+from avcurate.pipeline.runner import RunError, Runner, process_shard
+from avcurate.pipeline.stage import Stage
+
+
+def import_ray():
+    try:
+        import ray
+    except ImportError as exc:
+        raise RunError("--executor ray needs Ray: pip install 'avcurate[ray]'") from exc
+    return ray
+
+
+def _is_model_stage(stage: Stage) -> bool:
+    from avcurate.curation.model_stage import ModelStage
+
+    return isinstance(stage, ModelStage)
+
+
+def _usage(stage: Stage) -> dict[str, int]:
+    executor = getattr(stage, "_state", {}).get("executor")
+    return executor.stats.to_dict() if executor is not None else {}
+
+
+class _ShardJob:
+    """Processes shard descriptors; one instance per task (row-local) or per actor (models)."""
+
+    def __init__(self, stage: Stage, run_dir: str, stage_dir: str, workers: int,
+                 kept_schema: pa.Schema, rej_schema: pa.Schema) -> None:
+        self.stage, self.kept_schema, self.rej_schema = stage, kept_schema, rej_schema
+        self.ctx = StageContext(run_dir=Path(run_dir), stage_dir=Path(stage_dir), workers=workers)
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        rows, usage = [], []
+        for index, path in zip(batch["index"], batch["path"], strict=True):
+            before = _usage(self.stage)
+            rows.append(process_shard(self.stage, self.ctx, Path(path), int(index),
+                                      self.kept_schema, self.rej_schema))
+            after = _usage(self.stage)
+            usage.append({k: v - before.get(k, 0) for k, v in after.items()})
+        return {"index": batch["index"], "rows": rows, "usage": [json.dumps(u) for u in usage]}
+
+
+class RayRunner(Runner):
+    def __init__(self, *args: Any, address: str | None = None, actors: int = 2,
+                 cpus_per_task: float = 1.0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.address, self.actors, self.cpus_per_task = address, actors, cpus_per_task
+        self.ray = import_ray()
+        if not self.ray.is_initialized():
+            # workers must import the same code (plugins on PYTHONPATH included)
+            env = {k: v for k, v in os.environ.items() if k in ("PYTHONPATH",)}
+            self.ray.init(address=self.address, ignore_reinit_error=True, log_to_driver=False,
+                          include_dashboard=False, runtime_env={"env_vars": env} if env else None)
+        ctx = self.ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = False
+
+    def _run_shards(self, stage, ctx, inputs, pending, kept_schema, rej_schema, advance
+                    ) -> dict[str, int]:
+        if not pending:
+            return {}
+        ray = self.ray
+        items = [{"index": i, "path": str(inputs[i])} for i in pending]
+        ds = ray.data.from_items(items, override_num_blocks=len(items))
+        args = (stage, str(ctx.run_dir), str(ctx.stage_dir), max(1, int(self.cpus_per_task)),
+                kept_schema, rej_schema)
+        if _is_model_stage(stage):
+            out = ds.map_batches(_ShardJob, fn_constructor_args=args, batch_size=1,
+                                 concurrency=self.actors, num_cpus=0.5)
+        else:
+            out = ds.map_batches(_run_row_local, fn_kwargs={"args": args}, batch_size=1,
+                                 num_cpus=self.cpus_per_task)
+        total: dict[str, int] = {}
+        for row in out.iter_rows():
+            advance(int(row["rows"]))
+            for k, v in json.loads(row["usage"]).items():
+                total[k] = total.get(k, 0) + v
+        return total
+
+
+def _run_row_local(batch: dict[str, Any], args: tuple) -> dict[str, Any]:
+    job = _ShardJob(*args)
+    try:
+        return job(batch)
+    finally:
+        job.ctx.close()

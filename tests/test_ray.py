@@ -1,0 +1,174 @@
+"""The Ray executor: same rows as the local runner, same resume rule, shared caches."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from conftest import avcurate_cmd
+from helpers import read_stage
+from loopback import openai_server
+from test_filters import row, scored_recipe
+
+from avcurate.pipeline.recipe import Recipe, StageSpec
+from avcurate.pipeline.runner import RunError, Runner
+
+ray = pytest.importorskip("ray")
+
+
+@pytest.fixture(scope="module")
+def ray_env():
+    """A local 2-CPU Ray whose files (sessions, sockets, no auth token) stay in a test folder."""
+    tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths are length-limited
+    env = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "RAY_TMPDIR": tmp}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield env
+    ray.shutdown()
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _ray_runner(recipe, run_dir, **kw):
+    from avcurate.pipeline.ray_runner import RayRunner
+
+    return RayRunner(recipe, run_dir, show_progress=False, actors=2, **kw).run()
+
+
+def _rows_of(run_dir: Path) -> dict[str, tuple[list, list]]:
+    out = {}
+    for stage in sorted(p.name for p in run_dir.iterdir() if p.name[:2].isdigit()):
+        kept, rej = read_stage(run_dir, stage[:2])
+        out[stage] = tuple(sorted(json.dumps(r, sort_keys=True, default=str)
+                                  for r in t.to_pylist()) for t in (kept, rej))
+    return out
+
+
+def test_demo_data_same_as_local(ray_env, tmp_path):
+    subprocess.run(avcurate_cmd("demo", "--out", str(tmp_path / "demo"), "-q"), check=True,
+                   capture_output=True)
+    recipe = Recipe.load(tmp_path / "demo/demo.toml")
+    Runner(recipe, tmp_path / "local", show_progress=False).run()
+    _ray_runner(recipe, tmp_path / "ray")
+    assert _rows_of(tmp_path / "local") == _rows_of(tmp_path / "ray")
+    manifest = json.loads((tmp_path / "ray/manifest.json").read_text())
+    assert all(s["rows_in"] == s["kept"] + s["rejected"] for s in manifest["stages"])
+
+
+def test_larger_set_with_a_model_stage_and_global_stages(ray_env, tmp_path):
+    cats = ["counting", "speech", "music"]
+    rows = [row(f"r{i:03d}", cats[i % 3], comp=0.7 + (i % 7) / 30, vd=0.6 + (i % 5) / 10,
+                question=f"How many drum hits {i % 40}? counting") for i in range(300)]
+    with openai_server() as server:
+        stages = [StageSpec("dedup"), StageSpec("classify", {
+            "backend": "openai", "model": "q", "base_url": server.url + "/v1",
+            "concurrency": 4}), StageSpec("threshold"), StageSpec("balance", {"min_count": 5}),
+            StageSpec("subset")]
+        recipe = scored_recipe(tmp_path, rows, stages, shard_size=16)
+        Runner(recipe, tmp_path / "local", show_progress=False).run()
+        local_calls = len(server.requests)
+        _ray_runner(recipe, tmp_path / "ray")
+        ray_calls = len(server.requests) - local_calls
+    # 40 distinct prompts: the local runner asks each once; two actors may both miss the shared
+    # cache for the same prompt at the same moment, so Ray asks each at least once
+    assert local_calls == 40 and 40 <= ray_calls <= 300
+    assert _rows_of(tmp_path / "local") == _rows_of(tmp_path / "ray")
+    local = json.loads((tmp_path / "local/manifest.json").read_text())["stages"]
+    remote = json.loads((tmp_path / "ray/manifest.json").read_text())["stages"]
+    assert [s["kept"] for s in local] == [s["kept"] for s in remote]
+    assert local[2]["usage"]["calls"] == local_calls and remote[2]["usage"]["calls"] == ray_calls
+    assert remote[4]["categories_before"] == local[4]["categories_before"]
+    assert remote[5]["subsets"] == local[5]["subsets"]
+
+
+def _slow_recipe(tmp: Path, media) -> Path:
+    ann = tmp / "ann.jsonl"
+    clips = [media["good"], media["good2"], media["silent"]]
+    ann.write_text("".join(json.dumps({"id": f"r{i:02d}", "video": str(clips[i % 3]),
+                                       "question": f"Q{i}?", "options": ["a", "b"],
+                                       "answer": "A"}) + "\n" for i in range(30)))
+    recipe = tmp / "recipe.toml"
+    recipe.write_text(
+        f'[run]\nshard_size = 3\nworkers = 1\n[[sources]]\nname = "jsonl"\n'
+        f'annotations = "{ann}"\nmedia_root = "{media["root"]}"\n'
+        'columns = {id = "id", video = "video", question = "question", options = "options", '
+        'answer = "answer"}\n'
+        '[[stages]]\nname = "validate"\n[[stages]]\nname = "slow"\nseconds = 0.5\n')
+    return recipe
+
+
+def test_killed_driver_resumes_without_loss_or_duplicates(ray_env, tmp_path, media,
+                                                          plugin_path):
+    recipe = _slow_recipe(tmp_path, media)
+    env = os.environ | ray_env
+    subprocess.run(avcurate_cmd("run", str(recipe), "--out", str(tmp_path / "ref"), "-q"),
+                   check=True, capture_output=True, env=env)
+    run_dir = tmp_path / "killed"
+    cmd = avcurate_cmd("run", str(recipe), "--out", str(run_dir), "-q", "--executor", "ray")
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while len(list((run_dir / "02-slow").glob("part-*.parquet"))) < 2:
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started
+    proc.wait()
+    assert len(list((run_dir / "02-slow").glob("part-*.parquet"))) < 10
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert _rows_of(run_dir) == _rows_of(tmp_path / "ref")
+
+
+def test_ray_is_never_imported_without_the_executor(tmp_path, media):
+    code = ("import sys, json\n"
+            "from avcurate.cli import app\n"
+            "from typer.testing import CliRunner\n"
+            f"r = CliRunner().invoke(app, ['demo', '--out', {str(tmp_path / 'd')!r}, '-q'])\n"
+            "assert r.exit_code == 0, r.output\n"
+            "print(json.dumps('ray' in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "false"
+
+
+def test_missing_ray_is_a_clear_message(monkeypatch):
+    from avcurate.pipeline.ray_runner import import_ray
+
+    monkeypatch.setitem(sys.modules, "ray", None)
+    with pytest.raises(RunError, match=r"pip install 'avcurate\[ray\]'"):
+        import_ray()
+
+
+def _hammer(args):
+    from avcurate.pipeline.kvcache import KVCache
+
+    path, worker = args
+    cache = KVCache(Path(path))
+    for i in range(200):
+        cache.put(f"{worker}-{i}", {"worker": worker, "i": i})
+    cache.close()
+    return worker
+
+
+def test_response_cache_is_safe_for_concurrent_writers(tmp_path):
+    from concurrent.futures import ProcessPoolExecutor
+
+    from avcurate.pipeline.kvcache import KVCache
+
+    path = tmp_path / "cache/responses.sqlite"
+    with ProcessPoolExecutor(4) as pool:
+        assert sorted(pool.map(_hammer, [(str(path), w) for w in range(4)])) == [0, 1, 2, 3]
+    cache = KVCache(path)
+    assert len(cache) == 800 and cache.get("3-199") == {"worker": 3, "i": 199}
