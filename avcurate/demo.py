@@ -13,7 +13,7 @@ import random
 from pathlib import Path
 
 from avcurate.media import synth
-from avcurate.pipeline.schema import letter
+from avcurate.pipeline.schema import letter, lettered
 from avcurate.pipeline.stage import available
 
 PITCHES = {"low": 220.0, "medium": 440.0, "high": 880.0}
@@ -76,7 +76,7 @@ def _llava(root: Path, rng: random.Random) -> list[dict]:
         _clip(root / "media/llava" / name, i, color, pitch, broken=broken.get(i))
         options, k = _mc(rng, color, COLORS)
         human = ("<video>\nWhat color is the square that moves while the tone plays?\n"
-                 + "\n".join(f"{letter(j)}. {o}" for j, o in enumerate(options))
+                 + lettered(options)
                  + "\nAnswer with the option's letter from the given choices directly.")
         convs = [{"from": "human", "value": human}, {"from": "gpt", "value": f"{letter(k)}."}]
         if i % 4 == 0:  # multi-turn: a second, open-ended question about the sound
@@ -140,7 +140,7 @@ def _video_vista(rng: random.Random) -> list[dict]:
         pitch = list(PITCHES)[i % 3]
         options, k = _mc(rng, pitch, list(PITCHES), k=3)
         human = ("<video>\nIs the tone that plays low, medium or high in pitch?\n"
-                 + "\n".join(f"{letter(j)}. {o}" for j, o in enumerate(options)))
+                 + lettered(options))
         records.append({"id": f"vista_{i:02d}", "video": f"clip_{i:02d}.mp4",
                         "Type": "Audio Attribute", "conversations": [
                             {"from": "human", "value": human},

@@ -37,3 +37,22 @@ def read_stage(run_dir: Path, prefix: str) -> tuple[pa.Table, pa.Table]:
 
 def rows_by_id(table: pa.Table) -> dict[str, dict]:
     return {r["id"]: r for r in table.to_pylist()}
+
+
+def slow_recipe(tmp: Path, media: dict, *, n: int, clips: list[str], seconds: float,
+                extra_stages: str = "") -> Path:
+    """A TOML recipe: jsonl rows over real clips -> validate -> the plugin's slow stage, for
+    tests that kill a run in the middle of a stage."""
+    ann = tmp / "ann.jsonl"
+    ann.write_text("".join(json.dumps({
+        "id": f"r{i:02d}", "video": str(media[clips[i % len(clips)]]), "question": f"Q{i}?",
+        "options": ["x", "y"], "answer": "AB"[i % 2]}) + "\n" for i in range(n)))
+    recipe = tmp / "recipe.toml"
+    recipe.write_text(
+        f'[run]\nshard_size = 3\nworkers = 1\n[[sources]]\nname = "jsonl"\n'
+        f'annotations = "{ann}"\nmedia_root = "{media["root"]}"\n'
+        'columns = {id = "id", video = "video", question = "question", options = "options", '
+        'answer = "answer"}\n'
+        f'[[stages]]\nname = "validate"\n[[stages]]\nname = "slow"\nseconds = {seconds}\n'
+        + extra_stages)
+    return recipe

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from conftest import avcurate_cmd
-from helpers import read_stage
+from helpers import read_stage, slow_recipe
 from loopback import openai_server
 from test_filters import row, scored_recipe
 
@@ -94,25 +94,9 @@ def test_larger_set_with_a_model_stage_and_global_stages(ray_env, tmp_path):
     assert remote[5]["subsets"] == local[5]["subsets"]
 
 
-def _slow_recipe(tmp: Path, media) -> Path:
-    ann = tmp / "ann.jsonl"
-    clips = [media["good"], media["good2"], media["silent"]]
-    ann.write_text("".join(json.dumps({"id": f"r{i:02d}", "video": str(clips[i % 3]),
-                                       "question": f"Q{i}?", "options": ["a", "b"],
-                                       "answer": "A"}) + "\n" for i in range(30)))
-    recipe = tmp / "recipe.toml"
-    recipe.write_text(
-        f'[run]\nshard_size = 3\nworkers = 1\n[[sources]]\nname = "jsonl"\n'
-        f'annotations = "{ann}"\nmedia_root = "{media["root"]}"\n'
-        'columns = {id = "id", video = "video", question = "question", options = "options", '
-        'answer = "answer"}\n'
-        '[[stages]]\nname = "validate"\n[[stages]]\nname = "slow"\nseconds = 0.5\n')
-    return recipe
-
-
 def test_killed_driver_resumes_without_loss_or_duplicates(ray_env, tmp_path, media,
                                                           plugin_path):
-    recipe = _slow_recipe(tmp_path, media)
+    recipe = slow_recipe(tmp_path, media, n=30, clips=["good", "good2", "silent"], seconds=0.5)
     env = os.environ | ray_env
     subprocess.run(avcurate_cmd("run", str(recipe), "--out", str(tmp_path / "ref"), "-q"),
                    check=True, capture_output=True, env=env)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 from conftest import avcurate_cmd
-from helpers import jsonl_recipe, read_stage, rows_by_id, run
+from helpers import jsonl_recipe, read_stage, rows_by_id, run, slow_recipe
 
 from avcurate.pipeline.recipe import Recipe, RecipeError, StageSpec
 from avcurate.pipeline.runner import RunError
@@ -138,21 +138,6 @@ def test_recipe_toml_paths_are_relative_to_the_file(tmp_path):
         Recipe.load(tmp_path / "nosrc.toml")
 
 
-def _write_recipe(tmp: Path, media, n: int) -> Path:
-    records = _records(media, n)
-    ann = tmp / "ann.jsonl"
-    ann.write_text("".join(json.dumps(r) + "\n" for r in records))
-    recipe = tmp / "recipe.toml"
-    recipe.write_text(
-        f'[run]\nshard_size = 3\nworkers = 1\n[[sources]]\nname = "jsonl"\n'
-        f'annotations = "{ann}"\nmedia_root = "{media["root"]}"\n'
-        'columns = {id = "id", video = "video", question = "question", options = "options", '
-        'answer = "answer"}\n'
-        '[[stages]]\nname = "validate"\n[[stages]]\nname = "slow"\nseconds = 0.15\n'
-        '[[stages]]\nname = "shout"\n')
-    return recipe
-
-
 def _all_rows(run_dir: Path) -> dict[str, list]:
     out = {}
     for prefix in ("00", "01", "02", "03"):
@@ -165,7 +150,8 @@ def _all_rows(run_dir: Path) -> dict[str, list]:
 @pytest.mark.parametrize("kill_after_shards", [1, 5])
 def test_sigkill_mid_stage_then_resume_equals_uninterrupted(tmp_path, media, plugin_path,
                                                             kill_after_shards):
-    recipe = _write_recipe(tmp_path, media, 30)
+    recipe = slow_recipe(tmp_path, media, n=30, clips=["good", "good2", "silent", "noaudio"],
+                         seconds=0.15, extra_stages='[[stages]]\nname = "shout"\n')
     subprocess.run(avcurate_cmd("run", str(recipe), "--out", str(tmp_path / "ref"), "-q"),
                    check=True, capture_output=True)
     killed = tmp_path / "killed"

@@ -15,9 +15,10 @@ from typing import Any
 
 import pyarrow as pa
 
-from avcurate.curation.model_stage import ModelStage, lettered, load_prompt, render
+from avcurate.curation.model_stage import ModelStage, load_prompt, render
 from avcurate.models import InvalidAnswer, ModelResponse
 from avcurate.models.request import Message, ModelRequest, TextPart
+from avcurate.pipeline.schema import lettered
 from avcurate.pipeline.stage import register
 
 NONE = "none"

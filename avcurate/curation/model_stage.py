@@ -43,10 +43,6 @@ def render(template: str, **values: str) -> str:
     return template
 
 
-def lettered(options: list[str] | None) -> str:
-    return "\n".join(f"{chr(65 + i)}. {o}" for i, o in enumerate(options or []))
-
-
 @dataclass
 class ModelStage(BaseStage):
     backend: str = "openai"

@@ -14,10 +14,11 @@ from typing import Any
 
 import pyarrow as pa
 
-from avcurate.curation.model_stage import ModelStage, lettered, load_prompt, render
+from avcurate.curation.model_stage import ModelStage, load_prompt, render
 from avcurate.media.cache import DecodedMedia
 from avcurate.models import InvalidAnswer, ModelResponse
 from avcurate.models.request import AudioPart, ImagePart, Message, ModelRequest, TextPart, VideoPart
+from avcurate.pipeline.schema import lettered
 from avcurate.pipeline.stage import register
 
 DIMENSIONS = ("video_dependency", "audio_dependency", "question_logic", "answer_accuracy")

@@ -14,12 +14,12 @@ from typing import Any
 
 import pyarrow as pa
 
-from avcurate.curation.model_stage import ModelStage, lettered, load_prompt, render
+from avcurate.curation.model_stage import ModelStage, load_prompt, render
 from avcurate.merger.trace import TraceRules, check_trace, count_tokens
 from avcurate.models import ModelResponse
 from avcurate.models.request import Message, ModelRequest, TextPart
 from avcurate.pipeline.context import StageContext
-from avcurate.pipeline.schema import with_columns
+from avcurate.pipeline.schema import lettered, with_columns
 from avcurate.pipeline.stage import Outcome, register
 
 FEEDBACK = ("Your reply did not pass a check: {why}. Write the whole reply again, following every "

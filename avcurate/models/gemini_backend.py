@@ -23,7 +23,7 @@ from avcurate.models.request import (
     ModelResponse,
     TextPart,
     VideoPart,
-    parse_json_answer,
+    with_json,
 )
 
 INLINE_LIMIT = 20 * 1024 * 1024
@@ -142,12 +142,6 @@ class GeminiBackend:
             raise ModelError(str(exc), retryable=True, kind="connection") from exc
         text = result.text or ""
         meta = result.usage_metadata
-        response = ModelResponse(text=text, usage={
+        return with_json(ModelResponse(text=text, usage={
             "prompt_tokens": (meta.prompt_token_count or 0) if meta else 0,
-            "completion_tokens": (meta.candidates_token_count or 0) if meta else 0})
-        if request.json_schema is not None:
-            try:
-                response.json = parse_json_answer(text)
-            except ValueError:
-                response.json = None
-        return response
+            "completion_tokens": (meta.candidates_token_count or 0) if meta else 0}), request)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from avcurate.models.errors import BackendUnavailable, ModelError
-from avcurate.models.request import ModelRequest, ModelResponse, TextPart, parse_json_answer
+from avcurate.models.request import ModelRequest, ModelResponse, TextPart, with_json
 
 
 def _chat(request: ModelRequest) -> list[dict[str, str]]:
@@ -24,15 +24,6 @@ def _chat(request: ModelRequest) -> list[dict[str, str]]:
                              "backend (openai/gemini)", retryable=False, kind="unsupported_media")
         messages.append({"role": m.role, "content": "\n".join(p.text for p in m.parts)})
     return messages
-
-
-def _with_json(response: ModelResponse, request: ModelRequest) -> ModelResponse:
-    if request.json_schema is not None:
-        try:
-            response.json = parse_json_answer(response.text)
-        except ValueError:
-            response.json = None
-    return response
 
 
 class TransformersBackend:
@@ -72,7 +63,7 @@ class TransformersBackend:
         new = out[0, ids["input_ids"].shape[1]:]
         text = self.tokenizer.decode(new, skip_special_tokens=True)
         usage = {"prompt_tokens": int(ids["input_ids"].shape[1]), "completion_tokens": int(len(new))}
-        return _with_json(ModelResponse(text=text, usage=usage), request)
+        return with_json(ModelResponse(text=text, usage=usage), request)
 
     async def call(self, request: ModelRequest) -> ModelResponse:
         async with self._lock:  # one generate at a time: the model is not re-entrant
@@ -107,7 +98,7 @@ class VLLMBackend:
         text = out.outputs[0].text
         usage = {"prompt_tokens": len(out.prompt_token_ids or []),
                  "completion_tokens": len(out.outputs[0].token_ids)}
-        return _with_json(ModelResponse(text=text, usage=usage), request)
+        return with_json(ModelResponse(text=text, usage=usage), request)
 
     async def call(self, request: ModelRequest) -> ModelResponse:
         async with self._lock:

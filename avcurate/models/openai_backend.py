@@ -26,7 +26,7 @@ from avcurate.models.request import (
     TextPart,
     VideoPart,
     b64,
-    parse_json_answer,
+    with_json,
 )
 
 
@@ -123,12 +123,6 @@ class OpenAIBackend:
         choices = completion.get("choices") or [{}]
         text = (choices[0].get("message") or {}).get("content") or ""
         usage = completion.get("usage") or {}
-        response = ModelResponse(text=text, usage={
+        return with_json(ModelResponse(text=text, usage={
             "prompt_tokens": int(usage.get("prompt_tokens") or 0),
-            "completion_tokens": int(usage.get("completion_tokens") or 0)})
-        if request.json_schema is not None:
-            try:
-                response.json = parse_json_answer(text)
-            except ValueError:
-                response.json = None
-        return response
+            "completion_tokens": int(usage.get("completion_tokens") or 0)}), request)

@@ -162,6 +162,17 @@ def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
+def with_json(response: ModelResponse, request: ModelRequest) -> ModelResponse:
+    """Attach the parsed JSON answer when the request asked for one (None if it is not JSON:
+    the stage's validator turns that into a retry, then a reject)."""
+    if request.json_schema is not None:
+        try:
+            response.json = parse_json_answer(response.text)
+        except ValueError:
+            response.json = None
+    return response
+
+
 def parse_json_answer(text: str) -> Any:
     """The JSON object in a model's answer: plain, fenced in ```json, or embedded in prose.
 

@@ -58,6 +58,11 @@ def letter(index: int) -> str:
     return LETTERS[index]
 
 
+def lettered(options: list[str] | None) -> str:
+    """Options as the lettered lines prompts show: "A. first\nB. second"."""
+    return "\n".join(f"{letter(i)}. {o}" for i, o in enumerate(options or []))
+
+
 def letter_index(answer: str | None, n_options: int) -> int | None:
     """0-based index of a letter answer, or None when it is not a valid letter."""
     if answer is None or len(answer) != 1 or answer not in LETTERS:

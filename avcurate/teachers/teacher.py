@@ -18,12 +18,12 @@ from typing import Any
 
 import pyarrow as pa
 
-from avcurate.curation.model_stage import ModelStage, lettered, load_prompt, render
+from avcurate.curation.model_stage import ModelStage, load_prompt, render
 from avcurate.media.cache import DecodedMedia
 from avcurate.models import InvalidAnswer, ModelResponse
 from avcurate.models.request import AudioPart, ImagePart, Message, ModelRequest, TextPart
 from avcurate.pipeline.context import StageContext
-from avcurate.pipeline.schema import letter_index
+from avcurate.pipeline.schema import letter_index, lettered
 from avcurate.pipeline.stage import BaseStage, Outcome, register
 from avcurate.teachers.answer import extract_answer, section
 

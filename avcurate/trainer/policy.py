@@ -14,13 +14,14 @@ from typing import Any
 
 import torch
 
+from avcurate.pipeline.schema import lettered
+
 MODALITY_NOTES = {"av": "", "video_only": "(The audio track is not available.)\n",
                   "audio_only": "(The video frames are not available.)\n"}
 
 
 def question_text(row: dict[str, Any]) -> str:
-    options = "\n".join(f"{chr(65 + i)}. {o}" for i, o in enumerate(row.get("options") or []))
-    return f"{row['question']}\n{options}".strip()
+    return f"{row['question']}\n{lettered(row.get('options'))}".strip()
 
 
 class TextPolicy:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 
+from avcurate.pipeline.schema import lettered
 from avcurate.trainer.rewards import reward
 
 ANSWER = re.compile(r"<answer>\s*(.*?)\s*</answer>", re.DOTALL)
@@ -76,7 +77,6 @@ def soft_accuracy_reward(completions, rows) -> list[float]:
     prompts = []
     for c, r in zip(completions, rows, strict=True):
         found = ANSWER.findall(c)
-        options = "\n".join(f"{chr(65 + i)}. {o}" for i, o in enumerate(r.get("options") or []))
-        prompts.append(SOFT_PROMPT.format(question=r["question"], options=options,
+        prompts.append(SOFT_PROMPT.format(question=r["question"], options=lettered(r.get("options")),
                                           reference=r["answer"], answer=found[-1] if found else c))
     return judge_scores(prompts)

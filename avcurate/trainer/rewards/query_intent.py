@@ -16,6 +16,7 @@ from pathlib import Path
 
 from avcurate.media.cut import cut
 from avcurate.models.request import VideoPart
+from avcurate.pipeline.schema import lettered
 from avcurate.trainer.rewards import reward
 from avcurate.trainer.rewards.accuracy import judge_scores
 from avcurate.trainer.rewards.formats import time_caption_pairs
@@ -59,8 +60,8 @@ def query_intent_reward(completions, rows) -> list[float]:
                 owners.append((i, "cons"))
         joined = _clip(r["video"], [(s, e) for s, e, _ in pairs])
         if joined:
-            options = "\n".join(f"{chr(65 + k)}. {o}" for k, o in enumerate(r.get("options") or []))
-            prompts.append(COMPLETENESS.format(question=r["question"], options=options))
+            prompts.append(COMPLETENESS.format(question=r["question"],
+                                               options=lettered(r.get("options"))))
             media.append([VideoPart(joined)])
             owners.append((i, "comp"))
     scores = judge_scores(prompts, media) if prompts else []
