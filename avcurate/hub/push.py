@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from avcurate.models.http_errors import TRANSPORT_ERRORS
+
 
 class PushError(RuntimeError):
     """A push that could not happen; the message is one line, the local folder is untouched."""
@@ -28,12 +30,7 @@ def push(folder: Path | str, repo_id: str, *, private: bool = False) -> str:
         status = exc.response.status_code if exc.response is not None else "?"
         raise PushError(f"the Hub refused the push of {repo_id} (HTTP {status}); "
                         f"the export in {folder} is unchanged") from None
-    except OSError as exc:  # connection refused, DNS, timeouts (requests/httpx raise OSError kin)
+    except (OSError, *TRANSPORT_ERRORS) as exc:  # refused, DNS, timeouts
         raise PushError(f"cannot reach the Hub ({type(exc).__name__}); "
                         f"the export in {folder} is unchanged") from None
-    except Exception as exc:  # httpx errors are not OSError; keep the one-line promise
-        if "connect" in type(exc).__name__.lower() or "timeout" in type(exc).__name__.lower():
-            raise PushError(f"cannot reach the Hub ({type(exc).__name__}); "
-                            f"the export in {folder} is unchanged") from None
-        raise
     return str(url)

@@ -14,8 +14,8 @@ import numpy as np
 
 from avcurate.media.decode import audio as decode_audio
 from avcurate.media.errors import MediaError
-from avcurate.media.probe import _open
-from avcurate.media.synth import _encode_pcm
+from avcurate.media.probe import open_media
+from avcurate.media.synth import encode_pcm
 
 
 def cut(path: str | os.PathLike, spans: list[tuple[float, float]], out: str | os.PathLike,
@@ -42,19 +42,19 @@ def cut(path: str | os.PathLike, spans: list[tuple[float, float]], out: str | os
                 np.ascontiguousarray(img[: h - h % 2, : w - w % 2]), format="rgb24")))
         container.mux(v.encode())
         if a is not None and pcm.size:
-            _encode_pcm(container, a, pcm.astype(np.float32), sr)
+            encode_pcm(container, a, pcm.astype(np.float32), sr)
     return out
 
 
 def _has_audio(path) -> bool:
-    with _open(path) as c:
+    with open_media(path) as c:
         return bool(c.streams.audio)
 
 
 def _frames_in(path, spans: list[tuple[float, float]]) -> list[np.ndarray]:
     """Frames whose timestamps fall in any span (decoded once, in order)."""
     out = []
-    with _open(path) as c:
+    with open_media(path) as c:
         if not c.streams.video:
             raise MediaError("no_video_stream", f"{path}: no video stream")
         for frame in c.decode(video=0):

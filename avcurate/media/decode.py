@@ -15,7 +15,7 @@ import av
 import numpy as np
 
 from avcurate.media.errors import MediaError
-from avcurate.media.probe import _open
+from avcurate.media.probe import open_media
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".mp3", ".ogg", ".oga", ".aiff", ".aif"}
 
@@ -58,7 +58,7 @@ def _frames_decord(path: str, n: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _frames_pyav(path: str, n: int) -> tuple[np.ndarray, np.ndarray]:
-    with _open(path) as container:
+    with open_media(path) as container:
         if not container.streams.video:
             raise MediaError("no_video_stream", f"{path}: no video stream")
         stream = container.streams.video[0]
@@ -123,7 +123,7 @@ def resample(samples: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
 
 
 def _audio_pyav(path: Path, seconds: float | None, sr: int, offset: float) -> np.ndarray:
-    with _open(path) as container:
+    with open_media(path) as container:
         if not container.streams.audio:
             raise MediaError("no_audio_stream", f"{path}: no audio stream")
         stream = container.streams.audio[0]

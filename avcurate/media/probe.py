@@ -52,7 +52,7 @@ def rms_db(samples: np.ndarray) -> float:
     return max(SILENCE_FLOOR_DB, 20 * math.log10(rms)) if rms > 0 else SILENCE_FLOOR_DB
 
 
-def _open(path: str | os.PathLike) -> av.container.InputContainer:
+def open_media(path: str | os.PathLike) -> av.container.InputContainer:
     if not Path(path).is_file():
         raise MediaError("missing_media", f"{path}: no such file")
     try:
@@ -77,7 +77,7 @@ def probe(
     more than `truncation_tolerance` (fraction, at least 1 s) short of the
     duration the container declares.
     """
-    with _open(path) as container:
+    with open_media(path) as container:
         video = container.streams.video[0] if container.streams.video else None
         audio = container.streams.audio[0] if container.streams.audio else None
         streams = [s for s in (video, audio) if s is not None]

@@ -76,11 +76,11 @@ def write_clip(
         container.mux(v.encode())
         if a is not None:
             pcm = tone(seconds, freq or 440.0, sr, amp if freq else 0.0)
-            _encode_pcm(container, a, pcm, sr)
+            encode_pcm(container, a, pcm, sr)
     return path
 
 
-def _encode_pcm(container, stream, pcm: np.ndarray, sr: int, chunk: int = 1024) -> None:
+def encode_pcm(container, stream, pcm: np.ndarray, sr: int, chunk: int = 1024) -> None:
     for start in range(0, len(pcm), chunk):
         frame = av.AudioFrame.from_ndarray(pcm[None, start:start + chunk], format="flt",
                                            layout="mono")

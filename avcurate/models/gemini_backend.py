@@ -16,6 +16,7 @@ from google import genai
 from google.genai import errors, types
 
 from avcurate.models.errors import ModelError
+from avcurate.models.http_errors import TIMEOUT_ERRORS, TRANSPORT_ERRORS
 from avcurate.models.request import (
     AudioPart,
     ImagePart,
@@ -29,21 +30,7 @@ from avcurate.models.request import (
 INLINE_LIMIT = 20 * 1024 * 1024
 
 
-def _transport_errors() -> tuple[tuple[type, ...], tuple[type, ...]]:
-    """(timeout, connection) exception classes of the HTTP library google-genai uses:
-    recent releases vendor `httpx2`, older ones use `httpx`."""
-    timeouts, transports = [], []
-    for name in ("httpx2", "httpx"):
-        try:
-            mod = __import__(name)
-        except ImportError:
-            continue
-        timeouts.append(mod.TimeoutException)
-        transports.append(mod.TransportError)
-    return tuple(timeouts), tuple(transports)
 
-
-TIMEOUT_ERRORS, TRANSPORT_ERRORS = _transport_errors()
 
 
 def _schema_for_gemini(schema: dict) -> dict:

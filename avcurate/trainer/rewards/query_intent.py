@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 from avcurate.media.cut import cut
+from avcurate.media.errors import MediaError
 from avcurate.models.request import VideoPart
 from avcurate.pipeline.schema import lettered
 from avcurate.trainer.rewards import reward
@@ -40,7 +41,7 @@ def _clip(video: str, spans: list[tuple[float, float]]) -> str | None:
     if not out.exists():
         try:
             cut(video, spans, out)
-        except (ValueError, OSError, Exception):  # a span outside the clip: nothing to judge
+        except (ValueError, OSError, MediaError):  # a span outside the clip: nothing to judge
             return None
     return str(out)
 
