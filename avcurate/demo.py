@@ -165,8 +165,8 @@ def make_demo(out_dir: Path | str, seed: int = 0) -> Path:
 def next_steps(out_dir: Path, run_dir: Path) -> str:
     lines = [
         "",
-        f"[bold]What happened[/]: {out_dir}/annotations holds two annotation files "
-        f"(LLaVA-Video, Video-Vista and AVQA formats) over {N_LLAVA + N_AVQA - 1} real mp4 clips; "
+        f"[bold]What happened[/]: {out_dir}/annotations holds annotation files in the "
+        f"LLaVA-Video, Video-Vista and AVQA formats over {N_LLAVA + N_AVQA - 1} real mp4 clips; "
         "a few are broken on purpose (silent, no audio, truncated, corrupt, missing, "
         "malformed annotations). Every annotation ended up kept or rejected with a reason.",
         "",
@@ -182,6 +182,8 @@ def next_steps(out_dir: Path, run_dir: Path) -> str:
             "--base-url http://localhost:8000/v1",
             "  # or Gemini, with GEMINI_API_KEY set:",
             f"  avcurate score {run_dir} --backend gemini --model gemini-2.5-pro",
+            "  # whole pipelines (curation, traces, export): recipes/omnivideo_r1.toml, "
+            "recipes/avrt.toml (see the README)",
         ]
     else:
         lines += [
