@@ -8,6 +8,7 @@ as one process on the same global batch.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -131,13 +132,18 @@ def full_state_dict(model) -> dict[str, torch.Tensor]:
 
 # -- the loop -----------------------------------------------------------------------------------
 
+@functools.lru_cache(maxsize=2)
+def epoch_order(n_rows: int, seed: int, epoch: int) -> np.ndarray:
+    """The seeded row order of one epoch (computed once, not once per prompt)."""
+    return np.random.default_rng(seed + epoch).permutation(n_rows)
+
+
 def prompt_indices(n_rows: int, step: int, per_step: int, seed: int) -> list[int]:
     """The step's global prompt indices: a fresh seeded permutation each epoch."""
     out = []
     for k in range(step * per_step, (step + 1) * per_step):
         epoch, pos = divmod(k, n_rows)
-        perm = np.random.default_rng(seed + epoch).permutation(n_rows)
-        out.append(int(perm[pos]))
+        out.append(int(epoch_order(n_rows, seed, epoch)[pos]))
     return out
 
 
