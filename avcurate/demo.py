@@ -12,9 +12,9 @@ import json
 import random
 from pathlib import Path
 
+from avcurate.core.answers import letter, lettered
 from avcurate.media import synth
-from avcurate.pipeline.schema import letter, lettered
-from avcurate.pipeline.stage import available
+from avcurate.pipeline.registry import available
 
 PITCHES = {"low": 220.0, "medium": 440.0, "high": 880.0}
 COLORS = ["red", "green", "blue", "yellow", "purple", "orange"]

@@ -10,7 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from avcurate.catalogs import CATALOGS, Reject, read_source
-from avcurate.catalogs.base import MediaRoot, UnsafePathError, normalise_answer, split_question_options
+from avcurate.catalogs.base import MediaRoot, UnsafePathError, split_question_options
+from avcurate.core.answers import normalise_answer
 
 
 def _read(name, ann, root, **kw):

@@ -100,7 +100,7 @@ def test_video_mode_sends_the_file(tmp_path, media, video_as):
                 __import__("avcurate.curation.score", fromlist=["Score"]).Score(
                     model="m", media="video").build(
                     {"question": "Q", "options": ["a", "b"], "answer": "A",
-                     "video": str(media["good"])}, None))
+                     "video": str(media["good"])}, None, []))
             [video] = [p for p in body["messages"][0]["content"] if p["type"] == "video_url"]
             assert video["video_url"]["url"] == media["good"].resolve().as_uri()
             return
@@ -118,7 +118,8 @@ def test_second_run_makes_zero_calls_and_no_cache_opts_out(tmp_path, media):
                               [_score(server)])
         run(recipe, tmp_path / "run")
         first = len(server.requests)
-        recipe.stages = [_score(server, concurrency=2)]  # same requests, new stage fingerprint
+        # same requests, new fingerprint (max_rounds changes results; concurrency would not)
+        recipe.stages = [_score(server, max_rounds=2)]
         run(recipe, tmp_path / "run", force=True)
         assert len(server.requests) == first
         manifest = json.loads((tmp_path / "run/manifest.json").read_text())
@@ -200,7 +201,7 @@ def test_vllm_missing_is_clear():
 def test_bad_backend_name_fails_before_work(tmp_path, media):
     stage = StageSpec("score", {"backend": "opneai", "model": "m"})
     recipe = jsonl_recipe(tmp_path, _records(media, [""]), media["root"], [stage])
-    with pytest.raises(RunError, match="unknown backend"):
+    with pytest.raises(RunError, match="backend = 'opneai' must be one of openai, gemini"):
         run(recipe, tmp_path / "run")
 
 
@@ -221,7 +222,7 @@ def test_score_cli_dry_run_and_one_go(tmp_path, media, monkeypatch):
         assert server.requests == []
         done = subprocess.run(avcurate_cmd(*base, "-q"), capture_output=True, text=True)
         assert done.returncode == 0, done.stderr
-        assert len(server.requests) == 2 + 4  # one answer each, the non-JSON one 4 times
+        assert len(server.requests) == 2 + 3  # one answer each, the non-JSON one max_rounds times
     manifest = json.loads((tmp_path / "run/manifest.json").read_text())
     assert [s["name"] for s in manifest["stages"]] == ["ingest", "validate", "score"]
     assert manifest["stages"][2]["kept"] == 2

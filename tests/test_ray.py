@@ -136,7 +136,7 @@ def test_missing_ray_is_a_clear_message(monkeypatch):
 
 
 def _hammer(args):
-    from avcurate.pipeline.kvcache import KVCache
+    from avcurate.core.kvcache import KVCache
 
     path, worker = args
     cache = KVCache(Path(path))
@@ -149,7 +149,7 @@ def _hammer(args):
 def test_response_cache_is_safe_for_concurrent_writers(tmp_path):
     from concurrent.futures import ProcessPoolExecutor
 
-    from avcurate.pipeline.kvcache import KVCache
+    from avcurate.core.kvcache import KVCache
 
     path = tmp_path / "cache/responses.sqlite"
     with ProcessPoolExecutor(4) as pool:

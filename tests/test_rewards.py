@@ -8,9 +8,7 @@ from loopback import openai_server
 from avcurate.media import probe
 from avcurate.media.cut import cut
 from avcurate.media.synth import write_clip
-from avcurate.trainer.rewards import combine, get
-from avcurate.trainer.rewards import modality as modality_mod
-from avcurate.trainer.rewards.accuracy import configure_judge
+from avcurate.trainer.rewards import RewardSettings, build, combine, get, rollouts_needed
 
 ROW = {"question": "Which?", "options": ["red", "blue"], "answer": "B", "duration_s": 10.0}
 
@@ -40,8 +38,8 @@ def test_tcta_format():
 
 def test_accuracy():
     assert r("accuracy", "<think>x</think><answer>B</answer>", "<answer>(B)</answer>",
-             "<answer>B. blue</answer>", "<answer>A</answer>", "B", "<answer>blue</answer>") == \
-        [1, 1, 1, 0, 0, 0]
+             "<answer>B. blue</answer>", "<answer>A</answer>", "B", "<answer>blue</answer>",
+             "<answer>purple</answer>") == [1, 1, 1, 0, 0, 1, 0]  # an option's own text names it
 
 
 def test_keyframe_rewards():
@@ -71,13 +69,20 @@ def test_modality_attention():
     comps = ["<answer>B</answer>", "<answer>A</answer>", "<answer>A</answer>"]
     rows = [row("A", "A"), row("B", "A"), row("A", "A")]
     fn = get("modality_attention")
-    modality_mod.configure(0.3, strict=False)
     assert fn(comps, rows) == [0.3, 0.0, 0.3]  # all three wrong still pays, as published
-    modality_mod.configure(0.3, strict=True)
-    assert fn(comps, rows) == [0.3, 0.0, 0.0]
-    modality_mod.configure(0.3, strict=False)
+    strict = get("modality_attention", RewardSettings(attention_lambda=0.5, attention_strict=True))
+    assert strict(comps, rows) == [0.5, 0.0, 0.0]
+    assert fn(comps, rows) == [0.3, 0.0, 0.3]  # settings live on each object, not in a global
     with pytest.raises(ValueError, match="modality-removed"):
         fn(comps[:1], [ROW])
+
+
+def test_rewards_declare_their_extra_rollouts():
+    assert rollouts_needed(build(["format", "accuracy"])) == ()
+    assert rollouts_needed(build(["format", "modality_attention", "accuracy"])) == (
+        "video_only", "audio_only")
+    with pytest.raises(ValueError, match="did you mean 'modality_attention'"):
+        build(["modality_atention"])
 
 
 def test_combine_weights_and_errors():
@@ -102,9 +107,11 @@ def test_query_intent_and_soft_accuracy_with_a_judge(tmp_path):
              "<caption>the red square again</caption><thinking>t</thinking><answer>B</answer>")
     wrong = right.replace("red", "blue")
     with openai_server() as server:
-        configure_judge("openai", "judge", server.url + "/v1")
-        qi = get("query_intent")([right, wrong, "<answer>B</answer>"], [row] * 3)
-        soft = get("soft_accuracy")(["<answer>B</answer>", "<answer>A</answer>"], [row] * 2)
+        settings = RewardSettings(judge_backend="openai", judge_model="judge",
+                                  judge_base_url=server.url + "/v1")
+        qi = get("query_intent", settings)([right, wrong, "<answer>B</answer>"], [row] * 3)
+        soft = get("soft_accuracy", settings)(["<answer>B</answer>", "<answer>A</answer>"],
+                                              [row] * 2)
         videos = [p for req in server.requests for p in req["messages"][0]["content"]
                   if p["type"] == "video_url"]
     # 2 pairs: consistency 1.0 (red clip, red captions) / 0.0; completeness = 2 s / 2 s = 1.0

@@ -15,8 +15,9 @@ from conftest import avcurate_cmd
 from helpers import jsonl_recipe, read_stage, rows_by_id, run, slow_recipe
 
 from avcurate.pipeline.recipe import Recipe, RecipeError, StageSpec
+from avcurate.pipeline.registry import register
 from avcurate.pipeline.runner import RunError
-from avcurate.pipeline.stage import BaseStage, Outcome, StageError, register
+from avcurate.stages import BaseStage, ShardResult, StageError
 
 
 def _records(media, n=10):
@@ -74,7 +75,7 @@ class _NeedsScores(BaseStage):
     name = "_test_needs_scores"
     requires = ("composite_score",)
 
-    def process(self, table, ctx):  # pragma: no cover - never reached
+    def process(self, table, ctx, shard):  # pragma: no cover - never reached
         raise AssertionError("must not run")
 
 
@@ -83,8 +84,8 @@ class _NeedsScores(BaseStage):
 class _LosesRows(BaseStage):
     name = "_test_loses_rows"
 
-    def process(self, table, ctx):
-        return Outcome(kept=table.slice(1), rejected=table.slice(0, 0))
+    def process(self, table, ctx, shard):
+        return ShardResult(kept=table.slice(1), rejected=table.slice(0, 0))
 
 
 @register
@@ -92,8 +93,8 @@ class _LosesRows(BaseStage):
 class _Undeclared(BaseStage):
     name = "_test_undeclared"
 
-    def process(self, table, ctx):
-        return Outcome.split(table.append_column("surprise", pa.nulls(table.num_rows)),
+    def process(self, table, ctx, shard):
+        return ShardResult.split(table.append_column("surprise", pa.nulls(table.num_rows)),
                              self.name, [None] * table.num_rows)
 
 
@@ -119,7 +120,7 @@ def test_unknown_stage_and_option_are_clear(tmp_path, media):
     with pytest.raises(RunError, match="unknown stage 'valdate'"):
         run(recipe, tmp_path / "run")
     recipe.stages = [StageSpec("validate", {"silence": -50})]
-    with pytest.raises(RunError, match="has no option"):
+    with pytest.raises(RunError, match="unknown option 'silence'; did you mean 'silence_db'"):
         run(recipe, tmp_path / "run")
 
 
@@ -182,7 +183,7 @@ def test_sigkill_mid_stage_then_resume_equals_uninterrupted(tmp_path, media, plu
 
 
 def test_plugin_stage_from_entry_points(tmp_path, media, plugin_path):
-    from avcurate.pipeline.stage import available, create
+    from avcurate.pipeline.registry import available, create
 
     assert {"shout", "slow"} <= set(available())
     assert create("shout", {"max_len": 5}).options() == {"max_len": 5}

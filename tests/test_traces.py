@@ -14,11 +14,11 @@ from conftest import avcurate_cmd
 from helpers import jsonl_recipe, read_stage, run
 from loopback import openai_server, wav_seconds
 
+from avcurate.core.answers import extract_letter
 from avcurate.media import frames as decode_frames
 from avcurate.media import synth
 from avcurate.merger.trace import TraceRules, check_trace
 from avcurate.pipeline.recipe import StageSpec
-from avcurate.teachers.answer import extract_answer
 
 OPTIONS = ["a red square and a medium tone", "a blue square and a high tone",
            "a green square and a low tone"]
@@ -60,7 +60,8 @@ def _rows(media, markers):
     ("I cannot tell.", None, "none"),
 ])
 def test_extract_answer(text, letter, how):
-    assert extract_answer(text, ["Crime", "Documentary", "Romance", "Action movie"]) == (letter, how)
+    parsed = extract_letter(text, ["Crime", "Documentary", "Romance", "Action movie"])
+    assert (parsed.letter, parsed.how) == (letter, how)
 
 
 # -- teachers ----------------------------------------------------------------------------------

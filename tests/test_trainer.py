@@ -70,7 +70,7 @@ def _run(args: list[str], nproc: int) -> None:
                         "OMP_NUM_THREADS": "1"}
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
                 "--standalone"] if nproc > 1 else [sys.executable]
-    result = subprocess.run([*launcher, "-m", "avcurate.trainer", *args], capture_output=True,
+    result = subprocess.run([*launcher, "-m", "avcurate", "train", *args], capture_output=True,
                             text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
 

@@ -59,7 +59,8 @@ def test_classify_stage_through_a_local_model(tmp_path, media, tiny_model):
     records = [{"id": f"r{i}", "video": str(media["good"]), "question": f"Question {i}?",
                 "options": ["a", "b"], "answer": "A"} for i in range(3)]
     stage = StageSpec("classify", {"backend": "transformers", "model": str(tiny_model),
-                                   "max_attempts": 1, "max_tokens": 6, "concurrency": 2})
+                                   "max_attempts": 1, "max_rounds": 1, "max_tokens": 6,
+                                   "concurrency": 2})
     run(jsonl_recipe(tmp_path, records, media["root"], [stage]), tmp_path / "run")
     kept, rej = read_stage(tmp_path / "run", "01")
     assert kept.num_rows == 0 and set(rej.column("reject_reason").to_pylist()) == {"unclassifiable"}

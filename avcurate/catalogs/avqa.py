@@ -12,11 +12,11 @@ from avcurate.catalogs.base import (
     Reject,
     UnsafePathError,
     load_records,
-    normalise_answer,
     stable_id,
     strip_letter,
 )
-from avcurate.pipeline.schema import sample_row
+from avcurate.core.answers import normalise_answer
+from avcurate.core.schema import sample_row
 
 AVQA_META = ("question_relation", "question_type", "video_name")
 DAILY_OMNI_META = ("Type", "video_category", "video_duration", "video_id")

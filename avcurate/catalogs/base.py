@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from avcurate.pipeline.schema import LETTERS, letter, sample_row
+from avcurate.core.answers import LETTERS
+from avcurate.core.schema import sample_row
 
 PLACEHOLDER_RE = re.compile(r"<(image|video|audio)>\s*", re.IGNORECASE)
 OPTION_RE = re.compile(r"^\s*\(?([A-Z])\s*[\.\):：]\s*(.*\S)?\s*$")
-LETTER_ANSWER_RE = re.compile(r"^\s*\(?([A-Z])\s*(?:[\.\):]\s*(.*))?$", re.DOTALL)
 
 
 class UnsafePathError(ValueError):
@@ -154,31 +154,3 @@ def split_question_options(text: str) -> tuple[str, list[str], str]:
                               not in ("options", "choices")]
             return "\n".join(question_lines).strip(), options, "\n".join(lines[end:]).strip()
     return text.strip(), [], ""
-
-
-def normalise_answer(answer: Any, options: list[str]) -> str | None:
-    """Turn an answer into an option letter when it names one; else its stripped text.
-
-    Accepts 'B', 'B.', '(B)', 'B. text', an int index, or the exact text of one option.
-    A letter outside the options is returned as is, so validation can reject it.
-    """
-    if answer is None:
-        return None
-    if isinstance(answer, bool):
-        return str(answer)
-    if isinstance(answer, int):
-        return letter(answer) if 0 <= answer < min(len(options), 26) else str(answer)
-    text = str(answer).strip()
-    if options:
-        m = LETTER_ANSWER_RE.match(text)
-        if m:  # the letter is authoritative even when the echoed option text differs
-            return m.group(1)
-        matches = [i for i, o in enumerate(options) if _norm(o) == _norm(text)]
-        if len(matches) == 1:
-            return letter(matches[0])
-    return text
-
-
-def _norm(s: str) -> str:
-    return " ".join(s.lower().strip().rstrip(".").split())
-

@@ -20,12 +20,12 @@ from avcurate.catalogs.base import (
     Reject,
     UnsafePathError,
     load_records,
-    normalise_answer,
     split_question_options,
     stable_id,
     strip_placeholders,
 )
-from avcurate.pipeline.schema import sample_row
+from avcurate.core.answers import normalise_answer
+from avcurate.core.schema import sample_row
 
 
 def _pairs(conversations: Any) -> list[tuple[str, str]]:

@@ -23,11 +23,11 @@ from avcurate.catalogs.base import (
     Reject,
     UnsafePathError,
     load_records,
-    normalise_answer,
     stable_id,
     strip_letter,
 )
-from avcurate.pipeline.schema import sample_row
+from avcurate.core.answers import normalise_answer
+from avcurate.core.schema import sample_row
 
 MAPPABLE = ("id", "video", "audio", "question", "options", "answer", "duration_s")
 

@@ -14,12 +14,14 @@ from typing import Any
 
 import pyarrow as pa
 
-from avcurate.curation.model_stage import ModelStage, load_prompt, render
-from avcurate.media.cache import DecodedMedia
+from avcurate.core.answers import lettered
+from avcurate.core.options import option
+from avcurate.media.cache import DecodedMedia, MediaNeeds
 from avcurate.models import InvalidAnswer, ModelResponse
 from avcurate.models.request import AudioPart, ImagePart, Message, ModelRequest, TextPart, VideoPart
-from avcurate.pipeline.schema import lettered
-from avcurate.pipeline.stage import register
+from avcurate.stages.base import StageError
+from avcurate.stages.model_stage import History, ModelStage
+from avcurate.stages.prompts import load_prompt, render
 
 DIMENSIONS = ("video_dependency", "audio_dependency", "question_logic", "answer_accuracy")
 MEDIA_MODES = ("frames+audio", "video", "none")
@@ -33,7 +35,6 @@ SCHEMA = {
 }
 
 
-@register
 @dataclass
 class Score(ModelStage):
     """Rate each sample on video/audio dependency, question logic, answer accuracy (0-10 -> 0-1)."""
@@ -44,24 +45,32 @@ class Score(ModelStage):
             "score_rationale": pa.string(), "judge_model": pa.string()}
     version = "1"
 
-    prompt: str = ""
-    media: str = "frames+audio"
-    frames: int = 8
-    audio_seconds: float = 30.0
-    weights: list[float] = field(default_factory=lambda: [0.25, 0.25, 0.25, 0.25])
+    prompt: str = option("", help="Rubric prompt file (default: the packaged one).")
+    media: str = option("frames+audio", choices=MEDIA_MODES,
+                        help="What the judge sees: frames+audio, video or none.")
+    frames: int = option(8, min=1, help="Evenly spaced frames (frames+audio).")
+    audio_seconds: float = option(30.0, gt=0, help="Seconds of audio (frames+audio).")
+    weights: list[float] = option(default_factory=lambda: [0.25, 0.25, 0.25, 0.25], min=0,
+                                  help="Composite weights for video, audio, logic, accuracy "
+                                       "(comma-separated on the command line).")
+
+    _template: str = field(default="", init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.media not in MEDIA_MODES:
-            raise ValueError(f"media must be one of {', '.join(MEDIA_MODES)}")
-        if len(self.weights) != 4 or any(w < 0 for w in self.weights) or sum(self.weights) <= 0:
-            raise ValueError("weights must be four non-negative numbers with a positive sum")
-        self._state["template"] = load_prompt(self.prompt, "score.md")
-        if self.media == "frames+audio":
-            self.decode_frames, self.decode_seconds = self.frames, self.audio_seconds
+        if len(self.weights) != 4 or sum(self.weights) <= 0:
+            raise StageError("stage 'score': weights must be four non-negative numbers with a "
+                             f"positive sum, not {self.weights}")
+        self._template = load_prompt(self.prompt, "avcurate.curation", "score.md")
 
-    def build(self, row: dict[str, Any], media: DecodedMedia | None) -> ModelRequest:
-        text = render(self._state["template"], question=row["question"] or "",
+    def media_needs(self) -> MediaNeeds:
+        if self.media == "frames+audio":
+            return MediaNeeds(self.frames, self.audio_seconds)
+        return MediaNeeds()
+
+    def build(self, row: dict[str, Any], media: DecodedMedia | None, history: History
+              ) -> ModelRequest:
+        text = render(self._template, question=row["question"] or "",
                       options=lettered(row["options"]) or "(open-ended question)",
                       answer=row["answer"] or "")
         parts: list = []
@@ -75,7 +84,7 @@ class Score(ModelStage):
         return ModelRequest((Message("user", tuple(parts)),), temperature=self.temperature,
                             max_tokens=self.max_tokens, json_schema=SCHEMA)
 
-    def validate(self, response: ModelResponse) -> dict[str, Any]:
+    def validate(self, response: ModelResponse, row: dict[str, Any]) -> dict[str, Any]:
         answer = response.json
         if not isinstance(answer, dict):
             raise InvalidAnswer("judge_invalid_json", f"not a JSON object: {response.text[:120]!r}")

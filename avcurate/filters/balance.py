@@ -19,18 +19,16 @@ identically on resume.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import duckdb
-import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
+from avcurate.core.options import option
 from avcurate.filters.rules import EPS
-from avcurate.pipeline.context import StageContext
-from avcurate.pipeline.stage import BaseStage, Outcome, register
-from avcurate.pipeline.stats import parquet_scan
+from avcurate.stages.base import BaseStage, ShardResult
+from avcurate.stages.context import StageContext
+from avcurate.stages.shards import ShardTable
 
 REASONS = ["", "long_tail", "over_cap", "no_category"]
 
@@ -55,7 +53,6 @@ def plan_caps(counts: dict[str, int], *, min_count: int, max_ratio: float, casca
     return caps
 
 
-@register
 @dataclass
 class Balance(BaseStage):
     """Drop long-tail categories and cap the largest (OmniVideo-R1's categorical balancing)."""
@@ -65,51 +62,41 @@ class Balance(BaseStage):
     adds = {}
     version = "1"
 
-    min_count: int = 10
-    max_ratio: float = 3.0
-    cascade: bool = False
-    max_per_category: int = 0
+    min_count: int = option(10, min=0, help="Drop categories with fewer rows (long tail).")
+    max_ratio: float = option(3.0, min=1, max=1e6,
+                              help="Largest category at most this times the second largest.")
+    cascade: bool = option(False, help="Cap every category at max-ratio times the next one down.")
+    max_per_category: int = option(0, min=0, help="Cap every category (0 = no cap).")
 
-    def __post_init__(self) -> None:
-        if self.max_ratio < 1:
-            raise ValueError("max_ratio must be at least 1")
+    _codes: dict[int, pa.Array] = field(default_factory=dict, init=False, repr=False,
+                                        compare=False)
+    _before: dict[str, int] = field(default_factory=dict, init=False, repr=False, compare=False)
+    _after: dict[str, int] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def prepare(self, ctx: StageContext, inputs: list[Path]) -> None:
-        con = duckdb.connect()
-        files = [str(p) for p in inputs]
-        con.execute("CREATE TEMP VIEW rows AS SELECT *, filename AS _file, file_row_number AS _rn "
-                    f"FROM {parquet_scan(files, positions=True)}")
-        counts = dict(con.execute("SELECT category, count(*) FROM rows WHERE category IS NOT NULL "
-                                  "GROUP BY 1").fetchall())
-        caps = plan_caps(counts, min_count=self.min_count, max_ratio=self.max_ratio,
-                         cascade=self.cascade, max_per_category=self.max_per_category)
-        con.register("caps", pa.table({"category": pa.array(list(caps), pa.string()),
-                                       "cap": pa.array(list(caps.values()), pa.int64())}))
-        con.register("files", pa.table({"_file": files, "_idx": list(range(len(files)))}))
-        reason = con.sql(
-            f"""
-            SELECT CASE WHEN r.category IS NULL THEN 3
-                   WHEN c.cap = 0 THEN 1
-                   WHEN row_number() OVER (
-                          PARTITION BY r.category
-                          ORDER BY (video_dependency >= 1 - {EPS} AND audio_dependency >= 1 - {EPS}) DESC,
-                                   composite_score DESC NULLS LAST, id) > c.cap THEN 2
-                   ELSE 0 END AS reason
-            FROM rows r LEFT JOIN caps c USING (category) JOIN files f USING (_file)
-            ORDER BY f._idx, r._rn
-            """
-        ).to_arrow_table().column("reason").to_numpy().astype(np.int8)
-        sizes = [pq.ParquetFile(f).metadata.num_rows for f in files]
-        codes = dict(enumerate(np.split(reason, np.cumsum(sizes)[:-1])))
-        self._state |= {"codes": codes, "before": counts,
-                        "after": {c: n for c, n in caps.items() if n > 0}}
-        con.close()
+        with ShardTable(inputs) as rows:
+            counts = dict(rows.con.execute("SELECT category, count(*) FROM rows WHERE category "
+                                           "IS NOT NULL GROUP BY 1").fetchall())
+            caps = plan_caps(counts, min_count=self.min_count, max_ratio=self.max_ratio,
+                             cascade=self.cascade, max_per_category=self.max_per_category)
+            rows.con.register("caps", pa.table({"category": pa.array(list(caps), pa.string()),
+                                                "cap": pa.array(list(caps.values()), pa.int64())}))
+            self._codes = rows.per_shard(
+                f"""CASE WHEN r.category IS NULL THEN 3
+                    WHEN c.cap = 0 THEN 1
+                    WHEN row_number() OVER (
+                           PARTITION BY r.category
+                           ORDER BY (video_dependency >= 1 - {EPS} AND audio_dependency >= 1 - {EPS})
+                                    DESC, composite_score DESC NULLS LAST, id) > c.cap THEN 2
+                    ELSE 0 END""", joins="LEFT JOIN caps c USING (category)")
+        self._before = counts
+        self._after = {c: n for c, n in caps.items() if n > 0}
 
-    def process(self, table: pa.Table, ctx: StageContext) -> Outcome:
-        codes = self._state["codes"][ctx.shard_index]
-        return Outcome.split(table, self.name, [REASONS[c] or None for c in codes.tolist()])
+    def process(self, table: pa.Table, ctx: StageContext, shard: int) -> ShardResult:
+        codes = self._codes[shard].to_pylist()
+        return ShardResult.split(table, self.name, [REASONS[c] or None for c in codes])
 
-    def manifest_extra(self) -> dict:
-        order = sorted(self._state["before"], key=lambda c: (-self._state["before"][c], c))
-        return {"categories_before": {c: self._state["before"][c] for c in order},
-                "categories_after": {c: self._state["after"].get(c, 0) for c in order}}
+    def summary(self) -> dict:
+        order = sorted(self._before, key=lambda c: (-self._before[c], c))
+        return {"categories_before": {c: self._before[c] for c in order},
+                "categories_after": {c: self._after.get(c, 0) for c in order}}

@@ -15,11 +15,12 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
-from avcurate.filters.rules import all_pass, columns_of, parse_rules
-from avcurate.pipeline.context import StageContext
-from avcurate.pipeline.schema import with_columns
-from avcurate.pipeline.stage import BaseStage, Outcome, register
-from avcurate.pipeline.store import RunStore, parquet_rows, write_parquet_atomic
+from avcurate.core.options import option
+from avcurate.core.schema import with_columns
+from avcurate.core.store import RunStore, parquet_rows, write_parquet_atomic
+from avcurate.filters.rules import Comparison, RuleError, all_pass, columns_of, parse_rules
+from avcurate.stages.base import BaseStage, ShardResult, StageError
+from avcurate.stages.context import StageContext
 
 DEFAULT_SUBSET_RULES = ["video_dependency >= 0.7 and audio_dependency >= 0.7"]
 
@@ -28,7 +29,6 @@ def subset_dir(stage_dir, name: str):
     return stage_dir / f"subset-{name}"
 
 
-@register
 @dataclass
 class Subset(BaseStage):
     """Mark (and write separately) a named subset, e.g. the audio-visual one; rejects nothing."""
@@ -36,30 +36,41 @@ class Subset(BaseStage):
     name = "subset"
     version = "1"
 
-    subset: str = "audio_visual"
-    rules: list[str] = field(default_factory=lambda: list(DEFAULT_SUBSET_RULES))
+    subset: str = option("audio_visual", flag="--name",
+                         help="Subset name (a separate split of the run).")
+    rules: list[str] = option(default_factory=lambda: list(DEFAULT_SUBSET_RULES), flag="--rule",
+                              help="Rules rows of the subset pass, repeatable (default "
+                                   "'video_dependency >= 0.7 and audio_dependency >= 0.7').")
+
+    _parsed: list[Comparison] = field(default_factory=list, init=False, repr=False, compare=False)
+    _dir: str = field(default="", init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not re.fullmatch(r"[a-z0-9_]+", self.subset):
-            raise ValueError(f"subset name {self.subset!r} must be lower-case letters, digits, _")
-        if isinstance(self.rules, str):
-            self.rules = [self.rules]
-        self._state["rules"] = parse_rules(self.rules)
-        self.requires = columns_of(self._state["rules"])
+            raise StageError(f"stage 'subset': name {self.subset!r} must be lower-case letters, "
+                             "digits and _")
+        try:
+            self._parsed = parse_rules(self.rules)
+        except RuleError as exc:
+            raise StageError(f"stage 'subset': {exc}") from None
+        self.requires = columns_of(self._parsed)
         self.adds = {f"subset_{self.subset}": pa.bool_()}
 
     def prepare(self, ctx: StageContext, inputs: list) -> None:
-        self._state["dir"] = subset_dir(ctx.stage_dir, self.subset)
+        self._dir = str(subset_dir(ctx.stage_dir, self.subset))
 
-    def process(self, table: pa.Table, ctx: StageContext) -> Outcome:
-        inside = all_pass(table, self._state["rules"])
+    def process(self, table: pa.Table, ctx: StageContext, shard: int) -> ShardResult:
+        inside = all_pass(table, self._parsed)
         table = with_columns(table, {f"subset_{self.subset}": pa.array(inside, pa.bool_())})
         out = subset_dir(ctx.stage_dir, self.subset)
-        write_parquet_atomic(table.filter(pa.array(inside)), RunStore.shard_path(out, ctx.shard_index))
-        return Outcome(kept=table, rejected=table.slice(0, 0))
+        write_parquet_atomic(table.filter(pa.array(inside)), RunStore.shard_path(out, shard))
+        return ShardResult(kept=table, rejected=table.slice(0, 0))
 
-    def manifest_extra(self) -> dict:
-        out = self._state["dir"]
+    def summary(self) -> dict:
+        from pathlib import Path
+
+        out = Path(self._dir)
         return {"subsets": {self.subset: {"dir": f"{out.parent.name}/{out.name}",
                                           "rows": parquet_rows(RunStore.shards(out)),
                                           "rules": self.rules}}}

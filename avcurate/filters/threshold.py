@@ -12,14 +12,14 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
-from avcurate.filters.rules import columns_of, first_failure, parse_rules
-from avcurate.pipeline.context import StageContext
-from avcurate.pipeline.stage import BaseStage, Outcome, register
+from avcurate.core.options import option
+from avcurate.filters.rules import Comparison, RuleError, columns_of, first_failure, parse_rules
+from avcurate.stages.base import BaseStage, ShardResult, StageError
+from avcurate.stages.context import StageContext
 
 DEFAULT_RULES = ["answer_accuracy == 1", "question_logic >= 0.8", "composite_score >= 0.7"]
 
 
-@register
 @dataclass
 class Threshold(BaseStage):
     """Keep rows passing every rule; a rejected row's reason names the first rule it failed."""
@@ -28,15 +28,22 @@ class Threshold(BaseStage):
     adds = {}
     version = "1"
 
-    rules: list[str] = field(default_factory=lambda: list(DEFAULT_RULES))
+    rules: list[str] = option(default_factory=lambda: list(DEFAULT_RULES), flag="--rule",
+                              help="A rule 'column op number [and ...]', repeatable. Default "
+                                   "(OmniVideo-R1, scores in [0, 1]): 'answer_accuracy == 1', "
+                                   "'question_logic >= 0.8', 'composite_score >= 0.7'.")
+
+    _parsed: list[Comparison] = field(default_factory=list, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if isinstance(self.rules, str):
-            self.rules = [self.rules]
-        self._state["rules"] = parse_rules(self.rules)
-        self.requires = columns_of(self._state["rules"])
+        super().__post_init__()
+        try:
+            self._parsed = parse_rules(self.rules)
+        except RuleError as exc:
+            raise StageError(f"stage 'threshold': {exc}") from None
+        self.requires = columns_of(self._parsed)
 
-    def process(self, table: pa.Table, ctx: StageContext) -> Outcome:
-        failed = first_failure(table, self._state["rules"])
+    def process(self, table: pa.Table, ctx: StageContext, shard: int) -> ShardResult:
+        failed = first_failure(table, self._parsed)
         reasons = [None if f is None else f"failed({f})" for f in failed]
-        return Outcome.split(table, self.name, reasons)
+        return ShardResult.split(table, self.name, reasons)

@@ -10,18 +10,20 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import pyarrow as pa
 
+from avcurate.core.answers import letter_index
+from avcurate.core.options import option
+from avcurate.core.schema import BASE_COLUMNS, with_columns
 from avcurate.media.errors import MediaError
 from avcurate.media.probe import probe
-from avcurate.pipeline.context import StageContext
-from avcurate.pipeline.schema import BASE_COLUMNS, letter_index, with_columns
-from avcurate.pipeline.stage import BaseStage, Outcome, register
+from avcurate.stages.base import BaseStage, ShardResult
+from avcurate.stages.context import StageContext
+from avcurate.stages.shards import ShardTable
 
 REASONS = {
     "empty_question": "the question is empty",
@@ -59,17 +61,9 @@ def file_key(path: str) -> str | None:
     return f"{path}|{st.st_size}|{st.st_mtime_ns}"
 
 
-@register
 @dataclass
 class Validate(BaseStage):
-    """Reject structurally unusable samples; add probe results as columns.
-
-    silence_db:           audio quieter than this (RMS dBFS) counts as silent.
-    min_duration_s / max_duration_s: allowed duration (max 0 = no upper bound).
-    require_audio:        reject samples without an audio track (an audio-visual dataset).
-    truncation_tolerance: fraction of the declared duration that may be missing.
-    loudness_seconds:     how much audio to decode to measure loudness.
-    """
+    """Reject structurally unusable samples; add probe results as columns."""
 
     name = "validate"
     requires = BASE_COLUMNS
@@ -82,39 +76,41 @@ class Validate(BaseStage):
     }
     version = "1"
 
-    silence_db: float = -60.0
-    min_duration_s: float = 1.0
-    max_duration_s: float = 0.0
-    require_audio: bool = True
-    truncation_tolerance: float = 0.1
-    loudness_seconds: float = 60.0
+    silence_db: float = option(-60.0, max=0, help="RMS level (dBFS) below which audio counts "
+                               "as silent.")
+    min_duration_s: float = option(1.0, min=0, flag="--min-duration",
+                                   help="Shortest allowed clip, seconds.")
+    max_duration_s: float = option(0.0, min=0, flag="--max-duration",
+                                   help="Longest allowed clip, seconds (0 = no limit).")
+    require_audio: bool = option(True, help="Reject samples without an audio track (an "
+                                 "audio-visual dataset).")
+    truncation_tolerance: float = option(0.1, min=0, max=1, help="Fraction of the declared "
+                                         "duration that may be missing before a file is "
+                                         "truncated.")
+    loudness_seconds: float = option(60.0, gt=0, help="Seconds of audio decoded to measure "
+                                     "loudness.")
+
+    _dups: dict[int, list[str | None]] = field(default_factory=dict, init=False, repr=False,
+                                               compare=False)
 
     def prepare(self, ctx: StageContext, inputs: list[Path]) -> None:
         """Find every row whose id already appeared earlier (by shard, then row order)."""
-        files = [str(p) for p in inputs]
-        rows = duckdb.sql(
-            "SELECT filename, file_row_number, id, first FROM ("
-            " SELECT filename, file_row_number, id,"
-            "  first_value(filename || '#' || file_row_number) OVER w AS first,"
-            "  row_number() OVER w AS k"
-            " FROM read_parquet($files, filename=true, file_row_number=true)"
-            " WINDOW w AS (PARTITION BY id ORDER BY filename, file_row_number)"
-            ") WHERE k > 1",
-            params={"files": files},
-        ).fetchall()
-        index = {f: i for i, f in enumerate(files)}
         prefix = str(ctx.run_dir) + os.sep  # details name the first row relative to the run
-        self._state["dups"] = {(index[f], int(r)): first.removeprefix(prefix)
-                               for f, r, _id, first in rows}
+        with ShardTable(inputs) as rows:
+            firsts = rows.per_shard(
+                "CASE WHEN row_number() OVER w > 1 THEN first_value(_file || '#' || _row) OVER w "
+                "END", window="w AS (PARTITION BY id ORDER BY _shard, _row)")
+        self._dups = {i: [f.removeprefix(prefix) if f else None for f in a.to_pylist()]
+                      for i, a in firsts.items()}
 
-    def process(self, table: pa.Table, ctx: StageContext) -> Outcome:
+    def process(self, table: pa.Table, ctx: StageContext, shard: int) -> ShardResult:
         rows = table.select(["id", "video", "audio", "question", "options", "answer"]).to_pylist()
         probes = self._probe_all(rows, ctx)
         reasons, details, added = [], [], {k: [] for k in self.adds}
         for r, row in enumerate(rows):
             reason, detail = self._annotation_check(row)
-            if reason is None and (ctx.shard_index, r) in self._state["dups"]:
-                reason, detail = "duplicate_id", f"same id as row {self._state['dups'][ctx.shard_index, r]}"
+            if reason is None and (first := self._dups[shard][r]) is not None:
+                reason, detail = "duplicate_id", f"same id as row {first}"
             video = probes.get(row["video"]) if row["video"] else None
             sound = probes.get(row["audio"]) if row["audio"] else video
             if reason is None:
@@ -137,7 +133,7 @@ class Validate(BaseStage):
                                  pa.array(durations, pa.float64()))
         table = with_columns(table, {name: pa.array(values, self.adds[name])
                                      for name, values in added.items()})
-        return Outcome.split(table, self.name, reasons, details)
+        return ShardResult.split(table, self.name, reasons, details)
 
     def _probe_all(self, rows: list[dict], ctx: StageContext) -> dict[str, dict]:
         """Probe every distinct media file of the shard once, through the run's probe cache."""

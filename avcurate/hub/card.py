@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from avcurate.pipeline.report import stage_rows
-from avcurate.pipeline.store import RunStore
+from avcurate.core.store import RunStore
+from avcurate.reports.tables import stage_rows
 
 COLUMN_DOCS = {
     "id": "stable sample id, `<source>:<id in the source annotations>`",

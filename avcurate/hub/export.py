@@ -26,8 +26,8 @@ import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.parquet as pq
 
-from avcurate.pipeline.stats import parquet_scan
-from avcurate.pipeline.store import RunStore
+from avcurate.core.counts import parquet_scan
+from avcurate.core.store import RunStore
 
 TRAINING_COLUMNS = ("id", "source", "question", "options", "answer", "video", "audio", "category",
                     "trace", "video_dependency", "audio_dependency", "question_logic",

@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 
+from avcurate.core.kvcache import KVCache
+from avcurate.core.store import atomic_write_bytes, file_digest
 from avcurate.media.decode import audio, frames
-from avcurate.models.request import file_digest
-from avcurate.pipeline.kvcache import KVCache
-from avcurate.pipeline.store import atomic_write_bytes
 
 
 def content_digest(path: str, digests: KVCache) -> str:
@@ -93,3 +95,51 @@ def audio_path(run_dir: Path, digest: str, seconds: float | None, offset: float,
 def _path(run_dir: Path, key: str) -> str:
     tag = hashlib.sha1(key.encode()).hexdigest()
     return str(run_dir / "cache" / "media" / tag[:2] / f"{tag}.npz")
+
+
+@dataclass(frozen=True)
+class MediaNeeds:
+    """What a stage decodes per row: N evenly spaced frames and/or seconds of audio."""
+
+    frames: int = 0
+    seconds: float = 0.0  # 0 = no audio
+    offset: float = 0.0
+    sample_rate: int = 16000
+
+    def __bool__(self) -> bool:
+        return bool(self.frames) or self.seconds != 0
+
+
+class Pool(Protocol):
+    """What decoding needs from a stage context: caches in the run folder and a process map."""
+
+    run_dir: Path
+
+    def cache(self, name: str) -> KVCache: ...
+
+    def map(self, fn: Callable[[Any], Any], items: Any) -> list[Any]: ...
+
+
+def decode_rows(rows: list[dict], media_path: Callable[[dict], str | None], needs: MediaNeeds,
+                pool: Pool) -> list[DecodedMedia | dict | None]:
+    """Decoded media per row (each distinct file once, through the run's media cache), or
+    {"error": kind, "detail": text} for a row whose media cannot be read."""
+    if not needs:
+        return [None] * len(rows)
+    digests = pool.cache("digests")
+    jobs, out = {}, []
+    for row in rows:
+        path = media_path(row)
+        try:
+            digest = content_digest(path, digests)
+        except (OSError, TypeError) as exc:
+            out.append({"error": "missing_media", "detail": f"{path}: {exc}"})
+            continue
+        fpath = frames_path(pool.run_dir, digest, needs.frames) if needs.frames else None
+        apath = audio_path(pool.run_dir, digest, needs.seconds, needs.offset,
+                           needs.sample_rate) if needs.seconds != 0 else None
+        jobs[(fpath, apath)] = (path, fpath, apath, needs.frames, needs.seconds, needs.offset,
+                                needs.sample_rate)
+        out.append((fpath, apath))
+    errors = dict(zip(jobs, pool.map(decode_job, list(jobs.values())), strict=True))
+    return [x if isinstance(x, dict) else errors[x] or DecodedMedia(*x) for x in out]

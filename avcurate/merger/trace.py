@@ -1,9 +1,9 @@
 """Checks a merged trace must pass before it is kept.
 
-A trace is exactly `<think>…</think><answer>X</answer>` (whitespace around and
-between the blocks allowed, nothing else), X a single option letter equal to
-the ground truth, a non-empty think block within token bounds that cites both
-audio and visual evidence and does not give away that the answer was provided.
+A trace has the shape `core.traces.parse_trace` accepts (one think block, one answer
+block, nothing else), its answer exactly one option letter equal to the ground truth, a
+non-empty think block within token bounds that cites both audio and visual evidence and
+does not give away that the answer was provided.
 
 Token counts are approximate (words and punctuation marks, `\\w+|[^\\w\\s]`):
 the bounds are meant to catch empty or runaway traces, not to match any one
@@ -15,7 +15,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-TRACE_RE = re.compile(r"^\s*<think>(.*?)</think>\s*<answer>(.*?)</answer>\s*$", re.DOTALL)
+from avcurate.core.answers import parse_letter
+from avcurate.core.traces import parse_trace
+
 TOKEN_RE = re.compile(r"\w+|[^\w\s]")
 
 AUDIO_WORDS = ("hear", "heard", "sound", "audio", "listen", "voice", "speech", "music", "noise",
@@ -47,20 +49,16 @@ def _mentions(text: str, words: tuple[str, ...]) -> bool:
 
 def check_trace(trace: str, truth: str, rules: TraceRules) -> tuple[str | None, str]:
     """(failed check or None, explanation). Checks in a fixed order; the first failure wins."""
-    if trace.count("<think>") != 1 or trace.count("</think>") != 1:
-        return "format", "there must be exactly one <think>…</think> block"
-    if trace.count("<answer>") != 1 or trace.count("</answer>") != 1:
-        return "format", "there must be exactly one <answer>…</answer> block after the think block"
-    m = TRACE_RE.match(trace)
-    if not m:
-        return "format", "nothing may come before, between or after the <think> and <answer> blocks"
-    think, answer = m.group(1).strip(), m.group(2).strip()
-    if not re.fullmatch(r"[A-Z]", answer):
-        return "answer_format", f"the answer block must hold a single option letter, not {answer!r}"
-    if answer != truth:
-        return "answer_mismatch", f"the answer {answer} does not match the evidence (expected {truth})"
-    if not think:
-        return "empty_think", "the think block is empty"
+    parsed = parse_trace(trace)
+    if parsed.problem == "format":
+        return "format", parsed.why
+    if parse_letter(parsed.answer).letter != parsed.answer:  # exactly one letter, nothing else
+        return "answer_format", f"the answer block must hold a single option letter, not {parsed.answer!r}"
+    if parsed.answer != truth:
+        return "answer_mismatch", f"the answer {parsed.answer} does not match the evidence (expected {truth})"
+    if parsed.problem is not None:
+        return parsed.problem, parsed.why
+    think = parsed.think
     n = count_tokens(think)
     if n < rules.min_tokens:
         return "too_short", f"the reasoning has {n} tokens; write at least {rules.min_tokens}"

@@ -2,15 +2,15 @@
 
 - Concurrency: an asyncio semaphore (`concurrency`, default 16).
 - Rate limit: at most `rpm` request starts per minute (spaced evenly).
-- Retries (tenacity): 429 / 5xx / timeouts / connection errors, exponential
-  backoff with jitter, honouring the server's Retry-After; at most
-  `max_attempts` tries.
-- Invalid answers (not JSON, missing field, out of range): the validator
-  raises `InvalidAnswer`; the request is retried up to `max_attempts` times,
-  then the row is rejected with the validator's reason.
-- Cache: valid answers are stored by the request's stable hash in the run
-  folder (SQLite, safe for several processes), so a second run of the same
-  stage makes zero calls. Invalid answers are never cached.
+- Transport retries (tenacity): 429 / 5xx / timeouts / connection errors, exponential
+  backoff with jitter, honouring the server's Retry-After; at most `max_attempts`
+  tries per request.
+- Answers: each request's validator checks the answer; an `InvalidAnswer` comes back
+  as a `CallResult` with its reason (the stage decides whether to ask again: see
+  `ModelStage`'s rounds), a failed call as `model_error`. Nothing raises per row.
+- Cache: valid answers are stored by the request's stable hash in the run folder
+  (SQLite, safe for several processes), so a second run of the same stage makes zero
+  calls. Invalid answers are never cached.
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from typing import Any
 
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 
+from avcurate.core.kvcache import KVCache
 from avcurate.models.errors import InvalidAnswer, ModelError
 from avcurate.models.request import ModelRequest, ModelResponse
-from avcurate.pipeline.kvcache import KVCache
 
 Validator = Callable[[ModelResponse], Any]
 
@@ -53,13 +53,23 @@ class CallStats:
 
 
 @dataclass
-class Outcome:
-    """Per request: the validated value, or the reject reason and detail."""
+class CallResult:
+    """One request's result: the validated value, or why there is none.
+
+    `reason` is None for a valid answer, `model_error` for a call that failed after its
+    transport retries, else the validator's reason for an invalid answer (then `error`
+    holds the `InvalidAnswer` and `response` the answer it judged).
+    """
 
     value: Any = None
     reason: str | None = None
     detail: str = ""
     response: ModelResponse | None = None
+    error: InvalidAnswer | None = None
+
+    @property
+    def failed_call(self) -> bool:
+        return self.reason == "model_error"
 
 
 class RateLimiter:
@@ -102,51 +112,54 @@ class Executor:
         self.backoff_base, self.backoff_cap = backoff_base, backoff_cap
         self.stats = CallStats()
 
-    def run(self, requests: list[ModelRequest], validate: Validator) -> list[Outcome]:
-        """Answer every request (in order); never raises for a bad answer or a failed call."""
+    def run(self, requests: list[ModelRequest],
+            validate: Validator | list[Validator]) -> list[CallResult]:
+        """Answer every request once (in order); never raises for a bad answer or a failed call.
+
+        `validate` is one validator for all requests or one per request (when the check
+        depends on the row, e.g. its true answer).
+        """
         if not requests:
             return []
-        return asyncio.run(self._run_all(requests, validate))
+        validators = validate if isinstance(validate, list) else [validate] * len(requests)
+        return asyncio.run(self._run_all(requests, validators))
 
-    async def _run_all(self, requests, validate) -> list[Outcome]:
+    async def _run_all(self, requests, validators) -> list[CallResult]:
         sem = asyncio.Semaphore(self.concurrency)
         limiter = RateLimiter(self.rpm)
         keys = [r.key(self.backend.name, self.backend.model) for r in requests]
         cached = self.cache.get_many(keys) if self.cache is not None else {}
         try:
-            return await asyncio.gather(*(self._one(r, k, cached.get(k), validate, sem, limiter)
-                                          for r, k in zip(requests, keys, strict=True)))
+            return await asyncio.gather(*(self._one(r, k, cached.get(k), v, sem, limiter)
+                                          for r, k, v in zip(requests, keys, validators,
+                                                             strict=True)))
         finally:
             await self.backend.aclose()
 
-    async def _one(self, request, key, cached, validate, sem, limiter) -> Outcome:
+    async def _one(self, request, key, cached, validate, sem, limiter) -> CallResult:
         if cached is not None:
             response = ModelResponse(text=cached["text"], json=cached.get("json"),
                                      usage=cached.get("usage", {}), cached=True)
             try:
+                value = validate(response)
                 self.stats.add(cached=1)
-                return Outcome(value=validate(response), response=response)
+                return CallResult(value=value, response=response)
             except InvalidAnswer:
                 pass  # the validation rules changed since it was cached: ask again
-        last: InvalidAnswer | None = None
-        for _ in range(self.max_attempts):
-            try:
-                response = await self._call_with_retries(request, sem, limiter)
-            except ModelError as exc:
-                self.stats.add(failed=1)
-                return Outcome(reason="model_error", detail=f"{exc.kind}: {exc}")
-            try:
-                value = validate(response)
-            except InvalidAnswer as exc:
-                self.stats.add(invalid_answers=1)
-                last = exc
-                continue
-            if self.cache is not None:
-                self.cache.put(key, {"text": response.text, "json": response.json,
-                                     "usage": response.usage})
-            return Outcome(value=value, response=response)
-        assert last is not None
-        return Outcome(reason=last.reason, detail=f"after {self.max_attempts} attempts: {last}")
+        try:
+            response = await self._call_with_retries(request, sem, limiter)
+        except ModelError as exc:
+            self.stats.add(failed=1)
+            return CallResult(reason="model_error", detail=f"{exc.kind}: {exc}")
+        try:
+            value = validate(response)
+        except InvalidAnswer as exc:
+            self.stats.add(invalid_answers=1)
+            return CallResult(reason=exc.reason, detail=str(exc), response=response, error=exc)
+        if self.cache is not None:
+            self.cache.put(key, {"text": response.text, "json": response.json,
+                                 "usage": response.usage})
+        return CallResult(value=value, response=response)
 
     async def _call_with_retries(self, request, sem, limiter) -> ModelResponse:
         def wait(state) -> float:

@@ -9,6 +9,7 @@ openai backend.
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,29 @@ def _chat(request: ModelRequest) -> list[dict[str, str]]:
     return messages
 
 
-class TransformersBackend:
+class _InProcess:
+    """One generation at a time (the model is not re-entrant), in a worker thread.
+
+    A thread lock, not an asyncio one: the executor runs each batch in a fresh event loop.
+    """
+
+    _lock: threading.Lock
+
+    def _generate(self, request: ModelRequest) -> ModelResponse:
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        return None
+
+    async def call(self, request: ModelRequest) -> ModelResponse:
+        return await asyncio.to_thread(self._serialised, request)
+
+    def _serialised(self, request: ModelRequest) -> ModelResponse:
+        with self._lock:
+            return self._generate(request)
+
+
+class TransformersBackend(_InProcess):
     """A local causal LM directory: chat template + generate, one request at a time."""
 
     name = "transformers"
@@ -41,10 +64,7 @@ class TransformersBackend:
         self.model = model
         self.tokenizer = AutoTokenizer.from_pretrained(model)
         self.lm = AutoModelForCausalLM.from_pretrained(model).to(device).eval()
-        self._lock = asyncio.Lock()
-
-    async def aclose(self) -> None:
-        return None
+        self._lock = threading.Lock()  # one generation at a time, whatever the event loop
 
     def _generate(self, request: ModelRequest) -> ModelResponse:
         import torch
@@ -65,12 +85,9 @@ class TransformersBackend:
         usage = {"prompt_tokens": int(ids["input_ids"].shape[1]), "completion_tokens": int(len(new))}
         return with_json(ModelResponse(text=text, usage=usage), request)
 
-    async def call(self, request: ModelRequest) -> ModelResponse:
-        async with self._lock:  # one generate at a time: the model is not re-entrant
-            return await asyncio.to_thread(self._generate, request)
 
 
-class VLLMBackend:
+class VLLMBackend(_InProcess):
     """In-process `vllm.LLM` (text prompts through its chat API)."""
 
     name = "vllm"
@@ -86,10 +103,7 @@ class VLLMBackend:
         self.model = model
         self.llm = vllm.LLM(model=model)
         self._vllm = vllm
-        self._lock = asyncio.Lock()
-
-    async def aclose(self) -> None:
-        return None
+        self._lock = threading.Lock()  # one generation at a time, whatever the event loop
 
     def _generate(self, request: ModelRequest) -> ModelResponse:
         params = self._vllm.SamplingParams(temperature=request.temperature, top_p=request.top_p,
@@ -99,7 +113,3 @@ class VLLMBackend:
         usage = {"prompt_tokens": len(out.prompt_token_ids or []),
                  "completion_tokens": len(out.outputs[0].token_ids)}
         return with_json(ModelResponse(text=text, usage=usage), request)
-
-    async def call(self, request: ModelRequest) -> ModelResponse:
-        async with self._lock:
-            return await asyncio.to_thread(self._generate, request)

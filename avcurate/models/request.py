@@ -14,11 +14,12 @@ import io
 import json
 from dataclasses import dataclass, field
 from functools import cached_property
-from pathlib import Path
 from typing import Any
 
 import av
 import numpy as np
+
+from avcurate.core.store import file_digest
 
 
 @dataclass(frozen=True)
@@ -125,14 +126,6 @@ def _describe(part: Part) -> dict[str, Any]:
     if isinstance(part, AudioPart):
         return {"audio": part.digest(), "sr": part.sample_rate}
     return {"video": part.digest()}
-
-
-def file_digest(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def encode_jpeg(pixels: np.ndarray, quality: int = 4) -> bytes:

@@ -25,9 +25,9 @@ from typing import Any
 
 import pyarrow as pa
 
-from avcurate.pipeline.context import StageContext
 from avcurate.pipeline.runner import RunError, Runner, process_shard
-from avcurate.pipeline.stage import Stage
+from avcurate.stages.base import Resources, Stage
+from avcurate.stages.context import StageContext
 
 
 def import_ray():
@@ -38,17 +38,6 @@ def import_ray():
     return ray
 
 
-def _is_model_stage(stage: Stage) -> bool:
-    from avcurate.curation.model_stage import ModelStage
-
-    return isinstance(stage, ModelStage)
-
-
-def _usage(stage: Stage) -> dict[str, int]:
-    executor = getattr(stage, "_state", {}).get("executor")
-    return executor.stats.to_dict() if executor is not None else {}
-
-
 class _ShardJob:
     """Processes shard descriptors; one instance per task (row-local) or per actor (models)."""
 
@@ -56,16 +45,20 @@ class _ShardJob:
                  kept_schema: pa.Schema, rej_schema: pa.Schema) -> None:
         self.stage, self.kept_schema, self.rej_schema = stage, kept_schema, rej_schema
         self.ctx = StageContext(run_dir=Path(run_dir), stage_dir=Path(stage_dir), workers=workers)
+        stage.setup(self.ctx)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         rows, usage = [], []
         for index, path in zip(batch["index"], batch["path"], strict=True):
-            before = _usage(self.stage)
-            rows.append(process_shard(self.stage, self.ctx, Path(path), int(index),
-                                      self.kept_schema, self.rej_schema))
-            after = _usage(self.stage)
-            usage.append({k: v - before.get(k, 0) for k, v in after.items()})
-        return {"index": batch["index"], "rows": rows, "usage": [json.dumps(u) for u in usage]}
+            n, used = process_shard(self.stage, self.ctx, Path(path), int(index),
+                                    self.kept_schema, self.rej_schema)
+            rows.append(n)
+            usage.append(json.dumps(used))
+        return {"index": batch["index"], "rows": rows, "usage": usage}
+
+    def close(self) -> None:
+        self.stage.teardown()
+        self.ctx.close()
 
 
 class RayRunner(Runner):
@@ -91,7 +84,7 @@ class RayRunner(Runner):
         ds = ray.data.from_items(items, override_num_blocks=len(items))
         args = (stage, str(ctx.run_dir), str(ctx.stage_dir), max(1, int(self.cpus_per_task)),
                 kept_schema, rej_schema)
-        if _is_model_stage(stage):
+        if stage.resources == Resources.MODEL:
             out = ds.map_batches(_ShardJob, fn_constructor_args=args, batch_size=1,
                                  concurrency=self.actors, num_cpus=0.5)
         else:
@@ -110,4 +103,4 @@ def _run_row_local(batch: dict[str, Any], args: tuple) -> dict[str, Any]:
     try:
         return job(batch)
     finally:
-        job.ctx.close()
+        job.close()

@@ -91,7 +91,7 @@ class Recipe:
 
     def extra_columns(self) -> dict[str, Any]:
         """Columns that jsonl/parquet sources pass through as-is (name -> Arrow type)."""
-        from avcurate.pipeline.schema import BASE_COLUMNS, arrow_type
+        from avcurate.core.schema import BASE_COLUMNS, arrow_type
 
         extras: dict[str, Any] = {}
         for s in self.sources:

@@ -24,20 +24,21 @@ from rich.console import Console
 
 from avcurate import __version__
 from avcurate.catalogs import Reject, read_source
-from avcurate.pipeline.context import StageContext
+from avcurate.core.counts import reject_reasons
+from avcurate.core.schema import BASE_COLUMNS, REJECT_FIELDS, SAMPLE_SCHEMA
+from avcurate.core.store import RunStore, parquet_rows, write_parquet_atomic
 from avcurate.pipeline.progress import Progress
 from avcurate.pipeline.recipe import Recipe, SourceSpec, StageSpec
-from avcurate.pipeline.schema import BASE_COLUMNS, REJECT_FIELDS, SAMPLE_SCHEMA
-from avcurate.pipeline.stage import (
+from avcurate.pipeline.registry import create
+from avcurate.stages.base import (
+    Resources,
     Stage,
     StageError,
-    create,
     fingerprint,
     output_schema,
     reject_schema,
 )
-from avcurate.pipeline.stats import reject_reasons
-from avcurate.pipeline.store import RunStore, parquet_rows, write_parquet_atomic
+from avcurate.stages.context import StageContext
 
 VERSIONED = ("pyarrow", "duckdb", "av", "decord", "soundfile", "numpy", "openai", "google-genai",
              "transformers", "datasets", "torch")
@@ -279,43 +280,59 @@ class Runner:
         finally:
             ctx.close()
         progress.done(task)
-        extra = getattr(stage, "manifest_extra", lambda: {})()
-        if usage:  # usage counted where the calls were made (Ray workers)
+        extra = stage.summary()
+        if usage or stage.resources == Resources.MODEL:
             extra["usage"] = usage
         return self._finish(manifest, entry, out_dir, rows_in, time.perf_counter() - start,
                             resumed, extra)
 
     def _run_shards(self, stage: Stage, ctx: StageContext, inputs: list[Path], pending: list[int],
                     kept_schema: pa.Schema, rej_schema: pa.Schema, advance) -> dict[str, int]:
-        """Process the unfinished shards, in this process (the Ray runner distributes them)."""
-        for i in pending:
-            advance(process_shard(stage, ctx, inputs[i], i, kept_schema, rej_schema))
-        return {}
+        """Process the unfinished shards in this process (the Ray runner distributes them);
+        return the summed model-call usage."""
+        usage: dict[str, int] = {}
+        if not pending:
+            return usage
+        stage.setup(ctx)
+        try:
+            for i in pending:
+                rows, used = process_shard(stage, ctx, inputs[i], i, kept_schema, rej_schema)
+                usage = _add_usage(usage, used)
+                advance(rows)
+        finally:
+            stage.teardown()
+        return usage
+
+
+def _add_usage(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
+    return {k: a.get(k, 0) + b.get(k, 0) for k in {**a, **b}}
 
 
 def process_shard(stage: Stage, ctx: StageContext, path: Path, index: int,
-                  kept_schema: pa.Schema, rej_schema: pa.Schema) -> int:
-    """Run `stage` on one input shard and write its kept and rejected outputs; return its rows.
+                  kept_schema: pa.Schema, rej_schema: pa.Schema) -> tuple[int, dict[str, int]]:
+    """Run `stage` on one input shard and write its kept and rejected outputs.
 
-    Rejects are written first and the kept file last: the kept file's existence is what
-    marks the shard finished, for the local runner and the Ray runner alike.
+    Returns the shard's input rows and model-call usage. Rejects are written first and
+    the kept file last: the kept file's existence is what marks the shard finished, for
+    the local runner and the Ray runner alike.
     """
     table = pq.read_table(path)
-    ctx.shard_index = index
+    usage: dict[str, int] = {}
     if table.num_rows == 0:
         kept, rejected = kept_schema.empty_table(), rej_schema.empty_table()
     else:
-        outcome = stage.process(table, ctx)
-        if outcome.kept.num_rows + outcome.rejected.num_rows != table.num_rows:
+        result = stage.process(table, ctx, index)
+        if result.kept.num_rows + result.rejected.num_rows != table.num_rows:
             raise RunError(
-                f"stage {stage.name!r} returned {outcome.kept.num_rows} kept + "
-                f"{outcome.rejected.num_rows} rejected rows for {table.num_rows} input rows"
+                f"stage {stage.name!r} returned {result.kept.num_rows} kept + "
+                f"{result.rejected.num_rows} rejected rows for {table.num_rows} input rows"
             )
-        kept = conform(outcome.kept, kept_schema, stage.name)
-        rejected = conform(outcome.rejected, rej_schema, stage.name)
+        kept = conform(result.kept, kept_schema, stage.name)
+        rejected = conform(result.rejected, rej_schema, stage.name)
+        usage = result.usage
     write_parquet_atomic(rejected, RunStore.reject_path(ctx.stage_dir, index))
     write_parquet_atomic(kept, RunStore.shard_path(ctx.stage_dir, index))
-    return table.num_rows
+    return table.num_rows, usage
 
 
 def _remove_stale_temp_files(out_dir: Path) -> None:

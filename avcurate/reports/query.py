@@ -14,8 +14,8 @@ from pathlib import Path
 
 import duckdb
 
-from avcurate.pipeline.stats import parquet_scan
-from avcurate.pipeline.store import RunStore
+from avcurate.core.counts import parquet_scan
+from avcurate.core.store import RunStore
 
 
 def _quote(name: str) -> str:

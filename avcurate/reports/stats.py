@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from avcurate.merger.report import trace_report
-from avcurate.pipeline.report import stage_rows
-from avcurate.pipeline.store import RunStore
+from avcurate.core.store import RunStore
 from avcurate.reports.query import connect, views
+from avcurate.reports.tables import stage_rows
+from avcurate.reports.traces import trace_report
 
 SCORE_COLUMNS = ("video_dependency", "audio_dependency", "question_logic", "answer_accuracy",
                  "composite_score")

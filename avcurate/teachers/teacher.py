@@ -13,19 +13,30 @@ attempts, failed calls, unreadable media).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
 
-from avcurate.curation.model_stage import ModelStage, load_prompt, render
-from avcurate.media.cache import DecodedMedia
+from avcurate.core.answers import extract_letter, letter_index, lettered
+from avcurate.core.options import option
+from avcurate.media.cache import DecodedMedia, MediaNeeds
 from avcurate.models import InvalidAnswer, ModelResponse
 from avcurate.models.request import AudioPart, ImagePart, Message, ModelRequest, TextPart
-from avcurate.pipeline.context import StageContext
-from avcurate.pipeline.schema import letter_index, lettered
-from avcurate.pipeline.stage import BaseStage, Outcome, register
-from avcurate.teachers.answer import extract_answer, section
+from avcurate.stages.base import BaseStage, ShardResult
+from avcurate.stages.context import StageContext
+from avcurate.stages.model_stage import History, ModelStage
+from avcurate.stages.prompts import load_prompt, render
+
+SECTION = r"(?:^|\n)\s*\**{name}\**\s*[:：]\s*(.*?)(?=\n\s*\**(?:{stops})\**\s*[:：]|\Z)"
+
+
+def section(text: str, name: str, stops: tuple[str, ...]) -> str:
+    """The text after `Name:` up to the next of `stops:` (e.g. Visual Description / Reasoning)."""
+    pattern = SECTION.format(name=re.escape(name), stops="|".join(map(re.escape, stops)))
+    m = re.search(pattern, text, re.IGNORECASE | re.DOTALL)
+    return m.group(1).strip() if m else ""
 
 
 def teacher_columns(prefix: str) -> dict[str, pa.DataType]:
@@ -40,12 +51,13 @@ class Teacher(ModelStage):
     modality = ""  # "visual" or "audio"
     label = ""     # the description heading the prompt asks for
     requires = ("id", "video", "question", "options", "answer")
-    prompt: str = ""
-    temperature: float = 0.0
+    prompt: str = option("", help="Teacher prompt file (default: the packaged one).")
+
+    _template: str = field(default="", init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self._state["template"] = load_prompt(self.prompt, f"{self.modality}_teacher.md")
+        self._template = load_prompt(self.prompt, "avcurate.teachers", f"{self.modality}_teacher.md")
 
     def media_parts(self, media: DecodedMedia) -> list:
         raise NotImplementedError
@@ -53,60 +65,27 @@ class Teacher(ModelStage):
     def prompt_values(self) -> dict[str, str]:
         return {}
 
-    def build(self, row: dict[str, Any], media: DecodedMedia | None) -> ModelRequest:
-        text = render(self._state["template"], question=row["question"] or "",
+    def build(self, row: dict[str, Any], media: DecodedMedia | None, history: History
+              ) -> ModelRequest:
+        text = render(self._template, question=row["question"] or "",
                       options=lettered(row["options"]), **self.prompt_values())
         parts = [*self.media_parts(media), TextPart(text)]
         return ModelRequest((Message("user", tuple(parts)),), temperature=self.temperature,
                             max_tokens=self.max_tokens)
 
-    def validate(self, response: ModelResponse) -> dict[str, Any]:
-        options = self._state["current_options"]
-        letter, how = extract_answer(response.text, options)
-        if letter is None:
+    def validate(self, response: ModelResponse, row: dict[str, Any]) -> dict[str, Any]:
+        parsed = extract_letter(response.text, row["options"] or [])
+        if parsed.letter is None:
             raise InvalidAnswer(f"{self.modality}_no_answer",
-                                f"{how} answer in {response.text[-160:]!r}")
-        stops = ("Reasoning", "Answer")
+                                f"{parsed.how} answer in {response.text[-160:]!r}")
         p = self.modality
-        return {f"{p}_description": section(response.text, self.label, stops),
+        return {f"{p}_description": section(response.text, self.label, ("Reasoning", "Answer")),
                 f"{p}_reasoning": section(response.text, "Reasoning", ("Answer",)) or response.text,
-                f"{p}_answer": letter, f"{p}_parse": how, f"{p}_model": f"{self.backend}:{self.model}",
+                f"{p}_answer": parsed.letter, f"{p}_correct": parsed.letter == row["answer"],
+                f"{p}_parse": parsed.how, f"{p}_model": f"{self.backend}:{self.model}",
                 f"{p}_raw": response.text}
 
-    def process(self, table: pa.Table, ctx: StageContext) -> Outcome:
-        # validation needs each row's options: answer one options-shape at a time
-        outcome = _by_options(self, table, ctx)
-        p = self.modality
-        answers = outcome.kept.column(f"{p}_answer").to_pylist()
-        truth = outcome.kept.column("answer").to_pylist()
-        correct = pa.array([a == t for a, t in zip(answers, truth, strict=True)], pa.bool_())
-        kept = outcome.kept.set_column(outcome.kept.schema.get_field_index(f"{p}_correct"),
-                                       f"{p}_correct", correct)
-        return Outcome(kept=kept, rejected=outcome.rejected)
 
-
-def _by_options(stage: Teacher, table: pa.Table, ctx: StageContext) -> Outcome:
-    """Run ModelStage.process on groups of rows that share the same options list."""
-    groups: dict[tuple, list[int]] = {}
-    for i, opts in enumerate(table.column("options").to_pylist()):
-        groups.setdefault(tuple(opts or ()), []).append(i)
-    kept, rejected = [], []
-    for opts, idx in groups.items():
-        stage._state["current_options"] = list(opts)
-        part = ModelStage.process(stage, table.take(pa.array(idx, pa.int64())), ctx)
-        kept.append(part.kept)
-        rejected.append(part.rejected)
-    order = {rid: k for k, rid in enumerate(table.column("id").to_pylist())}
-
-    def ordered(parts: list[pa.Table]) -> pa.Table:
-        t = pa.concat_tables(parts)
-        ids = t.column("id").to_pylist()
-        return t.take(pa.array(sorted(range(t.num_rows), key=lambda k: order[ids[k]]), pa.int64()))
-
-    return Outcome(kept=ordered(kept), rejected=ordered(rejected))
-
-
-@register
 @dataclass
 class VisualTeacher(Teacher):
     """AVRT's vision teacher: N evenly spaced frames + the question -> description, reasoning, letter."""
@@ -115,11 +94,10 @@ class VisualTeacher(Teacher):
     modality, label = "visual", "Visual Description"
     adds = teacher_columns("visual")
     version = "1"
-    frames: int = 8
+    frames: int = option(8, min=1, help="Evenly spaced frames for the visual teacher.")
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        self.decode_frames, self.decode_seconds = self.frames, 0
+    def media_needs(self) -> MediaNeeds:
+        return MediaNeeds(frames=self.frames)
 
     def prompt_values(self) -> dict[str, str]:
         return {"n_frames": str(self.frames)}
@@ -128,7 +106,6 @@ class VisualTeacher(Teacher):
         return [ImagePart(f, float(t)) for f, t in zip(media.frames, media.times, strict=True)]
 
 
-@register
 @dataclass
 class AudioTeacher(Teacher):
     """AVRT's audio teacher: the first seconds of audio + the question -> description, reasoning, letter."""
@@ -137,12 +114,11 @@ class AudioTeacher(Teacher):
     modality, label = "audio", "Audio Description"
     adds = teacher_columns("audio")
     version = "1"
-    audio_seconds: float = 10.0
-    audio_offset: float = 0.0
+    audio_seconds: float = option(10.0, gt=0, help="Seconds of audio for the audio teacher.")
+    audio_offset: float = option(0.0, min=0, help="Where the audio clip starts, seconds.")
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        self.decode_seconds, self.decode_offset = self.audio_seconds, self.audio_offset
+    def media_needs(self) -> MediaNeeds:
+        return MediaNeeds(seconds=self.audio_seconds, offset=self.audio_offset)
 
     def media_path(self, row: dict[str, Any]) -> str | None:
         return row.get("audio") or row["video"]
@@ -157,7 +133,6 @@ class AudioTeacher(Teacher):
 REQUIRE = ("both", "either", "any")
 
 
-@register
 @dataclass
 class TeacherFilter(BaseStage):
     """Keep samples the teachers got right: both (AVRT), either, or any (keep all)."""
@@ -166,13 +141,10 @@ class TeacherFilter(BaseStage):
     requires = ("answer", "visual_answer", "audio_answer")
     adds = {}
     version = "1"
-    require: str = "both"
+    require: str = option("both", choices=REQUIRE, help="Keep rows where both teachers (AVRT), "
+                          "either, or any (keep all) answered correctly.")
 
-    def __post_init__(self) -> None:
-        if self.require not in REQUIRE:
-            raise ValueError(f"require must be one of {', '.join(REQUIRE)}")
-
-    def process(self, table: pa.Table, ctx: StageContext) -> Outcome:
+    def process(self, table: pa.Table, ctx: StageContext, shard: int) -> ShardResult:
         rows = table.select(["answer", "options", "visual_answer", "audio_answer"]).to_pylist()
         reasons = []
         for r in rows:
@@ -183,4 +155,4 @@ class TeacherFilter(BaseStage):
                 wrong = "not_multiple_choice"
             keep = {"both": v_ok and a_ok, "either": v_ok or a_ok, "any": True}[self.require]
             reasons.append(None if keep and wrong != "not_multiple_choice" else wrong)
-        return Outcome.split(table, self.name, reasons)
+        return ShardResult.split(table, self.name, reasons)

@@ -1,76 +1,107 @@
-"""Training configuration: one dataclass, loadable from TOML, overridable from the CLI."""
+"""Training configuration: one dataclass whose fields declare type, default, range and help.
+
+`avcurate train` generates its options from these fields (the same way stage commands
+are generated), and a TOML config file (top-level keys or a `[train]` table) is checked
+against them: an unknown key names the closest valid one, a bad value is one line.
+"""
 
 from __future__ import annotations
 
-import dataclasses
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from avcurate.core.options import OptionError, check_fields, check_keys, option
+
+ALGOS = ("gspo", "gspo_token", "grpo")
+DEFAULT_SYSTEM_PROMPT = ("Think about the question first, inside <think></think>, then give only "
+                         "the letter of your chosen option inside <answer></answer>.")
 
 
 @dataclass
 class TrainConfig:
-    data: str = ""                      # an avcurate export folder, or Parquet file/folder
-    model: str = ""                     # a local model folder
-    policy: str = "text"                # text (causal LM) | omni (Qwen2.5-Omni-style thinker)
-    frames: int = 8                     # omni: evenly spaced frames per video
-    audio_seconds: float = 10.0         # omni: seconds of audio
-    out: str = "train_out"
-    algo: str = "gspo"                  # gspo | gspo_token | grpo
-    rewards: list[str] = field(default_factory=lambda: ["format", "accuracy"])
-    reward_weights: list[float] = field(default_factory=list)
-    num_generations: int = 8            # G completions per prompt
-    prompts_per_step: int = 4           # prompts per generation step, all ranks together
-    steps: int = 100                    # generation steps
-    steps_per_generation: int = 1       # optimizer steps (minibatches) per generation
-    grad_accum: int = 1                 # micro-batches per optimizer step
-    lr: float = 1e-6
-    weight_decay: float = 0.0
-    warmup_fraction: float = 0.05
-    max_grad_norm: float = 1.0
-    beta: float = 0.0                   # KL weight (OmniVideo-R1: 0.03)
-    eps_low: float | None = None
-    eps_high: float | None = None
-    aggregation: str = "seq_mean_token_mean"
-    advantage: str = "group"            # group | batch | none
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_new_tokens: int = 256
-    max_prompt_tokens: int = 1024
-    system_prompt: str = ("Think about the question first, inside <think></think>, then give only "
-                          "the letter of your chosen option inside <answer></answer>.")
-    attention_lambda: float = 0.3
-    attention_strict: bool = False
-    judge_backend: str = ""             # for soft_accuracy / query_intent
-    judge_model: str = ""
-    judge_base_url: str = ""
-    save_every: int = 0                 # 0: only at the end
-    stop_after: int = 0                 # stop (with a checkpoint) after this many steps this run
-    seed: int = 0
-    dtype: str = "float32"              # float32 | bfloat16
-    log_every: int = 1
+    data: str = option("", help="An avcurate export folder (or Parquet with question/options/"
+                       "answer).")
+    model: str = option("", help="Local model folder (the policy).")
+    policy: str = option("text", choices=("text", "omni"), help="text (causal LM) or omni "
+                         "(Qwen2.5-Omni thinker: frames + audio).")
+    frames: int = option(8, min=1, help="Omni: evenly spaced frames per video.")
+    audio_seconds: float = option(10.0, gt=0, help="Omni: seconds of audio.")
+    out: str = option("train_out", help="Checkpoints, metrics.jsonl and the final model.")
+    algo: str = option("gspo", choices=ALGOS, help="gspo, gspo_token or grpo.")
+    rewards: list[str] = option(default_factory=lambda: ["format", "accuracy"], comma=True,
+                                help="Comma-separated reward names, e.g. format,accuracy (or "
+                                     "module:function).")
+    reward_weights: list[float] = option(default_factory=list, help="Comma-separated weights, "
+                                         "one per reward (default: all 1).")
+    num_generations: int = option(8, min=2, help="Completions per prompt (G).")
+    prompts_per_step: int = option(4, min=1, help="Prompts per generation step, all ranks "
+                                   "together.")
+    steps: int = option(100, min=1, help="Generation steps.")
+    steps_per_generation: int = option(1, min=1, help="Optimizer steps (minibatches) per "
+                                       "generation; GSPO's clipping only acts when > 1.")
+    grad_accum: int = option(1, min=1, help="Micro-batches per optimizer step.")
+    lr: float = option(1e-6, gt=0, help="AdamW learning rate (warmup, then cosine).")
+    weight_decay: float = option(0.0, min=0, help="AdamW weight decay.")
+    warmup_fraction: float = option(0.05, min=0, max=1, help="Share of updates spent warming "
+                                    "up the learning rate.")
+    max_grad_norm: float = option(1.0, min=0, help="Gradient clipping norm (0 = off).")
+    beta: float = option(0.0, min=0, help="KL weight to the reference model (OmniVideo-R1: "
+                         "0.03).")
+    eps_low: float | None = option(None, gt=0, help="Lower clip range (default: the "
+                                   "algorithm's: GRPO 0.2, GSPO 3e-4).")
+    eps_high: float | None = option(None, gt=0, help="Upper clip range (default: the "
+                                    "algorithm's: GRPO 0.2, GSPO 4e-4).")
+    aggregation: str = option("seq_mean_token_mean", choices=(
+        "seq_mean_token_mean", "token_mean", "dr_grpo"), help="How token losses are averaged.")
+    advantage: str = option("group", choices=("group", "batch", "none"),
+                            help="Reward normalisation for advantages.")
+    temperature: float = option(1.0, gt=0, max=5, help="Sampling temperature.")
+    top_p: float = option(1.0, gt=0, max=1, help="Nucleus sampling.")
+    max_new_tokens: int = option(256, min=1, help="Longest completion.")
+    max_prompt_tokens: int = option(1024, min=1, help="Longest prompt; a longer one is an error "
+                                    "naming the row.")
+    system_prompt: str = option(DEFAULT_SYSTEM_PROMPT, help="System prompt of every rollout.")
+    attention_lambda: float = option(0.3, min=0, help="modality_attention: the bonus λ.")
+    attention_strict: bool = option(False, help="modality_attention: also require the "
+                                    "audio-visual answer to be right.")
+    judge_backend: str = option("", help="Judge backend for soft_accuracy / query_intent.")
+    judge_model: str = option("", help="Judge model for soft_accuracy / query_intent.")
+    judge_base_url: str = option("", help="Judge server URL.")
+    save_every: int = option(0, min=0, help="Checkpoint every N steps (0: only at the end).")
+    stop_after: int = option(0, min=0, help="Stop (with a checkpoint) after this many steps in "
+                             "this run, for time-limited jobs.")
+    seed: int = option(0, help="Run seed.")
+    dtype: str = option("float32", choices=("float32", "bfloat16"), help="Model dtype.")
+    log_every: int = option(1, min=1, help="Write metrics every N steps.")
+
+    def __post_init__(self) -> None:
+        check_fields(self, "train")
 
     @classmethod
     def load(cls, path: str | Path, **overrides: Any) -> TrainConfig:
-        data = tomllib.loads(Path(path).read_text()) if path else {}
+        """A config from a TOML file (top-level keys or a [train] table), then `overrides`."""
+        try:
+            data = tomllib.loads(Path(path).read_text()) if path else {}
+        except FileNotFoundError:
+            raise OptionError(f"no training config at {path}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise OptionError(f"{path} is not valid TOML: {exc}") from None
         data = data.get("train", data)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown training option(s): {', '.join(sorted(unknown))}")
+        check_keys(cls, data, f"train config {path}")
         data |= {k: v for k, v in overrides.items() if v is not None}
         return cls(**data)
 
     def check(self) -> None:
+        """Rules between options, checked before any model is loaded."""
         if not self.data or not self.model:
-            raise ValueError("--data and --model are required")
-        if self.algo not in ("gspo", "gspo_token", "grpo"):
-            raise ValueError("--algo must be gspo, gspo_token or grpo")
-        if self.num_generations < 2:
-            raise ValueError("--num-generations must be at least 2 (advantages are relative)")
+            raise OptionError("--data and --model are required")
         if self.num_generations % (self.steps_per_generation * self.grad_accum):
-            raise ValueError(f"--num-generations {self.num_generations} must be divisible by "
-                             f"steps-per-generation x grad-accum ({self.steps_per_generation} x "
-                             f"{self.grad_accum}): each micro-batch takes the same share of "
-                             "every group")
+            raise OptionError(f"--num-generations {self.num_generations} must be divisible by "
+                              f"steps-per-generation x grad-accum ({self.steps_per_generation} x "
+                              f"{self.grad_accum}): each micro-batch takes the same share of "
+                              "every group")
+        if self.reward_weights and len(self.reward_weights) != len(self.rewards):
+            raise OptionError(f"{len(self.rewards)} rewards but {len(self.reward_weights)} "
+                              "weights")

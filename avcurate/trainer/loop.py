@@ -14,6 +14,7 @@ import math
 import os
 import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from avcurate.trainer.config import TrainConfig
 from avcurate.trainer.data import load_rows
 from avcurate.trainer.losses import LossConfig, local_advantages, policy_loss
 from avcurate.trainer.policy import make_policy
+from avcurate.trainer.rewards import Reward, RewardSettings
 from avcurate.trainer.rollout import pack, prompt_seed, sample_group, token_logprobs
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -147,27 +149,40 @@ def prompt_indices(n_rows: int, step: int, per_step: int, seed: int) -> list[int
     return out
 
 
-def configure_rewards(cfg: TrainConfig) -> None:
-    from avcurate.trainer.rewards import accuracy, modality
+@dataclass
+class TrainState:
+    """Everything a training step works with, built once by `train`."""
 
-    modality.configure(cfg.attention_lambda, cfg.attention_strict)
-    if cfg.judge_backend:
-        accuracy.configure_judge(cfg.judge_backend, cfg.judge_model, cfg.judge_base_url or None)
+    cfg: TrainConfig
+    rank: int
+    world: int
+    rows: list[dict[str, Any]]
+    policy: Any
+    model: torch.nn.Module
+    ref: torch.nn.Module | None
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    loss_cfg: LossConfig
+    rewards: list[Reward]
+    variants: tuple[str, ...]  # extra rollouts the rewards declare (e.g. video_only)
 
 
-def train(cfg: TrainConfig, progress: bool = True, policy_kwargs: dict | None = None
-          ) -> list[dict[str, Any]]:
-    """Run (or resume) training; `policy_kwargs` reach the adapter (e.g. an omni processor)."""
+def build_rewards(cfg: TrainConfig) -> list[Reward]:
+    settings = RewardSettings(cfg.attention_lambda, cfg.attention_strict, cfg.judge_backend,
+                              cfg.judge_model, cfg.judge_base_url)
+    return reward_registry.build(cfg.rewards, settings)
+
+
+def setup(cfg: TrainConfig, policy_kwargs: dict | None = None) -> TrainState:
+    """Distributed setup, seeds, data, policy (+ reference), optimizer, schedule, rewards."""
     cfg.check()
+    rewards = build_rewards(cfg)  # a typo in a reward name fails before any model loads
     rank, world, device = setup_distributed()
     if cfg.prompts_per_step % world:
         raise ValueError(f"--prompts-per-step {cfg.prompts_per_step} must divide among {world} ranks")
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
-    configure_rewards(cfg)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     rows = load_rows(cfg.data)
     policy_kw = {"dtype": DTYPES[cfg.dtype], "device": device, "system_prompt": cfg.system_prompt,
                  "frames": cfg.frames, "audio_seconds": cfg.audio_seconds, **(policy_kwargs or {})}
@@ -183,40 +198,54 @@ def train(cfg: TrainConfig, progress: bool = True, policy_kwargs: dict | None = 
                                                   lr_lambda(total_updates, cfg.warmup_fraction))
     loss_cfg = LossConfig(cfg.algo, cfg.eps_low, cfg.eps_high, cfg.beta, cfg.aggregation,
                           cfg.max_new_tokens)
+    return TrainState(cfg, rank, world, rows, policy, model, ref, optimizer, scheduler, loss_cfg,
+                      rewards, reward_registry.rollouts_needed(rewards))
+
+
+def train(cfg: TrainConfig, progress: bool = True, policy_kwargs: dict | None = None
+          ) -> list[dict[str, Any]]:
+    """Run (or resume) training; `policy_kwargs` reach the adapter (e.g. an omni processor)."""
+    state = setup(cfg, policy_kwargs)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
     ckpt = out / "checkpoint"
-    start = load_checkpoint(ckpt, model, optimizer, scheduler, rank) if ckpt.exists() else 0
+    start = load_checkpoint(ckpt, state.model, state.optimizer, state.scheduler, state.rank) \
+        if ckpt.exists() else 0
     metrics_path = out / "metrics.jsonl"
     history = []
-    bar = _bar(progress and rank == 0, cfg.steps, start)
-    per_rank = cfg.prompts_per_step // world
+    bar = _bar(progress and state.rank == 0, cfg.steps, start)
+    per_rank = cfg.prompts_per_step // state.world
     for step in range(start, cfg.steps):
         t0 = time.perf_counter()
-        indices = prompt_indices(len(rows), step, cfg.prompts_per_step, cfg.seed)
-        mine = list(range(rank * per_rank, (rank + 1) * per_rank))
-        record = _generation_step(cfg, policy, model, ref, optimizer, scheduler, loss_cfg, rows,
-                                  [indices[i] for i in mine], [step * cfg.prompts_per_step + i
-                                                               for i in mine], step)
-        record |= {"step": step + 1, "lr": scheduler.get_last_lr()[0],
+        indices = prompt_indices(len(state.rows), step, cfg.prompts_per_step, cfg.seed)
+        mine = list(range(state.rank * per_rank, (state.rank + 1) * per_rank))
+        record = _generation_step(state, [indices[i] for i in mine],
+                                  [step * cfg.prompts_per_step + i for i in mine], step)
+        record |= {"step": step + 1, "lr": state.scheduler.get_last_lr()[0],
                    "seconds": time.perf_counter() - t0}
         record["tokens_per_s"] = record.pop("tokens") / record["seconds"]
         history.append(record)
-        if rank == 0 and (step + 1) % cfg.log_every == 0:
+        if state.rank == 0 and (step + 1) % cfg.log_every == 0:
             with metrics_path.open("a") as f:
                 f.write(json.dumps(record) + "\n")
         if bar is not None:
             bar.set_postfix(reward=f"{record['reward_mean']:.3f}")
             bar.update(1)
         if cfg.stop_after and step + 1 - start >= cfg.stop_after and step + 1 < cfg.steps:
-            save_checkpoint(ckpt, model, optimizer, scheduler, step + 1, rank)
+            _save(state, ckpt, step + 1)
             break  # a time-limited job: the next run resumes exactly here
         if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
-            save_checkpoint(ckpt, model, optimizer, scheduler, step + 1, rank)
+            _save(state, ckpt, step + 1)
     else:
-        save_checkpoint(ckpt, model, optimizer, scheduler, cfg.steps, rank)
-        save_final(out / "final", policy, model, rank)
+        _save(state, ckpt, cfg.steps)
+        save_final(out / "final", state.policy, state.model, state.rank)
     if bar is not None:
         bar.close()
     return history
+
+
+def _save(state: TrainState, folder: Path, step: int) -> None:
+    save_checkpoint(folder, state.model, state.optimizer, state.scheduler, step, state.rank)
 
 
 def save_final(folder: Path, policy, model, rank: int) -> None:
@@ -237,8 +266,9 @@ def _bar(enabled: bool, total: int, start: int):
     return tqdm(total=total, initial=start, desc="train", unit="step")
 
 
-def _generation_step(cfg, policy, model, ref, optimizer, scheduler, loss_cfg, rows, row_ids,
-                     global_ids, step) -> dict[str, Any]:
+def _generation_step(state: TrainState, row_ids: list[int], global_ids: list[int], step: int
+                     ) -> dict[str, Any]:
+    cfg, policy, model = state.cfg, state.policy, state.model
     tok = policy.tokenizer
     G = cfg.num_generations
     prompts, completions, batch_rows, extras = [], [], [], []
@@ -246,34 +276,32 @@ def _generation_step(cfg, policy, model, ref, optimizer, scheduler, loss_cfg, ro
     sampling = {"temperature": cfg.temperature, "top_p": cfg.top_p,
                 "max_new_tokens": cfg.max_new_tokens, "suppress_tokens": policy.suppress_tokens}
     for r_idx, g_idx in zip(row_ids, global_ids, strict=True):
-        row = dict(rows[r_idx])
+        row = dict(state.rows[r_idx])
         ids, media = policy.inputs(row, "av", cfg.max_prompt_tokens)
         group = sample_group(model, tok, ids, G, seed=prompt_seed(cfg.seed, step, g_idx),
                              extras=media, **sampling)
-        if "modality_attention" in cfg.rewards:
-            for variant in ("video_only", "audio_only"):
-                vid, vmedia = policy.inputs(row, variant, cfg.max_prompt_tokens)
-                [alt] = sample_group(model, tok, vid, 1, seed=prompt_seed(cfg.seed + 7, step, g_idx),
-                                     extras=vmedia, **sampling)
-                row[f"{variant}_completion"] = tok.decode(alt, skip_special_tokens=True)
+        for variant in state.variants:  # the extra rollouts the rewards declared
+            vid, vmedia = policy.inputs(row, variant, cfg.max_prompt_tokens)
+            [alt] = sample_group(model, tok, vid, 1, seed=prompt_seed(cfg.seed + 7, step, g_idx),
+                                 extras=vmedia, **sampling)
+            row[f"{variant}_completion"] = tok.decode(alt, skip_special_tokens=True)
         prompts += [ids] * G
         completions += group
         batch_rows += [row] * G
         extras += [media] * G
     rollout = pack(prompts, completions, tok.pad_token_id, tok)
     rollout.extras = extras
-    total, parts = reward_registry.combine(cfg.rewards, cfg.reward_weights or None,
+    total, parts = reward_registry.combine(state.rewards, cfg.reward_weights or None,
                                            rollout.completions, batch_rows)
     rewards = torch.tensor(total, dtype=torch.float32)
     advantages = local_advantages(rewards, G, cfg.advantage)
     media = policy.batch_extras(rollout.extras)
     with torch.no_grad():
         old_logp = token_logprobs(model, rollout.input_ids, rollout.attention_mask, media)
-        ref_logp = token_logprobs(ref, rollout.input_ids, rollout.attention_mask, media) \
-            if ref is not None else None
+        ref_logp = token_logprobs(state.ref, rollout.input_ids, rollout.attention_mask, media) \
+            if state.ref is not None else None
     model.train()
-    stats = _updates(cfg, policy, model, optimizer, scheduler, loss_cfg, rollout, old_logp,
-                     ref_logp, advantages)
+    stats = _updates(state, rollout, old_logp, ref_logp, advantages)
     all_rewards = _gather_list(total)
     groups = torch.tensor(all_rewards).view(-1, G)
     record = {"reward_mean": float(np.mean(all_rewards)), "reward_std": float(np.std(all_rewards)),
@@ -295,8 +323,7 @@ def _gather_list(values: list[float]) -> list[float]:
     return [v for part in out for v in part]
 
 
-def _updates(cfg, policy, model, optimizer, scheduler, loss_cfg, rollout, old_logp, ref_logp,
-             advantages) -> dict[str, float]:
+def _updates(state: TrainState, rollout, old_logp, ref_logp, advantages) -> dict[str, float]:
     """steps_per_generation optimizer steps, each over a minibatch split into grad_accum
     micro-batches; denominators are summed over ranks so the update is layout-independent.
 
@@ -305,7 +332,8 @@ def _updates(cfg, policy, model, optimizer, scheduler, loss_cfg, rollout, old_lo
     with G divisible by steps_per_generation * grad_accum, N ranks make exactly the
     updates one process makes.
     """
-    world = dist.get_world_size() if dist.is_initialized() else 1
+    cfg, policy, model, optimizer = state.cfg, state.policy, state.model, state.optimizer
+    world = state.world
     B = rollout.input_ids.shape[0]
     G = cfg.num_generations
     order = [g * G + j for j in range(G) for g in range(B // G)]
@@ -326,7 +354,8 @@ def _updates(cfg, policy, model, optimizer, scheduler, loss_cfg, rollout, old_lo
             media = policy.batch_extras(rollout.extras[ms]) if rollout.extras else None
             logp = token_logprobs(model, rollout.input_ids[ms], rollout.attention_mask[ms], media)
             out = policy_loss(logp, old_logp[ms], advantages[ms], rollout.completion_mask[ms],
-                              loss_cfg, ref_logp[ms] if ref_logp is not None else None, denom)
+                              state.loss_cfg, ref_logp[ms] if ref_logp is not None else None,
+                              denom)
             (out.loss * world).backward()  # FSDP averages gradients over ranks
             step_loss += float(out.loss.detach())
             clips.append(out.clip_fraction)
@@ -335,7 +364,7 @@ def _updates(cfg, policy, model, optimizer, scheduler, loss_cfg, rollout, old_lo
         if cfg.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
         optimizer.step()
-        scheduler.step()
+        state.scheduler.step()
         losses.append(all_sum(step_loss))
     return {"loss": float(np.mean(losses)),
             "clip_fraction": all_sum(float(np.mean(clips))) / world,

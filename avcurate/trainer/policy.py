@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from avcurate.pipeline.schema import lettered
+from avcurate.core.answers import lettered
 
 MODALITY_NOTES = {"av": "", "video_only": "(The audio track is not available.)\n",
                   "audio_only": "(The video frames are not available.)\n"}

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import re
 
+from avcurate.core.traces import parse_trace
 from avcurate.trainer.rewards import reward
 
-THINK_ANSWER = re.compile(r"^\s*<think>(?:(?!</?think>|</?answer>).)+</think>\s*"
-                          r"<answer>(?:(?!</?think>|</?answer>).)+</answer>\s*$", re.DOTALL)
 NUM = r"\d+(?:\.\d+)?"
 PAIR = re.compile(rf"\s*<time>\s*({NUM})\s*-\s*({NUM})\s*</time>\s*<caption>((?:(?!</?caption>"
                   rf"|</?time>).)+)</caption>", re.DOTALL)
@@ -17,8 +16,9 @@ TAIL = re.compile(r"\s*<thinking>(?:(?!</?thinking>|</?answer>).)+</thinking>\s*
 
 @reward("format")
 def format_reward(completions, rows) -> list[float]:
-    """1 for exactly <think>…</think><answer>…</answer> (nothing else), else 0."""
-    return [1.0 if THINK_ANSWER.match(c) else 0.0 for c in completions]
+    """1 for exactly <think>…</think><answer>…</answer> (nothing else, neither empty), else 0:
+    the shape `core.traces.parse_trace` accepts, the same the merger's traces must have."""
+    return [1.0 if parse_trace(c).ok else 0.0 for c in completions]
 
 
 def time_caption_pairs(text: str) -> list[tuple[float, float, str]]:

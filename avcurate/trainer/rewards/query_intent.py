@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import hashlib
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
+from avcurate.core.answers import lettered
 from avcurate.media.cut import cut
 from avcurate.media.errors import MediaError
 from avcurate.models.request import VideoPart
-from avcurate.pipeline.schema import lettered
-from avcurate.trainer.rewards import reward
-from avcurate.trainer.rewards.accuracy import judge_scores
+from avcurate.trainer.rewards import RewardSettings, register_factory
 from avcurate.trainer.rewards.formats import time_caption_pairs
 
 CONSISTENCY = ("Here is a short clip cut from a video. Someone described it as:\n\"{caption}\"\n"
@@ -46,8 +46,19 @@ def _clip(video: str, spans: list[tuple[float, float]]) -> str | None:
     return str(out)
 
 
-@reward("query_intent")
-def query_intent_reward(completions, rows) -> list[float]:
+@dataclass
+class QueryIntent:
+    """(r_cons + r_comp) / 2 over the completion's grounded spans, judged by the settings' judge."""
+
+    settings: RewardSettings
+    name: str = "query_intent"
+    rollouts: tuple[str, ...] = ()
+
+    def __call__(self, completions, rows) -> list[float]:
+        return query_intent_scores(completions, rows, self.settings.judge().scores)
+
+
+def query_intent_scores(completions, rows, judge) -> list[float]:
     prompts, media, owners = [], [], []
     for i, (c, r) in enumerate(zip(completions, rows, strict=True)):
         pairs = time_caption_pairs(c)
@@ -65,7 +76,7 @@ def query_intent_reward(completions, rows) -> list[float]:
                                                options=lettered(r.get("options"))))
             media.append([VideoPart(joined)])
             owners.append((i, "comp"))
-    scores = judge_scores(prompts, media) if prompts else []
+    scores = judge(prompts, media) if prompts else []
     cons: dict[int, list[float]] = {}
     comp: dict[int, float] = {}
     for (i, kind), s in zip(owners, scores, strict=True):
@@ -82,3 +93,6 @@ def query_intent_reward(completions, rows) -> list[float]:
         r_cons = sum(cons.get(i, [])) / n_pairs  # a span that could not be cut scores 0
         out.append(0.5 * (r_cons + comp.get(i, 0.0)))
     return out
+
+
+register_factory("query_intent", QueryIntent)

@@ -9,7 +9,6 @@ their own columns (declared in `Stage.adds`); rejected rows carry
 from __future__ import annotations
 
 import json
-import string
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -36,8 +35,6 @@ REJECT_FIELDS = [
     pa.field("reject_detail", pa.string()),
 ]
 
-LETTERS = string.ascii_uppercase
-
 TYPE_NAMES = {
     "string": pa.string(), "str": pa.string(), "double": pa.float64(), "float": pa.float64(),
     "float64": pa.float64(), "int": pa.int64(), "int64": pa.int64(), "bool": pa.bool_(),
@@ -51,24 +48,6 @@ def arrow_type(name: str) -> pa.DataType:
         return TYPE_NAMES[name.strip().lower()]
     except KeyError:
         raise ValueError(f"unknown column type {name!r}; use one of {', '.join(TYPE_NAMES)}") from None
-
-
-def letter(index: int) -> str:
-    """Option letter for a 0-based index (A, B, ...)."""
-    return LETTERS[index]
-
-
-def lettered(options: list[str] | None) -> str:
-    """Options as the lettered lines prompts show: "A. first\nB. second"."""
-    return "\n".join(f"{letter(i)}. {o}" for i, o in enumerate(options or []))
-
-
-def letter_index(answer: str | None, n_options: int) -> int | None:
-    """0-based index of a letter answer, or None when it is not a valid letter."""
-    if answer is None or len(answer) != 1 or answer not in LETTERS:
-        return None
-    idx = LETTERS.index(answer)
-    return idx if idx < n_options else None
 
 
 def sample_row(

@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from avcurate.merger.trace import TRACE_RE
-from avcurate.pipeline.store import RunStore
+from avcurate.core.store import RunStore
+from avcurate.core.traces import parse_trace
 from avcurate.reports.query import connect
 
 LETTER_BIAS = 0.40
@@ -28,7 +28,7 @@ def trace_report(run_dir: Path | str) -> dict[str, Any] | None:
         f'SELECT trace, trace_answer, trace_tokens, merge_attempts FROM "{_view(stages, merge)}"'
     ).fetchall()
     rows_in = merge["rows_in"]
-    ok = sum(bool(TRACE_RE.match(t or "")) for t, *_ in traces)
+    ok = sum(parse_trace(t or "").ok for t, *_ in traces)
     tokens = [n for _, _, n, _ in traces if n is not None]
     mean = sum(tokens) / len(tokens) if tokens else 0.0
     std = (sum((n - mean) ** 2 for n in tokens) / len(tokens)) ** 0.5 if tokens else 0.0

@@ -14,6 +14,7 @@ recomputed (and its rejects file overwritten, never appended to).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -53,6 +54,15 @@ def write_parquet_atomic(table: pa.Table, path: Path) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def file_digest(path: str | Path) -> str:
+    """sha256 of a file's bytes, read in 1 MiB blocks (media can be large)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def parquet_rows(paths: list[Path]) -> int:

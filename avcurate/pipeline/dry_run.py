@@ -9,12 +9,12 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from avcurate.curation.model_stage import ModelStage
+from avcurate.core.store import RunStore
 from avcurate.models.request import AudioPart, ImagePart, ModelRequest, TextPart, VideoPart
-from avcurate.pipeline.context import StageContext
 from avcurate.pipeline.recipe import StageSpec
-from avcurate.pipeline.stage import create
-from avcurate.pipeline.store import RunStore
+from avcurate.pipeline.registry import create
+from avcurate.stages.context import StageContext
+from avcurate.stages.model_stage import ModelStage
 
 # Rough per-item token costs, for an order-of-magnitude estimate only.
 TOKENS_PER_IMAGE = 258
@@ -63,7 +63,6 @@ def dry_run(run_dir, spec: StageSpec) -> str:
     stage = create(spec.name, spec.options)
     if not isinstance(stage, ModelStage):
         raise ValueError(f"{spec.name} is not a model stage")
-    stage.spec()
     store = RunStore(run_dir)
     last = store.load_manifest()["stages"][-1]
     inputs = store.shards(store.root / last["dir"])
@@ -72,7 +71,7 @@ def dry_run(run_dir, spec: StageSpec) -> str:
     try:
         sample_rows = min(rows, EXACT_UP_TO)
         table = pa.concat_tables([pq.read_table(p) for p in inputs]).slice(0, sample_rows)
-        _, requests, errors = stage.requests_for(table, ctx)
+        requests, errors = stage.first_requests(table, ctx)
         built = [r for r in requests if r is not None]
         cache = ctx.cache("responses") if stage.cache else None
         keys = [r.key(stage.backend, stage.model) for r in built]
@@ -89,7 +88,7 @@ def dry_run(run_dir, spec: StageSpec) -> str:
         f"[bold]{spec.name}[/] with {stage.backend}:{stage.model} on {rows:,} rows"
         + ("" if scale == 1 else f" (estimated from the first {sample_rows:,})"),
         f"  {calls:,} calls to make ({round(hits * scale):,} answers already cached, "
-        f"{round(len(errors) * scale):,} rows rejected before any call: unreadable media)",
+        f"{round(errors * scale):,} rows rejected before any call: unreadable media)",
         f"  about {round(tokens * scale):,} input tokens (rough: {TOKENS_PER_IMAGE}/image, "
         f"{TOKENS_PER_AUDIO_SECOND}/s of audio, text/4)",
     ]

@@ -6,8 +6,8 @@ from typing import Any
 
 from rich.table import Table
 
-from avcurate.pipeline.stats import reject_reasons
-from avcurate.pipeline.store import RunStore, parquet_rows
+from avcurate.core.counts import reject_reasons
+from avcurate.core.store import RunStore, parquet_rows
 
 
 def stage_rows(store: RunStore) -> list[dict[str, Any]]:

@@ -8,17 +8,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from avcurate.pipeline.kvcache import KVCache
+from avcurate.core.kvcache import KVCache
 
 
 @dataclass
 class StageContext:
-    """Per-stage context. `shard_index` is set by the runner before each `process` call."""
+    """Per-stage context: where the run and the stage's outputs live, and shared services.
+
+    It is the same for every shard; the shard being processed is passed to `process`.
+    """
 
     run_dir: Path
     stage_dir: Path
     workers: int = 1
-    shard_index: int = 0
     _pool: ProcessPoolExecutor | None = field(default=None, repr=False)
     _caches: dict[str, KVCache] = field(default_factory=dict, repr=False)
 

@@ -1,0 +1,82 @@
+"""What every command shares: the app, consoles, one-line errors, run summaries."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from avcurate.core.options import OptionError
+from avcurate.core.store import RunStore
+from avcurate.pipeline.recipe import RecipeError, StageSpec
+from avcurate.pipeline.registry import create
+from avcurate.pipeline.runner import RunError, extend_run
+from avcurate.reports.tables import reasons_table, stage_rows, summary_table
+from avcurate.stages.base import StageError
+
+app = typer.Typer(
+    help="Curate audio-visual QA data for omni-modal RL: ingest, validate, score, balance, "
+         "trace, export, train. Start with `avcurate demo --out demo_out`.",
+    no_args_is_help=True, add_completion=False, rich_markup_mode="rich",
+)
+out = Console()
+err = Console(stderr=True)
+
+RunDir = Annotated[Path, typer.Argument(help="A run folder (made by `avcurate run` or `ingest`).")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+Force = Annotated[bool, typer.Option(
+    "--force", help="If the run folder was made with a different recipe, recompute from the "
+                    "first stage that differs instead of stopping.")]
+
+USER_ERRORS = (RunError, RecipeError, StageError, OptionError, FileNotFoundError)
+
+
+def fail(message: str) -> NoReturn:
+    """One line on stderr, exit code 2. The message is printed as written (no markup)."""
+    err.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True, highlight=False)
+    raise typer.Exit(2)
+
+
+def guard(fn, *args: Any, **kwargs: Any) -> Any:
+    """Turn the errors users can cause into one clear line and exit code 2."""
+    try:
+        return fn(*args, **kwargs)
+    except USER_ERRORS as exc:
+        fail(str(exc))
+
+
+def print_summary(run_dir: Path, title: str) -> None:
+    rows = stage_rows(RunStore(run_dir))
+    out.print(summary_table(rows, title))
+    if any(r["rejects_by_reason"] for r in rows):
+        out.print(reasons_table(rows))
+
+
+def check_specs(specs: list[StageSpec]) -> None:
+    """Build every stage once so a bad option stops the command before any row is touched."""
+    for spec in specs:
+        guard(create, spec.name, spec.options)
+
+
+def require_run(run_dir: Path) -> None:
+    if not RunStore(run_dir).exists():
+        fail(f"{run_dir} is not a run folder; make one with `avcurate ingest` or `avcurate run`")
+
+
+def run_more(run_dir: Path, specs: list[StageSpec], force: bool, quiet: bool,
+             workers: int | None = None) -> None:
+    """Append stages to a run (or resume them) and print the summary."""
+    require_run(run_dir)
+    check_specs(specs)
+    if workers is not None:
+        if workers < 1:
+            fail(f"--workers must be at least 1, not {workers}")
+        store = RunStore(run_dir)
+        manifest = store.load_manifest()
+        manifest["recipe"].setdefault("run", {})["workers"] = workers
+        store.save_manifest(manifest)
+    guard(extend_run, run_dir, specs, force=force, show_progress=not quiet)
+    print_summary(run_dir, f"Run {run_dir}")

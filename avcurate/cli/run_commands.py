@@ -1,0 +1,135 @@
+"""Commands that make or run whole runs: run, ingest, status, demo."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from avcurate.catalogs import CATALOGS
+from avcurate.cli.common import Force, Quiet, RunDir, app, fail, guard, out, print_summary
+from avcurate.core.store import RunStore
+from avcurate.pipeline.recipe import Recipe, SourceSpec
+from avcurate.pipeline.runner import Runner
+from avcurate.reports.tables import reasons_table, stage_rows, summary_table
+
+
+def parse_columns(pairs: list[str]) -> dict[str, str]:
+    mapping = {}
+    for pair in pairs:
+        if "=" not in pair:
+            fail(f"--column takes SAMPLE_COLUMN=FILE_COLUMN, got {pair!r}")
+        k, v = pair.split("=", 1)
+        mapping[k.strip()] = v.strip()
+    return mapping
+
+
+@app.command()
+def run(
+    recipe: Annotated[Path, typer.Argument(help="Recipe TOML: sources + ordered stages.")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Run folder to create or resume.")],
+    force: Force = False,
+    quiet: Quiet = False,
+    executor: Annotated[str, typer.Option(help="local (default) or ray (Ray Data: tasks for "
+                                               "row-local stages, actor pools for model "
+                                               "stages).")] = "local",
+    address: Annotated[str | None, typer.Option(help="With --executor ray: cluster address "
+                                                     "(auto, ray://host:10001); default: start "
+                                                     "a local Ray.")] = None,
+    ray_actors: Annotated[int, typer.Option(help="With --executor ray: actors per model "
+                                                 "stage.")] = 2,
+    ray_cpus_per_task: Annotated[float, typer.Option(help="With --executor ray: CPUs per "
+                                                          "decoding task.")] = 1.0,
+) -> None:
+    """Run a recipe into a run folder. Re-running resumes: finished shards are skipped."""
+    rec = guard(Recipe.load, recipe)
+    if executor == "ray":
+        if ray_actors < 1 or not ray_cpus_per_task > 0:
+            fail("--ray-actors must be at least 1 and --ray-cpus-per-task above 0")
+        from avcurate.pipeline.ray_runner import RayRunner
+
+        runner = guard(RayRunner, rec, out_dir, force=force, show_progress=not quiet,
+                       address=address, actors=ray_actors, cpus_per_task=ray_cpus_per_task)
+    elif executor == "local":
+        runner = Runner(rec, out_dir, force=force, show_progress=not quiet)
+    else:
+        fail(f"--executor must be local or ray, not {executor!r}")
+    guard(runner.run)
+    print_summary(out_dir, f"Run {out_dir}")
+    if rec.export is not None:
+        from avcurate.hub.export import export_run
+
+        opts = {k: v for k, v in rec.export.items() if k != "out"}
+        try:
+            result = export_run(out_dir, rec.export["out"], **opts)
+        except (ValueError, TypeError) as exc:
+            fail(f"[export]: {exc}")
+        out.print(f"exported to {result.out}: " + "; ".join(
+            f"{c} " + ", ".join(f"{k} {v:,}" for k, v in s.items())
+            for c, s in result.configs.items()), markup=False)
+    out.print(f"Inspect it with: [bold]avcurate status {out_dir}[/]")
+
+
+@app.command()
+def status(
+    run_dir: RunDir,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Counts per stage (in = kept + rejected) and rejected rows grouped by reason."""
+    rows = guard(stage_rows, RunStore(run_dir))
+    if as_json:
+        out.print_json(json.dumps({"run": str(run_dir), "stages": rows}))
+        return
+    out.print(summary_table(rows, f"Run {run_dir}"))
+    if any(r["rejects_by_reason"] for r in rows):
+        out.print(reasons_table(rows))
+    if any(r["balanced"] is False for r in rows):
+        raise typer.Exit(1)
+
+
+@app.command()
+def ingest(
+    source: Annotated[str, typer.Option(help="Annotation format; see `avcurate sources`.")],
+    annotations: Annotated[Path, typer.Option(help="Annotation file (JSON, JSONL or Parquet).")],
+    media_root: Annotated[Path, typer.Option(help="Folder the media paths are relative to; "
+                                                  "paths escaping it are rejected.")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Run folder to create.")],
+    column: Annotated[list[str] | None, typer.Option(
+        help="For jsonl/parquet: SAMPLE_COLUMN=FILE_COLUMN, repeatable "
+             "(id, video, audio, question, options, answer, duration_s).")] = None,
+    shard_size: Annotated[int, typer.Option(help="Rows per shard (the unit of resume).")] = 256,
+    force: Force = False,
+    quiet: Quiet = False,
+) -> None:
+    """Normalise one annotation file into the sample table (stage 00-ingest)."""
+    if source not in CATALOGS:
+        fail(f"unknown source {source!r}; available: {', '.join(CATALOGS)}")
+    if shard_size < 1:
+        fail(f"--shard-size must be at least 1, not {shard_size}")
+    options = {"columns": parse_columns(column)} if column else {}
+    spec = SourceSpec(source, str(annotations.resolve()), str(media_root.resolve()), options)
+    rec = Recipe([spec], [], shard_size=shard_size)
+    guard(Runner(rec, out_dir, force=force, show_progress=not quiet).run)
+    print_summary(out_dir, f"Ingested into {out_dir}")
+    out.print(f"Next: [bold]avcurate validate {out_dir}[/]")
+
+
+@app.command()
+def demo(
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for the demo data and "
+                                                              "its run.")] = Path("demo_out"),
+    quiet: Quiet = False,
+) -> None:
+    """Make a small synthetic dataset with real media, ingest and validate it, and explain."""
+    from avcurate.demo import make_demo, next_steps
+
+    recipe_path = make_demo(out_dir)
+    run_dir = out_dir / "run"
+    rec = guard(Recipe.load, recipe_path)
+    guard(Runner(rec, run_dir, show_progress=not quiet).run)
+    rows = stage_rows(RunStore(run_dir))
+    out.print(summary_table(rows, f"Demo run {run_dir}"))
+    out.print(reasons_table(rows))
+    out.print(next_steps(out_dir, run_dir))

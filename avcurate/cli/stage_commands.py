@@ -1,0 +1,190 @@
+"""One command per stage (or group of stages), generated from the stages' own declarations.
+
+`avcurate balance RUN --max-ratio 3` is the balance stage run on its own: its options,
+defaults, ranges and help come from `Balance`'s fields, the same ones a recipe's
+`[[stages]]` table is checked against.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from avcurate.cli.common import app, check_specs, fail, guard, out, run_more
+from avcurate.cli.generate import CliOption, collect, options_for, with_signature
+from avcurate.core.options import OptionError
+from avcurate.core.store import RunStore
+from avcurate.pipeline.recipe import Recipe, SourceSpec, StageSpec
+from avcurate.pipeline.registry import stage_class
+from avcurate.pipeline.runner import Runner
+from avcurate.reports.tables import category_table
+
+MODEL_FIELDS = ("backend", "model", "base_url", "concurrency", "rpm", "prompt")
+
+
+def _param(name: str, annotation: Any, default: Any = None) -> inspect.Parameter:
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default,
+                             annotation=annotation)
+
+
+COMMON = [
+    _param("force", Annotated[bool, typer.Option(
+        "--force", help="If the run folder was made with a different recipe, recompute from the "
+                        "first stage that differs instead of stopping.")], False),
+    _param("quiet", Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")],
+           False),
+]
+DRY_RUN = _param("dry_run", Annotated[bool, typer.Option(
+    "--dry-run", help="Print the number of calls, an input token estimate and an example "
+                      "request; call nothing.")], False)
+WORKERS = _param("workers", Annotated[int | None, typer.Option(
+    help="Processes for decoding media.")], None)
+INGEST = [
+    _param("source", Annotated[str | None, typer.Option(
+        "--source", help="Start a run: annotation format (see `sources`).")]),
+    _param("annotations", Annotated[Path | None, typer.Option(
+        help="With --source: the annotation file.")]),
+    _param("media_root", Annotated[Path | None, typer.Option(help="With --source: the media "
+                                                                  "root.")]),
+    _param("out_dir", Annotated[Path | None, typer.Option(
+        "--out", "-o", help="With --source: the run folder to create.")]),
+    _param("column", Annotated[list[str] | None, typer.Option(
+        help="With jsonl/parquet: SAMPLE_COLUMN=FILE_COLUMN, repeatable.")]),
+]
+
+
+@dataclass
+class StageCommand:
+    """A command that runs `stages` (in order) on a run, with options generated from them."""
+
+    name: str
+    stages: list[str]
+    doc: str
+    prefixes: list[str] | None = None
+    extra: list[inspect.Parameter] = field(default_factory=list)
+    model: bool = False          # a model stage: --dry-run, usage line
+    ingest: bool = False         # may start the run itself (--source ...)
+    after: Callable[[Path], None] | None = None
+
+    def register(self) -> None:
+        classes = [stage_class(s) for s in self.stages]
+        options = options_for(classes, prefixes=self.prefixes,
+                              prefixed=MODEL_FIELDS if self.prefixes else ())
+        run_dir = inspect.Parameter(
+            "run_dir", inspect.Parameter.POSITIONAL_OR_KEYWORD,
+            default=None if self.ingest else inspect.Parameter.empty,
+            annotation=Annotated[Path | None if self.ingest else Path, typer.Argument(
+                metavar="RUN_DIR",
+                help="A run folder (made by `avcurate run` or `ingest`)"
+                     + (", or none with --source ... to start one." if self.ingest else "."))])
+        params = [run_dir, *[o.parameter() for o in options], *self.extra,
+                  *(INGEST if self.ingest else []), *([DRY_RUN] if self.model else []), *COMMON]
+
+        def command(**values: Any) -> None:
+            self.run(options, values)
+
+        app.command(name=self.name)(with_signature(command, params, self.doc))
+
+    def run(self, options: list[CliOption], values: dict[str, Any]) -> None:
+        try:
+            given = collect(options, values, len(self.stages))
+        except OptionError as exc:
+            fail(str(exc))
+        specs = [StageSpec(s, opts) for s, opts in zip(self.stages, given, strict=True)]
+        check_specs(specs)  # every value is checked before any row is touched
+        run_dir = values["run_dir"]
+        if self.ingest and values.get("source") is not None:
+            run_dir = _ingest_first(run_dir, values)
+        if run_dir is None:
+            fail("give a RUN_DIR, or --source/--annotations/--media-root/--out to start one")
+        if values.get("dry_run"):
+            from avcurate.pipeline.dry_run import dry_run
+
+            out.print(guard(dry_run, run_dir, specs[0]), highlight=False, soft_wrap=True)
+            return
+        run_more(run_dir, specs, values["force"], values["quiet"], values.get("workers"))
+        if self.model:
+            _print_usage(run_dir, len(specs))
+        if self.after is not None:
+            self.after(run_dir)
+
+
+def _ingest_first(run_dir: Path | None, values: dict[str, Any]) -> Path:
+    """`score --source ... --out RUN`: ingest + validate into a new run, then go on."""
+    from avcurate.cli.run_commands import parse_columns
+
+    if run_dir is not None:
+        fail("give either RUN_DIR or --source/--annotations/--media-root/--out, not both")
+    missing = [k for k in ("annotations", "media_root", "out_dir") if not values.get(k)]
+    if missing:
+        flags = {"annotations": "--annotations", "media_root": "--media-root", "out_dir": "--out"}
+        fail(f"--source needs {', '.join(flags[m] for m in missing)}")
+    columns = {"columns": parse_columns(values["column"])} if values.get("column") else {}
+    src = SourceSpec(values["source"], str(Path(values["annotations"]).resolve()),
+                     str(Path(values["media_root"]).resolve()), columns)
+    guard(Runner(Recipe([src], [StageSpec("validate")]), values["out_dir"],
+                 force=values["force"], show_progress=not values["quiet"]).run)
+    return values["out_dir"]
+
+
+def _print_usage(run_dir: Path, n_stages: int) -> None:
+    for entry in RunStore(run_dir).load_manifest()["stages"][-n_stages:]:
+        usage = entry.get("usage")
+        if usage is None:
+            continue
+        out.print(f"{entry['name']}: {usage.get('calls', 0)} calls, {usage.get('cached', 0)} "
+                  f"cached, {usage.get('retries', 0)} retries, {usage.get('prompt_tokens', 0):,} "
+                  f"prompt + {usage.get('completion_tokens', 0):,} completion tokens")
+
+
+def _balance_table(run_dir: Path) -> None:
+    entry = RunStore(run_dir).load_manifest()["stages"][-1]
+    out.print(category_table(entry["categories_before"], entry["categories_after"]))
+
+
+def _trace_report(run_dir: Path) -> None:
+    from avcurate.reports.traces import format_report, trace_report
+
+    if (report := trace_report(run_dir)) is not None:
+        out.print(format_report(report))
+
+
+COMMANDS = [
+    StageCommand("validate", ["validate"], "Structural checks: missing/corrupt/truncated media, "
+                 "no or silent audio, bad annotations.", extra=[WORKERS]),
+    StageCommand("score", ["score"], "Score samples on 4 dimensions with a multimodal judge "
+                 "(OmniVideo-R1 used Gemini-2.5-Pro).\n\nEither score an existing RUN_DIR, or "
+                 "give --source/--annotations/--media-root/--out to ingest + validate + score in "
+                 "one go.", model=True, ingest=True),
+    StageCommand("classify", ["classify"], "Sort questions into the taxonomy with a text LLM "
+                 "(OmniVideo-R1 used Qwen3-32B).", model=True),
+    StageCommand("teach", ["visual_teacher", "audio_teacher", "teacher_filter"],
+                 "AVRT's single-modality teachers: a vision model on frames, an audio model on "
+                 "the clip, then keep the rows they got right.\n\nAVRT used Kimi-VL-Thinking "
+                 "(vision) and Audio Flamingo 3 think (audio), e.g. each served by `vllm serve` "
+                 "and reached with --*-backend openai --*-base-url http://HOST:PORT/v1.",
+                 prefixes=["visual", "audio", ""], model=True),
+    StageCommand("merge-traces", ["merge"], "Merge the teachers' reasoning into "
+                 "<think>…</think><answer>X</answer> traces (AVRT used Qwen2.5-14B-Instruct), "
+                 "check every trace, and print the trace report.", model=True,
+                 after=_trace_report),
+    StageCommand("threshold", ["threshold"], "Keep rows passing every rule; rejects name the "
+                 "first rule a row failed."),
+    StageCommand("balance", ["balance"], "Prune long-tail categories and cap the largest; prints "
+                 "the category table before/after.", after=_balance_table),
+    StageCommand("subset", ["subset"], "Mark a named subset (default: the audio-visual one) "
+                 "without rejecting anything."),
+    StageCommand("dedup", ["dedup"], "Reject exact duplicates (same media, normalised question "
+                 "and options)."),
+]
+
+
+def register_all() -> None:
+    for command in COMMANDS:
+        command.register()
+

@@ -1,0 +1,159 @@
+"""Commands that look at, export or list things: stats, query, export, sources, stages, version."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import duckdb
+import typer
+from rich.markup import escape
+
+from avcurate import __version__
+from avcurate.catalogs import CATALOGS
+from avcurate.cli.common import RunDir, app, fail, guard, out
+from avcurate.pipeline.registry import available
+from avcurate.reports.tables import (
+    category_table,
+    reasons_table,
+    result_table,
+    scores_table,
+    sources_table,
+    summary_table,
+)
+
+
+@app.command()
+def stats(
+    run_dir: RunDir,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    html: Annotated[Path | None, typer.Option(help="Also write a self-contained HTML report "
+                                                   "with charts.")] = None,
+) -> None:
+    """Funnel, reject reasons, categories before/after balancing, score quantiles, sources."""
+    from avcurate.reports import html as html_report
+    from avcurate.reports.stats import collect
+
+    data = guard(collect, run_dir)
+    if html is not None:
+        html.write_text(html_report.render(data), encoding="utf-8")
+    if as_json:
+        out.print_json(json.dumps(data, default=str))
+        return
+    out.print(summary_table(data["stages"], f"Run {run_dir}"))
+    if any(r["rejects_by_reason"] for r in data["stages"]):
+        out.print(reasons_table(data["stages"]))
+    cats = data["categories"]
+    if "before" in cats:
+        out.print(category_table(cats["before"], cats["after"]))
+    elif cats:
+        out.print(category_table(cats["samples"], None))
+    if data["scores"]:
+        out.print(scores_table(data["scores"]))
+    out.print(sources_table(data["sources"]))
+    if data.get("traces"):
+        from avcurate.reports.traces import format_report
+
+        out.print(format_report(data["traces"]))
+    if html is not None:
+        out.print(f"HTML report written to {html}")
+
+
+@app.command()
+def query(
+    run_dir: RunDir,
+    sql: Annotated[str, typer.Argument(help="SQL over the views: samples (newest stage's kept "
+                                            "rows), rejects, one per stage, subset_<name>.")],
+    out_file: Annotated[Path | None, typer.Option("--out", help="Write the result to .csv or "
+                                                                ".parquet instead.")] = None,
+    limit: Annotated[int, typer.Option(help="Rows to print.")] = 50,
+) -> None:
+    """DuckDB SQL over a run, e.g. "SELECT category, count(*) FROM samples GROUP BY 1"."""
+    from avcurate.reports.query import connect, export, views
+
+    con = guard(connect, run_dir)
+    try:
+        if out_file is not None:
+            n = export(con, sql, out_file)
+            out.print(f"{n:,} rows written to {out_file}")
+            return
+        result = con.sql(sql)
+    except (duckdb.Error, ValueError) as exc:
+        fail(f"{exc}\nviews: {', '.join(views(con))}")
+    if result is None:
+        return
+    out.print(result_table(result.columns, result.limit(limit).fetchall()))
+    total = con.execute(f"SELECT count(*) FROM ({sql})").fetchone()[0]
+    if total > limit:
+        out.print(f"[dim]{limit} of {total:,} rows shown (--limit, or --out FILE for all)[/]")
+
+
+@app.command()
+def export(
+    run_dir: RunDir,
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for the Hub-layout "
+                                                              "dataset.")],
+    val_fraction: Annotated[float, typer.Option(help="Share of rows in the validation split "
+                                                     "(by id hash, per category).")] = 0.05,
+    shard_mb: Annotated[int, typer.Option(help="Largest Parquet shard, MB.")] = 500,
+    copy_media: Annotated[bool, typer.Option(help="Copy media under videos/ and audios/.")]
+    = False,
+    hardlink: Annotated[bool, typer.Option(help="With --copy-media: hard-link instead of "
+                                                "copying where possible.")] = False,
+    all_columns: Annotated[bool, typer.Option(help="Export every column, not just the "
+                                                   "training ones.")] = False,
+    license: Annotated[str, typer.Option(help="License id for the card (e.g. cc-by-4.0).")]
+    = "other",
+    push_to_hub: Annotated[bool, typer.Option("--push", help="Upload to the Hub (token from "
+                                                             "HF_TOKEN).")] = False,
+    repo_id: Annotated[str | None, typer.Option(help="With --push: ORG/NAME.")] = None,
+    private: Annotated[bool, typer.Option(help="With --push: create a private repo.")] = False,
+) -> None:
+    """Write the run's final rows as a Hugging Face dataset (data/*.parquet + README card)."""
+    from avcurate.hub.export import export_run
+    from avcurate.hub.push import PushError, push
+
+    if push_to_hub and not repo_id:
+        fail("--push needs --repo-id ORG/NAME")
+    copy = ("hardlink" if hardlink else "copy") if copy_media else None
+    try:
+        result = export_run(run_dir, out_dir, val_fraction=val_fraction,
+                            max_shard_bytes=shard_mb * 1024**2, copy_media=copy,
+                            all_columns=all_columns, license=license)
+    except (ValueError, FileNotFoundError) as exc:
+        fail(str(exc))
+    for config, splits in result.configs.items():
+        out.print(f"config [bold]{config}[/]: " + ", ".join(f"{k} {v:,}" for k, v in splits.items()))
+    out.print(f"exported to {result.out} ({len(result.columns)} columns"
+              + (f", {result.media_copied} media files" if copy else "") + ")")
+    out.print(f"load it with: datasets.load_dataset({str(result.out)!r})")
+    if push_to_hub:
+        try:
+            url = push(result.out, repo_id, private=private)
+        except PushError as exc:
+            fail(str(exc))
+        out.print(f"pushed to {url}")
+
+
+@app.command()
+def sources() -> None:
+    """List the annotation formats avcurate can ingest."""
+    for c in CATALOGS.values():
+        out.print(f"[bold]{c.name:<12}[/] {escape(c.description)}")
+
+
+@app.command()
+def stages() -> None:
+    """List the stages a recipe can use (built-in and plugins)."""
+    for name, cls in sorted(available().items()):
+        doc = (getattr(cls, "__doc__", None) or "").strip().splitlines()  # first line only
+        origin = "" if isinstance(cls, type) else f"  [dim](plugin {cls.value})[/]"
+        out.print(f"[bold]{name:<12}[/] {doc[0] if doc and isinstance(cls, type) else ''}{origin}")
+
+
+@app.command(name="version")
+def version_cmd() -> None:
+    """Print the version."""
+    out.print(__version__)
+

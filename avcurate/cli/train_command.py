@@ -1,0 +1,56 @@
+"""`avcurate train`: its options are generated from `TrainConfig`'s declared fields.
+
+Multi-GPU (FSDP2) runs use the same command under torchrun:
+
+    torchrun --nproc-per-node 8 -m avcurate train --config train.toml
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from avcurate.cli.common import app, fail, out
+from avcurate.cli.generate import collect, options_for, with_signature
+from avcurate.core.options import OptionError
+
+CONFIG = inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=
+                           Annotated[Path | None, typer.Option(
+                               help="TOML with any of the options below (a [train] table or "
+                                    "top-level keys); options given here override it.")])
+
+
+def register() -> None:
+    from avcurate.trainer.config import TrainConfig
+
+    options = options_for([TrainConfig])
+
+    def command(**values: Any) -> None:
+        from avcurate.trainer.loop import train
+
+        try:
+            [given] = collect(options, values, 1)
+            cfg = TrainConfig.load(values["config"] or "", **given)
+            history = train(cfg)
+        except (OptionError, ValueError, FileNotFoundError) as exc:
+            fail(str(exc))
+        _finish()
+        if history:
+            last = history[-1]
+            out.print(f"trained to step {last['step']}: reward mean {last['reward_mean']:.3f}, "
+                      f"{last['tokens_per_s']:.0f} tokens/s; model in {Path(cfg.out) / 'final'}")
+
+    doc = ("Train a policy with GSPO/GRPO on an export. Several GPUs: torchrun "
+           "--nproc-per-node N -m avcurate train ... (FSDP2).")
+    app.command(name="train")(with_signature(command, [CONFIG, *[o.parameter() for o in options]],
+                                             doc))
+
+
+def _finish() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()

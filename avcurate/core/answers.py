@@ -1,0 +1,152 @@
+"""The one place that reads an option letter out of text.
+
+Every consumer uses it: catalogs (an annotation's answer), teachers (a free-text
+reply), the merger's trace checks and the trainer's rewards (the `<answer>` block).
+So they agree on every spelling:
+
+- accepted: `B`, `(B)`, `(b)`, `B.`, `B)`, `B: text`, `B. text`, `**B**`, `Answer: B`,
+  `Option B`, or the exact text of one option;
+- a hedge is no answer: `B or C`, `B and C`, `B, C`, `B/C`, `B C D`, two `<answer>`
+  blocks, two different bold letters, an answer line naming two letters.
+
+A bare lower-case letter is not an answer ("a dog" is not option A); in parentheses it is.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from dataclasses import dataclass
+from typing import Any
+
+LETTERS = string.ascii_uppercase
+
+# letter forms at the start of a short answer; group 1: "(x)" any case, group 2: bare upper case
+_LEAD = re.compile(r"^\(([A-Za-z])\)|^([A-Z])(?![A-Za-z0-9'])")
+_PREFIX = re.compile(r"^(?:(?:the\s+)?(?:final\s+)?(?:answer|option|choice)(?:\s+is)?\s*[:：]?\s*)+",
+                     re.IGNORECASE)
+# after the leading letter: another standalone letter (a hedge) unless option text follows
+_HEDGE = re.compile(r"^\s*(?:(?:,|/|&|\bor\b|\band\b)\s*)?\(?[A-Z]\)?(?![A-Za-z0-9'])")
+_JOINED = re.compile(r"^\s*(?:(?:,|/|&|\bor\b|\band\b)\s*\(?[A-Z]\)?(?![A-Za-z0-9'])|\([A-Z]\))")
+_TEXT_MARK = re.compile(r"^\s*[.):：]")
+_WORD_AFTER = re.compile(r"^\s+[a-z]")
+_BARE = re.compile(r"^\s*\**\s*\(?([A-Z])\)?\s*[.):]?\s*\**\s*$")
+_ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+_ANSWER_LINE = re.compile(r"\banswer\b\s*(?:is\s*)?[:：]?[ \t]*(.+?)[ \t]*$", re.IGNORECASE | re.MULTILINE)
+_BOLD = re.compile(r"\*\*\s*\(?([A-Z])\)?[.):]?\s*\*\*")
+
+
+@dataclass(frozen=True)
+class Parsed:
+    """A parse: the letter (None when there is none) and how it was read.
+
+    how: letter, option_text, answer_line, bold, ambiguous, none (the audit trail teachers
+    store; `ambiguous` marks hedges so reports can count them apart from silence).
+    """
+
+    letter: str | None
+    how: str
+
+
+def letter(index: int) -> str:
+    """Option letter for a 0-based index (A, B, ...)."""
+    return LETTERS[index]
+
+
+def lettered(options: list[str] | None) -> str:
+    """Options as the lettered lines prompts show: "A. first\nB. second"."""
+    return "\n".join(f"{letter(i)}. {o}" for i, o in enumerate(options or []))
+
+
+def letter_index(answer: str | None, n_options: int) -> int | None:
+    """0-based index of a stored answer that is exactly one valid letter, else None."""
+    if answer is None or len(answer) != 1 or answer not in LETTERS:
+        return None
+    idx = LETTERS.index(answer)
+    return idx if idx < n_options else None
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.lower().strip().strip("*").rstrip(".").split())
+
+
+def _valid(found: str, options: list[str] | None) -> bool:
+    return options is None or LETTERS.index(found) < len(options)
+
+
+def parse_letter(text: str, options: list[str] | None = None) -> Parsed:
+    """The letter a short answer names ('B', '(B) text', 'Answer: B', an option's text).
+
+    With `options`, the letter must be one of them, and text after the letter that is
+    the option's own text is fine. Without options any letter counts.
+    """
+    body = _PREFIX.sub("", text.strip().strip("*").strip())
+    if options:  # an option's own text first: "A dog" may be an option, not the letter A
+        hits = [i for i, o in enumerate(options) if _norm(o) == _norm(body)]
+        if len(hits) == 1:
+            return Parsed(LETTERS[hits[0]], "option_text")
+    m = _LEAD.match(body)
+    if m:
+        found = (m.group(1) or m.group(2)).upper()
+        rest = body[m.end():]
+        echoed = options is not None and _valid(found, options) and \
+            _norm(rest.lstrip(" .):：")) == _norm(options[LETTERS.index(found)])
+        # after "(B)" text may follow ("(B) A red car"); only a joined letter is a hedge
+        hedge = _JOINED if m.group(1) else _HEDGE
+        if not echoed and not _TEXT_MARK.match(rest) and hedge.match(rest):
+            return Parsed(None, "ambiguous")
+        if m.group(2) in ("A", "I") and not echoed and _WORD_AFTER.match(rest):
+            return Parsed(None, "none")  # "A dog barks", "I think so": English, not an answer
+        return Parsed(found, "letter") if _valid(found, options) else Parsed(None, "none")
+    return Parsed(None, "none")
+
+
+def tagged_letter(completion: str, options: list[str] | None = None) -> str | None:
+    """The letter in the completion's one `<answer>` block; None for zero or several blocks."""
+    blocks = _ANSWER_TAG.findall(completion)
+    if len(blocks) != 1:
+        return None
+    return parse_letter(blocks[0], options).letter
+
+
+def extract_letter(text: str, options: list[str]) -> Parsed:
+    """The letter a free-text reply chose (teachers): its last answer line, else a bold letter,
+    else a reply that is only a letter, else a reply (or answer line) that is an option's text."""
+    lines = list(_ANSWER_LINE.finditer(text))
+    if lines:
+        parsed = parse_letter(lines[-1].group(1), options)
+        if parsed.how == "letter":
+            return Parsed(parsed.letter, "answer_line")
+        if parsed.letter is not None or parsed.how == "ambiguous":
+            return parsed
+    bold = {m.group(1) for m in _BOLD.finditer(text)}
+    if len(bold) > 1:
+        return Parsed(None, "ambiguous")
+    if len(bold) == 1 and _valid(found := bold.pop(), options):
+        return Parsed(found, "bold")
+    if (m := _BARE.match(text)) and _valid(m.group(1), options):
+        return Parsed(m.group(1), "bare_letter")
+    for candidate in [text, *reversed([m.group(1) for m in lines])]:
+        hits = [i for i, o in enumerate(options) if _norm(o) == _norm(candidate)]
+        if len(hits) == 1:
+            return Parsed(LETTERS[hits[0]], "option_text")
+    return Parsed(None, "none")
+
+
+def normalise_answer(answer: Any, options: list[str]) -> str | None:
+    """An annotation's answer as an option letter when it names one; else its stripped text.
+
+    Accepts 'B', 'B.', '(B)', 'B. text', an int index, or the exact text of one option. A
+    letter outside the options, or a hedge, is returned as written so validation rejects it.
+    """
+    if answer is None:
+        return None
+    if isinstance(answer, bool):
+        return str(answer)
+    if isinstance(answer, int):
+        return letter(answer) if 0 <= answer < min(len(options), 26) else str(answer)
+    text = str(answer).strip()
+    if not options:
+        return text
+    # the letter is authoritative even when the echoed option text differs
+    return parse_letter(text, options).letter or text

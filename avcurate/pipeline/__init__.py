@@ -1,0 +1,1 @@
+"""The runners: recipes, the stage registry, the local and Ray runners, progress, dry runs."""

@@ -1,0 +1,85 @@
+"""Stages by name: the built-ins, then plugins from the `avcurate.stages` entry-point group.
+
+A third-party package adds stages in its pyproject:
+
+    [project.entry-points."avcurate.stages"]
+    my_stage = "my_pkg.stages:MyStage"
+
+`MyStage` subclasses `avcurate.stages.BaseStage` (options as `option(...)` fields).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from importlib.metadata import EntryPoint, entry_points
+from typing import Any
+
+from avcurate.core.options import OptionError, check_keys
+from avcurate.curation.classify import Classify
+from avcurate.curation.score import Score
+from avcurate.filters.balance import Balance
+from avcurate.filters.dedup import Dedup
+from avcurate.filters.subset import Subset
+from avcurate.filters.threshold import Threshold
+from avcurate.filters.validate import Validate
+from avcurate.merger.merge import Merge
+from avcurate.stages.base import Stage, StageError
+from avcurate.teachers.teacher import AudioTeacher, TeacherFilter, VisualTeacher
+
+ENTRY_POINT_GROUP = "avcurate.stages"
+BUILTINS: dict[str, type] = {cls.name: cls for cls in (
+    Validate, Threshold, Balance, Subset, Dedup, Score, Classify, VisualTeacher, AudioTeacher,
+    TeacherFilter, Merge)}
+_EXTRA: dict[str, type] = {}
+
+
+def register(cls: type) -> type:
+    """Make a stage class available by its `name` in this process (tests, notebooks)."""
+    if not cls.name:
+        raise StageError(f"{cls.__qualname__} has no name")
+    _EXTRA[cls.name] = cls
+    return cls
+
+
+def available() -> dict[str, type | EntryPoint]:
+    """All stages by name: built-ins, registered ones, then plugins that do not shadow them."""
+    stages: dict[str, Any] = {**BUILTINS, **_EXTRA}
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        stages.setdefault(ep.name, ep)
+    return stages
+
+
+def stage_class(name: str) -> type:
+    """The class of stage `name` (loading a plugin on first use), with a clear error for typos."""
+    stages = available()
+    if name not in stages:
+        import difflib
+
+        close = difflib.get_close_matches(name, list(stages), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise StageError(f"unknown stage {name!r}{hint} (available: {', '.join(sorted(stages))})")
+    cls = stages[name]
+    if isinstance(cls, EntryPoint):
+        try:
+            cls = cls.load()
+        except Exception as exc:  # a broken plugin is the user's to fix: say which and why
+            raise StageError(f"plugin stage {name!r} ({cls.value}) cannot be loaded: {exc}") from None
+    return cls
+
+
+def create(name: str, options: dict[str, Any] | None = None) -> Stage:
+    """Build stage `name` with `options`: unknown keys and bad values are one-line errors."""
+    cls = stage_class(name)
+    options = dict(options or {})
+    if dataclasses.is_dataclass(cls):
+        try:
+            check_keys(cls, options, f"stage {name!r}")
+        except OptionError as exc:
+            raise StageError(str(exc)) from None
+    try:
+        stage = cls(**options)
+    except (TypeError, ValueError, OptionError) as exc:
+        raise StageError(f"stage {name!r}: {exc}") from None
+    if not isinstance(stage, Stage):
+        raise StageError(f"{cls!r} does not implement the Stage protocol")
+    return stage

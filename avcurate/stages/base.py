@@ -1,0 +1,165 @@
+"""The Stage protocol: what every stage declares and what the runners call, in order.
+
+A runner, local or Ray, drives a stage like this:
+
+    stage.prepare(ctx, inputs)        # once, on the driver: global decisions (balance, dedup)
+    stage.setup(ctx)                  # once per process that processes shards (opens clients)
+    stage.process(table, ctx, shard)  # per shard: kept rows + rejected rows (+ call usage)
+    stage.teardown()                  # after that process's last shard
+    stage.summary()                   # on the driver: what goes into the manifest
+
+and reads its declarations: `requires`/`adds` (columns, checked before any work),
+`resources` (CPU-bound work or model calls: the Ray runner picks tasks or an actor pool
+from it), `version` (bump when results change) and its options (dataclass fields made
+with `core.options.option`, checked when the stage is built).
+
+Third-party stages subclass `BaseStage` and register through the `avcurate.stages`
+entry-point group (see `pipeline/registry.py`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from avcurate.core.options import OptionError, check_fields, identity
+from avcurate.core.schema import REJECT_FIELDS, add_reject_columns
+
+if TYPE_CHECKING:
+    from avcurate.stages.context import StageContext
+
+
+class StageError(Exception):
+    """A stage cannot be built or run as configured (bad option, missing column)."""
+
+
+class Resources(StrEnum):
+    """What a stage's shards spend: CPU (decoding, rules) or model calls (a remote server)."""
+
+    CPU = "cpu"
+    MODEL = "model"
+
+
+@dataclass
+class ShardResult:
+    """What a stage returns for one shard: kept rows, rejected rows, and model-call counts."""
+
+    kept: pa.Table
+    rejected: pa.Table
+    usage: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def split(
+        cls, table: pa.Table, stage: str, reasons: Sequence[str | None],
+        details: Sequence[str | None] | None = None, usage: dict[str, int] | None = None,
+    ) -> ShardResult:
+        """Split `table` by per-row reasons: None keeps the row, a string rejects it."""
+        if len(reasons) != table.num_rows:
+            raise StageError(f"{stage}: {len(reasons)} decisions for {table.num_rows} rows")
+        details = list(details) if details is not None else [None] * table.num_rows
+        keep = pa.array([r is None for r in reasons], pa.bool_())
+        bad = [i for i, r in enumerate(reasons) if r is not None]
+        return cls(
+            kept=table.filter(keep),
+            rejected=add_reject_columns(
+                table.filter(pc.invert(keep)), stage, [reasons[i] for i in bad],
+                [details[i] or "" for i in bad]),
+            usage=usage or {},
+        )
+
+
+@runtime_checkable
+class Stage(Protocol):
+    """What the runners need from a stage (see the module docstring for the call order)."""
+
+    name: ClassVar[str]
+    requires: ClassVar[tuple[str, ...]]
+    adds: ClassVar[dict[str, pa.DataType]]
+    version: ClassVar[str]
+    resources: ClassVar[Resources]
+
+    def options(self) -> dict[str, Any]: ...
+
+    def prepare(self, ctx: StageContext, inputs: list[Path]) -> None: ...
+
+    def setup(self, ctx: StageContext) -> None: ...
+
+    def process(self, table: pa.Table, ctx: StageContext, shard: int) -> ShardResult: ...
+
+    def teardown(self) -> None: ...
+
+    def summary(self) -> dict[str, Any]: ...
+
+
+@dataclass
+class BaseStage:
+    """Base for stages: options are the dataclass fields, checked on construction; no-op hooks.
+
+    Subclasses keep their working state in typed fields declared with
+    `field(init=False, repr=False, compare=False)`, never in an untyped dict.
+    """
+
+    name: ClassVar[str] = ""
+    requires: ClassVar[tuple[str, ...]] = ()
+    adds: ClassVar[dict[str, pa.DataType]] = {}
+    version: ClassVar[str] = "1"
+    resources: ClassVar[Resources] = Resources.CPU
+
+    def __post_init__(self) -> None:
+        try:
+            check_fields(self, f"stage {self.name!r}")
+        except OptionError as exc:
+            raise StageError(str(exc)) from None
+
+    def options(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
+
+    def prepare(self, ctx: StageContext, inputs: list[Path]) -> None:
+        return None
+
+    def setup(self, ctx: StageContext) -> None:
+        return None
+
+    def process(self, table: pa.Table, ctx: StageContext, shard: int
+                ) -> ShardResult:  # pragma: no cover
+        raise NotImplementedError
+
+    def teardown(self) -> None:
+        return None
+
+    def summary(self) -> dict[str, Any]:
+        return {}
+
+
+def fingerprint(stage: Stage, parent: str = "") -> str:
+    """Stable hash of what a stage computes: name, version, result-changing options, parent.
+
+    Operational options (timeouts, concurrency, rate limits) are left out, so changing
+    them never makes a finished stage look different.
+    """
+    options = identity(stage) if dataclasses.is_dataclass(stage) else stage.options()
+    payload = json.dumps(
+        {"name": stage.name, "version": stage.version, "options": options, "parent": parent},
+        sort_keys=True, default=str,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def output_schema(stage: Stage, input_schema: pa.Schema) -> pa.Schema:
+    """Kept-row schema: the input columns, then the stage's added columns."""
+    fields = [f for f in input_schema if f.name not in stage.adds]
+    fields += [pa.field(n, t) for n, t in stage.adds.items()]
+    return pa.schema(fields)
+
+
+def reject_schema(kept_schema: pa.Schema) -> pa.Schema:
+    return pa.schema(list(kept_schema) + REJECT_FIELDS)

@@ -1,0 +1,171 @@
+"""The template every model-driven stage fits: score, classify, both teachers, the merger.
+
+A subclass fills in hooks and never overrides `process`:
+
+- `media_needs()`: what to decode per row (frames, seconds of audio), through the run's
+  decode-once cache; `media_path(row)`: which file (the audio teacher prefers `audio`);
+- `build(row, media, history)`: the request for one row (`history`: earlier replies of
+  this row with the feedback they got, for stages that ask again with feedback);
+- `validate(response, row)`: column values for a good answer, a `Decline` for a valid
+  answer that rejects the row (e.g. "no fitting category"), or raise `InvalidAnswer`;
+- `feedback(error)`: the follow-up message for an invalid answer (None: ask again as is).
+
+Two separate budgets: `max_attempts` transport tries per request (429, 5xx, timeouts),
+and `max_rounds` answers per row (an invalid answer is asked again, with feedback where
+the stage gives it). A row costs at most max_rounds x max_attempts calls.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import pyarrow as pa
+
+from avcurate.core.options import option
+from avcurate.core.schema import with_columns
+from avcurate.media.cache import DecodedMedia, MediaNeeds, decode_rows
+from avcurate.models import BACKENDS, Executor, ModelResponse, ModelSpec, make_backend
+from avcurate.models.errors import InvalidAnswer
+from avcurate.models.request import ModelRequest
+from avcurate.stages.base import BaseStage, Resources, ShardResult, StageError
+from avcurate.stages.context import StageContext
+
+History = list[tuple[str, str]]  # (the model's reply, the feedback it was given)
+
+
+@dataclass(frozen=True)
+class Decline:
+    """A valid answer that rejects its row (cached like any valid answer)."""
+
+    reason: str
+    detail: str = ""
+
+
+@dataclass
+class ModelStage(BaseStage):
+    """Base of the model stages: model options, decoding, rounds, the executor, usage."""
+
+    resources = Resources.MODEL
+    rounds_column: ClassVar[str | None] = None  # a column that records answers used per row
+
+    backend: str = option("openai", choices=BACKENDS, help="openai (any OpenAI-compatible "
+                          "server, e.g. `vllm serve`), gemini, transformers (local folder), vllm.")
+    model: str = option("", help="Model name (or local folder for transformers).")
+    base_url: str = option("", help="Server URL, e.g. http://localhost:8000/v1.")
+    concurrency: int = option(16, min=1, operational=True, help="Requests in flight at once.")
+    rpm: float = option(0.0, min=0, operational=True,
+                        help="At most this many requests per minute (0 = no limit).")
+    timeout: float = option(120.0, gt=0, operational=True,
+                            help="Seconds before a request times out.")
+    max_attempts: int = option(4, min=1, help="Transport tries per request (429, 5xx, "
+                               "timeouts, connection errors), with backoff.")
+    max_rounds: int = option(3, min=1, help="Answers per row: an invalid answer (not JSON, out "
+                             "of range, no letter) is asked again, up to this many times.")
+    cache: bool = option(True, operational=True, help="Use and fill the run's response cache.")
+    temperature: float = option(0.0, min=0, max=2, help="Sampling temperature.")
+    max_tokens: int = option(1024, min=1, help="Longest answer, tokens.")
+
+    _executor: Executor | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        try:
+            self.spec()  # an unknown backend or a missing model fails when the recipe is planned
+        except ValueError as exc:
+            raise StageError(f"stage {self.name!r}: {exc}") from None
+
+    def spec(self) -> ModelSpec:
+        return ModelSpec(self.backend, self.model, self.base_url or None, self.concurrency,
+                         self.rpm, self.timeout, self.max_attempts)
+
+    # -- hooks ---------------------------------------------------------------------------
+    def media_needs(self) -> MediaNeeds:
+        return MediaNeeds()
+
+    def media_path(self, row: dict[str, Any]) -> str | None:
+        return row["video"]
+
+    def build(self, row: dict[str, Any], media: DecodedMedia | None, history: History
+              ) -> ModelRequest:
+        raise NotImplementedError
+
+    def validate(self, response: ModelResponse, row: dict[str, Any]) -> dict[str, Any] | Decline:
+        raise NotImplementedError
+
+    def feedback(self, error: InvalidAnswer) -> str | None:
+        return None
+
+    # -- protocol ------------------------------------------------------------------------
+    def setup(self, ctx: StageContext) -> None:
+        if self._executor is None:
+            self._executor = Executor(
+                make_backend(self.spec()), concurrency=self.concurrency, rpm=self.rpm or None,
+                max_attempts=self.max_attempts,
+                cache=ctx.cache("responses") if self.cache else None)
+
+    def teardown(self) -> None:
+        self._executor = None
+
+    def summary(self) -> dict[str, Any]:
+        return {"model": {"backend": self.backend, "model": self.model,
+                          "base_url": self.base_url or None}}
+
+    def process(self, table: pa.Table, ctx: StageContext, shard: int) -> ShardResult:
+        self.setup(ctx)
+        assert self._executor is not None
+        before = self._executor.stats.to_dict()
+        rows = table.to_pylist()
+        media = decode_rows(rows, self.media_path, self.media_needs(), ctx)
+        n = len(rows)
+        values: list[Any] = [None] * n
+        reasons: list[str | None] = [None] * n
+        details: list[str | None] = [None] * n
+        used = [0] * n
+        history: list[History] = [[] for _ in range(n)]
+        pending = []
+        for i, m in enumerate(media):
+            if isinstance(m, dict):
+                reasons[i], details[i] = m["error"], m["detail"]
+            else:
+                pending.append(i)
+        for _ in range(self.max_rounds):
+            if not pending:
+                break
+            results = self._executor.run(
+                [self.build(rows[i], media[i], history[i]) for i in pending],
+                [functools.partial(self.validate, row=rows[i]) for i in pending])
+            retry = []
+            for i, res in zip(pending, results, strict=True):
+                used[i] += 1
+                values[i], reasons[i], details[i] = res.value, res.reason, res.detail or None
+                if isinstance(res.value, Decline):
+                    values[i], reasons[i], details[i] = None, res.value.reason, res.value.detail
+                elif res.error is not None:
+                    details[i] = f"after {used[i]} answer(s): {res.detail}"
+                    note = self.feedback(res.error)
+                    if note is not None:
+                        history[i].append((res.response.text if res.response else "", note))
+                    retry.append(i)
+            pending = retry
+        return self._result(table, values, reasons, details, used, before)
+
+    def _result(self, table, values, reasons, details, used, before) -> ShardResult:
+        cols = {name: pa.array([(v or {}).get(name) if reasons[i] is None else None
+                                for i, v in enumerate(values)], typ)
+                for name, typ in self.adds.items() if name != self.rounds_column}
+        if self.rounds_column:
+            cols[self.rounds_column] = pa.array(used, pa.int64())
+        after = self._executor.stats.to_dict()
+        usage = {k: v - before.get(k, 0) for k, v in after.items()}
+        return ShardResult.split(with_columns(table, cols), self.name, reasons, details, usage)
+
+    def first_requests(self, table: pa.Table, ctx: StageContext
+                       ) -> tuple[list[ModelRequest | None], int]:
+        """The first-round request of every row (None where media failed), for --dry-run."""
+        rows = table.to_pylist()
+        media = decode_rows(rows, self.media_path, self.media_needs(), ctx)
+        requests = [None if isinstance(m, dict) else self.build(r, m, [])
+                    for r, m in zip(rows, media, strict=True)]
+        return requests, sum(isinstance(m, dict) for m in media)
