@@ -14,6 +14,7 @@ import argparse
 import multiprocessing as mp
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the loopback server
@@ -47,10 +48,10 @@ def main() -> None:
         rows = [{"id": str(i), "video": "v.mp4", "question": f"What is heard at second {i}?",
                  "options": ["a dog", "a car", "rain", "music"], "answer": "B"}
                 for i in range(args.requests)]
-        requests = [stage.build(r, None) for r in rows]
+        requests = [stage.build(r, None, []) for r in rows]
         executor = Executor(make_backend(stage.spec()), concurrency=args.concurrency, cache=None)
         cpu0, wall0 = time.process_time(), time.perf_counter()
-        outcomes = executor.run(requests, stage.validate)
+        outcomes = executor.run(requests, [partial(stage.validate, row=r) for r in rows])
         wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
     finally:
         proc.terminate()

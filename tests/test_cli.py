@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 import subprocess
 
+import pytest
 from conftest import avcurate_cmd
-from helpers import read_stage
+from helpers import jsonl_recipe, read_stage, run
+
+from avcurate.pipeline.recipe import StageSpec
 
 
 def sh(*args, check=True):
@@ -89,3 +92,67 @@ def test_sources_and_help():
         assert name in listing
     assert "resumes" in sh("run", "--help").stdout
     assert "validate" in sh("stages").stdout
+
+
+# -- bad values: one line, exit 2, nothing touched ----------------------------------------------
+
+@pytest.fixture(scope="module")
+def ingested(tmp_path_factory, media):
+    root = tmp_path_factory.mktemp("bad-values")
+    records = [{"id": "a", "video": str(media["good"]), "question": "Q?", "options": ["x", "y"],
+                "answer": "A"}]
+    run(jsonl_recipe(root, records, media["root"], [StageSpec("validate")]), root / "run")
+    bad_recipe = root / "bad.toml"
+    bad_recipe.write_text(f'[[sources]]\nname = "jsonl"\nannotations = "{root / "ann.jsonl"}"\n'
+                          f'media_root = "{media["root"]}"\n[expor]\nout = "x"\n')
+    loud = root / "loud.toml"
+    loud.write_text(bad_recipe.read_text().replace('[expor]\nout = "x"\n', "")
+                    + '[[stages]]\nname = "validate"\nsilence_db = "loud"\n')
+    return root
+
+
+BAD = [
+    (["balance", "{run}", "--max-ratio", "nan"], "max_ratio = nan must be a finite number"),
+    (["balance", "{run}", "--max-ratio", "inf"], "must be a finite number"),
+    (["balance", "{run}", "--max-ratio", "1e308"], "must be at most"),
+    (["balance", "{run}", "--max-ratio", "0"], "must be at least 1"),
+    (["balance", "{run}", "--min-count", "-1"], "min_count = -1 must be at least 0"),
+    (["threshold", "{run}", "--rule", "question >= 1 or"], "cannot parse rule"),
+    (["score", "{run}", "--model", "m", "--max-attempts", "0"], "max_attempts = 0 must be at least 1"),
+    (["score", "{run}", "--model", "m", "--concurrency", "0"], "concurrency = 0 must be at least 1"),
+    (["score", "{run}", "--model", "m", "--timeout", "0"], "timeout = 0.0 must be greater than 0"),
+    (["score", "{run}", "--model", "m", "--timeout", "-3"], "must be greater than 0"),
+    (["score", "{run}", "--model", "m", "--weights", "1,x"], "--weights takes comma-separated numbers"),
+    (["score", "{run}", "--model", "m", "--media", "sound"], "media = 'sound' must be one of"),
+    (["score", "{run}", "--backend", "opneai", "--model", "m"], "backend = 'opneai' must be one of"),
+    (["score", "{run}"], "a model name is required"),
+    (["teach", "{run}", "--visual-model", "v", "--audio-model", "a", "--require", "most"],
+     "require = 'most' must be one of both, either, any"),
+    (["merge-traces", "{run}", "--model", "m", "--max-rounds", "0"], "max_rounds = 0 must be"),
+    (["validate", "{run}", "--workers", "0"], "--workers must be at least 1"),
+    (["balance", "{root}/nope"], "is not a run folder"),
+    (["run", "{root}/bad.toml", "--out", "{root}/r2"], "unknown key 'expor'; did you mean 'export'"),
+    (["run", "{root}/loud.toml", "--out", "{root}/r3"], "silence_db = 'loud' must be a number"),
+    (["train", "--data", "d", "--model", "m", "--lr", "-1"], "lr = -1.0 must be greater than 0"),
+    (["train", "--data", "d", "--model", "m", "--rewards", "fromat"], "unknown reward 'fromat'"),
+    (["train", "--data", "d", "--model", "m", "--algo", "ppo"], "algo = 'ppo' must be one of"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), BAD, ids=[" ".join(a[:1] + a[2:4]) for a, _ in BAD])
+def test_bad_values_are_one_line_and_touch_nothing(ingested, args, message):
+    run_dir = ingested / "run"
+    before = (run_dir / "manifest.json").read_text()
+    argv = [a.format(run=run_dir, root=ingested) for a in args]
+    result = sh(*argv, check=False)
+    assert result.returncode == 2, result.stderr
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert (run_dir / "manifest.json").read_text() == before  # no stage recorded, no row touched
+    assert not (ingested / "r2").exists() and not (ingested / "r3").exists()
+
+
+def test_brackets_in_messages_are_shown_as_written(ingested):
+    result = sh("threshold", str(ingested / "run"), "--rule", "[x] >= 1", check=False)
+    assert result.returncode == 2 and "'[x] >= 1'" in result.stderr

@@ -26,6 +26,7 @@ option of that catalog (e.g. `columns = {question = "q"}` for jsonl/parquet).
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import tomllib
@@ -117,10 +118,9 @@ class Recipe:
     @classmethod
     def from_dict(cls, data: dict[str, Any], base: Path | None = None) -> Recipe:
         """Build a recipe; relative paths are resolved against `base` (the recipe's folder)."""
+        _known(data, TOP_LEVEL, "the recipe")
         run = dict(data.get("run", {}))
-        unknown = set(run) - {"shard_size", "workers"}
-        if unknown:
-            raise RecipeError(f"[run] has unknown key(s): {', '.join(sorted(unknown))}")
+        _known(run, ("shard_size", "workers"), "[run]")
         sources = [_source(s, base) for s in _tables(data, "sources")]
         if not sources:
             raise RecipeError("a recipe needs at least one [[sources]] table")
@@ -152,6 +152,19 @@ class Recipe:
         except tomllib.TOMLDecodeError as exc:
             raise RecipeError(f"{path} is not valid TOML: {exc}") from exc
         return cls.from_dict(data, base=path.resolve().parent)
+
+
+TOP_LEVEL = ("run", "sources", "stages", "export")
+
+
+def _known(table: dict[str, Any], keys: tuple[str, ...], where: str) -> None:
+    """Refuse an unknown key (a typo such as [expor] is never silently ignored)."""
+    for key in table:
+        if key not in keys:
+            close = difflib.get_close_matches(key, keys, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise RecipeError(f"{where} has an unknown key {key!r}{hint} "
+                              f"(known: {', '.join(keys)})")
 
 
 def _tables(data: dict[str, Any], key: str) -> list[dict[str, Any]]:
