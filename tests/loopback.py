@@ -14,6 +14,10 @@ inject faults when the question text carries a marker:
   [v-ambiguous] [a-ambiguous]  that teacher answers "A or B"
   [leak] [mismatch] [outside] [noanswer] [short]   the merger's trace always fails that check
   [leak-once]  the merger leaks the answer until it is told what was wrong
+  [down]       always 503 (an endpoint that is failing)
+
+With `api_key=...` a request without that bearer token gets 401; with `models={...}` a
+request for another model gets 404, as vLLM answers for a model it does not serve.
 
 The fake teachers really look and listen: the visual one finds the dominant
 colour of the frames it is sent, the audio one the pitch of the clip, and each
@@ -184,8 +188,10 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 256  # listen backlog: the default 5 drops bursts of new connections
 
-    def __init__(self, handler, latency: float = 0.0, slow_seconds: float = 2.0) -> None:
+    def __init__(self, handler, latency: float = 0.0, slow_seconds: float = 2.0,
+                 api_key: str | None = None, models: set[str] | None = None) -> None:
         super().__init__(("127.0.0.1", 0), handler)
+        self.api_key, self.models = api_key, models  # when set: 401 without it, 404 for others
         self.requests: list[dict] = []
         self.uploads: list[bytes] = []
         self.headers_seen: list[dict] = []
@@ -264,6 +270,12 @@ class OpenAIHandler(_Handler):
         attempt = self.server.record(body, {k.lower(): v for k, v in self.headers.items()}, prompt)
         if self.server.latency:
             time.sleep(self.server.latency)
+        if self.server.api_key and self.headers.get("Authorization") != f"Bearer {self.server.api_key}":
+            return self._error(401, "Incorrect API key provided")
+        if self.server.models is not None and body["model"] not in self.server.models:
+            return self._error(404, f"The model `{body['model']}` does not exist.")
+        if "[down]" in prompt:
+            return self._error(503, "service unavailable")
         if self._fault(prompt, attempt):
             return None
         parts = [p for m in body["messages"] if isinstance(m["content"], list) for p in m["content"]]

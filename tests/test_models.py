@@ -151,13 +151,16 @@ def test_gemini_backend(tmp_path, media, monkeypatch):
     _no_secret_anywhere(tmp_path / "run")
 
 
-def test_gemini_without_key_is_a_clear_reject(tmp_path, media, monkeypatch):
+def test_gemini_without_key_stops_the_stage(tmp_path, media, monkeypatch):
+    """No key is the command's problem, not the rows': the stage stops, nothing is rejected."""
     monkeypatch.delenv("GEMINI_API_KEY", raising=False)
     monkeypatch.delenv("GOOGLE_API_KEY", raising=False)
     stage = StageSpec("score", {"backend": "gemini", "model": "g", "media": "none"})
-    run(jsonl_recipe(tmp_path, _records(media, [""]), media["root"], [stage]), tmp_path / "run")
-    [row] = read_stage(tmp_path / "run", "01")[1].to_pylist()
-    assert row["reject_reason"] == "model_error" and "GEMINI_API_KEY" in row["reject_detail"]
+    with pytest.raises(RunError, match="GEMINI_API_KEY"):
+        run(jsonl_recipe(tmp_path, _records(media, [""]), media["root"], [stage]), tmp_path / "run")
+    manifest = json.loads((tmp_path / "run/manifest.json").read_text())
+    assert [s["name"] for s in manifest["stages"]] == ["ingest"]
+    assert not list((tmp_path / "run").glob("01-score/rejects/*.parquet"))
 
 
 def test_classify(tmp_path, media):

@@ -9,11 +9,12 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from avcurate.core.lock import RunInUse
 from avcurate.core.options import OptionError
 from avcurate.core.store import RunStore
 from avcurate.pipeline.recipe import RecipeError, StageSpec
 from avcurate.pipeline.registry import create
-from avcurate.pipeline.runner import RunError, extend_run
+from avcurate.pipeline.runner import AlreadyDone, RunError, extend_run
 from avcurate.reports.tables import reasons_table, stage_rows, summary_table
 from avcurate.stages.base import StageError
 
@@ -31,7 +32,7 @@ Force = Annotated[bool, typer.Option(
     "--force", help="If the run folder was made with a different recipe, recompute from the "
                     "first stage that differs instead of stopping.")]
 
-USER_ERRORS = (RunError, RecipeError, StageError, OptionError, FileNotFoundError)
+USER_ERRORS = (RunError, RecipeError, StageError, OptionError, RunInUse, FileNotFoundError)
 
 
 def fail(message: str) -> NoReturn:
@@ -67,8 +68,9 @@ def require_run(run_dir: Path) -> None:
 
 
 def run_more(run_dir: Path, specs: list[StageSpec], force: bool, quiet: bool,
-             workers: int | None = None) -> None:
-    """Append stages to a run (or resume them) and print the summary."""
+             workers: int | None = None, redo: bool = False) -> bool:
+    """Append stages to a run (or resume them) and print the summary; False when the stages
+    were already done with these settings (nothing ran)."""
     require_run(run_dir)
     check_specs(specs)
     if workers is not None:
@@ -78,5 +80,11 @@ def run_more(run_dir: Path, specs: list[StageSpec], force: bool, quiet: bool,
         manifest = store.load_manifest()
         manifest["recipe"].setdefault("run", {})["workers"] = workers
         store.save_manifest(manifest)
-    guard(extend_run, run_dir, specs, force=force, show_progress=not quiet)
+    try:
+        guard(extend_run, run_dir, specs, redo=redo, force=force, show_progress=not quiet)
+    except AlreadyDone as exc:
+        print_summary(run_dir, f"Run {run_dir}")
+        out.print(str(exc), markup=False)
+        return False
     print_summary(run_dir, f"Run {run_dir}")
+    return True

@@ -133,3 +133,33 @@ def demo(
     out.print(summary_table(rows, f"Demo run {run_dir}"))
     out.print(reasons_table(rows))
     out.print(next_steps(out_dir, run_dir))
+
+
+@app.command()
+def reset(
+    run_dir: RunDir,
+    from_stage: Annotated[str, typer.Option(
+        "--from", help="The first stage to remove: its folder (03-balance), number (3) or name "
+                       "(balance, when it occurs once).")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
+    = False,
+) -> None:
+    """Remove a stage and every stage after it, so they can be run again.
+
+    Only the stage folders and their manifest entries go; the response and media caches
+    stay, so redoing a model stage re-sends nothing that was already answered.
+    """
+    from avcurate.pipeline.runner import reset_run, stage_index
+
+    if not RunStore(run_dir).exists():
+        fail(f"{run_dir} is not a run folder")
+    index = guard(stage_index, run_dir, from_stage)
+    doomed = [p.name for p in RunStore(run_dir).stage_dirs() if int(p.name[:2]) >= index]
+    if not doomed:
+        fail(f"nothing to remove: {run_dir} has no stage {from_stage!r} or after it")
+    out.print("removes: " + ", ".join(doomed), markup=False)
+    if not yes and not typer.confirm("Remove them?", default=False):
+        raise typer.Exit(1)
+    removed = guard(reset_run, run_dir, index)
+    out.print(f"removed {len(removed)} stage folder(s); caches kept. Run the stage command "
+              "again to redo it.", markup=False)

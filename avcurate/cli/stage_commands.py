@@ -33,6 +33,9 @@ def _param(name: str, annotation: Any, default: Any = None) -> inspect.Parameter
 
 
 COMMON = [
+    _param("redo", Annotated[bool, typer.Option(
+        "--redo", help="Run the stage again even if the run already did it (removes it and the "
+                       "stages after it first; cached model answers are reused).")], False),
     _param("force", Annotated[bool, typer.Option(
         "--force", help="If the run folder was made with a different recipe, recompute from the "
                         "first stage that differs instead of stopping.")], False),
@@ -107,7 +110,9 @@ class StageCommand:
 
             out.print(guard(dry_run, run_dir, specs[0]), highlight=False, soft_wrap=True)
             return
-        run_more(run_dir, specs, values["force"], values["quiet"], values.get("workers"))
+        if not run_more(run_dir, specs, values["force"], values["quiet"], values.get("workers"),
+                        values["redo"]):
+            return
         if self.model:
             _print_usage(run_dir, len(specs))
         if self.after is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from avcurate.models.errors import BackendUnavailable, InvalidAnswer, ModelError
+from avcurate.models.errors import BackendUnavailable, EndpointError, InvalidAnswer, ModelError
 from avcurate.models.executor import Executor
 from avcurate.models.request import (
     AudioPart,
@@ -37,6 +37,9 @@ class ModelSpec:
             raise ValueError(f"unknown backend {self.backend!r}; use one of {', '.join(BACKENDS)}")
         if not self.model:
             raise ValueError("a model name is required (--model)")
+        if self.base_url and not self.base_url.startswith(("http://", "https://")):
+            raise ValueError(f"base_url {self.base_url!r} is not an http(s) URL "
+                             "(e.g. http://localhost:8000/v1)")
 
 
 def make_backend(spec: ModelSpec, **kw: Any):
@@ -55,6 +58,7 @@ def make_backend(spec: ModelSpec, **kw: Any):
     return cls(spec.model, spec.base_url, spec.timeout, **kw)
 
 
-__all__ = ["BACKENDS", "AudioPart", "BackendUnavailable", "Executor", "ImagePart", "InvalidAnswer",
+__all__ = ["BACKENDS", "AudioPart", "BackendUnavailable", "EndpointError", "Executor", "ImagePart",
+           "InvalidAnswer",
            "Message", "ModelError", "ModelRequest", "ModelResponse", "ModelSpec", "TextPart",
            "VideoPart", "make_backend"]

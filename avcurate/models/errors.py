@@ -13,6 +13,21 @@ class ModelError(Exception):
         self.kind = kind
         self.retry_after = retry_after
 
+    @property
+    def systemic(self) -> bool:
+        """A failure of the whole endpoint or setup (key, auth, unknown model or route), not
+        of one row: every other request would fail the same way."""
+        return self.kind in SYSTEMIC_KINDS
+
+
+SYSTEMIC_KINDS = frozenset({"no_api_key", "http_401", "http_403", "http_404"})
+TRANSPORT_KINDS = frozenset({"timeout", "connection", "rate_limited"})
+
+
+class EndpointError(RuntimeError):
+    """A model stage must stop: the endpoint or its setup is broken (no key, 401/403, unknown
+    model, unreachable server, too many failed calls). No row is rejected for it."""
+
 
 class InvalidAnswer(Exception):
     """The model answered, but not in the required shape (not JSON, missing field, out of

@@ -8,6 +8,11 @@
 - Answers: each request's validator checks the answer; an `InvalidAnswer` comes back
   as a `CallResult` with its reason (the stage decides whether to ask again: see
   `ModelStage`'s rounds), a failed call as `model_error`. Nothing raises per row.
+- Circuit breaker: a systemic failure (no key, 401/403, 404 unknown model or route)
+  stops everything at once with `EndpointError`, as do `start_failures` failed calls in
+  a row before any call succeeded (an unreachable or wrong endpoint) and, after
+  `min_calls` finished calls, a share of failed calls above `max_failure_rate` (default
+  0.5). Rows are never rejected for those: the stage stops and can simply be rerun.
 - Cache: valid answers are stored by the request's stable hash in the run folder
   (SQLite, safe for several processes), so a second run of the same stage makes zero
   calls. Invalid answers are never cached.
@@ -26,7 +31,7 @@ from typing import Any
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 
 from avcurate.core.kvcache import KVCache
-from avcurate.models.errors import InvalidAnswer, ModelError
+from avcurate.models.errors import TRANSPORT_KINDS, EndpointError, InvalidAnswer, ModelError
 from avcurate.models.request import ModelRequest, ModelResponse
 
 Validator = Callable[[ModelResponse], Any]
@@ -103,14 +108,19 @@ def backoff(attempt: int, retry_after: float | None, base: float, cap: float) ->
 class Executor:
     def __init__(self, backend, *, concurrency: int = 16, rpm: float | None = None,
                  max_attempts: int = 4, cache: KVCache | None = None,
-                 backoff_base: float = 0.5, backoff_cap: float = 30.0) -> None:
+                 backoff_base: float = 0.5, backoff_cap: float = 30.0,
+                 max_failure_rate: float = 0.5, start_failures: int = 5,
+                 min_calls: int = 20) -> None:
         self.backend = backend
         self.concurrency = concurrency
         self.rpm = rpm
         self.max_attempts = max_attempts
         self.cache = cache
         self.backoff_base, self.backoff_cap = backoff_base, backoff_cap
+        self.max_failure_rate, self.start_failures, self.min_calls = (
+            max_failure_rate, start_failures, min_calls)
         self.stats = CallStats()
+        self._answered = self._failed = self._failed_in_a_row = 0
 
     def run(self, requests: list[ModelRequest],
             validate: Validator | list[Validator]) -> list[CallResult]:
@@ -150,7 +160,10 @@ class Executor:
             response = await self._call_with_retries(request, sem, limiter)
         except ModelError as exc:
             self.stats.add(failed=1)
+            self._breaker(exc)
             return CallResult(reason="model_error", detail=f"{exc.kind}: {exc}")
+        self._answered += 1
+        self._failed_in_a_row = 0
         try:
             value = validate(response)
         except InvalidAnswer as exc:
@@ -160,6 +173,24 @@ class Executor:
             self.cache.put(key, {"text": response.text, "json": response.json,
                                  "usage": response.usage})
         return CallResult(value=value, response=response)
+
+    def _breaker(self, exc: ModelError) -> None:
+        """Stop the stage when the failure is the endpoint's, not the row's."""
+        where = f"{self.backend.name}:{self.backend.model}"
+        if exc.systemic:
+            raise EndpointError(f"{where}: {exc.kind}: {_first_line(exc)}")
+        self._failed += 1
+        if exc.kind in TRANSPORT_KINDS or exc.kind.startswith("http_5"):
+            self._failed_in_a_row += 1
+        if not self._answered and self._failed_in_a_row >= self.start_failures:
+            raise EndpointError(f"{where}: the first {self._failed_in_a_row} calls all failed "
+                                f"({exc.kind}: {_first_line(exc)}); is the server up and the URL "
+                                "right?")
+        finished = self._answered + self._failed
+        if finished >= self.min_calls and self._failed / finished > self.max_failure_rate:
+            raise EndpointError(f"{where}: {self._failed} of {finished} calls failed, above the "
+                                f"--max-failure-rate {self.max_failure_rate:g} (last: {exc.kind}: "
+                                f"{_first_line(exc)})")
 
     async def _call_with_retries(self, request, sem, limiter) -> ModelResponse:
         def wait(state) -> float:
@@ -183,3 +214,8 @@ class Executor:
                                completion_tokens=usage.get("completion_tokens", 0))
                 return response
         raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__

@@ -25,8 +25,11 @@ from rich.console import Console
 from avcurate import __version__
 from avcurate.catalogs import Reject, read_source
 from avcurate.core.counts import reject_reasons
+from avcurate.core.lock import run_lock
+from avcurate.core.options import identity
 from avcurate.core.schema import BASE_COLUMNS, REJECT_FIELDS, SAMPLE_SCHEMA
 from avcurate.core.store import RunStore, parquet_rows, write_parquet_atomic
+from avcurate.models.errors import BackendUnavailable, EndpointError
 from avcurate.pipeline.progress import Progress
 from avcurate.pipeline.recipe import Recipe, SourceSpec, StageSpec
 from avcurate.pipeline.registry import create
@@ -42,6 +45,9 @@ from avcurate.stages.context import StageContext
 
 VERSIONED = ("pyarrow", "duckdb", "av", "decord", "soundfile", "numpy", "openai", "google-genai",
              "transformers", "datasets", "torch")
+
+
+FINGERPRINT = ".fingerprint"
 
 
 class RunError(Exception):
@@ -142,13 +148,17 @@ class Runner:
         self.show_progress = show_progress
 
     # -- manifest -----------------------------------------------------------------
+    # A stage is recorded in the manifest only once it is complete. A stage folder on disk
+    # without a manifest entry is work in progress: its `.fingerprint` file says which
+    # stage settings wrote its shards, so a resume with the same settings keeps them and
+    # anything else starts that folder afresh (shards of two settings never mix).
 
     def _open_manifest(self, planned: list[dict[str, Any]]) -> dict[str, Any]:
         if not self.store.exists():
-            self.store.root.mkdir(parents=True, exist_ok=True)
             return {"format": 1, "created_at": now(), "stages": []}
         manifest = self.store.load_manifest()
-        done = manifest.get("stages", [])
+        done = [e for e in manifest.get("stages", []) if e.get("status", "done") == "done"]
+        manifest["stages"] = done  # v0.1 manifests may hold a "running" entry
         for k, entry in enumerate(done[: len(planned)]):
             if entry["fingerprint"] == planned[k]["fingerprint"]:
                 continue
@@ -158,9 +168,7 @@ class Runner:
                     f"with a different recipe (sources, options or order). Use --force to "
                     f"recompute from that stage on, or choose another --out."
                 )
-            for old in done[k:]:
-                shutil.rmtree(self.store.root / old["dir"], ignore_errors=True)
-            manifest["stages"] = done[:k]
+            manifest["stages"] = remove_stages(self.store, done, k)
             break
         return manifest
 
@@ -174,28 +182,27 @@ class Runner:
         stages = plan(self.recipe)
         planned = [{"name": "ingest", "fingerprint": ingest_fingerprint(self.recipe)}]
         planned += [{"name": s.name, "fingerprint": fp} for s, fp in stages]
-        manifest = self._open_manifest(planned)
-        manifest |= {"avcurate_version": __version__, "recipe": self.recipe.to_dict(),
-                     "versions": package_versions()}
-        self._save(manifest)
-        reports = []
-        with Progress(self.console, enabled=self.show_progress) as progress:
-            reports.append(self._ingest(manifest, planned[0]["fingerprint"], progress))
-            for k, (stage, fp) in enumerate(stages, start=1):
-                reports.append(self._stage(manifest, k, stage, fp, progress))
+        with run_lock(self.store.root):
+            manifest = self._open_manifest(planned)
+            manifest |= {"avcurate_version": __version__, "recipe": self.recipe.to_dict(),
+                         "versions": package_versions()}
+            self._save(manifest)
+            reports = []
+            with Progress(self.console, enabled=self.show_progress) as progress:
+                reports.append(self._ingest(manifest, planned[0]["fingerprint"], progress))
+                for k, (stage, fp) in enumerate(stages, start=1):
+                    spec = self.recipe.stages[k - 1]
+                    reports.append(self._stage(manifest, k, stage, spec, fp, progress))
         return reports
 
-    def _entry(self, manifest: dict[str, Any], index: int, name: str, fp: str,
-               options: dict[str, Any]) -> dict[str, Any]:
-        stages = manifest["stages"]
-        if index < len(stages):
-            return stages[index]
-        entry = {"index": index, "name": name, "dir": self.store.stage_dir(index, name).name,
-                 "fingerprint": fp, "options": options, "status": "running",
-                 "started_at": now(), "seconds": 0.0}
-        stages.append(entry)
-        self._save(manifest)
-        return entry
+    def _begin(self, out_dir: Path, fp: str) -> None:
+        """Make `out_dir` hold only shards of this fingerprint; clear half-written files."""
+        marker = out_dir / FINGERPRINT
+        if out_dir.is_dir() and (not marker.is_file() or marker.read_text() != fp):
+            shutil.rmtree(out_dir)  # a run-folder stage dir: written by avcurate only
+        out_dir.mkdir(parents=True, exist_ok=True)
+        marker.write_text(fp)
+        _remove_stale_temp_files(out_dir)
 
     def _finish(self, manifest, entry, out_dir: Path, rows_in: int, seconds: float,
                 resumed: int, extra: dict[str, Any] | None = None) -> StageReport:
@@ -207,20 +214,27 @@ class Runner:
         entry |= {"status": "done", "finished_at": now(), "rows_in": rows_in, "kept": kept,
                   "rejected": rejected, "shards": len(self.store.shards(out_dir)),
                   "rejects_by_reason": reject_reasons(self.store.rejects(out_dir)),
-                  "seconds": round(entry.get("seconds", 0.0) + seconds, 3), **(extra or {})}
+                  "seconds": round(seconds, 3), **(extra or {})}
+        manifest["stages"].append(entry)
         self._save(manifest)
         return StageReport(entry["index"], entry["name"], rows_in, kept, rejected,
                            seconds, resumed)
 
+    def _new_entry(self, index: int, name: str, fp: str, spec: dict[str, Any],
+                   options: dict[str, Any]) -> dict[str, Any]:
+        return {"index": index, "name": name, "dir": self.store.stage_dir(index, name).name,
+                "fingerprint": fp, "spec": spec, "options": options, "started_at": now()}
+
     def _ingest(self, manifest, fp: str, progress: Progress) -> StageReport:
-        entry = self._entry(manifest, 0, "ingest", fp, {"sources": [
-            s.to_dict() for s in self.recipe.sources]})
         out_dir = self.store.stage_dir(0, "ingest")
-        if entry["status"] == "done":
+        if manifest["stages"]:
+            entry = manifest["stages"][0]
             progress.skip("ingest", entry["kept"] + entry["rejected"])
             return StageReport(0, "ingest", entry["rows_in"], entry["kept"], entry["rejected"],
                                0.0, entry["shards"])
-        _remove_stale_temp_files(out_dir)
+        sources = {"sources": [s.to_dict() for s in self.recipe.sources]}
+        entry = self._new_entry(0, "ingest", fp, sources, sources)
+        self._begin(out_dir, fp)
         start = time.perf_counter()
         items = chain.from_iterable(_read(s) for s in self.recipe.sources)
         schema = pa.schema(list(SAMPLE_SCHEMA) + [pa.field(n, t) for n, t in
@@ -246,23 +260,24 @@ class Runner:
         progress.done(task)
         return self._finish(manifest, entry, out_dir, rows, time.perf_counter() - start, resumed)
 
-    def _stage(self, manifest, index: int, stage: Stage, fp: str, progress: Progress
-               ) -> StageReport:
-        entry = self._entry(manifest, index, stage.name, fp, stage.options())
+    def _stage(self, manifest, index: int, stage: Stage, spec: StageSpec, fp: str,
+               progress: Progress) -> StageReport:
         in_dir = self.store.root / manifest["stages"][index - 1]["dir"]
         out_dir = self.store.stage_dir(index, stage.name)
         inputs = self.store.shards(in_dir)
         rows_in = parquet_rows(inputs)
-        if entry["status"] == "done":
+        if index < len(manifest["stages"]):
+            entry = manifest["stages"][index]
             progress.skip(stage.name, rows_in)
             return StageReport(index, stage.name, rows_in, entry["kept"], entry["rejected"],
                                0.0, len(inputs))
+        entry = self._new_entry(index, stage.name, fp, spec.options, stage.options())
         in_schema = pq.read_schema(inputs[0])
         kept_schema = output_schema(stage, in_schema)
         rej_schema = reject_schema(kept_schema)
         ctx = StageContext(run_dir=self.store.root, stage_dir=out_dir,
                            workers=self.recipe.workers)
-        _remove_stale_temp_files(out_dir)
+        self._begin(out_dir, fp)
         start = time.perf_counter()
         resumed = 0
         task = progress.stage(stage.name, total=rows_in)
@@ -277,6 +292,10 @@ class Runner:
                     pending.append(i)
             usage = self._run_shards(stage, ctx, inputs, pending, kept_schema, rej_schema,
                                      lambda rows: progress.advance(task, rows))
+        except (EndpointError, BackendUnavailable) as exc:
+            raise RunError(f"{out_dir.name} stopped: {exc}. No row was rejected for it and the "
+                           "stage is not done; fix the cause and run the same command again "
+                           "(finished shards are kept).") from None
         finally:
             ctx.close()
         progress.done(task)
@@ -352,18 +371,110 @@ def _read(spec: SourceSpec) -> Iterator[dict | Reject]:
         raise RunError(f"source {spec.name!r} ({spec.annotations}): {exc}") from exc
 
 
-def extend_run(run_dir: Path | str, spec: StageSpec | list[StageSpec], **runner_kw: Any
-               ) -> list[StageReport]:
-    """Run more stages on an existing run (what `avcurate validate RUN_DIR` etc. do).
+def remove_stages(store: RunStore, done: list[dict[str, Any]], k: int) -> list[dict[str, Any]]:
+    """Delete the folders of recorded stages k.. and of unrecorded stages after them
+    (all made by avcurate: `NN-name` folders of this run); return the stages kept."""
+    for path in store.stage_dirs():
+        index = int(path.name[:2])
+        if index >= k:
+            shutil.rmtree(path)
+    return done[:k]
 
-    The stages are appended to the run's recipe unless the recipe already ends with
-    the same stages and options, in which case the run is simply resumed.
+
+def done_specs(manifest: dict[str, Any]) -> list[StageSpec]:
+    """The specs of the run's completed stages (after ingest), as the user gave them."""
+    recipe_stages = manifest.get("recipe", {}).get("stages", [])
+    out = []
+    for k, entry in enumerate(manifest["stages"][1:]):
+        if "spec" in entry:
+            out.append(StageSpec(entry["name"], dict(entry["spec"])))
+        else:  # v0.1 manifests: the recipe's k-th stage is the one that completed
+            raw = dict(recipe_stages[k])
+            out.append(StageSpec(raw.pop("name"), raw))
+    return out
+
+
+class AlreadyDone(Exception):
+    """The stages asked for are already done with the same settings: nothing to do."""
+
+
+def _find(done: list[StageSpec], specs: list[StageSpec]) -> int | None:
+    """Where the last block of done stages with the same names as `specs` starts."""
+    names = [s.name for s in specs]
+    for at in range(len(done) - len(specs), -1, -1):
+        if [s.name for s in done[at:at + len(specs)]] == names:
+            return at
+    return None
+
+
+def _differences(old: StageSpec, new: StageSpec) -> list[str]:
+    a, b = identity(create(old.name, old.options)), identity(create(new.name, new.options))
+    return [f"{old.name}.{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
+            if a.get(k) != b.get(k)]
+
+
+def extend_run(run_dir: Path | str, spec: StageSpec | list[StageSpec], *, redo: bool = False,
+               **runner_kw: Any) -> list[StageReport]:
+    """Run stages on an existing run (what `avcurate validate RUN_DIR` etc. do).
+
+    Stages the run already completed with the same result-changing options are not run
+    again (AlreadyDone); with other options the command refuses and says what differs,
+    unless `redo`, which removes those stages and the ones after them first. Otherwise
+    the stages are appended after the run's completed stages (resuming a killed one).
     """
     specs = spec if isinstance(spec, list) else [spec]
     store = RunStore(run_dir)
-    manifest = store.load_manifest()
-    recipe = Recipe.from_dict(manifest["recipe"])
-    tail = [s.to_dict() for s in recipe.stages[-len(specs):]]
-    if tail != [s.to_dict() for s in specs]:
-        recipe.stages += specs
-    return Runner(recipe, run_dir, **runner_kw).run()
+    with run_lock(store.root):
+        manifest = store.load_manifest()
+        recipe = Recipe.from_dict(manifest["recipe"])
+        done = done_specs(manifest)
+        at = _find(done, specs)
+        if at is not None:
+            dirs = [e["dir"] for e in manifest["stages"][at + 1:at + 1 + len(specs)]]
+            diffs = [d for old, new in zip(done[at:], specs, strict=False)
+                     for d in _differences(old, new)]
+            if not redo and not diffs:
+                raise AlreadyDone(f"{', '.join(dirs)} already done with these settings; nothing "
+                                  "to do (--redo runs it again)")
+            if not redo:
+                raise RunError(f"{', '.join(dirs)} was done with other settings ("
+                               + "; ".join(diffs) + f"). To redo it: the same command with "
+                               f"--redo, or `avcurate reset {run_dir} --from {dirs[0]}`")
+            reset_run(store.root, at + 1)
+            done = done[:at]
+        recipe.stages = done + specs
+        return Runner(recipe, run_dir, **runner_kw).run()
+
+
+def reset_run(run_dir: Path | str, index: int) -> list[str]:
+    """Remove stage `index` and every stage after it (folders and manifest entries); the
+    caches stay, so redoing a model stage re-sends nothing already answered. Returns the
+    removed folders' names."""
+    store = RunStore(run_dir)
+    with run_lock(store.root):
+        manifest = store.load_manifest()
+        if index < 1:
+            raise RunError("ingest cannot be reset; start a new run folder instead")
+        removed = [p.name for p in store.stage_dirs() if int(p.name[:2]) >= index]
+        manifest["stages"] = remove_stages(store, manifest["stages"], index)
+        manifest["recipe"]["stages"] = [s.to_dict() for s in done_specs(manifest)]
+        manifest["updated_at"] = now()
+        store.save_manifest(manifest)
+    return removed
+
+
+def stage_index(run_dir: Path | str, name: str) -> int:
+    """The index of a stage named by its folder (03-balance), number (3) or name (balance)."""
+    store = RunStore(run_dir)
+    entries = store.load_manifest()["stages"]
+    dirs = [p.name for p in store.stage_dirs()]
+    if name.isdigit():
+        return int(name)
+    if name in dirs:
+        return int(name[:2])
+    hits = [e["index"] for e in entries if e["name"] == name]
+    if len(hits) == 1:
+        return hits[0]
+    if len(hits) > 1:
+        raise RunError(f"{name!r} names several stages ({', '.join(dirs)}); give the folder")
+    raise RunError(f"no stage {name!r} in {run_dir}; stages: {', '.join(dirs) or 'none'}")

@@ -11,16 +11,21 @@ from avcurate.core.store import RunStore, parquet_rows
 
 
 def stage_rows(store: RunStore) -> list[dict[str, Any]]:
-    """Per-stage counts, read from the shards on disk (so partial stages show too)."""
+    """Per-stage counts, read from the shards on disk; a stage folder the manifest does not
+    record (a stage that was stopped or killed) shows as `incomplete`."""
     manifest = store.load_manifest()
+    entries = list(manifest.get("stages", []))
+    recorded = {e["dir"] for e in entries}
+    entries += [{"dir": p.name, "status": "incomplete"} for p in store.stage_dirs()
+                if p.name not in recorded]
     out = []
-    for entry in manifest.get("stages", []):
+    for entry in entries:
         stage_dir = store.root / entry["dir"]
         kept_files, reject_files = store.shards(stage_dir), store.rejects(stage_dir)
         kept, rejected = parquet_rows(kept_files), parquet_rows(reject_files)
-        rows_in = entry.get("rows_in") if entry.get("status") == "done" else None
+        rows_in = entry.get("rows_in") if entry.get("status", "done") == "done" else None
         out.append({
-            "stage": entry["dir"], "status": entry.get("status", "?"), "rows_in": rows_in,
+            "stage": entry["dir"], "status": entry.get("status", "done"), "rows_in": rows_in,
             "kept": kept, "rejected": rejected, "shards": len(kept_files),
             "seconds": entry.get("seconds"),
             "balanced": None if rows_in is None else rows_in == kept + rejected,

@@ -63,6 +63,9 @@ class ModelStage(BaseStage):
                                "timeouts, connection errors), with backoff.")
     max_rounds: int = option(3, min=1, help="Answers per row: an invalid answer (not JSON, out "
                              "of range, no letter) is asked again, up to this many times.")
+    max_failure_rate: float = option(0.5, gt=0, max=1, operational=True, help="Stop the stage "
+                                     "(rejecting nothing) when more than this share of calls "
+                                     "fail after their retries (checked after 20 calls).")
     cache: bool = option(True, operational=True, help="Use and fill the run's response cache.")
     temperature: float = option(0.0, min=0, max=2, help="Sampling temperature.")
     max_tokens: int = option(1024, min=1, help="Longest answer, tokens.")
@@ -102,7 +105,7 @@ class ModelStage(BaseStage):
         if self._executor is None:
             self._executor = Executor(
                 make_backend(self.spec()), concurrency=self.concurrency, rpm=self.rpm or None,
-                max_attempts=self.max_attempts,
+                max_attempts=self.max_attempts, max_failure_rate=self.max_failure_rate,
                 cache=ctx.cache("responses") if self.cache else None)
 
     def teardown(self) -> None:

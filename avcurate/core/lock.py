@@ -1,0 +1,64 @@
+"""One writer per run folder: an OS-level lock held while a command writes to it.
+
+`filelock` takes an `fcntl`/`msvcrt` lock on `RUN/.avcurate.lock`; the OS drops it when
+the holder exits in any way (kill -9 included), so a stale lock never blocks the next
+run. Who holds it (PID and command line) is written beside it for the error message.
+Readers (status, stats, query, export) never take it. Nested use in one process (a
+command that runs a runner) is counted, not re-locked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from filelock import FileLock, Timeout
+
+LOCK = ".avcurate.lock"
+HOLDER = ".avcurate.lock.json"
+_held: dict[Path, int] = {}
+
+
+class RunInUse(RuntimeError):
+    """Another process is writing to this run folder."""
+
+
+def _holder(root: Path) -> str:
+    try:
+        info = json.loads((root / HOLDER).read_text())
+        return f"PID {info['pid']} (`{info['command']}`)"
+    except (OSError, ValueError, KeyError):
+        return "another process"
+
+
+@contextmanager
+def run_lock(root: Path | str, command: str | None = None) -> Iterator[None]:
+    """Hold the run folder's writer lock, or raise RunInUse at once."""
+    root = Path(root).resolve()
+    if _held.get(root):
+        _held[root] += 1
+        try:
+            yield
+        finally:
+            _held[root] -= 1
+        return
+    root.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(root / LOCK)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise RunInUse(f"run folder {root} is in use by {_holder(root)}; wait for it to "
+                       "finish, or use another folder") from None
+    _held[root] = 1
+    try:
+        text = command or " ".join(["avcurate", *sys.argv[1:]])
+        (root / HOLDER).write_text(json.dumps({"pid": os.getpid(), "command": text}))
+        yield
+    finally:
+        _held.pop(root, None)
+        (root / HOLDER).unlink(missing_ok=True)
+        lock.release()

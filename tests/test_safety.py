@@ -1,0 +1,187 @@
+"""Safe operations: one writer per run, systemic errors stop a stage without rejecting rows,
+a stage is recorded only when complete, re-runs are no-ops or refusals, redo and reset."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from conftest import avcurate_cmd
+from helpers import jsonl_recipe, read_stage, run, slow_recipe
+from loopback import openai_server
+
+from avcurate.pipeline.recipe import StageSpec
+
+KEY = "sk-test-0123456789"
+
+
+def sh(*args, env=None):
+    import os
+
+    return subprocess.run(avcurate_cmd(*args), capture_output=True, text=True,
+                          env=os.environ | (env or {}), timeout=300)
+
+
+def _stages(run_dir: Path) -> list[str]:
+    return [s["dir"] for s in json.loads((run_dir / "manifest.json").read_text())["stages"]]
+
+
+@pytest.fixture
+def validated(tmp_path, media):
+    """A run with 6 validated rows, two of them marked to answer prose instead of JSON."""
+    records = [{"id": f"r{i}", "video": str(media["good"] if i % 2 else media["good2"]),
+                "question": f"What is shown {i}?" + (" [nonjson]" if i >= 4 else ""),
+                "options": ["red", "blue"], "answer": "AB"[i % 2]} for i in range(6)]
+    run(jsonl_recipe(tmp_path, records, media["root"], [StageSpec("validate")]), tmp_path / "run")
+    return tmp_path / "run"
+
+
+def _score(run_dir, url, *extra):
+    return ["score", str(run_dir), "--model", "judge", "--base-url", url, "--media", "none",
+            "-q", *extra]
+
+
+# -- systemic errors abort, row errors reject ----------------------------------------------------
+
+def test_auth_failure_stops_the_stage_and_the_fixed_command_succeeds(validated):
+    with openai_server(api_key=KEY) as server:
+        bad = sh(*_score(validated, server.url + "/v1"), env={"OPENAI_API_KEY": "wrong"})
+        assert bad.returncode == 2 and "http_401" in bad.stderr and "Traceback" not in bad.stderr
+        assert len([ln for ln in bad.stderr.splitlines() if ln.strip()]) == 1
+        assert _stages(validated) == ["00-ingest", "01-validate"]  # not marked done
+        assert not list((validated / "02-score").glob("rejects/part-*.parquet"))  # none rejected
+        # a 401 is not retried and stops everything: only the first shard's requests (already
+        # in flight together) reached the server, never the second shard's
+        assert len(server.requests) <= 4
+        good = sh(*_score(validated, server.url + "/v1"), env={"OPENAI_API_KEY": KEY})
+        assert good.returncode == 0, good.stderr
+    kept, rej = read_stage(validated, "02")
+    assert kept.num_rows == 4 and set(rej.column("reject_reason").to_pylist()) == {
+        "judge_invalid_json"}  # bad answers still reject their own rows
+    assert KEY not in (validated / "manifest.json").read_text()
+
+
+def test_unknown_model_stops_the_stage(validated):
+    with openai_server(models={"judge"}) as server:
+        result = sh(*_score(validated, server.url + "/v1"), "--model", "jugde")
+    assert result.returncode == 2 and "http_404" in result.stderr and "jugde" in result.stderr
+    assert _stages(validated) == ["00-ingest", "01-validate"]
+
+
+def test_unreachable_endpoint_stops_quickly(validated):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    start = time.perf_counter()
+    result = sh(*_score(validated, f"http://127.0.0.1:{port}/v1", "--max-attempts", "2"))
+    assert result.returncode == 2 and "calls all failed" in result.stderr
+    assert time.perf_counter() - start < 30
+    assert _stages(validated) == ["00-ingest", "01-validate"]
+
+
+def test_missing_gemini_key_stops_the_stage(validated):
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k not in ("GEMINI_API_KEY", "GOOGLE_API_KEY")}
+    result = subprocess.run(avcurate_cmd("score", str(validated), "--backend", "gemini",
+                                         "--model", "gemini-2.5-pro", "--media", "none", "-q"),
+                            capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 2 and "GEMINI_API_KEY" in result.stderr
+    assert _stages(validated) == ["00-ingest", "01-validate"]
+
+
+def test_failure_rate_breaker(tmp_path, media):
+    records = [{"id": f"r{i}", "video": str(media["good"]), "question": f"Q {i}?"
+                + (" [down]" if i % 3 else ""), "options": ["a", "b"], "answer": "A"}
+               for i in range(40)]
+    run(jsonl_recipe(tmp_path, records, media["root"], [StageSpec("validate")], shard_size=40),
+        tmp_path / "run")
+    with openai_server() as server:
+        result = sh(*_score(tmp_path / "run", server.url + "/v1", "--max-attempts", "1",
+                            "--concurrency", "1"))
+        assert result.returncode == 2 and "--max-failure-rate 0.5" in result.stderr
+        tolerant = sh(*_score(tmp_path / "run", server.url + "/v1", "--max-attempts", "1",
+                              "--concurrency", "1", "--max-failure-rate", "0.9", "--no-cache"))
+    assert tolerant.returncode == 0, tolerant.stderr
+    kept, rej = read_stage(tmp_path / "run", "02")
+    assert kept.num_rows == 14 and rej.num_rows == 26
+    assert set(rej.column("reject_reason").to_pylist()) == {"model_error"}
+
+
+# -- a stage is recorded once; re-runs are no-ops or refusals; redo; reset -------------------------
+
+def test_rerun_is_a_no_op_refuses_other_settings_and_redo_reuses_the_cache(validated):
+    with openai_server() as server:
+        assert sh(*_score(validated, server.url + "/v1")).returncode == 0
+        sent = len(server.requests)
+        again = sh(*_score(validated, server.url + "/v1", "--timeout", "30", "--concurrency", "2"))
+        assert again.returncode == 0 and "already done" in again.stdout
+        other = sh(*_score(validated, server.url + "/v1", "--frames", "4", "--media",
+                           "frames+audio"))
+        assert other.returncode == 2
+        assert "score.media: 'none' -> 'frames+audio'" in other.stderr and "--redo" in other.stderr
+        assert _stages(validated) == ["00-ingest", "01-validate", "02-score"]
+        redo = sh(*_score(validated, server.url + "/v1", "--redo"))
+        assert redo.returncode == 0, redo.stderr
+        # the valid answers come from the cache; only the rows whose answers were invalid ask again
+        assert len(server.requests) - sent == 2 * 3
+    manifest = json.loads((validated / "manifest.json").read_text())
+    assert [s["dir"] for s in manifest["stages"]] == ["00-ingest", "01-validate", "02-score"]
+    assert manifest["stages"][2]["usage"]["cached"] == 4
+
+
+def test_a_failed_option_never_wedges_the_run(validated):
+    bad = sh("balance", str(validated), "--max-ratio", "nan")
+    assert bad.returncode == 2
+    sh("threshold", str(validated), "--rule", "duration_s >= 1", "-q")
+    ok = sh("threshold", str(validated), "--rule", "duration_s >= 2", "--redo", "-q")
+    assert ok.returncode == 0, ok.stderr
+    assert _stages(validated) == ["00-ingest", "01-validate", "02-threshold"]
+    assert json.loads((validated / "manifest.json").read_text())["stages"][2]["spec"] == {
+        "rules": ["duration_s >= 2"]}
+
+
+def test_reset_lists_and_removes_later_stages(validated):
+    sh("threshold", str(validated), "--rule", "duration_s >= 1", "-q")
+    sh("dedup", str(validated), "-q")
+    result = sh("reset", str(validated), "--from", "threshold", "--yes")
+    assert result.returncode == 0, result.stderr
+    assert "02-threshold, 03-dedup" in result.stdout
+    assert _stages(validated) == ["00-ingest", "01-validate"]
+    assert not (validated / "02-threshold").exists() and not (validated / "03-dedup").exists()
+    assert (validated / "cache").is_dir()
+    assert sh("reset", str(validated), "--from", "ingest", "--yes").returncode == 2
+    assert sh("reset", str(validated), "--from", "balance", "--yes").returncode == 2
+
+
+# -- one writer per run folder ---------------------------------------------------------------------
+
+def test_second_writer_is_refused_readers_are_not_and_kill_9_frees_the_lock(tmp_path, media,
+                                                                          plugin_path):
+    recipe = slow_recipe(tmp_path, media, n=30, clips=["good", "good2"], seconds=0.3)
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen(avcurate_cmd("run", str(recipe), "--out", str(run_dir), "-q"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while not list((run_dir / "02-slow").glob("part-*.parquet")):
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+    second = sh("threshold", str(run_dir), "--rule", "duration_s >= 1")
+    assert second.returncode == 2
+    assert f"in use by PID {proc.pid}" in second.stderr and "avcurate run" in second.stderr
+    again = sh("run", str(recipe), "--out", str(run_dir), "-q")
+    assert again.returncode == 2 and "in use" in again.stderr
+    status = sh("status", str(run_dir), "--json")  # readers never block
+    assert status.returncode == 0
+    assert {"stage": "02-slow", "status": "incomplete"}.items() <= json.loads(
+        status.stdout)["stages"][2].items()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    resumed = sh("run", str(recipe), "--out", str(run_dir), "-q")
+    assert resumed.returncode == 0, resumed.stderr
+    assert _stages(run_dir) == ["00-ingest", "01-validate", "02-slow"]
