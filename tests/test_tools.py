@@ -81,3 +81,20 @@ def test_query_views_and_export(scored_run):
     assert (scored_run / "r.csv").read_text().splitlines() == ["id", "jsonl:bad", "jsonl:dup"]
     bad = sh("query", str(scored_run), "SELECT nope FROM samples", check=False)
     assert bad.returncode == 2 and "views:" in bad.stderr and "samples" in bad.stderr
+
+
+def test_query_is_read_only_and_scoped_to_the_run(scored_run, tmp_path):
+    ok = sh("query", str(scored_run), "SELECT count(*) AS n FROM samples; -- how many")
+    assert ok.returncode == 0 and "Traceback" not in ok.stderr
+    for sql, message in [
+        ("SELECT * FROM read_csv('/etc/passwd')", "only the run's own files"),
+        ("SELECT * FROM glob('/root/*')", "only the run's own files"),
+        (f"COPY (SELECT 1) TO '{tmp_path}/x.csv'", "not COPY"),
+        (f"ATTACH '{tmp_path}/x.db'", "not ATTACH"),
+        ("SELECT 1; SELECT 2", "exactly one SELECT"),
+        ("INSTALL httpfs", "not"),
+    ]:
+        bad = sh("query", str(scored_run), sql, check=False)
+        assert bad.returncode == 2, sql
+        assert message in bad.stderr and "Traceback" not in bad.stderr, (sql, bad.stderr)
+    assert not (tmp_path / "x.csv").exists() and not (tmp_path / "x.db").exists()

@@ -69,22 +69,29 @@ def query(
                                                                 ".parquet instead.")] = None,
     limit: Annotated[int, typer.Option(help="Rows to print.")] = 50,
 ) -> None:
-    """DuckDB SQL over a run, e.g. "SELECT category, count(*) FROM samples GROUP BY 1"."""
-    from avcurate.reports.query import connect, export, views
+    """Read-only DuckDB SQL over a run, e.g. "SELECT category, count(*) FROM samples GROUP BY 1".
+
+    One SELECT statement; only the run folder's files can be read.
+    """
+    from avcurate.reports.query import QueryError, connect, export, select, views
 
     con = guard(connect, run_dir)
+    if limit < 0:
+        fail(f"--limit must be at least 0, not {limit}")
     try:
+        rel = select(con, sql)
         if out_file is not None:
-            n = export(con, sql, out_file)
-            out.print(f"{n:,} rows written to {out_file}")
+            n = export(rel, out_file)
+            out.print(f"{n:,} rows written to {out_file}", markup=False)
             return
-        result = con.sql(sql)
-    except (duckdb.Error, ValueError) as exc:
-        fail(f"{exc}\nviews: {', '.join(views(con))}")
-    if result is None:
-        return
-    out.print(result_table(result.columns, result.limit(limit).fetchall()))
-    total = con.execute(f"SELECT count(*) FROM ({sql})").fetchone()[0]
+        rows = rel.limit(limit).fetchall()
+        [(total,)] = rel.aggregate("count(*)").fetchall()
+    except duckdb.PermissionException:
+        fail("queries may read only the run's own files (the views: "
+             f"{', '.join(views(con))})")
+    except (duckdb.Error, QueryError) as exc:
+        fail(f"{str(exc).splitlines()[0]} (views: {', '.join(views(con))})")
+    out.print(result_table(rel.columns, rows))
     if total > limit:
         out.print(f"[dim]{limit} of {total:,} rows shown (--limit, or --out FILE for all)[/]")
 

@@ -6,16 +6,23 @@ Views:
   <stage name>     kept rows of each stage, e.g. "validate", "balance"
                    (a stage that appears twice gets its index: "validate_3")
   subset_<name>    rows of a named subset (the subset stage)
+
+A query is read-only and scoped to the run: one SELECT (or WITH ... SELECT) statement,
+and once the views exist the connection may read only files under the run folder
+(DuckDB's `allowed_directories` with `enable_external_access` off, then the configuration
+is locked), so `read_csv('/etc/passwd')`, `COPY ... TO`, `ATTACH` or `INSTALL` fail.
+Results are written by avcurate itself (`--out`).
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import duckdb
 
 from avcurate.core.counts import parquet_scan
-from avcurate.core.store import RunStore
+from avcurate.core.store import RunStore, write_parquet_atomic
 
 
 def _quote(name: str) -> str:
@@ -50,7 +57,38 @@ def connect(run_dir: Path | str) -> duckdb.DuckDBPyConnection:
     con.execute(f"CREATE VIEW samples AS SELECT * FROM {parquet_scan(newest)}")
     if all_rejects:
         con.execute(f"CREATE VIEW rejects AS SELECT * FROM {parquet_scan(all_rejects)}")
+    root = str(store.root.resolve()).replace("'", "''")
+    con.execute(f"SET allowed_directories=['{root}/']")
+    con.execute("SET enable_external_access=false")
+    con.execute("SET lock_configuration=true")
     return con
+
+
+class QueryError(ValueError):
+    """A query that is not one read-only SELECT over the run."""
+
+
+def select(con: duckdb.DuckDBPyConnection, sql: str) -> duckdb.DuckDBPyRelation:
+    """The relation of one SELECT statement (a trailing `;` and comments are fine)."""
+    try:
+        statements = duckdb.extract_statements(sql)
+    except duckdb.Error as exc:
+        raise QueryError(str(exc).splitlines()[0]) from None
+    if len(statements) != 1:
+        raise QueryError(f"give exactly one SELECT statement, not {len(statements)}")
+    if statements[0].type != duckdb.StatementType.SELECT:
+        raise QueryError(f"only SELECT (or WITH ... SELECT) queries are allowed, not "
+                         f"{statements[0].type.name}")
+    return con.sql(_body(sql))
+
+
+def _body(sql: str) -> str:
+    """The statement without trailing `;` and comments (so it can be wrapped as a subquery)."""
+    tokens = duckdb.tokenize(sql)
+    starts = [pos for pos, _ in tokens] + [len(sql)]
+    keep = [k for k, (pos, kind) in enumerate(tokens)
+            if kind != duckdb.token_type.comment and sql[pos] != ";"]
+    return sql[:starts[keep[-1] + 1]].strip() if keep else sql
 
 
 def views(con: duckdb.DuckDBPyConnection) -> list[str]:
@@ -58,11 +96,16 @@ def views(con: duckdb.DuckDBPyConnection) -> list[str]:
         "SELECT view_name FROM duckdb_views() WHERE NOT internal ORDER BY 1").fetchall()]
 
 
-def export(con: duckdb.DuckDBPyConnection, sql: str, out: Path) -> int:
-    """Write the result of `sql` to CSV or Parquet (by suffix); return the row count."""
-    fmt = {".csv": "CSV, HEADER", ".parquet": "PARQUET"}.get(out.suffix.lower())
-    if fmt is None:
-        raise ValueError(f"--out must end in .csv or .parquet, not {out.suffix!r}")
-    path = str(out).replace("'", "''")
-    con.execute(f"COPY ({sql}) TO '{path}' (FORMAT {fmt})")
-    return con.execute(f"SELECT count(*) FROM ({sql})").fetchone()[0]
+def export(rel: duckdb.DuckDBPyRelation, out: Path) -> int:
+    """Write a query's result to CSV or Parquet (by suffix), atomically; return its rows."""
+    suffix = out.suffix.lower()
+    if suffix not in (".csv", ".parquet"):
+        raise QueryError(f"--out must end in .csv or .parquet, not {suffix!r}")
+    table = rel.to_arrow_table()
+    if suffix == ".parquet":
+        write_parquet_atomic(table, out)
+    else:  # DuckDB's CSV writer (quotes only what needs it), on a fresh connection of ours
+        tmp = out.with_name(f".{out.name}.tmp")
+        duckdb.connect().from_arrow(table).write_csv(str(tmp), header=True)
+        os.replace(tmp, out)
+    return table.num_rows
