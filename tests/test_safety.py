@@ -185,3 +185,24 @@ def test_second_writer_is_refused_readers_are_not_and_kill_9_frees_the_lock(tmp_
     resumed = sh("run", str(recipe), "--out", str(run_dir), "-q")
     assert resumed.returncode == 0, resumed.stderr
     assert _stages(run_dir) == ["00-ingest", "01-validate", "02-slow"]
+
+
+def test_decode_workers_exit_when_their_parent_is_killed(tmp_path):
+    import psutil
+
+    from avcurate.demo import make_demo
+
+    recipe = make_demo(tmp_path / "demo")
+    proc = subprocess.Popen(avcurate_cmd("run", str(recipe), "--out", str(tmp_path / "run"), "-q"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    parent = psutil.Process(proc.pid)
+    deadline = time.time() + 60
+    workers: list[psutil.Process] = []
+    while len(workers) < 2:  # the validate stage's probe pool is up
+        assert proc.poll() is None and time.time() < deadline, "no worker pool seen"
+        workers = parent.children(recursive=True)
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    gone, alive = psutil.wait_procs(workers, timeout=5)
+    assert not alive, f"orphans still running: {[p.pid for p in alive]}"

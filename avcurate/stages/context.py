@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import threading
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -9,6 +12,18 @@ from pathlib import Path
 from typing import Any
 
 from avcurate.core.kvcache import KVCache
+
+
+def exit_with_parent(parent: int) -> None:
+    """Pool worker initializer: leave as soon as the parent is gone (even after kill -9,
+    when no shutdown message ever comes), instead of lingering as an orphan."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
 
 
 @dataclass
@@ -39,7 +54,8 @@ class StageContext:
         if self.workers <= 1 or len(items) <= 1:
             return [fn(x) for x in items]
         if self._pool is None:
-            self._pool = ProcessPoolExecutor(max_workers=self.workers)
+            self._pool = ProcessPoolExecutor(max_workers=self.workers, initializer=exit_with_parent,
+                                             initargs=(os.getpid(),))
         return list(self._pool.map(fn, items, chunksize=max(1, len(items) // (4 * self.workers))))
 
     def close(self) -> None:
