@@ -187,3 +187,52 @@ def test_split_question_options_needs_consecutive_letters():
 def test_every_catalog_has_a_description():
     assert set(CATALOGS) >= {"llava-video", "video-vista", "avqa", "daily-omni", "jsonl", "parquet"}
     assert all(c.description for c in CATALOGS.values())
+
+
+def test_one_bad_record_is_one_reject(tmp_path, media):
+    """NUL bytes, bytes that are not UTF-8, wrong types: each rejects its own record only,
+    naming the line or the field; nothing is coerced; NFC and NFD spellings are one id."""
+    good = str(media["good"].relative_to(media["root"]))
+    lines = [
+        json.dumps({"id": "ok", "video": good, "question": "Q?", "options": ["a", "b"],
+                    "answer": "A"}).encode(),
+        json.dumps({"id": "nul", "video": good + "\u0000x", "question": "Q?"}).encode(),
+        b'{"id": "latin1", "video": "' + good.encode() + b'", "question": "caf\xe9?"}',
+        json.dumps({"id": "dict", "video": good, "question": {"text": "Q?"}}).encode(),
+        json.dumps({"id": "nulls", "video": good, "question": "Q?", "options": [None, None],
+                    "answer": "A"}).encode(),
+        json.dumps({"id": "ans", "video": good, "question": "Q?", "answer": {"x": 1}}).encode(),
+        json.dumps({"id": "caf\u00e9", "video": good, "question": "Q1?"}).encode(),
+        json.dumps({"id": "cafe\u0301", "video": good, "question": "Q2?"}).encode(),
+    ]
+    ann = tmp_path / "ann.jsonl"
+    ann.write_bytes(b"\n".join(lines) + b"\n")
+    cols = {k: k for k in ("id", "video", "question", "options", "answer")}
+    out = list(read_source("jsonl", str(ann), str(media["root"]), columns=cols))
+    rows = [r for r in out if not isinstance(r, Reject)]
+    rejects = {r.raw_id: r for r in out if isinstance(r, Reject)}
+    assert len(out) == len(lines)  # every record accounted for
+    assert [r["id"] for r in rows] == ["jsonl:ok", "jsonl:caf\u00e9", "jsonl:caf\u00e9"]
+    details = {k: r.detail for k, r in rejects.items()}
+    assert all(r.reason == "malformed_annotation" for r in rejects.values())
+    assert "video contains a NUL byte" in details["jsonl:record-1"]
+    assert details["jsonl:line-3"] == "line 3 holds bytes that are not UTF-8"
+    assert "question must be text, not dict" in details["jsonl:record-3"]
+    assert "options[0] is missing (null)" in details["jsonl:record-4"]
+    assert "answer must be text, not dict" in details["jsonl:record-5"]
+    for r in rejects.values():  # rejects are storable rows too
+        pa.Table.from_pylist([r.to_row()])
+
+
+def test_a_json_array_with_a_bad_byte_rejects_one_record(tmp_path, media):
+    good = str(media["good"].relative_to(media["root"]))
+    body = (b'[{"id": 1, "video_name": "' + good.encode() + b'", "question_text": "Q?", '
+            b'"multi_choice": ["a", "b"], "answer": 0},\n'
+            b' {"id": 2, "video_name": "' + good.encode() + b'", "question_text": "\xff?", '
+            b'"multi_choice": ["a", "b"], "answer": 1}]')
+    ann = tmp_path / "avqa.json"
+    ann.write_bytes(body)
+    out = list(read_source("avqa", str(ann), str(media["root"])))
+    assert [r["id"] for r in out if not isinstance(r, Reject)] == ["avqa:1"]
+    [bad] = [r for r in out if isinstance(r, Reject)]
+    assert bad.detail == "record 1: question_text holds bytes that are not UTF-8"

@@ -11,7 +11,8 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Iterator
+import unicodedata
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,54 @@ class UnsafePathError(ValueError):
     """A media path that points outside the media root."""
 
 
+class Malformed(ValueError):
+    """A record field that is missing, of the wrong type, or holds bytes that cannot be
+    stored (NUL, not UTF-8): the record becomes one `malformed_annotation` reject."""
+
+
+def text(value: Any, field: str, *, required: bool = True, numbers: bool = False) -> str | None:
+    """A string field, checked: no silent `str()` of dicts, lists or nulls."""
+    if value is None:
+        if required:
+            raise Malformed(f"{field} is missing (null)")
+        return None
+    if numbers and isinstance(value, int | float) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str):
+        raise Malformed(f"{field} must be text, not {type(value).__name__} {_short(value)}")
+    if "\x00" in value:
+        raise Malformed(f"{field} contains a NUL byte")
+    if _SURROGATE.search(value):
+        raise Malformed(f"{field} holds bytes that are not UTF-8")
+    return value
+
+
+def texts(value: Any, field: str) -> list[str]:
+    """A list of strings (numbers allowed, as option texts may be numbers)."""
+    if not isinstance(value, list):
+        raise Malformed(f"{field} must be a list, not {type(value).__name__}")
+    return [text(v, f"{field}[{i}]", numbers=True) for i, v in enumerate(value)]
+
+
+def answer_value(value: Any, field: str) -> str | int | None:
+    """An answer as annotated: text, an option index, or missing (validate rejects that)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    return text(value, field, required=False)
+
+
+def ident(value: Any, field: str) -> str:
+    """A record's own id (text or number), NFC-normalised so one spelling is one id."""
+    return unicodedata.normalize("NFC", text(value, field, numbers=True))
+
+
+def _short(value: Any) -> str:
+    return repr(value)[:60]
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 @dataclass(frozen=True)
 class Reject:
     """A record a catalog could not turn into a sample, with the reason why."""
@@ -38,7 +87,7 @@ class Reject:
     raw: Any
 
     def to_row(self) -> dict[str, Any]:
-        raw = json.dumps(self.raw, ensure_ascii=False, default=str)
+        raw = json.dumps(self.raw, ensure_ascii=True, default=str)  # safe for any bytes
         row = sample_row(id=self.raw_id, source=self.source, video=None, question=None,
                          meta={"raw": raw[:20000]})
         row |= {"reject_stage": "ingest", "reject_reason": self.reason,
@@ -59,7 +108,11 @@ class MediaRoot:
     def resolve(self, rel: str) -> str:
         if not isinstance(rel, str) or not rel.strip():
             raise UnsafePathError("empty media path")
-        candidate = (self.root / rel.strip()).resolve()
+        rel = text(rel, "media path").strip()
+        nfc = unicodedata.normalize("NFC", rel)
+        if nfc != rel and ((self.root / nfc).exists() or not (self.root / rel).exists()):
+            rel = nfc  # one spelling per file; the as-written one only when only it exists
+        candidate = (self.root / rel).resolve()
         if not candidate.is_relative_to(self.root):
             raise UnsafePathError(f"{rel!r} resolves outside the media root {self.root}")
         return str(candidate)
@@ -73,16 +126,20 @@ def stable_id(*parts: Any) -> str:
 def load_records(path: str | os.PathLike) -> Iterator[Any]:
     """Records of a JSON array file, a JSON object of records, or a JSON-lines file.
 
-    A JSON-lines line that does not parse is yielded as a `_BadLine` so the
-    caller can reject it instead of losing it.
+    A JSON-lines line that does not parse is yielded as a `BadLine` so the caller can
+    reject it instead of losing it. Bytes that are not UTF-8 are kept as surrogates
+    (`surrogateescape`), so only the record holding them is rejected, by `text()`.
     """
     path = Path(path)
-    with path.open("r", encoding="utf-8") as f:
+    with path.open("r", encoding="utf-8", errors="surrogateescape") as f:
         head = f.read(1 << 16).lstrip()
     if path.suffix == ".jsonl" or not head.startswith(("[", "{")) or _looks_like_jsonl(head):
         yield from _jsonl(path)
         return
-    data = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        data = json.loads(path.read_text(encoding="utf-8", errors="surrogateescape"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not valid JSON (line {exc.lineno}: {exc.msg})") from None
     if isinstance(data, dict):
         data = data.get("data", list(data.values()))
     if not isinstance(data, list):
@@ -109,14 +166,18 @@ def _looks_like_jsonl(head: str) -> bool:
 
 
 def _jsonl(path: Path) -> Iterator[Any]:
-    with path.open("r", encoding="utf-8") as f:
+    with path.open("r", encoding="utf-8", errors="surrogateescape") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
+                continue
+            if _SURROGATE.search(line):
+                yield BadLine(n, line[:2000].encode("utf-8", "replace").decode(),
+                              "holds bytes that are not UTF-8")
                 continue
             try:
                 yield json.loads(line)
             except json.JSONDecodeError as exc:
-                yield BadLine(n, line[:2000], str(exc))
+                yield BadLine(n, line[:2000], f"is not JSON: {exc}")
 
 
 def strip_placeholders(text: str) -> str:
@@ -154,3 +215,26 @@ def split_question_options(text: str) -> tuple[str, list[str], str]:
                               not in ("options", "choices")]
             return "\n".join(question_lines).strip(), options, "\n".join(lines[end:]).strip()
     return text.strip(), [], ""
+
+
+def per_record(source: str, records: Iterator[Any],
+               build: Callable[[int, dict], dict | Reject | list[dict | Reject]]
+               ) -> Iterator[dict | Reject]:
+    """Rows of every record; a line that is not JSON, a record that is not an object, or a
+    `Malformed` field becomes one reject naming the line, record or field."""
+    for n, rec in enumerate(records):
+        if isinstance(rec, BadLine):
+            yield Reject(source, f"{source}:line-{rec.line_no}", "malformed_annotation",
+                         f"line {rec.line_no} {rec.error}", rec.text)
+            continue
+        if not isinstance(rec, dict):
+            yield Reject(source, f"{source}:record-{n}", "malformed_annotation",
+                         f"record {n} is not a JSON object", rec)
+            continue
+        try:
+            out = build(n, rec)
+        except Malformed as exc:
+            yield Reject(source, f"{source}:record-{n}", "malformed_annotation",
+                         f"record {n}: {exc}", rec)
+            continue
+        yield from (out if isinstance(out, list) else [out])

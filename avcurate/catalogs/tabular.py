@@ -18,13 +18,17 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from avcurate.catalogs.base import (
-    BadLine,
     MediaRoot,
     Reject,
     UnsafePathError,
+    answer_value,
+    ident,
     load_records,
+    per_record,
     stable_id,
     strip_letter,
+    text,
+    texts,
 )
 from avcurate.core.answers import normalise_answer
 from avcurate.core.schema import sample_row
@@ -49,25 +53,20 @@ def read_tabular(
     records = _parquet_records(path) if Path(path).suffix == ".parquet" else load_records(path)
     extras = list(extra_columns or {})
     used = set(mapping.values()) | set(extras)
-    for n, rec in enumerate(records):
-        if isinstance(rec, BadLine):
-            yield Reject(source, f"{source}:line-{rec.line_no}", "malformed_annotation",
-                         f"line {rec.line_no} is not JSON: {rec.error}", rec.text)
-            continue
-        if not isinstance(rec, dict):
-            yield Reject(source, f"{source}:record-{n}", "malformed_annotation",
-                         "record is not an object", rec)
-            continue
+
+    def build(n: int, rec: dict) -> dict | Reject:
         row = _row(rec, n, media, source, mapping, used)
         if isinstance(row, dict):
             row |= {k: rec.get(k) for k in extras}
-        yield row
+        return row
+
+    return per_record(source, records, build)
 
 
 def _row(rec: dict, n: int, media: MediaRoot, source: str, mapping: dict[str, str],
          used: set[str]) -> dict | Reject:
     get = {k: rec.get(v) for k, v in mapping.items()}
-    raw_id = str(get["id"]) if get["id"] is not None else stable_id(n, rec)
+    raw_id = ident(get["id"], mapping["id"]) if get["id"] is not None else stable_id(n, rec)
     sid = f"{source}:{raw_id}"
     if not get["video"]:
         return Reject(source, sid, "malformed_annotation", f"no {mapping['video']!r} column", rec)
@@ -77,19 +76,19 @@ def _row(rec: dict, n: int, media: MediaRoot, source: str, mapping: dict[str, st
             options = json.loads(options)
         except json.JSONDecodeError:
             return Reject(source, sid, "malformed_annotation", "options is not a JSON list", rec)
-    if options is not None and not isinstance(options, list):
-        return Reject(source, sid, "malformed_annotation", "options is not a list", rec)
-    options = [strip_letter(str(o)) for o in options] if options else None
+    options = [strip_letter(o) for o in texts(options, mapping["options"])] if options \
+        is not None else None
+    question = text(get["question"], mapping["question"], required=False)
     try:
-        video = media.resolve(str(get["video"]))
-        audio = media.resolve(str(get["audio"])) if get["audio"] else None
+        video = media.resolve(text(get["video"], mapping["video"]))
+        audio = media.resolve(text(get["audio"], mapping["audio"])) if get["audio"] else None
     except UnsafePathError as exc:
         return Reject(source, sid, "unsafe_path", str(exc), rec)
     duration = get["duration_s"]
+    answer = normalise_answer(answer_value(get["answer"], mapping["answer"]), options or [])
     return sample_row(
         id=sid, source=source, video=video, audio=audio,
-        question=None if get["question"] is None else str(get["question"]),
-        options=options, answer=normalise_answer(get["answer"], options or []),
+        question=question, options=options or None, answer=answer,
         duration_s=float(duration) if isinstance(duration, int | float) else None,
         meta={"source_id": raw_id, **{k: v for k, v in rec.items() if k not in used}},
     )

@@ -9,6 +9,7 @@ their own columns (declared in `Stage.adds`); rejected rows carry
 from __future__ import annotations
 
 import json
+import unicodedata
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -64,7 +65,7 @@ def sample_row(
 ) -> dict[str, Any]:
     """One row of the sample table as a dict, with `meta` serialised to JSON."""
     return {
-        "id": id,
+        "id": unicodedata.normalize("NFC", id),  # one spelling of an id is one id
         "source": source,
         "video": video,
         "audio": audio,
@@ -72,8 +73,19 @@ def sample_row(
         "options": list(options) if options is not None else None,
         "answer": answer,
         "duration_s": duration_s,
-        "meta": json.dumps(dict(meta or {}), ensure_ascii=False, sort_keys=True, default=str),
+        "meta": _json(dict(meta or {})),
     }
+
+
+def _json(value: Any) -> str:
+    """JSON text Arrow can store: plain UTF-8 when possible, escaped when a value holds
+    bytes that are not UTF-8 (surrogates from a badly encoded annotation file)."""
+    text = json.dumps(value, ensure_ascii=False, sort_keys=True, default=str)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = json.dumps(value, ensure_ascii=True, sort_keys=True, default=str)
+    return text
 
 
 def rows_to_table(rows: Iterable[Mapping[str, Any]], schema: pa.Schema = SAMPLE_SCHEMA) -> pa.Table:
