@@ -112,7 +112,7 @@ def test_push_errors_are_one_line_and_keep_the_export(balanced_run, tmp_path):
     out = tmp_path / "export"
     env = {k: v for k, v in os.environ.items() if k != "HF_TOKEN"}
     cmd = avcurate_cmd("export", str(balanced_run), "--out", str(out), "--push", "--repo-id",
-                       "me/demo")
+                       "me/demo", "--copy-media")
     no_token = subprocess.run(cmd, capture_output=True, text=True, env=env)
     assert no_token.returncode == 2 and "set HF_TOKEN" in no_token.stderr
     assert len(no_token.stderr.strip().splitlines()) == 1
@@ -136,14 +136,16 @@ def test_push_to_a_loopback_hub(balanced_run, tmp_path):
         env = os.environ | {"HF_TOKEN": SECRET, "HF_ENDPOINT": hub.url,
                             "HF_HUB_DISABLE_TELEMETRY": "1"}
         result = subprocess.run(avcurate_cmd("export", str(balanced_run), "--out", str(out),
-                                             "--push", "--repo-id", "me/av-demo", "--private"),
+                                             "--push", "--repo-id", "me/av-demo", "--private",
+                                             "--copy-media"),
                                 capture_output=True, text=True, env=env, timeout=120)
         assert result.returncode == 0, result.stderr
     assert hub.repos["me/av-demo"]["type"] == "dataset"
     assert hub.repos["me/av-demo"].get("visibility") == "private" or hub.repos["me/av-demo"].get(
         "private") is True
-    local = {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*") if p.is_file()}
-    assert hub.files == local  # every file, byte for byte
+    local = {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*")
+             if p.is_file() and not p.name.startswith(".avcurate")}
+    assert hub.files == local  # every file, byte for byte (not avcurate's own marker)
     assert all(auth == f"Bearer {SECRET}" for _, _, auth in hub.log)
     assert "pushed to" in result.stdout and SECRET not in result.stdout + result.stderr
     assert SECRET.encode() not in b"".join(local.values())
@@ -204,3 +206,63 @@ def test_avrt_recipe_end_to_end(tmp_path):
     assert len(rows) == manifest["stages"][-1]["kept"] > 5
     for r in rows:
         assert r["trace"].startswith("<think>") and r["trace"].endswith(f"<answer>{r['answer']}</answer>")
+
+
+# -- export never destroys or mixes what it does not own -------------------------------------------
+
+def test_export_refuses_a_foreign_folder_and_never_deletes_user_files(balanced_run, tmp_path,
+                                                                       media):
+    proj = tmp_path / "proj"
+    (proj / "data").mkdir(parents=True)
+    (proj / "data" / "important.json").write_text("{}")
+    from avcurate.hub.export import ExportError
+
+    with pytest.raises(ExportError, match="not an avcurate export"):
+        export_run(balanced_run, proj)
+    clips = sorted(p.name for p in media["root"].rglob("*.mp4"))
+    with pytest.raises(ExportError, match="not an avcurate export"):
+        export_run(balanced_run, media["root"])  # the media root itself
+    assert sorted(p.name for p in media["root"].rglob("*.mp4")) == clips
+    export_run(balanced_run, proj, overwrite=True)
+    assert (proj / "data" / "important.json").read_text() == "{}"
+    export_run(balanced_run, proj)  # now it is an avcurate export: no --overwrite needed
+    assert (proj / "data" / "important.json").read_text() == "{}"
+    cli = subprocess.run(avcurate_cmd("export", str(balanced_run), "--out", str(tmp_path / "x"),
+                                      "--push", "--repo-id", "me/x"), capture_output=True,
+                         text=True)
+    assert cli.returncode == 2 and "--push needs --copy-media" in cli.stderr
+
+
+def test_a_truncated_copy_is_replaced_and_stale_files_removed(balanced_run, tmp_path):
+    out = tmp_path / "export"
+    first = export_run(balanced_run, out, copy_media="copy")
+    videos = sorted((out / "videos").iterdir())
+    assert first.media_copied == len(videos) > 0
+    victim = videos[0]
+    size = victim.stat().st_size
+    victim.write_bytes(victim.read_bytes()[: size // 10])  # what a killed copy used to leave
+    (out / "videos" / f".{victim.name}.tmp").write_bytes(b"half")
+    again = export_run(balanced_run, out, copy_media="copy")
+    assert again.media_copied == 1 and victim.stat().st_size == size
+    plain = export_run(balanced_run, out)  # no media this time: the old copies go
+    assert plain.media_copied == 0 and not any((out / "videos").glob("*.mp4"))
+    assert json.loads((out / ".avcurate-export.json").read_text())["files"] == sorted(
+        p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()
+        and not p.name.startswith(".avcurate"))
+    from avcurate.hub.push import PushError, push
+
+    with pytest.raises(PushError, match="point outside"):
+        push(out, "me/x")
+
+
+def test_card_has_no_local_paths_or_endpoints(tmp_path, media):
+    rows = [row(f"r{i}", "speech") for i in range(6)]
+    with openai_server() as server:
+        stages = [StageSpec("classify", {"model": "qwen", "base_url": server.url + "/v1"})]
+        Runner(scored_recipe(tmp_path, rows, stages), tmp_path / "run", show_progress=False).run()
+        url = server.url
+    export_run(tmp_path / "run", tmp_path / "export")
+    card = (tmp_path / "export" / "README.md").read_text()
+    assert url not in card and "127.0.0.1" not in card and str(tmp_path) not in card
+    assert "qwen" in card  # model names stay
+    assert "Media files are not included" in card

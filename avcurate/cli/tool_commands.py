@@ -116,18 +116,30 @@ def export(
                                                              "HF_TOKEN).")] = False,
     repo_id: Annotated[str | None, typer.Option(help="With --push: ORG/NAME.")] = None,
     private: Annotated[bool, typer.Option(help="With --push: create a private repo.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Write into a non-empty folder that is not a "
+                                                 "previous avcurate export (its other files are "
+                                                 "left alone).")] = False,
 ) -> None:
-    """Write the run's final rows as a Hugging Face dataset (data/*.parquet + README card)."""
+    """Write the run's final rows as a Hugging Face dataset (data/*.parquet + README card).
+
+    The export owns only the files it wrote (listed in OUT/.avcurate-export.json): a
+    re-export replaces them and removes those no longer part of it, nothing else.
+    """
     from avcurate.hub.export import export_run
     from avcurate.hub.push import PushError, push
 
     if push_to_hub and not repo_id:
         fail("--push needs --repo-id ORG/NAME")
+    if push_to_hub and not copy_media:
+        fail("--push needs --copy-media: without it the video/audio paths point outside the "
+             "export, to files the Hub would not get")
+    if shard_mb < 1 or not 0 <= val_fraction < 1:
+        fail("--shard-mb must be at least 1 and --val-fraction in [0, 1)")
     copy = ("hardlink" if hardlink else "copy") if copy_media else None
     try:
         result = export_run(run_dir, out_dir, val_fraction=val_fraction,
                             max_shard_bytes=shard_mb * 1024**2, copy_media=copy,
-                            all_columns=all_columns, license=license)
+                            all_columns=all_columns, license=license, overwrite=overwrite)
     except (ValueError, FileNotFoundError) as exc:
         fail(str(exc))
     for config, splits in result.configs.items():

@@ -4,6 +4,7 @@ needs to trust the data: recipe, stage funnel, categories, scores, models, colum
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -56,8 +57,38 @@ def _table(headers: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(out)
 
 
+def public_recipe(recipe: dict[str, Any]) -> dict[str, Any]:
+    """The recipe as a card may show it: file names instead of local paths, no endpoints.
+
+    Model names stay (they say what made the data); base URLs, hostnames and absolute paths
+    say where someone's machines are and go.
+    """
+    def clean(key: str, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: clean(k, v) for k, v in value.items() if k != "base_url"}
+        if isinstance(value, list):
+            return [clean(key, v) for v in value]
+        if isinstance(value, str) and "://" in value:
+            return "(endpoint)"
+        if isinstance(value, str) and os.path.isabs(value):
+            return "(media root)" if key == "media_root" else Path(value).name
+        return value
+
+    return clean("", recipe)
+
+
+MEDIA_NOTE = {
+    True: "Videos and audio files are included under `videos/` and `audios/`; the `video` and "
+          "`audio` columns hold paths relative to this folder.",
+    False: "Media files are not included: the `video` and `audio` columns hold paths relative "
+           "to this folder that point to where the source clips were on the machine that made "
+           "the export. Get the clips from the source datasets (or export with --copy-media).",
+}
+
+
 def write_card(out: Path, manifest: dict[str, Any], store: RunStore,
-               configs: dict[str, dict[str, int]], columns: list[str], *, license: str) -> Path:
+               configs: dict[str, dict[str, int]], columns: list[str], *, license: str,
+               media_included: bool = True) -> Path:
     total = sum(configs.get("default", {}).values())
     funnel = stage_rows(store)
     parts = [_yaml_header(configs, license, total), "# Audio-visual QA dataset (avcurate)", "",
@@ -90,7 +121,9 @@ def write_card(out: Path, manifest: dict[str, Any], store: RunStore,
     parts += ["## Columns", "", _table(["column", "meaning"],
                                        [[c, COLUMN_DOCS.get(c, "stage-added column")]
                                         for c in columns]), "",
-              "## Recipe", "", "```json", json.dumps(manifest["recipe"], indent=2), "```", ""]
+              "## Media", "", MEDIA_NOTE[media_included], "",
+              "## Recipe", "", "```json", json.dumps(public_recipe(manifest["recipe"]), indent=2),
+              "```", ""]
     path = out / "README.md"
     path.write_text("\n".join(parts), encoding="utf-8")
     return path

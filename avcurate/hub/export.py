@@ -7,6 +7,13 @@
       data/<subset>/train-....parquet    one config per named subset (e.g. audio_visual)
       videos/, audios/                   with --copy-media
 
+An export owns only what it wrote: `OUT/.avcurate-export.json` lists those files. A
+non-empty OUT without that marker is refused unless `overwrite` (and even then nothing
+else in it is touched). Data files and the card are written in a staging folder beside
+them and renamed into place; media copies go through a temp file and are checked by
+size, so a killed export never leaves a truncated video that a re-export would keep. A
+re-export removes the files of the previous export that are no longer part of it.
+
 The validation split is chosen by a hash of the id (stable across runs and
 machines), stratified by category when the rows have one: within each
 category the rows with the smallest hashes, round(n * val_fraction) of them,
@@ -16,6 +23,7 @@ go to validation.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 from dataclasses import dataclass
@@ -27,12 +35,18 @@ import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.parquet as pq
 
 from avcurate.core.counts import parquet_scan
-from avcurate.core.store import RunStore
+from avcurate.core.store import RunStore, atomic_write_bytes
 
 TRAINING_COLUMNS = ("id", "source", "question", "options", "answer", "video", "audio", "category",
                     "trace", "video_dependency", "audio_dependency", "question_logic",
                     "answer_accuracy", "composite_score")
 MEDIA_DIRS = {"video": "videos", "audio": "audios"}
+MARKER = ".avcurate-export.json"
+STAGING = ".avcurate-staging"
+
+
+class ExportError(ValueError):
+    """An export that would destroy or mix data it does not own; one line for the user."""
 
 
 @dataclass
@@ -93,8 +107,32 @@ def _media_name(path: str) -> str:
     return f"{digest}-{Path(path).name}"
 
 
-def relink_media(table: pa.Table, out: Path, copy: str | None) -> tuple[pa.Table, int]:
-    """Make media paths relative to the export root; copy or hard-link files with `copy`."""
+def place_media(source: str, target: Path, how: str) -> bool:
+    """Copy (or hard-link) `source` to `target` atomically; False when an identical-size copy
+    is already there. A temp file is renamed into place, so a kill never leaves half a file."""
+    if target.is_file() and target.stat().st_size == os.stat(source).st_size:
+        return False
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    if how == "hardlink":
+        try:
+            os.link(source, tmp)
+        except OSError:  # another filesystem: fall back to a copy
+            shutil.copy2(source, tmp)
+    else:
+        shutil.copy2(source, tmp)
+    if tmp.stat().st_size != os.stat(source).st_size:
+        tmp.unlink()
+        raise OSError(f"copy of {source} is incomplete")
+    os.replace(tmp, target)
+    return True
+
+
+def relink_media(table: pa.Table, out: Path, copy: str | None, written: set[str]
+                 ) -> tuple[pa.Table, int]:
+    """Make media paths relative to the export root; copy or hard-link files with `copy`
+    (their export-relative names are added to `written`)."""
     copied = 0
     for col, sub in MEDIA_DIRS.items():
         if col not in table.column_names:
@@ -105,27 +143,32 @@ def relink_media(table: pa.Table, out: Path, copy: str | None) -> tuple[pa.Table
                 values.append(path)
                 continue
             if copy:
-                target = out / sub / _media_name(path)
-                if not target.exists():
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    if copy == "hardlink":
-                        try:
-                            os.link(path, target)
-                        except OSError:  # another filesystem: fall back to a copy
-                            shutil.copy2(path, target)
-                    else:
-                        shutil.copy2(path, target)
-                    copied += 1
-                values.append(f"{sub}/{target.name}")
+                rel = f"{sub}/{_media_name(path)}"
+                copied += place_media(path, out / rel, copy)
+                written.add(rel)
+                values.append(rel)
             else:
                 values.append(os.path.relpath(path, out))
         table = table.set_column(table.schema.get_field_index(col), col, pa.array(values, pa.string()))
     return table, copied
 
 
+def _owned(out: Path, overwrite: bool) -> set[str]:
+    """Files a previous export wrote here; refuse a foreign non-empty folder."""
+    marker = out / MARKER
+    if marker.is_file():
+        return set(json.loads(marker.read_text())["files"])
+    if out.is_dir() and any(p.name != STAGING for p in out.iterdir()) and not overwrite:
+        raise ExportError(f"{out} is not empty and is not an avcurate export; choose an empty "
+                          "or new folder, or pass --overwrite (files avcurate did not write are "
+                          "never deleted)")
+    return set()
+
+
 def export_run(run_dir: Path | str, out: Path | str, *, val_fraction: float = 0.05,
                max_shard_bytes: int = 500 * 1024**2, copy_media: str | None = None,
-               all_columns: bool = False, license: str = "other") -> ExportResult:
+               all_columns: bool = False, license: str = "other",
+               overwrite: bool = False) -> ExportResult:
     if not 0 <= val_fraction < 1:
         raise ValueError("--val-fraction must be in [0, 1)")
     if copy_media not in (None, "copy", "hardlink"):
@@ -137,29 +180,51 @@ def export_run(run_dir: Path | str, out: Path | str, *, val_fraction: float = 0.
         raise ValueError(f"{run_dir} has unfinished stages; finish the run before exporting")
     final = store.shards(store.root / stages[-1]["dir"])
     out = Path(out).resolve()
-    if (out / "data").exists():
-        shutil.rmtree(out / "data")  # a re-export replaces the data, never mixes two
-    out.mkdir(parents=True, exist_ok=True)
+    if out == store.root.resolve() or store.root.resolve().is_relative_to(out):
+        raise ExportError(f"--out {out} would hold the run folder itself; choose another folder")
+    previous = _owned(out, overwrite)
+    staging = out / STAGING
+    shutil.rmtree(staging, ignore_errors=True)  # ours: a killed export's leftovers
+    staging.mkdir(parents=True)
     have = pq.read_schema(final[0]).names
     columns = [c for c in have if not c.startswith("reject_")] if all_columns \
         else [c for c in TRAINING_COLUMNS if c in have]
     configs: dict[str, dict[str, int]] = {}
     copied = 0
-    sets = {"default": (final, out / "data")}
+    written: set[str] = set()
+    sets = {"default": (final, "data")}
     for entry in manifest["stages"]:
         for name, sub in entry.get("subsets", {}).items():
-            sets[name] = (store.shards(store.root / sub["dir"]), out / "data" / name)
+            sets[name] = (store.shards(store.root / sub["dir"]), f"data/{name}")
     val_ids = validation_ids(final, val_fraction)
     for config, (files, folder) in sets.items():
         if not files:
             continue
         configs[config] = {}
         for split, table in split_rows(files, val_ids, columns).items():
-            table, n = relink_media(table, out, copy_media)
+            table, n = relink_media(table, out, copy_media, written)
             copied += n
-            write_split(table, folder, split, max_shard_bytes)
+            for path in write_split(table, staging / folder, split, max_shard_bytes):
+                written.add(str(path.relative_to(staging)))
             configs[config][split] = table.num_rows
     from avcurate.hub.card import write_card
 
-    write_card(out, manifest, store, configs, columns, license=license)
+    write_card(staging, manifest, store, configs, columns, license=license,
+               media_included=copy_media is not None)
+    written.add("README.md")
+    _publish(out, staging, written, previous)
     return ExportResult(out, configs, columns, copied)
+
+
+def _publish(out: Path, staging: Path, written: set[str], previous: set[str]) -> None:
+    """Rename the staged files into place, drop the previous export's files that are no
+    longer part of it, then record what this export owns."""
+    for rel in sorted(written):
+        staged = staging / rel
+        if staged.is_file():
+            (out / rel).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staged, out / rel)
+    for rel in sorted(previous - written):
+        (out / rel).unlink(missing_ok=True)
+    shutil.rmtree(staging, ignore_errors=True)
+    atomic_write_bytes(out / MARKER, json.dumps({"files": sorted(written)}, indent=1).encode())
