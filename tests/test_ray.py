@@ -156,3 +156,19 @@ def test_response_cache_is_safe_for_concurrent_writers(tmp_path):
         assert sorted(pool.map(_hammer, [(str(path), w) for w in range(4)])) == [0, 1, 2, 3]
     cache = KVCache(path)
     assert len(cache) == 800 and cache.get("3-199") == {"worker": 3, "i": 199}
+
+
+def test_api_keys_reach_ray_workers_without_touching_disk(ray_env, tmp_path, monkeypatch):
+    """The cluster started before the key was set (as a cluster started without it): its
+    workers authenticate anyway, and the key is in no file Ray wrote."""
+    key = "sk-ray-only-in-memory-0123"
+    monkeypatch.setenv("OPENAI_API_KEY", key)
+    rows = [row(f"r{i}", "speech") for i in range(8)]
+    with openai_server(api_key=key) as server:
+        stages = [StageSpec("classify", {"model": "qwen", "base_url": server.url + "/v1"})]
+        _ray_runner(scored_recipe(tmp_path, rows, stages, shard_size=2), tmp_path / "run")
+        assert server.headers_seen and all(h.get("authorization") == f"Bearer {key}"
+                                           for h in server.headers_seen)
+    for path in [*Path(ray_env["RAY_TMPDIR"]).rglob("*"), *(tmp_path / "run").rglob("*")]:
+        if path.is_file() and not path.is_symlink():
+            assert key.encode() not in path.read_bytes(), path

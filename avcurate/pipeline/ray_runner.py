@@ -29,6 +29,19 @@ from avcurate.pipeline.runner import RunError, Runner, process_shard
 from avcurate.stages.base import Resources, Stage
 from avcurate.stages.context import StageContext
 
+FORWARDED = ("OPENAI_API_KEY", "GEMINI_API_KEY", "GOOGLE_API_KEY", "HF_TOKEN", "PYTHONPATH")
+
+
+def worker_env() -> dict[str, str]:
+    """The driver's API keys (and PYTHONPATH, for plugins), for the workers' environment.
+
+    They travel as an argument of each task or actor (Ray's object store, in memory) and are
+    set in the worker's environment before the stage starts, so the workers of a cluster
+    started without them still authenticate. Not `runtime_env`: Ray's runtime-env agent
+    writes those variables into its log file.
+    """
+    return {k: os.environ[k] for k in FORWARDED if os.environ.get(k)}
+
 
 def import_ray():
     try:
@@ -42,7 +55,8 @@ class _ShardJob:
     """Processes shard descriptors; one instance per task (row-local) or per actor (models)."""
 
     def __init__(self, stage: Stage, run_dir: str, stage_dir: str, workers: int,
-                 kept_schema: pa.Schema, rej_schema: pa.Schema) -> None:
+                 kept_schema: pa.Schema, rej_schema: pa.Schema, env: dict[str, str]) -> None:
+        os.environ.update(env)
         self.stage, self.kept_schema, self.rej_schema = stage, kept_schema, rej_schema
         self.ctx = StageContext(run_dir=Path(run_dir), stage_dir=Path(stage_dir), workers=workers)
         stage.setup(self.ctx)
@@ -68,10 +82,8 @@ class RayRunner(Runner):
         self.address, self.actors, self.cpus_per_task = address, actors, cpus_per_task
         self.ray = import_ray()
         if not self.ray.is_initialized():
-            # workers must import the same code (plugins on PYTHONPATH included)
-            env = {k: v for k, v in os.environ.items() if k in ("PYTHONPATH",)}
             self.ray.init(address=self.address, ignore_reinit_error=True, log_to_driver=False,
-                          include_dashboard=False, runtime_env={"env_vars": env} if env else None)
+                          include_dashboard=False)
         ctx = self.ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
 
@@ -83,7 +95,7 @@ class RayRunner(Runner):
         items = [{"index": i, "path": str(inputs[i])} for i in pending]
         ds = ray.data.from_items(items, override_num_blocks=len(items))
         args = (stage, str(ctx.run_dir), str(ctx.stage_dir), max(1, int(self.cpus_per_task)),
-                kept_schema, rej_schema)
+                kept_schema, rej_schema, worker_env())
         if stage.resources == Resources.MODEL:
             out = ds.map_batches(_ShardJob, fn_constructor_args=args, batch_size=1,
                                  concurrency=self.actors, num_cpus=0.5)
