@@ -71,14 +71,18 @@ def default_of(f: Field) -> Any:
     return None
 
 
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """'; did you mean X?' for the closest known name, or '' (for one-line errors)."""
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
 def check_keys(cls: type, keys: Iterable[str], where: str) -> None:
     """Refuse keys that are not options of `cls`, naming the closest valid one."""
     known = [f.name for f in dataclasses.fields(cls) if f.init]
     for key in keys:
         if key not in known:
-            close = difflib.get_close_matches(key, known, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise OptionError(f"{where}: unknown option {key!r}{hint} "
+            raise OptionError(f"{where}: unknown option {key!r}{did_you_mean(key, known)} "
                               f"(options: {', '.join(sorted(known)) or 'none'})")
 
 

@@ -26,13 +26,14 @@ option of that catalog (e.g. `columns = {question = "q"}` for jsonl/parquet).
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from avcurate.core.options import did_you_mean
 
 
 class RecipeError(ValueError):
@@ -161,9 +162,7 @@ def _known(table: dict[str, Any], keys: tuple[str, ...], where: str) -> None:
     """Refuse an unknown key (a typo such as [expor] is never silently ignored)."""
     for key in table:
         if key not in keys:
-            close = difflib.get_close_matches(key, keys, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise RecipeError(f"{where} has an unknown key {key!r}{hint} "
+            raise RecipeError(f"{where} has an unknown key {key!r}{did_you_mean(key, keys)} "
                               f"(known: {', '.join(keys)})")
 
 

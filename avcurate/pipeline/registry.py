@@ -14,7 +14,7 @@ import dataclasses
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
-from avcurate.core.options import OptionError, check_keys
+from avcurate.core.options import OptionError, check_keys, did_you_mean
 from avcurate.curation.classify import Classify
 from avcurate.curation.score import Score
 from avcurate.filters.balance import Balance
@@ -53,11 +53,8 @@ def stage_class(name: str) -> type:
     """The class of stage `name` (loading a plugin on first use), with a clear error for typos."""
     stages = available()
     if name not in stages:
-        import difflib
-
-        close = difflib.get_close_matches(name, list(stages), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise StageError(f"unknown stage {name!r}{hint} (available: {', '.join(sorted(stages))})")
+        raise StageError(f"unknown stage {name!r}{did_you_mean(name, stages)} "
+                         f"(available: {', '.join(sorted(stages))})")
     cls = stages[name]
     if isinstance(cls, EntryPoint):
         try:

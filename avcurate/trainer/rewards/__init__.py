@@ -13,11 +13,12 @@ registered with `@reward("name")`, or named as `package.module:function`, works 
 
 from __future__ import annotations
 
-import difflib
 import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
+
+from avcurate.core.options import did_you_mean
 
 RewardFn = Callable[[Sequence[str], Sequence[dict[str, Any]]], list[float]]
 
@@ -104,9 +105,8 @@ def get(name: str, settings: RewardSettings | None = None) -> Reward:
         except (ImportError, AttributeError) as exc:
             raise ValueError(f"cannot load reward {name!r}: {exc}") from exc
     if name not in REWARDS:
-        close = difflib.get_close_matches(name, list(REWARDS), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"unknown reward {name!r}{hint} (available: {', '.join(sorted(REWARDS))})")
+        raise ValueError(f"unknown reward {name!r}{did_you_mean(name, REWARDS)} "
+                         f"(available: {', '.join(sorted(REWARDS))})")
     return REWARDS[name](settings)
 
 
