@@ -136,6 +136,22 @@ BAD = [
     (["train", "--data", "d", "--model", "m", "--lr", "-1"], "lr = -1.0 must be greater than 0"),
     (["train", "--data", "d", "--model", "m", "--rewards", "fromat"], "unknown reward 'fromat'"),
     (["train", "--data", "d", "--model", "m", "--algo", "ppo"], "algo = 'ppo' must be one of"),
+    (["classify", "{run}", "--model", "m", "--rpm", "-1"], "rpm = -1.0 must be at least 0"),
+    (["classify", "{run}", "--model", "m", "--temperature", "nan"], "must be a finite number"),
+    (["subset", "{run}", "--name", "Audio Visual"], "must be lower-case letters"),
+    (["dedup", "{root}/nope"], "is not a run folder"),
+    (["ingest", "--source", "lava", "--annotations", "a", "--media-root", "m", "--out", "o"],
+     "unknown source 'lava'"),
+    (["ingest", "--source", "jsonl", "--annotations", "a", "--media-root", "m", "--out", "o",
+      "--shard-size", "0"], "--shard-size must be at least 1"),
+    (["export", "{run}", "--out", "{root}/e", "--val-fraction", "1.5"], "--val-fraction in [0, 1)"),
+    (["export", "{run}", "--out", "{root}/e", "--shard-mb", "0"], "--shard-mb must be at least 1"),
+    (["query", "{run}", "SELECT 1", "--limit", "-1"], "--limit must be at least 0"),
+    (["stats", "{root}/nope"], "is not an avcurate run"),
+    (["status", "{root}/nope"], "is not an avcurate run"),
+    (["reset", "{run}", "--from", "balance", "--yes"], "no stage 'balance'"),
+    (["run", "{root}/missing.toml", "--out", "{root}/r4"], "no recipe at"),
+    (["run", "{root}/bad.toml", "--out", "{root}/r5", "--executor", "spark"], "--executor must be"),
 ]
 
 

@@ -44,6 +44,8 @@ def run(
                                                           "decoding task.")] = 1.0,
 ) -> None:
     """Run a recipe into a run folder. Re-running resumes: finished shards are skipped."""
+    if executor not in ("local", "ray"):
+        fail(f"--executor must be local or ray, not {executor!r}")
     rec = guard(Recipe.load, recipe)
     if executor == "ray":
         if ray_actors < 1 or not ray_cpus_per_task > 0:
@@ -52,10 +54,8 @@ def run(
 
         runner = guard(RayRunner, rec, out_dir, force=force, show_progress=not quiet,
                        address=address, actors=ray_actors, cpus_per_task=ray_cpus_per_task)
-    elif executor == "local":
-        runner = Runner(rec, out_dir, force=force, show_progress=not quiet)
     else:
-        fail(f"--executor must be local or ray, not {executor!r}")
+        runner = Runner(rec, out_dir, force=force, show_progress=not quiet)
     guard(runner.run)
     print_summary(out_dir, f"Run {out_dir}")
     if rec.export is not None:
