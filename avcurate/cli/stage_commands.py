@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
-from avcurate.cli.common import app, check_specs, fail, guard, out, run_more
+from avcurate.cli.common import Force, Quiet, app, check_specs, fail, guard, out, run_more
 from avcurate.cli.generate import CliOption, collect, options_for, with_signature
 from avcurate.core.options import OptionError
 from avcurate.core.store import RunStore
@@ -36,11 +36,8 @@ COMMON = [
     _param("redo", Annotated[bool, typer.Option(
         "--redo", help="Run the stage again even if the run already did it (removes it and the "
                        "stages after it first; cached model answers are reused).")], False),
-    _param("force", Annotated[bool, typer.Option(
-        "--force", help="If the run folder was made with a different recipe, recompute from the "
-                        "first stage that differs instead of stopping.")], False),
-    _param("quiet", Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")],
-           False),
+    _param("force", Force, False),
+    _param("quiet", Quiet, False),
 ]
 DRY_RUN = _param("dry_run", Annotated[bool, typer.Option(
     "--dry-run", help="Print the number of calls, an input token estimate and an example "
