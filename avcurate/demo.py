@@ -87,7 +87,7 @@ def _llava(root: Path, rng: random.Random) -> list[dict]:
     # Malformed on purpose: each is caught at ingest or by validate, with its own reason.
     records[5]["conversations"][1]["value"] = "E."            # answer_not_in_options
     records[7]["conversations"][0]["value"] = "<video>\n  "     # empty_question
-    records.append({"id": "demo_01", "video": "clip_01.mp4",    # duplicate_id
+    records.append({"id": "demo_01", "video": "clip_01.mp4",    # a true duplicate (dedup)
                     "conversations": records[1]["conversations"]})
     records.append({"id": "demo_bad_conv", "video": "clip_02.mp4",  # malformed_annotation
                     "conversations": [{"from": "human", "value": "question with no answer"}]})
@@ -130,6 +130,7 @@ def _avqa(root: Path, rng: random.Random) -> list[dict]:
     records[8]["multi_choice"] = records[8]["multi_choice"][:1]   # too_few_options
     records[8]["answer"] = 0
     del records[13]["question_text"]                              # malformed_annotation
+    records.append(records[1] | {"question_text": "Which square moves?"})  # duplicate_id
     return records
 
 

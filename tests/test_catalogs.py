@@ -49,8 +49,9 @@ def test_llava_video(tmp_path):
     ann.write_text(json.dumps(LLAVA))
     rows, rejects = _read("llava-video", ann, tmp_path)
     by_id = {r["id"]: r for r in rows}
-    assert set(by_id) == {"llava-video:v_abc", "llava-video:ytb_1#0", "llava-video:ytb_1#1"}
-    mc = by_id["llava-video:v_abc"]
+    assert set(by_id) == {"llava-video:llava/0-v_abc", "llava-video:llava/1-ytb_1#0",
+                          "llava-video:llava/1-ytb_1#1"}
+    mc = by_id["llava-video:llava/0-v_abc"]
     assert mc["question"] == "What is the man holding?"
     assert mc["options"] == ["A cup", "A guitar", "A phone", "A book"]
     assert mc["answer"] == "B"
@@ -58,13 +59,14 @@ def test_llava_video(tmp_path):
     meta = json.loads(mc["meta"])
     assert meta["data_source"] == "0_30_s_academic_v0_1" and meta["kind"] == "multiple_choice"
     assert "letter" in meta["instruction"]
-    open_ended = by_id["llava-video:ytb_1#0"]
+    open_ended = by_id["llava-video:llava/1-ytb_1#0"]
     assert open_ended["question"] == "What happens first?" and "<video>" not in open_ended["question"]
     assert open_ended["options"] is None and open_ended["answer"] == "A dog runs across the yard."
-    second = by_id["llava-video:ytb_1#1"]
+    second = by_id["llava-video:llava/1-ytb_1#1"]
     assert second["options"] == ["loud", "quiet"] and second["answer"] == "A"
     assert {(r.raw_id, r.reason) for r in rejects} == {
-        ("llava-video:bad", "malformed_annotation"), ("llava-video:escape", "unsafe_path")}
+        ("llava-video:llava/2-bad", "malformed_annotation"),
+        ("llava-video:llava/3", "unsafe_path")}
     # ids are stable: reading again gives the same rows
     assert _read("llava-video", ann, tmp_path)[0] == rows
 
@@ -77,7 +79,7 @@ def test_video_vista(tmp_path):
                           {"from": "gpt", "value": "beach"}]}]))
     rows, rejects = _read("video-vista", ann, tmp_path)
     assert not rejects
-    assert rows[0]["id"] == "video-vista:7" and rows[0]["answer"] == "B"  # answer given as text
+    assert rows[0]["id"] == "video-vista:vista/0-7" and rows[0]["answer"] == "B"  # answer given as text
     assert json.loads(rows[0]["meta"])["Type"] == "Event Location"
 
 
@@ -131,7 +133,7 @@ def test_jsonl_with_mapping_and_bad_line(tmp_path):
     ]) + "\n")
     cols = {"id": "uid", "video": "path", "question": "q", "options": "choices", "answer": "label"}
     rows, rejects = _read("jsonl", ann, tmp_path, columns=cols)
-    assert [(r["id"], r["answer"]) for r in rows] == [("jsonl:a", "C"), ("jsonl:b", "B")]
+    assert [(r["id"], r["answer"]) for r in rows] == [("jsonl:mine/a", "C"), ("jsonl:mine/b", "B")]
     assert json.loads(rows[0]["meta"])["extra"] == 1
     assert rejects[0].reason == "malformed_annotation" and "line 2" in rejects[0].detail
 
@@ -196,14 +198,16 @@ def test_one_bad_record_is_one_reject(tmp_path, media):
     lines = [
         json.dumps({"id": "ok", "video": good, "question": "Q?", "options": ["a", "b"],
                     "answer": "A"}).encode(),
-        json.dumps({"id": "nul", "video": good + "\u0000x", "question": "Q?"}).encode(),
+        json.dumps({"id": "nul", "video": good + "\u0000x", "question": "Q?",
+                    "answer": "x"}).encode(),
         b'{"id": "latin1", "video": "' + good.encode() + b'", "question": "caf\xe9?"}',
-        json.dumps({"id": "dict", "video": good, "question": {"text": "Q?"}}).encode(),
+        json.dumps({"id": "dict", "video": good, "question": {"text": "Q?"},
+                    "answer": "x"}).encode(),
         json.dumps({"id": "nulls", "video": good, "question": "Q?", "options": [None, None],
                     "answer": "A"}).encode(),
         json.dumps({"id": "ans", "video": good, "question": "Q?", "answer": {"x": 1}}).encode(),
-        json.dumps({"id": "caf\u00e9", "video": good, "question": "Q1?"}).encode(),
-        json.dumps({"id": "cafe\u0301", "video": good, "question": "Q2?"}).encode(),
+        json.dumps({"id": "caf\u00e9", "video": good, "question": "Q1?", "answer": "x"}).encode(),
+        json.dumps({"id": "cafe\u0301", "video": good, "question": "Q2?", "answer": "y"}).encode(),
     ]
     ann = tmp_path / "ann.jsonl"
     ann.write_bytes(b"\n".join(lines) + b"\n")
@@ -212,14 +216,14 @@ def test_one_bad_record_is_one_reject(tmp_path, media):
     rows = [r for r in out if not isinstance(r, Reject)]
     rejects = {r.raw_id: r for r in out if isinstance(r, Reject)}
     assert len(out) == len(lines)  # every record accounted for
-    assert [r["id"] for r in rows] == ["jsonl:ok", "jsonl:caf\u00e9", "jsonl:caf\u00e9"]
+    assert [r["id"] for r in rows] == ["jsonl:ann/ok", "jsonl:ann/caf\u00e9", "jsonl:ann/caf\u00e9"]
     details = {k: r.detail for k, r in rejects.items()}
     assert all(r.reason == "malformed_annotation" for r in rejects.values())
-    assert "video contains a NUL byte" in details["jsonl:record-1"]
-    assert details["jsonl:line-3"] == "line 3 holds bytes that are not UTF-8"
-    assert "question must be text, not dict" in details["jsonl:record-3"]
-    assert "options[0] is missing (null)" in details["jsonl:record-4"]
-    assert "answer must be text, not dict" in details["jsonl:record-5"]
+    assert "video contains a NUL byte" in details["jsonl:ann/1"]
+    assert details["jsonl:ann/line-3"] == "line 3 holds bytes that are not UTF-8"
+    assert "question must be text, not dict" in details["jsonl:ann/3"]
+    assert "options[0] is missing (null)" in details["jsonl:ann/4"]
+    assert "answer must be text, not dict" in details["jsonl:ann/5"]
     for r in rejects.values():  # rejects are storable rows too
         pa.Table.from_pylist([r.to_row()])
 
@@ -233,6 +237,6 @@ def test_a_json_array_with_a_bad_byte_rejects_one_record(tmp_path, media):
     ann = tmp_path / "avqa.json"
     ann.write_bytes(body)
     out = list(read_source("avqa", str(ann), str(media["root"])))
-    assert [r["id"] for r in out if not isinstance(r, Reject)] == ["avqa:1"]
+    assert [r["id"] for r in out if not isinstance(r, Reject)] == ["avqa:avqa/1"]
     [bad] = [r for r in out if isinstance(r, Reject)]
     assert bad.detail == "record 1: question_text holds bytes that are not UTF-8"

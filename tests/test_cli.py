@@ -61,7 +61,7 @@ def test_ingest_then_validate(tmp_path, media):
     result = sh("validate", str(run_dir), "--silence-db", "-50", "-q")
     assert "01-validate" in result.stdout
     kept, rej = read_stage(run_dir, "01")
-    assert kept.column("id").to_pylist() == ["jsonl:a"]
+    assert kept.column("id").to_pylist() == ["jsonl:mine/a"]
     assert rej.column("reject_reason").to_pylist() == ["silent_audio"]
     assert read_stage(run_dir, "00")[1].column("reject_reason").to_pylist() == ["unsafe_path"]
     manifest = json.loads((run_dir / "manifest.json").read_text())
@@ -144,6 +144,10 @@ BAD = [
      "unknown source 'lava'"),
     (["ingest", "--source", "jsonl", "--annotations", "a", "--media-root", "m", "--out", "o",
       "--shard-size", "0"], "--shard-size must be at least 1"),
+    (["ingest", "--source", "avqa", "--annotations", "a", "--media-root", "m", "--out", "o",
+      "--explode", "tasks"], "source 'avqa' has no option 'explode'"),
+    (["ingest", "--source", "jsonl", "--annotations", "a", "--media-root", "m", "--out", "o",
+      "--column", "questoin=q"], "cannot map questoin"),
     (["export", "{run}", "--out", "{root}/e", "--val-fraction", "1.5"], "--val-fraction in [0, 1)"),
     (["export", "{run}", "--out", "{root}/e", "--shard-mb", "0"], "--shard-mb must be at least 1"),
     (["query", "{run}", "SELECT 1", "--limit", "-1"], "--limit must be at least 0"),

@@ -37,8 +37,8 @@ def outcome(tmp: Path, rows, stages, prefix="01"):
     manifest = json.loads((tmp / "run/manifest.json").read_text())
     for s in manifest["stages"]:
         assert s["rows_in"] == s["kept"] + s["rejected"]
-    return ({r.removeprefix("jsonl:") for r in kept.column("id").to_pylist()},
-            {r["id"].removeprefix("jsonl:"): r["reject_reason"] for r in rej.to_pylist()},
+    return ({r.split("/", 1)[1] for r in kept.column("id").to_pylist()},
+            {r["id"].split("/", 1)[1]: r["reject_reason"] for r in rej.to_pylist()},
             manifest)
 
 
@@ -162,13 +162,13 @@ def test_subset_marks_and_writes_without_rejecting(tmp_path):
     kept, rejected, manifest = outcome(tmp_path, rows, [StageSpec("subset")])
     assert kept == {"both", "video_only", "none"} and not rejected
     table = read_stage(tmp_path / "run", "01")[0]
-    assert rows_by_id(table)["jsonl:both"]["subset_audio_visual"] is True
-    assert rows_by_id(table)["jsonl:video_only"]["subset_audio_visual"] is False
+    assert rows_by_id(table)["jsonl:scored/both"]["subset_audio_visual"] is True
+    assert rows_by_id(table)["jsonl:scored/video_only"]["subset_audio_visual"] is False
     sub = manifest["stages"][1]["subsets"]["audio_visual"]
     assert sub["rows"] == 1 and sub["dir"] == "01-subset/subset-audio_visual"
     import pyarrow.parquet as pq
     files = sorted((tmp_path / "run" / sub["dir"]).glob("part-*.parquet"))
-    assert [r for f in files for r in pq.read_table(f).column("id").to_pylist()] == ["jsonl:both"]
+    assert [r for f in files for r in pq.read_table(f).column("id").to_pylist()] == ["jsonl:scored/both"]
 
 
 # -- dedup --------------------------------------------------------------------------
@@ -183,7 +183,7 @@ def test_dedup_keeps_the_best_of_each_group(tmp_path):
     ]] + [row("d", comp=0.99, question="What is playing?", video="other.mp4")]  # other media
     kept, rejected, _ = outcome(tmp_path, rows, [StageSpec("dedup")])
     assert kept == {"b", "c", "d", "e"}
-    assert rejected == {"a": "duplicate_of:jsonl:b", "f": "duplicate_of:jsonl:e"}
+    assert rejected == {"a": "duplicate_of:jsonl:scored/b", "f": "duplicate_of:jsonl:scored/e"}
 
 
 def test_dedup_without_scores_keeps_smallest_id(tmp_path):
@@ -195,8 +195,8 @@ def test_dedup_without_scores_keeps_smallest_id(tmp_path):
                     [StageSpec("dedup")], shard_size=2, workers=1)
     run(recipe, tmp_path / "run")
     kept, rej = read_stage(tmp_path / "run", "01")
-    assert kept.column("id").to_pylist() == ["jsonl:b"]
-    assert set(rej.column("reject_reason").to_pylist()) == {"duplicate_of:jsonl:b"}
+    assert kept.column("id").to_pylist() == ["jsonl:plain/b"]
+    assert set(rej.column("reject_reason").to_pylist()) == {"duplicate_of:jsonl:plain/b"}
 
 
 def test_full_funnel_threshold_balance_subset(tmp_path):

@@ -48,13 +48,13 @@ def test_score_every_row_kept_or_rejected_under_faults(tmp_path, media, monkeypa
         recipe = jsonl_recipe(tmp_path, _records(media, MARKERS), media["root"], [_score(server)])
         run(recipe, tmp_path / "run")
         kept, rej = read_stage(tmp_path / "run", "01")
-    ids = {r: m for r, m in zip([f"jsonl:q{i}" for i in range(len(MARKERS))], MARKERS, strict=True)}
+    ids = {r: m for r, m in zip([f"jsonl:ann/q{i}" for i in range(len(MARKERS))], MARKERS, strict=True)}
     assert {ids[i] for i in kept.column("id").to_pylist()} == {"", "[429]", "[500]", "[slow]",
                                                                 "[flaky]"}
     reasons = {ids[r["id"]]: r["reject_reason"] for r in rej.to_pylist()}
     assert reasons == {"[nonjson]": "judge_invalid_json", "[range]": "judge_out_of_range",
                        "[missing]": "missing_media"}
-    row = rows_by_id(kept)["jsonl:q0"]
+    row = rows_by_id(kept)["jsonl:ann/q0"]
     assert 0 <= row["video_dependency"] <= 1 and row["answer_accuracy"] in (0.9, 1.0)
     expected = sum(row[d] for d in ("video_dependency", "audio_dependency", "question_logic",
                                     "answer_accuracy")) / 4
@@ -176,9 +176,9 @@ def test_classify(tmp_path, media):
         prompt = server.requests[0]["messages"][0]["content"][0]["text"]
     assert prompt.count("\n- ") == 16  # the default taxonomy, one line per category
     cats = {r["id"]: r["category"] for r in kept.to_pylist()}
-    assert cats == {"jsonl:c0": "audio-visual counting", "jsonl:c3": "speaker identification"}
+    assert cats == {"jsonl:ann/c0": "audio-visual counting", "jsonl:ann/c3": "speaker identification"}
     assert {r["id"]: r["reject_reason"] for r in rej.to_pylist()} == {
-        "jsonl:c1": "no_category", "jsonl:c2": "unclassifiable"}
+        "jsonl:ann/c1": "no_category", "jsonl:ann/c2": "unclassifiable"}
 
 
 def test_custom_taxonomy_and_prompt(tmp_path, media):

@@ -194,7 +194,7 @@ def test_plugin_stage_from_entry_points(tmp_path, media, plugin_path):
                           [StageSpec("shout", {"max_len": 11})])
     run(recipe, tmp_path / "run")
     kept, rej = read_stage(tmp_path / "run", "01")
-    assert rows_by_id(kept)["jsonl:r00"]["question_upper"] == "QUESTION 0?"
+    assert rows_by_id(kept)["jsonl:ann/r00"]["question_upper"] == "QUESTION 0?"
     assert rej.num_rows == 0
     recipe.stages = [StageSpec("shout", {"max_len": 5})]
     run(recipe, tmp_path / "run2")

@@ -67,7 +67,8 @@ def test_query_views_and_export(scored_run):
     assert con.execute("SELECT count(*) FROM threshold").fetchone()[0] == 32
     assert con.execute("SELECT count(*) FROM ingest").fetchone()[0] == 34
     assert con.execute("SELECT id, reject_reason FROM rejects ORDER BY id").fetchall() == [
-        ("jsonl:bad", "failed(answer_accuracy == 1)"), ("jsonl:dup", "failed(composite_score >= 0.7)")]
+        ("jsonl:scored/bad", "failed(answer_accuracy == 1)"),
+        ("jsonl:scored/dup", "failed(composite_score >= 0.7)")]
     assert con.execute("SELECT count(*) FROM subset_audio_visual").fetchone()[0] == 25
     printed = sh("query", str(scored_run),
                  "SELECT category, count(*) AS n FROM samples GROUP BY 1 ORDER BY n DESC").stdout
@@ -78,7 +79,7 @@ def test_query_views_and_export(scored_run):
     assert pq.read_table(out).num_rows == 25
     sh("query", str(scored_run), "SELECT id FROM rejects ORDER BY id", "--out",
        str(scored_run / "r.csv"))
-    assert (scored_run / "r.csv").read_text().splitlines() == ["id", "jsonl:bad", "jsonl:dup"]
+    assert (scored_run / "r.csv").read_text().splitlines() == ["id", "jsonl:scored/bad", "jsonl:scored/dup"]
     bad = sh("query", str(scored_run), "SELECT nope FROM samples", check=False)
     assert bad.returncode == 2 and "views:" in bad.stderr and "samples" in bad.stderr
 

@@ -84,9 +84,9 @@ def test_teachers_and_both_correct_filter(tmp_path, media):
     audio_kept, _ = read_stage(tmp_path / "run", "02")
     assert "medium-pitched tone" in audio_kept.to_pylist()[0]["audio_description"]
     kept, rej = read_stage(tmp_path / "run", "03")
-    assert kept.column("id").to_pylist() == ["jsonl:s0", "jsonl:s1"]
+    assert kept.column("id").to_pylist() == ["jsonl:ann/s0", "jsonl:ann/s1"]
     assert {r["id"]: r["reject_reason"] for r in rej.to_pylist()} == {
-        "jsonl:s2": "visual_wrong", "jsonl:s3": "audio_wrong", "jsonl:s4": "both_wrong"}
+        "jsonl:ann/s2": "visual_wrong", "jsonl:ann/s3": "audio_wrong", "jsonl:ann/s4": "both_wrong"}
 
 
 @pytest.mark.parametrize(("require", "kept"), [("either", 4), ("any", 5)])
@@ -182,14 +182,14 @@ def test_merge_stage_retries_with_feedback_then_rejects(tmp_path, media):
         feedback = [r for r in server.requests if len(r["messages"]) > 1]
     kept, rej = read_stage(tmp_path / "run", "04")
     by_id = {r["id"]: r for r in kept.to_pylist()}
-    assert set(by_id) == {"jsonl:s0", "jsonl:s1"}
-    assert by_id["jsonl:s0"]["merge_attempts"] == 1 and by_id["jsonl:s1"]["merge_attempts"] == 2
-    trace = by_id["jsonl:s1"]["trace"]
+    assert set(by_id) == {"jsonl:ann/s0", "jsonl:ann/s1"}
+    assert by_id["jsonl:ann/s0"]["merge_attempts"] == 1 and by_id["jsonl:ann/s1"]["merge_attempts"] == 2
+    trace = by_id["jsonl:ann/s1"]["trace"]
     assert trace.startswith("<think>") and trace.endswith("<answer>B</answer>")
-    assert by_id["jsonl:s1"]["trace_answer"] == "B" and by_id["jsonl:s1"]["trace_tokens"] > 30
+    assert by_id["jsonl:ann/s1"]["trace_answer"] == "B" and by_id["jsonl:ann/s1"]["trace_tokens"] > 30
     assert {r["id"]: r["reject_reason"] for r in rej.to_pylist()} == {
-        "jsonl:s2": "trace_leak", "jsonl:s3": "trace_answer_mismatch", "jsonl:s4": "trace_format",
-        "jsonl:s5": "trace_format", "jsonl:s6": "trace_too_short"}
+        "jsonl:ann/s2": "trace_leak", "jsonl:ann/s3": "trace_answer_mismatch", "jsonl:ann/s4": "trace_format",
+        "jsonl:ann/s5": "trace_format", "jsonl:ann/s6": "trace_too_short"}
     assert all(r["merge_attempts"] == 3 for r in rej.to_pylist())
     # the failure is fed back: the retry carries the failed trace and what was wrong
     assert feedback and feedback[0]["messages"][1]["role"] == "assistant"

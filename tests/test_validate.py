@@ -51,9 +51,9 @@ def test_each_failure_has_its_reason(tmp_path, media, workers):
                           workers=workers)
     reports = run(recipe, tmp_path / "run")
     kept, rej = read_stage(tmp_path / "run", "01")
-    assert {r["id"] for r in kept.to_pylist()} == {"jsonl:good", "jsonl:good_again",
-                                                   "jsonl:separate_audio", "jsonl:open"}
-    got = {(r["id"].removeprefix("jsonl:"), r["reject_reason"]) for r in rej.to_pylist()}
+    assert {r["id"] for r in kept.to_pylist()} == {"jsonl:ann/good", "jsonl:ann/good_again",
+                                                   "jsonl:ann/separate_audio", "jsonl:ann/open"}
+    got = {(r["id"].split("/", 1)[1], r["reject_reason"]) for r in rej.to_pylist()}
     assert got == set(EXPECTED.items())
     assert all(r["reject_stage"] == "validate" for r in rej.to_pylist())
     dup = [r for r in rej.to_pylist() if r["reject_reason"] == "duplicate_id"][0]
@@ -65,12 +65,12 @@ def test_probe_columns_are_added(tmp_path, media):
     recipe = jsonl_recipe(tmp_path, _records(media)[:3], media["root"], [StageSpec("validate")])
     run(recipe, tmp_path / "run")
     kept = rows_by_id(read_stage(tmp_path / "run", "01")[0])
-    good = kept["jsonl:good"]
+    good = kept["jsonl:ann/good"]
     assert good["has_audio"] is True and good["fps"] == 25.0
     assert (good["width"], good["height"]) == (320, 240)
     assert good["duration_s"] == pytest.approx(4.0, abs=0.1)
     assert -16 < good["audio_rms_db"] < -10
-    assert kept["jsonl:separate_audio"]["has_audio"] is True  # from the wav, not the silent video
+    assert kept["jsonl:ann/separate_audio"]["has_audio"] is True  # from the wav, not the silent video
 
 
 def test_thresholds_are_configurable(tmp_path, media):
@@ -80,8 +80,8 @@ def test_thresholds_are_configurable(tmp_path, media):
                                    "max_duration_s": 3.5})
     run(jsonl_recipe(tmp_path, records, media["root"], [stage]), tmp_path / "run")
     kept, rej = read_stage(tmp_path / "run", "01")
-    assert {r["id"] for r in kept.to_pylist()} == {"jsonl:quiet", "jsonl:short"}
-    assert rows_by_id(rej)["jsonl:good"]["reject_reason"] == "duration_out_of_range"
+    assert {r["id"] for r in kept.to_pylist()} == {"jsonl:ann/quiet", "jsonl:ann/short"}
+    assert rows_by_id(rej)["jsonl:ann/good"]["reject_reason"] == "duration_out_of_range"
 
 
 def test_require_audio_off_keeps_videos_without_sound(tmp_path, media):

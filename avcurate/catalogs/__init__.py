@@ -1,4 +1,9 @@
-"""Source catalogs: annotation formats normalised into the sample table."""
+"""Source catalogs: annotation formats normalised into the sample table.
+
+Every catalog reads one annotation file as its authors ship it and yields rows or
+`Reject`s (see `base.SourceFile` for the id scheme). The same catalogs read the
+benchmarks that decontamination compares against.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +12,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from avcurate.catalogs.avqa import read_avqa, read_daily_omni
-from avcurate.catalogs.base import MediaRoot, Reject
-from avcurate.catalogs.conversations import read_llava_video, read_video_vista
-from avcurate.catalogs.tabular import read_tabular
+from avcurate.catalogs.base import MediaRoot, Reject, SourceFile, file_tag
+from avcurate.catalogs.conversations import read_llava_video
+from avcurate.catalogs.music_avqa import read_music_avqa
+from avcurate.catalogs.tabular import check_columns, read_tabular
+from avcurate.catalogs.video_mme import read_video_mme
+from avcurate.catalogs.video_vista import read_video_vista
+from avcurate.catalogs.worldsense import read_worldsense
+from avcurate.core.options import did_you_mean
 
 
 @dataclass(frozen=True)
@@ -17,34 +27,72 @@ class Catalog:
     name: str
     description: str
     reader: Callable[..., Iterator[dict | Reject]]
+    options: tuple[str, ...] = ()     # options of a [[sources]] table besides `tag`
 
+
+TABULAR_OPTIONS = ("columns", "extra_columns", "explode")
 
 CATALOGS: dict[str, Catalog] = {
     c.name: c
     for c in [
-        Catalog("llava-video", "LLaVA-Video-178K JSON: video + human/gpt conversations "
-                "(multiple-choice and open-ended, multi-turn split per question)",
-                read_llava_video),
-        Catalog("video-vista", "Video-Vista JSON array of {id, video, Type, conversations}",
-                read_video_vista),
-        Catalog("avqa", "AVQA JSON: {id, video_name, question_text, multi_choice, answer index}",
-                read_avqa),
-        Catalog("daily-omni", "Daily-Omni JSON: {Question, Choice, Answer, video_id, Type}; "
-                "videos at ROOT/<id>/<id>_video.mp4", read_daily_omni),
-        Catalog("jsonl", "any JSON-lines file plus a column mapping (columns = {question = ...})",
-                lambda p, m, **kw: read_tabular(p, m, **{"source": "jsonl"} | kw)),
-        Catalog("parquet", "any Parquet file plus a column mapping (columns = {question = ...})",
-                lambda p, m, **kw: read_tabular(p, m, **{"source": "parquet"} | kw)),
+        Catalog("llava-video", "LLaVA-Video-178K *_qa_processed.json: video + human/gpt "
+                "conversations (mc and oe files; one row per question turn)", read_llava_video),
+        Catalog("video-vista", "Video-Vista: training conversations, or the benchmark "
+                "VideoVista.json (videos under merged/<category>/<group>/)", read_video_vista),
+        Catalog("avqa", "AVQA train_qa.json/val_qa.json (also R1-AQA's JSON-lines variant, "
+                "whose audio_path becomes the audio track, under audio_root)", read_avqa, ("audio_root",)),
+        Catalog("daily-omni", "Daily-Omni qa.json; videos at ROOT/<id>/<id>_video.mp4 "
+                "(+ <id>_audio.wav)", read_daily_omni),
+        Catalog("music-avqa", "MUSIC-AVQA avqa-{train,val,test}.json: placeholders filled "
+                "from templ_values, open-ended answers; videos ROOT/<video_id>.mp4",
+                read_music_avqa),
+        Catalog("video-mme", "Video-MME videomme/test-*.parquet (or JSON); videos "
+                "ROOT[/data]/<videoID>.mp4", read_video_mme),
+        Catalog("worldsense", "WorldSense worldsense_qa.json: one row per nested taskN; "
+                "videos ROOT/videos/<id>.mp4 (+ audios/<id>.wav)", read_worldsense),
+        Catalog("jsonl", "any JSON-lines (or JSON) file plus a column mapping "
+                "(columns = {question = \"q\", video = \"{vid}.mp4\"}, explode = \"tasks\")",
+                read_tabular, TABULAR_OPTIONS),
+        Catalog("parquet", "any Parquet file plus a column mapping (as for jsonl)",
+                read_tabular, TABULAR_OPTIONS),
     ]
 }
+
+
+def check_source(name: str, options: dict[str, Any]) -> None:
+    """Refuse an unknown catalog, an unknown option or a bad mapping before any record
+    is read (a typo such as `colums` is never silently ignored)."""
+    if name not in CATALOGS:
+        raise ValueError(f"unknown source {name!r}{did_you_mean(name, list(CATALOGS))}; "
+                         f"available: {', '.join(CATALOGS)}")
+    known = ("tag", *CATALOGS[name].options)
+    for key in options:
+        if key not in known:
+            raise ValueError(f"source {name!r} has no option {key!r}"
+                             f"{did_you_mean(key, known)} (options: {', '.join(known)})")
+    tag = options.get("tag")
+    if tag is not None and (not isinstance(tag, str) or not tag.strip() or "/" in tag):
+        raise ValueError(f"source {name!r}: tag must be a short name without '/', not {tag!r}")
+    if "columns" in options:
+        check_columns(options["columns"])
+    explode = options.get("explode")
+    if explode is not None and (not isinstance(explode, str) or not explode.strip()):
+        raise ValueError(f"source {name!r}: explode must be a field name or a key pattern")
+
+
+def source_tag(annotations: str, options: dict[str, Any]) -> str:
+    """The id tag of a source: its `tag` option, else the annotation file's name."""
+    return options.get("tag") or file_tag(annotations)
 
 
 def read_source(name: str, annotations: str, media_root: str, **options: Any
                 ) -> Iterator[dict | Reject]:
     """Rows and rejects of one annotation file in the format `name`."""
-    if name not in CATALOGS:
-        raise ValueError(f"unknown source {name!r}; available: {', '.join(CATALOGS)}")
-    return CATALOGS[name].reader(annotations, MediaRoot(media_root), **options)
+    check_source(name, options)
+    src = SourceFile(name, annotations, MediaRoot(media_root), source_tag(annotations, options))
+    catalog = CATALOGS[name]
+    return catalog.reader(src, **{k: v for k, v in options.items() if k != "tag"})
 
 
-__all__ = ["CATALOGS", "Catalog", "MediaRoot", "Reject", "read_source"]
+__all__ = ["CATALOGS", "Catalog", "MediaRoot", "Reject", "SourceFile", "check_source",
+           "read_source", "source_tag"]

@@ -9,12 +9,13 @@ from typing import Any
 from avcurate.catalogs.base import (
     MediaRoot,
     Reject,
-    UnsafePathError,
+    SourceFile,
     answer_value,
     ident,
     load_records,
+    need,
     per_record,
-    stable_id,
+    positional,
     strip_letter,
     text,
     texts,
@@ -22,71 +23,66 @@ from avcurate.catalogs.base import (
 from avcurate.core.answers import normalise_answer
 from avcurate.core.schema import sample_row
 
-AVQA_META = ("question_relation", "question_type", "video_name")
+AVQA_META = ("question_relation", "question_type", "video_name", "video_id", "dataset_name")
 DAILY_OMNI_META = ("Type", "video_category", "video_duration", "video_id")
 
 
-def read_avqa(path: str, media: MediaRoot, **_: Any) -> Iterator[dict | Reject]:
-    """AVQA: {id, video_name, question_text, multi_choice, answer (int index), ...}.
+def choices(value: Any, field: str) -> list[str]:
+    """Option texts with any `A.`/`(A)` prefix removed."""
+    return [strip_letter(o) for o in texts(value, field)]
 
-    Videos are `<media_root>/<video_name>` (`.mp4` appended when it has no suffix).
+
+def read_avqa(src: SourceFile, audio_root: str | None = None) -> Iterator[dict | Reject]:
+    """AVQA `train_qa.json` / `val_qa.json`: {id, video_name, question_text, multi_choice,
+    answer (0-based index), question_relation, question_type}.
+
+    Videos are `<media_root>/<video_name>` (`.mp4` appended when it has no suffix). The
+    one-object-per-line variant audio-QA RL projects use (R1-AQA) adds `audio_path`,
+    which becomes the row's audio track: relative to `audio_root` (default: the media
+    root), or an absolute path inside it.
     """
-    source = "avqa"
+    audios = MediaRoot(audio_root) if audio_root else src.media
 
-    def build(n: int, rec: dict) -> dict | Reject:
-        raw_id = ident(rec.get("id", stable_id(n, rec)), "id")
-        missing = [k for k in ("video_name", "question_text", "multi_choice", "answer")
-                   if k not in rec]
-        if missing:
-            return Reject(source, f"{source}:{raw_id}", "malformed_annotation",
-                          f"missing field(s) {', '.join(missing)}", rec)
+    def build(n: int, rec: dict) -> dict:
+        need(rec, "video_name", "question_text", "multi_choice", "answer")
+        key = ident(rec["id"], "id") if "id" in rec else positional(n)
         name = text(rec["video_name"], "video_name", numbers=True)
-        options = [strip_letter(o) for o in texts(rec["multi_choice"], "multi_choice")]
-        question = text(rec["question_text"], "question_text")
-        try:
-            video = media.resolve(name if Path(name).suffix else f"{name}.mp4")
-        except UnsafePathError as exc:
-            return Reject(source, f"{source}:{raw_id}", "unsafe_path", str(exc), rec)
+        options = choices(rec["multi_choice"], "multi_choice")
+        audio = rec.get("audio_path")
         return sample_row(
-            id=f"{source}:{raw_id}", source=source, video=video, question=question,
-            options=options, answer=normalise_answer(answer_value(rec["answer"], "answer"), options),
-            meta={"source_id": raw_id, **{k: rec[k] for k in AVQA_META if k in rec}},
+            id=src.sid(key), source=src.source,
+            video=src.media.resolve(name if Path(name).suffix else f"{name}.mp4"),
+            audio=audios.resolve(text(audio, "audio_path")) if audio is not None else None,
+            question=text(rec["question_text"], "question_text"), options=options,
+            answer=normalise_answer(answer_value(rec["answer"], "answer"), options),
+            meta={"source_id": key, **{k: rec[k] for k in AVQA_META if k in rec}},
         )
 
-    return per_record(source, load_records(path), build)
+    return per_record(src, load_records(src.path), build)
 
 
-def read_daily_omni(path: str, media: MediaRoot, **_: Any) -> Iterator[dict | Reject]:
-    """Daily-Omni: {Question, Choice, Answer (letter), video_id, Type, ...}.
+def read_daily_omni(src: SourceFile) -> Iterator[dict | Reject]:
+    """Daily-Omni `qa.json`: {Question, Choice (["A. ..", ..] or a mapping), Answer (letter),
+    video_id, Type, video_category, video_duration}.
 
     Videos live at `<media_root>/<video_id>/<video_id>_video.mp4`; a sibling
-    `<video_id>_audio.wav` (when present) becomes the `audio` column.
+    `<video_id>_audio.wav` (when present) becomes the `audio` column. Records carry no
+    question id, so the key is the record's position and its video id.
     """
-    source = "daily-omni"
-
-    def build(n: int, rec: dict) -> dict | Reject:
-        missing = [k for k in ("Question", "Choice", "Answer", "video_id") if k not in rec]
-        vid = ident(rec.get("video_id", ""), "video_id")
-        raw_id = f"{vid}-{stable_id(rec.get('Question'), rec.get('Choice'))}"
-        choice = rec.get("Choice")
-        if missing or not isinstance(choice, list | dict):
-            why = f"missing field(s) {', '.join(missing)}" if missing \
-                else "'Choice' is not a list or mapping"
-            return Reject(source, f"{source}:{raw_id}", "malformed_annotation", why, rec)
+    def build(n: int, rec: dict) -> dict:
+        need(rec, "Question", "Choice", "Answer", "video_id")
+        vid = ident(rec["video_id"], "video_id")
+        choice = rec["Choice"]
         values = list(choice.values()) if isinstance(choice, dict) else choice
-        options = [strip_letter(o) for o in texts(values, "Choice")]
-        question = text(rec["Question"], "Question")
-        try:
-            video = media.resolve(f"{vid}/{vid}_video.mp4")
-            audio_path = media.resolve(f"{vid}/{vid}_audio.wav")
-        except UnsafePathError as exc:
-            return Reject(source, f"{source}:{raw_id}", "unsafe_path", str(exc), rec)
+        options = choices(values, "Choice")
+        audio = src.media.resolve(f"{vid}/{vid}_audio.wav")
+        key = positional(n, vid)
         return sample_row(
-            id=f"{source}:{raw_id}", source=source, video=video,
-            audio=audio_path if Path(audio_path).is_file() else None,
-            question=question, options=options,
+            id=src.sid(key), source=src.source, video=src.media.resolve(f"{vid}/{vid}_video.mp4"),
+            audio=audio if Path(audio).is_file() else None,
+            question=text(rec["Question"], "Question"), options=options,
             answer=normalise_answer(answer_value(rec["Answer"], "Answer"), options),
-            meta={"source_id": raw_id, **{k: rec[k] for k in DAILY_OMNI_META if k in rec}},
+            meta={"source_id": key, **{k: rec[k] for k in DAILY_OMNI_META if k in rec}},
         )
 
-    return per_record(source, load_records(path), build)
+    return per_record(src, load_records(src.path), build)

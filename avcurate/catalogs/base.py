@@ -7,7 +7,6 @@ ingest stage can account for every record it read.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -57,11 +56,45 @@ def texts(value: Any, field: str) -> list[str]:
     return [text(v, f"{field}[{i}]", numbers=True) for i, v in enumerate(value)]
 
 
-def answer_value(value: Any, field: str) -> str | int | None:
-    """An answer as annotated: text, an option index, or missing (validate rejects that)."""
+def answer_value(value: Any, field: str) -> str | int:
+    """An answer as annotated: text or an option index. A null answer is malformed."""
     if isinstance(value, int) and not isinstance(value, bool):
         return value
-    return text(value, field, required=False)
+    return text(value, field)
+
+
+def need(rec: dict, *fields: str) -> None:
+    """Refuse a record that lacks any of `fields` (one reject naming them all)."""
+    missing = [f for f in fields if f not in rec]
+    if missing:
+        raise Malformed(f"missing field(s) {', '.join(repr(f) for f in missing)}")
+
+
+FIELD_RE = re.compile(r"\{([^{}]*)\}")
+
+
+def fill(template: str, rec: dict, what: str) -> str:
+    """A media path from a template such as `merged/{category}/{video_name}`.
+
+    Only plain `{field}` names are replaced (no attribute or index access, unlike
+    `str.format`, so a template cannot reach into Python objects).
+    """
+    def sub(m: re.Match) -> str:
+        name = m.group(1)
+        if name not in rec:
+            raise Malformed(f"{what} path {template!r} needs the field {name!r}")
+        return text(rec[name], name, numbers=True)
+
+    return FIELD_RE.sub(sub, template)
+
+
+def check_template(template: Any, what: str) -> None:
+    """A user's path template, checked once before any record is read."""
+    if not isinstance(template, str) or not template.strip():
+        raise ValueError(f"{what} must be a path template such as \"{{id}}.mp4\"")
+    bad = [n for n in FIELD_RE.findall(template) if not re.fullmatch(r"[\w\- ]+", n)]
+    if bad or template.count("{") != template.count("}"):
+        raise ValueError(f"{what} {template!r}: write fields as {{name}} (plain names only)")
 
 
 def ident(value: Any, field: str) -> str:
@@ -118,9 +151,52 @@ class MediaRoot:
         return str(candidate)
 
 
-def stable_id(*parts: Any) -> str:
-    """A short content hash, for records that carry no id of their own."""
-    return hashlib.sha1(json.dumps(parts, default=str).encode()).hexdigest()[:12]
+    def first(self, candidates: list[str]) -> str:
+        """The first candidate path that exists (datasets ship more than one layout);
+        the first one when none does, so validate reports it as missing."""
+        resolved = [self.resolve(c) for c in candidates]
+        return next((p for p in resolved if Path(p).is_file()), resolved[0])
+
+
+ANNOTATION_SUFFIXES = (".json", ".jsonl", ".parquet")
+
+
+def file_tag(path: str | os.PathLike) -> str:
+    """The part of a sample id naming its annotation file: the file name without its
+    extension (`0_30_s_academic_mc_v0_1_qa_processed`, `train_qa`, `test-00000-of-00001`)."""
+    name = Path(path).name
+    for suffix in ANNOTATION_SUFFIXES:
+        name = name.removesuffix(suffix)
+    return unicodedata.normalize("NFC", name)
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """One annotation file being read: its source name, path, media root and id tag.
+
+    Sample ids are `<source>:<tag>/<key>[#<turn>]`: the key is the record's own id
+    when the dataset gives one per question, else its position in the file (plus the
+    clip id, for people reading ids); `#<turn>` numbers the questions of a multi-turn
+    record. So two records of one clip, or the mc and oe files of one bucket, never
+    collide, the same file always yields the same ids, and a true duplicate (same
+    clip, question and options under two ids) is left for `dedup` to catch.
+    """
+
+    source: str
+    path: str
+    media: MediaRoot
+    tag: str
+
+    def sid(self, key: Any, turn: int | None = None) -> str:
+        return f"{self.source}:{self.tag}/{key}" + ("" if turn is None else f"#{turn}")
+
+    def reject(self, key: Any, reason: str, detail: str, rec: Any) -> Reject:
+        return Reject(self.source, self.sid(key), reason, detail, rec)
+
+
+def positional(n: int, clip: Any = None) -> str:
+    """The key of a record with no per-question id: its position, then its clip id."""
+    return f"{n}" if clip in (None, "") else f"{n}-{clip}"
 
 
 def load_records(path: str | os.PathLike) -> Iterator[Any]:
@@ -141,10 +217,17 @@ def load_records(path: str | os.PathLike) -> Iterator[Any]:
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path} is not valid JSON (line {exc.lineno}: {exc.msg})") from None
     if isinstance(data, dict):
-        data = data.get("data", list(data.values()))
+        data = data["data"] if isinstance(data.get("data"), list) else _keyed(data)
     if not isinstance(data, list):
         raise ValueError(f"{path}: expected a JSON array of records")
     yield from data
+
+
+def _keyed(data: dict) -> list:
+    """Records of a JSON object keyed by id (WorldSense's `{video_id: {...}}`): each record
+    gets its key as `_key`, so catalogs and path templates (`{_key}.mp4`) can use it."""
+    return [v | {"_key": k} if isinstance(v, dict) and "_key" not in v else v
+            for k, v in data.items()]
 
 
 @dataclass(frozen=True)
@@ -217,24 +300,36 @@ def split_question_options(text: str) -> tuple[str, list[str], str]:
     return text.strip(), [], ""
 
 
-def per_record(source: str, records: Iterator[Any],
+def per_record(src: SourceFile, records: Iterator[Any],
                build: Callable[[int, dict], dict | Reject | list[dict | Reject]]
                ) -> Iterator[dict | Reject]:
     """Rows of every record; a line that is not JSON, a record that is not an object, or a
     `Malformed` field becomes one reject naming the line, record or field."""
     for n, rec in enumerate(records):
         if isinstance(rec, BadLine):
-            yield Reject(source, f"{source}:line-{rec.line_no}", "malformed_annotation",
-                         f"line {rec.line_no} {rec.error}", rec.text)
+            yield src.reject(f"line-{rec.line_no}", "malformed_annotation",
+                             f"line {rec.line_no} {rec.error}", rec.text)
             continue
         if not isinstance(rec, dict):
-            yield Reject(source, f"{source}:record-{n}", "malformed_annotation",
-                         f"record {n} is not a JSON object", rec)
+            yield src.reject(n, "malformed_annotation", f"record {n} is not a JSON object", rec)
             continue
         try:
             out = build(n, rec)
         except Malformed as exc:
-            yield Reject(source, f"{source}:record-{n}", "malformed_annotation",
-                         f"record {n}: {exc}", rec)
+            yield src.reject(n, "malformed_annotation", f"record {n}: {exc}", rec)
+            continue
+        except UnsafePathError as exc:
+            yield src.reject(n, "unsafe_path", f"record {n}: {exc}", rec)
             continue
         yield from (out if isinstance(out, list) else [out])
+
+
+def records_of(path: str | os.PathLike) -> Iterator[Any]:
+    """Records of a Parquet file (read in batches) or of a JSON / JSON-lines file."""
+    if Path(path).suffix != ".parquet":
+        yield from load_records(path)
+        return
+    import pyarrow.parquet as pq
+
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=4096):
+        yield from batch.to_pylist()

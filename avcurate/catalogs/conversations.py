@@ -4,9 +4,12 @@ LLaVA-Video-178K records look like
     {"id": ..., "video": "dir/clip.mp4", "data_source": ...,
      "conversations": [{"from": "human", "value": "<image>\\nQ\\nA. ..\\nB. .."},
                        {"from": "gpt", "value": "B."}, ...]}
-Video-Vista records are a JSON array of {"id", "video", "Type", "conversations"}.
-Each human turn followed by a gpt turn becomes one sample; multi-turn records
-get ids `<id>#<turn>` so they stay stable when the file is re-read.
+Video-Vista's training records are a JSON array of {"id", "video", "Type",
+"conversations"} (its benchmark file is read by `video_vista.py`).
+Each human turn followed by a gpt turn becomes one sample. The dataset's `id` names
+the clip, not the question (a file can hold several records of one clip, and the mc
+and oe files of a bucket share clips), so the id key is the record's position plus
+the clip id, and `#<turn>` numbers the questions of a multi-turn record.
 """
 
 from __future__ import annotations
@@ -16,14 +19,14 @@ from typing import Any
 
 from avcurate.catalogs.base import (
     Malformed,
-    MediaRoot,
     Reject,
-    UnsafePathError,
+    SourceFile,
     ident,
     load_records,
+    need,
     per_record,
+    positional,
     split_question_options,
-    stable_id,
     strip_placeholders,
     text,
 )
@@ -55,44 +58,39 @@ def _pairs(conversations: Any) -> list[tuple[str, str]]:
     return pairs
 
 
-def read_conversations(
-    path: str, media: MediaRoot, *, source: str, meta_keys: tuple[str, ...]
-) -> Iterator[dict | Reject]:
-    def build(n: int, rec: dict) -> list[dict | Reject]:
-        raw_id = ident(rec["id"], "id") if rec.get("id") is not None else stable_id(n, rec)
-        try:
-            if not rec.get("video"):
-                raise ValueError("record has no 'video'")
-            pairs = _pairs(rec.get("conversations"))
-        except ValueError as exc:
-            if isinstance(exc, Malformed):
-                raise
-            return [Reject(source, f"{source}:{raw_id}", "malformed_annotation", str(exc), rec)]
-        try:
-            video = media.resolve(text(rec["video"], "video"))
-        except UnsafePathError as exc:
-            return [Reject(source, f"{source}:{raw_id}", "unsafe_path", str(exc), rec)]
-        extra = {k: rec[k] for k in meta_keys if k in rec}
-        rows: list[dict | Reject] = []
-        for turn, (human, gpt) in enumerate(pairs):
-            question, options, instruction = split_question_options(strip_placeholders(human))
-            answer = normalise_answer(gpt, options) if options else gpt.strip()
-            sid = f"{source}:{raw_id}" + (f"#{turn}" if len(pairs) > 1 else "")
-            rows.append(sample_row(
-                id=sid, source=source, video=video, question=question, options=options or None,
-                answer=answer,
-                meta={"source_id": raw_id, "turn": turn, "video_rel": rec["video"],
-                      "kind": "multiple_choice" if options else "open_ended",
-                      "instruction": instruction, **extra},
-            ))
-        return rows
-
-    return per_record(source, load_records(path), build)
+def read_conversations(src: SourceFile, meta_keys: tuple[str, ...]) -> Iterator[dict | Reject]:
+    """One row per human/gpt pair of every record (see the module docstring)."""
+    return per_record(src, load_records(src.path),
+                      lambda n, rec: conversation_rows(src, n, rec, meta_keys))
 
 
-def read_llava_video(path: str, media: MediaRoot, **_: Any) -> Iterator[dict | Reject]:
-    return read_conversations(path, media, source="llava-video", meta_keys=("data_source",))
+def conversation_rows(src: SourceFile, n: int, rec: dict, meta_keys: tuple[str, ...]
+                      ) -> list[dict | Reject]:
+    """The rows of record `n`: one per human/gpt pair."""
+    need(rec, "video", "conversations")
+    clip = ident(rec["id"], "id") if rec.get("id") is not None else None
+    key = positional(n, clip)
+    try:
+        pairs = _pairs(rec["conversations"])
+    except ValueError as exc:
+        if isinstance(exc, Malformed):
+            raise
+        return [src.reject(key, "malformed_annotation", str(exc), rec)]
+    video = src.media.resolve(text(rec["video"], "video"))
+    extra = {k: rec[k] for k in meta_keys if k in rec}
+    rows: list[dict | Reject] = []
+    for turn, (human, gpt) in enumerate(pairs):
+        question, options, instruction = split_question_options(strip_placeholders(human))
+        answer = normalise_answer(gpt, options) if options else gpt.strip()
+        rows.append(sample_row(
+            id=src.sid(key, turn if len(pairs) > 1 else None), source=src.source,
+            video=video, question=question, options=options or None, answer=answer,
+            meta={"source_id": clip, "record": n, "turn": turn, "video_rel": rec["video"],
+                  "kind": "multiple_choice" if options else "open_ended",
+                  "instruction": instruction, **extra},
+        ))
+    return rows
 
 
-def read_video_vista(path: str, media: MediaRoot, **_: Any) -> Iterator[dict | Reject]:
-    return read_conversations(path, media, source="video-vista", meta_keys=("Type",))
+def read_llava_video(src: SourceFile) -> Iterator[dict | Reject]:
+    return read_conversations(src, ("data_source",))

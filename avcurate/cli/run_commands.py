@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from avcurate.catalogs import CATALOGS
+from avcurate.catalogs import check_source
 from avcurate.cli.common import Force, Quiet, RunDir, app, fail, guard, out, print_summary
 from avcurate.core.store import RunStore
 from avcurate.pipeline.recipe import Recipe, SourceSpec
@@ -98,17 +98,27 @@ def ingest(
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Run folder to create.")],
     column: Annotated[list[str] | None, typer.Option(
         help="For jsonl/parquet: SAMPLE_COLUMN=FILE_COLUMN, repeatable "
-             "(id, video, audio, question, options, answer, duration_s).")] = None,
+             "(id, video, audio, question, options, answer, duration_s); video/audio "
+             "may be a path template such as video={videoID}.mp4.")] = None,
+    explode: Annotated[str | None, typer.Option(
+        help="For jsonl/parquet: a field holding nested questions, or a key pattern "
+             "such as 'task*'; one row per nested question.")] = None,
+    tag: Annotated[str | None, typer.Option(
+        help="Names the file in sample ids (default: the file name without extension).")
+    ] = None,
     shard_size: Annotated[int, typer.Option(help="Rows per shard (the unit of resume).")] = 256,
     force: Force = False,
     quiet: Quiet = False,
 ) -> None:
     """Normalise one annotation file into the sample table (stage 00-ingest)."""
-    if source not in CATALOGS:
-        fail(f"unknown source {source!r}; available: {', '.join(CATALOGS)}")
     if shard_size < 1:
         fail(f"--shard-size must be at least 1, not {shard_size}")
-    options = {"columns": parse_columns(column)} if column else {}
+    options = ({"columns": parse_columns(column)} if column else {}) \
+        | ({"explode": explode} if explode else {}) | ({"tag": tag} if tag else {})
+    try:
+        check_source(source, options)
+    except ValueError as exc:
+        fail(str(exc))
     spec = SourceSpec(source, str(annotations.resolve()), str(media_root.resolve()), options)
     rec = Recipe([spec], [], shard_size=shard_size)
     guard(Runner(rec, out_dir, force=force, show_progress=not quiet).run)

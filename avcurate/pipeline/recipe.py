@@ -21,7 +21,8 @@ final rows in the Hugging Face dataset layout at the end of `avcurate run`.
 
 Every key of a `[[stages]]` table other than `name` is an option of that stage;
 every key of a `[[sources]]` table other than name/annotations/media_root is an
-option of that catalog (e.g. `columns = {question = "q"}` for jsonl/parquet).
+option of that catalog (e.g. `columns = {question = "q"}` for jsonl/parquet, or
+`tag = "train"` to name the file in sample ids); unknown ones are refused.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from avcurate.catalogs import check_source, source_tag
 from avcurate.core.options import did_you_mean
 
 
@@ -125,6 +127,7 @@ class Recipe:
         sources = [_source(s, base) for s in _tables(data, "sources")]
         if not sources:
             raise RecipeError("a recipe needs at least one [[sources]] table")
+        check_tags(sources)
         stages = []
         for s in _tables(data, "stages"):
             if "name" not in s:
@@ -185,4 +188,22 @@ def _source(s: dict[str, Any], base: Path | None) -> SourceSpec:
         return str(path if path.is_absolute() or base is None else (base / path).resolve())
 
     options = {k: v for k, v in s.items() if k not in ("name", "annotations", "media_root")}
+    if isinstance(options.get("audio_root"), str):
+        options["audio_root"] = resolve(options["audio_root"])
+    try:
+        check_source(s["name"], options)
+    except ValueError as exc:
+        raise RecipeError(str(exc)) from None
     return SourceSpec(s["name"], resolve(s["annotations"]), resolve(s["media_root"]), options)
+
+
+def check_tags(sources: list[SourceSpec]) -> None:
+    """Two files of one source must not share an id tag (their ids would collide)."""
+    seen: dict[tuple[str, str], str] = {}
+    for s in sources:
+        key = (s.name, source_tag(s.annotations, s.options))
+        other = seen.setdefault(key, s.annotations)
+        if other != s.annotations:
+            raise RecipeError(
+                f"sources {other} and {s.annotations} ({s.name}) would give the same sample "
+                f"ids ({s.name}:{key[1]}/...); set tag = \"...\" on one of them")
