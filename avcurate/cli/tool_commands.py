@@ -157,9 +157,16 @@ def export(
 
 @app.command()
 def sources() -> None:
-    """List the annotation formats avcurate can ingest."""
+    """List the annotation formats avcurate can ingest (README: Datasets)."""
+    from rich.table import Table
+
+    table = Table(box=None, show_header=False, padding=(0, 2, 0, 0))
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column()
     for c in CATALOGS.values():
-        out.print(f"[bold]{c.name:<12}[/] {escape(c.description)}")
+        options = f" [dim](options: {', '.join(c.options)})[/]" if c.options else ""
+        table.add_row(c.name, escape(c.description) + options)
+    out.print(table)
 
 
 @app.command()
