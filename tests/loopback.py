@@ -112,6 +112,40 @@ def teacher_answer(kind: str, prompt: str, question: str, media: list[bytes]) ->
             f"{'seen' if kind == 'visual' else 'heard'}; the others do not.\n{final}")
 
 
+PROBE_CUE = "Reply with just the letter of your choice."
+PITCH_WORDS = ("low", "medium", "high")
+
+
+def probe_answer(prompt: str, question: str, images: list[bytes], audios: list[bytes],
+                 sample: int) -> str:
+    """The policy under probe: it rules out options that contradict what it sees (colour)
+    and hears (pitch), knows that a square has four sides, and guesses among the rest.
+    `[never]` questions get no letter at all; `[cycle]` ones cycle through the options."""
+    import random
+
+    from avcurate.media.synth import COLORS
+
+    options = _options(prompt)
+    if "[never]" in question:
+        return "I cannot tell."
+    if "[cycle]" in question:
+        return options[sample % len(options)][0]
+    seen = dominant_color(images[0]) if images else None
+    heard = pitch_word(audios[0]) if audios else None
+
+    def fits(text: str) -> bool:
+        words = set(re.findall(r"[a-z]+", text.lower()))
+        colours, pitches = words & set(COLORS), words & set(PITCH_WORDS)
+        if "sides" in question and "four" not in words:
+            return False
+        return not ((seen and colours and seen not in colours)
+                    or (heard and pitches and heard not in pitches))
+
+    candidates = [letter for letter, text in options if fits(text)] or [x for x, _ in options]
+    rng = random.Random(f"{question}|{seen}|{heard}|{sample}")
+    return f"Answer: {rng.choice(candidates)}"
+
+
 def merge_answer(prompt: str, question: str) -> str:
     truth = re.search(r"Correct option: ([A-Z])", prompt).group(1)
     told = "did not pass a check" in prompt
@@ -162,12 +196,15 @@ def judge_answer(prompt: str, videos: list[bytes]) -> str:
 
 
 def answer_for(prompt: str, attempt: int, images: list[bytes] = (), audios: list[bytes] = (),
-               videos: list[bytes] = ()) -> str:
-    """The model's text for a prompt (all of its text parts joined) and its media."""
+               videos: list[bytes] = (), sample: int = 0) -> str:
+    """The model's text for a prompt (all of its text parts joined) and its media; `sample`
+    numbers the answers of a sampled question (several per request, or repeated requests)."""
     if '"score"' in prompt:
         return judge_answer(prompt, list(videos))
     m = re.search(r"Question:\s*(.*?)\n+Options:", prompt, re.DOTALL)
     question = m.group(1) if m else prompt
+    if PROBE_CUE in prompt:
+        return probe_answer(prompt, question, list(images), list(audios), sample)
     if "Correct option:" in prompt:
         return merge_answer(prompt, question)
     if "Visual Description:" in prompt:
@@ -285,11 +322,15 @@ class OpenAIHandler(_Handler):
                   if p["type"] == "input_audio"]
         videos = [base64.b64decode(p["video_url"]["url"].split(",", 1)[1]) for p in parts
                   if p["type"] == "video_url"]
-        text = answer_for(prompt, attempt, images, audios, videos)
+        n = int(body.get("n") or 1)
+        texts = [answer_for(prompt, attempt, images, audios, videos, sample=(attempt - 1) * n + k)
+                 for k in range(n)]
+        text = "".join(texts)
         self._json(200, {
             "id": "cmpl-1", "object": "chat.completion", "created": 0, "model": body["model"],
-            "choices": [{"index": 0, "finish_reason": "stop",
-                         "message": {"role": "assistant", "content": text}}],
+            "choices": [{"index": k, "finish_reason": "stop",
+                         "message": {"role": "assistant", "content": t}}
+                        for k, t in enumerate(texts)],
             "usage": {"prompt_tokens": len(prompt) // 4, "completion_tokens": len(text) // 4,
                       "total_tokens": (len(prompt) + len(text)) // 4}})
 
@@ -341,11 +382,14 @@ class GeminiHandler(_Handler):
         media = [(d.get("mimeType") or d.get("mime_type"),
                   base64.b64decode(d["data"] + "=" * (-len(d["data"]) % 4), altchars=b"-_"))
                  for d in inline]
-        text = answer_for(prompt, attempt, [b for m, b in media if m.startswith("image/")],
-                          [b for m, b in media if m.startswith("audio/")])
+        n = int(body.get("generationConfig", {}).get("candidateCount") or 1)
+        texts = [answer_for(prompt, attempt, [b for m, b in media if m.startswith("image/")],
+                            [b for m, b in media if m.startswith("audio/")],
+                            sample=(attempt - 1) * n + k) for k in range(n)]
+        text = "".join(texts)
         self._json(200, {
-            "candidates": [{"content": {"role": "model", "parts": [{"text": text}]},
-                            "finishReason": "STOP", "index": 0}],
+            "candidates": [{"content": {"role": "model", "parts": [{"text": t}]},
+                            "finishReason": "STOP", "index": k} for k, t in enumerate(texts)],
             "usageMetadata": {"promptTokenCount": len(prompt) // 4,
                               "candidatesTokenCount": len(text) // 4,
                               "totalTokenCount": (len(prompt) + len(text)) // 4}})

@@ -165,6 +165,12 @@ COMMANDS = [
                  "one go.", model=True, ingest=True),
     StageCommand("classify", ["classify"], "Sort questions into the taxonomy with a text LLM "
                  "(OmniVideo-R1 used Qwen3-32B).", model=True),
+    StageCommand("probe", ["probe"], "Measure modality dependency and difficulty: a model "
+                 "(typically the policy to train) answers each multiple-choice question n "
+                 "times with frames+audio, frames only, audio only and text only.\n\nAdds "
+                 "probe_acc_{av,v,a,t}, pass_rate, measured_video_dependency, "
+                 "measured_audio_dependency and blind_answerable, for threshold rules such as "
+                 "'pass_rate > 0' 'pass_rate < 1' 'blind_answerable <= 0.25'.", model=True),
     StageCommand("teach", ["visual_teacher", "audio_teacher", "teacher_filter"],
                  "AVRT's single-modality teachers: a vision model on frames, an audio model on "
                  "the clip, then keep the rows they got right.\n\nAVRT used Kimi-VL-Thinking "

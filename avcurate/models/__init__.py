@@ -18,6 +18,9 @@ from avcurate.models.request import (
 )
 
 BACKENDS = ("openai", "gemini", "transformers", "vllm")
+# backends that return several answers to one request (OpenAI-compatible `n`, Gemini
+# `candidate_count`, vLLM's SamplingParams.n); the others answer `n` separate requests
+MULTI_SAMPLE = frozenset({"openai", "gemini", "vllm"})
 
 
 @dataclass(frozen=True)
@@ -58,7 +61,7 @@ def make_backend(spec: ModelSpec, **kw: Any):
     return cls(spec.model, spec.base_url, spec.timeout, **kw)
 
 
-__all__ = ["BACKENDS", "AudioPart", "BackendUnavailable", "EndpointError", "Executor", "ImagePart",
-           "InvalidAnswer",
+__all__ = ["BACKENDS", "MULTI_SAMPLE", "AudioPart", "BackendUnavailable", "EndpointError",
+           "Executor", "ImagePart", "InvalidAnswer",
            "Message", "ModelError", "ModelRequest", "ModelResponse", "ModelSpec", "TextPart",
            "VideoPart", "make_backend"]

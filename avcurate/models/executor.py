@@ -149,7 +149,8 @@ class Executor:
     async def _one(self, request, key, cached, validate, sem, limiter) -> CallResult:
         if cached is not None:
             response = ModelResponse(text=cached["text"], json=cached.get("json"),
-                                     usage=cached.get("usage", {}), cached=True)
+                                     usage=cached.get("usage", {}), cached=True,
+                                     texts=cached.get("texts", []))
             try:
                 value = validate(response)
                 self.stats.add(cached=1)
@@ -171,7 +172,8 @@ class Executor:
             return CallResult(reason=exc.reason, detail=str(exc), response=response, error=exc)
         if self.cache is not None:
             self.cache.put(key, {"text": response.text, "json": response.json,
-                                 "usage": response.usage})
+                                 "usage": response.usage} | (
+                {"texts": response.texts} if len(response.texts) > 1 else {}))
         return CallResult(value=value, response=response)
 
     def _breaker(self, exc: ModelError) -> None:

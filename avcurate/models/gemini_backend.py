@@ -105,6 +105,8 @@ class GeminiBackend:
         if request.json_schema is not None:
             kw = {"response_mime_type": "application/json",
                   "response_schema": _schema_for_gemini(request.json_schema)}
+        if request.n > 1:
+            kw["candidate_count"] = request.n
         return types.GenerateContentConfig(
             temperature=request.temperature, max_output_tokens=request.max_tokens,
             top_p=request.top_p, system_instruction=system, **kw)
@@ -127,8 +129,14 @@ class GeminiBackend:
             raise ModelError(str(exc) or "timed out", retryable=True, kind="timeout") from exc
         except TRANSPORT_ERRORS as exc:
             raise ModelError(str(exc), retryable=True, kind="connection") from exc
-        text = result.text or ""
+        texts = [_candidate_text(c) for c in result.candidates or []] or [result.text or ""]
         meta = result.usage_metadata
-        return with_json(ModelResponse(text=text, usage={
+        return with_json(ModelResponse(text=texts[0], texts=texts, usage={
             "prompt_tokens": (meta.prompt_token_count or 0) if meta else 0,
             "completion_tokens": (meta.candidates_token_count or 0) if meta else 0}), request)
+
+
+def _candidate_text(candidate: types.Candidate) -> str:
+    """The text of one candidate (`result.text` only reads the first)."""
+    parts = candidate.content.parts if candidate.content and candidate.content.parts else []
+    return "".join(p.text for p in parts if p.text and not p.thought)

@@ -107,9 +107,9 @@ class VLLMBackend(_InProcess):
 
     def _generate(self, request: ModelRequest) -> ModelResponse:
         params = self._vllm.SamplingParams(temperature=request.temperature, top_p=request.top_p,
-                                           max_tokens=request.max_tokens)
+                                           max_tokens=request.max_tokens, n=request.n)
         [out] = self.llm.chat(_chat(request), params, use_tqdm=False)
-        text = out.outputs[0].text
+        texts = [o.text for o in out.outputs]
         usage = {"prompt_tokens": len(out.prompt_token_ids or []),
-                 "completion_tokens": len(out.outputs[0].token_ids)}
-        return with_json(ModelResponse(text=text, usage=usage), request)
+                 "completion_tokens": sum(len(o.token_ids) for o in out.outputs)}
+        return with_json(ModelResponse(text=texts[0], texts=texts, usage=usage), request)

@@ -70,6 +70,8 @@ class OpenAIBackend:
         body: dict[str, Any] = {"model": self.model, "messages": messages,
                                 "temperature": request.temperature,
                                 "max_tokens": request.max_tokens, "top_p": request.top_p}
+        if request.n > 1:
+            body["n"] = request.n
         if request.json_schema is not None:
             if structured:
                 body["response_format"] = {"type": "json_schema", "json_schema": {
@@ -121,8 +123,8 @@ class OpenAIBackend:
             raise ModelError(str(exc), retryable=retryable, kind=f"http_{exc.status_code}",
                              retry_after=_retry_after(exc)) from exc
         choices = completion.get("choices") or [{}]
-        text = (choices[0].get("message") or {}).get("content") or ""
+        texts = [(c.get("message") or {}).get("content") or "" for c in choices]
         usage = completion.get("usage") or {}
-        return with_json(ModelResponse(text=text, usage={
+        return with_json(ModelResponse(text=texts[0], texts=texts, usage={
             "prompt_tokens": int(usage.get("prompt_tokens") or 0),
             "completion_tokens": int(usage.get("completion_tokens") or 0)}), request)

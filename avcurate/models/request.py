@@ -87,15 +87,20 @@ class ModelRequest:
     max_tokens: int = 1024
     top_p: float = 1.0
     json_schema: dict[str, Any] | None = None
+    n: int = 1        # answers wanted from this one request (OpenAI `n`, Gemini candidate_count)
+    sample: int = 0   # which of several identical requests this is (separate cache entries)
 
     def describe(self) -> dict[str, Any]:
         """A JSON-able description with media replaced by content hashes (the cache key's input)."""
-        return {
+        out = {
             "messages": [{"role": m.role, "parts": [_describe(p) for p in m.parts]}
                          for m in self.messages],
             "temperature": self.temperature, "max_tokens": self.max_tokens, "top_p": self.top_p,
             "json_schema": self.json_schema,
         }
+        # only when set, so the keys of single-answer requests cached before stay valid
+        return out | ({"n": self.n} if self.n != 1 else {}) \
+            | ({"sample": self.sample} if self.sample else {})
 
     def key(self, backend: str, model: str) -> str:
         payload = json.dumps({"backend": backend, "model": model, **self.describe()},
@@ -116,6 +121,11 @@ class ModelResponse:
     json: Any = None
     usage: dict[str, int] = field(default_factory=dict)
     cached: bool = False
+    texts: list[str] = field(default_factory=list)  # every answer of a request with n > 1
+
+    def __post_init__(self) -> None:
+        if not self.texts:
+            self.texts = [self.text]
 
 
 def _describe(part: Part) -> dict[str, Any]:

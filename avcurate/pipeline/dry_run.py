@@ -71,23 +71,26 @@ def dry_run(run_dir, spec: StageSpec) -> str:
     try:
         sample_rows = min(rows, EXACT_UP_TO)
         table = pa.concat_tables([pq.read_table(p) for p in inputs]).slice(0, sample_rows)
-        requests, errors = stage.first_requests(table, ctx)
-        built = [r for r in requests if r is not None]
+        per_row, errors = stage.first_requests(table, ctx)
+        built = [r for requests in per_row for r in requests]
         cache = ctx.cache("responses") if stage.cache else None
         keys = [r.key(stage.backend, stage.model) for r in built]
         hits = len(cache.get_many(keys)) if cache is not None else 0
         durations = table.column("duration_s").to_pylist() if "duration_s" in table.column_names \
             else [0.0] * table.num_rows
-        tokens = sum(estimate_tokens(r, d or 0.0) for r, d in zip(
-            requests, durations, strict=True) if r is not None)
+        tokens = sum(estimate_tokens(r, d or 0.0) for requests, d in zip(
+            per_row, durations, strict=True) for r in requests)
     finally:
         ctx.close()
     scale = rows / sample_rows if sample_rows else 0
     calls = round((len(built) - hits) * scale)
+    samples = sum(r.n for r in built)
     lines = [
         f"[bold]{spec.name}[/] with {stage.backend}:{stage.model} on {rows:,} rows"
         + ("" if scale == 1 else f" (estimated from the first {sample_rows:,})"),
-        f"  {calls:,} calls to make ({round(hits * scale):,} answers already cached, "
+        f"  {calls:,} calls to make"
+        + (f", {round(samples * scale):,} samples in all" if samples != len(built) else "")
+        + f" ({round(hits * scale):,} answers already cached, "
         f"{round(errors * scale):,} rows rejected before any call: unreadable media)",
         f"  about {round(tokens * scale):,} input tokens (rough: {TOKENS_PER_IMAGE}/image, "
         f"{TOKENS_PER_AUDIO_SECOND}/s of audio, text/4)",

@@ -16,6 +16,7 @@ from typing import Any
 
 from avcurate.core.options import OptionError, check_keys, did_you_mean
 from avcurate.curation.classify import Classify
+from avcurate.curation.probe import Probe
 from avcurate.curation.score import Score
 from avcurate.filters.balance import Balance
 from avcurate.filters.dedup import Dedup
@@ -28,8 +29,8 @@ from avcurate.teachers.teacher import AudioTeacher, TeacherFilter, VisualTeacher
 
 ENTRY_POINT_GROUP = "avcurate.stages"
 BUILTINS: dict[str, type] = {cls.name: cls for cls in (
-    Validate, Threshold, Balance, Subset, Dedup, Score, Classify, VisualTeacher, AudioTeacher,
-    TeacherFilter, Merge)}
+    Validate, Threshold, Balance, Subset, Dedup, Score, Classify, Probe, VisualTeacher,
+    AudioTeacher, TeacherFilter, Merge)}
 _EXTRA: dict[str, type] = {}
 
 

@@ -4,8 +4,11 @@ A subclass fills in hooks and never overrides `process`:
 
 - `media_needs()`: what to decode per row (frames, seconds of audio), through the run's
   decode-once cache; `media_path(row)`: which file (the audio teacher prefers `audio`);
+  `decode(rows, ctx)` when frames and sound come from different files (the probe);
 - `build(row, media, history)`: the request for one row (`history`: earlier replies of
   this row with the feedback they got, for stages that ask again with feedback);
+  `build_all(row, media, history)`: several requests per row (the probe asks once per
+  media condition), joined by `combine(row, values)` into the row's columns;
 - `validate(response, row)`: column values for a good answer, a `Decline` for a valid
   answer that rejects the row (e.g. "no fitting category"), or raise `InvalidAnswer`;
 - `feedback(error)`: the follow-up message for an invalid answer (None: ask again as is).
@@ -90,6 +93,10 @@ class ModelStage(BaseStage):
     def media_path(self, row: dict[str, Any]) -> str | None:
         return row["video"]
 
+    def decode(self, rows: list[dict[str, Any]], ctx: StageContext) -> list[Any]:
+        """Each row's decoded media (or an error dict), through the run's media cache."""
+        return decode_rows(rows, self.media_path, self.media_needs(), ctx)
+
     def build(self, row: dict[str, Any], media: DecodedMedia | None, history: History
               ) -> ModelRequest:
         raise NotImplementedError
@@ -115,44 +122,78 @@ class ModelStage(BaseStage):
         return {"model": {"backend": self.backend, "model": self.model,
                           "base_url": self.base_url or None}}
 
+    def build_all(self, row: dict[str, Any], media: DecodedMedia | None, history: History
+                  ) -> list[ModelRequest]:
+        return [self.build(row, media, history)]
+
+    def combine(self, row: dict[str, Any], values: list[Any]) -> dict[str, Any] | Decline:
+        return values[0]
+
     def process(self, table: pa.Table, ctx: StageContext, shard: int) -> ShardResult:
         self.setup(ctx)
         assert self._executor is not None
         before = self._executor.stats.to_dict()
         rows = table.to_pylist()
-        media = decode_rows(rows, self.media_path, self.media_needs(), ctx)
+        media = self.decode(rows, ctx)
         n = len(rows)
-        values: list[Any] = [None] * n
         reasons: list[str | None] = [None] * n
         details: list[str | None] = [None] * n
         used = [0] * n
         history: list[History] = [[] for _ in range(n)]
-        pending = []
+        answers: dict[tuple[int, int], Any] = {}   # (row, request) -> validated value
+        pending: dict[int, list[int] | None] = {}  # row -> its requests still unanswered
         for i, m in enumerate(media):
             if isinstance(m, dict):
                 reasons[i], details[i] = m["error"], m["detail"]
             else:
-                pending.append(i)
+                pending[i] = None  # all of them
         for _ in range(self.max_rounds):
             if not pending:
                 break
-            results = self._executor.run(
-                [self.build(rows[i], media[i], history[i]) for i in pending],
-                [functools.partial(self.validate, row=rows[i]) for i in pending])
-            retry = []
-            for i, res in zip(pending, results, strict=True):
+            pairs, requests, validators = [], [], []
+            for i, todo in pending.items():
+                built = self.build_all(rows[i], media[i], history[i])
+                for j in range(len(built)) if todo is None else todo:
+                    pairs.append((i, j))
+                    requests.append(built[j])
+                    validators.append(functools.partial(self.validate, row=rows[i]))
+            results = self._executor.run(requests, validators)
+            retry: dict[int, list[int] | None] = {}
+            for i in pending:
                 used[i] += 1
-                values[i], reasons[i], details[i] = res.value, res.reason, res.detail or None
-                if isinstance(res.value, Decline):
-                    values[i], reasons[i], details[i] = None, res.value.reason, res.value.detail
-                elif res.error is not None:
+                reasons[i] = details[i] = None
+            for (i, j), res in zip(pairs, results, strict=True):
+                if res.error is None and res.reason is None:
+                    answers[(i, j)] = res.value
+                    continue
+                reasons[i], details[i] = res.reason, res.detail or None
+                if res.error is not None:
                     details[i] = f"after {used[i]} answer(s): {res.detail}"
                     note = self.feedback(res.error)
                     if note is not None:
                         history[i].append((res.response.text if res.response else "", note))
-                    retry.append(i)
+                    retry.setdefault(i, []).append(j)  # type: ignore[union-attr]
             pending = retry
+        values = self._combine(rows, answers, reasons, details)
         return self._result(table, values, reasons, details, used, before)
+
+    def _combine(self, rows, answers, reasons, details) -> list[Any]:
+        """Each answered row's columns; a `Decline` among its answers rejects the row."""
+        values: list[Any] = [None] * len(rows)
+        by_row: dict[int, list[Any]] = {}
+        for (i, _), value in sorted(answers.items(), key=lambda kv: kv[0]):
+            by_row.setdefault(i, []).append(value)
+        for i, row in enumerate(rows):
+            if reasons[i] is not None:
+                continue
+            got = by_row.get(i, [])
+            declined = next((v for v in got if isinstance(v, Decline)), None)
+            combined = declined or self.combine(row, got)
+            if isinstance(combined, Decline):
+                reasons[i], details[i] = combined.reason, combined.detail or None
+            else:
+                values[i] = combined
+        return values
 
     def _result(self, table, values, reasons, details, used, before) -> ShardResult:
         cols = {name: pa.array([(v or {}).get(name) if reasons[i] is None else None
@@ -165,10 +206,10 @@ class ModelStage(BaseStage):
         return ShardResult.split(with_columns(table, cols), self.name, reasons, details, usage)
 
     def first_requests(self, table: pa.Table, ctx: StageContext
-                       ) -> tuple[list[ModelRequest | None], int]:
-        """The first-round request of every row (None where media failed), for --dry-run."""
+                       ) -> tuple[list[list[ModelRequest]], int]:
+        """The first-round requests of every row (none where media failed), for --dry-run."""
         rows = table.to_pylist()
-        media = decode_rows(rows, self.media_path, self.media_needs(), ctx)
-        requests = [None if isinstance(m, dict) else self.build(r, m, [])
+        media = self.decode(rows, ctx)
+        requests = [[] if isinstance(m, dict) else self.build_all(r, m, [])
                     for r, m in zip(rows, media, strict=True)]
         return requests, sum(isinstance(m, dict) for m in media)

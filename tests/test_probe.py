@@ -1,0 +1,154 @@
+"""The probe stage against a loopback policy that really looks (colour) and listens (pitch).
+
+Questions are built so that one needs the picture, one the sound, one both, one is
+answerable from the text alone, one is never answered and one is answered right a
+fixed share of the time; the measured columns must come out as designed.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from avcurate.media import synth
+from avcurate.pipeline.recipe import StageSpec
+from avcurate.pipeline.runner import extend_run
+from tests.helpers import jsonl_recipe, read_stage, rows_by_id, run
+from tests.loopback import gemini_server, openai_server
+
+CLIPS = {"red_medium": ("red", 440.0), "green_low": ("green", 220.0),
+         "blue_high": ("blue", 880.0)}
+QUESTIONS = [
+    # id, clip, question, options, answer
+    ("colour", "red_medium", "What colour is the square?", ["blue", "red", "green", "yellow"],
+     "B"),
+    ("pitch", "green_low", "How high is the tone?", ["high", "low", "medium"], "B"),
+    ("both", "blue_high", "Which square and tone are in the clip?",
+     ["a blue square with a low tone", "a blue square with a high tone",
+      "a red square with a high tone", "a red square with a low tone"], "B"),
+    ("blind", "red_medium", "How many sides does a square have?", ["three", "four", "five"], "B"),
+    ("never", "red_medium", "[never] What is going on?", ["x", "y", "z", "w"], "A"),
+    ("cycle", "green_low", "[cycle] Which one?", ["p", "q", "r", "s"], "A"),
+]
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    root = tmp_path_factory.mktemp("probe_media")
+    for name, (color, freq) in CLIPS.items():
+        synth.write_clip(root / f"{name}.mp4", seconds=2, size=(96, 64), color=color, freq=freq)
+    return root
+
+
+def records(clips, with_open=True):
+    out = [{"id": i, "video": str(clips / f"{c}.mp4"), "question": q, "options": o, "answer": a}
+           for i, c, q, o, a in QUESTIONS]
+    if with_open:
+        out.append({"id": "open", "video": str(clips / "red_medium.mp4"),
+                    "question": "Describe the clip.", "answer": "A red square and a tone."})
+    return out
+
+
+def probe(server, backend="openai", **options):
+    url = server.url + ("/v1" if backend == "openai" else "")
+    return StageSpec("probe", {"backend": backend, "model": "policy", "base_url": url,
+                               "concurrency": 4, **options})
+
+
+def test_measured_columns_come_out_as_designed(tmp_path, clips):
+    with openai_server() as server:
+        recipe = jsonl_recipe(tmp_path, records(clips), clips, [probe(server)])
+        run(recipe, tmp_path / "run")
+        sent = len(server.requests)
+        kept, rejected = read_stage(tmp_path / "run", "01")
+        assert rejected.num_rows == 0
+        rows = {k.split("/", 1)[1]: v for k, v in rows_by_id(kept).items()}
+        # one request per condition and multiple-choice row, each asking for n = 8 answers
+        assert sent == 4 * len(QUESTIONS)
+        assert {b["n"] for b in server.requests} == {8}
+        assert {b["temperature"] for b in server.requests} == {1.0}
+
+        colour, pitch, both, blind = (rows[k] for k in ("colour", "pitch", "both", "blind"))
+        assert colour["probe_acc_av"] == colour["probe_acc_v"] == 1.0
+        assert colour["probe_acc_a"] < 1 and colour["probe_acc_t"] < 1
+        assert colour["measured_video_dependency"] > 0.25
+        assert colour["measured_audio_dependency"] == 0
+        assert pitch["probe_acc_av"] == pitch["probe_acc_a"] == 1.0 and pitch["probe_acc_v"] < 1
+        assert pitch["measured_audio_dependency"] > 0.25 and pitch["measured_video_dependency"] == 0
+        assert both["probe_acc_av"] == 1.0
+        assert 0 < both["probe_acc_v"] < 1 and 0 < both["probe_acc_a"] < 1
+        assert both["measured_video_dependency"] > 0 and both["measured_audio_dependency"] > 0
+        assert blind["probe_acc_t"] == 1.0
+        assert blind["blind_answerable"] == pytest.approx(1 - 1 / 3)
+        assert colour["blind_answerable"] == pytest.approx(colour["probe_acc_t"] - 1 / 4)
+        assert rows["never"]["pass_rate"] == 0 and rows["never"]["probe_unparsed"] == 32
+        assert rows["cycle"]["pass_rate"] == 0.25 and rows["cycle"]["probe_acc_t"] == 0.25
+        assert all(r["probe_n"] == 8 for k, r in rows.items() if k != "open")
+        assert all(r["pass_rate"] == r["probe_acc_av"] for k, r in rows.items() if k != "open")
+        opened = rows["open"]
+        assert all(opened[c] is None for c in ("probe_acc_av", "pass_rate", "probe_n",
+                                               "blind_answerable"))
+        # redoing the stage is answered from the run's cache: no request at all
+        extend_run(tmp_path / "run", probe(server), redo=True, show_progress=False)
+        assert len(server.requests) == sent
+    again, _ = read_stage(tmp_path / "run", "01")
+    assert again.to_pylist() == kept.to_pylist()
+
+
+def test_the_difficulty_band_drops_exactly_the_always_and_never_right_rows(tmp_path, clips):
+    band = StageSpec("threshold", {"rules": ["pass_rate > 0", "pass_rate < 1"]})
+    blind = StageSpec("threshold", {"rules": ["blind_answerable <= 0.25"]})
+    with openai_server() as server:
+        recipe = jsonl_recipe(tmp_path, records(clips, with_open=False), clips,
+                              [probe(server), band, blind])
+        run(recipe, tmp_path / "run")
+    kept, rejected = read_stage(tmp_path / "run", "02")
+    assert [i.split("/", 1)[1] for i in kept.column("id").to_pylist()] == ["cycle"]
+    reasons = {r["id"].split("/", 1)[1]: r["reject_reason"] for r in rejected.to_pylist()}
+    assert reasons == {k: "failed(pass_rate < 1)" for k in ("colour", "pitch", "both", "blind")} \
+        | {"never": "failed(pass_rate > 0)"}
+
+
+def test_separate_requests_where_n_is_not_used_and_gemini_candidate_count(tmp_path, clips,
+                                                                         monkeypatch):
+    """Without the multi-sample parameter each answer is its own request (own cache entry);
+    Gemini gets candidate_count. Both measure the same as one request with n."""
+    with openai_server() as server:
+        run(jsonl_recipe(tmp_path, records(clips), clips, [probe(server)]), tmp_path / "one")
+        one, _ = read_stage(tmp_path / "one", "01")
+    with openai_server() as server:
+        spec = probe(server, multi_sample=False, conditions=["av", "t"], n=4)
+        run(jsonl_recipe(tmp_path, records(clips), clips, [spec]), tmp_path / "sep")
+        assert len(server.requests) == 2 * 4 * len(QUESTIONS)
+        assert all("n" not in b for b in server.requests)
+        sent = len(server.requests)
+        extend_run(tmp_path / "sep", spec, redo=True, show_progress=False)
+        assert len(server.requests) == sent
+    sep = {r["id"]: r for r in read_stage(tmp_path / "sep", "01")[0].to_pylist()}
+    assert sep["jsonl:ann/colour"]["probe_acc_v"] is None  # condition not run
+    assert sep["jsonl:ann/blind"]["probe_acc_t"] == 1.0 and sep["jsonl:ann/blind"]["probe_n"] == 4
+    monkeypatch.setenv("GEMINI_API_KEY", "test-key")
+    with gemini_server() as server:
+        run(jsonl_recipe(tmp_path, records(clips), clips, [probe(server, backend="gemini")]),
+            tmp_path / "gem")
+        counts = {b["generationConfig"]["candidateCount"] for b in server.requests}
+    assert counts == {8}
+    gem = read_stage(tmp_path / "gem", "01")[0]
+    columns = [c for c in gem.column_names if c.startswith("probe_") or c == "pass_rate"]
+    assert gem.select(columns).to_pylist() == one.select(columns).to_pylist()
+
+
+def test_faults_behave_as_in_every_model_stage(tmp_path, clips):
+    recs = records(clips, with_open=False)[:2]
+    recs[0]["question"] = "[429] " + recs[0]["question"]
+    recs[1]["question"] = "[500] " + recs[1]["question"]
+    recs.append({"id": "gone", "video": str(clips / "nope.mp4"), "question": "Q?",
+                 "options": ["a", "b"], "answer": "A"})
+    with openai_server() as server:
+        run(jsonl_recipe(tmp_path, recs, clips, [probe(server)]), tmp_path / "run")
+    kept, rejected = read_stage(tmp_path / "run", "01")
+    assert kept.num_rows == 2 and all(r["probe_n"] == 8 for r in kept.to_pylist())
+    assert rejected.column("reject_reason").to_pylist() == ["missing_media"]
+    usage = json.loads((tmp_path / "run/manifest.json").read_text())["stages"][1]["usage"]
+    assert usage["retries"] == 2 * 4  # the first try of each condition's request, two rows
