@@ -24,15 +24,16 @@ def row(i, category="A", vd=0.5, ad=0.5, ql=1.0, aa=1.0, comp=0.8, **kw):
             "question_logic": ql, "answer_accuracy": aa, "composite_score": comp} | kw
 
 
-def scored_recipe(tmp: Path, rows: list[dict], stages: list[StageSpec], shard_size=4) -> Recipe:
+def scored_recipe(tmp: Path, rows: list[dict], stages: list[StageSpec], shard_size=4,
+                  types: dict[str, str] = SCORES) -> Recipe:
     ann = tmp / "scored.jsonl"
     ann.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    source = SourceSpec("jsonl", str(ann), str(tmp), {"columns": COLUMNS, "extra_columns": SCORES})
+    source = SourceSpec("jsonl", str(ann), str(tmp), {"columns": COLUMNS, "extra_columns": types})
     return Recipe([source], stages, shard_size=shard_size, workers=1)
 
 
-def outcome(tmp: Path, rows, stages, prefix="01"):
-    run(scored_recipe(tmp, rows, stages), tmp / "run")
+def outcome(tmp: Path, rows, stages, prefix="01", types: dict[str, str] = SCORES):
+    run(scored_recipe(tmp, rows, stages, types=types), tmp / "run")
     kept, rej = read_stage(tmp / "run", prefix)
     manifest = json.loads((tmp / "run/manifest.json").read_text())
     for s in manifest["stages"]:
@@ -106,6 +107,28 @@ def test_balance_both_dependency_rows_first_even_beyond_the_cap(tmp_path):
         "min_count": 2, "max_ratio": 2})])
     assert kept - {"b0", "b1", "b2"} == {"v2", "v3", "v4", "v5", "v6", "v7"}
     assert rejected == {"v0": "over_cap", "v1": "over_cap", "hi1": "over_cap", "hi2": "over_cap"}
+
+
+def test_balance_can_order_by_the_measured_dependency(tmp_path):
+    """With dependency = measured, the probe's min(video, audio) dependency ranks a capped
+    category (the judge's 10/10 rows no longer go first); unmeasured rows use the judge's."""
+    types = SCORES | {"measured_video_dependency": "double", "measured_audio_dependency": "double"}
+    judged = [row(f"j{i}", vd=1.0, ad=1.0, comp=0.9, measured_video_dependency=0.0,
+                  measured_audio_dependency=0.0) for i in range(3)]
+    measured = [row(f"m{i}", comp=0.1, measured_video_dependency=0.5 + i / 10,
+                    measured_audio_dependency=0.6) for i in range(3)]  # min: 0.5, 0.6, 0.6
+    unmeasured = [row("u", vd=0.55, ad=0.9, comp=0.1)]  # falls back to min(0.55, 0.9)
+    b = [row(f"b{i}", "B") for i in range(2)]
+    spec = {"min_count": 2, "max_ratio": 2}
+    (tmp_path / "m").mkdir()
+    (tmp_path / "j").mkdir()
+    kept, rejected, _ = outcome(tmp_path / "m", judged + measured + unmeasured + b,
+                                [StageSpec("balance", spec | {"dependency": "measured"})],
+                                types=types)
+    assert kept - {"b0", "b1"} == {"m1", "m2", "u", "m0"}
+    kept, _, _ = outcome(tmp_path / "j", judged + measured + unmeasured + b,
+                         [StageSpec("balance", spec)], types=types)
+    assert kept - {"b0", "b1"} == {"j0", "j1", "j2", "m0"}
 
 
 def test_balance_single_category_is_not_capped(tmp_path):

@@ -9,7 +9,8 @@
    video_dependency == 1 and audio_dependency == 1 first, then composite_score
    descending, then id ascending, so the result is deterministic. The cap is
    hard: if the both-dependency rows alone exceed it, only the best of them
-   (by composite, then id) survive.
+   (by composite, then id) survive. With `dependency = "measured"` the first key is
+   the probe's min(measured_video_dependency, measured_audio_dependency) instead.
 
 The decision is made once over all shards with DuckDB (so it works on more
 rows than fit in memory) and applied shard by shard; it is recomputed
@@ -31,6 +32,7 @@ from avcurate.stages.context import StageContext
 from avcurate.stages.shards import ShardTable
 
 REASONS = ["", "long_tail", "over_cap", "no_category"]
+DEPENDENCY = ("judge", "measured")
 
 
 def plan_caps(counts: dict[str, int], *, min_count: int, max_ratio: float, cascade: bool,
@@ -67,11 +69,32 @@ class Balance(BaseStage):
                               help="Largest category at most this times the second largest.")
     cascade: bool = option(False, help="Cap every category at max-ratio times the next one down.")
     max_per_category: int = option(0, min=0, help="Cap every category (0 = no cap).")
+    dependency: str = option("judge", choices=DEPENDENCY, help="Which dependency orders a "
+                             "capped category: judge (OmniVideo-R1: rows the judge rated 10/10 "
+                             "on both first) or measured (the probe's: rows whose answer needs "
+                             "both the picture and the sound most first, i.e. by "
+                             "min(measured_video_dependency, measured_audio_dependency); rows "
+                             "the probe did not measure fall back to the judge's scores).")
 
     _codes: dict[int, pa.Array] = field(default_factory=dict, init=False, repr=False,
                                         compare=False)
     _before: dict[str, int] = field(default_factory=dict, init=False, repr=False, compare=False)
     _after: dict[str, int] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.dependency == "measured":
+            self.requires = ("id", "category", "measured_video_dependency",
+                             "measured_audio_dependency", "composite_score")
+
+    def _order(self, columns: list[str]) -> str:
+        judge = f"(video_dependency >= 1 - {EPS} AND audio_dependency >= 1 - {EPS})"
+        if self.dependency == "judge":
+            return f"{judge} DESC"
+        measured = "least(measured_video_dependency, measured_audio_dependency)"
+        if "video_dependency" in columns and "audio_dependency" in columns:
+            measured = f"coalesce({measured}, least(video_dependency, audio_dependency))"
+        return f"{measured} DESC NULLS LAST"
 
     def prepare(self, ctx: StageContext, inputs: list[Path]) -> None:
         with ShardTable(inputs) as rows:
@@ -86,8 +109,8 @@ class Balance(BaseStage):
                     WHEN c.cap = 0 THEN 1
                     WHEN row_number() OVER (
                            PARTITION BY r.category
-                           ORDER BY (video_dependency >= 1 - {EPS} AND audio_dependency >= 1 - {EPS})
-                                    DESC, composite_score DESC NULLS LAST, id) > c.cap THEN 2
+                           ORDER BY {self._order(rows.columns())},
+                                    composite_score DESC NULLS LAST, id) > c.cap THEN 2
                     ELSE 0 END""", joins="LEFT JOIN caps c USING (category)")
         self._before = counts
         self._after = {c: n for c, n in caps.items() if n > 0}
