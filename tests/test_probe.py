@@ -152,3 +152,24 @@ def test_faults_behave_as_in_every_model_stage(tmp_path, clips):
     assert rejected.column("reject_reason").to_pylist() == ["missing_media"]
     usage = json.loads((tmp_path / "run/manifest.json").read_text())["stages"][1]["usage"]
     assert usage["retries"] == 2 * 4  # the first try of each condition's request, two rows
+
+
+def test_the_omnivideo_recipe_probe_block_plans(tmp_path):
+    """Uncommenting the recipe's optional probe block gives a recipe that plans."""
+    from pathlib import Path
+
+    from avcurate.pipeline.recipe import Recipe
+    from avcurate.pipeline.runner import plan
+
+    path = Path(__file__).resolve().parents[1] / "recipes/omnivideo_r1.toml"
+    head, rest = path.read_text().split("# -- optional: measured", 1)
+    block, tail = rest.split("\n# ----", 1)
+    block = "\n".join(line[2:] if line.startswith("# ") else "" for line in block.splitlines()[1:])
+    tail = tail.replace('# dependency = "measured"', 'dependency = "measured"')
+    enabled = tmp_path / "omnivideo_r1.toml"
+    enabled.write_text(head + block + "\n# ----" + tail)
+    recipe = Recipe.load(enabled)
+    names = [s.name for s in recipe.stages]
+    assert names[names.index("probe") + 1] == "threshold"
+    stages = dict((s.name, s) for s, _ in plan(recipe))
+    assert stages["balance"].dependency == "measured" and stages["probe"].n == 8
