@@ -173,3 +173,41 @@ def test_the_omnivideo_recipe_probe_block_plans(tmp_path):
     assert names[names.index("probe") + 1] == "threshold"
     stages = dict((s.name, s) for s, _ in plan(recipe))
     assert stages["balance"].dependency == "measured" and stages["probe"].n == 8
+
+
+def test_stats_show_what_the_probe_measured(tmp_path, clips):
+    """Text and HTML stats: accuracy per condition and category, pass rates, blind share, and
+    the judge's dependency scores against the measured ones (Spearman, scatter plot)."""
+    import subprocess
+    import sys
+
+    from avcurate.pipeline.recipe import Recipe, SourceSpec
+    from avcurate.reports.stats import collect
+    from tests.helpers import COLUMNS
+
+    judge = {"colour": (1.0, 0.1), "pitch": (0.2, 0.9), "both": (0.9, 0.8), "blind": (0.0, 0.0),
+             "never": (0.5, 0.5), "cycle": (0.3, 0.2)}
+    recs = [r | {"category": "sight" if r["id"] in ("colour", "both") else "other",
+                 "video_dependency": judge[r["id"]][0], "audio_dependency": judge[r["id"]][1]}
+            for r in records(clips, with_open=False)]
+    ann = tmp_path / "scored.jsonl"
+    ann.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    types = {"category": "string", "video_dependency": "double", "audio_dependency": "double"}
+    with openai_server() as server:
+        source = SourceSpec("jsonl", str(ann), str(clips), {"columns": COLUMNS,
+                                                            "extra_columns": types})
+        run(Recipe([source], [probe(server)], shard_size=4, workers=1), tmp_path / "run")
+    stats = collect(tmp_path / "run")["probe"]
+    assert stats["rows"] == 6
+    assert stats["by_category"]["sight"]["av"] == 1.0 and stats["by_category"]["sight"]["rows"] == 2
+    assert stats["pass_rate_histogram"] == {"0.000": 1, "0.250": 1, "1.000": 4}
+    assert stats["blind_answerable_share"]["above_0.25"] >= 1 / 6
+    video = stats["judge_vs_measured"]["video"]
+    assert video["n"] == 6 and video["spearman"] > 0.5  # the judge's ranking mostly agrees
+    html = tmp_path / "report.html"
+    shown = subprocess.run([sys.executable, "-m", "avcurate", "stats", str(tmp_path / "run"),
+                            "--html", str(html)], capture_output=True, text=True, check=True)
+    assert "Probe: accuracy per condition (6 questions)" in shown.stdout
+    assert "Spearman rho" in shown.stdout
+    page = html.read_text()
+    assert "Probe: measured difficulty" in page and page.count("<circle") == 12

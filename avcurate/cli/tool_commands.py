@@ -16,6 +16,7 @@ from avcurate.cli.common import RunDir, app, fail, guard, out
 from avcurate.pipeline.registry import available
 from avcurate.reports.tables import (
     category_table,
+    probe_table,
     reasons_table,
     result_table,
     scores_table,
@@ -31,7 +32,8 @@ def stats(
     html: Annotated[Path | None, typer.Option(help="Also write a self-contained HTML report "
                                                    "with charts.")] = None,
 ) -> None:
-    """Funnel, reject reasons, categories before/after balancing, score quantiles, sources."""
+    """Funnel, reject reasons, categories before/after balancing, score quantiles, sources,
+    and what the probe measured."""
     from avcurate.reports import html as html_report
     from avcurate.reports.stats import collect
 
@@ -52,6 +54,8 @@ def stats(
     if data["scores"]:
         out.print(scores_table(data["scores"]))
     out.print(sources_table(data["sources"]))
+    if data.get("probe", {}).get("rows"):
+        out.print(probe_table(data["probe"]))
     if data.get("traces"):
         from avcurate.reports.traces import format_report
 

@@ -43,6 +43,49 @@ def bars(title: str, series: dict[str, dict[str, float]], width: int = 720) -> s
     return "".join(parts)
 
 
+def scatter(title: str, points: list[tuple[float, float]], xlabel: str, ylabel: str,
+            size: int = 320) -> str:
+    """A scatter plot of points in [0, 1] x [0, 1] (a little jitter-free SVG)."""
+    pad = 40
+    span = size - 2 * pad
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{size}" height="{size + 20}" '
+             f'role="img" aria-label="{escape(title)}">',
+             f'<text x="0" y="14" font-weight="bold" font-size="12">{escape(title)}</text>',
+             f'<rect x="{pad}" y="{pad}" width="{span}" height="{span}" fill="none" '
+             'stroke="#999"/>',
+             f'<text x="{size / 2}" y="{size - 4}" font-size="11" text-anchor="middle">'
+             f'{escape(xlabel)}</text>',
+             f'<text x="12" y="{size / 2}" font-size="11" text-anchor="middle" '
+             f'transform="rotate(-90 12 {size / 2})">{escape(ylabel)}</text>']
+    for x, y in points:
+        cx, cy = pad + span * float(x), pad + span * (1 - float(y))
+        parts.append(f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="3" fill="{PALETTE[0]}" '
+                     f'fill-opacity="0.5"><title>{x:g}, {y:g}</title></circle>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _probe(probe: dict[str, Any]) -> list[str]:
+    names = {"av": "frames+audio", "v": "frames", "a": "audio", "t": "text only"}
+    acc = probe.get("accuracy", {})
+    rows = [["all", probe["rows"], *(acc.get(c) for c in names)]]
+    rows += [[cat, r["rows"], *(r[c] for c in names)]
+             for cat, r in probe.get("by_category", {}).items()]
+    blind = probe.get("blind_answerable_share", {})
+    out = ["<h2>Probe: measured difficulty and modality dependency</h2>",
+           _table(["category", "rows", *names.values()], rows),
+           bars("Rows per pass rate (accuracy with frames+audio)",
+                {"rows": probe.get("pass_rate_histogram", {})}),
+           f"<p>Answerable without any media (above chance): {_fmt(blind.get('above_chance'))}; "
+           f"by more than 0.25: {_fmt(blind.get('above_0.25'))}.</p>"]
+    for modality, agree in probe.get("judge_vs_measured", {}).items():
+        rho = agree["spearman"]
+        out.append(scatter(f"{modality} dependency: Spearman rho = "
+                           f"{'n/a' if rho is None else f'{rho:.2f}'} (n = {agree['n']})",
+                           agree["points"], "judge's score", "measured"))
+    return out
+
+
 def _table(headers: list[str], rows: list[list[Any]]) -> str:
     head = "".join(f"<th>{escape(h)}</th>" for h in headers)
     body = "".join("<tr>" + "".join(f"<td>{escape(_fmt(c))}</td>" for c in row) + "</tr>"
@@ -79,6 +122,8 @@ def render(stats: dict[str, Any]) -> str:
                                  {col: hist}))
         sections.append(_table(["score", *next(iter(stats["scores"].values()))["quantiles"]],
                                [[c, *s["quantiles"].values()] for c, s in stats["scores"].items()]))
+    if stats.get("probe", {}).get("rows"):
+        sections += _probe(stats["probe"])
     if stats["sources"]:
         keys = sorted({k for v in stats["sources"].values() for k in v})
         sections += ["<h2>Sources</h2>", _table(["source", *keys], [

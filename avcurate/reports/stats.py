@@ -1,4 +1,5 @@
-"""Statistics of a run: funnel, reject reasons, categories, score distributions, sources."""
+"""Statistics of a run: funnel, reject reasons, categories, score distributions, sources,
+and what the probe measured."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from avcurate.core.store import RunStore
+from avcurate.reports.probe import probe_summary
 from avcurate.reports.query import connect, views
 from avcurate.reports.tables import stage_rows
 from avcurate.reports.traces import trace_report
@@ -33,6 +35,7 @@ def collect(run_dir: Path | str) -> dict[str, Any]:
         "sources": _sources(con),
         "subsets": {k: v for e in manifest["stages"] for k, v in e.get("subsets", {}).items()},
         "traces": trace_report(run_dir),
+        "probe": probe_summary(con, views(con)),
     }
 
 

@@ -111,3 +111,29 @@ def result_table(columns: list[str], rows: list[tuple]) -> Table:
     for row in rows:
         table.add_row(*(("NULL" if v is None else str(v))[:80] for v in row))
     return table
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{v:.0%}"
+
+
+def probe_table(probe: dict[str, Any]) -> Table:
+    """Accuracy per media condition (overall and per category), what `avcurate probe` measured."""
+    table = Table(title=f"Probe: accuracy per condition ({probe['rows']:,} questions)")
+    for name in ("category", "rows", "frames+audio", "frames", "audio", "text only"):
+        table.add_column(name, justify="left" if name == "category" else "right")
+    acc = probe.get("accuracy", {})
+    table.add_row("all", f"{probe['rows']:,}", *(_pct(acc.get(c)) for c in ("av", "v", "a", "t")))
+    for cat, row in probe.get("by_category", {}).items():
+        table.add_row(cat, f"{row['rows']:,}", *(_pct(row[c]) for c in ("av", "v", "a", "t")))
+    hist = probe.get("pass_rate_histogram", {})
+    blind = probe.get("blind_answerable_share", {})
+    caption = [f"pass rate: {', '.join(f'{p}: {n}' for p, n in hist.items())}",
+               f"answerable blind (above chance): {_pct(blind.get('above_chance'))}, "
+               f"by more than 0.25: {_pct(blind.get('above_0.25'))}"]
+    for modality, agree in probe.get("judge_vs_measured", {}).items():
+        rho = agree["spearman"]
+        caption.append(f"judge vs measured {modality} dependency: Spearman rho = "
+                       f"{'n/a' if rho is None else f'{rho:.2f}'} (n = {agree['n']})")
+    table.caption = "\n".join(caption)
+    return table
