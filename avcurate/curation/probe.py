@@ -112,22 +112,19 @@ class Probe(ModelStage):
                   ) -> list[ModelRequest]:
         if not row.get("options"):
             return []  # open-ended: passed through with nulls
+        pictures, sound = _parts(media)  # built once per row: each is encoded once
         requests = []
         for condition in self.conditions:
-            request = self._request(row, media, condition)
+            request = self._request(row, pictures, sound, condition)
             if self._separate:
                 requests += [_replace(request, sample=k) for k in range(self.n)]
             else:
                 requests.append(_replace(request, n=self.n))
         return requests
 
-    def _request(self, row: dict[str, Any], media: DecodedMedia | None, condition: str
-                 ) -> ModelRequest:
-        parts: list = []
-        if media is not None and "v" in condition:
-            parts += [ImagePart(f, float(t)) for f, t in zip(media.frames, media.times, strict=True)]
-        if media is not None and "a" in condition and media.audio.size:
-            parts.append(AudioPart(media.audio, media.sample_rate))
+    def _request(self, row: dict[str, Any], pictures: list[ImagePart], sound: list[AudioPart],
+                 condition: str) -> ModelRequest:
+        parts = (pictures if "v" in condition else []) + (sound if "a" in condition else [])
         text = render(self._template, media_note=MEDIA_NOTES[condition],
                       question=row["question"] or "", options=lettered(row["options"]))
         parts.append(TextPart(text))
@@ -166,6 +163,13 @@ def derived(acc: dict[str, float | None], n_options: int) -> dict[str, Any]:
     return {**{f"probe_acc_{c}": acc.get(c) for c in CONDITIONS}, "pass_rate": av,
             "measured_video_dependency": gap(av, a), "measured_audio_dependency": gap(av, v),
             "blind_answerable": None if t is None else t - 1 / n_options}
+
+
+def _parts(media: DecodedMedia | None) -> tuple[list[ImagePart], list[AudioPart]]:
+    if media is None:
+        return [], []
+    pictures = [ImagePart(f, float(t)) for f, t in zip(media.frames, media.times, strict=True)]
+    return pictures, [AudioPart(media.audio, media.sample_rate)] if media.audio.size else []
 
 
 def _join(pictures: Any, sounds: Any) -> Any:

@@ -87,9 +87,9 @@ class OpenAIBackend:
             return {"type": "text", "text": part.text}
         if isinstance(part, ImagePart):
             return {"type": "image_url",
-                    "image_url": {"url": f"data:image/jpeg;base64,{b64(part.jpeg)}"}}
+                    "image_url": {"url": f"data:image/jpeg;base64,{part.jpeg_b64}"}}
         if isinstance(part, AudioPart):
-            return {"type": "input_audio", "input_audio": {"data": b64(part.wav), "format": "wav"}}
+            return {"type": "input_audio", "input_audio": {"data": part.wav_b64, "format": "wav"}}
         if isinstance(part, VideoPart):
             if self.video_as == "file":
                 url = Path(part.path).resolve().as_uri()

@@ -38,7 +38,16 @@ class ImagePart:
     def jpeg(self) -> bytes:
         return encode_jpeg(self.pixels)
 
+    @cached_property
+    def jpeg_b64(self) -> str:
+        """Base64 of the JPEG, once per part (a part sent in several requests is encoded once)."""
+        return b64(self.jpeg)
+
     def digest(self) -> str:
+        return self._digest
+
+    @cached_property
+    def _digest(self) -> str:
         return hashlib.sha256(np.ascontiguousarray(self.pixels).tobytes()).hexdigest()
 
 
@@ -53,11 +62,19 @@ class AudioPart:
     def wav(self) -> bytes:
         return encode_wav(self.pcm, self.sample_rate)
 
+    @cached_property
+    def wav_b64(self) -> str:
+        return b64(self.wav)
+
     @property
     def seconds(self) -> float:
         return len(self.pcm) / self.sample_rate
 
     def digest(self) -> str:
+        return self._digest
+
+    @cached_property
+    def _digest(self) -> str:
         return hashlib.sha256(np.ascontiguousarray(self.pcm).tobytes()).hexdigest()
 
 
