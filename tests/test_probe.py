@@ -211,3 +211,18 @@ def test_stats_show_what_the_probe_measured(tmp_path, clips):
     assert "Spearman rho" in shown.stdout
     page = html.read_text()
     assert "Probe: measured difficulty" in page and page.count("<circle") == 12
+
+
+def test_dry_run_counts_requests_and_samples_and_sends_nothing(tmp_path, clips):
+    import subprocess
+    import sys
+
+    with openai_server() as server:
+        run(jsonl_recipe(tmp_path, records(clips), clips, []), tmp_path / "run")
+        shown = subprocess.run(
+            [sys.executable, "-m", "avcurate", "probe", str(tmp_path / "run"), "--model", "p",
+             "--base-url", server.url + "/v1", "--dry-run"], capture_output=True, text=True,
+            check=True)
+        assert not server.requests
+    # six multiple-choice rows x four conditions, eight answers each; the open row is not sent
+    assert "24 calls to make, 192 samples in all" in shown.stdout
