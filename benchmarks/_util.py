@@ -1,10 +1,15 @@
-"""Shared by the benchmarks: run a command and sample its process tree's peak RSS."""
+"""Shared by the benchmarks: run a command and sample its process tree's peak RSS; the
+loopback model server in a process of its own."""
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import psutil
 
@@ -31,3 +36,25 @@ def measure(cmd: list[str]) -> tuple[float, int]:
     if proc.returncode:
         sys.exit(f"{' '.join(cmd)} failed:\n{proc.stderr.read().decode()}")
     return elapsed, peak
+
+
+def _serve(latency: float, port_queue) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from loopback import openai_server
+
+    server = openai_server(latency=latency)
+    port_queue.put(server.server_address[1])
+    server.serve_forever()
+
+
+@contextmanager
+def loopback_server(latency: float) -> Iterator[int]:
+    """The tests' loopback OpenAI-compatible server, answering after `latency` seconds, in its
+    own process (so the client's CPU time is measured alone); yields its port."""
+    queue = mp.Queue()
+    proc = mp.Process(target=_serve, args=(latency, queue), daemon=True)
+    proc.start()
+    try:
+        yield queue.get(timeout=30)
+    finally:
+        proc.terminate()

@@ -12,23 +12,11 @@ its own process so the client's CPU time is measured alone.
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
-import sys
 import time
 from functools import partial
-from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the loopback server
-
-
-def serve(latency: float, port_queue) -> None:
-    from loopback import openai_server
-
-    server = openai_server(latency=latency)
-    port_queue.put(server.server_address[1])
-    server.serve_forever()
+from _util import loopback_server
 
 
 def media():
@@ -57,11 +45,7 @@ def main() -> None:
     from avcurate.curation.probe import Probe
     from avcurate.models import Executor, make_backend
 
-    queue = mp.Queue()
-    proc = mp.Process(target=serve, args=(args.latency, queue), daemon=True)
-    proc.start()
-    port = queue.get(timeout=30)
-    try:
+    with loopback_server(args.latency) as port:
         stage = Probe(backend="openai", model="policy", base_url=f"http://127.0.0.1:{port}/v1",
                       concurrency=args.concurrency, n=args.n,
                       conditions=args.conditions.split(","))
@@ -80,8 +64,6 @@ def main() -> None:
         outcomes = executor.run([q for _, q in built],
                                 [partial(stage.validate, row=r) for r, _ in built])
         wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
-    finally:
-        proc.terminate()
     requests = len(built)
     samples = sum(o.value["answers"] for o in outcomes if o.reason is None)
     ideal = args.concurrency / args.latency

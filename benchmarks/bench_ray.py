@@ -12,22 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the loopback server
-
-
-def serve(latency: float, queue) -> None:
-    from loopback import openai_server
-
-    server = openai_server(latency=latency)
-    queue.put(server.server_address[1])
-    server.serve_forever()
+from _util import loopback_server
 
 
 def write_inputs(root: Path, samples: int, clips: int) -> None:
@@ -74,11 +64,7 @@ def main() -> None:
     from avcurate.pipeline.recipe import Recipe
     from avcurate.pipeline.runner import Runner
 
-    queue = mp.Queue()
-    server = mp.Process(target=serve, args=(args.latency, queue), daemon=True)
-    server.start()
-    port = queue.get(timeout=30)
-    with tempfile.TemporaryDirectory() as tmp:
+    with loopback_server(args.latency) as port, tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="ray", dir="/tmp")
         write_inputs(root, args.samples, args.clips)
@@ -94,7 +80,6 @@ def main() -> None:
         remote = time.perf_counter() - t
         ray.shutdown()
         ls, rs = stage_seconds(root / "local"), stage_seconds(root / "ray")
-    server.terminate()
     print(f"{args.samples:,} samples over {args.clips} clips, classify against a "
           f"{args.latency * 1000:.0f} ms server, {os.cpu_count()} CPUs")
     print(f"local: {local:.2f} s  (validate {ls['validate']:.2f} s, classify {ls['classify']:.2f} s)")

@@ -11,21 +11,10 @@ measured alone. (The loopback server is the one the tests use.)
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
-import sys
 import time
 from functools import partial
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the loopback server
-
-
-def serve(latency: float, port_queue) -> None:
-    from loopback import openai_server
-
-    server = openai_server(latency=latency)
-    port_queue.put(server.server_address[1])
-    server.serve_forever()
+from _util import loopback_server
 
 
 def main() -> None:
@@ -38,11 +27,7 @@ def main() -> None:
     from avcurate.curation.score import Score
     from avcurate.models import Executor, make_backend
 
-    queue = mp.Queue()
-    proc = mp.Process(target=serve, args=(args.latency, queue), daemon=True)
-    proc.start()
-    port = queue.get(timeout=30)
-    try:
+    with loopback_server(args.latency) as port:
         stage = Score(backend="openai", model="judge", base_url=f"http://127.0.0.1:{port}/v1",
                       media="none", concurrency=args.concurrency)
         rows = [{"id": str(i), "video": "v.mp4", "question": f"What is heard at second {i}?",
@@ -53,8 +38,6 @@ def main() -> None:
         cpu0, wall0 = time.process_time(), time.perf_counter()
         outcomes = executor.run(requests, [partial(stage.validate, row=r) for r in rows])
         wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
-    finally:
-        proc.terminate()
     ok = sum(o.reason is None for o in outcomes)
     ideal = args.concurrency / args.latency
     rate = args.requests / wall
