@@ -4,32 +4,26 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 from avcurate.catalogs.base import (
     MediaRoot,
     Reject,
     SourceFile,
     answer_value,
+    choices,
     ident,
     load_records,
     need,
+    own_key,
     per_record,
     positional,
-    strip_letter,
     text,
-    texts,
 )
 from avcurate.core.answers import normalise_answer
 from avcurate.core.schema import sample_row
 
 AVQA_META = ("question_relation", "question_type", "video_name", "video_id", "dataset_name")
 DAILY_OMNI_META = ("Type", "video_category", "video_duration", "video_id")
-
-
-def choices(value: Any, field: str) -> list[str]:
-    """Option texts with any `A.`/`(A)` prefix removed."""
-    return [strip_letter(o) for o in texts(value, field)]
 
 
 def read_avqa(src: SourceFile, audio_root: str | None = None) -> Iterator[dict | Reject]:
@@ -45,7 +39,7 @@ def read_avqa(src: SourceFile, audio_root: str | None = None) -> Iterator[dict |
 
     def build(n: int, rec: dict) -> dict:
         need(rec, "video_name", "question_text", "multi_choice", "answer")
-        key = ident(rec["id"], "id") if "id" in rec else positional(n)
+        key = own_key(rec, "id", n)
         name = text(rec["video_name"], "video_name", numbers=True)
         options = choices(rec["multi_choice"], "multi_choice")
         audio = rec.get("audio_path")

@@ -194,6 +194,16 @@ class SourceFile:
         return Reject(self.source, self.sid(key), reason, detail, rec)
 
 
+def own_key(rec: dict, field: str, n: int) -> str:
+    """The record's own per-question id in `field`, else its position in the file."""
+    return ident(rec[field], field) if field in rec else positional(n)
+
+
+def choices(value: Any, field: str) -> list[str]:
+    """Option texts with any `A.`/`(A)` prefix removed."""
+    return [strip_letter(o) for o in texts(value, field)]
+
+
 def positional(n: int, clip: Any = None) -> str:
     """The key of a record with no per-question id: its position, then its clip id."""
     return f"{n}" if clip in (None, "") else f"{n}-{clip}"

@@ -25,8 +25,8 @@ from avcurate.catalogs.base import (
     ident,
     load_records,
     need,
+    own_key,
     per_record,
-    positional,
     text,
     texts,
 )
@@ -39,8 +39,7 @@ FOLDERS = ("", "MUSIC-AVQA-videos-Real/", "MUSIC-AVQA-videos-Synthetic/")
 def read_music_avqa(src: SourceFile) -> Iterator[dict | Reject]:
     def build(n: int, rec: dict) -> dict | Reject:
         need(rec, "video_id", "question_content", "anser")
-        key = ident(rec["question_id"], "question_id") if "question_id" in rec \
-            else positional(n)
+        key = own_key(rec, "question_id", n)
         if rec.get("question_deleted") in (1, "1", True):
             return src.reject(key, "excluded_by_source",
                               "marked question_deleted = 1 in the annotation file", rec)

@@ -31,14 +31,13 @@ from avcurate.catalogs.base import (
     SourceFile,
     answer_value,
     check_template,
+    choices,
     fill,
     ident,
     per_record,
     positional,
     records_of,
-    strip_letter,
     text,
-    texts,
 )
 from avcurate.core.answers import normalise_answer
 from avcurate.core.schema import sample_row
@@ -140,8 +139,7 @@ def _row(src: SourceFile, rec: dict, key: str, mapping: dict[str, str],
             options = json.loads(options)
         except json.JSONDecodeError:
             raise Malformed(f"{mapping['options']} is not a JSON list") from None
-    options = [strip_letter(o) for o in texts(options, mapping["options"])] if options \
-        is not None else None
+    options = choices(options, mapping["options"]) if options is not None else None
     audio = text(get["audio"], mapping["audio"], required=False)
     duration = get["duration_s"]
     return sample_row(

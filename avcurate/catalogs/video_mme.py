@@ -10,15 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from avcurate.catalogs.avqa import choices
 from avcurate.catalogs.base import (
     Reject,
     SourceFile,
     answer_value,
+    choices,
     ident,
     need,
+    own_key,
     per_record,
-    positional,
     records_of,
     text,
 )
@@ -32,8 +32,7 @@ FOLDERS = ("", "data/", "video/", "videos/")
 def read_video_mme(src: SourceFile) -> Iterator[dict | Reject]:
     def build(n: int, rec: dict) -> dict:
         need(rec, "videoID", "question", "options", "answer")
-        key = ident(rec["question_id"], "question_id") if "question_id" in rec \
-            else positional(n)
+        key = own_key(rec, "question_id", n)
         vid = ident(rec["videoID"], "videoID")
         options = choices(rec["options"], "options")
         return sample_row(

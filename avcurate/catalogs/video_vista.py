@@ -15,16 +15,15 @@ from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 
-from avcurate.catalogs.avqa import choices
 from avcurate.catalogs.base import (
     Reject,
     SourceFile,
     answer_value,
-    ident,
+    choices,
     load_records,
     need,
+    own_key,
     per_record,
-    positional,
     text,
 )
 from avcurate.catalogs.conversations import conversation_rows
@@ -45,7 +44,7 @@ def read_video_vista(src: SourceFile) -> Iterator[dict | Reject]:
 
 def _benchmark_row(src: SourceFile, n: int, rec: dict) -> dict:
     need(rec, "Question", "Answer_Choices", "Answer", "video_name")
-    key = ident(rec["question_id"], "question_id") if "question_id" in rec else positional(n)
+    key = own_key(rec, "question_id", n)
     name = text(rec["video_name"], "video_name")
     options = choices(rec["Answer_Choices"], "Answer_Choices")
     category = text(rec.get("category"), "category", required=False)

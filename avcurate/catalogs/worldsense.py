@@ -16,14 +16,15 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from avcurate.catalogs.avqa import choices
 from avcurate.catalogs.base import (
     Malformed,
     Reject,
     SourceFile,
     answer_value,
+    choices,
     ident,
     load_records,
+    need,
     per_record,
     text,
 )
@@ -61,9 +62,7 @@ def _task(src: SourceFile, key: str, task: object, video: str, audio: str | None
           shared: dict) -> dict:
     if not isinstance(task, dict):
         raise Malformed("is not an object")
-    missing = [f for f in ("question", "candidates", "answer") if f not in task]
-    if missing:
-        raise Malformed(f"missing field(s) {', '.join(repr(f) for f in missing)}")
+    need(task, "question", "candidates", "answer")
     options = choices(task["candidates"], "candidates")
     return sample_row(
         id=src.sid(key), source=src.source, video=video, audio=audio,

@@ -20,7 +20,7 @@ to one request (OpenAI-compatible `n`, Gemini `candidate_count`), else `n` reque
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pyarrow as pa
@@ -36,6 +36,7 @@ from avcurate.stages.model_stage import History, ModelStage
 from avcurate.stages.prompts import load_prompt, render
 
 CONDITIONS = ("av", "v", "a", "t")
+CONDITION_NAMES = {"av": "frames+audio", "v": "frames", "a": "audio", "t": "text only"}
 MEDIA_NOTES = {
     "av": "You are given frames sampled evenly from a video, with their times, and its audio.",
     "v": "You are given frames sampled evenly from a video, with their times. There is no "
@@ -117,9 +118,9 @@ class Probe(ModelStage):
         for condition in self.conditions:
             request = self._request(row, pictures, sound, condition)
             if self._separate:
-                requests += [_replace(request, sample=k) for k in range(self.n)]
+                requests += [replace(request, sample=k) for k in range(self.n)]
             else:
-                requests.append(_replace(request, n=self.n))
+                requests.append(replace(request, n=self.n))
         return requests
 
     def _request(self, row: dict[str, Any], pictures: list[ImagePart], sound: list[AudioPart],
@@ -182,9 +183,3 @@ def _join(pictures: Any, sounds: Any) -> Any:
     if pictures is not None and sounds is not None:
         base.audio, base.sample_rate = sounds.audio, sounds.sample_rate
     return base
-
-
-def _replace(request: ModelRequest, **changes: Any) -> ModelRequest:
-    from dataclasses import replace
-
-    return replace(request, **changes)

@@ -10,6 +10,8 @@ from __future__ import annotations
 from html import escape
 from typing import Any
 
+from avcurate.curation.probe import CONDITION_NAMES
+
 PALETTE = ("#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2")
 
 
@@ -66,14 +68,13 @@ def scatter(title: str, points: list[tuple[float, float]], xlabel: str, ylabel: 
 
 
 def _probe(probe: dict[str, Any]) -> list[str]:
-    names = {"av": "frames+audio", "v": "frames", "a": "audio", "t": "text only"}
     acc = probe.get("accuracy", {})
-    rows = [["all", probe["rows"], *(acc.get(c) for c in names)]]
-    rows += [[cat, r["rows"], *(r[c] for c in names)]
+    rows = [["all", probe["rows"], *(acc.get(c) for c in CONDITION_NAMES)]]
+    rows += [[cat, r["rows"], *(r[c] for c in CONDITION_NAMES)]
              for cat, r in probe.get("by_category", {}).items()]
     blind = probe.get("blind_answerable_share", {})
     out = ["<h2>Probe: measured difficulty and modality dependency</h2>",
-           _table(["category", "rows", *names.values()], rows),
+           _table(["category", "rows", *CONDITION_NAMES.values()], rows),
            bars("Rows per pass rate (accuracy with frames+audio)",
                 {"rows": probe.get("pass_rate_histogram", {})}),
            f"<p>Answerable without any media (above chance): {_fmt(blind.get('above_chance'))}; "

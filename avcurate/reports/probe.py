@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-CONDITIONS = ("av", "v", "a", "t")
+from avcurate.curation.probe import CONDITIONS
+
 PAIRS = (("video_dependency", "measured_video_dependency"),
          ("audio_dependency", "measured_audio_dependency"))
 MAX_POINTS = 2000  # points drawn in a scatter plot (a sample of larger runs)
@@ -13,8 +14,7 @@ MAX_POINTS = 2000  # points drawn in a scatter plot (a sample of larger runs)
 
 def probe_summary(con, views: list[str]) -> dict[str, Any]:
     """{} when the run has no probe stage; else the figures `avcurate stats` shows."""
-    view = "probe" if "probe" in views else None
-    if view is None:
+    if "probe" not in views:
         return {}
     cols = {r[0] for r in con.execute('DESCRIBE "probe"').fetchall()}
     probed = "FROM probe WHERE probe_n IS NOT NULL"

@@ -8,6 +8,7 @@ from rich.table import Table
 
 from avcurate.core.counts import reject_reasons
 from avcurate.core.store import RunStore, parquet_rows
+from avcurate.curation.probe import CONDITION_NAMES
 
 
 def stage_rows(store: RunStore) -> list[dict[str, Any]]:
@@ -120,12 +121,12 @@ def _pct(v: float | None) -> str:
 def probe_table(probe: dict[str, Any]) -> Table:
     """Accuracy per media condition (overall and per category), what `avcurate probe` measured."""
     table = Table(title=f"Probe: accuracy per condition ({probe['rows']:,} questions)")
-    for name in ("category", "rows", "frames+audio", "frames", "audio", "text only"):
+    for name in ("category", "rows", *CONDITION_NAMES.values()):
         table.add_column(name, justify="left" if name == "category" else "right")
     acc = probe.get("accuracy", {})
-    table.add_row("all", f"{probe['rows']:,}", *(_pct(acc.get(c)) for c in ("av", "v", "a", "t")))
+    table.add_row("all", f"{probe['rows']:,}", *(_pct(acc.get(c)) for c in CONDITION_NAMES))
     for cat, row in probe.get("by_category", {}).items():
-        table.add_row(cat, f"{row['rows']:,}", *(_pct(row[c]) for c in ("av", "v", "a", "t")))
+        table.add_row(cat, f"{row['rows']:,}", *(_pct(row[c]) for c in CONDITION_NAMES))
     hist = probe.get("pass_rate_histogram", {})
     blind = probe.get("blind_answerable_share", {})
     caption = [f"pass rate: {', '.join(f'{p}: {n}' for p, n in hist.items())}",
