@@ -252,3 +252,60 @@ def test_gemini_large_video_goes_through_the_files_api(media, monkeypatch):
     file_data = uploaded.get("fileData") or uploaded.get("file_data")
     assert file_data is not None and file_data.get("fileUri", file_data.get("file_uri")).endswith(
         "/v1beta/files/1")
+
+
+def test_a_row_whose_request_failed_for_good_is_not_completed_by_its_other_requests(tmp_path):
+    """With several requests per row, a call that failed after its retries rejects the row
+    even when another of its requests is asked again and then answered."""
+    from dataclasses import dataclass
+
+    import pyarrow as pa
+
+    from avcurate.models.errors import InvalidAnswer
+    from avcurate.models.executor import CallResult, CallStats
+    from avcurate.models.request import Message, ModelRequest, TextPart
+    from avcurate.stages.context import StageContext
+    from avcurate.stages.model_stage import ModelStage
+
+    @dataclass
+    class Pair(ModelStage):
+        name = "pair"
+        adds = {"both": pa.string()}
+
+        def build_all(self, row, media, history):
+            return [ModelRequest((Message("user", (TextPart(f"{row['id']}:{k}"),)),))
+                    for k in range(2)]
+
+        def combine(self, row, values):
+            return {"both": "+".join(values)}
+
+    class Scripted:
+        """Row a: request 0 fails for good, request 1 is invalid once then good."""
+
+        def __init__(self):
+            self.stats, self.asked = CallStats(), []
+
+        def run(self, requests, validators):
+            out = []
+            for r in requests:
+                self.asked.append(r.text)
+                if r.text == "a:0":
+                    out.append(CallResult(reason="model_error", detail="http_503: down"))
+                elif r.text == "a:1" and self.asked.count("a:1") == 1:
+                    out.append(CallResult(reason="bad", detail="no letter",
+                                          error=InvalidAnswer("bad", "no letter")))
+                else:
+                    out.append(CallResult(value=r.text))
+            return out
+
+    stage = Pair(model="m", base_url="http://127.0.0.1:9/v1")
+    stage._executor = Scripted()
+    table = pa.table({"id": ["a", "b"], "video": ["v", "v"]})
+    ctx = StageContext(run_dir=tmp_path, stage_dir=tmp_path / "01-pair", workers=1)
+    try:
+        result = stage.process(table, ctx, 0)
+    finally:
+        ctx.close()
+    assert result.kept.column("both").to_pylist() == ["b:0+b:1"]
+    assert result.rejected.column("reject_reason").to_pylist() == ["model_error"]
+    assert "a:1" in stage._executor.asked and stage._executor.asked.count("a:1") == 1

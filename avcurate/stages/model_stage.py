@@ -159,21 +159,26 @@ class ModelStage(BaseStage):
                     validators.append(functools.partial(self.validate, row=rows[i]))
             results = self._executor.run(requests, validators)
             retry: dict[int, list[int] | None] = {}
+            failed: set[int] = set()  # rows with a call that failed for good: not asked again
             for i in pending:
                 used[i] += 1
                 reasons[i] = details[i] = None
             for (i, j), res in zip(pairs, results, strict=True):
+                if i in failed:
+                    continue
                 if res.error is None and res.reason is None:
                     answers[(i, j)] = res.value
                     continue
                 reasons[i], details[i] = res.reason, res.detail or None
-                if res.error is not None:
-                    details[i] = f"after {used[i]} answer(s): {res.detail}"
-                    note = self.feedback(res.error)
-                    if note is not None:
-                        history[i].append((res.response.text if res.response else "", note))
-                    retry.setdefault(i, []).append(j)  # type: ignore[union-attr]
-            pending = retry
+                if res.error is None:
+                    failed.add(i)
+                    continue
+                details[i] = f"after {used[i]} answer(s): {res.detail}"
+                note = self.feedback(res.error)
+                if note is not None:
+                    history[i].append((res.response.text if res.response else "", note))
+                retry.setdefault(i, []).append(j)  # type: ignore[union-attr]
+            pending = {i: todo for i, todo in retry.items() if i not in failed}
         values = self._combine(rows, answers, reasons, details)
         return self._result(table, values, reasons, details, used, before)
 
