@@ -19,9 +19,11 @@ inject faults when the question text carries a marker:
 With `api_key=...` a request without that bearer token gets 401; with `models={...}` a
 request for another model gets 404, as vLLM answers for a model it does not serve.
 
-The fake teachers really look and listen: the visual one finds the dominant
-colour of the frames it is sent, the audio one the pitch of the clip, and each
-picks the option that names what it perceived.
+The server, the teachers, the merger and the probed policy are the package's demo model
+(`avcurate.demo`): they really look and listen (dominant colour of the frames, pitch of
+the clip). The tests add the markers above, a judge whose scores are spread by a hash of
+the question (so threshold tests have every kind of row), the Gemini wire format and the
+trainer's reward judge.
 
 Every request body is recorded (`server.requests`) so tests can check the media sent.
 """
@@ -33,11 +35,13 @@ import hashlib
 import io
 import json
 import re
-import threading
 import time
-from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from avcurate.demo import model as demo_model
+from avcurate.demo.model import merge_trace, options_in, teacher_pick, teacher_reply
+from avcurate.demo.perception import decode_image, dominant_colour, perceive
+from avcurate.demo.server import JSONHandler, ModelServer, OpenAIHandler
 
 DIMENSIONS = ("video_dependency", "audio_dependency", "question_logic", "answer_accuracy")
 
@@ -63,95 +67,37 @@ def classify_answer(question: str, categories: list[str]) -> dict[str, str]:
 
 
 def dominant_color(jpeg: bytes) -> str:
-    import av
-    import numpy as np
-
-    from avcurate.media.synth import COLORS
-
-    with av.open(io.BytesIO(jpeg)) as c:
-        rgb = next(c.decode(video=0)).to_ndarray(format="rgb24").reshape(-1, 3).astype(float)
-    saturated = rgb[(rgb.max(axis=1) - rgb.min(axis=1)) > 80]
-    if not len(saturated):
-        return "none"
-    mean = saturated.mean(axis=0)
-    return min(COLORS, key=lambda c: float(((np.array(COLORS[c]) - mean) ** 2).sum()))
-
-
-def pitch_word(wav: bytes) -> str:
-    import numpy as np
-    import soundfile as sf
-
-    pcm, sr = sf.read(io.BytesIO(wav), dtype="float32")
-    if not len(pcm) or float(np.abs(pcm).max()) < 1e-3:
-        return "silence"
-    freq = float(np.fft.rfftfreq(len(pcm), 1 / sr)[int(np.argmax(np.abs(np.fft.rfft(pcm))))])
-    return "low" if freq < 330 else "medium" if freq < 660 else "high"
-
-
-def _options(prompt: str) -> list[tuple[str, str]]:
-    return re.findall(r"^([A-Z])\. (.+)$", prompt, re.MULTILINE)
+    return dominant_colour(decode_image(jpeg))
 
 
 def teacher_answer(kind: str, prompt: str, question: str, media: list[bytes]) -> str:
-    options = _options(prompt)
-    if kind == "visual":
-        seen = dominant_color(media[0]) if media else "nothing"
-        what = f"The frames show a {seen} square sliding across a grey gradient."
-    else:
-        seen = pitch_word(media[0]) if media else "nothing"
-        what = f"I hear a steady {seen}-pitched tone for the whole clip."
-    matching = [letter for letter, text in options if seen in text.lower()]
-    pick = matching[0] if len(matching) == 1 else options[0][0]
+    """The demo model's teacher, with the tests' wrong/ambiguous markers applied."""
+    options = options_in(prompt)
+    p = perceive(media, []) if kind == "visual" else perceive([], media)
+    seen, pick = teacher_pick(kind, options, p)
     tag = "v" if kind == "visual" else "a"
+    pick = pick or options[0][0]
     if f"[{tag}-wrong]" in question:
-        pick = next(letter for letter, _ in options if letter != pick)
-    text = dict(options).get(pick, "")
-    final = "Answer: A or B" if f"[{tag}-ambiguous]" in question else f"Answer: ({pick}) {text}"
-    label = "Visual Description" if kind == "visual" else "Audio Description"
-    return (f"{label}: {what}\nReasoning: Only option {pick} fits what is "
-            f"{'seen' if kind == 'visual' else 'heard'}; the others do not.\n{final}")
-
-
-PROBE_CUE = "Reply with just the letter of your choice."
-PITCH_WORDS = ("low", "medium", "high")
+        pick = next(x for x, _ in options if x != pick)
+    final = "Answer: A or B" if f"[{tag}-ambiguous]" in question else None
+    return teacher_reply(kind, seen, pick, options, p, final)
 
 
 def probe_answer(prompt: str, question: str, images: list[bytes], audios: list[bytes],
                  sample: int) -> str:
-    """The policy under probe: it rules out options that contradict what it sees (colour)
-    and hears (pitch), knows that a square has four sides, and guesses among the rest.
-    `[never]` questions get no letter at all; `[cycle]` ones cycle through the options."""
-    import random
-
-    from avcurate.media.synth import COLORS
-
-    options = _options(prompt)
+    """The demo model's probe answer; `[never]` questions get no letter at all and
+    `[cycle]` ones cycle through the options."""
+    options = options_in(prompt)
     if "[never]" in question:
         return "I cannot tell."
     if "[cycle]" in question:
         return options[sample % len(options)][0]
-    seen = dominant_color(images[0]) if images else None
-    heard = pitch_word(audios[0]) if audios else None
-
-    def fits(text: str) -> bool:
-        words = set(re.findall(r"[a-z]+", text.lower()))
-        colours, pitches = words & set(COLORS), words & set(PITCH_WORDS)
-        if "sides" in question and "four" not in words:
-            return False
-        return not ((seen and colours and seen not in colours)
-                    or (heard and pitches and heard not in pitches))
-
-    candidates = [letter for letter, text in options if fits(text)] or [x for x, _ in options]
-    rng = random.Random(f"{question}|{seen}|{heard}|{sample}")
-    return f"Answer: {rng.choice(candidates)}"
+    return demo_model.probe(prompt, perceive(images, audios), sample)
 
 
 def merge_answer(prompt: str, question: str) -> str:
-    truth = re.search(r"Correct option: ([A-Z])", prompt).group(1)
+    think, truth = merge_trace(prompt)
     told = "did not pass a check" in prompt
-    think = ("Looking at the clip, I see a coloured square moving across the frames, and at the "
-             "same time I hear a steady tone. The visual cue and the sound point the same way: "
-             f"together they rule out the other options, so option {truth} is the one that fits.")
     answer = truth
     if "[leak]" in question or ("[leak-once]" in question and not told):
         think += " The correct answer is given as " + truth + "."
@@ -203,7 +149,7 @@ def answer_for(prompt: str, attempt: int, images: list[bytes] = (), audios: list
         return judge_answer(prompt, list(videos))
     m = re.search(r"Question:\s*(.*?)\n+Options:", prompt, re.DOTALL)
     question = m.group(1) if m else prompt
-    if PROBE_CUE in prompt:
+    if demo_model.PROBE_CUE in prompt:
         return probe_answer(prompt, question, list(images), list(audios), sample)
     if "Correct option:" in prompt:
         return merge_answer(prompt, question)
@@ -221,59 +167,25 @@ def answer_for(prompt: str, attempt: int, images: list[bytes] = (), audios: list
     return "ok"
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 256  # listen backlog: the default 5 drops bursts of new connections
+class _Server(ModelServer):
+    """The package's model server with the tests' extras: an API key, a served-model list,
+    the Gemini Files API's uploads, a slow first answer."""
 
     def __init__(self, handler, latency: float = 0.0, slow_seconds: float = 2.0,
                  api_key: str | None = None, models: set[str] | None = None) -> None:
-        super().__init__(("127.0.0.1", 0), handler)
+        super().__init__(handler, latency=latency, record=True)
         self.api_key, self.models = api_key, models  # when set: 401 without it, 404 for others
-        self.requests: list[dict] = []
         self.uploads: list[bytes] = []
-        self.headers_seen: list[dict] = []
-        self.attempts: Counter[str] = Counter()
-        self.latency = latency
         self.slow_seconds = slow_seconds
-        self.lock = threading.Lock()
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
-
-    def __enter__(self):
-        threading.Thread(target=self.serve_forever, daemon=True).start()
-        return self
-
-    def __exit__(self, *exc):
-        self.shutdown()
-        self.server_close()
-
-    def record(self, body: dict, headers: dict, prompt: str) -> int:
-        with self.lock:
-            self.requests.append(body)
-            self.headers_seen.append(headers)
-            self.attempts[prompt] += 1
-            return self.attempts[prompt]
+    def answer(self, prompt, attempt, images, audios, videos, sample) -> str:
+        return answer_for(prompt, attempt, images, audios, videos, sample=sample)
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Faults:
+    """The first-attempt faults the question markers ask for."""
+
     server: _Server
-    protocol_version = "HTTP/1.1"  # keep-alive, as real inference servers do
-    disable_nagle_algorithm = True  # headers and body are separate writes: no 40 ms ACK stalls
-
-    def log_message(self, *args) -> None:  # keep test output clean
-        pass
-
-    def _json(self, code: int, payload: dict, headers: dict | None = None) -> None:
-        data = json.dumps(payload).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        self.end_headers()
-        self.wfile.write(data)
 
     def _fault(self, prompt: str, attempt: int) -> bool:
         """Inject the first-attempt faults; True when a fault response was sent."""
@@ -287,55 +199,22 @@ class _Handler(BaseHTTPRequestHandler):
             time.sleep(self.server.slow_seconds)
         return False
 
-    def _read(self) -> dict:
-        return json.loads(self.rfile.read(int(self.headers["Content-Length"])))
 
-
-class OpenAIHandler(_Handler):
-    def _error(self, code, message, headers=None):
-        self._json(code, {"error": {"message": message, "type": "server_error", "code": code}},
-                   headers)
-
-    def do_POST(self) -> None:
-        if not self.path.endswith("/chat/completions"):
-            return self._error(404, f"no route {self.path}")
-        body = self._read()
-        prompt = "\n".join(p["text"] for m in body["messages"] for p in
-                           (m["content"] if isinstance(m["content"], list)
-                            else [{"type": "text", "text": m["content"]}])
-                           if p["type"] == "text")
-        attempt = self.server.record(body, {k.lower(): v for k, v in self.headers.items()}, prompt)
-        if self.server.latency:
-            time.sleep(self.server.latency)
+class OpenAIFaults(_Faults, OpenAIHandler):
+    def intercept(self, body: dict, prompt: str, attempt: int) -> bool:
         if self.server.api_key and self.headers.get("Authorization") != f"Bearer {self.server.api_key}":
-            return self._error(401, "Incorrect API key provided")
+            self._error(401, "Incorrect API key provided")
+            return True
         if self.server.models is not None and body["model"] not in self.server.models:
-            return self._error(404, f"The model `{body['model']}` does not exist.")
+            self._error(404, f"The model `{body['model']}` does not exist.")
+            return True
         if "[down]" in prompt:
-            return self._error(503, "service unavailable")
-        if self._fault(prompt, attempt):
-            return None
-        parts = [p for m in body["messages"] if isinstance(m["content"], list) for p in m["content"]]
-        images = [base64.b64decode(p["image_url"]["url"].split(",", 1)[1]) for p in parts
-                  if p["type"] == "image_url"]
-        audios = [base64.b64decode(p["input_audio"]["data"]) for p in parts
-                  if p["type"] == "input_audio"]
-        videos = [base64.b64decode(p["video_url"]["url"].split(",", 1)[1]) for p in parts
-                  if p["type"] == "video_url"]
-        n = int(body.get("n") or 1)
-        texts = [answer_for(prompt, attempt, images, audios, videos, sample=(attempt - 1) * n + k)
-                 for k in range(n)]
-        text = "".join(texts)
-        self._json(200, {
-            "id": "cmpl-1", "object": "chat.completion", "created": 0, "model": body["model"],
-            "choices": [{"index": k, "finish_reason": "stop",
-                         "message": {"role": "assistant", "content": t}}
-                        for k, t in enumerate(texts)],
-            "usage": {"prompt_tokens": len(prompt) // 4, "completion_tokens": len(text) // 4,
-                      "total_tokens": (len(prompt) + len(text)) // 4}})
+            self._error(503, "service unavailable")
+            return True
+        return self._fault(prompt, attempt)
 
 
-class GeminiHandler(_Handler):
+class GeminiHandler(_Faults, JSONHandler):
     """generateContent, plus the Files API's resumable upload (start, then upload+finalize)
     and file lookup, which google-genai uses for large videos."""
 
@@ -396,7 +275,7 @@ class GeminiHandler(_Handler):
 
 
 def openai_server(**kw) -> _Server:
-    return _Server(OpenAIHandler, **kw)
+    return _Server(OpenAIFaults, **kw)
 
 
 def gemini_server(**kw) -> _Server:

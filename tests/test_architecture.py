@@ -98,7 +98,8 @@ def test_operational_options_are_not_part_of_a_stage_identity():
 
     base = create("score", {"model": "m"})
     assert fingerprint(create("score", {"model": "m", "timeout": 5, "concurrency": 2,
-                                        "rpm": 60})) == fingerprint(base)
+                                        "rpm": 60, "base_url": "http://h:1/v1"})
+                       ) == fingerprint(base)
     assert fingerprint(create("score", {"model": "m", "frames": 4})) != fingerprint(base)
 
 

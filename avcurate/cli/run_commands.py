@@ -128,21 +128,45 @@ def ingest(
 
 @app.command()
 def demo(
-    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for the demo data and "
-                                                              "its run.")] = Path("demo_out"),
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for the demo data, its "
+                                                              "run, report and export.")
+                       ] = Path("demo_out"),
+    backend: Annotated[str, typer.Option(help="openai (any OpenAI-compatible server) or "
+                                              "gemini.")] = "openai",
+    model: Annotated[str, typer.Option(help="Model for every model stage; default: the "
+                                            "built-in demo model.")] = "",
+    base_url: Annotated[str, typer.Option(help="OpenAI-compatible server URL, e.g. "
+                                               "http://localhost:8000/v1.")] = "",
+    train: Annotated[bool, typer.Option(help="Also run a few GSPO steps of a tiny policy "
+                                             "(needs torch: the train extra).")] = False,
     quiet: Quiet = False,
 ) -> None:
-    """Make a small synthetic dataset with real media, ingest and validate it, and explain."""
-    from avcurate.demo import make_demo, next_steps
+    """Make ~40 real clips in three annotation formats and run every stage on them: validate,
+    score, classify, threshold, probe, balance, subset, teachers, merge; then write the
+    stats report and a Hub-layout export.
 
-    recipe_path = make_demo(out_dir)
-    run_dir = out_dir / "run"
-    rec = guard(Recipe.load, recipe_path)
-    guard(Runner(rec, run_dir, show_progress=not quiet).run)
-    rows = stage_rows(RunStore(run_dir))
-    out.print(summary_table(rows, f"Demo run {run_dir}"))
+    With no --model, a built-in demo model answers on 127.0.0.1 (it looks at the colour of
+    the frames and listens to the pitch of the tone; it is not a real judge). Re-running
+    into the same folder resumes.
+    """
+    from avcurate.demo.tour import Endpoint, next_steps, run_tour
+
+    endpoint = Endpoint(backend, model, base_url)
+    guard(endpoint.check)
+    if train:
+        guard(_need_torch)
+    result = guard(run_tour, out_dir, endpoint, show_progress=not quiet, train=train)
+    rows = stage_rows(RunStore(result.run_dir))
+    out.print(summary_table(rows, f"Demo run {result.run_dir}"))
     out.print(reasons_table(rows))
-    out.print(next_steps(out_dir, run_dir))
+    out.print(next_steps(out_dir, result, endpoint))
+
+
+def _need_torch() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        raise ValueError("--train needs torch: pip install torch==2.13.0 (or 'avcurate[train]')")
 
 
 @app.command()

@@ -43,6 +43,8 @@ def stats(
     if as_json:
         out.print_json(json.dumps(data, default=str))
         return
+    if data["notice"]:
+        out.print(f"[bold yellow]Demo model:[/] {data['notice']}")
     out.print(summary_table(data["stages"], f"Run {run_dir}"))
     if any(r["rejects_by_reason"] for r in data["stages"]):
         out.print(reasons_table(data["stages"]))

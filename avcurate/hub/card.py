@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from avcurate.core.store import RunStore
+from avcurate.models import demo_notice, models_used
 from avcurate.reports.tables import stage_rows
 
 COLUMN_DOCS = {
@@ -102,10 +103,12 @@ def write_card(out: Path, manifest: dict[str, Any], store: RunStore,
                     [[r["stage"], r["rows_in"], r["kept"], r["rejected"],
                       ", ".join(f"{k} {v}" for k, v in list(r["rejects_by_reason"].items())[:3])]
                      for r in funnel]), ""]
-    models = [[e["dir"], e["model"].get("backend"), e["model"].get("model")]
-              for e in manifest["stages"] if e.get("model")]
+    models = [list(m.values()) for m in models_used(manifest)]
     if models:
         parts += ["Models used:", "", _table(["stage", "backend", "model"], models), ""]
+    if demo_notice(manifest):
+        at = parts.index("## How it was made")
+        parts[at:at] = [f"> **Demo data.** {demo_notice(manifest)}", ""]
     for e in manifest["stages"]:
         if "categories_before" in e:
             parts += ["Categories before and after balancing:", "",

@@ -77,10 +77,15 @@ def validation_ids(files: list[Path], val_fraction: float) -> set[str]:
     return {r[0] for r in ids}
 
 
-def split_rows(files: list[Path], val_ids: set[str], columns: list[str]) -> dict[str, pa.Table]:
+def split_rows(files: list[Path], val_ids: set[str], columns: list[str],
+               where: str | None = None) -> dict[str, pa.Table]:
     """train/validation tables by membership in `val_ids` (shared by every config, so a
-    subset's training rows never include another config's validation rows)."""
-    table = pa.concat_tables([pq.read_table(f, columns=columns) for f in files]).sort_by("id")
+    subset's training rows never include another config's validation rows); `where` names
+    a boolean column that selects the rows (a subset's flag in the final shards)."""
+    read = columns + ([where] if where and where not in columns else [])
+    table = pa.concat_tables([pq.read_table(f, columns=read) for f in files]).sort_by("id")
+    if where:
+        table = table.filter(pa.compute.fill_null(table.column(where), False)).select(columns)
     in_val = pa.array([i in val_ids for i in table.column("id").to_pylist()], pa.bool_())
     return {"train": table.filter(pa.compute.invert(in_val)), "validation": table.filter(in_val)}
 
@@ -192,16 +197,19 @@ def export_run(run_dir: Path | str, out: Path | str, *, val_fraction: float = 0.
     configs: dict[str, dict[str, int]] = {}
     copied = 0
     written: set[str] = set()
-    sets = {"default": (final, "data")}
+    sets: dict[str, tuple[list[Path], str, str | None]] = {"default": (final, "data", None)}
     for entry in manifest["stages"]:
         for name, sub in entry.get("subsets", {}).items():
-            sets[name] = (store.shards(store.root / sub["dir"]), f"data/{name}")
+            # a subset marked before later stages (teachers, merge) is read from the final
+            # rows by its flag, so it has their columns and only rows they kept
+            sets[name] = (final, f"data/{name}", f"subset_{name}") if f"subset_{name}" in have \
+                else (store.shards(store.root / sub["dir"]), f"data/{name}", None)
     val_ids = validation_ids(final, val_fraction)
-    for config, (files, folder) in sets.items():
+    for config, (files, folder, where) in sets.items():
         if not files:
             continue
         configs[config] = {}
-        for split, table in split_rows(files, val_ids, columns).items():
+        for split, table in split_rows(files, val_ids, columns, where).items():
             table, n = relink_media(table, out, copy_media, written)
             copied += n
             for path in write_split(table, staging / folder, split, max_shard_bytes):

@@ -21,6 +21,24 @@ BACKENDS = ("openai", "gemini", "transformers", "vllm")
 # backends that return several answers to one request (OpenAI-compatible `n`, Gemini
 # `candidate_count`, vLLM's SamplingParams.n); the others answer `n` separate requests
 MULTI_SAMPLE = frozenset({"openai", "gemini", "vllm"})
+# the name the built-in demo model (avcurate.demo) serves under; reports and cards of a
+# run it answered say so, so its labels are never mistaken for a real judge's
+DEMO_MODEL = "avcurate-demo-model"
+DEMO_NOTICE = ("Scores, categories, probe answers and traces here come from avcurate's built-in "
+               "demo model, which only measures the colour of the frames and the pitch of the "
+               "tone. It is not a real judge: use this data to see the pipeline, not to train.")
+
+
+def models_used(manifest: dict[str, Any]) -> list[dict[str, str]]:
+    """The model of every finished model stage of a run: stage folder, backend, model."""
+    return [{"stage": e["dir"], "backend": e["model"].get("backend") or "",
+             "model": e["model"].get("model") or ""}
+            for e in manifest.get("stages", []) if e.get("model")]
+
+
+def demo_notice(manifest: dict[str, Any]) -> str | None:
+    """DEMO_NOTICE when any stage of the run was answered by the demo model."""
+    return DEMO_NOTICE if any(m["model"] == DEMO_MODEL for m in models_used(manifest)) else None
 
 
 @dataclass(frozen=True)

@@ -102,7 +102,14 @@ def _fmt(v: Any) -> str:
 
 def render(stats: dict[str, Any]) -> str:
     stages = stats["stages"]
-    sections = [f"<h1>avcurate run report</h1><p><code>{escape(stats['run'])}</code></p>",
+    sections = [f"<h1>avcurate run report</h1><p><code>{escape(stats['run'])}</code></p>"]
+    if stats.get("notice"):
+        sections.append(f'<p class="notice"><strong>Demo model.</strong> '
+                        f'{escape(stats["notice"])}</p>')
+    if stats.get("models"):
+        sections += ["<h2>Models</h2>", _table(["stage", "backend", "model"],
+                                               [list(m.values()) for m in stats["models"]])]
+    sections += [
                 "<h2>Stage funnel</h2>",
                 bars("Rows kept and rejected per stage",
                      {"kept": {s["stage"]: s["kept"] for s in stages},

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from avcurate.core.store import RunStore
+from avcurate.models import demo_notice, models_used
 from avcurate.reports.probe import probe_summary
 from avcurate.reports.query import connect, views
 from avcurate.reports.tables import stage_rows
@@ -36,6 +37,8 @@ def collect(run_dir: Path | str) -> dict[str, Any]:
         "subsets": {k: v for e in manifest["stages"] for k, v in e.get("subsets", {}).items()},
         "traces": trace_report(run_dir),
         "probe": probe_summary(con, views(con)),
+        "models": models_used(manifest),
+        "notice": demo_notice(manifest),
     }
 
 

@@ -56,7 +56,10 @@ class ModelStage(BaseStage):
     backend: str = option("openai", choices=BACKENDS, help="openai (any OpenAI-compatible "
                           "server, e.g. `vllm serve`), gemini, transformers (local folder), vllm.")
     model: str = option("", help="Model name (or local folder for transformers).")
-    base_url: str = option("", help="Server URL, e.g. http://localhost:8000/v1.")
+    # operational: where a model is served does not change what it answers (the backend
+    # and model name do, and they key the response cache), so a new port resumes the run
+    base_url: str = option("", operational=True,
+                           help="Server URL, e.g. http://localhost:8000/v1.")
     concurrency: int = option(16, min=1, operational=True, help="Requests in flight at once.")
     rpm: float = option(0.0, min=0, operational=True,
                         help="At most this many requests per minute (0 = no limit).")

@@ -65,6 +65,15 @@ class Teacher(ModelStage):
     def prompt_values(self) -> dict[str, str]:
         return {}
 
+    def build_all(self, row: dict[str, Any], media: DecodedMedia | None, history: History
+                  ) -> list[ModelRequest]:
+        # open-ended rows are not asked (a teacher answers with a letter): they pass with
+        # nulls, and teacher_filter rejects them as not_multiple_choice
+        return [self.build(row, media, history)] if row.get("options") else []
+
+    def combine(self, row: dict[str, Any], values: list[Any]) -> dict[str, Any]:
+        return values[0] if values else {}
+
     def build(self, row: dict[str, Any], media: DecodedMedia | None, history: History
               ) -> ModelRequest:
         text = render(self._template, question=row["question"] or "",

@@ -14,14 +14,23 @@ from pathlib import Path
 
 from avcurate.core.answers import letter, lettered
 from avcurate.media import synth
-from avcurate.pipeline.registry import available
 
 PITCHES = {"low": 220.0, "medium": 440.0, "high": 880.0}
 COLORS = ["red", "green", "blue", "yellow", "purple", "orange"]
 N_LLAVA, N_AVQA = 24, 16
+ANNOTATIONS = ("llava_video.json", "avqa.json", "video_vista.json")
 
-RECIPE = """\
-# The demo recipe: two annotation formats -> ingest -> validate.
+MODEL = """backend = "${AVCURATE_DEMO_BACKEND:-openai}"
+model = "${AVCURATE_DEMO_MODEL:-avcurate-demo-model}"
+base_url = "${AVCURATE_DEMO_BASE_URL:-}"
+concurrency = 8"""
+
+RECIPE = f"""\
+# The demo recipe: three annotation formats through every curation stage.
+# `avcurate demo` sets AVCURATE_DEMO_* to its built-in demo model server (or to the
+# --backend/--model/--base-url you give it); the stages below are those of
+# recipes/omnivideo_r1.toml (curation) and recipes/avrt.toml (traces), with the
+# measured probe in between, sized for a 40-clip demo.
 [run]
 shard_size = 8
 workers = 2
@@ -45,8 +54,63 @@ media_root = "media/avqa"
 name = "validate"
 silence_db = -60
 min_duration_s = 1.0
-"""
 
+[[stages]]
+name = "dedup"
+
+[[stages]]
+name = "score"
+{MODEL}
+frames = 4
+audio_seconds = 3.0
+
+[[stages]]
+name = "classify"
+{MODEL}
+
+[[stages]]
+name = "threshold"
+rules = ["answer_accuracy == 1", "question_logic >= 0.8", "composite_score >= 0.7"]
+
+[[stages]]
+name = "probe"
+{MODEL}
+n = 8
+frames = 4
+audio_seconds = 3.0
+
+[[stages]]
+name = "threshold"
+rules = ["blind_answerable <= 0.25"]
+
+[[stages]]
+name = "balance"
+max_ratio = 1.2   # small, so the demo shows the cap (the papers use 3)
+min_count = 2
+
+[[stages]]
+name = "subset"
+subset = "audio_visual"
+rules = ["video_dependency >= 0.7 and audio_dependency >= 0.7"]
+
+[[stages]]
+name = "visual_teacher"
+{MODEL}
+frames = 4
+
+[[stages]]
+name = "audio_teacher"
+{MODEL}
+audio_seconds = 3.0
+
+[[stages]]
+name = "teacher_filter"
+require = "either"
+
+[[stages]]
+name = "merge"
+{MODEL}
+"""
 
 def _mc(rng: random.Random, correct: str, pool: list[str], k: int = 4) -> tuple[list[str], int]:
     options = [correct] + rng.sample([p for p in pool if p != correct], k - 1)
@@ -84,6 +148,7 @@ def _llava(root: Path, rng: random.Random) -> list[dict]:
                       {"from": "gpt", "value": f"The tone is {pitch} in pitch."}]
         records.append({"id": f"demo_{i:02d}", "video": name, "conversations": convs,
                         "data_source": "avcurate-demo"})
+    records += _judged(rng)
     # Malformed on purpose: each is caught at ingest or by validate, with its own reason.
     records[5]["conversations"][1]["value"] = "E."            # answer_not_in_options
     records[7]["conversations"][0]["value"] = "<video>\n  "     # empty_question
@@ -94,6 +159,34 @@ def _llava(root: Path, rng: random.Random) -> list[dict]:
     records.append({"id": "demo_escape", "video": "../../../etc/passwd",  # unsafe_path
                     "conversations": records[2]["conversations"]})
     records.append("this record is not an object")               # malformed_annotation
+    return records
+
+
+def _record(rid: str, clip: int, question: str, options: list[str], k: int) -> dict:
+    human = f"<video>\n{question}\n{lettered(options)}"
+    return {"id": rid, "video": f"clip_{clip:02d}.mp4", "data_source": "avcurate-demo",
+            "conversations": [{"from": "human", "value": human},
+                              {"from": "gpt", "value": f"{letter(k)}."}]}
+
+
+def _judged(rng: random.Random) -> list[dict]:
+    """Well-formed records that the later stages reject: a wrong answer key and a question
+    that needs no media (both for the judge and its threshold), and questions that name
+    their own answer, which the judge misses but the probe measures (blind_answerable)."""
+    records = []
+    for clip in (0, 6):  # clip 0 and 6 are red: the key says otherwise
+        options, _ = _mc(rng, "red", COLORS)
+        wrong = next(i for i, o in enumerate(options) if o != "red")
+        records.append(_record(f"demo_wrong_key_{clip}", clip, "What color is the square "
+                               "that moves while the tone plays?", options, wrong))
+    options, k = _mc(rng, "four", ["three", "four", "five", "six"])
+    records.append(_record("demo_no_media", 1, "How many sides does the moving square have?",
+                           options, k))
+    for clip in (2, 8, 14):  # blue clips
+        options, k = _mc(rng, "blue", COLORS)
+        records.append(_record(f"demo_gives_away_{clip}", clip, "The blue square slides "
+                               "across while a tone plays. Which color is the square?",
+                               options, k))
     return records
 
 
@@ -152,44 +245,20 @@ def _video_vista(rng: random.Random) -> list[dict]:
 def make_demo(out_dir: Path | str, seed: int = 0) -> Path:
     """Write media, annotations and `demo.toml` under `out_dir`; return the recipe path."""
     root = Path(out_dir)
+    recipe = root / "demo.toml"
+    if _made(root):  # already there (a re-run resumes): rewriting the media would redo it all
+        return recipe
     rng = random.Random(seed)
     ann = root / "annotations"
     ann.mkdir(parents=True, exist_ok=True)
     (ann / "llava_video.json").write_text(json.dumps(_llava(root, rng), indent=1))
     (ann / "avqa.json").write_text(json.dumps(_avqa(root, rng), indent=1))
     (ann / "video_vista.json").write_text(json.dumps(_video_vista(rng), indent=1))
-    recipe = root / "demo.toml"
-    recipe.write_text(RECIPE)
+    recipe.write_text(RECIPE)  # last: its presence says the data is complete
     return recipe
 
 
-def next_steps(out_dir: Path, run_dir: Path) -> str:
-    lines = [
-        "",
-        f"[bold]What happened[/]: {out_dir}/annotations holds annotation files in the "
-        f"LLaVA-Video, Video-Vista and AVQA formats over {N_LLAVA + N_AVQA - 1} real mp4 clips; "
-        "a few are broken on purpose (silent, no audio, truncated, corrupt, missing, "
-        "malformed annotations). Every annotation ended up kept or rejected with a reason.",
-        "",
-        "[bold]Next[/]:",
-        f"  avcurate status {run_dir}          # counts and reject reasons again",
-        f"  avcurate run {out_dir}/demo.toml --out {run_dir}   # re-run: everything is resumed",
-    ]
-    if "score" in available():
-        lines += [
-            "  # scoring needs a model backend, e.g. a local OpenAI-compatible server:",
-            "  #   vllm serve Qwen/Qwen2.5-Omni-7B --port 8000",
-            f"  avcurate score {run_dir} --backend openai --model Qwen/Qwen2.5-Omni-7B "
-            "--base-url http://localhost:8000/v1",
-            "  # or Gemini, with GEMINI_API_KEY set:",
-            f"  avcurate score {run_dir} --backend gemini --model gemini-2.5-pro",
-            "  # whole pipelines (curation, traces, export): recipes/omnivideo_r1.toml, "
-            "recipes/avrt.toml (see the README)",
-        ]
-    else:
-        lines += [
-            "  Scoring needs a model backend (an OpenAI-compatible server such as "
-            "`vllm serve …`, or Gemini with GEMINI_API_KEY); the model stages are not part "
-            "of this version yet.",
-        ]
-    return "\n".join(lines)
+def _made(root: Path) -> bool:
+    recipe = root / "demo.toml"
+    return recipe.is_file() and recipe.read_text() == RECIPE and all(
+        (root / "annotations" / f).is_file() for f in ANNOTATIONS)
