@@ -18,6 +18,8 @@ from helpers import read_stage, slow_recipe
 from loopback import openai_server
 from test_filters import row, scored_recipe
 
+from avcurate.demo import make_demo
+from avcurate.demo.server import demo_server
 from avcurate.pipeline.recipe import Recipe, StageSpec
 from avcurate.pipeline.runner import RunError, Runner
 
@@ -57,12 +59,17 @@ def _rows_of(run_dir: Path) -> dict[str, tuple[list, list]]:
     return out
 
 
-def test_demo_data_same_as_local(ray_env, tmp_path):
-    subprocess.run(avcurate_cmd("demo", "--out", str(tmp_path / "demo"), "-q"), check=True,
-                   capture_output=True)
-    recipe = Recipe.load(tmp_path / "demo/demo.toml")
-    Runner(recipe, tmp_path / "local", show_progress=False).run()
-    _ray_runner(recipe, tmp_path / "ray")
+def test_demo_data_same_as_local(ray_env, tmp_path, monkeypatch):
+    """The demo recipe's row-local and model stages up to the first threshold, answered by
+    the demo model server, give the same rows on Ray as locally."""
+    with demo_server() as server:
+        monkeypatch.setenv("AVCURATE_DEMO_BASE_URL", server.url + "/v1")
+        recipe = Recipe.load(make_demo(tmp_path / "demo"))
+        names = [s.name for s in recipe.stages]
+        recipe.stages = recipe.stages[:names.index("threshold") + 1]
+        assert {"score", "classify"} <= set(names[:len(recipe.stages)])
+        Runner(recipe, tmp_path / "local", show_progress=False).run()
+        _ray_runner(recipe, tmp_path / "ray")
     assert _rows_of(tmp_path / "local") == _rows_of(tmp_path / "ray")
     manifest = json.loads((tmp_path / "ray/manifest.json").read_text())
     assert all(s["rows_in"] == s["kept"] + s["rejected"] for s in manifest["stages"])

@@ -37,7 +37,8 @@ USER_ERRORS = (RunError, RecipeError, StageError, OptionError, RunInUse, FileNot
 
 def fail(message: str) -> NoReturn:
     """One line on stderr, exit code 2. The message is printed as written (no markup)."""
-    err.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True, highlight=False)
+    err.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True, highlight=False,
+              emoji=False)  # "openai:m: ..." is a model name, not an emoji code
     raise typer.Exit(2)
 
 

@@ -152,10 +152,16 @@ def demo(
     from avcurate.demo.tour import Endpoint, next_steps, run_tour
 
     endpoint = Endpoint(backend, model, base_url)
-    guard(endpoint.check)
-    if train:
-        guard(_need_torch)
-    result = guard(run_tour, out_dir, endpoint, show_progress=not quiet, train=train)
+    try:
+        endpoint.check()
+        if train:
+            _need_torch()
+    except ValueError as exc:
+        fail(str(exc))
+    try:
+        result = guard(run_tour, out_dir, endpoint, show_progress=not quiet, train=train)
+    except ValueError as exc:  # the export's or the trainer's refusal, as one line
+        fail(str(exc))
     rows = stage_rows(RunStore(result.run_dir))
     out.print(summary_table(rows, f"Demo run {result.run_dir}"))
     out.print(reasons_table(rows))

@@ -1,0 +1,166 @@
+"""The demo: every stage end to end against the built-in demo model, against a server the
+user names (OpenAI wire and Gemini wire), resume, Ctrl-C, bad options; and the demo model's
+own perception and judgements on real clips."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+
+import pytest
+from conftest import avcurate_cmd
+from helpers import read_stage
+from loopback import gemini_server, openai_server
+
+from avcurate.demo.model import DemoModel, options_in
+from avcurate.demo.perception import perceive
+from avcurate.demo.tour import Endpoint, serving
+from avcurate.media import decode, synth
+from avcurate.models.request import AudioPart, ImagePart
+
+STAGES = ["validate", "dedup", "score", "classify", "threshold", "probe", "threshold", "balance",
+          "subset", "visual_teacher", "audio_teacher", "teacher_filter", "merge"]
+
+
+def sh(*args, env=None, check=True):
+    return subprocess.run(avcurate_cmd(*args), capture_output=True, text=True, check=check,
+                          env=env)
+
+
+def _rejects(run_dir, stage):
+    _, rej = read_stage(run_dir, stage)
+    # the record's own id (LLaVA ids are `<position>-<record id>`)
+    return {r["id"].rsplit("/", 1)[1].split("-", 1)[1]: r["reject_reason"]
+            for r in rej.to_pylist()}
+
+
+def _mtimes(run_dir):
+    return {p: p.stat().st_mtime_ns for p in run_dir.rglob("*.parquet")}
+
+
+def test_demo_runs_every_stage_with_the_demo_model_and_resumes(tmp_path):
+    pytest.importorskip("torch")
+    out = tmp_path / "demo"
+    first = sh("demo", "--out", str(out), "-q", "--train")
+    run_dir = out / "run"
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert [s["name"] for s in manifest["stages"][1:]] == STAGES
+    assert all(s["status"] == "done" and s["rows_in"] == s["kept"] + s["rejected"]
+               for s in manifest["stages"])
+    # the funnel is computed from the media: each planted row is rejected where designed
+    assert _rejects(run_dir, "02") == {
+        "demo_01": "duplicate_of:llava-video:llava_video/1-demo_01"}
+    assert _rejects(run_dir, "05") == {
+        "demo_wrong_key_0": "failed(answer_accuracy == 1)",
+        "demo_wrong_key_6": "failed(answer_accuracy == 1)",
+        "demo_no_media": "failed(composite_score >= 0.7)"}
+    blind = _rejects(run_dir, "07")
+    assert {k for k in blind if "gives_away" in k} == {"demo_gives_away_2", "demo_gives_away_8",
+                                                       "demo_gives_away_14"}
+    assert "over_cap" in _rejects(run_dir, "08").values()
+    final, _ = read_stage(run_dir, "13")
+    rows = final.to_pylist()
+    assert rows and all(r["trace"].startswith("<think>") for r in rows)
+    assert {r["judge_model"] for r in rows} == {"openai:avcurate-demo-model"}
+    colour = [r for r in rows if r["category"] == "object attributes"]
+    assert colour and all(r["probe_acc_v"] == 1 and r["probe_acc_a"] < 1 for r in colour)
+    # labelled as the demo model's work everywhere it is shown
+    assert "Demo model" in (out / "report.html").read_text()
+    assert "Demo data" in (out / "export/README.md").read_text()
+    assert "not a real judge" in first.stdout and "load_dataset" in first.stdout
+    import datasets
+
+    loaded = datasets.load_dataset(str(out / "export"), cache_dir=str(tmp_path / "hf"))
+    assert loaded["train"].num_rows + loaded["validation"].num_rows == len(rows)
+    # --train: GSPO steps of a tiny policy, with a learning signal in some step
+    metrics = [json.loads(x) for x in (out / "train/metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == list(range(1, 7))
+    assert any(m["reward_std"] > 0 and m["loss"] != 0 for m in metrics)
+    # a re-run resumes: no shard is rewritten, the trainer does not train again
+    before = _mtimes(run_dir) | {out / "train/metrics.jsonl":
+                                 (out / "train/metrics.jsonl").stat().st_mtime_ns}
+    sh("demo", "--out", str(out), "-q", "--train")
+    assert before == _mtimes(run_dir) | {out / "train/metrics.jsonl":
+                                         (out / "train/metrics.jsonl").stat().st_mtime_ns}
+
+
+def test_demo_against_a_server_the_user_names(tmp_path):
+    with openai_server() as server:
+        sh("demo", "--out", str(tmp_path / "d"), "-q", "--base-url", server.url + "/v1",
+           "--model", "served-model")
+        assert server.requests and {b["model"] for b in server.requests} == {"served-model"}
+    manifest = json.loads((tmp_path / "d/run/manifest.json").read_text())
+    models = {s["model"]["model"] for s in manifest["stages"] if s.get("model")}
+    assert models == {"served-model"}
+    assert "Demo model" not in (tmp_path / "d/report.html").read_text()
+    assert "Demo data" not in (tmp_path / "d/export/README.md").read_text()
+
+
+def test_demo_with_gemini(tmp_path):
+    env = os.environ | {"GEMINI_API_KEY": "test-key"}
+    with gemini_server() as server:
+        sh("demo", "--out", str(tmp_path / "d"), "-q", "--backend", "gemini", "--model",
+           "gemini-2.5-pro", "--base-url", server.url, env=env)
+        assert server.requests
+    final = read_stage(tmp_path / "d/run", "13")[0].to_pylist()
+    assert final and {r["judge_model"] for r in final} == {"gemini:gemini-2.5-pro"}
+
+
+@pytest.mark.parametrize("args, env, message", [
+    (["--base-url", "http://127.0.0.1:9/v1"], {}, "--base-url needs --model"),
+    (["--backend", "gemini", "--model", "gemini-2.5-pro"], {"GEMINI_API_KEY": ""},
+     "needs GEMINI_API_KEY"),
+    (["--backend", "vllm"], {}, "--backend must be openai or gemini"),
+])
+def test_demo_refuses_bad_options_before_making_anything(tmp_path, args, env, message):
+    done = sh("demo", "--out", str(tmp_path / "d"), *args, env=os.environ | env, check=False)
+    assert done.returncode == 2 and message in done.stderr + done.stdout
+    assert "Traceback" not in done.stderr and not (tmp_path / "d").exists()
+
+
+def test_the_demo_server_stops_on_ctrl_c():
+    with pytest.raises(KeyboardInterrupt), serving(Endpoint()) as live:
+        port = int(live.base_url.rsplit(":", 1)[1].split("/")[0])
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        raise KeyboardInterrupt
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=2)
+
+
+def _request_media(path, frames=4, seconds=3.0):
+    pixels, _ = decode.frames(str(path), frames)
+    pcm = decode.audio(path, seconds)
+    return [ImagePart(p, 0.0).jpeg for p in pixels], [AudioPart(pcm, 16000).wav]
+
+
+@pytest.mark.parametrize("colour, freq, pitch", [("blue", 880.0, "high"),
+                                                 ("orange", 220.0, "low")])
+def test_the_demo_model_sees_and_hears_real_clips(tmp_path, colour, freq, pitch):
+    clip = synth.write_clip(tmp_path / "c.mp4", color=colour, freq=freq)
+    images, audios = _request_media(clip)
+    p = perceive(images, audios)
+    assert (p.colour, p.pitch) == (colour, pitch) and p.motion in ("left", "right")
+    model = DemoModel()
+    score = "Rate it on four scales.\n\nQuestion:\nWhat color is the square?\n\nOptions:\n" \
+            f"A. green\nB. {colour}\nC. red\n\nAnswer key: "
+    right = json.loads(model.answer(score + "B", images, audios))
+    wrong = json.loads(model.answer(score + "A", images, audios))
+    assert right["answer_accuracy"] == 10 and wrong["answer_accuracy"] == 1
+    assert right["video_dependency"] > right["audio_dependency"]
+    assert "demo model" in right["answer_accuracy_rationale"]
+    teacher = ("Audio Description: ...\nQuestion: Is the tone low or high?\nOptions:\n"
+               "A. low\nB. high\n")
+    answer = model.answer(teacher, [], audios)
+    assert f"Answer: ({'A' if pitch == 'low' else 'B'})" in answer
+    assert options_in(teacher) == [("A", "low"), ("B", "high")]
+
+
+def test_demo_with_a_wrong_url_stops_with_one_line(tmp_path):
+    done = sh("demo", "--out", str(tmp_path / "d"), "-q", "--base-url", "http://127.0.0.1:9/v1",
+              "--model", "m", check=False)
+    assert done.returncode == 2 and "is the server up and the URL right?" in done.stderr
+    assert "Traceback" not in done.stderr
+    _, rejected = read_stage(tmp_path / "d/run", "01")  # validate ran; nothing was rejected
+    assert all("score" not in r for r in rejected.column("reject_reason").to_pylist())
