@@ -189,6 +189,9 @@ COMMANDS = [
                  "without rejecting anything."),
     StageCommand("dedup", ["dedup"], "Reject exact duplicates (same media, normalised question "
                  "and options)."),
+    StageCommand("decontaminate", ["decontaminate"], "Reject rows whose video (same source id, "
+                 "or the same picture by frame hashes) or question (same, or overlapping "
+                 "n-grams) is in a benchmark; each signal can be switched off."),
 ]
 
 

@@ -46,10 +46,16 @@ def write_clip(
     audio: bool = True,
     sr: int = 16000,
     gop: int = 25,
+    speed: float = 2.0,
+    bitrate: int | None = None,
+    square: float = 0.2,
 ) -> Path:
     """Encode an H.264/AAC mp4: a colored square moving over a gradient, with a tone.
 
     `audio=False` writes no audio stream; `amp=0` or `freq=None` writes a silent one.
+    `speed` (radians per second) sets how the square swings; `bitrate` (bits/s) encodes at
+    that rate instead of the default quality (a re-encode of the same picture); `square`
+    is the square's side as a share of the height.
     The moov atom is placed first (faststart), as on the web, so cutting the
     file short makes a *truncated* (not unreadable) video.
     """
@@ -62,13 +68,15 @@ def write_clip(
         v.width, v.height, v.pix_fmt = width, height, "yuv420p"
         v.codec_context.gop_size = gop
         v.options = {"preset": "ultrafast"}
+        if bitrate:
+            v.bit_rate = bitrate
         a = container.add_stream("aac", rate=sr, layout="mono") if audio else None
         ramp = np.linspace(0, 90, width, dtype=np.float32)[None, :, None]
         base = np.broadcast_to(ramp, (height, width, 3)).astype(np.uint8)
-        side = max(8, height // 5)
+        side = max(8, int(height * square))
         for i in range(int(seconds * fps)):
             img = base.copy()
-            x = int((width - side) * (0.5 + 0.45 * np.sin(i / fps * 2)))
+            x = int((width - side) * (0.5 + 0.45 * np.sin(i / fps * speed)))
             y = (height - side) // 2
             img[y:y + side, x:x + side] = rgb
             for packet in v.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):

@@ -18,6 +18,7 @@ from avcurate.core.options import OptionError, check_keys, did_you_mean
 from avcurate.curation.classify import Classify
 from avcurate.curation.probe import Probe
 from avcurate.curation.score import Score
+from avcurate.decontam.stage import Decontaminate
 from avcurate.filters.balance import Balance
 from avcurate.filters.dedup import Dedup
 from avcurate.filters.subset import Subset
@@ -30,7 +31,7 @@ from avcurate.teachers.teacher import AudioTeacher, TeacherFilter, VisualTeacher
 ENTRY_POINT_GROUP = "avcurate.stages"
 BUILTINS: dict[str, type] = {cls.name: cls for cls in (
     Validate, Threshold, Balance, Subset, Dedup, Score, Classify, Probe, VisualTeacher,
-    AudioTeacher, TeacherFilter, Merge)}
+    AudioTeacher, TeacherFilter, Merge, Decontaminate)}
 _EXTRA: dict[str, type] = {}
 
 

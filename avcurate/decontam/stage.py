@@ -1,0 +1,183 @@
+"""The decontaminate stage: reject rows whose video or question is in a benchmark.
+
+Benchmarks are read with the same catalogs as sources (`NAME[@FORMAT]=ANNOTATIONS[:MEDIA]`,
+FORMAT defaulting to NAME: `video-mme=/data/videomme/test.parquet:/data/videomme`), so
+every format avcurate ingests can be a benchmark. Three signals, each switchable:
+(a) the same source id, (b) the same picture (frame dHashes, see `fingerprints`), (c) the
+same or an overlapping question. Frame hashes of benchmark and row videos are cached in
+the run's `fingerprints` cache, so a re-run or a second stage hashes nothing twice.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from avcurate.catalogs import CATALOGS, Reject, check_source, read_source
+from avcurate.core.options import option
+from avcurate.decontam.fingerprints import normalise_question, source_id, video_hashes
+from avcurate.decontam.index import BenchmarkIndex, Item, Match
+from avcurate.media.errors import MediaError
+from avcurate.stages.base import BaseStage, ShardResult, StageError
+from avcurate.stages.context import StageContext
+
+
+@dataclass(frozen=True)
+class BenchmarkSpec:
+    name: str
+    format: str
+    annotations: str
+    media_root: str
+
+    @classmethod
+    def parse(cls, text: str) -> BenchmarkSpec:
+        name, eq, rest = text.partition("=")
+        if not eq or not name.strip() or not rest.strip():
+            raise StageError(f"stage 'decontaminate': --benchmark takes "
+                             f"NAME[@FORMAT]=ANNOTATIONS[:MEDIA_ROOT], not {text!r}")
+        name, _, fmt = name.strip().partition("@")
+        annotations, _, media = rest.partition(":")
+        return cls(name, fmt or name, annotations.strip(), media.strip())
+
+
+def _hash(task: tuple[str, int]) -> list[int] | None:
+    """Frame hashes of one video, None when it cannot be read (a process-pool task)."""
+    path, frames = task
+    try:
+        return video_hashes(path, frames)
+    except (MediaError, OSError, RuntimeError, ValueError):
+        return None
+
+
+def hash_videos(ctx: StageContext, paths: list[str], frames: int) -> dict[str, list[int] | None]:
+    """Frame hashes of each distinct path, from the run's cache or computed in parallel."""
+    keys = {}
+    for p in set(paths):
+        try:
+            st = os.stat(p)
+        except OSError:
+            continue
+        keys[p] = f"{p}|{st.st_size}|{st.st_mtime_ns}|{frames}"
+    cache = ctx.cache("fingerprints")
+    known = cache.get_many(list(keys.values()))
+    todo = [p for p, k in keys.items() if k not in known]
+    computed = dict(zip(todo, ctx.map(_hash, [(p, frames) for p in todo]), strict=True))
+    cache.put_many({keys[p]: h for p, h in computed.items()})
+    return {p: known.get(keys[p], computed.get(p)) for p in keys}
+
+
+@dataclass
+class Decontaminate(BaseStage):
+    """Reject rows that share a video (by id or picture) or a question with a benchmark."""
+
+    name = "decontaminate"
+    version = "1"
+    requires = ("id", "video", "question")
+    adds = {}
+
+    benchmarks: list[str] = option(default_factory=list, flag="--benchmark", help=(
+        "NAME[@FORMAT]=ANNOTATIONS[:MEDIA_ROOT], repeatable; FORMAT is a source catalog "
+        "(daily-omni, avqa, worldsense, video-mme, jsonl, parquet, ...), default NAME."))
+    benchmark_columns: dict[str, dict[str, str]] = option(default_factory=dict, cli=False, help=(
+        "Column mappings of jsonl/parquet benchmarks, by NAME (as a source's `columns`)."))
+    match_ids: bool = option(True, help="Signal (a): the same source id (YouTube id or file "
+                                        "stem, normalised).")
+    match_frames: bool = option(True, help="Signal (b): the same picture (frame dHashes).")
+    match_questions: bool = option(True, help="Signal (c): the same or an overlapping question.")
+    frames: int = option(8, min=2, max=64, help="Evenly spaced frames hashed per video.")
+    max_distance: int = option(6, min=0, max=32, help="Frames match within this many "
+                                                      "differing bits (of 64).")
+    min_frame_share: float = option(0.6, gt=0, max=1, help="Share of frames that must match.")
+    ngram: int = option(6, min=2, max=20, help="Word n-grams compared between questions.")
+    min_overlap: float = option(0.6, gt=0, max=1, help="Share of the shorter question's "
+                                                       "n-grams found in one benchmark question.")
+
+    _specs: list[BenchmarkSpec] = field(default_factory=list, init=False, repr=False,
+                                        compare=False)
+    _index: BenchmarkIndex | None = field(default=None, init=False, repr=False, compare=False)
+    _summary: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.benchmarks:
+            raise StageError("stage 'decontaminate': give at least one --benchmark "
+                             "NAME[@FORMAT]=ANNOTATIONS[:MEDIA_ROOT]")
+        if not (self.match_ids or self.match_frames or self.match_questions):
+            raise StageError("stage 'decontaminate': every signal is switched off")
+        self._specs = [BenchmarkSpec.parse(b) for b in self.benchmarks]
+        for spec in self._specs:
+            if spec.format not in CATALOGS:
+                raise StageError(f"stage 'decontaminate': benchmark {spec.name!r} has no format; "
+                                 f"write NAME@FORMAT with one of {', '.join(CATALOGS)}")
+            try:
+                check_source(spec.format, self._source_options(spec))
+            except ValueError as exc:
+                raise StageError(f"stage 'decontaminate': {exc}") from None
+
+    def _source_options(self, spec: BenchmarkSpec) -> dict[str, Any]:
+        columns = self.benchmark_columns.get(spec.name)
+        return {"columns": columns} if columns else {}
+
+    # -- the index, built once per run (prepare) ---------------------------------------------
+    def prepare(self, ctx: StageContext, inputs: list[Path]) -> None:
+        self._index = self.build_index(ctx)
+
+    def build_index(self, ctx: StageContext) -> BenchmarkIndex:
+        index = BenchmarkIndex(ngram=self.ngram)
+        for spec in self._specs:
+            if not Path(spec.annotations).is_file():
+                raise StageError(f"stage 'decontaminate': benchmark {spec.name!r}: "
+                                 f"{spec.annotations} does not exist")
+            try:
+                rows = [r for r in read_source(spec.format, spec.annotations, spec.media_root
+                                               or str(Path(spec.annotations).parent),
+                                               **self._source_options(spec))
+                        if not isinstance(r, Reject)]
+            except (ValueError, OSError) as exc:
+                raise StageError(f"stage 'decontaminate': benchmark {spec.name!r}: {exc}"
+                                 ) from None
+            hashes = hash_videos(ctx, [r["video"] for r in rows if r.get("video")], self.frames) \
+                if self.match_frames else {}
+            for r in rows:
+                index.add(Item(spec.name, r["id"], source_id(r.get("video")),
+                               tuple(hashes.get(r.get("video")) or ()),
+                               normalise_question(r.get("question"))))
+            videos = {r["video"] for r in rows if r.get("video")}
+            self._summary[spec.name] = {
+                "items": len(rows), "videos": len(videos),
+                "videos_hashed": sum(1 for v in videos if hashes.get(v))}
+        return index
+
+    # -- rows ---------------------------------------------------------------------------------
+    def match(self, row: dict[str, Any], hashes: list[int] | None) -> Match | None:
+        index = self._index
+        assert index is not None
+        found = None
+        if self.match_ids:
+            found = index.match_id(source_id(row.get("video")))
+        if found is None and self.match_frames and hashes:
+            found = index.match_frames(hashes, self.max_distance, self.min_frame_share)
+        if found is None and self.match_questions:
+            found = index.match_question(normalise_question(row.get("question")),
+                                         self.min_overlap)
+        return found
+
+    def process(self, table: pa.Table, ctx: StageContext, shard: int) -> ShardResult:
+        if self._index is None:  # a worker that did not run prepare
+            self._index = self.build_index(ctx)
+        rows = table.select(["video", "question"]).to_pylist()
+        hashes = hash_videos(ctx, [r["video"] for r in rows if r["video"]], self.frames) \
+            if self.match_frames else {}
+        reasons, details = [], []
+        for r in rows:
+            m = self.match(r, hashes.get(r["video"]))
+            reasons.append(f"contaminated:{m.item.benchmark}" if m else None)
+            details.append(f"{m.item.id} ({m.signal}: {m.detail})" if m else None)
+        return ShardResult.split(table, self.name, reasons, details)
+
+    def summary(self) -> dict:
+        return {"benchmarks": self._summary}

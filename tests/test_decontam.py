@@ -1,0 +1,189 @@
+"""Decontamination against benchmarks read with the catalogs: the three signals on real
+clips (a re-encode under another name, other motion in the same colours, an edited
+question, a shared YouTube id), the formats, the switches, the cache and the CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import avcurate_cmd
+from helpers import jsonl_recipe, read_stage, rows_by_id, run
+
+from avcurate.decontam.fingerprints import normalise_question, source_id
+from avcurate.media import synth
+from avcurate.pipeline.recipe import StageSpec
+
+SQUARE = 0.4  # a square big enough that its motion shows at dHash's 9x8 resolution
+BENCH_Q = "What colour is the square while the low tone plays, and where does it go?"
+
+
+def _benchmark(root):
+    """A Video-MME-format benchmark: two YouTube videos, one question each."""
+    synth.write_clip(root / "vmme/data/fFjv93ACGo8.mp4", color="red", square=SQUARE, seconds=4)
+    synth.write_clip(root / "vmme/data/Zb3C8XrAR2o.mp4", color="green", square=SQUARE,
+                     seconds=4, speed=-4.0)
+    pq.write_table(pa.table({
+        "videoID": ["fFjv93ACGo8", "Zb3C8XrAR2o"], "question_id": ["001-1", "002-1"],
+        "question": [BENCH_Q, "How many times does the square cross the frame?"],
+        "options": [["A. Red.", "B. Blue.", "C. Green.", "D. Grey."],
+                    ["A. Once.", "B. Twice.", "C. Three times.", "D. Never."]],
+        "answer": ["A", "B"]}), root / "vmme/test.parquet")
+    return f"video-mme=vmme/test.parquet:{root / 'vmme'}"
+
+
+def _rows(root, edited="what COLOUR is the square, while the low tone plays -- and where does "
+                        "it go ??"):
+    media = root / "train"
+    # (b) the benchmark's first video re-encoded smaller, at a low bitrate, under a new name
+    synth.write_clip(media / "my_clip_001.mp4", color="red", square=SQUARE, seconds=4,
+                     size=(160, 120), bitrate=60_000)
+    # same colours, different motion: not the same video
+    synth.write_clip(media / "other_motion.mp4", color="red", square=SQUARE, seconds=4, speed=5.0)
+    # (a) the second benchmark video's YouTube id, as LLaVA-Video names files (other content)
+    synth.write_clip(media / "ytb_Zb3C8XrAR2o.mp4", color="blue", square=SQUARE, seconds=4,
+                     speed=1.0)
+    synth.write_clip(media / "clean.mp4", color="yellow", square=SQUARE, seconds=4, speed=3.0)
+    opts = ["red", "blue", "green", "grey"]
+    q = "What colour is the square?"
+    return media, [
+        {"id": "reencoded", "video": "my_clip_001.mp4", "question": q, "options": opts,
+         "answer": 0},
+        {"id": "motion", "video": "other_motion.mp4", "question": q, "options": opts, "answer": 0},
+        {"id": "youtube_id", "video": "ytb_Zb3C8XrAR2o.mp4", "question": q, "options": opts,
+         "answer": 1},
+        {"id": "question", "video": "clean.mp4", "question": edited, "options": opts, "answer": 3},
+        {"id": "clean", "video": "clean.mp4", "question": "Which way does the square swing?",
+         "options": ["left", "right"], "answer": 0},
+    ]
+
+
+def _run(tmp_path, question=None, **options):
+    spec = _benchmark(tmp_path)
+    media, rows = _rows(tmp_path, *([question] if question else []))
+    (tmp_path / "vmme/test.parquet").rename(tmp_path / "test.parquet")
+    spec = spec.replace("vmme/test.parquet", str(tmp_path / "test.parquet"))
+    recipe = jsonl_recipe(tmp_path, rows, media,
+                          [StageSpec("decontaminate", {"benchmarks": [spec], **options})])
+    run(recipe, tmp_path / "run")
+    kept, rej = read_stage(tmp_path / "run", "01")
+    return rows_by_id(kept), rows_by_id(rej)
+
+
+def test_each_signal_catches_its_kind_of_contamination(tmp_path):
+    kept, rej = _run(tmp_path)
+    by = {k.split("/", 1)[1]: r for k, r in rej.items()}
+    assert set(by) == {"reencoded", "youtube_id", "question"}
+    assert {r["reject_reason"] for r in by.values()} == {"contaminated:video-mme"}
+    assert "(frames: " in by["reencoded"]["reject_detail"]
+    assert "001-1" in by["reencoded"]["reject_detail"]
+    assert "(id: same source id 'zb3c8xrar2o')" in by["youtube_id"]["reject_detail"]
+    assert by["question"]["reject_detail"].endswith("001-1 (question: same question)")
+    assert {k.split("/", 1)[1] for k in kept} == {"motion", "clean"}
+
+
+def test_signals_can_be_switched_off(tmp_path):
+    kept, rej = _run(tmp_path, match_frames=False, match_ids=False)
+    assert {k.split("/", 1)[1] for k in rej} == {"question"}
+
+
+@pytest.mark.parametrize("min_overlap, caught", [(0.6, True), (1.0, False)])
+def test_an_edited_question_is_caught_by_its_ngram_overlap(tmp_path, min_overlap, caught):
+    edited = "What colour is the square while the low tone plays, and where does it move to?"
+    kept, rej = _run(tmp_path, edited, min_overlap=min_overlap, match_frames=False,
+                     match_ids=False)
+    details = [r["reject_detail"] for r in rej.values()]
+    assert details == (["video-mme:test/001-1 (question: 0.90 of 6-grams shared)"] if caught else [])
+
+
+def test_every_benchmark_format_is_read_with_its_catalog(tmp_path):
+    from avcurate.decontam.stage import Decontaminate
+    from avcurate.stages.context import StageContext
+
+    (tmp_path / "daily/vid9").mkdir(parents=True)
+    (tmp_path / "daily.json").write_text(json.dumps([
+        {"Question": "What does the speaker say?", "Choice": ["A. Hi", "B. Bye"],
+         "Answer": "A", "video_id": "vid9"}]))
+    (tmp_path / "ws.json").write_text(json.dumps({"Zb3C8XrAR2o": {"task0": {
+        "question": "What sound plays?", "candidates": ["A. A tone.", "B. A voice."],
+        "answer": "A"}}}))
+    (tmp_path / "avqa.json").write_text(json.dumps([
+        {"id": 7, "video_name": "-HG3Omg_89c_000030", "question_text": "Which one sounds?",
+         "multi_choice": ["a", "b"], "answer": 0}]))
+    (tmp_path / "mine.jsonl").write_text(json.dumps(
+        {"clip": "abc", "q": "Is it loud?", "opts": ["yes", "no"], "gt": 0}) + "\n")
+    stage = Decontaminate(benchmarks=[
+        f"daily-omni={tmp_path / 'daily.json'}:{tmp_path / 'daily'}",
+        f"worldsense={tmp_path / 'ws.json'}",
+        f"avqa={tmp_path / 'avqa.json'}",
+        f"mine@jsonl={tmp_path / 'mine.jsonl'}"],
+        benchmark_columns={"mine": {"id": "clip", "video": "{clip}.mp4", "question": "q",
+                                    "options": "opts", "answer": "gt"}},
+        match_frames=False)
+    index = stage.build_index(StageContext(tmp_path / "run", tmp_path / "run/01"))
+    assert {(i.benchmark, i.source_id) for i in index.items} == {
+        ("daily-omni", "vid9_video"), ("worldsense", "zb3c8xrar2o"),
+        ("avqa", "-hg3omg_89c"), ("mine", "abc")}
+    assert index.match_question(normalise_question("what sound plays"), 0.6).item.benchmark \
+        == "worldsense"
+
+
+@pytest.mark.parametrize("path, expected", [
+    ("/data/liwei_youtube_videos/ytb_AbC-123_xYz.mp4", "abc-123_xyz"),
+    ("v_AbC-123_xYz.mkv", "abc-123_xyz"), ("AbC-123_xYz_000030.mp4", "abc-123_xyz"),
+    ("AbC-123_xYz_000030_000040.mp4", "abc-123_xyz"), ("clip.tar.mp4", "clip"), (None, None)])
+def test_source_ids_are_normalised(path, expected):
+    assert source_id(path) == expected
+
+
+def test_bad_benchmark_specs_are_one_line_errors_before_any_row(tmp_path):
+    run_dir = tmp_path / "run"
+    media, rows = _rows(tmp_path)
+    ann = tmp_path / "a.jsonl"
+    ann.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cols = ["--column", "id=id", "--column", "video=video", "--column", "question=question",
+            "--column", "options=options", "--column", "answer=answer"]
+    subprocess.run(avcurate_cmd("ingest", "--source", "jsonl", "--annotations", str(ann),
+                                "--media-root", str(media), "--out", str(run_dir), "-q", *cols),
+                   check=True, capture_output=True)
+    for args, message in [(["--benchmark", "nope"], "NAME[@FORMAT]=ANNOTATIONS"),
+                          (["--benchmark", "mine=x.json"], "has no format"),
+                          (["--benchmark", f"video-mme={tmp_path}/missing.parquet"],
+                           "does not exist")]:
+        done = subprocess.run(avcurate_cmd("decontaminate", str(run_dir), *args, "-q"),
+                              capture_output=True, text=True)
+        assert done.returncode == 2 and message in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr
+    assert not any(p.name.endswith("decontaminate") for p in run_dir.iterdir() if p.is_dir()) \
+        or not list(run_dir.glob("01-*/part-*.parquet"))
+
+
+def test_cli_caches_fingerprints_and_resumes(tmp_path):
+    spec = _benchmark(tmp_path)
+    media, rows = _rows(tmp_path)
+    spec = spec.replace("vmme/test.parquet", str(tmp_path / "vmme/test.parquet"))
+    ann = tmp_path / "a.jsonl"
+    ann.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run_dir = tmp_path / "run"
+    cols = ["--column", "id=id", "--column", "video=video", "--column", "question=question",
+            "--column", "options=options", "--column", "answer=answer"]
+    subprocess.run(avcurate_cmd("ingest", "--source", "jsonl", "--annotations", str(ann),
+                                "--media-root", str(media), "--out", str(run_dir), "-q", *cols),
+                   check=True, capture_output=True)
+    done = subprocess.run(avcurate_cmd("decontaminate", str(run_dir), "--benchmark", spec),
+                          capture_output=True, text=True, check=True)
+    assert "contaminated │    3" in done.stdout
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["stages"][-1]["benchmarks"]["video-mme"] == {
+        "items": 2, "videos": 2, "videos_hashed": 2}
+    from avcurate.core.kvcache import KVCache
+
+    assert len(KVCache(run_dir / "cache/fingerprints.sqlite")) == 2 + 4  # benchmark + row videos
+    again = subprocess.run(avcurate_cmd("decontaminate", str(run_dir), "--benchmark", spec),
+                           capture_output=True, text=True, check=True)
+    assert "01-decontaminate" in again.stdout
+    assert json.loads((run_dir / "manifest.json").read_text())["stages"][-1]["finished_at"] == \
+        manifest["stages"][-1]["finished_at"]  # resumed, not redone
