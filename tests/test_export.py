@@ -152,8 +152,10 @@ def test_push_to_a_loopback_hub(balanced_run, tmp_path):
 
 
 def _demo(tmp_path: Path) -> Path:
-    subprocess.run(avcurate_cmd("demo", "--out", str(tmp_path / "demo"), "-q"), check=True,
-                   capture_output=True)
+    """The demo's clips and annotations (its data only; the recipes under test run them)."""
+    from avcurate.demo import make_demo
+
+    make_demo(tmp_path / "demo")
     return tmp_path / "demo"
 
 
