@@ -45,9 +45,13 @@ def test_layers_hold_and_an_upward_import_breaks_them(tmp_path):
     assert "avcurate.core is not allowed to import avcurate.reports" in broken.stdout
 
 
+REQUIRED = {"decontaminate": {"benchmarks": ["video-mme=test.parquet"]}}
+
+
 def test_every_builtin_declares_what_the_runners_need():
     for name, cls in BUILTINS.items():
-        stage = create(name, {"model": "m"} if issubclass(cls, ModelStage) else {})
+        stage = create(name, {"model": "m"} if issubclass(cls, ModelStage)
+                       else REQUIRED.get(name, {}))
         assert stage.name == name and isinstance(stage.resources, Resources)
         assert stage.resources == (Resources.MODEL if issubclass(cls, ModelStage)
                                    else Resources.CPU)
@@ -61,6 +65,10 @@ def test_every_builtin_declares_what_the_runners_need():
 
 @pytest.mark.parametrize(("name", "options", "message"), [
     ("balance", {"max_ratio": float("nan")}, "max_ratio = nan must be a finite number"),
+    ("decontaminate", {"benchmarks": ["nope"]}, "NAME[@FORMAT]=ANNOTATIONS[:MEDIA_ROOT]"),
+    ("decontaminate", {"benchmarks": ["x=a.json"]}, "benchmark 'x' has no format"),
+    ("decontaminate", {"benchmarks": ["avqa=a.json"], "max_distance": 40}, "at most 32"),
+    ("decontaminate", {}, "give at least one --benchmark"),
     ("balance", {"max_ratio": float("inf")}, "must be a finite number"),
     ("balance", {"max_ratio": 1e308}, "must be at most"),
     ("balance", {"max_ratio": 0.5}, "must be at least 1"),
