@@ -39,8 +39,8 @@ import time
 from typing import Any
 
 from avcurate.demo import model as demo_model
-from avcurate.demo.model import merge_trace, options_in, teacher_pick, teacher_reply
-from avcurate.demo.perception import decode_image, dominant_colour, perceive
+from avcurate.demo.model import merge_trace, options_in, question_in, teacher_pick, teacher_reply
+from avcurate.demo.perception import dominant_colour, perceive
 from avcurate.demo.server import JSONHandler, ModelServer, OpenAIHandler
 
 DIMENSIONS = ("video_dependency", "audio_dependency", "question_logic", "answer_accuracy")
@@ -64,10 +64,6 @@ def classify_answer(question: str, categories: list[str]) -> dict[str, str]:
         if any(word in question.lower() for word in cat.split()):
             return {"category": cat.upper() if "[upper]" in question else cat}
     return {"category": categories[0]}
-
-
-def dominant_color(jpeg: bytes) -> str:
-    return dominant_colour(decode_image(jpeg))
 
 
 def teacher_answer(kind: str, prompt: str, question: str, media: list[bytes]) -> str:
@@ -118,15 +114,9 @@ def clip_facts(mp4: bytes) -> tuple[str, float]:
     import av
 
     with av.open(io.BytesIO(mp4)) as c:
-        frame = next(c.decode(video=0))
-        buf = io.BytesIO()
-        with av.open(buf, "w", format="image2pipe") as out:
-            s = out.add_stream("mjpeg", rate=1)
-            s.width, s.height, s.pix_fmt = frame.width, frame.height, "yuvj420p"
-            out.mux(s.encode(frame.reformat(format="yuvj420p")))
-            out.mux(s.encode(None))
+        frame = next(c.decode(video=0)).to_ndarray(format="rgb24")
         duration = (c.duration or 0) / 1e6
-    return dominant_color(buf.getvalue()), duration
+    return dominant_colour(frame), duration
 
 
 def judge_answer(prompt: str, videos: list[bytes]) -> str:
@@ -147,8 +137,7 @@ def answer_for(prompt: str, attempt: int, images: list[bytes] = (), audios: list
     numbers the answers of a sampled question (several per request, or repeated requests)."""
     if '"score"' in prompt:
         return judge_answer(prompt, list(videos))
-    m = re.search(r"Question:\s*(.*?)\n+Options:", prompt, re.DOTALL)
-    question = m.group(1) if m else prompt
+    question = question_in(prompt)
     if demo_model.PROBE_CUE in prompt:
         return probe_answer(prompt, question, list(images), list(audios), sample)
     if "Correct option:" in prompt:

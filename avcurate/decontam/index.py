@@ -69,11 +69,12 @@ class BenchmarkIndex:
             for h in item.hashes:
                 for band in bands(h):
                     self.by_band.setdefault(band, set()).add(k)
+        grams = ngrams(item.question, self.ngram) if item.question else set()
         if item.question:
             self.by_question.setdefault(item.question, k)
-            for g in ngrams(item.question, self.ngram):
-                self.by_ngram.setdefault(g, set()).add(k)
-        self.ngram_counts.append(len(ngrams(item.question, self.ngram)) if item.question else 0)
+        for g in grams:
+            self.by_ngram.setdefault(g, set()).add(k)
+        self.ngram_counts.append(len(grams))
 
     def match_id(self, sid: str | None) -> Match | None:
         if sid and sid in self.by_id:
