@@ -69,6 +69,8 @@ def test_every_builtin_declares_what_the_runners_need():
     ("decontaminate", {"benchmarks": ["x=a.json"]}, "benchmark 'x' has no format"),
     ("decontaminate", {"benchmarks": ["avqa=a.json"], "max_distance": 40}, "at most 32"),
     ("decontaminate", {}, "give at least one --benchmark"),
+    ("decontaminate", {"benchmarks": ["m@jsonl=a.jsonl"], "benchmark_columns": {
+        "m": {"bogus": "x"}}}, "cannot map bogus"),
     ("balance", {"max_ratio": float("inf")}, "must be a finite number"),
     ("balance", {"max_ratio": 1e308}, "must be at most"),
     ("balance", {"max_ratio": 0.5}, "must be at least 1"),

@@ -164,3 +164,16 @@ def test_demo_with_a_wrong_url_stops_with_one_line(tmp_path):
     assert "Traceback" not in done.stderr
     _, rejected = read_stage(tmp_path / "d/run", "01")  # validate ran; nothing was rejected
     assert all("score" not in r for r in rejected.column("reject_reason").to_pylist())
+
+
+def test_demo_train_without_torch_is_one_line(tmp_path, monkeypatch):
+    import sys
+
+    from typer.testing import CliRunner
+
+    from avcurate.cli import app
+
+    monkeypatch.setitem(sys.modules, "torch", None)  # as if the train extra were missing
+    result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "d"), "--train", "-q"])
+    assert result.exit_code == 2 and "--train needs torch" in result.output
+    assert not (tmp_path / "d").exists()
