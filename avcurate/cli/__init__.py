@@ -14,6 +14,9 @@ from avcurate.cli.train_command import register as register_train
 register_all()  # in workflow order: validate, score, classify, teach, merge-traces, filters
 register_train()
 from avcurate.cli import tool_commands  # noqa: E402,F401  (stats, query, export, listings)
+from avcurate.cli.audit_commands import register_agree  # noqa: E402  (and spotcheck)
+
+register_agree()
 
 
 def main() -> None:

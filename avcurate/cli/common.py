@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from avcurate.audits.sample import AuditError
 from avcurate.core.lock import RunInUse
 from avcurate.core.options import OptionError
 from avcurate.core.store import RunStore
@@ -32,7 +33,8 @@ Force = Annotated[bool, typer.Option(
     "--force", help="If the run folder was made with a different recipe, recompute from the "
                     "first stage that differs instead of stopping.")]
 
-USER_ERRORS = (RunError, RecipeError, StageError, OptionError, RunInUse, FileNotFoundError)
+USER_ERRORS = (RunError, RecipeError, StageError, OptionError, RunInUse, FileNotFoundError,
+               AuditError)
 
 
 def fail(message: str) -> NoReturn:

@@ -15,6 +15,7 @@ from avcurate.catalogs import CATALOGS
 from avcurate.cli.common import RunDir, app, fail, guard, out
 from avcurate.pipeline.registry import available
 from avcurate.reports.tables import (
+    agreement_tables,
     category_table,
     probe_table,
     reasons_table,
@@ -33,7 +34,7 @@ def stats(
                                                    "with charts.")] = None,
 ) -> None:
     """Funnel, reject reasons, categories before/after balancing, score quantiles, sources,
-    and what the probe measured."""
+    what the probe measured, and the latest judge agreement audit."""
     from avcurate.reports import html as html_report
     from avcurate.reports.stats import collect
 
@@ -58,6 +59,8 @@ def stats(
     out.print(sources_table(data["sources"]))
     if data.get("probe", {}).get("rows"):
         out.print(probe_table(data["probe"]))
+    for table in agreement_tables(data.get("audit") or {}):
+        out.print(table)
     if data.get("traces"):
         from avcurate.reports.traces import format_report
 

@@ -140,11 +140,19 @@ class Executor:
         keys = [r.key(self.backend.name, self.backend.model) for r in requests]
         cached = self.cache.get_many(keys) if self.cache is not None else {}
         try:
-            return await asyncio.gather(*(self._one(r, k, cached.get(k), v, sem, limiter)
-                                          for r, k, v in zip(requests, keys, validators,
-                                                             strict=True)))
+            results = await asyncio.gather(*(self._one(r, k, cached.get(k), v, sem, limiter)
+                                             for r, k, v in zip(requests, keys, validators,
+                                                                strict=True)))
         finally:
             await self.backend.aclose()
+        if not self._answered and self._failed and self._failed_in_a_row == self._failed:
+            # fewer calls than start_failures, every one a transport failure: the endpoint
+            # is down or wrong, which is not the rows' fault
+            last = next(r.detail for r in reversed(results) if r.reason == "model_error")
+            raise EndpointError(f"{self.backend.name}:{self.backend.model}: the first "
+                                f"{self._failed} calls all failed ({last}); is the server up "
+                                "and the URL right?")
+        return results
 
     async def _one(self, request, key, cached, validate, sem, limiter) -> CallResult:
         if cached is not None:

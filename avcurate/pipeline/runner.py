@@ -293,7 +293,7 @@ class Runner:
             usage = self._run_shards(stage, ctx, inputs, pending, kept_schema, rej_schema,
                                      lambda rows: progress.advance(task, rows))
         except (EndpointError, BackendUnavailable) as exc:
-            raise RunError(f"{out_dir.name} stopped: {exc}. No row was rejected for it and the "
+            raise RunError(f"{out_dir.name} stopped ({exc}). No row was rejected for it and the "
                            "stage is not done; fix the cause and run the same command again "
                            "(finished shards are kept).") from None
         finally:

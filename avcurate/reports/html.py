@@ -87,6 +87,27 @@ def _probe(probe: dict[str, Any]) -> list[str]:
     return out
 
 
+def _audit(audit: dict[str, Any]) -> list[str]:
+    """The latest audit (`avcurate agree`): per comparison, the figures per dimension and
+    the keep/reject decision's confusion counts."""
+    sample = audit.get("sample", {})
+    out = [f"<h2>Judge agreement (audit {escape(audit.get('folder', ''))})</h2>",
+           f"<p>{sample.get('rows')} rows of {sample.get('population')} scored; decision by "
+           f"{escape(' and '.join(audit.get('rules', [])))}.</p>"]
+    for comp in audit.get("comparisons", []):
+        d, c = comp["decision"], comp["decision"]["confusion"]
+        rows = [[dim, f["n"], f["kappa"], f["spearman"], f["mad"]]
+                for dim, f in comp["dimensions"].items()]
+        rows.append(["keep/reject", d["n"], d["kappa"], None, None])
+        out += [f"<h3>{escape(comp['a'])} vs {escape(comp['b'])}</h3>",
+                _table(["dimension", "n", "kappa (quadratic)", "Spearman rho",
+                        "mean |diff| (0-10)"], rows),
+                _table(["", f"{comp['b']} keeps", f"{comp['b']} rejects"],
+                       [[f"{comp['a']} keeps", c["both_keep"], c["only_first_keeps"]],
+                        [f"{comp['a']} rejects", c["only_second_keeps"], c["both_reject"]]])]
+    return out
+
+
 def _table(headers: list[str], rows: list[list[Any]]) -> str:
     head = "".join(f"<th>{escape(h)}</th>" for h in headers)
     body = "".join("<tr>" + "".join(f"<td>{escape(_fmt(c))}</td>" for c in row) + "</tr>"
@@ -132,6 +153,8 @@ def render(stats: dict[str, Any]) -> str:
                                [[c, *s["quantiles"].values()] for c, s in stats["scores"].items()]))
     if stats.get("probe", {}).get("rows"):
         sections += _probe(stats["probe"])
+    if stats.get("audit"):
+        sections += _audit(stats["audit"])
     if stats["sources"]:
         keys = sorted({k for v in stats["sources"].values() for k in v})
         sections += ["<h2>Sources</h2>", _table(["source", *keys], [

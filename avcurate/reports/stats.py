@@ -1,11 +1,12 @@
 """Statistics of a run: funnel, reject reasons, categories, score distributions, sources,
-and what the probe measured."""
+what the probe measured, and the latest audit of the judge."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+from avcurate.audits.folder import latest
 from avcurate.core.store import RunStore
 from avcurate.models import demo_notice, models_used
 from avcurate.reports.probe import probe_summary
@@ -39,6 +40,7 @@ def collect(run_dir: Path | str) -> dict[str, Any]:
         "probe": probe_summary(con, views(con)),
         "models": models_used(manifest),
         "notice": demo_notice(manifest),
+        "audit": latest(run_dir),
     }
 
 

@@ -138,3 +138,35 @@ def probe_table(probe: dict[str, Any]) -> Table:
                        f"{'n/a' if rho is None else f'{rho:.2f}'} (n = {agree['n']})")
     table.caption = "\n".join(caption)
     return table
+
+
+AUDIT_COLUMNS = ("dimension", "n", "kappa (quadratic)", "Spearman rho", "mean |diff| (0-10)")
+
+
+def _f(v: float | None, digits: int = 2) -> str:
+    return "n/a" if v is None else f"{v:.{digits}f}"
+
+
+def agreement_tables(audit: dict[str, Any]) -> list[Table]:
+    """One table per comparison of an audit (`avcurate agree`, `agree --human`): the score
+    dimensions, then the keep/reject decision with its confusion counts."""
+    tables = []
+    for comp in audit.get("comparisons", []):
+        who = (f": {audit['first']} vs {audit['second']}" if audit.get("kind") == "agree"
+               else "")
+        table = Table(title=f"Agreement of {comp['a']} and {comp['b']}{who} "
+                            f"(audit {audit.get('folder', audit.get('name'))})",
+                      title_justify="left")
+        for col in AUDIT_COLUMNS:
+            table.add_column(col, justify="left" if col == "dimension" else "right")
+        for dim, f in comp["dimensions"].items():
+            table.add_row(dim, str(f["n"]), _f(f["kappa"]), _f(f["spearman"]), _f(f["mad"]))
+        d = comp["decision"]
+        c = d["confusion"]
+        table.add_row("keep/reject", str(d["n"]), _f(d["kappa"]), "-", "-")
+        table.caption = (f"decision by {' and '.join(audit.get('rules', []))}: agree on "
+                         f"{_pct(d['agreement'])}; both keep {c['both_keep']}, both reject "
+                         f"{c['both_reject']}, only {comp['a']} keeps {c['only_first_keeps']}, "
+                         f"only {comp['b']} keeps {c['only_second_keeps']}")
+        tables.append(table)
+    return tables

@@ -1,0 +1,271 @@
+"""`avcurate spotcheck`: one self-contained HTML page where a person checks a sample.
+
+Each sampled row shows its clip in a `<video>` element, the question, the options and
+the answer key, and every judge's scores with their rationales; the person enters
+their own 0-10 scores and keep/reject, and the page saves them as CSV or JSON (a
+download made by the page itself: no server). What is typed is kept in the browser's
+local storage, so closing the tab loses nothing. `avcurate agree RUN --human FILE`
+reads the saved file.
+
+The page is rendered here (escaped by Python, testable without a browser); its small
+script only reads the inputs back and writes the file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from html import escape
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from avcurate.core.answers import letter_index
+from avcurate.core.store import RunStore, atomic_write_bytes
+from avcurate.curation.score import DIMENSIONS
+
+from . import folder
+from .agree import judge_label
+from .labels import FIELDS
+from .sample import AuditError, score_entry, scored_rows, stratified
+
+GENERATOR = "avcurate spotcheck"
+LABELS = {"video_dependency": "video dependency", "audio_dependency": "audio dependency",
+          "question_logic": "question logic", "answer_accuracy": "answer accuracy"}
+
+
+@dataclass
+class Sheet:
+    path: Path
+    rows: int
+    media_copied: int
+
+
+def _rationales(text: str | None) -> dict[str, str]:
+    try:
+        value = json.loads(text or "{}")
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _judges(store: RunStore, entry: dict[str, Any], sample: pa.Table) -> list[dict[str, Any]]:
+    """Every judge's scores and rationales for the sampled ids: the run's score stage,
+    then each second judge of an `agree` audit (rows it scored)."""
+    ids = sample.column("id").to_pylist()
+    first = {r["id"]: r for r in sample.to_pylist()}
+    out = [{"label": judge_label(entry.get("model") or ""), "rows": first, "prefix": ""}]
+    for audit in folder.audits(store.root):
+        if audit.get("kind") != "agree":
+            continue
+        pairs = pq.read_table(store.root / folder.AUDITS / audit["folder"] / "pairs.parquet")
+        rows = {r["id"]: r for r in pairs.to_pylist() if r["id"] in set(ids)}
+        out.append({"label": audit["second"], "rows": rows, "prefix": "second_"})
+    return out
+
+
+def _judge_table(row_id: str, judges: list[dict[str, Any]]) -> str:
+    head = "".join(f"<th>{escape(j['label'])}</th>" for j in judges)
+    body = []
+    for d in DIMENSIONS:
+        cells = []
+        for j in judges:
+            r, p = j["rows"].get(row_id), j["prefix"]
+            if r is None or r.get(p + d) is None:
+                cells.append("<td>-</td>")
+                continue
+            why = _rationales(r.get(p + "score_rationale")).get(d, "")
+            cells.append(f'<td><b>{round(r[p + d] * 10)}</b> <span class="why">'
+                         f"{escape(str(why))}</span></td>")
+        body.append(f"<tr><th>{LABELS[d]}</th>{''.join(cells)}</tr>")
+    comp = "".join("<td>-</td>" if (r := j["rows"].get(row_id)) is None
+                   or r.get(j["prefix"] + "composite_score") is None
+                   else f"<td>{r[j['prefix'] + 'composite_score'] * 10:.1f}</td>" for j in judges)
+    body.append(f"<tr><th>composite</th>{comp}</tr>")
+    return (f'<table class="judges"><thead><tr><th>judge (0-10)</th>{head}</tr></thead>'
+            f"<tbody>{''.join(body)}</tbody></table>")
+
+
+def _inputs(k: int) -> str:
+    scores = "".join(
+        f'<label>{LABELS[d]} <input type="number" name="{d}" min="0" max="10" step="1" '
+        f'inputmode="numeric"></label>' for d in DIMENSIONS)
+    decision = "".join(f'<label><input type="radio" name="decision-{k}" value="{v}"> {v}</label>'
+                       for v in ("keep", "reject"))
+    return (f'<fieldset class="mine"><legend>Your labels</legend><div class="scores">{scores}'
+            f'</div><div class="decision">{decision}</div><label class="note">note '
+            f'<input type="text" name="note"></label></fieldset>')
+
+
+def _media_src(path: str | None, out: Path, media_dir: Path | None,
+               copies: dict[Path, str]) -> str:
+    """The src for a clip: a copy beside the page (--copy-media; one per distinct file)
+    or a relative path to the original."""
+    if not path:
+        return ""
+    source = Path(path).resolve()
+    if media_dir is None or not source.is_file():
+        return quote(os.path.relpath(source, out.parent.resolve()))
+    if source not in copies:
+        target = media_dir / f"{len(copies):04d}-{source.name}"
+        if not target.exists() or target.stat().st_size != source.stat().st_size:
+            shutil.copy2(source, target)
+        copies[source] = quote(f"{media_dir.name}/{target.name}")
+    return copies[source]
+
+
+def _section(k: int, row: dict[str, Any], judges: list[dict[str, Any]], video: str,
+             audio: str) -> str:
+    options = "".join(f"<li>{escape(str(o))}</li>" for o in row.get("options") or [])
+    answer = row.get("answer") or ""
+    index = letter_index(answer, len(row.get("options") or []))
+    shown = f"{answer}. {row['options'][index]}" if index is not None else answer
+    sound = f'<audio controls preload="none" src="{audio}"></audio>' if audio else ""
+    return (f'<section class="sample" data-id="{escape(row["id"])}">'
+            f'<h2>{k + 1}. <code>{escape(row["id"])}</code> '
+            f'<span class="cat">{escape(str(row.get("category") or ""))}</span></h2>'
+            f'<div class="media"><video controls preload="metadata" src="{video}"></video>{sound}'
+            f'</div><div class="text"><p class="question">{escape(row.get("question") or "")}</p>'
+            f'<ol type="A">{options}</ol><p class="answer">Answer key: <b>'
+            f'{escape(str(shown))}</b></p></div>'
+            f"{_judge_table(row['id'], judges)}{_inputs(k)}</section>")
+
+
+def build_sheet(run_dir: Path | str, out: Path, *, sample: int | None, seed: int,
+                copy_media: bool) -> Sheet:
+    """Write the spot-check page for a stratified sample of the scored rows."""
+    store = RunStore(run_dir)
+    entry = score_entry(store.load_manifest())
+    if out.exists() and f'content="{GENERATOR}"' not in out.read_text(errors="replace")[:2000]:
+        raise AuditError(f"{out} exists and was not written by avcurate spotcheck; choose "
+                         "another --out")
+    rated = scored_rows(store, entry)
+    if rated.num_rows == 0:
+        raise AuditError(f"{entry['dir']} kept no rows; there is nothing to check")
+    rows = stratified(rated, sample, seed)
+    judges = _judges(store, entry, rows)
+    media_dir = out.parent / f"{out.stem}_media" if copy_media else None
+    if media_dir is not None:
+        media_dir.mkdir(parents=True, exist_ok=True)
+    sections: list[str] = []
+    copies: dict[Path, str] = {}
+    for k, row in enumerate(rows.to_pylist()):
+        video = _media_src(row.get("video"), out, media_dir, copies)
+        audio = _media_src(row.get("audio"), out, media_dir, copies)
+        sections.append(_section(k, row, judges, video, audio))
+    page = PAGE.format(
+        generator=GENERATOR, run=escape(str(run_dir)), n=rows.num_rows,
+        population=rated.num_rows, key=escape(f"{Path(run_dir).resolve()}:{seed}:{rows.num_rows}"),
+        stem=escape(out.stem), sections="".join(sections), style=STYLE,
+        fields=escape(json.dumps(list(FIELDS))), script=SCRIPT)
+    atomic_write_bytes(out, page.encode("utf-8"))
+    return Sheet(out, rows.num_rows, len(copies))
+
+
+STYLE = """
+body{font-family:system-ui,sans-serif;max-width:1100px;margin:1.5em auto;color:#222}
+header{position:sticky;top:0;background:#fff;border-bottom:1px solid #ccc;padding:.5em 0}
+.sample{border:1px solid #ccc;border-radius:6px;padding:.5em 1em;margin:1em 0}
+.sample.done{border-color:#54a24b;background:#f6fbf5}
+.media video{max-width:480px;max-height:320px;display:block}
+.cat{font-size:.8em;color:#666;font-weight:normal}
+table.judges{border-collapse:collapse;margin:.5em 0}
+table.judges td,table.judges th{border:1px solid #ddd;padding:2px 6px;text-align:left;vertical-align:top}
+.why{color:#555;font-size:.85em}
+fieldset.mine{border:1px solid #4c78a8}
+.scores label{margin-right:1em}.scores input{width:3.5em}
+input:invalid{outline:2px solid #e45756}
+.note input{width:60%}
+#status{color:#e45756}
+"""
+
+SCRIPT = r"""
+const FIELDS = JSON.parse(document.body.dataset.fields);
+const KEY = "avcurate-spotcheck:" + document.body.dataset.key;
+const sections = [...document.querySelectorAll("section.sample")];
+
+function labelOf(s) {
+  const row = {id: s.dataset.id};
+  for (const input of s.querySelectorAll("input[type=number], input[name=note]"))
+    row[input.name] = input.value.trim();
+  const picked = s.querySelector("input[type=radio]:checked");
+  row.decision = picked ? picked.value : "";
+  return row;
+}
+function labelled(row) { return FIELDS.slice(1).some(f => f !== "note" && row[f]); }
+function labels() { return sections.map(labelOf); }
+
+function refresh() {
+  const rows = labels();
+  sections.forEach((s, i) => s.classList.toggle("done", labelled(rows[i])));
+  document.getElementById("progress").textContent =
+    rows.filter(labelled).length + " of " + rows.length + " labelled";
+  localStorage.setItem(KEY, JSON.stringify(rows));
+}
+function restore() {
+  let saved = [];
+  try { saved = JSON.parse(localStorage.getItem(KEY) || "[]"); } catch (e) { saved = []; }
+  const byId = Object.fromEntries(saved.map(r => [r.id, r]));
+  for (const s of sections) {
+    const row = byId[s.dataset.id];
+    if (!row) continue;
+    for (const input of s.querySelectorAll("input[type=number], input[name=note]"))
+      input.value = row[input.name] || "";
+    for (const radio of s.querySelectorAll("input[type=radio]"))
+      radio.checked = radio.value === row.decision;
+  }
+}
+function csvCell(v) {
+  v = String(v ?? "");
+  return /[",\n\r]/.test(v) ? '"' + v.replace(/"/g, '""') + '"' : v;
+}
+function toCSV(rows) {
+  return [FIELDS.join(","), ...rows.map(r => FIELDS.map(f => csvCell(r[f])).join(","))].join("\n") + "\n";
+}
+function save(kind) {
+  const bad = document.querySelectorAll("input:invalid");
+  const status = document.getElementById("status");
+  if (bad.length) {
+    status.textContent = bad.length + " score(s) are not integers from 0 to 10; fix them first.";
+    bad[0].focus();
+    return;
+  }
+  status.textContent = "";
+  const rows = labels().filter(labelled);
+  const text = kind === "csv" ? toCSV(rows) : JSON.stringify({labels: rows}, null, 1);
+  const blob = new Blob([text], {type: kind === "csv" ? "text/csv" : "application/json"});
+  const a = document.createElement("a");
+  a.href = URL.createObjectURL(blob);
+  a.download = document.body.dataset.stem + "-labels." + kind;
+  document.body.appendChild(a);
+  a.click();
+  a.remove();
+}
+restore();
+refresh();
+document.addEventListener("input", refresh);
+document.addEventListener("change", refresh);
+document.getElementById("save-csv").addEventListener("click", () => save("csv"));
+document.getElementById("save-json").addEventListener("click", () => save("json"));
+"""
+
+PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><meta name="generator" content="{generator}">
+<title>avcurate spot-check: {run}</title><style>{style}</style></head>
+<body data-key="{key}" data-stem="{stem}" data-fields="{fields}">
+<header><h1>Spot-check of <code>{run}</code></h1>
+<p>{n} rows sampled (stratified by category and score bucket) of {population} the judge
+scored. Watch each clip, enter your own scores (0-10, the judge's scale; leave a score
+empty to skip it) and keep or reject, then save. <code>avcurate agree RUN --human
+FILE</code> compares your labels with the judges.</p>
+<button id="save-csv">Save labels (CSV)</button> <button id="save-json">Save labels
+(JSON)</button> <span id="progress"></span> <span id="status"></span></header>
+<main>{sections}</main>
+<script>{script}</script>
+</body></html>
+"""
