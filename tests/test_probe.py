@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 
+import pyarrow.parquet as pq
 import pytest
 
 from avcurate.media import synth
@@ -226,3 +227,52 @@ def test_dry_run_counts_requests_and_samples_and_sends_nothing(tmp_path, clips):
         assert not server.requests
     # six multiple-choice rows x four conditions, eight answers each; the open row is not sent
     assert "24 calls to make, 192 samples in all" in shown.stdout
+
+
+def test_limit_probes_a_stratified_sample_as_an_audit_and_leaves_the_run(tmp_path, clips):
+    """`--limit N`: N multiple-choice rows, one request per condition each, figures in
+    RUN/audits/probe-NAME/ and in `stats`, the run's stages untouched; a rerun sends nothing."""
+    import hashlib
+    import subprocess
+    import sys
+
+    def files(run_dir):
+        return {str(p.relative_to(run_dir)): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in run_dir.rglob("*") if p.is_file() and p.relative_to(run_dir).parts[0]
+                not in ("audits", "cache") and not p.name.startswith(".avcurate.lock")}
+
+    run_dir = tmp_path / "run"
+    run(jsonl_recipe(tmp_path, records(clips), clips, [StageSpec("validate")]), run_dir)
+    before = files(run_dir)
+
+    def limit(server, *extra):
+        return subprocess.run(
+            [sys.executable, "-m", "avcurate", "probe", str(run_dir), "--model", "policy",
+             "--base-url", server.url + "/v1", "--n", "4", "--limit", "3", "-q", *extra],
+            capture_output=True, text=True, timeout=120)
+
+    with openai_server() as server:
+        done = limit(server)
+        assert done.returncode == 0, done.stderr
+        assert len(server.requests) == 3 * 4  # three rows x four conditions, n in one request
+        assert {b["n"] for b in server.requests} == {4}
+        again = limit(server)
+        assert again.returncode == 0 and len(server.requests) == 12  # from the cache
+    assert "probe audit of 3 sampled rows (of 6 multiple-choice rows" in done.stdout
+    assert files(run_dir) == before
+    summary = json.loads((run_dir / "audits/probe-policy/summary.json").read_text())
+    assert summary["kind"] == "probe" and summary["probe"]["rows"] == 3
+    probed = pq.read_table(run_dir / "audits/probe-policy/pairs.parquet").to_pylist()
+    assert len(probed) == 3 and all(r["probe_n"] == 4 for r in probed)
+    for r in probed:  # as designed, on whichever rows were drawn
+        if r["id"] == "colour":
+            assert r["probe_acc_v"] == 1.0 and r["probe_acc_av"] == 1.0
+        if r["id"] == "never":
+            assert r["pass_rate"] == 0.0
+    shown = subprocess.run([sys.executable, "-m", "avcurate", "stats", str(run_dir)],
+                           capture_output=True, text=True, timeout=60)
+    assert "Probe: accuracy per condition (3 questions, a sample: audit probe-policy)" in \
+        " ".join(shown.stdout.split())
+    bad = subprocess.run([sys.executable, "-m", "avcurate", "probe", str(run_dir), "--model",
+                          "p", "--limit", "0"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "--limit must be at least 1" in bad.stderr

@@ -27,6 +27,7 @@ from avcurate.filters.rules import Comparison, RuleError, parse_rules
 from avcurate.filters.threshold import DEFAULT_RULES
 from avcurate.pipeline.progress import Progress
 from avcurate.pipeline.recipe import Recipe
+from avcurate.reports.audit_summaries import AUDITS, audits
 
 from . import folder
 from .agreement import SCORED, compare
@@ -128,7 +129,7 @@ def run_agree(run_dir: Path | str, judge: Score, opts: AgreeOptions, *, redo: bo
             "second": f"{judge.backend}:{judge.model}",
             "sample": {"asked": opts.sample, "seed": opts.seed, "rows": sample.num_rows,
                        "population": rated.num_rows, "strata": strata(sample)},
-            "unanswered": _reasons(failed),
+            "unanswered": folder.reasons(failed),
             "rules": [str(r) for r in rules],
             "comparisons": [{"a": "first judge", "b": "second judge",
                              **compare(first, second, rules)}],
@@ -155,13 +156,6 @@ def _pairs(sample: pa.Table, answered: pa.Table) -> pa.Table:
     return pa.table(cols)
 
 
-def _reasons(failed: pa.Table) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for reason in failed.column("reject_reason").to_pylist() if failed.num_rows else []:
-        counts[reason] = counts.get(reason, 0) + 1
-    return counts
-
-
 def run_human(run_dir: Path | str, labels_path: Path, opts: AgreeOptions) -> dict[str, Any]:
     """Compare a person's labels with the run's first judge and every second judge."""
     store = RunStore(run_dir)
@@ -174,9 +168,9 @@ def run_human(run_dir: Path | str, labels_path: Path, opts: AgreeOptions) -> dic
     ids = labels["id"]
     person = person_scores(labels, weights)
     judges = {judge_label(entry.get("model") or _model_of(entry)): _by_id(rated, ids, "")}
-    for audit in folder.audits(store.root):
+    for audit in audits(store.root):
         if audit.get("kind") == "agree":
-            pairs = pq.read_table(store.root / folder.AUDITS / audit["folder"] /
+            pairs = pq.read_table(store.root / AUDITS / audit["folder"] /
                                           "pairs.parquet")
             judges[audit["second"]] = _by_id(pairs, ids, "second_")
     name = opts.name or labels_path.stem

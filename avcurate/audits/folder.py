@@ -27,12 +27,12 @@ from avcurate.core.store import RunStore, atomic_write_bytes, write_parquet_atom
 from avcurate.models.errors import BackendUnavailable, EndpointError
 from avcurate.pipeline.progress import Progress
 from avcurate.pipeline.runner import process_shard
+from avcurate.reports.audit_summaries import AUDITS
 from avcurate.stages.base import Stage, output_schema, reject_schema
 from avcurate.stages.context import StageContext
 
 from .sample import AuditError
 
-AUDITS = "audits"
 SHARD_ROWS = 64  # small shards: a killed audit loses at most this many rows' progress
 MARKER = ".fingerprint"
 
@@ -118,24 +118,16 @@ def run_stage(run_dir: Path, path: Path, stage: Stage, table: pa.Table, *, worke
 
 
 def write_result(path: Path, pairs: pa.Table, summary: dict[str, Any]) -> None:
-    """pairs.parquet, then summary.json: a summary on disk means a complete audit."""
+    """pairs.parquet (the per-row figures), then summary.json: a summary on disk means a
+    complete audit."""
     write_parquet_atomic(pairs, path / "pairs.parquet")
     atomic_write_bytes(path / "summary.json",
                        json.dumps(summary, indent=2, default=str).encode())
 
 
-def audits(run_dir: Path | str) -> list[dict[str, Any]]:
-    """Every complete audit's summary, oldest first."""
-    found = []
-    for summary in (Path(run_dir) / AUDITS).glob("*/summary.json"):
-        try:
-            found.append(json.loads(summary.read_text()) | {"folder": summary.parent.name})
-        except (OSError, ValueError):
-            continue  # a summary being replaced right now: skip it
-    return sorted(found, key=lambda s: (s.get("created_at", ""), s["folder"]))
-
-
-def latest(run_dir: Path | str) -> dict[str, Any] | None:
-    """The newest complete audit's summary (what `avcurate stats` shows), or None."""
-    found = audits(run_dir)
-    return found[-1] if found else None
+def reasons(rejected: pa.Table) -> dict[str, int]:
+    """Rows the audit's model could not answer, by reason."""
+    counts: dict[str, int] = {}
+    for reason in rejected.column("reject_reason").to_pylist() if rejected.num_rows else []:
+        counts[reason] = counts.get(reason, 0) + 1
+    return counts

@@ -42,10 +42,22 @@ def scored_rows(store: RunStore, entry: dict[str, Any]) -> pa.Table:
     if "category" not in table.column_names:
         table = table.append_column("category", pa.array(_categories(store, entry, table),
                                                          pa.string()))
-    category = pc.fill_null(table.column("category"), NO_CATEGORY)
-    table = table.set_column(table.schema.get_field_index("category"), "category", category)
-    return table.append_column("bucket", pa.array(bucket_of(table.column("composite_score")),
-                                                  pa.int64()))
+    return with_strata(table)
+
+
+def with_strata(table: pa.Table) -> pa.Table:
+    """`category` with nulls as '(none)', and `bucket` (the composite score's quarter, 0
+    when the rows were not scored), the columns the sample is stratified by."""
+    if "category" in table.column_names:
+        category = pc.fill_null(table.column("category"), NO_CATEGORY)
+        table = table.set_column(table.schema.get_field_index("category"), "category", category)
+    else:
+        table = table.append_column("category", pa.array([NO_CATEGORY] * table.num_rows,
+                                                          pa.string()))
+    buckets = (bucket_of(table.column("composite_score")) if "composite_score" in
+               table.column_names else [0] * table.num_rows)
+    table = table.drop_columns([c for c in ("bucket",) if c in table.column_names])
+    return table.append_column("bucket", pa.array(buckets, pa.int64()))
 
 
 def _categories(store: RunStore, entry: dict[str, Any], table: pa.Table) -> list[str | None]:

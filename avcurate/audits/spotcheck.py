@@ -28,8 +28,8 @@ import pyarrow.parquet as pq
 from avcurate.core.answers import letter_index
 from avcurate.core.store import RunStore, atomic_write_bytes
 from avcurate.curation.score import DIMENSIONS
+from avcurate.reports.audit_summaries import AUDITS, audits
 
-from . import folder
 from .agree import judge_label
 from .labels import FIELDS
 from .sample import AuditError, score_entry, scored_rows, stratified
@@ -60,10 +60,10 @@ def _judges(store: RunStore, entry: dict[str, Any], sample: pa.Table) -> list[di
     ids = sample.column("id").to_pylist()
     first = {r["id"]: r for r in sample.to_pylist()}
     out = [{"label": judge_label(entry.get("model") or ""), "rows": first, "prefix": ""}]
-    for audit in folder.audits(store.root):
+    for audit in audits(store.root):
         if audit.get("kind") != "agree":
             continue
-        pairs = pq.read_table(store.root / folder.AUDITS / audit["folder"] / "pairs.parquet")
+        pairs = pq.read_table(store.root / AUDITS / audit["folder"] / "pairs.parquet")
         rows = {r["id"]: r for r in pairs.to_pylist() if r["id"] in set(ids)}
         out.append({"label": audit["second"], "rows": rows, "prefix": "second_"})
     return out

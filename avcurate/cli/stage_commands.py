@@ -70,6 +70,8 @@ class StageCommand:
     model: bool = False          # a model stage: --dry-run, usage line
     ingest: bool = False         # may start the run itself (--source ...)
     after: Callable[[Path], None] | None = None
+    # given --limit: run the stages on a sample as an audit (RUN/audits/), not on the run
+    audit: Callable[[Path, list[StageSpec], dict[str, Any]], None] | None = None
 
     def register(self) -> None:
         classes = [stage_class(s) for s in self.stages]
@@ -106,6 +108,9 @@ class StageCommand:
             from avcurate.pipeline.dry_run import dry_run
 
             out.print(guard(dry_run, run_dir, specs[0]), highlight=False, soft_wrap=True)
+            return
+        if self.audit is not None and values.get("limit") is not None:
+            self.audit(run_dir, specs, values)
             return
         if not run_more(run_dir, specs, values["force"], values["quiet"], values.get("workers"),
                         values["redo"]):
@@ -144,6 +149,44 @@ def _print_usage(run_dir: Path, n_stages: int) -> None:
                   f"prompt + {usage.get('completion_tokens', 0):,} completion tokens")
 
 
+AUDIT = [
+    _param("limit", Annotated[int | None, typer.Option(
+        help="Probe only a stratified sample of this many rows (by category and score "
+             "bucket), as an audit: the figures go to RUN/audits/probe-NAME/ and the run's "
+             "kept rows do not change. For a look before paying for every row.")]),
+    _param("seed", Annotated[int, typer.Option(help="With --limit: seed of the sample.")], 0),
+    _param("audit_name", Annotated[str, typer.Option(
+        "--name", help="With --limit: the audit's name (default: the model name).")], ""),
+]
+
+
+def _probe_audit(run_dir: Path, specs: list[StageSpec], values: dict[str, Any]) -> None:
+    """`probe --limit N`: the probe on a sample, into RUN/audits/probe-NAME/."""
+    from avcurate.audits.probe import run_probe_audit
+    from avcurate.cli.common import require_run
+    from avcurate.pipeline.registry import create
+    from avcurate.reports.tables import probe_table
+
+    if values["limit"] < 1:
+        fail(f"--limit must be at least 1, not {values['limit']}")
+    require_run(run_dir)
+    stage = guard(create, "probe", specs[0].options)
+    summary = guard(run_probe_audit, run_dir, stage, limit=values["limit"], seed=values["seed"],
+                    name=values["audit_name"], redo=values["redo"],
+                    show_progress=not values["quiet"])
+    sample = summary["sample"]
+    out.print(f"probe audit of {sample['rows']} sampled rows (of {sample['population']} "
+              f"multiple-choice rows in {summary['stage']}); the run is unchanged", markup=False)
+    if summary["probe"].get("rows"):
+        out.print(probe_table(summary["probe"]))
+    if summary["unanswered"]:
+        out.print("not answered: " + ", ".join(f"{n} row(s) ({r})" for r, n in
+                                               summary["unanswered"].items()), markup=False)
+    usage = summary["usage"]
+    out.print(f"{usage.get('calls', 0)} calls, {usage.get('cached', 0)} cached; written to "
+              f"{Path(run_dir) / 'audits' / summary['folder']}", markup=False)
+
+
 def _balance_table(run_dir: Path) -> None:
     entry = RunStore(run_dir).load_manifest()["stages"][-1]
     out.print(category_table(entry["categories_before"], entry["categories_after"]))
@@ -170,7 +213,9 @@ COMMANDS = [
                  "times with frames+audio, frames only, audio only and text only.\n\nAdds "
                  "probe_acc_{av,v,a,t}, pass_rate, measured_video_dependency, "
                  "measured_audio_dependency and blind_answerable, for threshold rules such as "
-                 "'pass_rate > 0' 'pass_rate < 1' 'blind_answerable <= 0.25'.", model=True),
+                 "'pass_rate > 0' 'pass_rate < 1' 'blind_answerable <= 0.25'.\n\nWith --limit N "
+                 "it probes a stratified sample only, as an audit that leaves the run as it "
+                 "is.", model=True, extra=AUDIT, audit=_probe_audit),
     StageCommand("teach", ["visual_teacher", "audio_teacher", "teacher_filter"],
                  "AVRT's single-modality teachers: a vision model on frames, an audio model on "
                  "the clip, then keep the rows they got right.\n\nAVRT used Kimi-VL-Thinking "

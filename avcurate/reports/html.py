@@ -73,7 +73,8 @@ def _probe(probe: dict[str, Any]) -> list[str]:
     rows += [[cat, r["rows"], *(r[c] for c in CONDITION_NAMES)]
              for cat, r in probe.get("by_category", {}).items()]
     blind = probe.get("blind_answerable_share", {})
-    out = ["<h2>Probe: measured difficulty and modality dependency</h2>",
+    audit = f" (a sample: audit {escape(probe['audit'])})" if probe.get("audit") else ""
+    out = [f"<h2>Probe: measured difficulty and modality dependency{audit}</h2>",
            _table(["category", "rows", *CONDITION_NAMES.values()], rows),
            bars("Rows per pass rate (accuracy with frames+audio)",
                 {"rows": probe.get("pass_rate_histogram", {})}),

@@ -6,9 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from avcurate.audits.folder import latest
 from avcurate.core.store import RunStore
 from avcurate.models import demo_notice, models_used
+from avcurate.reports.audit_summaries import latest
 from avcurate.reports.probe import probe_summary
 from avcurate.reports.query import connect, views
 from avcurate.reports.tables import stage_rows
@@ -37,11 +37,23 @@ def collect(run_dir: Path | str) -> dict[str, Any]:
         "sources": _sources(con),
         "subsets": {k: v for e in manifest["stages"] for k, v in e.get("subsets", {}).items()},
         "traces": trace_report(run_dir),
-        "probe": probe_summary(con, views(con)),
+        "probe": _probe(run_dir, con),
         "models": models_used(manifest),
         "notice": demo_notice(manifest),
         "audit": latest(run_dir),
     }
+
+
+def _probe(run_dir: Path | str, con) -> dict[str, Any]:
+    """What the run's probe stage measured; without one, the latest `probe --limit` audit
+    (marked with its folder)."""
+    found = probe_summary(con, views(con))
+    if found.get("rows"):
+        return found
+    audit = latest(run_dir, ("probe",))
+    if audit is None or not audit["probe"].get("rows"):
+        return found
+    return audit["probe"] | {"audit": audit["folder"]}
 
 
 def _categories(con, manifest, cols) -> dict[str, dict[str, int]]:

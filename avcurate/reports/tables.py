@@ -120,7 +120,8 @@ def _pct(v: float | None) -> str:
 
 def probe_table(probe: dict[str, Any]) -> Table:
     """Accuracy per media condition (overall and per category), what `avcurate probe` measured."""
-    table = Table(title=f"Probe: accuracy per condition ({probe['rows']:,} questions)")
+    audit = f", a sample: audit {probe['audit']}" if probe.get("audit") else ""
+    table = Table(title=f"Probe: accuracy per condition ({probe['rows']:,} questions{audit})")
     for name in ("category", "rows", *CONDITION_NAMES.values()):
         table.add_column(name, justify="left" if name == "category" else "right")
     acc = probe.get("accuracy", {})
