@@ -35,6 +35,17 @@ def read_stage(run_dir: Path, prefix: str) -> tuple[pa.Table, pa.Table]:
     return kept, rej
 
 
+def run_files(run_dir: Path) -> dict[str, str]:
+    """Every file of a run outside audits/ and cache/, with its sha256: what an audit must
+    leave exactly as it was."""
+    import hashlib
+
+    return {str(p.relative_to(run_dir)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(run_dir.rglob("*")) if p.is_file()
+            and p.relative_to(run_dir).parts[0] not in ("audits", "cache")
+            and not p.name.startswith(".avcurate.lock")}
+
+
 def rows_by_id(table: pa.Table) -> dict[str, dict]:
     return {r["id"]: r for r in table.to_pylist()}
 

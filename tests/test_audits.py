@@ -10,7 +10,6 @@ and exactly the harsh rows the first judge keeps flip to rejected.
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import shutil
 import subprocess
@@ -25,7 +24,7 @@ from avcurate.demo.model import question_in
 from avcurate.media import synth
 from avcurate.pipeline.recipe import StageSpec
 from tests.conftest import avcurate_cmd
-from tests.helpers import jsonl_recipe, read_stage, run
+from tests.helpers import jsonl_recipe, read_stage, run, run_files
 from tests.loopback import OpenAIFaults, _Server, openai_server
 
 DIMS = ("video_dependency", "audio_dependency", "question_logic", "answer_accuracy")
@@ -85,14 +84,6 @@ def agree_cmd(run_dir, server, *extra):
                           capture_output=True, text=True, timeout=180)
 
 
-def snapshot(run_dir: Path) -> dict[str, str]:
-    """Every file of the run outside audits/ and cache/, with its sha256."""
-    return {str(p.relative_to(run_dir)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(run_dir.rglob("*")) if p.is_file()
-            and p.relative_to(run_dir).parts[0] not in ("audits", "cache")
-            and not p.name.startswith(".avcurate.lock")}
-
-
 def first_judge(run_dir: Path) -> dict[str, dict]:
     kept, _ = read_stage(run_dir, "02")
     return {r["id"]: r for r in kept.to_pylist()}
@@ -114,7 +105,7 @@ def kappa(pairs: list[tuple[bool, bool]]) -> float:
 
 
 def test_a_second_judge_gives_the_figures_designed_and_leaves_the_run_alone(run_dir):
-    before = snapshot(run_dir)
+    before = run_files(run_dir)
     with HarshJudge(OpenAIFaults) as second:
         done = agree_cmd(run_dir, second, "--sample", "all")
         assert done.returncode == 0, done.stderr
@@ -123,7 +114,7 @@ def test_a_second_judge_gives_the_figures_designed_and_leaves_the_run_alone(run_
         again = agree_cmd(run_dir, second, "--sample", "all")
         assert again.returncode == 0, again.stderr
         assert sum(second.attempts.values()) == calls  # a rerun is answered from the cache
-    assert snapshot(run_dir) == before  # the run's stages and manifest are untouched
+    assert run_files(run_dir) == before  # the run's stages and manifest are untouched
     audit = run_dir / "audits" / "agree-judge-b"
     summary = json.loads((audit / "summary.json").read_text())
     first = first_judge(run_dir)

@@ -232,18 +232,14 @@ def test_dry_run_counts_requests_and_samples_and_sends_nothing(tmp_path, clips):
 def test_limit_probes_a_stratified_sample_as_an_audit_and_leaves_the_run(tmp_path, clips):
     """`--limit N`: N multiple-choice rows, one request per condition each, figures in
     RUN/audits/probe-NAME/ and in `stats`, the run's stages untouched; a rerun sends nothing."""
-    import hashlib
     import subprocess
     import sys
 
-    def files(run_dir):
-        return {str(p.relative_to(run_dir)): hashlib.sha256(p.read_bytes()).hexdigest()
-                for p in run_dir.rglob("*") if p.is_file() and p.relative_to(run_dir).parts[0]
-                not in ("audits", "cache") and not p.name.startswith(".avcurate.lock")}
+    from tests.helpers import run_files
 
     run_dir = tmp_path / "run"
     run(jsonl_recipe(tmp_path, records(clips), clips, [StageSpec("validate")]), run_dir)
-    before = files(run_dir)
+    before = run_files(run_dir)
 
     def limit(server, *extra):
         return subprocess.run(
@@ -259,7 +255,7 @@ def test_limit_probes_a_stratified_sample_as_an_audit_and_leaves_the_run(tmp_pat
         again = limit(server)
         assert again.returncode == 0 and len(server.requests) == 12  # from the cache
     assert "probe audit of 3 sampled rows (of 6 multiple-choice rows" in done.stdout
-    assert files(run_dir) == before
+    assert run_files(run_dir) == before
     summary = json.loads((run_dir / "audits/probe-policy/summary.json").read_text())
     assert summary["kind"] == "probe" and summary["probe"]["rows"] == 3
     probed = pq.read_table(run_dir / "audits/probe-policy/pairs.parquet").to_pylist()

@@ -10,8 +10,7 @@ person's labels (from `avcurate spotcheck`) with every judge the run has.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +24,7 @@ from avcurate.core.store import RunStore
 from avcurate.curation.score import Score
 from avcurate.filters.rules import Comparison, RuleError, parse_rules
 from avcurate.filters.threshold import DEFAULT_RULES
-from avcurate.pipeline.progress import Progress
-from avcurate.pipeline.recipe import Recipe
+from avcurate.pipeline.runner import now
 from avcurate.reports.audit_summaries import AUDITS, audits
 
 from . import folder
@@ -54,6 +52,11 @@ class AgreeOptions:
                                    "each judge's scores. Default: the run's threshold rules "
                                    "on score columns, else OmniVideo-R1's.")
 
+    # derived from the options above when checked
+    size: int | None = field(default=None, init=False, repr=False, compare=False)
+    parsed: list[Comparison] | None = field(default=None, init=False, repr=False,
+                                            compare=False)
+
     def __post_init__(self) -> None:
         check_fields(self, "agree")
         self.size = parse_sample(self.sample)
@@ -61,10 +64,6 @@ class AgreeOptions:
             self.parsed = parse_rules(self.rules) if self.rules else None
         except RuleError as exc:
             raise OptionError(f"agree: {exc}") from None
-
-
-def now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def decision_rules(manifest: dict[str, Any], given: list[Comparison] | None
@@ -87,10 +86,21 @@ def second_judge(entry: dict[str, Any], given: dict[str, Any]) -> Score:
     return Score(**(shared | given))
 
 
-def judge_label(model: dict[str, Any] | str) -> str:
-    if isinstance(model, str):
-        return model
+def first_judge(entry: dict[str, Any]) -> str:
+    """'backend:model' of the run's score stage (from its summary, else its options)."""
+    model = entry.get("model") or entry.get("options", {})
     return f"{model.get('backend')}:{model.get('model')}"
+
+
+def second_judges(store: RunStore) -> list[tuple[str, dict[str, dict[str, Any]]]]:
+    """Each `agree` audit's second judge: its label and its pairs rows by id (scores and
+    rationales under `second_`)."""
+    out = []
+    for audit in audits(store.root):
+        if audit.get("kind") == "agree":
+            pairs = pq.read_table(store.root / AUDITS / audit["folder"] / "pairs.parquet")
+            out.append((audit["second"], {r["id"]: r for r in pairs.to_pylist()}))
+    return out
 
 
 def _columns(table: pa.Table, prefix: str = "") -> dict[str, list]:
@@ -114,22 +124,19 @@ def run_agree(run_dir: Path | str, judge: Score, opts: AgreeOptions, *, redo: bo
         if rated.num_rows == 0:
             raise AuditError(f"{entry['dir']} kept no rows; there is nothing to audit")
         sample = stratified(rated, opts.size, opts.seed)
-        folder.open_folder(path, fp, redo)
-        asked = sample.drop_columns([c for c in Score.adds if c in sample.column_names])
-        workers = Recipe.from_dict(manifest["recipe"]).workers
-        with Progress(console or Console(stderr=True), enabled=show_progress) as progress:
-            answered, failed, usage = folder.run_stage(store.root, path, judge, asked,
-                                                       workers=workers, progress=progress)
+        answered, unanswered, usage = folder.audit_stage(
+            store, path, fp, judge, sample, redo=redo, console=console,
+            show_progress=show_progress)
         pairs = _pairs(sample, answered)
         first = _columns(pairs, "first_")
         second = _columns(pairs, "second_")
         summary = {
             "kind": "agree", "name": name, "created_at": now(),
-            "first": judge_label(entry.get("model") or _model_of(entry)),
+            "first": first_judge(entry),
             "second": f"{judge.backend}:{judge.model}",
             "sample": {"asked": opts.sample, "seed": opts.seed, "rows": sample.num_rows,
                        "population": rated.num_rows, "strata": strata(sample)},
-            "unanswered": folder.reasons(failed),
+            "unanswered": unanswered,
             "rules": [str(r) for r in rules],
             "comparisons": [{"a": "first judge", "b": "second judge",
                              **compare(first, second, rules)}],
@@ -137,11 +144,6 @@ def run_agree(run_dir: Path | str, judge: Score, opts: AgreeOptions, *, redo: bo
         }
         folder.write_result(path, pairs, summary)
     return summary | {"folder": path.name}
-
-
-def _model_of(entry: dict[str, Any]) -> str:
-    opts = entry.get("options", {})
-    return f"{opts.get('backend')}:{opts.get('model')}"
 
 
 def _pairs(sample: pa.Table, answered: pa.Table) -> pa.Table:
@@ -167,12 +169,8 @@ def run_human(run_dir: Path | str, labels_path: Path, opts: AgreeOptions) -> dic
     labels = read_labels(labels_path, set(rated.column("id").to_pylist()))
     ids = labels["id"]
     person = person_scores(labels, weights)
-    judges = {judge_label(entry.get("model") or _model_of(entry)): _by_id(rated, ids, "")}
-    for audit in audits(store.root):
-        if audit.get("kind") == "agree":
-            pairs = pq.read_table(store.root / AUDITS / audit["folder"] /
-                                          "pairs.parquet")
-            judges[audit["second"]] = _by_id(pairs, ids, "second_")
+    judges = {first_judge(entry): _by_id({r["id"]: r for r in rated.to_pylist()}, ids, "")}
+    judges |= {label: _by_id(rows, ids, "second_") for label, rows in second_judges(store)}
     name = opts.name or labels_path.stem
     path = folder.audit_dir(store.root, "human", name)
     summary = {
@@ -191,7 +189,6 @@ def run_human(run_dir: Path | str, labels_path: Path, opts: AgreeOptions) -> dic
     return summary | {"folder": path.name}
 
 
-def _by_id(table: pa.Table, ids: list[str], prefix: str) -> dict[str, list]:
-    rows = {r["id"]: r for r in table.to_pylist()}
-    return {c: [rows.get(i, {}).get(prefix + c) for i in ids] for c in SCORED
-            if prefix + c in table.column_names}
+def _by_id(rows: dict[str, dict[str, Any]], ids: list[str], prefix: str) -> dict[str, list]:
+    """A rater's scores for `ids`, per score column (None where it has no score)."""
+    return {c: [rows.get(i, {}).get(prefix + c) for i in ids] for c in SCORED}

@@ -22,11 +22,14 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from rich.console import Console
 
+from avcurate.core.counts import reject_reasons
 from avcurate.core.store import RunStore, atomic_write_bytes, write_parquet_atomic
 from avcurate.models.errors import BackendUnavailable, EndpointError
 from avcurate.pipeline.progress import Progress
-from avcurate.pipeline.runner import process_shard
+from avcurate.pipeline.recipe import Recipe
+from avcurate.pipeline.runner import add_usage, process_shard
 from avcurate.reports.audit_summaries import AUDITS
 from avcurate.stages.base import Stage, output_schema, reject_schema
 from avcurate.stages.context import StageContext
@@ -81,10 +84,26 @@ def write_inputs(path: Path, table: pa.Table) -> list[Path]:
     return files
 
 
-def run_stage(run_dir: Path, path: Path, stage: Stage, table: pa.Table, *, workers: int,
-              progress: Progress) -> tuple[pa.Table, pa.Table, dict[str, int]]:
-    """Run a model stage over `table` into `path/scores`; returns (answered rows, rows it
-    could not answer, call usage). Finished shards are not asked again."""
+def audit_stage(store: RunStore, path: Path, fp: str, stage: Stage, sample: pa.Table, *,
+                redo: bool, console: Console | None = None, show_progress: bool = True
+                ) -> tuple[pa.Table, dict[str, int], dict[str, int]]:
+    """Run a model stage over the sampled rows into the audit folder `path` (made or resumed
+    for settings `fp`); returns (answered rows, unanswered rows per reason, call usage).
+    Columns the stage adds are dropped from the sample first (the run may have them)."""
+    open_folder(path, fp, redo)
+    asked = sample.drop_columns([c for c in stage.adds if c in sample.column_names])
+    workers = Recipe.from_dict(store.load_manifest()["recipe"]).workers
+    with Progress(console or Console(stderr=True), enabled=show_progress) as progress:
+        usage = _ask(store.root, path, stage, asked, workers=workers, progress=progress)
+    out_dir = path / "scores"
+    return (pq.read_table(RunStore.shards(out_dir)),
+            reject_reasons(RunStore.rejects(out_dir)), usage)
+
+
+def _ask(run_dir: Path, path: Path, stage: Stage, table: pa.Table, *, workers: int,
+         progress: Progress) -> dict[str, int]:
+    """Run a model stage over `table` into `path/scores`; returns the call usage. Finished
+    shards are not asked again."""
     inputs = write_inputs(path, table)
     out_dir = path / "scores"
     kept_schema = output_schema(stage, table.schema)
@@ -103,7 +122,7 @@ def run_stage(run_dir: Path, path: Path, stage: Stage, table: pa.Table, *, worke
             stage.setup(ctx)
             for i in pending:
                 rows, used = process_shard(stage, ctx, inputs[i], i, kept_schema, rej_schema)
-                usage = {k: usage.get(k, 0) + used.get(k, 0) for k in {**usage, **used}}
+                usage = add_usage(usage, used)
                 progress.advance(task, rows)
     except (EndpointError, BackendUnavailable) as exc:
         raise AuditError(f"the audit stopped ({exc}). Nothing was recorded as done; fix the "
@@ -113,8 +132,7 @@ def run_stage(run_dir: Path, path: Path, stage: Stage, table: pa.Table, *, worke
         stage.teardown()
         ctx.close()
     progress.done(task)
-    return (pq.read_table(RunStore.shards(out_dir)),
-            pq.read_table(RunStore.rejects(out_dir)), usage)
+    return usage
 
 
 def write_result(path: Path, pairs: pa.Table, summary: dict[str, Any]) -> None:
@@ -124,10 +142,3 @@ def write_result(path: Path, pairs: pa.Table, summary: dict[str, Any]) -> None:
     atomic_write_bytes(path / "summary.json",
                        json.dumps(summary, indent=2, default=str).encode())
 
-
-def reasons(rejected: pa.Table) -> dict[str, int]:
-    """Rows the audit's model could not answer, by reason."""
-    counts: dict[str, int] = {}
-    for reason in rejected.column("reject_reason").to_pylist() if rejected.num_rows else []:
-        counts[reason] = counts.get(reason, 0) + 1
-    return counts

@@ -9,7 +9,6 @@ RUN/audits/probe-NAME/summary.json. The run's stages and kept rows do not change
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +21,7 @@ from avcurate.core.lock import run_lock
 from avcurate.core.options import identity
 from avcurate.core.store import RunStore
 from avcurate.curation.probe import Probe
-from avcurate.pipeline.progress import Progress
-from avcurate.pipeline.recipe import Recipe
+from avcurate.pipeline.runner import now
 from avcurate.reports.probe import probe_summary
 
 from . import folder
@@ -50,22 +48,19 @@ def run_probe_audit(run_dir: Path | str, stage: Probe, *, limit: int, seed: int 
         if table.num_rows == 0:
             raise AuditError(f"{newest['dir']} has no multiple-choice rows to probe")
         sample = stratified(with_strata(table), limit, seed)
-        folder.open_folder(path, fp, redo)
-        asked = sample.drop_columns([c for c in Probe.adds if c in sample.column_names])
-        workers = Recipe.from_dict(manifest["recipe"]).workers
-        with Progress(console or Console(stderr=True), enabled=show_progress) as progress:
-            answered, failed, usage = folder.run_stage(store.root, path, stage, asked,
-                                                       workers=workers, progress=progress)
+        answered, unanswered, usage = folder.audit_stage(
+            store, path, fp, stage, sample, redo=redo, console=console,
+            show_progress=show_progress)
         con = duckdb.connect()
         con.register("probe", answered)
         figures = probe_summary(con, ["probe"])
         summary = {
             "kind": "probe", "name": name,
-            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "created_at": now(),
             "model": f"{stage.backend}:{stage.model}", "stage": newest["dir"],
             "sample": {"asked": limit, "seed": seed, "rows": sample.num_rows,
                        "population": table.num_rows, "strata": strata(sample)},
-            "unanswered": folder.reasons(failed),
+            "unanswered": unanswered,
             "probe": figures,
             "usage": usage,
         }

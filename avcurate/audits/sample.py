@@ -8,7 +8,6 @@ mostly the large categories with typical scores.
 from __future__ import annotations
 
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -141,8 +140,3 @@ def strata(table: pa.Table) -> dict[str, int]:
                strict=True)
     return {f"{c} / {names[b]}": k for (c, b), k in sorted(Counter(keys).items())}
 
-
-def read_audit_scores(path: Path) -> pa.Table | None:
-    """A finished audit's second-judge scores, or None."""
-    files = RunStore.shards(path / "scores")
-    return pq.read_table(files) if files else None

@@ -23,14 +23,12 @@ from typing import Any
 from urllib.parse import quote
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from avcurate.core.answers import letter_index
 from avcurate.core.store import RunStore, atomic_write_bytes
 from avcurate.curation.score import DIMENSIONS
-from avcurate.reports.audit_summaries import AUDITS, audits
 
-from .agree import judge_label
+from .agree import first_judge, second_judges
 from .labels import FIELDS
 from .sample import AuditError, score_entry, scored_rows, stratified
 
@@ -57,16 +55,10 @@ def _rationales(text: str | None) -> dict[str, str]:
 def _judges(store: RunStore, entry: dict[str, Any], sample: pa.Table) -> list[dict[str, Any]]:
     """Every judge's scores and rationales for the sampled ids: the run's score stage,
     then each second judge of an `agree` audit (rows it scored)."""
-    ids = sample.column("id").to_pylist()
     first = {r["id"]: r for r in sample.to_pylist()}
-    out = [{"label": judge_label(entry.get("model") or ""), "rows": first, "prefix": ""}]
-    for audit in audits(store.root):
-        if audit.get("kind") != "agree":
-            continue
-        pairs = pq.read_table(store.root / AUDITS / audit["folder"] / "pairs.parquet")
-        rows = {r["id"]: r for r in pairs.to_pylist() if r["id"] in set(ids)}
-        out.append({"label": audit["second"], "rows": rows, "prefix": "second_"})
-    return out
+    return [{"label": first_judge(entry), "rows": first, "prefix": ""},
+            *({"label": label, "rows": rows, "prefix": "second_"}
+              for label, rows in second_judges(store))]
 
 
 def _judge_table(row_id: str, judges: list[dict[str, Any]]) -> str:

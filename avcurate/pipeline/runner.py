@@ -316,14 +316,14 @@ class Runner:
         try:
             for i in pending:
                 rows, used = process_shard(stage, ctx, inputs[i], i, kept_schema, rej_schema)
-                usage = _add_usage(usage, used)
+                usage = add_usage(usage, used)
                 advance(rows)
         finally:
             stage.teardown()
         return usage
 
 
-def _add_usage(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
+def add_usage(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
     return {k: a.get(k, 0) + b.get(k, 0) for k in {**a, **b}}
 
 
