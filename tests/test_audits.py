@@ -208,6 +208,7 @@ def test_a_stopped_audit_continues_and_settings_clashes_are_one_line(run_dir):
     (["--model", "m", "--backend", "nope"], "must be one of"),
     (["--model", "m", "--rule", "accuracy >> 1"], "cannot parse rule"),
     (["--model", "m", "--frames", "0"], "frames = 0 must be at least 1"),
+    (["--model", "m", "--seed", "-1"], "seed = -1 must be at least 0"),
     ([], "name the second judge"),
     (["--human", "labels.csv", "--model", "m"], "takes no judge options"),
     (["--human", "missing.csv"], "does not exist"),
@@ -304,6 +305,13 @@ def test_the_spotcheck_page_shows_each_sample_and_refuses_foreign_files(run_dir,
     copied = sorted(p.name for p in (tmp_path / "sheet_media").iterdir())
     assert len(copied) == len(set(copied)) <= 3  # one copy per distinct clip
     assert "http" not in page.split("<main>")[0]  # nothing fetched from the network
+    for args, message in ((["--sample", "x"], "--sample takes a number of rows or 'all'"),
+                          (["--seed", "-1"], "--seed must be at least 0")):
+        bad = subprocess.run(avcurate_cmd("spotcheck", str(run_dir), "--out",
+                                          str(tmp_path / "bad.html"), *args),
+                             capture_output=True, text=True, timeout=60)
+        assert bad.returncode == 2 and message in bad.stderr and "Traceback" not in bad.stderr
+        assert not (tmp_path / "bad.html").exists()
     foreign = tmp_path / "mine.html"
     foreign.write_text("<p>my notes</p>")
     refused = subprocess.run(avcurate_cmd("spotcheck", str(run_dir), "--out", str(foreign)),

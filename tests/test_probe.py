@@ -272,3 +272,8 @@ def test_limit_probes_a_stratified_sample_as_an_audit_and_leaves_the_run(tmp_pat
     bad = subprocess.run([sys.executable, "-m", "avcurate", "probe", str(run_dir), "--model",
                           "p", "--limit", "0"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "--limit must be at least 1" in bad.stderr
+    bad = subprocess.run([sys.executable, "-m", "avcurate", "probe", str(run_dir), "--model",
+                          "p", "--limit", "2", "--seed", "-1"], capture_output=True, text=True,
+                         timeout=60)
+    assert bad.returncode == 2 and "--seed must be at least 0" in bad.stderr
+    assert "Traceback" not in bad.stderr

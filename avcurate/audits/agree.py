@@ -43,7 +43,7 @@ class AgreeOptions:
 
     sample: str = option("200", help="Rows to re-score: a number (stratified by category and "
                                      "composite-score bucket) or 'all'.")
-    seed: int = option(0, help="Seed of the sample (the same seed draws the same rows).")
+    seed: int = option(0, min=0, help="Seed of the sample (the same seed draws the same rows).")
     name: str = option("", help="Audit name: results go to RUN/audits/agree-NAME/ (default: "
                                 "the second judge's model name; with --human the labels "
                                 "file's name).")

@@ -105,6 +105,8 @@ def spotcheck(
     """
     require_run(run_dir)
     size = guard(parse_sample, sample)
+    if seed < 0:
+        fail(f"--seed must be at least 0, not {seed}")
     sheet = guard(build_sheet, run_dir, out_file, sample=size, seed=seed, copy_media=copy_media)
     copied = f", {sheet.media_copied} clips copied beside it" if copy_media else ""
     out.print(f"spot-check page with {sheet.rows} rows written to {sheet.path}{copied}; open it "

@@ -169,6 +169,8 @@ def _probe_audit(run_dir: Path, specs: list[StageSpec], values: dict[str, Any]) 
 
     if values["limit"] < 1:
         fail(f"--limit must be at least 1, not {values['limit']}")
+    if values["seed"] < 0:
+        fail(f"--seed must be at least 0, not {values['seed']}")
     require_run(run_dir)
     stage = guard(create, "probe", specs[0].options)
     summary = guard(run_probe_audit, run_dir, stage, limit=values["limit"], seed=values["seed"],
