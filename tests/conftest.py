@@ -113,3 +113,23 @@ def avcurate_cmd(*args: str) -> list[str]:
 def pcm_peak_freq(pcm: np.ndarray, sr: int) -> float:
     spectrum = np.abs(np.fft.rfft(pcm))
     return float(np.fft.rfftfreq(len(pcm), 1 / sr)[int(np.argmax(spectrum))])
+
+
+@pytest.fixture
+def balanced_run(tmp_path, media):
+    """A finished run: 70 speech rows (both dependencies high) and 20 music rows, threshold,
+    balance (min 5) and the audio_visual subset; media under tmp_path/clips."""
+    from test_filters import row, scored_recipe
+
+    from avcurate.pipeline.recipe import StageSpec
+    from avcurate.pipeline.runner import Runner
+
+    (tmp_path / "clips").mkdir()
+    for name in ("good", "good2"):  # the media root of the run is tmp_path
+        (tmp_path / "clips" / f"{name}.mp4").write_bytes(media[name].read_bytes())
+    rows = ([row(f"a{i:02d}", "speech", vd=0.9, ad=0.9, video="clips/good.mp4")
+             for i in range(70)]
+            + [row(f"b{i:02d}", "music", vd=0.2, video="clips/good2.mp4") for i in range(20)])
+    stages = [StageSpec("threshold"), StageSpec("balance", {"min_count": 5}), StageSpec("subset")]
+    Runner(scored_recipe(tmp_path, rows, stages), tmp_path / "run", show_progress=False).run()
+    return tmp_path / "run"

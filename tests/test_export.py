@@ -27,19 +27,6 @@ def _load(path: Path, config: str | None = None):
     return datasets.load_dataset(str(path), config, cache_dir=str(path.parent / "hf-cache"))
 
 
-@pytest.fixture
-def balanced_run(tmp_path, media):
-    (tmp_path / "clips").mkdir()
-    for name in ("good", "good2"):  # the media root of the run is tmp_path
-        (tmp_path / "clips" / f"{name}.mp4").write_bytes(media[name].read_bytes())
-    rows = ([row(f"a{i:02d}", "speech", vd=0.9, ad=0.9, video="clips/good.mp4")
-             for i in range(70)]
-            + [row(f"b{i:02d}", "music", vd=0.2, video="clips/good2.mp4") for i in range(20)])
-    stages = [StageSpec("threshold"), StageSpec("balance", {"min_count": 5}), StageSpec("subset")]
-    Runner(scored_recipe(tmp_path, rows, stages), tmp_path / "run", show_progress=False).run()
-    return tmp_path / "run"
-
-
 def test_export_layout_splits_and_datasets_load(balanced_run, tmp_path, media):
     out = tmp_path / "export"
     result = export_run(balanced_run, out, val_fraction=0.1)
@@ -58,8 +45,10 @@ def test_export_layout_splits_and_datasets_load(balanced_run, tmp_path, media):
                                              "video", "audio", "category", "video_dependency",
                                              "audio_dependency", "question_logic",
                                              "answer_accuracy", "composite_score"}
-    video = ds["train"][0]["video"]
-    assert not os.path.isabs(video) and (out / video).resolve().is_file()
+    video = ds["train"][0]["video"]  # relative to the data file's folder
+    assert video == "../../clips/good.mp4" or video == "../../clips/good2.mp4"
+    assert (out / "data" / video).resolve() == (tmp_path / "clips" / Path(video).name)
+    assert (out / "data/audio_visual" / sub["train"][0]["video"]).resolve().is_file()
     again = export_run(balanced_run, tmp_path / "export2", val_fraction=0.1)
     assert again.configs == result.configs
     assert pq.read_table(tmp_path / "export2/data/validation-00000-of-00001.parquet").column(
@@ -93,8 +82,8 @@ def test_sharding_copy_media_and_all_columns(balanced_run, tmp_path, media):
     assert result.media_copied == 2 and len(list((out / "videos").iterdir())) == 2
     table = pq.read_table(shards[0])
     assert "meta" in table.column_names and "subset_audio_visual" in table.column_names
-    assert table.column("video")[0].as_py().startswith("videos/")
-    assert (out / table.column("video")[0].as_py()).read_bytes() in (
+    assert table.column("video")[0].as_py().startswith("../videos/")
+    assert (out / "data" / table.column("video")[0].as_py()).read_bytes() in (
         media["good"].read_bytes(), media["good2"].read_bytes())
     linked = export_run(balanced_run, tmp_path / "linked", copy_media="hardlink")
     assert linked.media_copied == 2
@@ -111,12 +100,13 @@ def _closed_port() -> int:
 def test_push_errors_are_one_line_and_keep_the_export(balanced_run, tmp_path):
     out = tmp_path / "export"
     env = {k: v for k, v in os.environ.items() if k != "HF_TOKEN"}
+    env["HF_HOME"] = str(tmp_path / "hf-home")  # no token saved by `hf auth login` either
     cmd = avcurate_cmd("export", str(balanced_run), "--out", str(out), "--push", "--repo-id",
                        "me/demo", "--copy-media")
     no_token = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    assert no_token.returncode == 2 and "set HF_TOKEN" in no_token.stderr
+    assert no_token.returncode == 2 and "set HF_TOKEN or run `hf auth login`" in no_token.stderr
     assert len(no_token.stderr.strip().splitlines()) == 1
-    assert (out / "README.md").is_file() and list((out / "data").glob("*.parquet"))
+    assert not out.exists()  # stopped before writing anything
     env |= {"HF_TOKEN": SECRET, "HF_ENDPOINT": f"http://127.0.0.1:{_closed_port()}",
             "HF_HUB_DISABLE_TELEMETRY": "1"}
     offline = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
@@ -147,7 +137,8 @@ def test_push_to_a_loopback_hub(balanced_run, tmp_path):
              if p.is_file() and not p.name.startswith(".avcurate")}
     assert hub.files == local  # every file, byte for byte (not avcurate's own marker)
     assert all(auth == f"Bearer {SECRET}" for _, _, auth in hub.log)
-    assert "pushed to" in result.stdout and SECRET not in result.stdout + result.stderr
+    assert f"to {hub.url}/datasets/me/av-demo" in result.stdout.replace("\n", "")
+    assert "one commit" in result.stdout and SECRET not in result.stdout + result.stderr
     assert SECRET.encode() not in b"".join(local.values())
 
 

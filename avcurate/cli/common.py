@@ -13,6 +13,8 @@ from avcurate.audits.sample import AuditError
 from avcurate.core.lock import RunInUse
 from avcurate.core.options import OptionError
 from avcurate.core.store import RunStore
+from avcurate.hub.licenses import LicenseError
+from avcurate.hub.options import ExportError
 from avcurate.pipeline.recipe import RecipeError, StageSpec
 from avcurate.pipeline.registry import create
 from avcurate.pipeline.runner import AlreadyDone, RunError, extend_run
@@ -34,7 +36,7 @@ Force = Annotated[bool, typer.Option(
                     "first stage that differs instead of stopping.")]
 
 USER_ERRORS = (RunError, RecipeError, StageError, OptionError, RunInUse, FileNotFoundError,
-               AuditError)
+               AuditError, ExportError, LicenseError)
 
 
 def fail(message: str) -> NoReturn:

@@ -47,6 +47,14 @@ def run(
     if executor not in ("local", "ray"):
         fail(f"--executor must be local or ray, not {executor!r}")
     rec = guard(Recipe.load, recipe)
+    export_opts = None
+    if rec.export is not None:  # a bad [export] option stops the run before any row is read
+        from avcurate.hub.options import export_options
+
+        try:
+            export_opts = export_options(**{k: v for k, v in rec.export.items() if k != "out"})
+        except (ValueError, TypeError) as exc:
+            fail(f"[export]: {exc}")
     if executor == "ray":
         if ray_actors < 1 or not ray_cpus_per_task > 0:
             fail("--ray-actors must be at least 1 and --ray-cpus-per-task above 0")
@@ -58,12 +66,11 @@ def run(
         runner = Runner(rec, out_dir, force=force, show_progress=not quiet)
     guard(runner.run)
     print_summary(out_dir, f"Run {out_dir}")
-    if rec.export is not None:
+    if export_opts is not None:
         from avcurate.hub.export import export_run
 
-        opts = {k: v for k, v in rec.export.items() if k != "out"}
         try:
-            result = export_run(out_dir, rec.export["out"], **opts)
+            result = export_run(out_dir, rec.export["out"], export_opts)
         except (ValueError, TypeError) as exc:
             fail(f"[export]: {exc}")
         out.print(f"exported to {result.out}: " + "; ".join(

@@ -117,14 +117,31 @@ def export(
     = False,
     hardlink: Annotated[bool, typer.Option(help="With --copy-media: hard-link instead of "
                                                 "copying where possible.")] = False,
+    media_features: Annotated[bool, typer.Option(help="Type video/audio as datasets.Video() / "
+                                                      "Audio() columns (decoding them needs "
+                                                      "torchcodec).")] = False,
     all_columns: Annotated[bool, typer.Option(help="Export every column, not just the "
                                                    "training ones.")] = False,
-    license: Annotated[str, typer.Option(help="License id for the card (e.g. cc-by-4.0).")]
-    = "other",
+    license: Annotated[str, typer.Option(help="Hub license id for the card (cc-by-4.0, "
+                                              "apache-2.0, ...; 'other' with --license-name "
+                                              "and --license-link).")] = "unknown",
+    license_name: Annotated[str | None, typer.Option(help="With --license other: a short "
+                                                          "slug naming the terms.")] = None,
+    license_link: Annotated[str | None, typer.Option(help="With --license other: URL of the "
+                                                          "terms.")] = None,
+    pretty_name: Annotated[str | None, typer.Option(help="Dataset name on the card (default: "
+                                                         "the run folder's name).")] = None,
+    language: Annotated[str, typer.Option(help="Language codes of the questions, "
+                                               "comma-separated.")] = "en",
     push_to_hub: Annotated[bool, typer.Option("--push", help="Upload to the Hub (token from "
-                                                             "HF_TOKEN).")] = False,
+                                                             "HF_TOKEN or `hf auth login`).")]
+    = False,
     repo_id: Annotated[str | None, typer.Option(help="With --push: ORG/NAME.")] = None,
     private: Annotated[bool, typer.Option(help="With --push: create a private repo.")] = False,
+    revision: Annotated[str | None, typer.Option(help="With --push: branch to push to "
+                                                      "(created if missing).")] = None,
+    create_pr: Annotated[bool, typer.Option(help="With --push: open a pull request instead "
+                                                 "of committing to the branch.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Write into a non-empty folder that is not a "
                                                  "previous avcurate export (its other files are "
                                                  "left alone).")] = False,
@@ -132,36 +149,60 @@ def export(
     """Write the run's final rows as a Hugging Face dataset (data/*.parquet + README card).
 
     The export owns only the files it wrote (listed in OUT/.avcurate-export.json): a
-    re-export replaces them and removes those no longer part of it, nothing else.
+    re-export replaces them and removes those no longer part of it, nothing else. The card
+    declares configs, features, license and size; --push uploads it (large exports the
+    resumable way: re-run the same command to finish an interrupted push).
     """
     from avcurate.hub.export import export_run
-    from avcurate.hub.push import PushError, push
+    from avcurate.hub.options import export_options
+    from avcurate.hub.push import PushError, push, token
 
-    if push_to_hub and not repo_id:
-        fail("--push needs --repo-id ORG/NAME")
-    if push_to_hub and not copy_media:
-        fail("--push needs --copy-media: without it the video/audio paths point outside the "
-             "export, to files the Hub would not get")
-    if shard_mb < 1 or not 0 <= val_fraction < 1:
-        fail("--shard-mb must be at least 1 and --val-fraction in [0, 1)")
+    if push_to_hub:
+        _check_push(repo_id, copy_media, revision, create_pr)
+        if not token():
+            fail("no Hub token: set HF_TOKEN or run `hf auth login` (a write token from your "
+                 "Hub settings)")
+    elif revision or create_pr or private:
+        fail("--revision, --create-pr and --private go with --push")
     copy = ("hardlink" if hardlink else "copy") if copy_media else None
+    opts = guard(export_options, val_fraction=val_fraction, max_shard_bytes=shard_mb * 1024**2,
+                 copy_media=copy, media_features=media_features, all_columns=all_columns,
+                 license=license, license_name=license_name, license_link=license_link,
+                 pretty_name=pretty_name, language=language, repo_id=repo_id)
     try:
-        result = export_run(run_dir, out_dir, val_fraction=val_fraction,
-                            max_shard_bytes=shard_mb * 1024**2, copy_media=copy,
-                            all_columns=all_columns, license=license, overwrite=overwrite)
+        result = export_run(run_dir, out_dir, opts, overwrite=overwrite)
     except (ValueError, FileNotFoundError) as exc:
         fail(str(exc))
     for config, splits in result.configs.items():
         out.print(f"config [bold]{config}[/]: " + ", ".join(f"{k} {v:,}" for k, v in splits.items()))
     out.print(f"exported to {result.out} ({len(result.columns)} columns"
-              + (f", {result.media_copied} media files" if copy else "") + ")")
+              + (f", {result.media_copied} media files" if copy else "")
+              + f", export {result.fingerprint})")
+    for note in result.notes:
+        out.print(f"[yellow]note:[/] {note}")
     out.print(f"load it with: datasets.load_dataset({str(result.out)!r})")
     if push_to_hub:
         try:
-            url = push(result.out, repo_id, private=private)
+            pushed = push(result.out, repo_id, private=private, revision=revision,
+                          create_pr=create_pr)
         except PushError as exc:
             fail(str(exc))
-        out.print(f"pushed to {url}")
+        how = "resumable upload; re-run to finish if interrupted" if pushed.large else "one commit"
+        out.print(f"pushed {pushed.files} files ({pushed.bytes / 1024**2:,.1f} MB, {how}) "
+                  f"to {pushed.repo_url}" + (f"/tree/{revision}" if revision else ""))
+        if pushed.pr_url:
+            out.print(f"pull request: {pushed.pr_url}")
+
+
+def _check_push(repo_id: str | None, copy_media: bool, revision: str | None,
+                create_pr: bool) -> None:
+    if not repo_id or repo_id.count("/") != 1 or not all(repo_id.split("/")):
+        fail("--push needs --repo-id ORG/NAME")
+    if not copy_media:
+        fail("--push needs --copy-media: without it the video/audio paths point outside the "
+             "export, to files the Hub would not get")
+    if create_pr and revision:
+        fail("--create-pr opens a pull request against the default branch; drop --revision")
 
 
 @app.command()

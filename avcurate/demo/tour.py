@@ -101,7 +101,9 @@ def run_tour(out_dir: Path, endpoint: Endpoint, *, show_progress: bool = True,
         Runner(recipe, run_dir, show_progress=show_progress).run()
     report = out_dir / "report.html"
     report.write_text(html.render(collect(run_dir)), encoding="utf-8")
-    exported = export_run(run_dir, out_dir / "export", val_fraction=0.1)
+    # the demo's clips are synthetic (made by make_demo): the card may name a real license
+    exported = export_run(run_dir, out_dir / "export", val_fraction=0.1, copy_media="copy",
+                          license="cc0-1.0", pretty_name="avcurate demo (synthetic clips)")
     result = TourResult(run_dir, report, exported.out, exported.configs)
     if train:
         result.train_dir, result.history = train_tiny(out_dir, exported.out)

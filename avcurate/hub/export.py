@@ -14,6 +14,12 @@ them and renamed into place; media copies go through a temp file and are checked
 size, so a killed export never leaves a truncated video that a re-export would keep. A
 re-export removes the files of the previous export that are no longer part of it.
 
+Media paths in a data file are relative to that file's folder (`../videos/…` under
+`data/`, `../../videos/…` under `data/<subset>/`), the way the Hub resolves a file named
+by another file. The card names each config with the export's content fingerprint: the
+`datasets` cache key of a local folder is derived from the card (not from the data files'
+dates), so without it a re-export into the same folder loads the previous rows.
+
 The validation split is chosen by a hash of the id (stable across runs and
 machines), stratified by category when the rows have one: within each
 category the rows with the smallest hashes, round(n * val_fraction) of them,
@@ -26,8 +32,8 @@ import hashlib
 import json
 import os
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pyarrow as pa
@@ -36,6 +42,9 @@ import pyarrow.parquet as pq
 
 from avcurate.core.counts import parquet_scan
 from avcurate.core.store import RunStore, atomic_write_bytes
+from avcurate.hub.card import CardInputs, write_card
+from avcurate.hub.features import decoder_missing, features_for, info_entry, typed_media
+from avcurate.hub.options import ExportError, ExportOptions, ExportResult, export_options
 
 TRAINING_COLUMNS = ("id", "source", "question", "options", "answer", "video", "audio", "category",
                     "trace", "video_dependency", "audio_dependency", "question_logic",
@@ -43,18 +52,6 @@ TRAINING_COLUMNS = ("id", "source", "question", "options", "answer", "video", "a
 MEDIA_DIRS = {"video": "videos", "audio": "audios"}
 MARKER = ".avcurate-export.json"
 STAGING = ".avcurate-staging"
-
-
-class ExportError(ValueError):
-    """An export that would destroy or mix data it does not own; one line for the user."""
-
-
-@dataclass
-class ExportResult:
-    out: Path
-    configs: dict[str, dict[str, int]]  # config -> split -> rows
-    columns: list[str]
-    media_copied: int
 
 
 def _hash_expr() -> str:
@@ -134,10 +131,11 @@ def place_media(source: str, target: Path, how: str) -> bool:
     return True
 
 
-def relink_media(table: pa.Table, out: Path, copy: str | None, written: set[str]
-                 ) -> tuple[pa.Table, int]:
-    """Make media paths relative to the export root; copy or hard-link files with `copy`
-    (their export-relative names are added to `written`)."""
+def relink_media(table: pa.Table, out: Path, folder: str, copy: str | None,
+                 written: set[str]) -> tuple[pa.Table, int]:
+    """Make media paths relative to the data file's folder `folder` (as the Hub's viewer
+    and `datasets`' folder builders resolve a file path: from the file that names it);
+    copy or hard-link files with `copy` (their export-relative names go into `written`)."""
     copied = 0
     for col, sub in MEDIA_DIRS.items():
         if col not in table.column_names:
@@ -151,9 +149,8 @@ def relink_media(table: pa.Table, out: Path, copy: str | None, written: set[str]
                 rel = f"{sub}/{_media_name(path)}"
                 copied += place_media(path, out / rel, copy)
                 written.add(rel)
-                values.append(rel)
-            else:
-                values.append(os.path.relpath(path, out))
+                path = str(out / rel)
+            values.append(Path(os.path.relpath(path, out / folder)).as_posix())
         table = table.set_column(table.schema.get_field_index(col), col, pa.array(values, pa.string()))
     return table, copied
 
@@ -170,20 +167,49 @@ def _owned(out: Path, overwrite: bool) -> set[str]:
     return set()
 
 
-def export_run(run_dir: Path | str, out: Path | str, *, val_fraction: float = 0.05,
-               max_shard_bytes: int = 500 * 1024**2, copy_media: str | None = None,
-               all_columns: bool = False, license: str = "other",
-               overwrite: bool = False) -> ExportResult:
-    if not 0 <= val_fraction < 1:
-        raise ValueError("--val-fraction must be in [0, 1)")
-    if copy_media not in (None, "copy", "hardlink"):
-        raise ValueError("copy_media must be 'copy' or 'hardlink'")
-    store = RunStore(run_dir)
+def _final_stage(store: RunStore, run_dir: Path | str) -> tuple[dict[str, Any], list[Path]]:
     manifest = store.load_manifest()
     stages = [s for s in manifest["stages"] if store.shards(store.root / s["dir"])]
     if not stages or any(s.get("status") != "done" for s in manifest["stages"]):
-        raise ValueError(f"{run_dir} has unfinished stages; finish the run before exporting")
+        raise ExportError(f"{run_dir} has unfinished stages; finish the run before exporting")
     final = store.shards(store.root / stages[-1]["dir"])
+    if not sum(pq.ParquetFile(f).metadata.num_rows for f in final):
+        raise ExportError(f"{run_dir}: its last stage kept no rows, so there is nothing to "
+                          "export (avcurate status shows why rows were rejected)")
+    return manifest, final
+
+
+def _config_sets(manifest: dict[str, Any], store: RunStore, final: list[Path], have: list[str]
+                 ) -> dict[str, tuple[list[Path], str, str | None]]:
+    """config -> (files, data folder, flag column): the default config and one per subset."""
+    sets: dict[str, tuple[list[Path], str, str | None]] = {"default": (final, "data", None)}
+    for entry in manifest["stages"]:
+        for name, sub in entry.get("subsets", {}).items():
+            # a subset marked before later stages (teachers, merge) is read from the final
+            # rows by its flag, so it has their columns and only rows they kept
+            sets[name] = (final, f"data/{name}", f"subset_{name}") if f"subset_{name}" in have \
+                else (store.shards(store.root / sub["dir"]), f"data/{name}", None)
+    return sets
+
+
+def content_fingerprint(staging: Path, files: list[str]) -> str:
+    """sha256 of the data files (names and bytes): the export's identity in the card."""
+    digest = hashlib.sha256()
+    for rel in sorted(files):
+        digest.update(rel.encode() + b"\0")
+        with open(staging / rel, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def export_run(run_dir: Path | str, out: Path | str, opts: ExportOptions | None = None,
+               *, overwrite: bool = False, **kwargs: Any) -> ExportResult:
+    """Export the run's final rows (and a config per subset) into `out`; see the module
+    docstring. Options come as an ExportOptions or as keywords (the recipe's [export])."""
+    opts = opts or export_options(**kwargs)
+    store = RunStore(run_dir)
+    manifest, final = _final_stage(store, run_dir)
     out = Path(out).resolve()
     if out == store.root.resolve() or store.root.resolve().is_relative_to(out):
         raise ExportError(f"--out {out} would hold the run folder itself; choose another folder")
@@ -192,36 +218,60 @@ def export_run(run_dir: Path | str, out: Path | str, *, val_fraction: float = 0.
     shutil.rmtree(staging, ignore_errors=True)  # ours: a killed export's leftovers
     staging.mkdir(parents=True)
     have = pq.read_schema(final[0]).names
-    columns = [c for c in have if not c.startswith("reject_")] if all_columns \
+    columns = [c for c in have if not c.startswith("reject_")] if opts.all_columns \
         else [c for c in TRAINING_COLUMNS if c in have]
-    configs: dict[str, dict[str, int]] = {}
-    copied = 0
+    result = ExportResult(out, {}, columns, 0)
     written: set[str] = set()
-    sets: dict[str, tuple[list[Path], str, str | None]] = {"default": (final, "data", None)}
-    for entry in manifest["stages"]:
-        for name, sub in entry.get("subsets", {}).items():
-            # a subset marked before later stages (teachers, merge) is read from the final
-            # rows by its flag, so it has their columns and only rows they kept
-            sets[name] = (final, f"data/{name}", f"subset_{name}") if f"subset_{name}" in have \
-                else (store.shards(store.root / sub["dir"]), f"data/{name}", None)
-    val_ids = validation_ids(final, val_fraction)
-    for config, (files, folder, where) in sets.items():
-        if not files:
-            continue
-        configs[config] = {}
-        for split, table in split_rows(files, val_ids, columns, where).items():
-            table, n = relink_media(table, out, copy_media, written)
-            copied += n
-            for path in write_split(table, staging / folder, split, max_shard_bytes):
-                written.add(str(path.relative_to(staging)))
-            configs[config][split] = table.num_rows
-    from avcurate.hub.card import write_card
-
-    write_card(staging, manifest, store, configs, columns, license=license,
-               media_included=copy_media is not None)
+    val_ids = validation_ids(final, opts.val_fraction)
+    for config, (files, folder, where) in _config_sets(manifest, store, final, have).items():
+        if files:
+            _export_config(result, config, split_rows(files, val_ids, columns, where), folder,
+                           staging, opts, written)
+    data_files = [w for w in written if w.startswith("data/")]
+    result.fingerprint = content_fingerprint(staging, data_files)
+    write_card(staging, CardInputs(manifest, store, result, opts, _sample(staging, data_files)))
     written.add("README.md")
     _publish(out, staging, written, previous)
-    return ExportResult(out, configs, columns, copied)
+    if opts.media_features and (note := decoder_missing()):
+        result.notes.append(note)
+    return result
+
+
+def _export_config(result: ExportResult, config: str, splits: dict[str, pa.Table], folder: str,
+                   staging: Path, opts: ExportOptions, written: set[str]) -> None:
+    """Write one config's splits; record rows, bytes and features for the card. An empty
+    split gets no file (`datasets` cannot read a Parquet file without rows), and a config
+    without rows is left out with a note."""
+    splits = {k: t for k, t in splits.items() if t.num_rows}
+    if not splits:
+        result.notes.append(f"config {config} has no rows and was left out")
+        return
+    result.configs[config] = {}
+    sizes: dict[str, tuple[int, int]] = {}
+    parquet_bytes = 0
+    features = None
+    for split, table in splits.items():
+        table, n = relink_media(table, result.out, folder, opts.copy_media, written)
+        result.media_copied += n
+        if opts.media_features:
+            table = typed_media(table)
+        features = features or features_for(table.schema, opts.media_features)
+        for path in write_split(table, staging / folder, split, opts.max_shard_bytes):
+            written.add(str(path.relative_to(staging)))
+            parquet_bytes += path.stat().st_size
+        result.configs[config][split] = table.num_rows
+        sizes[split] = (table.num_rows, table.nbytes)
+    result.infos.append(info_entry(config, features, sizes, parquet_bytes))
+
+
+def _sample(staging: Path, data_files: list[str]) -> dict[str, Any] | None:
+    """The first training row of the default config, for the card."""
+    for rel in sorted(data_files):
+        if rel.startswith("data/train-"):
+            table = pq.read_table(staging / rel)
+            if table.num_rows:
+                return table.slice(0, 1).to_pylist()[0]
+    return None
 
 
 def _publish(out: Path, staging: Path, written: set[str], previous: set[str]) -> None:

@@ -5,33 +5,45 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 NEEDED = ("question", "options", "answer")
 
 
 def load_rows(path: str | Path, split: str = "train") -> list[dict[str, Any]]:
-    """Rows of an export's split (media paths made absolute), or of a Parquet file/folder."""
+    """Rows of an export's split, or of a Parquet file/folder, media paths made absolute.
+
+    A relative media path is resolved from the folder of the data file that holds it (the
+    export's convention, and the Hub's); a typed media column ({bytes, path}) gives its path.
+    """
     path = Path(path)
     if (path / "data").is_dir():
         files = sorted((path / "data").glob(f"{split}-*.parquet"))
-        root = path
     elif path.is_dir():
-        files, root = sorted(path.glob("*.parquet")), path
+        files = sorted(path.glob("*.parquet"))
     else:
-        files, root = [path], path.parent
+        files = [path]
     if not files:
         raise FileNotFoundError(f"no Parquet files for split {split!r} under {path}")
-    table = pa.concat_tables([pq.read_table(f) for f in files], promote_options="default")
-    missing = [c for c in NEEDED if c not in table.column_names]
-    if missing:
-        raise ValueError(f"{path} lacks column(s) {', '.join(missing)}")
-    rows = table.to_pylist()
-    for r in rows:
-        for col in ("video", "audio"):
-            if r.get(col) and not Path(r[col]).is_absolute():
-                r[col] = str((root / r[col]).resolve())
+    rows = []
+    for file in files:
+        table = pq.read_table(file)
+        missing = [c for c in NEEDED if c not in table.column_names]
+        if missing:
+            raise ValueError(f"{file} lacks column(s) {', '.join(missing)}")
+        rows += [_absolute_media(r, file.parent) for r in table.to_pylist()]
     if not rows:
         raise ValueError(f"{path} has no rows")
     return rows
+
+
+def _absolute_media(row: dict[str, Any], folder: Path) -> dict[str, Any]:
+    for col in ("video", "audio"):
+        value = row.get(col)
+        if isinstance(value, dict):  # datasets' Video()/Audio() storage
+            value = value.get("path")
+        if value and not Path(value).is_absolute():
+            value = str((folder / value).resolve())
+        if col in row:
+            row[col] = value
+    return row
