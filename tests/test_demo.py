@@ -8,9 +8,10 @@ import json
 import os
 import socket
 import subprocess
+from pathlib import Path
 
 import pytest
-from conftest import avcurate_cmd
+from conftest import REPO, avcurate_cmd
 from helpers import read_stage
 from loopback import gemini_server, openai_server
 
@@ -74,6 +75,7 @@ def test_demo_runs_every_stage_with_the_demo_model_and_resumes(tmp_path):
 
     loaded = datasets.load_dataset(str(out / "export"), cache_dir=str(tmp_path / "hf"))
     assert loaded["train"].num_rows + loaded["validation"].num_rows == len(rows)
+    _readme_shows_the_demo_card(out / "export", tmp_path / "hf")
     # --train: GSPO steps of a tiny policy, with a learning signal in some step
     metrics = [json.loads(x) for x in (out / "train/metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == list(range(1, 7))
@@ -177,3 +179,29 @@ def test_demo_train_without_torch_is_one_line(tmp_path, monkeypatch):
     result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "d"), "--train", "-q"])
     assert result.exit_code == 2 and "--train needs torch" in result.output
     assert not (tmp_path / "d").exists()
+
+
+def _readme_shows_the_demo_card(export: Path, cache: Path) -> None:
+    """The README's trimmed card and load_dataset output are what the demo produces (the
+    content hash aside, which depends on the Parquet writer's version)."""
+    import datasets
+    import yaml
+    from huggingface_hub import DatasetCard
+
+    readme = (REPO / "README.md").read_text()
+    shown = yaml.safe_load(readme.split("```yaml\n", 1)[1].split("```", 1)[0])
+    card = DatasetCard.load(export / "README.md").data.to_dict()
+    assert {k: card[k] for k in ("license", "pretty_name")} == {
+        k: shown[k] for k in ("license", "pretty_name")}
+    for mine, theirs in zip(shown["configs"], card["configs"], strict=True):
+        assert mine["description"].split()[:2] == theirs["description"].split()[:2]
+        assert {k: v for k, v in mine.items() if k != "description"} == {
+            k: v for k, v in theirs.items() if k != "description"}
+    [info] = [i for i in card["dataset_info"] if i["config_name"] == "default"]
+    features = {f["name"]: f for f in info["features"]}
+    for f in shown["dataset_info"][0]["features"]:
+        assert features[f["name"]] == f
+    assert {s["name"]: s["num_examples"] for s in shown["dataset_info"][0]["splits"]} == {
+        s["name"]: s["num_examples"] for s in info["splits"]}
+    loaded = datasets.load_dataset(str(export), "audio_visual", cache_dir=str(cache))
+    assert str(loaded) in readme.split("Loading the `audio_visual` config:")[1]

@@ -147,6 +147,30 @@ def test_bad_export_options_stop_before_writing(balanced_run, tmp_path, args, me
     assert not out.exists()
 
 
+def test_a_bad_export_table_stops_the_run_before_any_row(tmp_path):
+    ann = tmp_path / "a.jsonl"
+    ann.write_text(json.dumps(row("r1")) + "\n")
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(f"""
+[[sources]]
+name = "jsonl"
+annotations = "{ann}"
+media_root = "{tmp_path}"
+
+[[stages]]
+name = "validate"
+
+[export]
+out = "{tmp_path / 'e'}"
+license = "cc-by-99"
+""")
+    done = subprocess.run(avcurate_cmd("run", str(recipe), "--out", str(tmp_path / "run")),
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
+    assert "[export]: --license 'cc-by-99' is not a Hub license id" in done.stderr
+    assert not (tmp_path / "run").exists()
+
+
 def test_license_other_with_name_and_link(balanced_run, tmp_path):
     from huggingface_hub import DatasetCard
 
