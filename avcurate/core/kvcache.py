@@ -1,17 +1,75 @@
 """A small persistent key-value store (SQLite) for probe results and model responses.
 
-SQLite in WAL mode gives atomic writes and safe concurrent readers/writers
-from several processes, which a JSON file or a folder of files would not.
+SQLite gives atomic writes and safe concurrent readers/writers from several processes,
+which a JSON file or a folder of files would not. On a local disk the store uses WAL mode
+(readers never wait for a writer). WAL keeps its index in shared memory, which processes
+on different hosts do not share, so SQLite documents WAL as unsupported on network
+filesystems: there (NFS, SMB/CIFS, Lustre, GPFS, CephFS, ...; read from the kernel's
+mount table) the store uses the classic rollback journal, which relies only on the
+filesystem's POSIX locks. `AVCURATE_SQLITE_JOURNAL=wal|delete` overrides the choice.
+
+Leases let several processes that share a store (Ray actors, two nodes) ask a model for the
+same key once: the first takes a lease, the others wait for its answer and take over if it
+gives up, dies (same host: its PID is gone) or overruns the lease.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import random
+import socket
 import sqlite3
 import time
 from pathlib import Path
 from typing import Any
+
+NETWORK_FS = frozenset({
+    "nfs", "nfs4", "cifs", "smb3", "smbfs", "afs", "9p", "lustre", "gpfs", "beegfs", "ceph",
+    "glusterfs", "fuse.glusterfs", "fuse.sshfs", "fuse.cephfs", "fuse.ceph", "fuse.gcsfuse",
+    "fuse.s3fs", "fuse.rclone", "fuse.juicefs", "wekafs", "panfs", "ocfs2", "gfs2", "davfs",
+})
+LEASE_SECONDS = 300.0
+
+
+def filesystem_type(path: Path, mountinfo: str | None = None) -> str | None:
+    """The filesystem type holding `path`, from /proc/self/mountinfo (None where the
+    table cannot be read, e.g. macOS: treated as local)."""
+    if mountinfo is None:
+        try:
+            mountinfo = Path("/proc/self/mountinfo").read_text()
+        except OSError:
+            return None
+    target = os.path.realpath(path)
+    best, kind = "", None
+    for line in mountinfo.splitlines():
+        left, sep, right = line.partition(" - ")
+        fields = left.split()
+        if not sep or len(fields) < 5 or not right.split():
+            continue
+        point = fields[4].replace("\\040", " ").replace("\\011", "\t")
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):
+            best, kind = point, right.split()[0]
+    return kind
+
+
+def journal_mode(path: Path) -> str:
+    """WAL on a local disk, the rollback journal (DELETE) on a network filesystem."""
+    forced = os.environ.get("AVCURATE_SQLITE_JOURNAL", "").strip().lower()
+    if forced in ("wal", "delete"):
+        return forced
+    return "delete" if filesystem_type(path.parent) in NETWORK_FS else "wal"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class KVCache:
@@ -20,18 +78,23 @@ class KVCache:
         self.path = path
         self._db = sqlite3.connect(str(path), timeout=60, isolation_level=None,
                                    check_same_thread=False)
+        self.journal = journal_mode(path)
+        self.owner = f"{socket.gethostname()}:{os.getpid()}"
         self._setup()
 
     def _setup(self, attempts: int = 200) -> None:
-        """Switch to WAL and create the table. Several processes opening a new cache at once
-        race for the exclusive lock the WAL switch needs, which SQLite's busy timeout does
-        not cover, so the setup is retried briefly."""
+        """Set the journal mode and create the tables. Several processes opening a new cache
+        at once race for the exclusive lock a journal switch needs, which SQLite's busy
+        timeout does not cover, so the setup is retried briefly."""
         for attempt in range(attempts):
             try:
-                self._db.execute("PRAGMA journal_mode=WAL")
-                self._db.execute("PRAGMA synchronous=NORMAL")
+                self._db.execute(f"PRAGMA journal_mode={self.journal.upper()}")
+                self._db.execute("PRAGMA synchronous=" + ("NORMAL" if self.journal == "wal"
+                                                          else "FULL"))
                 self._db.execute("CREATE TABLE IF NOT EXISTS kv (k TEXT PRIMARY KEY, "
                                  "v TEXT NOT NULL)")
+                self._db.execute("CREATE TABLE IF NOT EXISTS lease (k TEXT PRIMARY KEY, "
+                                 "owner TEXT NOT NULL, until REAL NOT NULL)")
                 return
             except sqlite3.OperationalError as exc:
                 if "locked" not in str(exc) or attempt == attempts - 1:
@@ -63,6 +126,33 @@ class KVCache:
             self._db.execute("ROLLBACK")
             raise
         self._db.execute("COMMIT")
+
+    def try_lease(self, key: str, seconds: float = LEASE_SECONDS) -> bool:
+        """Take the lease on `key` unless another live owner holds it; True when ours."""
+        now = time.time()
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            row = self._db.execute("SELECT owner, until FROM lease WHERE k = ?",
+                                   (key,)).fetchone()
+            if row is not None and row[0] != self.owner and row[1] > now \
+                    and not self._dead(row[0]):
+                self._db.execute("COMMIT")
+                return False
+            self._db.execute("INSERT OR REPLACE INTO lease (k, owner, until) VALUES (?, ?, ?)",
+                             (key, self.owner, now + seconds))
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+        return True
+
+    def release(self, key: str) -> None:
+        self._db.execute("DELETE FROM lease WHERE k = ? AND owner = ?", (key, self.owner))
+
+    def _dead(self, owner: str) -> bool:
+        """A lease holder on this host whose process is gone (a killed run)."""
+        host, _, pid = owner.rpartition(":")
+        return host == socket.gethostname() and pid.isdigit() and not _alive(int(pid))
 
     def __len__(self) -> int:
         return self._db.execute("SELECT COUNT(*) FROM kv").fetchone()[0]

@@ -15,7 +15,8 @@
   0.5). Rows are never rejected for those: the stage stops and can simply be rerun.
 - Cache: valid answers are stored by the request's stable hash in the run folder
   (SQLite, safe for several processes), so a second run of the same stage makes zero
-  calls. Invalid answers are never cached.
+  calls. Invalid answers are never cached. Processes sharing the cache (Ray actors,
+  nodes) ask for a key once: the first takes a lease on it, the others wait for its answer.
 """
 
 from __future__ import annotations
@@ -105,6 +106,9 @@ def backoff(attempt: int, retry_after: float | None, base: float, cap: float) ->
     return random.uniform(0, min(cap, base * 2 ** (attempt - 1)))
 
 
+LEASE_POLL_SECONDS = 0.1  # how often a process waiting on a peer's call looks for its answer
+
+
 class Executor:
     def __init__(self, backend, *, concurrency: int = 16, rpm: float | None = None,
                  max_attempts: int = 4, cache: KVCache | None = None,
@@ -155,16 +159,41 @@ class Executor:
         return results
 
     async def _one(self, request, key, cached, validate, sem, limiter) -> CallResult:
-        if cached is not None:
-            response = ModelResponse(text=cached["text"], json=cached.get("json"),
-                                     usage=cached.get("usage", {}), cached=True,
-                                     texts=cached.get("texts", []))
-            try:
-                value = validate(response)
-                self.stats.add(cached=1)
-                return CallResult(value=value, response=response)
-            except InvalidAnswer:
-                pass  # the validation rules changed since it was cached: ask again
+        if cached is not None and (hit := self._from_cache(cached, validate)) is not None:
+            return hit
+        leased = False
+        try:
+            if self.cache is not None:  # a process sharing the cache may be asking already
+                peer, leased = await self._lease_or_wait(key)
+                if peer is not None and (hit := self._from_cache(peer, validate)) is not None:
+                    return hit
+            return await self._ask(request, key, validate, sem, limiter)
+        finally:
+            if leased:
+                self.cache.release(key)
+
+    def _from_cache(self, cached: dict, validate) -> CallResult | None:
+        response = ModelResponse(text=cached["text"], json=cached.get("json"),
+                                 usage=cached.get("usage", {}), cached=True,
+                                 texts=cached.get("texts", []))
+        try:
+            value = validate(response)
+        except InvalidAnswer:
+            return None  # the validation rules changed since it was cached: ask again
+        self.stats.add(cached=1)
+        return CallResult(value=value, response=response)
+
+    async def _lease_or_wait(self, key: str) -> tuple[dict | None, bool]:
+        """Hold the key's lease, or wait for the process that holds it to cache its answer
+        (taking over when it gives up, dies or overruns). Returns (an answer a peer cached,
+        whether we hold the lease)."""
+        while not self.cache.try_lease(key):
+            await asyncio.sleep(LEASE_POLL_SECONDS)
+            if (value := self.cache.get(key)) is not None:
+                return value, False
+        return self.cache.get(key), True  # a peer may have finished just before
+
+    async def _ask(self, request, key, validate, sem, limiter) -> CallResult:
         try:
             response = await self._call_with_retries(request, sem, limiter)
         except ModelError as exc:
