@@ -221,6 +221,10 @@ def test_trainer_reads_export_media_from_the_data_files_folder(balanced_run, tmp
         rows = load_rows(out)
         assert all(Path(r["video"]).is_file() and Path(r["video"]).parent == out / "videos"
                    for r in rows)
+        subset = load_rows(out / "data/audio_visual")  # a config's folder: its train split
+        val = {r["id"] for r in load_rows(out / "data/audio_visual", "validation")}
+        assert len(subset) == 57 and len(val) == 3 and not val & {r["id"] for r in subset}
+        assert all(Path(r["video"]).parent == out / "videos" for r in subset)
 
 
 def _push(run: Path, out: Path, env: dict, *args: str) -> subprocess.CompletedProcess:

@@ -19,8 +19,8 @@ def load_rows(path: str | Path, split: str = "train") -> list[dict[str, Any]]:
     path = Path(path)
     if (path / "data").is_dir():
         files = sorted((path / "data").glob(f"{split}-*.parquet"))
-    elif path.is_dir():
-        files = sorted(path.glob("*.parquet"))
+    elif path.is_dir():  # a config's folder (data/<config>) holds every split: take one
+        files = sorted(path.glob(f"{split}-*.parquet")) or sorted(path.glob("*.parquet"))
     else:
         files = [path]
     if not files:
