@@ -155,13 +155,18 @@ def export(
     """
     from avcurate.hub.export import export_run
     from avcurate.hub.options import export_options
-    from avcurate.hub.push import PushError, push, token
+    from avcurate.hub.push import PushError, check_push, push
 
     if push_to_hub:
-        _check_push(repo_id, copy_media, revision, create_pr)
-        if not token():
-            fail("no Hub token: set HF_TOKEN or run `hf auth login` (a write token from your "
-                 "Hub settings)")
+        if not repo_id or repo_id.count("/") != 1 or not all(repo_id.split("/")):
+            fail("--push needs --repo-id ORG/NAME")
+        if not copy_media:
+            fail("--push needs --copy-media: without it the video/audio paths point outside "
+                 "the export, to files the Hub would not get")
+        try:
+            check_push(revision, create_pr)
+        except PushError as exc:
+            fail(str(exc))
     elif revision or create_pr or private:
         fail("--revision, --create-pr and --private go with --push")
     copy = ("hardlink" if hardlink else "copy") if copy_media else None
@@ -193,16 +198,6 @@ def export(
         if pushed.pr_url:
             out.print(f"pull request: {pushed.pr_url}")
 
-
-def _check_push(repo_id: str | None, copy_media: bool, revision: str | None,
-                create_pr: bool) -> None:
-    if not repo_id or repo_id.count("/") != 1 or not all(repo_id.split("/")):
-        fail("--push needs --repo-id ORG/NAME")
-    if not copy_media:
-        fail("--push needs --copy-media: without it the video/audio paths point outside the "
-             "export, to files the Hub would not get")
-    if create_pr and revision:
-        fail("--create-pr opens a pull request against the default branch; drop --revision")
 
 
 @app.command()

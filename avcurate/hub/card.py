@@ -115,13 +115,15 @@ def card_data(inp: CardInputs) -> Any:
                         "description": f"avcurate export {res.fingerprint}",
                         "data_files": [{"split": s, "path": f"{prefix}/{s}-*"} for s in splits]})
     return DatasetCardData(
-        pretty_name=opts.pretty_name or _default_name(inp.store), language=list(opts.language),
+        pretty_name=_name(inp), language=list(opts.language),
         size_categories=[size_category(total)], task_categories=TASK_CATEGORIES, tags=TAGS,
         configs=configs, dataset_info=res.infos, **opts.license.card_fields())
 
 
-def _default_name(store: RunStore) -> str:
-    return f"{store.root.resolve().name.replace('_', ' ').replace('-', ' ')} (avcurate)"
+def _name(inp: CardInputs) -> str:
+    """--pretty-name, else the run folder's name."""
+    return inp.opts.pretty_name or \
+        f"{inp.store.root.resolve().name.replace('_', ' ').replace('-', ' ')} (avcurate)"
 
 
 def write_card(out: Path, inp: CardInputs) -> Path:
@@ -138,9 +140,8 @@ def write_card(out: Path, inp: CardInputs) -> Path:
 
 def _body(inp: CardInputs) -> list[str]:
     res, opts = inp.result, inp.opts
-    name = opts.pretty_name or _default_name(inp.store)
     total = sum(res.configs.get("default", {}).values())
-    parts = [f"# {name}", "",
+    parts = [f"# {_name(inp)}", "",
              f"Audio-visual question answering data curated with avcurate "
              f"{inp.manifest.get('avcurate_version', '')}: {total:,} rows in the default "
              f"config. Export `{res.fingerprint}` (a hash of the data files).", ""]

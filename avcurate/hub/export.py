@@ -267,10 +267,9 @@ def _export_config(result: ExportResult, config: str, splits: dict[str, pa.Table
 def _sample(staging: Path, data_files: list[str]) -> dict[str, Any] | None:
     """The first training row of the default config, for the card."""
     for rel in sorted(data_files):
-        if rel.startswith("data/train-"):
-            table = pq.read_table(staging / rel)
-            if table.num_rows:
-                return table.slice(0, 1).to_pylist()[0]
+        if rel.startswith("data/train-"):  # one row, not the whole shard
+            for batch in pq.ParquetFile(staging / rel).iter_batches(batch_size=1):
+                return batch.to_pylist()[0]
     return None
 
 

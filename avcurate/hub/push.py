@@ -68,23 +68,30 @@ def token() -> str | None:
     return os.environ.get("HF_TOKEN") or get_token()
 
 
+def check_push(revision: str | None, create_pr: bool) -> str:
+    """The token to push with, once the target makes sense; PushError otherwise. The CLI
+    calls it before exporting, `push` again for callers of the library."""
+    if create_pr and revision:
+        raise PushError("--create-pr opens a pull request against the default branch; "
+                        "drop --revision, or push to the branch without --create-pr")
+    secret = token()
+    if not secret:
+        raise PushError("no Hub token: set HF_TOKEN or run `hf auth login` (a write token "
+                        "from your Hub settings)")
+    return secret
+
+
 def push(folder: Path | str, repo_id: str, *, private: bool = False,
          revision: str | None = None, create_pr: bool = False) -> PushResult:
     """Create the dataset repo (and branch) if needed and upload the folder."""
     from huggingface_hub.errors import HfHubHTTPError
 
     folder = Path(folder)
-    if create_pr and revision:
-        raise PushError("--create-pr opens a pull request against the default branch; "
-                        "drop --revision, or push to the branch without --create-pr")
     if outside := media_outside(folder):
-        raise PushError(f"{outside} media path(s) point outside {folder} (e.g. "
-                        "'../...'); export with --copy-media so the media travel with the data")
-    secret = token()
-    if not secret:
-        raise PushError("no Hub token: set HF_TOKEN or run `hf auth login` (a write token "
-                        f"from your Hub settings); the export in {folder} is complete and "
-                        "unchanged")
+        raise PushError(f"{outside} media path(s) point outside {folder} (resolved from "
+                        "their data file); export with --copy-media so the media travel with "
+                        "the data")
+    secret = check_push(revision, create_pr)
     n_files, n_bytes = _files(folder)
     large = n_files > LARGE_FILES or n_bytes > LARGE_BYTES
     try:
