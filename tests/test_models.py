@@ -151,16 +151,34 @@ def test_gemini_backend(tmp_path, media, monkeypatch):
     _no_secret_anywhere(tmp_path / "run")
 
 
-def test_gemini_without_key_stops_the_stage(tmp_path, media, monkeypatch):
-    """No key is the command's problem, not the rows': the stage stops, nothing is rejected."""
+def test_gemini_without_key_stops_before_any_row(tmp_path, media, monkeypatch):
+    """No key is the command's problem, not the rows': the run stops when it is planned,
+    even with the model stage after others, before the run folder is made."""
     monkeypatch.delenv("GEMINI_API_KEY", raising=False)
     monkeypatch.delenv("GOOGLE_API_KEY", raising=False)
-    stage = StageSpec("score", {"backend": "gemini", "model": "g", "media": "none"})
-    with pytest.raises(RunError, match="GEMINI_API_KEY"):
-        run(jsonl_recipe(tmp_path, _records(media, [""]), media["root"], [stage]), tmp_path / "run")
-    manifest = json.loads((tmp_path / "run/manifest.json").read_text())
-    assert [s["name"] for s in manifest["stages"]] == ["ingest"]
-    assert not list((tmp_path / "run").glob("01-score/rejects/*.parquet"))
+    stages = [StageSpec("validate"),
+              StageSpec("score", {"backend": "gemini", "model": "g", "media": "none"})]
+    with pytest.raises(RunError, match="stage 'score': model 'g': set GEMINI_API_KEY"):
+        run(jsonl_recipe(tmp_path, _records(media, [""]), media["root"], stages),
+            tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_openai_api_without_key_or_url_stops_before_any_row(tmp_path, media, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    stage = StageSpec("score", {"backend": "openai", "model": "gpt-4o"})
+    with pytest.raises(RunError, match="set OPENAI_API_KEY .* or give --base-url"):
+        run(jsonl_recipe(tmp_path, _records(media, [""]), media["root"], [stage]),
+            tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_vllm_backend_without_vllm_stops_before_any_row(tmp_path, media):
+    stage = StageSpec("score", {"backend": "vllm", "model": "Qwen/Qwen2.5-Omni-7B"})
+    with pytest.raises(RunError, match="needs vllm: .*vllm serve"):
+        run(jsonl_recipe(tmp_path, _records(media, [""]), media["root"],
+                         [StageSpec("validate"), stage]), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
 
 
 def test_classify(tmp_path, media):
@@ -225,7 +243,8 @@ def test_score_cli_dry_run_and_one_go(tmp_path, media, monkeypatch):
         assert server.requests == []
         done = subprocess.run(avcurate_cmd(*base, "-q"), capture_output=True, text=True)
         assert done.returncode == 0, done.stderr
-        assert len(server.requests) == 2 + 3  # one answer each, the non-JSON one max_rounds times
+        # the two good rows ask the same prompt: sent once; the non-JSON one max_rounds times
+        assert len(server.requests) == 1 + 3
     manifest = json.loads((tmp_path / "run/manifest.json").read_text())
     assert [s["name"] for s in manifest["stages"]] == ["ingest", "validate", "score"]
     assert manifest["stages"][2]["kept"] == 2
@@ -285,7 +304,7 @@ def test_a_row_whose_request_failed_for_good_is_not_completed_by_its_other_reque
         def __init__(self):
             self.stats, self.asked = CallStats(), []
 
-        def run(self, requests, validators):
+        def run(self, requests, validators, stats=None):
             out = []
             for r in requests:
                 self.asked.append(r.text)

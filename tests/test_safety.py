@@ -4,6 +4,7 @@ a stage is recorded only when complete, re-runs are no-ops or refusals, redo and
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -21,8 +22,6 @@ KEY = "sk-test-0123456789"
 
 
 def sh(*args, env=None):
-    import os
-
     return subprocess.run(avcurate_cmd(*args), capture_output=True, text=True,
                           env=os.environ | (env or {}), timeout=300)
 
@@ -50,14 +49,15 @@ def _score(run_dir, url, *extra):
 
 def test_auth_failure_stops_the_stage_and_the_fixed_command_succeeds(validated):
     with openai_server(api_key=KEY) as server:
-        bad = sh(*_score(validated, server.url + "/v1"), env={"OPENAI_API_KEY": "wrong"})
+        bad = sh(*_score(validated, server.url + "/v1", "--concurrency", "2"),
+                 env={"OPENAI_API_KEY": "wrong"})
         assert bad.returncode == 2 and "http_401" in bad.stderr and "Traceback" not in bad.stderr
         assert len([ln for ln in bad.stderr.splitlines() if ln.strip()]) == 1
         assert _stages(validated) == ["00-ingest", "01-validate"]  # not marked done
         assert not list((validated / "02-score").glob("rejects/part-*.parquet"))  # none rejected
-        # a 401 is not retried and stops everything: only the first shard's requests (already
-        # in flight together) reached the server, never the second shard's
-        assert len(server.requests) <= 4
+        # a 401 is not retried and stops everything: no request starts after it, so only
+        # those already in flight together (at most --concurrency 2) reached the server
+        assert 1 <= len(server.requests) <= 2
         good = sh(*_score(validated, server.url + "/v1"), env={"OPENAI_API_KEY": KEY})
         assert good.returncode == 0, good.stderr
     kept, rej = read_stage(validated, "02")
@@ -85,8 +85,6 @@ def test_unreachable_endpoint_stops_quickly(validated):
 
 
 def test_missing_gemini_key_stops_the_stage(validated):
-    import os
-
     env = {k: v for k, v in os.environ.items() if k not in ("GEMINI_API_KEY", "GOOGLE_API_KEY")}
     result = subprocess.run(avcurate_cmd("score", str(validated), "--backend", "gemini",
                                          "--model", "gemini-2.5-pro", "--media", "none", "-q"),
@@ -193,8 +191,9 @@ def test_decode_workers_exit_when_their_parent_is_killed(tmp_path):
     from avcurate.demo import make_demo
 
     recipe = make_demo(tmp_path / "demo")
+    env = os.environ | {"AVCURATE_DEMO_BASE_URL": "http://127.0.0.1:9/v1"}  # never reached
     proc = subprocess.Popen(avcurate_cmd("run", str(recipe), "--out", str(tmp_path / "run"), "-q"),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     parent = psutil.Process(proc.pid)
     deadline = time.time() + 60
     workers: list[psutil.Process] = []

@@ -15,11 +15,13 @@ gives up, dies (same host: its PID is gone) or overruns the lease.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
 import socket
 import sqlite3
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -72,6 +74,19 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _locked(method):
+    """One statement or transaction at a time per connection: threads of one process share
+    it (shards processed together), and a BEGIN from one thread must not take in another
+    thread's statements."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return wrapper
+
+
 class KVCache:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -80,6 +95,7 @@ class KVCache:
                                    check_same_thread=False)
         self.journal = journal_mode(path)
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
+        self._lock = threading.RLock()
         self._setup()
 
     def _setup(self, attempts: int = 200) -> None:
@@ -101,10 +117,12 @@ class KVCache:
                     raise
                 time.sleep(0.01 + random.random() * 0.05)
 
+    @_locked
     def get(self, key: str) -> Any | None:
         row = self._db.execute("SELECT v FROM kv WHERE k = ?", (key,)).fetchone()
         return json.loads(row[0]) if row else None
 
+    @_locked
     def get_many(self, keys: list[str]) -> dict[str, Any]:
         found: dict[str, Any] = {}
         for start in range(0, len(keys), 500):  # SQLite caps bound parameters
@@ -117,6 +135,7 @@ class KVCache:
     def put(self, key: str, value: Any) -> None:
         self.put_many({key: value})
 
+    @_locked
     def put_many(self, items: dict[str, Any]) -> None:
         rows = [(k, json.dumps(v)) for k, v in items.items()]
         self._db.execute("BEGIN IMMEDIATE")
@@ -127,6 +146,7 @@ class KVCache:
             raise
         self._db.execute("COMMIT")
 
+    @_locked
     def try_lease(self, key: str, seconds: float = LEASE_SECONDS) -> bool:
         """Take the lease on `key` unless another live owner holds it; True when ours."""
         now = time.time()
@@ -146,6 +166,7 @@ class KVCache:
         self._db.execute("COMMIT")
         return True
 
+    @_locked
     def release(self, key: str) -> None:
         self._db.execute("DELETE FROM lease WHERE k = ? AND owner = ?", (key, self.owner))
 
@@ -154,8 +175,10 @@ class KVCache:
         host, _, pid = owner.rpartition(":")
         return host == socket.gethostname() and pid.isdigit() and not _alive(int(pid))
 
+    @_locked
     def __len__(self) -> int:
         return self._db.execute("SELECT COUNT(*) FROM kv").fetchone()[0]
 
+    @_locked
     def close(self) -> None:
         self._db.close()

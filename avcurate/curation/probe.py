@@ -32,6 +32,7 @@ from avcurate.models import MULTI_SAMPLE, ModelResponse
 from avcurate.models.request import AudioPart, ImagePart, Message, ModelRequest, TextPart
 from avcurate.stages.base import StageError
 from avcurate.stages.context import StageContext
+from avcurate.stages.media_parts import audio_parts, frame_parts
 from avcurate.stages.model_stage import History, ModelStage
 from avcurate.stages.prompts import load_prompt, render
 
@@ -169,8 +170,7 @@ def derived(acc: dict[str, float | None], n_options: int) -> dict[str, Any]:
 def _parts(media: DecodedMedia | None) -> tuple[list[ImagePart], list[AudioPart]]:
     if media is None:
         return [], []
-    pictures = [ImagePart(f, float(t)) for f, t in zip(media.frames, media.times, strict=True)]
-    return pictures, [AudioPart(media.audio, media.sample_rate)] if media.audio.size else []
+    return frame_parts(media), audio_parts(media)
 
 
 def _join(pictures: Any, sounds: Any) -> Any:

@@ -18,8 +18,9 @@ from avcurate.core.answers import lettered
 from avcurate.core.options import option
 from avcurate.media.cache import DecodedMedia, MediaNeeds
 from avcurate.models import InvalidAnswer, ModelResponse
-from avcurate.models.request import AudioPart, ImagePart, Message, ModelRequest, TextPart, VideoPart
+from avcurate.models.request import Message, ModelRequest, TextPart, VideoPart
 from avcurate.stages.base import StageError
+from avcurate.stages.media_parts import audio_parts, frame_parts
 from avcurate.stages.model_stage import History, ModelStage
 from avcurate.stages.prompts import load_prompt, render
 
@@ -77,9 +78,7 @@ class Score(ModelStage):
         if self.media == "video":
             parts.append(VideoPart(row["video"]))
         elif media is not None:
-            parts += [ImagePart(f, float(t)) for f, t in zip(media.frames, media.times, strict=True)]
-            if media.audio.size:
-                parts.append(AudioPart(media.audio, media.sample_rate))
+            parts += frame_parts(media) + audio_parts(media)
         parts.append(TextPart(text))
         return ModelRequest((Message("user", tuple(parts)),), temperature=self.temperature,
                             max_tokens=self.max_tokens, json_schema=SCHEMA)

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -120,6 +122,38 @@ class Pool(Protocol):
     def map(self, fn: Callable[[Any], Any], items: Any) -> list[Any]: ...
 
 
+_DECODING: dict[tuple, Future] = {}  # jobs some thread of this process is decoding now
+_DECODING_LOCK = threading.Lock()
+
+
+def decode_once(jobs: dict[tuple, tuple], pool: Pool) -> dict[tuple, dict | None]:
+    """Run `decode_job` for each job this process is not already running in another
+    thread, and wait for those it is: shards processed together (model stages) often
+    show the same videos, which would otherwise be decoded side by side on the same cores."""
+    mine: dict[tuple, Future] = {}
+    theirs: dict[tuple, Future] = {}
+    with _DECODING_LOCK:
+        for key in jobs:
+            if key in _DECODING:
+                theirs[key] = _DECODING[key]
+            else:
+                mine[key] = _DECODING[key] = Future()
+    try:
+        done = dict(zip(mine, pool.map(decode_job, [jobs[k] for k in mine]), strict=True))
+        for key, future in mine.items():
+            future.set_result(done[key])
+    except BaseException as exc:
+        for future in mine.values():
+            if not future.done():
+                future.set_exception(exc)
+        raise
+    finally:
+        with _DECODING_LOCK:
+            for key in mine:
+                _DECODING.pop(key, None)
+    return done | {key: future.result() for key, future in theirs.items()}
+
+
 def decode_rows(rows: list[dict], media_path: Callable[[dict], str | None], needs: MediaNeeds,
                 pool: Pool) -> list[DecodedMedia | dict | None]:
     """Decoded media per row (each distinct file once, through the run's media cache), or
@@ -141,5 +175,9 @@ def decode_rows(rows: list[dict], media_path: Callable[[dict], str | None], need
         jobs[(fpath, apath)] = (path, fpath, apath, needs.frames, needs.seconds, needs.offset,
                                 needs.sample_rate)
         out.append((fpath, apath))
-    errors = dict(zip(jobs, pool.map(decode_job, list(jobs.values())), strict=True))
-    return [x if isinstance(x, dict) else errors[x] or DecodedMedia(*x) for x in out]
+    errors = decode_once(jobs, pool)
+    loaded: dict[tuple, DecodedMedia] = {}  # rows of one file share one object (and its parts)
+    for x in out:
+        if not isinstance(x, dict) and errors[x] is None and x not in loaded:
+            loaded[x] = DecodedMedia(*x)
+    return [x if isinstance(x, dict) else errors[x] or loaded[x] for x in out]

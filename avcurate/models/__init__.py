@@ -63,6 +63,38 @@ class ModelSpec:
                              "(e.g. http://localhost:8000/v1)")
 
 
+def check_backend(spec: ModelSpec) -> None:
+    """Fail now, with one line, when `spec` cannot work in this environment: its library is
+    missing or its key is not set. Runs when a run is planned, so a recipe whose fourth
+    stage needs Gemini stops before the first stage reads a row, not hours later. (It also
+    imports the backend's client library up front, the stage's first requests then go out
+    at once.)"""
+    import os
+
+    if spec.backend == "openai":
+        import avcurate.models.openai_backend  # noqa: F401
+
+        if not spec.base_url and not os.environ.get("OPENAI_API_KEY"):
+            raise BackendUnavailable(f"model {spec.model!r}: set OPENAI_API_KEY for OpenAI's API, "
+                                     "or give --base-url for an OpenAI-compatible server "
+                                     "(e.g. `vllm serve`)")
+    elif spec.backend == "gemini":
+        import avcurate.models.gemini_backend  # noqa: F401
+
+        if not (os.environ.get("GEMINI_API_KEY") or os.environ.get("GOOGLE_API_KEY")):
+            raise BackendUnavailable(f"model {spec.model!r}: set GEMINI_API_KEY (or "
+                                     "GOOGLE_API_KEY) to use the gemini backend")
+    else:
+        import importlib.util
+
+        need = "vllm" if spec.backend == "vllm" else "torch"
+        if importlib.util.find_spec(need) is None:
+            hint = ("pip install 'avcurate[vllm]' on a machine with a GPU, or run `vllm serve "
+                    "MODEL` and use --backend openai --base-url http://HOST:8000/v1"
+                    if need == "vllm" else "pip install 'avcurate[train]'")
+            raise BackendUnavailable(f"the {spec.backend} backend needs {need}: {hint}")
+
+
 def make_backend(spec: ModelSpec, **kw: Any):
     """Build the backend object for `spec` (imports heavy libraries only when used)."""
     if spec.backend == "openai":

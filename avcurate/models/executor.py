@@ -17,11 +17,17 @@
   (SQLite, safe for several processes), so a second run of the same stage makes zero
   calls. Invalid answers are never cached. Processes sharing the cache (Ray actors,
   nodes) ask for a key once: the first takes a lease on it, the others wait for its answer.
+- One event loop per executor, in its own thread, for the executor's life: `run` may be
+  called from several threads at once (the runner works on a few shards together so the
+  next shard's decoding and a shard's last wave overlap with requests in flight); all of
+  them share one semaphore, one rate limiter and one HTTP client, so `concurrency` is the
+  stage's limit, not a per-call one. The same prompt asked by two shards is sent once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import random
 import threading
 import time
@@ -109,6 +115,10 @@ def backoff(attempt: int, retry_after: float | None, base: float, cap: float) ->
 LEASE_POLL_SECONDS = 0.1  # how often a process waiting on a peer's call looks for its answer
 
 
+_CALL_STATS: contextvars.ContextVar[CallStats | None] = contextvars.ContextVar(
+    "call_stats", default=None)  # the counts of one `run` call (its tasks inherit it)
+
+
 class Executor:
     def __init__(self, backend, *, concurrency: int = 16, rpm: float | None = None,
                  max_attempts: int = 4, cache: KVCache | None = None,
@@ -125,52 +135,131 @@ class Executor:
             max_failure_rate, start_failures, min_calls)
         self.stats = CallStats()
         self._answered = self._failed = self._failed_in_a_row = 0
+        self._sem = asyncio.Semaphore(concurrency)  # bound to the loop on first use
+        self._limiter = RateLimiter(rpm)
+        self._inflight: dict[str, asyncio.Event] = {}  # keys being asked by this executor
+        self._stopped: BaseException | None = None
+        self._tasks: set[asyncio.Future] = set()  # requests in flight, for `stop`
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
 
-    def run(self, requests: list[ModelRequest],
-            validate: Validator | list[Validator]) -> list[CallResult]:
+    def run(self, requests: list[ModelRequest], validate: Validator | list[Validator],
+            stats: CallStats | None = None) -> list[CallResult]:
         """Answer every request once (in order); never raises for a bad answer or a failed call.
 
         `validate` is one validator for all requests or one per request (when the check
-        depends on the row, e.g. its true answer).
+        depends on the row, e.g. its true answer). `stats`, when given, receives the counts
+        of this call alone (`self.stats` sums every call, from every thread).
         """
         if not requests:
             return []
         validators = validate if isinstance(validate, list) else [validate] * len(requests)
-        return asyncio.run(self._run_all(requests, validators))
+        future = asyncio.run_coroutine_threadsafe(self._run_all(requests, validators, stats),
+                                                  self._ensure_loop())
+        try:
+            return future.result()
+        except BaseException:
+            future.cancel()  # e.g. Ctrl-C in the calling thread: stop this call's requests
+            raise
 
-    async def _run_all(self, requests, validators) -> list[CallResult]:
-        sem = asyncio.Semaphore(self.concurrency)
-        limiter = RateLimiter(self.rpm)
+    def _ensure_loop(self) -> asyncio.AbstractEventLoop:
+        with self._start_lock:
+            if self._loop is None:
+                self._loop = asyncio.new_event_loop()
+                self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
+                                                name="avcurate-executor")
+                self._thread.start()
+            return self._loop
+
+    def stop(self, exc: BaseException) -> None:
+        """Fail every call of this executor at once, in flight or to come: a sibling shard
+        hit a systemic error (or the user pressed Ctrl-C), so its peers must not go on
+        calling, nor wait up to a timeout for answers nobody will use."""
+        if isinstance(exc, Exception):  # not KeyboardInterrupt: the loop must not re-raise it
+            self._stopped = self._stopped or exc
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._cancel_all)
+
+    def _cancel_all(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+
+    def close(self) -> None:
+        """Close the HTTP client and end the loop thread (a later `run` starts a new one)."""
+        with self._start_lock:
+            loop, thread, self._loop, self._thread = self._loop, self._thread, None, None
+        if loop is None:
+            return
+        try:
+            asyncio.run_coroutine_threadsafe(self.backend.aclose(), loop).result(timeout=30)
+        finally:
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(timeout=30)
+            loop.close()
+
+    def _count(self, **counts: int) -> None:
+        self.stats.add(**counts)
+        if (local := _CALL_STATS.get()) is not None:
+            local.add(**counts)
+
+    async def _run_all(self, requests, validators, stats) -> list[CallResult]:
+        _CALL_STATS.set(stats)  # this task's context, copied into the tasks below
         keys = [r.key(self.backend.name, self.backend.model) for r in requests]
         cached = self.cache.get_many(keys) if self.cache is not None else {}
+        if self._stopped is not None:
+            raise self._stopped
+        tasks = [asyncio.ensure_future(self._one(r, k, cached.get(k), v))
+                 for r, k, v in zip(requests, keys, validators, strict=True)]
+        self._tasks.update(tasks)
         try:
-            results = await asyncio.gather(*(self._one(r, k, cached.get(k), v, sem, limiter)
-                                             for r, k, v in zip(requests, keys, validators,
-                                                                strict=True)))
+            results = await asyncio.gather(*tasks)
+        except BaseException as exc:
+            for t in tasks:
+                t.cancel()
+            if isinstance(exc, asyncio.CancelledError) and self._stopped is not None:
+                raise self._stopped from None  # cancelled by `stop`: say why
+            raise
         finally:
-            await self.backend.aclose()
+            self._tasks.difference_update(tasks)
         if not self._answered and self._failed and self._failed_in_a_row == self._failed:
             # fewer calls than start_failures, every one a transport failure: the endpoint
             # is down or wrong, which is not the rows' fault
             last = next(r.detail for r in reversed(results) if r.reason == "model_error")
-            raise EndpointError(f"{self.backend.name}:{self.backend.model}: the first "
-                                f"{self._failed} calls all failed ({last}); is the server up "
-                                "and the URL right?")
+            self._halt(f"the first {self._failed} calls all failed ({last}); is the server "
+                       "up and the URL right?")
         return results
 
-    async def _one(self, request, key, cached, validate, sem, limiter) -> CallResult:
+    async def _one(self, request, key, cached, validate) -> CallResult:
         if cached is not None and (hit := self._from_cache(cached, validate)) is not None:
             return hit
+        if self.cache is not None and (hit := await self._asked_here(key, validate)):
+            return hit
         leased = False
+        done = asyncio.Event()
+        self._inflight.setdefault(key, done)
         try:
             if self.cache is not None:  # a process sharing the cache may be asking already
                 peer, leased = await self._lease_or_wait(key)
                 if peer is not None and (hit := self._from_cache(peer, validate)) is not None:
                     return hit
-            return await self._ask(request, key, validate, sem, limiter)
+            return await self._ask(request, key, validate)
         finally:
+            if self._inflight.get(key) is done:
+                del self._inflight[key]
+            done.set()
             if leased:
                 self.cache.release(key)
+
+    async def _asked_here(self, key: str, validate) -> CallResult | None:
+        """When another shard of this process is asking the same prompt, its cached answer
+        (None when it got no valid one, or there was no such call)."""
+        waiting = self._inflight.get(key)
+        if waiting is None:
+            return None
+        await waiting.wait()
+        found = self.cache.get(key)
+        return self._from_cache(found, validate) if found is not None else None
 
     def _from_cache(self, cached: dict, validate) -> CallResult | None:
         response = ModelResponse(text=cached["text"], json=cached.get("json"),
@@ -180,7 +269,7 @@ class Executor:
             value = validate(response)
         except InvalidAnswer:
             return None  # the validation rules changed since it was cached: ask again
-        self.stats.add(cached=1)
+        self._count(cached=1)
         return CallResult(value=value, response=response)
 
     async def _lease_or_wait(self, key: str) -> tuple[dict | None, bool]:
@@ -193,11 +282,11 @@ class Executor:
                 return value, False
         return self.cache.get(key), True  # a peer may have finished just before
 
-    async def _ask(self, request, key, validate, sem, limiter) -> CallResult:
+    async def _ask(self, request, key, validate) -> CallResult:
         try:
-            response = await self._call_with_retries(request, sem, limiter)
+            response = await self._call_with_retries(request)
         except ModelError as exc:
-            self.stats.add(failed=1)
+            self._count(failed=1)
             self._breaker(exc)
             return CallResult(reason="model_error", detail=f"{exc.kind}: {exc}")
         self._answered += 1
@@ -205,7 +294,7 @@ class Executor:
         try:
             value = validate(response)
         except InvalidAnswer as exc:
-            self.stats.add(invalid_answers=1)
+            self._count(invalid_answers=1)
             return CallResult(reason=exc.reason, detail=str(exc), response=response, error=exc)
         if self.cache is not None:
             self.cache.put(key, {"text": response.text, "json": response.json,
@@ -215,23 +304,28 @@ class Executor:
 
     def _breaker(self, exc: ModelError) -> None:
         """Stop the stage when the failure is the endpoint's, not the row's."""
-        where = f"{self.backend.name}:{self.backend.model}"
         if exc.systemic:
-            raise EndpointError(f"{where}: {exc.kind}: {_first_line(exc)}")
+            self._halt(f"{exc.kind}: {_first_line(exc)}")
         self._failed += 1
         if exc.kind in TRANSPORT_KINDS or exc.kind.startswith("http_5"):
             self._failed_in_a_row += 1
         if not self._answered and self._failed_in_a_row >= self.start_failures:
-            raise EndpointError(f"{where}: the first {self._failed_in_a_row} calls all failed "
-                                f"({exc.kind}: {_first_line(exc)}); is the server up and the URL "
-                                "right?")
+            self._halt(f"the first {self._failed_in_a_row} calls all failed ({exc.kind}: "
+                       f"{_first_line(exc)}); is the server up and the URL right?")
         finished = self._answered + self._failed
         if finished >= self.min_calls and self._failed / finished > self.max_failure_rate:
-            raise EndpointError(f"{where}: {self._failed} of {finished} calls failed, above the "
-                                f"--max-failure-rate {self.max_failure_rate:g} (last: {exc.kind}: "
-                                f"{_first_line(exc)})")
+            self._halt(f"{self._failed} of {finished} calls failed, above the "
+                       f"--max-failure-rate {self.max_failure_rate:g} (last: {exc.kind}: "
+                       f"{_first_line(exc)})")
 
-    async def _call_with_retries(self, request, sem, limiter) -> ModelResponse:
+    def _halt(self, why: str) -> None:
+        """Raise the stage-stopping error, and make every other call of this executor (other
+        shards, other threads) fail with it too."""
+        exc = EndpointError(f"{self.backend.name}:{self.backend.model}: {why}")
+        self.stop(exc)
+        raise exc
+
+    async def _call_with_retries(self, request) -> ModelResponse:
         def wait(state) -> float:
             exc = state.outcome.exception()
             return backoff(state.attempt_number, getattr(exc, "retry_after", None),
@@ -240,16 +334,23 @@ class Executor:
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.max_attempts), wait=wait, reraise=True,
             retry=retry_if_exception(lambda e: isinstance(e, ModelError) and e.retryable),
-            before_sleep=lambda _: self.stats.add(retries=1),
+            before_sleep=lambda _: self._count(retries=1),
         )
         async for attempt in retrying:
             with attempt:
-                await limiter.wait()
-                async with sem:
-                    self.stats.add(calls=1)
-                    response = await self.backend.call(request)
+                await self._limiter.wait()
+                async with self._sem:
+                    if self._stopped is not None:
+                        raise self._stopped
+                    self._count(calls=1)
+                    try:
+                        response = await self.backend.call(request)
+                    except ModelError as exc:
+                        if exc.systemic:  # stop the others before this slot is freed
+                            self._halt(f"{exc.kind}: {_first_line(exc)}")
+                        raise
                 usage = response.usage
-                self.stats.add(prompt_tokens=usage.get("prompt_tokens", 0),
+                self._count(prompt_tokens=usage.get("prompt_tokens", 0),
                                completion_tokens=usage.get("completion_tokens", 0))
                 return response
         raise AssertionError("unreachable")  # pragma: no cover

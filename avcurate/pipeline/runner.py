@@ -11,6 +11,7 @@ import platform
 import shutil
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
@@ -102,6 +103,8 @@ def plan(recipe: Recipe) -> list[tuple[Stage, str]]:
     for spec in recipe.stages:
         try:
             stage = create(spec.name, spec.options)
+            if check := getattr(stage, "check", None):  # not in v0.1's protocol
+                check()
         except StageError as exc:
             raise RunError(str(exc)) from exc
         missing = [c for c in stage.requires if c not in available]
@@ -313,14 +316,40 @@ class Runner:
         if not pending:
             return usage
         stage.setup(ctx)
+        jobs = [(process_shard, stage, ctx, inputs[i], i, kept_schema, rej_schema)
+                for i in pending]
         try:
-            for i in pending:
-                rows, used = process_shard(stage, ctx, inputs[i], i, kept_schema, rej_schema)
+            for rows, used in in_threads(jobs, getattr(stage, "parallel_shards", 1),
+                                         getattr(stage, "stop", None)):
                 usage = add_usage(usage, used)
                 advance(rows)
         finally:
             stage.teardown()
         return usage
+
+
+def in_threads(jobs: list[tuple], width: int, stop=None) -> Iterator[Any]:
+    """Each job's result (`fn(*args)` for `(fn, *args)`), with up to `width` jobs at once in
+    threads, in the order they finish; one after another when width is 1.
+
+    The first job that fails ends it all: jobs not started are dropped, `stop(exc)` tells
+    the running ones to end (they fail fast), and its error is raised after they have.
+    """
+    if width <= 1 or len(jobs) <= 1:
+        for fn, *args in jobs:
+            yield fn(*args)
+        return
+    with ThreadPoolExecutor(width, thread_name_prefix="shard") as pool:
+        futures = [pool.submit(*job) for job in jobs]
+        try:
+            for future in as_completed(futures):
+                yield future.result()
+        except BaseException as exc:
+            for future in futures:
+                future.cancel()
+            if stop is not None:
+                stop(exc)
+            raise
 
 
 def add_usage(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:

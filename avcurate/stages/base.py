@@ -2,10 +2,12 @@
 
 A runner, local or Ray, drives a stage like this:
 
+    stage.check()                     # optional: when the run is planned (libraries, keys)
     stage.prepare(ctx, inputs)        # once, on the driver: global decisions (balance, dedup)
     stage.setup(ctx)                  # once per process that processes shards (opens clients)
     stage.process(table, ctx, shard)  # per shard: kept rows + rejected rows (+ call usage)
     stage.teardown()                  # after that process's last shard
+    stage.stop(exc)                   # optional: a shard processed alongside failed
     stage.summary()                   # on the driver: what goes into the manifest
 
 and reads its declarations: `requires`/`adds` (columns, checked before any work),
@@ -113,6 +115,10 @@ class BaseStage:
     adds: ClassVar[dict[str, pa.DataType]] = {}
     version: ClassVar[str] = "1"
     resources: ClassVar[Resources] = Resources.CPU
+    # Shards the local runner may process at once in threads of one process. More than one
+    # only for stages whose `process` is thread-safe and mostly waits (model calls): the next
+    # shard's decoding and request building then overlap the requests still in flight.
+    parallel_shards: ClassVar[int] = 1
 
     def __post_init__(self) -> None:
         try:
@@ -126,6 +132,11 @@ class BaseStage:
     def prepare(self, ctx: StageContext, inputs: list[Path]) -> None:
         return None
 
+    def check(self) -> None:
+        """Raise StageError when this environment cannot run the stage (a library or key
+        missing); the runner calls it for every stage before the run touches a row."""
+        return None
+
     def setup(self, ctx: StageContext) -> None:
         return None
 
@@ -134,6 +145,10 @@ class BaseStage:
         raise NotImplementedError
 
     def teardown(self) -> None:
+        return None
+
+    def stop(self, exc: BaseException) -> None:
+        """A shard processed alongside failed for good: make the running ones end soon."""
         return None
 
     def summary(self) -> dict[str, Any]:

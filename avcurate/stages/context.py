@@ -38,12 +38,15 @@ class StageContext:
     workers: int = 1
     _pool: ProcessPoolExecutor | None = field(default=None, repr=False)
     _caches: dict[str, KVCache] = field(default_factory=dict, repr=False)
+    # shards of one stage may be processed in several threads at once (ModelStage)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def cache(self, name: str) -> KVCache:
         """A persistent key-value cache in the run folder, shared by every stage of the run."""
-        if name not in self._caches:
-            self._caches[name] = KVCache(self.run_dir / "cache" / f"{name}.sqlite")
-        return self._caches[name]
+        with self._lock:
+            if name not in self._caches:
+                self._caches[name] = KVCache(self.run_dir / "cache" / f"{name}.sqlite")
+            return self._caches[name]
 
     def map(self, fn: Callable[[Any], Any], items: Iterable[Any]) -> list[Any]:
         """`fn` over `items`, in a process pool when workers > 1 (for CPU-bound decoding).
@@ -53,9 +56,11 @@ class StageContext:
         items = list(items)
         if self.workers <= 1 or len(items) <= 1:
             return [fn(x) for x in items]
-        if self._pool is None:
-            self._pool = ProcessPoolExecutor(max_workers=self.workers, initializer=exit_with_parent,
-                                             initargs=(os.getpid(),))
+        with self._lock:
+            if self._pool is None:
+                self._pool = ProcessPoolExecutor(max_workers=self.workers,
+                                                 initializer=exit_with_parent,
+                                                 initargs=(os.getpid(),))
         return list(self._pool.map(fn, items, chunksize=max(1, len(items) // (4 * self.workers))))
 
     def close(self) -> None:

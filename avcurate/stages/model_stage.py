@@ -29,8 +29,17 @@ import pyarrow as pa
 from avcurate.core.options import option
 from avcurate.core.schema import with_columns
 from avcurate.media.cache import DecodedMedia, MediaNeeds, decode_rows
-from avcurate.models import BACKENDS, Executor, ModelResponse, ModelSpec, make_backend
+from avcurate.models import (
+    BACKENDS,
+    BackendUnavailable,
+    Executor,
+    ModelResponse,
+    ModelSpec,
+    check_backend,
+    make_backend,
+)
 from avcurate.models.errors import InvalidAnswer
+from avcurate.models.executor import CallStats
 from avcurate.models.request import ModelRequest
 from avcurate.stages.base import BaseStage, Resources, ShardResult, StageError
 from avcurate.stages.context import StageContext
@@ -51,6 +60,7 @@ class ModelStage(BaseStage):
     """Base of the model stages: model options, decoding, rounds, the executor, usage."""
 
     resources = Resources.MODEL
+    parallel_shards = 3  # one shard decoding, one in full flight, one finishing its last wave
     rounds_column: ClassVar[str | None] = None  # a column that records answers used per row
 
     backend: str = option("openai", choices=BACKENDS, help="openai (any OpenAI-compatible "
@@ -83,6 +93,12 @@ class ModelStage(BaseStage):
         try:
             self.spec()  # an unknown backend or a missing model fails when the recipe is planned
         except ValueError as exc:
+            raise StageError(f"stage {self.name!r}: {exc}") from None
+
+    def check(self) -> None:
+        try:
+            check_backend(self.spec())
+        except BackendUnavailable as exc:
             raise StageError(f"stage {self.name!r}: {exc}") from None
 
     def spec(self) -> ModelSpec:
@@ -119,7 +135,14 @@ class ModelStage(BaseStage):
                 cache=ctx.cache("responses") if self.cache else None)
 
     def teardown(self) -> None:
+        if self._executor is not None:
+            self._executor.close()
         self._executor = None
+
+    def stop(self, exc: BaseException) -> None:
+        """A sibling shard failed for good: fail this stage's other calls at once."""
+        if self._executor is not None:
+            self._executor.stop(exc)
 
     def summary(self) -> dict[str, Any]:
         return {"model": {"backend": self.backend, "model": self.model,
@@ -135,7 +158,7 @@ class ModelStage(BaseStage):
     def process(self, table: pa.Table, ctx: StageContext, shard: int) -> ShardResult:
         self.setup(ctx)
         assert self._executor is not None
-        before = self._executor.stats.to_dict()
+        stats = CallStats()  # this shard's calls (other shards may be running in other threads)
         rows = table.to_pylist()
         media = self.decode(rows, ctx)
         n = len(rows)
@@ -160,7 +183,7 @@ class ModelStage(BaseStage):
                     pairs.append((i, j))
                     requests.append(built[j])
                     validators.append(functools.partial(self.validate, row=rows[i]))
-            results = self._executor.run(requests, validators)
+            results = self._executor.run(requests, validators, stats)
             retry: dict[int, list[int] | None] = {}
             failed: set[int] = set()  # rows with a call that failed for good: not asked again
             for i in pending:
@@ -183,7 +206,7 @@ class ModelStage(BaseStage):
                 retry.setdefault(i, []).append(j)  # type: ignore[union-attr]
             pending = {i: todo for i, todo in retry.items() if i not in failed}
         values = self._combine(rows, answers, reasons, details)
-        return self._result(table, values, reasons, details, used, before)
+        return self._result(table, values, reasons, details, used, stats)
 
     def _combine(self, rows, answers, reasons, details) -> list[Any]:
         """Each answered row's columns; a `Decline` among its answers rejects the row."""
@@ -203,15 +226,14 @@ class ModelStage(BaseStage):
                 values[i] = combined
         return values
 
-    def _result(self, table, values, reasons, details, used, before) -> ShardResult:
+    def _result(self, table, values, reasons, details, used, stats: CallStats) -> ShardResult:
         cols = {name: pa.array([(v or {}).get(name) if reasons[i] is None else None
                                 for i, v in enumerate(values)], typ)
                 for name, typ in self.adds.items() if name != self.rounds_column}
         if self.rounds_column:
             cols[self.rounds_column] = pa.array(used, pa.int64())
-        after = self._executor.stats.to_dict()
-        usage = {k: v - before.get(k, 0) for k, v in after.items()}
-        return ShardResult.split(with_columns(table, cols), self.name, reasons, details, usage)
+        return ShardResult.split(with_columns(table, cols), self.name, reasons, details,
+                                 stats.to_dict())
 
     def first_requests(self, table: pa.Table, ctx: StageContext
                        ) -> tuple[list[list[ModelRequest]], int]:

@@ -23,9 +23,10 @@ from avcurate.core.answers import extract_letter, letter_index, lettered
 from avcurate.core.options import option
 from avcurate.media.cache import DecodedMedia, MediaNeeds
 from avcurate.models import InvalidAnswer, ModelResponse
-from avcurate.models.request import AudioPart, ImagePart, Message, ModelRequest, TextPart
+from avcurate.models.request import Message, ModelRequest, TextPart
 from avcurate.stages.base import BaseStage, ShardResult
 from avcurate.stages.context import StageContext
+from avcurate.stages.media_parts import audio_parts, frame_parts
 from avcurate.stages.model_stage import History, ModelStage
 from avcurate.stages.prompts import load_prompt, render
 
@@ -112,7 +113,7 @@ class VisualTeacher(Teacher):
         return {"n_frames": str(self.frames)}
 
     def media_parts(self, media: DecodedMedia) -> list:
-        return [ImagePart(f, float(t)) for f, t in zip(media.frames, media.times, strict=True)]
+        return frame_parts(media)
 
 
 @dataclass
@@ -136,7 +137,7 @@ class AudioTeacher(Teacher):
         return {"seconds": f"{self.audio_seconds:g}"}
 
     def media_parts(self, media: DecodedMedia) -> list:
-        return [AudioPart(media.audio, media.sample_rate)] if media.audio.size else []
+        return audio_parts(media)
 
 
 REQUIRE = ("both", "either", "any")

@@ -1,0 +1,34 @@
+"""The request parts of decoded media, built once per decoded file.
+
+Rows that share a video share one `DecodedMedia` (see `media.cache.decode_rows`), and
+through this module one list of parts: each frame is JPEG-encoded and base64'd once, not
+once for every row (and every stage request) that shows it. On 2 cores the JPEG encodes
+were what kept the first model stage from keeping its requests in flight.
+"""
+
+from __future__ import annotations
+
+import weakref
+
+from avcurate.media.cache import DecodedMedia
+from avcurate.models.request import AudioPart, ImagePart
+
+# keyed by the decoded object itself: the parts live exactly as long as the rows using it
+_FRAMES: weakref.WeakKeyDictionary[DecodedMedia, list[ImagePart]] = weakref.WeakKeyDictionary()
+_AUDIO: weakref.WeakKeyDictionary[DecodedMedia, list[AudioPart]] = weakref.WeakKeyDictionary()
+
+
+def frame_parts(media: DecodedMedia) -> list[ImagePart]:
+    """One image part per decoded frame, with its timestamp."""
+    if (parts := _FRAMES.get(media)) is None:
+        parts = [ImagePart(f, float(t)) for f, t in zip(media.frames, media.times, strict=True)]
+        _FRAMES[media] = parts
+    return parts
+
+
+def audio_parts(media: DecodedMedia) -> list[AudioPart]:
+    """The clip as one audio part, or none when the file has no sound."""
+    if (parts := _AUDIO.get(media)) is None:
+        parts = [AudioPart(media.audio, media.sample_rate)] if media.audio.size else []
+        _AUDIO[media] = parts
+    return parts
