@@ -103,8 +103,6 @@ def plan(recipe: Recipe) -> list[tuple[Stage, str]]:
     for spec in recipe.stages:
         try:
             stage = create(spec.name, spec.options)
-            if check := getattr(stage, "check", None):  # not in v0.1's protocol
-                check()
         except StageError as exc:
             raise RunError(str(exc)) from exc
         missing = [c for c in stage.requires if c not in available]
@@ -185,6 +183,7 @@ class Runner:
         stages = plan(self.recipe)
         planned = [{"name": "ingest", "fingerprint": ingest_fingerprint(self.recipe)}]
         planned += [{"name": s.name, "fingerprint": fp} for s, fp in stages]
+        self._check_environment(stages, planned)
         with run_lock(self.store.root):
             manifest = self._open_manifest(planned)
             manifest |= {"avcurate_version": __version__, "recipe": self.recipe.to_dict(),
@@ -197,6 +196,25 @@ class Runner:
                     spec = self.recipe.stages[k - 1]
                     reports.append(self._stage(manifest, k, stage, spec, fp, progress))
         return reports
+
+    def _check_environment(self, stages: list[tuple[Stage, str]],
+                           planned: list[dict[str, Any]]) -> None:
+        """Before anything is written: every stage with work left can run here (its model
+        backend's library and key). Stages a previous run finished are not checked, so a
+        finished run resumes without its model servers."""
+        done = 0
+        if self.store.exists():
+            entries = self.store.load_manifest().get("stages", [])
+            while (done < min(len(entries), len(planned))
+                   and entries[done].get("status", "done") == "done"
+                   and entries[done]["fingerprint"] == planned[done]["fingerprint"]):
+                done += 1
+        for stage, _ in stages[max(0, done - 1):]:
+            try:
+                if check := getattr(stage, "check", None):  # not in v0.1's protocol
+                    check()
+            except StageError as exc:
+                raise RunError(str(exc)) from None
 
     def _begin(self, out_dir: Path, fp: str) -> None:
         """Make `out_dir` hold only shards of this fingerprint; clear half-written files."""
