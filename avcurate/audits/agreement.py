@@ -77,7 +77,7 @@ def keeps(scores: dict[str, list[float | None]], rules: list[Comparison]) -> lis
     """Whether the rules keep each row, judged on these scores alone (None: not scored)."""
     n = len(next(iter(scores.values())))
     table = pa.table({c: pa.array(scores.get(c, [None] * n), pa.float64()) for c in SCORED})
-    failed = first_failure(table, rules)
+    failed = first_failure(table, rules).to_pylist()
     scored = [all(scores[d][i] is not None for d in DIMENSIONS if d in scores) for i in range(n)]
     return [None if not ok else f is None for ok, f in zip(scored, failed, strict=True)]
 

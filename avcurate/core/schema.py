@@ -103,12 +103,13 @@ def with_columns(table: pa.Table, columns: Mapping[str, pa.Array | list]) -> pa.
     return table
 
 
-def add_reject_columns(table: pa.Table, stage: str, reasons: list[str], details: list[str]) -> pa.Table:
-    """Mark rows of `table` as rejected by `stage`."""
+def add_reject_columns(table: pa.Table, stage: str, reasons: list[str] | pa.Array,
+                       details: list[str] | pa.Array) -> pa.Table:
+    """Mark rows of `table` as rejected by `stage` (reasons and details: lists or arrays)."""
     return with_columns(
         table,
         {
-            "reject_stage": pa.array([stage] * table.num_rows, pa.string()),
+            "reject_stage": pa.repeat(pa.scalar(stage, pa.string()), table.num_rows),
             "reject_reason": pa.array(reasons, pa.string()),
             "reject_detail": pa.array(details, pa.string()),
         },

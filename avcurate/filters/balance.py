@@ -63,6 +63,7 @@ class Balance(BaseStage):
     requires = ("id", "category", "video_dependency", "audio_dependency", "composite_score")
     adds = {}
     version = "1"
+    parallel_shards = 4  # Arrow work that releases the GIL: shards read/written side by side
 
     min_count: int = option(10, min=0, help="Drop categories with fewer rows (long tail).")
     max_ratio: float = option(3.0, min=1, max=1e6,
@@ -116,8 +117,8 @@ class Balance(BaseStage):
         self._after = {c: n for c, n in caps.items() if n > 0}
 
     def process(self, table: pa.Table, ctx: StageContext, shard: int) -> ShardResult:
-        codes = self._codes[shard].to_pylist()
-        return ShardResult.split(table, self.name, [REASONS[c] or None for c in codes])
+        reasons = pa.array([None, *REASONS[1:]], pa.string()).take(self._codes[shard])
+        return ShardResult.split(table, self.name, reasons)
 
     def summary(self) -> dict:
         order = sorted(self._before, key=lambda c: (-self._before[c], c))

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from avcurate.stages.base import BaseStage, ShardResult
 from avcurate.stages.context import StageContext
@@ -28,6 +29,7 @@ class Dedup(BaseStage):
     requires = ("id", "video", "audio", "question", "options")
     adds = {}
     version = "1"
+    parallel_shards = 4  # Arrow work that releases the GIL: shards read/written side by side
 
     _keepers: dict[int, pa.Array] = field(default_factory=dict, init=False, repr=False,
                                           compare=False)
@@ -44,6 +46,6 @@ class Dedup(BaseStage):
                        f"ORDER BY {order})")
 
     def process(self, table: pa.Table, ctx: StageContext, shard: int) -> ShardResult:
-        keepers = self._keepers[shard].to_pylist()
-        return ShardResult.split(table, self.name, [None if k is None else f"duplicate_of:{k}"
-                                                    for k in keepers])
+        keepers = pc.cast(self._keepers[shard], pa.string())  # null: the row is kept
+        return ShardResult.split(table, self.name,
+                                 pc.binary_join_element_wise("duplicate_of:", keepers, ""))

@@ -72,14 +72,14 @@ def columns_of(rules: list[Comparison]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(r.column for r in rules))
 
 
-def first_failure(table: pa.Table, rules: list[Comparison]) -> list[str | None]:
-    """Per row: the text of the first rule it fails, or None when it passes them all."""
-    failed = np.full(table.num_rows, -1, dtype=np.int64)
-    for i, rule in enumerate(rules):
-        fails = ~rule.mask(table) & (failed < 0)
-        failed[fails] = i
-    names = [str(r) for r in rules]
-    return [names[i] if i >= 0 else None for i in failed.tolist()]
+def first_failure(table: pa.Table, rules: list[Comparison], fmt: str = "{}") -> pa.Array:
+    """Per row: the text of the first rule it fails (through `fmt`), or null when it passes
+    them all. Vectorised: one mask per rule, then one `take` from the rules' names."""
+    failed = np.full(table.num_rows, len(rules), dtype=np.int64)  # len(rules): passed all
+    for i in range(len(rules) - 1, -1, -1):  # last to first: the first failure wins
+        failed[~rules[i].mask(table)] = i
+    names = pa.array([fmt.format(r) for r in rules] + [None], pa.string())
+    return names.take(pa.array(failed))
 
 
 def all_pass(table: pa.Table, rules: list[Comparison]) -> np.ndarray:

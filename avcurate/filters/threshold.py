@@ -27,6 +27,7 @@ class Threshold(BaseStage):
     name = "threshold"
     adds = {}
     version = "1"
+    parallel_shards = 4  # Arrow work that releases the GIL: shards read/written side by side
 
     rules: list[str] = option(default_factory=lambda: list(DEFAULT_RULES), flag="--rule",
                               help="A rule 'column op number [and ...]', repeatable. Default "
@@ -44,6 +45,4 @@ class Threshold(BaseStage):
         self.requires = columns_of(self._parsed)
 
     def process(self, table: pa.Table, ctx: StageContext, shard: int) -> ShardResult:
-        failed = first_failure(table, self._parsed)
-        reasons = [None if f is None else f"failed({f})" for f in failed]
-        return ShardResult.split(table, self.name, reasons)
+        return ShardResult.split(table, self.name, first_failure(table, self._parsed, "failed({})"))
