@@ -7,6 +7,7 @@ ingest stage can account for every record it read.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -137,10 +138,16 @@ class MediaRoot:
 
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = Path(root).expanduser().resolve()
+        # datasets ask many questions per clip: each distinct path is resolved (a few stat
+        # calls) once; bounded so a million distinct clips do not grow it without end
+        self._resolve = functools.lru_cache(maxsize=1 << 17)(self._resolve_uncached)
 
     def resolve(self, rel: str) -> str:
         if not isinstance(rel, str) or not rel.strip():
             raise UnsafePathError("empty media path")
+        return self._resolve(rel)
+
+    def _resolve_uncached(self, rel: str) -> str:
         rel = text(rel, "media path").strip()
         nfc = unicodedata.normalize("NFC", rel)
         if nfc != rel and ((self.root / nfc).exists() or not (self.root / rel).exists()):

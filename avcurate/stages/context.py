@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import threading
 import time
@@ -15,15 +16,32 @@ from avcurate.core.kvcache import KVCache
 
 
 def exit_with_parent(parent: int) -> None:
-    """Pool worker initializer: leave as soon as the parent is gone (even after kill -9,
-    when no shutdown message ever comes), instead of lingering as an orphan."""
+    """Pool worker initializer: leave as soon as the run's process is gone (even after
+    kill -9, when no shutdown message ever comes), instead of lingering as an orphan."""
 
     def watch() -> None:
-        while os.getppid() == parent:
+        while _alive(parent):
             time.sleep(0.5)
         os._exit(1)
 
     threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# Workers come from a fork server, not a fork of the run's process: that process has
+# threads (model stages work on several shards at once, the executor's event loop, the
+# progress bar), and a child forked while one of them holds a lock (an import, an allocator)
+# can wait on it forever. The server is a fresh interpreter; forking from it is safe.
+POOL_START = "forkserver"
 
 
 @dataclass
@@ -58,7 +76,9 @@ class StageContext:
             return [fn(x) for x in items]
         with self._lock:
             if self._pool is None:
-                self._pool = ProcessPoolExecutor(max_workers=self.workers,
+                start = multiprocessing.get_context(POOL_START)
+                start.set_forkserver_preload(["avcurate.media.cache"])
+                self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=start,
                                                  initializer=exit_with_parent,
                                                  initargs=(os.getpid(),))
         return list(self._pool.map(fn, items, chunksize=max(1, len(items) // (4 * self.workers))))
