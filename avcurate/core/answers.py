@@ -82,7 +82,8 @@ def parse_letter(text: str, options: list[str] | None = None) -> Parsed:
     """
     body = _PREFIX.sub("", text.strip().strip("*").strip())
     if options:  # an option's own text first: "A dog" may be an option, not the letter A
-        hits = [i for i, o in enumerate(options) if _norm(o) == _norm(body)]
+        said = _norm(body)
+        hits = [i for i, o in enumerate(options) if _norm(o) == said]
         if len(hits) == 1:
             return Parsed(LETTERS[hits[0]], "option_text")
     m = _LEAD.match(body)
@@ -126,8 +127,10 @@ def extract_letter(text: str, options: list[str]) -> Parsed:
         return Parsed(found, "bold")
     if (m := _BARE.match(text)) and _valid(m.group(1), options):
         return Parsed(m.group(1), "bare_letter")
+    normed = [_norm(o) for o in options]
     for candidate in [text, *reversed([m.group(1) for m in lines])]:
-        hits = [i for i, o in enumerate(options) if _norm(o) == _norm(candidate)]
+        said = _norm(candidate)
+        hits = [i for i, o in enumerate(normed) if o == said]
         if len(hits) == 1:
             return Parsed(LETTERS[hits[0]], "option_text")
     return Parsed(None, "none")
