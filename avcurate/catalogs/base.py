@@ -229,15 +229,22 @@ def load_records(path: str | os.PathLike) -> Iterator[Any]:
     if path.suffix == ".jsonl" or not head.startswith(("[", "{")) or _looks_like_jsonl(head):
         yield from _jsonl(path)
         return
-    try:
-        data = json.loads(path.read_text(encoding="utf-8", errors="surrogateescape"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path} is not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    data = _parse_json_file(path)
     if isinstance(data, dict):
         data = data["data"] if isinstance(data.get("data"), list) else _keyed(data)
     if not isinstance(data, list):
         raise ValueError(f"{path}: expected a JSON array of records")
     yield from data
+
+
+def _parse_json_file(path: Path) -> Any:
+    """The file's JSON; bytes that are not UTF-8 are kept as surrogates (rejected per
+    record). orjson was tried here: no faster on annotation files (object creation
+    dominates), so the standard library it is."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8", errors="surrogateescape"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not valid JSON (line {exc.lineno}: {exc.msg})") from None
 
 
 def _keyed(data: dict) -> list:
@@ -299,13 +306,13 @@ def split_question_options(text: str) -> tuple[str, list[str], str]:
     letter") is the instruction.
     """
     lines = text.splitlines()
-    for start, line in enumerate(lines):
-        m = OPTION_RE.match(line)
+    found = [OPTION_RE.match(line) for line in lines]  # each line matched once
+    for start, m in enumerate(found):
         if not m or m.group(1) != "A":
             continue
         options, end = [], start
         while end < len(lines):
-            m = OPTION_RE.match(lines[end])
+            m = found[end]
             if not m or m.group(1) != LETTERS[len(options)]:
                 break
             options.append((m.group(2) or "").strip())
