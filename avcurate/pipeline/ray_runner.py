@@ -97,8 +97,10 @@ class RayRunner(Runner):
         args = (stage, str(ctx.run_dir), str(ctx.stage_dir), max(1, int(self.cpus_per_task)),
                 kept_schema, rej_schema, worker_env())
         if stage.resources == Resources.MODEL:
+            # a fixed pool through `compute` (Ray >= 2.51 deprecates `concurrency=` here)
             out = ds.map_batches(_ShardJob, fn_constructor_args=args, batch_size=1,
-                                 concurrency=self.actors, num_cpus=0.5)
+                                 compute=ray.data.ActorPoolStrategy(size=self.actors),
+                                 num_cpus=0.5)
         else:
             out = ds.map_batches(_run_row_local, fn_kwargs={"args": args}, batch_size=1,
                                  num_cpus=self.cpus_per_task)
