@@ -78,6 +78,7 @@ def main() -> None:
         t = time.perf_counter()
         RayRunner(rec, root / "ray", show_progress=False, actors=2).run()
         remote = time.perf_counter() - t
+        demo_local, demo_ray = demo_times(root)
         ray.shutdown()
         ls, rs = stage_seconds(root / "local"), stage_seconds(root / "ray")
     print(f"{args.samples:,} samples over {args.clips} clips, classify against a "
@@ -86,6 +87,28 @@ def main() -> None:
     print(f"ray:   {remote:.2f} s  (validate {rs['validate']:.2f} s, classify {rs['classify']:.2f} s; "
           f"2 actors x {args.concurrency} in flight)")
     print(f"ray / local: {remote / local:.2f}x; Ray start-up (ray.init): {startup:.2f} s")
+    print(f"demo recipe (every stage, demo model server): local {demo_local:.2f} s, ray "
+          f"{demo_ray:.2f} s = {demo_ray / demo_local:.2f}x the local time (target <= 1.5x: "
+          f"{'met' if demo_ray <= 1.5 * demo_local else 'NOT met'})")
+
+
+def demo_times(root: Path) -> tuple[float, float]:
+    """The demo recipe, every stage, locally and on the running Ray instance (seconds)."""
+    from avcurate.demo import make_demo
+    from avcurate.demo.server import demo_server
+    from avcurate.pipeline.ray_runner import RayRunner
+    from avcurate.pipeline.recipe import Recipe
+    from avcurate.pipeline.runner import Runner
+
+    with demo_server() as server:
+        os.environ["AVCURATE_DEMO_BASE_URL"] = server.url + "/v1"
+        recipe = Recipe.load(make_demo(root / "demo"))
+        t = time.perf_counter()
+        Runner(recipe, root / "demo-local", show_progress=False).run()
+        local = time.perf_counter() - t
+        t = time.perf_counter()
+        RayRunner(recipe, root / "demo-ray", show_progress=False, actors=2).run()
+        return local, time.perf_counter() - t
 
 
 if __name__ == "__main__":

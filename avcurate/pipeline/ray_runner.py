@@ -3,11 +3,11 @@
 What runs where:
 - the driver ingests, runs every stage's `prepare` (global decisions such as balance,
   dedup and duplicate ids are DuckDB over the written shards) and keeps the manifest;
-- the unfinished shards of a stage become a Ray Dataset of shard descriptors;
-  row-local stages map over it with `map_batches` tasks (`cpus_per_task` CPUs each,
-  which decoding stages use as their process pool), model stages with an actor pool
-  (`actors` actors, each driving `concurrency` requests in flight), so many inference
-  endpoints are driven in parallel;
+- the unfinished shards of a row-local stage become plain Ray tasks, one per shard
+  (`cpus_per_task` CPUs each, which decoding stages use as their process pool); those of
+  a model stage a Ray Dataset of shard descriptors mapped by an actor pool (`actors`
+  actors, each driving `concurrency` requests in flight), so many inference endpoints
+  are driven in parallel;
 - every worker reads its shard's Arrow table, runs the stage and writes the outputs
   atomically into the shared run folder (a shared filesystem on a multi-node cluster).
 
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -93,23 +94,41 @@ class RayRunner(Runner):
             return {}
         ray = self.ray
         items = [{"index": i, "path": str(inputs[i])} for i in pending]
-        ds = ray.data.from_items(items, override_num_blocks=len(items))
         args = (stage, str(ctx.run_dir), str(ctx.stage_dir), max(1, int(self.cpus_per_task)),
                 kept_schema, rej_schema, worker_env())
         if stage.resources == Resources.MODEL:
+            ds = ray.data.from_items(items, override_num_blocks=len(items))
             # a fixed pool through `compute` (Ray >= 2.51 deprecates `concurrency=` here)
             out = ds.map_batches(_ShardJob, fn_constructor_args=args, batch_size=1,
                                  compute=ray.data.ActorPoolStrategy(size=self.actors),
                                  num_cpus=0.5)
+            results = (dict(row) for row in out.iter_rows())
         else:
-            out = ds.map_batches(_run_row_local, fn_kwargs={"args": args}, batch_size=1,
-                                 num_cpus=self.cpus_per_task)
+            results = self._tasks(items, args)
         total: dict[str, int] = {}
-        for row in out.iter_rows():
+        for row in results:
             advance(int(row["rows"]))
             for k, v in json.loads(row["usage"]).items():
                 total[k] = total.get(k, 0) + v
         return total
+
+    def _tasks(self, items: list[dict[str, Any]], args: tuple) -> Iterator[dict[str, Any]]:
+        """Row-local shards as plain Ray tasks, one per shard, results as they finish.
+
+        Not Ray Data: a Dataset pays its streaming executor's start-up (seconds) for every
+        stage, while a task costs milliseconds to schedule, and a stage's shards need no
+        more than a map over paths. The stage and its settings go to the object store once.
+        """
+        ray = self.ray
+        job = ray.put(args)
+        run = ray.remote(num_cpus=self.cpus_per_task)(_run_row_local)
+        waiting = [run.remote({"index": [it["index"]], "path": [it["path"]]}, job)
+                   for it in items]
+        while waiting:
+            done, waiting = ray.wait(waiting, num_returns=1)
+            out = ray.get(done[0])
+            for index, rows, usage in zip(out["index"], out["rows"], out["usage"], strict=True):
+                yield {"index": index, "rows": rows, "usage": usage}
 
 
 def _run_row_local(batch: dict[str, Any], args: tuple) -> dict[str, Any]:
