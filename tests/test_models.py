@@ -214,6 +214,21 @@ def test_custom_taxonomy_and_prompt(tmp_path, media):
     assert read_stage(tmp_path / "run", "01")[0].column("category").to_pylist() == ["sounds"]
 
 
+def test_concurrency_is_the_stage_limit_across_shards(tmp_path, media):
+    """Shards of 4 rows, concurrency 6: requests of several shards fill the six slots (a shard
+    alone has 4), and never more than six are in flight (one limit for the stage, not one
+    per shard)."""
+    records = [{"id": f"r{i}", "video": str(media["good"]), "question": f"What is it {i}?",
+                "options": ["red", "blue"], "answer": "A"} for i in range(16)]
+    with openai_server(latency=0.3) as server:
+        stage = _score(server, media="none", concurrency=6)
+        run(jsonl_recipe(tmp_path, records, media["root"], [stage], shard_size=4),
+            tmp_path / "run")
+    assert len(server.requests) == 16
+    assert server.peak_in_flight == 6
+    assert read_stage(tmp_path / "run", "01")[0].num_rows == 16
+
+
 def test_vllm_missing_is_clear():
     with pytest.raises(BackendUnavailable, match="vllm serve"):
         make_backend(ModelSpec("vllm", "Qwen/Qwen2.5-7B-Instruct"))

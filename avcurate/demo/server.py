@@ -42,6 +42,7 @@ class ModelServer(ThreadingHTTPServer):
         self.requests: list[dict] = []
         self.headers_seen: list[dict] = []
         self.attempts: Counter[str] = Counter()
+        self.in_flight = self.peak_in_flight = 0  # requests being answered now / at most
         self.lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
@@ -133,7 +134,13 @@ class OpenAIHandler(JSONHandler):
         prompt = "\n".join(p["text"] for p in parts if p["type"] == "text")
         attempt = self.server.record(body, {k.lower(): v for k, v in self.headers.items()}, prompt)
         if self.server.latency:
+            with self.server.lock:
+                self.server.in_flight += 1
+                self.server.peak_in_flight = max(self.server.peak_in_flight,
+                                                 self.server.in_flight)
             time.sleep(self.server.latency)
+            with self.server.lock:
+                self.server.in_flight -= 1
         if self.intercept(body, prompt, attempt):
             return None
         images = [data_url_bytes(p["image_url"]["url"]) for p in parts if p["type"] == "image_url"]
