@@ -102,13 +102,30 @@ def test_checkpoint_resume_is_exact(toy, tmp_path):
     _run(_args(toy, tmp_path / "straight", steps=4), 1)
     _run(_args(toy, tmp_path / "resumed", steps=4, **{"stop-after": 2}), 1)
     assert len(_metrics(tmp_path / "resumed")) == 2 and not (tmp_path / "resumed/final").exists()
+    # as if the run had gone on, logged step 3 and been killed while swapping in a new
+    # checkpoint: the old one moved aside, the new one half written
+    out = tmp_path / "resumed"
+    with (out / "metrics.jsonl").open("a") as f:
+        f.write(json.dumps({"step": 3, "loss": 123.0}) + "\n")
+    (out / "checkpoint").rename(out / "checkpoint.old")
+    (out / "checkpoint.tmp").mkdir()
+    (out / "checkpoint.tmp/rng-0.pt").write_bytes(b"half")
     _run(_args(toy, tmp_path / "resumed", steps=4), 1)
+    assert not (out / "checkpoint.old").exists() and not (out / "checkpoint.tmp").exists()
     straight, resumed = _metrics(tmp_path / "straight"), _metrics(tmp_path / "resumed")
     assert [m["step"] for m in resumed] == [1, 2, 3, 4]
     for a, b in zip(straight, resumed, strict=True):
         assert a == pytest.approx(b, abs=1e-6)
     w1, w2 = _weights(tmp_path / "straight/final"), _weights(tmp_path / "resumed/final")
     assert all(torch.equal(w1[k], w2[k]) for k in w1)
+
+
+def test_a_one_rank_checkpoint_resumes_on_two_ranks(toy, tmp_path):
+    out = tmp_path / "out"
+    _run(_args(toy, out, steps=4, **{"stop-after": 2}), 1)
+    _run(_args(toy, out, steps=4), 2)
+    assert [m["step"] for m in _metrics(out)] == [1, 2, 3, 4]  # no step logged twice
+    assert (out / "final/model.safetensors").exists()
 
 
 def test_train_cli_and_modality_rollouts(toy, tmp_path):

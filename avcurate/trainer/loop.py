@@ -13,6 +13,7 @@ import json
 import math
 import os
 import random
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,13 +99,38 @@ def save_checkpoint(folder: Path, model, optimizer, scheduler, step: int, rank: 
     if dist.is_initialized():
         dist.barrier()
     if rank == 0:  # swap in the new checkpoint only once every rank has written its part
+        old = folder.with_name(folder.name + ".old")
         if folder.exists():
-            import shutil
-
-            shutil.rmtree(folder)
+            folder.rename(old)  # kept until the new one is in place: a kill never leaves none
         tmp.rename(folder)
+        if old.exists():
+            shutil.rmtree(old)
     if dist.is_initialized():
         dist.barrier()
+
+
+def recover_checkpoint(folder: Path) -> None:
+    """Before loading (rank 0): finish or undo a swap a kill interrupted. A checkpoint moved
+    aside but not yet replaced is put back; a half-written new one is dropped."""
+    old = folder.with_name(folder.name + ".old")
+    tmp = folder.with_name(folder.name + ".tmp")
+    if old.exists() and not folder.exists():
+        old.rename(folder)
+    for leftover in (old, tmp):
+        if leftover.exists():
+            shutil.rmtree(leftover)
+
+
+def keep_metrics_until(path: Path, step: int) -> None:
+    """Drop logged steps after `step` (rank 0, on resume): they were logged by a run killed
+    before its next checkpoint and are about to be trained and logged again."""
+    if not path.exists():
+        return
+    lines = [ln for ln in path.read_text().splitlines()
+             if ln.strip() and json.loads(ln).get("step", 0) <= step]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(ln + "\n" for ln in lines))
+    tmp.replace(path)
 
 
 def load_checkpoint(folder: Path, model, optimizer, scheduler, rank: int) -> int:
@@ -118,11 +144,22 @@ def load_checkpoint(folder: Path, model, optimizer, scheduler, rank: int) -> int
                    optim_state_dict=state["optim"])
     trainer = torch.load(folder / "trainer.pt", weights_only=False)
     scheduler.load_state_dict(trainer["scheduler"])
-    rng = torch.load(folder / f"rng-{rank}.pt", weights_only=False)
+    step = int(trainer["step"])
+    own = folder / f"rng-{rank}.pt"
+    if not own.exists():  # saved with fewer ranks: this rank's generators start afresh,
+        seed_all(1_000_003 * step + rank)  # deterministically for (step, rank)
+        return step
+    rng = torch.load(own, weights_only=False)
     torch.set_rng_state(rng["torch"])
     random.setstate(rng["python"])
     np.random.set_state(rng["numpy"])
-    return int(trainer["step"])
+    return step
+
+
+def seed_all(seed: int) -> None:
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
 
 
 def full_state_dict(model) -> dict[str, torch.Tensor]:
@@ -209,9 +246,15 @@ def train(cfg: TrainConfig, progress: bool = True, policy_kwargs: dict | None = 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     ckpt = out / "checkpoint"
+    if state.rank == 0:
+        recover_checkpoint(ckpt)
+    if dist.is_initialized():
+        dist.barrier()
     start = load_checkpoint(ckpt, state.model, state.optimizer, state.scheduler, state.rank) \
         if ckpt.exists() else 0
     metrics_path = out / "metrics.jsonl"
+    if state.rank == 0:
+        keep_metrics_until(metrics_path, start)
     history = []
     bar = _bar(progress and state.rank == 0, cfg.steps, start)
     per_rank = cfg.prompts_per_step // state.world
