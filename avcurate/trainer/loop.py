@@ -385,7 +385,12 @@ def _updates(state: TrainState, rollout, old_logp, ref_logp, advantages) -> dict
     ref_logp = ref_logp[order] if ref_logp is not None else None
     mini = B // cfg.steps_per_generation
     micro = mini // cfg.grad_accum
-    losses, clips, kls, ratios = [], [], [], []
+    losses = []
+    # per-token figures weighted by each micro-batch's tokens, summed over ranks at the end:
+    # the logged value is the mean over every completion token of the step, whatever the
+    # number of ranks or micro-batches (an average of averages is not)
+    weighted = {"clip_fraction": 0.0, "kl": 0.0, "ratio_mean": 0.0}
+    tokens = 0.0
     for m in range(cfg.steps_per_generation):
         sl = slice(m * mini, (m + 1) * mini)
         denom = {"sequences": all_sum(float(mini)),
@@ -401,15 +406,15 @@ def _updates(state: TrainState, rollout, old_logp, ref_logp, advantages) -> dict
                               denom)
             (out.loss * world).backward()  # FSDP averages gradients over ranks
             step_loss += float(out.loss.detach())
-            clips.append(out.clip_fraction)
-            kls.append(out.kl)
-            ratios.append(out.ratio_mean)
+            n = float(rollout.completion_mask[ms].sum())
+            tokens += n
+            for key in weighted:
+                weighted[key] += getattr(out, key) * n
         if cfg.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
         optimizer.step()
         state.scheduler.step()
         losses.append(all_sum(step_loss))
+    total = max(all_sum(tokens), 1.0)
     return {"loss": float(np.mean(losses)),
-            "clip_fraction": all_sum(float(np.mean(clips))) / world,
-            "kl": all_sum(float(np.mean(kls))) / world,
-            "ratio_mean": all_sum(float(np.mean(ratios))) / world}
+            **{key: all_sum(value) / total for key, value in weighted.items()}}
