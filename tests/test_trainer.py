@@ -52,6 +52,23 @@ def test_tiny_model_learns_the_toy_task(toy, tmp_path, algo, spg, monkeypatch):
     assert (tmp_path / "out/final/config.json").is_file()
 
 
+def test_one_update_per_generation_skips_the_old_logprob_pass(toy, tmp_path, monkeypatch):
+    """steps_per_generation 1: the sampling policy is the one updated, so its log-probs are
+    the update's own; no separate forward over the rollout (TRL does the same)."""
+    import avcurate.trainer.loop as loop
+
+    monkeypatch.syspath_prepend(str(TESTS))
+    calls = []
+    real = loop.token_logprobs
+    monkeypatch.setattr(loop, "token_logprobs",
+                        lambda model, ids, *a: calls.append(len(ids)) or real(model, ids, *a))
+    history = train(_cfg(toy, tmp_path / "out", steps=2, grad_accum=2, beta=0.0),
+                    progress=False)
+    assert calls == [8, 8] * 2  # two micro-batches of 8 per step, nothing over all 16
+    assert all(h["ratio_mean"] == pytest.approx(1.0) and h["clip_fraction"] == 0
+               for h in history)
+
+
 def _weights(folder: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 

@@ -340,7 +340,10 @@ def _generation_step(state: TrainState, row_ids: list[int], global_ids: list[int
     advantages = local_advantages(rewards, G, cfg.advantage)
     media = policy.batch_extras(rollout.extras)
     with torch.no_grad():
-        old_logp = token_logprobs(model, rollout.input_ids, rollout.attention_mask, media)
+        # with one optimizer step per generation the policy that sampled is the one being
+        # updated: its log-probs are the update's own (detached), so no extra forward pass
+        old_logp = token_logprobs(model, rollout.input_ids, rollout.attention_mask, media) \
+            if cfg.steps_per_generation > 1 else None
         ref_logp = token_logprobs(state.ref, rollout.input_ids, rollout.attention_mask, media) \
             if state.ref is not None else None
     model.train()
@@ -381,7 +384,8 @@ def _updates(state: TrainState, rollout, old_logp, ref_logp, advantages) -> dict
     G = cfg.num_generations
     order = [g * G + j for j in range(G) for g in range(B // G)]
     rollout = rollout.select(order)
-    old_logp, advantages = old_logp[order], advantages[order]
+    advantages = advantages[order]
+    old_logp = old_logp[order] if old_logp is not None else None
     ref_logp = ref_logp[order] if ref_logp is not None else None
     mini = B // cfg.steps_per_generation
     micro = mini // cfg.grad_accum
@@ -401,7 +405,8 @@ def _updates(state: TrainState, rollout, old_logp, ref_logp, advantages) -> dict
             ms = slice(sl.start + a * micro, sl.start + (a + 1) * micro)
             media = policy.batch_extras(rollout.extras[ms]) if rollout.extras else None
             logp = token_logprobs(model, rollout.input_ids[ms], rollout.attention_mask[ms], media)
-            out = policy_loss(logp, old_logp[ms], advantages[ms], rollout.completion_mask[ms],
+            old = old_logp[ms] if old_logp is not None else logp.detach()
+            out = policy_loss(logp, old, advantages[ms], rollout.completion_mask[ms],
                               state.loss_cfg, ref_logp[ms] if ref_logp is not None else None,
                               denom)
             (out.loss * world).backward()  # FSDP averages gradients over ranks
