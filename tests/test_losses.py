@@ -142,3 +142,22 @@ def test_kl_k3_matches_formula_and_extreme_ratios_stay_finite():
     assert torch.isfinite(wild.loss)
     half = policy_loss(logp.bfloat16(), old.bfloat16(), adv, mask, LossConfig("gspo"))
     assert half.loss.dtype == torch.float32
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_chunked_logprobs_equal_the_full_log_softmax(dtype):
+    """Chunk sizes that do not divide the length, values and gradients, bf16 logits too."""
+    from avcurate.trainer.rollout import chosen_logprobs
+
+    torch.manual_seed(0)
+    logits = (3 * torch.randn(3, 41, 101)).to(dtype).requires_grad_(True)
+    target = torch.randint(0, 101, (3, 40))
+    full = torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, target.unsqueeze(-1))[..., 0]
+    (want,) = torch.autograd.grad((full * torch.arange(40)).sum(), logits)
+    for chunk in (1, 7, 40, 4096):
+        got = chosen_logprobs(logits, target, chunk=chunk)
+        assert got.dtype == torch.float32 and got.shape == (3, 40)
+        assert torch.allclose(got, full, atol=1e-5)
+        (grad,) = torch.autograd.grad((got * torch.arange(40)).sum(), logits)
+        assert torch.allclose(grad.float(), want.float(), atol=1e-2 if dtype == torch.bfloat16
+                              else 1e-6)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
+import torch.utils.checkpoint
 
 
 @dataclass
@@ -79,6 +80,33 @@ def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     """log p(token_{t+1} | tokens_{<=t}) for every position, in float32: [B, L-1]."""
     media = {k: v.to(model.device) for k, v in (extras or {}).items()}
     logits = model(input_ids=input_ids.to(model.device),
-                   attention_mask=attention_mask.to(model.device), **media).logits[:, :-1].float()
-    target = input_ids[:, 1:].to(logits.device)
-    return torch.log_softmax(logits, dim=-1).gather(-1, target.unsqueeze(-1)).squeeze(-1)
+                   attention_mask=attention_mask.to(model.device), **media).logits
+    return chosen_logprobs(logits, input_ids[:, 1:].to(logits.device))
+
+
+LOGPROB_CHUNK = 1024  # positions (per batch) whose float32 vocabulary rows exist at once
+
+
+def chosen_logprobs(logits: torch.Tensor, target: torch.Tensor,
+                    chunk: int = LOGPROB_CHUNK) -> torch.Tensor:
+    """log-softmax of `logits[:, t]` at `target[:, t]` for t < L-1, in float32: [B, L-1].
+
+    Chunk by chunk (logit of the chosen token minus a float32 logsumexp), so the float32
+    copy and log-softmax of the whole [B, L, vocab] tensor never exist: for 8 sequences of
+    10k tokens and a 150k vocabulary those are ~48 GB each. Under autograd each chunk is
+    recomputed in backward (activation checkpointing) instead of kept.
+    """
+    grad = torch.is_grad_enabled() and logits.requires_grad
+    # the last position predicts nothing; padding its target keeps the chunks plain splits
+    # of `logits` (one gradient buffer in backward, not one full-size buffer per slice)
+    padded = torch.nn.functional.pad(target, (0, 1))
+    parts = []
+    for piece, want in zip(logits.split(chunk, dim=1), padded.split(chunk, dim=1), strict=True):
+        parts.append(torch.utils.checkpoint.checkpoint(_chosen, piece, want, use_reentrant=False)
+                     if grad else _chosen(piece, want))
+    return torch.cat(parts, dim=1)[:, :-1]
+
+
+def _chosen(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    part = logits.float()
+    return part.gather(-1, target.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(part, dim=-1)
