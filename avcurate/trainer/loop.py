@@ -126,8 +126,10 @@ def keep_metrics_until(path: Path, step: int) -> None:
     before its next checkpoint and are about to be trained and logged again."""
     if not path.exists():
         return
-    lines = [ln for ln in path.read_text().splitlines()
-             if ln.strip() and json.loads(ln).get("step", 0) <= step]
+    every = [ln for ln in path.read_text().splitlines() if ln.strip()]
+    lines = [ln for ln in every if json.loads(ln).get("step", 0) <= step]
+    if len(lines) == len(every):
+        return  # nothing to drop: the file is left as it is (a finished run stays untouched)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("".join(ln + "\n" for ln in lines))
     tmp.replace(path)
