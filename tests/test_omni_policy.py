@@ -66,3 +66,58 @@ def test_omni_training_steps(thinker, media, tmp_path, monkeypatch):
     assert any(k.startswith("model.") for k in changed)             # the language model learned
     assert any(k.startswith("visual.") for k in changed)            # gradients reach the vision
     assert any(k.startswith("audio_tower.") for k in changed)       # and the audio encoders
+
+
+def test_fsdp_units_are_found_by_shape_in_the_omni_thinker(thinker):
+    """One unit per block of every stack (language, vision, audio) and one per tower, found
+    without naming any of them; the tied-embedding rule keeps a shared weight in one unit."""
+    from avcurate.trainer.loop import fsdp_units
+
+    folder, processor = thinker
+    policy = OmniPolicy(str(folder), processor=processor, dtype=torch.float32,
+                        device=torch.device("cpu"), system_prompt="", frames=2, audio_seconds=2.0)
+    units = fsdp_units(policy.model)
+    assert {"model.language_model.layers.0", "model.visual.blocks.0",
+            "model.audio_tower.layers.0"} <= set(units)
+    assert {"model.visual", "model.audio_tower"} <= set(units)
+    assert units.index("model.visual.blocks.0") < units.index("model.visual")  # inner first
+    # the language model embeds the tokens outside its own forward: not a unit of its own
+    assert "model.language_model" not in units
+    policy.model.lm_head.weight = policy.model.model.visual.merger.mlp[0].weight  # a shared one
+    assert "model.visual" not in fsdp_units(policy.model)
+
+
+def test_omni_trains_on_two_ranks_like_one(thinker, media, tmp_path):
+    """torchrun, 2 ranks, gloo: generation computes image and audio features outside the
+    root's forward, which needs the towers as their own FSDP units; losses and weights
+    equal one process's."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    folder, _ = thinker
+    data = tmp_path / "rows.parquet"
+    pq.write_table(pa.table({k: [v, v] for k, v in _row(media).items()}), data)
+    tests = Path(__file__).parent
+    env = os.environ | {"PYTHONPATH": os.pathsep.join([str(tests), os.environ.get("PYTHONPATH",
+                                                                                  "")]),
+                        "OMP_NUM_THREADS": "1"}
+    script = str(tests / "omni_train.py")
+    for out, launcher in (("one", [sys.executable]),
+                          ("two", [sys.executable, "-m", "torch.distributed.run",
+                                   "--nproc-per-node", "2", "--standalone"])):
+        result = subprocess.run([*launcher, script, str(folder), str(data), str(tmp_path / out)],
+                                capture_output=True, text=True, env=env, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+    metrics = {out: [json.loads(x) for x in (tmp_path / out / "metrics.jsonl").read_text()
+                     .splitlines()] for out in ("one", "two")}
+    for a, b in zip(metrics["one"], metrics["two"], strict=True):
+        assert a["reward_mean"] == b["reward_mean"]
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
+    from safetensors.torch import load_file
+
+    w1 = load_file(str(tmp_path / "one/final/model.safetensors"))
+    w2 = load_file(str(tmp_path / "two/final/model.safetensors"))
+    assert set(w1) == set(w2) and all(torch.allclose(w1[k], w2[k], atol=1e-5) for k in w1)

@@ -50,18 +50,66 @@ def setup_distributed() -> tuple[int, int, torch.device]:
 
 
 def shard(model: torch.nn.Module, world: int, device: torch.device) -> torch.nn.Module:
-    """FSDP2: shard every decoder layer, then the root (embeddings, head)."""
+    """FSDP2: one unit per repeated block, one per tower that holds blocks, then the root."""
     if world == 1:
         return model
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
     mesh = init_device_mesh(device.type, (world,))
-    layers = getattr(getattr(model, "model", model), "layers", [])
-    for layer in layers:
-        fully_shard(layer, mesh=mesh)
+    modules = dict(model.named_modules())
+    for name in fsdp_units(model):
+        fully_shard(modules[name], mesh=mesh)
     fully_shard(model, mesh=mesh)
+    # FSDP sets itself up on the root's first forward; generate may call a tower first
+    # (image features before the language model), so one token goes through the root now
+    with torch.no_grad():
+        model(input_ids=torch.zeros((1, 1), dtype=torch.long, device=device))
+    reshard_all(model)  # the root stays gathered after a forward; the optimizer needs shards
     return model
+
+
+def fsdp_units(model: torch.nn.Module) -> list[str]:
+    """The modules to shard as their own FSDP units, innermost first, found by shape, not by
+    name (layouts move between transformers versions: `model.layers` became
+    `model.language_model.layers`, next to `visual.blocks` and `audio_tower.layers`):
+
+    - every block of a stack: a ModuleList of modules of one class, with weights (a
+      tiny test model may have one block per stack);
+    - every module holding such a stack (a tower: the language model, the vision or audio
+      encoder) whose parameters no module outside it uses, so a tower called on its own
+      (generate computes image features outside the root's forward) gathers its own
+      weights. A tower sharing a weight with the outside (tied input and output embeddings)
+      stays in its parent's unit, as FSDP needs a shared weight in one unit; so does the
+      tower holding the input embeddings (the language model): multimodal models embed the
+      tokens outside its forward, to splice the image and audio features in.
+    """
+    blocks, stacks = [], []
+    for name, module in model.named_modules():
+        children = list(module.children())
+        if (isinstance(module, torch.nn.ModuleList) and children
+                and len({type(c) for c in children}) == 1
+                and all(any(True for _ in c.parameters()) for c in children)):
+            stacks.append(name)
+            blocks += [f"{name}.{i}" if name else str(i) for i in range(len(children))]
+    holders = {stack.rpartition(".")[0] for stack in stacks} - {""}
+    embed = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    towers = [h for h in holders if not _shares_weights(model, h)
+              and not _holds(model.get_submodule(h), embed)]
+    # innermost first: a unit must be sharded before any unit that contains it
+    return blocks + sorted(towers, key=lambda n: -n.count("."))
+
+
+def _holds(module: torch.nn.Module, part: torch.nn.Module | None) -> bool:
+    return part is not None and any(m is part for m in module.modules())
+
+
+def _shares_weights(model: torch.nn.Module, name: str) -> bool:
+    inside = {id(p) for p in model.get_submodule(name).parameters()}
+    prefix = name + "."
+    return any(id(p) in inside for n, m in model.named_modules()
+               if n != name and not n.startswith(prefix)
+               for p in m.parameters(recurse=False))
 
 
 def all_sum(value: float) -> float:
@@ -90,6 +138,7 @@ def save_checkpoint(folder: Path, model, optimizer, scheduler, step: int, rank: 
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
     tmp = folder.with_name(folder.name + ".tmp")
+    reshard_all(model)
     msd, osd = get_state_dict(model, optimizer)
     dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(tmp / "state"))
     torch.save({"torch": torch.get_rng_state(), "python": random.getstate(),
@@ -107,6 +156,17 @@ def save_checkpoint(folder: Path, model, optimizer, scheduler, step: int, rank: 
             shutil.rmtree(old)
     if dist.is_initialized():
         dist.barrier()
+
+
+def reshard_all(model: torch.nn.Module) -> None:
+    """Put every FSDP unit back in its sharded state. A tower run outside the root's forward
+    (generation computes image and audio features first) can be left gathered, and then its
+    registered parameters are not the ones the optimizer holds."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
 
 
 def recover_checkpoint(folder: Path) -> None:
