@@ -69,6 +69,26 @@ def test_one_update_per_generation_skips_the_old_logprob_pass(toy, tmp_path, mon
                for h in history)
 
 
+def test_bf16_mixed_precision_updates_weights_like_float32(toy, tmp_path, monkeypatch):
+    """At lr 1e-6 an update is far below bfloat16's resolution: weights kept in bfloat16
+    barely move, while bf16-mixed (float32 master weights and AdamW state, bfloat16
+    compute) changes them as float32 does."""
+    monkeypatch.syspath_prepend(str(TESTS))
+    lm, _ = toy
+    before = _weights(Path(lm))
+    changed = {}
+    for dtype in ("float32", "bf16-mixed", "bfloat16"):
+        train(_cfg(toy, tmp_path / dtype, steps=2, lr=1e-6, dtype=dtype), progress=False)
+        after = _weights(tmp_path / dtype / "final")
+        moved = sum(int((after[k] != before[k].to(after[k].dtype)).sum()) for k in before)
+        changed[dtype] = moved / sum(v.numel() for v in before.values())
+    assert after["lm_head.weight"].dtype == torch.bfloat16  # the last run kept bfloat16
+    assert changed["float32"] > 0.9, changed
+    assert changed["bf16-mixed"] > 0.9 * changed["float32"], changed
+    assert changed["bfloat16"] < 0.5 * changed["float32"], changed
+    assert _weights(tmp_path / "bf16-mixed/final")["lm_head.weight"].dtype == torch.float32
+
+
 def _weights(folder: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 

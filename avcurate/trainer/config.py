@@ -73,7 +73,12 @@ class TrainConfig:
     stop_after: int = option(0, min=0, help="Stop (with a checkpoint) after this many steps in "
                              "this run, for time-limited jobs.")
     seed: int = option(0, help="Run seed.")
-    dtype: str = option("float32", choices=("float32", "bfloat16"), help="Model dtype.")
+    dtype: str = option("auto", choices=("auto", "float32", "bf16-mixed", "bfloat16"),
+                        help="Precision. bf16-mixed: float32 weights and optimizer state, "
+                             "bfloat16 compute (FSDP2 MixedPrecisionPolicy with float32 "
+                             "gradient reduction; autocast on one rank); bfloat16: weights and "
+                             "optimizer in bfloat16 (small updates are lost: at lr 1e-6 most "
+                             "weights never change); auto: bf16-mixed on GPU, float32 on CPU.")
     log_every: int = option(1, min=1, help="Write metrics every N steps.")
 
     def __post_init__(self) -> None:

@@ -31,7 +31,24 @@ from avcurate.trainer.policy import make_policy
 from avcurate.trainer.rewards import Reward, RewardSettings
 from avcurate.trainer.rollout import pack, prompt_seed, sample_group, token_logprobs
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "bf16-mixed": torch.float32}
+
+
+def precision(cfg_dtype: str, device: torch.device) -> str:
+    """The precision `auto` means here: bf16-mixed on a GPU, float32 elsewhere."""
+    if cfg_dtype == "auto":
+        return "bf16-mixed" if device.type == "cuda" else "float32"
+    return cfg_dtype
+
+
+def compute_context(mixed: bool, world: int, device: torch.device):
+    """bfloat16 compute over float32 weights: FSDP2 casts the gathered weights itself when
+    sharded; on one rank autocast does it. Anything else runs as loaded."""
+    import contextlib
+
+    if mixed and world == 1:
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 # -- distributed ------------------------------------------------------------------------------
@@ -49,18 +66,24 @@ def setup_distributed() -> tuple[int, int, torch.device]:
     return rank, world, torch.device("cpu")
 
 
-def shard(model: torch.nn.Module, world: int, device: torch.device) -> torch.nn.Module:
-    """FSDP2: one unit per repeated block, one per tower that holds blocks, then the root."""
+def shard(model: torch.nn.Module, world: int, device: torch.device,
+          mixed: bool = False) -> torch.nn.Module:
+    """FSDP2: one unit per repeated block, one per tower that holds blocks, then the root;
+    with `mixed`, bfloat16 compute and float32 gradient reduction over float32 shards."""
     if world == 1:
         return model
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     mesh = init_device_mesh(device.type, (world,))
+    kw = {"mesh": mesh}
+    if mixed:
+        kw["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16,
+                                               reduce_dtype=torch.float32)
     modules = dict(model.named_modules())
     for name in fsdp_units(model):
-        fully_shard(modules[name], mesh=mesh)
-    fully_shard(model, mesh=mesh)
+        fully_shard(modules[name], **kw)
+    fully_shard(model, **kw)
     # FSDP sets itself up on the root's first forward; generate may call a tower first
     # (image features before the language model), so one token goes through the root now
     with torch.no_grad():
@@ -264,6 +287,11 @@ class TrainState:
     loss_cfg: LossConfig
     rewards: list[Reward]
     variants: tuple[str, ...]  # extra rollouts the rewards declare (e.g. video_only)
+    mixed: bool = False  # bfloat16 compute over float32 weights
+    device: torch.device = torch.device("cpu")
+
+    def compute(self):
+        return compute_context(self.mixed, self.world, self.device)
 
 
 def build_rewards(cfg: TrainConfig) -> list[Reward]:
@@ -283,13 +311,16 @@ def setup(cfg: TrainConfig, policy_kwargs: dict | None = None) -> TrainState:
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     rows = load_rows(cfg.data)
-    policy_kw = {"dtype": DTYPES[cfg.dtype], "device": device, "system_prompt": cfg.system_prompt,
+    prec = precision(cfg.dtype, device)
+    mixed = prec == "bf16-mixed"
+    policy_kw = {"dtype": DTYPES[prec], "device": device, "system_prompt": cfg.system_prompt,
                  "frames": cfg.frames, "audio_seconds": cfg.audio_seconds, **(policy_kwargs or {})}
     policy = make_policy(cfg.policy, cfg.model, **policy_kw)
-    model = shard(policy.model, world, device)
+    model = shard(policy.model, world, device, mixed)
     ref = None
     if cfg.beta > 0:
-        ref = shard(make_policy(cfg.policy, cfg.model, **policy_kw).model, world, device).eval()
+        ref = shard(make_policy(cfg.policy, cfg.model, **policy_kw).model, world, device,
+                    mixed).eval()
         ref.requires_grad_(False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     total_updates = cfg.steps * cfg.steps_per_generation
@@ -298,7 +329,7 @@ def setup(cfg: TrainConfig, policy_kwargs: dict | None = None) -> TrainState:
     loss_cfg = LossConfig(cfg.algo, cfg.eps_low, cfg.eps_high, cfg.beta, cfg.aggregation,
                           cfg.max_new_tokens)
     return TrainState(cfg, rank, world, rows, policy, model, ref, optimizer, scheduler, loss_cfg,
-                      rewards, reward_registry.rollouts_needed(rewards))
+                      rewards, reward_registry.rollouts_needed(rewards), mixed, device)
 
 
 def train(cfg: TrainConfig, progress: bool = True, policy_kwargs: dict | None = None
@@ -374,12 +405,36 @@ def _bar(enabled: bool, total: int, start: int):
 def _generation_step(state: TrainState, row_ids: list[int], global_ids: list[int], step: int
                      ) -> dict[str, Any]:
     cfg, policy, model = state.cfg, state.policy, state.model
-    tok = policy.tokenizer
     G = cfg.num_generations
-    prompts, completions, batch_rows, extras = [], [], [], []
     model.eval()
     sampling = {"temperature": cfg.temperature, "top_p": cfg.top_p,
                 "max_new_tokens": cfg.max_new_tokens, "suppress_tokens": policy.suppress_tokens}
+    with state.compute():
+        rollout, batch_rows = _sample(state, row_ids, global_ids, step, sampling)
+    total, parts = reward_registry.combine(state.rewards, cfg.reward_weights or None,
+                                           rollout.completions, batch_rows)
+    rewards = torch.tensor(total, dtype=torch.float32)
+    advantages = local_advantages(rewards, G, cfg.advantage)
+    media = policy.batch_extras(rollout.extras)
+    with torch.no_grad(), state.compute():
+        # with one optimizer step per generation the policy that sampled is the one being
+        # updated: its log-probs are the update's own (detached), so no extra forward pass
+        old_logp = token_logprobs(model, rollout.input_ids, rollout.attention_mask, media) \
+            if cfg.steps_per_generation > 1 else None
+        ref_logp = token_logprobs(state.ref, rollout.input_ids, rollout.attention_mask, media) \
+            if state.ref is not None else None
+    model.train()
+    stats = _updates(state, rollout, old_logp, ref_logp, advantages)
+    return _record(state, rollout, total, parts, stats)
+
+
+def _sample(state: TrainState, row_ids: list[int], global_ids: list[int], step: int,
+            sampling: dict[str, Any]):
+    """G completions per prompt (and the rewards' extra rollouts), packed into a Rollout."""
+    cfg, policy, model = state.cfg, state.policy, state.model
+    tok = policy.tokenizer
+    G = cfg.num_generations
+    prompts, completions, batch_rows, extras = [], [], [], []
     for r_idx, g_idx in zip(row_ids, global_ids, strict=True):
         row = dict(state.rows[r_idx])
         ids, media = policy.inputs(row, "av", cfg.max_prompt_tokens)
@@ -396,20 +451,11 @@ def _generation_step(state: TrainState, row_ids: list[int], global_ids: list[int
         extras += [media] * G
     rollout = pack(prompts, completions, tok.pad_token_id, tok)
     rollout.extras = extras
-    total, parts = reward_registry.combine(state.rewards, cfg.reward_weights or None,
-                                           rollout.completions, batch_rows)
-    rewards = torch.tensor(total, dtype=torch.float32)
-    advantages = local_advantages(rewards, G, cfg.advantage)
-    media = policy.batch_extras(rollout.extras)
-    with torch.no_grad():
-        # with one optimizer step per generation the policy that sampled is the one being
-        # updated: its log-probs are the update's own (detached), so no extra forward pass
-        old_logp = token_logprobs(model, rollout.input_ids, rollout.attention_mask, media) \
-            if cfg.steps_per_generation > 1 else None
-        ref_logp = token_logprobs(state.ref, rollout.input_ids, rollout.attention_mask, media) \
-            if state.ref is not None else None
-    model.train()
-    stats = _updates(state, rollout, old_logp, ref_logp, advantages)
+    return rollout, batch_rows
+
+
+def _record(state: TrainState, rollout, total, parts, stats) -> dict[str, Any]:
+    G = state.cfg.num_generations
     all_rewards = _gather_list(total)
     groups = torch.tensor(all_rewards).view(-1, G)
     record = {"reward_mean": float(np.mean(all_rewards)), "reward_std": float(np.std(all_rewards)),
@@ -466,7 +512,9 @@ def _updates(state: TrainState, rollout, old_logp, ref_logp, advantages) -> dict
         for a in range(cfg.grad_accum):
             ms = slice(sl.start + a * micro, sl.start + (a + 1) * micro)
             media = policy.batch_extras(rollout.extras[ms]) if rollout.extras else None
-            logp = token_logprobs(model, rollout.input_ids[ms], rollout.attention_mask[ms], media)
+            with state.compute():
+                logp = token_logprobs(model, rollout.input_ids[ms], rollout.attention_mask[ms],
+                                      media)
             old = old_logp[ms] if old_logp is not None else logp.detach()
             out = policy_loss(logp, old, advantages[ms], rollout.completion_mask[ms],
                               state.loss_cfg, ref_logp[ms] if ref_logp is not None else None,
