@@ -511,6 +511,8 @@ def _updates(state: TrainState, rollout, old_logp, ref_logp, advantages) -> dict
         step_loss = 0.0
         for a in range(cfg.grad_accum):
             ms = slice(sl.start + a * micro, sl.start + (a + 1) * micro)
+            if hasattr(model, "set_requires_gradient_sync"):  # sharded: reduce-scatter the
+                model.set_requires_gradient_sync(a == cfg.grad_accum - 1)  # summed grads once
             media = policy.batch_extras(rollout.extras[ms]) if rollout.extras else None
             with state.compute():
                 logp = token_logprobs(model, rollout.input_ids[ms], rollout.attention_mask[ms],
