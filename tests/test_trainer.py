@@ -89,6 +89,25 @@ def test_bf16_mixed_precision_updates_weights_like_float32(toy, tmp_path, monkey
     assert _weights(tmp_path / "bf16-mixed/final")["lm_head.weight"].dtype == torch.float32
 
 
+def test_gradient_checkpointing_trains_the_same(toy, tmp_path, monkeypatch):
+    """Recomputing activations in backward changes memory, not the result."""
+    import avcurate.trainer.loop as loop
+
+    monkeypatch.syspath_prepend(str(TESTS))
+    made = []
+    real = loop.make_policy
+    monkeypatch.setattr(loop, "make_policy", lambda *a, **kw: made.append(real(*a, **kw))
+                        or made[-1])
+    runs = {flag: train(_cfg(toy, tmp_path / str(flag), steps=2, gradient_checkpointing=flag),
+                        progress=False) for flag in (False, True)}
+    assert [p.model.is_gradient_checkpointing for p in made] == [False, True]
+    for a, b in zip(runs[False], runs[True], strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-6)
+        assert a["reward_mean"] == b["reward_mean"]
+    w1, w2 = _weights(tmp_path / "False/final"), _weights(tmp_path / "True/final")
+    assert all(torch.allclose(w1[k], w2[k], atol=1e-6) for k in w1)
+
+
 def _weights(folder: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 

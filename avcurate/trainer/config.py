@@ -42,6 +42,9 @@ class TrainConfig:
     steps_per_generation: int = option(1, min=1, help="Optimizer steps (minibatches) per "
                                        "generation; GSPO's clipping only acts when > 1.")
     grad_accum: int = option(1, min=1, help="Micro-batches per optimizer step.")
+    gradient_checkpointing: bool = option(False, help="Recompute each block's activations in "
+                                          "backward instead of keeping them (less memory for "
+                                          "long sequences, about a third more compute).")
     lr: float = option(1e-6, gt=0, help="AdamW learning rate (warmup, then cosine).")
     weight_decay: float = option(0.0, min=0, help="AdamW weight decay.")
     warmup_fraction: float = option(0.05, min=0, max=1, help="Share of updates spent warming "
