@@ -166,6 +166,7 @@ def test_gemini_without_key_stops_before_any_row(tmp_path, media, monkeypatch):
 
 def test_openai_api_without_key_or_url_stops_before_any_row(tmp_path, media, monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
     stage = StageSpec("score", {"backend": "openai", "model": "gpt-4o"})
     with pytest.raises(RunError, match="set OPENAI_API_KEY .* or give --base-url"):
         run(jsonl_recipe(tmp_path, _records(media, [""]), media["root"], [stage]),

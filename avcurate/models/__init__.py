@@ -74,7 +74,9 @@ def check_backend(spec: ModelSpec) -> None:
     if spec.backend == "openai":
         import avcurate.models.openai_backend  # noqa: F401
 
-        if not spec.base_url and not os.environ.get("OPENAI_API_KEY"):
+        # the OpenAI client also takes its URL from OPENAI_BASE_URL
+        if not (spec.base_url or os.environ.get("OPENAI_BASE_URL")) \
+                and not os.environ.get("OPENAI_API_KEY"):
             raise BackendUnavailable(f"model {spec.model!r}: set OPENAI_API_KEY for OpenAI's API, "
                                      "or give --base-url for an OpenAI-compatible server "
                                      "(e.g. `vllm serve`)")
