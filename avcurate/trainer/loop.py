@@ -316,9 +316,13 @@ def setup(cfg: TrainConfig, policy_kwargs: dict | None = None) -> TrainState:
     policy_kw = {"dtype": DTYPES[prec], "device": device, "system_prompt": cfg.system_prompt,
                  "frames": cfg.frames, "audio_seconds": cfg.audio_seconds, **(policy_kwargs or {})}
     policy = make_policy(cfg.policy, cfg.model, **policy_kw)
-    if cfg.gradient_checkpointing:
-        policy.model.gradient_checkpointing_enable(
-            gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.gradient_checkpointing:  # transformers 5 renamed it; 4.x has the old name only
+        enable = getattr(policy.model, "activation_checkpointing_enable", None)
+        if enable is not None:
+            enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            policy.model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False})
     model = shard(policy.model, world, device, mixed)
     ref = None
     if cfg.beta > 0:
