@@ -109,6 +109,17 @@ def test_gradient_checkpointing_trains_the_same(toy, tmp_path, monkeypatch):
     assert all(torch.allclose(w1[k], w2[k], atol=1e-6) for k in w1)
 
 
+def test_the_readme_7b_omni_config_is_a_valid_config(tmp_path):
+    """The "7B omni on 8 GPUs" section's TOML loads and passes the option checks."""
+    readme = (Path(__file__).parents[1] / "avcurate/trainer/README.md").read_text()
+    block = readme.split("## 7B omni on 8 GPUs", 1)[1].split("```toml\n", 1)[1].split("```")[0]
+    (tmp_path / "omni7b.toml").write_text(block)
+    cfg = TrainConfig.load(tmp_path / "omni7b.toml")
+    cfg.check()
+    assert cfg.policy == "omni" and cfg.dtype == "bf16-mixed" and cfg.gradient_checkpointing
+    assert cfg.prompts_per_step % 8 == 0  # whole prompt groups on each of 8 ranks
+
+
 def _weights(folder: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
