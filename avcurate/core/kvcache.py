@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from avcurate.core.lock import pid_alive
+
 NETWORK_FS = frozenset({
     "nfs", "nfs4", "cifs", "smb3", "smbfs", "afs", "9p", "lustre", "gpfs", "beegfs", "ceph",
     "glusterfs", "fuse.glusterfs", "fuse.sshfs", "fuse.cephfs", "fuse.ceph", "fuse.gcsfuse",
@@ -62,16 +64,6 @@ def journal_mode(path: Path) -> str:
     if forced in ("wal", "delete"):
         return forced
     return "delete" if filesystem_type(path.parent) in NETWORK_FS else "wal"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _locked(method):
@@ -173,7 +165,7 @@ class KVCache:
     def _dead(self, owner: str) -> bool:
         """A lease holder on this host whose process is gone (a killed run)."""
         host, _, pid = owner.rpartition(":")
-        return host == socket.gethostname() and pid.isdigit() and not _alive(int(pid))
+        return host == socket.gethostname() and pid.isdigit() and not pid_alive(int(pid))
 
     @_locked
     def __len__(self) -> int:

@@ -23,6 +23,17 @@ HOLDER = ".avcurate.lock.json"
 _held: dict[Path, int] = {}
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` exists on this host (one we may not signal counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class RunInUse(RuntimeError):
     """Another process is writing to this run folder."""
 

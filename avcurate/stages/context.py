@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from avcurate.core.kvcache import KVCache
+from avcurate.core.lock import pid_alive
 
 
 def exit_with_parent(parent: int) -> None:
@@ -20,21 +21,11 @@ def exit_with_parent(parent: int) -> None:
     kill -9, when no shutdown message ever comes), instead of lingering as an orphan."""
 
     def watch() -> None:
-        while _alive(parent):
+        while pid_alive(parent):
             time.sleep(0.5)
         os._exit(1)
 
     threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 # Workers come from a fork server, not a fork of the run's process: that process has
