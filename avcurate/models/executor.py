@@ -204,11 +204,11 @@ class Executor:
             local.add(**counts)
 
     async def _run_all(self, requests, validators, stats) -> list[CallResult]:
+        if self._stopped is not None:
+            raise self._stopped
         _CALL_STATS.set(stats)  # this task's context, copied into the tasks below
         keys = [r.key(self.backend.name, self.backend.model) for r in requests]
         cached = self.cache.get_many(keys) if self.cache is not None else {}
-        if self._stopped is not None:
-            raise self._stopped
         tasks = [asyncio.ensure_future(self._one(r, k, cached.get(k), v))
                  for r, k, v in zip(requests, keys, validators, strict=True)]
         self._tasks.update(tasks)
@@ -303,9 +303,8 @@ class Executor:
         return CallResult(value=value, response=response)
 
     def _breaker(self, exc: ModelError) -> None:
-        """Stop the stage when the failure is the endpoint's, not the row's."""
-        if exc.systemic:
-            self._halt(f"{exc.kind}: {_first_line(exc)}")
+        """Stop the stage when failures add up to the endpoint's, not the rows' (a systemic
+        failure already stopped it, in `_call_with_retries`)."""
         self._failed += 1
         if exc.kind in TRANSPORT_KINDS or exc.kind.startswith("http_5"):
             self._failed_in_a_row += 1
