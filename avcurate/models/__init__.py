@@ -5,7 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from avcurate.models.errors import BackendUnavailable, EndpointError, InvalidAnswer, ModelError
+from avcurate.models.errors import (
+    GEMINI_KEY_MISSING,
+    VLLM_HINT,
+    BackendUnavailable,
+    EndpointError,
+    InvalidAnswer,
+    ModelError,
+)
 from avcurate.models.executor import Executor
 from avcurate.models.request import (
     AudioPart,
@@ -84,16 +91,13 @@ def check_backend(spec: ModelSpec) -> None:
         import avcurate.models.gemini_backend  # noqa: F401
 
         if not (os.environ.get("GEMINI_API_KEY") or os.environ.get("GOOGLE_API_KEY")):
-            raise BackendUnavailable(f"model {spec.model!r}: set GEMINI_API_KEY (or "
-                                     "GOOGLE_API_KEY) to use the gemini backend")
+            raise BackendUnavailable(f"model {spec.model!r}: {GEMINI_KEY_MISSING}")
     else:
         import importlib.util
 
         need = "vllm" if spec.backend == "vllm" else "torch"
         if importlib.util.find_spec(need) is None:
-            hint = ("pip install 'avcurate[vllm]' on a machine with a GPU, or run `vllm serve "
-                    "MODEL` and use --backend openai --base-url http://HOST:8000/v1"
-                    if need == "vllm" else "pip install 'avcurate[train]'")
+            hint = VLLM_HINT if need == "vllm" else "pip install 'avcurate[train]'"
             raise BackendUnavailable(f"the {spec.backend} backend needs {need}: {hint}")
 
 

@@ -38,5 +38,10 @@ class InvalidAnswer(Exception):
         self.reason = reason
 
 
+GEMINI_KEY_MISSING = "set GEMINI_API_KEY (or GOOGLE_API_KEY) to use the gemini backend"
+VLLM_HINT = ("pip install 'avcurate[vllm]' on a machine with a GPU, or run `vllm serve MODEL` "
+             "and use --backend openai --base-url http://HOST:8000/v1")
+
+
 class BackendUnavailable(RuntimeError):
     """A backend that cannot be used here (e.g. vllm not installed): a clear message."""

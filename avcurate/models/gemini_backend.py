@@ -15,7 +15,7 @@ from pathlib import Path
 from google import genai
 from google.genai import errors, types
 
-from avcurate.models.errors import ModelError
+from avcurate.models.errors import GEMINI_KEY_MISSING, ModelError
 from avcurate.models.http_errors import TIMEOUT_ERRORS, TRANSPORT_ERRORS
 from avcurate.models.request import (
     AudioPart,
@@ -55,8 +55,7 @@ class GeminiBackend:
         if self._client is None:
             key = os.environ.get("GEMINI_API_KEY") or os.environ.get("GOOGLE_API_KEY")
             if not key:
-                raise ModelError("set GEMINI_API_KEY (or GOOGLE_API_KEY) to use the gemini backend",
-                                 retryable=False, kind="no_api_key")
+                raise ModelError(GEMINI_KEY_MISSING, retryable=False, kind="no_api_key")
             options = types.HttpOptions(timeout=int(self.timeout * 1000),
                                         **({"base_url": self.base_url} if self.base_url else {}))
             self._client = genai.Client(api_key=key, http_options=options)

@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from avcurate.models.errors import BackendUnavailable, ModelError
+from avcurate.models.errors import VLLM_HINT, BackendUnavailable, ModelError
 from avcurate.models.request import ModelRequest, ModelResponse, TextPart, with_json
 
 
@@ -96,10 +96,7 @@ class VLLMBackend(_InProcess):
         try:
             import vllm
         except ImportError as exc:
-            raise BackendUnavailable(
-                "the vllm backend needs vLLM: pip install 'avcurate[vllm]' on a machine with a GPU, "
-                "or run `vllm serve MODEL` and use --backend openai --base-url http://HOST:8000/v1"
-            ) from exc
+            raise BackendUnavailable(f"the vllm backend needs vLLM: {VLLM_HINT}") from exc
         self.model = model
         self.llm = vllm.LLM(model=model)
         self._vllm = vllm
