@@ -117,6 +117,19 @@ def plan(recipe: Recipe) -> list[tuple[Stage, str]]:
     return stages
 
 
+def done_entries(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """The manifest's completed stages (v0.1 manifests may also hold a "running" one)."""
+    return [e for e in manifest.get("stages", []) if e.get("status", "done") == "done"]
+
+
+def matching_prefix(done: list[dict[str, Any]], planned: list[dict[str, Any]]) -> int:
+    """How many completed stages, from ingest on, were made with the planned settings."""
+    k = 0
+    while k < min(len(done), len(planned)) and done[k]["fingerprint"] == planned[k]["fingerprint"]:
+        k += 1
+    return k
+
+
 def batched(items: Iterator[Any], n: int) -> Iterator[list[Any]]:
     it = iter(items)
     while chunk := list(islice(it, n)):
@@ -158,19 +171,17 @@ class Runner:
         if not self.store.exists():
             return {"format": 1, "created_at": now(), "stages": []}
         manifest = self.store.load_manifest()
-        done = [e for e in manifest.get("stages", []) if e.get("status", "done") == "done"]
+        done = done_entries(manifest)
         manifest["stages"] = done  # v0.1 manifests may hold a "running" entry
-        for k, entry in enumerate(done[: len(planned)]):
-            if entry["fingerprint"] == planned[k]["fingerprint"]:
-                continue
+        k = matching_prefix(done, planned)
+        if k < min(len(done), len(planned)):
             if not self.force:
                 raise RunError(
-                    f"{self.store.root} already holds a run whose stage {entry['dir']} was made "
-                    f"with a different recipe (sources, options or order). Use --force to "
+                    f"{self.store.root} already holds a run whose stage {done[k]['dir']} was "
+                    f"made with a different recipe (sources, options or order). Use --force to "
                     f"recompute from that stage on, or choose another --out."
                 )
             manifest["stages"] = remove_stages(self.store, done, k)
-            break
         return manifest
 
     def _save(self, manifest: dict[str, Any]) -> None:
@@ -202,13 +213,8 @@ class Runner:
         """Before anything is written: every stage with work left can run here (its model
         backend's library and key). Stages a previous run finished are not checked, so a
         finished run resumes without its model servers."""
-        done = 0
-        if self.store.exists():
-            entries = self.store.load_manifest().get("stages", [])
-            while (done < min(len(entries), len(planned))
-                   and entries[done].get("status", "done") == "done"
-                   and entries[done]["fingerprint"] == planned[done]["fingerprint"]):
-                done += 1
+        done = (matching_prefix(done_entries(self.store.load_manifest()), planned)
+                if self.store.exists() else 0)
         for stage, _ in stages[max(0, done - 1):]:
             try:
                 if check := getattr(stage, "check", None):  # not in v0.1's protocol
