@@ -307,9 +307,7 @@ def setup(cfg: TrainConfig, policy_kwargs: dict | None = None) -> TrainState:
     rank, world, device = setup_distributed()
     if cfg.prompts_per_step % world:
         raise ValueError(f"--prompts-per-step {cfg.prompts_per_step} must divide among {world} ranks")
-    torch.manual_seed(cfg.seed)
-    random.seed(cfg.seed)
-    np.random.seed(cfg.seed)
+    seed_all(cfg.seed)
     rows = load_rows(cfg.data)
     prec = precision(cfg.dtype, device)
     mixed = prec == "bf16-mixed"
