@@ -229,22 +229,15 @@ def load_records(path: str | os.PathLike) -> Iterator[Any]:
     if path.suffix == ".jsonl" or not head.startswith(("[", "{")) or _looks_like_jsonl(head):
         yield from _jsonl(path)
         return
-    data = _parse_json_file(path)
+    try:  # orjson was tried: no faster on annotation files (object creation dominates)
+        data = json.loads(path.read_text(encoding="utf-8", errors="surrogateescape"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not valid JSON (line {exc.lineno}: {exc.msg})") from None
     if isinstance(data, dict):
         data = data["data"] if isinstance(data.get("data"), list) else _keyed(data)
     if not isinstance(data, list):
         raise ValueError(f"{path}: expected a JSON array of records")
     yield from data
-
-
-def _parse_json_file(path: Path) -> Any:
-    """The file's JSON; bytes that are not UTF-8 are kept as surrogates (rejected per
-    record). orjson was tried here: no faster on annotation files (object creation
-    dominates), so the standard library it is."""
-    try:
-        return json.loads(path.read_text(encoding="utf-8", errors="surrogateescape"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path} is not valid JSON (line {exc.lineno}: {exc.msg})") from None
 
 
 def _keyed(data: dict) -> list:
