@@ -136,6 +136,7 @@ BAD = [
     (["train", "--data", "d", "--model", "m", "--lr", "-1"], "lr = -1.0 must be greater than 0"),
     (["train", "--data", "d", "--model", "m", "--rewards", "fromat"], "unknown reward 'fromat'"),
     (["train", "--data", "d", "--model", "m", "--algo", "ppo"], "algo = 'ppo' must be one of"),
+    (["train", "--data", "d", "--model", "m", "--dtype", "bf16"], "dtype = 'bf16' must be one of"),
     (["classify", "{run}", "--model", "m", "--rpm", "-1"], "rpm = -1.0 must be at least 0"),
     (["classify", "{run}", "--model", "m", "--temperature", "nan"], "must be a finite number"),
     (["subset", "{run}", "--name", "Audio Visual"], "must be lower-case letters"),
