@@ -27,10 +27,13 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
+import contextlib
 import contextvars
 import random
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -115,6 +118,18 @@ def backoff(attempt: int, retry_after: float | None, base: float, cap: float) ->
 LEASE_POLL_SECONDS = 0.1  # how often a process waiting on a peer's call looks for its answer
 
 
+_OPEN: weakref.WeakSet[Executor] = weakref.WeakSet()  # executors with a live loop
+
+
+@atexit.register
+def _close_open() -> None:
+    """Close the executors nobody closed (e.g. a trainer's judge) while their loop threads
+    still run, so HTTP sessions end cleanly instead of warning at interpreter exit."""
+    for executor in list(_OPEN):
+        with contextlib.suppress(Exception):  # exiting anyway: a failed close must not mask it
+            executor.close()
+
+
 _CALL_STATS: contextvars.ContextVar[CallStats | None] = contextvars.ContextVar(
     "call_stats", default=None)  # the counts of one `run` call (its tasks inherit it)
 
@@ -155,9 +170,30 @@ class Executor:
         if not requests:
             return []
         validators = validate if isinstance(validate, list) else [validate] * len(requests)
-        future = asyncio.run_coroutine_threadsafe(self._run_all(requests, validators, stats),
-                                                  self._ensure_loop())
+        # Keys, cache look-ups and media encoding happen here, in the calling thread, one
+        # request ahead of the loop: the loop thread only sends and waits, so CPU work on
+        # request k+1 (JPEG and wav encodes, base64) overlaps with request k in flight
+        # instead of delaying every answer the loop has to handle meanwhile.
+        keys = [r.key(self.backend.name, self.backend.model) for r in requests]
+        cached = self.cache.get_many(keys) if self.cache is not None else {}
+        loop = self._ensure_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+        future = asyncio.run_coroutine_threadsafe(self._run_all(queue, len(requests), stats),
+                                                  loop)
+        prepare = getattr(self.backend, "prepare", None)
+        ahead = threading.BoundedSemaphore(2 * self.concurrency)  # prepared, not yet answered
         try:
+            for request, key, check in zip(requests, keys, validators, strict=True):
+                while not ahead.acquire(timeout=0.05):  # bounds the encoded bodies held
+                    if future.done():
+                        break
+                if future.done():  # stopped (a systemic error): no point preparing the rest
+                    break
+                hit = cached.get(key)
+                if hit is None and prepare is not None:
+                    prepare(request)
+                loop.call_soon_threadsafe(queue.put_nowait,
+                                          ((request, key, hit, check), ahead.release))
             return future.result()
         except BaseException:
             future.cancel()  # e.g. Ctrl-C in the calling thread: stop this call's requests
@@ -170,6 +206,7 @@ class Executor:
                 self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
                                                 name="avcurate-executor")
                 self._thread.start()
+                _OPEN.add(self)
             return self._loop
 
     def stop(self, exc: BaseException) -> None:
@@ -191,6 +228,7 @@ class Executor:
             loop, thread, self._loop, self._thread = self._loop, self._thread, None, None
         if loop is None:
             return
+        _OPEN.discard(self)
         try:
             asyncio.run_coroutine_threadsafe(self.backend.aclose(), loop).result(timeout=30)
         finally:
@@ -203,16 +241,21 @@ class Executor:
         if (local := _CALL_STATS.get()) is not None:
             local.add(**counts)
 
-    async def _run_all(self, requests, validators, stats) -> list[CallResult]:
+    async def _run_all(self, queue: asyncio.Queue, count: int, stats) -> list[CallResult]:
+        """Start each request as `run` hands it over; gather the results in order."""
         if self._stopped is not None:
             raise self._stopped
         _CALL_STATS.set(stats)  # this task's context, copied into the tasks below
-        keys = [r.key(self.backend.name, self.backend.model) for r in requests]
-        cached = self.cache.get_many(keys) if self.cache is not None else {}
-        tasks = [asyncio.ensure_future(self._one(r, k, cached.get(k), v))
-                 for r, k, v in zip(requests, keys, validators, strict=True)]
-        self._tasks.update(tasks)
+        me = asyncio.current_task()
+        self._tasks.add(me)  # so `stop` also ends a wait for requests still to come
+        tasks: list[asyncio.Future] = []
         try:
+            for _ in range(count):
+                args, done = await queue.get()
+                task = asyncio.ensure_future(self._one(*args))
+                task.add_done_callback(lambda _, done=done: done())
+                tasks.append(task)
+                self._tasks.add(task)
             results = await asyncio.gather(*tasks)
         except BaseException as exc:
             for t in tasks:
@@ -222,6 +265,7 @@ class Executor:
             raise
         finally:
             self._tasks.difference_update(tasks)
+            self._tasks.discard(me)
         if not self._answered and self._failed and self._failed_in_a_row == self._failed:
             # fewer calls than start_failures, every one a transport failure: the endpoint
             # is down or wrong, which is not the rows' fault

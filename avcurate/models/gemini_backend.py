@@ -66,6 +66,16 @@ class GeminiBackend:
             await self._client.aio.aclose()
             self._client = None
 
+    def prepare(self, request: ModelRequest) -> None:
+        """Encode the request's frames and audio now, in the caller's thread (see
+        `Executor.run`), not in the executor's loop."""
+        for m in request.messages:
+            for part in m.parts:
+                if isinstance(part, ImagePart):
+                    part.jpeg  # noqa: B018 (a cached property: computing it is the point)
+                elif isinstance(part, AudioPart):
+                    part.wav  # noqa: B018
+
     async def _parts(self, request: ModelRequest) -> tuple[str | None, list[types.Content]]:
         system, contents = None, []
         for m in request.messages:

@@ -108,6 +108,10 @@ class ModelRequest:
     json_schema: dict[str, Any] | None = None
     n: int = 1        # answers wanted from this one request (OpenAI `n`, Gemini candidate_count)
     sample: int = 0   # which of several identical requests this is (separate cache entries)
+    # a backend's encoded form of this request, made by its `prepare` outside the event loop
+    # and taken (popped) by its `call`; not part of the request's identity
+    prepared: dict[str, Any] = field(default_factory=dict, compare=False, hash=False,
+                                     repr=False)
 
     def describe(self) -> dict[str, Any]:
         """A JSON-able description with media replaced by content hashes (the cache key's input)."""
