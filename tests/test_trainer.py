@@ -109,6 +109,55 @@ def test_gradient_checkpointing_trains_the_same(toy, tmp_path, monkeypatch):
     assert all(torch.allclose(w1[k], w2[k], atol=1e-6) for k in w1)
 
 
+def _final_rows(monkeypatch) -> list[list[str]]:
+    """The row ids of each step's groups as they reach the update."""
+    import avcurate.trainer.loop as loop
+
+    steps = []
+    real = loop.rollout_groups.to_rollout
+    monkeypatch.setattr(loop.rollout_groups, "to_rollout", lambda groups, tok: steps.append(
+        [g.row["id"] for g in groups]) or real(groups, tok))
+    return steps
+
+
+def test_dynamic_sampling_replaces_groups_without_signal(toy, tmp_path, monkeypatch):
+    """DAPO dynamic sampling: odd rows' groups are all rewarded 0 (flat), even rows' vary.
+    Off, flat groups reach the update; on, each is replaced by another prompt until none
+    is left, and the replaced share is logged."""
+    import avcurate.trainer.groups as groups
+
+    monkeypatch.syspath_prepend(str(TESTS))
+    sampled = []
+    real = groups.sample_groups
+    monkeypatch.setattr(groups, "sample_groups", lambda state, slots, *a, **kw: sampled.append(
+        len(slots)) or real(state, slots, *a, **kw))
+    kw = dict(rewards=["toy_rewards:flat_on_odd_rows"], steps=4, prompts_per_step=4)
+    final = _final_rows(monkeypatch)
+    plain = train(_cfg(toy, tmp_path / "plain", **kw), progress=False)
+    assert any(int(i[1:]) % 2 for step in final for i in step)
+    assert max(h["zero_std_groups"] for h in plain) > 0
+    assert "dropped_groups" not in plain[0]
+    assert sampled == [4] * 4  # one round per step
+
+    final.clear()
+    sampled.clear()
+    dyn = train(_cfg(toy, tmp_path / "dyn", dynamic_sampling=True, max_resample_rounds=8, **kw),
+                progress=False)
+    assert all(int(i[1:]) % 2 == 0 for step in final for i in step), final
+    assert all(h["zero_std_groups"] == 0 for h in dyn)
+    # per step: the first round's 4 groups, then one group per flat one in later rounds
+    per_step, k = [], 0
+    for h in dyn:
+        rounds = int(h["resample_rounds"])
+        per_step.append(sampled[k:k + 1 + rounds])
+        k += 1 + rounds
+    assert k == len(sampled) and any(len(s) > 1 for s in per_step)
+    for h, counts in zip(dyn, per_step, strict=True):
+        assert h["dropped_groups"] == pytest.approx(sum(counts[1:]) / sum(counts))
+    lines = [json.loads(x) for x in (tmp_path / "dyn/metrics.jsonl").read_text().splitlines()]
+    assert {"dropped_groups", "resample_rounds"} <= set(lines[0])
+
+
 def test_the_readme_7b_omni_config_is_a_valid_config(tmp_path):
     """The "7B omni on 8 GPUs" section's TOML loads and passes the option checks."""
     readme = (Path(__file__).parents[1] / "avcurate/trainer/README.md").read_text()
@@ -149,7 +198,7 @@ def _args(toy, out: Path, **kw) -> list[str]:
             "prompts-per-step": 2, "steps": 3, "lr": 3e-3, "max-new-tokens": 3,
             "steps-per-generation": 2, "grad-accum": 2, "warmup-fraction": 0.0, "beta": 0.03,
             "system-prompt": ""} | kw
-    return [x for k, v in opts.items() for x in (f"--{k}", str(v))]
+    return [x for k, v in opts.items() for x in ((f"--{k}",) if v is True else (f"--{k}", str(v)))]
 
 
 def test_torchrun_two_processes_match_one(toy, tmp_path):
@@ -165,6 +214,24 @@ def test_torchrun_two_processes_match_one(toy, tmp_path):
     assert set(w1) == set(w2)
     for k in w1:
         assert torch.allclose(w1[k], w2[k], atol=1e-5), k
+
+
+def test_torchrun_dynamic_sampling_two_processes_match_one(toy, tmp_path):
+    """Each slot resamples from its own seed, and a rank with fewer flat groups samples
+    throwaway ones to keep FSDP's collectives in step: 2 ranks equal 1, and neither hangs."""
+    kw = {"rewards": "toy_rewards:flat_on_odd_rows", "dynamic-sampling": True,
+          "prompts-per-step": 4, "steps": 2}
+    _run(_args(toy, tmp_path / "one", **kw), 1)
+    _run(_args(toy, tmp_path / "two", **kw), 2)
+    one, two = _metrics(tmp_path / "one"), _metrics(tmp_path / "two")
+    assert any(m["dropped_groups"] > 0 for m in one)
+    for a, b in zip(one, two, strict=True):
+        assert a["reward_mean"] == b["reward_mean"]
+        assert (a["dropped_groups"], a["resample_rounds"]) == (b["dropped_groups"],
+                                                               b["resample_rounds"])
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
+    w1, w2 = _weights(tmp_path / "one/final"), _weights(tmp_path / "two/final")
+    assert all(torch.allclose(w1[k], w2[k], atol=1e-5) for k in w1)
 
 
 def test_checkpoint_resume_is_exact(toy, tmp_path):

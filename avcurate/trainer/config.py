@@ -60,6 +60,14 @@ class TrainConfig:
         "seq_mean_token_mean", "token_mean", "dr_grpo"), help="How token losses are averaged.")
     advantage: str = option("group", choices=("group", "batch", "none"),
                             help="Reward normalisation for advantages.")
+    dynamic_sampling: bool = option(False, help="DAPO dynamic sampling: a prompt whose "
+                                    "completions all get the same reward (no learning signal) "
+                                    "is replaced by another prompt, up to "
+                                    "--max-resample-rounds times; the replaced share is logged "
+                                    "as dropped_groups.")
+    max_resample_rounds: int = option(3, min=1, help="Dynamic sampling: rounds of replacing "
+                                      "flat groups per step (each round samples one group per "
+                                      "flat one; what is still flat after the last is kept).")
     temperature: float = option(1.0, gt=0, max=5, help="Sampling temperature.")
     top_p: float = option(1.0, gt=0, max=1, help="Nucleus sampling.")
     max_new_tokens: int = option(256, min=1, help="Longest completion.")

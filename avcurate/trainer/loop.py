@@ -15,7 +15,6 @@ import os
 import random
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +22,16 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from avcurate.trainer import groups as rollout_groups
 from avcurate.trainer import rewards as reward_registry
+from avcurate.trainer.collectives import all_sum, gather_list
 from avcurate.trainer.config import TrainConfig
 from avcurate.trainer.data import load_rows
 from avcurate.trainer.losses import LossConfig, local_advantages, policy_loss
 from avcurate.trainer.policy import make_policy
 from avcurate.trainer.rewards import Reward, RewardSettings
-from avcurate.trainer.rollout import pack, prompt_seed, sample_group, token_logprobs
+from avcurate.trainer.rollout import token_logprobs
+from avcurate.trainer.state import TrainState
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "bf16-mixed": torch.float32}
 
@@ -39,16 +41,6 @@ def precision(cfg_dtype: str, device: torch.device) -> str:
     if cfg_dtype == "auto":
         return "bf16-mixed" if device.type == "cuda" else "float32"
     return cfg_dtype
-
-
-def compute_context(mixed: bool, world: int, device: torch.device):
-    """bfloat16 compute over float32 weights: FSDP2 casts the gathered weights itself when
-    sharded; on one rank autocast does it. Anything else runs as loaded."""
-    import contextlib
-
-    if mixed and world == 1:
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 # -- distributed ------------------------------------------------------------------------------
@@ -133,14 +125,6 @@ def _shares_weights(model: torch.nn.Module, name: str) -> bool:
     return any(id(p) in inside for n, m in model.named_modules()
                if n != name and not n.startswith(prefix)
                for p in m.parameters(recurse=False))
-
-
-def all_sum(value: float) -> float:
-    if not dist.is_initialized():
-        return value
-    t = torch.tensor([value], dtype=torch.float64)
-    dist.all_reduce(t)
-    return float(t.item())
 
 
 # -- schedule and checkpoints -------------------------------------------------------------------
@@ -271,29 +255,6 @@ def prompt_indices(n_rows: int, step: int, per_step: int, seed: int) -> list[int
     return out
 
 
-@dataclass
-class TrainState:
-    """Everything a training step works with, built once by `train`."""
-
-    cfg: TrainConfig
-    rank: int
-    world: int
-    rows: list[dict[str, Any]]
-    policy: Any
-    model: torch.nn.Module
-    ref: torch.nn.Module | None
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    loss_cfg: LossConfig
-    rewards: list[Reward]
-    variants: tuple[str, ...]  # extra rollouts the rewards declare (e.g. video_only)
-    mixed: bool = False  # bfloat16 compute over float32 weights
-    device: torch.device = torch.device("cpu")
-
-    def compute(self):
-        return compute_context(self.mixed, self.world, self.device)
-
-
 def build_rewards(cfg: TrainConfig) -> list[Reward]:
     settings = RewardSettings(cfg.attention_lambda, cfg.attention_strict, cfg.judge_backend,
                               cfg.judge_model, cfg.judge_base_url)
@@ -415,9 +376,9 @@ def _generation_step(state: TrainState, row_ids: list[int], global_ids: list[int
     sampling = {"temperature": cfg.temperature, "top_p": cfg.top_p,
                 "max_new_tokens": cfg.max_new_tokens, "suppress_tokens": policy.suppress_tokens}
     with state.compute():
-        rollout, batch_rows = _sample(state, row_ids, global_ids, step, sampling)
-    total, parts = reward_registry.combine(state.rewards, cfg.reward_weights or None,
-                                           rollout.completions, batch_rows)
+        slots = list(zip(row_ids, global_ids, strict=True))
+        groups, figures = rollout_groups.fill(state, slots, step, sampling)
+    rollout, total, parts = rollout_groups.to_rollout(groups, policy.tokenizer)
     rewards = torch.tensor(total, dtype=torch.float32)
     advantages = local_advantages(rewards, G, cfg.advantage)
     media = policy.batch_extras(rollout.extras)
@@ -430,56 +391,22 @@ def _generation_step(state: TrainState, row_ids: list[int], global_ids: list[int
             if state.ref is not None else None
     model.train()
     stats = _updates(state, rollout, old_logp, ref_logp, advantages)
-    return _record(state, rollout, total, parts, stats)
-
-
-def _sample(state: TrainState, row_ids: list[int], global_ids: list[int], step: int,
-            sampling: dict[str, Any]):
-    """G completions per prompt (and the rewards' extra rollouts), packed into a Rollout."""
-    cfg, policy, model = state.cfg, state.policy, state.model
-    tok = policy.tokenizer
-    G = cfg.num_generations
-    prompts, completions, batch_rows, extras = [], [], [], []
-    for r_idx, g_idx in zip(row_ids, global_ids, strict=True):
-        row = dict(state.rows[r_idx])
-        ids, media = policy.inputs(row, "av", cfg.max_prompt_tokens)
-        group = sample_group(model, tok, ids, G, seed=prompt_seed(cfg.seed, step, g_idx),
-                             extras=media, **sampling)
-        for variant in state.variants:  # the extra rollouts the rewards declared
-            vid, vmedia = policy.inputs(row, variant, cfg.max_prompt_tokens)
-            [alt] = sample_group(model, tok, vid, 1, seed=prompt_seed(cfg.seed + 7, step, g_idx),
-                                 extras=vmedia, **sampling)
-            row[f"{variant}_completion"] = tok.decode(alt, skip_special_tokens=True)
-        prompts += [ids] * G
-        completions += group
-        batch_rows += [row] * G
-        extras += [media] * G
-    rollout = pack(prompts, completions, tok.pad_token_id, tok)
-    rollout.extras = extras
-    return rollout, batch_rows
+    return _record(state, rollout, total, parts, stats) | figures
 
 
 def _record(state: TrainState, rollout, total, parts, stats) -> dict[str, Any]:
     G = state.cfg.num_generations
-    all_rewards = _gather_list(total)
+    all_rewards = gather_list(total)
     groups = torch.tensor(all_rewards).view(-1, G)
     record = {"reward_mean": float(np.mean(all_rewards)), "reward_std": float(np.std(all_rewards)),
               "zero_std_groups": float((groups.std(dim=1, unbiased=False) < 1e-6).float().mean()),
               "completion_len": all_sum(rollout.completion_tokens) / len(all_rewards),
               "tokens": all_sum(rollout.completion_tokens), **stats}
     for name, values in parts.items():
-        gathered = _gather_list(values)
+        gathered = gather_list(values)
         record[f"reward/{name}_mean"] = float(np.mean(gathered))
         record[f"reward/{name}_std"] = float(np.std(gathered))
     return record
-
-
-def _gather_list(values: list[float]) -> list[float]:
-    if not dist.is_initialized():
-        return list(values)
-    out: list[list[float]] = [None] * dist.get_world_size()  # type: ignore[list-item]
-    dist.all_gather_object(out, list(values))
-    return [v for part in out for v in part]
 
 
 def _updates(state: TrainState, rollout, old_logp, ref_logp, advantages) -> dict[str, float]:

@@ -1,0 +1,128 @@
+"""Rollout groups: G sampled completions per prompt, their rewards, and dynamic sampling.
+
+Dynamic sampling (DAPO, Yu et al. 2025): a group whose completions all get the same
+reward has zero advantage everywhere, so it adds nothing to the policy gradient but still
+dilutes the batch. With `--dynamic-sampling` such a group is replaced by a group for
+another prompt, up to `--max-resample-rounds` times, so the batch stays full of groups
+that carry a learning signal.
+
+Each prompt slot resamples on its own: the replacement row and its sampling seed depend
+only on (run seed, step, the slot's global index, round), never on which rank holds the
+slot, so N ranks still make exactly the update one rank makes. Under FSDP every rank must
+make the same number of generate calls (each forward gathers weights from all ranks), so
+a rank with fewer groups to replace in a round samples throwaway groups to keep in step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from avcurate.trainer import rewards as reward_registry
+from avcurate.trainer.collectives import all_max, all_sum
+from avcurate.trainer.rollout import pack, prompt_seed, sample_group
+from avcurate.trainer.state import TrainState
+
+
+@dataclass
+class Group:
+    """One prompt's G completions and what the rewards and the update need of them."""
+
+    prompt: torch.Tensor
+    completions: list[torch.Tensor]
+    row: dict[str, Any]
+    media: dict
+    texts: list[str]
+    rewards: list[float] | None = None
+    parts: dict[str, list[float]] | None = None
+
+    @property
+    def flat(self) -> bool:
+        """All completions rewarded alike: no advantage, no learning signal."""
+        return self.rewards is not None and max(self.rewards) - min(self.rewards) < 1e-6
+
+
+def sample_groups(state: TrainState, slots: list[tuple[int, int]], step: int,
+                  sampling: dict[str, Any], salt: int = 0) -> list[Group]:
+    """A group per (row index, global slot index), with the rewards' extra rollouts; `salt`
+    (the resampling round) gives a replacement its own sampling seed."""
+    cfg, policy, model = state.cfg, state.policy, state.model
+    tok = policy.tokenizer
+    out = []
+    for r_idx, g_idx in slots:
+        row = dict(state.rows[r_idx])
+        ids, media = policy.inputs(row, "av", cfg.max_prompt_tokens)
+        completions = sample_group(model, tok, ids, cfg.num_generations,
+                                   seed=prompt_seed(cfg.seed + 101 * salt, step, g_idx),
+                                   extras=media, **sampling)
+        for variant in state.variants:  # the extra rollouts the rewards declared
+            vid, vmedia = policy.inputs(row, variant, cfg.max_prompt_tokens)
+            [alt] = sample_group(model, tok, vid, 1,
+                                 seed=prompt_seed(cfg.seed + 101 * salt + 7, step, g_idx),
+                                 extras=vmedia, **sampling)
+            row[f"{variant}_completion"] = tok.decode(alt, skip_special_tokens=True)
+        texts = [tok.decode(c, skip_special_tokens=True) for c in completions]
+        out.append(Group(ids, completions, row, media, texts))
+    return out
+
+
+def score(state: TrainState, groups: list[Group]) -> None:
+    """Every group's rewards, in one call per reward (judges batch their requests)."""
+    G = state.cfg.num_generations
+    texts = [t for g in groups for t in g.texts]
+    rows = [g.row for g in groups for _ in range(G)]
+    total, parts = reward_registry.combine(state.rewards, state.cfg.reward_weights or None,
+                                           texts, rows)
+    for k, g in enumerate(groups):
+        g.rewards = total[k * G:(k + 1) * G]
+        g.parts = {name: values[k * G:(k + 1) * G] for name, values in parts.items()}
+
+
+def replacement_row(seed: int, step: int, slot: int, round_: int, n_rows: int) -> int:
+    """The row a flat group's slot tries next: seeded by the slot, not by the rank."""
+    return int(np.random.default_rng([seed, step, slot, round_]).integers(n_rows))
+
+
+def fill(state: TrainState, slots: list[tuple[int, int]], step: int,
+         sampling: dict[str, Any]) -> tuple[list[Group], dict[str, float]]:
+    """The step's groups for this rank's slots, flat ones replaced when dynamic sampling is
+    on; and the figures for the metrics (summed over ranks)."""
+    cfg = state.cfg
+    groups = sample_groups(state, slots, step, sampling)
+    score(state, groups)
+    sampled, replaced, rounds = len(groups), 0, 0
+    for round_ in range(1, cfg.max_resample_rounds + 1 if cfg.dynamic_sampling else 1):
+        flat = [k for k, g in enumerate(groups) if g.flat]
+        most = all_max(len(flat))
+        if most == 0:
+            break
+        rounds = round_
+        tries = [(replacement_row(cfg.seed, step, slots[k][1], round_, len(state.rows)),
+                  slots[k][1]) for k in flat]
+        new = sample_groups(state, tries, step, sampling, salt=round_)
+        if most > len(flat):  # keep in step with the ranks that replace more groups
+            sample_groups(state, [slots[0]] * (most - len(flat)), step, sampling, salt=round_)
+        score(state, new)
+        for k, group in zip(flat, new, strict=True):
+            groups[k] = group
+        sampled += len(new)
+        replaced += len(new)
+    figures = {}
+    if cfg.dynamic_sampling:
+        figures = {"dropped_groups": all_sum(replaced) / max(all_sum(sampled), 1),
+                   "resample_rounds": float(rounds)}
+    return groups, figures
+
+
+def to_rollout(groups: list[Group], tokenizer):
+    """The groups' sequences packed for the update, with their rows and rewards."""
+    G = len(groups[0].completions)
+    rollout = pack([g.prompt for g in groups for _ in range(G)],
+                   [c for g in groups for c in g.completions], tokenizer.pad_token_id, tokenizer)
+    rollout.extras = [g.media for g in groups for _ in range(G)]
+    total = [r for g in groups for r in g.rewards]
+    parts = {name: [v for g in groups for v in g.parts[name]] for name in groups[0].parts}
+    return rollout, total, parts
