@@ -6,7 +6,7 @@ question) and asks for n = 8 answers (`n`); the server returns 8 choices. Ideal 
 is concurrency / latency requests/s (x 8 samples); target >= 90% of it. The server runs in
 its own process so the client's CPU time is measured alone.
 
-    python benchmarks/bench_probe.py [--rows 150] [--concurrency 32] [--latency 0.2] [--n 8]
+    python benchmarks/bench_probe.py [--rows 300] [--concurrency 32] [--latency 0.2] [--n 8]
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def media():
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=150)
+    parser.add_argument("--rows", type=int, default=300)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--latency", type=float, default=0.2)
     parser.add_argument("--n", type=int, default=8)

@@ -42,7 +42,7 @@ from avcurate.stages.base import (
     output_schema,
     reject_schema,
 )
-from avcurate.stages.context import StageContext
+from avcurate.stages.context import StageContext, WorkerPool
 
 VERSIONED = ("pyarrow", "duckdb", "av", "decord", "soundfile", "numpy", "openai", "google-genai",
              "transformers", "datasets", "torch")
@@ -160,6 +160,7 @@ class Runner:
         self.force = force
         self.console = console or Console(stderr=True)
         self.show_progress = show_progress
+        self._pool: WorkerPool | None = None  # the run's decode workers, while it runs
 
     # -- manifest -----------------------------------------------------------------
     # A stage is recorded in the manifest only once it is complete. A stage folder on disk
@@ -201,11 +202,16 @@ class Runner:
                          "versions": package_versions()}
             self._save(manifest)
             reports = []
-            with Progress(self.console, enabled=self.show_progress) as progress:
-                reports.append(self._ingest(manifest, planned[0]["fingerprint"], progress))
-                for k, (stage, fp) in enumerate(stages, start=1):
-                    spec = self.recipe.stages[k - 1]
-                    reports.append(self._stage(manifest, k, stage, spec, fp, progress))
+            self._pool = WorkerPool(self.recipe.workers)  # decode workers for every stage
+            try:
+                with Progress(self.console, enabled=self.show_progress) as progress:
+                    reports.append(self._ingest(manifest, planned[0]["fingerprint"], progress))
+                    for k, (stage, fp) in enumerate(stages, start=1):
+                        spec = self.recipe.stages[k - 1]
+                        reports.append(self._stage(manifest, k, stage, spec, fp, progress))
+            finally:
+                self._pool.close()
+                self._pool = None
         return reports
 
     def _check_environment(self, stages: list[tuple[Stage, str]],
@@ -303,7 +309,7 @@ class Runner:
         kept_schema = output_schema(stage, in_schema)
         rej_schema = reject_schema(kept_schema)
         ctx = StageContext(run_dir=self.store.root, stage_dir=out_dir,
-                           workers=self.recipe.workers)
+                           workers=self.recipe.workers, pool=self._pool)
         self._begin(out_dir, fp)
         start = time.perf_counter()
         resumed = 0

@@ -35,6 +35,38 @@ def exit_with_parent(parent: int) -> None:
 POOL_START = "forkserver"
 
 
+class WorkerPool:
+    """Decode workers for a whole run, started on first use.
+
+    One per run, not one per stage: a fresh pool's workers took ~0.8 s (on 2 cores, next to
+    a running stage) before their first job, which every media stage paid again before its
+    first request (benchmarks/bench_teach.py). Stages share the run's pool; a context made
+    without one (dry runs, Ray actors) starts its own.
+    """
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self._pool: ProcessPoolExecutor | None = None
+        self._lock = threading.Lock()
+
+    def map(self, fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
+        with self._lock:
+            if self._pool is None:
+                start = multiprocessing.get_context(POOL_START)
+                start.set_forkserver_preload(["avcurate.media.cache"])
+                self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=start,
+                                                 initializer=exit_with_parent,
+                                                 initargs=(os.getpid(),))
+            pool = self._pool
+        return list(pool.map(fn, items, chunksize=max(1, len(items) // (4 * self.workers))))
+
+    def close(self) -> None:
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+
+
 @dataclass
 class StageContext:
     """Per-stage context: where the run and the stage's outputs live, and shared services.
@@ -45,7 +77,8 @@ class StageContext:
     run_dir: Path
     stage_dir: Path
     workers: int = 1
-    _pool: ProcessPoolExecutor | None = field(default=None, repr=False)
+    pool: WorkerPool | None = None  # the run's; None: this context starts and closes its own
+    _own_pool: WorkerPool | None = field(default=None, repr=False)
     _caches: dict[str, KVCache] = field(default_factory=dict, repr=False)
     # shards of one stage may be processed in several threads at once (ModelStage)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -66,18 +99,16 @@ class StageContext:
         if self.workers <= 1 or len(items) <= 1:
             return [fn(x) for x in items]
         with self._lock:
-            if self._pool is None:
-                start = multiprocessing.get_context(POOL_START)
-                start.set_forkserver_preload(["avcurate.media.cache"])
-                self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=start,
-                                                 initializer=exit_with_parent,
-                                                 initargs=(os.getpid(),))
-        return list(self._pool.map(fn, items, chunksize=max(1, len(items) // (4 * self.workers))))
+            if self.pool is None and self._own_pool is None:
+                self._own_pool = WorkerPool(self.workers)
+            pool = self.pool or self._own_pool
+        return pool.map(fn, items)
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(cancel_futures=True)
-            self._pool = None
+        """Close the caches, and the pool when this context started it (not the run's)."""
+        if self._own_pool is not None:
+            self._own_pool.close()
+            self._own_pool = None
         for cache in self._caches.values():
             cache.close()
         self._caches.clear()
