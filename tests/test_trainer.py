@@ -52,6 +52,28 @@ def test_tiny_model_learns_the_toy_task(toy, tmp_path, algo, spg, monkeypatch):
     assert (tmp_path / "out/final/config.json").is_file()
 
 
+def test_a_completion_depends_on_its_prompt_and_seed_not_on_its_batch(toy):
+    """One generate call per step: prompts of different lengths are left-padded together,
+    and each row samples from its own seed, so a prompt's completions are the same alone
+    or in any batch (what keeps 2 ranks equal to 1), and seeds matter."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from avcurate.trainer.rollout import sample_batch
+
+    lm, _ = toy
+    model = AutoModelForCausalLM.from_pretrained(lm).eval()
+    tok = AutoTokenizer.from_pretrained(lm)
+    short, long = (tok(text, return_tensors="pt", add_special_tokens=False)["input_ids"][0]
+                   for text in ("Pick B.", "Pick B. Pick B. Pick B."))
+    for temperature, top_p in ((1.0, 1.0), (0.7, 0.8)):
+        kw = dict(temperature=temperature, top_p=top_p, max_new_tokens=6)
+        alone = sample_batch(model, tok, [short] * 4, [1, 2, 3, 4], **kw)
+        mixed = sample_batch(model, tok, [long, short, long, short, short, short],
+                             [9, 1, 8, 2, 3, 4], **kw)
+        assert [c.tolist() for c in alone] == [c.tolist() for c in mixed[1:2] + mixed[3:]]
+        assert len({tuple(c.tolist()) for c in alone}) > 1  # different seeds, other samples
+
+
 def test_one_update_per_generation_skips_the_old_logprob_pass(toy, tmp_path, monkeypatch):
     """steps_per_generation 1: the sampling policy is the one updated, so its log-probs are
     the update's own; no separate forward over the rollout (TRL does the same)."""

@@ -23,7 +23,7 @@ import torch
 
 from avcurate.trainer import rewards as reward_registry
 from avcurate.trainer.collectives import all_max, all_sum
-from avcurate.trainer.rollout import pack, prompt_seed, sample_group
+from avcurate.trainer.rollout import pack, prompt_seed, row_seed, sample_batch, sample_group
 from avcurate.trainer.state import TrainState
 
 
@@ -48,25 +48,42 @@ class Group:
 def sample_groups(state: TrainState, slots: list[tuple[int, int]], step: int,
                   sampling: dict[str, Any], salt: int = 0) -> list[Group]:
     """A group per (row index, global slot index), with the rewards' extra rollouts; `salt`
-    (the resampling round) gives a replacement its own sampling seed."""
-    cfg, policy, model = state.cfg, state.policy, state.model
+    (the resampling round) gives a replacement its own sampling seed.
+
+    Text policies sample every slot's G completions in one generate call (and the extra
+    rollouts in one more); omni policies one call per prompt. Either way each completion
+    comes from its own seed, so the result does not depend on how slots are batched."""
+    cfg, policy = state.cfg, state.policy
+    G = cfg.num_generations
+    rows = [dict(state.rows[r_idx]) for r_idx, _ in slots]
+    inputs = [policy.inputs(row, "av", cfg.max_prompt_tokens) for row in rows]
+    seeds = [prompt_seed(cfg.seed + 101 * salt, step, g_idx) for _, g_idx in slots]
+    completions = _sample(state, inputs, seeds, G, sampling)
+    for variant in state.variants:  # the extra rollouts the rewards declared
+        alt_inputs = [policy.inputs(row, variant, cfg.max_prompt_tokens) for row in rows]
+        alt_seeds = [prompt_seed(cfg.seed + 101 * salt + 7, step, g_idx) for _, g_idx in slots]
+        for row, [alt] in zip(rows, _sample(state, alt_inputs, alt_seeds, 1, sampling),
+                              strict=True):
+            row[f"{variant}_completion"] = policy.tokenizer.decode(alt, skip_special_tokens=True)
     tok = policy.tokenizer
-    out = []
-    for r_idx, g_idx in slots:
-        row = dict(state.rows[r_idx])
-        ids, media = policy.inputs(row, "av", cfg.max_prompt_tokens)
-        completions = sample_group(model, tok, ids, cfg.num_generations,
-                                   seed=prompt_seed(cfg.seed + 101 * salt, step, g_idx),
-                                   extras=media, **sampling)
-        for variant in state.variants:  # the extra rollouts the rewards declared
-            vid, vmedia = policy.inputs(row, variant, cfg.max_prompt_tokens)
-            [alt] = sample_group(model, tok, vid, 1,
-                                 seed=prompt_seed(cfg.seed + 101 * salt + 7, step, g_idx),
-                                 extras=vmedia, **sampling)
-            row[f"{variant}_completion"] = tok.decode(alt, skip_special_tokens=True)
-        texts = [tok.decode(c, skip_special_tokens=True) for c in completions]
-        out.append(Group(ids, completions, row, media, texts))
-    return out
+    return [Group(ids, group, row, media, [tok.decode(c, skip_special_tokens=True)
+                                           for c in group])
+            for (ids, media), group, row in zip(inputs, completions, rows, strict=True)]
+
+
+def _sample(state: TrainState, inputs: list[tuple[torch.Tensor, dict]], seeds: list[int],
+            G: int, sampling: dict[str, Any]) -> list[list[torch.Tensor]]:
+    """G completions per (prompt ids, media): one generate call for all when the policy
+    batches rollouts, else one per prompt."""
+    model, tok = state.model, state.policy.tokenizer
+    if not inputs:
+        return []
+    if not state.policy.batch_rollouts:
+        return [sample_group(model, tok, ids, G, seed=seed, extras=media, **sampling)
+                for (ids, media), seed in zip(inputs, seeds, strict=True)]
+    flat = sample_batch(model, tok, [ids for ids, _ in inputs for _ in range(G)],
+                        [row_seed(s, j) for s in seeds for j in range(G)], **sampling)
+    return [flat[k * G:(k + 1) * G] for k in range(len(inputs))]
 
 
 def score(state: TrainState, groups: list[Group]) -> None:
@@ -103,8 +120,11 @@ def fill(state: TrainState, slots: list[tuple[int, int]], step: int,
         tries = [(replacement_row(cfg.seed, step, slots[k][1], round_, len(state.rows)),
                   slots[k][1]) for k in flat]
         new = sample_groups(state, tries, step, sampling, salt=round_)
-        if most > len(flat):  # keep in step with the ranks that replace more groups
-            sample_groups(state, [slots[0]] * (most - len(flat)), step, sampling, salt=round_)
+        # keep in step with the ranks that replace more groups: as many generate calls
+        spare = [slots[0]] * (most - len(flat) if not state.policy.batch_rollouts
+                              else int(not flat))
+        if spare:
+            sample_groups(state, spare, step, sampling, salt=round_)
         score(state, new)
         for k, group in zip(flat, new, strict=True):
             groups[k] = group

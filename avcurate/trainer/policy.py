@@ -27,6 +27,8 @@ def question_text(row: dict[str, Any]) -> str:
 class TextPolicy:
     """A causal LM with a chat template."""
 
+    batch_rollouts = True  # a step's prompts share one generate call (no media to batch)
+
     def __init__(self, model_path: str, *, dtype: torch.dtype = torch.float32,
                  device: str | torch.device = "cpu", system_prompt: str = "") -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -64,6 +66,10 @@ class OmniPolicy:
     modality-removed variants are simply "no audio" and "no images". `processor` defaults
     to the model folder's AutoProcessor (which needs torchvision for its image part).
     """
+
+    # one generate call per prompt (its G copies together): batching prompts whose frames
+    # and audio differ in size is not built yet
+    batch_rollouts = False
 
     # extras concatenated along dim 0 across samples (flattened patches, one grid row per image)
     CONCAT = ("pixel_values", "image_grid_thw")

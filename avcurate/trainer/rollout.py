@@ -1,9 +1,9 @@
 """Rollouts: G sampled completions per prompt, and per-token log-probs of completions.
 
-Each prompt's group is sampled under its own seed (run seed, step, global
-prompt index), so the same prompt gets the same completions whichever rank,
-batch position or number of processes it lands on; that is what lets a
-2-process run reproduce a 1-process run exactly.
+Each completion is sampled from its own seed (run seed, step, global prompt index,
+position in the group) by `SeededSampler`, so the same prompt gets the same completions
+whichever rank, batch or batch position it lands on; that is what lets a 2-process run
+reproduce a 1-process run, and lets a step's prompts share one generate call.
 """
 
 from __future__ import annotations
@@ -35,28 +35,74 @@ def prompt_seed(seed: int, step: int, prompt_index: int) -> int:
     return (seed * 1_000_003 + step * 10_007 + prompt_index) % (2**31 - 1)
 
 
+def row_seed(seed: int, j: int) -> int:
+    """The seed of the j-th completion of a prompt whose group seed is `seed`."""
+    return (seed * 1_000_033 + j) % (2**63 - 1)
+
+
+class SeededSampler:
+    """Samples each row of a batch from its own generator (the Gumbel-max trick: the
+    argmax of temperature-scaled, top-p-masked logits plus Gumbel noise is a sample of
+    that distribution). Passed to a greedy `generate`, it makes a row's completion depend
+    on its prompt and seed only, not on which other prompts share the batch: one batched
+    generate call per step, and still the same rollouts whichever rank a prompt lands on.
+    """
+
+    def __init__(self, seeds: list[int], temperature: float, top_p: float,
+                 device: torch.device) -> None:
+        self.generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+        self.temperature, self.top_p = temperature, top_p
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        scores = scores.float() / self.temperature
+        if self.top_p < 1.0:  # as transformers' TopPLogitsWarper: keep the smallest set
+            ordered, index = torch.sort(scores, descending=False)  # whose mass >= top_p
+            drop = ordered.softmax(-1).cumsum(-1) <= 1 - self.top_p
+            drop[..., -1:] = False
+            scores = scores.masked_fill(drop.scatter(1, index, drop), float("-inf"))
+        uniform = torch.stack([torch.rand(scores.shape[-1], generator=g, device=scores.device)
+                               for g in self.generators])
+        return scores - torch.log(-torch.log(uniform))  # + Gumbel(0, 1) noise
+
+
 @torch.no_grad()
-def sample_group(model, tokenizer, prompt_ids: torch.Tensor, group: int, *, seed: int,
+def sample_batch(model, tokenizer, prompts: list[torch.Tensor], seeds: list[int], *,
                  temperature: float, top_p: float, max_new_tokens: int,
                  extras: dict | None = None, suppress_tokens: list[int] | None = None
                  ) -> list[torch.Tensor]:
-    """G completions (token ids, up to and including EOS) for one prompt (and its media)."""
+    """One completion (token ids, up to and including EOS) per (prompt, seed), in one
+    generate call: prompts left-padded, each row sampled from its own seed."""
+    from transformers import LogitsProcessorList
+
     synced = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-    torch.manual_seed(seed)  # generate samples from the global generator
-    ids = prompt_ids.unsqueeze(0).repeat(group, 1).to(model.device)
-    media = {k: torch.cat([v] * group).to(model.device) for k, v in (extras or {}).items()}
+    length = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), length), tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, p in enumerate(prompts):
+        ids[i, length - len(p):] = p
+        mask[i, length - len(p):] = 1
+    media = {k: v.to(model.device) for k, v in (extras or {}).items()}
     if suppress_tokens:
         media["suppress_tokens"] = suppress_tokens
-    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **media,
-                         do_sample=True,
-                         temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
-                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                         synced_gpus=synced)
+    sampler = SeededSampler(seeds, temperature, top_p, model.device)
+    out = model.generate(input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
+                         **media, do_sample=False, temperature=None, top_p=None, top_k=None,
+                         logits_processor=LogitsProcessorList([sampler]),
+                         max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                         eos_token_id=tokenizer.eos_token_id, synced_gpus=synced)
     completions = []
-    for seq in out[:, ids.shape[1]:].cpu():
+    for seq in out[:, length:].cpu():
         eos = (seq == tokenizer.eos_token_id).nonzero()
         completions.append(seq[: int(eos[0]) + 1] if len(eos) else seq)
     return completions
+
+
+def sample_group(model, tokenizer, prompt_ids: torch.Tensor, group: int, *, seed: int,
+                 extras: dict | None = None, **sampling) -> list[torch.Tensor]:
+    """G completions for one prompt (and its media, repeated for each copy)."""
+    media = {k: torch.cat([v] * group) for k, v in (extras or {}).items()}
+    return sample_batch(model, tokenizer, [prompt_ids] * group,
+                        [row_seed(seed, j) for j in range(group)], extras=media, **sampling)
 
 
 def pack(prompts: list[torch.Tensor], completions: list[torch.Tensor], pad_id: int,
