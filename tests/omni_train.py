@@ -11,8 +11,30 @@ from transformers import AutoTokenizer
 from avcurate.trainer.config import TrainConfig
 from avcurate.trainer.loop import train
 
+
+def count_weight_reads(out: str) -> None:
+    """Record in OUT/reads-RANK how many times this rank loaded weights from the folder (a
+    sharded run loads them on rank 0 only; the others build the model on the meta device)."""
+    import os
+    from pathlib import Path
+
+    from transformers import PreTrainedModel
+
+    real = PreTrainedModel.from_pretrained.__func__
+    reads = Path(out) / f"reads-{os.environ.get('RANK', '0')}"
+    reads.parent.mkdir(parents=True, exist_ok=True)
+    reads.write_text("0")
+
+    def counted(cls, *a, **kw):
+        reads.write_text(str(int(reads.read_text()) + 1))
+        return real(cls, *a, **kw)
+
+    PreTrainedModel.from_pretrained = classmethod(counted)
+
+
 if __name__ == "__main__":
     folder, data, out = sys.argv[1:4]
+    count_weight_reads(out)
     processor = StandInOmniProcessor(AutoTokenizer.from_pretrained(folder))
     cfg = TrainConfig(data=data, model=folder, out=out, policy="omni", frames=2,
                       audio_seconds=2.0, num_generations=4, prompts_per_step=2, steps=2,

@@ -90,7 +90,8 @@ def test_fsdp_units_are_found_by_shape_in_the_omni_thinker(thinker):
 def test_omni_trains_on_two_ranks_like_one(thinker, media, tmp_path):
     """torchrun, 2 ranks, gloo: generation computes image and audio features outside the
     root's forward, which needs the towers as their own FSDP units; losses and weights
-    equal one process's."""
+    equal one process's. Only rank 0 reads the weights (policy and reference model): rank 1
+    builds both on the meta device and receives its shards."""
     import json
     import os
     import subprocess
@@ -113,6 +114,8 @@ def test_omni_trains_on_two_ranks_like_one(thinker, media, tmp_path):
         assert result.returncode == 0, result.stderr[-3000:]
     metrics = {out: [json.loads(x) for x in (tmp_path / out / "metrics.jsonl").read_text()
                      .splitlines()] for out in ("one", "two")}
+    reads = {f.name: int(f.read_text()) for f in (tmp_path / "two").glob("reads-*")}
+    assert reads == {"reads-0": 2, "reads-1": 0}  # the policy and the reference model
     for a, b in zip(metrics["one"], metrics["two"], strict=True):
         assert a["reward_mean"] == b["reward_mean"]
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)

@@ -72,16 +72,35 @@ def shard(model: torch.nn.Module, world: int, device: torch.device,
     if mixed:
         kw["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16,
                                                reduce_dtype=torch.float32)
+    full = model.state_dict() if dist.get_rank() == 0 else {}  # rank 0 loaded the weights
     modules = dict(model.named_modules())
     for name in fsdp_units(model):
         fully_shard(modules[name], **kw)
     fully_shard(model, **kw)
+    load_from_rank0(model, full, device)
+    del full
     # FSDP sets itself up on the root's first forward; generate may call a tower first
     # (image features before the language model), so one token goes through the root now
     with torch.no_grad():
         model(input_ids=torch.zeros((1, 1), dtype=torch.long, device=device))
     reshard_all(model)  # the root stays gathered after a forward; the optimizer needs shards
     return model
+
+
+def load_from_rank0(model: torch.nn.Module, full: dict[str, torch.Tensor],
+                    device: torch.device) -> None:
+    """Fill every rank's shards from rank 0's full weights (the other ranks built the model
+    on the meta device): the full model is in host memory once, not once per rank.
+    Buffers, which FSDP does not shard (rotary tables, some not in the state dict), are
+    copied from rank 0 as they are."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
+        model.to_empty(device=device)
+    set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True,
+                                                               broadcast_from_rank0=True))
+    for buffer in model.buffers():
+        dist.broadcast(buffer, src=0)
 
 
 def fsdp_units(model: torch.nn.Module) -> list[str]:
@@ -273,7 +292,9 @@ def setup(cfg: TrainConfig, policy_kwargs: dict | None = None) -> TrainState:
     prec = precision(cfg.dtype, device)
     mixed = prec == "bf16-mixed"
     policy_kw = {"dtype": DTYPES[prec], "device": device, "system_prompt": cfg.system_prompt,
-                 "frames": cfg.frames, "audio_seconds": cfg.audio_seconds, **(policy_kwargs or {})}
+                 "frames": cfg.frames, "audio_seconds": cfg.audio_seconds,
+                 "meta": world > 1 and rank != 0,  # sharded: only rank 0 reads the weights
+                 **(policy_kwargs or {})}
     policy = make_policy(cfg.policy, cfg.model, **policy_kw)
     if cfg.gradient_checkpointing:  # transformers 5 renamed it; 4.x has the old name only
         enable = getattr(policy.model, "activation_checkpointing_enable", None)

@@ -10,6 +10,7 @@ or the frames; a text adapter can only say which medium is missing.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
@@ -30,13 +31,17 @@ class TextPolicy:
     batch_rollouts = True  # a step's prompts share one generate call (no media to batch)
 
     def __init__(self, model_path: str, *, dtype: torch.dtype = torch.float32,
-                 device: str | torch.device = "cpu", system_prompt: str = "") -> None:
+                 device: str | torch.device = "cpu", system_prompt: str = "",
+                 meta: bool = False) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(device)
+        if meta:  # the weights come from rank 0 when the model is sharded (loop.shard)
+            self.model = _on_meta(AutoModelForCausalLM.from_config, model_path, dtype)
+        else:
+            self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(device)
         self.system_prompt = system_prompt
         self.device = torch.device(device)
         self.suppress_tokens: list[int] = []
@@ -78,20 +83,21 @@ class OmniPolicy:
 
     def __init__(self, model_path: str, *, dtype: torch.dtype = torch.float32,
                  device: str | torch.device = "cpu", system_prompt: str = "", processor=None,
-                 frames: int = 8, audio_seconds: float = 10.0) -> None:
-        from transformers import AutoConfig
+                 frames: int = 8, audio_seconds: float = 10.0, meta: bool = False) -> None:
+        from transformers import (
+            AutoConfig,
+            Qwen2_5OmniForConditionalGeneration,
+            Qwen2_5OmniThinkerForConditionalGeneration,
+        )
 
-        config = AutoConfig.from_pretrained(model_path)
-        if config.model_type == "qwen2_5_omni":  # the full model: train its thinker
-            from transformers import Qwen2_5OmniForConditionalGeneration
-
-            self.model = Qwen2_5OmniForConditionalGeneration.from_pretrained(
-                model_path, dtype=dtype).thinker.to(device)
+        full = AutoConfig.from_pretrained(model_path).model_type == "qwen2_5_omni"
+        cls = Qwen2_5OmniForConditionalGeneration if full else \
+            Qwen2_5OmniThinkerForConditionalGeneration
+        if meta:  # the weights come from rank 0 when the model is sharded (loop.shard)
+            model = _on_meta(cls._from_config, model_path, dtype)
         else:
-            from transformers import Qwen2_5OmniThinkerForConditionalGeneration
-
-            self.model = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(
-                model_path, dtype=dtype).to(device)
+            model = cls.from_pretrained(model_path, dtype=dtype).to(device)
+        self.model = model.thinker if full else model  # the full model: train its thinker
         if processor is None:
             from transformers import AutoProcessor
 
@@ -148,9 +154,22 @@ class OmniPolicy:
         return batch
 
 
+def _on_meta(build, model_path: str, dtype: torch.dtype):
+    """The model's structure without its weights (meta tensors): ranks other than 0 of a
+    sharded run, whose shards rank 0 sends, so host memory does not grow with the ranks.
+    The folder's generation settings are loaded as `from_pretrained` would."""
+    from transformers import AutoConfig, GenerationConfig
+
+    with torch.device("meta"):
+        model = build(AutoConfig.from_pretrained(model_path), dtype=dtype)
+    with contextlib.suppress(OSError):  # no generation_config.json: the config's defaults
+        model.generation_config = GenerationConfig.from_pretrained(model_path)
+    return model
+
+
 def make_policy(kind: str, model_path: str, **kw):
     if kind == "text":
-        kw = {k: v for k, v in kw.items() if k in ("dtype", "device", "system_prompt")}
+        kw = {k: v for k, v in kw.items() if k in ("dtype", "device", "system_prompt", "meta")}
         return TextPolicy(model_path, **kw)
     if kind == "omni":
         return OmniPolicy(model_path, **kw)
