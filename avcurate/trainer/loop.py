@@ -90,9 +90,9 @@ def shard(model: torch.nn.Module, world: int, device: torch.device,
 def load_from_rank0(model: torch.nn.Module, full: dict[str, torch.Tensor],
                     device: torch.device) -> None:
     """Fill every rank's shards from rank 0's full weights (the other ranks built the model
-    on the meta device): the full model is in host memory once, not once per rank.
-    Buffers, which FSDP does not shard (rotary tables, some not in the state dict), are
-    copied from rank 0 as they are."""
+    on the meta device): the weights are read from disk and held whole by rank 0 only
+    (benchmarks/bench_load.py). Buffers, which FSDP does not shard (rotary tables, some not
+    in the state dict), are copied from rank 0 as they are."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
     if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
