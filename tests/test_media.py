@@ -69,6 +69,17 @@ def test_frames_shape_timestamps_and_content(media, backend):
     assert (np.abs(x[0].astype(int) - red).sum(axis=-1) < 60).sum() > 500
 
 
+@pytest.mark.parametrize("backend", ["decord", "pyav"])
+def test_frames_within_a_window(media, backend):
+    """`within`: evenly spaced over the first seconds only (the window the audio covers);
+    a window longer than the clip is the whole clip."""
+    _, times = frames(media["good"], 4, backend=backend, within=2.0)  # a 4 s clip
+    assert times.max() < 2.0 and np.allclose(np.diff(times), 0.5, atol=0.05)
+    _, whole = frames(media["good"], 4, backend=backend)
+    _, longer = frames(media["good"], 4, backend=backend, within=60.0)
+    assert whole.max() > 3.0 and np.allclose(whole, longer)
+
+
 def test_frame_backends_agree(media):
     a, ta = frames(media["good2"], 8, backend="decord")
     b, tb = frames(media["good2"], 8, backend="pyav")

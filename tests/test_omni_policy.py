@@ -42,6 +42,26 @@ def test_omni_inputs_and_modality_removed_variants(thinker, media):
     assert not torch.allclose(logits, policy.model(input_ids=ids[None], **av2).logits)
 
 
+def test_omni_frames_and_audio_cover_one_window_and_a_long_prompt_names_its_row(
+        thinker, media, monkeypatch):
+    import avcurate.media as avmedia
+
+    folder, processor = thinker
+    policy = OmniPolicy(str(folder), processor=processor, frames=4, audio_seconds=2.0)
+    seen = {}
+    real_frames, real_audio = avmedia.frames, avmedia.audio
+    monkeypatch.setattr(avmedia, "frames", lambda *a, **kw: seen.setdefault(
+        "times", real_frames(*a, **kw)[1]) is not None and real_frames(*a, **kw))
+    monkeypatch.setattr(avmedia, "audio", lambda *a, **kw: seen.setdefault(
+        "pcm", real_audio(*a, **kw)))
+    row = _row(media) | {"id": "q7"}
+    ids, _ = policy.inputs(row, "av", 4096)
+    assert seen["times"].max() < 2.0  # the 4 s clip: frames from the audio's 2 s only
+    assert len(seen["pcm"]) == 32000
+    with pytest.raises(ValueError, match=r"row q7 \(.*good.mp4\): the prompt has \d+ tokens"):
+        policy.inputs(row, "av", len(ids) - 1)
+
+
 def test_omni_training_steps(thinker, media, tmp_path, monkeypatch):
     folder, processor = thinker
     monkeypatch.syspath_prepend(str(tmp_path))

@@ -32,24 +32,35 @@ def frame_indices(total: int, n: int) -> np.ndarray:
 
 
 def frames(
-    path: str | os.PathLike, n: int = 8, *, backend: str = "decord"
+    path: str | os.PathLike, n: int = 8, *, backend: str = "decord",
+    within: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """n evenly spaced RGB frames as uint8 [n, H, W, 3], and their timestamps in seconds."""
+    """n evenly spaced RGB frames as uint8 [n, H, W, 3], and their timestamps in seconds;
+    with `within`, spaced over the first `within` seconds only (e.g. the window an audio
+    clip covers), else over the whole video."""
     if not Path(path).is_file():
         raise MediaError("missing_media", f"{path}: no such file")
     if backend == "decord":
-        return _frames_decord(str(path), n)
+        return _frames_decord(str(path), n, within)
     if backend == "pyav":
-        return _frames_pyav(str(path), n)
+        return _frames_pyav(str(path), n, within)
     raise ValueError(f"unknown frame backend {backend!r} (use 'decord' or 'pyav')")
 
 
-def _frames_decord(path: str, n: int) -> tuple[np.ndarray, np.ndarray]:
+def _window(total: int, fps: float, within: float | None) -> int:
+    """The number of frames in the first `within` seconds (all of them without a window)."""
+    if within is None or not fps or fps <= 0:
+        return total
+    return max(1, min(total, int(round(within * fps))))
+
+
+def _frames_decord(path: str, n: int, within: float | None = None
+                   ) -> tuple[np.ndarray, np.ndarray]:
     import decord
 
     try:
         reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
-        idx = frame_indices(len(reader), n)
+        idx = frame_indices(_window(len(reader), reader.get_avg_fps(), within), n)
         batch = reader.get_batch(idx.tolist()).asnumpy()
         times = reader.get_frame_timestamp(idx.tolist())[:, 0]
     except (decord.DECORDError, RuntimeError) as exc:  # decord raises both for bad input
@@ -57,7 +68,8 @@ def _frames_decord(path: str, n: int) -> tuple[np.ndarray, np.ndarray]:
     return batch, times.astype(np.float64)
 
 
-def _frames_pyav(path: str, n: int) -> tuple[np.ndarray, np.ndarray]:
+def _frames_pyav(path: str, n: int, within: float | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
     with open_media(path) as container:
         if not container.streams.video:
             raise MediaError("no_video_stream", f"{path}: no video stream")
@@ -65,7 +77,7 @@ def _frames_pyav(path: str, n: int) -> tuple[np.ndarray, np.ndarray]:
         stream.thread_type = "AUTO"
         total = stream.frames or int(round(float(stream.duration * stream.time_base)
                                            * float(stream.average_rate)))
-        wanted = frame_indices(total, n)
+        wanted = frame_indices(_window(total, float(stream.average_rate or 0), within), n)
         out, times = [], []
         try:
             for i, frame in enumerate(container.decode(stream)):

@@ -26,8 +26,10 @@ class TrainConfig:
     model: str = option("", help="Local model folder (the policy).")
     policy: str = option("text", choices=("text", "omni"), help="text (causal LM) or omni "
                          "(Qwen2.5-Omni thinker: frames + audio).")
-    frames: int = option(8, min=1, help="Omni: evenly spaced frames per video.")
-    audio_seconds: float = option(10.0, gt=0, help="Omni: seconds of audio.")
+    frames: int = option(8, min=1, help="Omni: evenly spaced frames per video, over the same "
+                         "window as the audio.")
+    audio_seconds: float = option(10.0, gt=0, help="Omni: the window the model sees and hears: "
+                                  "the first N seconds of each clip (frames and audio).")
     out: str = option("train_out", help="Checkpoints, metrics.jsonl and the final model.")
     algo: str = option("gspo", choices=ALGOS, help="gspo, gspo_token or grpo.")
     rewards: list[str] = option(default_factory=lambda: ["format", "accuracy"], comma=True,

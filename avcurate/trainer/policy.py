@@ -114,9 +114,13 @@ class OmniPolicy:
             tok.vision_eos_token, tok.audio_bos_token, tok.audio_eos_token)]
 
     def _media(self, row: dict[str, Any], modality: str):
+        """Frames and audio over one window: the first `audio_seconds` of the clip (all of
+        it when shorter), so what the model sees and hears happens at the same time. (The
+        frames once spanned the whole clip while the audio was its first 10 s.)"""
         from avcurate.media import audio, frames
 
-        images = list(frames(row["video"], self.frames)[0]) if modality != "audio_only" else []
+        images = list(frames(row["video"], self.frames, within=self.audio_seconds)[0]) \
+            if modality != "audio_only" else []
         clip = None
         if modality != "video_only":
             clip = audio(row.get("audio") or row["video"], self.audio_seconds)
@@ -136,8 +140,10 @@ class OmniPolicy:
                              audio=[clip] if clip is not None else None, return_tensors="pt")
         ids = out["input_ids"][0]
         if len(ids) > max_tokens:
-            raise ValueError(f"the prompt has {len(ids)} tokens with its media; raise "
-                             f"max_prompt_tokens (media tokens cannot be cut)")
+            raise ValueError(f"row {row.get('id', '?')} ({row['video']}): the prompt has "
+                             f"{len(ids)} tokens with its media, over --max-prompt-tokens "
+                             f"{max_tokens} (media tokens cannot be cut); raise it, or lower "
+                             "--frames or --audio-seconds")
         return ids, {k: v for k, v in out.items() if k in self.CONCAT + self.STACK}
 
     @classmethod
