@@ -17,8 +17,19 @@ import torch
 
 SPECIAL = {"image_token": "<|IMAGE|>", "audio_token": "<|AUDIO|>", "video_token": "<|VIDEO|>",
            "vision_bos_token": "<|vision_bos|>", "vision_eos_token": "<|vision_eos|>",
-           "audio_bos_token": "<|audio_bos|>", "audio_eos_token": "<|audio_eos|>"}
-CHARS = list("ABCD .<>/answerPickWhtcolsq?")
+           "audio_bos_token": "<|audio_bos|>", "audio_eos_token": "<|audio_eos|>",
+           "im_start_token": "<|im_start|>", "im_end_token": "<|im_end|>"}
+CHARS = list("ABCD .<>/answerPickWhtcolsq?uyimgTdb\n")
+# the shape of Qwen2.5-Omni's chat template (ChatML turns; a video, audio or image item
+# becomes its placeholder between its begin/end tokens), written for the stand-in
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m.role }}{{ '\\n' }}"
+    "{% if m.content is string %}{{ m.content }}{% else %}{% for c in m.content %}"
+    "{% if c.type == 'video' %}<|vision_bos|><|VIDEO|><|vision_eos|>"
+    "{% elif c.type == 'audio' %}<|audio_bos|><|AUDIO|><|audio_eos|>"
+    "{% elif c.type == 'image' %}<|vision_bos|><|IMAGE|><|vision_eos|>"
+    "{% else %}{{ c.text }}{% endif %}{% endfor %}{% endif %}<|im_end|>{{ '\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant{{ '\\n' }}{% endif %}")
 MEAN = np.array([0.48145466, 0.4578275, 0.40821073])
 STD = np.array([0.26862954, 0.26130258, 0.27577711])
 
@@ -37,15 +48,24 @@ def make_tokenizer():
 
 
 def patchify(img: np.ndarray, p: int = 14, merge: int = 2, t: int = 2):
-    h, w = img.shape[:2]
+    """One image as Qwen2-VL patches: the image repeated over one temporal patch."""
+    return patchify_frames([img] * t, p, merge, t)
+
+
+def patchify_frames(frames, p: int = 14, merge: int = 2, t: int = 2):
+    """Frames of one video (or one repeated image) as Qwen2-VL patches: resized to multiples
+    of 28, normalised, pairs of frames per temporal patch (the last repeated to fill one),
+    then 14x14 patches grouped 2x2 for the merger. Returns (patches, (grid_t, gh, gw))."""
+    frames = list(frames) + [frames[-1]] * (-len(frames) % t)
+    h, w = frames[0].shape[:2]
     H, W = max(28, h // 28 * 28), max(28, w // 28 * 28)
-    x = img[(np.arange(H) * h / H).astype(int)][:, (np.arange(W) * w / W).astype(int)]
-    x = ((x.astype(np.float32) / 255.0 - MEAN) / STD).transpose(2, 0, 1)
-    x = np.tile(x[None], (t, 1, 1, 1))
-    gh, gw = H // p, W // p
-    x = x.reshape(1, t, 3, gh // merge, merge, p, gw // merge, merge, p)
-    x = x.transpose(0, 3, 6, 4, 7, 2, 1, 5, 8).reshape(gh * gw, 3 * t * p * p)
-    return x, (1, gh, gw)
+    rows, cols = (np.arange(H) * h / H).astype(int), (np.arange(W) * w / W).astype(int)
+    x = np.stack([((np.asarray(f)[rows][:, cols].astype(np.float32) / 255.0 - MEAN) / STD)
+                  .transpose(2, 0, 1) for f in frames])
+    gt, gh, gw = len(frames) // t, H // p, W // p
+    x = x.reshape(gt, t, 3, gh // merge, merge, p, gw // merge, merge, p)
+    x = x.transpose(0, 3, 6, 4, 7, 2, 1, 5, 8).reshape(gt * gh * gw, 3 * t * p * p)
+    return x, (gt, gh, gw)
 
 
 class StandInOmniProcessor:
@@ -54,10 +74,28 @@ class StandInOmniProcessor:
 
         self.tokenizer = tokenizer
         self.feature_extractor = WhisperFeatureExtractor(feature_size=128)
+        self.chat_template = CHAT_TEMPLATE
 
-    def __call__(self, text, images=None, audio=None, return_tensors="pt"):
+    def apply_chat_template(self, messages, add_generation_prompt=False, tokenize=False):
+        return self.tokenizer.apply_chat_template(
+            messages, chat_template=self.chat_template, tokenize=tokenize,
+            add_generation_prompt=add_generation_prompt)
+
+    def __call__(self, text, images=None, videos=None, audio=None, fps=None,
+                 return_tensors="pt"):
         [prompt] = text
         out = {}
+        if videos:  # as the real processor: 2 frames per temporal patch, and the seconds
+            # each temporal patch spans (temporal patch size / fps) for the time positions
+            patches, grids = zip(*[patchify_frames(v) for v in videos], strict=True)
+            out["pixel_values_videos"] = torch.tensor(np.concatenate(patches),
+                                                      dtype=torch.float32)
+            out["video_grid_thw"] = torch.tensor(grids)
+            out["video_second_per_grid"] = torch.tensor([2 / (fps or 2.0)] * len(videos))
+            for g in grids:
+                prompt = prompt.replace(SPECIAL["video_token"],
+                                        "<|VID_DONE|>" * (int(np.prod(g)) // 4), 1)
+            prompt = prompt.replace("<|VID_DONE|>", SPECIAL["video_token"])
         if images:
             patches, grids = zip(*[patchify(np.asarray(im)) for im in images], strict=True)
             out["pixel_values"] = torch.tensor(np.concatenate(patches), dtype=torch.float32)

@@ -12,7 +12,7 @@ from omni_stub import make_tiny_thinker  # noqa: E402
 
 from avcurate.trainer.config import TrainConfig  # noqa: E402
 from avcurate.trainer.loop import train  # noqa: E402
-from avcurate.trainer.policy import OmniPolicy  # noqa: E402
+from avcurate.trainer.policy import OmniPolicy, question_text  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -29,17 +29,61 @@ def test_omni_inputs_and_modality_removed_variants(thinker, media):
     folder, processor = thinker
     policy = OmniPolicy(str(folder), processor=processor, frames=4, audio_seconds=2.0)
     ids, av = policy.inputs(_row(media), "av", 4096)
-    assert av["image_grid_thw"].shape == (4, 3) and av["input_features"].shape[:2] == (1, 128)
-    image_tokens = int((ids == processor.tokenizer.convert_tokens_to_ids("<|IMAGE|>")).sum())
-    assert image_tokens == int(av["image_grid_thw"].prod(dim=1).sum()) // 4
+    # one video of 4 frames: 2 temporal patches; 320x240 fits the default pixel budget
+    assert av["video_grid_thw"].tolist() == [[2, 16, 22]]
+    assert av["input_features"].shape[:2] == (1, 128)
+    video_tokens = int((ids == processor.tokenizer.convert_tokens_to_ids("<|VIDEO|>")).sum())
+    assert video_tokens == int(av["video_grid_thw"].prod()) // 4
     _, video_only = policy.inputs(_row(media), "video_only", 4096)
     _, audio_only = policy.inputs(_row(media), "audio_only", 4096)
-    assert "input_features" not in video_only and "pixel_values" in video_only
-    assert "pixel_values" not in audio_only and "input_features" in audio_only
+    assert "input_features" not in video_only and "pixel_values_videos" in video_only
+    assert "pixel_values_videos" not in audio_only and "input_features" in audio_only
     # the frames reach the model: different frames, different logits
     logits = policy.model(input_ids=ids[None], **av).logits
-    av2 = dict(av, pixel_values=av["pixel_values"].flip(0))
+    av2 = dict(av, pixel_values_videos=av["pixel_values_videos"].flip(0))
     assert not torch.allclose(logits, policy.model(input_ids=ids[None], **av2).logits)
+
+
+def test_omni_frames_are_a_video_whose_time_positions_follow_real_time(thinker, media):
+    """4 frames over the first 2 s: 0.5 s apart, so each temporal patch (2 frames) spans 1 s;
+    that spacing reaches the model's time positions (other spacing, other logits)."""
+    folder, processor = thinker
+    policy = OmniPolicy(str(folder), processor=processor, frames=4, audio_seconds=2.0)
+    ids, av = policy.inputs(_row(media), "av", 4096)
+    assert av["video_second_per_grid"].tolist() == pytest.approx([1.0], abs=0.05)
+    mask = torch.ones_like(ids[None])  # time positions are computed with the mask, as in training
+    logits = policy.model(input_ids=ids[None], attention_mask=mask, **av).logits
+    slower = dict(av, video_second_per_grid=av["video_second_per_grid"] * 4)
+    assert not torch.allclose(logits, policy.model(input_ids=ids[None], attention_mask=mask,
+                                                   **slower).logits)
+
+
+def test_omni_prompt_goes_through_the_processor_chat_template(thinker, media, monkeypatch):
+    folder, processor = thinker
+    policy = OmniPolicy(str(folder), processor=processor, frames=2, audio_seconds=2.0,
+                        system_prompt="Think.")
+    ids, _ = policy.inputs(_row(media), "av", 4096)
+    text = processor.tokenizer.decode(ids)
+    assert text.startswith("<|im_start|>system\nThink.<|im_end|>\n<|im_start|>user\n"
+                           "<|vision_bos|><|VIDEO|>")
+    assert "<|vision_eos|><|audio_bos|><|AUDIO|>" in text
+    assert text.endswith(question_text(_row(media)) + "<|im_end|>\n<|im_start|>assistant\n")
+    video_only = processor.tokenizer.decode(policy.inputs(_row(media), "video_only", 4096)[0])
+    assert "<|AUDIO|>" not in video_only and "<|VIDEO|>" in video_only
+    monkeypatch.setattr(processor, "chat_template", None)  # a processor without a template
+    plain = processor.tokenizer.decode(policy.inputs(_row(media), "av", 4096)[0])
+    assert plain.startswith("Think.\n<|vision_bos|><|VIDEO|>") and "<|im_start|>" not in plain
+
+
+def test_omni_frames_fit_the_pixel_budget(thinker, media):
+    folder, processor = thinker
+    small = OmniPolicy(str(folder), processor=processor, frames=4, audio_seconds=2.0,
+                       max_pixels=28 * 28 * 4)
+    ids, av = small.inputs(_row(media), "av", 4096)
+    assert av["video_grid_thw"].tolist() == [[2, 2, 4]]  # 320x240 -> 56x28: 4x2 patches
+    full, _ = OmniPolicy(str(folder), processor=processor, frames=4,
+                         audio_seconds=2.0).inputs(_row(media), "av", 4096)
+    assert len(full) - len(ids) == 2 * (16 * 22 - 2 * 4) // 4
 
 
 def test_omni_frames_and_audio_cover_one_window_and_a_long_prompt_names_its_row(

@@ -30,6 +30,8 @@ class TrainConfig:
                          "window as the audio.")
     audio_seconds: float = option(10.0, gt=0, help="Omni: the window the model sees and hears: "
                                   "the first N seconds of each clip (frames and audio).")
+    max_pixels: int = option(200_704, min=784, help="Omni: pixels per frame at most (frames "
+                             "are scaled down, aspect kept; 200,704 = 256 patches of 28x28).")
     out: str = option("train_out", help="Checkpoints, metrics.jsonl and the final model.")
     algo: str = option("gspo", choices=ALGOS, help="gspo, gspo_token or grpo.")
     rewards: list[str] = option(default_factory=lambda: ["format", "accuracy"], comma=True,

@@ -293,6 +293,7 @@ def setup(cfg: TrainConfig, policy_kwargs: dict | None = None) -> TrainState:
     mixed = prec == "bf16-mixed"
     policy_kw = {"dtype": DTYPES[prec], "device": device, "system_prompt": cfg.system_prompt,
                  "frames": cfg.frames, "audio_seconds": cfg.audio_seconds,
+                 "max_pixels": cfg.max_pixels,
                  "meta": world > 1 and rank != 0,  # sharded: only rank 0 reads the weights
                  **(policy_kwargs or {})}
     policy = make_policy(cfg.policy, cfg.model, **policy_kw)

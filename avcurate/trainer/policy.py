@@ -65,25 +65,30 @@ class TextPolicy:
 
 
 class OmniPolicy:
-    """A Qwen2.5-Omni-style thinker: N evenly spaced frames (as images) + the audio clip + text.
+    """A Qwen2.5-Omni-style thinker: the clip's frames as one video, its audio, and text.
 
-    The frames go in as images and the clip as a separate audio input, so the two
-    modality-removed variants are simply "no audio" and "no images". `processor` defaults
-    to the model folder's AutoProcessor (which needs torchvision for its image part).
+    The frames go in as a video with its frame rate, so the thinker's time positions
+    (`video_second_per_grid`) follow real time and `<time>` spans can be grounded; the
+    audio is a separate input over the same window. The modality-removed variants are
+    "no audio" and "no video". `processor` defaults to the model folder's AutoProcessor
+    (which needs torchvision for its image and video parts).
     """
 
     # one generate call per prompt (its G copies together): batching prompts whose frames
     # and audio differ in size is not built yet
     batch_rollouts = False
 
-    # extras concatenated along dim 0 across samples (flattened patches, one grid row per image)
-    CONCAT = ("pixel_values", "image_grid_thw")
+    # extras concatenated along dim 0 across samples (flattened patches, one grid row per
+    # image or video, one seconds-per-temporal-patch per video)
+    CONCAT = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw",
+              "video_second_per_grid")
     # extras with a leading batch dimension of 1 per sample
     STACK = ("input_features", "feature_attention_mask")
 
     def __init__(self, model_path: str, *, dtype: torch.dtype = torch.float32,
                  device: str | torch.device = "cpu", system_prompt: str = "", processor=None,
-                 frames: int = 8, audio_seconds: float = 10.0, meta: bool = False) -> None:
+                 frames: int = 8, audio_seconds: float = 10.0, max_pixels: int = 200_704,
+                 meta: bool = False) -> None:
         from transformers import (
             AutoConfig,
             Qwen2_5OmniForConditionalGeneration,
@@ -105,6 +110,7 @@ class OmniPolicy:
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.system_prompt, self.frames, self.audio_seconds = system_prompt, frames, audio_seconds
+        self.max_pixels = max_pixels
         self.device = torch.device(device)
         # a completion must never contain a media placeholder: it would claim features that
         # do not exist when the sequence is scored
@@ -114,37 +120,57 @@ class OmniPolicy:
             tok.vision_eos_token, tok.audio_bos_token, tok.audio_eos_token)]
 
     def _media(self, row: dict[str, Any], modality: str):
-        """Frames and audio over one window: the first `audio_seconds` of the clip (all of
-        it when shorter), so what the model sees and hears happens at the same time. (The
-        frames once spanned the whole clip while the audio was its first 10 s.)"""
+        """The video (frames [n, H, W, 3] within the pixel budget, and their frame rate) and
+        the audio, over one window: the first `audio_seconds` of the clip (all of it when
+        shorter), so what the model sees and hears happens at the same time. (The frames
+        once spanned the whole clip while the audio was its first 10 s.)"""
         from avcurate.media import audio, frames
 
-        images = list(frames(row["video"], self.frames, within=self.audio_seconds)[0]) \
-            if modality != "audio_only" else []
+        video, fps = None, None
+        if modality != "audio_only":
+            pixels, times = frames(row["video"], self.frames, within=self.audio_seconds)
+            video = fit_pixels(pixels, self.max_pixels)
+            fps = frame_rate(times)
         clip = None
         if modality != "video_only":
             clip = audio(row.get("audio") or row["video"], self.audio_seconds)
-        return images, clip
+        return video, fps, clip
 
     def inputs(self, row: dict[str, Any], modality: str, max_tokens: int
                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        images, clip = self._media(row, modality)
-        tok = self.tokenizer
-        media = "".join(f"{tok.vision_bos_token}{tok.image_token}{tok.vision_eos_token}"
-                        for _ in images)
-        if clip is not None:
-            media += f"{tok.audio_bos_token}{tok.audio_token}{tok.audio_eos_token}"
-        system = f"{self.system_prompt}\n" if self.system_prompt else ""
-        text = f"{system}{media}{question_text(row)}\n"
-        out = self.processor(text=[text], images=images or None,
-                             audio=[clip] if clip is not None else None, return_tensors="pt")
+        video, fps, clip = self._media(row, modality)
+        text = self._prompt(row, video is not None, clip is not None)
+        kw = {"videos": [video], "fps": fps} if video is not None else {}
+        out = self.processor(text=[text], audio=[clip] if clip is not None else None,
+                             return_tensors="pt", **kw)
         ids = out["input_ids"][0]
         if len(ids) > max_tokens:
             raise ValueError(f"row {row.get('id', '?')} ({row['video']}): the prompt has "
                              f"{len(ids)} tokens with its media, over --max-prompt-tokens "
                              f"{max_tokens} (media tokens cannot be cut); raise it, or lower "
-                             "--frames or --audio-seconds")
+                             "--frames, --max-pixels or --audio-seconds")
         return ids, {k: v for k, v in out.items() if k in self.CONCAT + self.STACK}
+
+    def _prompt(self, row: dict[str, Any], video: bool, audio: bool) -> str:
+        """The prompt text with one placeholder per medium, through the processor's chat
+        template (system turn, user turn with the video, the audio and the question, then
+        the assistant's turn opened), as the model was trained to read it. A processor
+        without a template gets the plain `system\n<media>question\n` form."""
+        if getattr(self.processor, "chat_template", None):
+            content = ([{"type": "video"}] if video else []) + \
+                ([{"type": "audio"}] if audio else []) + \
+                [{"type": "text", "text": question_text(row)}]
+            messages = ([{"role": "system", "content": [{"type": "text",
+                                                         "text": self.system_prompt}]}]
+                        if self.system_prompt else []) + [{"role": "user", "content": content}]
+            return self.processor.apply_chat_template(messages, add_generation_prompt=True,
+                                                      tokenize=False)
+        tok = self.tokenizer
+        media = f"{tok.vision_bos_token}{tok.video_token}{tok.vision_eos_token}" if video else ""
+        if audio:
+            media += f"{tok.audio_bos_token}{tok.audio_token}{tok.audio_eos_token}"
+        system = f"{self.system_prompt}\n" if self.system_prompt else ""
+        return f"{system}{media}{question_text(row)}\n"
 
     @classmethod
     def batch_extras(cls, extras: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -158,6 +184,33 @@ class OmniPolicy:
                                  "modality-removed rollouts out of the update batch")
             batch[key] = torch.cat(parts)
         return batch
+
+
+def frame_rate(times) -> float:
+    """Frames per second of evenly spaced frames, from their timestamps (the processor turns
+    it into seconds per temporal patch; 2 fps, its default, for a single frame)."""
+    if len(times) < 2 or times[-1] <= times[0]:
+        return 2.0
+    return float((len(times) - 1) / (times[-1] - times[0]))
+
+
+def fit_pixels(video, max_pixels: int):
+    """Frames [n, H, W, 3] scaled down (aspect kept, sides multiples of 28, the vision
+    encoder's merged patch) so each has at most `max_pixels` pixels: 8 frames of 720p would
+    otherwise cost thousands of prompt tokens."""
+    import math
+
+    import numpy as np
+
+    n, h, w, _ = video.shape
+    if h * w <= max_pixels:
+        return video
+    scale = math.sqrt(max_pixels / (h * w))
+    size = (max(28, int(h * scale) // 28 * 28), max(28, int(w * scale) // 28 * 28))
+    frames = torch.from_numpy(np.ascontiguousarray(video)).permute(0, 3, 1, 2).float()
+    small = torch.nn.functional.interpolate(frames, size=size, mode="bilinear",
+                                            antialias=True, align_corners=False)
+    return small.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
 def _on_meta(build, model_path: str, dtype: torch.dtype):
