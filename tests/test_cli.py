@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 
 import pytest
@@ -184,6 +185,23 @@ def test_bad_values_are_one_line_and_touch_nothing(ingested, args, message):
     assert "Traceback" not in result.stderr + result.stdout
     assert (run_dir / "manifest.json").read_text() == before  # no stage recorded, no row touched
     assert not (ingested / "r2").exists() and not (ingested / "r3").exists()
+
+
+def test_a_bad_journal_setting_is_one_line_and_touches_nothing(ingested):
+    """AVCURATE_SQLITE_JOURNAL takes wal or delete; anything else was once silently ignored."""
+    good = ingested / "good.toml"
+    good.write_text((ingested / "loud.toml").read_text().replace('silence_db = "loud"\n', ""))
+    out = ingested / "r6"
+    result = subprocess.run(avcurate_cmd("run", str(good), "--out", str(out)),
+                            capture_output=True, text=True,
+                            env=os.environ | {"AVCURATE_SQLITE_JOURNAL": "wall"})
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert "AVCURATE_SQLITE_JOURNAL='wall': use wal or delete" in lines[0]
+    assert not out.exists()  # stopped before the run folder was made
+    env = {k: v for k, v in os.environ.items() if k != "AVCURATE_SQLITE_JOURNAL"}
+    assert subprocess.run(avcurate_cmd("run", str(good), "--out", str(out)), capture_output=True,
+                          env=env).returncode == 0  # the recipe itself is fine
 
 
 def test_brackets_in_messages_are_shown_as_written(ingested):

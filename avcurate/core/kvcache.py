@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from avcurate.core.lock import pid_alive
+from avcurate.core.options import OptionError
 
 NETWORK_FS = frozenset({
     "nfs", "nfs4", "cifs", "smb3", "smbfs", "afs", "9p", "lustre", "gpfs", "beegfs", "ceph",
@@ -58,12 +59,26 @@ def filesystem_type(path: Path, mountinfo: str | None = None) -> str | None:
     return kind
 
 
+JOURNAL_ENV = "AVCURATE_SQLITE_JOURNAL"
+
+
+def forced_journal() -> str | None:
+    """The journal mode the user forces with AVCURATE_SQLITE_JOURNAL, or None to detect it.
+    Any other value is a user's mistake, said in one line (the runner checks it before a
+    run starts), not silently ignored."""
+    value = os.environ.get(JOURNAL_ENV, "").strip().lower()
+    if not value:
+        return None
+    if value not in ("wal", "delete"):
+        raise OptionError(f"{JOURNAL_ENV}={value!r}: use wal or delete, or unset it to pick the "
+                          "journal from the filesystem")
+    return value
+
+
 def journal_mode(path: Path) -> str:
     """WAL on a local disk, the rollback journal (DELETE) on a network filesystem."""
-    forced = os.environ.get("AVCURATE_SQLITE_JOURNAL", "").strip().lower()
-    if forced in ("wal", "delete"):
-        return forced
-    return "delete" if filesystem_type(path.parent) in NETWORK_FS else "wal"
+    return forced_journal() or ("delete" if filesystem_type(path.parent) in NETWORK_FS
+                                else "wal")
 
 
 def _locked(method):

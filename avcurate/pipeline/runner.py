@@ -26,6 +26,7 @@ from rich.console import Console
 from avcurate import __version__
 from avcurate.catalogs import Reject, read_source
 from avcurate.core.counts import reject_reasons
+from avcurate.core.kvcache import forced_journal
 from avcurate.core.lock import run_lock
 from avcurate.core.options import identity
 from avcurate.core.schema import BASE_COLUMNS, REJECT_FIELDS, SAMPLE_SCHEMA
@@ -219,6 +220,7 @@ class Runner:
         """Before anything is written: every stage with work left can run here (its model
         backend's library and key). Stages a previous run finished are not checked, so a
         finished run resumes without its model servers."""
+        forced_journal()  # a bad AVCURATE_SQLITE_JOURNAL stops the run before it starts
         done = (matching_prefix(done_entries(self.store.load_manifest()), planned)
                 if self.store.exists() else 0)
         for stage, _ in stages[max(0, done - 1):]:
