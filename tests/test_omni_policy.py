@@ -75,6 +75,33 @@ def test_omni_prompt_goes_through_the_processor_chat_template(thinker, media, mo
     assert plain.startswith("Think.\n<|vision_bos|><|VIDEO|>") and "<|im_start|>" not in plain
 
 
+def test_omni_rollouts_encode_the_video_once_per_prompt(thinker, media):
+    """G copies of a prompt: the vision tower runs once (its output reused for every copy)
+    and the completions are those of the copies each carrying the frames."""
+    from avcurate.trainer.rollout import row_seed, sample_batch
+
+    folder, processor = thinker
+    policy = OmniPolicy(str(folder), processor=processor, frames=4, audio_seconds=2.0)
+    ids, av = policy.inputs(_row(media), "av", 4096)
+    G, calls = 4, []  # the patch rows each call of the vision tower encodes
+    visual = policy.model.model.visual
+    visual.register_forward_hook(lambda _, args, kwargs, out: calls.append(
+        (args[0] if args else kwargs["hidden_states"]).shape[0]), with_kwargs=True)
+    rows = av["pixel_values_videos"].shape[0]
+    kw = dict(temperature=1.0, top_p=1.0, max_new_tokens=6,
+              suppress_tokens=policy.suppress_tokens)
+    seeds = [row_seed(3, j) for j in range(G)]
+    repeated = sample_batch(policy.model, policy.tokenizer, [ids] * G, seeds,
+                            extras={k: torch.cat([v] * G) for k, v in av.items()}, **kw)
+    assert calls == [G * rows]  # every copy's patches: G times the work
+    calls.clear()
+    once = sample_batch(policy.model, policy.tokenizer, [ids] * G, seeds,
+                        extras=policy.group_extras(policy.model, av, G), **kw)
+    assert calls == [rows] and [c.tolist() for c in once] == [c.tolist() for c in repeated]
+    extras = policy.group_extras(policy.model, av, G)
+    assert "pixel_values_videos" not in extras and extras["video_grid_thw"].shape[0] == G
+
+
 def test_omni_frames_fit_the_pixel_budget(thinker, media):
     folder, processor = thinker
     small = OmniPolicy(str(folder), processor=processor, frames=4, audio_seconds=2.0,

@@ -23,7 +23,7 @@ import torch
 
 from avcurate.trainer import rewards as reward_registry
 from avcurate.trainer.collectives import all_max, all_sum
-from avcurate.trainer.rollout import pack, prompt_seed, row_seed, sample_batch, sample_group
+from avcurate.trainer.rollout import pack, prompt_seed, row_seed, sample_batch
 from avcurate.trainer.state import TrainState
 
 
@@ -78,8 +78,9 @@ def _sample(state: TrainState, inputs: list[tuple[torch.Tensor, dict]], seeds: l
     model, tok = state.model, state.policy.tokenizer
     if not inputs:
         return []
-    if not state.policy.batch_rollouts:
-        return [sample_group(model, tok, ids, G, seed=seed, extras=media, **sampling)
+    if not state.policy.batch_rollouts:  # one call per prompt, its media encoded once
+        return [sample_batch(model, tok, [ids] * G, [row_seed(seed, j) for j in range(G)],
+                             extras=state.policy.group_extras(model, media, G), **sampling)
                 for (ids, media), seed in zip(inputs, seeds, strict=True)]
     flat = sample_batch(model, tok, [ids for ids, _ in inputs for _ in range(G)],
                         [row_seed(s, j) for s in seeds for j in range(G)], **sampling)

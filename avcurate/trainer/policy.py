@@ -172,6 +172,29 @@ class OmniPolicy:
         system = f"{self.system_prompt}\n" if self.system_prompt else ""
         return f"{system}{media}{question_text(row)}\n"
 
+    def group_extras(self, model, media: dict[str, torch.Tensor], group: int) -> dict:
+        """`generate`'s media inputs for `group` copies of one prompt, the video encoded once:
+        the vision tower's output goes in as `mm_encoder_outputs` (transformers' input for
+        encoder outputs computed beforehand), not its patches G times. The audio features
+        are repeated (the thinker has no such input for audio). Older transformers without
+        `mm_encoder_outputs` get the video repeated too."""
+        import inspect
+
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        cached = "pixel_values_videos" in media and \
+            "mm_encoder_outputs" in inspect.signature(model.forward).parameters
+        extras: dict = {k: torch.cat([v] * group) for k, v in media.items()
+                        if not (cached and k == "pixel_values_videos")}
+        if cached:
+            device = next(model.parameters()).device
+            video = model.get_video_features(media["pixel_values_videos"].to(device),
+                                             media["video_grid_thw"].to(device),
+                                             return_dict=True)
+            extras["mm_encoder_outputs"] = {"video": BaseModelOutputWithPooling(
+                pooler_output=tuple(video.pooler_output) * group)}
+        return extras
+
     @classmethod
     def batch_extras(cls, extras: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         batch: dict[str, torch.Tensor] = {}

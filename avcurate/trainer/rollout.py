@@ -81,7 +81,8 @@ def sample_batch(model, tokenizer, prompts: list[torch.Tensor], seeds: list[int]
     for i, p in enumerate(prompts):
         ids[i, length - len(p):] = p
         mask[i, length - len(p):] = 1
-    media = {k: v.to(model.device) for k, v in (extras or {}).items()}
+    media = {k: v.to(model.device) if torch.is_tensor(v) else v
+             for k, v in (extras or {}).items()}
     if suppress_tokens:
         media["suppress_tokens"] = suppress_tokens
     sampler = SeededSampler(seeds, temperature, top_p, model.device)
@@ -95,14 +96,6 @@ def sample_batch(model, tokenizer, prompts: list[torch.Tensor], seeds: list[int]
         eos = (seq == tokenizer.eos_token_id).nonzero()
         completions.append(seq[: int(eos[0]) + 1] if len(eos) else seq)
     return completions
-
-
-def sample_group(model, tokenizer, prompt_ids: torch.Tensor, group: int, *, seed: int,
-                 extras: dict | None = None, **sampling) -> list[torch.Tensor]:
-    """G completions for one prompt (and its media, repeated for each copy)."""
-    media = {k: torch.cat([v] * group) for k, v in (extras or {}).items()}
-    return sample_batch(model, tokenizer, [prompt_ids] * group,
-                        [row_seed(seed, j) for j in range(group)], extras=media, **sampling)
 
 
 def pack(prompts: list[torch.Tensor], completions: list[torch.Tensor], pad_id: int,
@@ -124,7 +117,8 @@ def pack(prompts: list[torch.Tensor], completions: list[torch.Tensor], pad_id: i
 def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                    extras: dict | None = None) -> torch.Tensor:
     """log p(token_{t+1} | tokens_{<=t}) for every position, in float32: [B, L-1]."""
-    media = {k: v.to(model.device) for k, v in (extras or {}).items()}
+    media = {k: v.to(model.device) if torch.is_tensor(v) else v
+             for k, v in (extras or {}).items()}
     logits = model(input_ids=input_ids.to(model.device),
                    attention_mask=attention_mask.to(model.device), **media).logits
     return chosen_logprobs(logits, input_ids[:, 1:].to(logits.device))
