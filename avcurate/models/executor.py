@@ -170,10 +170,10 @@ class Executor:
         if not requests:
             return []
         validators = validate if isinstance(validate, list) else [validate] * len(requests)
-        # Keys, cache look-ups and media encoding happen here, in the calling thread, one
-        # request ahead of the loop: the loop thread only sends and waits, so CPU work on
-        # request k+1 (JPEG and wav encodes, base64) overlaps with request k in flight
-        # instead of delaying every answer the loop has to handle meanwhile.
+        # Keys, cache look-ups and media encoding happen here, in the calling thread, up to
+        # 2 x concurrency requests ahead of the loop: the loop thread only sends and waits,
+        # so CPU work on the next requests (JPEG and wav encodes, base64, JSON) overlaps
+        # with those in flight instead of delaying every answer the loop has to handle.
         keys = [r.key(self.backend.name, self.backend.model) for r in requests]
         cached = self.cache.get_many(keys) if self.cache is not None else {}
         loop = self._ensure_loop()

@@ -78,7 +78,10 @@ class OpenAIBackend:
         """Encode the request now, in the caller's thread (see `Executor.run`): frames and
         audio to JPEG/wav and base64, the body to JSON bytes (~0.5 ms for a body with 10 s of
         audio). `call`, in the executor's loop, then only sends it."""
-        request.prepared[self.name] = (self.structured, json.dumps(self.render(request)).encode())
+        request.prepared[self.name] = (self.structured, self._body(request))
+
+    def _body(self, request: ModelRequest) -> bytes:
+        return json.dumps(self.render(request)).encode()
 
     def render(self, request: ModelRequest, structured: bool | None = None) -> dict[str, Any]:
         """The chat-completions request body (what `--dry-run` prints)."""
@@ -124,7 +127,7 @@ class OpenAIBackend:
             # measured in benchmarks/bench_scoring.py), and we read the JSON ourselves.
             structured, body = request.prepared.pop(self.name, (None, None))
             if body is None or structured != self.structured:  # not prepared, or the
-                body = json.dumps(self.render(request)).encode()  # server's support changed
+                body = self._body(request)  # server's support for structured output changed
             completion = await self.client().post("/chat/completions", content=body, cast_to=object)
         except openai.BadRequestError as exc:
             if request.json_schema is not None and self.structured and "response_format" in str(exc):

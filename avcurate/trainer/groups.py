@@ -111,7 +111,7 @@ def fill(state: TrainState, slots: list[tuple[int, int]], step: int,
     cfg = state.cfg
     groups = sample_groups(state, slots, step, sampling)
     score(state, groups)
-    sampled, replaced, rounds = len(groups), 0, 0
+    replaced, rounds = 0, 0
     for round_ in range(1, cfg.max_resample_rounds + 1 if cfg.dynamic_sampling else 1):
         flat = [k for k, g in enumerate(groups) if g.flat]
         most = all_max(len(flat))
@@ -129,11 +129,11 @@ def fill(state: TrainState, slots: list[tuple[int, int]], step: int,
         score(state, new)
         for k, group in zip(flat, new, strict=True):
             groups[k] = group
-        sampled += len(new)
         replaced += len(new)
     figures = {}
     if cfg.dynamic_sampling:
-        figures = {"dropped_groups": all_sum(replaced) / max(all_sum(sampled), 1),
+        sampled = all_sum(len(groups) + replaced)  # the first round's, then replacements
+        figures = {"dropped_groups": all_sum(replaced) / max(sampled, 1),
                    "resample_rounds": float(rounds)}
     return groups, figures
 

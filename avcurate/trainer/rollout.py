@@ -35,6 +35,11 @@ def prompt_seed(seed: int, step: int, prompt_index: int) -> int:
     return (seed * 1_000_003 + step * 10_007 + prompt_index) % (2**31 - 1)
 
 
+def on_device(extras: dict | None, device: torch.device) -> dict:
+    """Model inputs moved to `device`; non-tensors (precomputed encoder outputs) as they are."""
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in (extras or {}).items()}
+
+
 def row_seed(seed: int, j: int) -> int:
     """The seed of the j-th completion of a prompt whose group seed is `seed`."""
     return (seed * 1_000_033 + j) % (2**63 - 1)
@@ -81,8 +86,7 @@ def sample_batch(model, tokenizer, prompts: list[torch.Tensor], seeds: list[int]
     for i, p in enumerate(prompts):
         ids[i, length - len(p):] = p
         mask[i, length - len(p):] = 1
-    media = {k: v.to(model.device) if torch.is_tensor(v) else v
-             for k, v in (extras or {}).items()}
+    media = on_device(extras, model.device)
     if suppress_tokens:
         media["suppress_tokens"] = suppress_tokens
     sampler = SeededSampler(seeds, temperature, top_p, model.device)
@@ -117,8 +121,7 @@ def pack(prompts: list[torch.Tensor], completions: list[torch.Tensor], pad_id: i
 def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                    extras: dict | None = None) -> torch.Tensor:
     """log p(token_{t+1} | tokens_{<=t}) for every position, in float32: [B, L-1]."""
-    media = {k: v.to(model.device) if torch.is_tensor(v) else v
-             for k, v in (extras or {}).items()}
+    media = on_device(extras, model.device)
     logits = model(input_ids=input_ids.to(model.device),
                    attention_mask=attention_mask.to(model.device), **media).logits
     return chosen_logprobs(logits, input_ids[:, 1:].to(logits.device))
