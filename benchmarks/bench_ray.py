@@ -81,6 +81,7 @@ def main() -> None:
         demo_local, demo_ray = demo_times(root)
         ray.shutdown()
         ls, rs = stage_seconds(root / "local"), stage_seconds(root / "ray")
+        dl, dr = stage_seconds(root / "demo-local"), stage_seconds(root / "demo-ray")
     print(f"{args.samples:,} samples over {args.clips} clips, classify against a "
           f"{args.latency * 1000:.0f} ms server, {os.cpu_count()} CPUs")
     print(f"local: {local:.2f} s  (validate {ls['validate']:.2f} s, classify {ls['classify']:.2f} s)")
@@ -90,6 +91,8 @@ def main() -> None:
     print(f"demo recipe (every stage, demo model server): local {demo_local:.2f} s, ray "
           f"{demo_ray:.2f} s = {demo_ray / demo_local:.2f}x the local time (target <= 1.5x: "
           f"{'met' if demo_ray <= 1.5 * demo_local else 'NOT met'})")
+    print("  per stage, local / ray (s): " + ", ".join(
+        f"{name} {dl[name]:.2f}/{dr.get(name, 0):.2f}" for name in dl))
 
 
 def demo_times(root: Path) -> tuple[float, float]:

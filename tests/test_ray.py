@@ -100,6 +100,11 @@ def test_larger_set_with_a_model_stage_and_global_stages(ray_env, tmp_path):
     assert local[2]["usage"]["calls"] == local_calls and remote[2]["usage"]["calls"] == ray_calls
     assert remote[4]["categories_before"] == local[4]["categories_before"]
     assert remote[5]["subsets"] == local[5]["subsets"]
+    # one pass per shard for dedup's decision + classify + threshold, and balance + subset
+    assert [s.get("fused_with") for s in remote[1:]] == [
+        ["classify", "threshold"], ["dedup", "threshold"], ["dedup", "classify"], ["subset"],
+        ["balance"]]
+    assert not any("fused_with" in s for s in local)
 
 
 def test_killed_driver_resumes_without_loss_or_duplicates(ray_env, tmp_path, media,

@@ -78,6 +78,7 @@ class Decontaminate(BaseStage):
     version = "1"
     requires = ("id", "video", "question")
     adds = {}
+    global_decision = False  # prepare indexes the benchmarks, not the run's rows
 
     benchmarks: list[str] = option(default_factory=list, flag="--benchmark", help=(
         "NAME[@FORMAT]=ANNOTATIONS[:MEDIA_ROOT], repeatable; FORMAT is a source catalog "

@@ -36,6 +36,7 @@ class Subset(BaseStage):
     name = "subset"
     version = "1"
     parallel_shards = 4  # Arrow work that releases the GIL: shards read/written side by side
+    global_decision = False  # prepare only names the subset's folder
 
     subset: str = option("audio_visual", flag="--name",
                          help="Subset name (a separate split of the run).")

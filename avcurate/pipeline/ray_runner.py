@@ -1,15 +1,24 @@
-"""Run a recipe on Ray Data, with the same run folder, invariants and resume rule.
+"""Run a recipe on Ray, with the same run folder, invariants and resume rule.
 
 What runs where:
 - the driver ingests, runs every stage's `prepare` (global decisions such as balance,
   dedup and duplicate ids are DuckDB over the written shards) and keeps the manifest;
-- the unfinished shards of a row-local stage become plain Ray tasks, one per shard
-  (`cpus_per_task` CPUs each, which decoding stages use as their process pool); those of
-  a model stage a Ray Dataset of shard descriptors mapped by an actor pool (`actors`
-  actors, each driving `concurrency` requests in flight), so many inference endpoints
-  are driven in parallel;
-- every worker reads its shard's Arrow table, runs the stage and writes the outputs
-  atomically into the shared run folder (a shared filesystem on a multi-node cluster).
+- consecutive stages are fused into chains (`pipeline/fused.py`): a stage whose
+  `prepare` decides over all its inputs starts a chain, any other joins the one before.
+  Each unfinished shard of a chain is one job that reads the shard once and runs every
+  stage of the chain on it, writing each stage's outputs as usual: one scheduling round
+  per chain, not per stage;
+- a chain of row-local stages runs as plain Ray tasks, one per shard (`cpus_per_task`
+  CPUs each, which decoding stages use as their process pool); a chain with a model
+  stage runs on the run's actors (`actors` of them, started at the first such chain and
+  kept until the run ends), each holding a few shards in flight in threads, so many
+  inference endpoints are driven in parallel and no stage pays actor start-up again;
+- every worker writes its shards atomically into the shared run folder (a shared
+  filesystem on a multi-node cluster).
+
+Not Ray Data: a Dataset per stage paid its streaming executor's and its actor pool's
+start-up (2-3 s) for every model stage, and its actors could not outlive the stage; a
+stage's shards need no more than a map over paths with a bounded number in flight.
 
 A shard is finished when its kept file exists, exactly as with the local runner, so a
 killed driver resumes where it stopped and both runners produce the same rows. The
@@ -18,18 +27,26 @@ response and media caches are SQLite/files in the run folder, safe for concurren
 
 from __future__ import annotations
 
-import json
 import os
+import threading
+import time
+from collections import deque
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
+import pyarrow.parquet as pq
 
-from avcurate.pipeline.runner import RunError, Runner, process_shard
-from avcurate.stages.base import Resources, Stage
-from avcurate.stages.context import StageContext
+from avcurate.core.store import RunStore, parquet_rows
+from avcurate.models.errors import BackendUnavailable, EndpointError
+from avcurate.pipeline.fused import ChainJob, Member, StageShard, chains
+from avcurate.pipeline.progress import Progress
+from avcurate.pipeline.runner import RunError, Runner, StageReport, add_usage, stopped
+from avcurate.stages.base import Resources, Stage, output_schema, reject_schema
+from avcurate.stages.context import StageContext, WorkerPool
 
+MAX_SHARDS_PER_ACTOR = 4  # threads of an actor: shards in flight side by side on it
 FORWARDED = ("OPENAI_API_KEY", "GEMINI_API_KEY", "GOOGLE_API_KEY", "HF_TOKEN", "PYTHONPATH")
 
 
@@ -52,28 +69,53 @@ def import_ray():
     return ray
 
 
-class _ShardJob:
-    """Processes shard descriptors; one instance per task (row-local) or per actor (models)."""
+class _Worker:
+    """A long-lived actor: runs shards of any chain, keeping each chain's set-up (model
+    clients, caches) until the driver closes it, and one decode pool for all of them."""
 
-    def __init__(self, stage: Stage, run_dir: str, stage_dir: str, workers: int,
-                 kept_schema: pa.Schema, rej_schema: pa.Schema, env: dict[str, str]) -> None:
+    def __init__(self, env: dict[str, str], workers: int) -> None:
         os.environ.update(env)
-        self.stage, self.kept_schema, self.rej_schema = stage, kept_schema, rej_schema
-        self.ctx = StageContext(run_dir=Path(run_dir), stage_dir=Path(stage_dir), workers=workers)
-        stage.setup(self.ctx)
+        self.workers = workers
+        self.pool = WorkerPool(workers)
+        self.jobs: dict[str, ChainJob] = {}
+        self.lock = threading.Lock()
 
-    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        rows, usage = [], []
-        for index, path in zip(batch["index"], batch["path"], strict=True):
-            n, used = process_shard(self.stage, self.ctx, Path(path), int(index),
-                                    self.kept_schema, self.rej_schema)
-            rows.append(n)
-            usage.append(json.dumps(used))
-        return {"index": batch["index"], "rows": rows, "usage": usage}
+    def shard(self, key: str, args: tuple, index: int, path: str) -> tuple[int, list]:
+        with self.lock:  # the first shard of a chain sets it up; the others wait for that
+            if key not in self.jobs:
+                members, run_dir = args
+                self.jobs[key] = ChainJob(members, run_dir, self.workers, self.pool)
+            job = self.jobs[key]
+        return index, job.shard(index, path)
 
-    def close(self) -> None:
-        self.stage.teardown()
-        self.ctx.close()
+    def close(self, key: str) -> None:
+        with self.lock:
+            job = self.jobs.pop(key, None)
+        if job is not None:
+            job.close()
+
+
+def _chain_task(args: tuple, index: int, path: str) -> tuple[int, list]:
+    """A row-local chain on one shard, as a Ray task (its own set-up and decode pool)."""
+    members, run_dir, workers, env = args
+    os.environ.update(env)
+    job = ChainJob(members, run_dir, workers)
+    try:
+        return index, job.shard(index, path)
+    finally:
+        job.close()
+
+
+@dataclass
+class _Planned:
+    """A chain member on the driver: where it writes, its manifest entry, its progress."""
+
+    index: int
+    stage: Stage
+    out_dir: Path
+    entry: dict[str, Any]
+    member: Member
+    task: Any
 
 
 class RayRunner(Runner):
@@ -85,55 +127,154 @@ class RayRunner(Runner):
         if not self.ray.is_initialized():
             self.ray.init(address=self.address, ignore_reinit_error=True, log_to_driver=False,
                           include_dashboard=False)
-        ctx = self.ray.data.DataContext.get_current()
-        ctx.enable_progress_bars = False
+        self._actors: list[Any] = []
 
-    def _run_shards(self, stage, ctx, inputs, pending, kept_schema, rej_schema, advance
-                    ) -> dict[str, int]:
+    def run(self) -> list[StageReport]:
+        try:
+            return super().run()
+        finally:
+            for actor in self._actors:
+                self.ray.kill(actor)
+            self._actors = []
+
+    def _run_stages(self, manifest, stages: list[tuple[Stage, str]], progress: Progress
+                    ) -> list[StageReport]:
+        reports = []
+        for chain in chains([stage for stage, _ in stages]):
+            todo = []
+            for pos in chain:
+                k, (stage, fp) = pos + 1, stages[pos]
+                spec = self.recipe.stages[pos]
+                if k < len(manifest["stages"]):  # recorded as done: reported as skipped
+                    reports.append(self._stage(manifest, k, stage, spec, fp, progress))
+                else:
+                    todo.append((k, stage, spec, fp))
+            if todo:
+                reports += self._chain(manifest, todo, progress)
+        return reports
+
+    def _chain(self, manifest, todo: list[tuple], progress: Progress) -> list[StageReport]:
+        """Run stages `todo` (consecutive, none done) as one chain; record each when all
+        of their shards are written, in order."""
+        in_dir = self.store.root / manifest["stages"][todo[0][0] - 1]["dir"]
+        inputs = self.store.shards(in_dir)
+        rows_in = parquet_rows(inputs)
+        schema = pq.read_schema(inputs[0])
+        planned: list[_Planned] = []
+        for k, stage, spec, fp in todo:
+            out_dir = self.store.stage_dir(k, stage.name)
+            kept_schema = output_schema(stage, schema)
+            member = Member(stage, str(out_dir), kept_schema, reject_schema(kept_schema))
+            self._begin(out_dir, fp)
+            planned.append(_Planned(k, stage, out_dir,
+                                    self._new_entry(k, stage.name, fp, spec.options,
+                                                    stage.options()), member,
+                                    progress.stage(stage.name, total=rows_in if not planned
+                                                   else None)))
+            schema = kept_schema
+        start = time.perf_counter()
+        busy = [0.0] * len(planned)
+        resumed = [0] * len(planned)
+        usage: list[dict[str, int]] = [{} for _ in planned]
+        contexts = [StageContext(run_dir=self.store.root, stage_dir=p.out_dir,
+                                 workers=self.recipe.workers, pool=self._pool) for p in planned]
+        try:
+            for i, (p, ctx) in enumerate(zip(planned, contexts, strict=True)):
+                p.stage.prepare(ctx, inputs if i == 0 else [])
+            pending = [i for i in range(len(inputs))
+                       if not RunStore.shard_path(planned[-1].out_dir, i).exists()]
+            for i in set(range(len(inputs))) - set(pending):
+                progress.advance(planned[0].task, pq.ParquetFile(inputs[i]).metadata.num_rows)
+                resumed = [r + 1 for r in resumed]
+            for _, done in self._shards(planned, inputs, pending):
+                for j, (p, got) in enumerate(zip(planned, done, strict=True)):
+                    progress.advance(p.task, got.rows)
+                    busy[j] += got.seconds
+                    resumed[j] += got.resumed
+                    usage[j] = add_usage(usage[j], got.usage)
+        except (EndpointError, BackendUnavailable) as exc:
+            raise stopped(planned[0].out_dir, exc) from None
+        finally:
+            for ctx in contexts:
+                ctx.close()
+        wall = time.perf_counter() - start
+        names = [p.stage.name for p in planned]
+        reports = []
+        for j, p in enumerate(planned):
+            progress.done(p.task)
+            extra = p.stage.summary()
+            if usage[j] or p.stage.resources == Resources.MODEL:
+                extra["usage"] = usage[j]
+            if len(planned) > 1:  # seconds are the chain's wall time shared by busy time
+                extra["fused_with"] = [n for n in names if n != p.stage.name]
+            share = busy[j] / sum(busy) if sum(busy) else 1 / len(planned)
+            n_in = rows_in if j == 0 else reports[-1].kept
+            reports.append(self._finish(manifest, p.entry, p.out_dir, n_in, wall * share,
+                                        resumed[j], extra))
+        return reports
+
+    def _shards(self, planned: list[_Planned], inputs: list[Path], pending: list[int]
+                ) -> Iterator[tuple[int, list[StageShard]]]:
         if not pending:
-            return {}
-        ray = self.ray
-        items = [{"index": i, "path": str(inputs[i])} for i in pending]
-        args = (stage, str(ctx.run_dir), str(ctx.stage_dir), max(1, int(self.cpus_per_task)),
-                kept_schema, rej_schema, worker_env())
-        if stage.resources == Resources.MODEL:
-            ds = ray.data.from_items(items, override_num_blocks=len(items))
-            # a fixed pool through `compute` (Ray >= 2.51 deprecates `concurrency=` here)
-            out = ds.map_batches(_ShardJob, fn_constructor_args=args, batch_size=1,
-                                 compute=ray.data.ActorPoolStrategy(size=self.actors),
-                                 num_cpus=0.5)
-            results = (dict(row) for row in out.iter_rows())
-        else:
-            results = self._tasks(items, args)
-        total: dict[str, int] = {}
-        for row in results:
-            advance(int(row["rows"]))
-            for k, v in json.loads(row["usage"]).items():
-                total[k] = total.get(k, 0) + v
-        return total
+            return iter(())
+        members = [p.member for p in planned]
+        if any(p.stage.resources == Resources.MODEL for p in planned):
+            width = max(getattr(m.stage, "parallel_shards", 1) for m in members)
+            return self._on_actors(f"{planned[0].index}", (members, str(self.store.root)),
+                                   inputs, pending, width)
+        return self._tasks((members, str(self.store.root), self._decode_workers(), worker_env()),
+                           inputs, pending)
 
-    def _tasks(self, items: list[dict[str, Any]], args: tuple) -> Iterator[dict[str, Any]]:
-        """Row-local shards as plain Ray tasks, one per shard, results as they finish.
+    def _decode_workers(self) -> int:
+        return max(1, int(self.cpus_per_task))
 
-        Not Ray Data: a Dataset pays its streaming executor's start-up (seconds) for every
-        stage, while a task costs milliseconds to schedule, and a stage's shards need no
-        more than a map over paths. The stage and its settings go to the object store once.
-        """
+    def _tasks(self, args: tuple, inputs: list[Path], pending: list[int]
+               ) -> Iterator[tuple[int, list[StageShard]]]:
+        """Row-local shards as plain Ray tasks, one per shard, results as they finish (a
+        task costs milliseconds to schedule). The chain goes to the object store once."""
         ray = self.ray
         job = ray.put(args)
-        run = ray.remote(num_cpus=self.cpus_per_task)(_run_row_local)
-        waiting = [run.remote({"index": [it["index"]], "path": [it["path"]]}, job)
-                   for it in items]
+        run = ray.remote(num_cpus=self.cpus_per_task)(_chain_task)
+        waiting = [run.remote(job, i, str(inputs[i])) for i in pending]
         while waiting:
             done, waiting = ray.wait(waiting, num_returns=1)
-            out = ray.get(done[0])
-            for index, rows, usage in zip(out["index"], out["rows"], out["usage"], strict=True):
-                yield {"index": index, "rows": rows, "usage": usage}
+            yield ray.get(done[0])
 
+    def _on_actors(self, key: str, args: tuple, inputs: list[Path], pending: list[int],
+                   width: int) -> Iterator[tuple[int, list[StageShard]]]:
+        """Shards on the run's actors, up to `width` in flight on each; a shard goes to the
+        actor that just finished one, so a slow actor is not handed more."""
+        ray = self.ray
+        actors = self._actor_pool()
+        job = ray.put(args)
+        queue = deque(pending)
+        running: dict[Any, Any] = {}
 
-def _run_row_local(batch: dict[str, Any], args: tuple) -> dict[str, Any]:
-    job = _ShardJob(*args)
-    try:
-        return job(batch)
-    finally:
-        job.close()
+        def submit(actor: Any) -> None:
+            i = queue.popleft()
+            running[actor.shard.remote(key, job, i, str(inputs[i]))] = actor
+
+        for _ in range(width):
+            for actor in actors:
+                if queue:
+                    submit(actor)
+        try:
+            while running:
+                done, _ = ray.wait(list(running), num_returns=1)
+                actor = running.pop(done[0])
+                yield ray.get(done[0])
+                if queue:
+                    submit(actor)
+        except BaseException:
+            for actor in self._actors:  # shards still in flight: stopped with their actors
+                ray.kill(actor)
+            self._actors = []
+            raise
+        ray.get([actor.close.remote(key) for actor in actors])
+
+    def _actor_pool(self) -> list[Any]:
+        if not self._actors:
+            worker = self.ray.remote(num_cpus=0.5, max_concurrency=MAX_SHARDS_PER_ACTOR)(_Worker)
+            self._actors = [worker.remote(worker_env(), self._decode_workers())
+                            for _ in range(self.actors)]
+        return self._actors

@@ -207,13 +207,17 @@ class Runner:
             try:
                 with Progress(self.console, enabled=self.show_progress) as progress:
                     reports.append(self._ingest(manifest, planned[0]["fingerprint"], progress))
-                    for k, (stage, fp) in enumerate(stages, start=1):
-                        spec = self.recipe.stages[k - 1]
-                        reports.append(self._stage(manifest, k, stage, spec, fp, progress))
+                    reports += self._run_stages(manifest, stages, progress)
             finally:
                 self._pool.close()
                 self._pool = None
         return reports
+
+    def _run_stages(self, manifest, stages: list[tuple[Stage, str]], progress: Progress
+                    ) -> list[StageReport]:
+        """Every stage after ingest, one after another (the Ray runner fuses chains)."""
+        return [self._stage(manifest, k, stage, self.recipe.stages[k - 1], fp, progress)
+                for k, (stage, fp) in enumerate(stages, start=1)]
 
     def _check_environment(self, stages: list[tuple[Stage, str]],
                            planned: list[dict[str, Any]]) -> None:
@@ -328,9 +332,7 @@ class Runner:
             usage = self._run_shards(stage, ctx, inputs, pending, kept_schema, rej_schema,
                                      lambda rows: progress.advance(task, rows))
         except (EndpointError, BackendUnavailable) as exc:
-            raise RunError(f"{out_dir.name} stopped ({exc}). No row was rejected for it and the "
-                           "stage is not done; fix the cause and run the same command again "
-                           "(finished shards are kept).") from None
+            raise stopped(out_dir, exc) from None
         finally:
             ctx.close()
         progress.done(task)
@@ -358,6 +360,13 @@ class Runner:
         finally:
             stage.teardown()
         return usage
+
+
+def stopped(out_dir: Path, exc: Exception) -> RunError:
+    """The one-line error for a stage whose model endpoint or backend gave out."""
+    return RunError(f"{out_dir.name} stopped ({exc}). No row was rejected for it and the "
+                    "stage is not done; fix the cause and run the same command again "
+                    "(finished shards are kept).")
 
 
 def in_threads(jobs: list[tuple], width: int, stop=None) -> Iterator[Any]:
@@ -397,6 +406,15 @@ def process_shard(stage: Stage, ctx: StageContext, path: Path, index: int,
     the local runner and the Ray runner alike.
     """
     table = pq.read_table(path)
+    _, usage = process_table(stage, ctx, table, index, kept_schema, rej_schema)
+    return table.num_rows, usage
+
+
+def process_table(stage: Stage, ctx: StageContext, table: pa.Table, index: int,
+                  kept_schema: pa.Schema, rej_schema: pa.Schema
+                  ) -> tuple[pa.Table, dict[str, int]]:
+    """`process_shard` for a shard already in memory (a fused chain hands each stage the
+    kept rows of the one before); returns the kept rows as written and the usage."""
     usage: dict[str, int] = {}
     if table.num_rows == 0:
         kept, rejected = kept_schema.empty_table(), rej_schema.empty_table()
@@ -412,7 +430,7 @@ def process_shard(stage: Stage, ctx: StageContext, path: Path, index: int,
         usage = result.usage
     write_parquet_atomic(rejected, RunStore.reject_path(ctx.stage_dir, index))
     write_parquet_atomic(kept, RunStore.shard_path(ctx.stage_dir, index))
-    return table.num_rows, usage
+    return kept, usage
 
 
 def _remove_stale_temp_files(out_dir: Path) -> None:

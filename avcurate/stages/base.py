@@ -131,6 +131,11 @@ class BaseStage:
     # only for stages whose `process` is thread-safe and mostly waits (model calls): the next
     # shard's decoding and request building then overlap the requests still in flight.
     parallel_shards: ClassVar[int] = 1
+    # Whether `prepare` decides over all the stage's input rows (duplicate ids, dedup,
+    # balance), so the stage before must be complete first. None: decided from whether
+    # the stage overrides `prepare` (an unknown prepare is assumed to read its inputs).
+    # The Ray runner fuses a stage that does not into one pass with the stage before.
+    global_decision: ClassVar[bool | None] = None
 
     def __post_init__(self) -> None:
         try:
