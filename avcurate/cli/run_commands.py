@@ -32,14 +32,15 @@ def run(
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Run folder to create or resume.")],
     force: Force = False,
     quiet: Quiet = False,
-    executor: Annotated[str, typer.Option(help="local (default) or ray (Ray Data: tasks for "
-                                               "row-local stages, actor pools for model "
-                                               "stages).")] = "local",
+    executor: Annotated[str, typer.Option(help="local (default) or ray (consecutive stages "
+                                               "fused into one pass per shard: Ray tasks for "
+                                               "row-local chains, the run's actors for chains "
+                                               "with a model stage).")] = "local",
     address: Annotated[str | None, typer.Option(help="With --executor ray: cluster address "
                                                      "(auto, ray://host:10001); default: start "
                                                      "a local Ray.")] = None,
-    ray_actors: Annotated[int, typer.Option(help="With --executor ray: actors per model "
-                                                 "stage.")] = 2,
+    ray_actors: Annotated[int, typer.Option(help="With --executor ray: actors for the "
+                                                 "model stages, started once per run.")] = 2,
     ray_cpus_per_task: Annotated[float, typer.Option(help="With --executor ray: CPUs per "
                                                           "decoding task.")] = 1.0,
 ) -> None:
