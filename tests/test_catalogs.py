@@ -171,6 +171,36 @@ def test_media_root_refuses_escapes(tmp_path):
             media.resolve(bad)
 
 
+def test_media_root_resolves_as_path_resolve_does(tmp_path):
+    """Folders are resolved once each, files by one lstat: the result must still be what
+    Path.resolve gives (symlinked folders and files, relative links, `..`), and refused
+    exactly when that leaves the root."""
+    import random
+
+    root, out = tmp_path / "root", tmp_path / "out"
+    (root / "a/b").mkdir(parents=True)
+    out.mkdir()
+    (root / "a/b/x.mp4").write_bytes(b"1")
+    (out / "y.mp4").write_bytes(b"1")
+    for link, target in [("la", root / "a"), ("lout", out), ("lx.mp4", root / "a/b/x.mp4"),
+                         ("a/ly.mp4", out / "y.mp4"), ("a/rel", "b")]:
+        os.symlink(target, root / link)
+    media, real = MediaRoot(root), root.resolve()
+    parts = ["a", "b", "la", "lout", "..", ".", "rel", "x.mp4", "ly.mp4", "lx.mp4", "nope"]
+    rng = random.Random(0)
+    refused = 0
+    for _ in range(3000):
+        rel = "/".join(rng.choice(parts) for _ in range(rng.randint(1, 4)))
+        want = (real / rel).resolve()
+        if want.is_relative_to(real):
+            assert media.resolve(rel) == str(want), rel
+        else:
+            refused += 1
+            with pytest.raises(UnsafePathError):
+                media.resolve(rel)
+    assert 300 < refused < 2700  # both outcomes were exercised
+
+
 @pytest.mark.parametrize(("answer", "expected"), [
     ("B", "B"), ("B.", "B"), ("(B)", "B"), ("B. two", "B"), (1, "B"), ("two", "B"),
     ("Two.", "B"), ("E", "E"), ("A dog", "A dog"), (9, "9"),

@@ -138,9 +138,12 @@ class MediaRoot:
 
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = Path(root).expanduser().resolve()
-        # datasets ask many questions per clip: each distinct path is resolved (a few stat
-        # calls) once; bounded so a million distinct clips do not grow it without end
+        self._inside = str(self.root).rstrip(os.sep) + os.sep
+        # datasets ask many questions per clip: each distinct path is resolved once, and
+        # each distinct folder once (a million clips in a few folders cost one lstat
+        # each, not a walk of every component); bounded so neither grows without end
         self._resolve = functools.lru_cache(maxsize=1 << 17)(self._resolve_uncached)
+        self._folder = functools.lru_cache(maxsize=1 << 14)(self._folder_uncached)
 
     def resolve(self, rel: str) -> str:
         if not isinstance(rel, str) or not rel.strip():
@@ -152,10 +155,19 @@ class MediaRoot:
         nfc = unicodedata.normalize("NFC", rel)
         if nfc != rel and ((self.root / nfc).exists() or not (self.root / rel).exists()):
             rel = nfc  # one spelling per file; the as-written one only when only it exists
-        candidate = (self.root / rel).resolve()
-        if not candidate.is_relative_to(self.root):
+        head, name = os.path.split(rel)
+        if name in ("", ".", ".."):
+            candidate = os.path.realpath(os.path.join(self.root, rel))
+        else:  # what Path.resolve gives, with the folder's symlinks resolved once per folder
+            candidate = os.path.join(self._folder(head), name)
+            if os.path.islink(candidate):
+                candidate = os.path.realpath(candidate)
+        if candidate != str(self.root) and not candidate.startswith(self._inside):
             raise UnsafePathError(f"{rel!r} resolves outside the media root {self.root}")
-        return str(candidate)
+        return candidate
+
+    def _folder_uncached(self, head: str) -> str:
+        return os.path.realpath(os.path.join(self.root, head))
 
 
     def first(self, candidates: list[str]) -> str:
