@@ -10,12 +10,14 @@ Both run in their own process, timed and sampled for peak RSS in the same run.
 Targets on a 2-core machine: under 5 s, under 1.5 GB peak RSS, faster than pandas.
 
     python benchmarks/bench_balance.py [--rows 1000000]
+    python benchmarks/bench_balance.py --copies 10    # 10M rows in 200 shards: peak RSS
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -28,7 +30,7 @@ from _util import measure
 N_SHARDS = 20
 PANDAS_BASELINE = r'''
 import sys, pandas as pd, numpy as np
-src, out = sys.argv[1], sys.argv[2]
+src, out, ratio = sys.argv[1], sys.argv[2], float(sys.argv[3])
 df = pd.concat([pd.read_parquet(f) for f in sorted(__import__("glob").glob(src + "/part-*.parquet"))],
                ignore_index=True)
 eps = 1e-9
@@ -40,7 +42,7 @@ survivors = counts[counts >= 10].sort_values(ascending=False)
 rejected.append(kept[~kept.category.isin(survivors.index)])
 kept = kept[kept.category.isin(survivors.index)]
 if len(survivors) >= 2:
-    top, cap = survivors.index[0], int(np.floor(3 * survivors.iloc[1]))
+    top, cap = survivors.index[0], int(np.floor(ratio * survivors.iloc[1]))
     big = kept[kept.category == top].copy()
     big["both"] = (big.video_dependency >= 1 - eps) & (big.audio_dependency >= 1 - eps)
     big = big.sort_values(["both", "composite_score", "id"], ascending=[False, False, True])
@@ -75,7 +77,7 @@ def make_rows(n: int, seed: int = 0) -> pa.Table:
     })
 
 
-def make_run(root: Path, rows: int) -> Path:
+def make_run(root: Path, rows: int, max_ratio: float) -> Path:
     """A run folder whose 00-ingest holds the scored rows in 20 shards.
 
     Ingest from a Parquet file (extra_columns pass the scores through), then
@@ -91,43 +93,80 @@ def make_run(root: Path, rows: int) -> Path:
             f'extra_columns = {{ {extra} }}\n')
     (root / "ingest.toml").write_text(head)
     (root / "funnel.toml").write_text(
-        head + '[[stages]]\nname = "threshold"\n[[stages]]\nname = "balance"\nmax_ratio = 3\n'
-               'min_count = 10\n[[stages]]\nname = "subset"\n')
+        head + '[[stages]]\nname = "threshold"\n[[stages]]\nname = "balance"\n'
+               f'max_ratio = {max_ratio}\nmin_count = 10\n[[stages]]\nname = "subset"\n')
     print(f"ingesting {rows:,} rows into {N_SHARDS} shards (not timed)...", flush=True)
     measure([sys.executable, "-m", "avcurate", "run", str(root / "ingest.toml"), "--out",
              str(root / "run"), "-q"])
     return root / "run"
 
 
+def replicate(run_dir: Path, copies: int) -> int:
+    """Grow the ingested run to `copies` times its rows and shards: each copy of a shard
+    gets new ids (`~k` appended), and the manifest's ingest entry is updated to match.
+    Ingesting 10M annotation rows is not what this bench measures (bench_ingest does)."""
+    ingest = run_dir / "00-ingest"
+    shards = sorted(ingest.glob("part-*.parquet"))
+    for k in range(1, copies):
+        for i, path in enumerate(shards):
+            table = pq.read_table(path)
+            ids = pa.compute.binary_join_element_wise(table.column("id"), f"~{k}", "")
+            table = table.set_column(0, "id", ids)
+            pq.write_table(table, ingest / f"part-{k * len(shards) + i:05d}.parquet",
+                           compression="zstd", use_dictionary=False, write_statistics=False)
+            shutil.copyfile(ingest / "rejects" / path.name,  # ingest rejected none
+                            ingest / "rejects" / f"part-{k * len(shards) + i:05d}.parquet")
+    manifest_path = run_dir / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    entry = manifest["stages"][0]
+    entry |= {"rows_in": entry["rows_in"] * copies, "kept": entry["kept"] * copies,
+              "shards": len(shards) * copies}
+    manifest_path.write_text(json.dumps(manifest, indent=2))
+    return len(shards) * copies
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--max-ratio", type=float, default=2.0,
+                        help="balance's max_ratio; at 2 the largest category (2.46x the second) "
+                             "is capped, at 3 (the paper's) none is in this data")
+    parser.add_argument("--copies", type=int, default=1,
+                        help="Run on this many copies of the ingested rows (new ids; 10 with "
+                             "the default 1M rows = the 10M-row, 200-shard memory check). "
+                             "The pandas baseline runs only with 1 copy.")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        run_dir = make_run(root, args.rows)
+        run_dir = make_run(root, args.rows, args.max_ratio)
+        shards = replicate(run_dir, args.copies) if args.copies > 1 else N_SHARDS
+        rows = args.rows * args.copies
         ours, ours_rss = measure([sys.executable, "-m", "avcurate", "run",
                                   str(root / "funnel.toml"), "--out", str(run_dir), "-q"])
+        manifest = json.loads((run_dir / "manifest.json").read_text())
+        stage_s = {s["name"]: s["seconds"] for s in manifest["stages"][1:]}
+        kept = manifest["stages"][-2]["kept"]
+        print(f"{rows:,} rows, {shards} shards; kept after balance: {kept:,}")
+        print(f"avcurate threshold+balance+subset: {ours:.2f} s wall "
+              f"(stages {', '.join(f'{k} {v:.2f}s' for k, v in stage_s.items())}), "
+              f"peak RSS {ours_rss / 2**20:.0f} MiB")
+        if args.copies > 1:
+            print(f"target at 10M rows: peak RSS < 2 GB "
+                  f"{'met' if ours_rss < 2 * 2**30 else 'NOT met'}")
+            return
         (root / "pandas").mkdir()
         script = root / "baseline.py"
         script.write_text(PANDAS_BASELINE)
         base, base_rss = measure([sys.executable, str(script), str(run_dir / "00-ingest"),
-                                  str(root / "pandas")])
-        manifest = json.loads((run_dir / "manifest.json").read_text())
-        stage_s = {s["name"]: s["seconds"] for s in manifest["stages"][1:]}
-        kept = manifest["stages"][-2]["kept"]
+                                  str(root / "pandas"), str(args.max_ratio)])
         pandas_kept = pq.ParquetFile(root / "pandas/kept.parquet").metadata.num_rows
-    print(f"{args.rows:,} rows, {N_SHARDS} shards; kept after balance: {kept:,} "
-          f"(pandas: {pandas_kept:,}{', same' if kept == pandas_kept else ', DIFFERENT'})")
-    print(f"avcurate threshold+balance+subset: {ours:.2f} s wall "
-          f"(stages {', '.join(f'{k} {v:.2f}s' for k, v in stage_s.items())}), "
-          f"peak RSS {ours_rss / 2**20:.0f} MiB")
+    print(f"pandas kept after balance: {pandas_kept:,}"
+          f"{' (same)' if kept == pandas_kept else ' (DIFFERENT)'}")
     print(f"pandas in memory:                  {base:.2f} s wall, peak RSS {base_rss / 2**20:.0f} MiB")
     print(f"speed-up vs pandas: {base / ours:.2f}x; memory ratio: {ours_rss / base_rss:.2f}")
-    print(f"targets: < 5 s {'met' if ours < 5 else 'NOT met'}; < 1.5 GB "
-          f"{'met' if ours_rss < 1.5 * 2**30 else 'NOT met'}; faster than pandas "
-          f"{'met' if ours < base else 'NOT met'}")
-
+    print(f"targets (issue 16): < 1.5 s {'met' if ours < 1.5 else 'NOT met'}; >= 3x pandas "
+          f"{'met' if base >= 3 * ours else 'NOT met'}; (v0.1: < 5 s, < 1.5 GB, faster than "
+          f"pandas: {'met' if ours < min(5, base) and ours_rss < 1.5 * 2**30 else 'NOT met'})")
 
 if __name__ == "__main__":
     main()

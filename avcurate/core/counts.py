@@ -30,8 +30,13 @@ def sql_string(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
+def sql_list(values: list[Path] | list[str]) -> str:
+    """A SQL list literal of strings."""
+    return "[" + ", ".join(sql_string(str(v)) for v in values) + "]"
+
+
 def parquet_scan(paths: list[Path] | list[str], *, positions: bool = False) -> str:
-    """`read_parquet([...])` over `paths`, optionally with filename and file_row_number columns."""
-    files = ", ".join(sql_string(str(p)) for p in paths)
-    extra = ", filename=true, file_row_number=true" if positions else ""
-    return f"read_parquet([{files}], union_by_name=true{extra})"
+    """`read_parquet([...])` over `paths`, optionally with the file_row_number column (the
+    file's position in `paths` is DuckDB's virtual column `file_index`)."""
+    extra = ", file_row_number=true" if positions else ""
+    return f"read_parquet({sql_list(paths)}, union_by_name=true{extra})"

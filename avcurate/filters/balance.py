@@ -14,7 +14,8 @@
 
 The decision is made once over all shards with DuckDB (so it works on more
 rows than fit in memory) and applied shard by shard; it is recomputed
-identically on resume.
+identically on resume. Only the rows of capped categories are ranked, and only
+the positions of those beyond a cap are kept between the two steps.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from avcurate.core.options import option
 from avcurate.filters.rules import EPS
@@ -77,8 +80,10 @@ class Balance(BaseStage):
                              "min(measured_video_dependency, measured_audio_dependency); rows "
                              "the probe did not measure fall back to the judge's scores).")
 
-    _codes: dict[int, pa.Array] = field(default_factory=dict, init=False, repr=False,
-                                        compare=False)
+    _over: dict[int, np.ndarray] = field(default_factory=dict, init=False, repr=False,
+                                         compare=False)
+    _dropped: pa.Array = field(default_factory=lambda: pa.array([], pa.string()), init=False,
+                               repr=False, compare=False)
     _before: dict[str, int] = field(default_factory=dict, init=False, repr=False, compare=False)
     _after: dict[str, int] = field(default_factory=dict, init=False, repr=False, compare=False)
 
@@ -98,26 +103,42 @@ class Balance(BaseStage):
         return f"{measured} DESC NULLS LAST"
 
     def prepare(self, ctx: StageContext, inputs: list[Path]) -> None:
+        """Count the categories, plan the caps, and rank only the rows of capped
+        categories: the shards' rows beyond a cap are all that is kept (per shard, as
+        row positions); dropped categories and nulls are told apart in `process`."""
         with ShardTable(inputs) as rows:
             counts = dict(rows.con.execute("SELECT category, count(*) FROM rows WHERE category "
                                            "IS NOT NULL GROUP BY 1").fetchall())
             caps = plan_caps(counts, min_count=self.min_count, max_ratio=self.max_ratio,
                              cascade=self.cascade, max_per_category=self.max_per_category)
-            rows.con.register("caps", pa.table({"category": pa.array(list(caps), pa.string()),
-                                                "cap": pa.array(list(caps.values()), pa.int64())}))
-            self._codes = rows.per_shard(
-                f"""CASE WHEN r.category IS NULL THEN 3
-                    WHEN c.cap = 0 THEN 1
-                    WHEN row_number() OVER (
-                           PARTITION BY r.category
-                           ORDER BY {self._order(rows.columns())},
-                                    composite_score DESC NULLS LAST, id) > c.cap THEN 2
-                    ELSE 0 END""", joins="LEFT JOIN caps c USING (category)")
+            capped = {c: n for c, n in caps.items() if 0 < n < counts[c]}
+            self._over = self._over_cap(rows, capped) if capped else {}
+        self._dropped = pa.array([c for c, n in caps.items() if n == 0], pa.string())
         self._before = counts
         self._after = {c: n for c, n in caps.items() if n > 0}
 
+    def _over_cap(self, rows: ShardTable, capped: dict[str, int]) -> dict[int, np.ndarray]:
+        """Row positions, per shard, of the rows ranked beyond their category's cap."""
+        rows.con.register("caps", pa.table({"category": pa.array(list(capped), pa.string()),
+                                            "cap": pa.array(list(capped.values()), pa.int64())}))
+        over = rows.con.sql(
+            f"""SELECT _shard, _row FROM (
+                    SELECT r._shard, r._row, c.cap, row_number() OVER (
+                        PARTITION BY r.category
+                        ORDER BY {self._order(rows.columns())},
+                                 composite_score DESC NULLS LAST, id) AS rank
+                    FROM rows r JOIN caps c USING (category))
+                WHERE rank > cap""").to_arrow_table()
+        shards, positions = (over.column(c).to_numpy() for c in ("_shard", "_row"))
+        return {int(k): np.sort(positions[shards == k]) for k in np.unique(shards)}
+
     def process(self, table: pa.Table, ctx: StageContext, shard: int) -> ShardResult:
-        reasons = pa.array([None, *REASONS[1:]], pa.string()).take(self._codes[shard])
+        category = table.column("category")
+        codes = np.zeros(table.num_rows, dtype=np.int64)
+        codes[pc.is_in(category, value_set=self._dropped).to_numpy(zero_copy_only=False)] = 1
+        codes[self._over.get(shard, np.empty(0, np.int64))] = 2
+        codes[pc.is_null(category).to_numpy(zero_copy_only=False)] = 3
+        reasons = pa.array([None, *REASONS[1:]], pa.string()).take(pa.array(codes))
         return ShardResult.split(table, self.name, reasons)
 
     def summary(self) -> dict:
