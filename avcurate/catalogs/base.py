@@ -45,7 +45,7 @@ def text(value: Any, field: str, *, required: bool = True, numbers: bool = False
         raise Malformed(f"{field} must be text, not {type(value).__name__} {_short(value)}")
     if "\x00" in value:
         raise Malformed(f"{field} contains a NUL byte")
-    if _SURROGATE.search(value):
+    if not value.isascii() and _SURROGATE.search(value):  # ASCII holds no surrogates
         raise Malformed(f"{field} holds bytes that are not UTF-8")
     return value
 

@@ -14,6 +14,7 @@ A bare lower-case letter is not an answer ("a dog" is not option A); in parenthe
 
 from __future__ import annotations
 
+import functools
 import re
 import string
 from dataclasses import dataclass
@@ -70,6 +71,10 @@ def _norm(text: str) -> str:
     return " ".join(text.lower().strip().strip("*").rstrip(".").split())
 
 
+# option texts repeat across a dataset's rows ("yes", "two", "red"): normalised once each
+_norm_option = functools.lru_cache(maxsize=1 << 16)(_norm)
+
+
 def _valid(found: str, options: list[str] | None) -> bool:
     return options is None or LETTERS.index(found) < len(options)
 
@@ -83,7 +88,7 @@ def parse_letter(text: str, options: list[str] | None = None) -> Parsed:
     body = _PREFIX.sub("", text.strip().strip("*").strip())
     if options:  # an option's own text first: "A dog" may be an option, not the letter A
         said = _norm(body)
-        hits = [i for i, o in enumerate(options) if _norm(o) == said]
+        hits = [i for i, o in enumerate(options) if _norm_option(o) == said]
         if len(hits) == 1:
             return Parsed(LETTERS[hits[0]], "option_text")
     m = _LEAD.match(body)
@@ -151,5 +156,7 @@ def normalise_answer(answer: Any, options: list[str]) -> str | None:
     text = str(answer).strip()
     if not options:
         return text
+    if len(text) == 1 and text in LETTERS and text.lower() not in map(_norm_option, options):
+        return text  # the common case, a bare letter: parse_letter would give it back as is
     # the letter is authoritative even when the echoed option text differs
     return parse_letter(text, options).letter or text
