@@ -161,7 +161,8 @@ def test_reset_lists_and_removes_later_stages(validated):
 
 def test_second_writer_is_refused_readers_are_not_and_kill_9_frees_the_lock(tmp_path, media,
                                                                           plugin_path):
-    recipe = slow_recipe(tmp_path, media, n=30, clips=["good", "good2"], seconds=0.3)
+    # 10 shards of 0.8 s: the three CLI calls below fit inside even on a slow machine
+    recipe = slow_recipe(tmp_path, media, n=30, clips=["good", "good2"], seconds=0.8)
     run_dir = tmp_path / "run"
     proc = subprocess.Popen(avcurate_cmd("run", str(recipe), "--out", str(run_dir), "-q"),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
