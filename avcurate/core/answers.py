@@ -132,7 +132,7 @@ def extract_letter(text: str, options: list[str]) -> Parsed:
         return Parsed(found, "bold")
     if (m := _BARE.match(text)) and _valid(m.group(1), options):
         return Parsed(m.group(1), "bare_letter")
-    normed = [_norm(o) for o in options]
+    normed = [_norm_option(o) for o in options]
     for candidate in [text, *reversed([m.group(1) for m in lines])]:
         said = _norm(candidate)
         hits = [i for i, o in enumerate(normed) if o == said]

@@ -80,13 +80,13 @@ class _Worker:
         self.jobs: dict[str, ChainJob] = {}
         self.lock = threading.Lock()
 
-    def shard(self, key: str, args: tuple, index: int, path: str) -> tuple[int, list]:
+    def shard(self, key: str, args: tuple, index: int, path: str) -> list[StageShard]:
         with self.lock:  # the first shard of a chain sets it up; the others wait for that
             if key not in self.jobs:
                 members, run_dir = args
                 self.jobs[key] = ChainJob(members, run_dir, self.workers, self.pool)
             job = self.jobs[key]
-        return index, job.shard(index, path)
+        return job.shard(index, path)
 
     def close(self, key: str) -> None:
         with self.lock:
@@ -95,13 +95,13 @@ class _Worker:
             job.close()
 
 
-def _chain_task(args: tuple, index: int, path: str) -> tuple[int, list]:
+def _chain_task(args: tuple, index: int, path: str) -> list[StageShard]:
     """A row-local chain on one shard, as a Ray task (its own set-up and decode pool)."""
     members, run_dir, workers, env = args
     os.environ.update(env)
     job = ChainJob(members, run_dir, workers)
     try:
-        return index, job.shard(index, path)
+        return job.shard(index, path)
     finally:
         job.close()
 
@@ -111,11 +111,14 @@ class _Planned:
     """A chain member on the driver: where it writes, its manifest entry, its progress."""
 
     index: int
-    stage: Stage
     out_dir: Path
     entry: dict[str, Any]
     member: Member
     task: Any
+
+    @property
+    def stage(self) -> Stage:
+        return self.member.stage
 
 
 class RayRunner(Runner):
@@ -166,7 +169,7 @@ class RayRunner(Runner):
             kept_schema = output_schema(stage, schema)
             member = Member(stage, str(out_dir), kept_schema, reject_schema(kept_schema))
             self._begin(out_dir, fp)
-            planned.append(_Planned(k, stage, out_dir,
+            planned.append(_Planned(k, out_dir,
                                     self._new_entry(k, stage.name, fp, spec.options,
                                                     stage.options()), member,
                                     progress.stage(stage.name, total=rows_in if not planned
@@ -174,7 +177,6 @@ class RayRunner(Runner):
             schema = kept_schema
         start = time.perf_counter()
         busy = [0.0] * len(planned)
-        resumed = [0] * len(planned)
         usage: list[dict[str, int]] = [{} for _ in planned]
         contexts = [StageContext(run_dir=self.store.root, stage_dir=p.out_dir,
                                  workers=self.recipe.workers, pool=self._pool) for p in planned]
@@ -183,10 +185,10 @@ class RayRunner(Runner):
                 p.stage.prepare(ctx, inputs if i == 0 else [])
             pending = [i for i in range(len(inputs))
                        if not RunStore.shard_path(planned[-1].out_dir, i).exists()]
-            for i in set(range(len(inputs))) - set(pending):
+            for i in set(range(len(inputs))) - set(pending):  # every stage wrote these
                 progress.advance(planned[0].task, pq.ParquetFile(inputs[i]).metadata.num_rows)
-                resumed = [r + 1 for r in resumed]
-            for _, done in self._shards(planned, inputs, pending):
+            resumed = [len(inputs) - len(pending)] * len(planned)
+            for done in self._shards(planned, inputs, pending):
                 for j, (p, got) in enumerate(zip(planned, done, strict=True)):
                     progress.advance(p.task, got.rows)
                     busy[j] += got.seconds
@@ -214,7 +216,7 @@ class RayRunner(Runner):
         return reports
 
     def _shards(self, planned: list[_Planned], inputs: list[Path], pending: list[int]
-                ) -> Iterator[tuple[int, list[StageShard]]]:
+                ) -> Iterator[list[StageShard]]:
         if not pending:
             return iter(())
         members = [p.member for p in planned]
@@ -229,7 +231,7 @@ class RayRunner(Runner):
         return max(1, int(self.cpus_per_task))
 
     def _tasks(self, args: tuple, inputs: list[Path], pending: list[int]
-               ) -> Iterator[tuple[int, list[StageShard]]]:
+               ) -> Iterator[list[StageShard]]:
         """Row-local shards as plain Ray tasks, one per shard, results as they finish (a
         task costs milliseconds to schedule). The chain goes to the object store once."""
         ray = self.ray
@@ -241,7 +243,7 @@ class RayRunner(Runner):
             yield ray.get(done[0])
 
     def _on_actors(self, key: str, args: tuple, inputs: list[Path], pending: list[int],
-                   width: int) -> Iterator[tuple[int, list[StageShard]]]:
+                   width: int) -> Iterator[list[StageShard]]:
         """Shards on the run's actors, up to `width` in flight on each; a shard goes to the
         actor that just finished one, so a slow actor is not handed more."""
         ray = self.ray
