@@ -68,6 +68,14 @@ def patchify_frames(frames, p: int = 14, merge: int = 2, t: int = 2):
     return x, (gt, gh, gw)
 
 
+def _mrope(head_dim: int) -> list[int]:
+    """Qwen2.5-Omni's split of a head's rotary half over time, height and width (16, 24, 24
+    of 64 in the real model), scaled to `head_dim`: [2, 3, 3] for the tests' 16."""
+    half = head_dim // 2
+    t = half // 4
+    return [t, (half - t) // 2, half - t - (half - t) // 2]
+
+
 class StandInOmniProcessor:
     def __init__(self, tokenizer) -> None:
         from transformers import WhisperFeatureExtractor
@@ -119,19 +127,23 @@ class StandInOmniProcessor:
         self.tokenizer.save_pretrained(folder)
 
 
-def make_tiny_thinker(folder: Path) -> tuple[Path, StandInOmniProcessor]:
+def make_tiny_thinker(folder: Path, hidden: int = 64, layers: int = 1
+                      ) -> tuple[Path, StandInOmniProcessor]:
+    """The thinker: `layers` blocks of width `hidden` in each tower (the tests keep 1 x 64;
+    the omni rollout benchmark asks for more so the model's work shows)."""
     from transformers import Qwen2_5OmniThinkerConfig, Qwen2_5OmniThinkerForConditionalGeneration
 
     tok = make_tokenizer()
     ids = {k: tok.convert_tokens_to_ids(v) for k, v in SPECIAL.items()}
     cfg = Qwen2_5OmniThinkerConfig(
-        text_config=dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128,
-                         num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
-                         rope_scaling={"type": "default", "mrope_section": [2, 3, 3]}),
-        vision_config=dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2,
-                           out_hidden_size=64, fullatt_block_indexes=[0]),
-        audio_config=dict(d_model=32, encoder_layers=1, encoder_attention_heads=2,
-                          encoder_ffn_dim=64, num_mel_bins=128, output_dim=64),
+        text_config=dict(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden,
+                         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                         rope_scaling={"type": "default",
+                                       "mrope_section": _mrope(hidden // 4)}),
+        vision_config=dict(depth=layers, hidden_size=hidden // 2, intermediate_size=hidden,
+                           num_heads=2, out_hidden_size=hidden, fullatt_block_indexes=[0]),
+        audio_config=dict(d_model=hidden // 2, encoder_layers=layers, encoder_attention_heads=2,
+                          encoder_ffn_dim=hidden, num_mel_bins=128, output_dim=hidden),
         audio_token_index=ids["audio_token"], image_token_index=ids["image_token"],
         video_token_index=ids["video_token"], vision_start_token_id=ids["vision_bos_token"],
         vision_end_token_id=ids["vision_eos_token"], audio_start_token_id=ids["audio_bos_token"],

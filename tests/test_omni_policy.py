@@ -75,31 +75,45 @@ def test_omni_prompt_goes_through_the_processor_chat_template(thinker, media, mo
     assert plain.startswith("Think.\n<|vision_bos|><|VIDEO|>") and "<|im_start|>" not in plain
 
 
-def test_omni_rollouts_encode_the_video_once_per_prompt(thinker, media):
-    """G copies of a prompt: the vision tower runs once (its output reused for every copy)
-    and the completions are those of the copies each carrying the frames."""
+def test_omni_rollouts_batch_prompts_and_encode_media_once(thinker, media):
+    """Two prompts x G copies in one generate call (left-padded: their audio lengths
+    differ): the vision tower runs once for both videos, the audio tower encodes each
+    clip once, and the completions are those of each prompt sampled alone with every
+    copy carrying its own media."""
     from avcurate.trainer.rollout import row_seed, sample_batch
 
     folder, processor = thinker
-    policy = OmniPolicy(str(folder), processor=processor, frames=4, audio_seconds=2.0)
-    ids, av = policy.inputs(_row(media), "av", 4096)
-    G, calls = 4, []  # the patch rows each call of the vision tower encodes
-    visual = policy.model.model.visual
-    visual.register_forward_hook(lambda _, args, kwargs, out: calls.append(
+    policy = OmniPolicy(str(folder), processor=processor, frames=4, audio_seconds=3.5)
+    model, tok = policy.model, policy.tokenizer
+    rows = [_row(media), _row(media) | {"video": str(media["good2"])}]
+    inputs = [policy.inputs(row, "av", 4096) for row in rows]
+    assert len(inputs[0][0]) != len(inputs[1][0])  # 3.5 s against 3 s of audio
+    G, vision, chunks = 3, [], []  # patch rows per vision call; audio chunks per audio call
+    model.model.visual.register_forward_hook(lambda _, args, kwargs, out: vision.append(
         (args[0] if args else kwargs["hidden_states"]).shape[0]), with_kwargs=True)
-    rows = av["pixel_values_videos"].shape[0]
-    kw = dict(temperature=1.0, top_p=1.0, max_new_tokens=6,
-              suppress_tokens=policy.suppress_tokens)
-    seeds = [row_seed(3, j) for j in range(G)]
-    repeated = sample_batch(policy.model, policy.tokenizer, [ids] * G, seeds,
-                            extras={k: torch.cat([v] * G) for k, v in av.items()}, **kw)
-    assert calls == [G * rows]  # every copy's patches: G times the work
-    calls.clear()
-    once = sample_batch(policy.model, policy.tokenizer, [ids] * G, seeds,
-                        extras=policy.group_extras(policy.model, av, G), **kw)
-    assert calls == [rows] and [c.tolist() for c in once] == [c.tolist() for c in repeated]
-    extras = policy.group_extras(policy.model, av, G)
-    assert "pixel_values_videos" not in extras and extras["video_grid_thw"].shape[0] == G
+    model.model.audio_tower.conv1.register_forward_hook(
+        lambda _, args, out: chunks.append(args[0].shape[0]))
+    kw = dict(temperature=1.0, top_p=1.0, max_new_tokens=6, suppress_tokens=policy.suppress_tokens)
+    seeds = [[row_seed(11 + k, j) for j in range(G)] for k in range(len(rows))]
+    alone = [c.tolist() for (ids, av), s in zip(inputs, seeds, strict=True)
+             for c in sample_batch(model, tok, [ids] * G, s, **kw,
+                                   extras={k: torch.cat([v] * G) for k, v in av.items()})]
+    repeated_vision, repeated_audio = sum(vision), sum(chunks)
+    vision.clear()
+    chunks.clear()
+    with policy.rollout_media(model, [av for _, av in inputs], G) as extras:
+        batched = sample_batch(model, tok, [ids for ids, _ in inputs for _ in range(G)],
+                               [s for group in seeds for s in group], extras=extras, **kw)
+    assert len(vision) == 1 and vision[0] * G == repeated_vision
+    assert len(chunks) == 1 and chunks[0] * G == repeated_audio
+    assert [c.tolist() for c in batched] == alone
+    assert "pixel_values_videos" not in extras and extras["video_grid_thw"].shape[0] == 2 * G
+    assert extras["input_features"].shape[0] == 2 * G  # repeated; the hooks encode once
+    chunks.clear()  # outside the context the tower is unhooked again: copies cost copies
+    ids, av = inputs[0]
+    for n in (1, 2):
+        model(input_ids=ids[None].repeat(n, 1), **{k: torch.cat([v] * n) for k, v in av.items()})
+    assert chunks[1] == 2 * chunks[0]
 
 
 def test_omni_frames_fit_the_pixel_budget(thinker, media):

@@ -50,9 +50,9 @@ def sample_groups(state: TrainState, slots: list[tuple[int, int]], step: int,
     """A group per (row index, global slot index), with the rewards' extra rollouts; `salt`
     (the resampling round) gives a replacement its own sampling seed.
 
-    Text policies sample every slot's G completions in one generate call (and the extra
-    rollouts in one more); omni policies one call per prompt. Either way each completion
-    comes from its own seed, so the result does not depend on how slots are batched."""
+    Every slot's G completions come from one generate call (and the extra rollouts from
+    one more), each prompt's media encoded once. Each completion comes from its own seed,
+    so the result does not depend on how slots are batched."""
     cfg, policy = state.cfg, state.policy
     G = cfg.num_generations
     rows = [dict(state.rows[r_idx]) for r_idx, _ in slots]
@@ -73,17 +73,15 @@ def sample_groups(state: TrainState, slots: list[tuple[int, int]], step: int,
 
 def _sample(state: TrainState, inputs: list[tuple[torch.Tensor, dict]], seeds: list[int],
             G: int, sampling: dict[str, Any]) -> list[list[torch.Tensor]]:
-    """G completions per (prompt ids, media): one generate call for all when the policy
-    batches rollouts, else one per prompt."""
-    model, tok = state.model, state.policy.tokenizer
+    """G completions per (prompt ids, media), from one generate call over prompts x G
+    (left-padded), with the policy's media for the copies."""
+    model, policy = state.model, state.policy
     if not inputs:
         return []
-    if not state.policy.batch_rollouts:  # one call per prompt, its media encoded once
-        return [sample_batch(model, tok, [ids] * G, [row_seed(seed, j) for j in range(G)],
-                             extras=state.policy.group_extras(model, media, G), **sampling)
-                for (ids, media), seed in zip(inputs, seeds, strict=True)]
-    flat = sample_batch(model, tok, [ids for ids, _ in inputs for _ in range(G)],
-                        [row_seed(s, j) for s in seeds for j in range(G)], **sampling)
+    with policy.rollout_media(model, [media for _, media in inputs], G) as extras:
+        flat = sample_batch(model, policy.tokenizer, [ids for ids, _ in inputs for _ in range(G)],
+                            [row_seed(s, j) for s in seeds for j in range(G)], extras=extras,
+                            **sampling)
     return [flat[k * G:(k + 1) * G] for k in range(len(inputs))]
 
 
@@ -121,9 +119,8 @@ def fill(state: TrainState, slots: list[tuple[int, int]], step: int,
         tries = [(replacement_row(cfg.seed, step, slots[k][1], round_, len(state.rows)),
                   slots[k][1]) for k in flat]
         new = sample_groups(state, tries, step, sampling, salt=round_)
-        # keep in step with the ranks that replace more groups: as many generate calls
-        spare = [slots[0]] * (most - len(flat) if not state.policy.batch_rollouts
-                              else int(not flat))
+        # keep in step with the ranks that replace groups: as many generate calls
+        spare = [] if flat else [slots[0]]
         if spare:
             sample_groups(state, spare, step, sampling, salt=round_)
         score(state, new)

@@ -11,6 +11,7 @@ or the frames; a text adapter can only say which medium is missing.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -27,8 +28,6 @@ def question_text(row: dict[str, Any]) -> str:
 
 class TextPolicy:
     """A causal LM with a chat template."""
-
-    batch_rollouts = True  # a step's prompts share one generate call (no media to batch)
 
     def __init__(self, model_path: str, *, dtype: torch.dtype = torch.float32,
                  device: str | torch.device = "cpu", system_prompt: str = "",
@@ -60,6 +59,12 @@ class TextPolicy:
         return ids[-max_tokens:], {}
 
     @staticmethod
+    @contextlib.contextmanager
+    def rollout_media(model, medias: list[dict], group: int) -> Iterator[dict]:
+        """No media to give `generate`."""
+        yield {}
+
+    @staticmethod
     def batch_extras(extras: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         return {}
 
@@ -73,10 +78,6 @@ class OmniPolicy:
     "no audio" and "no video". `processor` defaults to the model folder's AutoProcessor
     (which needs torchvision for its image and video parts).
     """
-
-    # one generate call per prompt (its G copies together): batching prompts whose frames
-    # and audio differ in size is not built yet
-    batch_rollouts = False
 
     # extras concatenated along dim 0 across samples (flattened patches, one grid row per
     # image or video, one seconds-per-temporal-patch per video)
@@ -172,28 +173,37 @@ class OmniPolicy:
         system = f"{self.system_prompt}\n" if self.system_prompt else ""
         return f"{system}{media}{question_text(row)}\n"
 
-    def group_extras(self, model, media: dict[str, torch.Tensor], group: int) -> dict:
-        """`generate`'s media inputs for `group` copies of one prompt, the video encoded once:
-        the vision tower's output goes in as `mm_encoder_outputs` (transformers' input for
-        encoder outputs computed beforehand), not its patches G times. The audio features
-        are repeated (the thinker has no such input for audio). Older transformers without
-        `mm_encoder_outputs` get the video repeated too."""
+    @contextlib.contextmanager
+    def rollout_media(self, model, medias: list[dict], group: int) -> Iterator[dict]:
+        """`generate`'s media inputs for `group` copies of each prompt (prompt 0's copies,
+        then prompt 1's, ...), every prompt's media encoded once, not once per copy.
+
+        The videos go through the vision tower in one call, and its output goes in as
+        `mm_encoder_outputs` (transformers' input for encoder outputs computed beforehand).
+        The thinker has no such input for audio, so the features are repeated and, while
+        the context is open, hooks on the audio tower encode each run of identical
+        consecutive clips once (`audio_encoded_once`). Older transformers without
+        `mm_encoder_outputs` get the video repeated too. The processor pads every clip's
+        features to the same 30 s, so prompts with different audio lengths stack."""
         import inspect
 
         from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-        cached = "pixel_values_videos" in media and \
+        if any(m.keys() != medias[0].keys() for m in medias):
+            raise ValueError("a rollout batch mixes prompts with and without audio or video")
+        cached = "pixel_values_videos" in medias[0] and \
             "mm_encoder_outputs" in inspect.signature(model.forward).parameters
-        extras: dict = {k: torch.cat([v] * group) for k, v in media.items()
-                        if not (cached and k == "pixel_values_videos")}
+        extras: dict = {k: torch.cat([m[k] for m in medias for _ in range(group)])
+                        for k in medias[0] if not (cached and k == "pixel_values_videos")}
         if cached:
             device = next(model.parameters()).device
-            video = model.get_video_features(media["pixel_values_videos"].to(device),
-                                             media["video_grid_thw"].to(device),
-                                             return_dict=True)
+            video = model.get_video_features(
+                torch.cat([m["pixel_values_videos"] for m in medias]).to(device),
+                torch.cat([m["video_grid_thw"] for m in medias]).to(device), return_dict=True)
             extras["mm_encoder_outputs"] = {"video": BaseModelOutputWithPooling(
-                pooler_output=tuple(video.pooler_output) * group)}
-        return extras
+                pooler_output=tuple(v for v in video.pooler_output for _ in range(group)))}
+        with audio_encoded_once(model):
+            yield extras
 
     @classmethod
     def batch_extras(cls, extras: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -207,6 +217,78 @@ class OmniPolicy:
                                  "modality-removed rollouts out of the update batch")
             batch[key] = torch.cat(parts)
         return batch
+
+
+def audio_encoded_once(model) -> contextlib.AbstractContextManager:
+    """While open, the model's audio tower encodes each run of identical consecutive clips
+    once and repeats its output: the G copies of a prompt carry the same features, and
+    the thinker's forward takes audio only as features (no encoder-output input).
+
+    Forward hooks, not a patched method: the pre-hook keeps the first clip of each run
+    (runs are found by comparing the features, so a batch without repeats runs as it
+    is), the forward hook repeats each kept clip's output rows. Clips are encoded
+    independently (block-diagonal attention), so the result is that of the full batch.
+    A model without an audio tower, or one whose tower cannot say its output lengths,
+    runs unchanged."""
+    tower = getattr(getattr(model, "model", None), "audio_tower", None)
+    lengths = getattr(tower, "_get_feat_extract_output_lengths", None)
+    if tower is None or lengths is None:
+        return contextlib.nullcontext()
+    plan: list = []
+
+    def before(module, args, kwargs):
+        plan.clear()
+        feats = args[0] if args else kwargs.get("input_features")
+        lens = kwargs.get("feature_lens")
+        known = {"input_features", "feature_lens", "aftercnn_lens"}
+        if feats is None or lens is None or any(torch.is_tensor(v) for k, v in kwargs.items()
+                                                if k not in known):
+            return None  # precomputed indices or an unknown call: leave it alone
+        parts = feats.split(lens.tolist(), dim=1)
+        keep, counts = [0], [1]
+        for i in range(1, len(parts)):
+            same = parts[i].shape == parts[keep[-1]].shape and torch.equal(parts[i],
+                                                                          parts[keep[-1]])
+            if same:
+                counts[-1] += 1
+            else:
+                keep.append(i)
+                counts.append(1)
+        if len(keep) == len(parts):
+            return None
+        index = torch.tensor(keep, device=lens.device)
+        kwargs = dict(kwargs, feature_lens=lens[index])
+        if kwargs.get("aftercnn_lens") is not None:
+            kwargs["aftercnn_lens"] = kwargs["aftercnn_lens"][index]
+        unique = torch.cat([parts[i] for i in keep], dim=1)
+        if args:
+            args = (unique, *args[1:])
+        else:
+            kwargs["input_features"] = unique
+        plan.extend([counts, lengths(lens[index])[1].tolist()])
+        return args, kwargs
+
+    def after(module, args, kwargs, output):
+        if not plan:
+            return None
+        counts, sizes = plan
+        plan.clear()
+        pieces = output.last_hidden_state.split(sizes)
+        output.last_hidden_state = torch.cat([p for p, n in zip(pieces, counts, strict=True)
+                                              for _ in range(n)])
+        return output
+
+    @contextlib.contextmanager
+    def hooked() -> Iterator[None]:
+        handles = [tower.register_forward_pre_hook(before, with_kwargs=True),
+                   tower.register_forward_hook(after, with_kwargs=True)]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    return hooked()
 
 
 def frame_rate(times) -> float:
