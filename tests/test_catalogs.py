@@ -214,6 +214,11 @@ def test_split_question_options_needs_consecutive_letters():
     assert opts == [] and q.startswith("Who?")
     q, opts, rest = split_question_options("Pick:\nA) red\nB) blue\nAnswer with a letter.")
     assert (q, opts, rest) == ("Pick:", ["red", "blue"], "Answer with a letter.")
+    # 26 options, A to Z, then a line that looks like a 27th: it ends the options
+    letters = [chr(ord("A") + k) for k in range(26)]
+    q, opts, rest = split_question_options(
+        "Which?\n" + "\n".join(f"{c}. item {c}" for c in letters) + "\nA. again")
+    assert opts == [f"item {c}" for c in letters] and rest == "A. again"
 
 
 def test_every_catalog_has_a_description():

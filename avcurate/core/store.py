@@ -14,6 +14,7 @@ recomputed (and its rejects file overwritten, never appended to).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -43,21 +44,42 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def write_parquet_atomic(table: pa.Table, path: Path) -> None:
+    """`table` at `path` whole or not at all: written to a temporary file in the same
+    folder, synced, then renamed over `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
     try:
-        # run-internal shards: zstd keeps them small; no dictionary pages or column
-        # statistics, which cost ~45% of the write time of a scored 1M-row stage for no
-        # gain here (each shard is one row group read whole; exports write their own files)
-        pq.write_table(table, tmp, compression="zstd", use_dictionary=False,
-                       write_statistics=False)
-        with open(tmp, "rb") as f:
+        # written through the descriptor mkstemp opened (no second open, no filesystem
+        # lookup by path); an empty table's bytes are made once per schema, as most
+        # shards of most stages reject nothing
+        with os.fdopen(fd, "wb") as f:
+            if table.num_rows:
+                _write(table, f)
+            else:
+                f.write(_empty_parquet(table.schema.serialize().to_pybytes()))
+            f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _write(table: pa.Table, sink: Any) -> None:
+    # run-internal shards: zstd keeps them small; no dictionary pages or column
+    # statistics, which cost ~45% of the write time of a scored 1M-row stage for no
+    # gain here (each shard is one row group read whole; exports write their own files)
+    pq.write_table(table, sink, compression="zstd", use_dictionary=False,
+                   write_statistics=False)
+
+
+@functools.lru_cache(maxsize=64)
+def _empty_parquet(schema: bytes) -> bytes:
+    """A Parquet file of no rows of `schema` (keyed by its serialised form, metadata
+    included, which `pa.Schema.__eq__` ignores)."""
+    sink = pa.BufferOutputStream()
+    _write(pa.ipc.read_schema(pa.py_buffer(schema)).empty_table(), sink)
+    return sink.getvalue().to_pybytes()
 
 
 def file_digest(path: str | Path) -> str:
