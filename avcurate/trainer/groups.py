@@ -119,10 +119,8 @@ def fill(state: TrainState, slots: list[tuple[int, int]], step: int,
         tries = [(replacement_row(cfg.seed, step, slots[k][1], round_, len(state.rows)),
                   slots[k][1]) for k in flat]
         new = sample_groups(state, tries, step, sampling, salt=round_)
-        # keep in step with the ranks that replace groups: as many generate calls
-        spare = [] if flat else [slots[0]]
-        if spare:
-            sample_groups(state, spare, step, sampling, salt=round_)
+        if not flat:  # keep in step with the ranks that replace groups: as many generate calls
+            sample_groups(state, [slots[0]], step, sampling, salt=round_)
         score(state, new)
         for k, group in zip(flat, new, strict=True):
             groups[k] = group

@@ -196,7 +196,7 @@ class OmniPolicy:
         extras: dict = {k: torch.cat([m[k] for m in medias for _ in range(group)])
                         for k in medias[0] if not (cached and k == "pixel_values_videos")}
         if cached:
-            device = next(model.parameters()).device
+            device = model.device
             video = model.get_video_features(
                 torch.cat([m["pixel_values_videos"] for m in medias]).to(device),
                 torch.cat([m["video_grid_thw"] for m in medias]).to(device), return_dict=True)
@@ -219,7 +219,8 @@ class OmniPolicy:
         return batch
 
 
-def audio_encoded_once(model) -> contextlib.AbstractContextManager:
+@contextlib.contextmanager
+def audio_encoded_once(model) -> Iterator[None]:
     """While open, the model's audio tower encodes each run of identical consecutive clips
     once and repeats its output: the G copies of a prompt carry the same features, and
     the thinker's forward takes audio only as features (no encoder-output input).
@@ -233,7 +234,8 @@ def audio_encoded_once(model) -> contextlib.AbstractContextManager:
     tower = getattr(getattr(model, "model", None), "audio_tower", None)
     lengths = getattr(tower, "_get_feat_extract_output_lengths", None)
     if tower is None or lengths is None:
-        return contextlib.nullcontext()
+        yield
+        return
     plan: list = []
 
     def before(module, args, kwargs):
@@ -247,9 +249,7 @@ def audio_encoded_once(model) -> contextlib.AbstractContextManager:
         parts = feats.split(lens.tolist(), dim=1)
         keep, counts = [0], [1]
         for i in range(1, len(parts)):
-            same = parts[i].shape == parts[keep[-1]].shape and torch.equal(parts[i],
-                                                                          parts[keep[-1]])
-            if same:
+            if torch.equal(parts[i], parts[keep[-1]]):  # False for clips of other lengths
                 counts[-1] += 1
             else:
                 keep.append(i)
@@ -278,17 +278,13 @@ def audio_encoded_once(model) -> contextlib.AbstractContextManager:
                                               for _ in range(n)])
         return output
 
-    @contextlib.contextmanager
-    def hooked() -> Iterator[None]:
-        handles = [tower.register_forward_pre_hook(before, with_kwargs=True),
-                   tower.register_forward_hook(after, with_kwargs=True)]
-        try:
-            yield
-        finally:
-            for handle in handles:
-                handle.remove()
-
-    return hooked()
+    handles = [tower.register_forward_pre_hook(before, with_kwargs=True),
+               tower.register_forward_hook(after, with_kwargs=True)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def frame_rate(times) -> float:
