@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from conftest import avcurate_cmd
 from helpers import jsonl_recipe, read_stage, rows_by_id, run, slow_recipe
@@ -199,3 +200,86 @@ def test_plugin_stage_from_entry_points(tmp_path, media, plugin_path):
     recipe.stages = [StageSpec("shout", {"max_len": 5})]
     run(recipe, tmp_path / "run2")
     assert read_stage(tmp_path / "run2", "01")[1].column("reject_reason").to_pylist() == ["too_long"] * 4
+
+
+def _conversation_records(media, n: int) -> list:
+    """LLaVA-format records: one or two questions each, and some that are rejected."""
+    out: list = []
+    for i in range(n):
+        turns = [{"from": "human", "value": f"<video>\nQuestion {i}?\nA. yes\nB. no"},
+                 {"from": "gpt", "value": "AB"[i % 2]}]
+        if i % 3 == 0:  # a second question in the same record
+            turns += [{"from": "human", "value": f"And {i}?"}, {"from": "gpt", "value": "why"}]
+        out.append({"id": f"c{i}", "video": media["good"].name, "conversations": turns})
+    out[4] = {"id": "bad", "video": "x.mp4", "conversations": "not a list"}
+    out[9] = 42                                                       # not an object
+    out[13] = {"id": "out", "video": "../../etc/passwd", "conversations": out[0]["conversations"]}
+    out[17] = {"id": "novideo", "conversations": out[0]["conversations"]}
+    return out
+
+
+def test_forked_ingest_writes_the_shards_one_process_writes(tmp_path, media, monkeypatch):
+    """Large JSON sources are built in forked workers (here: blocks of 4 records); the
+    shards, rows and rejects are exactly those of one process, across two sources whose
+    items share a shard, and a killed ingest resumes with either."""
+    from avcurate.pipeline import ingest_pieces
+    from avcurate.pipeline.recipe import SourceSpec
+
+    for k, n in ((1, 23), (2, 30)):
+        (tmp_path / f"ann{k}.json").write_text(json.dumps(_conversation_records(media, n)))
+    sources = [SourceSpec("llava-video", str(tmp_path / f"ann{k}.json"), str(media["root"]))
+               for k in (1, 2)]
+    forks = []
+    real = ingest_pieces._forked
+    monkeypatch.setattr(ingest_pieces, "_forked", lambda *a: forks.append(a[1]) or real(*a))
+    monkeypatch.setattr(ingest_pieces, "BLOCK", 4)
+
+    def files(run_dir):
+        paths = sorted((run_dir / "00-ingest").rglob("part-*.parquet"))
+        return {str(p.relative_to(run_dir)): pq.read_table(p) for p in paths}
+
+    one = tmp_path / "one"
+    run(Recipe(sources, [], shard_size=7, workers=1), one)
+    assert forks == []
+    forked = tmp_path / "forked"
+    run(Recipe(sources, [], shard_size=7, workers=2), forked)
+    assert forks == [23, 30]
+    expected, got = files(one), files(forked)
+    assert list(got) == list(expected) and len(expected) == 2 * 10  # 69 items in 10 shards
+    for name, table in expected.items():
+        assert got[name].equals(table), name
+    kept, rejected = read_stage(forked, "00")
+    assert (kept.num_rows, rejected.num_rows) == (61, 8)  # 26 + 35 rows, 4 + 4 rejects
+    assert sorted(set(rejected.column("reject_reason").to_pylist())) == [
+        "malformed_annotation", "unsafe_path"]
+
+    # a killed ingest (not recorded, its last shards missing) resumes with workers=2
+    manifest = json.loads((one / "manifest.json").read_text())
+    manifest["stages"] = []
+    (one / "manifest.json").write_text(json.dumps(manifest))
+    for i in range(6, 10):
+        (one / f"00-ingest/part-{i:05d}.parquet").unlink()
+    reports = run(Recipe(sources, [], shard_size=7, workers=2), one)
+    assert reports[0].resumed_shards == 6
+    assert {n: t.equals(expected[n]) for n, t in files(one).items()} == dict.fromkeys(expected,
+                                                                                      True)
+
+
+def _worker_dies(bounds):
+    import os
+
+    os._exit(3)  # as a worker killed for memory would
+
+
+def test_forked_ingest_stops_with_one_line_when_a_worker_dies(tmp_path, media, monkeypatch):
+    from avcurate.pipeline import ingest_pieces
+    from avcurate.pipeline.recipe import SourceSpec
+
+    (tmp_path / "ann.json").write_text(json.dumps(_conversation_records(media, 30)))
+    monkeypatch.setattr(ingest_pieces, "BLOCK", 4)
+    monkeypatch.setattr(ingest_pieces, "_build_block", _worker_dies)
+    recipe = Recipe([SourceSpec("llava-video", str(tmp_path / "ann.json"), str(media["root"]))],
+                    [], shard_size=7, workers=2)
+    with pytest.raises(RunError, match=r"ann.json\): a worker process building rows died"):
+        run(recipe, tmp_path / "run")
+    assert json.loads((tmp_path / "run/manifest.json").read_text())["stages"] == []

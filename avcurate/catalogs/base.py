@@ -12,7 +12,7 @@ import json
 import os
 import re
 import unicodedata
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -230,9 +230,11 @@ def positional(n: int, clip: Any = None) -> str:
     return f"{n}" if clip in (None, "") else f"{n}-{clip}"
 
 
-def load_records(path: str | os.PathLike) -> Iterator[Any]:
+def load_records(path: str | os.PathLike) -> list[Any] | Iterator[Any]:
     """Records of a JSON array file, a JSON object of records, or a JSON-lines file.
 
+    A whole JSON file is parsed here and comes back as a list (which ingest can split
+    across processes, see `RecordRows`); a JSON-lines file is read lazily, line by line.
     A JSON-lines line that does not parse is yielded as a `BadLine` so the caller can
     reject it instead of losing it. Bytes that are not UTF-8 are kept as surrogates
     (`surrogateescape`), so only the record holding them is rejected, by `text()`.
@@ -241,14 +243,13 @@ def load_records(path: str | os.PathLike) -> Iterator[Any]:
     with path.open("r", encoding="utf-8", errors="surrogateescape") as f:
         head = f.read(1 << 16).lstrip()
     if path.suffix == ".jsonl" or not head.startswith(("[", "{")) or _looks_like_jsonl(head):
-        yield from _jsonl(path)
-        return
+        return _jsonl(path)
     data = _parse(path)
     if isinstance(data, dict):
         data = data["data"] if isinstance(data.get("data"), list) else _keyed(data)
     if not isinstance(data, list):
         raise ValueError(f"{path}: expected a JSON array of records")
-    yield from data
+    return data
 
 
 def _parse(path: Path) -> Any:
@@ -343,35 +344,75 @@ def split_question_options(text: str) -> tuple[str, list[str], str]:
     return text.strip(), [], ""
 
 
-def per_record(src: SourceFile, records: Iterator[Any],
-               build: Callable[[int, dict], dict | Reject | list[dict | Reject]]
-               ) -> Iterator[dict | Reject]:
+Build = Callable[[int, dict], "dict | Reject | list[dict | Reject]"]
+
+
+def per_record(src: SourceFile, records: Iterable[Any], build: Build) -> RecordRows:
     """Rows of every record; a line that is not JSON, a record that is not an object, or a
     `Malformed` field becomes one reject naming the line, record or field."""
-    for n, rec in enumerate(records):
-        if isinstance(rec, BadLine):
-            yield src.reject(f"line-{rec.line_no}", "malformed_annotation",
-                             f"line {rec.line_no} {rec.error}", rec.text)
-            continue
-        if not isinstance(rec, dict):
-            yield src.reject(n, "malformed_annotation", f"record {n} is not a JSON object", rec)
-            continue
-        try:
-            out = build(n, rec)
-        except Malformed as exc:
-            yield src.reject(n, "malformed_annotation", f"record {n}: {exc}", rec)
-            continue
-        except UnsafePathError as exc:
-            yield src.reject(n, "unsafe_path", f"record {n}: {exc}", rec)
-            continue
-        yield from (out if isinstance(out, list) else [out])
+    return RecordRows(src, records, build)
 
 
-def records_of(path: str | os.PathLike) -> Iterator[Any]:
+class RecordRows:
+    """A catalog's output: `build(n, record)` for every record, in order, as an iterator
+    of rows and `Reject`s.
+
+    When the records are a list (a whole JSON file, parsed once), `items(start, stop)`
+    gives the rows of any range of them with the same record numbers, so ingest can
+    hand ranges to forked worker processes that share the parsed list
+    (`pipeline.ingest_blocks`) and still write exactly the shards one process writes.
+    """
+
+    def __init__(self, src: SourceFile, records: Iterable[Any], build: Build) -> None:
+        self.src, self.records, self.build = src, records, build
+        self._iter: Iterator[dict | Reject] | None = None
+
+    def __iter__(self) -> RecordRows:
+        return self
+
+    def __next__(self) -> dict | Reject:
+        if self._iter is None:
+            self._iter = self._rows(enumerate(self.records))
+        return next(self._iter)
+
+    def splittable(self) -> list[Any] | None:
+        """The records as a list when they can be taken in ranges, else None."""
+        return self.records if isinstance(self.records, list) and self._iter is None else None
+
+    def items(self, start: int, stop: int) -> Iterator[dict | Reject]:
+        """The rows and rejects of records `start` to `stop` (a list's positions)."""
+        return self._rows(zip(range(start, stop), self.records[start:stop], strict=True))
+
+    def _rows(self, numbered: Iterable[tuple[int, Any]]) -> Iterator[dict | Reject]:
+        src, build = self.src, self.build
+        for n, rec in numbered:
+            if isinstance(rec, BadLine):
+                yield src.reject(f"line-{rec.line_no}", "malformed_annotation",
+                                 f"line {rec.line_no} {rec.error}", rec.text)
+                continue
+            if not isinstance(rec, dict):
+                yield src.reject(n, "malformed_annotation", f"record {n} is not a JSON object",
+                                 rec)
+                continue
+            try:
+                out = build(n, rec)
+            except Malformed as exc:
+                yield src.reject(n, "malformed_annotation", f"record {n}: {exc}", rec)
+                continue
+            except UnsafePathError as exc:
+                yield src.reject(n, "unsafe_path", f"record {n}: {exc}", rec)
+                continue
+            yield from (out if isinstance(out, list) else [out])
+
+
+def records_of(path: str | os.PathLike) -> list[Any] | Iterator[Any]:
     """Records of a Parquet file (read in batches) or of a JSON / JSON-lines file."""
     if Path(path).suffix != ".parquet":
-        yield from load_records(path)
-        return
+        return load_records(path)
+    return _parquet_records(path)
+
+
+def _parquet_records(path: str | os.PathLike) -> Iterator[Any]:
     import pyarrow.parquet as pq
 
     for batch in pq.ParquetFile(path).iter_batches(batch_size=4096):

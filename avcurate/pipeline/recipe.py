@@ -2,7 +2,7 @@
 
     [run]
     shard_size = 256     # rows per shard (the unit of resume)
-    workers = 2          # processes for media decoding
+    workers = 2          # processes for media decoding and for a large JSON file's rows
 
     [[sources]]
     name = "llava-video"
