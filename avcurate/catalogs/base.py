@@ -360,7 +360,7 @@ class RecordRows:
     When the records are a list (a whole JSON file, parsed once), `items(start, stop)`
     gives the rows of any range of them with the same record numbers, so ingest can
     hand ranges to forked worker processes that share the parsed list
-    (`pipeline.ingest_blocks`) and still write exactly the shards one process writes.
+    (`pipeline.ingest_pieces`) and still write exactly the shards one process writes.
     """
 
     def __init__(self, src: SourceFile, records: Iterable[Any], build: Build) -> None:

@@ -44,7 +44,7 @@ DRY_RUN = _param("dry_run", Annotated[bool, typer.Option(
                       "request; call nothing.")], False)
 WORKERS = _param("workers", Annotated[int | None, typer.Option(
     help="Processes for decoding media, and for building the rows of a large JSON "
-                      "annotation file when a run starts.")], None)
+         "annotation file when a run starts.")], None)
 INGEST = [
     _param("source", Annotated[str | None, typer.Option(
         "--source", help="Start a run: annotation format (see `sources`).")]),
