@@ -91,6 +91,14 @@ def file_digest(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def read_parquet(path: str | Path, columns: list[str] | None = None) -> pa.Table:
+    """One Parquet file's table. Read through `ParquetFile`, not `pq.read_table`, whose
+    first call imports `pyarrow.dataset` (~0.2 s in every process) for what a single file
+    does not need (file discovery, partition columns from `key=value` folder names)."""
+    with pq.ParquetFile(path) as f:
+        return f.read(columns=columns)
+
+
 def parquet_rows(paths: list[Path]) -> int:
     """Row count from Parquet footers, without reading data."""
     return sum(pq.ParquetFile(p).metadata.num_rows for p in paths)

@@ -18,9 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from avcurate.core.store import RunStore
+from avcurate.core.store import RunStore, read_parquet
 from avcurate.pipeline.runner import process_table
 from avcurate.stages.base import BaseStage, Stage
 from avcurate.stages.context import StageContext, WorkerPool
@@ -90,14 +89,14 @@ class ChainJob:
     def shard(self, index: int, path: str) -> list[StageShard]:
         """Every stage of the chain on input shard `index`; a stage whose kept shard
         exists (a resumed run) is not redone, its written rows feed the next."""
-        table = pq.read_table(path)
+        table = read_parquet(path)
         done = []
         try:
             for member, ctx, gate in zip(self.members, self.contexts, self.gates, strict=True):
                 kept_path = RunStore.shard_path(ctx.stage_dir, index)
                 if kept_path.exists():
                     done.append(StageShard(table.num_rows, {}, 0.0, True))
-                    table = pq.read_table(kept_path)
+                    table = read_parquet(kept_path)
                     continue
                 start = time.perf_counter()
                 with gate:

@@ -34,7 +34,7 @@ from avcurate.core.kvcache import forced_journal
 from avcurate.core.lock import run_lock
 from avcurate.core.options import identity
 from avcurate.core.schema import BASE_COLUMNS, REJECT_FIELDS, SAMPLE_SCHEMA
-from avcurate.core.store import RunStore, parquet_rows, write_parquet_atomic
+from avcurate.core.store import RunStore, parquet_rows, read_parquet, write_parquet_atomic
 from avcurate.models.errors import BackendUnavailable, EndpointError
 from avcurate.pipeline.ingest_pieces import Piece, shards
 from avcurate.pipeline.progress import Progress
@@ -452,7 +452,7 @@ def process_shard(stage: Stage, ctx: StageContext, path: Path, index: int,
     the kept file last: the kept file's existence is what marks the shard finished, for
     the local runner and the Ray runner alike.
     """
-    table = pq.read_table(path)
+    table = read_parquet(path)
     _, usage = process_table(stage, ctx, table, index, kept_schema, rej_schema)
     return table.num_rows, usage
 
