@@ -105,3 +105,24 @@ def test_probes_are_cached_per_file(tmp_path, media, monkeypatch):
     recipe.stages = [StageSpec("validate", {"silence_db": -70.0})]
     run(recipe, tmp_path / "run", force=True)  # recomputed stage, same files: all from cache
     assert calls == []
+
+
+def test_media_is_looked_up_once_per_process_with_a_bounded_memo(tmp_path, media, monkeypatch):
+    """Shards share clips: each file is looked up (stat, probe cache) once per process, not
+    once per shard; a full memo is dropped and the verdicts stay the same."""
+    looked = []
+    real = validate_mod.file_key
+    monkeypatch.setattr(validate_mod, "file_key", lambda p: looked.append(p) or real(p))
+    records = _records(media)
+    run(jsonl_recipe(tmp_path, records, media["root"], [StageSpec("validate")], shard_size=3),
+        tmp_path / "run")  # 16 rows in 6 shards; good.mp4 backs rows of 3 of them
+    assert len(looked) == len(set(looked)) == 10  # the distinct files
+    kept, rejected = read_stage(tmp_path / "run", "01")
+
+    looked.clear()
+    monkeypatch.setattr(validate_mod, "PROBED_MAX", 2)
+    run(jsonl_recipe(tmp_path, records, media["root"], [StageSpec("validate")], shard_size=3),
+        tmp_path / "small")
+    assert len(looked) > len(set(looked))  # dropped and looked up again
+    kept2, rejected2 = read_stage(tmp_path / "small", "01")
+    assert kept2.equals(kept) and rejected2.equals(rejected)

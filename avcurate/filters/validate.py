@@ -42,6 +42,19 @@ REASONS = {
 }
 
 
+PROBED_MAX = 100_000  # probe results kept per process (a few hundred bytes each)
+
+
+@dataclass(frozen=True)
+class MediaOutcome:
+    """What validate decides from one (video, audio) pair: a reject reason or None, its
+    detail, and the probe columns (with `duration_s`) its rows get."""
+
+    reason: str | None
+    detail: str | None
+    values: dict[str, Any]
+
+
 def probe_job(args: tuple[str, float, float]) -> dict[str, Any]:
     """Probe one file in a worker process; errors come back as data, not exceptions."""
     path, loudness_seconds, tolerance = args
@@ -92,6 +105,8 @@ class Validate(BaseStage):
 
     _dups: dict[int, list[str | None]] = field(default_factory=dict, init=False, repr=False,
                                                compare=False)
+    _probed: dict[str, dict] = field(default_factory=dict, init=False, repr=False,
+                                     compare=False)
 
     def prepare(self, ctx: StageContext, inputs: list[Path]) -> None:
         """Find every row whose id already appeared earlier (by shard, then row order)."""
@@ -104,41 +119,61 @@ class Validate(BaseStage):
                       for i, a in firsts.items()}
 
     def process(self, table: pa.Table, ctx: StageContext, shard: int) -> ShardResult:
-        rows = table.select(["id", "video", "audio", "question", "options", "answer"]).to_pylist()
-        probes = self._probe_all(rows, ctx)
-        reasons, details, added = [], [], {k: [] for k in self.adds}
-        for r, row in enumerate(rows):
-            reason, detail = self._annotation_check(row)
-            if reason is None and (first := self._dups[shard][r]) is not None:
+        """Annotation checks per row; media checks and probe columns once per distinct
+        (video, audio) pair of the shard, taken for its rows (datasets ask many
+        questions about one clip)."""
+        cols = table.select(["video", "audio", "question", "options", "answer"]).to_pydict()
+        keys = list(zip(cols["video"], cols["audio"], strict=True))
+        pairs = dict.fromkeys(keys)
+        probes = self._probe_all({p for pair in pairs for p in pair if p}, ctx)
+        outcomes = [self._media_outcome(video, audio, probes) for video, audio in pairs]
+        slot = {pair: i for i, pair in enumerate(pairs)}
+        index = [slot[k] for k in keys]
+        reasons, details = [], []
+        for question, options, answer, first, k in zip(
+                cols["question"], cols["options"], cols["answer"], self._dups[shard], index,
+                strict=True):
+            reason, detail = self._annotation_check(question, options, answer)
+            if reason is None and first is not None:
                 reason, detail = "duplicate_id", f"same id as row {first}"
-            video = probes.get(row["video"]) if row["video"] else None
-            sound = probes.get(row["audio"]) if row["audio"] else video
             if reason is None:
-                reason, detail = self._media_check(row, video, sound)
+                reason, detail = outcomes[k].reason, outcomes[k].detail
             reasons.append(reason)
             details.append(detail)
-            ok = video is not None and "error" not in video
-            sound_ok = sound is not None and "error" not in sound
-            added["has_audio"].append(bool(sound_ok and sound["has_audio"]) if sound_ok else None)
-            added["audio_rms_db"].append(sound["audio_rms_db"] if sound_ok else None)
-            added["fps"].append(video["fps"] if ok else None)
-            added["width"].append(video["width"] if ok else None)
-            added["height"].append(video["height"] if ok else None)
-        durations = [
-            (probes[row["video"]]["duration_s"] if row["video"] in probes
-             and "error" not in probes[row["video"]] else None)
-            for row in rows
-        ]
+        take = pa.array(index, pa.int32())
+        per_pair = {name: pa.array([o.values[name] for o in outcomes], typ)
+                    for name, typ in (self.adds | {"duration_s": pa.float64()}).items()}
         table = table.set_column(table.schema.get_field_index("duration_s"), "duration_s",
-                                 pa.array(durations, pa.float64()))
-        table = with_columns(table, {name: pa.array(values, self.adds[name])
-                                     for name, values in added.items()})
+                                 per_pair.pop("duration_s").take(take))
+        table = with_columns(table, {name: a.take(take) for name, a in per_pair.items()})
         return ShardResult.split(table, self.name, reasons, details)
 
-    def _probe_all(self, rows: list[dict], ctx: StageContext) -> dict[str, dict]:
-        """Probe every distinct media file of the shard once, through the run's probe cache."""
-        paths = sorted({p for row in rows for p in (row["video"], row["audio"]) if p})
-        keys = {p: file_key(p) for p in paths}
+    def _media_outcome(self, video_path: str | None, audio_path: str | None,
+                       probes: dict[str, dict]) -> MediaOutcome:
+        """The media verdict and probe columns of one (video, audio) pair."""
+        video = probes.get(video_path) if video_path else None
+        sound = probes.get(audio_path) if audio_path else video
+        reason, detail = self._media_check(video_path, video, sound)
+        ok = video is not None and "error" not in video
+        sound_ok = sound is not None and "error" not in sound
+        return MediaOutcome(reason, detail, {
+            "has_audio": bool(sound["has_audio"]) if sound_ok else None,
+            "audio_rms_db": sound["audio_rms_db"] if sound_ok else None,
+            "fps": video["fps"] if ok else None,
+            "width": video["width"] if ok else None,
+            "height": video["height"] if ok else None,
+            "duration_s": video["duration_s"] if ok else None,
+        })
+
+    def _probe_all(self, paths: set[str], ctx: StageContext) -> dict[str, dict]:
+        """Probe every media file not seen yet in this process, through the run's probe
+        cache. A file is looked up (stat, cache) once per process, not once per shard:
+        most shards ask about the clips of the shard before."""
+        new = sorted(p for p in paths if p not in self._probed)
+        if len(self._probed) + len(new) > PROBED_MAX:  # bounded: drop all, start again
+            self._probed.clear()
+            new = sorted(paths)
+        keys = {p: file_key(p) for p in new}
         cache = ctx.cache("probe")
         settings = f"|{self.loudness_seconds}|{self.truncation_tolerance}"
         present = {p: k + settings for p, k in keys.items() if k is not None}
@@ -155,30 +190,31 @@ class Validate(BaseStage):
                                       for p in todo])
         cache.put_many({present[p]: res for p, res in zip(todo, results, strict=True)})
         out.update(zip(todo, results, strict=True))
-        return out
+        self._probed.update(out)
+        return self._probed
 
     @staticmethod
-    def _annotation_check(row: dict) -> tuple[str | None, str | None]:
-        if not (row["question"] or "").strip():
+    def _annotation_check(question: str | None, options: list[str] | None, answer: str | None
+                          ) -> tuple[str | None, str | None]:
+        if not (question or "").strip():
             return "empty_question", None
-        options = row["options"]
         if options is not None and len(options) > 0:
             if len(options) < 2:
                 return "too_few_options", f"{len(options)} option(s)"
-            if letter_index(row["answer"], len(options)) is None:
-                return "answer_not_in_options", f"answer {row['answer']!r} for {len(options)} options"
-        elif not (row["answer"] or "").strip():
+            if letter_index(answer, len(options)) is None:
+                return "answer_not_in_options", f"answer {answer!r} for {len(options)} options"
+        elif not (answer or "").strip():
             return "missing_answer", None
         return None, None
 
-    def _media_check(self, row: dict, video: dict | None, sound: dict | None
+    def _media_check(self, video_path: str | None, video: dict | None, sound: dict | None
                      ) -> tuple[str | None, str | None]:
         if video is None:
             return "missing_media", "no video path"
         if "error" in video:
             return video["error"], video["detail"]
         if not video["has_video"]:
-            return "no_video_stream", row["video"]
+            return "no_video_stream", video_path
         if video["truncated"]:
             return "truncated", (f"{video['decodable_s']:.2f}s readable of "
                                  f"{video['declared_duration_s']:.2f}s declared")
