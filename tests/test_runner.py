@@ -283,3 +283,26 @@ def test_forked_ingest_stops_with_one_line_when_a_worker_dies(tmp_path, media, m
     with pytest.raises(RunError, match=r"ann.json\): a worker process building rows died"):
         run(recipe, tmp_path / "run")
     assert json.loads((tmp_path / "run/manifest.json").read_text())["stages"] == []
+
+
+def test_end_of_run_summary_uses_the_recorded_counts(tmp_path, media, monkeypatch):
+    """The table printed after a run takes each completed stage's counts from the manifest
+    (counted from the shards as the stage completed); `status` recounts from the shards."""
+    from avcurate.core.store import RunStore
+    from avcurate.reports import tables
+
+    recipe = jsonl_recipe(tmp_path, _records(media), media["root"], [StageSpec("validate")],
+                          shard_size=3)
+    run(recipe, tmp_path / "run")
+    store = RunStore(tmp_path / "run")
+    on_disk = tables.stage_rows(store)
+    assert [r["rejects_by_reason"] for r in on_disk] == [{}, {"no_audio_stream": 2,
+                                                              "silent_audio": 2}]
+
+    def no_reading(paths):
+        raise AssertionError("read the shards")
+
+    monkeypatch.setattr(tables, "parquet_rows", no_reading)
+    assert tables.stage_rows(store, recorded=True) == on_disk
+    with pytest.raises(AssertionError, match="read the shards"):
+        tables.stage_rows(store)

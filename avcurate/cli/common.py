@@ -55,7 +55,9 @@ def guard(fn, *args: Any, **kwargs: Any) -> Any:
 
 
 def print_summary(run_dir: Path, title: str) -> None:
-    rows = stage_rows(RunStore(run_dir))
+    """The run's table, after a command ran stages (their counts as recorded when each
+    completed; `avcurate status` recounts from the shards)."""
+    rows = stage_rows(RunStore(run_dir), recorded=True)
     out.print(summary_table(rows, title))
     if any(r["rejects_by_reason"] for r in rows):
         out.print(reasons_table(rows))

@@ -283,14 +283,15 @@ class Runner:
 
     def _finish(self, manifest, entry, out_dir: Path, rows_in: int, seconds: float,
                 resumed: int, extra: dict[str, Any] | None = None) -> StageReport:
-        kept = parquet_rows(self.store.shards(out_dir))
-        rejected = parquet_rows(self.store.rejects(out_dir))
+        shards, rejects = self.store.shards(out_dir), self.store.rejects(out_dir)
+        kept, rejected = parquet_rows(shards), parquet_rows(rejects)
         if kept + rejected != rows_in:
             raise RunError(f"stage {entry['dir']}: {rows_in} rows in but {kept} kept + "
                            f"{rejected} rejected; a stage lost or invented rows")
         entry |= {"status": "done", "finished_at": now(), "rows_in": rows_in, "kept": kept,
-                  "rejected": rejected, "shards": len(self.store.shards(out_dir)),
-                  "rejects_by_reason": reject_reasons(self.store.rejects(out_dir)),
+                  "rejected": rejected, "shards": len(shards),
+                  # no rejected row, no reasons: not a read of every (empty) reject file
+                  "rejects_by_reason": reject_reasons(rejects) if rejected else {},
                   "seconds": round(seconds, 3), **(extra or {})}
         manifest["stages"].append(entry)
         self._save(manifest)
@@ -316,7 +317,7 @@ class Runner:
         schema = pa.schema(list(SAMPLE_SCHEMA) + [pa.field(n, t) for n, t in
                                                   self.recipe.extra_columns().items()])
         reject_schema_ = pa.schema(list(schema) + REJECT_FIELDS)
-        resumed = 0
+        resumed = rows = 0  # rows: every item read, rows and rejects (resumed shards too)
         task = progress.stage("ingest", total=None)
         # one writer thread compresses and syncs shard i while shard i+1 is built (Parquet
         # writes release the GIL); a shard's rejects land before its kept file, whose
@@ -336,13 +337,13 @@ class Runner:
                         shard.rows, kept_path))
                     while len(pending) > 2:
                         pending.popleft().result()
+                rows += len(shard)
                 progress.advance(task, len(shard))
             for done in pending:
                 done.result()
         if not self.store.shards(out_dir):  # no records at all: one empty shard keeps the shape
             write_parquet_atomic(schema.empty_table(), self.store.shard_path(out_dir, 0))
             write_parquet_atomic(reject_schema_.empty_table(), self.store.reject_path(out_dir, 0))
-        rows = parquet_rows(self.store.shards(out_dir)) + parquet_rows(self.store.rejects(out_dir))
         progress.done(task)
         return self._finish(manifest, entry, out_dir, rows, time.perf_counter() - start, resumed)
 

@@ -10,29 +10,45 @@ from avcurate.core.counts import reject_reasons
 from avcurate.core.store import RunStore, parquet_rows
 from avcurate.curation.probe import CONDITION_NAMES
 
+RECORDED = ("kept", "rejected", "shards", "rejects_by_reason")
 
-def stage_rows(store: RunStore) -> list[dict[str, Any]]:
+
+def stage_rows(store: RunStore, *, recorded: bool = False) -> list[dict[str, Any]]:
     """Per-stage counts, read from the shards on disk; a stage folder the manifest does not
-    record (a stage that was stopped or killed) shows as `incomplete`."""
+    record (a stage that was stopped or killed) shows as `incomplete`.
+
+    With `recorded`, a completed stage's counts are the manifest's, which the runner
+    counted from the same shards when the stage completed: the summary at the end of a
+    run does not read every shard's footer again (thousands of files in a large run).
+    `avcurate status` always reads the shards."""
     manifest = store.load_manifest()
     entries = list(manifest.get("stages", []))
-    recorded = {e["dir"] for e in entries}
+    known = {e["dir"] for e in entries}
     entries += [{"dir": p.name, "status": "incomplete"} for p in store.stage_dirs()
-                if p.name not in recorded]
+                if p.name not in known]
     out = []
     for entry in entries:
+        done = entry.get("status", "done") == "done"
+        if recorded and done and all(k in entry for k in RECORDED):
+            out.append(_row(entry, entry["rows_in"], entry["kept"], entry["rejected"],
+                            entry["shards"], entry["rejects_by_reason"]))
+            continue
         stage_dir = store.root / entry["dir"]
         kept_files, reject_files = store.shards(stage_dir), store.rejects(stage_dir)
-        kept, rejected = parquet_rows(kept_files), parquet_rows(reject_files)
-        rows_in = entry.get("rows_in") if entry.get("status", "done") == "done" else None
-        out.append({
-            "stage": entry["dir"], "status": entry.get("status", "done"), "rows_in": rows_in,
-            "kept": kept, "rejected": rejected, "shards": len(kept_files),
+        rejected = parquet_rows(reject_files)
+        out.append(_row(entry, entry.get("rows_in") if done else None,
+                        parquet_rows(kept_files), rejected, len(kept_files),
+                        reject_reasons(reject_files) if rejected else {}))
+    return out
+
+
+def _row(entry: dict[str, Any], rows_in: int | None, kept: int, rejected: int, shards: int,
+         reasons: dict[str, int]) -> dict[str, Any]:
+    return {"stage": entry["dir"], "status": entry.get("status", "done"), "rows_in": rows_in,
+            "kept": kept, "rejected": rejected, "shards": shards,
             "seconds": entry.get("seconds"),
             "balanced": None if rows_in is None else rows_in == kept + rejected,
-            "rejects_by_reason": reject_reasons(reject_files),
-        })
-    return out
+            "rejects_by_reason": reasons}
 
 
 def summary_table(rows: list[dict[str, Any]], title: str) -> Table:
