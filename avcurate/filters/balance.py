@@ -82,7 +82,9 @@ class Balance(BaseStage):
 
     _over: dict[int, np.ndarray] = field(default_factory=dict, init=False, repr=False,
                                          compare=False)
-    _dropped: pa.Array = field(default_factory=lambda: pa.array([], pa.string()), init=False,
+    # pa.nulls, not pa.array([]): converting any Python value makes pyarrow import pandas
+    # (~0.3 s), which a resumed run, where balance never runs, need not pay
+    _dropped: pa.Array = field(default_factory=lambda: pa.nulls(0, pa.string()), init=False,
                                repr=False, compare=False)
     _before: dict[str, int] = field(default_factory=dict, init=False, repr=False, compare=False)
     _after: dict[str, int] = field(default_factory=dict, init=False, repr=False, compare=False)
