@@ -11,6 +11,9 @@ A third-party package adds stages in its pyproject:
 from __future__ import annotations
 
 import dataclasses
+import functools
+import os
+import sys
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
@@ -46,9 +49,25 @@ def register(cls: type) -> type:
 def available() -> dict[str, type | EntryPoint]:
     """All stages by name: built-ins, registered ones, then plugins that do not shadow them."""
     stages: dict[str, Any] = {**BUILTINS, **_EXTRA}
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
+    for ep in _plugins(tuple((p, _mtime(p)) for p in sys.path)):
         stages.setdefault(ep.name, ep)
     return stages
+
+
+@functools.lru_cache(maxsize=4)
+def _plugins(path: tuple[tuple[str, int], ...]) -> tuple[EntryPoint, ...]:
+    """The plugin entry points visible from `path` (sys.path and each folder's mtime).
+    Reading every installed package's metadata takes ~8 ms, which a run paid once per
+    stage; a folder added to sys.path, or a package installed into one (its mtime
+    changes), makes a new key."""
+    return tuple(entry_points(group=ENTRY_POINT_GROUP))
+
+
+def _mtime(path: str) -> int:
+    try:
+        return os.stat(path or ".").st_mtime_ns
+    except OSError:
+        return 0
 
 
 def stage_class(name: str) -> type:
