@@ -9,12 +9,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import av
 import numpy as np
 
 from avcurate.media.decode import audio as decode_audio
 from avcurate.media.errors import MediaError
 from avcurate.media.probe import open_media
+from avcurate.media.pyav import pyav
 from avcurate.media.synth import encode_pcm
 
 
@@ -32,6 +32,7 @@ def cut(path: str | os.PathLike, spans: list[tuple[float, float]], out: str | os
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     h, w = frames[0].shape[:2]
+    av = pyav()
     with av.open(str(out), "w") as container:
         v = container.add_stream("libx264", rate=25)
         v.width, v.height, v.pix_fmt = w - w % 2, h - h % 2, "yuv420p"

@@ -11,11 +11,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import av
 import numpy as np
 
 from avcurate.media.errors import MediaError
 from avcurate.media.probe import open_media
+from avcurate.media.pyav import pyav
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".mp3", ".ogg", ".oga", ".aiff", ".aif"}
 
@@ -79,6 +79,7 @@ def _frames_pyav(path: str, n: int, within: float | None = None
                                            * float(stream.average_rate)))
         wanted = frame_indices(_window(total, float(stream.average_rate or 0), within), n)
         out, times = [], []
+        av = pyav()
         try:
             for i, frame in enumerate(container.decode(stream)):
                 while len(out) < n and wanted[len(out)] == i:
@@ -125,6 +126,7 @@ def _audio_soundfile(path: Path, seconds: float | None, sr: int, offset: float) 
 
 def resample(samples: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
     """Resample mono float32 PCM with FFmpeg's resampler (via PyAV)."""
+    av = pyav()
     frame = av.AudioFrame.from_ndarray(samples[None, :].astype(np.float32), format="flt",
                                        layout="mono")
     frame.sample_rate = rate_in
@@ -135,6 +137,7 @@ def resample(samples: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
 
 
 def _audio_pyav(path: Path, seconds: float | None, sr: int, offset: float) -> np.ndarray:
+    av = pyav()
     with open_media(path) as container:
         if not container.streams.audio:
             raise MediaError("no_audio_stream", f"{path}: no audio stream")

@@ -12,13 +12,15 @@ import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import av
 import numpy as np
 
 from avcurate.media.errors import MediaError
+from avcurate.media.pyav import pyav
 
-av.logging.set_level(av.logging.PANIC)  # FFmpeg's own chatter would flood progress bars
+if TYPE_CHECKING:
+    from av.container import InputContainer
 
 SILENCE_FLOOR_DB = -120.0
 
@@ -52,9 +54,10 @@ def rms_db(samples: np.ndarray) -> float:
     return max(SILENCE_FLOOR_DB, 20 * math.log10(rms)) if rms > 0 else SILENCE_FLOOR_DB
 
 
-def open_media(path: str | os.PathLike) -> av.container.InputContainer:
+def open_media(path: str | os.PathLike) -> InputContainer:
     if not Path(path).is_file():
         raise MediaError("missing_media", f"{path}: no such file")
+    av = pyav()
     try:
         return av.open(str(path))
     except (av.error.FFmpegError, ValueError, OSError) as exc:
@@ -63,7 +66,7 @@ def open_media(path: str | os.PathLike) -> av.container.InputContainer:
 
 def _declared_duration(container, streams) -> float:
     if container.duration:
-        return container.duration / av.time_base
+        return container.duration / pyav().time_base
     durations = [float(s.duration * s.time_base) for s in streams if s.duration]
     return max(durations, default=0.0)
 
@@ -113,6 +116,7 @@ def _scan(container, streams, audio_stream, loudness_seconds: float):
     end = 0.0
     chunks: list[np.ndarray] = []
     decoded = 0.0
+    av = pyav()
     resampler = av.AudioResampler(format="flt", layout="mono") if audio_stream else None
     try:
         for packet in container.demux(*streams):

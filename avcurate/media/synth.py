@@ -9,8 +9,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import av
 import numpy as np
+
+from avcurate.media.pyav import pyav
 
 COLORS = {
     "red": (220, 40, 40),
@@ -63,6 +64,7 @@ def write_clip(
     path.parent.mkdir(parents=True, exist_ok=True)
     width, height = size
     rgb = COLORS[color] if isinstance(color, str) else color
+    av = pyav()
     with av.open(str(path), "w", options={"movflags": "+faststart"}) as container:
         v = container.add_stream("libx264", rate=fps)
         v.width, v.height, v.pix_fmt = width, height, "yuv420p"
@@ -89,6 +91,7 @@ def write_clip(
 
 
 def encode_pcm(container, stream, pcm: np.ndarray, sr: int, chunk: int = 1024) -> None:
+    av = pyav()
     for start in range(0, len(pcm), chunk):
         frame = av.AudioFrame.from_ndarray(pcm[None, start:start + chunk], format="flt",
                                            layout="mono")
