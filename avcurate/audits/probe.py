@@ -12,7 +12,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from rich.console import Console
@@ -51,6 +50,8 @@ def run_probe_audit(run_dir: Path | str, stage: Probe, *, limit: int, seed: int 
         answered, unanswered, usage = folder.audit_stage(
             store, path, fp, stage, sample, redo=redo, console=console,
             show_progress=show_progress)
+        import duckdb
+
         con = duckdb.connect()
         con.register("probe", answered)
         figures = probe_summary(con, ["probe"])

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 from typing import Annotated
 
-import duckdb
 import typer
 from rich.markup import escape
 
@@ -82,6 +81,8 @@ def query(
 
     One SELECT statement; only the run folder's files can be read.
     """
+    import duckdb
+
     from avcurate.reports.query import QueryError, connect, export, select, views
 
     con = guard(connect, run_dir)
