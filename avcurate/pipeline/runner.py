@@ -352,12 +352,12 @@ class Runner:
         in_dir = self.store.root / manifest["stages"][index - 1]["dir"]
         out_dir = self.store.stage_dir(index, stage.name)
         inputs = self.store.shards(in_dir)
-        rows_in = parquet_rows(inputs)
-        if index < len(manifest["stages"]):
+        if index < len(manifest["stages"]):  # done: the counts it recorded, no footer read
             entry = manifest["stages"][index]
-            progress.skip(stage.name, rows_in)
-            return StageReport(index, stage.name, rows_in, entry["kept"], entry["rejected"],
-                               0.0, len(inputs))
+            progress.skip(stage.name, entry["rows_in"])
+            return StageReport(index, stage.name, entry["rows_in"], entry["kept"],
+                               entry["rejected"], 0.0, len(inputs))
+        rows_in = parquet_rows(inputs)
         entry = self._new_entry(index, stage.name, fp, spec.options, stage.options())
         in_schema = pq.read_schema(inputs[0])
         kept_schema = output_schema(stage, in_schema)
