@@ -1,7 +1,8 @@
 """Resuming a finished run: the demo recipe (every stage, ~60 rows over real clips) run with
 `avcurate run` against the tests' loopback model server (answers after 50 ms), then the
 same command again. The second run must find every stage done, make 0 model calls and take
-under 5% of the first run's time (both timed as whole CLI processes, start-up included).
+under 5% of the first run's time (both timed as whole CLI processes, start-up included;
+avcurate's modules byte-compiled first, as an installed package's are).
 
     python benchmarks/bench_resume.py [--latency 0.05]
 """
@@ -16,6 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _util import compile_package
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 
@@ -25,6 +28,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from loopback import openai_server
+
+    compile_package()
 
     from avcurate.demo import make_demo
 
