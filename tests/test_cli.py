@@ -211,3 +211,16 @@ def test_a_bad_journal_setting_is_one_line_and_touches_nothing(ingested):
 def test_brackets_in_messages_are_shown_as_written(ingested):
     result = sh("threshold", str(ingested / "run"), "--rule", "[x] >= 1", check=False)
     assert result.returncode == 2 and "'[x] >= 1'" in result.stderr
+
+
+def test_the_command_line_starts_without_media_or_query_libraries():
+    """PyAV and DuckDB are imported by the code that uses them, not by every command's
+    start-up (~0.1 s that `status`, filters, exports and resumed runs never need); the
+    garbage collector, paused while the command line imports, is running again after."""
+    import sys
+
+    probe = ("import gc, sys, avcurate.cli; "
+             "print(sorted(m for m in ('av', 'duckdb') if m in sys.modules), gc.isenabled())")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ["[]", "True"]

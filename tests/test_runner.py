@@ -306,3 +306,25 @@ def test_end_of_run_summary_uses_the_recorded_counts(tmp_path, media, monkeypatc
     assert tables.stage_rows(store, recorded=True) == on_disk
     with pytest.raises(AssertionError, match="read the shards"):
         tables.stage_rows(store)
+
+
+def test_resuming_a_finished_run_reads_no_shard(tmp_path, media, monkeypatch):
+    """Every stage done: the reports come from the manifest, so a resume of a run with
+    thousands of shards does not open their footers (or anything else) again."""
+    from avcurate.pipeline import runner as runner_module
+
+    recipe = jsonl_recipe(tmp_path, _records(media), media["root"],
+                          [StageSpec("validate"), StageSpec("dedup")], shard_size=3)
+    first = run(recipe, tmp_path / "run")
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("read a shard")
+
+    for name in ("parquet_rows", "read_parquet"):
+        monkeypatch.setattr(runner_module, name, no_reading)
+    monkeypatch.setattr(runner_module.pq, "ParquetFile", no_reading)
+    monkeypatch.setattr(runner_module.pq, "read_schema", no_reading)
+    again = run(recipe, tmp_path / "run")
+    assert [(r.name, r.rows_in, r.kept, r.rejected) for r in again] == \
+        [(r.name, r.rows_in, r.kept, r.rejected) for r in first]
+    assert first[1].rejected == 4 and first[1].rows_in == first[0].kept
