@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
+from avcurate.core.pyav import pyav
 from avcurate.media.decode import audio as decode_audio
 from avcurate.media.errors import MediaError
 from avcurate.media.probe import open_media
-from avcurate.media.pyav import pyav
 from avcurate.media.synth import encode_pcm
 
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
+from avcurate.core.pyav import pyav
 from avcurate.media.errors import MediaError
 from avcurate.media.probe import open_media
-from avcurate.media.pyav import pyav
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".mp3", ".ogg", ".oga", ".aiff", ".aif"}
 

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from avcurate.core.pyav import pyav
 from avcurate.media.errors import MediaError
-from avcurate.media.pyav import pyav
 
 if TYPE_CHECKING:
     from av.container import InputContainer

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from avcurate.media.pyav import pyav
+from avcurate.core.pyav import pyav
 
 COLORS = {
     "red": (220, 40, 40),

@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from avcurate.core.pyav import pyav
 from avcurate.core.store import file_digest
-from avcurate.media.pyav import pyav
 
 if TYPE_CHECKING:
     from av import CodecContext
