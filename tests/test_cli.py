@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 
 import pytest
 from conftest import avcurate_cmd
@@ -217,8 +218,6 @@ def test_the_command_line_starts_without_media_or_query_libraries():
     """PyAV and DuckDB are imported by the code that uses them, not by every command's
     start-up (~0.1 s that `status`, filters, exports and resumed runs never need); the
     garbage collector, paused while the command line imports, is running again after."""
-    import sys
-
     probe = ("import gc, sys, avcurate.cli; "
              "print(sorted(m for m in ('av', 'duckdb') if m in sys.modules), gc.isenabled())")
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from avcurate.core.pyav import pyav
 from avcurate.media.synth import COLORS
 
 PITCH_WORDS = ("low", "medium", "high")
@@ -37,9 +38,7 @@ class Percept:
 
 def decode_image(data: bytes) -> np.ndarray:
     """An encoded image (JPEG or PNG) as an RGB array, decoded with PyAV."""
-    import av
-
-    with av.open(io.BytesIO(data)) as c:
+    with pyav().open(io.BytesIO(data)) as c:
         return next(c.decode(video=0)).to_ndarray(format="rgb24")
 
 
