@@ -232,3 +232,30 @@ def test_full_funnel_threshold_balance_subset(tmp_path):
     assert counts == [("00-ingest", 31, 31, 0), ("01-threshold", 31, 30, 1),
                       ("02-balance", 30, 20, 10), ("03-subset", 20, 20, 0)]
     assert manifest["stages"][3]["subsets"]["audio_visual"]["rows"] == 15
+
+
+def test_reject_reasons_group_payloads_and_match_sql(tmp_path):
+    """Reasons are counted per kind (the part before a colon), most frequent first, ties by
+    name, over files of which some are empty; DuckDB's GROUP BY over the same files is the
+    oracle."""
+    import duckdb
+    import pyarrow as pa
+
+    from avcurate.core.counts import reject_reasons
+    from avcurate.core.store import write_parquet_atomic
+
+    shards = [["duplicate_of:a", "duplicate_of:b", "long_tail", None],
+              [], ["duplicate_of:c:d", "", "long_tail", "over_cap", "over_cap"]]
+    paths = []
+    for i, reasons in enumerate(shards):
+        paths.append(tmp_path / f"part-{i:05d}.parquet")
+        write_parquet_atomic(pa.table({"id": [str(k) for k in range(len(reasons))],
+                                       "reject_reason": pa.array(reasons, pa.string())}),
+                             paths[-1])
+    got = reject_reasons(paths)
+    assert got == {"duplicate_of": 3, "long_tail": 2, "over_cap": 2, "": 1, "None": 1}
+    assert list(got) == ["duplicate_of", "long_tail", "over_cap", "", "None"]
+    sql = duckdb.sql("SELECT split_part(reject_reason, ':', 1), count(*) FROM read_parquet($f) "
+                     "GROUP BY 1", params={"f": [str(p) for p in paths]}).fetchall()
+    assert got == {str(k): n for k, n in sql}
+    assert reject_reasons([]) == {}

@@ -1,8 +1,12 @@
-"""Counting what a run did, straight from its Parquet shards (DuckDB)."""
+"""Counting what a run did, straight from its Parquet shards."""
 
 from __future__ import annotations
 
 from pathlib import Path
+
+import pyarrow.compute as pc
+
+from avcurate.core.store import read_parquet
 
 
 def reject_reasons(paths: list[Path]) -> dict[str, int]:
@@ -10,19 +14,24 @@ def reject_reasons(paths: list[Path]) -> dict[str, int]:
 
     Reasons that carry a payload after a colon (`duplicate_of:<id>`) are grouped by the
     part before it, so a report shows one line per kind of failure.
+
+    Only the `reject_reason` column of each file is read and counted with pyarrow
+    compute: the same answer as a DuckDB GROUP BY, without DuckDB's import (~0.05 s)
+    in a command that has no other use for it, as a filter stage's end has not.
     """
     if not paths:
         return {}
-    import duckdb  # imported where used: ~0.05 s that most commands never need
-
-    files = [str(p) for p in paths]
-    rows = duckdb.sql(
-        "SELECT split_part(reject_reason, ':', 1) AS reason, count(*) AS n "
-        "FROM read_parquet($files, union_by_name=true) "
-        "GROUP BY 1 ORDER BY n DESC, 1",
-        params={"files": files},
-    ).fetchall()
-    return {str(reason): int(n) for reason, n in rows}
+    counts: dict[str, int] = {}
+    for path in paths:
+        reasons = read_parquet(path, columns=["reject_reason"]).column(0)
+        if not len(reasons):
+            continue
+        distinct = pc.value_counts(reasons)  # then split: few distinct reasons, most often
+        kinds = pc.split_pattern(distinct.field("values"), ":", max_splits=1)
+        for kind, n in zip(kinds.to_pylist(), distinct.field("counts").to_pylist(), strict=True):
+            key = str(kind[0] if kind is not None else None)
+            counts[key] = counts.get(key, 0) + n
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
 def sql_string(value: str) -> str:
