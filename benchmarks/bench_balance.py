@@ -8,7 +8,11 @@ straightforward pandas implementation of the same rules that reads every
 shard into one DataFrame and writes the same outputs (kept, rejected, subset).
 Both run in their own process, timed and sampled for peak RSS in the same run
 (avcurate's modules byte-compiled first, as an installed package's are).
-Targets on a 2-core machine: under 5 s, under 1.5 GB peak RSS, faster than pandas.
+Beside them it prints the CLI's start-up and the run-folder contract's I/O floor
+(`io_floor`: the reads and writes every stage folder needs, replayed with pure
+pyarrow), so a figure can be read against what any implementation must pay.
+Targets on a 2-core machine: under 5 s, under 1.5 GB peak RSS, faster than pandas
+(v0.1); under 1.5 s and at least 3x pandas (issue 16).
 
     python benchmarks/bench_balance.py [--rows 1000000]
     python benchmarks/bench_balance.py --copies 10    # 10M rows in 200 shards: peak RSS
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -191,6 +196,7 @@ def main() -> None:
         run_dir = make_run(root, args.rows, args.max_ratio)
         shards = replicate(run_dir, args.copies) if args.copies > 1 else N_SHARDS
         rows = args.rows * args.copies
+        os.sync()  # the untimed set-up's writes flushed now, not during the timed syncs
         ours, ours_rss = measure([sys.executable, "-m", "avcurate", "run",
                                   str(root / "funnel.toml"), "--out", str(run_dir), "-q"])
         manifest = json.loads((run_dir / "manifest.json").read_text())
