@@ -245,7 +245,8 @@ def test_reject_reasons_group_payloads_and_match_sql(tmp_path):
     from avcurate.core.store import write_parquet_atomic
 
     shards = [["duplicate_of:a", "duplicate_of:b", "long_tail", None],
-              [], ["duplicate_of:c:d", "", "long_tail", "over_cap", "over_cap"]]
+              [], ["duplicate_of:c:d", "", "long_tail", "over_cap", "over_cap"],
+              [f"duplicate_of:r{i}" for i in range(300)] + ["long_tail"]]  # many payloads
     paths = []
     for i, reasons in enumerate(shards):
         paths.append(tmp_path / f"part-{i:05d}.parquet")
@@ -253,7 +254,7 @@ def test_reject_reasons_group_payloads_and_match_sql(tmp_path):
                                        "reject_reason": pa.array(reasons, pa.string())}),
                              paths[-1])
     got = reject_reasons(paths)
-    assert got == {"duplicate_of": 3, "long_tail": 2, "over_cap": 2, "": 1, "None": 1}
+    assert got == {"duplicate_of": 303, "long_tail": 3, "over_cap": 2, "": 1, "None": 1}
     assert list(got) == ["duplicate_of", "long_tail", "over_cap", "", "None"]
     sql = duckdb.sql("SELECT split_part(reject_reason, ':', 1), count(*) FROM read_parquet($f) "
                      "GROUP BY 1", params={"f": [str(p) for p in paths]}).fetchall()
