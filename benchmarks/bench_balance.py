@@ -206,15 +206,15 @@ def main() -> None:
         print(f"avcurate threshold+balance+subset: {ours:.2f} s wall "
               f"(stages {', '.join(f'{k} {v:.2f}s' for k, v in stage_s.items())}), "
               f"peak RSS {ours_rss / 2**20:.0f} MiB")
+        if args.copies > 1:
+            print(f"target at 10M rows: peak RSS < 2 GB "
+                  f"{'met' if ours_rss < 2 * 2**30 else 'NOT met'}")
+            return
         floor = io_floor(run_dir, root / "floor")
         startup, _ = measure([sys.executable, "-m", "avcurate", "version"])
         print(f"of which: CLI start-up {startup:.2f} s (`avcurate version`); the contract's "
               f"I/O floor {floor:.2f} s (each stage's rows read and written, pure pyarrow); "
               f"together {startup + floor:.2f} s")
-        if args.copies > 1:
-            print(f"target at 10M rows: peak RSS < 2 GB "
-                  f"{'met' if ours_rss < 2 * 2**30 else 'NOT met'}")
-            return
         (root / "pandas").mkdir()
         script = root / "baseline.py"
         script.write_text(PANDAS_BASELINE)
