@@ -16,8 +16,8 @@ def reject_reasons(paths: list[Path]) -> dict[str, int]:
     part before it, so a report shows one line per kind of failure.
 
     Only the `reject_reason` column of each file is read, and counted with pyarrow
-    compute: 5x faster than the DuckDB query it replaces (0.02 s for 392k rejects), and
-    no DuckDB import for a stage that has no other use for it.
+    compute: 0.02 s for 392k rejects where the DuckDB query it replaces took 0.10 s with
+    DuckDB's import, which a stage that has no other use for DuckDB no longer pays.
     """
     counts: dict[str, int] = {}
     for path in paths:
