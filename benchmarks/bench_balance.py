@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 from _util import compile_package, measure
 
 from avcurate.core.schema import REJECT_FIELDS
-from avcurate.core.store import read_parquet, write_parquet_atomic
+from avcurate.core.store import parquet_rows, read_parquet, write_parquet_atomic
 
 N_SHARDS = 20
 PANDAS_BASELINE = r'''
@@ -150,23 +150,22 @@ def io_floor(run_dir: Path, out: Path, threads: int = 4) -> float:
     """
     stages = sorted(run_dir.glob("[0-9][0-9]-*"))[1:]  # after 00-ingest
 
-    def rows(path: Path) -> int:
-        return pq.ParquetFile(path).metadata.num_rows
-
-    def first(table: pa.Table, n: int) -> tuple[pa.Table, pa.Table]:
-        """(first n rows, the rest), copied as a filter copies them."""
-        head = pa.array(np.arange(table.num_rows) < n)
-        return table.filter(head), table.filter(pc.invert(head))
+    def head(table: pa.Table, path: Path) -> pa.Array:
+        """A mask of the table's first rows, as many as the file at `path` holds."""
+        return pa.array(np.arange(table.num_rows) < parquet_rows([path]))
 
     def shard(src: Path, stage: Path, dst: Path, name: str) -> None:
-        kept, rejected = first(read_parquet(src / name), rows(stage / name))
+        table = read_parquet(src / name)
+        keep = head(table, stage / name)
+        rejected = table.filter(pc.invert(keep))
         for field in REJECT_FIELDS:
             rejected = rejected.append_column(field, pa.nulls(rejected.num_rows, field.type))
         write_parquet_atomic(rejected, dst / "rejects" / name)
+        kept = table.filter(keep)
         for added in set(pq.read_schema(stage / name).names) - set(kept.column_names):
             kept = kept.append_column(added, pa.array(np.ones(kept.num_rows, bool)))
         for subset in stage.glob("subset-*"):
-            write_parquet_atomic(first(kept, rows(subset / name))[0], dst / subset.name / name)
+            write_parquet_atomic(kept.filter(head(kept, subset / name)), dst / subset.name / name)
         write_parquet_atomic(kept, dst / name)
 
     names = [p.name for p in sorted((run_dir / "00-ingest").glob("part-*.parquet"))]
