@@ -27,6 +27,7 @@ register_all()  # in workflow order: validate, score, classify, teach, merge-tra
 register_train()
 from avcurate.cli import tool_commands  # noqa: E402,F401  (stats, query, export, listings)
 from avcurate.cli.audit_commands import register_agree  # noqa: E402  (and spotcheck)
+from avcurate.core.store import use_jemalloc  # noqa: E402
 
 register_agree()
 gc.freeze()
@@ -34,6 +35,8 @@ gc.enable()
 
 
 def main() -> None:
+    """The console script: a process of its own, so Arrow's memory pool is ours to pick."""
+    use_jemalloc()
     app()
 
 
