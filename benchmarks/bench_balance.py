@@ -189,7 +189,7 @@ def timed_rounds(root: Path, run_dir: Path, rounds: int, max_ratio: float) -> di
     ingested run folder each time (the copy flushed to disk before the clock starts).
 
     Alternating and taking each side's best spreads the machine's drift over both: on
-    this 2-core machine the same pandas script took 2.8 s or 4.8 s depending on what ran
+    this 2-core machine the same pandas script took 2.8-5.6 s depending on what ran
     just before it (the kernel's page-cache and huge-page work shows as system time).
     """
     script = root / "baseline.py"
