@@ -211,6 +211,14 @@ def timed_rounds(root: Path, run_dir: Path, rounds: int, max_ratio: float) -> di
     return out
 
 
+def run_figures(run_dir: Path) -> tuple[str, int]:
+    """What a finished funnel run recorded: its stages' seconds, as printed, and the rows
+    kept after balance."""
+    stages = json.loads((run_dir / "manifest.json").read_text())["stages"]
+    seconds = ", ".join(f"{s['name']} {s['seconds']:.2f}s" for s in stages[1:])
+    return seconds, stages[-2]["kept"]
+
+
 def spread(values: list[float]) -> str:
     """Best and median of a few timings."""
     return f"best {min(values):.2f} s, median {statistics.median(values):.2f} s"
@@ -238,9 +246,7 @@ def main() -> None:
             memory_check(root, run_dir, args.rows, args.copies)
             return
         t = timed_rounds(root, run_dir, args.rounds, args.max_ratio)
-        manifest = json.loads((t["run"] / "manifest.json").read_text())
-        stage_s = {s["name"]: s["seconds"] for s in manifest["stages"][1:]}
-        kept = manifest["stages"][-2]["kept"]
+        stage_s, kept = run_figures(t["run"])
         pandas_kept = pq.ParquetFile(t["pandas_dir"] / "kept.parquet").metadata.num_rows
     ours, ours_rss = [w for w, _ in t["ours"]], max(r for _, r in t["ours"])
     base, base_rss = [w for w, _ in t["pandas"]], max(r for _, r in t["pandas"])
@@ -249,8 +255,7 @@ def main() -> None:
     print(f"{args.rounds} rounds, avcurate and pandas alternating, each in its own process")
     print(f"avcurate threshold+balance+subset: {spread(ours)} wall "
           f"({', '.join(f'{w:.2f}' for w in ours)}; last run's stages "
-          f"{', '.join(f'{k} {v:.2f}s' for k, v in stage_s.items())}), "
-          f"peak RSS {ours_rss / 2**20:.0f} MiB")
+          f"{stage_s}), peak RSS {ours_rss / 2**20:.0f} MiB")
     print(f"  against: CLI start-up (`avcurate version`) {spread(t['startup'])}; the "
           f"contract's I/O floor (each stage's rows read and written, pure pyarrow) "
           f"{spread(t['floor'])}; together at best {min(t['startup']) + min(t['floor']):.2f} s")
@@ -271,13 +276,10 @@ def memory_check(root: Path, run_dir: Path, rows: int, copies: int) -> None:
     os.sync()
     wall, rss = measure([sys.executable, "-m", "avcurate", "run", str(root / "funnel.toml"),
                          "--out", str(run_dir), "-q"])
-    manifest = json.loads((run_dir / "manifest.json").read_text())
-    stage_s = {s["name"]: s["seconds"] for s in manifest["stages"][1:]}
-    print(f"{rows * copies:,} rows, {shards} shards; kept after balance: "
-          f"{manifest['stages'][-2]['kept']:,}")
-    print(f"avcurate threshold+balance+subset: {wall:.2f} s wall (stages "
-          f"{', '.join(f'{k} {v:.2f}s' for k, v in stage_s.items())}), peak RSS "
-          f"{rss / 2**20:.0f} MiB")
+    stage_s, kept = run_figures(run_dir)
+    print(f"{rows * copies:,} rows, {shards} shards; kept after balance: {kept:,}")
+    print(f"avcurate threshold+balance+subset: {wall:.2f} s wall (stages {stage_s}), "
+          f"peak RSS {rss / 2**20:.0f} MiB")
     print(f"target at 10M rows: peak RSS < 2 GB {'met' if rss < 2 * 2**30 else 'NOT met'}")
 
 

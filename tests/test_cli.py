@@ -252,10 +252,9 @@ def test_the_command_line_takes_arrow_memory_from_jemalloc_unless_told(chosen):
              "plain = pa.default_memory_pool().backend_name\n"
              "import avcurate.cli as cli\n"
              "assert pa.default_memory_pool().backend_name == plain\n"
-             "before = plain\n"
              "sys.argv = ['avcurate', 'version']\n"
              "try:\n    cli.main()\nexcept SystemExit:\n    pass\n"
-             "print(before, pa.default_memory_pool().backend_name)")
+             "print(plain, pa.default_memory_pool().backend_name)")
     env = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
     if chosen:
         env["ARROW_DEFAULT_MEMORY_POOL"] = chosen
