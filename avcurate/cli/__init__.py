@@ -21,7 +21,7 @@ import sys
 gc.disable()
 
 from avcurate.cli import run_commands  # noqa: E402,F401  (registers demo, run, ingest, status)
-from avcurate.cli.common import app  # noqa: E402
+from avcurate.cli.common import app, reflow_help  # noqa: E402
 from avcurate.cli.stage_commands import register_all  # noqa: E402
 from avcurate.cli.train_command import register as register_train  # noqa: E402
 
@@ -32,6 +32,7 @@ from avcurate.cli.audit_commands import register_agree  # noqa: E402  (and spotc
 from avcurate.core.store import use_jemalloc  # noqa: E402
 
 register_agree()
+reflow_help(app)  # after every command is registered
 _DUCKDB_FROZEN = "duckdb" in sys.modules  # only when imported before us (a host program)
 gc.freeze()
 gc.enable()

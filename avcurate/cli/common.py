@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+import re
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -37,6 +39,25 @@ Force = Annotated[bool, typer.Option(
 
 USER_ERRORS = (RunError, RecipeError, StageError, OptionError, RunInUse, FileNotFoundError,
                AuditError, ExportError, LicenseError)
+
+
+def reflow(doc: str) -> str:
+    """A docstring as help text: each paragraph's hard-wrapped lines joined into one.
+
+    Typer's rich help joins the lines of a command's first paragraph but prints the
+    later ones with the docstring's own line breaks, so at any terminal width but the
+    source's they came out ragged ("...the colour of" / "the frames..."). Lines that
+    start a list item or are indented (examples) keep their break."""
+    paragraphs = inspect.cleandoc(doc).split("\n\n")
+    return "\n\n".join(re.sub(r"\n(?![ \t]|[-*] )", " ", p) for p in paragraphs)
+
+
+def reflow_help(typer_app: typer.Typer) -> None:
+    """Every registered command whose help comes from its docstring, reflowed (see
+    `reflow`); called once all commands are registered."""
+    for info in typer_app.registered_commands:
+        if info.help is None and info.callback is not None and info.callback.__doc__:
+            info.help = reflow(info.callback.__doc__)
 
 
 def fail(message: str) -> NoReturn:
