@@ -56,10 +56,12 @@ def test_ingest_then_validate(tmp_path, media):
         {"uid": "b", "clip": "silent.mp4", "q": "Color?", "opts": ["red", "blue"], "gt": 1},
         {"uid": "c", "clip": "../escape.mp4", "q": "Color?", "opts": ["red", "blue"], "gt": 1},
     ]))
-    run_dir = tmp_path / "run"
-    sh("ingest", "--source", "jsonl", "--annotations", str(ann), "--media-root",
-       str(media["root"]), "--out", str(run_dir), "--column", "id=uid", "--column", "video=clip",
-       "--column", "question=q", "--column", "options=opts", "--column", "answer=gt", "-q")
+    run_dir = tmp_path / "my [runs]" / "run"  # the next command, shell-quoted and whole
+    ingested = sh("ingest", "--source", "jsonl", "--annotations", str(ann), "--media-root",
+                  str(media["root"]), "--out", str(run_dir), "--column", "id=uid", "--column",
+                  "video=clip", "--column", "question=q", "--column", "options=opts",
+                  "--column", "answer=gt", "-q")
+    assert f"Next: avcurate validate '{run_dir}'" in ingested.stdout.splitlines()
     result = sh("validate", str(run_dir), "--silence-db", "-50", "-q")
     assert "01-validate" in result.stdout
     kept, rej = read_stage(run_dir, "01")

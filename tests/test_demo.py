@@ -71,6 +71,12 @@ def test_demo_runs_every_stage_with_the_demo_model_and_resumes(tmp_path):
     assert "Demo model" in (out / "report.html").read_text()
     assert "Demo data" in (out / "export/README.md").read_text()
     assert "not a real judge" in first.stdout and "load_dataset" in first.stdout
+    # the commands to copy stand whole on their lines (stdout is a pipe: 80 columns)
+    shown = [line.strip() for line in first.stdout.splitlines()]
+    assert f"python -c \"import datasets; print(datasets.load_dataset('{out / 'export'}'))\"" \
+        in shown
+    assert ("avcurate demo --out demo_real --base-url http://localhost:8000/v1 --model "
+            "Qwen/Qwen2.5-Omni-7B") in shown
     import datasets
 
     loaded = datasets.load_dataset(str(out / "export"), cache_dir=str(tmp_path / "hf"))
@@ -205,3 +211,21 @@ def _readme_shows_the_demo_card(export: Path, cache: Path) -> None:
         s["name"]: s["num_examples"] for s in info["splits"]}
     loaded = datasets.load_dataset(str(export), "audio_visual", cache_dir=str(cache))
     assert str(loaded) in readme.split("Loading the `audio_visual` config:")[1]
+
+
+def test_next_steps_show_paths_as_written_and_commands_unwrapped(capsys, monkeypatch):
+    """A folder named with brackets and a space is not taken for markup and is quoted in
+    the commands, and at 40 columns the prose wraps while each command stays whole."""
+    from avcurate.cli.common import out, print_lines
+    from avcurate.demo.tour import TourResult, next_steps
+
+    where = Path("runs [v2]/demo")
+    result = TourResult(run_dir=where / "run", report=where / "report.html",
+                        export=where / "export", configs={"default": {"train": 3}})
+    monkeypatch.setattr(out, "width", 40)
+    print_lines(next_steps(where, result, Endpoint()))
+    shown = capsys.readouterr().out.splitlines()
+    assert "  avcurate status 'runs [v2]/demo/run'             # the funnel again" in shown
+    assert "  avcurate demo --out demo_gemini --backend gemini --model gemini-2.5-pro" in shown
+    assert all(len(line) <= 40 for line in shown if not line.startswith("  "))
+    assert "runs [v2]/demo/annotations holds" in " ".join(x.strip() for x in shown)

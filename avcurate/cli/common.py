@@ -75,6 +75,15 @@ def guard(fn, *args: Any, **kwargs: Any) -> Any:
         fail(str(exc))
 
 
+def print_lines(lines: list[str]) -> None:
+    """Lines of rich markup on stdout; indented ones are commands for the user to copy,
+    printed unwrapped (a line the terminal folds still copies whole, one Rich broke at
+    80 columns does not)."""
+    for line in lines:
+        command = line.startswith("  ")
+        out.print(line, soft_wrap=command, highlight=not command)
+
+
 def print_summary(run_dir: Path, title: str) -> None:
     """The run's table, after a command ran stages (their counts as recorded when each
     completed; `avcurate status` recounts from the shards)."""

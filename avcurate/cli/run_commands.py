@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from avcurate.catalogs import check_source
-from avcurate.cli.common import Force, Quiet, RunDir, app, fail, guard, out, print_summary
+from avcurate.cli.common import (
+    Force,
+    Quiet,
+    RunDir,
+    app,
+    fail,
+    guard,
+    out,
+    print_lines,
+    print_summary,
+)
 from avcurate.core.store import RunStore
 from avcurate.pipeline.recipe import Recipe, SourceSpec
 from avcurate.pipeline.runner import Runner
@@ -77,7 +89,8 @@ def run(
         out.print(f"exported to {result.out}: " + "; ".join(
             f"{c} " + ", ".join(f"{k} {v:,}" for k, v in s.items())
             for c, s in result.configs.items()), markup=False)
-    out.print(f"Inspect it with: [bold]avcurate status {out_dir}[/]")
+    out.print(f"Inspect it with: [bold]avcurate status {escape(shlex.quote(str(out_dir)))}[/]",
+              soft_wrap=True)
 
 
 @app.command()
@@ -131,7 +144,8 @@ def ingest(
     rec = Recipe([spec], [], shard_size=shard_size)
     guard(Runner(rec, out_dir, force=force, show_progress=not quiet).run)
     print_summary(out_dir, f"Ingested into {out_dir}")
-    out.print(f"Next: [bold]avcurate validate {out_dir}[/]")
+    out.print(f"Next: [bold]avcurate validate {escape(shlex.quote(str(out_dir)))}[/]",
+              soft_wrap=True)
 
 
 @app.command()
@@ -173,7 +187,7 @@ def demo(
     rows = stage_rows(RunStore(result.run_dir))
     out.print(summary_table(rows, f"Demo run {result.run_dir}"))
     out.print(reasons_table(rows))
-    out.print(next_steps(out_dir, result, endpoint))
+    print_lines(next_steps(out_dir, result, endpoint))
 
 
 def _need_torch() -> None:

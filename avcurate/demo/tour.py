@@ -11,9 +11,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from rich.markup import escape  # paths shown as written, "[" included
 
 from avcurate.demo.data import make_demo
 from avcurate.demo.model import MODEL_NAME
@@ -128,34 +131,38 @@ def train_tiny(out_dir: Path, export: Path) -> tuple[Path, list[dict]]:
     return Path(cfg.out), [json.loads(line) for line in metrics.read_text().splitlines() if line]
 
 
-def next_steps(out_dir: Path, result: TourResult, endpoint: Endpoint) -> str:
-    """What happened, where it is, and the same tour with a real model (rich markup)."""
+def next_steps(out_dir: Path, result: TourResult, endpoint: Endpoint) -> list[str]:
+    """What happened, where it is, and the same tour with a real model: lines of rich
+    markup. Indented lines are commands (with their comments) for the user to copy: their
+    paths shell-quoted, and printed unwrapped, so a narrow terminal never splits one."""
+    out, export = escape(str(out_dir)), escape(str(result.export))
+    out_arg, run_arg = (escape(shlex.quote(str(p))) for p in (out_dir, result.run_dir))
     who = (f"the built-in demo model ({MODEL_NAME}: it looks at colours and listens to "
            "pitch, and is not a real judge)" if endpoint.builtin
-           else f"{endpoint.backend}:{endpoint.model}")
+           else escape(f"{endpoint.backend}:{endpoint.model}"))
     lines = [
         "",
-        f"[bold]What happened[/]: {out_dir}/annotations holds LLaVA-Video, Video-Vista and AVQA "
+        f"[bold]What happened[/]: {out}/annotations holds LLaVA-Video, Video-Vista and AVQA "
         "annotations over ~40 real mp4 clips, some broken on purpose. Every row went through "
         f"validate, score, classify, threshold, probe, balance, subset, both teachers and the "
         f"merger, answered by {who}; each one is kept or rejected with a reason.",
-        f"[bold]Report[/]:  {result.report}",
-        f"[bold]Export[/]:  {result.export}  ("
+        f"[bold]Report[/]:  {escape(str(result.report))}",
+        f"[bold]Export[/]:  {export}  ("
         + "; ".join(f"{c}: " + ", ".join(f"{k} {v}" for k, v in s.items())
                     for c, s in result.configs.items()) + ")",
-        f"  python -c \"import datasets; print(datasets.load_dataset('{result.export}'))\"",
+        f"  python -c \"import datasets; print(datasets.load_dataset('{export}'))\"",
     ]
     if result.history:
         rewards = " ".join(f"{m['reward_mean']:.2f}" for m in result.history)
         lines.append(f"[bold]Trainer[/]: {len(result.history)} GSPO steps of a tiny policy "
                      f"built from a config; reward mean per step: {rewards}; metrics in "
-                     f"{result.train_dir}/metrics.jsonl")
+                     f"{escape(str(result.train_dir))}/metrics.jsonl")
     lines += [
         "",
         "[bold]Next[/]:",
-        f"  avcurate status {result.run_dir}             # the funnel again",
-        f"  avcurate stats {result.run_dir} --html r.html  # scores, categories, probe",
-        f"  avcurate demo --out {out_dir}                # re-run: everything is resumed",
+        f"  avcurate status {run_arg}             # the funnel again",
+        f"  avcurate stats {run_arg} --html r.html  # scores, categories, probe",
+        f"  avcurate demo --out {out_arg}                # re-run: everything is resumed",
         "  # the same tour with a real omni model (`vllm serve Qwen/Qwen2.5-Omni-7B --port 8000`):",
         "  avcurate demo --out demo_real --base-url http://localhost:8000/v1 "
         "--model Qwen/Qwen2.5-Omni-7B",
@@ -164,4 +171,4 @@ def next_steps(out_dir: Path, result: TourResult, endpoint: Endpoint) -> str:
         "  # whole pipelines on real data: recipes/omnivideo_r1.toml, recipes/avrt.toml "
         "(see the README)",
     ]
-    return "\n".join(lines)
+    return lines
