@@ -206,3 +206,30 @@ def test_decode_workers_exit_when_their_parent_is_killed(tmp_path):
     proc.wait()
     gone, alive = psutil.wait_procs(workers, timeout=5)
     assert not alive, f"orphans still running: {[p.pid for p in alive]}"
+
+
+def test_atomic_writes_leave_the_old_file_or_the_new_one_never_half(tmp_path, monkeypatch):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from avcurate.core import store
+
+    target = tmp_path / "deep" / "part-00000.parquet"
+    store.write_parquet_atomic(pa.table({"id": ["a", "b"]}), target)
+    assert pq.read_table(target).column("id").to_pylist() == ["a", "b"]
+
+    def disk_full(table, sink):  # half the bytes reach the disk, then the write fails
+        sink.write(b"PAR1 half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(store, "_write", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        store.write_parquet_atomic(pa.table({"id": ["c"]}), target)
+    assert pq.read_table(target).column("id").to_pylist() == ["a", "b"]
+    assert [p.name for p in target.parent.iterdir()] == [target.name]  # no temp file left
+    monkeypatch.undo()
+
+    store.write_parquet_atomic(pa.table({"id": pa.array([], pa.string())}), target)
+    assert pq.read_table(target).num_rows == 0
+    store.atomic_write_bytes(tmp_path / "m.json", b"{}")
+    assert (tmp_path / "m.json").read_bytes() == b"{}"

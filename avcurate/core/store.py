@@ -14,13 +14,15 @@ recomputed (and its rejects file overwritten, never appended to).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -28,41 +30,39 @@ import pyarrow.parquet as pq
 MANIFEST = "manifest.json"
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write via a temp file in the same folder + rename, so readers never see half a file."""
+@contextlib.contextmanager
+def _atomic_file(path: Path) -> Iterator[BinaryIO]:
+    """A file that appears at `path` whole or not at all: written to a temporary file in
+    the same folder, synced, then renamed over `path`; removed if the writing fails."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        # written through the descriptor mkstemp opened: no second open, no lookup by path
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` so that readers never see half a file."""
+    with _atomic_file(path) as f:
+        f.write(data)
 
 
 def write_parquet_atomic(table: pa.Table, path: Path) -> None:
-    """`table` at `path` whole or not at all: written to a temporary file in the same
-    folder, synced, then renamed over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        # written through the descriptor mkstemp opened (no second open, no filesystem
-        # lookup by path); an empty table's bytes are made once per schema, as most
-        # shards of most stages reject nothing
-        with os.fdopen(fd, "wb") as f:
-            if table.num_rows:
-                _write(table, f)
-            else:
-                f.write(_empty_parquet(table.schema.serialize().to_pybytes()))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """`table` at `path` whole or not at all (see `_atomic_file`)."""
+    with _atomic_file(path) as f:
+        if table.num_rows:
+            _write(table, f)
+        else:
+            # an empty table's bytes are made once per schema, as most shards of most
+            # stages reject nothing
+            f.write(_empty_parquet(table.schema.serialize().to_pybytes()))
 
 
 def _write(table: pa.Table, sink: Any) -> None:
