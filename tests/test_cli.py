@@ -295,3 +295,20 @@ def test_every_commands_help_reads_as_paragraphs_not_source_lines():
                 assert pair in page, f"avcurate {name}: {pair!r} split over two lines"
                 checked += 1
     assert checked >= 10  # demo, reset, export and spotcheck have such paragraphs
+
+
+def test_help_shows_each_default_as_it_would_be_typed():
+    """A generated option's default reads `[default: 16]`, a flag's as the flag itself
+    (click printed every one in parentheses, its mark for a default computed at run time)."""
+    from typer.testing import CliRunner
+
+    from avcurate.cli import app
+
+    page = " ".join(CliRunner().invoke(app, ["score", "--help"], env={"COLUMNS": "2000"})
+                    .output.split())
+    for shown in ("[default: 16]", "[default: openai]", "[default: --cache]",
+                  "[default: 0.25,0.25,0.25,0.25]", "[default: none]"):
+        assert shown in page, shown
+    assert "[default: (" not in page
+    balance = CliRunner().invoke(app, ["balance", "--help"], env={"COLUMNS": "2000"}).output
+    assert "[default: --no-cascade]" in " ".join(balance.split())

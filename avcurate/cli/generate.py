@@ -34,7 +34,10 @@ class CliOption:
                                  annotation=self.annotation)
 
 
-def _show(value: Any) -> str:
+def _show(value: Any, flag: str) -> str:
+    """A default as the user would type it (a flag's default is the flag itself)."""
+    if isinstance(value, bool):
+        return flag if value else f"--no-{flag[2:]}"
     if isinstance(value, list):
         return ",".join(map(str, value)) if value else "none"
     if value == "":
@@ -58,8 +61,10 @@ def cli_option(f: dataclasses.Field, typ: Any, flag: str, param: str,
                targets: tuple[tuple[int, str], ...], extra_help: str = "") -> CliOption:
     """The typer option for one declared field (bool flags get --x/--no-x)."""
     base, _ = unwrap_optional(typ)
-    help_text = escape(describe(f) + extra_help)
-    shown = _show(default_of(f))
+    shown = _show(default_of(f), flag)
+    # the default goes into the help text itself: click prints a string `show_default`
+    # in parentheses ("[default: (16)]"), its convention for defaults computed at run time
+    help_text = escape(f"{describe(f)}{extra_help} [default: {shown}]")
     names = [flag, *f.metadata.get("aliases", ())]
     convert: Callable[[Any], Any] = lambda v: v  # noqa: E731
     if base is bool:
@@ -73,7 +78,7 @@ def cli_option(f: dataclasses.Field, typ: Any, flag: str, param: str,
             kind, convert = str | None, _comma_list(item, flag)
     else:
         kind = base | None
-    opt = typer.Option(*names, help=help_text, show_default=shown)
+    opt = typer.Option(*names, help=help_text, show_default=False)
     return CliOption(param, targets, Annotated[kind, opt], convert)
 
 
