@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from helpers import jsonl_recipe, read_stage, rows_by_id, run
 
@@ -126,3 +128,66 @@ def test_media_is_looked_up_once_per_process_with_a_bounded_memo(tmp_path, media
     assert len(looked) > len(set(looked))  # dropped and looked up again
     kept2, rejected2 = read_stage(tmp_path / "small", "01")
     assert kept2.equals(kept) and rejected2.equals(rejected)
+
+
+def test_a_wrong_media_root_stops_validate_and_the_fixed_root_runs(tmp_path, media):
+    """Not one video found is the user's mistake (a wrong media root), not every row's:
+    validate stops with one line and rejects nothing; ingested again with the right root
+    (--force), only the file that is really missing is rejected."""
+    import subprocess
+
+    from conftest import avcurate_cmd
+    from helpers import COLUMNS
+
+    records = [{"id": name, "video": media[name].relative_to(media["root"]).as_posix(),
+                "question": "What color is the square?", **MC} for name in ("good", "good2")]
+    records.append({"id": "gone", "video": "nowhere.mp4", "question": "Which tone?", **MC})
+    ann = tmp_path / "ann.jsonl"
+    ann.write_text("".join(json.dumps(r) + "\n" for r in records))
+    (tmp_path / "wrong").mkdir()
+    columns = [f"--column={k}={v}" for k, v in COLUMNS.items()]
+
+    def sh(*args):
+        return subprocess.run(avcurate_cmd(*args), capture_output=True, text=True)
+
+    def ingest(root, *extra):
+        done = sh("ingest", "--source", "jsonl", "--annotations", str(ann), "--media-root",
+                  str(root), "--out", str(tmp_path / "run"), *columns, "-q", *extra)
+        assert done.returncode == 0, done.stderr
+
+    ingest(tmp_path / "wrong")
+    stopped = sh("validate", str(tmp_path / "run"), "-q")
+    assert stopped.returncode == 2
+    [line] = stopped.stderr.strip().splitlines()
+    assert "none of the 3 video file(s) the rows name exists" in line
+    assert str(tmp_path / "wrong" / "good.mp4") in line and "--media-root" in line
+    stage = tmp_path / "run" / "01-validate"
+    assert not list(stage.glob("part-*.parquet")) and not list(stage.glob("rejects/*.parquet"))
+
+    ingest(media["root"], "--force")
+    assert sh("validate", str(tmp_path / "run"), "-q").returncode == 0
+    kept, rejected = read_stage(tmp_path / "run", "01")
+    assert sorted(r["id"].split("/")[-1] for r in kept.to_pylist()) == ["good", "good2"]
+    assert rejected.column("reject_reason").to_pylist() == ["missing_media"]
+
+
+def test_the_media_search_stops_at_the_first_file_found(tmp_path, media, monkeypatch):
+    import os
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    shards = []
+    for k, names in enumerate([["gone1", None, "gone1"], [str(media["good"]), "gone2"],
+                               ["gone2"]]):
+        shards.append(tmp_path / f"part-{k}.parquet")
+        pq.write_table(pa.table({"video": pa.array(names, pa.string()),
+                                 "audio": pa.array([None] * len(names), pa.string())}), shards[-1])
+    asked = []
+    real_exists = os.path.exists
+    monkeypatch.setattr(os.path, "exists", lambda p: asked.append(p) or real_exists(p))
+    validate_mod.stop_if_all_missing(shards[:2], "video")  # a file is there: no error
+    assert asked == ["gone1", str(media["good"])]  # each name once, none after the first found
+    validate_mod.stop_if_all_missing(shards, "audio")  # names no file at all: nothing to say
+    with pytest.raises(validate_mod.StageError, match="none of the 2 video file"):
+        validate_mod.stop_if_all_missing([shards[0], shards[2]], "video")

@@ -15,13 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from avcurate.core.answers import letter_index
 from avcurate.core.options import option
 from avcurate.core.schema import BASE_COLUMNS, with_columns
 from avcurate.media.errors import MediaError
 from avcurate.media.probe import probe
-from avcurate.stages.base import BaseStage, ShardResult
+from avcurate.stages.base import BaseStage, ShardResult, StageError
 from avcurate.stages.context import StageContext
 from avcurate.stages.shards import ShardTable
 
@@ -74,6 +76,31 @@ def file_key(path: str) -> str | None:
     return f"{path}|{st.st_size}|{st.st_mtime_ns}"
 
 
+def stop_if_all_missing(inputs: list[Path], column: str) -> None:
+    """Raise StageError when `column` names files and not one of them exists.
+
+    That is a wrong media root (or an unmounted disk), the user's mistake rather than
+    every row's: rejecting each row as missing_media would leave an empty run and the
+    cause buried in the reject table. Some files missing is the rows' fault, and those
+    rows are rejected as usual. The search stops at the first file found, so a run
+    whose media is there pays one stat; shards are read one column at a time."""
+    seen: set[str] = set()
+    for shard in inputs:
+        names = pq.ParquetFile(shard).read(columns=[column]).column(0)
+        for name in pc.unique(names.combine_chunks()).drop_null().to_pylist():
+            if name in seen:
+                continue
+            if os.path.exists(name):
+                return
+            seen.add(name)
+    if seen:
+        raise StageError(
+            f"validate: none of the {len(seen)} {column} file(s) the rows name exists (e.g. "
+            f"{min(seen)}), so every row would be rejected as missing_media. Check the "
+            "source's media root (media_root, --media-root), then ingest again: re-run "
+            "with --force, or into a new --out. Nothing was rejected.")
+
+
 @dataclass
 class Validate(BaseStage):
     """Reject structurally unusable samples; add probe results as columns."""
@@ -109,7 +136,10 @@ class Validate(BaseStage):
                                      compare=False)
 
     def prepare(self, ctx: StageContext, inputs: list[Path]) -> None:
-        """Find every row whose id already appeared earlier (by shard, then row order)."""
+        """Stop if none of the media exists; find every row whose id already appeared
+        earlier (by shard, then row order)."""
+        for column in ("video", "audio"):
+            stop_if_all_missing(inputs, column)
         prefix = str(ctx.run_dir) + os.sep  # details name the first row relative to the run
         with ShardTable(inputs) as rows:
             firsts = rows.per_shard(
