@@ -44,6 +44,9 @@ def test_demo_end_to_end(tmp_path):
     assert kept.num_rows >= 25
     status = sh("status", str(run_dir))
     assert "01-validate" in status.stdout and "silent_audio" in status.stdout
+    # the demo's folder is not the run, and the error names the run inside it
+    outer = sh("status", str(tmp_path / "demo"), check=False)
+    assert outer.returncode == 2 and f"the run(s) inside it: {run_dir}" in outer.stderr
     # running the demo recipe again resumes: nothing is recomputed
     again = sh("run", str(tmp_path / "demo/demo.toml"), "--out", str(run_dir), "-q")
     assert "01-validate" in again.stdout

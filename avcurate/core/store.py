@@ -138,7 +138,9 @@ class RunStore:
 
     def load_manifest(self) -> dict[str, Any]:
         if not self.exists():
-            raise FileNotFoundError(f"{self.root} is not an avcurate run (no {MANIFEST})")
+            inside = sorted(str(m.parent) for m in self.root.glob(f"*/{MANIFEST}"))
+            hint = f"; the run(s) inside it: {', '.join(inside[:3])}" if inside else ""
+            raise FileNotFoundError(f"{self.root} is not an avcurate run (no {MANIFEST}){hint}")
         return json.loads(self.manifest_path.read_text())
 
     def save_manifest(self, manifest: dict[str, Any]) -> None:
