@@ -233,3 +233,21 @@ def test_atomic_writes_leave_the_old_file_or_the_new_one_never_half(tmp_path, mo
     assert pq.read_table(target).num_rows == 0
     store.atomic_write_bytes(tmp_path / "m.json", b"{}")
     assert (tmp_path / "m.json").read_bytes() == b"{}"
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o007, 0o660)])
+def test_written_files_follow_the_umask_like_any_other_tool(tmp_path, umask, mode):
+    """A team reading a run or an export on a shared filesystem: files avcurate writes get
+    the mode the umask gives (tempfile.mkstemp made every shard and manifest 0600)."""
+    import pyarrow as pa
+
+    from avcurate.core import store
+
+    old = os.umask(umask)
+    try:
+        store.write_parquet_atomic(pa.table({"id": ["a"]}), tmp_path / "part-00000.parquet")
+        store.atomic_write_bytes(tmp_path / "manifest.json", b"{}")
+    finally:
+        os.umask(old)
+    for name in ("part-00000.parquet", "manifest.json"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == mode, name

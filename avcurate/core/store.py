@@ -19,7 +19,7 @@ import functools
 import hashlib
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -35,16 +35,20 @@ def _atomic_file(path: Path) -> Iterator[BinaryIO]:
     """A file that appears at `path` whole or not at all: written to a temporary file in
     the same folder, synced, then renamed over `path`; removed if the writing fails."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # not tempfile.mkstemp: it creates files readable by their owner only, and every
+    # shard, manifest and export file would be 0600 on a filesystem a team shares; this
+    # is its exclusive create with the usual mode, which the umask narrows
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
     try:
-        # written through the descriptor mkstemp opened: no second open, no lookup by path
+        # written through the descriptor just opened: no second open, no lookup by path
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
