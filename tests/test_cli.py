@@ -79,6 +79,43 @@ def test_ingest_then_validate(tmp_path, media):
     assert status["stages"][1]["rejects_by_reason"] == {"silent_audio": 1}
 
 
+
+def test_ingest_stops_when_a_source_is_read_with_the_wrong_format_or_media_root(tmp_path, media):
+    """Every one of a source's first records rejected as malformed (the wrong --source) or
+    as escaping the media root (the wrong --media-root) is the user's mistake: one line,
+    exit 2, no shard written. Broken records among good ones are still rejected one by one."""
+    llava = [{"id": f"v{i}", "video": "good.mp4", "data_source": "x", "conversations": [
+        {"from": "human", "value": "<video>\nWhich colour?\nA. red\nB. blue"},
+        {"from": "gpt", "value": "A"}]} for i in range(70)]
+    ann = tmp_path / "llava.json"
+    ann.write_text(json.dumps(llava))
+
+    def ingest(source, root, out, path=ann):
+        return sh("ingest", "--source", source, "--annotations", str(path), "--media-root",
+                  str(root), "--out", str(tmp_path / out), "-q", check=False)
+
+    wrong_format = ingest("avqa", media["root"], "a")
+    assert wrong_format.returncode == 2
+    [line] = wrong_format.stderr.strip().splitlines()
+    assert "not one of its first 70 records gave a sample: 70 malformed_annotation" in line
+    assert "missing field(s) 'video_name'" in line and "avcurate sources" in line
+    assert not list((tmp_path / "a").rglob("part-*.parquet"))
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    absolute = [r | {"video": str(media["good"])} for r in llava]
+    (tmp_path / "abs.json").write_text(json.dumps(absolute))
+    wrong_root = ingest("llava-video", elsewhere, "b", tmp_path / "abs.json")
+    assert wrong_root.returncode == 2 and "70 unsafe_path" in wrong_root.stderr
+    assert "resolves outside the media root" in wrong_root.stderr
+    assert not list((tmp_path / "b").rglob("part-*.parquet"))
+
+    mixed = [{"id": "broken"}] * 3 + llava[:2]  # a few broken records first, then good ones
+    (tmp_path / "mixed.json").write_text(json.dumps(mixed))
+    assert ingest("llava-video", media["root"], "c", tmp_path / "mixed.json").returncode == 0
+    kept, rejected = read_stage(tmp_path / "c", "00")
+    assert (kept.num_rows, rejected.num_rows) == (2, 3)
+
 def test_clear_errors(tmp_path):
     missing = sh("status", str(tmp_path / "nope"), check=False)
     assert missing.returncode == 2 and "not an avcurate run" in missing.stderr

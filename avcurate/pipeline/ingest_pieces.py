@@ -32,6 +32,15 @@ from avcurate.catalogs.base import RecordRows
 from avcurate.core.schema import rows_to_table
 
 BLOCK = 8192  # records per worker task: ~80 ms of work, little to send back
+SAMPLE = 64  # a source's first items, held back until they show it is read right
+
+# Reject reasons that, for every one of a source's first items, mean the user's mistake
+# rather than the records': the wrong format named, or the wrong media root.
+MISTAKES = {
+    "malformed_annotation": "is this file in the format named (source name, --source)? "
+                            "`avcurate sources` lists the formats",
+    "unsafe_path": "is the media root right? Every media path must resolve inside it",
+}
 
 
 @dataclass
@@ -94,7 +103,8 @@ def shards(sources: Iterable[tuple[str, Iterator[Any]]], size: int, schema: pa.S
     count = 0
     for label, source in sources:
         try:
-            for piece in pieces(source, size, schema, reject_schema, workers, block or BLOCK):
+            for piece in checked_start(pieces(source, size, schema, reject_schema, workers,
+                                              block or BLOCK)):
                 while len(piece):
                     head, piece = piece.split(size - count)
                     held.append(head)
@@ -106,6 +116,43 @@ def shards(sources: Iterable[tuple[str, Iterator[Any]]], size: int, schema: pa.S
             raise ValueError(f"{label}: {exc}") from exc
     if held:
         yield Piece.join(held)
+
+
+def checked_start(source_pieces: Iterator[Piece]) -> Iterator[Piece]:
+    """A source's pieces, its first `SAMPLE` items held back until `check_start` has seen
+    them, so a source read with the wrong format or media root stops before any of its
+    rows is written."""
+    head: list[Piece] | None = []
+    for piece in source_pieces:
+        if head is not None:
+            head.append(piece)
+            if sum(map(len, head)) < SAMPLE:
+                continue
+            check_start(head)
+            yield from head
+            head = None
+        else:
+            yield piece
+    if head:
+        check_start(head)
+        yield from head
+
+
+def check_start(head: list[Piece]) -> None:
+    """Raise ValueError when none of a source's first items became a row and every one
+    was rejected for a reason that means the user's mistake (see `MISTAKES`); a legitimate
+    file's first records are not all broken."""
+    if any(p.rows.num_rows for p in head):
+        return
+    rejects = pa.concat_tables([p.rejects.select(["reject_reason", "reject_detail"])
+                                for p in head])
+    reasons = rejects.column("reject_reason").to_pylist()
+    if not reasons or not set(reasons) <= MISTAKES.keys():
+        return
+    top = max(MISTAKES, key=reasons.count)
+    example = rejects.column("reject_detail")[reasons.index(top)].as_py()
+    raise ValueError(f"not one of its first {len(reasons)} records gave a sample: "
+                     f"{reasons.count(top)} {top} (e.g. {example}); {MISTAKES[top]}")
 
 
 def pieces(source: Iterator[Any], size: int, schema: pa.Schema, reject_schema: pa.Schema,
