@@ -97,7 +97,7 @@ def test_ingest_stops_when_a_source_is_read_with_the_wrong_format_or_media_root(
     wrong_format = ingest("avqa", media["root"], "a")
     assert wrong_format.returncode == 2
     [line] = wrong_format.stderr.strip().splitlines()
-    assert "not one of its first 70 records gave a sample: 70 malformed_annotation" in line
+    assert "no sample from its first 70 records: 70 malformed_annotation" in line
     assert "missing field(s) 'video_name'" in line and "avcurate sources" in line
     assert not list((tmp_path / "a").rglob("part-*.parquet"))
 

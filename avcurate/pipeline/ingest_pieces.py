@@ -37,8 +37,9 @@ SAMPLE = 64  # a source's first items, held back until they show it is read righ
 # Reject reasons that, for every one of a source's first items, mean the user's mistake
 # rather than the records': the wrong format named, or the wrong media root.
 MISTAKES = {
-    "malformed_annotation": "is this file in the format named (source name, --source)? "
-                            "`avcurate sources` lists the formats",
+    "malformed_annotation": "is the file in the format named (`avcurate sources` lists them) "
+                            "and, for jsonl or parquet, does the column mapping (--column, "
+                            "columns) name its fields?",
     "unsafe_path": "is the media root right? Every media path must resolve inside it",
 }
 
@@ -151,8 +152,9 @@ def check_start(head: list[Piece]) -> None:
         return
     top = max(MISTAKES, key=reasons.count)
     example = rejects.column("reject_detail")[reasons.index(top)].as_py()
-    raise ValueError(f"not one of its first {len(reasons)} records gave a sample: "
-                     f"{reasons.count(top)} {top} (e.g. {example}); {MISTAKES[top]}")
+    records = "its one record" if len(reasons) == 1 else f"its first {len(reasons)} records"
+    raise ValueError(f"no sample from {records}: {reasons.count(top)} {top} (e.g. {example}); "
+                     f"{MISTAKES[top]}")
 
 
 def pieces(source: Iterator[Any], size: int, schema: pa.Schema, reject_schema: pa.Schema,
