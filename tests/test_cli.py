@@ -128,6 +128,7 @@ def test_clear_errors(tmp_path):
     no_file.write_text('[[sources]]\nname = "avqa"\nannotations = "gone.json"\nmedia_root = "."\n')
     result = sh("run", str(no_file), "--out", str(tmp_path / "r2"), check=False)
     assert result.returncode == 2 and "does not exist" in result.stderr
+    assert not (tmp_path / "r2").exists()  # found before the run folder is made
 
 
 def test_sources_and_help():

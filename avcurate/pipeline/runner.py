@@ -265,6 +265,9 @@ class Runner:
         forced_journal()  # a bad AVCURATE_SQLITE_JOURNAL stops the run before it starts
         done = (matching_prefix(done_entries(self.store.load_manifest()), planned)
                 if self.store.exists() else 0)
+        if done == 0:  # ingest will run: its files are there
+            for spec in self.recipe.sources:
+                check_paths(spec)
         for stage, _ in stages[max(0, done - 1):]:
             try:
                 if check := getattr(stage, "check", None):  # not in v0.1's protocol
@@ -487,12 +490,18 @@ def _remove_stale_temp_files(out_dir: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _read(spec: SourceSpec) -> Iterator[dict | Reject]:
-    """A source's rows and rejects (a catalog's `RecordRows`, which ingest may split)."""
+def check_paths(spec: SourceSpec) -> None:
+    """A source's annotation file and media root exist (checked before the run folder is
+    made, and again when the source is read)."""
     if not Path(spec.annotations).is_file():
         raise RunError(f"source {spec.name!r}: annotations file {spec.annotations} does not exist")
     if not Path(spec.media_root).is_dir():
         raise RunError(f"source {spec.name!r}: media root {spec.media_root} is not a folder")
+
+
+def _read(spec: SourceSpec) -> Iterator[dict | Reject]:
+    """A source's rows and rejects (a catalog's `RecordRows`, which ingest may split)."""
+    check_paths(spec)
     try:
         return read_source(spec.name, spec.annotations, spec.media_root, **spec.options)
     except (ValueError, TypeError) as exc:
