@@ -303,3 +303,25 @@ def test_train_cli_and_modality_rollouts(toy, tmp_path):
                           "--model", str(lm), "--rewards", "nope", "--out", str(tmp_path / "x")],
                          capture_output=True, text=True, env=env, timeout=300)
     assert bad.returncode == 2 and "unknown reward 'nope'" in bad.stderr
+
+
+@pytest.mark.parametrize("data, model, said", [
+    ("{tmp}/nowhere", "{lm}", "--data {tmp}/nowhere: no such file or folder"),
+    ("{data}", "{tmp}/no-model", "--model {tmp}/no-model: no such folder"),
+    ("{data}", "{tmp}", "--model {tmp}: not a model folder (no config.json)"),
+    ("{data}", "{lm}/config.json", "--model {lm}/config.json: no such folder"),
+    ("{data}", "{tmp}/half", "--model {tmp}/half cannot be loaded: "),  # transformers says why
+])
+def test_train_names_a_wrong_data_or_model_path_in_one_line(toy, tmp_path, data, model, said):
+    lm, data_path = toy
+    values = {"tmp": tmp_path, "lm": lm, "data": data_path}
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "config.json").write_bytes((lm / "config.json").read_bytes())
+    result = subprocess.run([sys.executable, "-m", "avcurate", "train", "--data",
+                             data.format(**values), "--model", model.format(**values),
+                             "--out", str(tmp_path / "out"), "--steps", "1"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr[-2000:]
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("error: ") and said.format(**values) in line
+    assert not (tmp_path / "out" / "metrics.jsonl").exists()

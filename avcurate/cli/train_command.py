@@ -35,8 +35,10 @@ def register() -> None:
             [given] = collect(options, values, 1)
             cfg = TrainConfig.load(values["config"] or "", **given)
             history = train(cfg)
-        except (OptionError, ValueError, FileNotFoundError) as exc:
-            fail(str(exc))
+        except (OptionError, ValueError, OSError) as exc:
+            # OSError: transformers cannot load the model (folder or Hub id); its messages
+            # run over several lines
+            fail(" ".join(str(exc).split()))
         _finish()
         if history:
             last = history[-1]

@@ -125,3 +125,17 @@ class TrainConfig:
         if self.reward_weights and len(self.reward_weights) != len(self.rewards):
             raise OptionError(f"{len(self.rewards)} rewards but {len(self.reward_weights)} "
                               "weights")
+
+    def check_paths(self) -> None:
+        """The data and the model folder are there, checked before anything is loaded
+        (transformers' own errors name no folder, and a path that is not there reads
+        to it as a malformed Hub id)."""
+        if not Path(self.data).exists():
+            raise OptionError(f"--data {self.data}: no such file or folder (an avcurate "
+                              "export folder, or Parquet with question/options/answer)")
+        local = Path(self.model).expanduser()
+        if (local.is_absolute() or self.model.startswith(".")) and not local.is_dir():
+            raise OptionError(f"--model {self.model}: no such folder (the policy's local "
+                              "model folder; an org/name Hub id is fetched by transformers)")
+        if local.is_dir() and not (local / "config.json").is_file():
+            raise OptionError(f"--model {self.model}: not a model folder (no config.json)")

@@ -283,6 +283,7 @@ def build_rewards(cfg: TrainConfig) -> list[Reward]:
 def setup(cfg: TrainConfig, policy_kwargs: dict | None = None) -> TrainState:
     """Distributed setup, seeds, data, policy (+ reference), optimizer, schedule, rewards."""
     cfg.check()
+    cfg.check_paths()
     rewards = build_rewards(cfg)  # a typo in a reward name fails before any model loads
     rank, world, device = setup_distributed()
     if cfg.prompts_per_step % world:
@@ -296,7 +297,11 @@ def setup(cfg: TrainConfig, policy_kwargs: dict | None = None) -> TrainState:
                  "max_pixels": cfg.max_pixels,
                  "meta": world > 1 and rank != 0,  # sharded: only rank 0 reads the weights
                  **(policy_kwargs or {})}
-    policy = make_policy(cfg.policy, cfg.model, **policy_kw)
+    try:
+        policy = make_policy(cfg.policy, cfg.model, **policy_kw)
+    except (OSError, ValueError) as exc:  # transformers' messages name no folder, and wrap
+        raise ValueError(f"--model {cfg.model} cannot be loaded: "
+                         f"{' '.join(str(exc).split())}") from exc
     if cfg.gradient_checkpointing:  # transformers 5 renamed it; 4.x has the old name only
         enable = getattr(policy.model, "activation_checkpointing_enable", None)
         if enable is not None:
