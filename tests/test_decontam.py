@@ -157,8 +157,7 @@ def test_bad_benchmark_specs_are_one_line_errors_before_any_row(tmp_path):
                               capture_output=True, text=True)
         assert done.returncode == 2 and message in done.stderr, done.stderr
         assert "Traceback" not in done.stderr
-    assert not any(p.name.endswith("decontaminate") for p in run_dir.iterdir() if p.is_dir()) \
-        or not list(run_dir.glob("01-*/part-*.parquet"))
+    assert not list(run_dir.glob("01-*"))  # all found before the run folder is touched
 
 
 def test_cli_caches_fingerprints_and_resumes(tmp_path):
@@ -187,3 +186,11 @@ def test_cli_caches_fingerprints_and_resumes(tmp_path):
     assert "01-decontaminate" in again.stdout
     assert json.loads((run_dir / "manifest.json").read_text())["stages"][-1]["finished_at"] == \
         manifest["stages"][-1]["finished_at"]  # resumed, not redone
+    # a redo with a mistyped benchmark path stops before it removes the stage it would redo
+    kept = sorted(p.name for p in (run_dir / "01-decontaminate").rglob("*.parquet"))
+    typo = subprocess.run(avcurate_cmd("decontaminate", str(run_dir), "--benchmark",
+                                       f"video-mme={tmp_path}/vmme/tset.parquet", "--redo", "-q"),
+                          capture_output=True, text=True)
+    assert typo.returncode == 2 and "tset.parquet does not exist" in typo.stderr
+    assert json.loads((run_dir / "manifest.json").read_text())["stages"] == manifest["stages"]
+    assert sorted(p.name for p in (run_dir / "01-decontaminate").rglob("*.parquet")) == kept

@@ -124,6 +124,12 @@ def test_rerun_is_a_no_op_refuses_other_settings_and_redo_reuses_the_cache(valid
         assert other.returncode == 2
         assert "score.media: 'none' -> 'frames+audio'" in other.stderr and "--redo" in other.stderr
         assert _stages(validated) == ["00-ingest", "01-validate", "02-score"]
+        # a redo this machine cannot run (no key for the backend) removes nothing
+        keyless = {"GEMINI_API_KEY": "", "GOOGLE_API_KEY": ""}
+        cannot = sh(*_score(validated, server.url + "/v1", "--backend", "gemini", "--redo"),
+                    env=keyless)
+        assert cannot.returncode == 2 and "GEMINI_API_KEY" in cannot.stderr, cannot.stderr
+        assert _stages(validated) == ["00-ingest", "01-validate", "02-score"]
         redo = sh(*_score(validated, server.url + "/v1", "--redo"))
         assert redo.returncode == 0, redo.stderr
         # the valid answers come from the cache; only the rows whose answers were invalid ask again

@@ -123,6 +123,17 @@ class Decontaminate(BaseStage):
         columns = self.benchmark_columns.get(spec.name)
         return {"columns": columns} if columns else {}
 
+    def check(self) -> None:
+        """The benchmark files are there, before the run folder is touched (a `--redo`
+        with a mistyped path must not remove the stage it would redo)."""
+        for spec in self._specs:
+            if not Path(spec.annotations).is_file():
+                raise StageError(f"stage 'decontaminate': benchmark {spec.name!r}: "
+                                 f"{spec.annotations} does not exist")
+            if spec.media_root and not Path(spec.media_root).is_dir():
+                raise StageError(f"stage 'decontaminate': benchmark {spec.name!r}: media root "
+                                 f"{spec.media_root} is not a folder")
+
     # -- the index, built once per run (prepare) ---------------------------------------------
     def prepare(self, ctx: StageContext, inputs: list[Path]) -> None:
         self._index = self.build_index(ctx)

@@ -230,11 +230,18 @@ class Runner:
 
     # -- running --------------------------------------------------------------------
 
-    def run(self) -> list[StageReport]:
+    def preflight(self, redo_from: int | None = None
+                  ) -> tuple[list[tuple[Stage, str]], list[dict[str, Any]]]:
+        """The recipe's stages and fingerprints, once every stage with work left (from
+        stage `redo_from` on, when given) has passed its environment check."""
         stages = plan(self.recipe)
         planned = [{"name": "ingest", "fingerprint": ingest_fingerprint(self.recipe)}]
         planned += [{"name": s.name, "fingerprint": fp} for s, fp in stages]
-        self._check_environment(stages, planned)
+        self._check_environment(stages, planned, redo_from)
+        return stages, planned
+
+    def run(self) -> list[StageReport]:
+        stages, planned = self.preflight()
         with run_lock(self.store.root):
             manifest = self._open_manifest(planned)
             manifest |= {"avcurate_version": __version__, "recipe": self.recipe.to_dict(),
@@ -258,13 +265,14 @@ class Runner:
                 for k, (stage, fp) in enumerate(stages, start=1)]
 
     def _check_environment(self, stages: list[tuple[Stage, str]],
-                           planned: list[dict[str, Any]]) -> None:
+                           planned: list[dict[str, Any]], done: int | None = None) -> None:
         """Before anything is written: every stage with work left can run here (its model
-        backend's library and key). Stages a previous run finished are not checked, so a
-        finished run resumes without its model servers."""
+        backend's library and key, its input files). Stages a previous run finished are
+        not checked, so a finished run resumes without its model servers."""
         forced_journal()  # a bad AVCURATE_SQLITE_JOURNAL stops the run before it starts
-        done = (matching_prefix(done_entries(self.store.load_manifest()), planned)
-                if self.store.exists() else 0)
+        if done is None:
+            done = (matching_prefix(done_entries(self.store.load_manifest()), planned)
+                    if self.store.exists() else 0)
         if done == 0:  # ingest will run: its files are there
             for spec in self.recipe.sources:
                 check_paths(spec)
@@ -586,8 +594,11 @@ def extend_run(run_dir: Path | str, spec: StageSpec | list[StageSpec], *, redo: 
                 raise RunError(f"{', '.join(dirs)} was done with other settings ("
                                + "; ".join(diffs) + f"). To redo it: the same command with "
                                f"--redo, or `avcurate reset {run_dir} --from {dirs[0]}`")
+            recipe.stages = done[:at] + specs
+            runner = Runner(recipe, run_dir, **runner_kw)
+            runner.preflight(redo_from=at + 1)  # a bad setting stops before anything is removed
             reset_run(store.root, at + 1)
-            done = done[:at]
+            return runner.run()
         recipe.stages = done + specs
         return Runner(recipe, run_dir, **runner_kw).run()
 
