@@ -191,3 +191,15 @@ def test_the_media_search_stops_at_the_first_file_found(tmp_path, media, monkeyp
     validate_mod.stop_if_all_missing(shards, "audio")  # names no file at all: nothing to say
     with pytest.raises(validate_mod.StageError, match="none of the 2 video file"):
         validate_mod.stop_if_all_missing([shards[0], shards[2]], "video")
+
+
+def test_separate_audio_files_all_missing_stop_unless_audio_is_not_required(tmp_path, media):
+    records = [{"id": f"r{i}", "video": str(media["good"]), "audio": f"sounds/r{i}.wav",
+                "question": "Which tone?", **MC} for i in range(3)]
+    recipe = jsonl_recipe(tmp_path, records, media["root"], [StageSpec("validate")])
+    with pytest.raises(validate_mod.StageError, match="none of the 3 audio file"):
+        run(recipe, tmp_path / "run")
+    video_only = jsonl_recipe(tmp_path, records, media["root"],
+                              [StageSpec("validate", {"require_audio": False})])
+    run(video_only, tmp_path / "run2")
+    assert read_stage(tmp_path / "run2", "01")[0].num_rows == 3

@@ -138,7 +138,7 @@ class Validate(BaseStage):
     def prepare(self, ctx: StageContext, inputs: list[Path]) -> None:
         """Stop if none of the media exists; find every row whose id already appeared
         earlier (by shard, then row order)."""
-        for column in ("video", "audio"):
+        for column in ("video", "audio") if self.require_audio else ("video",):
             stop_if_all_missing(inputs, column)
         prefix = str(ctx.run_dir) + os.sep  # details name the first row relative to the run
         with ShardTable(inputs) as rows:
