@@ -275,3 +275,27 @@ def test_a_json_array_with_a_bad_byte_rejects_one_record(tmp_path, media):
     assert [r["id"] for r in out if not isinstance(r, Reject)] == ["avqa:avqa/1"]
     [bad] = [r for r in out if isinstance(r, Reject)]
     assert bad.detail == "record 1: question_text holds bytes that are not UTF-8"
+
+
+@pytest.mark.parametrize("layout", ["array", "lines"])
+def test_a_byte_order_mark_is_read_past(tmp_path, media, layout):
+    """Windows tools start UTF-8 files with a BOM: every record still reads (it made the
+    array fall back to JSON lines, and every line a malformed record)."""
+    good = str(media["good"].relative_to(media["root"]))
+    records = [{"id": i, "video_name": good, "question_text": f"Q{i}?",
+                "multi_choice": ["a", "b"], "answer": i % 2} for i in range(3)]
+    text = json.dumps(records, indent=1) if layout == "array" else "\n".join(map(json.dumps,
+                                                                               records))
+    ann = tmp_path / f"avqa.{'json' if layout == 'array' else 'jsonl'}"
+    ann.write_bytes(b"\xef\xbb\xbf" + text.encode())
+    out = list(read_source("avqa", str(ann), str(media["root"])))
+    assert [r["id"] for r in out] == ["avqa:avqa/0", "avqa:avqa/1", "avqa:avqa/2"]
+
+
+def test_a_compressed_annotation_file_is_named_as_such(tmp_path, media):
+    import gzip
+
+    ann = tmp_path / "avqa.json.gz"
+    ann.write_bytes(gzip.compress(b'[{"id": 1}]'))
+    with pytest.raises(ValueError, match="is gzip-compressed; decompress it first"):
+        list(read_source("avqa", str(ann), str(media["root"])))

@@ -230,6 +230,11 @@ def positional(n: int, clip: Any = None) -> str:
     return f"{n}" if clip in (None, "") else f"{n}-{clip}"
 
 
+BOM = b"\xef\xbb\xbf"
+COMPRESSED = {"gzip": b"\x1f\x8b", "zstd": b"\x28\xb5\x2f\xfd", "bzip2": b"BZh",
+              "xz": b"\xfd7zXZ\x00", "zip": b"PK\x03\x04"}
+
+
 def load_records(path: str | os.PathLike) -> list[Any] | Iterator[Any]:
     """Records of a JSON array file, a JSON object of records, or a JSON-lines file.
 
@@ -240,7 +245,14 @@ def load_records(path: str | os.PathLike) -> list[Any] | Iterator[Any]:
     (`surrogateescape`), so only the record holding them is rejected, by `text()`.
     """
     path = Path(path)
-    with path.open("r", encoding="utf-8", errors="surrogateescape") as f:
+    with path.open("rb") as f:
+        magic = f.read(6)
+    for kind, prefix in COMPRESSED.items():
+        if magic.startswith(prefix):
+            raise ValueError(f"{path} is {kind}-compressed; decompress it first (annotation "
+                             "files are read as plain JSON, JSON lines or Parquet)")
+    # utf-8-sig: a byte-order mark (as Windows tools write one) is dropped, not a record error
+    with path.open("r", encoding="utf-8-sig", errors="surrogateescape") as f:
         head = f.read(1 << 16).lstrip()
     if path.suffix == ".jsonl" or not head.startswith(("[", "{")) or _looks_like_jsonl(head):
         return _jsonl(path)
@@ -258,12 +270,13 @@ def _parse(path: Path) -> Any:
     (bytes that are not UTF-8, NaN, integers over 64 bits, lone surrogate escapes) goes
     through `json` as before, which keeps bad bytes as surrogates for `text()` to reject
     and names the line of a syntax error."""
+    raw = path.read_bytes()
     try:
-        return orjson.loads(path.read_bytes())
+        return orjson.loads(memoryview(raw)[len(BOM):] if raw.startswith(BOM) else raw)
     except orjson.JSONDecodeError:
         pass
     try:
-        return json.loads(path.read_text(encoding="utf-8", errors="surrogateescape"))
+        return json.loads(raw.decode("utf-8-sig", errors="surrogateescape"))
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path} is not valid JSON (line {exc.lineno}: {exc.msg})") from None
 
@@ -294,7 +307,7 @@ def _looks_like_jsonl(head: str) -> bool:
 
 
 def _jsonl(path: Path) -> Iterator[Any]:
-    with path.open("r", encoding="utf-8", errors="surrogateescape") as f:
+    with path.open("r", encoding="utf-8-sig", errors="surrogateescape") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
