@@ -123,18 +123,18 @@ def checked_start(source_pieces: Iterator[Piece]) -> Iterator[Piece]:
     """A source's pieces, its first `SAMPLE` items held back until `check_start` has seen
     them, so a source read with the wrong format or media root stops before any of its
     rows is written."""
-    head: list[Piece] | None = []
+    head: list[Piece] = []
+    held = 0
     for piece in source_pieces:
-        if head is not None:
+        if held < SAMPLE:
             head.append(piece)
-            if sum(map(len, head)) < SAMPLE:
-                continue
-            check_start(head)
-            yield from head
-            head = None
+            held += len(piece)
+            if held >= SAMPLE:
+                check_start(head)
+                yield from head
         else:
             yield piece
-    if head:
+    if head and held < SAMPLE:  # a source smaller than the sample: all of it
         check_start(head)
         yield from head
 
