@@ -283,8 +283,8 @@ def build_rewards(cfg: TrainConfig) -> list[Reward]:
 def setup(cfg: TrainConfig, policy_kwargs: dict | None = None) -> TrainState:
     """Distributed setup, seeds, data, policy (+ reference), optimizer, schedule, rewards."""
     cfg.check()
-    cfg.check_paths()
     rewards = build_rewards(cfg)  # a typo in a reward name fails before any model loads
+    cfg.check_paths()  # after every option's own check: a typo is named first
     rank, world, device = setup_distributed()
     if cfg.prompts_per_step % world:
         raise ValueError(f"--prompts-per-step {cfg.prompts_per_step} must divide among {world} ranks")
