@@ -44,6 +44,13 @@ def test_this_machine_and_the_override(tmp_path, monkeypatch):
     assert journal_mode(tmp_path / "c.sqlite") == "delete"
 
 
+def _processes(n: int):
+    """Separate processes, as on separate nodes: spawned, not forked. A fork of pytest's
+    process, which holds threads of earlier tests, once inherited a lock one of them held
+    and a worker hung in `sqlite3.connect` for good; the timeouts on `get` bound any hang."""
+    return mp.get_context("spawn").Pool(n)
+
+
 def _writer(args) -> int:
     path, worker = args
     cache = KVCache(path)
@@ -65,8 +72,9 @@ def test_on_a_network_filesystem_the_cache_uses_a_rollback_journal(tmp_path, mon
     cache.close()
     # several writer processes (they read the mount table themselves: force it by env)
     monkeypatch.setenv("AVCURATE_SQLITE_JOURNAL", "delete")
-    with mp.get_context("fork").Pool(3) as pool:
-        assert sorted(pool.map(_writer, [(path, w) for w in range(3)])) == [0, 1, 2]
+    with _processes(3) as pool:
+        done = pool.map_async(_writer, [(path, w) for w in range(3)]).get(timeout=120)
+    assert sorted(done) == [0, 1, 2]
     assert len(KVCache(path)) == 451
     monkeypatch.undo()
     assert KVCache(tmp_path / "local.sqlite").journal == "wal"
@@ -105,8 +113,8 @@ def _ask(args) -> list:
 def test_processes_sharing_a_cache_send_each_prompt_once(tmp_path):
     path = tmp_path / "cache/responses.sqlite"
     with openai_server(latency=0.3) as server:
-        with mp.get_context("fork").Pool(3) as pool:
-            answers = pool.map(_ask, [(server.url + "/v1", path, 24)] * 3)
+        with _processes(3) as pool:
+            answers = pool.map_async(_ask, [(server.url + "/v1", path, 24)] * 3).get(timeout=120)
         calls = len(server.requests)
     assert answers[0] == answers[1] == answers[2] and len(answers[0]) == 24
     assert calls == 24  # not 72: each prompt went out once, the others waited for it
