@@ -139,11 +139,9 @@ class Decontaminate(BaseStage):
         self._index = self.build_index(ctx)
 
     def build_index(self, ctx: StageContext) -> BenchmarkIndex:
+        self.check()  # again where the index is built: a worker on another node, say
         index = BenchmarkIndex(ngram=self.ngram)
         for spec in self._specs:
-            if not Path(spec.annotations).is_file():
-                raise StageError(f"stage 'decontaminate': benchmark {spec.name!r}: "
-                                 f"{spec.annotations} does not exist")
             try:
                 rows = [r for r in read_source(spec.format, spec.annotations, spec.media_root
                                                or str(Path(spec.annotations).parent),
