@@ -95,7 +95,7 @@ def stop_if_all_missing(inputs: list[Path], column: str) -> None:
             seen.add(name)
     if seen:
         raise StageError(
-            f"validate: none of the {len(seen)} {column} file(s) the rows name exists (e.g. "
+            f"stage 'validate': none of the {len(seen)} {column} file(s) the rows name exists (e.g. "
             f"{min(seen)}), so every row would be rejected as missing_media. Check the "
             "source's media root (media_root, --media-root), then ingest again: re-run "
             "with --force, or into a new --out. Nothing was rejected.")
