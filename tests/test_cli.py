@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from conftest import avcurate_cmd
 from helpers import jsonl_recipe, read_stage, run
@@ -115,6 +117,26 @@ def test_ingest_stops_when_a_source_is_read_with_the_wrong_format_or_media_root(
     assert ingest("llava-video", media["root"], "c", tmp_path / "mixed.json").returncode == 0
     kept, rejected = read_stage(tmp_path / "c", "00")
     assert (kept.num_rows, rejected.num_rows) == (2, 3)
+
+@pytest.mark.parametrize("name,content", [
+    ("zero.json", b""), ("list.json", b"[]"), ("object.json", b"{}"),
+    ("blank.jsonl", b"\n\n"), ("none.parquet", None)])
+def test_ingest_stops_on_an_annotation_file_with_no_record(tmp_path, name, content):
+    """A file with no record is a wrong path or a failed download far more often than an
+    empty split: one line naming the source, exit 2, no shard, instead of an empty run."""
+    path = tmp_path / name
+    if content is None:
+        pq.write_table(pa.table({"id": pa.array([], pa.string())}), path)
+    else:
+        path.write_bytes(content)
+    source = "jsonl" if name.endswith(".jsonl") else "parquet" if content is None else "avqa"
+    result = sh("ingest", "--source", source, "--annotations", str(path), "--media-root",
+                str(tmp_path), "--out", str(tmp_path / "run"), "-q", check=False)
+    assert result.returncode == 2, result.stdout
+    [line] = result.stderr.strip().splitlines()
+    assert f"source '{source}' ({path}): holds no record" in line
+    assert not list((tmp_path / "run").rglob("part-*.parquet"))
+
 
 def test_clear_errors(tmp_path):
     missing = sh("status", str(tmp_path / "nope"), check=False)

@@ -99,13 +99,13 @@ def shards(sources: Iterable[tuple[str, Iterator[Any]]], size: int, schema: pa.S
     """The items of every (label, source), in order, as pieces of `size` items (the last
     one shorter); a shard may hold the end of one source and the start of the next. A
     source's ValueError or TypeError (a file it cannot read) comes out as a ValueError
-    that starts with its label."""
+    that starts with its label, and so does a source with no record at all."""
     held: list[Piece] = []
     count = 0
     for label, source in sources:
         try:
-            for piece in checked_start(pieces(source, size, schema, reject_schema, workers,
-                                              block or BLOCK)):
+            for piece in checked_start(nonempty(pieces(source, size, schema, reject_schema,
+                                                       workers, block or BLOCK))):
                 while len(piece):
                     head, piece = piece.split(size - count)
                     held.append(head)
@@ -117,6 +117,20 @@ def shards(sources: Iterable[tuple[str, Iterator[Any]]], size: int, schema: pa.S
             raise ValueError(f"{label}: {exc}") from exc
     if held:
         yield Piece.join(held)
+
+
+def nonempty(source_pieces: Iterator[Piece]) -> Iterator[Piece]:
+    """A source's pieces; ValueError when it has none. An annotation file with no record
+    (0 bytes, `[]`, `{}`, a table of 0 rows) is a wrong path or a failed download far more
+    often than an empty split on purpose, and an empty run would go on through every
+    stage and say nothing."""
+    empty = True
+    for piece in source_pieces:
+        empty = False
+        yield piece
+    if empty:
+        raise ValueError("holds no record (an empty file, list or table); check the path, "
+                         "and leave a source that is meant to be empty out of the recipe")
 
 
 def checked_start(source_pieces: Iterator[Piece]) -> Iterator[Piece]:

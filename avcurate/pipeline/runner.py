@@ -352,9 +352,6 @@ class Runner:
                 progress.advance(task, len(shard))
             for done in pending:
                 done.result()
-        if not self.store.shards(out_dir):  # no records at all: one empty shard keeps the shape
-            write_parquet_atomic(schema.empty_table(), self.store.shard_path(out_dir, 0))
-            write_parquet_atomic(reject_schema_.empty_table(), self.store.reject_path(out_dir, 0))
         progress.done(task)
         return self._finish(manifest, entry, out_dir, rows, time.perf_counter() - start, resumed)
 
