@@ -99,3 +99,41 @@ def test_query_is_read_only_and_scoped_to_the_run(scored_run, tmp_path):
         assert bad.returncode == 2, sql
         assert message in bad.stderr and "Traceback" not in bad.stderr, (sql, bad.stderr)
     assert not (tmp_path / "x.csv").exists() and not (tmp_path / "x.db").exists()
+
+
+def test_output_files_are_checked_first_and_never_replace_a_users_file(scored_run, tmp_path):
+    """`stats --html`, `query --out` and `spotcheck --out` naming a folder, a path under a
+    file, or a file avcurate did not write stop with one line, exit 2, before any work and
+    with the file as it was; missing folders on the way are made; avcurate's own page is
+    replaced; a query's file is replaced only with --overwrite."""
+    mine = tmp_path / "notes.html"
+    mine.write_text("my notes")
+    folder = tmp_path / "reports"
+    folder.mkdir()
+    query = ("query", str(scored_run), "SELECT id FROM samples")
+    for args, message in [
+        (("stats", str(scored_run), "--html", str(folder)), "is a folder; name a file"),
+        (("stats", str(scored_run), "--html", str(mine / "r.html")), "is a file, not a folder"),
+        (("stats", str(scored_run), "--html", str(mine)), "not written by avcurate stats"),
+        (("spotcheck", str(scored_run), "--out", str(mine)), "not written by avcurate spotcheck"),
+        ((*query, "--out", str(folder)), "is a folder; name a file"),
+        ((*query, "--out", str(mine)), "exists; choose another --out, or pass --overwrite"),
+        ((*query, "--out", str(tmp_path / "q.txt")), "must end in .csv or .parquet"),
+    ]:
+        done = sh(*args, check=False)
+        assert done.returncode == 2, args
+        [line] = done.stderr.strip().splitlines()
+        assert message in line, (args, line)
+    assert mine.read_text() == "my notes" and not list(folder.iterdir())
+
+    page = tmp_path / "new" / "deeper" / "report.html"  # folders on the way are made
+    sh("stats", str(scored_run), "--html", str(page))
+    assert 'content="avcurate stats"' in page.read_text()
+    sh("stats", str(scored_run), "--html", str(page))  # its own page: replaced
+
+    out = tmp_path / "ids.csv"
+    sh(*query, "--out", str(out))
+    assert sh(*query, "--out", str(out), check=False).returncode == 2
+    sh(*query, "--out", str(out), "--overwrite")
+    assert len(out.read_text().splitlines()) == 35  # header + 34 ingested rows
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []

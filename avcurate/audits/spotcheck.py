@@ -25,7 +25,8 @@ from urllib.parse import quote
 import pyarrow as pa
 
 from avcurate.core.answers import letter_index
-from avcurate.core.store import RunStore, atomic_write_bytes
+from avcurate.core.outputs import check_output, generator_tag, write_output
+from avcurate.core.store import RunStore
 from avcurate.curation.score import DIMENSIONS
 
 from .agree import first_judge, second_judges
@@ -131,11 +132,9 @@ def _section(k: int, row: dict[str, Any], judges: list[dict[str, Any]], video: s
 def build_sheet(run_dir: Path | str, out: Path, *, sample: int | None, seed: int,
                 copy_media: bool) -> Sheet:
     """Write the spot-check page for a stratified sample of the scored rows."""
+    check_output(out, "--out", generator=GENERATOR)
     store = RunStore(run_dir)
     entry = score_entry(store.load_manifest())
-    if out.exists() and f'content="{GENERATOR}"' not in out.read_text(errors="replace")[:2000]:
-        raise AuditError(f"{out} exists and was not written by avcurate spotcheck; choose "
-                         "another --out")
     rated = scored_rows(store, entry)
     if rated.num_rows == 0:
         raise AuditError(f"{entry['dir']} kept no rows; there is nothing to check")
@@ -151,11 +150,11 @@ def build_sheet(run_dir: Path | str, out: Path, *, sample: int | None, seed: int
         audio = _media_src(row.get("audio"), out, media_dir, copies)
         sections.append(_section(k, row, judges, video, audio))
     page = PAGE.format(
-        generator=GENERATOR, run=escape(str(run_dir)), n=rows.num_rows,
+        generator=generator_tag(GENERATOR), run=escape(str(run_dir)), n=rows.num_rows,
         population=rated.num_rows, key=escape(f"{Path(run_dir).resolve()}:{seed}:{rows.num_rows}"),
         stem=escape(out.stem), sections="".join(sections), style=STYLE,
         fields=escape(json.dumps(list(FIELDS))), script=SCRIPT)
-    atomic_write_bytes(out, page.encode("utf-8"))
+    write_output(out, page.encode("utf-8"))
     return Sheet(out, rows.num_rows, len(copies))
 
 
@@ -247,7 +246,7 @@ document.getElementById("save-json").addEventListener("click", () => save("json"
 """
 
 PAGE = """<!doctype html>
-<html><head><meta charset="utf-8"><meta name="generator" content="{generator}">
+<html><head><meta charset="utf-8">{generator}
 <title>avcurate spot-check: {run}</title><style>{style}</style></head>
 <body data-key="{key}" data-stem="{stem}" data-fields="{fields}">
 <header><h1>Spot-check of <code>{run}</code></h1>

@@ -14,6 +14,7 @@ from rich.markup import escape
 from avcurate.audits.sample import AuditError
 from avcurate.core.lock import RunInUse
 from avcurate.core.options import OptionError
+from avcurate.core.outputs import OutputError
 from avcurate.core.store import RunStore
 from avcurate.hub.licenses import LicenseError
 from avcurate.hub.options import ExportError
@@ -38,7 +39,7 @@ Force = Annotated[bool, typer.Option(
                     "first stage that differs instead of stopping.")]
 
 USER_ERRORS = (RunError, RecipeError, StageError, OptionError, RunInUse, FileNotFoundError,
-               AuditError, ExportError, LicenseError)
+               OutputError, AuditError, ExportError, LicenseError)
 
 
 def reflow(doc: str) -> str:

@@ -12,6 +12,7 @@ from rich.markup import escape
 from avcurate import __version__
 from avcurate.catalogs import CATALOGS
 from avcurate.cli.common import RunDir, app, fail, guard, out
+from avcurate.core.outputs import OutputError, check_output, write_output
 from avcurate.pipeline.registry import available
 from avcurate.reports.tables import (
     agreement_tables,
@@ -37,9 +38,11 @@ def stats(
     from avcurate.reports import html as html_report
     from avcurate.reports.stats import collect
 
+    if html is not None:
+        guard(check_output, html, "--html", generator=html_report.GENERATOR)
     data = guard(collect, run_dir)
     if html is not None:
-        html.write_text(html_report.render(data), encoding="utf-8")
+        guard(write_output, html, html_report.render(data).encode("utf-8"))
     if as_json:
         out.print_json(json.dumps(data, default=str))
         return
@@ -76,6 +79,8 @@ def query(
     out_file: Annotated[Path | None, typer.Option("--out", help="Write the result to .csv or "
                                                                 ".parquet instead.")] = None,
     limit: Annotated[int, typer.Option(help="Rows to print.")] = 50,
+    overwrite: Annotated[bool, typer.Option(help="Replace the --out file if it exists.")]
+    = False,
 ) -> None:
     """Read-only DuckDB SQL over a run, e.g. "SELECT category, count(*) FROM samples GROUP BY 1".
 
@@ -83,15 +88,20 @@ def query(
     """
     import duckdb
 
-    from avcurate.reports.query import QueryError, connect, export, select, views
+    from avcurate.reports.query import QueryError, check_export, connect, export, select, views
 
     con = guard(connect, run_dir)
     if limit < 0:
         fail(f"--limit must be at least 0, not {limit}")
+    if out_file is not None:
+        try:
+            check_export(out_file, overwrite)
+        except (QueryError, OutputError) as exc:
+            fail(str(exc))
     try:
         rel = select(con, sql)
         if out_file is not None:
-            n = export(rel, out_file)
+            n = guard(export, rel, out_file)
             out.print(f"{n:,} rows written to {out_file}", markup=False)
             return
         rows = rel.limit(limit).fetchall()

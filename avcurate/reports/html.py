@@ -10,8 +10,10 @@ from __future__ import annotations
 from html import escape
 from typing import Any
 
+from avcurate.core.outputs import generator_tag
 from avcurate.curation.probe import CONDITION_NAMES
 
+GENERATOR = "avcurate stats"  # names the command in the page, so it may replace it
 PALETTE = ("#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2")
 
 
@@ -163,5 +165,6 @@ def render(stats: dict[str, Any]) -> str:
     style = ("body{font-family:system-ui,sans-serif;max-width:960px;margin:2em auto;color:#222}"
              "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;"
              "padding:3px 8px;text-align:right}th{background:#f3f3f3}svg{display:block;margin:1em 0}")
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>avcurate report</title>"
+    return (f"<!doctype html><html><head><meta charset='utf-8'>{generator_tag(GENERATOR)}"
+            f"<title>avcurate report</title>"
             f"<style>{style}</style></head><body>{''.join(sections)}</body></html>")

@@ -17,10 +17,14 @@ Results are written by avcurate itself (`--out`).
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import pyarrow as pa
+
 from avcurate.core.counts import parquet_scan
+from avcurate.core.outputs import OutputError, check_output
 from avcurate.core.store import RunStore, write_parquet_atomic
 
 if TYPE_CHECKING:
@@ -104,18 +108,40 @@ def views(con: DuckDBPyConnection) -> list[str]:
         "SELECT view_name FROM duckdb_views() WHERE NOT internal ORDER BY 1").fetchall()]
 
 
-def export(rel: DuckDBPyRelation, out: Path) -> int:
-    """Write a query's result to CSV or Parquet (by suffix), atomically; return its rows."""
-    suffix = out.suffix.lower()
-    if suffix not in (".csv", ".parquet"):
-        raise QueryError(f"--out must end in .csv or .parquet, not {suffix!r}")
-    table = rel.to_arrow_table()
-    if suffix == ".parquet":
-        write_parquet_atomic(table, out)
-    else:  # DuckDB's CSV writer (quotes only what needs it), on a fresh connection of ours
-        import duckdb
+def check_export(out: Path, overwrite: bool) -> None:
+    """Stop before the query runs when `--out` cannot be written, is not .csv/.parquet,
+    or would replace a file without `--overwrite` (a query's file carries no mark of its
+    writer, so an existing one may be the user's)."""
+    check_output(out, "--out", overwrite=overwrite)
+    if out.suffix.lower() not in (".csv", ".parquet"):
+        raise QueryError(f"--out must end in .csv or .parquet, not {out.suffix.lower()!r}")
 
-        tmp = out.with_name(f".{out.name}.tmp")
+
+def export(rel: DuckDBPyRelation, out: Path) -> int:
+    """Write a query's result to CSV or Parquet (by suffix), atomically; return its rows.
+    A failing write is an OutputError; a failing query stays DuckDB's error."""
+    table = rel.to_arrow_table()
+    try:
+        if out.suffix.lower() == ".parquet":
+            write_parquet_atomic(table, out)
+        else:
+            _write_csv(table, out)
+    except OSError as exc:
+        raise OutputError(f"cannot write {out}: {exc.strerror or exc}") from exc
+    return table.num_rows
+
+
+def _write_csv(table: pa.Table, out: Path) -> None:
+    """DuckDB's CSV writer (it quotes only what needs it and writes list columns such as
+    `options`, which pyarrow's cannot), on a fresh connection of ours, into a temporary
+    file renamed into place."""
+    import duckdb
+
+    tmp = out.with_name(f".{out.name}.{secrets.token_hex(8)}.tmp")
+    try:
         duckdb.connect().from_arrow(table).write_csv(str(tmp), header=True)
         os.replace(tmp, out)
-    return table.num_rows
+    except duckdb.IOException as exc:
+        raise OSError(str(exc).splitlines()[0]) from exc
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -1,0 +1,60 @@
+"""Output files a user names (`stats --html`, `spotcheck --out`, `query --out`).
+
+They are checked before any work, so a folder, a path under a file or a folder that
+cannot be written stops the command with one line instead of a traceback after the work
+is done. They are written whole (`atomic_write_bytes`), and never over a file avcurate did
+not write: an HTML page carries a generator tag that says which command wrote it, and any
+other file is replaced only when the user says so.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from avcurate.core.store import atomic_write_bytes
+
+
+class OutputError(Exception):
+    """An output path that cannot be used, as one line for the user."""
+
+
+def generator_tag(generator: str) -> str:
+    """The `<meta>` tag that marks a page as written by `generator` (an avcurate command)."""
+    return f'<meta name="generator" content="{generator}">'
+
+
+def check_output(path: Path, option: str, *, generator: str | None = None,
+                 overwrite: bool = False) -> None:
+    """Raise OutputError when `path` cannot be written, or is a file that was not written
+    by `generator` (an HTML page's tag) and `overwrite` is not given. Missing folders on
+    the way are fine: the write makes them."""
+    if path.is_dir():
+        raise OutputError(f"{option} {path} is a folder; name a file in it")
+    folder = next(p for p in path.absolute().parents if p.exists())
+    if not folder.is_dir():
+        raise OutputError(f"{option} {path}: {folder} is a file, not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputError(f"{option} {path}: {folder} is not writable")
+    if not path.exists() or overwrite or (generator and _written_by(path, generator)):
+        return
+    if generator:
+        raise OutputError(f"{path} exists and was not written by {generator}; choose another "
+                          f"{option}")
+    raise OutputError(f"{path} exists; choose another {option}, or pass --overwrite to "
+                      "replace it")
+
+
+def _written_by(path: Path, generator: str) -> bool:
+    with path.open("rb") as f:
+        head = f.read(4096)
+    return generator_tag(generator).encode() in head
+
+
+def write_output(path: Path, data: bytes) -> None:
+    """Write `data` whole at `path`; a failing write (a full disk, a folder made read-only
+    since the check) is one line, and nothing half-written is left."""
+    try:
+        atomic_write_bytes(path, data)
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
