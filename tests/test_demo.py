@@ -229,3 +229,40 @@ def test_next_steps_show_paths_as_written_and_commands_unwrapped(capsys, monkeyp
     assert "  avcurate demo --out demo_gemini --backend gemini --model gemini-2.5-pro" in shown
     assert all(len(line) <= 40 for line in shown if not line.startswith("  "))
     assert "runs [v2]/demo/annotations holds" in " ".join(x.strip() for x in shown)
+
+
+def test_demo_never_writes_into_a_folder_of_the_users(tmp_path):
+    """The demo writes annotations/, media/, run/, export/ and report.html: it takes a new
+    or empty folder, or one it made, and a folder with the user's files (or a file) stops
+    it with one line and leaves everything as it was."""
+    theirs = tmp_path / "project"
+    theirs.mkdir()
+    (theirs / "report.html").write_text("my report")
+    done = sh("demo", "--out", str(theirs), "-q", check=False)
+    assert done.returncode == 2 and "not made by avcurate demo" in done.stderr
+    assert [p.name for p in theirs.iterdir()] == ["report.html"]
+    assert (theirs / "report.html").read_text() == "my report"
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    done = sh("demo", "--out", str(a_file), "-q", check=False)
+    assert done.returncode == 2 and "is a file" in done.stderr and a_file.read_text() == "x"
+
+
+def test_make_demo_claims_its_folder_and_recognises_it_after_a_kill(tmp_path):
+    """The marker is written before anything else, so a demo killed half-way (annotations
+    but no demo.toml) is still the demo's folder; an empty folder is claimed."""
+    from avcurate.demo.data import MARKER, claim, make_demo
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    claim(empty)
+    assert (empty / MARKER).is_file()
+    (empty / "annotations").mkdir()  # a demo killed half-way
+    recipe = make_demo(empty)
+    assert recipe.is_file() and (empty / "annotations" / "avqa.json").is_file()
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "demo.toml").write_text("mine")
+    with pytest.raises(ValueError, match="not made by avcurate demo"):
+        make_demo(user)
+    assert (user / "demo.toml").read_text() == "mine"

@@ -13,6 +13,7 @@ import random
 from pathlib import Path
 
 from avcurate.core.answers import letter, lettered
+from avcurate.core.store import atomic_write_bytes
 from avcurate.media import synth
 
 PITCHES = {"low": 220.0, "medium": 440.0, "high": 880.0}
@@ -246,6 +247,7 @@ def make_demo(out_dir: Path | str, seed: int = 0) -> Path:
     """Write media, annotations and `demo.toml` under `out_dir`; return the recipe path."""
     root = Path(out_dir)
     recipe = root / "demo.toml"
+    claim(root)
     if _made(root):  # already there (a re-run resumes): rewriting the media would redo it all
         return recipe
     rng = random.Random(seed)
@@ -256,6 +258,27 @@ def make_demo(out_dir: Path | str, seed: int = 0) -> Path:
     (ann / "video_vista.json").write_text(json.dumps(_video_vista(rng), indent=1))
     recipe.write_text(RECIPE)  # last: its presence says the data is complete
     return recipe
+
+
+MARKER = ".avcurate-demo"
+
+
+def claim(root: Path) -> None:
+    """Make `root` the demo's folder, or raise ValueError: the demo writes annotations/,
+    media/, run/, export/, demo.toml and report.html, so it takes only a new or empty
+    folder, or one it made before (marked by `MARKER`, written before anything else, so a
+    demo killed half-way is still recognised); never a folder of the user's."""
+    if (root / MARKER).is_file():
+        return
+    if root.exists() and not root.is_dir():
+        raise ValueError(f"{root} is a file; --out names the demo's folder")
+    if root.exists() and not _made(root) and any(root.iterdir()):
+        raise ValueError(f"{root} is not empty and was not made by avcurate demo; choose a new "
+                         "or empty --out (the demo writes annotations/, media/, run/, export/, "
+                         "demo.toml and report.html into it)")
+    root.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(root / MARKER, b"made by avcurate demo, which may replace anything "
+                                      b"in this folder\n")
 
 
 def _made(root: Path) -> bool:

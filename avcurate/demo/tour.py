@@ -18,6 +18,7 @@ from pathlib import Path
 
 from rich.markup import escape  # paths shown as written, "[" included
 
+from avcurate.core.outputs import write_output
 from avcurate.demo.data import make_demo
 from avcurate.demo.model import MODEL_NAME
 from avcurate.demo.server import demo_server
@@ -102,8 +103,8 @@ def run_tour(out_dir: Path, endpoint: Endpoint, *, show_progress: bool = True,
     with serving(endpoint) as live, environment(live):
         recipe = Recipe.load(recipe_path)
         Runner(recipe, run_dir, show_progress=show_progress).run()
-    report = out_dir / "report.html"
-    report.write_text(html.render(collect(run_dir)), encoding="utf-8")
+    report = out_dir / "report.html"  # the demo's own folder (make_demo claimed it)
+    write_output(report, html.render(collect(run_dir)).encode("utf-8"))
     # the demo's clips are synthetic (made by make_demo): the card may name a real license
     exported = export_run(run_dir, out_dir / "export", val_fraction=0.1, copy_media="copy",
                           license="cc0-1.0", pretty_name="avcurate demo (synthetic clips)")
