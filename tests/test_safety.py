@@ -163,6 +163,32 @@ def test_reset_lists_and_removes_later_stages(validated):
     assert sh("reset", str(validated), "--from", "balance", "--yes").returncode == 2
 
 
+
+def test_reset_and_stages_never_touch_a_users_folder_named_like_a_stage(validated):
+    """Only folders avcurate made (marked, or recorded in the manifest) are stage folders:
+    a user's `05-notes` survives reset, and a user's `02-threshold` stops the stage that
+    would have replaced it with one line instead of being deleted."""
+    notes = validated / "05-notes"
+    notes.mkdir()
+    (notes / "todo.txt").write_text("keep me")
+    theirs = validated / "02-threshold"
+    theirs.mkdir()
+    (theirs / "mine.txt").write_text("mine too")
+    blocked = sh("threshold", str(validated), "--rule", "duration_s >= 1", "-q")
+    assert blocked.returncode == 2
+    [line] = blocked.stderr.strip().splitlines()
+    assert "02-threshold is in the way: a folder avcurate did not make" in line
+    assert (theirs / "mine.txt").read_text() == "mine too"
+    assert _stages(validated) == ["00-ingest", "01-validate"]
+    (theirs / "mine.txt").rename(validated / "mine.txt")  # moved out: an empty folder is reused
+    assert sh("threshold", str(validated), "--rule", "duration_s >= 1", "-q").returncode == 0
+    status = sh("status", str(validated)).stdout
+    assert "05-notes" not in status
+    result = sh("reset", str(validated), "--from", "1", "--yes")
+    assert result.returncode == 0 and "removes: 01-validate, 02-threshold" in result.stdout
+    assert (notes / "todo.txt").read_text() == "keep me"
+    assert sh("reset", str(validated), "--from", "5", "--yes").returncode == 2
+
 # -- one writer per run folder ---------------------------------------------------------------------
 
 def test_second_writer_is_refused_readers_are_not_and_kill_9_frees_the_lock(tmp_path, media,

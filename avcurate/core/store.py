@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 MANIFEST = "manifest.json"
+FINGERPRINT = ".fingerprint"  # in every stage folder: the settings that wrote its shards
 
 
 @contextlib.contextmanager
@@ -171,4 +172,11 @@ class RunStore:
         return sorted((stage_dir / "rejects").glob("part-*.parquet"))
 
     def stage_dirs(self) -> list[Path]:
-        return sorted(p for p in self.root.glob("[0-9][0-9]-*") if p.is_dir())
+        """The run's stage folders: `NN-name` folders avcurate made, which hold its
+        `FINGERPRINT` mark or are recorded in the manifest (runs older than the mark). A
+        folder of the user's that happens to be named like one is never listed, so
+        `reset`, `--redo` and `--force` never remove it."""
+        recorded = ({e.get("dir") for e in self.load_manifest().get("stages", [])}
+                    if self.exists() else set())
+        return sorted(p for p in self.root.glob("[0-9][0-9]-*") if p.is_dir() and (
+            (p / FINGERPRINT).is_file() or p.name in recorded))

@@ -34,7 +34,13 @@ from avcurate.core.kvcache import forced_journal
 from avcurate.core.lock import run_lock
 from avcurate.core.options import identity
 from avcurate.core.schema import BASE_COLUMNS, REJECT_FIELDS, SAMPLE_SCHEMA
-from avcurate.core.store import RunStore, parquet_rows, read_parquet, write_parquet_atomic
+from avcurate.core.store import (
+    FINGERPRINT,
+    RunStore,
+    parquet_rows,
+    read_parquet,
+    write_parquet_atomic,
+)
 from avcurate.models.errors import BackendUnavailable, EndpointError
 from avcurate.pipeline.ingest_pieces import Piece, shards
 from avcurate.pipeline.progress import Progress
@@ -54,7 +60,6 @@ VERSIONED = ("pyarrow", "duckdb", "av", "decord", "soundfile", "numpy", "openai"
              "transformers", "datasets", "torch")
 
 
-FINGERPRINT = ".fingerprint"
 
 
 class RunError(Exception):
@@ -286,8 +291,11 @@ class Runner:
     def _begin(self, out_dir: Path, fp: str) -> None:
         """Make `out_dir` hold only shards of this fingerprint; clear half-written files."""
         marker = out_dir / FINGERPRINT
-        if out_dir.is_dir() and (not marker.is_file() or marker.read_text() != fp):
-            shutil.rmtree(out_dir)  # a run-folder stage dir: written by avcurate only
+        if out_dir.is_dir() and not marker.is_file() and any(out_dir.iterdir()):
+            raise RunError(f"{out_dir} is in the way: a folder avcurate did not make (no "
+                           f"{FINGERPRINT} in it); move it out of the run folder")
+        if out_dir.is_dir() and marker.is_file() and marker.read_text() != fp:
+            shutil.rmtree(out_dir)  # made by avcurate (marked) for other settings
         out_dir.mkdir(parents=True, exist_ok=True)
         marker.write_text(fp)
         _remove_stale_temp_files(out_dir)
