@@ -325,3 +325,32 @@ def test_train_names_a_wrong_data_or_model_path_in_one_line(toy, tmp_path, data,
     [line] = result.stderr.strip().splitlines()
     assert line.startswith("error: ") and said.format(**values) in line
     assert not (tmp_path / "out" / "metrics.jsonl").exists()
+
+
+def test_a_training_folder_resumes_only_the_same_training(toy, tmp_path):
+    """`--out` with a checkpoint resumes only with the settings it was trained with (the
+    changed ones are named, before any model loads); options that only say where or how
+    often to write may change; a folder of the user's or a file is never written into."""
+    from avcurate.core.options import OptionError
+
+    out = tmp_path / "out"
+    train(_cfg(toy, out, steps=3, stop_after=1), progress=False)
+    recorded = json.loads((out / "train.json").read_text())
+    assert recorded["lr"] == 3e-3 and recorded["steps"] == 3 and "out" not in recorded
+    with pytest.raises(OptionError, match=r"other settings \(lr: 0.003 -> 0.001\)"):
+        train(_cfg(toy, out, steps=3, lr=1e-3), progress=False)
+    changed = r"\(algo: 'gspo' -> 'grpo'; steps: 3 -> 5\); give the same settings"
+    with pytest.raises(OptionError, match=changed):
+        train(_cfg(toy, out, steps=5, algo="grpo"), progress=False)
+    assert [m["step"] for m in _metrics(out)] == [1]  # the refusals wrote nothing
+    history = train(_cfg(toy, out, steps=3, log_every=2, save_every=1), progress=False)
+    assert [h["step"] for h in history] == [2, 3] and (out / "final").is_dir()
+
+    theirs = tmp_path / "mine"
+    theirs.mkdir()
+    (theirs / "notes.txt").write_text("keep")
+    with pytest.raises(OptionError, match="not an avcurate training folder.*'notes.txt'"):
+        train(_cfg(toy, theirs, steps=1), progress=False)
+    assert [p.name for p in theirs.iterdir()] == ["notes.txt"]
+    with pytest.raises(OptionError, match="is a file"):
+        train(_cfg(toy, theirs / "notes.txt", steps=1), progress=False)

@@ -28,6 +28,7 @@ from avcurate.trainer.collectives import all_sum, gather_list
 from avcurate.trainer.config import TrainConfig
 from avcurate.trainer.data import load_rows
 from avcurate.trainer.losses import LossConfig, local_advantages, policy_loss
+from avcurate.trainer.out_folder import check_out, record_settings
 from avcurate.trainer.policy import make_policy
 from avcurate.trainer.rewards import Reward, RewardSettings
 from avcurate.trainer.rollout import token_logprobs
@@ -285,6 +286,7 @@ def setup(cfg: TrainConfig, policy_kwargs: dict | None = None) -> TrainState:
     cfg.check()
     rewards = build_rewards(cfg)  # a typo in a reward name fails before any model loads
     cfg.check_paths()  # after every option's own check: a typo is named first
+    check_out(cfg)
     rank, world, device = setup_distributed()
     if cfg.prompts_per_step % world:
         raise ValueError(f"--prompts-per-step {cfg.prompts_per_step} must divide among {world} ranks")
@@ -334,6 +336,7 @@ def train(cfg: TrainConfig, progress: bool = True, policy_kwargs: dict | None = 
     ckpt = out / "checkpoint"
     if state.rank == 0:
         recover_checkpoint(ckpt)
+        record_settings(cfg)  # only now: a model that failed to load left nothing to resume
     if dist.is_initialized():
         dist.barrier()
     start = load_checkpoint(ckpt, state.model, state.optimizer, state.scheduler, state.rank) \

@@ -1,0 +1,77 @@
+"""The training folder (`--out`): one run's checkpoint, metrics and final model.
+
+Resuming continues from the checkpoint, so it must be the same training: a re-run with
+another learning rate, data or reward into a folder that holds a checkpoint would mix two
+trainings in one model and one metrics file. `train.json` records the settings that shape
+the result; a re-run that differs stops with one line naming them. Options that only say
+where or how often to write (`--out`, `--save-every`, `--stop-after`, `--log-every`), where
+the judge lives (`--judge-base-url`) or how memory is spent (`--gradient-checkpointing`:
+the same numbers, recomputed) may change between runs. The folder must be new, empty or
+avcurate's own: the trainer replaces `checkpoint/` and `final/`, never a folder of the
+user's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+from avcurate.core.options import OptionError
+from avcurate.core.store import atomic_write_bytes
+from avcurate.trainer.config import TrainConfig
+
+RECORD = "train.json"
+OPERATIONAL = frozenset({"out", "save_every", "stop_after", "log_every", "judge_base_url",
+                         "gradient_checkpointing"})
+# what the trainer writes into --out (checkpoint swaps go through .old and .tmp)
+OURS = frozenset({"checkpoint", "checkpoint.old", "checkpoint.tmp", "metrics.jsonl", "final",
+                  RECORD})
+
+
+def settings(cfg: TrainConfig) -> dict[str, Any]:
+    """The options that shape the result, with local paths made absolute (a resume from
+    another folder names the same files differently)."""
+    values = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)
+              if f.name not in OPERATIONAL}
+    for key in ("data", "model"):
+        local = Path(values[key]).expanduser()
+        if local.exists():
+            values[key] = str(local.resolve())
+    return values
+
+
+def check_out(cfg: TrainConfig) -> None:
+    """Raise OptionError, before any model is loaded, when `--out` is a file, a folder of
+    the user's, or holds a checkpoint of a training with other settings."""
+    out = Path(cfg.out)
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise OptionError(f"--out {out} is a file; it names the training's folder")
+    foreign = sorted(p.name for p in out.iterdir()
+                     if p.name not in OURS and not p.name.startswith(f".{RECORD}."))
+    if foreign:
+        raise OptionError(f"--out {out} is not empty and is not an avcurate training folder "
+                          f"(it holds {foreign[0]!r}); choose a new or empty --out")
+    record = out / RECORD
+    if not _resumable(out) or not record.is_file():
+        return  # nothing to continue from, or a folder from before the record
+    before, now = json.loads(record.read_text()), settings(cfg)
+    changed = [f"{k}: {before.get(k)!r} -> {now[k]!r}" for k in now if before.get(k) != now[k]]
+    if changed:
+        raise OptionError(f"--out {out} holds a checkpoint of a training with other settings "
+                          f"({'; '.join(changed)}); give the same settings to resume it, or "
+                          "choose another --out")
+
+
+def record_settings(cfg: TrainConfig) -> None:
+    """Write `train.json` (rank 0, once the model loaded): what a resume is checked
+    against."""
+    text = json.dumps(settings(cfg), indent=1, sort_keys=True) + "\n"
+    atomic_write_bytes(Path(cfg.out) / RECORD, text.encode())
+
+
+def _resumable(out: Path) -> bool:
+    return (out / "checkpoint").exists() or (out / "checkpoint.old").exists()
