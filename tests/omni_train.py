@@ -13,15 +13,16 @@ from avcurate.trainer.loop import train
 
 
 def count_weight_reads(out: str) -> None:
-    """Record in OUT/reads-RANK how many times this rank loaded weights from the folder (a
-    sharded run loads them on rank 0 only; the others build the model on the meta device)."""
+    """Record in OUT.reads-RANK (beside the training folder, which holds only the
+    trainer's files) how many times this rank loaded weights from the folder (a sharded
+    run loads them on rank 0 only; the others build the model on the meta device)."""
     import os
     from pathlib import Path
 
     from transformers import PreTrainedModel
 
     real = PreTrainedModel.from_pretrained.__func__
-    reads = Path(out) / f"reads-{os.environ.get('RANK', '0')}"
+    reads = Path(f"{out}.reads-{os.environ.get('RANK', '0')}")
     reads.parent.mkdir(parents=True, exist_ok=True)
     reads.write_text("0")
 

@@ -219,8 +219,8 @@ def test_omni_trains_on_two_ranks_like_one(thinker, media, tmp_path):
         assert result.returncode == 0, result.stderr[-3000:]
     metrics = {out: [json.loads(x) for x in (tmp_path / out / "metrics.jsonl").read_text()
                      .splitlines()] for out in ("one", "two")}
-    reads = {f.name: int(f.read_text()) for f in (tmp_path / "two").glob("reads-*")}
-    assert reads == {"reads-0": 2, "reads-1": 0}  # the policy and the reference model
+    reads = {f.name: int(f.read_text()) for f in tmp_path.glob("two.reads-*")}
+    assert reads == {"two.reads-0": 2, "two.reads-1": 0}  # the policy and the reference model
     for a, b in zip(metrics["one"], metrics["two"], strict=True):
         assert a["reward_mean"] == b["reward_mean"]
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
