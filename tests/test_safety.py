@@ -283,3 +283,23 @@ def test_written_files_follow_the_umask_like_any_other_tool(tmp_path, umask, mod
         os.umask(old)
     for name in ("part-00000.parquet", "manifest.json"):
         assert (tmp_path / name).stat().st_mode & 0o777 == mode, name
+
+
+@pytest.mark.parametrize("damage", [b'{"format": 1, "stages": [', b"[1, 2]", b'{"stages": [{}]}',
+                                    b"\xff\xfe\x00"])
+def test_a_damaged_manifest_is_one_line_for_every_command(validated, damage):
+    """avcurate writes manifest.json whole, so a damaged one was changed outside it (a
+    partial copy, an editor): every command that reads it says so in one line, exit 2,
+    and changes nothing."""
+    (validated / "manifest.json").write_bytes(damage)
+    before = sorted(p.relative_to(validated) for p in validated.rglob("*"))
+    for args in (["status", str(validated)], ["validate", str(validated), "-q"],
+                 ["reset", str(validated), "--from", "1", "--yes"],
+                 ["stats", str(validated)], ["query", str(validated), "SELECT 1"],
+                 ["export", str(validated), "--out", str(validated.parent / "export")]):
+        done = sh(*args)
+        assert done.returncode == 2, (args, done.stderr)
+        [line] = done.stderr.strip().splitlines()
+        assert "manifest.json is not" in line and "changed outside avcurate" in line, line
+    assert sorted(p.relative_to(validated) for p in validated.rglob("*")) == before
+    assert (validated / "manifest.json").read_bytes() == damage

@@ -15,7 +15,7 @@ from avcurate.audits.sample import AuditError
 from avcurate.core.lock import RunInUse
 from avcurate.core.options import OptionError
 from avcurate.core.outputs import OutputError
-from avcurate.core.store import RunStore
+from avcurate.core.store import ManifestError, RunStore
 from avcurate.hub.licenses import LicenseError
 from avcurate.hub.options import ExportError
 from avcurate.pipeline.recipe import RecipeError, StageSpec
@@ -39,7 +39,7 @@ Force = Annotated[bool, typer.Option(
                     "first stage that differs instead of stopping.")]
 
 USER_ERRORS = (RunError, RecipeError, StageError, OptionError, RunInUse, FileNotFoundError,
-               OutputError, AuditError, ExportError, LicenseError)
+               OutputError, ManifestError, AuditError, ExportError, LicenseError)
 
 
 def reflow(doc: str) -> str:

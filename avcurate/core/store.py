@@ -128,6 +128,15 @@ def parquet_rows(paths: list[Path]) -> int:
     return sum(pq.ParquetFile(p).metadata.num_rows for p in paths)
 
 
+class ManifestError(ValueError):
+    """A manifest.json that cannot be read. avcurate writes it whole (atomically), so it
+    was changed outside avcurate: one line for the user, never a traceback."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"{message}; it was changed outside avcurate (avcurate writes it "
+                         "whole): restore it, or start a new run folder")
+
+
 class RunStore:
     """Paths and manifest I/O for one run folder."""
 
@@ -146,7 +155,16 @@ class RunStore:
             inside = sorted(str(m.parent) for m in self.root.glob(f"*/{MANIFEST}"))
             hint = f"; the run(s) inside it: {', '.join(inside[:3])}" if inside else ""
             raise FileNotFoundError(f"{self.root} is not an avcurate run (no {MANIFEST}){hint}")
-        return json.loads(self.manifest_path.read_text())
+        try:
+            manifest = json.loads(self.manifest_path.read_bytes())
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ManifestError(f"{self.manifest_path} is not valid JSON ({exc})") from None
+        stages = manifest.get("stages") if isinstance(manifest, dict) else None
+        if not isinstance(stages, list) or not all(
+                isinstance(e, dict) and {"name", "dir"} <= e.keys() for e in stages):
+            raise ManifestError(f"{self.manifest_path} is not an avcurate manifest (an object "
+                                "whose 'stages' list names each stage and its folder)")
+        return manifest
 
     def save_manifest(self, manifest: dict[str, Any]) -> None:
         data = json.dumps(manifest, indent=2, sort_keys=False, default=str).encode()
