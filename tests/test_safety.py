@@ -303,3 +303,24 @@ def test_a_damaged_manifest_is_one_line_for_every_command(validated, damage):
         assert "manifest.json is not" in line and "changed outside avcurate" in line, line
     assert sorted(p.relative_to(validated) for p in validated.rglob("*")) == before
     assert (validated / "manifest.json").read_bytes() == damage
+
+
+def test_a_damaged_shard_is_named_in_one_line_with_the_stage_to_redo(validated):
+    """A shard cut short outside avcurate (a partial copy) makes every reader fail inside
+    Arrow or DuckDB; the command names the file and the stage to redo instead of a
+    traceback, and redoing that stage as told mends the run."""
+    assert sh("threshold", str(validated), "--rule", "duration_s >= 1", "-q").returncode == 0
+    shard = validated / "02-threshold" / "part-00000.parquet"
+    shard.write_bytes(shard.read_bytes()[:40])
+    for args in (["status", str(validated)], ["stats", str(validated)],
+                 ["query", str(validated), "SELECT count(*) FROM samples"],
+                 ["export", str(validated), "--out", str(validated.parent / "export")],
+                 ["dedup", str(validated), "-q"]):
+        done = sh(*args)
+        assert done.returncode == 2, (args, done.stderr)
+        [line] = done.stderr.strip().splitlines()
+        assert f"{shard} cannot be read as Parquet" in line, (args, line)
+        assert f"avcurate reset {validated} --from 02-threshold" in line, (args, line)
+    assert sh("reset", str(validated), "--from", "02-threshold", "--yes").returncode == 0
+    assert sh("threshold", str(validated), "--rule", "duration_s >= 1", "-q").returncode == 0
+    assert sh("status", str(validated)).returncode == 0

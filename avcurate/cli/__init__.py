@@ -21,7 +21,7 @@ import sys
 gc.disable()
 
 from avcurate.cli import run_commands  # noqa: E402,F401  (registers demo, run, ingest, status)
-from avcurate.cli.common import app, reflow_help  # noqa: E402
+from avcurate.cli.common import app, damage_in_runs, print_error, reflow_help  # noqa: E402
 from avcurate.cli.stage_commands import register_all  # noqa: E402
 from avcurate.cli.train_command import register as register_train  # noqa: E402
 
@@ -41,7 +41,13 @@ gc.enable()
 def main() -> None:
     """The console script: a process of its own, so Arrow's memory pool is ours to pick."""
     use_jemalloc()
-    app()
+    try:
+        app()
+    except Exception as exc:
+        if (line := damage_in_runs(exc, sys.argv[1:])) is None:
+            raise
+        print_error(line)  # outside the app: typer.Exit would not be turned into a status
+        sys.exit(2)
 
 
 def _unfreeze_for_duckdb() -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import inspect
 import re
+import shlex
+import sys
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -15,7 +17,7 @@ from avcurate.audits.sample import AuditError
 from avcurate.core.lock import RunInUse
 from avcurate.core.options import OptionError
 from avcurate.core.outputs import OutputError
-from avcurate.core.store import ManifestError, RunStore
+from avcurate.core.store import ManifestError, RunStore, damaged_parquet
 from avcurate.hub.licenses import LicenseError
 from avcurate.hub.options import ExportError
 from avcurate.pipeline.recipe import RecipeError, StageSpec
@@ -62,10 +64,15 @@ def reflow_help(typer_app: typer.Typer) -> None:
 
 
 def fail(message: str) -> NoReturn:
-    """One line on stderr, exit code 2. The message is printed as written (no markup)."""
+    """One line on stderr, exit code 2."""
+    print_error(message)
+    raise typer.Exit(2)
+
+
+def print_error(message: str) -> None:
+    """`error: message` on stderr, printed as written (no markup)."""
     err.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True, highlight=False,
               emoji=False)  # "openai:m: ..." is a model name, not an emoji code
-    raise typer.Exit(2)
 
 
 def guard(fn, *args: Any, **kwargs: Any) -> Any:
@@ -74,6 +81,31 @@ def guard(fn, *args: Any, **kwargs: Any) -> Any:
         return fn(*args, **kwargs)
     except USER_ERRORS as exc:
         fail(str(exc))
+
+
+def damage_in_runs(exc: BaseException, args: list[str]) -> str | None:
+    """One line naming the damaged Parquet file(s) of the run folders in `args`, when
+    `exc` is Arrow's or DuckDB's failure to read Parquet and such a file is there; else
+    None (the error is not damage, and its traceback stays). Every command that reads
+    shards would otherwise need its own handler around each of its ~25 reads."""
+    import pyarrow as pa
+
+    duckdb = sys.modules.get("duckdb")  # imported by the command that failed, if it used it
+    if not (isinstance(exc, pa.ArrowInvalid) or duckdb and isinstance(exc, duckdb.Error)):
+        return None
+    runs = {Path(a).resolve() for a in args if (Path(a) / "manifest.json").is_file()}
+    bad = [(run, path) for run in sorted(runs) for path in damaged_parquet(run)]
+    if not bad:
+        return None
+    run, first = bad[0]
+    stage = first.relative_to(run).parts[0]
+    redo = (f"redo its stage (avcurate reset {shlex.quote(str(run))} --from {stage}, then run "
+            "it again)" if re.fullmatch(r"(0[1-9]|[1-9]\d)-.+", stage)
+            else "ingest again into a new run folder" if stage.startswith("00-")
+            else "run the command that wrote it again")
+    more = f" and {len(bad) - 1} more file(s)" if len(bad) > 1 else ""
+    return (f"{first}{more} cannot be read as Parquet (cut short or changed outside avcurate, "
+            f"which writes every file whole): {redo}, or restore it from a copy")
 
 
 def print_lines(lines: list[str]) -> None:

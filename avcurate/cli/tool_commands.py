@@ -11,7 +11,7 @@ from rich.markup import escape
 
 from avcurate import __version__
 from avcurate.catalogs import CATALOGS
-from avcurate.cli.common import RunDir, app, fail, guard, out
+from avcurate.cli.common import RunDir, app, damage_in_runs, fail, guard, out
 from avcurate.core.outputs import OutputError, check_output, write_output
 from avcurate.pipeline.registry import available
 from avcurate.reports.tables import (
@@ -187,8 +187,8 @@ def export(
                  pretty_name=pretty_name, language=language, repo_id=repo_id)
     try:
         result = export_run(run_dir, out_dir, opts, overwrite=overwrite)
-    except (ValueError, FileNotFoundError) as exc:
-        fail(str(exc))
+    except (ValueError, FileNotFoundError) as exc:  # Arrow's read errors are ValueErrors too
+        fail(damage_in_runs(exc, [str(run_dir)]) or str(exc))
     for config, splits in result.configs.items():
         out.print(f"config [bold]{config}[/]: " + ", ".join(f"{k} {v:,}" for k, v in splits.items()))
     out.print(f"exported to {result.out} ({len(result.columns)} columns"

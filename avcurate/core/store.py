@@ -123,6 +123,19 @@ def read_parquet(path: str | Path, columns: list[str] | None = None) -> pa.Table
         return f.read(columns=columns)
 
 
+def damaged_parquet(root: Path) -> list[Path]:
+    """The Parquet files under `root` whose footer cannot be read. avcurate writes every
+    file whole, so these were cut or changed outside it; looked for only after a read
+    failed (one open per file)."""
+    bad = []
+    for path in sorted(root.rglob("*.parquet")):
+        try:
+            pq.read_metadata(path)
+        except (pa.ArrowInvalid, OSError):
+            bad.append(path)
+    return bad
+
+
 def parquet_rows(paths: list[Path]) -> int:
     """Row count from Parquet footers, without reading data."""
     return sum(pq.ParquetFile(p).metadata.num_rows for p in paths)
