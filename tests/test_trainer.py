@@ -354,3 +354,18 @@ def test_a_training_folder_resumes_only_the_same_training(toy, tmp_path):
     assert [p.name for p in theirs.iterdir()] == ["notes.txt"]
     with pytest.raises(OptionError, match="is a file"):
         train(_cfg(toy, theirs / "notes.txt", steps=1), progress=False)
+
+
+def test_a_setting_one_version_records_and_another_does_not_is_no_change(toy, tmp_path):
+    """An upgrade that adds (or drops) a training option still resumes its checkpoint."""
+    from avcurate.core.options import OptionError
+    from avcurate.trainer.out_folder import RECORD, check_out, settings
+
+    cfg = _cfg(toy, tmp_path / "out")
+    (tmp_path / "out" / "checkpoint").mkdir(parents=True)
+    older = {k: v for k, v in settings(cfg).items() if k != "dynamic_sampling"}
+    (tmp_path / "out" / RECORD).write_text(json.dumps(older | {"retired_option": 1}))
+    check_out(cfg)
+    (tmp_path / "out" / RECORD).write_text(json.dumps(older | {"seed": 7}))
+    with pytest.raises(OptionError, match=r"\(seed: 7 -> 0\)"):
+        check_out(cfg)

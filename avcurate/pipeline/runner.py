@@ -60,8 +60,6 @@ VERSIONED = ("pyarrow", "duckdb", "av", "decord", "soundfile", "numpy", "openai"
              "transformers", "datasets", "torch")
 
 
-
-
 class RunError(Exception):
     """The run cannot go on: a changed recipe, a broken invariant, a missing column."""
 

@@ -59,7 +59,9 @@ def check_out(cfg: TrainConfig) -> None:
     if not _resumable(out) or not record.is_file():
         return  # nothing to continue from, or a folder from before the record
     before, now = json.loads(record.read_text()), settings(cfg)
-    changed = [f"{k}: {before.get(k)!r} -> {now[k]!r}" for k in now if before.get(k) != now[k]]
+    # a setting one version records and another does not (added or removed) is not a change
+    changed = [f"{k}: {before[k]!r} -> {now[k]!r}" for k in now
+               if k in before and before[k] != now[k]]
     if changed:
         raise OptionError(f"--out {out} holds a checkpoint of a training with other settings "
                           f"({'; '.join(changed)}); give the same settings to resume it, or "
