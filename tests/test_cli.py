@@ -375,3 +375,31 @@ def test_help_shows_each_default_as_it_would_be_typed():
     assert "[default: (" not in page
     balance = CliRunner().invoke(app, ["balance", "--help"], env={"COLUMNS": "2000"}).output
     assert "[default: --no-cascade]" in " ".join(balance.split())
+
+
+@pytest.mark.parametrize("under", [False, True])
+def test_an_out_folder_that_is_a_file_or_lies_under_one_is_one_line(tmp_path, media, under):
+    """run, ingest, export and demo name a folder with --out: a file there (or on the way
+    there) stops each with one line before anything is written, the file untouched."""
+    ann = tmp_path / "a.jsonl"
+    ann.write_text(json.dumps({"id": "a", "video": "good.mp4", "question": "Colour?",
+                               "options": ["red", "blue"], "answer": 0}) + "\n")
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(f'[[sources]]\nname = "jsonl"\nannotations = "{ann}"\n'
+                      f'media_root = "{media["root"]}"\n')
+    run_dir = tmp_path / "made"
+    sh("run", str(recipe), "--out", str(run_dir), "-q")
+    blocker = tmp_path / "blocker"
+    blocker.write_text("mine")
+    out = blocker / "run" if under else blocker
+    said = f"{blocker} is a file, not a folder" if under else f"{blocker} is a file"
+    for args in (["run", str(recipe), "--out", str(out)],
+                 ["ingest", "--source", "jsonl", "--annotations", str(ann), "--media-root",
+                  str(media["root"]), "--out", str(out)],
+                 ["export", str(run_dir), "--out", str(out)],
+                 ["demo", "--out", str(out), "-q"]):
+        done = sh(*args, check=False)
+        assert done.returncode == 2, (args, done.stderr[-2000:])
+        [line] = done.stderr.strip().splitlines()
+        assert said in line, (args, line)
+    assert blocker.read_text() == "mine"

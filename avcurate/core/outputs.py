@@ -15,8 +15,9 @@ from pathlib import Path
 from avcurate.core.store import atomic_write_bytes
 
 
-class OutputError(Exception):
-    """An output path that cannot be used, as one line for the user."""
+class OutputError(ValueError):
+    """An output path that cannot be used, as one line for the user (a ValueError, like
+    the other refusals commands print as one line)."""
 
 
 def generator_tag(generator: str) -> str:
@@ -31,11 +32,7 @@ def check_output(path: Path, option: str, *, generator: str | None = None,
     the way are fine: the write makes them."""
     if path.is_dir():
         raise OutputError(f"{option} {path} is a folder; name a file in it")
-    folder = next(p for p in path.absolute().parents if p.exists())
-    if not folder.is_dir():
-        raise OutputError(f"{option} {path}: {folder} is a file, not a folder")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise OutputError(f"{option} {path}: {folder} is not writable")
+    _check_nearest_folder(path.absolute().parent, path, option)
     if not path.exists() or overwrite or (generator and _written_by(path, generator)):
         return
     if generator:
@@ -43,6 +40,25 @@ def check_output(path: Path, option: str, *, generator: str | None = None,
                           f"{option}")
     raise OutputError(f"{path} exists; choose another {option}, or pass --overwrite to "
                       "replace it")
+
+
+def check_output_folder(path: Path, option: str) -> None:
+    """Raise OutputError when the folder `path` (a run, an export, a training folder)
+    cannot be made or written: it is a file, lies under a file, or its nearest existing
+    folder is not writable. What may already be in it is each command's own rule."""
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"{option} {path} is a file; it names a folder")
+    _check_nearest_folder(path.absolute(), path, option)
+
+
+def _check_nearest_folder(start: Path, path: Path, option: str) -> None:
+    """The nearest existing one of `start` and its parents is a folder we may write in
+    (missing folders on the way are made by the write)."""
+    folder = next(p for p in (start, *start.parents) if p.exists())
+    if not folder.is_dir():
+        raise OutputError(f"{option} {path}: {folder} is a file, not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputError(f"{option} {path}: {folder} is not writable")
 
 
 def _written_by(path: Path, generator: str) -> bool:

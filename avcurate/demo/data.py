@@ -13,6 +13,7 @@ import random
 from pathlib import Path
 
 from avcurate.core.answers import letter, lettered
+from avcurate.core.outputs import check_output_folder
 from avcurate.core.store import atomic_write_bytes
 from avcurate.media import synth
 
@@ -270,8 +271,7 @@ def claim(root: Path) -> None:
     demo killed half-way is still recognised); never a folder of the user's."""
     if (root / MARKER).is_file():
         return
-    if root.exists() and not root.is_dir():
-        raise ValueError(f"{root} is a file; --out names the demo's folder")
+    check_output_folder(root, "--out")
     if root.exists() and not _made(root) and any(root.iterdir()):
         raise ValueError(f"{root} is not empty and was not made by avcurate demo; choose a new "
                          "or empty --out (the demo writes annotations/, media/, run/, export/, "

@@ -40,6 +40,7 @@ import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.parquet as pq
 
 from avcurate.core.counts import parquet_scan
+from avcurate.core.outputs import check_output_folder
 from avcurate.core.store import RunStore, atomic_write_bytes
 from avcurate.hub.card import CardInputs, write_card
 from avcurate.hub.features import decoder_missing, features_for, info_entry, typed_media
@@ -158,6 +159,7 @@ def relink_media(table: pa.Table, out: Path, folder: str, copy: str | None,
 
 def _owned(out: Path, overwrite: bool) -> set[str]:
     """Files a previous export wrote here; refuse a foreign non-empty folder."""
+    check_output_folder(out, "--out")
     marker = out / MARKER
     if marker.is_file():
         return set(json.loads(marker.read_text())["files"])

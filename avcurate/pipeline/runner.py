@@ -33,6 +33,7 @@ from avcurate.core.counts import reject_reasons
 from avcurate.core.kvcache import forced_journal
 from avcurate.core.lock import run_lock
 from avcurate.core.options import identity
+from avcurate.core.outputs import OutputError, check_output_folder
 from avcurate.core.schema import BASE_COLUMNS, REJECT_FIELDS, SAMPLE_SCHEMA
 from avcurate.core.store import (
     FINGERPRINT,
@@ -273,6 +274,10 @@ class Runner:
         backend's library and key, its input files). Stages a previous run finished are
         not checked, so a finished run resumes without its model servers."""
         forced_journal()  # a bad AVCURATE_SQLITE_JOURNAL stops the run before it starts
+        try:
+            check_output_folder(self.store.root, "--out")
+        except OutputError as exc:
+            raise RunError(str(exc)) from None
         if done is None:
             done = (matching_prefix(done_entries(self.store.load_manifest()), planned)
                     if self.store.exists() else 0)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from avcurate.core.options import OptionError
+from avcurate.core.outputs import OutputError, check_output_folder
 from avcurate.core.store import atomic_write_bytes
 from avcurate.trainer.config import TrainConfig
 
@@ -46,10 +47,12 @@ def check_out(cfg: TrainConfig) -> None:
     """Raise OptionError, before any model is loaded, when `--out` is a file, a folder of
     the user's, or holds a checkpoint of a training with other settings."""
     out = Path(cfg.out)
+    try:
+        check_output_folder(out, "--out")
+    except OutputError as exc:
+        raise OptionError(str(exc)) from None
     if not out.exists():
         return
-    if not out.is_dir():
-        raise OptionError(f"--out {out} is a file; it names the training's folder")
     foreign = sorted(p.name for p in out.iterdir()
                      if p.name not in OURS and not p.name.startswith(f".{RECORD}."))
     if foreign:
