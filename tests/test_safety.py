@@ -324,3 +324,47 @@ def test_a_damaged_shard_is_named_in_one_line_with_the_stage_to_redo(validated):
     assert sh("reset", str(validated), "--from", "02-threshold", "--yes").returncode == 0
     assert sh("threshold", str(validated), "--rule", "duration_s >= 1", "-q").returncode == 0
     assert sh("status", str(validated)).returncode == 0
+
+
+def test_a_full_disk_is_one_line_and_the_same_command_resumes(tmp_path, media, monkeypatch,
+                                                              capsys):
+    """A write that fails for the machine's sake (here the third file's sync: no space
+    left) ends the command with one line and exit 2, leaves no temporary file, and the
+    same command, run again once there is room, finishes the run with every row."""
+    import errno
+    import sys
+
+    import avcurate.cli as cli
+
+    ann = tmp_path / "a.jsonl"
+    ann.write_text("".join(json.dumps({"id": f"r{i}", "video": "good.mp4", "question": "Q?",
+                                       "options": ["a", "b"], "answer": 0}) + "\n"
+                           for i in range(6)))
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(f'[run]\nshard_size = 2\n[[sources]]\nname = "jsonl"\n'
+                      f'annotations = "{ann}"\nmedia_root = "{media["root"]}"\n')
+    out = tmp_path / "run"
+    real, synced = os.fsync, []
+
+    def full_disk(fd):
+        synced.append(fd)
+        if len(synced) == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(fd)
+
+    monkeypatch.setattr(cli, "use_jemalloc", lambda: None)  # this process's pool stays
+    monkeypatch.setattr(sys, "argv", ["avcurate", "run", str(recipe), "--out", str(out), "-q"])
+    monkeypatch.setattr(os, "fsync", full_disk)
+    with pytest.raises(SystemExit) as stopped:
+        cli.main()
+    assert stopped.value.code == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line == ("error: No space left on device; fix that and run the same command again "
+                    "(what finished is kept, and nothing was left half-written)")
+    assert not list(out.rglob("*.tmp")) and _stages(out) == []
+    monkeypatch.setattr(os, "fsync", real)
+    with pytest.raises(SystemExit) as finished:
+        cli.main()
+    assert finished.value.code == 0
+    [ingest] = json.loads((out / "manifest.json").read_text())["stages"]
+    assert ingest["rows_in"] == 6 and ingest["kept"] + ingest["rejected"] == 6

@@ -21,7 +21,13 @@ import sys
 gc.disable()
 
 from avcurate.cli import run_commands  # noqa: E402,F401  (registers demo, run, ingest, status)
-from avcurate.cli.common import app, damage_in_runs, print_error, reflow_help  # noqa: E402
+from avcurate.cli.common import (  # noqa: E402
+    app,
+    damage_in_runs,
+    machine_error,
+    print_error,
+    reflow_help,
+)
 from avcurate.cli.stage_commands import register_all  # noqa: E402
 from avcurate.cli.train_command import register as register_train  # noqa: E402
 
@@ -44,7 +50,7 @@ def main() -> None:
     try:
         app()
     except Exception as exc:
-        if (line := damage_in_runs(exc, sys.argv[1:])) is None:
+        if (line := damage_in_runs(exc, sys.argv[1:]) or machine_error(exc)) is None:
             raise
         print_error(line)  # outside the app: typer.Exit would not be turned into a status
         sys.exit(2)

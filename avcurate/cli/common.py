@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import inspect
 import re
 import shlex
@@ -106,6 +107,21 @@ def damage_in_runs(exc: BaseException, args: list[str]) -> str | None:
     more = f" and {len(bad) - 1} more file(s)" if len(bad) > 1 else ""
     return (f"{first}{more} cannot be read as Parquet (cut short or changed outside avcurate, "
             f"which writes every file whole): {redo}, or restore it from a copy")
+
+
+MACHINE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES})
+
+
+def machine_error(exc: BaseException) -> str | None:
+    """One line for an OSError the machine causes, not avcurate or the data (a full disk,
+    a quota, a read-only or forbidden path), wherever in a command it is raised; else None.
+    Every write is atomic and a stage is recorded only once complete, so the same command
+    resumes once the cause is fixed."""
+    if not isinstance(exc, OSError) or exc.errno not in MACHINE_ERRNOS:
+        return None
+    where = f": {exc.filename}" if exc.filename else ""
+    return (f"{exc.strerror or exc}{where}; fix that and run the same command again (what "
+            "finished is kept, and nothing was left half-written)")
 
 
 def print_lines(lines: list[str]) -> None:
