@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import time
@@ -90,6 +91,20 @@ def test_changed_recipe_needs_force(tmp_path, media):
     run(recipe, tmp_path / "run", force=True)
     kept, rej = read_stage(tmp_path / "run", "01")
     assert kept.num_rows == 10 and rej.num_rows == 0
+
+
+def test_an_annotation_file_changed_since_ingest_is_named_as_such(tmp_path, media):
+    """Same recipe, but the annotation file was edited (or copied without keeping its
+    time): the refusal says the files changed, not that the recipe did."""
+    recipe = jsonl_recipe(tmp_path, _records(media), media["root"], [])
+    run(recipe, tmp_path / "run")
+    ann = Path(recipe.sources[0].annotations)
+    os.utime(ann, ns=(ann.stat().st_atime_ns, ann.stat().st_mtime_ns + 10**9))
+    with pytest.raises(RunError, match="00-ingest ingested annotation files that changed since"):
+        run(recipe, tmp_path / "run")
+    recipe.shard_size = 3  # the shard size changed too: that is the recipe
+    with pytest.raises(RunError, match="different recipe"):
+        run(recipe, tmp_path / "run")
 
 
 @register

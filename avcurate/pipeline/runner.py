@@ -221,12 +221,25 @@ class Runner:
         if k < min(len(done), len(planned)):
             if not self.force:
                 raise RunError(
-                    f"{self.store.root} already holds a run whose stage {done[k]['dir']} was "
-                    f"made with a different recipe (sources, options or order). Use --force to "
-                    f"recompute from that stage on, or choose another --out."
+                    f"{self.store.root} already holds a run whose stage {done[k]['dir']} "
+                    f"{self._difference(manifest, done[k])}. Use --force to recompute from "
+                    f"that stage on, or choose another --out."
                 )
             manifest["stages"] = remove_stages(self.store, done, k)
         return manifest
+
+    def _difference(self, manifest: dict[str, Any], entry: dict[str, Any]) -> str:
+        """Why a done stage no longer matches: for ingest with the same sources and shard
+        size, the annotation files changed (their size or modification time, which is
+        what ingest's fingerprint reads: a copy without `cp -p` changes it too)."""
+        same_sources = entry.get("spec", {}).get("sources") == [
+            s.to_dict() for s in self.recipe.sources]
+        same_shards = manifest.get("recipe", {}).get("run", {}).get("shard_size") == \
+            self.recipe.shard_size
+        if entry["name"] == "ingest" and same_sources and same_shards:
+            return ("ingested annotation files that changed since (their size or modification "
+                    "time)")
+        return "was made with a different recipe (sources, options or order)"
 
     def _save(self, manifest: dict[str, Any]) -> None:
         manifest["updated_at"] = now()
