@@ -299,3 +299,33 @@ def test_a_compressed_annotation_file_is_named_as_such(tmp_path, media):
     ann.write_bytes(gzip.compress(b'[{"id": 1}]'))
     with pytest.raises(ValueError, match="is gzip-compressed; decompress it first"):
         list(read_source("avqa", str(ann), str(media["root"])))
+
+
+@pytest.mark.parametrize("kind, said", [
+    ("utf16", "is UTF-16 text; save it as UTF-8"),
+    ("video", "is a binary file, not JSON, JSON lines or Parquet"),
+    ("parquet", "is a Parquet file: this format is read from JSON"),
+])
+def test_an_annotation_file_that_is_not_utf8_text_is_named_for_what_it_is(tmp_path, media,
+                                                                          kind, said):
+    """Not every line rejected as malformed JSON, but one error saying what the file is."""
+    records = [{"id": 1, "video_name": "good.mp4", "question_text": "Q?",
+                "multi_choice": ["a", "b"], "answer": 0}]
+    ann = tmp_path / "avqa.json"
+    if kind == "utf16":
+        ann.write_text(json.dumps(records), encoding="utf-16")
+    elif kind == "video":
+        ann.write_bytes(media["good"].read_bytes())
+    else:
+        pq.write_table(pa.Table.from_pylist(records), ann)
+    with pytest.raises(ValueError, match=said):
+        list(read_source("avqa", str(ann), str(media["root"])))
+
+
+def test_a_parquet_file_without_its_suffix_is_read_as_parquet(tmp_path, media):
+    rows = [{"id": "a", "video": "good.mp4", "question": "Q?", "options": ["x", "y"],
+             "answer": 1}]
+    ann = tmp_path / "rows.data"
+    pq.write_table(pa.Table.from_pylist(rows), ann)
+    [row] = list(read_source("parquet", str(ann), str(media["root"])))
+    assert row["question"] == "Q?" and row["answer"] == "B"

@@ -151,6 +151,10 @@ def test_clear_errors(tmp_path):
     result = sh("run", str(no_file), "--out", str(tmp_path / "r2"), check=False)
     assert result.returncode == 2 and "does not exist" in result.stderr
     assert not (tmp_path / "r2").exists()  # found before the run folder is made
+    (tmp_path / "folder").mkdir()
+    no_file.write_text('[[sources]]\nname = "avqa"\nannotations = "folder"\nmedia_root = "."\n')
+    result = sh("run", str(no_file), "--out", str(tmp_path / "r2"), check=False)
+    assert result.returncode == 2 and "is a folder; name the annotation file in it" in result.stderr
 
 
 def test_sources_and_help():

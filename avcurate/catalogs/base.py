@@ -231,6 +231,7 @@ def positional(n: int, clip: Any = None) -> str:
 
 
 BOM = b"\xef\xbb\xbf"
+PARQUET = b"PAR1"
 COMPRESSED = {"gzip": b"\x1f\x8b", "zstd": b"\x28\xb5\x2f\xfd", "bzip2": b"BZh",
               "xz": b"\xfd7zXZ\x00", "zip": b"PK\x03\x04"}
 
@@ -245,12 +246,7 @@ def load_records(path: str | os.PathLike) -> list[Any] | Iterator[Any]:
     (`surrogateescape`), so only the record holding them is rejected, by `text()`.
     """
     path = Path(path)
-    with path.open("rb") as f:
-        magic = f.read(6)
-    for kind, prefix in COMPRESSED.items():
-        if magic.startswith(prefix):
-            raise ValueError(f"{path} is {kind}-compressed; decompress it first (annotation "
-                             "files are read as plain JSON, JSON lines or Parquet)")
+    check_text(path)
     # utf-8-sig: a byte-order mark (as Windows tools write one) is dropped, not a record error
     with path.open("r", encoding="utf-8-sig", errors="surrogateescape") as f:
         head = f.read(1 << 16).lstrip()
@@ -262,6 +258,27 @@ def load_records(path: str | os.PathLike) -> list[Any] | Iterator[Any]:
     if not isinstance(data, list):
         raise ValueError(f"{path}: expected a JSON array of records")
     return data
+
+
+def check_text(path: Path) -> None:
+    """Raise ValueError naming what the file is when it is not UTF-8 text: compressed,
+    UTF-16 (as some Windows tools save), Parquet without its suffix, or other binary
+    data (a video given as the annotation file); otherwise every line would be rejected
+    as malformed JSON, which says nothing of the cause."""
+    with path.open("rb") as f:
+        start = f.read(4096)
+    for kind, prefix in COMPRESSED.items():
+        if start.startswith(prefix):
+            raise ValueError(f"{path} is {kind}-compressed; decompress it first (annotation "
+                             "files are read as plain JSON, JSON lines or Parquet)")
+    if start.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise ValueError(f"{path} is UTF-16 text; save it as UTF-8")
+    if start.startswith(PARQUET):
+        raise ValueError(f"{path} is a Parquet file: this format is read from JSON (your own "
+                         "Parquet: --source parquet, with --column where names differ)")
+    if b"\x00" in start:
+        raise ValueError(f"{path} is a binary file, not JSON, JSON lines or Parquet (a media "
+                         "file given as the annotations?)")
 
 
 def _parse(path: Path) -> Any:
@@ -420,9 +437,14 @@ class RecordRows:
 
 def records_of(path: str | os.PathLike) -> list[Any] | Iterator[Any]:
     """Records of a Parquet file (read in batches) or of a JSON / JSON-lines file."""
-    if Path(path).suffix != ".parquet":
-        return load_records(path)
-    return _parquet_records(path)
+    if Path(path).suffix == ".parquet" or _starts_with(path, PARQUET):
+        return _parquet_records(path)
+    return load_records(path)
+
+
+def _starts_with(path: str | os.PathLike, magic: bytes) -> bool:
+    with open(path, "rb") as f:
+        return f.read(len(magic)) == magic
 
 
 def _parquet_records(path: str | os.PathLike) -> Iterator[Any]:

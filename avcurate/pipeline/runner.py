@@ -522,6 +522,9 @@ def _remove_stale_temp_files(out_dir: Path) -> None:
 def check_paths(spec: SourceSpec) -> None:
     """A source's annotation file and media root exist (checked before the run folder is
     made, and again when the source is read)."""
+    if Path(spec.annotations).is_dir():
+        raise RunError(f"source {spec.name!r}: annotations {spec.annotations} is a folder; name "
+                       "the annotation file in it")
     if not Path(spec.annotations).is_file():
         raise RunError(f"source {spec.name!r}: annotations file {spec.annotations} does not exist")
     if not Path(spec.media_root).is_dir():
