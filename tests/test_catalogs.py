@@ -329,3 +329,16 @@ def test_a_parquet_file_without_its_suffix_is_read_as_parquet(tmp_path, media):
     pq.write_table(pa.Table.from_pylist(rows), ann)
     [row] = list(read_source("parquet", str(ann), str(media["root"])))
     assert row["question"] == "Q?" and row["answer"] == "B"
+
+
+def test_nul_bytes_in_a_text_file_reject_their_line_only(tmp_path, media):
+    """A JSON-lines file with a zero-filled stretch (as an unclean shutdown leaves) is text
+    with a damaged line, not a binary file: that line is rejected, the others are read."""
+    good = {"id": 1, "video_name": "good.mp4", "question_text": "Q?", "multi_choice": ["a", "b"],
+            "answer": 0}
+    ann = tmp_path / "avqa.jsonl"
+    ann.write_bytes(json.dumps(good).encode() + b"\n" + b"\x00" * 64 + b"\n"
+                    + json.dumps(good | {"id": 2}).encode() + b"\n")
+    out = list(read_source("avqa", str(ann), str(media["root"])))
+    assert [r["id"] for r in out if not isinstance(r, Reject)] == ["avqa:avqa/1", "avqa:avqa/2"]
+    assert [r.reason for r in out if isinstance(r, Reject)] == ["malformed_annotation"]

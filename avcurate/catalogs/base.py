@@ -276,9 +276,18 @@ def check_text(path: Path) -> None:
     if start.startswith(PARQUET):
         raise ValueError(f"{path} is a Parquet file: this format is read from JSON (your own "
                          "Parquet: --source parquet, with --column where names differ)")
-    if b"\x00" in start:
+    if b"\x00" in start and not _utf8(start):  # NULs in UTF-8 text: a damaged line, rejected
         raise ValueError(f"{path} is a binary file, not JSON, JSON lines or Parquet (a media "
                          "file given as the annotations?)")
+
+
+def _utf8(data: bytes) -> bool:
+    """`data` is UTF-8, but for a character cut off at its end."""
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return exc.start >= len(data) - 3
+    return True
 
 
 def _parse(path: Path) -> Any:
