@@ -104,8 +104,8 @@ def shards(sources: Iterable[tuple[str, Iterator[Any]]], size: int, schema: pa.S
     count = 0
     for label, source in sources:
         try:
-            for piece in checked_start(nonempty(pieces(source, size, schema, reject_schema,
-                                                       workers, block or BLOCK))):
+            for piece in checked_start(pieces(source, size, schema, reject_schema, workers,
+                                              block or BLOCK)):
                 while len(piece):
                     head, piece = piece.split(size - count)
                     held.append(head)
@@ -119,24 +119,13 @@ def shards(sources: Iterable[tuple[str, Iterator[Any]]], size: int, schema: pa.S
         yield Piece.join(held)
 
 
-def nonempty(source_pieces: Iterator[Piece]) -> Iterator[Piece]:
-    """A source's pieces; ValueError when it has none. An annotation file with no record
-    (0 bytes, `[]`, `{}`, a table of 0 rows) is a wrong path or a failed download far more
-    often than an empty split on purpose, and an empty run would go on through every
-    stage and say nothing."""
-    empty = True
-    for piece in source_pieces:
-        empty = False
-        yield piece
-    if empty:
-        raise ValueError("holds no record (an empty file, list or table); check the path, "
-                         "and leave a source that is meant to be empty out of the recipe")
-
-
 def checked_start(source_pieces: Iterator[Piece]) -> Iterator[Piece]:
     """A source's pieces, its first `SAMPLE` items held back until `check_start` has seen
     them, so a source read with the wrong format or media root stops before any of its
-    rows is written."""
+    rows is written. A source with no piece at all is a ValueError too: an annotation
+    file with no record (0 bytes, `[]`, `{}`, a table of 0 rows) is a wrong path or a
+    failed download far more often than an empty split on purpose, and an empty run
+    would go on through every stage and say nothing."""
     head: list[Piece] = []
     held = 0
     for piece in source_pieces:
@@ -148,7 +137,10 @@ def checked_start(source_pieces: Iterator[Piece]) -> Iterator[Piece]:
                 yield from head
         else:
             yield piece
-    if head and held < SAMPLE:  # a source smaller than the sample: all of it
+    if not head:
+        raise ValueError("holds no record (an empty file, list or table); check the path, "
+                         "and leave a source that is meant to be empty out of the recipe")
+    if held < SAMPLE:  # a source smaller than the sample: all of it
         check_start(head)
         yield from head
 
