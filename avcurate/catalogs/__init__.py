@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from avcurate.catalogs.avqa import read_avqa, read_daily_omni
@@ -80,6 +81,19 @@ def check_source(name: str, options: dict[str, Any]) -> None:
         raise ValueError(f"source {name!r}: explode must be a field name or a key pattern")
 
 
+def check_files(annotations: str, media_root: str | None) -> None:
+    """Raise ValueError when an annotation file is not there (or is a folder) or a media
+    root, when given, is not a folder: for ingest's sources and decontaminate's
+    benchmarks alike, before anything is written."""
+    if Path(annotations).is_dir():
+        raise ValueError(f"annotations {annotations} is a folder; name the annotation file in "
+                         "it")
+    if not Path(annotations).is_file():
+        raise ValueError(f"annotations file {annotations} does not exist")
+    if media_root and not Path(media_root).is_dir():
+        raise ValueError(f"media root {media_root} is not a folder")
+
+
 def source_tag(annotations: str, options: dict[str, Any]) -> str:
     """The id tag of a source: its `tag` option, else the annotation file's name."""
     return options.get("tag") or file_tag(annotations)
@@ -94,5 +108,5 @@ def read_source(name: str, annotations: str, media_root: str, **options: Any
     return catalog.reader(src, **{k: v for k, v in options.items() if k != "tag"})
 
 
-__all__ = ["CATALOGS", "Catalog", "MediaRoot", "Reject", "SourceFile", "check_source",
+__all__ = ["CATALOGS", "Catalog", "MediaRoot", "Reject", "SourceFile", "check_files", "check_source",
            "read_source", "source_tag"]

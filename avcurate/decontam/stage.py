@@ -17,7 +17,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from avcurate.catalogs import CATALOGS, Reject, check_source, read_source
+from avcurate.catalogs import CATALOGS, Reject, check_files, check_source, read_source
 from avcurate.core.options import option
 from avcurate.decontam.fingerprints import normalise_question, source_id, video_hashes
 from avcurate.decontam.index import BenchmarkIndex, Item, Match
@@ -127,12 +127,11 @@ class Decontaminate(BaseStage):
         """The benchmark files are there, before the run folder is touched (a `--redo`
         with a mistyped path must not remove the stage it would redo)."""
         for spec in self._specs:
-            if not Path(spec.annotations).is_file():
-                raise StageError(f"stage 'decontaminate': benchmark {spec.name!r}: "
-                                 f"{spec.annotations} does not exist")
-            if spec.media_root and not Path(spec.media_root).is_dir():
-                raise StageError(f"stage 'decontaminate': benchmark {spec.name!r}: media root "
-                                 f"{spec.media_root} is not a folder")
+            try:
+                check_files(spec.annotations, spec.media_root)
+            except ValueError as exc:
+                raise StageError(f"stage 'decontaminate': benchmark {spec.name!r}: {exc}"
+                                 ) from None
 
     # -- the index, built once per run (prepare) ---------------------------------------------
     def prepare(self, ctx: StageContext, inputs: list[Path]) -> None:

@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 from rich.console import Console
 
 from avcurate import __version__
-from avcurate.catalogs import Reject, read_source
+from avcurate.catalogs import Reject, check_files, read_source
 from avcurate.core.counts import reject_reasons
 from avcurate.core.kvcache import forced_journal
 from avcurate.core.lock import run_lock
@@ -522,13 +522,10 @@ def _remove_stale_temp_files(out_dir: Path) -> None:
 def check_paths(spec: SourceSpec) -> None:
     """A source's annotation file and media root exist (checked before the run folder is
     made, and again when the source is read)."""
-    if Path(spec.annotations).is_dir():
-        raise RunError(f"source {spec.name!r}: annotations {spec.annotations} is a folder; name "
-                       "the annotation file in it")
-    if not Path(spec.annotations).is_file():
-        raise RunError(f"source {spec.name!r}: annotations file {spec.annotations} does not exist")
-    if not Path(spec.media_root).is_dir():
-        raise RunError(f"source {spec.name!r}: media root {spec.media_root} is not a folder")
+    try:
+        check_files(spec.annotations, spec.media_root)
+    except ValueError as exc:
+        raise RunError(f"source {spec.name!r}: {exc}") from None
 
 
 def _read(spec: SourceSpec) -> Iterator[dict | Reject]:
