@@ -8,6 +8,7 @@ import json
 import os
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -135,6 +136,30 @@ def test_the_demo_server_stops_on_ctrl_c():
         raise KeyboardInterrupt
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=2)
+
+
+def test_a_client_hanging_up_leaves_no_traceback_on_the_demo_servers_terminal(capfd):
+    """Ctrl-C on a run closes its connections while the demo server is answering them."""
+    import struct
+
+    from avcurate.demo.server import demo_server
+
+    body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]}).encode()
+    with demo_server(latency=0.3) as server:
+        port = server.server_address[1]
+        for _ in range(3):
+            client = socket.create_connection(("127.0.0.1", port), timeout=2)
+            client.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+                           b"Content-Type: application/json\r\n"
+                           b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+            # a reset, not a polite close: the answer's write then fails at once
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            client.close()
+        deadline = time.monotonic() + 5
+        while server.attempts["hi"] < 3 or server.in_flight:  # all three answered or failed
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    assert "Traceback" not in capfd.readouterr().err
 
 
 def _request_media(path, frames=4, seconds=3.0):

@@ -240,6 +240,45 @@ def test_decode_workers_exit_when_their_parent_is_killed(tmp_path):
     assert not alive, f"orphans still running: {[p.pid for p in alive]}"
 
 
+def _sigint_held_or_ignored(pid: int) -> bool:
+    """From /proc: SIGINT (bit 1 of the masks) is blocked or ignored by process `pid`."""
+    fields = dict(line.split(":\t") for line in Path(f"/proc/{pid}/status").read_text()
+                  .splitlines() if line.startswith(("SigBlk", "SigIgn")))
+    return any(int(mask, 16) & 1 << (signal.SIGINT - 1) for mask in fields.values())
+
+
+def test_ctrl_c_stops_every_process_of_the_command_with_one_line(tmp_path):
+    """A terminal's Ctrl-C reaches the run's process and its decode workers at once."""
+    import psutil
+
+    from avcurate.demo import make_demo
+
+    recipe = make_demo(tmp_path / "demo")
+    env = os.environ | {"AVCURATE_DEMO_BASE_URL": "http://127.0.0.1:9/v1"}  # never reached
+    proc = subprocess.Popen(  # its own process group, as a terminal's foreground job
+        avcurate_cmd("run", str(recipe), "--out", str(tmp_path / "run")), env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, process_group=0,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # even under nohup
+    parent = psutil.Process(proc.pid)
+    deadline = time.time() + 60
+    workers: list[psutil.Process] = []
+    while len(workers) < 2:  # the validate stage's probe pool is up
+        assert proc.poll() is None and time.time() < deadline, "no worker pool seen"
+        workers = parent.children(recursive=True)
+        time.sleep(0.02)
+    for child in workers:  # none can take a Ctrl-C itself, not even while it starts
+        assert _sigint_held_or_ignored(child.pid), child.cmdline()
+    os.killpg(proc.pid, signal.SIGINT)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 130
+    assert "stopped by Ctrl-C" in stderr and "the same command again" in stderr
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
+    _, alive = psutil.wait_procs(workers, timeout=5)
+    assert not alive, f"still running: {[p.pid for p in alive]}"
+    status = sh("status", str(tmp_path / "run"), "--json")
+    assert [s["status"] for s in json.loads(status.stdout)["stages"]][:2] == ["done", "incomplete"]
+
+
 def test_atomic_writes_leave_the_old_file_or_the_new_one_never_half(tmp_path, monkeypatch):
     import pyarrow as pa
     import pyarrow.parquet as pq

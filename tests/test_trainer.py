@@ -327,8 +327,8 @@ def test_train_names_a_wrong_data_or_model_path_in_one_line(toy, tmp_path, data,
     assert not (tmp_path / "out" / "metrics.jsonl").exists()
 
 
-# one process saving a checkpoint: torch says it assumes so, which is what we mean
-@pytest.mark.filterwarnings("ignore:torch.distributed is disabled:UserWarning")
+# one process saving and loading checkpoints: torch's notice that it assumes so is not shown
+@pytest.mark.filterwarnings("error:torch.distributed is disabled:UserWarning")
 def test_a_training_folder_resumes_only_the_same_training(toy, tmp_path):
     """`--out` with a checkpoint resumes only with the settings it was trained with (the
     changed ones are named, before any model loads); options that only say where or how

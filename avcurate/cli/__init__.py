@@ -24,6 +24,7 @@ from avcurate.cli import run_commands  # noqa: E402,F401  (registers demo, run, 
 from avcurate.cli.common import (  # noqa: E402
     app,
     damage_in_runs,
+    err,
     machine_error,
     print_error,
     reflow_help,
@@ -44,11 +45,20 @@ gc.freeze()
 gc.enable()
 
 
+INTERRUPTED = 130  # typer's exit status after Ctrl-C (it turns KeyboardInterrupt into it)
+
+
 def main() -> None:
     """The console script: a process of its own, so Arrow's memory pool is ours to pick."""
     use_jemalloc()
     try:
         app()
+    except SystemExit as exc:
+        if exc.code == INTERRUPTED:  # typer exits silently; say what the stop left behind
+            err.print("[bold yellow]stopped[/] by Ctrl-C. What finished is kept and nothing "
+                      "was left half-written: the same command again goes on from where it "
+                      "stopped.", soft_wrap=True, highlight=False)
+        raise
     except Exception as exc:
         if (line := damage_in_runs(exc, sys.argv[1:]) or machine_error(exc)) is None:
             raise

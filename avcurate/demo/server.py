@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+import sys
 import threading
 import time
 from collections import Counter
@@ -63,6 +64,12 @@ class ModelServer(ThreadingHTTPServer):
 
     def __enter__(self) -> ModelServer:
         return self.start()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hung up before its answer (Ctrl-C, a timeout) is not an error
+        worth a traceback on the user's terminal; anything else still prints one."""
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
     def __exit__(self, *exc: object) -> None:
         self.stop()

@@ -30,6 +30,7 @@ import pyarrow as pa
 from avcurate.catalogs import Reject
 from avcurate.catalogs.base import RecordRows
 from avcurate.core.schema import rows_to_table
+from avcurate.stages.context import interrupts_held, leave_interrupts_to_parent
 
 BLOCK = 8192  # records per worker task: ~80 ms of work, little to send back
 SAMPLE = 64  # a source's first items, held back until they show it is read right
@@ -196,9 +197,11 @@ def _forked(source: RecordRows, n: int, workers: int, block: int, schema: pa.Sch
     global _JOB
     _JOB = (source, schema, reject_schema)
     bounds = iter([(a, min(a + block, n)) for a in range(0, n, block)])
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
+                               initializer=leave_interrupts_to_parent)
     try:
-        window = deque(pool.submit(_build_block, b) for b in islice(bounds, 2 * workers))
+        with interrupts_held():  # the first submit forks every worker
+            window = deque(pool.submit(_build_block, b) for b in islice(bounds, 2 * workers))
         while window:
             payload = window.popleft().result()
             if (more := next(bounds, None)) is not None:

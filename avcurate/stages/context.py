@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from multiprocessing import forkserver, resource_tracker
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +19,44 @@ from avcurate.core.kvcache import KVCache
 from avcurate.core.lock import pid_alive
 
 
+def leave_interrupts_to_parent() -> None:
+    """Pool worker initializer: ignore Ctrl-C. A terminal sends SIGINT to every process
+    of the command, and each worker would print its own KeyboardInterrupt traceback; the
+    run's process alone stops the run, and shutting its pools down ends the workers."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@contextmanager
+def interrupts_held() -> Iterator[None]:
+    """Hold Ctrl-C back while child processes start, and raise it once they have.
+
+    Two holds, because a Ctrl-C can hurt twice. A child inherits this thread's signal
+    mask, so none can be interrupted before it has set itself to ignore SIGINT (a fork
+    server mid-import printed a traceback). And a KeyboardInterrupt raised in the middle
+    of a pool's submit can leave a started worker unknown to the pool, so the run's exit
+    unlinks the queues it is still reading (another traceback): the main thread, where
+    Python raises it, only records the Ctrl-C here. The mask alone would not do that: the
+    kernel hands the signal to another thread, and Python still raises it in this one.
+    """
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    pressed: list[int] = []
+    in_main = threading.current_thread() is threading.main_thread()
+    handler = signal.signal(signal.SIGINT, lambda n, _: pressed.append(n)) if in_main else None
+    try:
+        yield
+    finally:
+        if in_main:
+            signal.signal(signal.SIGINT, handler)
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+    if pressed and callable(handler):
+        handler(signal.SIGINT, None)  # Python's own handler: raises KeyboardInterrupt
+
+
 def exit_with_parent(parent: int) -> None:
     """Pool worker initializer: leave as soon as the run's process is gone (even after
-    kill -9, when no shutdown message ever comes), instead of lingering as an orphan."""
+    kill -9, when no shutdown message ever comes), instead of lingering as an orphan;
+    Ctrl-C is left to that process (`leave_interrupts_to_parent`)."""
+    leave_interrupts_to_parent()
 
     def watch() -> None:
         while pid_alive(parent):
@@ -54,11 +92,17 @@ class WorkerPool:
             if self._pool is None:
                 start = multiprocessing.get_context(POOL_START)
                 start.set_forkserver_preload(["avcurate.media.cache"])
+                # the resource tracker first: starting it unblocks SIGINT in this thread
+                resource_tracker.ensure_running()
+                with interrupts_held():  # the server's forks inherit its mask, as it does ours
+                    forkserver.ensure_running()
                 self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=start,
                                                  initializer=exit_with_parent,
                                                  initargs=(os.getpid(),))
             pool = self._pool
-        return list(pool.map(fn, items, chunksize=max(1, len(items) // (4 * self.workers))))
+        with interrupts_held():  # a Ctrl-C amid a worker's start left it unknown to the pool
+            results = pool.map(fn, items, chunksize=max(1, len(items) // (4 * self.workers)))
+        return list(results)
 
     def close(self) -> None:
         with self._lock:

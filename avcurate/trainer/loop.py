@@ -15,6 +15,9 @@ import os
 import random
 import shutil
 import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -160,6 +163,17 @@ def lr_lambda(total: int, warmup_fraction: float):
     return f
 
 
+@contextmanager
+def one_process_quiet() -> Iterator[None]:
+    """Torch's distributed checkpoint warns, on every save and load without a process
+    group, that it assumes a single process: that is what a one-process run means, and
+    the warning would interleave with the progress bar at every checkpoint."""
+    with warnings.catch_warnings():
+        if not dist.is_initialized():
+            warnings.filterwarnings("ignore", "torch.distributed is disabled", UserWarning)
+        yield
+
+
 def save_checkpoint(folder: Path, model, optimizer, scheduler, step: int, rank: int) -> None:
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
@@ -167,7 +181,8 @@ def save_checkpoint(folder: Path, model, optimizer, scheduler, step: int, rank: 
     tmp = folder.with_name(folder.name + ".tmp")
     reshard_all(model)
     msd, osd = get_state_dict(model, optimizer)
-    dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(tmp / "state"))
+    with one_process_quiet():
+        dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(tmp / "state"))
     torch.save({"torch": torch.get_rng_state(), "python": random.getstate(),
                 "numpy": np.random.get_state()}, tmp / f"rng-{rank}.pt")
     if rank == 0:
@@ -228,7 +243,8 @@ def load_checkpoint(folder: Path, model, optimizer, scheduler, rank: int) -> int
 
     msd, osd = get_state_dict(model, optimizer)
     state = {"model": msd, "optim": osd}
-    dcp.load(state, checkpoint_id=str(folder / "state"))
+    with one_process_quiet():
+        dcp.load(state, checkpoint_id=str(folder / "state"))
     set_state_dict(model, optimizer, model_state_dict=state["model"],
                    optim_state_dict=state["optim"])
     trainer = torch.load(folder / "trainer.pt", weights_only=False)
