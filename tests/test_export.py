@@ -248,6 +248,33 @@ def test_a_truncated_copy_is_replaced_and_stale_files_removed(balanced_run, tmp_
         push(out, "me/x")
 
 
+def test_an_export_stopped_half_way_is_finished_by_the_same_command(balanced_run, tmp_path,
+                                                                    monkeypatch):
+    """Ctrl-C during a first export's media copy: the folder already holds files, and the
+    same command again must finish it, not call it a folder of the user's."""
+    import avcurate.hub.export as export
+
+    out, place, calls = tmp_path / "export", export.place_media, []
+
+    def stopped_on_the_second_copy(source, target, how):
+        calls.append(target)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return place(source, target, how)
+
+    monkeypatch.setattr(export, "place_media", stopped_on_the_second_copy)
+    with pytest.raises(KeyboardInterrupt):
+        export_run(balanced_run, out, copy_media="copy")
+    assert (out / "videos").is_dir()
+    monkeypatch.setattr(export, "place_media", place)
+    again = export_run(balanced_run, out, copy_media="copy")  # no --overwrite needed
+    assert again.media_copied == len(list((out / "videos").iterdir())) - 1  # one was there
+    owned = json.loads((out / ".avcurate-export.json").read_text())["files"]
+    assert owned == sorted(p.relative_to(out).as_posix() for p in out.rglob("*")
+                           if p.is_file() and not p.name.startswith(".avcurate"))
+    assert _load(out)["train"].num_rows == again.configs["default"]["train"]
+
+
 def test_card_has_no_local_paths_or_endpoints(tmp_path, media):
     rows = [row(f"r{i}", "speech") for i in range(6)]
     with openai_server() as server:

@@ -217,6 +217,8 @@ def export_run(run_dir: Path | str, out: Path | str, opts: ExportOptions | None 
     if out == store.root.resolve() or store.root.resolve().is_relative_to(out):
         raise ExportError(f"--out {out} would hold the run folder itself; choose another folder")
     previous = _owned(out, overwrite)
+    if not (out / MARKER).is_file():  # claimed before the first write: an export cut short
+        _record(out, previous)  # (a long media copy stopped by Ctrl-C) is ours when run again
     staging = out / STAGING
     shutil.rmtree(staging, ignore_errors=True)  # ours: a killed export's leftovers
     staging.mkdir(parents=True)
@@ -278,7 +280,9 @@ def _sample(staging: Path, data_files: list[str]) -> dict[str, Any] | None:
 
 def _publish(out: Path, staging: Path, written: set[str], previous: set[str]) -> None:
     """Rename the staged files into place, drop the previous export's files that are no
-    longer part of it, then record what this export owns."""
+    longer part of it, then record what this export owns. Until then the record holds both
+    exports' files, so a stop half-way leaves none of ours unlisted."""
+    _record(out, previous | written)
     for rel in sorted(written):
         staged = staging / rel
         if staged.is_file():
@@ -287,4 +291,10 @@ def _publish(out: Path, staging: Path, written: set[str], previous: set[str]) ->
     for rel in sorted(previous - written):
         (out / rel).unlink(missing_ok=True)
     shutil.rmtree(staging, ignore_errors=True)
-    atomic_write_bytes(out / MARKER, json.dumps({"files": sorted(written)}, indent=1).encode())
+    _record(out, written)
+
+
+def _record(out: Path, files: set[str]) -> None:
+    """Write the marker that makes `out` an avcurate export and lists the files it owns."""
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out / MARKER, json.dumps({"files": sorted(files)}, indent=1).encode())
