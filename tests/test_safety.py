@@ -150,6 +150,24 @@ def test_a_failed_option_never_wedges_the_run(validated):
         "rules": ["duration_s >= 2"]}
 
 
+def test_a_redo_names_the_later_stages_it_removes_and_asks_first(validated):
+    sh("threshold", str(validated), "--rule", "duration_s >= 1", "-q")
+    sh("dedup", str(validated), "-q")
+    redo = ["threshold", str(validated), "--rule", "duration_s >= 2", "--redo", "-q"]
+    for answer in ("n\n", ""):  # no, and no terminal to ask (a script): nothing is removed
+        asked = subprocess.run(avcurate_cmd(*redo), input=answer, capture_output=True,
+                               text=True, timeout=300)
+        assert asked.returncode == 1
+        assert "removes 02-threshold and the 1 later stage(s) made from it: 03-dedup" in \
+            " ".join(asked.stdout.split())
+        assert _stages(validated) == ["00-ingest", "01-validate", "02-threshold", "03-dedup"]
+    done = sh(*redo, "--yes")
+    assert done.returncode == 0, done.stderr
+    assert _stages(validated) == ["00-ingest", "01-validate", "02-threshold"]
+    assert json.loads((validated / "manifest.json").read_text())["stages"][2]["spec"] == {
+        "rules": ["duration_s >= 2"]}
+
+
 def test_reset_lists_and_removes_later_stages(validated):
     sh("threshold", str(validated), "--rule", "duration_s >= 1", "-q")
     sh("dedup", str(validated), "-q")

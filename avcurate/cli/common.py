@@ -41,6 +41,8 @@ Force = Annotated[bool, typer.Option(
     "--force", help="If the run folder was made with a different recipe, recompute from the "
                     "first stage that differs instead of stopping.")]
 
+Yes = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
+
 USER_ERRORS = (RunError, RecipeError, StageError, OptionError, RunInUse, FileNotFoundError,
                OutputError, ManifestError, AuditError, ExportError, LicenseError)
 
@@ -148,17 +150,34 @@ def check_specs(specs: list[StageSpec]) -> None:
         guard(create, spec.name, spec.options)
 
 
+def confirm_redo(run_dir: Path, specs: list[StageSpec], yes: bool) -> None:
+    """A `--redo` also removes the stages made after the redone ones (a redone dedup takes
+    every later stage with it): name them and ask first, as `avcurate reset` does."""
+    from avcurate.pipeline.runner import redo_plan
+
+    own, later = guard(redo_plan, run_dir, specs)
+    if not later:
+        return
+    out.print(f"--redo removes {', '.join(own)} and the {len(later)} later stage(s) made from "
+              f"it: {', '.join(later)} (caches kept: running them again re-sends nothing "
+              "already answered)", markup=False)
+    if not yes and not typer.confirm("Remove them?", default=False):
+        raise typer.Exit(1)
+
+
 def require_run(run_dir: Path) -> None:
     if not RunStore(run_dir).exists():
         fail(f"{run_dir} is not a run folder; make one with `avcurate ingest` or `avcurate run`")
 
 
 def run_more(run_dir: Path, specs: list[StageSpec], force: bool, quiet: bool,
-             workers: int | None = None, redo: bool = False) -> bool:
+             workers: int | None = None, redo: bool = False, yes: bool = False) -> bool:
     """Append stages to a run (or resume them) and print the summary; False when the stages
     were already done with these settings (nothing ran)."""
     require_run(run_dir)
     check_specs(specs)
+    if redo:
+        confirm_redo(run_dir, specs, yes)
     if workers is not None:
         if workers < 1:
             fail(f"--workers must be at least 1, not {workers}")

@@ -15,6 +15,7 @@ from avcurate.cli.common import (
     Force,
     Quiet,
     RunDir,
+    Yes,
     app,
     fail,
     guard,
@@ -203,8 +204,7 @@ def reset(
     from_stage: Annotated[str, typer.Option(
         "--from", help="The first stage to remove: its folder (03-balance), number (3) or name "
                        "(balance, when it occurs once).")],
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
-    = False,
+    yes: Yes = False,
 ) -> None:
     """Remove a stage and every stage after it, so they can be run again.
 

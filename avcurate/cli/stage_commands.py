@@ -15,7 +15,17 @@ from typing import Annotated, Any
 
 import typer
 
-from avcurate.cli.common import Force, Quiet, app, check_specs, fail, guard, out, run_more
+from avcurate.cli.common import (
+    Force,
+    Quiet,
+    Yes,
+    app,
+    check_specs,
+    fail,
+    guard,
+    out,
+    run_more,
+)
 from avcurate.cli.generate import CliOption, collect, options_for, with_signature
 from avcurate.core.options import OptionError
 from avcurate.core.store import RunStore
@@ -35,7 +45,9 @@ def _param(name: str, annotation: Any, default: Any = None) -> inspect.Parameter
 COMMON = [
     _param("redo", Annotated[bool, typer.Option(
         "--redo", help="Run the stage again even if the run already did it (removes it and the "
-                       "stages after it first; cached model answers are reused).")], False),
+                       "stages after it first, asking when there are later ones; cached model "
+                       "answers are reused).")], False),
+    _param("yes", Yes, False),
     _param("force", Force, False),
     _param("quiet", Quiet, False),
 ]
@@ -114,7 +126,7 @@ class StageCommand:
             self.audit(run_dir, specs, values)
             return
         if not run_more(run_dir, specs, values["force"], values["quiet"], values.get("workers"),
-                        values["redo"]):
+                        values["redo"], values["yes"]):
             return
         if self.model:
             _print_usage(run_dir, len(specs))

@@ -588,6 +588,18 @@ def _differences(old: StageSpec, new: StageSpec) -> list[str]:
             if a.get(k) != b.get(k)]
 
 
+def redo_plan(run_dir: Path | str, specs: list[StageSpec]) -> tuple[list[str], list[str]]:
+    """The stage folders a `--redo` of `specs` removes: theirs, and those of the later
+    stages, made from them; both empty when the run has not done `specs`."""
+    store = RunStore(run_dir)
+    at = _find(done_specs(store.load_manifest()), specs)
+    if at is None:
+        return [], []
+    dirs = [p.name for p in store.stage_dirs() if int(p.name[:2]) > at]
+    own = [d for d in dirs if int(d[:2]) <= at + len(specs)]
+    return own, [d for d in dirs if d not in own]
+
+
 def extend_run(run_dir: Path | str, spec: StageSpec | list[StageSpec], *, redo: bool = False,
                **runner_kw: Any) -> list[StageReport]:
     """Run stages on an existing run (what `avcurate validate RUN_DIR` etc. do).
