@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -219,6 +220,18 @@ def test_bad_options_stop_with_one_line(run_dir, args, message):
     assert done.returncode == 2
     assert message in done.stderr and "Traceback" not in done.stderr
     assert not (run_dir / "audits").exists()
+
+
+def test_an_audit_without_a_key_stops_before_it_calls_or_writes(run_dir):
+    """No key and no --base-url: the one line a stage command gives, at once, not after
+    five calls that time out against an API this machine cannot reach."""
+    env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
+    for cmd in (["agree", str(run_dir), "--model", "m"],
+                ["probe", str(run_dir), "--model", "m", "--limit", "3"]):
+        done = subprocess.run(avcurate_cmd(*cmd), capture_output=True, text=True, timeout=60,
+                              env=env)
+        assert done.returncode == 2 and "set OPENAI_API_KEY" in done.stderr, done.stderr
+        assert not (run_dir / "audits").exists()
 
 
 def test_a_run_without_a_score_stage_is_refused(tmp_path):

@@ -89,7 +89,10 @@ def audit_stage(store: RunStore, path: Path, fp: str, stage: Stage, sample: pa.T
                 ) -> tuple[pa.Table, dict[str, int], dict[str, int]]:
     """Run a model stage over the sampled rows into the audit folder `path` (made or resumed
     for settings `fp`); returns (answered rows, unanswered rows per reason, call usage).
-    Columns the stage adds are dropped from the sample first (the run may have them)."""
+    Columns the stage adds are dropped from the sample first (the run may have them).
+    What this machine needs to call the model (a key, a library) is checked first, as the
+    runner does for a stage: a missing key stops here, not after five failed calls."""
+    stage.check()
     open_folder(path, fp, redo)
     asked = sample.drop_columns([c for c in stage.adds if c in sample.column_names])
     workers = Recipe.from_dict(store.load_manifest()["recipe"]).workers
