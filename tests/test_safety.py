@@ -168,6 +168,22 @@ def test_a_redo_names_the_later_stages_it_removes_and_asks_first(validated):
         "rules": ["duration_s >= 2"]}
 
 
+def test_a_forced_ingest_names_the_stages_it_drops_and_asks_first(validated, media):
+    """`ingest --force` into a run redoes ingest and makes no later stage again."""
+    ingest = ["ingest", "--source", "jsonl", "--annotations", str(validated.parent / "ann.jsonl"),
+              "--media-root", str(media["root"]), "--out", str(validated), "--shard-size", "2",
+              "--force", "-q"]
+    asked = subprocess.run(avcurate_cmd(*ingest), input="", capture_output=True, text=True,
+                           timeout=300)
+    assert asked.returncode == 1
+    assert "removes the 1 later stage(s) this recipe does not make again: 01-validate" in \
+        " ".join(asked.stdout.split())
+    assert _stages(validated) == ["00-ingest", "01-validate"]
+    done = sh(*ingest, "--yes")
+    assert done.returncode == 0, done.stderr
+    assert _stages(validated) == ["00-ingest"]
+
+
 def test_reset_lists_and_removes_later_stages(validated):
     sh("threshold", str(validated), "--rule", "duration_s >= 1", "-q")
     sh("dedup", str(validated), "-q")

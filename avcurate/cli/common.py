@@ -7,6 +7,7 @@ import inspect
 import re
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -156,11 +157,26 @@ def confirm_redo(run_dir: Path, specs: list[StageSpec], yes: bool) -> None:
     from avcurate.pipeline.runner import redo_plan
 
     own, later = guard(redo_plan, run_dir, specs)
-    if not later:
-        return
-    out.print(f"--redo removes {', '.join(own)} and the {len(later)} later stage(s) made from "
-              f"it: {', '.join(later)} (caches kept: running them again re-sends nothing "
-              "already answered)", markup=False)
+    if later:
+        ask_before_removing(f"--redo removes {', '.join(own)} and the {len(later)} later "
+                            f"stage(s) made from it: {', '.join(later)} (caches kept: running "
+                            "them again re-sends nothing already answered)", yes)
+
+
+def confirm_force(yes: bool) -> Callable[[str, list[str]], None]:
+    """For a Runner: `--force` names the done stages it removes without making them again
+    (those after the recipe's last) and asks first."""
+    def confirm(first: str, dropped: list[str]) -> None:
+        ask_before_removing(f"--force recomputes from {first} on, and removes the "
+                            f"{len(dropped)} later stage(s) this recipe does not make again: "
+                            f"{', '.join(dropped)} (caches kept)", yes)
+    return confirm
+
+
+def ask_before_removing(what: str, yes: bool) -> None:
+    """Print what a command is about to remove; unless `yes`, stop (exit 1) on anything but
+    a yes, which with no terminal to answer is what a script gets."""
+    out.print(what, markup=False)
     if not yes and not typer.confirm("Remove them?", default=False):
         raise typer.Exit(1)
 

@@ -17,6 +17,8 @@ from avcurate.cli.common import (
     RunDir,
     Yes,
     app,
+    ask_before_removing,
+    confirm_force,
     fail,
     guard,
     out,
@@ -44,6 +46,7 @@ def run(
     recipe: Annotated[Path, typer.Argument(help="Recipe TOML: sources + ordered stages.")],
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Run folder to create or resume.")],
     force: Force = False,
+    yes: Yes = False,
     quiet: Quiet = False,
     executor: Annotated[str, typer.Option(help="local (default) or ray (consecutive stages "
                                                "fused into one pass per shard: Ray tasks for "
@@ -75,9 +78,11 @@ def run(
         from avcurate.pipeline.ray_runner import RayRunner
 
         runner = guard(RayRunner, rec, out_dir, force=force, show_progress=not quiet,
-                       address=address, actors=ray_actors, cpus_per_task=ray_cpus_per_task)
+                       confirm_removal=confirm_force(yes), address=address, actors=ray_actors,
+                       cpus_per_task=ray_cpus_per_task)
     else:
-        runner = Runner(rec, out_dir, force=force, show_progress=not quiet)
+        runner = Runner(rec, out_dir, force=force, show_progress=not quiet,
+                        confirm_removal=confirm_force(yes))
     guard(runner.run)
     print_summary(out_dir, f"Run {out_dir}")
     if export_opts is not None:
@@ -130,6 +135,7 @@ def ingest(
     ] = None,
     shard_size: Annotated[int, typer.Option(help="Rows per shard (the unit of resume).")] = 256,
     force: Force = False,
+    yes: Yes = False,
     quiet: Quiet = False,
 ) -> None:
     """Normalise one annotation file into the sample table (stage 00-ingest)."""
@@ -143,7 +149,8 @@ def ingest(
         fail(str(exc))
     spec = SourceSpec(source, str(annotations.resolve()), str(media_root.resolve()), options)
     rec = Recipe([spec], [], shard_size=shard_size)
-    guard(Runner(rec, out_dir, force=force, show_progress=not quiet).run)
+    guard(Runner(rec, out_dir, force=force, show_progress=not quiet,
+                 confirm_removal=confirm_force(yes)).run)
     print_summary(out_dir, f"Ingested into {out_dir}")
     out.print(f"Next: [bold]avcurate validate {escape(shlex.quote(str(out_dir)))}[/]",
               soft_wrap=True)
@@ -219,9 +226,7 @@ def reset(
     doomed = [p.name for p in RunStore(run_dir).stage_dirs() if int(p.name[:2]) >= index]
     if not doomed:
         fail(f"nothing to remove: {run_dir} has no stage {from_stage!r} or after it")
-    out.print("removes: " + ", ".join(doomed), markup=False)
-    if not yes and not typer.confirm("Remove them?", default=False):
-        raise typer.Exit(1)
+    ask_before_removing("removes: " + ", ".join(doomed), yes)
     removed = guard(reset_run, run_dir, index)
     out.print(f"removed {len(removed)} stage folder(s); caches kept. Run the stage command "
               "again to redo it.", markup=False)

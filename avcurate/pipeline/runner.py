@@ -13,7 +13,7 @@ import shutil
 import sys
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -197,10 +197,15 @@ class Runner:
     """Runs a recipe into a run folder, resuming whatever is already finished there."""
 
     def __init__(self, recipe: Recipe, run_dir: Path | str, *, force: bool = False,
-                 console: Console | None = None, show_progress: bool = True) -> None:
+                 console: Console | None = None, show_progress: bool = True,
+                 confirm_removal: Callable[[str, list[str]], None] | None = None) -> None:
         self.recipe = recipe
         self.store = RunStore(run_dir)
         self.force = force
+        # with `force`: called with the first stage that differs and the done stages after
+        # the recipe's last, which the run removes and does not make again (an ingest
+        # --force takes every stage of the run); it raises to keep them
+        self.confirm_removal = confirm_removal
         self.console = console or Console(stderr=True)
         self.show_progress = show_progress
         self._pool: WorkerPool | None = None  # the run's decode workers, while it runs
@@ -225,6 +230,9 @@ class Runner:
                     f"{self._difference(manifest, done[k])}. Use --force to recompute from "
                     f"that stage on, or choose another --out."
                 )
+            dropped = [e["dir"] for e in done[max(k, len(planned)):]]
+            if dropped and self.confirm_removal is not None:
+                self.confirm_removal(done[k]["dir"], dropped)
             manifest["stages"] = remove_stages(self.store, done, k)
         return manifest
 
