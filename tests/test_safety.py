@@ -399,6 +399,32 @@ def test_a_damaged_shard_is_named_in_one_line_with_the_stage_to_redo(validated):
     assert sh("status", str(validated)).returncode == 0
 
 
+def test_a_damaged_cache_is_named_in_one_line_and_moving_it_aside_recovers(validated):
+    """A cache file cut short or overwritten outside avcurate: the stage stops before it
+    rejects a row, the line names the file, and without it the same command succeeds."""
+    with openai_server() as server:
+        assert sh(*_score(validated, server.url + "/v1")).returncode == 0
+        responses = validated / "cache" / "responses.sqlite"
+        responses.write_bytes(responses.read_bytes()[:3000])  # a partial copy
+        (validated / "cache" / "probe.sqlite").write_bytes(b"not SQLite at all\n" * 64)
+        for stage, file, done in (
+                (["validate", str(validated)], "probe.sqlite", ["00-ingest"]),
+                (_score(validated, server.url + "/v1"), "responses.sqlite",
+                 ["00-ingest", "01-validate"])):
+            stopped = sh(*stage, "--redo", "-y", "-q")
+            assert stopped.returncode == 2 and "Traceback" not in stopped.stderr
+            [line] = stopped.stderr.strip().splitlines()
+            assert f"cache/{file} is damaged" in line and "Move it aside" in line, line
+            assert _stages(validated) == done  # stopped: not recorded, no row rejected
+            (validated / "cache" / file).rename(validated / f"{file}.damaged")
+            again = sh(*stage, "-q")
+            assert again.returncode == 0, again.stderr
+    status = json.loads(sh("status", str(validated), "--json").stdout)["stages"]
+    assert [(s["stage"], s["status"]) for s in status] == [
+        ("00-ingest", "done"), ("01-validate", "done"), ("02-score", "done")]
+    assert status[2]["rows_in"] == status[2]["kept"] + status[2]["rejected"] == 6
+
+
 def test_a_full_disk_is_one_line_and_the_same_command_resumes(tmp_path, media, monkeypatch,
                                                               capsys):
     """A write that fails for the machine's sake (here the third file's sync: no space

@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from avcurate.audits.sample import AuditError
+from avcurate.core.kvcache import CacheDamaged
 from avcurate.core.lock import RunInUse
 from avcurate.core.options import OptionError
 from avcurate.core.outputs import OutputError
@@ -45,7 +46,7 @@ Force = Annotated[bool, typer.Option(
 Yes = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
 
 USER_ERRORS = (RunError, RecipeError, StageError, OptionError, RunInUse, FileNotFoundError,
-               OutputError, ManifestError, AuditError, ExportError, LicenseError)
+               OutputError, ManifestError, AuditError, ExportError, LicenseError, CacheDamaged)
 
 
 def reflow(doc: str) -> str:

@@ -81,15 +81,39 @@ def journal_mode(path: Path) -> str:
                                 else "wal")
 
 
+class CacheDamaged(Exception):
+    """A cache file SQLite cannot read. Every write of ours is a transaction, so it was
+    damaged outside avcurate (a partial copy, a disk fault): the user's to move aside or
+    restore, not ours to delete, since a response cache holds answers that were paid for."""
+
+    def __init__(self, path: Path, error: sqlite3.DatabaseError) -> None:
+        super().__init__(
+            f"cache {path} is damaged ({error}); avcurate writes it in transactions, so it was "
+            "changed outside avcurate (a partial copy, a disk fault). Move it aside and run "
+            "the same command again (what it held is asked or measured again), or restore it "
+            "from a copy")
+
+
+# what SQLite says of a file it cannot read as a database (not of a busy or locked one)
+DAMAGE = ("malformed", "not a database", "file is encrypted")
+
+
+def _damage(path: Path, exc: sqlite3.DatabaseError) -> Exception:
+    return CacheDamaged(path, exc) if any(d in str(exc) for d in DAMAGE) else exc
+
+
 def _locked(method):
     """One statement or transaction at a time per connection: threads of one process share
     it (shards processed together), and a BEGIN from one thread must not take in another
-    thread's statements."""
+    thread's statements. A damaged file is named (CacheDamaged), not a bare SQLite error."""
 
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
         with self._lock:
-            return method(self, *args, **kwargs)
+            try:
+                return method(self, *args, **kwargs)
+            except sqlite3.DatabaseError as exc:
+                raise _damage(self.path, exc) from None
 
     return wrapper
 
@@ -103,7 +127,11 @@ class KVCache:
         self.journal = journal_mode(path)
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
         self._lock = threading.RLock()
-        self._setup()
+        try:
+            self._setup()
+        except sqlite3.DatabaseError as exc:
+            self._db.close()
+            raise _damage(path, exc) from None
 
     def _setup(self, attempts: int = 200) -> None:
         """Set the journal mode and create the tables. Several processes opening a new cache
