@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import subprocess
@@ -356,6 +357,45 @@ def test_a_training_folder_resumes_only_the_same_training(toy, tmp_path):
     assert [p.name for p in theirs.iterdir()] == ["notes.txt"]
     with pytest.raises(OptionError, match="is a file"):
         train(_cfg(toy, theirs / "notes.txt", steps=1), progress=False)
+
+
+@pytest.mark.filterwarnings("error:torch.distributed is disabled:UserWarning")
+def test_a_full_disk_at_a_checkpoint_is_one_line_and_the_same_command_resumes(
+        toy, tmp_path, monkeypatch):
+    """Torch reports a checkpoint write that ran out of space as a RuntimeError about a zip
+    position inside a BaseException; the command line must say the disk is full, keep the
+    last whole checkpoint and resume from it."""
+    import shutil
+
+    import avcurate.trainer.loop as loop
+    from avcurate.cli.common import machine_error
+
+    out, save, saves = tmp_path / "out", loop.torch.save, []
+
+    def full_at_the_second_checkpoint(obj, path, *a, **kw):
+        if str(path).endswith("trainer.pt"):
+            saves.append(path)
+            if len(saves) == 2:
+                raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos")
+        return save(obj, path, *a, **kw)
+
+    monkeypatch.setattr(loop.torch, "save", full_at_the_second_checkpoint)
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(loop.shutil, "disk_usage", lambda p: usage._replace(free=4096))
+    with pytest.raises(OSError) as stopped:
+        train(_cfg(toy, out, steps=4, save_every=1), progress=False)
+    assert stopped.value.errno == errno.ENOSPC
+    assert machine_error(stopped.value).startswith("No space left on device: ")
+    assert not (out / "checkpoint.tmp").exists()
+    assert loop.torch.load(out / "checkpoint" / "trainer.pt", weights_only=False)["step"] == 1
+    monkeypatch.undo()  # space again: the same training goes on from step 1
+    history = train(_cfg(toy, out, steps=4, save_every=1), progress=False)
+    assert [h["step"] for h in history] == [2, 3, 4] and (out / "final").is_dir()
+    # with room on the disk the same failure is not called a full disk
+    saves.clear()
+    monkeypatch.setattr(loop.torch, "save", full_at_the_second_checkpoint)
+    with pytest.raises(RuntimeError, match="unexpected pos"):
+        train(_cfg(toy, tmp_path / "out2", steps=4, save_every=1), progress=False)
 
 
 def test_a_setting_one_version_records_and_another_does_not_is_no_change(toy, tmp_path):

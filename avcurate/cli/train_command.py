@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
-from avcurate.cli.common import app, fail, out
+from avcurate.cli.common import app, fail, machine_error, out
 from avcurate.cli.generate import collect, options_for, with_signature
 from avcurate.core.options import OptionError
 
@@ -36,9 +36,9 @@ def register() -> None:
             cfg = TrainConfig.load(values["config"] or "", **given)
             history = train(cfg)
         except (OptionError, ValueError, OSError) as exc:
-            # OSError: transformers cannot load the model (folder or Hub id); its messages
-            # run over several lines
-            fail(" ".join(str(exc).split()))
+            # OSError: transformers cannot load the model (folder or Hub id), whose messages
+            # run over several lines; or the machine's (a full disk), said as everywhere
+            fail(machine_error(exc) or " ".join(str(exc).split()))
         _finish()
         if history:
             last = history[-1]

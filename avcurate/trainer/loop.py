@@ -8,6 +8,7 @@ as one process on the same global batch.
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import math
@@ -176,17 +177,23 @@ def one_process_quiet() -> Iterator[None]:
 
 def save_checkpoint(folder: Path, model, optimizer, scheduler, step: int, rank: int) -> None:
     import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
     tmp = folder.with_name(folder.name + ".tmp")
     reshard_all(model)
     msd, osd = get_state_dict(model, optimizer)
-    with one_process_quiet():
-        dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(tmp / "state"))
-    torch.save({"torch": torch.get_rng_state(), "python": random.getstate(),
-                "numpy": np.random.get_state()}, tmp / f"rng-{rank}.pt")
-    if rank == 0:
-        torch.save({"step": step, "scheduler": scheduler.state_dict()}, tmp / "trainer.pt")
+    try:
+        with one_process_quiet():
+            dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(tmp / "state"))
+        torch.save({"torch": torch.get_rng_state(), "python": random.getstate(),
+                    "numpy": np.random.get_state()}, tmp / f"rng-{rank}.pt")
+        if rank == 0:
+            torch.save({"step": step, "scheduler": scheduler.state_dict()}, tmp / "trainer.pt")
+    except (Exception, CheckpointException) as exc:  # the latter is a BaseException
+        if _disk_full(tmp):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp.parent)) from exc
+        raise
     if dist.is_initialized():
         dist.barrier()
     if rank == 0:  # swap in the new checkpoint only once every rank has written its part
@@ -198,6 +205,20 @@ def save_checkpoint(folder: Path, model, optimizer, scheduler, step: int, rank: 
             shutil.rmtree(old)
     if dist.is_initialized():
         dist.barrier()
+
+
+FULL_DISK_BYTES = 64 << 20  # free space under which a failed checkpoint write is a full disk
+
+
+def _disk_full(tmp: Path) -> bool:
+    """Whether a checkpoint write failed for want of space. Torch's writers turn a full
+    disk into a RuntimeError about a zip position (inside a CheckpointException), which
+    names neither; a write that fails with next to nothing free is said as the OSError it
+    was, so the command line prints its one line. The half-written checkpoint goes either
+    way (the last whole one stays, and a resume starts from it)."""
+    free = shutil.disk_usage(tmp.parent).free
+    shutil.rmtree(tmp, ignore_errors=True)
+    return free < FULL_DISK_BYTES
 
 
 def reshard_all(model: torch.nn.Module) -> None:
