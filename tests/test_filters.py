@@ -74,6 +74,30 @@ def test_rule_language_is_safe_and_clear(tmp_path):
         run(recipe, tmp_path / "run")
 
 
+def test_a_stage_that_keeps_no_row_is_a_warning_with_what_its_rows_held(tmp_path):
+    """`composite_score >= 7` (a 0-10 habit) against scores that run 0 to 1: the stage is
+    done, and the summary says so with the range and the way back."""
+    import subprocess
+
+    from conftest import avcurate_cmd
+
+    rows = [row(str(i), comp=c) for i, c in enumerate([0.5, 0.65, 0.9, 0.75])]
+    run(scored_recipe(tmp_path, rows, []), tmp_path / "run")
+
+    def threshold(rule, *extra):
+        done = subprocess.run(avcurate_cmd("threshold", str(tmp_path / "run"), "--rule", rule,
+                                           "-q", *extra), capture_output=True, text=True,
+                              timeout=120)
+        assert done.returncode == 0, done.stderr
+        return " ".join(done.stdout.split())
+
+    said = threshold("composite_score >= 7")
+    assert "warning: 01-threshold kept none of its 4 rows (4 failed(composite_score >= 7)); " \
+           "composite_score ran from 0.5 to 0.9." in said
+    assert f"avcurate reset {tmp_path / 'run'} --from 01-threshold" in said
+    assert "warning" not in threshold("composite_score >= 0.7", "--redo")
+
+
 # -- balance ------------------------------------------------------------------------
 
 

@@ -26,7 +26,7 @@ from avcurate.hub.options import ExportError
 from avcurate.pipeline.recipe import RecipeError, StageSpec
 from avcurate.pipeline.registry import create
 from avcurate.pipeline.runner import AlreadyDone, RunError, extend_run
-from avcurate.reports.tables import reasons_table, stage_rows, summary_table
+from avcurate.reports.tables import emptied_stage, reasons_table, stage_rows, summary_table
 from avcurate.stages.base import StageError
 
 app = typer.Typer(
@@ -140,10 +140,13 @@ def print_lines(lines: list[str]) -> None:
 def print_summary(run_dir: Path, title: str) -> None:
     """The run's table, after a command ran stages (their counts as recorded when each
     completed; `avcurate status` recounts from the shards)."""
-    rows = stage_rows(RunStore(run_dir), recorded=True)
+    store = RunStore(run_dir)
+    rows = stage_rows(store, recorded=True)
     out.print(summary_table(rows, title))
     if any(r["rejects_by_reason"] for r in rows):
         out.print(reasons_table(rows))
+    if (warning := emptied_stage(store, rows)) is not None:
+        out.print(f"[bold yellow]warning:[/] {escape(warning)}", soft_wrap=True, highlight=False)
 
 
 def check_specs(specs: list[StageSpec]) -> None:

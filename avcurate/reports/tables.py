@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import re
+import shlex
 from typing import Any
 
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from rich.table import Table
 
 from avcurate.core.counts import reject_reasons
@@ -11,6 +15,7 @@ from avcurate.core.store import RunStore, parquet_rows
 from avcurate.curation.probe import CONDITION_NAMES
 
 RECORDED = ("kept", "rejected", "shards", "rejects_by_reason")
+RULE_COLUMN = re.compile(r"^failed\((\w+) ")  # threshold's reason: failed(column op value)
 
 
 def stage_rows(store: RunStore, *, recorded: bool = False) -> list[dict[str, Any]]:
@@ -187,3 +192,25 @@ def agreement_tables(audit: dict[str, Any]) -> list[Table]:
                          f"only {comp['b']} keeps {c['only_second_keeps']}")
         tables.append(table)
     return tables
+
+
+def emptied_stage(store: RunStore, rows: list[dict[str, Any]]) -> str | None:
+    """A warning when a done stage kept none of the rows it was given: almost always a
+    setting on the wrong scale (`composite_score >= 7` where scores run 0 to 1), which the
+    run otherwise records as a finished stage. Names the reason most rows got and, for a
+    threshold rule, the range its column held, and how to redo the stage."""
+    emptied = next((r for r in rows if r["status"] == "done" and r["rows_in"]
+                    and not r["kept"]), None)
+    if emptied is None or not emptied["rejects_by_reason"]:
+        return None
+    reason, count = max(emptied["rejects_by_reason"].items(), key=lambda kv: kv[1])
+    line = (f"{emptied['stage']} kept none of its {emptied['rows_in']:,} rows "
+            f"({count:,} {reason})")
+    if (m := RULE_COLUMN.match(reason)) is not None:
+        files = store.rejects(store.root / emptied["stage"])
+        values = pc.min_max(pq.ParquetDataset(files).read(columns=[m[1]]).column(0))
+        if values["min"].is_valid:
+            line += f"; {m[1]} ran from {values['min'].as_py():g} to {values['max'].as_py():g}"
+    return (line + ". If that is not what you meant: avcurate reset "
+            f"{shlex.quote(str(store.root))} --from {emptied['stage']}, then run it with other "
+            "settings")
