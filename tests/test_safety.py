@@ -252,6 +252,21 @@ def test_second_writer_is_refused_readers_are_not_and_kill_9_frees_the_lock(tmp_
     assert _stages(run_dir) == ["00-ingest", "01-validate", "02-slow"]
 
 
+def _worker_pool_of(proc: subprocess.Popen) -> list:
+    """The processes under a run of the demo recipe once its validate stage's probe pool
+    is up (the pool's server and workers)."""
+    import psutil
+
+    parent = psutil.Process(proc.pid)
+    deadline = time.time() + 60
+    workers: list[psutil.Process] = []
+    while len(workers) < 2:
+        assert proc.poll() is None and time.time() < deadline, "no worker pool seen"
+        workers = parent.children(recursive=True)
+        time.sleep(0.02)
+    return workers
+
+
 def test_decode_workers_exit_when_their_parent_is_killed(tmp_path):
     import psutil
 
@@ -261,13 +276,7 @@ def test_decode_workers_exit_when_their_parent_is_killed(tmp_path):
     env = os.environ | {"AVCURATE_DEMO_BASE_URL": "http://127.0.0.1:9/v1"}  # never reached
     proc = subprocess.Popen(avcurate_cmd("run", str(recipe), "--out", str(tmp_path / "run"), "-q"),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    parent = psutil.Process(proc.pid)
-    deadline = time.time() + 60
-    workers: list[psutil.Process] = []
-    while len(workers) < 2:  # the validate stage's probe pool is up
-        assert proc.poll() is None and time.time() < deadline, "no worker pool seen"
-        workers = parent.children(recursive=True)
-        time.sleep(0.02)
+    workers = _worker_pool_of(proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     gone, alive = psutil.wait_procs(workers, timeout=5)
@@ -293,13 +302,7 @@ def test_ctrl_c_stops_every_process_of_the_command_with_one_line(tmp_path):
         avcurate_cmd("run", str(recipe), "--out", str(tmp_path / "run")), env=env,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, process_group=0,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # even under nohup
-    parent = psutil.Process(proc.pid)
-    deadline = time.time() + 60
-    workers: list[psutil.Process] = []
-    while len(workers) < 2:  # the validate stage's probe pool is up
-        assert proc.poll() is None and time.time() < deadline, "no worker pool seen"
-        workers = parent.children(recursive=True)
-        time.sleep(0.02)
+    workers = _worker_pool_of(proc)
     for child in workers:  # none can take a Ctrl-C itself, not even while it starts
         assert _sigint_held_or_ignored(child.pid), child.cmdline()
     os.killpg(proc.pid, signal.SIGINT)
