@@ -65,14 +65,14 @@ class ModelServer(ThreadingHTTPServer):
     def __enter__(self) -> ModelServer:
         return self.start()
 
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A client that hung up before its answer (Ctrl-C, a timeout) is not an error
         worth a traceback on the user's terminal; anything else still prints one."""
         if not isinstance(sys.exc_info()[1], ConnectionError):
             super().handle_error(request, client_address)
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def record(self, body: dict, headers: dict, prompt: str) -> int:
         """Count (and with `record`, keep) a request; returns its attempt number for the prompt."""
