@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import re
 import subprocess
@@ -82,6 +83,11 @@ def test_query_views_and_export(scored_run):
     assert (scored_run / "r.csv").read_text().splitlines() == ["id", "jsonl:scored/bad", "jsonl:scored/dup"]
     bad = sh("query", str(scored_run), "SELECT nope FROM samples", check=False)
     assert bad.returncode == 2 and "views:" in bad.stderr and "samples" in bad.stderr
+    piped = sh("query", str(scored_run), "SELECT id, options FROM rejects ORDER BY id", "--out",
+               "-")  # every row as CSV on stdout, for a pipe; the count on stderr
+    assert list(csv.reader(piped.stdout.splitlines())) == [
+        ["id", "options"], ["jsonl:scored/bad", "[x, y]"], ["jsonl:scored/dup", "[x, y]"]]
+    assert "2 rows written to stdout" in piped.stderr and not (scored_run / "-").exists()
 
 
 def test_query_is_read_only_and_scoped_to_the_run(scored_run, tmp_path):

@@ -11,7 +11,7 @@ from rich.markup import escape
 
 from avcurate import __version__
 from avcurate.catalogs import CATALOGS
-from avcurate.cli.common import RunDir, app, damage_in_runs, fail, guard, out
+from avcurate.cli.common import RunDir, app, damage_in_runs, err, fail, guard, out
 from avcurate.core.outputs import OutputError, check_output, write_output
 from avcurate.pipeline.registry import available
 from avcurate.reports.tables import (
@@ -77,7 +77,8 @@ def query(
     sql: Annotated[str, typer.Argument(help="SQL over the views: samples (newest stage's kept "
                                             "rows), rejects, one per stage, subset_<name>.")],
     out_file: Annotated[Path | None, typer.Option("--out", help="Write the result to .csv or "
-                                                                ".parquet instead.")] = None,
+                                                                ".parquet instead; '-': every "
+                                                                "row as CSV on stdout.")] = None,
     limit: Annotated[int, typer.Option(help="Rows to print.")] = 50,
     overwrite: Annotated[bool, typer.Option(help="Replace the --out file if it exists.")]
     = False,
@@ -88,7 +89,15 @@ def query(
     """
     import duckdb
 
-    from avcurate.reports.query import QueryError, check_export, connect, export, select, views
+    from avcurate.reports.query import (
+        STDOUT,
+        QueryError,
+        check_export,
+        connect,
+        export,
+        select,
+        views,
+    )
 
     con = guard(connect, run_dir)
     if limit < 0:
@@ -102,7 +111,9 @@ def query(
         rel = select(con, sql)
         if out_file is not None:
             n = guard(export, rel, out_file)
-            out.print(f"{n:,} rows written to {out_file}", markup=False)
+            (err if out_file == STDOUT else out).print(
+                f"{n:,} rows written to {'stdout' if out_file == STDOUT else out_file}",
+                markup=False)
             return
         rows = rel.limit(limit).fetchall()
         [(total,)] = rel.aggregate("count(*)").fetchall()

@@ -16,8 +16,10 @@ Results are written by avcurate itself (`--out`).
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -108,10 +110,15 @@ def views(con: DuckDBPyConnection) -> list[str]:
         "SELECT view_name FROM duckdb_views() WHERE NOT internal ORDER BY 1").fetchall()]
 
 
+STDOUT = Path("-")  # `--out -`: every row as CSV on standard output, for a pipe
+
+
 def check_export(out: Path, overwrite: bool) -> None:
     """Stop before the query runs when `--out` cannot be written, is not .csv/.parquet,
     or would replace a file without `--overwrite` (a query's file carries no mark of its
     writer, so an existing one may be the user's)."""
+    if out == STDOUT:
+        return
     check_output(out, "--out", overwrite=overwrite)
     if out.suffix.lower() not in (".csv", ".parquet"):
         raise QueryError(f"--out must end in .csv or .parquet, not {out.suffix.lower()!r}")
@@ -121,6 +128,15 @@ def export(rel: DuckDBPyRelation, out: Path) -> int:
     """Write a query's result to CSV or Parquet (by suffix), atomically; return its rows.
     A failing write is an OutputError; a failing query stays DuckDB's error."""
     table = rel.to_arrow_table()
+    if out == STDOUT:
+        import duckdb
+
+        sys.stdout.flush()  # DuckDB writes to the descriptor, after what Python printed
+        try:
+            _duckdb_csv(table, "/dev/stdout")
+        except duckdb.IOException as exc:  # the reader left early (`| head`): as for print
+            raise BrokenPipeError(errno.EPIPE, str(exc).splitlines()[0]) from None
+        return table.num_rows
     try:
         if out.suffix.lower() == ".parquet":
             write_parquet_atomic(table, out)
@@ -139,9 +155,15 @@ def _write_csv(table: pa.Table, out: Path) -> None:
 
     tmp = out.with_name(f".{out.name}.{secrets.token_hex(8)}.tmp")
     try:
-        duckdb.connect().from_arrow(table).write_csv(str(tmp), header=True)
+        _duckdb_csv(table, str(tmp))
         os.replace(tmp, out)
     except duckdb.IOException as exc:
         raise OSError(str(exc).splitlines()[0]) from exc
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _duckdb_csv(table: pa.Table, path: str) -> None:
+    import duckdb
+
+    duckdb.connect().from_arrow(table).write_csv(path, header=True)
