@@ -109,7 +109,7 @@ def test_gspo_token_equals_gspo_when_advantages_are_per_sequence():
     b = logp.clone().requires_grad_(True)
     seq = policy_loss(a, old, adv, mask, LossConfig("gspo", eps_low=0.5, eps_high=0.5))
     tok = policy_loss(b, old, adv, mask, LossConfig("gspo_token", eps_low=0.5, eps_high=0.5))
-    assert float(seq.loss) == pytest.approx(float(tok.loss), rel=1e-6)
+    assert seq.loss.item() == pytest.approx(tok.loss.item(), rel=1e-6)
     seq.loss.backward()
     tok.loss.backward()
     assert torch.allclose(a.grad * mask, a.grad)  # padding gets no gradient
