@@ -184,6 +184,52 @@ def test_a_forced_ingest_names_the_stages_it_drops_and_asks_first(validated, med
     assert _stages(validated) == ["00-ingest"]
 
 
+def test_a_dry_run_of_a_recipe_checks_it_and_plans_each_stage_without_running_any(
+        tmp_path, media):
+    ann = tmp_path / "ann.jsonl"
+    ann.write_text("".join(json.dumps({"id": f"r{i}", "video": str(media["good"]),
+                                       "question": f"Q{i}?", "options": ["x", "y"],
+                                       "answer": "A"}) + "\n" for i in range(9)))
+
+    def recipe(name: str, score: str = "") -> Path:
+        path = tmp_path / name
+        path.write_text(f'[run]\nshard_size = 4\n[[sources]]\nname = "jsonl"\n'
+                        f'annotations = "{ann}"\nmedia_root = "{media["root"]}"\n'
+                        '[[stages]]\nname = "validate"\n' + score)
+        return path
+
+    run_dir = tmp_path / "run"
+    with openai_server() as server:
+        url = f'base_url = "{server.url}/v1"\n'
+        full = recipe("full.toml", f'[[stages]]\nname = "score"\nmodel = "judge"\n{url}'
+                                   'media = "none"\n')
+        fresh = sh("run", str(full), "--out", str(run_dir), "--dry-run")
+        assert fresh.returncode == 0, fresh.stderr
+        plan = " ".join(fresh.stdout.split())
+        for row in ("00-ingest │ runs", "01-validate │ runs", "02-score │ runs │ openai:judge"):
+            assert row in plan, plan
+        assert not run_dir.exists()
+        assert sh("run", str(recipe("head.toml")), "--out", str(run_dir), "-q").returncode == 0
+        manifest = (run_dir / "manifest.json").read_bytes()
+        planned = sh("run", str(full), "--out", str(run_dir), "--dry-run")
+        assert planned.returncode == 0, planned.stderr
+        plan = " ".join(planned.stdout.split())
+        assert "00-ingest │ done │ kept 9" in plan and "01-validate │ done │ kept 9" in plan
+        assert "score with openai:judge on 9 rows 9 calls to make" in plan, plan
+        assert "Nothing was run" in plan
+        assert not server.requests and (run_dir / "manifest.json").read_bytes() == manifest
+        other = tmp_path / "other.toml"  # validate with other settings than the run's
+        other.write_text(full.read_text().replace('"validate"\n', '"validate"\nmin_duration_s = 3.0\n'))
+        refused = sh("run", str(other), "--out", str(run_dir), "--dry-run")
+        assert refused.returncode == 2 and "01-validate was made with a different recipe" in \
+            refused.stderr, refused.stderr
+        keyless = tmp_path / "keyless.toml"  # OpenAI's own API, and no key
+        keyless.write_text(full.read_text().replace(url, ""))
+        stopped = sh("run", str(keyless), "--out", str(run_dir), "--dry-run",
+                     env={"OPENAI_API_KEY": "", "OPENAI_BASE_URL": ""})
+        assert stopped.returncode == 2 and "set OPENAI_API_KEY" in stopped.stderr
+
+
 def test_reset_lists_and_removes_later_stages(validated):
     sh("threshold", str(validated), "--rule", "duration_s >= 1", "-q")
     sh("dedup", str(validated), "-q")

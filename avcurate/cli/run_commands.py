@@ -59,11 +59,19 @@ def run(
                                                  "model stages, started once per run.")] = 2,
     ray_cpus_per_task: Annotated[float, typer.Option(help="With --executor ray: CPUs per "
                                                           "decoding task.")] = 1.0,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Check the recipe as a run would (options, files, keys, the run "
+                          "folder) and print what each stage would do: done, resumed or run, "
+                          "with the first model stage's calls and tokens; run nothing.")]
+    = False,
 ) -> None:
     """Run a recipe into a run folder. Re-running resumes: finished shards are skipped."""
     if executor not in ("local", "ray"):
         fail(f"--executor must be local or ray, not {executor!r}")
     rec = guard(Recipe.load, recipe)
+    if dry_run:
+        _print_plan(rec, out_dir, force)
+        return
     export_opts = None
     if rec.export is not None:  # a bad [export] option stops the run before any row is read
         from avcurate.hub.options import export_options
@@ -97,6 +105,24 @@ def run(
             for c, s in result.configs.items()), markup=False)
     out.print(f"Inspect it with: [bold]avcurate status {escape(shlex.quote(str(out_dir)))}[/]",
               soft_wrap=True)
+
+
+def _print_plan(rec: Recipe, out_dir: Path, force: bool) -> None:
+    """`run --dry-run`: the plan's table, then the first model stage's estimate."""
+    from rich.table import Table
+
+    from avcurate.pipeline.plan import plan_run
+
+    plan = guard(plan_run, rec, out_dir, force=force)
+    table = Table(title=f"Plan for {out_dir}", title_justify="left")
+    for column in ("stage", "would be", "detail"):
+        table.add_column(column)
+    for stage in plan.stages:
+        table.add_row(stage.folder, stage.state, stage.detail)
+    out.print(table)
+    if plan.estimate is not None:
+        out.print(plan.estimate, highlight=False, soft_wrap=True)
+    out.print("Nothing was run (--dry-run).", markup=False)
 
 
 @app.command()

@@ -87,7 +87,7 @@ def dry_run(run_dir, spec: StageSpec) -> str:
     samples = sum(r.n for r in built)
     lines = [
         f"[bold]{spec.name}[/] with {stage.backend}:{stage.model} on {rows:,} rows"
-        + ("" if scale == 1 else f" (estimated from the first {sample_rows:,})"),
+        + ("" if scale == 1 or not rows else f" (estimated from the first {sample_rows:,})"),
         f"  {calls:,} calls to make"
         + (f", {round(samples * scale):,} samples in all" if samples != len(built) else "")
         + f" ({round(hits * scale):,} answers already cached, "

@@ -222,19 +222,26 @@ class Runner:
         manifest = self.store.load_manifest()
         done = done_entries(manifest)
         manifest["stages"] = done  # v0.1 manifests may hold a "running" entry
-        k = matching_prefix(done, planned)
+        k = self.kept_prefix(manifest, planned)
         if k < min(len(done), len(planned)):
-            if not self.force:
-                raise RunError(
-                    f"{self.store.root} already holds a run whose stage {done[k]['dir']} "
-                    f"{self._difference(manifest, done[k])}. Use --force to recompute from "
-                    f"that stage on, or choose another --out."
-                )
             dropped = [e["dir"] for e in done[max(k, len(planned)):]]
             if dropped and self.confirm_removal is not None:
                 self.confirm_removal(done[k]["dir"], dropped)
             manifest["stages"] = remove_stages(self.store, done, k)
         return manifest
+
+    def kept_prefix(self, manifest: dict[str, Any], planned: list[dict[str, Any]]) -> int:
+        """How many of the run's done stages this recipe keeps; without `force`, a done stage
+        made with other settings stops the run (RunError) instead of being recomputed."""
+        done = done_entries(manifest)
+        k = matching_prefix(done, planned)
+        if k < min(len(done), len(planned)) and not self.force:
+            raise RunError(
+                f"{self.store.root} already holds a run whose stage {done[k]['dir']} "
+                f"{self._difference(manifest, done[k])}. Use --force to recompute from "
+                f"that stage on, or choose another --out."
+            )
+        return k
 
     def _difference(self, manifest: dict[str, Any], entry: dict[str, Any]) -> str:
         """Why a done stage no longer matches: for ingest with the same sources and shard
