@@ -249,7 +249,7 @@ def reset(
     if not RunStore(run_dir).exists():
         fail(f"{run_dir} is not a run folder")
     index = guard(stage_index, run_dir, from_stage)
-    doomed = [p.name for p in RunStore(run_dir).stage_dirs() if int(p.name[:2]) >= index]
+    doomed = [p.name for p in RunStore(run_dir).stage_dirs(index)]
     if not doomed:
         fail(f"nothing to remove: {run_dir} has no stage {from_stage!r} or after it")
     ask_before_removing("removes: " + ", ".join(doomed), yes)

@@ -202,12 +202,13 @@ class RunStore:
     def rejects(stage_dir: Path) -> list[Path]:
         return sorted((stage_dir / "rejects").glob("part-*.parquet"))
 
-    def stage_dirs(self) -> list[Path]:
-        """The run's stage folders: `NN-name` folders avcurate made, which hold its
-        `FINGERPRINT` mark or are recorded in the manifest (runs older than the mark). A
-        folder of the user's that happens to be named like one is never listed, so
-        `reset`, `--redo` and `--force` never remove it."""
+    def stage_dirs(self, start: int = 0) -> list[Path]:
+        """The run's stage folders from stage `start` on: `NN-name` folders avcurate made,
+        which hold its `FINGERPRINT` mark or are recorded in the manifest (runs older than
+        the mark). A folder of the user's that happens to be named like one is never
+        listed, so `reset`, `--redo` and `--force` never remove it."""
         recorded = ({e.get("dir") for e in self.load_manifest().get("stages", [])}
                     if self.exists() else set())
-        return sorted(p for p in self.root.glob("[0-9][0-9]-*") if p.is_dir() and (
-            (p / FINGERPRINT).is_file() or p.name in recorded))
+        return sorted(p for p in self.root.glob("[0-9][0-9]-*") if p.is_dir()
+                      and int(p.name[:2]) >= start
+                      and ((p / FINGERPRINT).is_file() or p.name in recorded))

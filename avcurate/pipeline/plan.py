@@ -42,9 +42,8 @@ def plan_run(recipe: Recipe, run_dir: Path | str, *, force: bool = False) -> Pla
     done = done_entries(manifest)
     kept = runner.kept_prefix(manifest, planned) if done else 0
     out: list[PlannedStage] = []
-    for index, fp in enumerate(e["fingerprint"] for e in planned):
-        name = planned[index]["name"]
-        folder = store.stage_dir(index, name).name
+    for index, entry in enumerate(planned):
+        folder = store.stage_dir(index, entry["name"]).name
         stage = stages[index - 1][0] if index else None
         model = f"{stage.backend}:{stage.model}" if isinstance(stage, ModelStage) else ""
         if index < kept:
@@ -52,7 +51,8 @@ def plan_run(recipe: Recipe, run_dir: Path | str, *, force: bool = False) -> Pla
         elif index < len(done):
             out.append(PlannedStage(folder, "recomputed (--force)", model))
         else:
-            out.append(PlannedStage(folder, *_unfinished(store, folder, fp, model)))
+            out.append(PlannedStage(folder, *_unfinished(store, folder, entry["fingerprint"],
+                                                         model)))
     if kept < min(len(done), len(planned)):  # --force: what the recipe does not make again
         out += [PlannedStage(e["dir"], "removed (--force)") for e in done[len(planned):]]
     first = kept if kept == len(done) and 0 < kept < len(planned) else None

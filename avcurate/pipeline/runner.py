@@ -564,10 +564,8 @@ def _checked(pieces: Iterator[Piece]) -> Iterator[Piece]:
 def remove_stages(store: RunStore, done: list[dict[str, Any]], k: int) -> list[dict[str, Any]]:
     """Delete the folders of recorded stages k.. and of unrecorded stages after them
     (all made by avcurate: `NN-name` folders of this run); return the stages kept."""
-    for path in store.stage_dirs():
-        index = int(path.name[:2])
-        if index >= k:
-            shutil.rmtree(path)
+    for path in store.stage_dirs(k):
+        shutil.rmtree(path)
     return done[:k]
 
 
@@ -610,7 +608,7 @@ def redo_plan(run_dir: Path | str, specs: list[StageSpec]) -> tuple[list[str], l
     at = _find(done_specs(store.load_manifest()), specs)
     if at is None:
         return [], []
-    dirs = [p.name for p in store.stage_dirs() if int(p.name[:2]) > at]
+    dirs = [p.name for p in store.stage_dirs(at + 1)]
     own = [d for d in dirs if int(d[:2]) <= at + len(specs)]
     return own, [d for d in dirs if d not in own]
 
@@ -660,7 +658,7 @@ def reset_run(run_dir: Path | str, index: int) -> list[str]:
         manifest = store.load_manifest()
         if index < 1:
             raise RunError("ingest cannot be reset; start a new run folder instead")
-        removed = [p.name for p in store.stage_dirs() if int(p.name[:2]) >= index]
+        removed = [p.name for p in store.stage_dirs(index)]
         manifest["stages"] = remove_stages(store, manifest["stages"], index)
         manifest["recipe"]["stages"] = [s.to_dict() for s in done_specs(manifest)]
         manifest["updated_at"] = now()
