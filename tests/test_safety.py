@@ -80,8 +80,37 @@ def test_unreachable_endpoint_stops_quickly(validated):
     start = time.perf_counter()
     result = sh(*_score(validated, f"http://127.0.0.1:{port}/v1", "--max-attempts", "2"))
     assert result.returncode == 2 and "calls all failed" in result.stderr
+    # named as what it is (the SDK's aiohttp transport calls it "Request timed out.")
+    assert f"connection: Cannot connect to host 127.0.0.1:{port}" in result.stderr
+    assert "timed out" not in result.stderr
     assert time.perf_counter() - start < 30
     assert _stages(validated) == ["00-ingest", "01-validate"]
+
+
+def test_a_host_that_drops_connections_fails_each_try_in_seconds(validated):
+    """A firewalled or wrong address never completes the TCP handshake: each try gives up
+    after the connect timeout (5 s), not after --timeout (60 s here)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(0)  # never accepted: once one connection fills the queue, SYNs are dropped
+        with socket.create_connection(s.getsockname()):
+            start = time.perf_counter()
+            result = sh(*_score(validated, f"http://127.0.0.1:{s.getsockname()[1]}/v1",
+                                "--timeout", "60", "--max-attempts", "1"))
+    assert result.returncode == 2 and "calls all failed" in result.stderr
+    assert "timeout: Connection timeout to host" in result.stderr
+    assert time.perf_counter() - start < 40
+    assert _stages(validated) == ["00-ingest", "01-validate"]
+
+
+def test_a_late_answer_is_named_with_the_timeout(validated):
+    with socket.socket() as s:  # accepts, reads, never answers
+        s.bind(("127.0.0.1", 0))
+        s.listen(16)
+        result = sh(*_score(validated, f"http://127.0.0.1:{s.getsockname()[1]}/v1",
+                            "--timeout", "1", "--max-attempts", "1"))
+    assert result.returncode == 2
+    assert "(no answer within the 1 s timeout)" in result.stderr
 
 
 def test_missing_gemini_key_stops_the_stage(validated):

@@ -74,7 +74,8 @@ class ModelStage(BaseStage):
     rpm: float = option(0.0, min=0, operational=True,
                         help="At most this many requests per minute (0 = no limit).")
     timeout: float = option(120.0, gt=0, operational=True,
-                            help="Seconds before a request times out.")
+                            help="Seconds to wait for an answer (opening the "
+                            "connection gets at most 5 of them).")
     max_attempts: int = option(4, min=1, help="Transport tries per request (429, 5xx, "
                                "timeouts, connection errors), with backoff.")
     max_rounds: int = option(3, min=1, help="Answers per row: an invalid answer (not JSON, out "
