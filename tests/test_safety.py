@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -119,6 +120,32 @@ def test_missing_gemini_key_stops_the_stage(validated):
                                          "--model", "gemini-2.5-pro", "--media", "none", "-q"),
                             capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 2 and "GEMINI_API_KEY" in result.stderr
+    assert _stages(validated) == ["00-ingest", "01-validate"]
+
+
+def test_gemini_connection_errors_are_retried_by_the_stage_only(validated):
+    """google-genai, left to itself, sleeps 1-10 s and connects again after each connection
+    error; --max-attempts is the only retry budget, so one try is one connection."""
+    accepted = []
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(64)
+
+        def hang_up() -> None:
+            while True:
+                try:
+                    conn, _ = s.accept()
+                except OSError:  # closed: the test is over
+                    return
+                accepted.append(1)
+                conn.close()
+
+        threading.Thread(target=hang_up, daemon=True).start()
+        result = sh("score", str(validated), "--backend", "gemini", "--model", "gemini-x",
+                    "--base-url", f"http://127.0.0.1:{s.getsockname()[1]}", "--media", "none",
+                    "--max-attempts", "1", "-q", env={"GEMINI_API_KEY": KEY})
+    assert result.returncode == 2 and "calls all failed (connection:" in result.stderr
+    assert 5 <= len(accepted) <= 6  # a call per row (6), stopped after 5 failures
     assert _stages(validated) == ["00-ingest", "01-validate"]
 
 

@@ -56,7 +56,11 @@ class GeminiBackend:
             key = os.environ.get("GEMINI_API_KEY") or os.environ.get("GOOGLE_API_KEY")
             if not key:
                 raise ModelError(GEMINI_KEY_MISSING, retryable=False, kind="no_api_key")
+            # attempts=1: our executor retries (with the stage's --max-attempts). Without
+            # retry options the SDK sleeps 1-10 s and tries once more on every connection
+            # error: a refused URL took 23 s to stop the stage instead of 1 s.
             options = types.HttpOptions(timeout=int(self.timeout * 1000),
+                                        retry_options=types.HttpRetryOptions(attempts=1),
                                         **({"base_url": self.base_url} if self.base_url else {}))
             self._client = genai.Client(api_key=key, http_options=options)
         return self._client
@@ -135,7 +139,8 @@ class GeminiBackend:
                              kind="rate_limited" if code == 429 else f"http_{code}",
                              retry_after=retry_after) from exc
         except TIMEOUT_ERRORS as exc:
-            raise ModelError(str(exc) or "timed out", retryable=True, kind="timeout") from exc
+            raise ModelError(str(exc) or f"no answer within the {self.timeout:g} s timeout",
+                             retryable=True, kind="timeout") from exc
         except TRANSPORT_ERRORS as exc:
             raise ModelError(str(exc), retryable=True, kind="connection") from exc
         texts = [_candidate_text(c) for c in result.candidates or []] or [result.text or ""]
