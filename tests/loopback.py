@@ -16,8 +16,9 @@ inject faults when the question text carries a marker:
   [leak-once]  the merger leaks the answer until it is told what was wrong
   [down]       always 503 (an endpoint that is failing)
 
-With `api_key=...` a request without that bearer token gets 401; with `models={...}` a
-request for another model gets 404, as vLLM answers for a model it does not serve.
+With `api_key=...` a request without that bearer token gets 401 (GET /models too, unless
+`models_route_open=True`); with `models={...}` a request for another model gets 404, as vLLM
+answers for a model it does not serve, and GET /models lists them.
 
 The server, the teachers, the merger and the probed policy are the package's demo model
 (`avcurate.demo`): they really look and listen (dominant colour of the frames, pitch of
@@ -161,9 +162,12 @@ class _Server(ModelServer):
     the Gemini Files API's uploads, a slow first answer."""
 
     def __init__(self, handler, latency: float = 0.0, slow_seconds: float = 2.0,
-                 api_key: str | None = None, models: set[str] | None = None) -> None:
+                 api_key: str | None = None, models: set[str] | None = None,
+                 models_route_open: bool = False) -> None:
         super().__init__(handler, latency=latency, record=True)
         self.api_key, self.models = api_key, models  # when set: 401 without it, 404 for others
+        self.models_route_open = models_route_open
+        self.model_list_requests = 0  # GET /models: the runner's check before a model stage
         self.uploads: list[bytes] = []
         self.slow_seconds = slow_seconds
 
@@ -190,9 +194,25 @@ class _Faults:
 
 
 class OpenAIFaults(_Faults, OpenAIHandler):
-    def intercept(self, body: dict, prompt: str, attempt: int) -> bool:
+    def _refused_key(self) -> bool:
         if self.server.api_key and self.headers.get("Authorization") != f"Bearer {self.server.api_key}":
             self._error(401, "Incorrect API key provided")
+            return True
+        return False
+
+    def do_GET(self) -> None:
+        """GET /models needs the key too (as `vllm serve --api-key` does), unless the server
+        was made with `models_route_open=True` (as some proxies do)."""
+        self.server.model_list_requests += 1
+        if not self.server.models_route_open and self._refused_key():
+            return None
+        if self.server.models is None:
+            return super().do_GET()
+        self._json(200, {"object": "list", "data": [{"id": m, "object": "model"}
+                                                    for m in sorted(self.server.models)]})
+
+    def intercept(self, body: dict, prompt: str, attempt: int) -> bool:
+        if self._refused_key():
             return True
         if self.server.models is not None and body["model"] not in self.server.models:
             self._error(404, f"The model `{body['model']}` does not exist.")

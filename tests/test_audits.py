@@ -184,11 +184,23 @@ def test_allocation_and_sampling():
     assert stratified(table, None, seed=0).num_rows == 100
 
 
+class Failing(OpenAIFaults):
+    """Up (it lists its models) but every answer is a 503: the audit starts, then stops."""
+
+    def intercept(self, body: dict, prompt: str, attempt: int) -> bool:
+        self._error(503, "service unavailable")
+        return True
+
+
 def test_a_stopped_audit_continues_and_settings_clashes_are_one_line(run_dir):
+    same = ("--sample", "5", "--max-attempts", "1", "--timeout", "5")
     with HarshJudge(OpenAIFaults) as second:
         gone = SimpleNamespace(url=second.url)  # nothing listens there once it stops
-    same = ("--sample", "5", "--max-attempts", "1", "--timeout", "5")
-    down = agree_cmd(run_dir, gone, *same)
+    refused = agree_cmd(run_dir, gone, *same)  # found before the audit starts
+    assert refused.returncode == 2 and "cannot reach" in refused.stderr
+    assert not (run_dir / "audits/agree-judge-b").exists()
+    with HarshJudge(Failing) as failing:
+        down = agree_cmd(run_dir, failing, *same)
     assert down.returncode == 2 and "the audit stopped" in down.stderr
     assert "Traceback" not in down.stderr and len(down.stderr.strip().splitlines()) <= 3
     assert not (run_dir / "audits/agree-judge-b/summary.json").exists()

@@ -49,7 +49,9 @@ def _score(run_dir, url, *extra):
 # -- systemic errors abort, row errors reject ----------------------------------------------------
 
 def test_auth_failure_stops_the_stage_and_the_fixed_command_succeeds(validated):
-    with openai_server(api_key=KEY) as server:
+    """A server whose /models needs no key (some proxies): the first calls find the wrong
+    key, and the executor stops the stage."""
+    with openai_server(api_key=KEY, models_route_open=True) as server:
         bad = sh(*_score(validated, server.url + "/v1", "--concurrency", "2"),
                  env={"OPENAI_API_KEY": "wrong"})
         assert bad.returncode == 2 and "http_401" in bad.stderr and "Traceback" not in bad.stderr
@@ -67,6 +69,16 @@ def test_auth_failure_stops_the_stage_and_the_fixed_command_succeeds(validated):
     assert KEY not in (validated / "manifest.json").read_text()
 
 
+def test_a_wrong_key_stops_before_the_stage_starts(validated):
+    """vLLM with --api-key guards /models too: the check before the stage sees the 401."""
+    with openai_server(api_key=KEY) as server:
+        bad = sh(*_score(validated, server.url + "/v1"), env={"OPENAI_API_KEY": "wrong"})
+        assert server.model_list_requests == 1 and server.requests == []  # no chat call
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1
+    assert f"{server.url}/v1 refused the key (HTTP 401 for GET /models)" in bad.stderr
+    assert "wrong" not in bad.stderr and not (validated / "02-score").exists()
+
+
 def test_unknown_model_stops_the_stage(validated):
     with openai_server(models={"judge"}) as server:
         result = sh(*_score(validated, server.url + "/v1"), "--model", "jugde")
@@ -74,22 +86,24 @@ def test_unknown_model_stops_the_stage(validated):
     assert _stages(validated) == ["00-ingest", "01-validate"]
 
 
-def test_unreachable_endpoint_stops_quickly(validated):
+def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # closed again: nothing listens there
-    start = time.perf_counter()
+        return s.getsockname()[1]  # closed again: nothing listens there
+
+
+def test_unreachable_endpoint_stops_before_the_stage_starts(validated):
+    port = _closed_port()
     result = sh(*_score(validated, f"http://127.0.0.1:{port}/v1", "--max-attempts", "2"))
-    assert result.returncode == 2 and "calls all failed" in result.stderr
-    # named as what it is (the SDK's aiohttp transport calls it "Request timed out.")
-    assert f"connection: Cannot connect to host 127.0.0.1:{port}" in result.stderr
-    assert "timed out" not in result.stderr
-    assert time.perf_counter() - start < 30
+    assert result.returncode == 2 and result.stderr == (
+        f"error: stage 'score': model 'judge': cannot reach http://127.0.0.1:{port}/v1 "
+        "(Connection refused); is the server up and the URL right?\n")
     assert _stages(validated) == ["00-ingest", "01-validate"]
+    assert not (validated / "02-score").exists()
 
 
-def test_a_host_that_drops_connections_fails_each_try_in_seconds(validated):
-    """A firewalled or wrong address never completes the TCP handshake: each try gives up
+def test_a_host_that_drops_connections_is_found_in_seconds(validated):
+    """A firewalled or wrong address never completes the TCP handshake: the check gives up
     after the connect timeout (5 s), not after --timeout (60 s here)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -98,20 +112,67 @@ def test_a_host_that_drops_connections_fails_each_try_in_seconds(validated):
             start = time.perf_counter()
             result = sh(*_score(validated, f"http://127.0.0.1:{s.getsockname()[1]}/v1",
                                 "--timeout", "60", "--max-attempts", "1"))
-    assert result.returncode == 2 and "calls all failed" in result.stderr
-    assert "timeout: Connection timeout to host" in result.stderr
+    assert result.returncode == 2 and "(no answer to the connection)" in result.stderr
     assert time.perf_counter() - start < 40
-    assert _stages(validated) == ["00-ingest", "01-validate"]
+    assert not (validated / "02-score").exists()
+
+
+def test_a_server_that_goes_away_is_named_for_what_happened():
+    """Once a stage runs, its calls name a refused connection as one (the SDK's aiohttp
+    transport calls every failure to connect "Request timed out."), and a silent host
+    costs a call the connect timeout, not the whole --timeout."""
+    import asyncio
+
+    from avcurate.models.errors import ModelError
+    from avcurate.models.openai_backend import OpenAIBackend
+    from avcurate.models.request import Message, ModelRequest, TextPart
+
+    async def failure(url: str) -> ModelError:
+        backend = OpenAIBackend("judge", url, timeout=60)
+        try:
+            await backend.call(ModelRequest((Message("user", (TextPart("hi"),)),)))
+        except ModelError as exc:
+            return exc
+        finally:
+            await backend.aclose()
+        raise AssertionError("the call succeeded")
+
+    port = _closed_port()
+    refused = asyncio.run(failure(f"http://127.0.0.1:{port}/v1"))
+    assert refused.kind == "connection" and refused.retryable
+    assert str(refused).startswith(f"Cannot connect to host 127.0.0.1:{port}")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(0)
+        with socket.create_connection(s.getsockname()):
+            start = time.perf_counter()
+            silent = asyncio.run(failure(f"http://127.0.0.1:{s.getsockname()[1]}/v1"))
+    assert silent.kind == "timeout" and "Connection timeout to host" in str(silent)
+    assert time.perf_counter() - start < 30
 
 
 def test_a_late_answer_is_named_with_the_timeout(validated):
-    with socket.socket() as s:  # accepts, reads, never answers
+    with socket.socket() as s:  # accepts, reads, never answers (the check lets it through)
         s.bind(("127.0.0.1", 0))
         s.listen(16)
         result = sh(*_score(validated, f"http://127.0.0.1:{s.getsockname()[1]}/v1",
                             "--timeout", "1", "--max-attempts", "1"))
-    assert result.returncode == 2
+    assert result.returncode == 2 and "calls all failed" in result.stderr
     assert "(no answer within the 1 s timeout)" in result.stderr
+
+
+def test_a_redo_that_cannot_run_asks_nothing_and_removes_nothing(validated):
+    with openai_server() as server:
+        assert sh(*_score(validated, server.url + "/v1")).returncode == 0
+    sh("threshold", str(validated), "--rule", "duration_s >= 1", "-q")
+    before = _stages(validated)
+    for url in (f"http://127.0.0.1:{_closed_port()}/v1", ""):  # a dead server; no key at all
+        redo = subprocess.run(avcurate_cmd(*_score(validated, url), "--redo"), input="y\n",
+                              capture_output=True, text=True, timeout=300,
+                              env={k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"})
+        assert redo.returncode == 2 and "removes" not in redo.stdout, redo.stdout
+        assert ("cannot reach" if url else "OPENAI_API_KEY") in redo.stderr
+        assert _stages(validated) == before
 
 
 def test_missing_gemini_key_stops_the_stage(validated):

@@ -91,8 +91,11 @@ def audit_stage(store: RunStore, path: Path, fp: str, stage: Stage, sample: pa.T
     for settings `fp`); returns (answered rows, unanswered rows per reason, call usage).
     Columns the stage adds are dropped from the sample first (the run may have them).
     What this machine needs to call the model (a key, a library) is checked first, as the
-    runner does for a stage: a missing key stops here, not after five failed calls."""
+    runner does for a stage: a missing key or an unreachable server stops here, not after
+    five failed calls."""
     stage.check()
+    if reach := getattr(stage, "reach", None):
+        reach()
     open_folder(path, fp, redo)
     asked = sample.drop_columns([c for c in stage.adds if c in sample.column_names])
     workers = Recipe.from_dict(store.load_manifest()["recipe"]).workers

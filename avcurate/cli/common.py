@@ -196,8 +196,6 @@ def run_more(run_dir: Path, specs: list[StageSpec], force: bool, quiet: bool,
     were already done with these settings (nothing ran)."""
     require_run(run_dir)
     check_specs(specs)
-    if redo:
-        confirm_redo(run_dir, specs, yes)
     if workers is not None:
         if workers < 1:
             fail(f"--workers must be at least 1, not {workers}")
@@ -206,7 +204,8 @@ def run_more(run_dir: Path, specs: list[StageSpec], force: bool, quiet: bool,
         manifest["recipe"].setdefault("run", {})["workers"] = workers
         store.save_manifest(manifest)
     try:
-        guard(extend_run, run_dir, specs, redo=redo, force=force, show_progress=not quiet)
+        guard(extend_run, run_dir, specs, redo=redo, force=force, show_progress=not quiet,
+              confirm_redo=lambda: confirm_redo(run_dir, specs, yes))
     except AlreadyDone as exc:
         print_summary(run_dir, f"Run {run_dir}")
         out.print(str(exc), markup=False)

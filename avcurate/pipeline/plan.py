@@ -2,10 +2,11 @@
 checked as a real run checks it, with nothing run.
 
 The same checks as a run, in the same order (options, inputs of each stage, annotation files,
-keys and libraries of the stages with work left, a recipe that differs from the run's), so a
-plan that prints is a run that starts. Then each stage's state in the folder, and for the
-first stage left to run, when it calls a model and its input is there, the stage's own
-estimate (`pipeline/dry_run.py`: calls, cached answers, input tokens, an example request).
+keys and libraries of the stages with work left, the server of the stage that would start,
+a recipe that differs from the run's), so a plan that prints is a run that starts. Then each
+stage's state in the folder, and for the first stage left to run, when it calls a model and
+its input is there, the stage's own estimate (`pipeline/dry_run.py`: calls, cached answers,
+input tokens, an example request).
 """
 
 from __future__ import annotations

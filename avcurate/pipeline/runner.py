@@ -312,12 +312,17 @@ class Runner:
         if done == 0:  # ingest will run: its files are there
             for spec in self.recipe.sources:
                 check_paths(spec)
-        for stage, _ in stages[max(0, done - 1):]:
-            try:
+        try:
+            for stage, _ in stages[max(0, done - 1):]:
                 if check := getattr(stage, "check", None):  # not in v0.1's protocol
                     check()
-            except StageError as exc:
-                raise RunError(str(exc)) from None
+            # the stage that starts now, when it calls a server: reachable (before --redo or
+            # --force removes anything). Later ones are not asked: their servers may still
+            # be loading while the stages before them run.
+            if 0 < done <= len(stages) and (reach := getattr(stages[done - 1][0], "reach", None)):
+                reach()
+        except StageError as exc:
+            raise RunError(str(exc)) from None
 
     def _begin(self, out_dir: Path, fp: str) -> None:
         """Make `out_dir` hold only shards of this fingerprint; clear half-written files."""
@@ -614,12 +619,14 @@ def redo_plan(run_dir: Path | str, specs: list[StageSpec]) -> tuple[list[str], l
 
 
 def extend_run(run_dir: Path | str, spec: StageSpec | list[StageSpec], *, redo: bool = False,
+               confirm_redo: Callable[[], None] | None = None,
                **runner_kw: Any) -> list[StageReport]:
     """Run stages on an existing run (what `avcurate validate RUN_DIR` etc. do).
 
     Stages the run already completed with the same result-changing options are not run
     again (AlreadyDone); with other options the command refuses and says what differs,
-    unless `redo`, which removes those stages and the ones after them first. Otherwise
+    unless `redo`, which removes those stages and the ones after them first, once the
+    stages passed their checks and `confirm_redo` (which may ask the user) returned. Otherwise
     the stages are appended after the run's completed stages (resuming a killed one).
     """
     specs = spec if isinstance(spec, list) else [spec]
@@ -643,6 +650,8 @@ def extend_run(run_dir: Path | str, spec: StageSpec | list[StageSpec], *, redo: 
             recipe.stages = done[:at] + specs
             runner = Runner(recipe, run_dir, **runner_kw)
             runner.preflight(redo_from=at + 1)  # a bad setting stops before anything is removed
+            if confirm_redo is not None:
+                confirm_redo()
             reset_run(store.root, at + 1)
             return runner.run()
         recipe.stages = done + specs

@@ -40,6 +40,7 @@ from avcurate.models import (
 )
 from avcurate.models.errors import InvalidAnswer
 from avcurate.models.executor import CallStats
+from avcurate.models.reachable import check_reachable
 from avcurate.models.request import ModelRequest
 from avcurate.stages.base import BaseStage, Resources, ShardResult, StageError
 from avcurate.stages.context import StageContext
@@ -101,6 +102,14 @@ class ModelStage(BaseStage):
             check_backend(self.spec())
         except BackendUnavailable as exc:
             raise StageError(f"stage {self.name!r}: {exc}") from None
+
+    def reach(self) -> None:
+        """Before the stage runs next: its server answers and takes the key (see
+        `models/reachable.py`); the runner asks only the stage it is about to start."""
+        try:
+            check_reachable(self.backend, self.base_url or None)
+        except BackendUnavailable as exc:
+            raise StageError(f"stage {self.name!r}: model {self.model!r}: {exc}") from None
 
     def spec(self) -> ModelSpec:
         return ModelSpec(self.backend, self.model, self.base_url or None, self.concurrency,

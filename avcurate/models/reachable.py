@@ -1,0 +1,60 @@
+"""Before a model stage that is about to run: can its OpenAI-compatible server be reached,
+and does it take the key? One GET of `BASE_URL/models`, the route every OpenAI-compatible
+server (vLLM, SGLang, Ollama, OpenAI's API) answers.
+
+Why before, and not from the stage's first failed calls (the executor's breaker, which still
+stops a stage whose server goes away later): `--redo` and `--force` remove the stages made
+after the one they redo before it runs, so a wrong port used to cost those stages, and a run
+stopped that way had already started. Only what is certain stops the command: a refused
+connection, an unknown host, no answer to the handshake within the connect timeout, or a
+401/403. Anything else (a 404 from a server without the route, a slow or odd answer, a TLS
+setup the check cannot judge) lets the stage start, and its own calls decide.
+
+The model itself is not looked up in the list: servers name models their own way (Ollama
+lists `llama3:latest` and answers `llama3`), and the first call's 404 already stops the stage.
+
+urllib, not the SDK's client: a synchronous GET with one timeout needs no event loop or
+session, and urllib reports a failed connection (wrapped in URLError) apart from a late
+answer (a bare TimeoutError), which is the distinction drawn here.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import socket
+import urllib.error
+import urllib.request
+
+from avcurate.models.errors import BackendUnavailable
+
+CONNECT_TIMEOUT = 5.0  # as the OpenAI backend's (openai_backend.CONNECT_TIMEOUT)
+OPENAI_API = "https://api.openai.com/v1"
+
+
+def check_reachable(backend: str, base_url: str | None) -> None:
+    """Raise BackendUnavailable (one line) when an `openai` backend's server certainly cannot
+    be used: nothing listens there, the host is unknown or silent, or it refuses the key."""
+    if backend != "openai":
+        return
+    base = (base_url or os.environ.get("OPENAI_BASE_URL") or OPENAI_API).rstrip("/")
+    key = os.environ.get("OPENAI_API_KEY") or "EMPTY"  # what the OpenAI backend sends
+    request = urllib.request.Request(f"{base}/models", headers={"Authorization": f"Bearer {key}"})
+    try:
+        with urllib.request.urlopen(request, timeout=CONNECT_TIMEOUT):
+            return
+    except urllib.error.HTTPError as exc:  # before URLError: it is one
+        if exc.code in (401, 403):
+            raise BackendUnavailable(
+                f"{base} refused the key (HTTP {exc.code} for GET /models): set OPENAI_API_KEY "
+                "to the key the server expects (`vllm serve --api-key` sets one)") from None
+    except urllib.error.URLError as exc:
+        reason = exc.reason
+        if isinstance(reason, ConnectionError | socket.gaierror | TimeoutError):
+            what = "no answer to the connection" if isinstance(reason, TimeoutError) \
+                else getattr(reason, "strerror", None) or str(reason)
+            raise BackendUnavailable(f"cannot reach {base} ({what}); is the server up and the "
+                                     "URL right?") from None
+    except (OSError, ValueError, http.client.HTTPException):  # a late or malformed
+        # answer: the stage's own calls will tell
+        return
