@@ -147,28 +147,59 @@ def test_bad_export_options_stop_before_writing(balanced_run, tmp_path, args, me
     assert not out.exists()
 
 
-def test_a_bad_export_table_stops_the_run_before_any_row(tmp_path):
+def _export_recipe(tmp_path: Path, export: str, media: dict | None = None) -> Path:
+    """validate over one row (of a real clip, with `media`) then the [export] table given."""
     ann = tmp_path / "a.jsonl"
-    ann.write_text(json.dumps(row("r1")) + "\n")
+    ann.write_text(json.dumps(row("r1", video=str(media["good"]) if media else "r1.mp4")) + "\n")
     recipe = tmp_path / "r.toml"
     recipe.write_text(f"""
 [[sources]]
 name = "jsonl"
 annotations = "{ann}"
-media_root = "{tmp_path}"
+media_root = "{media["root"] if media else tmp_path}"
 
 [[stages]]
 name = "validate"
 
 [export]
-out = "{tmp_path / 'e'}"
-license = "cc-by-99"
+{export}
 """)
+    return recipe
+
+
+def test_a_bad_export_table_stops_the_run_before_any_row(tmp_path):
+    recipe = _export_recipe(tmp_path, f'out = "{tmp_path / "e"}"\nlicense = "cc-by-99"')
     done = subprocess.run(avcurate_cmd("run", str(recipe), "--out", str(tmp_path / "run")),
                           capture_output=True, text=True)
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
     assert "[export]: --license 'cc-by-99' is not a Hub license id" in done.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_an_export_folder_that_cannot_take_the_export_stops_the_run_before_any_row(tmp_path,
+                                                                                    media):
+    """Found before the first stage (and by --dry-run), not after the last one."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("the user's")
+    for out, why in ((mine, "is not empty and is not an avcurate export"),
+                     (tmp_path, "would hold the run folder itself")):
+        recipe = _export_recipe(tmp_path, f'out = "{out}"', media)
+        for dry in ([], ["--dry-run"]):
+            done = subprocess.run(avcurate_cmd("run", str(recipe), "--out", str(tmp_path / "run"),
+                                               *dry), capture_output=True, text=True)
+            assert done.returncode == 2 and done.stderr.count("\n") == 1
+            assert f"error: [export] out {out.resolve()} {why}" in done.stderr
+            assert not (tmp_path / "run").exists()
+    assert (mine / "notes.txt").read_text() == "the user's"
+    (mine / "notes.txt").unlink()
+    plan = subprocess.run(avcurate_cmd("run", str(recipe := _export_recipe(
+        tmp_path, f'out = "{mine}"', media)), "--out", str(tmp_path / "run"), "--dry-run"),
+        capture_output=True, text=True)
+    assert plan.returncode == 0 and f"After the last stage: export to {mine}" in plan.stdout
+    done = subprocess.run(avcurate_cmd("run", str(recipe), "--out", str(tmp_path / "run")),
+                          capture_output=True, text=True)
+    assert done.returncode == 0 and (mine / "README.md").is_file(), done.stderr
 
 
 def test_license_other_with_name_and_link(balanced_run, tmp_path):

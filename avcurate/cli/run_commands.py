@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import shlex
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
@@ -29,6 +29,9 @@ from avcurate.core.store import RunStore
 from avcurate.pipeline.recipe import Recipe, SourceSpec
 from avcurate.pipeline.runner import Runner
 from avcurate.reports.tables import reasons_table, stage_rows, summary_table
+
+if TYPE_CHECKING:
+    from avcurate.hub.options import ExportOptions
 
 
 def parse_columns(pairs: list[str]) -> dict[str, str]:
@@ -69,17 +72,10 @@ def run(
     if executor not in ("local", "ray"):
         fail(f"--executor must be local or ray, not {executor!r}")
     rec = guard(Recipe.load, recipe)
+    export_opts = _checked_export(rec, out_dir)
     if dry_run:
         _print_plan(rec, out_dir, force)
         return
-    export_opts = None
-    if rec.export is not None:  # a bad [export] option stops the run before any row is read
-        from avcurate.hub.options import export_options
-
-        try:
-            export_opts = export_options(**{k: v for k, v in rec.export.items() if k != "out"})
-        except (ValueError, TypeError) as exc:
-            fail(f"[export]: {exc}")
     if executor == "ray":
         if ray_actors < 1 or not ray_cpus_per_task > 0:
             fail("--ray-actors must be at least 1 and --ray-cpus-per-task above 0")
@@ -107,6 +103,23 @@ def run(
               soft_wrap=True)
 
 
+def _checked_export(rec: Recipe, out_dir: Path) -> ExportOptions | None:
+    """The recipe's [export] options, once they and its folder are checked: a bad option or a
+    folder that cannot take the export (not empty and not an export, the run folder itself)
+    stops the command before any row is read, not after the last stage."""
+    if rec.export is None:
+        return None
+    from avcurate.hub.export import check_target
+    from avcurate.hub.options import export_options
+
+    try:
+        opts = export_options(**{k: v for k, v in rec.export.items() if k != "out"})
+    except (ValueError, TypeError) as exc:
+        fail(f"[export]: {exc}")
+    guard(check_target, out_dir, rec.export["out"], option="[export] out")
+    return opts
+
+
 def _print_plan(rec: Recipe, out_dir: Path, force: bool) -> None:
     """`run --dry-run`: the plan's table, then the first model stage's estimate."""
     from rich.table import Table
@@ -122,6 +135,9 @@ def _print_plan(rec: Recipe, out_dir: Path, force: bool) -> None:
     out.print(table)
     if plan.estimate is not None:
         out.print(plan.estimate, highlight=False, soft_wrap=True)
+    if rec.export is not None:
+        out.print(f"After the last stage: export to {rec.export['out']}", markup=False,
+                  soft_wrap=True)
     out.print("Nothing was run (--dry-run).", markup=False)
 
 

@@ -157,16 +157,26 @@ def relink_media(table: pa.Table, out: Path, folder: str, copy: str | None,
     return table, copied
 
 
-def _owned(out: Path, overwrite: bool) -> set[str]:
-    """Files a previous export wrote here; refuse a foreign non-empty folder."""
-    check_output_folder(out, "--out")
+def check_target(run_dir: Path | str, out: Path | str, overwrite: bool = False,
+                 option: str = "--out") -> set[str]:
+    """The files a previous export wrote in `out`, once `out` can take this run's export: not
+    the run folder or a folder holding it, writable, and empty or an export of ours (unless
+    `overwrite`). Reads only, so `run` checks its recipe's [export] folder before the first
+    stage, not after the last one."""
+    out, root = Path(out).resolve(), Path(run_dir).resolve()
+    if out == root or root.is_relative_to(out):
+        raise ExportError(f"{option} {out} would hold the run folder itself; choose another "
+                          "folder")
+    check_output_folder(out, option)
     marker = out / MARKER
     if marker.is_file():
         return set(json.loads(marker.read_text())["files"])
     if out.is_dir() and any(p.name != STAGING for p in out.iterdir()) and not overwrite:
-        raise ExportError(f"{out} is not empty and is not an avcurate export; choose an empty "
-                          "or new folder, or pass --overwrite (files avcurate did not write are "
-                          "never deleted)")
+        allow = "pass --overwrite" if option == "--out" else \
+            "export with `avcurate export RUN --out DIR --overwrite` after the run"
+        raise ExportError(f"{option} {out} is not empty and is not an avcurate export; choose "
+                          f"an empty or new folder, or {allow} (files avcurate did not write "
+                          "are never deleted)")
     return set()
 
 
@@ -213,10 +223,8 @@ def export_run(run_dir: Path | str, out: Path | str, opts: ExportOptions | None 
     opts = opts or export_options(**kwargs)
     store = RunStore(run_dir)
     manifest, final = _final_stage(store, run_dir)
+    previous = check_target(store.root, out, overwrite)
     out = Path(out).resolve()
-    if out == store.root.resolve() or store.root.resolve().is_relative_to(out):
-        raise ExportError(f"--out {out} would hold the run folder itself; choose another folder")
-    previous = _owned(out, overwrite)
     if not (out / MARKER).is_file():  # claimed before the first write: an export cut short
         _record(out, previous)  # (a long media copy stopped by Ctrl-C) is ours when run again
     staging = out / STAGING
