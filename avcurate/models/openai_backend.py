@@ -19,6 +19,7 @@ from typing import Any
 import openai
 
 from avcurate.models.errors import ModelError
+from avcurate.models.reachable import CONNECT_TIMEOUT
 from avcurate.models.request import (
     AudioPart,
     ImagePart,
@@ -56,13 +57,6 @@ def _retry_after(exc: openai.APIStatusError) -> float | None:
         return float(value) if value is not None else None
     except ValueError:
         return None
-
-
-CONNECT_TIMEOUT = 5.0
-"""Seconds to open a connection: the SDK's own default (`openai.DEFAULT_TIMEOUT`), which
-passing `--timeout` as one number would replace. A host that drops connections (a firewall,
-a wrong address) then fails each try in 5 s instead of `--timeout` (120 s): 4 tries of the
-first 5 calls took 8 min before the stage stopped, ~30 s now."""
 
 
 def _http_client():

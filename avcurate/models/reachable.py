@@ -28,7 +28,11 @@ import urllib.request
 
 from avcurate.models.errors import BackendUnavailable
 
-CONNECT_TIMEOUT = 5.0  # as the OpenAI backend's (openai_backend.CONNECT_TIMEOUT)
+CONNECT_TIMEOUT = 5.0
+"""Seconds to open a connection, here and in the OpenAI backend's calls: the SDK's own default
+(`openai.DEFAULT_TIMEOUT`), which passing `--timeout` as one number would replace. A host that
+drops connections (a firewall, a wrong address) then fails each try in 5 s instead of
+`--timeout` (120 s): 4 tries of the first 5 calls took 8 min before the stage stopped."""
 OPENAI_API = "https://api.openai.com/v1"
 
 
