@@ -17,6 +17,7 @@ from conftest import avcurate_cmd
 from helpers import jsonl_recipe, read_stage, run, slow_recipe
 from loopback import openai_server
 
+from avcurate.core.lock import LOCK
 from avcurate.pipeline.recipe import StageSpec
 
 KEY = "sk-test-0123456789"
@@ -254,6 +255,29 @@ def test_rerun_is_a_no_op_refuses_other_settings_and_redo_reuses_the_cache(valid
     manifest = json.loads((validated / "manifest.json").read_text())
     assert [s["dir"] for s in manifest["stages"]] == ["00-ingest", "01-validate", "02-score"]
     assert manifest["stages"][2]["usage"]["cached"] == 4
+
+
+def test_a_new_run_goes_into_a_new_or_empty_folder(tmp_path, media):
+    """Stage folders, a cache and a manifest among a user's own files would mix the two."""
+    ann = tmp_path / "ann.jsonl"
+    ann.write_text(json.dumps({"id": "r0", "video": str(media["good"]), "question": "Q?",
+                               "options": ["a", "b"], "answer": "A"}) + "\n")
+    theirs = tmp_path / "datasets"
+    theirs.mkdir()
+    (theirs / "notes.txt").write_text("mine")
+    ingest = ("ingest", "--source", "jsonl", "--annotations", str(ann), "--media-root",
+              str(media["root"]), "--out", str(theirs), "-q")
+    refused = sh(*ingest)
+    assert refused.returncode == 2 and refused.stderr == (
+        f"error: --out {theirs} is not empty (notes.txt) and is not an avcurate run (no "
+        "manifest.json); choose a new or empty folder\n")
+    assert [p.name for p in theirs.iterdir()] == ["notes.txt"]
+    (theirs / "notes.txt").unlink()
+    (theirs / LOCK).touch()  # all a run stopped before its manifest was written leaves
+    assert sh(*ingest).returncode == 0
+    assert _stages(theirs) == ["00-ingest"]
+    assert sh(*ingest).returncode == 0  # a run folder is resumed as before
+    assert _stages(theirs) == ["00-ingest"]
 
 
 def test_a_failed_option_never_wedges_the_run(validated):
