@@ -20,40 +20,6 @@ def sh(*args, check=True):
     return subprocess.run(avcurate_cmd(*args), capture_output=True, text=True, check=check)
 
 
-def test_demo_end_to_end(tmp_path):
-    result = sh("demo", "--out", str(tmp_path / "demo"), "-q")
-    assert "What happened" in result.stdout and "avcurate status" in result.stdout
-    run_dir = tmp_path / "demo" / "run"
-    ingest_kept, ingest_rej = read_stage(run_dir, "00")
-    kept, rej = read_stage(run_dir, "01")
-    annotations = json.loads((tmp_path / "demo/annotations/llava_video.json").read_text())
-    avqa = json.loads((tmp_path / "demo/annotations/avqa.json").read_text())
-    vista = json.loads((tmp_path / "demo/annotations/video_vista.json").read_text())
-    assert len(list((tmp_path / "demo/media").rglob("*.mp4"))) >= 38
-    # every record is accounted for: llava multi-turn records give two samples
-    multi = sum(1 for r in annotations if isinstance(r, dict)
-                and len(r.get("conversations", [])) == 4)
-    assert ingest_kept.num_rows + ingest_rej.num_rows == (len(annotations) + multi + len(avqa)
-                                                          + len(vista))
-    assert set(ingest_kept.column("source").to_pylist()) == {"llava-video", "video-vista", "avqa"}
-    assert kept.num_rows + rej.num_rows == ingest_kept.num_rows
-    reasons = set(rej.column("reject_reason").to_pylist())
-    assert {"silent_audio", "no_audio_stream", "truncated", "missing_media", "unreadable_media",
-            "answer_not_in_options", "empty_question", "duplicate_id",
-            "too_few_options"} <= reasons
-    assert set(ingest_rej.column("reject_reason").to_pylist()) == {"malformed_annotation",
-                                                                   "unsafe_path"}
-    assert kept.num_rows >= 25
-    status = sh("status", str(run_dir))
-    assert "01-validate" in status.stdout and "silent_audio" in status.stdout
-    # the demo's folder is not the run, and the error names the run inside it
-    outer = sh("status", str(tmp_path / "demo"), check=False)
-    assert outer.returncode == 2 and f"the run(s) inside it: {run_dir}" in outer.stderr
-    # running the demo recipe again resumes: nothing is recomputed
-    again = sh("run", str(tmp_path / "demo/demo.toml"), "--out", str(run_dir), "-q")
-    assert "01-validate" in again.stdout
-
-
 def test_ingest_then_validate(tmp_path, media):
     ann = tmp_path / "mine.jsonl"
     ann.write_text("".join(json.dumps(r) + "\n" for r in [

@@ -8,7 +8,9 @@ import json
 import os
 import socket
 import subprocess
+import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -42,11 +44,69 @@ def _mtimes(run_dir):
     return {p: p.stat().st_mtime_ns for p in run_dir.rglob("*.parquet")}
 
 
-def test_demo_runs_every_stage_with_the_demo_model_and_resumes(tmp_path):
+@dataclass
+class DemoRun:
+    out: Path
+    stdout: str
+    imported: set[str]  # every module the command imported, from `python -X importtime`
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory) -> DemoRun:
+    """One whole `avcurate demo --train` as a user runs it, shared by the tests that read
+    what it made (each run takes half a minute or more); they only read it or resume it."""
     pytest.importorskip("torch")
-    out = tmp_path / "demo"
-    first = sh("demo", "--out", str(out), "-q", "--train")
+    out = tmp_path_factory.mktemp("shared") / "demo"
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "avcurate", "demo",
+                           "--out", str(out), "-q", "--train"],
+                          capture_output=True, text=True, check=True)
+    imported = {line.rsplit("|", 1)[1].strip() for line in done.stderr.splitlines()
+                if line.startswith("import time:") and line.count("|") == 2}
+    return DemoRun(out, done.stdout, imported)
+
+
+def test_demo_accounts_for_every_record(demo_run):
+    out = demo_run.out
+    assert "What happened" in demo_run.stdout and "avcurate status" in demo_run.stdout
     run_dir = out / "run"
+    ingest_kept, ingest_rej = read_stage(run_dir, "00")
+    kept, rej = read_stage(run_dir, "01")
+    annotations = json.loads((out / "annotations/llava_video.json").read_text())
+    avqa = json.loads((out / "annotations/avqa.json").read_text())
+    vista = json.loads((out / "annotations/video_vista.json").read_text())
+    assert len(list((out / "media").rglob("*.mp4"))) >= 38
+    # every record is accounted for: llava multi-turn records give two samples
+    multi = sum(1 for r in annotations if isinstance(r, dict)
+                and len(r.get("conversations", [])) == 4)
+    assert ingest_kept.num_rows + ingest_rej.num_rows == (len(annotations) + multi + len(avqa)
+                                                          + len(vista))
+    assert set(ingest_kept.column("source").to_pylist()) == {"llava-video", "video-vista", "avqa"}
+    assert kept.num_rows + rej.num_rows == ingest_kept.num_rows
+    reasons = set(rej.column("reject_reason").to_pylist())
+    assert {"silent_audio", "no_audio_stream", "truncated", "missing_media", "unreadable_media",
+            "answer_not_in_options", "empty_question", "duplicate_id",
+            "too_few_options"} <= reasons
+    assert set(ingest_rej.column("reject_reason").to_pylist()) == {"malformed_annotation",
+                                                                   "unsafe_path"}
+    assert kept.num_rows >= 25
+    status = sh("status", str(run_dir))
+    assert "01-validate" in status.stdout and "silent_audio" in status.stdout
+    # the demo's folder is not the run, and the error names the run inside it
+    outer = sh("status", str(out), check=False)
+    assert outer.returncode == 2 and f"the run(s) inside it: {run_dir}" in outer.stderr
+    # running the demo recipe again resumes: nothing is recomputed
+    again = sh("run", str(out / "demo.toml"), "--out", str(run_dir), "-q")
+    assert "01-validate" in again.stdout
+
+
+def test_the_demo_never_imports_ray(demo_run):
+    """Ray takes seconds to import and is only for `--executor ray`."""
+    assert "avcurate.pipeline.runner" in demo_run.imported  # the import list is read right
+    assert not {m for m in demo_run.imported if m == "ray" or m.startswith("ray.")}
+
+
+def test_demo_runs_every_stage_with_the_demo_model_and_resumes(demo_run, tmp_path):
+    out, run_dir = demo_run.out, demo_run.out / "run"
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert [s["name"] for s in manifest["stages"][1:]] == STAGES
     assert all(s["status"] == "done" and s["rows_in"] == s["kept"] + s["rejected"]
@@ -71,9 +131,9 @@ def test_demo_runs_every_stage_with_the_demo_model_and_resumes(tmp_path):
     # labelled as the demo model's work everywhere it is shown
     assert "Demo model" in (out / "report.html").read_text()
     assert "Demo data" in (out / "export/README.md").read_text()
-    assert "not a real judge" in first.stdout and "load_dataset" in first.stdout
+    assert "not a real judge" in demo_run.stdout and "load_dataset" in demo_run.stdout
     # the commands to copy stand whole on their lines (stdout is a pipe: 80 columns)
-    shown = [line.strip() for line in first.stdout.splitlines()]
+    shown = [line.strip() for line in demo_run.stdout.splitlines()]
     assert f"python -c \"import datasets; print(datasets.load_dataset('{out / 'export'}'))\"" \
         in shown
     assert ("avcurate demo --out demo_real --base-url http://localhost:8000/v1 --model "

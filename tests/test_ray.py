@@ -129,17 +129,6 @@ def test_killed_driver_resumes_without_loss_or_duplicates(ray_env, tmp_path, med
     assert _rows_of(run_dir) == _rows_of(tmp_path / "ref")
 
 
-def test_ray_is_never_imported_without_the_executor(tmp_path, media):
-    code = ("import sys, json\n"
-            "from avcurate.cli import app\n"
-            "from typer.testing import CliRunner\n"
-            f"r = CliRunner().invoke(app, ['demo', '--out', {str(tmp_path / 'd')!r}, '-q'])\n"
-            "assert r.exit_code == 0, r.output\n"
-            "print(json.dumps('ray' in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip().splitlines()[-1] == "false"
-
-
 def test_missing_ray_is_a_clear_message(monkeypatch):
     from avcurate.pipeline.ray_runner import import_ray
 
