@@ -324,7 +324,8 @@ def test_demo_never_writes_into_a_folder_of_the_users(tmp_path):
     theirs.mkdir()
     (theirs / "report.html").write_text("my report")
     done = sh("demo", "--out", str(theirs), "-q", check=False)
-    assert done.returncode == 2 and "not made by avcurate demo" in done.stderr
+    assert done.returncode == 2
+    assert "is not empty (report.html) and is not a folder made by avcurate demo" in done.stderr
     assert [p.name for p in theirs.iterdir()] == ["report.html"]
     assert (theirs / "report.html").read_text() == "my report"
     a_file = tmp_path / "file"
@@ -348,6 +349,7 @@ def test_make_demo_claims_its_folder_and_recognises_it_after_a_kill(tmp_path):
     user = tmp_path / "user"
     user.mkdir()
     (user / "demo.toml").write_text("mine")
-    with pytest.raises(ValueError, match="not made by avcurate demo"):
+    made = r"is not empty \(demo.toml\) and is not a folder made by avcurate demo"
+    with pytest.raises(ValueError, match=made):
         make_demo(user)
     assert (user / "demo.toml").read_text() == "mine"

@@ -210,7 +210,7 @@ def test_export_refuses_a_foreign_folder_and_never_deletes_user_files(balanced_r
     (proj / "data" / "important.json").write_text("{}")
     from avcurate.hub.export import ExportError
 
-    with pytest.raises(ExportError, match="not an avcurate export"):
+    with pytest.raises(ExportError, match=r"is not empty \(data\) and is not an avcurate export"):
         export_run(balanced_run, proj)
     clips = sorted(p.name for p in media["root"].rglob("*.mp4"))
     with pytest.raises(ExportError, match="not an avcurate export"):

@@ -182,7 +182,7 @@ def test_an_export_folder_that_cannot_take_the_export_stops_the_run_before_any_r
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "notes.txt").write_text("the user's")
-    for out, why in ((mine, "is not empty and is not an avcurate export"),
+    for out, why in ((mine, "is not empty (notes.txt) and is not an avcurate export"),
                      (tmp_path, "would hold the run folder itself")):
         recipe = _export_recipe(tmp_path, f'out = "{out}"', media)
         for dry in ([], ["--dry-run"]):

@@ -10,6 +10,7 @@ other file is replaced only when the user says so.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from avcurate.core.store import atomic_write_bytes
@@ -49,6 +50,20 @@ def check_output_folder(path: Path, option: str) -> None:
     if path.exists() and not path.is_dir():
         raise OutputError(f"{option} {path} is a file; it names a folder")
     _check_nearest_folder(path.absolute(), path, option)
+
+
+def check_owned_folder(path: Path, option: str, *, ours: Callable[[str], bool], what: str,
+                       hint: str) -> None:
+    """Raise OutputError when the folder `path` holds a name `ours` does not claim. A folder
+    avcurate writes into (a run, an export, a training folder, the demo's) is new, empty or
+    its own, so the user's files are never mixed with its files nor replaced by them; the
+    one rule, worded alike, for every such folder. Call after `check_output_folder`."""
+    if not path.is_dir():
+        return
+    theirs = sorted(p.name for p in path.iterdir() if not ours(p.name))
+    if theirs:
+        shown = ", ".join(theirs[:3]) + (", ..." if len(theirs) > 3 else "")
+        raise OutputError(f"{option} {path} is not empty ({shown}) and is not {what}; {hint}")
 
 
 def _check_nearest_folder(start: Path, path: Path, option: str) -> None:

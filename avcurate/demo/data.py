@@ -13,7 +13,7 @@ import random
 from pathlib import Path
 
 from avcurate.core.answers import letter, lettered
-from avcurate.core.outputs import check_output_folder
+from avcurate.core.outputs import check_output_folder, check_owned_folder
 from avcurate.core.store import atomic_write_bytes
 from avcurate.media import synth
 
@@ -272,10 +272,11 @@ def claim(root: Path) -> None:
     if (root / MARKER).is_file():
         return
     check_output_folder(root, "--out")
-    if root.exists() and not _made(root) and any(root.iterdir()):
-        raise ValueError(f"{root} is not empty and was not made by avcurate demo; choose a new "
-                         "or empty --out (the demo writes annotations/, media/, run/, export/, "
-                         "demo.toml and report.html into it)")
+    if not _made(root):
+        check_owned_folder(root, "--out", ours=lambda name: False,
+                           what="a folder made by avcurate demo",
+                           hint="choose a new or empty --out (the demo writes annotations/, "
+                                "media/, run/, export/, demo.toml and report.html into it)")
     root.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(root / MARKER, b"made by avcurate demo, which may replace anything "
                                       b"in this folder\n")

@@ -40,7 +40,7 @@ import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.parquet as pq
 
 from avcurate.core.counts import parquet_scan
-from avcurate.core.outputs import check_output_folder
+from avcurate.core.outputs import OutputError, check_output_folder, check_owned_folder
 from avcurate.core.store import RunStore, atomic_write_bytes
 from avcurate.hub.card import CardInputs, write_card
 from avcurate.hub.features import decoder_missing, features_for, info_entry, typed_media
@@ -171,12 +171,16 @@ def check_target(run_dir: Path | str, out: Path | str, overwrite: bool = False,
     marker = out / MARKER
     if marker.is_file():
         return set(json.loads(marker.read_text())["files"])
-    if out.is_dir() and any(p.name != STAGING for p in out.iterdir()) and not overwrite:
+    if not overwrite:
         allow = "pass --overwrite" if option == "--out" else \
             "export with `avcurate export RUN --out DIR --overwrite` after the run"
-        raise ExportError(f"{option} {out} is not empty and is not an avcurate export; choose "
-                          f"an empty or new folder, or {allow} (files avcurate did not write "
-                          "are never deleted)")
+        try:
+            check_owned_folder(out, option, ours=lambda name: name == STAGING,
+                               what="an avcurate export",
+                               hint=f"choose an empty or new folder, or {allow} (files avcurate "
+                                    "did not write are never deleted)")
+        except OutputError as exc:
+            raise ExportError(str(exc)) from None
     return set()
 
 

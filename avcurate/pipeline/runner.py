@@ -33,7 +33,7 @@ from avcurate.core.counts import reject_reasons
 from avcurate.core.kvcache import forced_journal
 from avcurate.core.lock import HOLDER, LOCK, run_lock
 from avcurate.core.options import identity
-from avcurate.core.outputs import OutputError, check_output_folder
+from avcurate.core.outputs import OutputError, check_output_folder, check_owned_folder
 from avcurate.core.schema import BASE_COLUMNS, REJECT_FIELDS, SAMPLE_SCHEMA
 from avcurate.core.store import (
     FINGERPRINT,
@@ -330,14 +330,14 @@ class Runner:
         """A new run goes into a new or empty folder: stage folders, a cache and a manifest
         among a user's own files would mix the two, as `export` and `train` refuse to. Only
         the lock files of a run stopped before its manifest was written may be there."""
-        root = self.store.root
-        if self.store.exists() or not root.is_dir():
+        if self.store.exists():
             return
-        theirs = sorted(p.name for p in root.iterdir() if p.name not in (LOCK, HOLDER))
-        if theirs:
-            raise RunError(f"--out {root} is not empty ({', '.join(theirs[:3])}"
-                           f"{', ...' if len(theirs) > 3 else ''}) and is not an avcurate run "
-                           f"(no {MANIFEST}); choose a new or empty folder")
+        try:
+            check_owned_folder(self.store.root, "--out", ours=lambda name: name in (LOCK, HOLDER),
+                               what=f"an avcurate run (no {MANIFEST})",
+                               hint="choose a new or empty folder")
+        except OutputError as exc:
+            raise RunError(str(exc)) from None
 
     def _begin(self, out_dir: Path, fp: str) -> None:
         """Make `out_dir` hold only shards of this fingerprint; clear half-written files."""

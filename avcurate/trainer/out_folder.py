@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from avcurate.core.options import OptionError
-from avcurate.core.outputs import OutputError, check_output_folder
+from avcurate.core.outputs import OutputError, check_output_folder, check_owned_folder
 from avcurate.core.store import atomic_write_bytes
 from avcurate.trainer.config import TrainConfig
 
@@ -49,15 +49,11 @@ def check_out(cfg: TrainConfig) -> None:
     out = Path(cfg.out)
     try:
         check_output_folder(out, "--out")
+        check_owned_folder(out, "--out", what="an avcurate training folder",
+                           ours=lambda name: name in OURS or name.startswith(f".{RECORD}."),
+                           hint="choose a new or empty --out")
     except OutputError as exc:
         raise OptionError(str(exc)) from None
-    if not out.exists():
-        return
-    foreign = sorted(p.name for p in out.iterdir()
-                     if p.name not in OURS and not p.name.startswith(f".{RECORD}."))
-    if foreign:
-        raise OptionError(f"--out {out} is not empty and is not an avcurate training folder "
-                          f"(it holds {foreign[0]!r}); choose a new or empty --out")
     record = out / RECORD
     if not _resumable(out) or not record.is_file():
         return  # nothing to continue from, or a folder from before the record
