@@ -174,3 +174,30 @@ def test_api_keys_reach_ray_workers_without_touching_disk(ray_env, tmp_path, mon
     for path in [*Path(ray_env["RAY_TMPDIR"]).rglob("*"), *(tmp_path / "run").rglob("*")]:
         if path.is_file() and not path.is_symlink():
             assert key.encode() not in path.read_bytes(), path
+
+
+def test_a_stage_that_stops_on_ray_is_one_line_naming_it(ray_env, tmp_path):
+    """A chain (dedup's decision, classify, threshold) whose model the server does not
+    serve: the command's error names classify, not the chain's first stage, in one line,
+    without the worker's traceback or Ray's "unhandled error" logs of the shards that
+    failed alongside."""
+    import tomli_w
+
+    rows = [row(f"r{i:02d}", "speech", question=f"Question {i}?") for i in range(64)]
+    with openai_server(models={"served"}) as server:
+        stages = [StageSpec("dedup"), StageSpec("classify", {
+            "model": "not-served", "base_url": server.url + "/v1", "concurrency": 4}),
+            StageSpec("threshold")]
+        recipe = tmp_path / "recipe.toml"
+        recipe.write_text(tomli_w.dumps(scored_recipe(tmp_path, rows, stages).to_dict()))
+        done = subprocess.run(avcurate_cmd("run", str(recipe), "--out", str(tmp_path / "run"),
+                                           "--executor", "ray", "-q"),
+                              env=os.environ | ray_env | {"OPENAI_API_KEY": "k"},
+                              capture_output=True, text=True, timeout=300)
+        assert server.requests  # the stage started, and its calls failed
+    shown = [line for line in done.stderr.splitlines()
+             if "Started a local Ray instance" not in line]
+    assert done.returncode == 2 and shown == [
+        "error: 02-classify stopped (openai:not-served: http_404: Error code: 404 - The model "
+        "`not-served` does not exist.). No row was rejected for it and the stage is not done; "
+        "fix the cause and run the same command again (finished shards are kept)."]

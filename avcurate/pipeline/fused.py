@@ -20,6 +20,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from avcurate.core.store import RunStore, read_parquet
+from avcurate.models.errors import BackendUnavailable, EndpointError
 from avcurate.pipeline.runner import process_table
 from avcurate.stages.base import BaseStage, Stage
 from avcurate.stages.context import StageContext, WorkerPool
@@ -44,6 +45,18 @@ def chains(stages: list[Stage]) -> list[list[int]]:
         else:
             out.append([i])
     return out
+
+
+class StageStopped(Exception):
+    """A chain member's endpoint or backend gave out, with the folder of that stage: the
+    driver sees one error for the whole chain and must name the stage it came from."""
+
+    def __init__(self, stage_dir: str, error: Exception) -> None:
+        super().__init__(stage_dir, error)  # both in args: the exception crosses a pickle
+        self.stage_dir, self.error = stage_dir, error
+
+    def __str__(self) -> str:
+        return f"{Path(self.stage_dir).name}: {self.error}"
 
 
 @dataclass
@@ -100,8 +113,11 @@ class ChainJob:
                     continue
                 start = time.perf_counter()
                 with gate:
-                    kept, usage = process_table(member.stage, ctx, table, index,
-                                                member.kept_schema, member.rej_schema)
+                    try:
+                        kept, usage = process_table(member.stage, ctx, table, index,
+                                                    member.kept_schema, member.rej_schema)
+                    except (EndpointError, BackendUnavailable) as exc:
+                        raise StageStopped(str(ctx.stage_dir), exc) from exc
                 done.append(StageShard(table.num_rows, usage, time.perf_counter() - start, False))
                 table = kept
         except BaseException as exc:

@@ -39,8 +39,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from avcurate.core.store import RunStore, parquet_rows
-from avcurate.models.errors import BackendUnavailable, EndpointError
-from avcurate.pipeline.fused import ChainJob, Member, StageShard, chains
+from avcurate.pipeline.fused import ChainJob, Member, StageShard, StageStopped, chains
 from avcurate.pipeline.progress import Progress
 from avcurate.pipeline.runner import RunError, Runner, StageReport, add_usage, stopped
 from avcurate.stages.base import Resources, Stage, output_schema, reject_schema
@@ -93,6 +92,13 @@ class _Worker:
             job = self.jobs.pop(key, None)
         if job is not None:
             job.close()
+
+
+def _quiet_the_rest() -> None:
+    """The run stops on the first failed shard, and that error is the one reported: Ray
+    is told not to log the shards dropped with it (those in flight failed the same way or
+    are cancelled) as "unhandled errors" with their tracebacks once their references go."""
+    os.environ["RAY_IGNORE_UNHANDLED_ERRORS"] = "1"
 
 
 def _chain_task(args: tuple, index: int, path: str) -> list[StageShard]:
@@ -194,8 +200,8 @@ class RayRunner(Runner):
                     busy[j] += got.seconds
                     resumed[j] += got.resumed
                     usage[j] = add_usage(usage[j], got.usage)
-        except (EndpointError, BackendUnavailable) as exc:
-            raise stopped(planned[0].out_dir, exc) from None
+        except StageStopped as exc:
+            raise stopped(Path(exc.stage_dir), exc.error) from None
         finally:
             for ctx in contexts:
                 ctx.close()
@@ -238,9 +244,13 @@ class RayRunner(Runner):
         job = ray.put(args)
         run = ray.remote(num_cpus=self.cpus_per_task)(_chain_task)
         waiting = [run.remote(job, i, str(inputs[i])) for i in pending]
-        while waiting:
-            done, waiting = ray.wait(waiting, num_returns=1)
-            yield ray.get(done[0])
+        try:
+            while waiting:
+                done, waiting = ray.wait(waiting, num_returns=1)
+                yield self._result(done[0])
+        except BaseException:
+            _quiet_the_rest()
+            raise
 
     def _on_actors(self, key: str, args: tuple, inputs: list[Path], pending: list[int],
                    width: int) -> Iterator[list[StageShard]]:
@@ -264,15 +274,27 @@ class RayRunner(Runner):
             while running:
                 done, _ = ray.wait(list(running), num_returns=1)
                 actor = running.pop(done[0])
-                yield ray.get(done[0])
+                yield self._result(done[0])
                 if queue:
                     submit(actor)
         except BaseException:
+            _quiet_the_rest()
             for actor in self._actors:  # shards still in flight: stopped with their actors
                 ray.kill(actor)
             self._actors = []
             raise
         ray.get([actor.close.remote(key) for actor in actors])
+
+    def _result(self, ref: Any) -> list[StageShard]:
+        """A shard's result; a stage's error is raised as itself, not in Ray's wrapper,
+        whose message is the worker's whole traceback (errors are one line for the user;
+        the wrapper stays chained for a debugger)."""
+        try:
+            return self.ray.get(ref)
+        except self.ray.exceptions.RayTaskError as exc:
+            if isinstance(exc.cause, Exception):
+                raise exc.cause from exc
+            raise
 
     def _actor_pool(self) -> list[Any]:
         if not self._actors:
