@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -454,7 +455,24 @@ def _worker_pool_of(proc: subprocess.Popen) -> list:
     return workers
 
 
+def test_a_dead_process_not_yet_reaped_is_not_alive():
+    """A zombie holds no lock, no lease and no worker's output: it is dead."""
+    from avcurate.core.lock import pid_alive
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    deadline = time.time() + 10
+    while Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+        assert time.time() < deadline
+        time.sleep(0.01)
+    assert not pid_alive(child.pid) and pid_alive(os.getpid())
+    child.wait()
+    assert not pid_alive(child.pid)
+
+
 def test_decode_workers_exit_when_their_parent_is_killed(tmp_path):
+    """Even when the killed process is not reaped yet: its parent here reads the output to
+    the end before it reaps it (as `subprocess.run(capture_output=True)` does), and the
+    workers holding that output must not take the zombie for a live parent and wait."""
     import psutil
 
     from avcurate.demo import make_demo
@@ -462,10 +480,10 @@ def test_decode_workers_exit_when_their_parent_is_killed(tmp_path):
     recipe = make_demo(tmp_path / "demo")
     env = os.environ | {"AVCURATE_DEMO_BASE_URL": "http://127.0.0.1:9/v1"}  # never reached
     proc = subprocess.Popen(avcurate_cmd("run", str(recipe), "--out", str(tmp_path / "run"), "-q"),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     workers = _worker_pool_of(proc)
     proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    proc.communicate(timeout=30)
     gone, alive = psutil.wait_procs(workers, timeout=5)
     assert not alive, f"orphans still running: {[p.pid for p in alive]}"
 

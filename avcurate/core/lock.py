@@ -24,14 +24,24 @@ _held: dict[Path, int] = {}
 
 
 def pid_alive(pid: int) -> bool:
-    """Whether process `pid` exists on this host (one we may not signal counts as alive)."""
+    """Whether process `pid` runs on this host (one we may not signal counts as alive).
+
+    A zombie, dead but not yet reaped by its parent, does not: a parent that reads a
+    killed command's output to the end before it reaps it (`subprocess.run` with
+    `capture_output=True`) would wait on decode workers that hold that output open while
+    they wait for the dead command, and a dead lease holder would keep its lease.
+    """
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return True
+        pass
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no /proc (not Linux); or it has just gone, which the next look sees
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")  # after the command's name
 
 
 class RunInUse(RuntimeError):
