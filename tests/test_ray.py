@@ -129,6 +129,29 @@ def test_killed_driver_resumes_without_loss_or_duplicates(ray_env, tmp_path, med
     assert _rows_of(run_dir) == _rows_of(tmp_path / "ref")
 
 
+def test_sigterm_stops_a_ray_run_with_its_line_and_it_resumes(ray_env, tmp_path, media,
+                                                              plugin_path):
+    """Ray's own SIGTERM handler would exit at once; the run's takes it as a Ctrl-C."""
+    recipe = slow_recipe(tmp_path, media, n=30, clips=["good", "good2", "silent"], seconds=0.5)
+    run_dir = tmp_path / "run"
+    cmd = avcurate_cmd("run", str(recipe), "--out", str(run_dir), "-q", "--executor", "ray")
+    env = os.environ | ray_env
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.time() + 120
+    while not list((run_dir / "02-slow").glob("part-*.parquet")):
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)  # the driver alone, as a scheduler's time limit does
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert "stopped by SIGTERM" in stderr and "Traceback" not in stderr, stderr
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    kept, rejected = read_stage(run_dir, "02")
+    assert kept.num_rows + rejected.num_rows == 20  # the 30 rows less validate's silent ones
+
+
 def test_missing_ray_is_a_clear_message(monkeypatch):
     from avcurate.pipeline.ray_runner import import_ray
 

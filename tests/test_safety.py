@@ -521,6 +521,31 @@ def test_ctrl_c_stops_every_process_of_the_command_with_one_line(tmp_path):
     assert [s["status"] for s in json.loads(status.stdout)["stages"]][:2] == ["done", "incomplete"]
 
 
+def test_sigterm_stops_the_command_as_ctrl_c_does(tmp_path):
+    """`kill PID`, a batch scheduler's time limit, `docker stop`: SIGTERM reaches the run's
+    process alone. It stops as on Ctrl-C, with its one line and its clean-up, and the
+    same command then finishes the run."""
+    import psutil
+
+    from avcurate.demo import make_demo
+
+    recipe = make_demo(tmp_path / "demo")
+    env = os.environ | {"AVCURATE_DEMO_BASE_URL": "http://127.0.0.1:9/v1"}  # never reached
+    cmd = avcurate_cmd("run", str(recipe), "--out", str(tmp_path / "run"))
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    workers = _worker_pool_of(proc)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert "stopped by SIGTERM" in stderr and "the same command again" in stderr
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
+    _, alive = psutil.wait_procs(workers, timeout=5)
+    assert not alive, f"still running: {[p.pid for p in alive]}"
+    status = sh("status", str(tmp_path / "run"), "--json")
+    assert [s["status"] for s in json.loads(status.stdout)["stages"]][:2] == ["done", "incomplete"]
+
+
 def test_atomic_writes_leave_the_old_file_or_the_new_one_never_half(tmp_path, monkeypatch):
     import pyarrow as pa
     import pyarrow.parquet as pq

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import atexit
 import gc
+import os
+import signal
 import sys
 
 # The command line imports ~90 modules of ours and the libraries under them, and nothing
@@ -46,24 +48,49 @@ gc.enable()
 
 
 INTERRUPTED = 130  # typer's exit status after Ctrl-C (it turns KeyboardInterrupt into it)
+_stopped_by = ["Ctrl-C"]  # or the SIGTERM that `_stop_on_sigterm` took as one
 
 
 def main() -> None:
-    """The console script: a process of its own, so Arrow's memory pool is ours to pick."""
+    """The console script: a process of its own, so Arrow's memory pool and the handling
+    of SIGTERM are ours to pick."""
     use_jemalloc()
+    _stop_on_sigterm()
     try:
         app()
     except SystemExit as exc:
         if exc.code == INTERRUPTED:  # typer exits silently; say what the stop left behind
-            err.print("[bold yellow]stopped[/] by Ctrl-C. What finished is kept and nothing "
-                      "was left half-written: the same command again goes on from where it "
-                      "stopped.", soft_wrap=True, highlight=False)
+            err.print(f"[bold yellow]stopped[/] by {_stopped_by[0]}. What finished is kept "
+                      "and nothing was left half-written: the same command again goes on "
+                      "from where it stopped.", soft_wrap=True, highlight=False)
+            if _stopped_by[0] == "SIGTERM":
+                sys.exit(128 + signal.SIGTERM)  # the status a shell gives a SIGTERM'd command
         raise
     except Exception as exc:
         if (line := damage_in_runs(exc, sys.argv[1:]) or machine_error(exc)) is None:
             raise
         print_error(line)  # outside the app: typer.Exit would not be turned into a status
         sys.exit(2)
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM (`kill`, a batch scheduler's time limit, `docker stop`) stops the command as
+    Ctrl-C does: a KeyboardInterrupt in the main thread, so the same clean-up runs (pools
+    shut down, a Ray started here stopped, the lock released) and the same line is printed,
+    instead of the process vanishing. While child processes start, `interrupts_held`
+    holds it as it holds Ctrl-C. A process forked from this one (ingest's workers) is
+    ended at once, as by default: its parent sees it go."""
+    main_pid = os.getpid()
+
+    def on_term(signum: int, frame: object) -> None:
+        if os.getpid() != main_pid:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        _stopped_by[0] = "SIGTERM"
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
 
 
 def _unfreeze_for_duckdb() -> None:

@@ -28,6 +28,7 @@ response and media caches are SQLite/files in the run folder, safe for concurren
 from __future__ import annotations
 
 import os
+import signal
 import threading
 import time
 from collections import deque
@@ -134,8 +135,14 @@ class RayRunner(Runner):
         self.address, self.actors, self.cpus_per_task = address, actors, cpus_per_task
         self.ray = import_ray()
         if not self.ray.is_initialized():
+            ours = signal.getsignal(signal.SIGTERM)
             self.ray.init(address=self.address, ignore_reinit_error=True, log_to_driver=False,
                           include_dashboard=False)
+            if callable(ours) and threading.current_thread() is threading.main_thread():
+                # Ray's SIGTERM handler exits at once, skipping the run's clean-up and its
+                # line; the command's own one stops the run as Ctrl-C does, and Ray's exit
+                # handler still stops the processes it started
+                signal.signal(signal.SIGTERM, ours)
         self._actors: list[Any] = []
 
     def run(self) -> list[StageReport]:

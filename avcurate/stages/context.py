@@ -41,15 +41,22 @@ def interrupts_held() -> Iterator[None]:
     held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     pressed: list[int] = []
     in_main = threading.current_thread() is threading.main_thread()
-    handler = signal.signal(signal.SIGINT, lambda n, _: pressed.append(n)) if in_main else None
+    # SIGTERM's handler too (the command line takes it as a Ctrl-C); it is not masked:
+    # children end on SIGTERM by default, as a pool's shutdown expects
+    handlers = {s: signal.signal(s, lambda n, _: pressed.append(n))
+                for s in (signal.SIGINT, signal.SIGTERM)} if in_main else {}
     try:
         yield
     finally:
-        if in_main:
-            signal.signal(signal.SIGINT, handler)
+        for number, handler in handlers.items():
+            signal.signal(number, handler)
         signal.pthread_sigmask(signal.SIG_SETMASK, held)
-    if pressed and callable(handler):
-        handler(signal.SIGINT, None)  # Python's own handler: raises KeyboardInterrupt
+    for number in dict.fromkeys(pressed):  # as each would have been taken, now
+        handler = handlers[number]
+        if callable(handler):
+            handler(number, None)  # Python's own Ctrl-C handler, ours for SIGTERM: raises
+        elif handler == signal.SIG_DFL and number == signal.SIGTERM:
+            signal.raise_signal(number)  # its default action: the process ends
 
 
 def exit_with_parent(parent: int) -> None:
