@@ -412,3 +412,39 @@ def test_a_setting_one_version_records_and_another_does_not_is_no_change(toy, tm
     (tmp_path / "out" / RECORD).write_text(json.dumps(older | {"seed": 7}))
     with pytest.raises(OptionError, match=r"\(seed: 7 -> 0\)"):
         check_out(cfg)
+
+
+def test_a_hub_id_without_network_loads_from_the_cache_or_stops_in_one_line(toy, tmp_path):
+    """A cluster's compute node: the Hub cannot be reached (here a closed port). A cached
+    model trains with no retry of the Hub; one that is not cached is named in one line."""
+    lm, data = toy
+    home = tmp_path / "hf"
+    snapshot = home / "hub/models--org--tiny/snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    for f in lm.iterdir():  # the cache's layout, as a download on another machine left it
+        (snapshot / f.name).write_bytes(f.read_bytes())
+    (home / "hub/models--org--tiny/refs").mkdir()
+    (home / "hub/models--org--tiny/refs/main").write_text("0" * 40)
+    env = os.environ | {"HF_HOME": str(home), "HF_ENDPOINT": "http://127.0.0.1:1",
+                        "PYTHONPATH": str(TESTS)}
+    for name in ("HF_HUB_OFFLINE", "HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy",
+                 "ALL_PROXY", "all_proxy"):
+        env.pop(name, None)
+
+    def train_cli(model: str, out: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "avcurate", "train", "--data", str(data),
+                               "--model", model, "--out", str(tmp_path / out), "--steps", "1",
+                               "--rewards", REWARD, "--num-generations", "2",
+                               "--prompts-per-step", "1", "--max-new-tokens", "2"],
+                              capture_output=True, text=True, env=env, timeout=300)
+
+    cached = train_cli("org/tiny", "cached")
+    assert cached.returncode == 0, cached.stderr[-2000:]
+    assert "Retry" not in cached.stderr and "trained to step 1" in cached.stdout
+    missing = train_cli("org/absent", "absent")
+    assert missing.returncode == 2 and "Retry" not in missing.stderr
+    [line] = missing.stderr.strip().splitlines()
+    assert line.startswith("error: --model org/absent: the Hugging Face Hub "
+                           "(http://127.0.0.1:1) cannot be reached (Connection refused) and "
+                           "the model is not in the local cache")
+    assert not (tmp_path / "absent").exists()

@@ -31,6 +31,7 @@ from avcurate.trainer import rewards as reward_registry
 from avcurate.trainer.collectives import all_sum, gather_list
 from avcurate.trainer.config import TrainConfig
 from avcurate.trainer.data import load_rows
+from avcurate.trainer.hub_model import loadable
 from avcurate.trainer.losses import LossConfig, local_advantages, policy_loss
 from avcurate.trainer.out_folder import check_out, record_settings
 from avcurate.trainer.policy import make_policy
@@ -324,6 +325,7 @@ def setup(cfg: TrainConfig, policy_kwargs: dict | None = None) -> TrainState:
     rewards = build_rewards(cfg)  # a typo in a reward name fails before any model loads
     cfg.check_paths()  # after every option's own check: a typo is named first
     check_out(cfg)
+    model_path = loadable(cfg.model)  # a Hub id on a machine without network: its cache
     rank, world, device = setup_distributed()
     if cfg.prompts_per_step % world:
         raise ValueError(f"--prompts-per-step {cfg.prompts_per_step} must divide among {world} ranks")
@@ -337,7 +339,7 @@ def setup(cfg: TrainConfig, policy_kwargs: dict | None = None) -> TrainState:
                  "meta": world > 1 and rank != 0,  # sharded: only rank 0 reads the weights
                  **(policy_kwargs or {})}
     try:
-        policy = make_policy(cfg.policy, cfg.model, **policy_kw)
+        policy = make_policy(cfg.policy, model_path, **policy_kw)
     except (OSError, ValueError) as exc:  # transformers' messages name no folder, and wrap
         raise ValueError(f"--model {cfg.model} cannot be loaded: "
                          f"{' '.join(str(exc).split())}") from exc
@@ -351,7 +353,7 @@ def setup(cfg: TrainConfig, policy_kwargs: dict | None = None) -> TrainState:
     model = shard(policy.model, world, device, mixed)
     ref = None
     if cfg.beta > 0:
-        ref = shard(make_policy(cfg.policy, cfg.model, **policy_kw).model, world, device,
+        ref = shard(make_policy(cfg.policy, model_path, **policy_kw).model, world, device,
                     mixed).eval()
         ref.requires_grad_(False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)

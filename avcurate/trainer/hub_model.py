@@ -1,0 +1,62 @@
+"""A `--model` given as a Hub id (`org/name`) on a machine without network, such as a
+cluster's compute node.
+
+transformers asks the Hub about each file first, and huggingface_hub retries a failed
+connection five times with back-off before it falls back to its cache or gives up:
+about 50 s, with a retry line each time, before the one line that says what was wrong.
+One connection attempt tells first (`CONNECT_TIMEOUT`). When the Hub cannot be reached, a
+model already in the local cache is loaded from its snapshot folder with no network call,
+and one that is not there stops the command with one line, before anything is loaded.
+Where a proxy is set the attempt cannot judge the route, and the library's own way is
+kept, as it is with `HF_HUB_OFFLINE` set.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from avcurate.core.options import OptionError
+from avcurate.models.reachable import CONNECT_TIMEOUT
+
+PROXIES = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "HTTP_PROXY", "http_proxy")
+
+
+def loadable(model: str) -> str:
+    """What to load for `--model`: the id itself, or the cached snapshot folder when the Hub
+    cannot be reached. Raise OptionError when it can be neither downloaded nor found."""
+    if Path(model).expanduser().exists() or _library_decides():
+        return model  # a local folder (check_paths checked it), or the library's own rule
+    from huggingface_hub import constants, snapshot_download
+
+    why = _unreachable(constants.ENDPOINT)
+    if why is None:
+        return model
+    try:
+        return snapshot_download(model, local_files_only=True)
+    except Exception:  # not cached (LocalEntryNotFoundError), or not a valid repo id
+        raise OptionError(f"--model {model}: the Hugging Face Hub ({constants.ENDPOINT}) "
+                          f"cannot be reached ({why}) and the model is not in the local cache "
+                          f"({constants.HF_HUB_CACHE}); download it where there is network "
+                          f"(`hf download {model}`), or give a local model folder") from None
+
+
+def _library_decides() -> bool:
+    return any(os.environ.get(name) for name in (*PROXIES, "HF_HUB_OFFLINE"))
+
+
+def _unreachable(endpoint: str) -> str | None:
+    """Why a connection to `endpoint` cannot be opened, or None when it can."""
+    url = urlsplit(endpoint)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname or "", port), timeout=CONNECT_TIMEOUT).close()
+    except socket.gaierror as exc:
+        return f"{url.hostname}: {exc.strerror or exc}"
+    except TimeoutError:
+        return f"no connection within {CONNECT_TIMEOUT:g} s"
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
