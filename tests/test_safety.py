@@ -546,6 +546,27 @@ def test_sigterm_stops_the_command_as_ctrl_c_does(tmp_path):
     assert [s["status"] for s in json.loads(status.stdout)["stages"]][:2] == ["done", "incomplete"]
 
 
+def test_a_child_forked_while_interrupts_are_held_ends_on_sigterm():
+    """Ingest forks its workers while Ctrl-C and SIGTERM are held; a worker inherits the
+    handler that holds them, and must still end on SIGTERM (a broken pool's clean-up sends
+    it), not keep it for a parent it is not."""
+    from avcurate.stages.context import interrupts_held
+
+    before = signal.signal(signal.SIGTERM, lambda n, f: None)  # as the command line's own
+    try:
+        with interrupts_held():
+            child = os.fork()
+            if child == 0:  # pragma: no cover (the child)
+                time.sleep(10)
+                os._exit(0)
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    time.sleep(0.2)
+    os.kill(child, signal.SIGTERM)
+    _, status = os.waitpid(child, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM
+
+
 def test_atomic_writes_leave_the_old_file_or_the_new_one_never_half(tmp_path, monkeypatch):
     import pyarrow as pa
     import pyarrow.parquet as pq

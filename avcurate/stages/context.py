@@ -41,10 +41,19 @@ def interrupts_held() -> Iterator[None]:
     held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     pressed: list[int] = []
     in_main = threading.current_thread() is threading.main_thread()
+    me = os.getpid()
+
+    def record(number: int, _: object) -> None:
+        if os.getpid() != me:  # a child forked meanwhile inherited this: the default action
+            signal.signal(number, signal.SIG_DFL)
+            os.kill(os.getpid(), number)
+            return
+        pressed.append(number)
+
     # SIGTERM's handler too (the command line takes it as a Ctrl-C); it is not masked:
-    # children end on SIGTERM by default, as a pool's shutdown expects
-    handlers = {s: signal.signal(s, lambda n, _: pressed.append(n))
-                for s in (signal.SIGINT, signal.SIGTERM)} if in_main else {}
+    # children end on SIGTERM by default, as a pool's shutdown of a broken worker expects
+    handlers = {s: signal.signal(s, record) for s in (signal.SIGINT, signal.SIGTERM)} \
+        if in_main else {}
     try:
         yield
     finally:
