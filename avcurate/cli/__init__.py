@@ -79,7 +79,11 @@ def _stop_on_sigterm() -> None:
     shut down, a Ray started here stopped, the lock released) and the same line is printed,
     instead of the process vanishing. While child processes start, `interrupts_held`
     holds it as it holds Ctrl-C. A process forked from this one (ingest's workers) is
-    ended at once, as by default: its parent sees it go."""
+    ended at once, as by default: its parent sees it go. So is a rank under torchrun,
+    whose agent stops the ranks with SIGTERM when one fails: a rank waiting in a
+    collective for the failed one would never reach a Python handler."""
+    if "TORCHELASTIC_RUN_ID" in os.environ:
+        return
     main_pid = os.getpid()
 
     def on_term(signum: int, frame: object) -> None:
