@@ -495,9 +495,24 @@ def _sigint_held_or_ignored(pid: int) -> bool:
     return any(int(mask, 16) & 1 << (signal.SIGINT - 1) for mask in fields.values())
 
 
+def _stopped_with_one_line(proc: subprocess.Popen, workers: list, run_dir: Path, code: int,
+                           by: str) -> None:
+    """The demo recipe's run, stopped in its validate stage: one line, no process left,
+    validate not recorded as done."""
+    import psutil
+
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == code
+    assert f"stopped by {by}" in stderr and "the same command again" in stderr
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
+    _, alive = psutil.wait_procs(workers, timeout=5)
+    assert not alive, f"still running: {[p.pid for p in alive]}"
+    status = sh("status", str(run_dir), "--json")
+    assert [s["status"] for s in json.loads(status.stdout)["stages"]][:2] == ["done", "incomplete"]
+
+
 def test_ctrl_c_stops_every_process_of_the_command_with_one_line(tmp_path):
     """A terminal's Ctrl-C reaches the run's process and its decode workers at once."""
-    import psutil
 
     from avcurate.demo import make_demo
 
@@ -511,22 +526,12 @@ def test_ctrl_c_stops_every_process_of_the_command_with_one_line(tmp_path):
     for child in workers:  # none can take a Ctrl-C itself, not even while it starts
         assert _sigint_held_or_ignored(child.pid), child.cmdline()
     os.killpg(proc.pid, signal.SIGINT)
-    _, stderr = proc.communicate(timeout=30)
-    assert proc.returncode == 130
-    assert "stopped by Ctrl-C" in stderr and "the same command again" in stderr
-    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
-    _, alive = psutil.wait_procs(workers, timeout=5)
-    assert not alive, f"still running: {[p.pid for p in alive]}"
-    status = sh("status", str(tmp_path / "run"), "--json")
-    assert [s["status"] for s in json.loads(status.stdout)["stages"]][:2] == ["done", "incomplete"]
+    _stopped_with_one_line(proc, workers, tmp_path / "run", 130, "Ctrl-C")
 
 
 def test_sigterm_stops_the_command_as_ctrl_c_does(tmp_path):
     """`kill PID`, a batch scheduler's time limit, `docker stop`: SIGTERM reaches the run's
-    process alone. It stops as on Ctrl-C, with its one line and its clean-up, and the
-    same command then finishes the run."""
-    import psutil
-
+    process alone. It stops as on Ctrl-C, with its one line and its clean-up."""
     from avcurate.demo import make_demo
 
     recipe = make_demo(tmp_path / "demo")
@@ -536,14 +541,7 @@ def test_sigterm_stops_the_command_as_ctrl_c_does(tmp_path):
                             text=True)
     workers = _worker_pool_of(proc)
     proc.send_signal(signal.SIGTERM)
-    _, stderr = proc.communicate(timeout=30)
-    assert proc.returncode == 128 + signal.SIGTERM
-    assert "stopped by SIGTERM" in stderr and "the same command again" in stderr
-    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
-    _, alive = psutil.wait_procs(workers, timeout=5)
-    assert not alive, f"still running: {[p.pid for p in alive]}"
-    status = sh("status", str(tmp_path / "run"), "--json")
-    assert [s["status"] for s in json.loads(status.stdout)["stages"]][:2] == ["done", "incomplete"]
+    _stopped_with_one_line(proc, workers, tmp_path / "run", 128 + signal.SIGTERM, "SIGTERM")
 
 
 def test_a_child_forked_while_interrupts_are_held_ends_on_sigterm():
