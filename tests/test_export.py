@@ -111,6 +111,8 @@ def test_push_errors_are_one_line_and_keep_the_export(balanced_run, tmp_path):
             "HF_HUB_DISABLE_TELEMETRY": "1"}
     offline = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
     assert offline.returncode == 2 and "cannot reach the Hub" in offline.stderr
+    assert f"at {env['HF_ENDPOINT']} (ConnectError: " in offline.stderr  # and what happened
+    assert "Connection refused" in offline.stderr
     assert len(offline.stderr.strip().splitlines()) == 1
     assert SECRET not in offline.stdout + offline.stderr
     for path in out.rglob("*"):

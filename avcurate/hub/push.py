@@ -104,8 +104,12 @@ def push(folder: Path | str, repo_id: str, *, private: bool = False,
         raise PushError(f"the Hub refused the push of {repo_id} (HTTP {status}){hint}; "
                         f"the export in {folder} is unchanged") from None
     except (OSError, *TRANSPORT_ERRORS) as exc:  # refused, DNS, timeouts
-        raise PushError(f"cannot reach the Hub ({type(exc).__name__}); "
-                        f"the export in {folder} is unchanged") from None
+        from huggingface_hub import constants
+
+        why = " ".join(str(exc).split())[:200]  # the transport's own words: refused, DNS...
+        raise PushError(f"cannot reach the Hub at {constants.ENDPOINT} ({type(exc).__name__}"
+                        f"{': ' + why if why else ''}); the export in {folder} is "
+                        "unchanged") from None
 
 
 def _upload(folder: Path, repo_id: str, secret: str, private: bool, revision: str | None,
