@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -13,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+import tomli_w
 from conftest import avcurate_cmd
 from helpers import read_stage, slow_recipe
 from loopback import openai_server
@@ -152,6 +154,32 @@ def test_sigterm_stops_a_ray_run_with_its_line_and_it_resumes(ray_env, tmp_path,
     assert kept.num_rows + rejected.num_rows == 20  # the 30 rows less validate's silent ones
 
 
+@pytest.mark.parametrize("address, said", [
+    ("127.0.0.1:{port}", "--address 127.0.0.1:{port}: cannot connect (Connection refused)"),
+    ("ray://127.0.0.1:{port}", "--address ray://127.0.0.1:{port}: cannot connect"),
+    ("head-node", "--address head-node: expected HOST:PORT"),
+    ("auto", "--address auto: Could not find any running Ray instance"),
+])
+def test_a_cluster_address_that_takes_no_connection_is_one_line(tmp_path, address, said):
+    """Ray retried a dead address for minutes with warnings, and `auto` without a cluster
+    was a traceback: one line now, before the run folder is made."""
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(tomli_w.dumps(scored_recipe(tmp_path, [row("r1")], []).to_dict()))
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["RAY_TMPDIR"] = str(tmp_path / "ray")  # no cluster of an earlier test to find
+    done = subprocess.run(avcurate_cmd("run", str(recipe), "--out", str(tmp_path / "run"),
+                                       "--executor", "ray", "--address",
+                                       address.format(port=port)),
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 2
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith("error: " + said.format(port=port)), line
+    assert not (tmp_path / "run").exists()
+
+
 def test_missing_ray_is_a_clear_message(monkeypatch):
     from avcurate.pipeline.ray_runner import import_ray
 
@@ -204,8 +232,6 @@ def test_a_stage_that_stops_on_ray_is_one_line_naming_it(ray_env, tmp_path):
     serve: the command's error names classify, not the chain's first stage, in one line,
     without the worker's traceback or Ray's "unhandled error" logs of the shards that
     failed alongside."""
-    import tomli_w
-
     rows = [row(f"r{i:02d}", "speech", question=f"Question {i}?") for i in range(64)]
     with openai_server(models={"served"}) as server:
         stages = [StageSpec("dedup"), StageSpec("classify", {

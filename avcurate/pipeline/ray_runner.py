@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import threading
 import time
 from collections import deque
@@ -36,10 +37,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pyarrow.parquet as pq
 
 from avcurate.core.store import RunStore, parquet_rows
+from avcurate.models.reachable import CONNECT_TIMEOUT
 from avcurate.pipeline.fused import ChainJob, Member, StageShard, StageStopped, chains
 from avcurate.pipeline.progress import Progress
 from avcurate.pipeline.runner import RunError, Runner, StageReport, add_usage, stopped
@@ -67,6 +70,30 @@ def import_ray():
     except ImportError as exc:
         raise RunError("--executor ray needs Ray: pip install 'avcurate[ray]'") from exc
     return ray
+
+
+def check_address(address: str | None) -> None:
+    """Raise RunError when a cluster address given as HOST:PORT (or ray://HOST:PORT) takes
+    no connection: Ray itself retries a dead GCS address for minutes, printing warnings,
+    before it gives up. `auto`, `local` and no address are Ray's to resolve."""
+    if not address or address in ("auto", "local"):
+        return
+    url = urlsplit(address if "://" in address else f"//{address}")
+    try:
+        host, port = url.hostname, url.port
+    except ValueError:
+        host = port = None
+    if not host or not port:
+        raise RunError(f"--address {address}: expected HOST:PORT (the head node's GCS address, "
+                       "e.g. 10.0.0.1:6379), ray://HOST:10001 or auto")
+    try:
+        socket.create_connection((host, port), timeout=CONNECT_TIMEOUT).close()
+    except OSError as exc:
+        why = f"no connection within {CONNECT_TIMEOUT:g} s" if isinstance(exc, TimeoutError) \
+            else exc.strerror or str(exc)
+        raise RunError(f"--address {address}: cannot connect ({why}); is the Ray cluster up "
+                       "(`ray start --head` prints its address) and reachable from here?"
+                       ) from None
 
 
 class _Worker:
@@ -135,9 +162,14 @@ class RayRunner(Runner):
         self.address, self.actors, self.cpus_per_task = address, actors, cpus_per_task
         self.ray = import_ray()
         if not self.ray.is_initialized():
+            check_address(self.address or os.environ.get("RAY_ADDRESS"))
             ours = signal.getsignal(signal.SIGTERM)
-            self.ray.init(address=self.address, ignore_reinit_error=True, log_to_driver=False,
-                          include_dashboard=False)
+            try:
+                self.ray.init(address=self.address, ignore_reinit_error=True,
+                              log_to_driver=False, include_dashboard=False)
+            except ConnectionError as exc:  # `auto` and no cluster running
+                raise RunError(f"--address {self.address}: {' '.join(str(exc).split())}"
+                               ) from None
             if callable(ours) and threading.current_thread() is threading.main_thread():
                 # Ray's SIGTERM handler exits at once, skipping the run's clean-up and its
                 # line; the command's own one stops the run as Ctrl-C does, and Ray's exit
