@@ -71,6 +71,8 @@ def run(
     """Run a recipe into a run folder. Re-running resumes: finished shards are skipped."""
     if executor not in ("local", "ray"):
         fail(f"--executor must be local or ray, not {executor!r}")
+    if address is not None and executor != "ray":  # the run would go local, unasked
+        fail(f"--address {address} needs --executor ray")
     rec = guard(Recipe.load, recipe)
     export_opts = _checked_export(rec, out_dir)
     if dry_run:

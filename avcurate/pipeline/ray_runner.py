@@ -175,7 +175,20 @@ class RayRunner(Runner):
                 # line; the command's own one stops the run as Ctrl-C does, and Ray's exit
                 # handler still stops the processes it started
                 signal.signal(signal.SIGTERM, ours)
+            if not (self.address or os.environ.get("RAY_ADDRESS")):
+                self._check_cpus()
         self._actors: list[Any] = []
+
+    def _check_cpus(self) -> None:
+        """On the local Ray started here, which cannot grow, a task asking for more CPUs
+        than the machine has would wait forever. (A cluster's autoscaler may add nodes
+        that have them, so a cluster is not checked.)"""
+        largest = max((node["Resources"].get("CPU", 0) for node in self.ray.nodes()
+                       if node["Alive"]), default=0)
+        if self.cpus_per_task > largest:
+            raise RunError(f"--ray-cpus-per-task {self.cpus_per_task:g}: the local Ray has "
+                           f"{largest:g} CPUs, so its tasks could never start; give at most "
+                           f"{largest:g}")
 
     def run(self) -> list[StageReport]:
         try:
