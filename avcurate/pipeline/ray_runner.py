@@ -50,6 +50,7 @@ from avcurate.stages.base import Resources, Stage, output_schema, reject_schema
 from avcurate.stages.context import StageContext, WorkerPool
 
 MAX_SHARDS_PER_ACTOR = 4  # threads of an actor: shards in flight side by side on it
+ACTOR_CPUS = 0.5  # what an actor holds of Ray's CPUs while the run lasts
 FORWARDED = ("OPENAI_API_KEY", "GEMINI_API_KEY", "GOOGLE_API_KEY", "HF_TOKEN", "PYTHONPATH")
 
 
@@ -161,6 +162,9 @@ class RayRunner(Runner):
         super().__init__(*args, **kwargs)
         self.address, self.actors, self.cpus_per_task = address, actors, cpus_per_task
         self.ray = import_ray()
+        # a local Ray started here cannot grow (a cluster's autoscaler may add nodes)
+        self._local = not self.ray.is_initialized() and not (
+            self.address or os.environ.get("RAY_ADDRESS"))
         if not self.ray.is_initialized():
             check_address(self.address or os.environ.get("RAY_ADDRESS"))
             ours = signal.getsignal(signal.SIGTERM)
@@ -175,20 +179,37 @@ class RayRunner(Runner):
                 # line; the command's own one stops the run as Ctrl-C does, and Ray's exit
                 # handler still stops the processes it started
                 signal.signal(signal.SIGTERM, ours)
-            if not (self.address or os.environ.get("RAY_ADDRESS")):
-                self._check_cpus()
         self._actors: list[Any] = []
 
-    def _check_cpus(self) -> None:
-        """On the local Ray started here, which cannot grow, a task asking for more CPUs
-        than the machine has would wait forever. (A cluster's autoscaler may add nodes
-        that have them, so a cluster is not checked.)"""
-        largest = max((node["Resources"].get("CPU", 0) for node in self.ray.nodes()
-                       if node["Alive"]), default=0)
-        if self.cpus_per_task > largest:
+    def _check_environment(self, stages: list[tuple[Stage, str]], *args: Any, **kw: Any
+                           ) -> None:
+        super()._check_environment(stages, *args, **kw)
+        if self._local:
+            self._check_room([stage for stage, _ in stages])
+
+    def _check_room(self, stages: list[Stage]) -> None:
+        """On the local Ray, work that asks for more CPUs than it has waits forever: a task
+        above its CPUs, the run's actors (ACTOR_CPUS each, kept from the first model
+        chain to the end), or a task chain after them with the CPUs they leave."""
+        cpus = sum(node["Resources"].get("CPU", 0) for node in self.ray.nodes()
+                   if node["Alive"])
+        if self.cpus_per_task > cpus:
             raise RunError(f"--ray-cpus-per-task {self.cpus_per_task:g}: the local Ray has "
-                           f"{largest:g} CPUs, so its tasks could never start; give at most "
-                           f"{largest:g}")
+                           f"{cpus:g} CPUs, so its tasks could never start; give at most "
+                           f"{cpus:g}")
+        model = [any(s.resources == Resources.MODEL for s in (stages[i] for i in chain))
+                 for chain in chains(stages)]
+        if True not in model:
+            return
+        tasks_after = not all(model[model.index(True):])
+        need = self.actors * ACTOR_CPUS + (self.cpus_per_task if tasks_after else 0)
+        if need > cpus:
+            also = (f", and tasks of --ray-cpus-per-task {self.cpus_per_task:g} run beside "
+                    "them" if tasks_after else "")
+            raise RunError(f"the run needs {need:g} CPUs of the local Ray at once and it has "
+                           f"{cpus:g}, so it would wait forever: --ray-actors {self.actors} "
+                           f"hold {ACTOR_CPUS:g} each to the end of the run{also}; give fewer "
+                           "actors or CPUs per task")
 
     def run(self) -> list[StageReport]:
         try:
@@ -350,7 +371,8 @@ class RayRunner(Runner):
 
     def _actor_pool(self) -> list[Any]:
         if not self._actors:
-            worker = self.ray.remote(num_cpus=0.5, max_concurrency=MAX_SHARDS_PER_ACTOR)(_Worker)
+            worker = self.ray.remote(num_cpus=ACTOR_CPUS,
+                                     max_concurrency=MAX_SHARDS_PER_ACTOR)(_Worker)
             self._actors = [worker.remote(worker_env(), self._decode_workers())
                             for _ in range(self.actors)]
         return self._actors
