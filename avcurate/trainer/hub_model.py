@@ -30,13 +30,14 @@ def loadable(model: str) -> str:
     if Path(model).expanduser().exists() or _library_decides():
         return model  # a local folder (check_paths checked it), or the library's own rule
     from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
 
     why = _unreachable(constants.ENDPOINT)
     if why is None:
         return model
     try:
         return snapshot_download(model, local_files_only=True)
-    except Exception:  # not cached (LocalEntryNotFoundError), or not a valid repo id
+    except (LocalEntryNotFoundError, HFValidationError):  # not cached; not a repo id
         raise OptionError(f"--model {model}: the Hugging Face Hub ({constants.ENDPOINT}) "
                           f"cannot be reached ({why}) and the model is not in the local cache "
                           f"({constants.HF_HUB_CACHE}); download it where there is network "
