@@ -62,3 +62,19 @@ def check_reachable(backend: str, base_url: str | None) -> None:
     except (OSError, ValueError, http.client.HTTPException):  # a late or malformed
         # answer: the stage's own calls will tell
         return
+
+
+def connect_error(host: str, port: int) -> str | None:
+    """Why a TCP connection to `host:port` cannot be opened within CONNECT_TIMEOUT, in the
+    system's words ("Connection refused", "<host>: Name or service not known"), or None when
+    it opens: the one-attempt check for servers other clients talk to (a Ray cluster's GCS,
+    the Hugging Face Hub), which retry a dead address for minutes."""
+    try:
+        socket.create_connection((host, port), timeout=CONNECT_TIMEOUT).close()
+    except socket.gaierror as exc:
+        return f"{host}: {exc.strerror or exc}"
+    except TimeoutError:
+        return f"no connection within {CONNECT_TIMEOUT:g} s"
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None

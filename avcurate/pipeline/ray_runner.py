@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import threading
 import time
 from collections import deque
@@ -42,7 +41,7 @@ from urllib.parse import urlsplit
 import pyarrow.parquet as pq
 
 from avcurate.core.store import RunStore, parquet_rows
-from avcurate.models.reachable import CONNECT_TIMEOUT
+from avcurate.models.reachable import connect_error
 from avcurate.pipeline.fused import ChainJob, Member, StageShard, StageStopped, chains
 from avcurate.pipeline.progress import Progress
 from avcurate.pipeline.runner import RunError, Runner, StageReport, add_usage, stopped
@@ -87,14 +86,9 @@ def check_address(address: str | None) -> None:
     if not host or not port:
         raise RunError(f"--address {address}: expected HOST:PORT (the head node's GCS address, "
                        "e.g. 10.0.0.1:6379), ray://HOST:10001 or auto")
-    try:
-        socket.create_connection((host, port), timeout=CONNECT_TIMEOUT).close()
-    except OSError as exc:
-        why = f"no connection within {CONNECT_TIMEOUT:g} s" if isinstance(exc, TimeoutError) \
-            else exc.strerror or str(exc)
+    if (why := connect_error(host, port)) is not None:
         raise RunError(f"--address {address}: cannot connect ({why}); is the Ray cluster up "
-                       "(`ray start --head` prints its address) and reachable from here?"
-                       ) from None
+                       "(`ray start --head` prints its address) and reachable from here?")
 
 
 class _Worker:
@@ -162,11 +156,11 @@ class RayRunner(Runner):
         super().__init__(*args, **kwargs)
         self.address, self.actors, self.cpus_per_task = address, actors, cpus_per_task
         self.ray = import_ray()
-        # a local Ray started here cannot grow (a cluster's autoscaler may add nodes)
-        self._local = not self.ray.is_initialized() and not (
-            self.address or os.environ.get("RAY_ADDRESS"))
+        self._local = False  # a local Ray started here, which cannot grow (an autoscaler may)
         if not self.ray.is_initialized():
-            check_address(self.address or os.environ.get("RAY_ADDRESS"))
+            address = self.address or os.environ.get("RAY_ADDRESS")
+            check_address(address)
+            self._local = not address
             ours = signal.getsignal(signal.SIGTERM)
             try:
                 self.ray.init(address=self.address, ignore_reinit_error=True,

@@ -4,7 +4,7 @@ cluster's compute node.
 transformers asks the Hub about each file first, and huggingface_hub retries a failed
 connection five times with back-off before it falls back to its cache or gives up:
 about 50 s, with a retry line each time, before the one line that says what was wrong.
-One connection attempt tells first (`CONNECT_TIMEOUT`). When the Hub cannot be reached, a
+One connection attempt tells first (`connect_error`). When the Hub cannot be reached, a
 model already in the local cache is loaded from its snapshot folder with no network call,
 and one that is not there stops the command with one line, before anything is loaded.
 Where a proxy is set the attempt cannot judge the route, and the library's own way is
@@ -14,12 +14,11 @@ kept, as it is with `HF_HUB_OFFLINE` set.
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from avcurate.core.options import OptionError
-from avcurate.models.reachable import CONNECT_TIMEOUT
+from avcurate.models.reachable import connect_error
 
 PROXIES = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "HTTP_PROXY", "http_proxy")
 
@@ -51,13 +50,4 @@ def _library_decides() -> bool:
 def _unreachable(endpoint: str) -> str | None:
     """Why a connection to `endpoint` cannot be opened, or None when it can."""
     url = urlsplit(endpoint)
-    port = url.port or (443 if url.scheme == "https" else 80)
-    try:
-        socket.create_connection((url.hostname or "", port), timeout=CONNECT_TIMEOUT).close()
-    except socket.gaierror as exc:
-        return f"{url.hostname}: {exc.strerror or exc}"
-    except TimeoutError:
-        return f"no connection within {CONNECT_TIMEOUT:g} s"
-    except OSError as exc:
-        return exc.strerror or str(exc)
-    return None
+    return connect_error(url.hostname or "", url.port or (443 if url.scheme == "https" else 80))
