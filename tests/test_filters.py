@@ -284,3 +284,33 @@ def test_reject_reasons_group_payloads_and_match_sql(tmp_path):
                      "GROUP BY 1", params={"f": [str(p) for p in paths]}).fetchall()
     assert got == {str(k): n for k, n in sql}
     assert reject_reasons([]) == {}
+
+
+def test_the_filter_stages_never_import_pandas(tmp_path):
+    """pyarrow imports pandas (~0.3 s) at its first conversion of a Python or NumPy value;
+    threshold, balance and subset build their few values from buffers instead
+    (core/arrow_values), so a funnel over an ingested run never pays it."""
+    import dataclasses
+    import subprocess
+    import sys
+
+    rows = [row(f"r{i}", category="AB"[i % 2] if i < 12 else "C", ql=0.5 if i % 5 == 0 else 1,
+                vd=(i % 3) / 2) for i in range(14)]
+    funnel = [StageSpec("threshold"), StageSpec("balance", {"min_count": 3, "max_ratio": 1}),
+              StageSpec("subset")]
+    recipe = scored_recipe(tmp_path, rows, funnel)
+    run(dataclasses.replace(recipe, stages=[]), tmp_path / "run")  # ingest, in this process
+    import tomli_w
+
+    (tmp_path / "funnel.toml").write_text(tomli_w.dumps(recipe.to_dict()))
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "avcurate", "run",
+                           str(tmp_path / "funnel.toml"), "--out", str(tmp_path / "run"), "-q"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    imported = {line.rsplit("|", 1)[1].strip() for line in done.stderr.splitlines()
+                if line.startswith("import time:") and line.count("|") == 2}
+    assert "avcurate.filters.balance" in imported  # the import list is read right
+    assert "pandas" not in imported
+    manifest = json.loads((tmp_path / "run/manifest.json").read_text())
+    assert [(s["name"], s["rejected"] > 0) for s in manifest["stages"]] == [
+        ("ingest", False), ("threshold", True), ("balance", True), ("subset", False)]

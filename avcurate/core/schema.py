@@ -16,6 +16,8 @@ from typing import Any
 import orjson
 import pyarrow as pa
 
+from avcurate.core.arrow_values import scalar, strings
+
 SAMPLE_SCHEMA = pa.schema(
     [
         pa.field("id", pa.string(), nullable=False),
@@ -120,8 +122,9 @@ def add_reject_columns(table: pa.Table, stage: str, reasons: list[str] | pa.Arra
     return with_columns(
         table,
         {
-            "reject_stage": pa.repeat(pa.scalar(stage, pa.string()), table.num_rows),
-            "reject_reason": pa.array(reasons, pa.string()),
-            "reject_detail": pa.array(details, pa.string()),
+            "reject_stage": pa.repeat(scalar(stage), table.num_rows),
+            "reject_reason": strings(reasons),
+            "reject_detail": strings(details),
         },
     )
+

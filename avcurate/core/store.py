@@ -27,6 +27,8 @@ from typing import Any, BinaryIO
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from avcurate.core.arrow_values import empty
+
 MANIFEST = "manifest.json"
 FINGERPRINT = ".fingerprint"  # in every stage folder: the settings that wrote its shards
 
@@ -87,7 +89,7 @@ def _empty_parquet(schema: bytes) -> bytes:
     """A Parquet file of no rows of `schema` (keyed by its serialised form, metadata
     included, which `pa.Schema.__eq__` ignores)."""
     sink = pa.BufferOutputStream()
-    _write(pa.ipc.read_schema(pa.py_buffer(schema)).empty_table(), sink)
+    _write(empty(pa.ipc.read_schema(pa.py_buffer(schema))), sink)
     return sink.getvalue().to_pybytes()
 
 

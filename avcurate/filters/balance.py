@@ -28,6 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from avcurate.core.arrow_values import from_numpy, strings, to_numpy
 from avcurate.core.options import option
 from avcurate.filters.rules import EPS
 from avcurate.stages.base import BaseStage, ShardResult
@@ -82,8 +83,6 @@ class Balance(BaseStage):
 
     _over: dict[int, np.ndarray] = field(default_factory=dict, init=False, repr=False,
                                          compare=False)
-    # pa.nulls, not pa.array([]): converting any Python value makes pyarrow import pandas
-    # (~0.3 s), which a resumed run, where balance never runs, need not pay
     _dropped: pa.Array = field(default_factory=lambda: pa.nulls(0, pa.string()), init=False,
                                repr=False, compare=False)
     _before: dict[str, int] = field(default_factory=dict, init=False, repr=False, compare=False)
@@ -115,14 +114,15 @@ class Balance(BaseStage):
                              cascade=self.cascade, max_per_category=self.max_per_category)
             capped = {c: n for c, n in caps.items() if 0 < n < counts[c]}
             self._over = self._over_cap(rows, capped) if capped else {}
-        self._dropped = pa.array([c for c, n in caps.items() if n == 0], pa.string())
+        self._dropped = strings([c for c, n in caps.items() if n == 0])
         self._before = counts
         self._after = {c: n for c, n in caps.items() if n > 0}
 
     def _over_cap(self, rows: ShardTable, capped: dict[str, int]) -> dict[int, np.ndarray]:
         """Row positions, per shard, of the rows ranked beyond their category's cap."""
-        rows.con.register("caps", pa.table({"category": pa.array(list(capped), pa.string()),
-                                            "cap": pa.array(list(capped.values()), pa.int64())}))
+        rows.con.register("caps", pa.table({
+            "category": strings(list(capped)),
+            "cap": from_numpy(np.array(list(capped.values()), np.int64))}))
         over = rows.con.sql(
             f"""SELECT _shard, _row FROM (
                     SELECT r._shard, r._row, c.cap, row_number() OVER (
@@ -131,16 +131,16 @@ class Balance(BaseStage):
                                  composite_score DESC NULLS LAST, id) AS rank
                     FROM rows r JOIN caps c USING (category))
                 WHERE rank > cap""").to_arrow_table()
-        shards, positions = (over.column(c).to_numpy() for c in ("_shard", "_row"))
+        shards, positions = (to_numpy(over.column(c)) for c in ("_shard", "_row"))
         return {int(k): np.sort(positions[shards == k]) for k in np.unique(shards)}
 
     def process(self, table: pa.Table, ctx: StageContext, shard: int) -> ShardResult:
         category = table.column("category")
         codes = np.zeros(table.num_rows, dtype=np.int64)
-        codes[pc.is_in(category, value_set=self._dropped).to_numpy(zero_copy_only=False)] = 1
+        codes[to_numpy(pc.is_in(category, value_set=self._dropped))] = 1
         codes[self._over.get(shard, np.empty(0, np.int64))] = 2
-        codes[pc.is_null(category).to_numpy(zero_copy_only=False)] = 3
-        reasons = pa.array([None, *REASONS[1:]], pa.string()).take(pa.array(codes))
+        codes[to_numpy(pc.is_null(category))] = 3
+        reasons = strings([None, *REASONS[1:]]).take(from_numpy(codes))
         return ShardResult.split(table, self.name, reasons)
 
     def summary(self) -> dict:

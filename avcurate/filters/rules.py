@@ -16,6 +16,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from avcurate.core.arrow_values import from_numpy, scalar, strings, to_numpy
+
 EPS = 1e-9
 COMPARISON_RE = re.compile(
     r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(==|!=|>=|<=|>|<)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$"
@@ -38,15 +40,17 @@ class Comparison:
     def mask(self, table: pa.Table) -> np.ndarray:
         """True where the row satisfies the comparison (nulls never do)."""
         col = pc.cast(table.column(self.column), pa.float64())
+        value, below, above, eps = (scalar(v) for v in (self.value, self.value - EPS,
+                                                        self.value + EPS, EPS))
         ops = {
-            "==": lambda c: pc.less_equal(pc.abs(pc.subtract(c, self.value)), EPS),
-            "!=": lambda c: pc.greater(pc.abs(pc.subtract(c, self.value)), EPS),
-            ">=": lambda c: pc.greater_equal(c, self.value - EPS),
-            "<=": lambda c: pc.less_equal(c, self.value + EPS),
-            ">": lambda c: pc.greater(c, self.value + EPS),
-            "<": lambda c: pc.less(c, self.value - EPS),
+            "==": lambda c: pc.less_equal(pc.abs(pc.subtract(c, value)), eps),
+            "!=": lambda c: pc.greater(pc.abs(pc.subtract(c, value)), eps),
+            ">=": lambda c: pc.greater_equal(c, below),
+            "<=": lambda c: pc.less_equal(c, above),
+            ">": lambda c: pc.greater(c, above),
+            "<": lambda c: pc.less(c, below),
         }
-        return pc.fill_null(ops[self.op](col), False).to_numpy(zero_copy_only=False)
+        return to_numpy(ops[self.op](col))  # null compares to null: False
 
 
 def parse_rule(text: str) -> list[Comparison]:
@@ -78,8 +82,7 @@ def first_failure(table: pa.Table, rules: list[Comparison], fmt: str = "{}") -> 
     failed = np.full(table.num_rows, len(rules), dtype=np.int64)  # len(rules): passed all
     for i in range(len(rules) - 1, -1, -1):  # last to first: the first failure wins
         failed[~rules[i].mask(table)] = i
-    names = pa.array([fmt.format(r) for r in rules] + [None], pa.string())
-    return names.take(pa.array(failed))
+    return strings([fmt.format(r) for r in rules] + [None]).take(from_numpy(failed))
 
 
 def all_pass(table: pa.Table, rules: list[Comparison]) -> np.ndarray:

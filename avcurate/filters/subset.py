@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
+from avcurate.core.arrow_values import from_numpy
 from avcurate.core.options import option
 from avcurate.core.schema import with_columns
 from avcurate.core.store import RunStore, parquet_rows, write_parquet_atomic
@@ -63,10 +64,10 @@ class Subset(BaseStage):
         self._dir = str(subset_dir(ctx.stage_dir, self.subset))
 
     def process(self, table: pa.Table, ctx: StageContext, shard: int) -> ShardResult:
-        inside = all_pass(table, self._parsed)
-        table = with_columns(table, {f"subset_{self.subset}": pa.array(inside, pa.bool_())})
+        inside = from_numpy(all_pass(table, self._parsed))
+        table = with_columns(table, {f"subset_{self.subset}": inside})
         out = subset_dir(ctx.stage_dir, self.subset)
-        write_parquet_atomic(table.filter(pa.array(inside)), RunStore.shard_path(out, shard))
+        write_parquet_atomic(table.filter(inside), RunStore.shard_path(out, shard))
         return ShardResult(kept=table, rejected=table.slice(0, 0))
 
     def summary(self) -> dict:

@@ -29,6 +29,7 @@ from rich.console import Console
 
 from avcurate import __version__
 from avcurate.catalogs import Reject, check_files, read_source
+from avcurate.core.arrow_values import empty
 from avcurate.core.counts import reject_reasons
 from avcurate.core.kvcache import forced_journal
 from avcurate.core.lock import HOLDER, LOCK, run_lock
@@ -532,7 +533,7 @@ def process_table(stage: Stage, ctx: StageContext, table: pa.Table, index: int,
     kept rows of the one before); returns the kept rows as written and the usage."""
     usage: dict[str, int] = {}
     if table.num_rows == 0:
-        kept, rejected = kept_schema.empty_table(), rej_schema.empty_table()
+        kept, rejected = empty(kept_schema), empty(rej_schema)
     else:
         result = stage.process(table, ctx, index)
         if result.kept.num_rows + result.rejected.num_rows != table.num_rows:

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from avcurate.core.arrow_values import scalar, strings
 from avcurate.core.options import OptionError, check_fields, identity
 from avcurate.core.schema import REJECT_FIELDS, add_reject_columns
 
@@ -70,25 +71,19 @@ class ShardResult:
         Reasons and details may be Python lists or Arrow string arrays; arrays keep the
         split vectorised (a million rows without a Python loop over them).
         """
-        reasons = _strings(reasons)
+        reasons = strings(reasons)
         if len(reasons) != table.num_rows:
             raise StageError(f"{stage}: {len(reasons)} decisions for {table.num_rows} rows")
         keep = pc.is_null(reasons)
         bad = pc.invert(keep)
         rejected = table.filter(bad)
-        details = pa.nulls(table.num_rows, pa.string()) if details is None else _strings(details)
+        details = pa.nulls(table.num_rows, pa.string()) if details is None else strings(details)
         return cls(
             kept=table.filter(keep),
             rejected=add_reject_columns(rejected, stage, reasons.filter(bad),
-                                        pc.fill_null(details.filter(bad), "")),
+                                        pc.fill_null(details.filter(bad), scalar(""))),
             usage=usage or {},
         )
-
-
-def _strings(values: Sequence[str | None] | pa.Array | pa.ChunkedArray) -> pa.Array:
-    if isinstance(values, pa.ChunkedArray):
-        values = values.combine_chunks()
-    return values if isinstance(values, pa.Array) else pa.array(values, pa.string())
 
 
 @runtime_checkable
