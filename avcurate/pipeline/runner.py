@@ -45,6 +45,7 @@ from avcurate.core.store import (
     write_parquet_atomic,
 )
 from avcurate.models.errors import BackendUnavailable, EndpointError
+from avcurate.pipeline.held import HeldShards
 from avcurate.pipeline.ingest_pieces import Piece, shards
 from avcurate.pipeline.progress import Progress
 from avcurate.pipeline.recipe import Recipe, SourceSpec, StageSpec
@@ -211,6 +212,7 @@ class Runner:
         self.console = console or Console(stderr=True)
         self.show_progress = show_progress
         self._pool: WorkerPool | None = None  # the run's decode workers, while it runs
+        self._held: HeldShards | None = None  # kept shards for the next stage, while it runs
 
     # -- manifest -----------------------------------------------------------------
     # A stage is recorded in the manifest only once it is complete. A stage folder on disk
@@ -283,6 +285,7 @@ class Runner:
             self._save(manifest)
             reports = []
             self._pool = WorkerPool(self.recipe.workers)  # decode workers for every stage
+            self._held = HeldShards()
             try:
                 with Progress(self.console, enabled=self.show_progress) as progress:
                     reports.append(self._ingest(manifest, planned[0]["fingerprint"], progress))
@@ -290,6 +293,7 @@ class Runner:
             finally:
                 self._pool.close()
                 self._pool = None
+                self._held = None
         return reports
 
     def _run_stages(self, manifest, stages: list[tuple[Stage, str]], progress: Progress
@@ -466,7 +470,9 @@ class Runner:
         if not pending:
             return usage
         stage.setup(ctx)
-        jobs = [(process_shard, stage, ctx, inputs[i], i, kept_schema, rej_schema)
+        if self._held is not None:
+            self._held.keep_only([inputs[i] for i in pending])
+        jobs = [(process_shard, stage, ctx, inputs[i], i, kept_schema, rej_schema, self._held)
                 for i in pending]
         try:
             for rows, used in in_threads(jobs, getattr(stage, "parallel_shards", 1),
@@ -514,15 +520,20 @@ def add_usage(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
 
 
 def process_shard(stage: Stage, ctx: StageContext, path: Path, index: int,
-                  kept_schema: pa.Schema, rej_schema: pa.Schema) -> tuple[int, dict[str, int]]:
+                  kept_schema: pa.Schema, rej_schema: pa.Schema,
+                  held: HeldShards | None = None) -> tuple[int, dict[str, int]]:
     """Run `stage` on one input shard and write its kept and rejected outputs.
 
     Returns the shard's input rows and model-call usage. Rejects are written first and
     the kept file last: the kept file's existence is what marks the shard finished, for
-    the local runner and the Ray runner alike.
+    the local runner and the Ray runner alike. With `held`, the input comes from memory
+    when the stage before wrote it in this process, and the kept rows are held for the
+    next stage.
     """
-    table = read_parquet(path)
-    _, usage = process_table(stage, ctx, table, index, kept_schema, rej_schema)
+    table = held.read(path) if held is not None else read_parquet(path)
+    kept, usage = process_table(stage, ctx, table, index, kept_schema, rej_schema)
+    if held is not None:
+        held.put(RunStore.shard_path(ctx.stage_dir, index), kept)
     return table.num_rows, usage
 
 
