@@ -16,19 +16,6 @@ from avcurate.media import synth
 REPO = Path(__file__).resolve().parents[1]
 
 
-RAY_MODULES = ("test_ray", "test_ray_settings")
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Under xdist (`-n 2 --dist loadgroup`, as .ci/run runs the suite) every test module
-    runs whole on one worker, so a module's fixtures (a demo run, an in-process Ray, a
-    tiny model) are made once. The two Ray modules share one worker: `--address auto`
-    finds any Ray running on the machine, so it must never run beside test_ray's own."""
-    for item in items:
-        module = Path(item.nodeid.split("::", 1)[0]).stem
-        item.add_marker(pytest.mark.xdist_group("ray" if module in RAY_MODULES else module))
-
-
 @pytest.fixture(scope="session")
 def media(tmp_path_factory) -> dict[str, Path]:
     """A folder of real clips, each broken (or not) in one specific way."""
