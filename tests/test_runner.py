@@ -322,6 +322,65 @@ def test_forked_ingest_stops_with_one_line_when_a_worker_dies(tmp_path, media, m
     assert json.loads((tmp_path / "run/manifest.json").read_text())["stages"] == []
 
 
+def _stuck_on_the_third_block(bounds):
+    """In a worker: as one waiting on a lock that another thread held at the fork."""
+    import threading
+
+    from avcurate.pipeline import ingest_pieces
+
+    if bounds[0] == 8:
+        threading.Event().wait()
+    return ingest_pieces.Piece.of(list(ingest_pieces._JOB[0].items(*bounds)),
+                                  *ingest_pieces._JOB[1:]).to_bytes()
+
+
+def _stuck_at_exit():
+    """A worker initializer whose process cannot end (a finalizer that waits forever)."""
+    import multiprocessing.util
+
+    multiprocessing.util.Finalize(None, time.sleep, (3600,), exitpriority=100)
+
+
+@pytest.mark.parametrize("stuck", ["on_a_block", "at_exit"])
+def test_forked_ingest_never_waits_forever_on_a_stuck_worker(tmp_path, media, monkeypatch,
+                                                            stuck):
+    """A forked worker can inherit a lock that another thread held at the fork and wait for
+    it forever, while it builds rows or as it exits. Ingest then kills the workers (the
+    rest of the source built here, the same shards) instead of hanging."""
+    import psutil
+
+    from avcurate.pipeline import ingest_pieces
+    from avcurate.pipeline.recipe import SourceSpec
+
+    (tmp_path / "ann.json").write_text(json.dumps(_conversation_records(media, 30)))
+    sources = [SourceSpec("llava-video", str(tmp_path / "ann.json"), str(media["root"]))]
+    run(Recipe(sources, [], shard_size=7, workers=1), tmp_path / "one")
+    monkeypatch.setattr(ingest_pieces, "BLOCK", 4)
+    monkeypatch.setattr(ingest_pieces, "STALL_SECONDS", 2.0)
+    monkeypatch.setattr(ingest_pieces, "EXIT_SECONDS", 1.0)
+    if stuck == "on_a_block":
+        monkeypatch.setattr(ingest_pieces, "_build_block", _stuck_on_the_third_block)
+    else:
+        monkeypatch.setattr(ingest_pieces, "leave_interrupts_to_parent", _stuck_at_exit)
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    started = time.monotonic()
+    if stuck == "on_a_block":
+        with pytest.warns(RuntimeWarning, match="sent no rows back for 2 s"):
+            run(Recipe(sources, [], shard_size=7, workers=2), tmp_path / "forked")
+    else:
+        run(Recipe(sources, [], shard_size=7, workers=2), tmp_path / "forked")
+    assert time.monotonic() - started < 30
+    one, forked = ({str(p.relative_to(tmp_path / d)): pq.read_table(p)
+                    for p in (tmp_path / d / "00-ingest").rglob("*.parquet")}
+                   for d in ("one", "forked"))
+    assert sorted(forked) == sorted(one) and len(one) == 2 * 6  # 6 shards and their rejects
+    assert all(forked[name].equals(table) for name, table in one.items())
+    deadline = time.monotonic() + 10  # the pool's thread reaps the killed workers
+    while (left := {p.pid for p in psutil.Process().children(recursive=True)} - before):
+        assert time.monotonic() < deadline, f"workers left running: {left}"
+        time.sleep(0.05)
+
+
 def test_end_of_run_summary_uses_the_recorded_counts(tmp_path, media, monkeypatch):
     """The table printed after a run takes each completed stage's counts from the manifest
     (counted from the shards as the stage completed); `status` recounts from the shards."""

@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import multiprocessing
 import sys
+import time
+import warnings
 from collections import deque
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from itertools import islice
+from multiprocessing.connection import wait
 from typing import Any
 
 import numpy as np
@@ -33,6 +36,8 @@ from avcurate.core.schema import rows_to_table
 from avcurate.stages.context import interrupts_held, leave_interrupts_to_parent
 
 BLOCK = 8192  # records per worker task: ~80 ms of work, little to send back
+STALL_SECONDS = 120.0  # no block back for this long: the workers are stuck (_forked)
+EXIT_SECONDS = 10.0  # for the workers to end once told to (_stop)
 SAMPLE = 64  # a source's first items, held back until they show it is read right
 
 # Reject reasons that, for every one of a source's first items, mean the user's mistake
@@ -193,26 +198,60 @@ def _forked(source: RecordRows, n: int, workers: int, block: int, schema: pa.Sch
 
     A process pool from `concurrent.futures`, not `multiprocessing.Pool`, because it
     notices a worker that dies (killed for memory) instead of waiting for it forever;
-    at most two blocks per worker are in flight, so built blocks never pile up here."""
+    at most two blocks per worker are in flight, so built blocks never pile up here.
+
+    A fork copies the memory of a process whose other threads (a progress bar, a host
+    program's own) may hold a lock at that instant, and a worker that needs that lock
+    waits forever. No block back within `STALL_SECONDS` (one takes ~80 ms) is taken as
+    that: the workers are killed and the rest of the source is built here, the same
+    pieces, so the run goes on instead of hanging."""
     global _JOB
     _JOB = (source, schema, reject_schema)
     bounds = iter([(a, min(a + block, n)) for a in range(0, n, block)])
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
                                initializer=leave_interrupts_to_parent)
+    window: deque[tuple[tuple[int, int], Future]] = deque()
+    processes: list[multiprocessing.Process] = []
     try:
         with interrupts_held():  # the first submit forks every worker
-            window = deque(pool.submit(_build_block, b) for b in islice(bounds, 2 * workers))
+            window.extend((b, pool.submit(_build_block, b)) for b in islice(bounds, 2 * workers))
+        processes = list(pool._processes.values())  # noqa: SLF001 (see _stop)
         while window:
-            payload = window.popleft().result()
+            try:
+                payload = window[0][1].result(timeout=STALL_SECONDS)
+            except TimeoutError:
+                warnings.warn(f"ingest's worker processes sent no rows back for {STALL_SECONDS:.0f}"
+                              " s (stuck on a lock copied by the fork); the rest of the source "
+                              "is built in this process", RuntimeWarning, stacklevel=2)
+                break
+            window.popleft()
             if (more := next(bounds, None)) is not None:
-                window.append(pool.submit(_build_block, more))
+                window.append((more, pool.submit(_build_block, more)))
             yield Piece.from_bytes(payload)
     except BrokenProcessPool as exc:
         raise ValueError(f"a worker process building rows died ({exc}); with workers = 1 "
                          "the rows are built in the main process") from None
     finally:
-        pool.shutdown(cancel_futures=True)
+        _stop(pool, processes)
         _JOB = None
+    for a, b in [span for span, _ in window] + list(bounds):  # the workers stalled
+        yield Piece.of(list(source.items(a, b)), schema, reject_schema)
+
+
+def _stop(pool: ProcessPoolExecutor, processes: list[multiprocessing.Process]) -> None:
+    """Shut the pool down without waiting on a worker that cannot end: one that took an
+    inherited lock (above) can hang in its exit as well, and `shutdown(wait=True)` would
+    wait for it forever. Workers still running `EXIT_SECONDS` later are killed; the
+    pool's own thread reaps them. Python 3.11 has no public way to reach a pool's
+    workers (`kill_workers` came in 3.14), so `_forked` reads the pool's `_processes`."""
+    pool.shutdown(wait=False, cancel_futures=True)
+    running = {p.sentinel: p for p in processes}  # readable once the process has ended
+    deadline = time.monotonic() + EXIT_SECONDS
+    while running and (left := deadline - time.monotonic()) > 0:
+        for ended in wait(list(running), left):
+            del running[ended]
+    for process in running.values():
+        process.kill()
 
 
 def _build_block(bounds: tuple[int, int]) -> tuple[bytes, bytes, bytes]:
