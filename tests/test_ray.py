@@ -49,8 +49,9 @@ def ray_env():
 
 # -- settings that could never run ------------------------------------------------------
 # First in this module, before any test starts `ray_env`: `--address auto` finds any Ray
-# running on the machine (Ray's `find_gcs_addresses`), and pytest-xdist's loadfile keeps a
-# module on one worker, so no other Ray is up while these run.
+# running on the machine (Ray's `find_gcs_addresses`), and this module runs on its own (the
+# README's command; under pytest-xdist, loadfile keeps it whole on one worker), so no other
+# Ray is up while these run.
 
 
 @pytest.mark.parametrize("args, said", [
