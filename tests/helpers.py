@@ -46,6 +46,12 @@ def run_files(run_dir: Path) -> dict[str, str]:
             and not p.name.startswith(".avcurate.lock")}
 
 
+def imported_modules(stderr: str) -> set[str]:
+    """Every module a `python -X importtime` command imported, from its stderr."""
+    return {line.rsplit("|", 1)[1].strip() for line in stderr.splitlines()
+            if line.startswith("import time:") and line.count("|") == 2}
+
+
 def rows_by_id(table: pa.Table) -> dict[str, dict]:
     return {r["id"]: r for r in table.to_pylist()}
 

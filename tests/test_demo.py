@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, avcurate_cmd
-from helpers import read_stage
+from helpers import imported_modules, read_stage
 from loopback import gemini_server, openai_server
 
 from avcurate.demo.model import DemoModel, options_in
@@ -60,8 +60,7 @@ def demo_run(tmp_path_factory) -> DemoRun:
     done = subprocess.run([sys.executable, "-X", "importtime", "-m", "avcurate", "demo",
                            "--out", str(out), "-q", "--train"],
                           capture_output=True, text=True, check=True)
-    imported = {line.rsplit("|", 1)[1].strip() for line in done.stderr.splitlines()
-                if line.startswith("import time:") and line.count("|") == 2}
+    imported = imported_modules(done.stderr)
     return DemoRun(out, done.stdout, imported)
 
 

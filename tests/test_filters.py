@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 
 import pytest
-from helpers import COLUMNS, read_stage, rows_by_id, run
+from helpers import COLUMNS, imported_modules, read_stage, rows_by_id, run
 
 from avcurate.filters.balance import plan_caps
 from avcurate.filters.rules import RuleError, parse_rule
@@ -307,8 +307,7 @@ def test_the_filter_stages_never_import_pandas(tmp_path):
                            str(tmp_path / "funnel.toml"), "--out", str(tmp_path / "run"), "-q"],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
-    imported = {line.rsplit("|", 1)[1].strip() for line in done.stderr.splitlines()
-                if line.startswith("import time:") and line.count("|") == 2}
+    imported = imported_modules(done.stderr)
     assert "avcurate.filters.balance" in imported  # the import list is read right
     assert "pandas" not in imported
     manifest = json.loads((tmp_path / "run/manifest.json").read_text())
