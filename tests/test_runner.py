@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -16,6 +17,7 @@ import pytest
 from conftest import avcurate_cmd
 from helpers import jsonl_recipe, read_stage, rows_by_id, run, slow_recipe
 
+from avcurate.pipeline.ingest_pieces import _build_block as build_block
 from avcurate.pipeline.recipe import Recipe, RecipeError, StageSpec
 from avcurate.pipeline.registry import register
 from avcurate.pipeline.runner import RunError
@@ -326,12 +328,9 @@ def _stuck_on_the_third_block(bounds):
     """In a worker: as one waiting on a lock that another thread held at the fork."""
     import threading
 
-    from avcurate.pipeline import ingest_pieces
-
     if bounds[0] == 8:
         threading.Event().wait()
-    return ingest_pieces.Piece.of(list(ingest_pieces._JOB[0].items(*bounds)),
-                                  *ingest_pieces._JOB[1:]).to_bytes()
+    return build_block(bounds)
 
 
 def _stuck_at_exit():
@@ -364,10 +363,9 @@ def test_forked_ingest_never_waits_forever_on_a_stuck_worker(tmp_path, media, mo
         monkeypatch.setattr(ingest_pieces, "leave_interrupts_to_parent", _stuck_at_exit)
     before = {p.pid for p in psutil.Process().children(recursive=True)}
     started = time.monotonic()
-    if stuck == "on_a_block":
-        with pytest.warns(RuntimeWarning, match="sent no rows back for 2 s"):
-            run(Recipe(sources, [], shard_size=7, workers=2), tmp_path / "forked")
-    else:
+    said = (pytest.warns(RuntimeWarning, match="sent no rows back for 2 s")
+            if stuck == "on_a_block" else contextlib.nullcontext())
+    with said:
         run(Recipe(sources, [], shard_size=7, workers=2), tmp_path / "forked")
     assert time.monotonic() - started < 30
     one, forked = ({str(p.relative_to(tmp_path / d)): pq.read_table(p)
