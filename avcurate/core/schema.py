@@ -127,4 +127,3 @@ def add_reject_columns(table: pa.Table, stage: str, reasons: list[str] | pa.Arra
             "reject_detail": strings(details),
         },
     )
-
