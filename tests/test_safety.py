@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -216,7 +217,10 @@ def test_gemini_connection_errors_are_retried_by_the_stage_only(validated):
         ended.set()
         server.join(10)
     assert result.returncode == 2 and "calls all failed (connection:" in result.stderr
-    assert 5 <= len(accepted) <= 6  # a call per row (6), stopped after 5 failures
+    # the stage stops after 5 failed calls, or sooner when a shard ends with all its calls
+    # failed; the calls still waiting are dropped, some before they connect
+    failed = int(re.search(r"the first (\d+) calls all failed", result.stderr)[1])
+    assert failed <= len(accepted) <= 6  # one connection per failed call, at most one per row
     assert _stages(validated) == ["00-ingest", "01-validate"]
 
 
