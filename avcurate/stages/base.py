@@ -36,13 +36,10 @@ import pyarrow.compute as pc
 from avcurate.core.arrow_values import scalar, strings
 from avcurate.core.options import OptionError, check_fields, identity
 from avcurate.core.schema import REJECT_FIELDS, add_reject_columns
+from avcurate.stages.errors import StageError
 
 if TYPE_CHECKING:
     from avcurate.stages.context import StageContext
-
-
-class StageError(Exception):
-    """A stage cannot be built or run as configured (bad option, missing column)."""
 
 
 class Resources(StrEnum):
