@@ -21,7 +21,7 @@ from avcurate.catalogs import CATALOGS, Reject, check_files, check_source, read_
 from avcurate.core.options import option
 from avcurate.decontam.fingerprints import normalise_question, source_id, video_hashes
 from avcurate.decontam.index import BenchmarkIndex, Item, Match
-from avcurate.media.errors import MediaError
+from avcurate.media.errors import Lost, MediaError
 from avcurate.stages.base import BaseStage, ShardResult, StageError
 from avcurate.stages.context import StageContext
 
@@ -66,7 +66,8 @@ def hash_videos(ctx: StageContext, paths: list[str], frames: int) -> dict[str, l
     known = cache.get_many(list(keys.values()))
     todo = [p for p, k in keys.items() if k not in known]
     computed = dict(zip(todo, ctx.map(_hash, [(p, frames) for p in todo]), strict=True))
-    cache.put_many({keys[p]: h for p, h in computed.items()})
+    cache.put_many({keys[p]: h for p, h in computed.items() if not isinstance(h, Lost)})
+    computed = {p: None if isinstance(h, Lost) else h for p, h in computed.items()}
     return {p: known.get(keys[p], computed.get(p)) for p in keys}
 
 

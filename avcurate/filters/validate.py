@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 from avcurate.core.answers import letter_index
 from avcurate.core.options import option
 from avcurate.core.schema import BASE_COLUMNS, with_columns
-from avcurate.media.errors import MediaError
+from avcurate.media.errors import Lost, MediaError
 from avcurate.media.probe import probe
 from avcurate.stages.base import BaseStage, ShardResult, StageError
 from avcurate.stages.context import StageContext
@@ -36,6 +36,8 @@ REASONS = {
     "unsafe_path": "the media path escapes the media root",
     "missing_media": "the media file does not exist",
     "unreadable_media": "the media file is corrupt or not media",
+    "media_timeout": "reading the file took longer than [run] media_timeout (a stuck decoder)",
+    "media_crash": "the process reading the file died (a decoder crash, or out of memory)",
     "truncated": "the file ends far before its declared duration",
     "no_video_stream": "the video file has no video stream",
     "no_audio_stream": "there is no audio track",
@@ -216,10 +218,10 @@ class Validate(BaseStage):
                 out[p] = cached[k]
             else:
                 todo.append(p)
-        results = ctx.map(probe_job, [(p, self.loudness_seconds, self.truncation_tolerance)
-                                      for p in todo])
-        cache.put_many({present[p]: res for p, res in zip(todo, results, strict=True)})
-        out.update(zip(todo, results, strict=True))
+        results = dict(zip(todo, ctx.map(probe_job, [
+            (p, self.loudness_seconds, self.truncation_tolerance) for p in todo]), strict=True))
+        cache.put_many({present[p]: r for p, r in results.items() if not isinstance(r, Lost)})
+        out.update((p, r.as_error(p) if isinstance(r, Lost) else r) for p, r in results.items())
         self._probed.update(out)
         return self._probed
 

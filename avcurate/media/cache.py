@@ -22,6 +22,7 @@ import numpy as np
 from avcurate.core.kvcache import KVCache
 from avcurate.core.store import atomic_write_bytes, file_digest
 from avcurate.media.decode import audio, frames
+from avcurate.media.errors import Lost
 
 
 def content_digest(path: str, digests: KVCache) -> str:
@@ -119,7 +120,9 @@ class Pool(Protocol):
 
     def cache(self, name: str) -> KVCache: ...
 
-    def map(self, fn: Callable[[Any], Any], items: Any) -> list[Any]: ...
+    def map(self, fn: Callable[[Any], Any], items: Any) -> list[Any]:
+        """fn over items; a `Lost` for a job that ran past its time or crashed its worker."""
+        ...
 
 
 _DECODING: dict[tuple, Future] = {}  # jobs some thread of this process is decoding now
@@ -139,7 +142,9 @@ def decode_once(jobs: dict[tuple, tuple], pool: Pool) -> dict[tuple, dict | None
             else:
                 mine[key] = _DECODING[key] = Future()
     try:
-        done = dict(zip(mine, pool.map(decode_job, [jobs[k] for k in mine]), strict=True))
+        results = pool.map(decode_job, [jobs[k] for k in mine])
+        done = {key: r.as_error(jobs[key][0]) if isinstance(r, Lost) else r
+                for key, r in zip(mine, results, strict=True)}
         for key, future in mine.items():
             future.set_result(done[key])
     except BaseException as exc:

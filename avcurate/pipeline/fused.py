@@ -23,7 +23,7 @@ from avcurate.core.store import RunStore, read_parquet
 from avcurate.models.errors import BackendUnavailable, EndpointError
 from avcurate.pipeline.runner import process_table
 from avcurate.stages.base import BaseStage, Stage
-from avcurate.stages.context import StageContext, WorkerPool
+from avcurate.stages.context import MEDIA_TIMEOUT_S, StageContext, WorkerPool
 
 
 def decides_globally(stage: Stage) -> bool:
@@ -88,10 +88,11 @@ class ChainJob:
     """
 
     def __init__(self, members: list[Member], run_dir: str, workers: int,
-                 pool: WorkerPool | None = None) -> None:
+                 pool: WorkerPool | None = None, media_timeout: float = MEDIA_TIMEOUT_S
+                 ) -> None:
         self.members = members
         self._own_pool = pool is None
-        self.pool = pool or WorkerPool(workers)
+        self.pool = pool or WorkerPool(workers, media_timeout)
         self.contexts = [StageContext(run_dir=Path(run_dir), stage_dir=Path(m.stage_dir),
                                       workers=workers, pool=self.pool) for m in members]
         self.gates = [threading.BoundedSemaphore(max(1, getattr(m.stage, "parallel_shards", 1)))

@@ -95,10 +95,10 @@ class _Worker:
     """A long-lived actor: runs shards of any chain, keeping each chain's set-up (model
     clients, caches) until the driver closes it, and one decode pool for all of them."""
 
-    def __init__(self, env: dict[str, str], workers: int) -> None:
+    def __init__(self, env: dict[str, str], workers: int, media_timeout: float) -> None:
         os.environ.update(env)
         self.workers = workers
-        self.pool = WorkerPool(workers)
+        self.pool = WorkerPool(workers, media_timeout)
         self.jobs: dict[str, ChainJob] = {}
         self.lock = threading.Lock()
 
@@ -126,9 +126,9 @@ def _quiet_the_rest() -> None:
 
 def _chain_task(args: tuple, index: int, path: str) -> list[StageShard]:
     """A row-local chain on one shard, as a Ray task (its own set-up and decode pool)."""
-    members, run_dir, workers, env = args
+    members, run_dir, workers, media_timeout, env = args
     os.environ.update(env)
-    job = ChainJob(members, run_dir, workers)
+    job = ChainJob(members, run_dir, workers, media_timeout=media_timeout)
     try:
         return job.shard(index, path)
     finally:
@@ -297,8 +297,8 @@ class RayRunner(Runner):
             width = max(getattr(m.stage, "parallel_shards", 1) for m in members)
             return self._on_actors(f"{planned[0].index}", (members, str(self.store.root)),
                                    inputs, pending, width)
-        return self._tasks((members, str(self.store.root), self._decode_workers(), worker_env()),
-                           inputs, pending)
+        return self._tasks((members, str(self.store.root), self._decode_workers(),
+                            self.recipe.media_timeout, worker_env()), inputs, pending)
 
     def _decode_workers(self) -> int:
         return max(1, int(self.cpus_per_task))
@@ -367,6 +367,7 @@ class RayRunner(Runner):
         if not self._actors:
             worker = self.ray.remote(num_cpus=ACTOR_CPUS,
                                      max_concurrency=MAX_SHARDS_PER_ACTOR)(_Worker)
-            self._actors = [worker.remote(worker_env(), self._decode_workers())
+            self._actors = [worker.remote(worker_env(), self._decode_workers(),
+                                          self.recipe.media_timeout)
                             for _ in range(self.actors)]
         return self._actors

@@ -3,6 +3,7 @@
     [run]
     shard_size = 256     # rows per shard (the unit of resume)
     workers = 2          # processes for media decoding and for a large JSON file's rows
+    media_timeout = 60   # seconds one file's probe or decode may take before its row is rejected
 
     [[sources]]
     name = "llava-video"
@@ -36,6 +37,7 @@ from typing import Any
 
 from avcurate.catalogs import check_source, source_tag
 from avcurate.core.options import did_you_mean
+from avcurate.stages.context import MEDIA_TIMEOUT_S
 
 
 class RecipeError(ValueError):
@@ -92,6 +94,7 @@ class Recipe:
     shard_size: int = 256
     workers: int = 2
     export: dict[str, Any] | None = None
+    media_timeout: float = MEDIA_TIMEOUT_S
 
     def extra_columns(self) -> dict[str, Any]:
         """Columns that jsonl/parquet sources pass through as-is (name -> Arrow type)."""
@@ -110,7 +113,8 @@ class Recipe:
 
     def to_dict(self) -> dict[str, Any]:
         out = {
-            "run": {"shard_size": self.shard_size, "workers": self.workers},
+            "run": {"shard_size": self.shard_size, "workers": self.workers,
+                    "media_timeout": self.media_timeout},
             "sources": [s.to_dict() for s in self.sources],
             "stages": [s.to_dict() for s in self.stages],
         }
@@ -123,7 +127,7 @@ class Recipe:
         """Build a recipe; relative paths are resolved against `base` (the recipe's folder)."""
         _known(data, TOP_LEVEL, "the recipe")
         run = dict(data.get("run", {}))
-        _known(run, ("shard_size", "workers"), "[run]")
+        _known(run, ("shard_size", "workers", "media_timeout"), "[run]")
         sources = [_source(s, base) for s in _tables(data, "sources")]
         if not sources:
             raise RecipeError("a recipe needs at least one [[sources]] table")
@@ -141,7 +145,7 @@ class Recipe:
             out = Path(export["out"]).expanduser()
             export["out"] = str(out if out.is_absolute() or base is None else (base / out).resolve())
         recipe = cls(sources, stages, int(run.get("shard_size", 256)), int(run.get("workers", 2)),
-                     export)
+                     export, _seconds(run.get("media_timeout", MEDIA_TIMEOUT_S)))
         if recipe.shard_size < 1 or recipe.workers < 1:
             raise RecipeError("shard_size and workers must be at least 1")
         return recipe
@@ -207,3 +211,13 @@ def check_tags(sources: list[SourceSpec]) -> None:
             raise RecipeError(
                 f"sources {other} and {s.annotations} ({s.name}) would give the same sample "
                 f"ids ({s.name}:{key[1]}/...); set tag = \"...\" on one of them")
+
+
+def _seconds(value: Any) -> float:
+    """[run] media_timeout as seconds, above 0 and at most a day (a bool is not a number,
+    and faulthandler's timer takes no more than its C type holds)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) \
+            or not 0 < value <= 86400:
+        raise RecipeError(f"[run] media_timeout must be a number of seconds above 0 and at "
+                          f"most 86400, not {value!r}")
+    return float(value)

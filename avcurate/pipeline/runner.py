@@ -284,7 +284,8 @@ class Runner:
                          "versions": package_versions()}
             self._save(manifest)
             reports = []
-            self._pool = WorkerPool(self.recipe.workers)  # decode workers for every stage
+            # decode workers for every stage
+            self._pool = WorkerPool(self.recipe.workers, self.recipe.media_timeout)
             self._held = HeldShards()
             try:
                 with Progress(self.console, enabled=self.show_progress) as progress:
