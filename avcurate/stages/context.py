@@ -182,8 +182,8 @@ class WorkerPool:
         When a worker dies, every chunk out fails with it. Each chunk's mark (`run_chunk`)
         tells which of its jobs was running and since when: one running for longer than
         the limit is lost, and every other job not done goes again. With none late (a
-        crash), the running ones are tried again alone, and one that takes the pool down
-        again is lost."""
+        crash), the running ones are tried again, each in a worker of its own, and one
+        that takes that worker down too is lost."""
         results = [_WAITING] * len(items)
         queue = list(range(len(items)))
         while queue:
@@ -247,7 +247,7 @@ class WorkerPool:
                     late.append(i)
                 else:
                     running.append(i)
-        sent = {n for n in out.values()}
+        sent = set(out.values())
         again += [i for n, chunk in enumerate(chunks) if n not in sent for i in chunk]
         for i in late:
             results[i] = self._lost_in_time()
