@@ -98,23 +98,25 @@ def audit_stage(store: RunStore, path: Path, fp: str, stage: Stage, sample: pa.T
         reach()
     open_folder(path, fp, redo)
     asked = sample.drop_columns([c for c in stage.adds if c in sample.column_names])
-    workers = Recipe.from_dict(store.load_manifest()["recipe"]).workers
+    recipe = Recipe.from_dict(store.load_manifest()["recipe"])
     with Progress(console or Console(stderr=True), enabled=show_progress) as progress:
-        usage = _ask(store.root, path, stage, asked, workers=workers, progress=progress)
+        usage = _ask(store.root, path, stage, asked, workers=recipe.workers,
+                     media_timeout=recipe.media_timeout, progress=progress)
     out_dir = path / "scores"
     return (pq.read_table(RunStore.shards(out_dir)),
             reject_reasons(RunStore.rejects(out_dir)), usage)
 
 
 def _ask(run_dir: Path, path: Path, stage: Stage, table: pa.Table, *, workers: int,
-         progress: Progress) -> dict[str, int]:
+         media_timeout: float, progress: Progress) -> dict[str, int]:
     """Run a model stage over `table` into `path/scores`; returns the call usage. Finished
     shards are not asked again."""
     inputs = write_inputs(path, table)
     out_dir = path / "scores"
     kept_schema = output_schema(stage, table.schema)
     rej_schema = reject_schema(kept_schema)
-    ctx = StageContext(run_dir=run_dir, stage_dir=out_dir, workers=workers)
+    ctx = StageContext(run_dir=run_dir, stage_dir=out_dir, workers=workers,
+                       media_timeout=media_timeout)
     task = progress.stage(f"{stage.name} (audit)", total=table.num_rows)
     usage: dict[str, int] = {}
     try:
