@@ -248,8 +248,27 @@ class GeminiHandler(_Faults, JSONHandler):
                 "sizeBytes": str(len(data)), "state": "ACTIVE"}
         self._json(200, {"file": file}, {"X-Goog-Upload-Status": "final"})
 
+    def _refused_key(self) -> bool:
+        """Google's answer to a wrong key: 400 INVALID_ARGUMENT with the reason
+        API_KEY_INVALID in its ErrorInfo (not a 401)."""
+        if self.server.api_key and self.headers.get("x-goog-api-key") != self.server.api_key:
+            info = {"@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                    "reason": "API_KEY_INVALID", "domain": "googleapis.com"}
+            self._json(400, {"error": {"code": 400, "message": "API key not valid. Please "
+                                       "pass a valid API key.", "status": "INVALID_ARGUMENT",
+                                       "details": [info]}})
+            return True
+        return False
+
     def do_GET(self) -> None:
-        name = self.path.split("/v1beta/", 1)[-1].split("?")[0]
+        path = self.path.split("?")[0]
+        if path.endswith("/models"):  # the model list: the runner's check before a stage
+            self.server.model_list_requests += 1
+            if self._refused_key():
+                return None
+            names = sorted(self.server.models or {"gemini-x"})
+            return self._json(200, {"models": [{"name": f"models/{m}"} for m in names]})
+        name = path.split("/v1beta/", 1)[-1]
         self._json(200, {"name": name, "uri": f"{self.server.url}/v1beta/{name}",
                          "mimeType": "video/mp4", "state": "ACTIVE"})
 
@@ -259,6 +278,8 @@ class GeminiHandler(_Faults, JSONHandler):
         if ":generateContent" not in self.path:
             return self._error(404, f"no route {self.path}")
         body = self._read()
+        if self._refused_key():
+            return None
         parts = [p for c in body.get("contents", []) for p in c.get("parts", [])]
         prompt = "\n".join(p["text"] for p in parts if "text" in p)
         attempt = self.server.record(body, {k.lower(): v for k, v in self.headers.items()}, prompt)

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from conftest import avcurate_cmd
 from helpers import jsonl_recipe, read_stage, run, slow_recipe
-from loopback import openai_server
+from loopback import gemini_server, openai_server
 
 from avcurate.core.lock import LOCK
 from avcurate.pipeline.recipe import StageSpec
@@ -187,6 +187,104 @@ def test_missing_gemini_key_stops_the_stage(validated):
     assert _stages(validated) == ["00-ingest", "01-validate"]
 
 
+def _gemini(run_dir, url, *extra):
+    return ["score", str(run_dir), "--backend", "gemini", "--model", "gemini-x", "--base-url",
+            url, "--media", "none", "-q", *extra]
+
+
+def test_a_wrong_gemini_key_stops_before_the_stage_starts(validated):
+    """Google answers a wrong key with 400 INVALID_ARGUMENT (reason API_KEY_INVALID), not
+    401: without the check before the stage, every row was rejected as `http_400`."""
+    with gemini_server(api_key=KEY) as server:
+        result = sh(*_gemini(validated, server.url), env={"GEMINI_API_KEY": "wrong-key-42"})
+        calls = len(server.requests)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith(f"error: stage 'score': model 'gemini-x': {server.url} "
+                                    "refused the key (HTTP 400 API_KEY_INVALID")
+    assert "GEMINI_API_KEY" in result.stderr and "wrong-key-42" not in result.stderr
+    assert calls == 0 and server.model_list_requests == 1
+    assert _stages(validated) == ["00-ingest", "01-validate"]
+    with gemini_server(api_key=KEY) as server:  # the right key: the same command runs
+        assert sh(*_gemini(validated, server.url), env={"GEMINI_API_KEY": KEY}).returncode == 0
+    kept, rejected = read_stage(validated, "02")
+    assert kept.num_rows == 4 and rejected["reject_reason"].to_pylist() == ["judge_invalid_json"] * 2
+
+
+def test_a_wrong_gemini_key_met_by_a_call_stops_the_stage():
+    """Where the check could not ask (a proxy without the model list), the first call's
+    API_KEY_INVALID is systemic: the stage stops instead of rejecting the row."""
+    import asyncio
+
+    from avcurate.models.errors import ModelError
+    from avcurate.models.gemini_backend import GeminiBackend
+    from avcurate.models.request import Message, ModelRequest, TextPart
+
+    async def call(url: str) -> ModelError:
+        backend = GeminiBackend("gemini-x", url)
+        try:
+            await backend.call(ModelRequest((Message("user", (TextPart("hi"),)),)))
+        except ModelError as exc:
+            return exc
+        finally:
+            await backend.aclose()
+        raise AssertionError("the call succeeded")
+
+    with gemini_server(api_key=KEY) as server:
+        os.environ["GEMINI_API_KEY"], before = "wrong", os.environ.get("GEMINI_API_KEY")
+        try:
+            error = asyncio.run(call(server.url))
+        finally:
+            os.environ.pop("GEMINI_API_KEY")
+            if before is not None:
+                os.environ["GEMINI_API_KEY"] = before
+    assert error.systemic and not error.retryable and error.kind == "api_key_invalid"
+
+
+def test_an_unreachable_gemini_server_stops_before_the_stage_and_a_redo_removes_nothing(
+        validated):
+    port = _closed_port()
+    result = sh(*_gemini(validated, f"http://127.0.0.1:{port}"), env={"GEMINI_API_KEY": KEY})
+    assert result.returncode == 2 and result.stderr == (
+        f"error: stage 'score': model 'gemini-x': cannot reach http://127.0.0.1:{port} "
+        "(Connection refused); is the server up and the URL right?\n")
+    assert _stages(validated) == ["00-ingest", "01-validate"]
+    with gemini_server() as server:
+        assert sh(*_gemini(validated, server.url), env={"GEMINI_API_KEY": KEY}).returncode == 0
+    sh("threshold", str(validated), "--rule", "duration_s >= 1", "-q")
+    before = _stages(validated)
+    redo = subprocess.run(avcurate_cmd(*_gemini(validated, f"http://127.0.0.1:{port}"),
+                                       "--redo"), input="y\n", capture_output=True, text=True,
+                          timeout=300, env=os.environ | {"GEMINI_API_KEY": KEY})
+    assert redo.returncode == 2 and "removes" not in redo.stdout, redo.stdout
+    assert "cannot reach" in redo.stderr and _stages(validated) == before
+
+
+def test_a_gemini_host_that_drops_connections_is_found_in_seconds(validated):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(0)  # never accepted: once one connection fills the queue, SYNs are dropped
+        with socket.create_connection(s.getsockname()):
+            start = time.perf_counter()
+            result = sh(*_gemini(validated, f"http://127.0.0.1:{s.getsockname()[1]}",
+                                 "--timeout", "60"), env={"GEMINI_API_KEY": KEY})
+    assert result.returncode == 2 and "(no connection within 5 s)" in result.stderr
+    assert time.perf_counter() - start < 40
+    assert not (validated / "02-score").exists()
+
+
+def test_behind_a_proxy_the_gemini_check_leaves_the_route_to_the_proxy(validated):
+    """With HTTP_PROXY set, the client connects to the proxy, not to the host: a direct
+    connection to a name only the proxy resolves must not stop the command."""
+    with gemini_server(api_key=KEY) as proxy:  # answers absolute-URI requests as a proxy
+        result = sh(*_gemini(validated, "http://gemini.invalid"),
+                    env={"GEMINI_API_KEY": KEY, "HTTP_PROXY": proxy.url, "http_proxy": proxy.url,
+                         "NO_PROXY": "", "no_proxy": ""})
+        asked = proxy.model_list_requests, len(proxy.requests)
+    assert result.returncode == 0, result.stderr
+    assert asked[0] == 1 and asked[1] >= 6
+    assert _stages(validated)[-1] == "02-score"
+
+
 def test_gemini_connection_errors_are_retried_by_the_stage_only(validated):
     """google-genai, left to itself, sleeps 1-10 s and connects again after each connection
     error; --max-attempts is the only retry budget, so one try is one connection."""
@@ -220,7 +318,9 @@ def test_gemini_connection_errors_are_retried_by_the_stage_only(validated):
     # the stage stops after 5 failed calls, or sooner when a shard ends with all its calls
     # failed; the calls still waiting are dropped, some before they connect
     failed = int(re.search(r"the first (\d+) calls all failed", result.stderr)[1])
-    assert failed <= len(accepted) <= 6  # one connection per failed call, at most one per row
+    # the check before the stage opens two (the TCP probe, the model list, which the hang-up
+    # leaves undecided); then one connection per failed call, at most one per row
+    assert failed + 2 <= len(accepted) <= 6 + 2
     assert _stages(validated) == ["00-ingest", "01-validate"]
 
 

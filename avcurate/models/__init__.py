@@ -101,6 +101,20 @@ def check_backend(spec: ModelSpec) -> None:
             raise BackendUnavailable(f"the {spec.backend} backend needs {need}: {hint}")
 
 
+def check_reachable(backend: str, base_url: str | None) -> None:
+    """Raise BackendUnavailable (one line) when the server of an `openai` or `gemini`
+    backend certainly cannot be used (see `models/reachable.py`). Local backends have
+    no server."""
+    if backend == "openai":
+        from avcurate.models.reachable import check_openai
+
+        check_openai(base_url)
+    elif backend == "gemini":
+        from avcurate.models.gemini_backend import check_gemini
+
+        check_gemini(base_url)
+
+
 def make_backend(spec: ModelSpec, **kw: Any):
     """Build the backend object for `spec` (imports heavy libraries only when used)."""
     if spec.backend == "openai":
@@ -120,4 +134,4 @@ def make_backend(spec: ModelSpec, **kw: Any):
 __all__ = ["BACKENDS", "MULTI_SAMPLE", "AudioPart", "BackendUnavailable", "EndpointError",
            "Executor", "ImagePart", "InvalidAnswer",
            "Message", "ModelError", "ModelRequest", "ModelResponse", "ModelSpec", "TextPart",
-           "VideoPart", "make_backend"]
+           "VideoPart", "check_reachable", "make_backend"]

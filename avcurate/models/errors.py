@@ -20,7 +20,8 @@ class ModelError(Exception):
         return self.kind in SYSTEMIC_KINDS
 
 
-SYSTEMIC_KINDS = frozenset({"no_api_key", "http_401", "http_403", "http_404"})
+SYSTEMIC_KINDS = frozenset({"no_api_key", "api_key_invalid", "http_401", "http_403",
+                            "http_404"})
 TRANSPORT_KINDS = frozenset({"timeout", "connection", "rate_limited"})
 
 

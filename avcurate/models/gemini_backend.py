@@ -15,8 +15,9 @@ from pathlib import Path
 from google import genai
 from google.genai import errors, types
 
-from avcurate.models.errors import GEMINI_KEY_MISSING, ModelError
+from avcurate.models.errors import GEMINI_KEY_MISSING, BackendUnavailable, ModelError
 from avcurate.models.http_errors import TIMEOUT_ERRORS, TRANSPORT_ERRORS
+from avcurate.models.reachable import unreachable, url_connect_error
 from avcurate.models.request import (
     AudioPart,
     ImagePart,
@@ -28,9 +29,62 @@ from avcurate.models.request import (
 )
 
 INLINE_LIMIT = 20 * 1024 * 1024
+GEMINI_API = "https://generativelanguage.googleapis.com"
+CHECK_TIMEOUT = 10.0
+"""Seconds the model list may take before a stage; a later answer lets the stage start."""
 
 
+def _key() -> str | None:
+    return os.environ.get("GEMINI_API_KEY") or os.environ.get("GOOGLE_API_KEY")
 
+
+def _options(base_url: str | None, timeout: float) -> types.HttpOptions:
+    # attempts=1: our executor retries (with the stage's --max-attempts). Without retry
+    # options the SDK sleeps 1-10 s and tries once more on every connection error: a
+    # refused URL took 23 s to stop the stage instead of 1 s.
+    return types.HttpOptions(timeout=int(timeout * 1000),
+                             retry_options=types.HttpRetryOptions(attempts=1),
+                             **({"base_url": base_url} if base_url else {}))
+
+
+def refused_key(exc: errors.APIError) -> str | None:
+    """How the server refused the key ("HTTP 400 API_KEY_INVALID"), or None when it did
+    not. Google answers a wrong or expired key with 400 INVALID_ARGUMENT, which a malformed
+    request gets too; only the reason in the answer's ErrorInfo tells them apart."""
+    if exc.code in (401, 403):
+        return f"HTTP {exc.code}"
+    body = exc.details if isinstance(exc.details, dict) else {}
+    body = body.get("error", body) if isinstance(body.get("error"), dict) else body
+    for info in body.get("details") or []:
+        reason = info.get("reason") if isinstance(info, dict) else None
+        if isinstance(reason, str) and reason.startswith("API_KEY_"):
+            return f"HTTP {exc.code} {reason}"
+    return None
+
+
+def check_gemini(base_url: str | None) -> None:
+    """Raise BackendUnavailable when Gemini's server certainly cannot be used: no TCP
+    connection within the connect timeout, or a model list that refuses the key (see
+    `models/reachable.py` for why before the stage). Only that is certain: an answer later
+    than CHECK_TIMEOUT, a proxy without the list, any other error lets the stage start.
+
+    The TCP check comes first because the SDK has one timeout for a whole request: a host
+    that drops connections would cost all of it."""
+    base = (base_url or os.environ.get("GOOGLE_GEMINI_BASE_URL") or GEMINI_API).rstrip("/")
+    if why := url_connect_error(base):
+        raise unreachable(base, why)
+    client = genai.Client(api_key=_key(), http_options=_options(base_url, CHECK_TIMEOUT))
+    try:
+        client.models.list(config=types.ListModelsConfig(page_size=1))
+    except errors.APIError as exc:
+        if why := refused_key(exc):
+            raise BackendUnavailable(
+                f"{base} refused the key ({why} for the model list): set GEMINI_API_KEY (or "
+                "GOOGLE_API_KEY) to a key it takes") from None
+    except (*TIMEOUT_ERRORS, *TRANSPORT_ERRORS, ValueError):
+        return  # a late or odd answer: the stage's own calls will tell
+    finally:
+        client.close()
 
 
 def _schema_for_gemini(schema: dict) -> dict:
@@ -53,16 +107,10 @@ class GeminiBackend:
 
     def client(self) -> genai.Client:
         if self._client is None:
-            key = os.environ.get("GEMINI_API_KEY") or os.environ.get("GOOGLE_API_KEY")
-            if not key:
+            if not (key := _key()):
                 raise ModelError(GEMINI_KEY_MISSING, retryable=False, kind="no_api_key")
-            # attempts=1: our executor retries (with the stage's --max-attempts). Without
-            # retry options the SDK sleeps 1-10 s and tries once more on every connection
-            # error: a refused URL took 23 s to stop the stage instead of 1 s.
-            options = types.HttpOptions(timeout=int(self.timeout * 1000),
-                                        retry_options=types.HttpRetryOptions(attempts=1),
-                                        **({"base_url": self.base_url} if self.base_url else {}))
-            self._client = genai.Client(api_key=key, http_options=options)
+            self._client = genai.Client(api_key=key,
+                                        http_options=_options(self.base_url, self.timeout))
         return self._client
 
     async def aclose(self) -> None:
@@ -135,9 +183,12 @@ class GeminiBackend:
             if getattr(exc, "response", None) is not None and hasattr(exc.response, "headers"):
                 value = exc.response.headers.get("retry-after")
                 retry_after = float(value) if value and value.replace(".", "", 1).isdigit() else None
-            raise ModelError(str(exc), retryable=code == 429 or code >= 500 or code == 408,
-                             kind="rate_limited" if code == 429 else f"http_{code}",
-                             retry_after=retry_after) from exc
+            kind = "rate_limited" if code == 429 else f"http_{code}"
+            if code == 400 and refused_key(exc):  # a key error, not this row's
+                kind = "api_key_invalid"
+            detail = f"{code} {exc.status}: {exc.message}" if exc.message else str(exc)
+            raise ModelError(detail, retryable=code == 429 or code >= 500 or code == 408,
+                             kind=kind, retry_after=retry_after) from exc
         except TIMEOUT_ERRORS as exc:
             raise ModelError(str(exc) or f"no answer within the {self.timeout:g} s timeout",
                              retryable=True, kind="timeout") from exc

@@ -1,6 +1,6 @@
-"""Before a model stage that is about to run: can its OpenAI-compatible server be reached,
-and does it take the key? One GET of `BASE_URL/models`, the route every OpenAI-compatible
-server (vLLM, SGLang, Ollama, OpenAI's API) answers.
+"""Before a model stage that is about to run: can its server be reached, and does it take
+the key? One GET of `BASE_URL/models`, the route every OpenAI-compatible server (vLLM,
+SGLang, Ollama, OpenAI's API) answers, and Gemini's model list (`gemini_backend`).
 
 Why before, and not from the stage's first failed calls (the executor's breaker, which still
 stops a stage whose server goes away later): `--redo` and `--force` remove the stages made
@@ -25,6 +25,7 @@ import os
 import socket
 import urllib.error
 import urllib.request
+from urllib.parse import urlsplit
 
 from avcurate.models.errors import BackendUnavailable
 
@@ -36,11 +37,14 @@ drops connections (a firewall, a wrong address) then fails each try in 5 s inste
 OPENAI_API = "https://api.openai.com/v1"
 
 
-def check_reachable(backend: str, base_url: str | None) -> None:
-    """Raise BackendUnavailable (one line) when an `openai` backend's server certainly cannot
+def unreachable(base: str, why: str) -> BackendUnavailable:
+    """The one line for a server that cannot be reached, the same for every backend."""
+    return BackendUnavailable(f"cannot reach {base} ({why}); is the server up and the URL right?")
+
+
+def check_openai(base_url: str | None) -> None:
+    """Raise BackendUnavailable (one line) when an OpenAI-compatible server certainly cannot
     be used: nothing listens there, the host is unknown or silent, or it refuses the key."""
-    if backend != "openai":
-        return
     base = (base_url or os.environ.get("OPENAI_BASE_URL") or OPENAI_API).rstrip("/")
     key = os.environ.get("OPENAI_API_KEY") or "EMPTY"  # what the OpenAI backend sends
     request = urllib.request.Request(f"{base}/models", headers={"Authorization": f"Bearer {key}"})
@@ -57,11 +61,22 @@ def check_reachable(backend: str, base_url: str | None) -> None:
         if isinstance(reason, ConnectionError | socket.gaierror | TimeoutError):
             what = "no answer to the connection" if isinstance(reason, TimeoutError) \
                 else getattr(reason, "strerror", None) or str(reason)
-            raise BackendUnavailable(f"cannot reach {base} ({what}); is the server up and the "
-                                     "URL right?") from None
+            raise unreachable(base, what) from None
     except (OSError, ValueError, http.client.HTTPException):  # a late or malformed
         # answer: the stage's own calls will tell
         return
+
+
+def url_connect_error(url: str) -> str | None:
+    """`connect_error` for the host and port of `url`; None where a proxy from the
+    environment carries the connection (the HTTP client goes there, not to the host, so a
+    direct attempt cannot judge the route)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    proxies = urllib.request.getproxies()
+    if (proxies.get(parts.scheme) or proxies.get("all")) and not urllib.request.proxy_bypass(host):
+        return None
+    return connect_error(host, parts.port or (443 if parts.scheme == "https" else 80))
 
 
 def connect_error(host: str, port: int) -> str | None:

@@ -36,11 +36,11 @@ from avcurate.models import (
     ModelResponse,
     ModelSpec,
     check_backend,
+    check_reachable,
     make_backend,
 )
 from avcurate.models.errors import InvalidAnswer
 from avcurate.models.executor import CallStats
-from avcurate.models.reachable import check_reachable
 from avcurate.models.request import ModelRequest
 from avcurate.stages.base import BaseStage, Resources, ShardResult, StageError
 from avcurate.stages.context import StageContext

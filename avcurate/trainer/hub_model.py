@@ -15,23 +15,20 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from avcurate.core.options import OptionError
-from avcurate.models.reachable import connect_error
-
-PROXIES = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "HTTP_PROXY", "http_proxy")
+from avcurate.models.reachable import url_connect_error
 
 
 def loadable(model: str) -> str:
     """What to load for `--model`: the id itself, or the cached snapshot folder when the Hub
     cannot be reached. Raise OptionError when it can be neither downloaded nor found."""
-    if Path(model).expanduser().exists() or _library_decides():
+    if Path(model).expanduser().exists() or os.environ.get("HF_HUB_OFFLINE"):
         return model  # a local folder (check_paths checked it), or the library's own rule
     from huggingface_hub import constants, snapshot_download
     from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
 
-    why = _unreachable(constants.ENDPOINT)
+    why = url_connect_error(constants.ENDPOINT)  # None behind a proxy: the library decides
     if why is None:
         return model
     try:
@@ -41,13 +38,3 @@ def loadable(model: str) -> str:
                           f"cannot be reached ({why}) and the model is not in the local cache "
                           f"({constants.HF_HUB_CACHE}); download it where there is network "
                           f"(`hf download {model}`), or give a local model folder") from None
-
-
-def _library_decides() -> bool:
-    return any(os.environ.get(name) for name in (*PROXIES, "HF_HUB_OFFLINE"))
-
-
-def _unreachable(endpoint: str) -> str | None:
-    """Why a connection to `endpoint` cannot be opened, or None when it can."""
-    url = urlsplit(endpoint)
-    return connect_error(url.hostname or "", url.port or (443 if url.scheme == "https" else 80))
