@@ -163,8 +163,10 @@ class _Server(ModelServer):
 
     def __init__(self, handler, latency: float = 0.0, slow_seconds: float = 2.0,
                  api_key: str | None = None, models: set[str] | None = None,
-                 models_route_open: bool = False) -> None:
+                 models_route_open: bool = False, text_only: bool = False) -> None:
         super().__init__(handler, latency=latency, record=True)
+        self.text_only = text_only  # 400 for any image, audio or video part, as vLLM answers
+        # for a model that is not multimodal
         self.api_key, self.models = api_key, models  # when set: 401 without it, 404 for others
         self.models_route_open = models_route_open
         self.model_list_requests = 0  # GET /models: the runner's check before a model stage
@@ -219,6 +221,10 @@ class OpenAIFaults(_Faults, OpenAIHandler):
             return True
         if "[down]" in prompt:
             self._error(503, "service unavailable")
+            return True
+        if self.server.text_only and any(isinstance(m["content"], list) and any(
+                p["type"] != "text" for p in m["content"]) for m in body["messages"]):
+            self._error(400, f"{body['model']} is not a multimodal model")
             return True
         return self._fault(prompt, attempt)
 

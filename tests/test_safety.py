@@ -44,8 +44,8 @@ def validated(tmp_path, media):
     return tmp_path / "run"
 
 
-def _score(run_dir, url, *extra):
-    return ["score", str(run_dir), "--model", "judge", "--base-url", url, "--media", "none",
+def _score(run_dir, url, *extra, media="none"):
+    return ["score", str(run_dir), "--model", "judge", "--base-url", url, "--media", media,
             "-q", *extra]
 
 
@@ -87,6 +87,27 @@ def test_unknown_model_stops_the_stage(validated):
         result = sh(*_score(validated, server.url + "/v1"), "--model", "jugde")
     assert result.returncode == 2 and "http_404" in result.stderr and "jugde" in result.stderr
     assert _stages(validated) == ["00-ingest", "01-validate"]
+
+
+def test_a_server_that_refuses_every_call_stops_a_small_stage_too(validated):
+    """Frames sent to a text-only model: every call gets a 400. Above 20 calls the failure
+    rate stops the stage; below, every row used to be rejected for the user's mistake.
+    `--max-failure-rate 1` (never stop) rejects them, as asked."""
+    with openai_server(text_only=True) as server:
+        result = sh(*_score(validated, server.url + "/v1", media="frames+audio"))
+        calls = len(server.requests)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "calls all failed (bad_request: " in result.stderr and "--media" in result.stderr, result.stderr
+    assert "judge is not a multimodal model" in result.stderr
+    assert "No row was rejected" in result.stderr
+    assert 1 <= calls <= 6 and _stages(validated) == ["00-ingest", "01-validate"]
+    with openai_server(text_only=True) as server:
+        rejecting = sh(*_score(validated, server.url + "/v1", "--max-failure-rate", "1",
+                               media="frames+audio"))
+    assert rejecting.returncode == 0, rejecting.stderr
+    kept, rejected = read_stage(validated, "02")
+    assert kept.num_rows == 0 and rejected["reject_reason"].to_pylist() == ["model_error"] * 6
+    assert "not a multimodal model" in rejected["reject_detail"][0].as_py()
 
 
 def _closed_port() -> int:
@@ -210,7 +231,7 @@ def test_a_wrong_gemini_key_stops_before_the_stage_starts(validated):
     assert kept.num_rows == 4 and rejected["reject_reason"].to_pylist() == ["judge_invalid_json"] * 2
 
 
-def test_a_wrong_gemini_key_met_by_a_call_stops_the_stage():
+def test_a_wrong_gemini_key_met_by_a_call_stops_the_stage(monkeypatch):
     """Where the check could not ask (a proxy without the model list), the first call's
     API_KEY_INVALID is systemic: the stage stops instead of rejecting the row."""
     import asyncio
@@ -229,14 +250,9 @@ def test_a_wrong_gemini_key_met_by_a_call_stops_the_stage():
             await backend.aclose()
         raise AssertionError("the call succeeded")
 
+    monkeypatch.setenv("GEMINI_API_KEY", "wrong")
     with gemini_server(api_key=KEY) as server:
-        os.environ["GEMINI_API_KEY"], before = "wrong", os.environ.get("GEMINI_API_KEY")
-        try:
-            error = asyncio.run(call(server.url))
-        finally:
-            os.environ.pop("GEMINI_API_KEY")
-            if before is not None:
-                os.environ["GEMINI_API_KEY"] = before
+        error = asyncio.run(call(server.url))
     assert error.systemic and not error.retryable and error.kind == "api_key_invalid"
 
 

@@ -10,9 +10,11 @@
   `ModelStage`'s rounds), a failed call as `model_error`. Nothing raises per row.
 - Circuit breaker: a systemic failure (no key, 401/403, 404 unknown model or route)
   stops everything at once with `EndpointError`, as do `start_failures` failed calls in
-  a row before any call succeeded (an unreachable or wrong endpoint) and, after
-  `min_calls` finished calls, a share of failed calls above `max_failure_rate` (default
-  0.5). Rows are never rejected for those: the stage stops and can simply be rerun.
+  a row before any call succeeded (an unreachable or wrong endpoint), calls that all failed
+  with not one answered (a setup the server refuses) and, after `min_calls` finished calls,
+  a share of failed calls above `max_failure_rate` (default 0.5; with 1, refused calls
+  reject their rows). Rows are never rejected for those: the stage stops and can simply
+  be rerun.
 - Cache: valid answers are stored by the request's stable hash in the run folder
   (SQLite, safe for several processes), so a second run of the same stage makes zero
   calls. Invalid answers are never cached. Processes sharing the cache (Ray actors,
@@ -266,13 +268,24 @@ class Executor:
         finally:
             self._tasks.difference_update(tasks)
             self._tasks.discard(me)
-        if not self._answered and self._failed and self._failed_in_a_row == self._failed:
-            # fewer calls than start_failures, every one a transport failure: the endpoint
-            # is down or wrong, which is not the rows' fault
-            last = next(r.detail for r in reversed(results) if r.reason == "model_error")
-            self._halt(f"the first {self._failed} calls all failed ({last}); is the server "
-                       "up and the URL right?")
+        failed_here = [r.detail for r in results if r.reason == "model_error"]
+        if not self._answered and failed_here:
+            self._none_answered(failed_here[-1])
         return results
+
+    def _none_answered(self, last: str) -> None:
+        """A run's calls ended and not one was answered. Transport failures, fewer than
+        start_failures: the endpoint is down or wrong. Refusals (a 400 for frames sent to a
+        text-only model): the setup is wrong, which the failure rate only says after
+        `min_calls`; a small stage used to reject every row for it. Only
+        `--max-failure-rate 1` (never stop) lets refused rows be rejected."""
+        transport = self._failed_in_a_row == self._failed
+        if not transport and self.max_failure_rate >= 1:
+            return
+        hint = "is the server up and the URL right?" if transport else (
+            "does the server take what the stage sends (the model, --media)? "
+            "--max-failure-rate 1 rejects the rows instead")
+        self._halt(f"the first {self._failed} calls all failed ({last}); {hint}")
 
     async def _one(self, request, key, cached, validate) -> CallResult:
         if cached is not None and (hit := self._from_cache(cached, validate)) is not None:

@@ -83,7 +83,9 @@ class ModelStage(BaseStage):
                              "of range, no letter) is asked again, up to this many times.")
     max_failure_rate: float = option(0.5, gt=0, max=1, operational=True, help="Stop the stage "
                                      "(rejecting nothing) when more than this share of calls "
-                                     "fail after their retries (checked after 20 calls).")
+                                     "fail after their retries (checked after 20 calls, and "
+                                     "when all of fewer fail); with 1, refused calls reject "
+                                     "their rows.")
     cache: bool = option(True, operational=True, help="Use and fill the run's response cache.")
     temperature: float = option(0.0, min=0, max=2, help="Sampling temperature.")
     max_tokens: int = option(1024, min=1, help="Longest answer, tokens.")
