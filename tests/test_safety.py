@@ -500,6 +500,23 @@ def test_a_dry_run_of_a_recipe_checks_it_and_plans_each_stage_without_running_an
         assert stopped.returncode == 2 and "set OPENAI_API_KEY" in stopped.stderr
 
 
+@pytest.mark.parametrize("stage", ["threshold", "subset"])
+def test_a_rule_on_a_text_column_is_one_line_and_a_redo_with_it_removes_nothing(validated,
+                                                                              stage):
+    """`question > 1` compares text with a number: found when the recipe is planned, not by
+    pyarrow in the first shard (a traceback, after --redo had removed the later stages)."""
+    assert sh(stage, str(validated), "--rule", "duration_s >= 0", "-q").returncode == 0
+    sh("dedup", str(validated), "-q")
+    before = _stages(validated)
+    for extra in ((), ("--redo", "--yes")):
+        result = sh(stage, str(validated), "--rule", "duration_s >= 1 and question > 1", "-q",
+                    *extra)
+        assert result.returncode == 2 and result.stderr == (
+            f"error: stage '{stage}': rule column 'question' holds string, not numbers; "
+            "rules compare number columns (scores, duration_s)\n"), result.stderr
+        assert _stages(validated) == before
+
+
 def test_reset_lists_and_removes_later_stages(validated):
     sh("threshold", str(validated), "--rule", "duration_s >= 1", "-q")
     sh("dedup", str(validated), "-q")

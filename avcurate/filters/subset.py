@@ -57,7 +57,7 @@ class Subset(BaseStage):
             self._parsed = parse_rules(self.rules)
         except RuleError as exc:
             raise StageError(f"stage 'subset': {exc}") from None
-        self.requires = columns_of(self._parsed)
+        self.requires = self.numeric = columns_of(self._parsed)
         self.adds = {f"subset_{self.subset}": pa.bool_()}
 
     def prepare(self, ctx: StageContext, inputs: list) -> None:

@@ -42,7 +42,7 @@ class Threshold(BaseStage):
             self._parsed = parse_rules(self.rules)
         except RuleError as exc:
             raise StageError(f"stage 'threshold': {exc}") from None
-        self.requires = columns_of(self._parsed)
+        self.requires = self.numeric = columns_of(self._parsed)
 
     def process(self, table: pa.Table, ctx: StageContext, shard: int) -> ShardResult:
         return ShardResult.split(table, self.name, first_failure(table, self._parsed, "failed({})"))

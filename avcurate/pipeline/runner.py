@@ -35,7 +35,7 @@ from avcurate.core.kvcache import forced_journal
 from avcurate.core.lock import HOLDER, LOCK, run_lock
 from avcurate.core.options import identity
 from avcurate.core.outputs import OutputError, check_output_folder, check_owned_folder
-from avcurate.core.schema import BASE_COLUMNS, REJECT_FIELDS, SAMPLE_SCHEMA
+from avcurate.core.schema import REJECT_FIELDS, SAMPLE_SCHEMA
 from avcurate.core.store import (
     FINGERPRINT,
     MANIFEST,
@@ -112,22 +112,34 @@ def plan(recipe: Recipe) -> list[tuple[Stage, str]]:
     """Build every stage and check, before any work, that each one's inputs will exist."""
     stages: list[tuple[Stage, str]] = []
     parent = ingest_fingerprint(recipe)
-    available = set(BASE_COLUMNS) | set(recipe.extra_columns())
+    types = {f.name: f.type for f in SAMPLE_SCHEMA} | recipe.extra_columns()
     for spec in recipe.stages:
         try:
             stage = create(spec.name, spec.options)
         except StageError as exc:
             raise RunError(str(exc)) from exc
-        missing = [c for c in stage.requires if c not in available]
+        missing = [c for c in stage.requires if c not in types]
         if missing:
             raise RunError(
                 f"stage {spec.name!r} needs column(s) {', '.join(missing)}, which no earlier "
                 f"stage adds; add the stage that produces them before it"
             )
-        available |= set(stage.adds)
+        for column in getattr(stage, "numeric", ()):  # not in v0.1's protocol
+            if not _holds_numbers(types[column]):
+                raise RunError(f"stage {spec.name!r}: rule column {column!r} holds "
+                               f"{types[column]}, not numbers; rules compare number columns "
+                               "(scores, duration_s)")
+        types |= stage.adds
         parent = fingerprint(stage, parent)
         stages.append((stage, parent))
     return stages
+
+
+def _holds_numbers(type_: pa.DataType) -> bool:
+    """Whether a rule can compare the column with a number (booleans count as 0 and 1)."""
+    return (pa.types.is_integer(type_) or pa.types.is_floating(type_)
+            or pa.types.is_decimal(type_) or pa.types.is_boolean(type_)
+            or pa.types.is_null(type_))
 
 
 def done_entries(manifest: dict[str, Any]) -> list[dict[str, Any]]:
@@ -671,11 +683,12 @@ def extend_run(run_dir: Path | str, spec: StageSpec | list[StageSpec], *, redo: 
             if not redo and not diffs:
                 raise AlreadyDone(f"{', '.join(dirs)} already done with these settings; nothing "
                                   "to do (--redo runs it again)")
+            recipe.stages = done[:at] + specs
             if not redo:
+                plan(recipe)  # settings that cannot run are named first: --redo would not help
                 raise RunError(f"{', '.join(dirs)} was done with other settings ("
                                + "; ".join(diffs) + f"). To redo it: the same command with "
                                f"--redo, or `avcurate reset {run_dir} --from {dirs[0]}`")
-            recipe.stages = done[:at] + specs
             runner = Runner(recipe, run_dir, **runner_kw)
             runner.preflight(redo_from=at + 1)  # a bad setting stops before anything is removed
             if confirm_redo is not None:

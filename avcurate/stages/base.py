@@ -116,6 +116,9 @@ class BaseStage:
 
     name: ClassVar[str] = ""
     requires: ClassVar[tuple[str, ...]] = ()
+    # Of `requires`, the columns the stage compares with numbers (a threshold's rules): the
+    # plan refuses one that holds text, before any row is read or any stage removed.
+    numeric: ClassVar[tuple[str, ...]] = ()
     adds: ClassVar[dict[str, pa.DataType]] = {}
     version: ClassVar[str] = "1"
     resources: ClassVar[Resources] = Resources.CPU
