@@ -220,6 +220,11 @@ def test_a_stopped_audit_continues_and_settings_clashes_are_one_line(run_dir):
     (["--sample", "0"], "--sample must be at least 1"),
     (["--model", "m", "--backend", "nope"], "must be one of"),
     (["--model", "m", "--rule", "accuracy >> 1"], "cannot parse rule"),
+    (["--model", "m", "--rule", "question > 1"], "agree: --rule reads 'question', but a "
+     "judge's decision is made from its scores: video_dependency, audio_dependency, "
+     "question_logic, answer_accuracy, composite_score"),
+    (["--human", "labels.csv", "--rule", "composite_score >= 0.7 and nonexistent < 2"],
+     "agree: --rule reads 'nonexistent', but"),
     (["--model", "m", "--frames", "0"], "frames = 0 must be at least 1"),
     (["--model", "m", "--seed", "-1"], "seed = -1 must be at least 0"),
     ([], "name the second judge"),

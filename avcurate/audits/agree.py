@@ -64,6 +64,10 @@ class AgreeOptions:
             self.parsed = parse_rules(self.rules) if self.rules else None
         except RuleError as exc:
             raise OptionError(f"agree: {exc}") from None
+        for rule in self.parsed or []:  # checked now: after the calls, it was a traceback
+            if rule.column not in SCORED:
+                raise OptionError(f"agree: --rule reads {rule.column!r}, but a judge's decision "
+                                  f"is made from its scores: {', '.join(SCORED)}")
 
 
 def decision_rules(manifest: dict[str, Any], given: list[Comparison] | None
