@@ -167,6 +167,8 @@ class _Server(ModelServer):
         super().__init__(handler, latency=latency, record=True)
         self.text_only = text_only  # 400 for any image, audio or video part, as vLLM answers
         # for a model that is not multimodal
+        self.down = False  # set it: every call gets 503, as from a proxy whose backend died
+        self.down_after: int | None = None  # the same, after this many calls
         self.api_key, self.models = api_key, models  # when set: 401 without it, 404 for others
         self.models_route_open = models_route_open
         self.model_list_requests = 0  # GET /models: the runner's check before a model stage
@@ -219,7 +221,9 @@ class OpenAIFaults(_Faults, OpenAIHandler):
         if self.server.models is not None and body["model"] not in self.server.models:
             self._error(404, f"The model `{body['model']}` does not exist.")
             return True
-        if "[down]" in prompt:
+        after = self.server.down_after
+        if "[down]" in prompt or self.server.down or (
+                after is not None and len(self.server.requests) > after):
             self._error(503, "service unavailable")
             return True
         if self.server.text_only and any(isinstance(m["content"], list) and any(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -412,6 +413,64 @@ def test_a_setting_one_version_records_and_another_does_not_is_no_change(toy, tm
     (tmp_path / "out" / RECORD).write_text(json.dumps(older | {"seed": 7}))
     with pytest.raises(OptionError, match=r"\(seed: 7 -> 0\)"):
         check_out(cfg)
+
+
+def test_a_judge_reward_checks_its_judge_before_the_model_loads(toy, tmp_path):
+    """soft_accuracy with no judge, an unknown backend or a dead server: one line, before
+    the policy loads and before --out is made (they stopped the first step, the last one
+    with a traceback)."""
+    lm, data = toy
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}/v1"  # closed again below
+    cases = [([], "reward soft_accuracy needs a judge: set --judge-backend and --judge-model"),
+             (["--judge-backend", "nope", "--judge-model", "j"], "unknown backend 'nope'"),
+             (["--judge-backend", "openai", "--judge-model", "j", "--judge-base-url", dead],
+              f"(openai:j): cannot reach {dead} (Connection refused)")]
+    for i, (judge, message) in enumerate(cases):
+        done = subprocess.run([sys.executable, "-m", "avcurate", "train", "--data", str(data),
+                               "--model", str(lm), "--out", str(tmp_path / f"o{i}"),
+                               "--rewards", f"{REWARD},soft_accuracy", *judge],
+                              capture_output=True, text=True, timeout=300,
+                              env=os.environ | {"PYTHONPATH": str(TESTS)})
+        assert done.returncode == 2 and message in done.stderr, done.stderr
+        assert done.stderr.count("\n") == 1 and "Loading weights" not in done.stderr
+        assert not (tmp_path / f"o{i}").exists()
+
+
+def test_a_judge_that_goes_away_mid_run_keeps_the_steps_done(toy, tmp_path, monkeypatch):
+    """The judge's server fails every call from step 3 on (503s): training stops with one
+    message instead of training on made-up zeros, steps 1-2 are checkpointed, and the same
+    run resumes at step 3 once a judge answers again."""
+    from loopback import openai_server
+
+    from avcurate.models.errors import EndpointError
+    from avcurate.trainer import loop
+
+    monkeypatch.syspath_prepend(str(TESTS))
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    real_step = loop._generation_step
+
+    def step(state, rows, ids, index):
+        server.down = index >= 2  # the judge fails from step 3 on
+        return real_step(state, rows, ids, index)
+
+    monkeypatch.setattr(loop, "_generation_step", step)
+    judged = dict(rewards=[REWARD, "soft_accuracy"], judge_backend="openai", judge_model="j",
+                  steps=4, num_generations=2, prompts_per_step=1, max_new_tokens=2)
+    with openai_server() as server, pytest.raises(
+            EndpointError, match=r"^the judge stopped training at step 3 \(openai:j: http_503"
+            r".*steps up to 2 are saved, and the same command resumes from there$"):
+        train(_cfg(toy, tmp_path / "out", judge_base_url=server.url + "/v1", **judged),
+              progress=False)
+    monkeypatch.setattr(loop, "_generation_step", real_step)
+    assert torch.load(tmp_path / "out/checkpoint/trainer.pt")["step"] == 2
+    with openai_server() as again:  # the judge's URL is operational: a new port is fine
+        history = train(_cfg(toy, tmp_path / "out", judge_base_url=again.url + "/v1",
+                             **judged), progress=False)
+        asked = len(again.requests)
+    assert [h["step"] for h in history] == [3, 4] and asked == 2 * 2
+    assert (tmp_path / "out/final/config.json").is_file()
 
 
 def test_a_hub_id_without_network_loads_from_the_cache_or_stops_in_one_line(toy, tmp_path):

@@ -29,13 +29,14 @@ def register() -> None:
     options = options_for([TrainConfig])
 
     def command(**values: Any) -> None:
+        from avcurate.models.errors import EndpointError
         from avcurate.trainer.loop import train
 
         try:
             [given] = collect(options, values, 1)
             cfg = TrainConfig.load(values["config"] or "", **given)
             history = train(cfg)
-        except (OptionError, ValueError, OSError) as exc:
+        except (OptionError, ValueError, OSError, EndpointError) as exc:
             # OSError: transformers cannot load the model (folder or Hub id), whose messages
             # run over several lines; or the machine's (a full disk), said as everywhere
             fail(machine_error(exc) or " ".join(str(exc).split()))

@@ -9,8 +9,9 @@
   as a `CallResult` with its reason (the stage decides whether to ask again: see
   `ModelStage`'s rounds), a failed call as `model_error`. Nothing raises per row.
 - Circuit breaker: a systemic failure (no key, 401/403, 404 unknown model or route)
-  stops everything at once with `EndpointError`, as do `start_failures` failed calls in
-  a row before any call succeeded (an unreachable or wrong endpoint), calls that all failed
+  stops everything at once with `EndpointError`, as do `start_failures` calls in a row
+  that fail for the transport after their retries (an unreachable or wrong endpoint, or
+  one that went down mid-stage: its failed rows would be rejected), calls that all failed
   with not one answered (a setup the server refuses) and, after `min_calls` finished calls,
   a share of failed calls above `max_failure_rate` (default 0.5; with 1, refused calls
   reject their rows). Rows are never rejected for those: the stage stops and can simply
@@ -365,8 +366,9 @@ class Executor:
         self._failed += 1
         if exc.kind in TRANSPORT_KINDS or exc.kind.startswith("http_5"):
             self._failed_in_a_row += 1
-        if not self._answered and self._failed_in_a_row >= self.start_failures:
-            self._halt(f"the first {self._failed_in_a_row} calls all failed ({exc.kind}: "
+        if self._failed_in_a_row >= self.start_failures:  # before the first answer or after
+            which = "last" if self._answered else "first"  # (a server that went down)
+            self._halt(f"the {which} {self._failed_in_a_row} calls all failed ({exc.kind}: "
                        f"{_first_line(exc)}); is the server up and the URL right?")
         finished = self._answered + self._failed
         if finished >= self.min_calls and self._failed / finished > self.max_failure_rate:

@@ -20,12 +20,13 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
+from avcurate.models.errors import EndpointError
 from avcurate.trainer import groups as rollout_groups
 from avcurate.trainer import rewards as reward_registry
 from avcurate.trainer.collectives import all_sum, gather_list
@@ -36,6 +37,7 @@ from avcurate.trainer.losses import LossConfig, local_advantages, policy_loss
 from avcurate.trainer.out_folder import check_out, record_settings
 from avcurate.trainer.policy import make_policy
 from avcurate.trainer.rewards import Reward, RewardSettings
+from avcurate.trainer.rewards.judge import check_judge
 from avcurate.trainer.rollout import token_logprobs
 from avcurate.trainer.state import TrainState
 
@@ -325,6 +327,8 @@ def setup(cfg: TrainConfig, policy_kwargs: dict | None = None) -> TrainState:
     rewards = build_rewards(cfg)  # a typo in a reward name fails before any model loads
     cfg.check_paths()  # after every option's own check: a typo is named first
     check_out(cfg)
+    if judged := [r.name for r in rewards if getattr(r, "needs_judge", False)]:
+        check_judge(cfg.judge_backend, cfg.judge_model, cfg.judge_base_url, judged)
     model_path = loadable(cfg.model)  # a Hub id on a machine without network: its cache
     rank, world, device = setup_distributed()
     if cfg.prompts_per_step % world:
@@ -390,8 +394,11 @@ def train(cfg: TrainConfig, progress: bool = True, policy_kwargs: dict | None = 
         t0 = time.perf_counter()
         indices = prompt_indices(len(state.rows), step, cfg.prompts_per_step, cfg.seed)
         mine = list(range(state.rank * per_rank, (state.rank + 1) * per_rank))
-        record = _generation_step(state, [indices[i] for i in mine],
-                                  [step * cfg.prompts_per_step + i for i in mine], step)
+        try:
+            record = _generation_step(state, [indices[i] for i in mine],
+                                      [step * cfg.prompts_per_step + i for i in mine], step)
+        except EndpointError as exc:
+            _stop_for_judge(state, ckpt, step, start, exc)
         record |= {"step": step + 1, "lr": state.scheduler.get_last_lr()[0],
                    "seconds": time.perf_counter() - t0}
         record["tokens_per_s"] = record.pop("tokens") / record["seconds"]
@@ -413,6 +420,20 @@ def train(cfg: TrainConfig, progress: bool = True, policy_kwargs: dict | None = 
     if bar is not None:
         bar.close()
     return history
+
+
+def _stop_for_judge(state: TrainState, ckpt: Path, step: int, start: int,
+                    exc: EndpointError) -> NoReturn:
+    """The judge's server failed mid-run: keep the steps this run finished and say how to go
+    on. One process only: the ranks of a sharded run each ask their own judge and may not
+    all have failed, and a checkpoint needs every rank."""
+    saved = state.world == 1 and step > start
+    if saved:
+        _save(state, ckpt, step)
+    then = (f"steps up to {step} are saved, and the same command resumes from there"
+            if saved else "run the same command again once it answers")
+    raise EndpointError(f"the judge stopped training at step {step + 1} ({exc}); {then}") \
+        from None
 
 
 def _save(state: TrainState, folder: Path, step: int) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import ClassVar
 
 from avcurate.core.answers import lettered, tagged_letter
 from avcurate.trainer.rewards import RewardSettings, register_factory, reward
@@ -36,6 +37,7 @@ class SoftAccuracy:
     """A judge grades the answer block against the reference (for open-ended answers)."""
 
     settings: RewardSettings
+    needs_judge: ClassVar[bool] = True  # checked before training starts
     name: str = "soft_accuracy"
     rollouts: tuple[str, ...] = ()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from avcurate.models import Executor, InvalidAnswer, ModelSpec, make_backend
+from avcurate.models import EndpointError, Executor, InvalidAnswer, ModelSpec, make_backend
 from avcurate.models.request import Message, ModelRequest, TextPart
 
 SCORE_SCHEMA = {"type": "object", "properties": {"score": {"type": "number"}},
@@ -24,11 +24,31 @@ def _score(resp) -> float:
     return float(score)
 
 
+def check_judge(backend: str, model: str, base_url: str, rewards: list[str]) -> None:
+    """Before any model loads: the judge that `rewards` ask is named, its backend can work
+    here (library, key), and its server answers and takes the key. Each of these used to stop
+    training at its first step, after the policy had loaded; a wrong URL with a traceback."""
+    from avcurate.core.options import OptionError
+    from avcurate.models import BackendUnavailable, check_backend, check_reachable
+
+    names = ", ".join(rewards)
+    if not (backend and model):
+        raise OptionError(f"reward {names} needs a judge: set --judge-backend and --judge-model")
+    try:
+        spec = ModelSpec(backend, model, base_url or None)
+        check_backend(spec)
+        check_reachable(spec.backend, spec.base_url)
+    except (ValueError, BackendUnavailable) as exc:
+        raise OptionError(f"the judge of reward {names} ({backend}:{model}): {exc}") from None
+
+
 class Judge:
-    """Scores prompts (with optional media parts) from 0 to 1; a failed or bad answer is 0."""
+    """Scores prompts (with optional media parts) from 0 to 1. An answer that is not a score
+    is 0 (the judge's verdict); a call with no answer stops training (EndpointError)."""
 
     def __init__(self, backend: str, model: str, base_url: str | None = None, **kw) -> None:
         spec = ModelSpec(backend, model, base_url, **kw)
+        self.name = f"{backend}:{model}"
         self.executor = Executor(make_backend(spec), concurrency=spec.concurrency,
                                  max_attempts=spec.max_attempts)
 
@@ -36,4 +56,8 @@ class Judge:
         requests = [ModelRequest((Message("user", (*(media[i] if media else []), TextPart(p))),),
                                  json_schema=SCORE_SCHEMA)
                     for i, p in enumerate(prompts)]
-        return [r.value if r.reason is None else 0.0 for r in self.executor.run(requests, _score)]
+        results = self.executor.run(requests, _score)
+        if failed := next((r for r in results if r.reason == "model_error"), None):
+            # no answer after every retry: a made-up 0 would be trained on as the judge's
+            raise EndpointError(f"{self.name}: {failed.detail}")
+        return [r.value if r.reason is None else 0.0 for r in results]

@@ -14,6 +14,7 @@ import hashlib
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from avcurate.core.answers import lettered
 from avcurate.media.cut import cut
@@ -51,6 +52,7 @@ class QueryIntent:
     """(r_cons + r_comp) / 2 over the completion's grounded spans, judged by the settings' judge."""
 
     settings: RewardSettings
+    needs_judge: ClassVar[bool] = True  # checked before training starts
     name: str = "query_intent"
     rollouts: tuple[str, ...] = ()
 
