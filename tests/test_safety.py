@@ -3,6 +3,8 @@ a stage is recorded only when complete, re-runs are no-ops or refusals, redo and
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import re
@@ -12,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,6 +23,8 @@ from helpers import jsonl_recipe, read_stage, run, slow_recipe
 from loopback import gemini_server, openai_server
 
 from avcurate.core.lock import LOCK
+from avcurate.models.errors import ModelError
+from avcurate.models.request import Message, ModelRequest, TextPart
 from avcurate.pipeline.recipe import StageSpec
 
 KEY = "sk-test-0123456789"
@@ -110,6 +115,30 @@ def test_a_server_that_refuses_every_call_stops_a_small_stage_too(validated):
     assert "not a multimodal model" in rejected["reject_detail"][0].as_py()
 
 
+@contextlib.contextmanager
+def _silent_port() -> Iterator[int]:
+    """A port of 127.0.0.1 that never completes a TCP handshake, as a firewalled address."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(0)  # never accepted: once one connection fills the queue, SYNs are dropped
+        with socket.create_connection(s.getsockname()):
+            yield s.getsockname()[1]
+
+
+def _failed_call(backend) -> ModelError:
+    """The ModelError that one short request through `backend` raises."""
+    async def call() -> ModelError:
+        try:
+            await backend.call(ModelRequest((Message("user", (TextPart("hi"),)),)))
+        except ModelError as exc:
+            return exc
+        finally:
+            await backend.aclose()
+        raise AssertionError("the call succeeded")
+
+    return asyncio.run(call())
+
+
 def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -126,17 +155,20 @@ def test_unreachable_endpoint_stops_before_the_stage_starts(validated):
     assert not (validated / "02-score").exists()
 
 
-def test_a_host_that_drops_connections_is_found_in_seconds(validated):
+@pytest.mark.parametrize("backend", ["openai", "gemini"])
+def test_a_host_that_drops_connections_is_found_in_seconds(validated, backend):
     """A firewalled or wrong address never completes the TCP handshake: the check gives up
     after the connect timeout (5 s), not after --timeout (60 s here)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        s.listen(0)  # never accepted: once one connection fills the queue, SYNs are dropped
-        with socket.create_connection(s.getsockname()):
-            start = time.perf_counter()
-            result = sh(*_score(validated, f"http://127.0.0.1:{s.getsockname()[1]}/v1",
-                                "--timeout", "60", "--max-attempts", "1"))
-    assert result.returncode == 2 and "(no answer to the connection)" in result.stderr
+    with _silent_port() as port:
+        start = time.perf_counter()
+        if backend == "openai":
+            result = sh(*_score(validated, f"http://127.0.0.1:{port}/v1", "--timeout", "60",
+                                "--max-attempts", "1"))
+        else:
+            result = sh(*_gemini(validated, f"http://127.0.0.1:{port}", "--timeout", "60"),
+                        env={"GEMINI_API_KEY": KEY})
+    said = "no answer to the connection" if backend == "openai" else "no connection within 5 s"
+    assert result.returncode == 2 and f"({said})" in result.stderr, result.stderr
     assert time.perf_counter() - start < 40
     assert not (validated / "02-score").exists()
 
@@ -145,32 +177,18 @@ def test_a_server_that_goes_away_is_named_for_what_happened():
     """Once a stage runs, its calls name a refused connection as one (the SDK's aiohttp
     transport calls every failure to connect "Request timed out."), and a silent host
     costs a call the connect timeout, not the whole --timeout."""
-    import asyncio
-
-    from avcurate.models.errors import ModelError
     from avcurate.models.openai_backend import OpenAIBackend
-    from avcurate.models.request import Message, ModelRequest, TextPart
 
-    async def failure(url: str) -> ModelError:
-        backend = OpenAIBackend("judge", url, timeout=60)
-        try:
-            await backend.call(ModelRequest((Message("user", (TextPart("hi"),)),)))
-        except ModelError as exc:
-            return exc
-        finally:
-            await backend.aclose()
-        raise AssertionError("the call succeeded")
+    def failure(url: str) -> ModelError:
+        return _failed_call(OpenAIBackend("judge", url, timeout=60))
 
     port = _closed_port()
-    refused = asyncio.run(failure(f"http://127.0.0.1:{port}/v1"))
+    refused = failure(f"http://127.0.0.1:{port}/v1")
     assert refused.kind == "connection" and refused.retryable
     assert str(refused).startswith(f"Cannot connect to host 127.0.0.1:{port}")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        s.listen(0)
-        with socket.create_connection(s.getsockname()):
-            start = time.perf_counter()
-            silent = asyncio.run(failure(f"http://127.0.0.1:{s.getsockname()[1]}/v1"))
+    with _silent_port() as port:
+        start = time.perf_counter()
+        silent = failure(f"http://127.0.0.1:{port}/v1")
     assert silent.kind == "timeout" and "Connection timeout to host" in str(silent)
     assert time.perf_counter() - start < 30
 
@@ -234,25 +252,11 @@ def test_a_wrong_gemini_key_stops_before_the_stage_starts(validated):
 def test_a_wrong_gemini_key_met_by_a_call_stops_the_stage(monkeypatch):
     """Where the check could not ask (a proxy without the model list), the first call's
     API_KEY_INVALID is systemic: the stage stops instead of rejecting the row."""
-    import asyncio
-
-    from avcurate.models.errors import ModelError
     from avcurate.models.gemini_backend import GeminiBackend
-    from avcurate.models.request import Message, ModelRequest, TextPart
-
-    async def call(url: str) -> ModelError:
-        backend = GeminiBackend("gemini-x", url)
-        try:
-            await backend.call(ModelRequest((Message("user", (TextPart("hi"),)),)))
-        except ModelError as exc:
-            return exc
-        finally:
-            await backend.aclose()
-        raise AssertionError("the call succeeded")
 
     monkeypatch.setenv("GEMINI_API_KEY", "wrong")
     with gemini_server(api_key=KEY) as server:
-        error = asyncio.run(call(server.url))
+        error = _failed_call(GeminiBackend("gemini-x", server.url))
     assert error.systemic and not error.retryable and error.kind == "api_key_invalid"
 
 
@@ -273,19 +277,6 @@ def test_an_unreachable_gemini_server_stops_before_the_stage_and_a_redo_removes_
                           timeout=300, env=os.environ | {"GEMINI_API_KEY": KEY})
     assert redo.returncode == 2 and "removes" not in redo.stdout, redo.stdout
     assert "cannot reach" in redo.stderr and _stages(validated) == before
-
-
-def test_a_gemini_host_that_drops_connections_is_found_in_seconds(validated):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        s.listen(0)  # never accepted: once one connection fills the queue, SYNs are dropped
-        with socket.create_connection(s.getsockname()):
-            start = time.perf_counter()
-            result = sh(*_gemini(validated, f"http://127.0.0.1:{s.getsockname()[1]}",
-                                 "--timeout", "60"), env={"GEMINI_API_KEY": KEY})
-    assert result.returncode == 2 and "(no connection within 5 s)" in result.stderr
-    assert time.perf_counter() - start < 40
-    assert not (validated / "02-score").exists()
 
 
 def test_behind_a_proxy_the_gemini_check_leaves_the_route_to_the_proxy(validated):
