@@ -469,8 +469,15 @@ def test_a_judge_that_goes_away_mid_run_keeps_the_steps_done(toy, tmp_path, monk
         history = train(_cfg(toy, tmp_path / "out", judge_base_url=again.url + "/v1",
                              **judged), progress=False)
         asked = len(again.requests)
+        train(_cfg(toy, tmp_path / "straight", judge_base_url=again.url + "/v1", **judged),
+              progress=False)
     assert [h["step"] for h in history] == [3, 4] and asked == 2 * 2
-    assert (tmp_path / "out/final/config.json").is_file()
+    straight, resumed = _metrics(tmp_path / "straight"), _metrics(tmp_path / "out")
+    assert [m["step"] for m in resumed] == [1, 2, 3, 4]  # exactly as an unbroken run
+    for a, b in zip(straight, resumed, strict=True):
+        assert a == pytest.approx(b, abs=1e-6)
+    w1, w2 = _weights(tmp_path / "straight/final"), _weights(tmp_path / "out/final")
+    assert all(torch.equal(w1[k], w2[k]) for k in w1)
 
 
 def test_a_hub_id_without_network_loads_from_the_cache_or_stops_in_one_line(toy, tmp_path):

@@ -279,7 +279,7 @@ class Executor:
         start_failures: the endpoint is down or wrong. Refusals (a 400 for frames sent to a
         text-only model): the setup is wrong, which the failure rate only says after
         `min_calls`; a small stage used to reject every row for it. Only
-        `--max-failure-rate 1` (never stop) lets refused rows be rejected."""
+        `--max-failure-rate 1` lets refused rows be rejected."""
         transport = self._failed_in_a_row == self._failed
         if not transport and self.max_failure_rate >= 1:
             return

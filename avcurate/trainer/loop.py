@@ -425,8 +425,11 @@ def train(cfg: TrainConfig, progress: bool = True, policy_kwargs: dict | None = 
 def _stop_for_judge(state: TrainState, ckpt: Path, step: int, start: int,
                     exc: EndpointError) -> NoReturn:
     """The judge's server failed mid-run: keep the steps this run finished and say how to go
-    on. One process only: the ranks of a sharded run each ask their own judge and may not
-    all have failed, and a checkpoint needs every rank."""
+    on. The rewards come before the step's first update and draw from no global RNG (the
+    rollouts have their own generators, in eval mode), so the checkpoint is the one an
+    unbroken run would have written after `step`. One process only: the ranks of a sharded
+    run each ask their own judge and may not all have failed, and a checkpoint needs every
+    rank."""
     saved = state.world == 1 and step > start
     if saved:
         _save(state, ckpt, step)
