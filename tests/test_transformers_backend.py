@@ -10,6 +10,7 @@ from helpers import jsonl_recipe, read_stage, run
 
 from avcurate.models import BackendUnavailable, Message, ModelRequest, ModelSpec, TextPart, make_backend
 from avcurate.pipeline.recipe import StageSpec
+from avcurate.pipeline.runner import RunError
 
 torch = pytest.importorskip("torch")
 
@@ -75,6 +76,10 @@ def test_local_backend_refuses_media_and_missing_folders(tiny_model, tmp_path, m
                 "answer": "A"}]
     stage = StageSpec("score", {"backend": "transformers", "model": str(tiny_model),
                                 "max_attempts": 1})
-    run(jsonl_recipe(tmp_path, records, media["root"], [stage]), tmp_path / "run")
-    [row] = read_stage(tmp_path / "run", "01")[1].to_pylist()
-    assert row["reject_reason"] == "model_error" and "text only" in row["reject_detail"]
+    # frames for a text-only model: the setup's fault, so the stage stops (it used to
+    # reject every row), whatever --max-failure-rate says
+    with pytest.raises(RunError, match=r"unsupported_media: this backend takes text only; "
+                                       r"use --media none"):
+        run(jsonl_recipe(tmp_path, records, media["root"], [stage]), tmp_path / "run")
+    manifest = json.loads((tmp_path / "run/manifest.json").read_text())
+    assert [e["name"] for e in manifest["stages"]] == ["ingest"]

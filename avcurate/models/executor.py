@@ -8,7 +8,8 @@
 - Answers: each request's validator checks the answer; an `InvalidAnswer` comes back
   as a `CallResult` with its reason (the stage decides whether to ask again: see
   `ModelStage`'s rounds), a failed call as `model_error`. Nothing raises per row.
-- Circuit breaker: a systemic failure (no key, 401/403, 404 unknown model or route)
+- Circuit breaker: a systemic failure (no key, 401/403, 404 unknown model or route,
+  media for a text-only local backend)
   stops everything at once with `EndpointError`, as do `start_failures` calls in a row
   that fail for the transport after their retries (an unreachable or wrong endpoint, or
   one that went down mid-stage: its failed rows would be rejected), calls that all failed
