@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import json
 
-from avcurate.models import EndpointError, Executor, InvalidAnswer, ModelSpec, make_backend
+from avcurate.core.options import OptionError
+from avcurate.models import (
+    BackendUnavailable,
+    EndpointError,
+    Executor,
+    InvalidAnswer,
+    ModelSpec,
+    check_backend,
+    check_reachable,
+    make_backend,
+)
 from avcurate.models.request import Message, ModelRequest, TextPart
 
 SCORE_SCHEMA = {"type": "object", "properties": {"score": {"type": "number"}},
@@ -28,9 +38,6 @@ def check_judge(backend: str, model: str, base_url: str, rewards: list[str]) -> 
     """Before any model loads: the judge that `rewards` ask is named, its backend can work
     here (library, key), and its server answers and takes the key. Each of these used to stop
     training at its first step, after the policy had loaded; a wrong URL with a traceback."""
-    from avcurate.core.options import OptionError
-    from avcurate.models import BackendUnavailable, check_backend, check_reachable
-
     names = ", ".join(rewards)
     if not (backend and model):
         raise OptionError(f"reward {names} needs a judge: set --judge-backend and --judge-model")
