@@ -218,6 +218,11 @@ def test_export_refuses_a_foreign_folder_and_never_deletes_user_files(balanced_r
     with pytest.raises(ExportError, match="not an avcurate export"):
         export_run(balanced_run, media["root"])  # the media root itself
     assert sorted(p.name for p in media["root"].rglob("*.mp4")) == clips
+    stage = sorted(p for p in Path(balanced_run).iterdir() if p.name[:2].isdigit())[-1]
+    files = sorted(p.name for p in stage.iterdir())
+    with pytest.raises(ExportError, match="is inside the run folder"):
+        export_run(balanced_run, stage, overwrite=True)  # a stage's folder: mixed, then reset
+    assert sorted(p.name for p in stage.iterdir()) == files
     export_run(balanced_run, proj, overwrite=True)
     assert (proj / "data" / "important.json").read_text() == "{}"
     export_run(balanced_run, proj)  # now it is an avcurate export: no --overwrite needed
@@ -226,6 +231,10 @@ def test_export_refuses_a_foreign_folder_and_never_deletes_user_files(balanced_r
                                       "--push", "--repo-id", "me/x"), capture_output=True,
                          text=True)
     assert cli.returncode == 2 and "--push needs --copy-media" in cli.stderr
+    cli = subprocess.run(avcurate_cmd("export", str(balanced_run), "--out", str(tmp_path / "x"),
+                                      "--hardlink"), capture_output=True, text=True)
+    assert cli.returncode == 2 and "--hardlink goes with --copy-media" in cli.stderr
+    assert not (tmp_path / "x").exists()
 
 
 def test_a_truncated_copy_is_replaced_and_stale_files_removed(balanced_run, tmp_path):

@@ -183,7 +183,9 @@ def test_an_export_folder_that_cannot_take_the_export_stops_the_run_before_any_r
     mine.mkdir()
     (mine / "notes.txt").write_text("the user's")
     for out, why in ((mine, "is not empty (notes.txt) and is not an avcurate export"),
-                     (tmp_path, "would hold the run folder itself")):
+                     (tmp_path, "would hold the run folder itself"),
+                     (tmp_path / "run" / "export",
+                      f"is inside the run folder {(tmp_path / 'run').resolve()}")):
         recipe = _export_recipe(tmp_path, f'out = "{out}"', media)
         for dry in ([], ["--dry-run"]):
             done = subprocess.run(avcurate_cmd("run", str(recipe), "--out", str(tmp_path / "run"),

@@ -191,6 +191,8 @@ def export(
             fail(str(exc))
     elif revision or create_pr or private:
         fail("--revision, --create-pr and --private go with --push")
+    if hardlink and not copy_media:
+        fail("--hardlink goes with --copy-media (without it no media file is placed)")
     copy = ("hardlink" if hardlink else "copy") if copy_media else None
     opts = guard(export_options, val_fraction=val_fraction, max_shard_bytes=shard_mb * 1024**2,
                  copy_media=copy, media_features=media_features, all_columns=all_columns,

@@ -167,6 +167,11 @@ def check_target(run_dir: Path | str, out: Path | str, overwrite: bool = False,
     if out == root or root.is_relative_to(out):
         raise ExportError(f"{option} {out} would hold the run folder itself; choose another "
                           "folder")
+    if out.is_relative_to(root):
+        # A run folder holds only what its stages wrote: an export in a stage's folder would be
+        # read or removed with that stage (`reset`, `--redo`), one in the root mixes two owners.
+        raise ExportError(f"{option} {out} is inside the run folder {root}; choose a folder "
+                          "outside it")
     check_output_folder(out, option)
     marker = out / MARKER
     if marker.is_file():
