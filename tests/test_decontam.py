@@ -160,6 +160,27 @@ def test_bad_benchmark_specs_are_one_line_errors_before_any_row(tmp_path):
     assert not list(run_dir.glob("01-*"))  # all found before the run folder is touched
 
 
+def test_a_recipes_benchmark_paths_are_relative_to_the_recipe(tmp_path):
+    """As its sources are (README: relative paths are relative to the recipe file), whatever
+    folder the command is run from; they ran against the working folder before."""
+    _benchmark(tmp_path)
+    media, rows = _rows(tmp_path)
+    (proj := tmp_path / "proj").mkdir()
+    (proj / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cols = ", ".join(f'{c} = "{c}"' for c in ("id", "video", "question", "options", "answer"))
+    (proj / "r.toml").write_text(
+        f'[[sources]]\nname = "jsonl"\nannotations = "a.jsonl"\nmedia_root = "../train"\n'
+        f'columns = {{ {cols} }}\n[[stages]]\nname = "decontaminate"\n'
+        f'benchmarks = ["video-mme=../vmme/test.parquet:../vmme"]\nmatch_frames = false\n')
+    (elsewhere := tmp_path / "else" / "where").mkdir(parents=True)  # ../vmme is not there
+    done = subprocess.run(avcurate_cmd("run", "../../proj/r.toml", "--out", "run", "-q"),
+                          capture_output=True, text=True, cwd=elsewhere)
+    assert done.returncode == 0, done.stderr
+    kept, rej = read_stage(elsewhere / "run", "01")
+    assert sorted(rows_by_id(rej)) == ["jsonl:a/question", "jsonl:a/youtube_id"]
+    assert sorted(rows_by_id(kept)) == ["jsonl:a/clean", "jsonl:a/motion", "jsonl:a/reencoded"]
+
+
 def test_cli_caches_fingerprints_and_resumes(tmp_path):
     spec = _benchmark(tmp_path)
     media, rows = _rows(tmp_path)

@@ -171,6 +171,18 @@ def test_recipe_toml_paths_are_relative_to_the_file(tmp_path):
     recipe = Recipe.load(tmp_path / "r.toml")
     assert recipe.sources[0].annotations == str(tmp_path / "a.json")
     assert recipe.stages[0].options == {"silence_db": -50}
+    (tmp_path / "s.toml").write_text(
+        '[[sources]]\nname = "avqa"\nannotations = "a.json"\nmedia_root = "m"\n'
+        '[[stages]]\nname = "score"\nmodel = "m"\nprompt = "p/score.md"\n'
+        '[[stages]]\nname = "classify"\nmodel = "m"\ntaxonomy = "/etc/t.toml"\n'
+        '[[stages]]\nname = "decontaminate"\nbenchmarks = ["b@jsonl=../b.jsonl:vids", '
+        '"c=c.json", "malformed"]\n')
+    score, classify, decontam = Recipe.load(tmp_path / "s.toml").stages
+    assert score.options == {"model": "m", "prompt": str(tmp_path / "p/score.md")}
+    assert classify.options["taxonomy"] == "/etc/t.toml"
+    assert decontam.options["benchmarks"] == [
+        f"b@jsonl={tmp_path.parent / 'b.jsonl'}:{tmp_path / 'vids'}",
+        f"c={tmp_path / 'c.json'}", "malformed"]
     (tmp_path / "bad.toml").write_text("[run]\nshard_size = \n")
     with pytest.raises(RecipeError, match="not valid TOML"):
         Recipe.load(tmp_path / "bad.toml")

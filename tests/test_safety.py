@@ -217,6 +217,41 @@ def test_a_redo_that_cannot_run_asks_nothing_and_removes_nothing(validated):
         assert _stages(validated) == before
 
 
+def _texts(body: dict) -> str:
+    return " ".join(part["text"] for m in body["messages"] for part in
+                    (m["content"] if isinstance(m["content"], list) else [{"text": m["content"]}])
+                    if "text" in part)
+
+
+def test_a_prompt_file_is_checked_before_any_call_then_used(validated, tmp_path):
+    """A marker the stage does not fill would reach the model as written, and a prompt
+    without the question has every row answered blind: both are the user's mistake."""
+    from importlib import resources
+
+    packaged = resources.files("avcurate.curation").joinpath("prompts", "score.md").read_text()
+    (mine := tmp_path / "mine.md").write_text("House style 7.\n" + packaged)
+    (typo := tmp_path / "typo.md").write_text(packaged.replace("{{question}}", "{{questoin}}"))
+    (blind := tmp_path / "blind.md").write_text(packaged.replace("{{question}}", ""))
+    (latin1 := tmp_path / "latin1.md").write_bytes("Qu\xe9 {{question}}".encode("latin-1"))
+    wrong = {tmp_path / "nope.md": "does not exist",
+             typo: "has {{questoin}}, which the stage does not fill; the stage fills "
+                   "{{answer}}, {{options}}, {{question}}",
+             blind: "never places the question ({{question}})",
+             latin1: "cannot be read as UTF-8 text", tmp_path: "cannot be read as UTF-8 text"}
+    with openai_server() as server:
+        for path, why in wrong.items():
+            bad = sh(*_score(validated, server.url + "/v1", "--prompt", str(path)))
+            assert bad.returncode == 2 and bad.stderr.count("\n") == 1, bad.stderr
+            assert bad.stderr.startswith(f"error: stage 'score': prompt file {path} {why}")
+        assert server.requests == [] and _stages(validated) == ["00-ingest", "01-validate"]
+        good = sh(*_score(validated, server.url + "/v1", "--prompt", str(mine)))
+        assert good.returncode == 0, good.stderr
+        texts = [_texts(b) for b in server.requests]
+    assert texts and all(t.startswith("House style 7.") for t in texts)
+    assert {i for t in texts for i in range(6) if f"What is shown {i}?" in t} == set(range(6))
+    assert all("{{" not in t for t in texts)
+
+
 def test_missing_gemini_key_stops_the_stage(validated):
     env = {k: v for k, v in os.environ.items() if k not in ("GEMINI_API_KEY", "GOOGLE_API_KEY")}
     result = subprocess.run(avcurate_cmd("score", str(validated), "--backend", "gemini",

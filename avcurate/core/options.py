@@ -24,6 +24,7 @@ import types
 import typing
 from collections.abc import Iterable
 from dataclasses import MISSING, Field
+from pathlib import Path
 from typing import Any
 
 
@@ -35,7 +36,7 @@ def option(default: Any = MISSING, *, help: str, default_factory: Any = MISSING,
            min: float | None = None, max: float | None = None, gt: float | None = None,
            choices: Iterable[str] | None = None, flag: str | None = None,
            aliases: tuple[str, ...] = (), operational: bool = False, cli: bool = True,
-           comma: bool = False) -> Any:
+           comma: bool = False, path: bool = False) -> Any:
     """A dataclass field with its rules and help.
 
     min/max are inclusive bounds, gt an exclusive lower bound; `flag` is the CLI name when it
@@ -43,14 +44,22 @@ def option(default: Any = MISSING, *, help: str, default_factory: Any = MISSING,
     deprecated CLI names; `operational` options (timeouts, concurrency) do not change
     results and stay out of fingerprints; `cli=False` keeps an option recipe-only; a list
     option is repeatable on the command line unless `comma` (or a list of numbers), then
-    it is one comma-separated value.
+    it is one comma-separated value; a `path` option names a file, which a recipe gives
+    relative to its own folder.
     """
     metadata = {"help": help, "min": min, "max": max, "gt": gt,
                 "choices": tuple(choices) if choices is not None else None, "flag": flag,
-                "aliases": aliases, "operational": operational, "cli": cli, "comma": comma}
+                "aliases": aliases, "operational": operational, "cli": cli, "comma": comma,
+                "path": path}
     if default_factory is not MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
+
+
+def absolute_path(path: str, base: Path) -> str:
+    """`path` as written in a file under `base` (a recipe): `~` expanded, relative to `base`."""
+    p = Path(path).expanduser()
+    return str(p if p.is_absolute() else (base / p).resolve())
 
 
 def declared(cls_or_obj: Any) -> list[Field]:

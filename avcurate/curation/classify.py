@@ -46,8 +46,8 @@ class Classify(ModelStage):
     adds = {"category": pa.string(), "classifier_model": pa.string()}
     version = "1"
 
-    prompt: str = option("", help="Prompt file (default: the packaged one).")
-    taxonomy: str = option("", help="Taxonomy TOML ([[category]] name, definition); default: "
+    prompt: str = option("", path=True, help="Prompt file (default: the packaged one).")
+    taxonomy: str = option("", path=True, help="Taxonomy TOML ([[category]] name, definition); default: "
                            "16 categories.")
     max_tokens: int = option(64, min=1, help="Longest answer, tokens.")
 
@@ -60,7 +60,7 @@ class Classify(ModelStage):
             self._taxonomy = load_taxonomy(self.taxonomy)
         except (OSError, ValueError, tomllib.TOMLDecodeError) as exc:
             raise StageError(f"stage 'classify': taxonomy: {exc}") from None
-        self._template = load_prompt(self.prompt, "avcurate.curation", "classify.md")
+        self._template = load_prompt(self.prompt, "avcurate.curation", "classify.md", self.name)
 
     def build(self, row: dict[str, Any], media: None, history: History) -> ModelRequest:
         cats = "\n".join(f"- {n}: {d}" for n, d in self._taxonomy.items())

@@ -71,7 +71,7 @@ class Probe(ModelStage):
     frames: int = option(8, min=1, help="Evenly spaced frames (conditions av, v).")
     audio_seconds: float = option(10.0, gt=0, help="Seconds of audio (conditions av, a).")
     audio_offset: float = option(0.0, min=0, help="Where the audio clip starts, seconds.")
-    prompt: str = option("", help="Probe prompt file (default: the packaged one).")
+    prompt: str = option("", path=True, help="Probe prompt file (default: the packaged one).")
     multi_sample: bool = option(True, help="Ask for the n answers in one request where the "
                                 "backend can (OpenAI-compatible n, Gemini candidate_count); "
                                 "turn off for a server that ignores n.")
@@ -86,7 +86,7 @@ class Probe(ModelStage):
             raise StageError(f"stage 'probe': conditions must be distinct values among "
                              f"{', '.join(CONDITIONS)}, not {','.join(self.conditions)}")
         self._separate = not (self.multi_sample and self.backend in MULTI_SAMPLE)
-        self._template = load_prompt(self.prompt, "avcurate.curation", "probe.md")
+        self._template = load_prompt(self.prompt, "avcurate.curation", "probe.md", self.name)
 
     # -- media: frames from the video, sound from the audio file when the row has one --------
     def media_needs(self) -> MediaNeeds:

@@ -46,7 +46,7 @@ class Score(ModelStage):
             "score_rationale": pa.string(), "judge_model": pa.string()}
     version = "1"
 
-    prompt: str = option("", help="Rubric prompt file (default: the packaged one).")
+    prompt: str = option("", path=True, help="Rubric prompt file (default: the packaged one).")
     media: str = option("frames+audio", choices=MEDIA_MODES,
                         help="What the judge sees: frames+audio, video or none.")
     frames: int = option(8, min=1, help="Evenly spaced frames (frames+audio).")
@@ -62,7 +62,7 @@ class Score(ModelStage):
         if len(self.weights) != 4 or sum(self.weights) <= 0:
             raise StageError("stage 'score': weights must be four non-negative numbers with a "
                              f"positive sum, not {self.weights}")
-        self._template = load_prompt(self.prompt, "avcurate.curation", "score.md")
+        self._template = load_prompt(self.prompt, "avcurate.curation", "score.md", self.name)
 
     def media_needs(self) -> MediaNeeds:
         if self.media == "frames+audio":

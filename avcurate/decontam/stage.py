@@ -18,7 +18,7 @@ from typing import Any
 import pyarrow as pa
 
 from avcurate.catalogs import CATALOGS, Reject, check_files, check_source, read_source
-from avcurate.core.options import option
+from avcurate.core.options import absolute_path, option
 from avcurate.decontam.fingerprints import normalise_question, source_id, video_hashes
 from avcurate.decontam.index import BenchmarkIndex, Item, Match
 from avcurate.media.errors import Lost, MediaError
@@ -42,6 +42,17 @@ class BenchmarkSpec:
         name, _, fmt = name.strip().partition("@")
         annotations, _, media = rest.partition(":")
         return cls(name, fmt or name, annotations.strip(), media.strip())
+
+
+def _resolve_benchmark(text: str, base: Path) -> str:
+    """NAME[@FORMAT]=ANNOTATIONS[:MEDIA_ROOT] with both paths absolute against `base`; a
+    malformed one is returned as written, for the stage to refuse with its own message."""
+    head, eq, rest = text.partition("=")
+    annotations, _, media = (part.strip() for part in rest.partition(":"))
+    if not eq or not annotations:
+        return text
+    return f"{head}={absolute_path(annotations, base)}" + (
+        f":{absolute_path(media, base)}" if media else "")
 
 
 def _hash(task: tuple[str, int]) -> list[int] | None:
@@ -119,6 +130,15 @@ class Decontaminate(BaseStage):
                 check_source(spec.format, self._source_options(spec))
             except ValueError as exc:
                 raise StageError(f"stage 'decontaminate': {exc}") from None
+
+    @classmethod
+    def resolve_paths(cls, options: dict[str, Any], base: Path) -> dict[str, Any]:
+        """A recipe's benchmark files are relative to the recipe too."""
+        options = super().resolve_paths(options, base)
+        if isinstance(marks := options.get("benchmarks"), list):
+            options["benchmarks"] = [_resolve_benchmark(b, base) if isinstance(b, str) else b
+                                     for b in marks]
+        return options
 
     def _source_options(self, spec: BenchmarkSpec) -> dict[str, Any]:
         columns = self.benchmark_columns.get(spec.name)

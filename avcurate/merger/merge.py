@@ -44,7 +44,7 @@ class Merge(ModelStage):
     version = "2"
     rounds_column = "merge_attempts"
 
-    prompt: str = option("", help="Merger prompt file (default: the packaged one).")
+    prompt: str = option("", path=True, help="Merger prompt file (default: the packaged one).")
     max_rounds: int = option(3, min=1, help="Rounds per trace: a failing trace is sent back "
                              "with the failed check, up to this many answers.")
     min_tokens: int = option(30, min=0, help="Shortest allowed reasoning, tokens.")
@@ -63,7 +63,7 @@ class Merge(ModelStage):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self._template = load_prompt(self.prompt, "avcurate.merger", "merge.md")
+        self._template = load_prompt(self.prompt, "avcurate.merger", "merge.md", self.name)
         self._rules = TraceRules(self.min_tokens, self.max_tokens_trace)
         if self.audio_words:
             self._rules.audio_words = tuple(self.audio_words)

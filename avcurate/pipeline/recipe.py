@@ -37,7 +37,9 @@ from typing import Any
 
 from avcurate.catalogs import check_source, source_tag
 from avcurate.core.options import did_you_mean
+from avcurate.pipeline.registry import stage_class
 from avcurate.stages.context import MEDIA_TIMEOUT_S
+from avcurate.stages.errors import StageError
 
 
 class RecipeError(ValueError):
@@ -136,7 +138,8 @@ class Recipe:
         for s in _tables(data, "stages"):
             if "name" not in s:
                 raise RecipeError("every [[stages]] table needs a name")
-            stages.append(StageSpec(s["name"], {k: v for k, v in s.items() if k != "name"}))
+            options = {k: v for k, v in s.items() if k != "name"}
+            stages.append(StageSpec(s["name"], _stage_paths(s["name"], options, base)))
         export = data.get("export")
         if export is not None:
             if not isinstance(export, dict) or "out" not in export:
@@ -180,6 +183,17 @@ def _tables(data: dict[str, Any], key: str) -> list[dict[str, Any]]:
     if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
         raise RecipeError(f"'{key}' must be an array of tables ([[{key}]])")
     return value
+
+
+def _stage_paths(name: str, options: dict[str, Any], base: Path | None) -> dict[str, Any]:
+    """A stage's file options (prompt, taxonomy, benchmarks) relative to the recipe, as its
+    sources are; an unknown stage is left for the plan to name."""
+    try:
+        cls = stage_class(name)
+    except StageError:
+        return options
+    resolve = getattr(cls, "resolve_paths", None)
+    return resolve(options, base) if base is not None and resolve else options
 
 
 def _source(s: dict[str, Any], base: Path | None) -> SourceSpec:

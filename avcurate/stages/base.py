@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from avcurate.core.arrow_values import scalar, strings
-from avcurate.core.options import OptionError, check_fields, identity
+from avcurate.core.options import OptionError, absolute_path, check_fields, declared, identity
 from avcurate.core.schema import REJECT_FIELDS, add_reject_columns
 from avcurate.stages.errors import StageError
 
@@ -140,6 +140,15 @@ class BaseStage:
 
     def options(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
+
+    @classmethod
+    def resolve_paths(cls, options: dict[str, Any], base: Path) -> dict[str, Any]:
+        """A recipe's options for this stage with its relative file paths (options declared
+        with `path=True`) made absolute against `base`, the recipe's folder: every path in a
+        recipe is relative to the recipe, wherever the command is run from."""
+        paths = {f.name for f in declared(cls) if f.metadata.get("path")}
+        return {k: absolute_path(v, base) if k in paths and isinstance(v, str) and v else v
+                for k, v in options.items()}
 
     def prepare(self, ctx: StageContext, inputs: list[Path]) -> None:
         return None

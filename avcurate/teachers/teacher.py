@@ -52,13 +52,14 @@ class Teacher(ModelStage):
     modality = ""  # "visual" or "audio"
     label = ""     # the description heading the prompt asks for
     requires = ("id", "video", "question", "options", "answer")
-    prompt: str = option("", help="Teacher prompt file (default: the packaged one).")
+    prompt: str = option("", path=True, help="Teacher prompt file (default: the packaged one).")
 
     _template: str = field(default="", init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self._template = load_prompt(self.prompt, "avcurate.teachers", f"{self.modality}_teacher.md")
+        self._template = load_prompt(self.prompt, "avcurate.teachers",
+                                     f"{self.modality}_teacher.md", self.name)
 
     def media_parts(self, media: DecodedMedia) -> list:
         raise NotImplementedError
