@@ -145,7 +145,18 @@ def ingested(tmp_path_factory, media):
     loud = root / "loud.toml"
     loud.write_text(bad_recipe.read_text().replace('[expor]\nout = "x"\n', "")
                     + '[[stages]]\nname = "validate"\nsilence_db = "loud"\n')
+    for name, text in TAXONOMIES.items():
+        (root / name).write_text(text)
     return root
+
+
+TAXONOMIES = {  # each one, before its check, crashed or classified every row against it
+    "nameless.toml": '[[category]]\ndefinition = "x"\n',
+    "twice.toml": '[[category]]\nname = "a"\n[[category]]\nname = "a "\n',
+    "typo.toml": '[[category]]\nname = "a"\ndefintion = "x"\n',
+    "reserved.toml": '[[category]]\nname = "none"\n',
+    "flat.toml": 'category = "a"\n',
+}
 
 
 BAD = [
@@ -193,6 +204,18 @@ BAD = [
     (["probe", "{run}", "--model", "m", "--conditions", "av,xyz"],
      "conditions must be distinct values among av, v, a, t"),
     (["probe", "{run}", "--model", "m", "--n", "0"], "n = 0 must be at least 1"),
+    (["classify", "{run}", "--model", "m", "--taxonomy", "{root}/nameless.toml"],
+     "nameless.toml: category 1 has no name"),
+    (["classify", "{run}", "--model", "m", "--taxonomy", "{root}/twice.toml"],
+     "twice.toml: category 'a' is listed twice"),
+    (["classify", "{run}", "--model", "m", "--taxonomy", "{root}/typo.toml"],
+     "unknown key 'defintion'; did you mean 'definition'?"),
+    (["classify", "{run}", "--model", "m", "--taxonomy", "{root}/reserved.toml"],
+     "category 'none' is reserved"),
+    (["classify", "{run}", "--model", "m", "--taxonomy", "{root}/flat.toml"],
+     "categories are [[category]] tables"),
+    (["classify", "{run}", "--model", "m", "--taxonomy", "{root}/nope.toml"],
+     "nope.toml does not exist"),
     (["balance", "{run}", "--dependency", "judges"], "must be one of judge, measured"),
     (["ingest", "--source", "jsonl", "--annotations", "a", "--media-root", "m", "--out", "o",
       "--column", "questoin=q"], "cannot map questoin"),

@@ -16,7 +16,7 @@ from typing import Any
 import pyarrow as pa
 
 from avcurate.core.answers import lettered
-from avcurate.core.options import option
+from avcurate.core.options import did_you_mean, option
 from avcurate.models import InvalidAnswer, ModelResponse
 from avcurate.models.request import Message, ModelRequest, TextPart
 from avcurate.stages.base import StageError
@@ -27,14 +27,51 @@ NONE = "none"
 
 
 def load_taxonomy(path: str = "") -> dict[str, str]:
-    """Category name -> definition, from `path` or the packaged default."""
-    text = Path(path).read_text("utf-8") if path else \
-        resources.files("avcurate.curation").joinpath("taxonomy.toml").read_text("utf-8")
-    data = tomllib.loads(text)
-    cats = {c["name"].strip(): c.get("definition", "").strip() for c in data.get("category", [])}
+    """Category name -> definition, from `path` or the packaged default.
+
+    A user's file is checked whole before any call: a nameless, blank, repeated or reserved
+    category, or a misspelt key, would have every row classified against a broken list.
+    """
+    where = f"{path}" if path else "the packaged taxonomy"
+    try:
+        text = Path(path).read_text("utf-8") if path else \
+            resources.files("avcurate.curation").joinpath("taxonomy.toml").read_text("utf-8")
+        data = tomllib.loads(text)
+    except FileNotFoundError:
+        raise ValueError(f"{where} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{where} cannot be read as UTF-8 text "
+                         f"({getattr(exc, 'strerror', None) or exc})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"{where} is not valid TOML: {exc}") from None
+    entries = data.get("category", [])
+    if not isinstance(entries, list) or not all(isinstance(c, dict) for c in entries):
+        raise ValueError(f"{where}: categories are [[category]] tables (name, definition)")
+    cats: dict[str, str] = {}
+    for i, entry in enumerate(entries, 1):
+        cats.update([_category(entry, i, where, cats)])
     if not cats:
-        raise ValueError(f"taxonomy {path or '(default)'} has no [[category]] entries")
+        raise ValueError(f"{where} has no [[category]] entries")
     return cats
+
+
+def _category(entry: dict[str, Any], i: int, where: str, seen: dict[str, str]
+              ) -> tuple[str, str]:
+    for key in entry:
+        if key not in ("name", "definition"):
+            raise ValueError(f"{where}: category {i} has an unknown key {key!r}"
+                             f"{did_you_mean(key, ('name', 'definition'))}")
+    name, definition = entry.get("name"), entry.get("definition", "")
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"{where}: category {i} has no name")
+    name = name.strip()
+    if not isinstance(definition, str):
+        raise ValueError(f"{where}: category {name!r}: definition must be text")
+    if name in seen or name == NONE:
+        why = "is listed twice" if name in seen else \
+            f"is reserved (the model answers {NONE!r} for a question that fits no category)"
+        raise ValueError(f"{where}: category {name!r} {why}")
+    return name, definition.strip()
 
 
 @dataclass
@@ -58,8 +95,8 @@ class Classify(ModelStage):
         super().__post_init__()
         try:
             self._taxonomy = load_taxonomy(self.taxonomy)
-        except (OSError, ValueError, tomllib.TOMLDecodeError) as exc:
-            raise StageError(f"stage 'classify': taxonomy: {exc}") from None
+        except ValueError as exc:
+            raise StageError(f"stage 'classify': taxonomy {exc}") from None
         self._template = load_prompt(self.prompt, "avcurate.curation", "classify.md", self.name)
 
     def build(self, row: dict[str, Any], media: None, history: History) -> ModelRequest:
