@@ -27,7 +27,7 @@ from avcurate.cli.common import (
     run_more,
 )
 from avcurate.cli.generate import CliOption, collect, options_for, with_signature
-from avcurate.core.options import OptionError
+from avcurate.core.options import OptionError, declared
 from avcurate.core.store import RunStore
 from avcurate.pipeline.recipe import Recipe, SourceSpec, StageSpec
 from avcurate.pipeline.registry import stage_class
@@ -111,6 +111,7 @@ class StageCommand:
             given = collect(options, values, len(self.stages))
         except OptionError as exc:
             fail(str(exc))
+        self._check_pairs(given, values)
         specs = [StageSpec(s, opts) for s, opts in zip(self.stages, given, strict=True)]
         check_specs(specs)  # every value is checked before any row is touched
         run_dir = values["run_dir"]
@@ -133,6 +134,21 @@ class StageCommand:
             _print_usage(run_dir, len(specs))
         if self.after is not None:
             self.after(run_dir)
+
+
+    def _check_pairs(self, given: list[dict[str, Any]], values: dict[str, Any]) -> None:
+        """Options that only mean something with another one, named by the flags typed: a
+        prefixed model stage without its model, an audit's --seed or --name without --limit
+        (which would run the whole stage instead of a sample)."""
+        prefixes = self.prefixes or [""] * len(self.stages)
+        for prefix, opts, stage in zip(prefixes, given, self.stages, strict=True):
+            if prefix and "model" in {f.name for f in declared(stage_class(stage))} \
+                    and not opts.get("model"):
+                fail(f"--{prefix}-model is required (the model of stage {stage!r})")
+        if self.audit is not None and values.get("limit") is None and (
+                values.get("seed") is not None or values.get("audit_name")):
+            fail("--seed and --name go with --limit (they seed and name a sampled audit; "
+                 "without --limit the stage runs on every row)")
 
 
 def _ingest_first(run_dir: Path | None, values: dict[str, Any]) -> Path:
@@ -168,7 +184,8 @@ AUDIT = [
         help="Probe only a stratified sample of this many rows (by category and score "
              "bucket), as an audit: the figures go to RUN/audits/probe-NAME/ and the run's "
              "kept rows do not change. For a look before paying for every row.")]),
-    _param("seed", Annotated[int, typer.Option(help="With --limit: seed of the sample.")], 0),
+    _param("seed", Annotated[int | None, typer.Option(
+        help="With --limit: seed of the sample (default 0).")]),
     _param("audit_name", Annotated[str, typer.Option(
         "--name", help="With --limit: the audit's name (default: the model name).")], ""),
 ]
@@ -181,13 +198,14 @@ def _probe_audit(run_dir: Path, specs: list[StageSpec], values: dict[str, Any]) 
     from avcurate.pipeline.registry import create
     from avcurate.reports.tables import probe_table
 
+    seed = values["seed"] if values["seed"] is not None else 0
     if values["limit"] < 1:
         fail(f"--limit must be at least 1, not {values['limit']}")
-    if values["seed"] < 0:
-        fail(f"--seed must be at least 0, not {values['seed']}")
+    if seed < 0:
+        fail(f"--seed must be at least 0, not {seed}")
     require_run(run_dir)
     stage = guard(create, "probe", specs[0].options)
-    summary = guard(run_probe_audit, run_dir, stage, limit=values["limit"], seed=values["seed"],
+    summary = guard(run_probe_audit, run_dir, stage, limit=values["limit"], seed=seed,
                     name=values["audit_name"], redo=values["redo"],
                     show_progress=not values["quiet"])
     sample = summary["sample"]

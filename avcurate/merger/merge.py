@@ -20,6 +20,7 @@ from avcurate.core.options import option
 from avcurate.merger.trace import TraceRules, check_trace, count_tokens
 from avcurate.models import InvalidAnswer, ModelResponse
 from avcurate.models.request import Message, ModelRequest, TextPart
+from avcurate.stages.errors import StageError
 from avcurate.stages.model_stage import History, ModelStage
 from avcurate.stages.prompts import load_prompt, render
 
@@ -64,6 +65,13 @@ class Merge(ModelStage):
     def __post_init__(self) -> None:
         super().__post_init__()
         self._template = load_prompt(self.prompt, "avcurate.merger", "merge.md", self.name)
+        for longest, flag in ((self.max_tokens_trace, "max_tokens_trace (--max-tokens), the "
+                                                      "longest reasoning"),
+                              (self.max_tokens, "max_tokens (--max-answer-tokens), the longest "
+                                                "reply")):
+            if longest < self.min_tokens:  # every trace would be rejected as too short
+                raise StageError(f"stage 'merge': {flag}, is {longest}, less than min_tokens = "
+                                 f"{self.min_tokens}: no trace could pass")
         self._rules = TraceRules(self.min_tokens, self.max_tokens_trace)
         if self.audio_words:
             self._rules.audio_words = tuple(self.audio_words)
