@@ -186,6 +186,8 @@ BAD = [
     (["probe", "{run}", "--model", "m", "--name", "x"], "--seed and --name go with --limit"),
     (["export", "{run}", "--out", "{root}/e", "--hardlink"], "--hardlink goes with --copy-media"),
     (["validate", "{run}", "--workers", "0"], "--workers must be at least 1"),
+    (["validate", "{run}", "--min-duration", "10", "--max-duration", "5", "--redo"],
+     "max_duration_s = 5 (--max-duration) is less than min_duration_s = 10: no clip could pass"),
     (["balance", "{root}/nope"], "is not a run folder"),
     (["run", "{root}/bad.toml", "--out", "{root}/r2"], "unknown key 'expor'; did you mean 'export'"),
     (["run", "{root}/loud.toml", "--out", "{root}/r3"], "silence_db = 'loud' must be a number"),

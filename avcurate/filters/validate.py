@@ -137,6 +137,13 @@ class Validate(BaseStage):
     _probed: dict[str, dict] = field(default_factory=dict, init=False, repr=False,
                                      compare=False)
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if 0 < self.max_duration_s < self.min_duration_s:  # every clip would be out of range
+            raise StageError(f"stage 'validate': max_duration_s = {self.max_duration_s:g} "
+                             f"(--max-duration) is less than min_duration_s = "
+                             f"{self.min_duration_s:g}: no clip could pass (0 = no limit)")
+
     def prepare(self, ctx: StageContext, inputs: list[Path]) -> None:
         """Stop if none of the media exists; find every row whose id already appeared
         earlier (by shard, then row order)."""
