@@ -406,3 +406,24 @@ def test_an_out_folder_that_is_a_file_or_lies_under_one_is_one_line(tmp_path, me
         [line] = done.stderr.strip().splitlines()
         assert said in line, (args, line)
     assert blocker.read_text() == "mine"
+
+
+def test_outputs_inside_a_runs_stage_folder_or_cache_are_refused(ingested, media):
+    """`reset` and `--redo` remove a stage's folder whole: a report, query result or run
+    written there went with it (a `part-*.parquet` would even be read as a shard)."""
+    run_dir = ingested / "run"
+    stage, cache = run_dir / "01-validate", run_dir / "cache"
+    before = sorted(p.name for p in stage.iterdir())
+    for args, path in (
+            (["query", str(run_dir), "SELECT 1", "--out", "{p}"], stage / "part-09999.parquet"),
+            (["stats", str(run_dir), "--html", "{p}"], stage / "report.html"),
+            (["spotcheck", str(run_dir), "--out", "{p}"], cache / "sheet.html"),
+            (["ingest", "--source", "jsonl", "--annotations", "a", "--media-root",
+              str(media["root"]), "--out", "{p}"], stage / "rejects" / "other-run")):
+        done = sh(*[a.format(p=path) for a in args], check=False)
+        assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+        assert f"is inside {path.relative_to(run_dir).parts[0]}/, which the run" in done.stderr
+        assert not path.exists()
+    assert sorted(p.name for p in stage.iterdir()) == before
+    beside = ingested / "report.html"  # next to the run, as before
+    assert sh("stats", str(run_dir), "--html", str(beside)).returncode == 0 and beside.is_file()

@@ -13,7 +13,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from avcurate.core.store import atomic_write_bytes
+from avcurate.core.store import FINGERPRINT, MANIFEST, atomic_write_bytes
 
 
 class OutputError(ValueError):
@@ -33,6 +33,7 @@ def check_output(path: Path, option: str, *, generator: str | None = None,
     the way are fine: the write makes them."""
     if path.is_dir():
         raise OutputError(f"{option} {path} is a folder; name a file in it")
+    _check_outside_stages(path, option)
     _check_nearest_folder(path.absolute().parent, path, option)
     if not path.exists() or overwrite or (generator and _written_by(path, generator)):
         return
@@ -49,6 +50,7 @@ def check_output_folder(path: Path, option: str) -> None:
     folder is not writable. What may already be in it is each command's own rule."""
     if path.exists() and not path.is_dir():
         raise OutputError(f"{option} {path} is a file; it names a folder")
+    _check_outside_stages(path, option)
     _check_nearest_folder(path.absolute(), path, option)
 
 
@@ -64,6 +66,19 @@ def check_owned_folder(path: Path, option: str, *, ours: Callable[[str], bool], 
     if theirs:
         shown = ", ".join(theirs[:3]) + (", ..." if len(theirs) > 3 else "")
         raise OutputError(f"{option} {path} is not empty ({shown}) and is not {what}; {hint}")
+
+
+def _check_outside_stages(path: Path, option: str) -> None:
+    """`path` is not in (nor is) a run's stage folder or cache: `reset`, `--redo` and
+    `--force` remove a stage folder whole, so what the user had written there would go with
+    it, and a file named like a shard would be read as one."""
+    full = path.resolve()
+    for folder in (full, *full.parents):
+        if (folder.parent / MANIFEST).is_file() and (
+                (folder / FINGERPRINT).is_file() or folder.name == "cache"):
+            raise OutputError(f"{option} {path} is inside {folder.name}/, which the run "
+                              f"{folder.parent} owns (reset and --redo remove a stage's "
+                              "folder whole); choose a path outside it")
 
 
 def _check_nearest_folder(start: Path, path: Path, option: str) -> None:
