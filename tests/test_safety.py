@@ -571,6 +571,9 @@ def test_a_rule_on_a_text_column_is_one_line_and_a_redo_with_it_removes_nothing(
 def test_reset_lists_and_removes_later_stages(validated):
     sh("threshold", str(validated), "--rule", "duration_s >= 1", "-q")
     sh("dedup", str(validated), "-q")
+    ingest = sh("reset", str(validated), "--from", "ingest", "--yes")
+    assert ingest.returncode == 2 and ingest.stdout == ""  # no list of what it would remove
+    assert ingest.stderr == "error: ingest cannot be reset; start a new run folder instead\n"
     result = sh("reset", str(validated), "--from", "threshold", "--yes")
     assert result.returncode == 0, result.stderr
     assert "02-threshold, 03-dedup" in result.stdout
@@ -580,6 +583,20 @@ def test_reset_lists_and_removes_later_stages(validated):
     assert sh("reset", str(validated), "--from", "ingest", "--yes").returncode == 2
     assert sh("reset", str(validated), "--from", "balance", "--yes").returncode == 2
 
+
+
+def test_reset_by_a_name_two_stages_share_lists_those_two(tmp_path, media):
+    records = [{"id": "a", "video": str(media["good"]), "question": "Q?", "options": ["x", "y"],
+                "answer": "A"}]
+    rule = {"rules": ["duration_s >= 1"]}
+    run(jsonl_recipe(tmp_path, records, media["root"], [
+        StageSpec("validate"), StageSpec("threshold", rule), StageSpec("dedup"),
+        StageSpec("threshold", rule)]), tmp_path / "run")
+    twice = sh("reset", str(tmp_path / "run"), "--from", "threshold", "--yes")
+    assert twice.returncode == 2 and twice.stderr == (
+        "error: 'threshold' names several stages (02-threshold, 04-threshold); give the "
+        "folder\n")  # it listed every stage of the run
+    assert _stages(tmp_path / "run")[-1] == "04-threshold"
 
 
 def test_reset_and_stages_never_touch_a_users_folder_named_like_a_stage(validated):

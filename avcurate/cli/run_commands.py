@@ -267,6 +267,8 @@ def reset(
     if not RunStore(run_dir).exists():
         fail(f"{run_dir} is not a run folder")
     index = guard(stage_index, run_dir, from_stage)
+    if index < 1:
+        fail("ingest cannot be reset; start a new run folder instead")
     doomed = [p.name for p in RunStore(run_dir).stage_dirs(index)]
     if not doomed:
         fail(f"nothing to remove: {run_dir} has no stage {from_stage!r} or after it")

@@ -729,5 +729,6 @@ def stage_index(run_dir: Path | str, name: str) -> int:
     if len(hits) == 1:
         return hits[0]
     if len(hits) > 1:
-        raise RunError(f"{name!r} names several stages ({', '.join(dirs)}); give the folder")
+        named = [d for d in dirs if int(d[:2]) in hits]
+        raise RunError(f"{name!r} names several stages ({', '.join(named)}); give the folder")
     raise RunError(f"no stage {name!r} in {run_dir}; stages: {', '.join(dirs) or 'none'}")
