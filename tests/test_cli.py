@@ -243,6 +243,10 @@ BAD = [
     (["reset", "{run}", "--from", "balance", "--yes"], "no stage 'balance'"),
     (["run", "{root}/missing.toml", "--out", "{root}/r4"], "no recipe at"),
     (["run", "{root}/bad.toml", "--out", "{root}/r5", "--executor", "spark"], "--executor must be"),
+    (["run", "{root}/bad.toml", "--out", "{root}/r5", "--ray-actors", "3"],
+     "--ray-actors 3 needs --executor ray"),  # was ignored: the run went local
+    (["run", "{root}/bad.toml", "--out", "{root}/r5", "--executor", "ray", "--ray-actors", "0",
+      "--dry-run"], "--ray-actors must be at least 1"),  # --dry-run took it
 ]
 
 

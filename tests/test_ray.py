@@ -66,8 +66,8 @@ def ray_env():
 def test_ray_settings_that_could_never_run_are_one_line(tmp_path, args, said):
     """Ray retried a dead address for minutes with warnings, `auto` without a cluster was a
     traceback, and tasks or actors asking for more CPUs than the local Ray has waited
-    forever: one line now, before the run folder is made. An --address without --executor ray would
-    have run locally, unasked."""
+    forever: one line now, before the run folder is made. A Ray option without --executor ray
+    would have run locally, unasked."""
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -80,8 +80,7 @@ def test_ray_settings_that_could_never_run_are_one_line(tmp_path, args, said):
         "OPENAI_API_KEY": "k"}
     args = [a.format(port=port) for a in args]
     tries = [(["--executor", "ray", *args], said.format(port=port))]
-    if args[0] == "--address":
-        tries.append((args, f"--address {args[1]} needs --executor ray"))
+    tries.append((args, f"{args[0]} {args[1]} needs --executor ray"))  # not run locally
     try:
         for given, wanted in tries:
             done = subprocess.run(avcurate_cmd("run", str(recipe), "--out", str(tmp_path / "run"),

@@ -58,10 +58,11 @@ def run(
     address: Annotated[str | None, typer.Option(help="With --executor ray: cluster address "
                                                      "(auto, ray://host:10001); default: start "
                                                      "a local Ray.")] = None,
-    ray_actors: Annotated[int, typer.Option(help="With --executor ray: actors for the "
-                                                 "model stages, started once per run.")] = 2,
-    ray_cpus_per_task: Annotated[float, typer.Option(help="With --executor ray: CPUs per "
-                                                          "decoding task.")] = 1.0,
+    ray_actors: Annotated[int | None, typer.Option(help="With --executor ray: actors for the "
+                                                        "model stages, started once per run "
+                                                        "(default 2).")] = None,
+    ray_cpus_per_task: Annotated[float | None, typer.Option(
+        help="With --executor ray: CPUs per decoding task (default 1).")] = None,
     dry_run: Annotated[bool, typer.Option(
         "--dry-run", help="Check the recipe as a run would (options, files, keys, the run "
                           "folder) and print what each stage would do: done, resumed or run, "
@@ -71,16 +72,22 @@ def run(
     """Run a recipe into a run folder. Re-running resumes: finished shards are skipped."""
     if executor not in ("local", "ray"):
         fail(f"--executor must be local or ray, not {executor!r}")
-    if address is not None and executor != "ray":  # the run would go local, unasked
-        fail(f"--address {address} needs --executor ray")
+    ray_given = {"--address": address, "--ray-actors": ray_actors,
+                 "--ray-cpus-per-task": ray_cpus_per_task}
+    for flag, value in ray_given.items():
+        if value is not None and executor != "ray":  # the run would go local, unasked
+            fail(f"{flag} {value if isinstance(value, str) else f'{value:g}'} needs "
+                 "--executor ray")
+    ray_actors = 2 if ray_actors is None else ray_actors
+    ray_cpus_per_task = 1.0 if ray_cpus_per_task is None else ray_cpus_per_task
+    if ray_actors < 1 or not 0 < ray_cpus_per_task < float("inf"):
+        fail("--ray-actors must be at least 1 and --ray-cpus-per-task above 0")
     rec = guard(Recipe.load, recipe)
     export_opts = _checked_export(rec, out_dir)
     if dry_run:
         _print_plan(rec, out_dir, force)
         return
     if executor == "ray":
-        if ray_actors < 1 or not ray_cpus_per_task > 0:
-            fail("--ray-actors must be at least 1 and --ray-cpus-per-task above 0")
         from avcurate.pipeline.ray_runner import RayRunner
 
         runner = guard(RayRunner, rec, out_dir, force=force, show_progress=not quiet,
