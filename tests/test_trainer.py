@@ -313,12 +313,16 @@ def test_train_cli_and_modality_rollouts(toy, tmp_path):
     ("{data}", "{tmp}", "--model {tmp}: not a model folder (no config.json)"),
     ("{data}", "{lm}/config.json", "--model {lm}/config.json: no such folder"),
     ("{data}", "{tmp}/half", "--model {tmp}/half cannot be loaded: "),  # transformers says why
+    ("{tmp}/run", "{lm}", "--data {tmp}/run is a run folder; train on its export "
+                          "(`avcurate export {tmp}/run --out DIR`"),  # was: no split 'train'
 ])
 def test_train_names_a_wrong_data_or_model_path_in_one_line(toy, tmp_path, data, model, said):
     lm, data_path = toy
     values = {"tmp": tmp_path, "lm": lm, "data": data_path}
     (tmp_path / "half").mkdir()
     (tmp_path / "half" / "config.json").write_bytes((lm / "config.json").read_bytes())
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "manifest.json").write_text('{"stages": []}')
     result = subprocess.run([sys.executable, "-m", "avcurate", "train", "--data",
                              data.format(**values), "--model", model.format(**values),
                              "--out", str(tmp_path / "out"), "--steps", "1"],
@@ -423,14 +427,18 @@ def test_a_judge_reward_checks_its_judge_before_the_model_loads(toy, tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         dead = f"http://127.0.0.1:{s.getsockname()[1]}/v1"  # closed again below
-    cases = [([], "reward soft_accuracy needs a judge: set --judge-backend and --judge-model"),
-             (["--judge-backend", "nope", "--judge-model", "j"], "unknown backend 'nope'"),
+    judged = f"{REWARD},soft_accuracy"
+    cases = [([], "reward soft_accuracy needs a judge: set --judge-backend and --judge-model",
+              judged),
+             (["--judge-backend", "nope", "--judge-model", "j"], "unknown backend 'nope'", judged),
              (["--judge-backend", "openai", "--judge-model", "j", "--judge-base-url", dead],
-              f"(openai:j): cannot reach {dead} (Connection refused)")]
-    for i, (judge, message) in enumerate(cases):
+              f"(openai:j): cannot reach {dead} (Connection refused)", judged),
+             (["--judge-model", "j"], "--judge-base-url go with a reward that asks a judge",
+              REWARD)]  # a judge no reward asks was ignored, unsaid
+    for i, (judge, message, rewards) in enumerate(cases):
         done = subprocess.run([sys.executable, "-m", "avcurate", "train", "--data", str(data),
                                "--model", str(lm), "--out", str(tmp_path / f"o{i}"),
-                               "--rewards", f"{REWARD},soft_accuracy", *judge],
+                               "--rewards", rewards, *judge],
                               capture_output=True, text=True, timeout=300,
                               env=os.environ | {"PYTHONPATH": str(TESTS)})
         assert done.returncode == 2 and message in done.stderr, done.stderr

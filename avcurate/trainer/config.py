@@ -133,6 +133,9 @@ class TrainConfig:
         if not Path(self.data).exists():
             raise OptionError(f"--data {self.data}: no such file or folder (an avcurate "
                               "export folder, or Parquet with question/options/answer)")
+        if (Path(self.data) / "manifest.json").is_file():  # a run: its rows are in stages
+            raise OptionError(f"--data {self.data} is a run folder; train on its export "
+                              f"(`avcurate export {self.data} --out DIR`, then --data DIR)")
         local = Path(self.model).expanduser()
         if (local.is_absolute() or self.model.startswith(".")) and not local.is_dir():
             raise OptionError(f"--model {self.model}: no such folder (the policy's local "

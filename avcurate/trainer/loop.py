@@ -327,8 +327,8 @@ def setup(cfg: TrainConfig, policy_kwargs: dict | None = None) -> TrainState:
     rewards = build_rewards(cfg)  # a typo in a reward name fails before any model loads
     cfg.check_paths()  # after every option's own check: a typo is named first
     check_out(cfg)
-    if judged := [r.name for r in rewards if getattr(r, "needs_judge", False)]:
-        check_judge(cfg.judge_backend, cfg.judge_model, cfg.judge_base_url, judged)
+    judged = [r.name for r in rewards if getattr(r, "needs_judge", False)]
+    check_judge(cfg.judge_backend, cfg.judge_model, cfg.judge_base_url, judged)
     model_path = loadable(cfg.model)  # a Hub id on a machine without network: its cache
     rank, world, device = setup_distributed()
     if cfg.prompts_per_step % world:

@@ -37,7 +37,14 @@ def _score(resp) -> float:
 def check_judge(backend: str, model: str, base_url: str, rewards: list[str]) -> None:
     """Before any model loads: the judge that `rewards` ask is named, its backend can work
     here (library, key), and its server answers and takes the key. Each of these used to stop
-    training at its first step, after the policy had loaded; a wrong URL with a traceback."""
+    training at its first step, after the policy had loaded; a wrong URL with a traceback.
+    Judge options with no reward that asks a judge stop too: they were ignored, unsaid."""
+    if not rewards:
+        if backend or model or base_url:
+            raise OptionError("--judge-backend/--judge-model/--judge-base-url go with a reward "
+                              "that asks a judge (soft_accuracy, query_intent); --rewards "
+                              "names none")
+        return
     names = ", ".join(rewards)
     if not (backend and model):
         raise OptionError(f"reward {names} needs a judge: set --judge-backend and --judge-model")
