@@ -135,7 +135,6 @@ class StageCommand:
         if self.after is not None:
             self.after(run_dir)
 
-
     def _check_pairs(self, given: list[dict[str, Any]], values: dict[str, Any]) -> None:
         """Options that only mean something with another one, named by the flags typed: a
         prefixed model stage without its model, an audit's --seed or --name without --limit

@@ -84,8 +84,8 @@ class Classify(ModelStage):
     version = "1"
 
     prompt: str = option("", path=True, help="Prompt file (default: the packaged one).")
-    taxonomy: str = option("", path=True, help="Taxonomy TOML ([[category]] name, definition); default: "
-                           "16 categories.")
+    taxonomy: str = option("", path=True, help="Taxonomy TOML ([[category]] name, "
+                           "definition); default: 16 categories.")
     max_tokens: int = option(64, min=1, help="Longest answer, tokens.")
 
     _taxonomy: dict[str, str] = field(default_factory=dict, init=False, repr=False, compare=False)
