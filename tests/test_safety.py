@@ -250,6 +250,43 @@ def test_a_prompt_file_is_checked_before_any_call_then_used(validated, tmp_path)
     assert texts and all(t.startswith("House style 7.") for t in texts)
     assert {i for t in texts for i in range(6) if f"What is shown {i}?" in t} == set(range(6))
     assert all("{{" not in t for t in texts)
+    assert sh(*_score(validated, server.url + "/v1", "--prompt", str(mine))).returncode == 0
+    mine.write_text("House style 8.\n" + packaged)  # edited: the stage no longer matches it
+    with openai_server() as server:
+        stale = sh(*_score(validated, server.url + "/v1", "--prompt", str(mine)))
+        assert stale.returncode == 2 and server.requests == []
+        assert "02-score was done with other settings (score.prompt: the file's text changed " \
+               "since the stage ran)" in stale.stderr
+        redo = sh(*_score(validated, server.url + "/v1", "--prompt", str(mine), "--redo"))
+        assert redo.returncode == 0 and server.requests, redo.stderr
+        assert all(_texts(b).startswith("House style 8.") for b in server.requests)
+
+
+def test_a_recipe_whose_prompt_file_was_edited_is_not_done(tmp_path, media):
+    """A recipe names its prompt by path: the text is part of what a stage computes, so an
+    edited file stops the run (it was taken as done), and --force recomputes that stage."""
+    from importlib import resources
+
+    from avcurate.pipeline.runner import RunError
+
+    packaged = resources.files("avcurate.curation").joinpath("prompts", "score.md").read_text()
+    (prompt := tmp_path / "rubric.md").write_text("Rubric A.\n" + packaged)
+    records = [{"id": f"r{i}", "video": str(media["good"]), "question": f"What is shown {i}?",
+                "options": ["red", "blue"], "answer": "A"} for i in range(3)]
+    with openai_server() as server:
+        recipe = jsonl_recipe(tmp_path, records, media["root"], [StageSpec("score", {
+            "model": "judge", "base_url": server.url + "/v1", "media": "none",
+            "prompt": str(prompt)})])
+        run(recipe, tmp_path / "run")
+        run(recipe, tmp_path / "run")  # unchanged: resumed, nothing asked again
+        asked = len(server.requests)
+        prompt.write_text("Rubric B.\n" + packaged)
+        with pytest.raises(RunError, match=r"stage 01-score read a file whose text changed "
+                                           r"since \(prompt of score\)"):
+            run(recipe, tmp_path / "run")
+        assert len(server.requests) == asked == 3
+        run(recipe, tmp_path / "run", force=True)
+        assert [_texts(b)[:9] for b in server.requests[3:]] == ["Rubric B."] * 3
 
 
 def test_missing_gemini_key_stops_the_stage(validated):

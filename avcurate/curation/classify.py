@@ -7,6 +7,7 @@ replaces it). A name outside the taxonomy is retried, then rejected as
 
 from __future__ import annotations
 
+import json
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
@@ -19,7 +20,7 @@ from avcurate.core.answers import lettered
 from avcurate.core.options import did_you_mean, option
 from avcurate.models import InvalidAnswer, ModelResponse
 from avcurate.models.request import Message, ModelRequest, TextPart
-from avcurate.stages.base import StageError
+from avcurate.stages.base import StageError, text_hash
 from avcurate.stages.model_stage import Decline, History, ModelStage
 from avcurate.stages.prompts import load_prompt, render
 
@@ -98,6 +99,10 @@ class Classify(ModelStage):
         except ValueError as exc:
             raise StageError(f"stage 'classify': taxonomy {exc}") from None
         self._template = load_prompt(self.prompt, "avcurate.curation", "classify.md", self.name)
+
+    def content(self) -> dict[str, str]:
+        taxonomy = {"taxonomy": text_hash(json.dumps(self._taxonomy))} if self.taxonomy else {}
+        return super().content() | taxonomy
 
     def build(self, row: dict[str, Any], media: None, history: History) -> ModelRequest:
         cats = "\n".join(f"- {n}: {d}" for n, d in self._taxonomy.items())

@@ -45,7 +45,7 @@ from avcurate.models.reachable import connect_error
 from avcurate.pipeline.fused import ChainJob, Member, StageShard, StageStopped, chains
 from avcurate.pipeline.progress import Progress
 from avcurate.pipeline.runner import RunError, Runner, StageReport, add_usage, stopped
-from avcurate.stages.base import Resources, Stage, output_schema, reject_schema
+from avcurate.stages.base import Resources, Stage, output_schema, reject_schema, stage_content
 from avcurate.stages.context import StageContext, WorkerPool
 
 MAX_SHARDS_PER_ACTOR = 4  # threads of an actor: shards in flight side by side on it
@@ -244,7 +244,8 @@ class RayRunner(Runner):
             self._begin(out_dir, fp)
             planned.append(_Planned(k, out_dir,
                                     self._new_entry(k, stage.name, fp, spec.options,
-                                                    stage.options()), member,
+                                                    stage.options(), stage_content(stage)),
+                                    member,
                                     progress.stage(stage.name, total=rows_in if not planned
                                                    else None)))
             schema = kept_schema

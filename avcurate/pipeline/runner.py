@@ -57,6 +57,7 @@ from avcurate.stages.base import (
     fingerprint,
     output_schema,
     reject_schema,
+    stage_content,
 )
 from avcurate.stages.context import StageContext, WorkerPool
 
@@ -254,15 +255,24 @@ class Runner:
         if k < min(len(done), len(planned)) and not self.force:
             raise RunError(
                 f"{self.store.root} already holds a run whose stage {done[k]['dir']} "
-                f"{self._difference(manifest, done[k])}. Use --force to recompute from "
+                f"{self._difference(manifest, done[k], planned[k])}. Use --force to recompute from "
                 f"that stage on, or choose another --out."
             )
         return k
 
-    def _difference(self, manifest: dict[str, Any], entry: dict[str, Any]) -> str:
+    def _difference(self, manifest: dict[str, Any], entry: dict[str, Any],
+                    planned: dict[str, Any]) -> str:
         """Why a done stage no longer matches: for ingest with the same sources and shard
         size, the annotation files changed (their size or modification time, which is
-        what ingest's fingerprint reads: a copy without `cp -p` changes it too)."""
+        what ingest's fingerprint reads: a copy without `cp -p` changes it too); for a
+        stage with the same options, a prompt or taxonomy file's text changed."""
+        was = entry.get("content")
+        if was is not None and entry.get("spec") == planned.get("spec") and \
+                was != planned.get("content"):
+            files = sorted(k for k in set(was) | set(planned["content"])
+                           if was.get(k) != planned["content"].get(k))
+            return (f"read a file whose text changed since ({', '.join(files)} of "
+                    f"{entry['name']})")
         same_sources = entry.get("spec", {}).get("sources") == [
             s.to_dict() for s in self.recipe.sources]
         same_shards = manifest.get("recipe", {}).get("run", {}).get("shard_size") == \
@@ -284,7 +294,9 @@ class Runner:
         stage `redo_from` on, when given) has passed its environment check."""
         stages = plan(self.recipe)
         planned = [{"name": "ingest", "fingerprint": ingest_fingerprint(self.recipe)}]
-        planned += [{"name": s.name, "fingerprint": fp} for s, fp in stages]
+        planned += [{"name": s.name, "fingerprint": fp, "spec": spec.options,
+                     "content": stage_content(s)}
+                    for (s, fp), spec in zip(stages, self.recipe.stages, strict=True)]
         self._check_environment(stages, planned, redo_from)
         return stages, planned
 
@@ -387,9 +399,13 @@ class Runner:
                            seconds, resumed)
 
     def _new_entry(self, index: int, name: str, fp: str, spec: dict[str, Any],
-                   options: dict[str, Any]) -> dict[str, Any]:
-        return {"index": index, "name": name, "dir": self.store.stage_dir(index, name).name,
-                "fingerprint": fp, "spec": spec, "options": options, "started_at": now()}
+                   options: dict[str, Any], content: dict[str, str] | None = None
+                   ) -> dict[str, Any]:
+        entry = {"index": index, "name": name, "dir": self.store.stage_dir(index, name).name,
+                 "fingerprint": fp, "spec": spec, "options": options, "started_at": now()}
+        if content is not None:  # the hashes of its prompt or taxonomy file, if any
+            entry["content"] = content
+        return entry
 
     def _ingest(self, manifest, fp: str, progress: Progress) -> StageReport:
         out_dir = self.store.stage_dir(0, "ingest")
@@ -443,7 +459,8 @@ class Runner:
             return StageReport(index, stage.name, entry["rows_in"], entry["kept"],
                                entry["rejected"], 0.0, len(inputs))
         rows_in = parquet_rows(inputs)
-        entry = self._new_entry(index, stage.name, fp, spec.options, stage.options())
+        entry = self._new_entry(index, stage.name, fp, spec.options, stage.options(),
+                                stage_content(stage))
         in_schema = pq.read_schema(inputs[0])
         kept_schema = output_schema(stage, in_schema)
         rej_schema = reject_schema(kept_schema)
@@ -646,6 +663,18 @@ def _differences(old: StageSpec, new: StageSpec) -> list[str]:
             if a.get(k) != b.get(k)]
 
 
+def _changed_files(entries: list[dict[str, Any]], specs: list[StageSpec]) -> list[str]:
+    """The files (a prompt, a taxonomy) whose text changed since each done stage ran, as
+    its entry recorded them; an entry from before the record says nothing."""
+    changed = []
+    for entry, spec in zip(entries, specs, strict=False):
+        if "content" in entry:
+            was, now = entry["content"], stage_content(create(spec.name, spec.options))
+            changed += [f"{spec.name}.{k}: the file's text changed since the stage ran"
+                        for k in sorted(set(was) | set(now)) if was.get(k) != now.get(k)]
+    return changed
+
+
 def redo_plan(run_dir: Path | str, specs: list[StageSpec]) -> tuple[list[str], list[str]]:
     """The stage folders a `--redo` of `specs` removes: theirs, and those of the later
     stages, made from them; both empty when the run has not done `specs`."""
@@ -680,6 +709,7 @@ def extend_run(run_dir: Path | str, spec: StageSpec | list[StageSpec], *, redo: 
             dirs = [e["dir"] for e in manifest["stages"][at + 1:at + 1 + len(specs)]]
             diffs = [d for old, new in zip(done[at:], specs, strict=False)
                      for d in _differences(old, new)]
+            diffs = diffs or _changed_files(manifest["stages"][at + 1:], specs)
             if not redo and not diffs:
                 raise AlreadyDone(f"{', '.join(dirs)} already done with these settings; nothing "
                                   "to do (--redo runs it again)")

@@ -141,6 +141,12 @@ class BaseStage:
     def options(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
 
+    def content(self) -> dict[str, str]:
+        """Hashes of the text of files the options name that change results (a prompt, a
+        taxonomy): a file edited since the stage ran makes the stage differ, as a changed
+        option does. None by default."""
+        return {}
+
     @classmethod
     def resolve_paths(cls, options: dict[str, Any], base: Path) -> dict[str, Any]:
         """A recipe's options for this stage with its relative file paths (options declared
@@ -183,11 +189,21 @@ def fingerprint(stage: Stage, parent: str = "") -> str:
     them never makes a finished stage look different.
     """
     options = identity(stage) if dataclasses.is_dataclass(stage) else stage.options()
-    payload = json.dumps(
-        {"name": stage.name, "version": stage.version, "options": options, "parent": parent},
-        sort_keys=True, default=str,
-    )
+    body = {"name": stage.name, "version": stage.version, "options": options, "parent": parent}
+    if content := stage_content(stage):  # absent when empty: fingerprints stay as they were
+        body["content"] = content
+    payload = json.dumps(body, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def stage_content(stage: Stage) -> dict[str, str]:
+    """`stage.content()`, or nothing for a plugin stage written without it."""
+    content = getattr(stage, "content", None)
+    return content() if callable(content) else {}
+
+
+def text_hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
 def output_schema(stage: Stage, input_schema: pa.Schema) -> pa.Schema:

@@ -42,7 +42,7 @@ from avcurate.models import (
 from avcurate.models.errors import InvalidAnswer
 from avcurate.models.executor import CallStats
 from avcurate.models.request import ModelRequest
-from avcurate.stages.base import BaseStage, Resources, ShardResult, StageError
+from avcurate.stages.base import BaseStage, Resources, ShardResult, StageError, text_hash
 from avcurate.stages.context import StageContext
 
 History = list[tuple[str, str]]  # (the model's reply, the feedback it was given)
@@ -98,6 +98,13 @@ class ModelStage(BaseStage):
             self.spec()  # an unknown backend or a missing model fails when the recipe is planned
         except ValueError as exc:
             raise StageError(f"stage {self.name!r}: {exc}") from None
+
+    def content(self) -> dict[str, str]:
+        """The text of a prompt file given in place of the packaged one (every model stage
+        has `prompt` and the `_template` it read)."""
+        if getattr(self, "prompt", ""):
+            return {"prompt": text_hash(self._template)}  # type: ignore[attr-defined]
+        return {}
 
     def check(self) -> None:
         try:
