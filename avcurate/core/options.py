@@ -56,10 +56,11 @@ def option(default: Any = MISSING, *, help: str, default_factory: Any = MISSING,
     return dataclasses.field(default=default, metadata=metadata)
 
 
-def absolute_path(path: str, base: Path) -> str:
-    """`path` as written in a file under `base` (a recipe): `~` expanded, relative to `base`."""
+def absolute_path(path: str, base: Path | None) -> str:
+    """`path` as written in a file under `base` (a recipe): `~` expanded, relative to `base`
+    (left relative when there is no file, as for a recipe built in code)."""
     p = Path(path).expanduser()
-    return str(p if p.is_absolute() else (base / p).resolve())
+    return str(p if p.is_absolute() or base is None else (base / p).resolve())
 
 
 def declared(cls_or_obj: Any) -> list[Field]:

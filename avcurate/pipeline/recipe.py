@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from avcurate.catalogs import check_source, source_tag
-from avcurate.core.options import did_you_mean
+from avcurate.core.options import absolute_path, did_you_mean
 from avcurate.pipeline.registry import stage_class
 from avcurate.stages.context import MEDIA_TIMEOUT_S
 from avcurate.stages.errors import StageError
@@ -145,8 +145,7 @@ class Recipe:
             if not isinstance(export, dict) or "out" not in export:
                 raise RecipeError("[export] needs at least out = \"FOLDER\"")
             export = dict(export)
-            out = Path(export["out"]).expanduser()
-            export["out"] = str(out if out.is_absolute() or base is None else (base / out).resolve())
+            export["out"] = absolute_path(export["out"], base)
         recipe = cls(sources, stages, int(run.get("shard_size", 256)), int(run.get("workers", 2)),
                      export, _seconds(run.get("media_timeout", MEDIA_TIMEOUT_S)))
         if recipe.shard_size < 1 or recipe.workers < 1:
@@ -200,19 +199,15 @@ def _source(s: dict[str, Any], base: Path | None) -> SourceSpec:
     missing = [k for k in ("name", "annotations", "media_root") if k not in s]
     if missing:
         raise RecipeError(f"a [[sources]] table is missing {', '.join(missing)}")
-
-    def resolve(p: str) -> str:
-        path = Path(p).expanduser()
-        return str(path if path.is_absolute() or base is None else (base / path).resolve())
-
     options = {k: v for k, v in s.items() if k not in ("name", "annotations", "media_root")}
     if isinstance(options.get("audio_root"), str):
-        options["audio_root"] = resolve(options["audio_root"])
+        options["audio_root"] = absolute_path(options["audio_root"], base)
     try:
         check_source(s["name"], options)
     except ValueError as exc:
         raise RecipeError(str(exc)) from None
-    return SourceSpec(s["name"], resolve(s["annotations"]), resolve(s["media_root"]), options)
+    return SourceSpec(s["name"], absolute_path(s["annotations"], base),
+                      absolute_path(s["media_root"], base), options)
 
 
 def check_tags(sources: list[SourceSpec]) -> None:
