@@ -11,7 +11,6 @@ import json
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -22,7 +21,7 @@ from avcurate.models import InvalidAnswer, ModelResponse
 from avcurate.models.request import Message, ModelRequest, TextPart
 from avcurate.stages.base import StageError, text_hash
 from avcurate.stages.model_stage import Decline, History, ModelStage
-from avcurate.stages.prompts import load_prompt, render
+from avcurate.stages.prompts import load_prompt, read_user_text, render
 
 NONE = "none"
 
@@ -34,15 +33,10 @@ def load_taxonomy(path: str = "") -> dict[str, str]:
     category, or a misspelt key, would have every row classified against a broken list.
     """
     where = f"{path}" if path else "the packaged taxonomy"
+    text = read_user_text(path, where) if path else \
+        resources.files("avcurate.curation").joinpath("taxonomy.toml").read_text("utf-8")
     try:
-        text = Path(path).read_text("utf-8") if path else \
-            resources.files("avcurate.curation").joinpath("taxonomy.toml").read_text("utf-8")
         data = tomllib.loads(text)
-    except FileNotFoundError:
-        raise ValueError(f"{where} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{where} cannot be read as UTF-8 text "
-                         f"({getattr(exc, 'strerror', None) or exc})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ValueError(f"{where} is not valid TOML: {exc}") from None
     entries = data.get("category", [])

@@ -266,11 +266,8 @@ class Runner:
         size, the annotation files changed (their size or modification time, which is
         what ingest's fingerprint reads: a copy without `cp -p` changes it too); for a
         stage with the same options, a prompt or taxonomy file's text changed."""
-        was = entry.get("content")
-        if was is not None and entry.get("spec") == planned.get("spec") and \
-                was != planned.get("content"):
-            files = sorted(k for k in set(was) | set(planned["content"])
-                           if was.get(k) != planned["content"].get(k))
+        if entry.get("spec") == planned.get("spec") and (
+                files := changed_content(entry, planned["content"])):
             return (f"read a file whose text changed since ({', '.join(files)} of "
                     f"{entry['name']})")
         same_sources = entry.get("spec", {}).get("sources") == [
@@ -663,16 +660,20 @@ def _differences(old: StageSpec, new: StageSpec) -> list[str]:
             if a.get(k) != b.get(k)]
 
 
+def changed_content(entry: dict[str, Any], now: dict[str, str]) -> list[str]:
+    """The files (prompt, taxonomy) whose text differs from what a done stage's entry
+    recorded; an entry from before the record says nothing."""
+    was = entry.get("content")
+    if was is None:
+        return []
+    return sorted(k for k in set(was) | set(now) if was.get(k) != now.get(k))
+
+
 def _changed_files(entries: list[dict[str, Any]], specs: list[StageSpec]) -> list[str]:
-    """The files (a prompt, a taxonomy) whose text changed since each done stage ran, as
-    its entry recorded them; an entry from before the record says nothing."""
-    changed = []
-    for entry, spec in zip(entries, specs, strict=False):
-        if "content" in entry:
-            was, now = entry["content"], stage_content(create(spec.name, spec.options))
-            changed += [f"{spec.name}.{k}: the file's text changed since the stage ran"
-                        for k in sorted(set(was) | set(now)) if was.get(k) != now.get(k)]
-    return changed
+    """`changed_content` of each done stage against the command's, as differences."""
+    return [f"{spec.name}.{k}: the file's text changed since the stage ran"
+            for entry, spec in zip(entries, specs, strict=False)
+            for k in changed_content(entry, stage_content(create(spec.name, spec.options)))]
 
 
 def redo_plan(run_dir: Path | str, specs: list[StageSpec]) -> tuple[list[str], list[str]]:

@@ -144,7 +144,7 @@ class BaseStage:
     def content(self) -> dict[str, str]:
         """Hashes of the text of files the options name that change results (a prompt, a
         taxonomy): a file edited since the stage ran makes the stage differ, as a changed
-        option does. None by default."""
+        option does. Empty by default."""
         return {}
 
     @classmethod

@@ -23,12 +23,9 @@ def load_prompt(path: str, package: str, default: str, stage: str) -> str:
         return packaged
     where = f"stage {stage!r}: prompt file {path}"
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise StageError(f"{where} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise StageError(f"{where} cannot be read as UTF-8 text "
-                         f"({getattr(exc, 'strerror', None) or exc})") from None
+        text = read_user_text(path, where)
+    except ValueError as exc:
+        raise StageError(str(exc)) from None
     fills = sorted(set(MARKER.findall(packaged)))
     unknown = sorted(set(MARKER.findall(text)) - set(fills))
     if unknown or "question" not in MARKER.findall(text):
@@ -36,6 +33,18 @@ def load_prompt(path: str, package: str, default: str, stage: str) -> str:
                 else "never places the question ({{question}})")
         raise StageError(f"{where} {what}; the stage fills {', '.join(_marks(fills))}")
     return text
+
+
+def read_user_text(path: str, where: str) -> str:
+    """A file the user named for a stage (a prompt, a taxonomy), whole; one line (a
+    ValueError starting with `where`) when it is missing, a folder or not UTF-8."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ValueError(f"{where} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{where} cannot be read as UTF-8 text "
+                         f"({getattr(exc, 'strerror', None) or exc})") from None
 
 
 def _marks(names: list[str]) -> list[str]:
