@@ -20,6 +20,7 @@ from types import SimpleNamespace
 import pyarrow.parquet as pq
 import pytest
 
+from avcurate import curation
 from avcurate.audits.sample import allocate, stratified
 from avcurate.demo.model import question_in
 from avcurate.media import synth
@@ -418,3 +419,23 @@ def test_the_page_in_a_real_browser_round_trips_to_agreement_figures(run_dir, tm
         c = comp["decision"]["confusion"]
         assert c["both_keep"] == sum(a and b for a, b in expected)
         assert c["only_first_keeps"] == sum(a and not b for a, b in expected)
+
+
+def test_an_audit_whose_prompt_file_was_edited_is_not_taken_as_done(run_dir, tmp_path):
+    """The second judge's rubric file is part of the audit's settings by its text, not only
+    its path: after an edit, the old figures are not shown as the new prompt's."""
+    prompt = tmp_path / "rubric.md"
+    prompt.write_text((Path(curation.__file__).parent / "prompts/score.md").read_text())
+    same = ("--sample", "5", "--prompt", str(prompt))
+    with HarshJudge(OpenAIFaults) as second:
+        first = agree_cmd(run_dir, second, *same)
+        assert first.returncode == 0, first.stderr
+        asked = len(second.requests)
+        prompt.write_text(prompt.read_text() + "\nBe strict about the answer key.\n")
+        edited = agree_cmd(run_dir, second, *same)
+        assert edited.returncode == 2 and "--redo" in edited.stderr
+        assert len(second.requests) == asked
+        redone = agree_cmd(run_dir, second, *same, "--redo")
+        assert redone.returncode == 0, redone.stderr
+        assert len(second.requests) == 2 * asked  # the new text is sent for every row
+    assert "Be strict" in second.requests[-1]["messages"][0]["content"][-1]["text"]

@@ -8,10 +8,12 @@ fixed share of the time; the measured columns must come out as designed.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
+from avcurate import curation
 from avcurate.media import synth
 from avcurate.pipeline.recipe import StageSpec
 from avcurate.pipeline.runner import extend_run
@@ -277,3 +279,14 @@ def test_limit_probes_a_stratified_sample_as_an_audit_and_leaves_the_run(tmp_pat
                          timeout=60)
     assert bad.returncode == 2 and "--seed must be at least 0" in bad.stderr
     assert "Traceback" not in bad.stderr
+    with openai_server() as server:
+        # a custom prompt edited after its audit: the audit is not taken as done
+        prompt = tmp_path / "p.md"
+        prompt.write_text((Path(curation.__file__).parent / "prompts/probe.md").read_text())
+        custom = limit(server, "--prompt", str(prompt), "--name", "custom")
+        assert custom.returncode == 0, custom.stderr  # the same text: answered from the cache
+        prompt.write_text(prompt.read_text() + "\nAnswer carefully.\n")
+        edited = limit(server, "--prompt", str(prompt), "--name", "custom")
+        assert edited.returncode == 2 and "--redo" in edited.stderr
+        redone = limit(server, "--prompt", str(prompt), "--name", "custom", "--redo")
+        assert redone.returncode == 0 and len(server.requests) == 12, redone.stderr

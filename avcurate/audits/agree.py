@@ -122,7 +122,7 @@ def run_agree(run_dir: Path | str, judge: Score, opts: AgreeOptions, *, redo: bo
     name = opts.name or judge.model
     path = folder.audit_dir(store.root, "agree", name)
     fp = folder.settings_hash({"judge": identity(judge), "sample": opts.size, "seed": opts.seed,
-                               "first": entry["fingerprint"]})
+                               "first": entry["fingerprint"]}, judge)
     with run_lock(store.root):
         rated = scored_rows(store, entry)
         if rated.num_rows == 0:

@@ -31,7 +31,7 @@ from avcurate.pipeline.progress import Progress
 from avcurate.pipeline.recipe import Recipe
 from avcurate.pipeline.runner import add_usage, process_shard
 from avcurate.reports.audit_summaries import AUDITS
-from avcurate.stages.base import Stage, output_schema, reject_schema
+from avcurate.stages.base import Stage, output_schema, reject_schema, stage_content
 from avcurate.stages.context import StageContext
 
 from .sample import AuditError
@@ -49,7 +49,12 @@ def audit_dir(run_dir: Path | str, kind: str, name: str) -> Path:
     return Path(run_dir) / AUDITS / f"{kind}-{slug(name)}"
 
 
-def settings_hash(settings: dict[str, Any]) -> str:
+def settings_hash(settings: dict[str, Any], stage: Stage | None = None) -> str:
+    """The hash of an audit's settings; with `stage`, also of the text of the files its
+    options name (a prompt edited since makes another audit, as for a run's stage). Stages
+    without such a file hash as before, so existing audits still resume."""
+    if stage is not None and (content := stage_content(stage)):
+        settings = settings | {"content": content}
     payload = json.dumps(settings, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
@@ -66,8 +71,9 @@ def open_folder(path: Path, fp: str, redo: bool) -> None:
         if marker.read_text() == fp and not redo:
             return
         if not redo:
-            raise AuditError(f"{path} holds an audit made with other settings; add --redo to "
-                             "replace it, or --name to keep both")
+            raise AuditError(f"{path} holds an audit made with other settings (options, or "
+                             "the text of a prompt file); add --redo to replace it, or --name "
+                             "to keep both")
         shutil.rmtree(path)  # made by avcurate (it has the marker)
     path.mkdir(parents=True)
     marker.write_text(fp)

@@ -39,7 +39,7 @@ def run_probe_audit(run_dir: Path | str, stage: Probe, *, limit: int, seed: int 
     name = name or stage.model
     path = folder.audit_dir(store.root, "probe", name)
     fp = folder.settings_hash({"probe": identity(stage), "limit": limit, "seed": seed,
-                               "rows": newest["fingerprint"]})
+                               "rows": newest["fingerprint"]}, stage)
     with run_lock(store.root):
         table = pq.read_table(store.shards(store.root / newest["dir"]))
         table = table.filter(pc.fill_null(pc.greater(pc.list_value_length(
