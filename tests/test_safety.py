@@ -155,6 +155,22 @@ def test_unreachable_endpoint_stops_before_the_stage_starts(validated):
     assert not (validated / "02-score").exists()
 
 
+def test_a_stage_command_asks_every_server_it_names_before_any_row(validated):
+    """teach names two servers: a wrong audio URL stops the command before the visual
+    teacher asks anything (it used to answer every row first, then stop at the audio)."""
+    port = _closed_port()
+    with openai_server() as visual:
+        result = sh("teach", str(validated), "--visual-model", "v", "--visual-base-url",
+                    visual.url + "/v1", "--audio-model", "a", "--audio-base-url",
+                    f"http://127.0.0.1:{port}/v1", "-q")
+        assert visual.requests == []
+    assert result.returncode == 2 and result.stderr == (
+        f"error: stage 'audio_teacher': model 'a': cannot reach http://127.0.0.1:{port}/v1 "
+        "(Connection refused); is the server up and the URL right?\n")
+    assert _stages(validated) == ["00-ingest", "01-validate"]
+    assert not list(validated.glob("02-*"))
+
+
 @pytest.mark.parametrize("backend", ["openai", "gemini"])
 def test_a_host_that_drops_connections_is_found_in_seconds(validated, backend):
     """A firewalled or wrong address never completes the TCP handshake: the check gives up

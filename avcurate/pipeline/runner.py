@@ -214,7 +214,8 @@ class Runner:
 
     def __init__(self, recipe: Recipe, run_dir: Path | str, *, force: bool = False,
                  console: Console | None = None, show_progress: bool = True,
-                 confirm_removal: Callable[[str, list[str]], None] | None = None) -> None:
+                 confirm_removal: Callable[[str, list[str]], None] | None = None,
+                 reach_all: bool = False) -> None:
         self.recipe = recipe
         self.store = RunStore(run_dir)
         self.force = force
@@ -224,6 +225,9 @@ class Runner:
         self.confirm_removal = confirm_removal
         self.console = console or Console(stderr=True)
         self.show_progress = show_progress
+        # ask every stage with work left whether its server answers, not only the next one
+        # (a stage command: the servers it names are meant to be up now)
+        self.reach_all = reach_all
         self._pool: WorkerPool | None = None  # the run's decode workers, while it runs
         self._held: HeldShards | None = None  # kept shards for the next stage, while it runs
 
@@ -346,10 +350,13 @@ class Runner:
                 if check := getattr(stage, "check", None):  # not in v0.1's protocol
                     check()
             # the stage that starts now, when it calls a server: reachable (before --redo or
-            # --force removes anything). Later ones are not asked: their servers may still
-            # be loading while the stages before them run.
-            if 0 < done <= len(stages) and (reach := getattr(stages[done - 1][0], "reach", None)):
-                reach()
+            # --force removes anything). In a recipe, later ones are not asked: their servers
+            # may still be loading while the stages before them run. A stage command's
+            # stages (teach's two teachers) are all asked: it names servers that are up.
+            if 0 < done <= len(stages):
+                for stage, _ in stages[done - 1:] if self.reach_all else [stages[done - 1]]:
+                    if reach := getattr(stage, "reach", None):
+                        reach()
         except StageError as exc:
             raise RunError(str(exc)) from None
 
@@ -720,14 +727,14 @@ def extend_run(run_dir: Path | str, spec: StageSpec | list[StageSpec], *, redo: 
                 raise RunError(f"{', '.join(dirs)} was done with other settings ("
                                + "; ".join(diffs) + f"). To redo it: the same command with "
                                f"--redo, or `avcurate reset {run_dir} --from {dirs[0]}`")
-            runner = Runner(recipe, run_dir, **runner_kw)
+            runner = Runner(recipe, run_dir, reach_all=True, **runner_kw)
             runner.preflight(redo_from=at + 1)  # a bad setting stops before anything is removed
             if confirm_redo is not None:
                 confirm_redo()
             reset_run(store.root, at + 1)
             return runner.run()
         recipe.stages = done + specs
-        return Runner(recipe, run_dir, **runner_kw).run()
+        return Runner(recipe, run_dir, reach_all=True, **runner_kw).run()
 
 
 def reset_run(run_dir: Path | str, index: int) -> list[str]:
