@@ -182,6 +182,11 @@ BAD = [
     (["merge-traces", "{run}", "--model", "m", "--max-answer-tokens", "20"],
      "the longest reply, is 20, less than min_tokens = 30"),
     (["teach", "{run}", "--visual-model", "v"], "--audio-model is required"),
+    # credentials in a URL would be written to the manifest and echoed in messages
+    (["score", "{run}", "--model", "m", "--base-url", "http://me:pw@127.0.0.1:9/v1"],
+     "score': base_url holds credentials (USER:PASSWORD@); give the URL without them"),
+    (["teach", "{run}", "--visual-model", "v", "--audio-model", "a", "--audio-base-url",
+      "https://tok@h.example/v1"], "audio_teacher': base_url holds credentials"),
     (["probe", "{run}", "--model", "m", "--seed", "3"], "--seed and --name go with --limit"),
     (["probe", "{run}", "--model", "m", "--name", "x"], "--seed and --name go with --limit"),
     (["export", "{run}", "--out", "{root}/e", "--hardlink"], "--hardlink goes with --copy-media"),

@@ -433,6 +433,9 @@ def test_a_judge_reward_checks_its_judge_before_the_model_loads(toy, tmp_path):
              (["--judge-backend", "nope", "--judge-model", "j"], "unknown backend 'nope'", judged),
              (["--judge-backend", "openai", "--judge-model", "j", "--judge-base-url", dead],
               f"(openai:j): cannot reach {dead} (Connection refused)", judged),
+             (["--judge-backend", "openai", "--judge-model", "j", "--judge-base-url",
+               dead.replace("//", "//me:pw@")], "(openai:j): base_url holds credentials",
+              judged),  # it would be echoed, and recorded in train.json
              (["--judge-model", "j"], "--judge-base-url go with a reward that asks a judge",
               REWARD)]  # a judge no reward asks was ignored, unsaid
     for i, (judge, message, rewards) in enumerate(cases):

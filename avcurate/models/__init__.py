@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from avcurate.models.errors import (
     GEMINI_KEY_MISSING,
@@ -65,6 +66,11 @@ class ModelSpec:
             raise ValueError(f"unknown backend {self.backend!r}; use one of {', '.join(BACKENDS)}")
         if not self.model:
             raise ValueError("a model name is required (--model)")
+        if self.base_url and "@" in urlsplit(self.base_url).netloc:
+            # it would be recorded in the run's manifest and echoed in messages
+            raise ValueError("base_url holds credentials (USER:PASSWORD@); give the URL "
+                             "without them and the key in the environment (OPENAI_API_KEY, "
+                             "GEMINI_API_KEY)")
         if self.base_url and not self.base_url.startswith(("http://", "https://")):
             raise ValueError(f"base_url {self.base_url!r} is not an http(s) URL "
                              "(e.g. http://localhost:8000/v1)")
