@@ -115,6 +115,22 @@ def test_a_server_that_refuses_every_call_stops_a_small_stage_too(validated):
     assert "not a multimodal model" in rejected["reject_detail"][0].as_py()
 
 
+def test_an_unfinished_stage_gives_way_to_the_stage_run_in_its_place(validated):
+    """score stopped (every call refused), then dedup asked for instead: the unfinished
+    02-score folder used to stay beside 02-dedup, listed as a second stage 02, and a reset
+    of it by name removed 02-dedup too."""
+    with openai_server(text_only=True) as server:
+        stopped = sh(*_score(validated, server.url + "/v1", media="frames+audio"))
+    assert stopped.returncode == 2 and (validated / "02-score/.fingerprint").is_file()
+    other = sh("dedup", str(validated), "-q")
+    assert other.returncode == 0, other.stderr
+    assert "removed 02-score: an unfinished stage this run no longer makes at 02" in \
+        " ".join(other.stderr.split())
+    assert sorted(p.name for p in validated.glob("0*")) == ["00-ingest", "01-validate",
+                                                           "02-dedup"]
+    assert _stages(validated) == ["00-ingest", "01-validate", "02-dedup"]
+
+
 @contextlib.contextmanager
 def _silent_port() -> Iterator[int]:
     """A port of 127.0.0.1 that never completes a TCP handshake, as a firewalled address."""

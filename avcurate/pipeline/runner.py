@@ -375,6 +375,7 @@ class Runner:
 
     def _begin(self, out_dir: Path, fp: str) -> None:
         """Make `out_dir` hold only shards of this fingerprint; clear half-written files."""
+        self._drop_unfinished_others(out_dir)
         marker = out_dir / FINGERPRINT
         if out_dir.is_dir() and not marker.is_file() and any(out_dir.iterdir()):
             raise RunError(f"{out_dir} is in the way: a folder avcurate did not make (no "
@@ -384,6 +385,21 @@ class Runner:
         out_dir.mkdir(parents=True, exist_ok=True)
         marker.write_text(fp)
         _remove_stale_temp_files(out_dir)
+
+    def _drop_unfinished_others(self, out_dir: Path) -> None:
+        """Remove the unfinished folder of another stage at this stage's index (`score`
+        killed, then `classify` asked for; a recipe whose unfinished stage was changed), as
+        an unfinished folder of other settings is: the run no longer makes it there, its
+        model answers stay in the cache. Left beside the new stage, it showed as a second
+        stage of that number, and a reset of it by name removed the new stage too. Only
+        the stage about to start has this index: done stages all come before it."""
+        index = out_dir.name[:2]
+        for other in self.store.stage_dirs(int(index)):
+            if other.name[:2] == index and other != out_dir:
+                shutil.rmtree(other)  # made by avcurate (stage_dirs lists no other folder)
+                self.console.print(f"removed {other.name}: an unfinished stage this run no "
+                                   f"longer makes at {index} (its model answers stay in "
+                                   "the cache)", markup=False)
 
     def _finish(self, manifest, entry, out_dir: Path, rows_in: int, seconds: float,
                 resumed: int, extra: dict[str, Any] | None = None) -> StageReport:
