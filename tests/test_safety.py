@@ -637,6 +637,31 @@ def test_a_rule_on_a_text_column_is_one_line_and_a_redo_with_it_removes_nothing(
         assert _stages(validated) == before
 
 
+def test_append_adds_a_stage_done_earlier_after_the_last_one_once(validated):
+    """A stage command names the run's stage of that name: another validate after dedup was
+    refused as "done with other settings", and --redo would have removed dedup. --append
+    adds it at the end; the same command again finds it done."""
+    assert sh("dedup", str(validated), "-q").returncode == 0
+    later = ("validate", str(validated), "--max-duration", "100", "-q")
+    refused = sh(*later)
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1
+    assert "01-validate was done with other settings" in refused.stderr
+    assert "to add another after the run's last stage: the same command with --append" in \
+        refused.stderr
+    appended = sh(*later, "--append")
+    assert appended.returncode == 0, appended.stderr
+    assert _stages(validated) == ["00-ingest", "01-validate", "02-dedup", "03-validate"]
+    again = sh(*later, "--append")
+    assert again.returncode == 0 and "03-validate already done" in again.stdout
+    assert _stages(validated) == ["00-ingest", "01-validate", "02-dedup", "03-validate"]
+    other = sh("validate", str(validated), "--max-duration", "50", "--append", "-q")
+    assert other.returncode == 2 and "03-validate was done with other settings" in other.stderr
+    assert "with --append" not in other.stderr  # it is the run's last stage: no other place
+    both = sh(*later, "--append", "--redo")
+    assert both.returncode == 2 and "does not go with --redo" in both.stderr
+    assert _stages(validated) == ["00-ingest", "01-validate", "02-dedup", "03-validate"]
+
+
 def test_reset_lists_and_removes_later_stages(validated):
     sh("threshold", str(validated), "--rule", "duration_s >= 1", "-q")
     sh("dedup", str(validated), "-q")

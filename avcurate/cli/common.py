@@ -191,7 +191,8 @@ def require_run(run_dir: Path) -> None:
 
 
 def run_more(run_dir: Path, specs: list[StageSpec], force: bool, quiet: bool,
-             workers: int | None = None, redo: bool = False, yes: bool = False) -> bool:
+             workers: int | None = None, redo: bool = False, yes: bool = False,
+             append: bool = False) -> bool:
     """Append stages to a run (or resume them) and print the summary; False when the stages
     were already done with these settings (nothing ran)."""
     require_run(run_dir)
@@ -204,7 +205,8 @@ def run_more(run_dir: Path, specs: list[StageSpec], force: bool, quiet: bool,
         manifest["recipe"].setdefault("run", {})["workers"] = workers
         store.save_manifest(manifest)
     try:
-        guard(extend_run, run_dir, specs, redo=redo, force=force, show_progress=not quiet,
+        guard(extend_run, run_dir, specs, redo=redo, append=append, force=force,
+              show_progress=not quiet,
               confirm_redo=lambda: confirm_redo(run_dir, specs, yes))
     except AlreadyDone as exc:
         print_summary(run_dir, f"Run {run_dir}")

@@ -47,6 +47,10 @@ COMMON = [
         "--redo", help="Run the stage again even if the run already did it (removes it and the "
                        "stages after it first, asking when there are later ones; cached model "
                        "answers are reused).")], False),
+    _param("append", Annotated[bool, typer.Option(
+        "--append", help="Add the stage after the run's last stage even though the run did it "
+                         "earlier (a second threshold after the teachers); the same command "
+                         "again then finds it done.")], False),
     _param("yes", Yes, False),
     _param("force", Force, False),
     _param("quiet", Quiet, False),
@@ -128,7 +132,7 @@ class StageCommand:
             self.audit(run_dir, specs, values)
             return
         if not run_more(run_dir, specs, values["force"], values["quiet"], values.get("workers"),
-                        values["redo"], values["yes"]):
+                        values["redo"], values["yes"], values["append"]):
             return
         if self.model:
             _print_usage(run_dir, len(specs))
@@ -138,7 +142,7 @@ class StageCommand:
     def _check_pairs(self, given: list[dict[str, Any]], values: dict[str, Any]) -> None:
         """Options that only mean something with another one, named by the flags typed: a
         prefixed model stage without its model, an audit's --seed or --name without --limit
-        (which would run the whole stage instead of a sample)."""
+        (which would run the whole stage instead of a sample), --append with --redo or --limit."""
         prefixes = self.prefixes or [""] * len(self.stages)
         for prefix, opts, stage in zip(prefixes, given, self.stages, strict=True):
             if prefix and "model" in {f.name for f in declared(stage_class(stage))} \
@@ -148,6 +152,10 @@ class StageCommand:
                 values.get("seed") is not None or values.get("audit_name")):
             fail("--seed and --name go with --limit (they seed and name a sampled audit; "
                  "without --limit the stage runs on every row)")
+        if values["append"] and (values["redo"] or values.get("limit") is not None):
+            fail("--append adds the stage after the run's last one; it does not go with "
+                 + ("--redo (which redoes a done stage where it is)" if values["redo"]
+                    else "--limit (an audit of a sample, outside the run's stages)"))
 
 
 def _ingest_first(run_dir: Path | None, values: dict[str, Any]) -> Path:

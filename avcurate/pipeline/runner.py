@@ -7,6 +7,7 @@ again ends with exactly the rows an uninterrupted run produces.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import platform
 import shutil
@@ -683,6 +684,15 @@ def _differences(old: StageSpec, new: StageSpec) -> list[str]:
             if a.get(k) != b.get(k)]
 
 
+def _plans(recipe: Recipe, stages: list[StageSpec]) -> bool:
+    """Whether `recipe` with `stages` instead of its own could run (see `plan`)."""
+    try:
+        plan(dataclasses.replace(recipe, stages=stages))
+    except RunError:
+        return False
+    return True
+
+
 def changed_content(entry: dict[str, Any], now: dict[str, str]) -> list[str]:
     """The files (prompt, taxonomy) whose text differs from what a done stage's entry
     recorded; an entry from before the record says nothing."""
@@ -712,7 +722,7 @@ def redo_plan(run_dir: Path | str, specs: list[StageSpec]) -> tuple[list[str], l
 
 
 def extend_run(run_dir: Path | str, spec: StageSpec | list[StageSpec], *, redo: bool = False,
-               confirm_redo: Callable[[], None] | None = None,
+               append: bool = False, confirm_redo: Callable[[], None] | None = None,
                **runner_kw: Any) -> list[StageReport]:
     """Run stages on an existing run (what `avcurate validate RUN_DIR` etc. do).
 
@@ -721,6 +731,9 @@ def extend_run(run_dir: Path | str, spec: StageSpec | list[StageSpec], *, redo: 
     unless `redo`, which removes those stages and the ones after them first, once the
     stages passed their checks and `confirm_redo` (which may ask the user) returned. Otherwise
     the stages are appended after the run's completed stages (resuming a killed one).
+    With `append`, only done stages at the end of the run count as these: one done earlier
+    (the run's first threshold) gets another after the last stage, and running the same
+    command again finds that one done.
     """
     specs = spec if isinstance(spec, list) else [spec]
     store = RunStore(run_dir)
@@ -729,6 +742,9 @@ def extend_run(run_dir: Path | str, spec: StageSpec | list[StageSpec], *, redo: 
         recipe = Recipe.from_dict(manifest["recipe"])
         done = done_specs(manifest)
         at = _find(done, specs)
+        last = at is not None and at + len(specs) == len(done)
+        if append and not last:
+            at = None  # done earlier in the run: these go after its last stage
         if at is not None:
             dirs = [e["dir"] for e in manifest["stages"][at + 1:at + 1 + len(specs)]]
             diffs = [d for old, new in zip(done[at:], specs, strict=False)
@@ -739,10 +755,19 @@ def extend_run(run_dir: Path | str, spec: StageSpec | list[StageSpec], *, redo: 
                                   "to do (--redo runs it again)")
             recipe.stages = done[:at] + specs
             if not redo:
-                plan(recipe)  # settings that cannot run are named first: --redo would not help
+                again = "" if last else (
+                    "; to add another after the run's last stage: the same command with "
+                    "--append")
+                try:
+                    plan(recipe)  # settings that cannot run there are named first
+                except RunError as exc:
+                    if last or not _plans(recipe, done + specs):
+                        raise
+                    raise RunError(f"{exc} (in place of {dirs[0]}){again}") from None
                 raise RunError(f"{', '.join(dirs)} was done with other settings ("
                                + "; ".join(diffs) + f"). To redo it: the same command with "
-                               f"--redo, or `avcurate reset {run_dir} --from {dirs[0]}`")
+                               f"--redo, or `avcurate reset {run_dir} --from {dirs[0]}`"
+                               + again)
             runner = Runner(recipe, run_dir, reach_all=True, **runner_kw)
             runner.preflight(redo_from=at + 1)  # a bad setting stops before anything is removed
             if confirm_redo is not None:
