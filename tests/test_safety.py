@@ -642,6 +642,10 @@ def test_append_adds_a_stage_done_earlier_after_the_last_one_once(validated):
     refused as "done with other settings", and --redo would have removed dedup. --append
     adds it at the end; the same command again finds it done."""
     assert sh("dedup", str(validated), "-q").returncode == 0
+    same = sh("validate", str(validated), "-q")
+    assert same.returncode == 0 and "01-validate already done with these settings; nothing " \
+        "to do (--redo runs it again; --append adds another after the run's last stage)" in \
+        " ".join(same.stdout.split())
     later = ("validate", str(validated), "--max-duration", "100", "-q")
     refused = sh(*later)
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1

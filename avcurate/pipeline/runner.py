@@ -752,7 +752,8 @@ def extend_run(run_dir: Path | str, spec: StageSpec | list[StageSpec], *, redo: 
             diffs = diffs or _changed_files(manifest["stages"][at + 1:], specs)
             if not redo and not diffs:
                 raise AlreadyDone(f"{', '.join(dirs)} already done with these settings; nothing "
-                                  "to do (--redo runs it again)")
+                                  "to do (--redo runs it again" + ("" if last else "; --append "
+                                  "adds another after the run's last stage") + ")")
             recipe.stages = done[:at] + specs
             if not redo:
                 again = "" if last else (
