@@ -434,3 +434,20 @@ def test_resuming_a_finished_run_reads_no_shard(tmp_path, media, monkeypatch):
     assert [(r.name, r.rows_in, r.kept, r.rejected) for r in again] == \
         [(r.name, r.rows_in, r.kept, r.rejected) for r in first]
     assert first[1].rejected == 4 and first[1].rows_in == first[0].kept
+
+
+def test_a_stage_numbered_100_leaves_stage_10_alone(tmp_path, media):
+    """Stage folders are numbered `{index:02d}`: at stage 100 the unfinished folders of
+    another stage at that index are looked for by the whole number, not its first two
+    digits (which named the done stage 10)."""
+    from avcurate.pipeline.runner import Runner
+
+    run_dir = tmp_path / "run"
+    run(jsonl_recipe(tmp_path, _records(media, n=4), media["root"], [StageSpec("validate")]),
+        run_dir)
+    done = run_dir / "10-dedup"  # as a done stage 10 is: made by avcurate
+    done.mkdir()
+    (done / ".fingerprint").write_text("x")
+    Runner(Recipe.from_dict(json.loads((run_dir / "manifest.json").read_text())["recipe"]),
+           run_dir, show_progress=False)._drop_unfinished_others(run_dir / "100-threshold")
+    assert done.is_dir()

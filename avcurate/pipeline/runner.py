@@ -394,9 +394,9 @@ class Runner:
         model answers stay in the cache. Left beside the new stage, it showed as a second
         stage of that number, and a reset of it by name removed the new stage too. Only
         the stage about to start has this index: done stages all come before it."""
-        index = out_dir.name[:2]
+        index = out_dir.name.split("-", 1)[0]
         for other in self.store.stage_dirs(int(index)):
-            if other.name[:2] == index and other != out_dir:
+            if other.name.split("-", 1)[0] == index and other != out_dir:
                 shutil.rmtree(other)  # made by avcurate (stage_dirs lists no other folder)
                 self.console.print(f"removed {other.name}: an unfinished stage this run no "
                                    f"longer makes at {index} (its model answers stay in "
