@@ -31,7 +31,7 @@ from avcurate.pipeline.progress import Progress
 from avcurate.pipeline.recipe import Recipe
 from avcurate.pipeline.runner import add_usage, process_shard
 from avcurate.reports.audit_summaries import AUDITS
-from avcurate.stages.base import Stage, output_schema, reject_schema, stage_content
+from avcurate.stages.base import Stage, output_schema, reject_schema, with_content
 from avcurate.stages.context import StageContext
 
 from .sample import AuditError
@@ -53,8 +53,8 @@ def settings_hash(settings: dict[str, Any], stage: Stage | None = None) -> str:
     """The hash of an audit's settings; with `stage`, also of the text of the files its
     options name (a prompt edited since makes another audit, as for a run's stage). Stages
     without such a file hash as before, so existing audits still resume."""
-    if stage is not None and (content := stage_content(stage)):
-        settings = settings | {"content": content}
+    if stage is not None:
+        settings = with_content(settings, stage)
     payload = json.dumps(settings, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 

@@ -189,9 +189,8 @@ def fingerprint(stage: Stage, parent: str = "") -> str:
     them never makes a finished stage look different.
     """
     options = identity(stage) if dataclasses.is_dataclass(stage) else stage.options()
-    body = {"name": stage.name, "version": stage.version, "options": options, "parent": parent}
-    if content := stage_content(stage):  # absent when empty: fingerprints stay as they were
-        body["content"] = content
+    body = with_content({"name": stage.name, "version": stage.version, "options": options,
+                         "parent": parent}, stage)
     payload = json.dumps(body, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
@@ -200,6 +199,14 @@ def stage_content(stage: Stage) -> dict[str, str]:
     """`stage.content()`, or nothing for a plugin stage written without it."""
     content = getattr(stage, "content", None)
     return content() if callable(content) else {}
+
+
+def with_content(body: dict[str, Any], stage: Stage) -> dict[str, Any]:
+    """`body` (what a stage's or an audit's hash is made of) with the stage's file hashes
+    under "content", or as it is when the stage reads no such file: hashes made before
+    file texts were counted stay the same."""
+    content = stage_content(stage)
+    return body | {"content": content} if content else body
 
 
 def text_hash(text: str) -> str:
