@@ -189,6 +189,8 @@ BAD = [
       "https://tok@h.example/v1"], "audio_teacher': base_url holds credentials"),
     (["probe", "{run}", "--model", "m", "--seed", "3"], "--seed and --name go with --limit"),
     (["probe", "{run}", "--model", "m", "--name", "x"], "--seed and --name go with --limit"),
+    (["probe", "{run}", "--model", "m", "--limit", "3", "--append"],
+     "--append adds the stage after the run's last one; it does not go with --limit"),
     (["export", "{run}", "--out", "{root}/e", "--hardlink"], "--hardlink goes with --copy-media"),
     (["validate", "{run}", "--workers", "0"], "--workers must be at least 1"),
     (["validate", "{run}", "--min-duration", "10", "--max-duration", "5", "--redo"],
