@@ -25,6 +25,7 @@ from avcurate.demo import make_demo
 from avcurate.demo.server import demo_server
 from avcurate.pipeline.recipe import Recipe, StageSpec
 from avcurate.pipeline.runner import RunError, Runner
+from avcurate.stages.base import StageError
 
 ray = pytest.importorskip("ray")
 
@@ -272,3 +273,15 @@ def test_a_stage_that_stops_on_ray_is_one_line_naming_it(ray_env, tmp_path):
         "error: 02-classify stopped (openai:not-served: http_404: Error code: 404 - The model "
         "`not-served` does not exist.). No row was rejected for it and the stage is not done; "
         "fix the cause and run the same command again (finished shards are kept)."]
+
+
+def test_a_chain_refused_before_any_row_leaves_no_stage_folder(ray_env, tmp_path):
+    """validate + dedup fused on Ray, every video missing (a wrong media root): the run
+    stops before any row, and neither stage's folder stays to show as begun."""
+    rows = [row(f"r{i}") for i in range(6)]
+    recipe = scored_recipe(tmp_path, rows, [StageSpec("validate", {"require_audio": False}),
+                                            StageSpec("dedup")])
+    with pytest.raises(StageError, match="none of the 6 video file"):
+        _ray_runner(recipe, tmp_path / "run")
+    assert sorted(p.name for p in (tmp_path / "run").iterdir() if p.name[:2].isdigit()) == \
+        ["00-ingest"]

@@ -161,8 +161,9 @@ def test_a_wrong_media_root_stops_validate_and_the_fixed_root_runs(tmp_path, med
     [line] = stopped.stderr.strip().splitlines()
     assert "none of the 3 video file(s) the rows name exists" in line
     assert str(tmp_path / "wrong" / "good.mp4") in line and "--media-root" in line
-    stage = tmp_path / "run" / "01-validate"
-    assert not list(stage.glob("part-*.parquet")) and not list(stage.glob("rejects/*.parquet"))
+    # no stage folder left behind: `status` does not show a validate begun
+    assert not (tmp_path / "run" / "01-validate").exists()
+    assert "validate" not in sh("status", str(tmp_path / "run")).stdout
 
     ingest(media["root"], "--force")
     assert sh("validate", str(tmp_path / "run"), "-q").returncode == 0

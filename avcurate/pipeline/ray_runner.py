@@ -44,7 +44,14 @@ from avcurate.core.store import RunStore, parquet_rows
 from avcurate.models.reachable import connect_error
 from avcurate.pipeline.fused import ChainJob, Member, StageShard, StageStopped, chains
 from avcurate.pipeline.progress import Progress
-from avcurate.pipeline.runner import RunError, Runner, StageReport, add_usage, stopped
+from avcurate.pipeline.runner import (
+    RunError,
+    Runner,
+    StageReport,
+    add_usage,
+    prepare_or_drop,
+    stopped,
+)
 from avcurate.stages.base import Resources, Stage, output_schema, reject_schema, stage_content
 from avcurate.stages.context import StageContext, WorkerPool
 
@@ -256,7 +263,8 @@ class RayRunner(Runner):
                                  workers=self.recipe.workers, pool=self._pool) for p in planned]
         try:
             for i, (p, ctx) in enumerate(zip(planned, contexts, strict=True)):
-                p.stage.prepare(ctx, inputs if i == 0 else [])
+                prepare_or_drop(p.stage, ctx, inputs if i == 0 else [],
+                                [q.out_dir for q in planned])
             pending = [i for i in range(len(inputs))
                        if not RunStore.shard_path(planned[-1].out_dir, i).exists()]
             for i in set(range(len(inputs))) - set(pending):  # every stage wrote these

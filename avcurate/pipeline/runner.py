@@ -492,7 +492,7 @@ class Runner:
         resumed = 0
         task = progress.stage(stage.name, total=rows_in)
         try:
-            stage.prepare(ctx, inputs)
+            prepare_or_drop(stage, ctx, inputs, [out_dir])
             pending = []
             for i, path in enumerate(inputs):
                 if self.store.shard_path(out_dir, i).exists():
@@ -533,6 +533,21 @@ class Runner:
         finally:
             stage.teardown()
         return usage
+
+
+def prepare_or_drop(stage: Stage, ctx: StageContext, inputs: list[Path],
+                    out_dirs: list[Path]) -> None:
+    """`stage.prepare`; when it refuses (a StageError: no media file exists, a benchmark
+    that cannot be read), the folders `out_dirs` that hold no shard yet go too. They
+    were made a moment before and hold only their marker; left, `status` showed a
+    stage begun that never touched a row."""
+    try:
+        stage.prepare(ctx, inputs)
+    except StageError:
+        for out_dir in out_dirs:
+            if all(p.name == FINGERPRINT for p in out_dir.iterdir()):
+                shutil.rmtree(out_dir)  # made by avcurate (_begin), empty but its marker
+        raise
 
 
 def stopped(out_dir: Path, exc: Exception) -> RunError:
