@@ -297,3 +297,24 @@ def test_card_has_no_local_paths_or_endpoints(tmp_path, media):
     assert url not in card and "127.0.0.1" not in card and str(tmp_path) not in card
     assert "qwen" in card  # model names stay
     assert "Media files are not included" in card
+
+
+def test_export_refuses_a_run_whose_last_stage_stopped(tmp_path):
+    """classify stopped by its server (it does not serve the model): the rows before it are
+    not the run's final rows, so export says which stage is unfinished, in one line, and
+    writes nothing."""
+    from avcurate.pipeline.runner import RunError
+
+    rows = [row(f"r{i}", "speech") for i in range(6)]
+    with openai_server(models={"served"}) as server:
+        stages = [StageSpec("dedup"), StageSpec("classify", {
+            "model": "not-served", "base_url": server.url + "/v1"})]
+        with pytest.raises(RunError, match="02-classify stopped"):
+            Runner(scored_recipe(tmp_path, rows, stages), tmp_path / "run",
+                   show_progress=False).run()
+    done = subprocess.run(avcurate_cmd("export", str(tmp_path / "run"), "--out",
+                                       str(tmp_path / "export")), capture_output=True, text=True)
+    assert done.returncode == 2
+    [line] = done.stderr.strip().splitlines()
+    assert "stage 02-classify is not finished" in line and "--from 02-classify" in line
+    assert not (tmp_path / "export").exists()

@@ -194,6 +194,14 @@ def _final_stage(store: RunStore, run_dir: Path | str) -> tuple[dict[str, Any], 
     stages = [s for s in manifest["stages"] if store.shards(store.root / s["dir"])]
     if not stages or any(s.get("status") != "done" for s in manifest["stages"]):
         raise ExportError(f"{run_dir} has unfinished stages; finish the run before exporting")
+    # a stopped or killed stage is a folder the manifest does not record (yet): the rows
+    # before it are not what the run makes, and exporting them would pass silently
+    recorded = {s["dir"] for s in manifest["stages"]}
+    if unfinished := [p.name for p in store.stage_dirs() if p.name not in recorded]:
+        raise ExportError(f"{run_dir}: stage {unfinished[0]} is not finished, so the run's "
+                          "final rows are not there yet; run its command again to finish it, "
+                          f"or `avcurate reset {run_dir} --from {unfinished[0]}` to drop it, "
+                          "then export")
     final = store.shards(store.root / stages[-1]["dir"])
     if not sum(pq.ParquetFile(f).metadata.num_rows for f in final):
         raise ExportError(f"{run_dir}: its last stage kept no rows, so there is nothing to "
