@@ -93,6 +93,8 @@ def test_demo_accounts_for_every_record(demo_run):
     # the demo's folder is not the run, and the error names the run inside it
     outer = sh("status", str(out), check=False)
     assert outer.returncode == 2 and f"the run(s) inside it: {run_dir}" in outer.stderr
+    outer = sh("dedup", str(out), check=False)  # every command says it the same way
+    assert outer.returncode == 2 and f"the run(s) inside it: {run_dir}" in outer.stderr
     # running the demo recipe again resumes: nothing is recomputed
     again = sh("run", str(out / "demo.toml"), "--out", str(run_dir), "-q")
     assert "01-validate" in again.stdout

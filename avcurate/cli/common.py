@@ -186,8 +186,8 @@ def ask_before_removing(what: str, yes: bool) -> None:
 
 
 def require_run(run_dir: Path) -> None:
-    if not RunStore(run_dir).exists():
-        fail(f"{run_dir} is not a run folder; make one with `avcurate ingest` or `avcurate run`")
+    if not (store := RunStore(run_dir)).exists():
+        fail(store.not_a_run())
 
 
 def run_more(run_dir: Path, specs: list[StageSpec], force: bool, quiet: bool,

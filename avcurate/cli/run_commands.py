@@ -271,8 +271,8 @@ def reset(
     """
     from avcurate.pipeline.runner import reset_run, stage_index
 
-    if not RunStore(run_dir).exists():
-        fail(f"{run_dir} is not a run folder")
+    if not (store := RunStore(run_dir)).exists():
+        fail(store.not_a_run())
     index = guard(stage_index, run_dir, from_stage)
     if index < 1:
         fail("ingest cannot be reset; start a new run folder instead")

@@ -165,11 +165,17 @@ class RunStore:
     def exists(self) -> bool:
         return self.manifest_path.is_file()
 
+    def not_a_run(self) -> str:
+        """What every command says of a folder that is not a run: the runs inside it when
+        there are some (the demo's --out holds its run in run/), else how to make one."""
+        inside = sorted(str(m.parent) for m in self.root.glob(f"*/{MANIFEST}"))
+        hint = (f"the run(s) inside it: {', '.join(inside[:3])}" if inside else
+                "make one with `avcurate ingest` or `avcurate run`")
+        return f"{self.root} is not an avcurate run (no {MANIFEST}); {hint}"
+
     def load_manifest(self) -> dict[str, Any]:
         if not self.exists():
-            inside = sorted(str(m.parent) for m in self.root.glob(f"*/{MANIFEST}"))
-            hint = f"; the run(s) inside it: {', '.join(inside[:3])}" if inside else ""
-            raise FileNotFoundError(f"{self.root} is not an avcurate run (no {MANIFEST}){hint}")
+            raise FileNotFoundError(self.not_a_run())
         try:
             manifest = json.loads(self.manifest_path.read_bytes())
         except (ValueError, UnicodeDecodeError) as exc:
