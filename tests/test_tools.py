@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 import subprocess
 
@@ -88,6 +89,22 @@ def test_query_views_and_export(scored_run):
     assert list(csv.reader(piped.stdout.splitlines())) == [
         ["id", "options"], ["jsonl:scored/bad", "[x, y]"], ["jsonl:scored/dup", "[x, y]"]]
     assert "2 rows written to stdout" in piped.stderr and not (scored_run / "-").exists()
+
+
+def test_query_shows_wide_rows_as_records(scored_run):
+    """`SELECT *` has more columns than an 80-character terminal holds: each row is shown
+    a column per line, every name and value readable, instead of a grid of empty cells."""
+    wide = subprocess.run(avcurate_cmd("query", str(scored_run), "SELECT * FROM samples ORDER "
+                                       "BY id", "--limit", "2"), capture_output=True,
+                          text=True, check=True, env=os.environ | {"COLUMNS": "80"}).stdout
+    names = pq.read_schema(next((scored_run / "00-ingest").glob("part-*.parquet"))).names
+    lines = [[cell.strip() for cell in line.split("│")[1:-1]] for line in wide.splitlines()
+             if line.startswith("│")]
+    assert len(names) > 12 and ["row 1", ""] in lines and ["row 2", ""] in lines
+    assert ["id", "jsonl:scored/a00"] in lines and ["category", "speech"] in lines
+    assert ["composite_score", "0.7"] in lines
+    assert {line[0] for line in lines} >= set(names)
+    assert max(map(len, wide.splitlines())) <= 80
 
 
 def test_query_is_read_only_and_scoped_to_the_run(scored_run, tmp_path):

@@ -122,7 +122,7 @@ def query(
              f"{', '.join(views(con))})")
     except (duckdb.Error, QueryError) as exc:
         fail(f"{str(exc).splitlines()[0]} (views: {', '.join(views(con))})")
-    out.print(result_table(rel.columns, rows))
+    out.print(result_table(rel.columns, rows, out.width))
     if total > limit:
         out.print(f"[dim]{limit} of {total:,} rows shown (--limit, or --out FILE for all)[/]")
 

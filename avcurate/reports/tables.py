@@ -126,12 +126,26 @@ def sources_table(sources: dict[str, dict[str, int]]) -> Table:
     return table
 
 
-def result_table(columns: list[str], rows: list[tuple]) -> Table:
-    table = Table()
-    for c in columns:
-        table.add_column(c)
-    for row in rows:
-        table.add_row(*(("NULL" if v is None else str(v))[:80] for v in row))
+def _cell(value: Any) -> str:
+    return ("NULL" if value is None else str(value))[:80]
+
+
+def result_table(columns: list[str], rows: list[tuple], width: int = 80) -> Table:
+    """A query's rows as a table when its columns fit in `width` (a few characters each at
+    least), else one record per row, a column per line: `SELECT * FROM samples` has some
+    forty columns, which squeezed into a terminal became a grid of empty cells."""
+    if sum(min(len(c), 10) + 3 for c in columns) + 1 <= width:
+        table = Table()
+        for c in columns:
+            table.add_column(c)
+        for row in rows:
+            table.add_row(*map(_cell, row))
+        return table
+    table = Table("column", "value")
+    for i, row in enumerate(rows, start=1):
+        table.add_row(f"[bold]row {i}[/]", "")
+        for n, (c, v) in enumerate(zip(columns, row, strict=True), start=1):
+            table.add_row(c, _cell(v), end_section=n == len(columns))
     return table
 
 
