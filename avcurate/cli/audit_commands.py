@@ -109,6 +109,7 @@ def spotcheck(
         fail(f"--seed must be at least 0, not {seed}")
     sheet = guard(build_sheet, run_dir, out_file, sample=size, seed=seed, copy_media=copy_media)
     copied = f", {sheet.media_copied} clips copied beside it" if copy_media else ""
-    out.print(f"spot-check page with {sheet.rows} rows written to {sheet.path}{copied}; open it "
+    rows = f"{sheet.rows} row{'s' * (sheet.rows != 1)}"
+    out.print(f"spot-check page with {rows} written to {sheet.path}{copied}; open it "
               "in a browser, label, save, then `avcurate agree "
               f"{run_dir} --human FILE`", markup=False)
