@@ -333,6 +333,29 @@ def test_train_names_a_wrong_data_or_model_path_in_one_line(toy, tmp_path, data,
     assert not (tmp_path / "out" / "metrics.jsonl").exists()
 
 
+def test_an_omni_policy_on_a_text_model_is_one_line(toy, tmp_path):
+    """`--policy omni` with a causal LM: transformers built a default-size (7B) Omni
+    thinker around it, and the machine ran out of memory. Now one line before any model
+    loads. (The address space is capped so that the old way fails fast here.)"""
+    import resource
+
+    lm, data = toy
+
+    def cap():
+        resource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30))
+
+    result = subprocess.run([sys.executable, "-m", "avcurate", "train", "--data", str(data),
+                             "--model", str(lm), "--policy", "omni", "--out",
+                             str(tmp_path / "out"), "--steps", "1"],
+                            capture_output=True, text=True, timeout=300, preexec_fn=cap)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines() == [
+        f"error: --policy omni takes a Qwen2.5-Omni model (qwen2_5_omni or "
+        f"qwen2_5_omni_thinker); --model {lm} is a 'llama' model: give --policy text, or an "
+        "Omni model"]
+    assert not (tmp_path / "out").exists()
+
+
 # one process saving and loading checkpoints: torch's notice that it assumes so is not shown
 @pytest.mark.filterwarnings("error:torch.distributed is disabled:UserWarning")
 def test_a_training_folder_resumes_only_the_same_training(toy, tmp_path):

@@ -35,7 +35,7 @@ from avcurate.trainer.data import load_rows
 from avcurate.trainer.hub_model import loadable
 from avcurate.trainer.losses import LossConfig, local_advantages, policy_loss
 from avcurate.trainer.out_folder import check_out, record_settings
-from avcurate.trainer.policy import make_policy
+from avcurate.trainer.policy import check_kind, make_policy
 from avcurate.trainer.rewards import Reward, RewardSettings
 from avcurate.trainer.rewards.judge import check_judge
 from avcurate.trainer.rollout import token_logprobs
@@ -330,6 +330,7 @@ def setup(cfg: TrainConfig, policy_kwargs: dict | None = None) -> TrainState:
     judged = [r.name for r in rewards if getattr(r, "needs_judge", False)]
     check_judge(cfg.judge_backend, cfg.judge_model, cfg.judge_base_url, judged)
     model_path = loadable(cfg.model)  # a Hub id on a machine without network: its cache
+    check_kind(cfg.policy, cfg.model, model_path)
     rank, world, device = setup_distributed()
     if cfg.prompts_per_step % world:
         raise ValueError(f"--prompts-per-step {cfg.prompts_per_step} must divide among {world} ranks")

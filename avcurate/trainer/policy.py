@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from avcurate.core.answers import lettered
+from avcurate.core.options import OptionError
 
 MODALITY_NOTES = {"av": "", "video_only": "(The audio track is not available.)\n",
                   "audio_only": "(The video frames are not available.)\n"}
@@ -325,6 +326,27 @@ def _on_meta(build, model_path: str, dtype: torch.dtype):
     with contextlib.suppress(OSError):  # no generation_config.json: the config's defaults
         model.generation_config = GenerationConfig.from_pretrained(model_path)
     return model
+
+
+OMNI_TYPES = ("qwen2_5_omni", "qwen2_5_omni_thinker")
+
+
+def check_kind(kind: str, model: str, model_path: str) -> None:
+    """Raise OptionError when `--policy omni` names a model that is not a Qwen2.5-Omni one.
+    transformers would build an Omni thinker of its default (7B) size around the other
+    model's weights, warn that the types differ, and the process ran out of memory."""
+    if kind != "omni":
+        return
+    from transformers import AutoConfig
+
+    try:
+        model_type = AutoConfig.from_pretrained(model_path).model_type
+    except (OSError, ValueError):
+        return  # unreadable: loading the policy says why, in its own line
+    if model_type not in OMNI_TYPES:
+        raise OptionError(f"--policy omni takes a Qwen2.5-Omni model ({' or '.join(OMNI_TYPES)}); "
+                          f"--model {model} is a {model_type!r} model: give --policy text, or "
+                          "an Omni model")
 
 
 def make_policy(kind: str, model_path: str, **kw):
