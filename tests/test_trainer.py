@@ -315,6 +315,10 @@ def test_train_cli_and_modality_rollouts(toy, tmp_path):
     ("{data}", "{tmp}/half", "--model {tmp}/half cannot be loaded: "),  # transformers says why
     ("{tmp}/run", "{lm}", "--data {tmp}/run is a run folder; train on its export "
                           "(`avcurate export {tmp}/run --out DIR`"),  # was: no split 'train'
+    ("{tmp}/half", "{lm}", "--data {tmp}/half: no Parquet files for split 'train' (an "
+                           "avcurate export holds data/train-*.parquet)"),
+    ("{tmp}/half/config.json", "{lm}", "--data {tmp}/half/config.json: not a readable "
+                                       "Parquet file (Could not open Parquet input source"),
 ])
 def test_train_names_a_wrong_data_or_model_path_in_one_line(toy, tmp_path, data, model, said):
     lm, data_path = toy

@@ -24,10 +24,15 @@ def load_rows(path: str | Path, split: str = "train") -> list[dict[str, Any]]:
     else:
         files = [path]
     if not files:
-        raise FileNotFoundError(f"no Parquet files for split {split!r} under {path}")
+        raise FileNotFoundError(f"--data {path}: no Parquet files for split {split!r} (an "
+                                f"avcurate export holds data/{split}-*.parquet)")
     rows = []
     for file in files:
-        table = pq.read_table(file)
+        try:
+            table = pq.read_table(file)
+        except (OSError, ValueError) as exc:  # pyarrow's own line names no option
+            raise ValueError(f"--data {file}: not a readable Parquet file ("
+                             f"{' '.join(str(exc).split())})") from None
         missing = [c for c in NEEDED if c not in table.column_names]
         if missing:
             raise ValueError(f"{file} lacks column(s) {', '.join(missing)}")
