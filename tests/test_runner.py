@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import signal
@@ -412,6 +413,25 @@ def test_end_of_run_summary_uses_the_recorded_counts(tmp_path, media, monkeypatc
     assert tables.stage_rows(store, recorded=True) == on_disk
     with pytest.raises(AssertionError, match="read the shards"):
         tables.stage_rows(store)
+
+
+def test_the_funnel_never_cuts_a_stage_name_in_80_columns():
+    """A run of millions of rows, its last stage stopped: the table is wide, and the stage
+    folder names (what `reset --from` takes) still print whole; other cells wrap."""
+    from rich.console import Console
+
+    from avcurate.reports import tables
+
+    names = ["00-ingest", "10-visual_teacher", "11-audio_teacher", "12-teacher_filter"]
+    rows = [{"stage": n, "status": "done", "rows_in": 12_345_678, "kept": 12_000_000,
+             "rejected": 345_678, "balanced": True, "seconds": 12345.6} for n in names]
+    rows.append({"stage": "13-merge", "status": "incomplete", "rows_in": None, "kept": 1_234,
+                 "rejected": 0, "balanced": None, "seconds": None})
+    console = Console(width=80, record=True, file=io.StringIO())
+    console.print(tables.summary_table(rows, "Run r"))
+    text = console.export_text()
+    assert max(map(len, text.splitlines())) <= 80
+    assert all(f"│ {name} " in text for name in [*names, "13-merge"])
 
 
 def test_resuming_a_finished_run_reads_no_shard(tmp_path, media, monkeypatch):

@@ -57,8 +57,11 @@ def _row(entry: dict[str, Any], rows_in: int | None, kept: int, rejected: int, s
 
 
 def summary_table(rows: list[dict[str, Any]], title: str) -> Table:
+    """The funnel. A stage's folder name is what `reset --from` takes, so it is never cut
+    short to fit a narrow terminal; the other columns wrap instead."""
     table = Table(title=title, title_justify="left")
-    for col, kw in [("stage", {}), ("status", {}), ("in", {"justify": "right"}),
+    stage = {"no_wrap": True, "min_width": max((len(r["stage"]) for r in rows), default=5)}
+    for col, kw in [("stage", stage), ("status", {}), ("in", {"justify": "right"}),
                     ("kept", {"justify": "right"}), ("rejected", {"justify": "right"}),
                     ("in = kept + rejected", {"justify": "center"}),
                     ("time", {"justify": "right"})]:
