@@ -128,7 +128,13 @@ def test_sources_and_help():
     for name in ("llava-video", "video-vista", "avqa", "daily-omni", "jsonl", "parquet"):
         assert name in listing
     assert "resumes" in sh("run", "--help").stdout
-    assert "validate" in sh("stages").stdout
+    # in 80 columns the descriptions line up, wrapped lines included
+    shown = subprocess.run(avcurate_cmd("stages"), capture_output=True, text=True, check=True,
+                           env=os.environ | {"COLUMNS": "80"}).stdout.splitlines()
+    starts = {line.index(line.split()[1]) for line in shown if not line.startswith(" ")}
+    wrapped = {len(line) - len(line.lstrip()) for line in shown if line.startswith(" ")}
+    assert len(starts) == 1 and wrapped <= starts and len(shown) >= 13
+    assert any(line.startswith("teacher_filter ") for line in shown)
 
 
 # -- bad values: one line, exit 2, nothing touched ----------------------------------------------

@@ -224,27 +224,37 @@ def export(
 
 
 
-@app.command()
-def sources() -> None:
-    """List the annotation formats avcurate can ingest (README: Datasets)."""
+def _listing(rows: list[tuple[str, str]]) -> None:
+    """Names in one column, their descriptions wrapped beside them (a long name such as
+    teacher_filter once pushed its line out of step with the others)."""
     from rich.table import Table
 
     table = Table(box=None, show_header=False, padding=(0, 2, 0, 0))
     table.add_column(style="bold", no_wrap=True)
     table.add_column()
-    for c in CATALOGS.values():
-        options = f" [dim](options: {', '.join(c.options)})[/]" if c.options else ""
-        table.add_row(c.name, escape(c.description) + options)
+    for name, text in rows:
+        table.add_row(name, text)
     out.print(table)
+
+
+@app.command()
+def sources() -> None:
+    """List the annotation formats avcurate can ingest (README: Datasets)."""
+    _listing([(c.name, escape(c.description) + (f" [dim](options: {', '.join(c.options)})[/]"
+                                                if c.options else ""))
+              for c in CATALOGS.values()])
 
 
 @app.command()
 def stages() -> None:
     """List the stages a recipe can use (built-in and plugins)."""
+    rows = []
     for name, cls in sorted(available().items()):
         doc = (getattr(cls, "__doc__", None) or "").strip().splitlines()  # first line only
-        origin = "" if isinstance(cls, type) else f"  [dim](plugin {cls.value})[/]"
-        out.print(f"[bold]{name:<12}[/] {doc[0] if doc and isinstance(cls, type) else ''}{origin}")
+        text = escape(doc[0]) if doc and isinstance(cls, type) else ""
+        origin = "" if isinstance(cls, type) else f"[dim](plugin {escape(cls.value)})[/]"
+        rows.append((name, " ".join(filter(None, [text, origin]))))
+    _listing(rows)
 
 
 @app.command(name="version")
