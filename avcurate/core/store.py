@@ -220,3 +220,10 @@ class RunStore:
         return sorted(p for p in self.root.glob("[0-9][0-9]-*") if p.is_dir()
                       and int(p.name[:2]) >= start
                       and ((p / FINGERPRINT).is_file() or p.name in recorded))
+
+    def unfinished_dirs(self) -> list[Path]:
+        """The stage folders the manifest does not record, which is every stage that was
+        stopped or killed (a stage is recorded once it is done): `status` shows them as
+        incomplete, and `export` refuses a run that has one."""
+        recorded = {e.get("dir") for e in self.load_manifest().get("stages", [])}
+        return [p for p in self.stage_dirs() if p.name not in recorded]

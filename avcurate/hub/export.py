@@ -196,8 +196,7 @@ def _final_stage(store: RunStore, run_dir: Path | str) -> tuple[dict[str, Any], 
         raise ExportError(f"{run_dir} has unfinished stages; finish the run before exporting")
     # a stopped or killed stage is a folder the manifest does not record (yet): the rows
     # before it are not what the run makes, and exporting them would pass silently
-    recorded = {s["dir"] for s in manifest["stages"]}
-    if unfinished := [p.name for p in store.stage_dirs() if p.name not in recorded]:
+    if unfinished := [p.name for p in store.unfinished_dirs()]:
         raise ExportError(f"{run_dir}: stage {unfinished[0]} is not finished, so the run's "
                           "final rows are not there yet; run its command again to finish it, "
                           f"or `avcurate reset {run_dir} --from {unfinished[0]}` to drop it, "

@@ -28,9 +28,7 @@ def stage_rows(store: RunStore, *, recorded: bool = False) -> list[dict[str, Any
     `avcurate status` always reads the shards."""
     manifest = store.load_manifest()
     entries = list(manifest.get("stages", []))
-    known = {e["dir"] for e in entries}
-    entries += [{"dir": p.name, "status": "incomplete"} for p in store.stage_dirs()
-                if p.name not in known]
+    entries += [{"dir": p.name, "status": "incomplete"} for p in store.unfinished_dirs()]
     out = []
     for entry in entries:
         done = entry.get("status", "done") == "done"
