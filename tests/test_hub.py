@@ -139,6 +139,9 @@ def test_card_is_a_valid_dataset_card_with_features_and_body(balanced_run, tmp_p
     ({"language": "english!"}, "not a language code"),
     ({"val_fraction": 1.0}, "--val-fraction"),
     ({"colour": "red"}, "unknown export option"),
+    ({"repo_id": "av-data"}, "must be ORG/NAME"),
+    ({"repo_id": "me/av data"}, "not a Hub repo id"),
+    ({"repo_id": "me/av..data"}, "not a Hub repo id"),
 ])
 def test_bad_export_options_stop_before_writing(balanced_run, tmp_path, args, message):
     out = tmp_path / "export"
@@ -292,6 +295,18 @@ def test_push_with_a_saved_token_to_a_branch_and_as_a_pull_request(balanced_run,
     assert both.returncode == 2 and "drop --revision" in both.stderr
     for done in (first, branch, pr, both):
         assert SECRET not in done.stdout + done.stderr
+
+
+def test_a_malformed_repo_id_stops_the_push_before_the_export_is_written(balanced_run,
+                                                                         tmp_path):
+    """Once the export was written and then huggingface_hub's validation error printed as
+    a traceback; now one line, before any file."""
+    out = tmp_path / "export"
+    env = os.environ | {"HF_TOKEN": SECRET, "HF_ENDPOINT": "http://127.0.0.1:9"}
+    done = _push(balanced_run, out, env, "--repo-id", "me/av data")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().count("\n") == 0 and "not a Hub repo id" in done.stderr
+    assert not out.exists()
 
 
 def test_an_interrupted_push_resumes_with_what_is_missing(balanced_run, tmp_path, monkeypatch):

@@ -158,7 +158,9 @@ def export(
     push_to_hub: Annotated[bool, typer.Option("--push", help="Upload to the Hub (token from "
                                                              "HF_TOKEN or `hf auth login`).")]
     = False,
-    repo_id: Annotated[str | None, typer.Option(help="With --push: ORG/NAME.")] = None,
+    repo_id: Annotated[str | None, typer.Option(help="ORG/NAME on the Hub: where --push uploads, "
+                                                         "and the name the card's load "
+                                                         "example uses.")] = None,
     private: Annotated[bool, typer.Option(help="With --push: create a private repo.")] = False,
     revision: Annotated[str | None, typer.Option(help="With --push: branch to push to "
                                                       "(created if missing).")] = None,
@@ -180,7 +182,7 @@ def export(
     from avcurate.hub.push import PushError, check_push, push
 
     if push_to_hub:
-        if not repo_id or repo_id.count("/") != 1 or not all(repo_id.split("/")):
+        if not repo_id:
             fail("--push needs --repo-id ORG/NAME")
         if not copy_media:
             fail("--push needs --copy-media: without it the video/audio paths point outside "

@@ -37,7 +37,7 @@ class ExportOptions:
     license: License = field(default_factory=lambda: License("unknown"))
     pretty_name: str | None = None
     language: tuple[str, ...] = ("en",)
-    repo_id: str | None = None  # the card's load snippet names it when known
+    repo_id: str | None = None  # where --push uploads; the card's load snippet names it
 
     def check(self) -> None:
         if not 0 <= self.val_fraction < 1:
@@ -46,10 +46,28 @@ class ExportOptions:
             raise ExportError("copy_media must be 'copy' or 'hardlink'")
         if self.max_shard_bytes < 1:
             raise ExportError("--shard-mb must be at least 1")
+        if self.repo_id is not None and (why := repo_id_problem(self.repo_id)):
+            raise ExportError(why)
         for lang in self.language:
             if not (lang.isascii() and lang.replace("-", "").isalnum() and 2 <= len(lang) <= 12):
                 raise ExportError(f"--language {lang!r} is not a language code (ISO 639, "
                                   "e.g. en, zh, multilingual)")
+
+
+def repo_id_problem(repo_id: str) -> str | None:
+    """Why `repo_id` cannot name a Hub dataset, or None. Checked before the export is
+    written: huggingface_hub only rejects a malformed id once the push starts."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if repo_id.count("/") != 1:
+        return f"--repo-id {repo_id!r} must be ORG/NAME (your user name or an organisation)"
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError:
+        return (f"--repo-id {repo_id!r} is not a Hub repo id: ORG/NAME, each of letters, "
+                "digits, '-', '_' and '.', not starting or ending with '-' or '.', no '--' "
+                "or '..', at most 96 characters")
+    return None
 
 
 def export_options(**kwargs: Any) -> ExportOptions:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from avcurate.hub.options import repo_id_problem
 from avcurate.models.http_errors import TRANSPORT_ERRORS
 
 LARGE_FILES = 1000
@@ -87,6 +88,8 @@ def push(folder: Path | str, repo_id: str, *, private: bool = False,
     from huggingface_hub.errors import HfHubHTTPError
 
     folder = Path(folder)
+    if why := repo_id_problem(repo_id):
+        raise PushError(why)
     if outside := media_outside(folder):
         raise PushError(f"{outside} media path(s) point outside {folder} (resolved from "
                         "their data file); export with --copy-media so the media travel with "
