@@ -67,7 +67,12 @@ def test_ingest_stops_when_a_source_is_read_with_the_wrong_format_or_media_root(
     [line] = wrong_format.stderr.strip().splitlines()
     assert "no sample from its first 70 records: 70 malformed_annotation" in line
     assert "missing field(s) 'video_name'" in line and "avcurate sources" in line
-    assert not list((tmp_path / "a").rglob("part-*.parquet"))
+    # no run is left behind (status once showed one with an `incomplete` ingest): only the
+    # lock files, and the right format then ingests into the same folder
+    assert {p.name for p in (tmp_path / "a").iterdir()} <= {".avcurate.lock", ".avcurate.lock.json"}
+    assert "not an avcurate run" in sh("status", str(tmp_path / "a"), check=False).stderr
+    assert ingest("llava-video", media["root"], "a").returncode == 0
+    assert read_stage(tmp_path / "a", "00")[0].num_rows == 70
 
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()

@@ -315,13 +315,31 @@ class Runner:
             self._held = HeldShards()
             try:
                 with Progress(self.console, enabled=self.show_progress) as progress:
-                    reports.append(self._ingest(manifest, planned[0]["fingerprint"], progress))
+                    try:
+                        reports.append(self._ingest(manifest, planned[0]["fingerprint"],
+                                                    progress))
+                    except RunError:
+                        self._drop_refused_ingest(manifest)
+                        raise
                     reports += self._run_stages(manifest, stages, progress)
             finally:
                 self._pool.close()
                 self._pool = None
                 self._held = None
         return reports
+
+    def _drop_refused_ingest(self, manifest: dict[str, Any]) -> None:
+        """An ingest refused before its first shard (a file not in the format named, a
+        column mapping that names no field) leaves no run behind: its empty folder and a
+        manifest that records nothing go, so the folder holds only its lock files, which
+        the next `ingest`/`run` there accepts. Left, every command called it a run whose
+        ingest was `incomplete`. Shards already written are kept (ingest resumes)."""
+        out_dir = self.store.stage_dir(0, "ingest")
+        if manifest["stages"] or not out_dir.is_dir():
+            return
+        if all(p.name == FINGERPRINT for p in out_dir.iterdir()):
+            shutil.rmtree(out_dir)  # made by avcurate (_begin), empty but its marker
+            self.store.manifest_path.unlink(missing_ok=True)  # written by this run; no stage
 
     def _run_stages(self, manifest, stages: list[tuple[Stage, str]], progress: Progress
                     ) -> list[StageReport]:
