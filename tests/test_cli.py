@@ -253,7 +253,7 @@ BAD = [
     (["export", "{run}", "--out", "{root}/e", "--language", "en,??"], "not a language code"),
     (["export", "{run}", "--out", "{root}/e", "--revision", "dev"], "go with --push"),
     (["export", "{run}", "--out", "{root}/e", "--push", "--copy-media", "--repo-id", "a/b/c"],
-     "--push needs --repo-id ORG/NAME"),
+     "--repo-id 'a/b/c' must be ORG/NAME"),
     (["export", "{run}", "--out", "{root}/e", "--shard-mb", "0"], "--shard-mb must be at least 1"),
     (["query", "{run}", "SELECT 1", "--limit", "-1"], "--limit must be at least 0"),
     (["stats", "{root}/nope"], "is not an avcurate run"),

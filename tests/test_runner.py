@@ -334,7 +334,7 @@ def test_forked_ingest_stops_with_one_line_when_a_worker_dies(tmp_path, media, m
                     [], shard_size=7, workers=2)
     with pytest.raises(RunError, match=r"ann.json\): a worker process building rows died"):
         run(recipe, tmp_path / "run")
-    assert json.loads((tmp_path / "run/manifest.json").read_text())["stages"] == []
+    assert not (tmp_path / "run/manifest.json").exists()  # no shard written: no run left
 
 
 def _stuck_on_the_third_block(bounds):

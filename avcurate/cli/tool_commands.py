@@ -178,12 +178,14 @@ def export(
     resumable way: re-run the same command to finish an interrupted push).
     """
     from avcurate.hub.export import export_run
-    from avcurate.hub.options import export_options
+    from avcurate.hub.options import export_options, repo_id_problem
     from avcurate.hub.push import PushError, check_push, push
 
     if push_to_hub:
         if not repo_id:
             fail("--push needs --repo-id ORG/NAME")
+        if why := repo_id_problem(repo_id):  # before the token: the id is the user's typo
+            fail(why)
         if not copy_media:
             fail("--push needs --copy-media: without it the video/audio paths point outside "
                  "the export, to files the Hub would not get")
