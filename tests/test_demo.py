@@ -183,6 +183,12 @@ def test_demo_with_gemini(tmp_path):
     (["--backend", "gemini", "--model", "gemini-2.5-pro"], {"GEMINI_API_KEY": ""},
      "needs GEMINI_API_KEY"),
     (["--backend", "vllm"], {}, "--backend must be openai or gemini"),
+    # a wrong URL, or OpenAI's API without a key: once the clips were made and validate ran
+    # before score's first calls stopped the demo
+    (["--base-url", "http://127.0.0.1:9/v1", "--model", "m"], {},
+     "cannot reach http://127.0.0.1:9/v1 (Connection refused); is the server up"),
+    (["--model", "gpt-x"], {"OPENAI_API_KEY": "", "OPENAI_BASE_URL": ""},
+     "model 'gpt-x': set OPENAI_API_KEY"),
 ])
 def test_demo_refuses_bad_options_before_making_anything(tmp_path, args, env, message):
     done = sh("demo", "--out", str(tmp_path / "d"), *args, env=os.environ | env, check=False)
@@ -249,15 +255,6 @@ def test_the_demo_model_sees_and_hears_real_clips(tmp_path, colour, freq, pitch)
     answer = model.answer(teacher, [], audios)
     assert f"Answer: ({'A' if pitch == 'low' else 'B'})" in answer
     assert options_in(teacher) == [("A", "low"), ("B", "high")]
-
-
-def test_demo_with_a_wrong_url_stops_with_one_line(tmp_path):
-    done = sh("demo", "--out", str(tmp_path / "d"), "-q", "--base-url", "http://127.0.0.1:9/v1",
-              "--model", "m", check=False)
-    assert done.returncode == 2 and "is the server up and the URL right?" in done.stderr
-    assert "Traceback" not in done.stderr
-    _, rejected = read_stage(tmp_path / "d/run", "01")  # validate ran; nothing was rejected
-    assert all("score" not in r for r in rejected.column("reject_reason").to_pylist())
 
 
 def test_demo_train_without_torch_is_one_line(tmp_path, monkeypatch):

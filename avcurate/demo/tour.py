@@ -49,6 +49,19 @@ class Endpoint:
         if self.backend == "gemini" and not (os.environ.get("GEMINI_API_KEY")
                                              or os.environ.get("GOOGLE_API_KEY")):
             raise ValueError("--backend gemini needs GEMINI_API_KEY in the environment")
+        if not self.builtin:  # the checks every model stage makes, before any clip is made
+            from avcurate.models import (
+                BackendUnavailable,
+                ModelSpec,
+                check_backend,
+                check_reachable,
+            )
+
+            try:
+                check_backend(ModelSpec(self.backend, self.model, self.base_url or None))
+                check_reachable(self.backend, self.base_url or None)
+            except BackendUnavailable as exc:
+                raise ValueError(str(exc)) from None
 
 
 @contextlib.contextmanager
