@@ -7,6 +7,7 @@ import json
 
 import pytest
 from helpers import jsonl_recipe, read_stage, run
+from test_cli import sh
 
 from avcurate.models import BackendUnavailable, Message, ModelRequest, ModelSpec, TextPart, make_backend
 from avcurate.pipeline.recipe import StageSpec
@@ -83,3 +84,35 @@ def test_local_backend_refuses_media_and_missing_folders(tiny_model, tmp_path, m
         run(jsonl_recipe(tmp_path, records, media["root"], [stage]), tmp_path / "run")
     manifest = json.loads((tmp_path / "run/manifest.json").read_text())
     assert [e["name"] for e in manifest["stages"]] == ["ingest"]
+
+
+def test_a_folder_that_is_not_a_model_stops_before_the_stage_with_one_line(tiny_model, tmp_path,
+                                                                          media):
+    """A wrong --model path is the user's mistake: no stage folder, no traceback. A folder
+    without config.json once reached transformers' tokenizer loader, whose error printed
+    as a traceback; a corrupt weights file is one line naming the folder."""
+    records = [{"id": "r", "video": str(media["good"]), "question": "Q?", "options": ["a", "b"],
+                "answer": "A"}]
+    ann = tmp_path / "a.jsonl"
+    ann.write_text("".join(json.dumps(r) + "\n" for r in records))
+    sh("ingest", "--source", "jsonl", "--annotations", str(ann), "--media-root",
+       str(media["root"]), "--out", str(tmp_path / "run"), "-q")
+    no_config = tmp_path / "weights-only"
+    no_config.mkdir()
+    (no_config / "model.safetensors").write_bytes((tiny_model / "model.safetensors").read_bytes())
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    for f in tiny_model.iterdir():
+        (corrupt / f.name).write_bytes(b"garbage" if f.suffix == ".safetensors" else
+                                       f.read_bytes())
+    for model, message in [(tmp_path / "nope", "is not a local model folder"),
+                           (no_config, "has no config.json, so it is not a model folder"),
+                           (corrupt, f"cannot load {corrupt} (SafetensorError: ")]:
+        done = sh("classify", str(tmp_path / "run"), "--backend", "transformers", "--model",
+                  str(model), "-q", check=False)
+        assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+        [line] = done.stderr.strip().splitlines()
+        assert message in line
+        began = sorted(p.name for p in (tmp_path / "run").glob("0*"))[1:]
+        assert began == (["01-classify"] if model == corrupt else [])  # loading: in the stage
+    assert not any((tmp_path / "run/01-classify").glob("*.parquet"))

@@ -105,6 +105,11 @@ def check_backend(spec: ModelSpec) -> None:
         if importlib.util.find_spec(need) is None:
             hint = VLLM_HINT if need == "vllm" else "pip install 'avcurate[train]'"
             raise BackendUnavailable(f"the {spec.backend} backend needs {need}: {hint}")
+        if spec.backend == "transformers":
+            from avcurate.models.local_backends import local_model_problem
+
+            if why := local_model_problem(spec.model):
+                raise BackendUnavailable(why)
 
 
 def check_reachable(backend: str, base_url: str | None) -> None:

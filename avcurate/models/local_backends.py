@@ -27,6 +27,18 @@ def _chat(request: ModelRequest) -> list[dict[str, str]]:
     return messages
 
 
+def local_model_problem(model: str) -> str | None:
+    """Why `model` is not a local transformers model folder, or None: checked when the
+    run is planned, so a typo in the path stops the command before any stage starts."""
+    if not Path(model).is_dir():
+        return (f"transformers backend: {model} is not a local model folder (weights are "
+                "never downloaded)")
+    if not (Path(model) / "config.json").is_file():
+        return (f"transformers backend: {model} has no config.json, so it is not a model "
+                "folder (one saved with save_pretrained, or a Hub snapshot)")
+    return None
+
+
 class _InProcess:
     """One generation at a time (the model is not re-entrant), in a worker thread.
 
@@ -56,14 +68,21 @@ class TransformersBackend(_InProcess):
 
     def __init__(self, model: str, base_url: str | None = None, timeout: float = 600.0,
                  device: str = "cpu") -> None:
-        if not Path(model).is_dir():
-            raise BackendUnavailable(f"transformers backend: {model} is not a local model folder "
-                                     "(weights are never downloaded)")
+        if why := local_model_problem(model):
+            raise BackendUnavailable(why)
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.model = model
-        self.tokenizer = AutoTokenizer.from_pretrained(model)
-        self.lm = AutoModelForCausalLM.from_pretrained(model).to(device).eval()
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(model)
+            self.lm = AutoModelForCausalLM.from_pretrained(model).to(device).eval()
+        except Exception as exc:  # noqa: BLE001 (any failure here is the folder's: transformers
+            # raises OSError, ValueError, KeyError..., safetensors its own SafetensorError)
+            # in their own words (a tokenizer it cannot build, an architecture it does not
+            # know, a corrupt weights file), on one line
+            why = " ".join(str(exc).split())[:300]
+            raise BackendUnavailable(f"transformers backend: cannot load {model} "
+                                     f"({type(exc).__name__}: {why})") from None
         self._lock = threading.Lock()  # one generation at a time, whatever the event loop
 
     def _generate(self, request: ModelRequest) -> ModelResponse:
