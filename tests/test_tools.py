@@ -89,6 +89,12 @@ def test_query_views_and_export(scored_run):
     assert list(csv.reader(piped.stdout.splitlines())) == [
         ["id", "options"], ["jsonl:scored/bad", "[x, y]"], ["jsonl:scored/dup", "[x, y]"]]
     assert "2 rows written to stdout" in piped.stderr and not (scored_run / "-").exists()
+    # a folder that does not exist yet is made, for CSV as for Parquet (CSV once failed
+    # with DuckDB's error naming its temporary file)
+    for name in ("one.csv", "one.parquet"):
+        target = scored_run.parent / "results" / "new" / name
+        done = sh("query", str(scored_run), "SELECT 1 AS x", "--out", str(target))
+        assert done.stdout.strip() == f"1 row written to {target}" and target.is_file()
 
 
 def test_query_shows_wide_rows_as_records(scored_run):

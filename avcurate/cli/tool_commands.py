@@ -112,7 +112,7 @@ def query(
         if out_file is not None:
             n = guard(export, rel, out_file)
             (err if out_file == STDOUT else out).print(
-                f"{n:,} rows written to {'stdout' if out_file == STDOUT else out_file}",
+                f"{n:,} row{'' if n == 1 else 's'} written to {'stdout' if out_file == STDOUT else out_file}",
                 markup=False)
             return
         rows = rel.limit(limit).fetchall()

@@ -153,6 +153,7 @@ def _write_csv(table: pa.Table, out: Path) -> None:
     file renamed into place."""
     import duckdb
 
+    out.parent.mkdir(parents=True, exist_ok=True)  # as the Parquet writer does
     tmp = out.with_name(f".{out.name}.{secrets.token_hex(8)}.tmp")
     try:
         _duckdb_csv(table, str(tmp))
