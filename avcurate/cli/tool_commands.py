@@ -111,9 +111,10 @@ def query(
         rel = select(con, sql)
         if out_file is not None:
             n = guard(export, rel, out_file)
-            (err if out_file == STDOUT else out).print(
-                f"{n:,} row{'' if n == 1 else 's'} written to {'stdout' if out_file == STDOUT else out_file}",
-                markup=False)
+            where = "stdout" if out_file == STDOUT else out_file
+            (err if out_file == STDOUT else out).print(  # a path kept whole, to copy
+                f"{n:,} row{'' if n == 1 else 's'} written to {where}", markup=False,
+                soft_wrap=True)
             return
         rows = rel.limit(limit).fetchall()
         [(total,)] = rel.aggregate("count(*)").fetchall()
