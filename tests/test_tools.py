@@ -97,6 +97,20 @@ def test_query_views_and_export(scored_run):
         assert done.stdout.strip() == f"1 row written to {target}" and target.is_file()
 
 
+def test_values_and_paths_with_brackets_print_as_they_are(scored_run, tmp_path):
+    """Rich reads "[...]" as markup: a question tagged "[music]", a column named "[q]" or a
+    run folder named "runs[v2]" printed with those parts missing."""
+    printed = sh("query", str(scored_run), "SELECT '[music] or [b]speech[/b]?' AS \"[q]\"")
+    assert "[music] or [b]speech[/b]?" in printed.stdout and "[q]" in printed.stdout
+    linked = tmp_path / "runs[bold]"
+    linked.symlink_to(scored_run)
+    status = sh("status", str(linked)).stdout
+    assert f"Run {linked}" in " ".join(status.split())  # the title wraps at the table's width
+    html = tmp_path / "out[v2].html"
+    assert f"HTML report written to {html}" in sh("stats", str(linked), "--html",
+                                                  str(html)).stdout
+
+
 def test_query_shows_wide_rows_as_records(scored_run):
     """`SELECT *` has more columns than an 80-character terminal holds: each row is shown
     a column per line, every name and value readable, instead of a grid of empty cells."""

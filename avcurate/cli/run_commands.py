@@ -132,15 +132,16 @@ def _checked_export(rec: Recipe, out_dir: Path) -> ExportOptions | None:
 def _print_plan(rec: Recipe, out_dir: Path, force: bool) -> None:
     """`run --dry-run`: the plan's table, then the first model stage's estimate."""
     from rich.table import Table
+    from rich.text import Text  # paths and details as they are, never markup
 
     from avcurate.pipeline.plan import plan_run
 
     plan = guard(plan_run, rec, out_dir, force=force)
-    table = Table(title=f"Plan for {out_dir}", title_justify="left")
+    table = Table(title=Text(f"Plan for {out_dir}"), title_justify="left")
     for column in ("stage", "would be", "detail"):
         table.add_column(column)
     for stage in plan.stages:
-        table.add_row(stage.folder, stage.state, stage.detail)
+        table.add_row(stage.folder, stage.state, Text(stage.detail))
     out.print(table)
     if plan.estimate is not None:
         out.print(plan.estimate, highlight=False, soft_wrap=True)

@@ -68,7 +68,7 @@ def stats(
 
         out.print(format_report(data["traces"]))
     if html is not None:
-        out.print(f"HTML report written to {html}")
+        out.print(f"HTML report written to {html}", markup=False, soft_wrap=True)
 
 
 @app.command()
@@ -208,13 +208,15 @@ def export(
     except (ValueError, FileNotFoundError) as exc:  # Arrow's read errors are ValueErrors too
         fail(damage_in_runs(exc, [str(run_dir)]) or str(exc))
     for config, splits in result.configs.items():
-        out.print(f"config [bold]{config}[/]: " + ", ".join(f"{k} {v:,}" for k, v in splits.items()))
+        out.print(f"config [bold]{escape(config)}[/]: "
+                  + ", ".join(f"{k} {v:,}" for k, v in splits.items()))
     out.print(f"exported to {result.out} ({len(result.columns)} columns"
               + (f", {result.media_copied} media files" if copy else "")
-              + f", export {result.fingerprint})")
+              + f", export {result.fingerprint})", markup=False, soft_wrap=True)
     for note in result.notes:
-        out.print(f"[yellow]note:[/] {note}")
-    out.print(f"load it with: datasets.load_dataset({str(result.out)!r})")
+        out.print(f"[yellow]note:[/] {escape(note)}")
+    out.print(f"load it with: datasets.load_dataset({str(result.out)!r})", markup=False,
+              soft_wrap=True)
     if push_to_hub:
         try:
             pushed = push(result.out, repo_id, private=private, revision=revision,

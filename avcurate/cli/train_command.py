@@ -44,7 +44,8 @@ def register() -> None:
         if history:
             last = history[-1]
             out.print(f"trained to step {last['step']}: reward mean {last['reward_mean']:.3f}, "
-                      f"{last['tokens_per_s']:.0f} tokens/s; model in {Path(cfg.out) / 'final'}")
+                      f"{last['tokens_per_s']:.0f} tokens/s; model in {Path(cfg.out) / 'final'}",
+                      markup=False, soft_wrap=True)
 
     doc = ("Train a policy with GSPO/GRPO on an export. Several GPUs: torchrun "
            "--nproc-per-node N -m avcurate train ... (FSDP2).")

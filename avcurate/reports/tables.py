@@ -9,6 +9,7 @@ from typing import Any
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from rich.table import Table
+from rich.text import Text  # data and paths shown as they are: never read as markup
 
 from avcurate.core.counts import reject_reasons
 from avcurate.core.store import RunStore, parquet_rows
@@ -57,7 +58,7 @@ def _row(entry: dict[str, Any], rows_in: int | None, kept: int, rejected: int, s
 def summary_table(rows: list[dict[str, Any]], title: str) -> Table:
     """The funnel. A stage's folder name is what `reset --from` takes, so it is never cut
     short to fit a narrow terminal; the other columns wrap instead."""
-    table = Table(title=title, title_justify="left")
+    table = Table(title=Text(title), title_justify="left")
     stage = {"no_wrap": True, "min_width": max((len(r["stage"]) for r in rows), default=5)}
     for col, kw in [("stage", stage), ("status", {}), ("in", {"justify": "right"}),
                     ("kept", {"justify": "right"}), ("rejected", {"justify": "right"}),
@@ -79,7 +80,7 @@ def reasons_table(rows: list[dict[str, Any]]) -> Table:
     table.add_column("rows", justify="right")
     for r in rows:
         for reason, n in r["rejects_by_reason"].items():
-            table.add_row(r["stage"], reason, str(n))
+            table.add_row(r["stage"], Text(reason), str(n))
     return table
 
 
@@ -94,7 +95,7 @@ def category_table(before: dict[str, int], after: dict[str, int] | None) -> Tabl
     if after is not None:
         table.add_column("after", justify="right")
     for cat, n in before.items():
-        cells = [str(cat), f"{n:,}"] + ([f"{after.get(cat, 0):,}"] if after is not None else [])
+        cells = [Text(str(cat)), f"{n:,}"] + ([f"{after.get(cat, 0):,}"] if after is not None else [])
         table.add_row(*cells)
     total = [f"{sum(before.values()):,}"] + (
         [f"{sum(after.values()):,}"] if after is not None else [])
@@ -123,12 +124,13 @@ def sources_table(sources: dict[str, dict[str, int]]) -> Table:
     for col in ["source", "input", "kept", *keys]:
         table.add_column(col, justify="left" if col == "source" else "right")
     for src, v in sources.items():
-        table.add_row(src, *(f"{v.get(k, 0):,}" for k in ["input", "kept", *keys]))
+        table.add_row(Text(src), *(f"{v.get(k, 0):,}" for k in ["input", "kept", *keys]))
     return table
 
 
-def _cell(value: Any) -> str:
-    return ("NULL" if value is None else str(value))[:80]
+def _cell(value: Any) -> Text:
+    """A query's value as it is: "[music]" in a question once printed as nothing (markup)."""
+    return Text(("NULL" if value is None else str(value))[:80])
 
 
 def result_table(columns: list[str], rows: list[tuple], width: int = 80) -> Table:
@@ -138,7 +140,7 @@ def result_table(columns: list[str], rows: list[tuple], width: int = 80) -> Tabl
     if sum(min(len(c), 10) + 3 for c in columns) + 1 <= width:
         table = Table()
         for c in columns:
-            table.add_column(c)
+            table.add_column(Text(c))
         for row in rows:
             table.add_row(*map(_cell, row))
         return table
@@ -146,7 +148,7 @@ def result_table(columns: list[str], rows: list[tuple], width: int = 80) -> Tabl
     for i, row in enumerate(rows, start=1):
         table.add_row(f"[bold]row {i}[/]", "")
         for n, (c, v) in enumerate(zip(columns, row, strict=True), start=1):
-            table.add_row(c, _cell(v), end_section=n == len(columns))
+            table.add_row(Text(c), _cell(v), end_section=n == len(columns))
     return table
 
 
@@ -163,7 +165,7 @@ def probe_table(probe: dict[str, Any]) -> Table:
     acc = probe.get("accuracy", {})
     table.add_row("all", f"{probe['rows']:,}", *(_pct(acc.get(c)) for c in CONDITION_NAMES))
     for cat, row in probe.get("by_category", {}).items():
-        table.add_row(cat, f"{row['rows']:,}", *(_pct(row[c]) for c in CONDITION_NAMES))
+        table.add_row(Text(cat), f"{row['rows']:,}", *(_pct(row[c]) for c in CONDITION_NAMES))
     hist = probe.get("pass_rate_histogram", {})
     blind = probe.get("blind_answerable_share", {})
     caption = [f"pass rate: {', '.join(f'{p}: {n}' for p, n in hist.items())}",
@@ -191,8 +193,8 @@ def agreement_tables(audit: dict[str, Any]) -> list[Table]:
     for comp in audit.get("comparisons", []):
         who = (f": {audit['first']} vs {audit['second']}" if audit.get("kind") == "agree"
                else "")
-        table = Table(title=f"Agreement of {comp['a']} and {comp['b']}{who} "
-                            f"(audit {audit.get('folder', audit.get('name'))})",
+        table = Table(title=Text(f"Agreement of {comp['a']} and {comp['b']}{who} "
+                                 f"(audit {audit.get('folder', audit.get('name'))})"),
                       title_justify="left")
         for col in AUDIT_COLUMNS:
             table.add_column(col, justify="left" if col == "dimension" else "right")
