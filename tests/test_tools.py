@@ -180,3 +180,15 @@ def test_output_files_are_checked_first_and_never_replace_a_users_file(scored_ru
     sh(*query, "--out", str(out), "--overwrite")
     assert len(out.read_text().splitlines()) == 35  # header + 34 ingested rows
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_a_long_label_is_cut_before_it_is_escaped():
+    """Cut after escaping, "R&B ..." could end in half an entity ("&am") on the chart."""
+    from xml.etree import ElementTree
+
+    from avcurate.reports.html import bars
+
+    label = "x" * 29 + "R&B and soul"
+    svg = bars("Categories", {"before": {label: 3}})
+    texts = [t.text for t in ElementTree.fromstring(svg).iter("{http://www.w3.org/2000/svg}text")]
+    assert label[:32] in texts  # the label's first 32 characters, "&" whole

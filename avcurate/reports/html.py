@@ -35,7 +35,7 @@ def bars(title: str, series: dict[str, dict[str, float]], width: int = 720) -> s
     for r, label in enumerate(labels):
         y = 44 + r * row_h
         parts.append(f'<text x="{left - 6}" y="{y + 11}" font-size="11" text-anchor="end">'
-                     f'{escape(str(label))[:32]}</text>')
+                     f'{escape(str(label)[:32])}</text>')
         for i, (_, values) in enumerate(series.items()):
             v = values.get(label, 0)
             w = (width - left - 70) * v / peak
