@@ -333,8 +333,24 @@ def test_the_spotcheck_page_shows_each_sample_and_refuses_foreign_files(run_dir,
     page = sheet.read_text()
     assert page.count('<section class="sample"') == 9 and page.count("<video ") == 9
     assert "openai:judge-a" in page and "openai:judge-b" in page
-    copied = sorted(p.name for p in (tmp_path / "sheet_media").iterdir())
+    media = tmp_path / "sheet_media"
+    copied = sorted(p.name for p in media.iterdir() if not p.name.startswith("."))
     assert len(copied) == len(set(copied)) <= 3  # one copy per distinct clip
+    # a new page in its place keeps only the clips it shows (they piled up); a file of the
+    # user's in that folder stops the command and is left alone
+    again = subprocess.run(avcurate_cmd("spotcheck", str(run_dir), "--out", str(sheet),
+                                        "--sample", "1", "--copy-media"),
+                           capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0, again.stderr
+    [clip] = [p.name for p in media.iterdir() if not p.name.startswith(".")]
+    assert f'src="sheet_media/{clip}"' in sheet.read_text()
+    (media / "notes.txt").write_text("mine")
+    mixed = subprocess.run(avcurate_cmd("spotcheck", str(run_dir), "--out", str(sheet),
+                                        "--sample", "9", "--copy-media"),
+                           capture_output=True, text=True, timeout=60)
+    assert mixed.returncode == 2 and "is not empty (notes.txt)" in mixed.stderr
+    assert sorted(p.name for p in media.iterdir() if not p.name.startswith(".")) == sorted(
+        [clip, "notes.txt"]) and sheet.read_text().count('<section class="sample"') == 1
     assert "http" not in page.split("<main>")[0]  # nothing fetched from the network
     for args, message in ((["--sample", "x"], "--sample takes a number of rows or 'all'"),
                           (["--seed", "-1"], "--seed must be at least 0")):

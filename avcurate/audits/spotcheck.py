@@ -25,7 +25,12 @@ from urllib.parse import quote
 import pyarrow as pa
 
 from avcurate.core.answers import letter_index
-from avcurate.core.outputs import check_output, generator_tag, write_output
+from avcurate.core.outputs import (
+    check_output,
+    check_owned_folder,
+    generator_tag,
+    write_output,
+)
 from avcurate.core.store import RunStore
 from avcurate.curation.score import DIMENSIONS
 
@@ -34,6 +39,7 @@ from .labels import FIELDS
 from .sample import AuditError, score_entry, scored_rows, stratified
 
 GENERATOR = "avcurate spotcheck"
+MEDIA_MARKER = ".avcurate-spotcheck.json"  # in PAGE_media/: the clip copies the page owns
 LABELS = {"video_dependency": "video dependency", "audio_dependency": "audio dependency",
           "question_logic": "question logic", "answer_accuracy": "answer accuracy"}
 
@@ -106,10 +112,27 @@ def _media_src(path: str | None, out: Path, media_dir: Path | None,
         return quote(os.path.relpath(source, out.parent.resolve()))
     if source not in copies:
         target = media_dir / f"{len(copies):04d}-{source.name}"
-        if not target.exists() or target.stat().st_size != source.stat().st_size:
-            shutil.copy2(source, target)
-        copies[source] = quote(f"{media_dir.name}/{target.name}")
-    return copies[source]
+        was, now = (target.stat() if target.exists() else None), source.stat()
+        if was is None or (was.st_size, was.st_mtime_ns) != (now.st_size, now.st_mtime_ns):
+            shutil.copy2(source, target)  # copy2 keeps the mtime: the next page compares it
+        copies[source] = target.name
+    return quote(f"{media_dir.name}/{copies[source]}")
+
+
+def _claim_media(media_dir: Path) -> set[str]:
+    """The clip copies an earlier page put in `media_dir` (its marker lists them). The
+    folder is the page's: anything else in it stops the command (a user's folder of the
+    same name is never mixed with copies, nor emptied)."""
+    marker = media_dir / MEDIA_MARKER
+    owned = set(json.loads(marker.read_text())["files"]) if marker.is_file() else set()
+    check_owned_folder(media_dir, "--copy-media", ours=lambda n: n in owned or n == MEDIA_MARKER,
+                       what="the clip copies of an earlier spot-check page",
+                       hint="move those files, or name another --out page")
+    return owned
+
+
+def _own_media(media_dir: Path, files: set[str]) -> None:
+    write_output(media_dir / MEDIA_MARKER, json.dumps({"files": sorted(files)}).encode())
 
 
 def _section(k: int, row: dict[str, Any], judges: list[dict[str, Any]], video: str,
@@ -141,7 +164,9 @@ def build_sheet(run_dir: Path | str, out: Path, *, sample: int | None, seed: int
     rows = stratified(rated, sample, seed)
     judges = _judges(store, entry, rows)
     media_dir = out.parent / f"{out.stem}_media" if copy_media else None
+    owned: set[str] = set()
     if media_dir is not None:
+        owned = _claim_media(media_dir)
         media_dir.mkdir(parents=True, exist_ok=True)
     sections: list[str] = []
     copies: dict[Path, str] = {}
@@ -149,12 +174,18 @@ def build_sheet(run_dir: Path | str, out: Path, *, sample: int | None, seed: int
         video = _media_src(row.get("video"), out, media_dir, copies)
         audio = _media_src(row.get("audio"), out, media_dir, copies)
         sections.append(_section(k, row, judges, video, audio))
+        if media_dir is not None:  # recorded as they land: a killed run's copies stay ours
+            _own_media(media_dir, owned | set(copies.values()))
     page = PAGE.format(
         generator=generator_tag(GENERATOR), run=escape(str(run_dir)), n=rows.num_rows,
         population=rated.num_rows, key=escape(f"{Path(run_dir).resolve()}:{seed}:{rows.num_rows}"),
         stem=escape(out.stem), sections="".join(sections), style=STYLE,
         fields=escape(json.dumps(list(FIELDS))), script=SCRIPT)
     write_output(out, page.encode("utf-8"))
+    if media_dir is not None:  # the earlier page's clips this one does not show
+        for name in owned - set(copies.values()):
+            (media_dir / name).unlink(missing_ok=True)
+        _own_media(media_dir, set(copies.values()))
     return Sheet(out, rows.num_rows, len(copies))
 
 
