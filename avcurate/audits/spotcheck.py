@@ -101,22 +101,36 @@ def _inputs(k: int) -> str:
             f'<input type="text" name="note"></label></fieldset>')
 
 
-def _media_src(path: str | None, out: Path, media_dir: Path | None,
-               copies: dict[Path, str]) -> str:
-    """The src for a clip: a copy beside the page (--copy-media; one per distinct file)
-    or a relative path to the original."""
-    if not path:
-        return ""
-    source = Path(path).resolve()
-    if media_dir is None or not source.is_file():
-        return quote(os.path.relpath(source, out.parent.resolve()))
-    if source not in copies:
-        target = media_dir / f"{len(copies):04d}-{source.name}"
+def _plan_copies(rows: list[dict[str, Any]]) -> dict[Path, str]:
+    """Each distinct clip file the rows name (video, then audio) -> the name of its copy
+    beside the page, in order of first appearance."""
+    copies: dict[Path, str] = {}
+    for row in rows:
+        for path in (row.get("video"), row.get("audio")):
+            if path and (source := Path(path).resolve()).is_file() and source not in copies:
+                copies[source] = f"{len(copies):04d}-{source.name}"
+    return copies
+
+
+def _copy_media(copies: dict[Path, str], media_dir: Path) -> None:
+    """Copy each clip, unless the earlier page's copy of that name has its size and mtime."""
+    for source, name in copies.items():
+        target = media_dir / name
         was, now = (target.stat() if target.exists() else None), source.stat()
         if was is None or (was.st_size, was.st_mtime_ns) != (now.st_size, now.st_mtime_ns):
             shutil.copy2(source, target)  # copy2 keeps the mtime: the next page compares it
-        copies[source] = target.name
-    return quote(f"{media_dir.name}/{copies[source]}")
+
+
+def _media_src(path: str | None, out: Path, media_dir: Path | None,
+               copies: dict[Path, str]) -> str:
+    """The src for a clip: its copy beside the page (--copy-media) or a relative path to
+    the original."""
+    if not path:
+        return ""
+    source = Path(path).resolve()
+    if media_dir is not None and source in copies:
+        return quote(f"{media_dir.name}/{copies[source]}")
+    return quote(os.path.relpath(source, out.parent.resolve()))
 
 
 def _claim_media(media_dir: Path) -> set[str]:
@@ -164,18 +178,19 @@ def build_sheet(run_dir: Path | str, out: Path, *, sample: int | None, seed: int
     rows = stratified(rated, sample, seed)
     judges = _judges(store, entry, rows)
     media_dir = out.parent / f"{out.stem}_media" if copy_media else None
+    listed = rows.to_pylist()
     owned: set[str] = set()
+    copies: dict[Path, str] = {}
     if media_dir is not None:
         owned = _claim_media(media_dir)
+        copies = _plan_copies(listed)
         media_dir.mkdir(parents=True, exist_ok=True)
-    sections: list[str] = []
-    copies: dict[Path, str] = {}
-    for k, row in enumerate(rows.to_pylist()):
-        video = _media_src(row.get("video"), out, media_dir, copies)
-        audio = _media_src(row.get("audio"), out, media_dir, copies)
-        sections.append(_section(k, row, judges, video, audio))
-        if media_dir is not None:  # recorded as they land: a killed run's copies stay ours
-            _own_media(media_dir, owned | set(copies.values()))
+        # recorded before any copy lands: a killed run's copies stay the page's
+        _own_media(media_dir, owned | set(copies.values()))
+        _copy_media(copies, media_dir)
+    sections = [_section(k, row, judges, _media_src(row.get("video"), out, media_dir, copies),
+                         _media_src(row.get("audio"), out, media_dir, copies))
+                for k, row in enumerate(listed)]
     page = PAGE.format(
         generator=generator_tag(GENERATOR), run=escape(str(run_dir)), n=rows.num_rows,
         population=rated.num_rows, key=escape(f"{Path(run_dir).resolve()}:{seed}:{rows.num_rows}"),
