@@ -179,14 +179,22 @@ def export(
     resumable way: re-run the same command to finish an interrupted push).
     """
     from avcurate.hub.export import export_run
-    from avcurate.hub.options import export_options, repo_id_problem
+    from avcurate.hub.options import export_options
     from avcurate.hub.push import PushError, check_push, push
 
+    if push_to_hub and not repo_id:
+        fail("--push needs --repo-id ORG/NAME")
+    if not push_to_hub and (revision or create_pr or private):
+        fail("--revision, --create-pr and --private go with --push")
+    if hardlink and not copy_media:
+        fail("--hardlink goes with --copy-media (without it no media file is placed)")
+    copy = ("hardlink" if hardlink else "copy") if copy_media else None
+    # the options (the repo id's form among them) before the token: a typo comes first
+    opts = guard(export_options, val_fraction=val_fraction, max_shard_bytes=shard_mb * 1024**2,
+                 copy_media=copy, media_features=media_features, all_columns=all_columns,
+                 license=license, license_name=license_name, license_link=license_link,
+                 pretty_name=pretty_name, language=language, repo_id=repo_id)
     if push_to_hub:
-        if not repo_id:
-            fail("--push needs --repo-id ORG/NAME")
-        if why := repo_id_problem(repo_id):  # before the token: the id is the user's typo
-            fail(why)
         if not copy_media:
             fail("--push needs --copy-media: without it the video/audio paths point outside "
                  "the export, to files the Hub would not get")
@@ -194,15 +202,6 @@ def export(
             check_push(revision, create_pr)
         except PushError as exc:
             fail(str(exc))
-    elif revision or create_pr or private:
-        fail("--revision, --create-pr and --private go with --push")
-    if hardlink and not copy_media:
-        fail("--hardlink goes with --copy-media (without it no media file is placed)")
-    copy = ("hardlink" if hardlink else "copy") if copy_media else None
-    opts = guard(export_options, val_fraction=val_fraction, max_shard_bytes=shard_mb * 1024**2,
-                 copy_media=copy, media_features=media_features, all_columns=all_columns,
-                 license=license, license_name=license_name, license_link=license_link,
-                 pretty_name=pretty_name, language=language, repo_id=repo_id)
     try:
         result = export_run(run_dir, out_dir, opts, overwrite=overwrite)
     except (ValueError, FileNotFoundError) as exc:  # Arrow's read errors are ValueErrors too
