@@ -334,11 +334,7 @@ class Runner:
         manifest that records nothing go, so the folder holds only its lock files, which
         the next `ingest`/`run` there accepts. Left, every command called it a run whose
         ingest was `incomplete`. Shards already written are kept (ingest resumes)."""
-        out_dir = self.store.stage_dir(0, "ingest")
-        if manifest["stages"] or not out_dir.is_dir():
-            return
-        if all(p.name == FINGERPRINT for p in out_dir.iterdir()):
-            shutil.rmtree(out_dir)  # made by avcurate (_begin), empty but its marker
+        if not manifest["stages"] and drop_if_unbegun(self.store.stage_dir(0, "ingest")):
             self.store.manifest_path.unlink(missing_ok=True)  # written by this run; no stage
 
     def _run_stages(self, manifest, stages: list[tuple[Stage, str]], progress: Progress
@@ -563,9 +559,17 @@ def prepare_or_drop(stage: Stage, ctx: StageContext, inputs: list[Path],
         stage.prepare(ctx, inputs)
     except StageError:
         for out_dir in out_dirs:
-            if all(p.name == FINGERPRINT for p in out_dir.iterdir()):
-                shutil.rmtree(out_dir)  # made by avcurate (_begin), empty but its marker
+            drop_if_unbegun(out_dir)
         raise
+
+
+def drop_if_unbegun(out_dir: Path) -> bool:
+    """Remove the stage folder `out_dir` when it holds nothing but the marker `_begin`
+    wrote (a stage refused before its first shard); whether it did."""
+    if not out_dir.is_dir() or any(p.name != FINGERPRINT for p in out_dir.iterdir()):
+        return False
+    shutil.rmtree(out_dir)  # made by avcurate (_begin), empty but its marker
+    return True
 
 
 def stopped(out_dir: Path, exc: Exception) -> RunError:
