@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -133,3 +135,30 @@ def balanced_run(tmp_path, media):
     stages = [StageSpec("threshold"), StageSpec("balance", {"min_count": 5}), StageSpec("subset")]
     Runner(scored_recipe(tmp_path, rows, stages), tmp_path / "run", show_progress=False).run()
     return tmp_path / "run"
+
+
+class SmallDisk:
+    """A real filesystem that fills up: a tmpfs of a few KiB mounted under a test's folder."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def mount(self, size: str, *options: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["mount", "-t", "tmpfs", "-o", ",".join([*options, f"size={size}"]),
+                               "tmpfs", str(self.path)], capture_output=True, text=True)
+
+    def resize(self, size: str) -> None:
+        assert self.mount(size, "remount").returncode == 0
+
+
+@pytest.fixture
+def small_disk(tmp_path) -> Iterator[SmallDisk]:
+    """A full disk for real (ENOSPC from the kernel, not a patched call). Mounting needs
+    root, which `.ci/run` has; elsewhere the test is skipped. 16 KiB to start with."""
+    disk = SmallDisk(tmp_path / "small")
+    disk.path.mkdir()
+    done = disk.mount("16k")
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    yield disk
+    subprocess.run(["umount", "-l", str(disk.path)], capture_output=True)

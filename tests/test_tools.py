@@ -97,6 +97,18 @@ def test_query_views_and_export(scored_run):
         assert done.stdout.strip() == f"1 row written to {target}" and target.is_file()
 
 
+def test_a_query_result_that_fills_the_disk_is_one_line_and_leaves_nothing(scored_run,
+                                                                          small_disk):
+    """CSV once printed DuckDB's JSON error blob naming its temporary file."""
+    for name in ("big.csv", "big.parquet"):
+        target = small_disk.path / name
+        done = sh("query", str(scored_run), "SELECT range AS n, 'row ' || range AS s "
+                  "FROM range(200000)", "--out", str(target), check=False)
+        assert done.returncode == 2 and done.stderr.strip() == (
+            f"error: cannot write {target}: No space left on device"), done.stderr
+        assert list(small_disk.path.iterdir()) == []
+
+
 def test_values_and_paths_with_brackets_print_as_they_are(scored_run, tmp_path):
     """Rich reads "[...]" as markup: a question tagged "[music]", a column named "[q]" or a
     run folder named "runs[v2]" printed with those parts missing."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import secrets
 import sys
 from pathlib import Path
@@ -159,7 +160,11 @@ def _write_csv(table: pa.Table, out: Path) -> None:
         _duckdb_csv(table, str(tmp))
         os.replace(tmp, out)
     except duckdb.IOException as exc:
-        raise OSError(str(exc).splitlines()[0]) from exc
+        # DuckDB's message is a JSON blob; the system's error number in it (a full disk)
+        # makes the usual one-line reason
+        code = re.search(r'"errno":\s*"(\d+)"', str(exc))
+        raise (OSError(int(code[1]), os.strerror(int(code[1]))) if code
+               else OSError(str(exc).splitlines()[0])) from exc
     finally:
         tmp.unlink(missing_ok=True)
 
