@@ -367,6 +367,33 @@ def test_the_spotcheck_page_shows_each_sample_and_refuses_foreign_files(run_dir,
     assert foreign.read_text() == "<p>my notes</p>"
 
 
+def test_clip_copies_on_a_full_disk_are_whole_or_absent(run_dir, small_disk):
+    """The page's clip copies were written in place: a full disk left half a clip under its
+    name, and the error named the source clip as the file without room."""
+    sheet = small_disk.path / "sheet.html"
+    cmd = avcurate_cmd("spotcheck", str(run_dir), "--out", str(sheet), "--sample", "9",
+                       "--copy-media")
+    full = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert full.returncode == 2 and "Traceback" not in full.stderr
+    assert full.stderr.startswith(f"error: No space left on device: {sheet.parent}/sheet_media/")
+    media = sheet.parent / "sheet_media"
+    assert [p.name for p in media.iterdir() if not p.name.startswith(".avcurate")] == []
+    assert not sheet.exists()
+    # what a kill during a copy leaves: the copy's temporary file, half written
+    planned = json.loads((media / ".avcurate-spotcheck.json").read_text())["files"]
+    (media / f".{planned[0]}.tmp").write_bytes(b"half a clip")
+    small_disk.resize("4m")
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    rows = {r["id"]: r for r in first_judge(run_dir).values()}
+    copies = [p for p in media.iterdir() if not p.name.startswith(".")]
+    originals = {Path(r["video"]).name: Path(r["video"]) for r in rows.values()}
+    assert copies and all(c.read_bytes() == originals[c.name.split("-", 1)[1]].read_bytes()
+                          for c in copies)
+    assert sorted(c.name for c in copies) == sorted(planned)  # the half copy was replaced
+    assert not list(media.glob(".*.tmp"))
+
+
 def chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser") or \
         shutil.which("google-chrome")

@@ -1021,8 +1021,9 @@ def test_a_full_disk_is_one_line_and_the_same_command_resumes(tmp_path, media, m
         cli.main()
     assert stopped.value.code == 2
     [line] = capsys.readouterr().err.strip().splitlines()
-    assert line == ("error: No space left on device; fix that and run the same command again "
-                    "(what finished is kept, and nothing was left half-written)")
+    assert line == (f"error: No space left on device: {out / '00-ingest/part-00000.parquet'}; "
+                    "fix that and run the same command again (what finished is kept, and "
+                    "nothing was left half-written)")  # the file it was writing, named
     assert not list(out.rglob("*.tmp")) and _stages(out) == []
     monkeypatch.setattr(os, "fsync", real)
     with pytest.raises(SystemExit) as finished:

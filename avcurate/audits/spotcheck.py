@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from dataclasses import dataclass
 from html import escape
 from pathlib import Path
@@ -31,7 +30,7 @@ from avcurate.core.outputs import (
     generator_tag,
     write_output,
 )
-from avcurate.core.store import RunStore
+from avcurate.core.store import RunStore, copy_file_atomic, copying
 from avcurate.curation.score import DIMENSIONS
 
 from .agree import first_judge, second_judges
@@ -118,7 +117,7 @@ def _copy_media(copies: dict[Path, str], media_dir: Path) -> None:
         target = media_dir / name
         was, now = (target.stat() if target.exists() else None), source.stat()
         if was is None or (was.st_size, was.st_mtime_ns) != (now.st_size, now.st_mtime_ns):
-            shutil.copy2(source, target)  # copy2 keeps the mtime: the next page compares it
+            copy_file_atomic(source, target)  # with its mtime: the next page compares it
 
 
 def _media_src(path: str | None, out: Path, media_dir: Path | None,
@@ -139,7 +138,8 @@ def _claim_media(media_dir: Path) -> set[str]:
     same name is never mixed with copies, nor emptied)."""
     marker = media_dir / MEDIA_MARKER
     owned = set(json.loads(marker.read_text())["files"]) if marker.is_file() else set()
-    check_owned_folder(media_dir, "--copy-media", ours=lambda n: n in owned or n == MEDIA_MARKER,
+    names = owned | {copying(Path(n)).name for n in owned} | {MEDIA_MARKER}  # + killed copies
+    check_owned_folder(media_dir, "--copy-media", ours=names.__contains__,
                        what="the clip copies of an earlier spot-check page",
                        hint="move those files, or name another --out page")
     return owned
@@ -200,6 +200,7 @@ def build_sheet(run_dir: Path | str, out: Path, *, sample: int | None, seed: int
     if media_dir is not None:  # the earlier page's clips this one does not show
         for name in owned - set(copies.values()):
             (media_dir / name).unlink(missing_ok=True)
+            copying(media_dir / name).unlink(missing_ok=True)
         _own_media(media_dir, set(copies.values()))
     return Sheet(out, rows.num_rows, len(copies))
 

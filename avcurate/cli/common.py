@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import inspect
+import os
 import re
 import shlex
 import sys
@@ -123,8 +124,12 @@ def machine_error(exc: BaseException) -> str | None:
     resumes once the cause is fixed."""
     if not isinstance(exc, OSError) or exc.errno not in MACHINE_ERRNOS:
         return None
-    where = f": {exc.filename}" if exc.filename else ""
-    return (f"{exc.strerror or exc}{where}; fix that and run the same command again (what "
+    # a copy's or a rename's error names both files (shutil's copy names the source
+    # first): a full disk, a quota or a read-only filesystem is the destination's
+    files = [exc.filename2] if exc.filename2 and exc.errno != errno.EACCES else \
+        [f for f in (exc.filename, exc.filename2) if f]
+    where = f": {' -> '.join(map(str, files))}" if files else ""
+    return (f"{os.strerror(exc.errno)}{where}; fix that and run the same command again (what "
             "finished is kept, and nothing was left half-written)")
 
 

@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import secrets
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -45,7 +46,7 @@ def _atomic_file(path: Path) -> Iterator[BinaryIO]:
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
     try:
         # written through the descriptor just opened: no second open, no lookup by path
-        with os.fdopen(fd, "wb") as f:
+        with naming(path), os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
@@ -55,10 +56,48 @@ def _atomic_file(path: Path) -> Iterator[BinaryIO]:
         raise
 
 
+@contextlib.contextmanager
+def naming(path: Path) -> Iterator[None]:
+    """An OSError raised inside names `path` when it names no file: a write's error (a
+    full disk) names none, nor does pyarrow's, and the one line a command prints for it
+    should say where."""
+    try:
+        yield
+    except OSError as exc:
+        if not exc.filename:
+            exc.filename = str(path)
+        raise
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` so that readers never see half a file."""
     with _atomic_file(path) as f:
         f.write(data)
+
+
+def copy_file_atomic(source: Path, target: Path) -> None:
+    """A copy of `source` at `target` whole or not at all, with its modification time
+    (`shutil.copy2` writes in place: a full disk or a kill left half a clip under its name).
+    The temporary file has a fixed name, `copying(target)`, so that the copy after a killed
+    one replaces it and the folder's owner can tell it apart from a user's file."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = copying(target)
+    with naming(target):
+        try:
+            with open(source, "rb") as src, open(tmp, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+                dst.flush()
+                os.fsync(dst.fileno())
+            shutil.copystat(source, tmp)
+            os.replace(tmp, target)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+
+def copying(target: Path) -> Path:
+    """Where a copy to `target` is written before it is renamed into place."""
+    return target.with_name(f".{target.name}.tmp")
 
 
 def write_parquet_atomic(table: pa.Table, path: Path) -> None:
