@@ -91,6 +91,37 @@ def test_sharding_copy_media_and_all_columns(balanced_run, tmp_path, media):
     assert first.stat().st_ino == (tmp_path / "clips/good.mp4").stat().st_ino
 
 
+def test_a_full_disk_stops_the_export_with_one_line_and_frees_what_it_staged(
+        balanced_run, small_disk, media):
+    """A disk that fills up while the data files or the media copies are written: one line
+    naming the file it was writing, no staged or half-copied file left to take the room,
+    and the same command exports everything once there is room."""
+    out = small_disk.path / "export"
+    cmd = avcurate_cmd("export", str(balanced_run), "--out", str(out), "--copy-media")
+
+    def stopped_at(folder: str) -> None:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+        [line] = done.stderr.strip().splitlines()
+        assert line.startswith(f"error: No space left on device: {out / folder}/"), line
+        assert line.endswith("fix that and run the same command again (what finished is "
+                             "kept, and nothing was left half-written)")
+        assert not (out / ".avcurate-staging").exists()
+        assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+
+    stopped_at("videos")  # 16 KiB: the first clip does not fit
+    assert not (out / "data").exists()
+    clips = sum(media[k].stat().st_size for k in ("good", "good2"))
+    small_disk.resize(f"{(clips + 8192) // 4096 * 4096 + 8192}")  # the clips, not the data
+    stopped_at(".avcurate-staging/data")
+    assert sorted(p.read_bytes() for p in (out / "videos").iterdir()) == sorted(
+        media[k].read_bytes() for k in ("good", "good2"))  # whole copies, kept
+    small_disk.resize("4m")
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert {k: len(v) for k, v in _load(out).items()} == {"train": 76, "validation": 4}
+
+
 def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

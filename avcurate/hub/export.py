@@ -41,7 +41,13 @@ import pyarrow.parquet as pq
 
 from avcurate.core.counts import parquet_scan
 from avcurate.core.outputs import OutputError, check_output_folder, check_owned_folder
-from avcurate.core.store import RunStore, atomic_write_bytes
+from avcurate.core.store import (
+    RunStore,
+    atomic_write_bytes,
+    copy_file_atomic,
+    copying,
+    naming,
+)
 from avcurate.hub.card import CardInputs, write_card
 from avcurate.hub.features import decoder_missing, features_for, info_entry, typed_media
 from avcurate.hub.options import ExportError, ExportOptions, ExportResult, export_options
@@ -101,7 +107,9 @@ def write_split(table: pa.Table, folder: Path, split: str, max_bytes: int) -> li
     paths = []
     for i in range(n):
         path = folder / f"{split}-{i:05d}-of-{n:05d}.parquet"
-        pq.write_table(table.slice(i * per, per) if per else table, path, compression="zstd")
+        with naming(path):
+            pq.write_table(table.slice(i * per, per) if per else table, path,
+                           compression="zstd")
         paths.append(path)
     return paths
 
@@ -116,20 +124,17 @@ def place_media(source: str, target: Path, how: str) -> bool:
     is already there. A temp file is renamed into place, so a kill never leaves half a file."""
     if target.is_file() and target.stat().st_size == os.stat(source).st_size:
         return False
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.unlink(missing_ok=True)
     if how == "hardlink":
+        tmp = copying(target)
+        tmp.unlink(missing_ok=True)
+        target.parent.mkdir(parents=True, exist_ok=True)
         try:
             os.link(source, tmp)
+            os.replace(tmp, target)
+            return True
         except OSError:  # another filesystem: fall back to a copy
-            shutil.copy2(source, tmp)
-    else:
-        shutil.copy2(source, tmp)
-    if tmp.stat().st_size != os.stat(source).st_size:
-        tmp.unlink()
-        raise OSError(f"copy of {source} is incomplete")
-    os.replace(tmp, target)
+            tmp.unlink(missing_ok=True)
+    copy_file_atomic(Path(source), target)
     return True
 
 
@@ -246,6 +251,22 @@ def export_run(run_dir: Path | str, out: Path | str, opts: ExportOptions | None 
     staging = out / STAGING
     shutil.rmtree(staging, ignore_errors=True)  # ours: a killed export's leftovers
     staging.mkdir(parents=True)
+    try:
+        result, written = _stage_export(store, manifest, final, out, opts)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)  # a full disk gets its room back at once
+        raise
+    _publish(out, staging, written, previous)
+    if opts.media_features and (note := decoder_missing()):
+        result.notes.append(note)
+    return result
+
+
+def _stage_export(store: RunStore, manifest: dict[str, Any], final: list[Path], out: Path,
+                  opts: ExportOptions) -> tuple[ExportResult, set[str]]:
+    """Write the export's data files and card into the staging folder; return the result
+    and the files written (relative to `out`)."""
+    staging = out / STAGING
     have = pq.read_schema(final[0]).names
     columns = [c for c in have if not c.startswith("reject_")] if opts.all_columns \
         else [c for c in TRAINING_COLUMNS if c in have]
@@ -260,10 +281,7 @@ def export_run(run_dir: Path | str, out: Path | str, opts: ExportOptions | None 
     result.fingerprint = content_fingerprint(staging, data_files)
     write_card(staging, CardInputs(manifest, store, result, opts, _sample(staging, data_files)))
     written.add("README.md")
-    _publish(out, staging, written, previous)
-    if opts.media_features and (note := decoder_missing()):
-        result.notes.append(note)
-    return result
+    return result, written
 
 
 def _export_config(result: ExportResult, config: str, splits: dict[str, pa.Table], folder: str,
