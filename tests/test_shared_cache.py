@@ -118,3 +118,29 @@ def test_processes_sharing_a_cache_send_each_prompt_once(tmp_path):
         calls = len(server.requests)
     assert answers[0] == answers[1] == answers[2] and len(answers[0]) == 24
     assert calls == 24  # not 72: each prompt went out once, the others waited for it
+
+
+@pytest.mark.parametrize("room", ["16k", "48k"])
+def test_a_full_disk_is_the_os_error_a_file_write_raises(small_disk, room):
+    """SQLite says SQLITE_FULL, or SQLITE_IOERR_SHMSIZE when the WAL index cannot grow (a
+    'disk I/O error'): both are the ENOSPC every other write of a run raises, naming the
+    cache, so the command prints its one line and the rows are not blamed."""
+    import errno
+
+    small_disk.resize(room)
+    path = small_disk.path / "responses.sqlite"
+    with pytest.raises(OSError) as full:
+        cache = KVCache(path)
+        for i in range(100):
+            cache.put(f"k{i}", "x" * 4000)
+    assert full.value.errno == errno.ENOSPC and full.value.filename == str(path)
+
+
+def test_a_cache_on_a_read_only_filesystem_is_a_permission_error(small_disk):
+    import errno
+
+    assert small_disk.mount("1m", "remount", "ro").returncode == 0
+    with pytest.raises(OSError) as refused:
+        KVCache(small_disk.path / "responses.sqlite")
+    assert refused.value.errno == errno.EACCES
+    assert refused.value.filename == str(small_disk.path / "responses.sqlite")

@@ -114,12 +114,13 @@ def damage_in_runs(exc: BaseException, args: list[str]) -> str | None:
             f"which writes every file whole): {redo}, or restore it from a copy")
 
 
-MACHINE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES})
+MACHINE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EIO})
 
 
 def machine_error(exc: BaseException) -> str | None:
     """One line for an OSError the machine causes, not avcurate or the data (a full disk,
-    a quota, a read-only or forbidden path), wherever in a command it is raised; else None.
+    a quota, a read-only or forbidden path, a failing disk), wherever in a command it is
+    raised; else None.
     Every write is atomic and a stage is recorded only once complete, so the same command
     resumes once the cause is fixed."""
     if not isinstance(exc, OSError) or exc.errno not in MACHINE_ERRNOS:

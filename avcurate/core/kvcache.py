@@ -15,6 +15,7 @@ gives up, dies (same host: its PID is gone) or overruns the lease.
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import os
@@ -99,7 +100,25 @@ DAMAGE = ("malformed", "not a database", "file is encrypted")
 
 
 def _damage(path: Path, exc: sqlite3.DatabaseError) -> Exception:
-    return CacheDamaged(path, exc) if any(d in str(exc) for d in DAMAGE) else exc
+    """A damaged file as CacheDamaged; what the machine causes as the OSError a file
+    write raises for it (the command's one line, then the same command resumes); anything
+    else as it is."""
+    if any(d in str(exc) for d in DAMAGE):
+        return CacheDamaged(path, exc)
+    if (code := _machine_errno(getattr(exc, "sqlite_errorcode", None))) is not None:
+        return OSError(code, os.strerror(code), str(path))
+    return exc
+
+
+def _machine_errno(code: int | None) -> int | None:
+    """The errno for SQLite's result codes of the machine's making: a full disk
+    (SQLITE_FULL, or SQLITE_IOERR_SHMSIZE: the WAL index file could not grow), a folder it
+    may not write (SQLITE_CANTOPEN, SQLITE_READONLY), a failing disk (other IOERRs)."""
+    if code in (sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR_SHMSIZE):
+        return errno.ENOSPC
+    primary = None if code is None else code & 0xFF  # an extended code's primary code
+    return {sqlite3.SQLITE_CANTOPEN: errno.EACCES, sqlite3.SQLITE_READONLY: errno.EACCES,
+            sqlite3.SQLITE_IOERR: errno.EIO}.get(primary)
 
 
 def _locked(method):
@@ -122,8 +141,11 @@ class KVCache:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._db = sqlite3.connect(str(path), timeout=60, isolation_level=None,
-                                   check_same_thread=False)
+        try:
+            self._db = sqlite3.connect(str(path), timeout=60, isolation_level=None,
+                                       check_same_thread=False)
+        except sqlite3.DatabaseError as exc:
+            raise _damage(path, exc) from None
         self.journal = journal_mode(path)
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
         self._lock = threading.RLock()
