@@ -988,6 +988,33 @@ def test_a_damaged_cache_is_named_in_one_line_and_moving_it_aside_recovers(valid
     assert status[2]["rows_in"] == status[2]["kept"] + status[2]["rejected"] == 6
 
 
+@pytest.mark.parametrize("sent, room", [("none", "16k"), ("none", "48k"),
+                                        ("frames+audio", "64k"), ("frames+audio", "160k")])
+def test_a_full_disk_under_the_caches_rejects_no_row_and_the_command_resumes(
+        validated, small_disk, sent, room):
+    """The run's caches (SQLite files for responses and media digests, decoded frames and
+    audio) on a disk that fills up. SQLite's own error once ended the command in a
+    traceback, and the digest cache's error rejected every row as missing_media."""
+    import shutil
+
+    shutil.rmtree(validated / "cache")  # a cache: dropping it loses nothing
+    (validated / "cache").symlink_to(small_disk.path, target_is_directory=True)
+    small_disk.resize(room)
+    with openai_server() as server:
+        full = sh(*_score(validated, server.url + "/v1", media=sent))
+        assert full.returncode == 2 and "Traceback" not in full.stderr, full.stderr
+        [line] = full.stderr.strip().splitlines()
+        assert line.startswith(f"error: No space left on device: {validated / 'cache'}/"), line
+        assert _stages(validated) == ["00-ingest", "01-validate"]
+        assert not list((validated / "02-score").glob("rejects/part-*.parquet"))  # none rejected
+        small_disk.resize("64m")
+        done = sh(*_score(validated, server.url + "/v1", media=sent))
+        assert done.returncode == 0, done.stderr
+    kept, rej = read_stage(validated, "02")
+    assert kept.num_rows == 4 and rej.num_rows == 2  # the two prose answers, as ever
+    assert "missing_media" not in rej.column("reject_reason").to_pylist()
+
+
 def test_a_full_disk_is_one_line_and_the_same_command_resumes(tmp_path, media, monkeypatch,
                                                               capsys):
     """A write that fails for the machine's sake (here the third file's sync: no space

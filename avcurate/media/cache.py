@@ -25,12 +25,25 @@ from avcurate.media.decode import audio, frames
 from avcurate.media.errors import Lost
 
 
+class Unreadable(Exception):
+    """A row's media file cannot be read (missing, not a file, no permission)."""
+
+
 def content_digest(path: str, digests: KVCache) -> str:
-    st = os.stat(path)
+    """The file's sha256, memoised in `digests`. Unreadable is the row's fault; an error
+    of the cache itself (a full disk) is the machine's and is not caught here: it once
+    rejected every row of a stage as missing_media."""
+    try:
+        st = os.stat(path)
+    except (OSError, TypeError) as exc:
+        raise Unreadable(f"{path}: {exc}") from None
     key = f"{path}|{st.st_size}|{st.st_mtime_ns}"
     found = digests.get(key)
     if found is None:
-        found = file_digest(path)
+        try:
+            found = file_digest(path)
+        except OSError as exc:
+            raise Unreadable(f"{path}: {exc}") from None
         digests.put(key, found)
     return found
 
@@ -171,8 +184,8 @@ def decode_rows(rows: list[dict], media_path: Callable[[dict], str | None], need
         path = media_path(row)
         try:
             digest = content_digest(path, digests)
-        except (OSError, TypeError) as exc:
-            out.append({"error": "missing_media", "detail": f"{path}: {exc}"})
+        except Unreadable as exc:
+            out.append({"error": "missing_media", "detail": str(exc)})
             continue
         fpath = frames_path(pool.run_dir, digest, needs.frames) if needs.frames else None
         apath = audio_path(pool.run_dir, digest, needs.seconds, needs.offset,
