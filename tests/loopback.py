@@ -173,6 +173,7 @@ class _Server(ModelServer):
         self.models_route_open = models_route_open
         self.model_list_requests = 0  # GET /models: the runner's check before a model stage
         self.uploads: list[bytes] = []
+        self.trickles: list[tuple[bool, float]] = []  # [trickle]: (client hung up, seconds)
         self.slow_seconds = slow_seconds
 
     def answer(self, prompt, attempt, images, audios, videos, sample) -> str:
@@ -194,7 +195,30 @@ class _Faults:
             return True
         if "[slow]" in prompt and attempt == 1:
             time.sleep(self.server.slow_seconds)
+        if "[trickle]" in prompt and attempt == 1:
+            self._trickle()
+            return True
         return False
+
+    def _trickle(self, seconds: float = 20.0) -> None:
+        """A 200 whose body comes a space every 0.2 s, as from a proxy keeping a slow
+        answer's connection open: no single read waits long, so only a deadline on the
+        whole answer ends it. Stops when the client hangs up."""
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", "1000000")
+        self.end_headers()
+        start = time.monotonic()
+        hung_up = False
+        try:
+            while time.monotonic() < start + seconds:
+                self.wfile.write(b" ")
+                self.wfile.flush()
+                time.sleep(0.2)
+        except OSError:
+            hung_up = True
+        self.server.trickles.append((hung_up, time.monotonic() - start))
+        self.close_connection = True
 
 
 class OpenAIFaults(_Faults, OpenAIHandler):

@@ -25,7 +25,8 @@ def _records(media, markers):
              "answer": "A"} for i, m in enumerate(markers)]
 
 
-MARKERS = ["", "[429]", "[500]", "[slow]", "[flaky]", "[nonjson]", "[range]", "[missing]"]
+MARKERS = ["", "[429]", "[500]", "[slow]", "[trickle]", "[flaky]", "[nonjson]", "[range]",
+           "[missing]"]
 
 
 def _score(server, **kw):
@@ -48,9 +49,13 @@ def test_score_every_row_kept_or_rejected_under_faults(tmp_path, media, monkeypa
         recipe = jsonl_recipe(tmp_path, _records(media, MARKERS), media["root"], [_score(server)])
         run(recipe, tmp_path / "run")
         kept, rej = read_stage(tmp_path / "run", "01")
+    # the client gave up on the answer that never ended at its 1 s timeout (it once waited
+    # for as long as the server sent a byte now and then)
+    [(hung_up, seconds)] = server.trickles
+    assert hung_up and seconds < 5
     ids = {r: m for r, m in zip([f"jsonl:ann/q{i}" for i in range(len(MARKERS))], MARKERS, strict=True)}
     assert {ids[i] for i in kept.column("id").to_pylist()} == {"", "[429]", "[500]", "[slow]",
-                                                                "[flaky]"}
+                                                                "[trickle]", "[flaky]"}
     reasons = {ids[r["id"]]: r["reject_reason"] for r in rej.to_pylist()}
     assert reasons == {"[nonjson]": "judge_invalid_json", "[range]": "judge_out_of_range",
                        "[missing]": "missing_media"}
@@ -64,7 +69,7 @@ def test_score_every_row_kept_or_rejected_under_faults(tmp_path, media, monkeypa
     assert row["judge_model"] == "openai:judge"
     manifest = json.loads((tmp_path / "run/manifest.json").read_text())
     usage = manifest["stages"][1]["usage"]
-    assert usage["retries"] >= 3 and usage["invalid_answers"] >= 1 + 3 + 3
+    assert usage["retries"] >= 4 and usage["invalid_answers"] >= 1 + 3 + 3
     assert usage["prompt_tokens"] > 0 and usage["calls"] == len(server.requests)
     assert manifest["stages"][1]["model"] == {"backend": "openai", "model": "judge",
                                               "base_url": server.url + "/v1"}
@@ -136,11 +141,13 @@ def test_gemini_backend(tmp_path, media, monkeypatch):
         stage = StageSpec("score", {"backend": "gemini", "model": "gemini-2.5-pro",
                                     "base_url": server.url, "timeout": 1.0, "max_attempts": 3,
                                     "audio_seconds": 2.0})
-        records = _records(media, ["", "[429]", "[500]", "[slow]", "[nonjson]"])
+        records = _records(media, ["", "[429]", "[500]", "[slow]", "[trickle]", "[nonjson]"])
         run(jsonl_recipe(tmp_path, records, media["root"], [stage]), tmp_path / "run")
         kept, rej = read_stage(tmp_path / "run", "01")
         body = server.requests[0]
-    assert kept.num_rows == 4
+    assert kept.num_rows == 5  # [trickle] too: its first answer never ends, the second does
+    [(hung_up, seconds)] = server.trickles
+    assert hung_up and seconds < 5
     assert rej.column("reject_reason").to_pylist() == ["judge_invalid_json"]
     parts = body["contents"][0]["parts"]
     inline = [p["inlineData"] for p in parts if "inlineData" in p]

@@ -1,5 +1,13 @@
 """How backends report failures to the executor."""
 
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from typing import TypeVar
+
+T = TypeVar("T")
+
 
 class ModelError(Exception):
     """A call that failed. `retryable` failures (429, 5xx, timeouts, connection errors) are
@@ -46,3 +54,16 @@ VLLM_HINT = ("pip install 'avcurate[vllm]' on a machine with a GPU, or run `vllm
 
 class BackendUnavailable(RuntimeError):
     """A backend that cannot be used here (e.g. vllm not installed): a clear message."""
+
+
+async def answer_within(seconds: float, call: Awaitable[T]) -> T:
+    """`call`'s result, or a retryable timeout once `seconds` have passed in all. The HTTP
+    clients' timeouts bound each read, not the whole answer: a server (or a proxy, some of
+    which send a space now and then to keep a slow answer's connection open) that kept
+    sending a byte a second held the call, and with it the stage, for as long as it sent."""
+    try:
+        async with asyncio.timeout(seconds):
+            return await call
+    except TimeoutError:
+        raise ModelError(f"no complete answer within the {seconds:g} s timeout",
+                         retryable=True, kind="timeout") from None

@@ -18,7 +18,7 @@ from typing import Any
 
 import openai
 
-from avcurate.models.errors import ModelError
+from avcurate.models.errors import ModelError, answer_within
 from avcurate.models.reachable import CONNECT_TIMEOUT
 from avcurate.models.request import (
     AudioPart,
@@ -150,7 +150,8 @@ class OpenAIBackend:
             structured, body = request.prepared.pop(self.name, (None, None))
             if body is None or structured != self.structured:  # not prepared, or the
                 body = self._body(request)  # server's support for structured output changed
-            completion = await self.client().post("/chat/completions", content=body, cast_to=object)
+            completion = await answer_within(self.timeout, self.client().post(
+                "/chat/completions", content=body, cast_to=object))
         except openai.BadRequestError as exc:
             if request.json_schema is not None and self.structured and "response_format" in str(exc):
                 self.structured = False  # this server has no structured output: fall back
