@@ -232,7 +232,8 @@ def test_a_late_answer_is_named_with_the_timeout(validated):
         result = sh(*_score(validated, f"http://127.0.0.1:{s.getsockname()[1]}/v1",
                             "--timeout", "1", "--max-attempts", "1"))
     assert result.returncode == 2 and "calls all failed" in result.stderr
-    assert "(no answer within the 1 s timeout)" in result.stderr
+    # the SDK's read timeout and answer_within's deadline race; either names the timeout
+    assert "no answer within the 1 s timeout" in result.stderr
 
 
 def test_a_redo_that_cannot_run_asks_nothing_and_removes_nothing(validated):

@@ -65,5 +65,5 @@ async def answer_within(seconds: float, call: Awaitable[T]) -> T:
         async with asyncio.timeout(seconds):
             return await call
     except TimeoutError:
-        raise ModelError(f"no complete answer within the {seconds:g} s timeout",
+        raise ModelError(f"no answer within the {seconds:g} s timeout",
                          retryable=True, kind="timeout") from None
