@@ -482,3 +482,18 @@ def test_an_audit_whose_prompt_file_was_edited_is_not_taken_as_done(run_dir, tmp
         assert redone.returncode == 0, redone.stderr
         assert len(second.requests) == 2 * asked  # the new text is sent for every row
     assert "Be strict" in second.requests[-1]["messages"][0]["content"][-1]["text"]
+
+
+def test_clips_named_at_the_file_name_limit_are_copied_beside_the_page(tmp_path, media):
+    from avcurate.audits.spotcheck import _copy_media, _plan_copies
+
+    names = ["x" * 246 + ".mp4", "é" * 123 + ".mp4"]  # 250 bytes each: the folder holds them
+    for name, clip in zip(names, ("good", "good2"), strict=True):
+        shutil.copy(media[clip], tmp_path / name)
+    copies = _plan_copies([{"video": str(tmp_path / n)} for n in names])
+    _copy_media(copies, tmp_path / "page_media")
+    made = sorted((tmp_path / "page_media").iterdir())
+    assert [p.name for p in made] == sorted(copies.values())
+    assert all(len(p.name.encode()) <= 240 and p.suffix == ".mp4" for p in made)
+    assert sorted(p.read_bytes() for p in made) == sorted(
+        (tmp_path / n).read_bytes() for n in names)

@@ -349,3 +349,27 @@ def test_export_refuses_a_run_whose_last_stage_stopped(tmp_path):
     [line] = done.stderr.strip().splitlines()
     assert "stage 02-classify is not finished" in line and "--from 02-classify" in line
     assert not (tmp_path / "export").exists()
+
+
+def test_clips_named_at_the_file_name_limit_are_copied_under_shorter_names(tmp_path, media):
+    """Names of 250 bytes fit the filesystem; their copies' names (a prefix added, and a
+    temporary name's 5 bytes more) must too, cut without splitting a character."""
+    (tmp_path / "clips").mkdir()
+    names = ["x" * 246 + ".mp4", "é" * 123 + ".mp4"]  # 250 bytes each
+    for name, clip in zip(names, ("good", "good2"), strict=True):
+        (tmp_path / "clips" / name).write_bytes(media[clip].read_bytes())
+    rows = [row(f"a{i:02d}", "speech", vd=0.9, ad=0.9, video=f"clips/{names[i % 2]}")
+            for i in range(10)]
+    Runner(scored_recipe(tmp_path, rows, [StageSpec("threshold")]), tmp_path / "run",
+           show_progress=False).run()
+    out = tmp_path / "export"
+    done = subprocess.run(avcurate_cmd("export", str(tmp_path / "run"), "--out", str(out),
+                                       "--copy-media", "--val-fraction", "0"),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    copies = sorted((out / "videos").iterdir())
+    assert len(copies) == 2 and all(len(p.name.encode()) <= 240 for p in copies)
+    assert all(p.suffix == ".mp4" for p in copies)
+    table = pq.read_table(sorted((out / "data").glob("train-*.parquet"))[0])
+    for path, name in zip(table.column("video").to_pylist(), names * 5, strict=True):
+        assert (out / "data" / path).read_bytes() == (tmp_path / "clips" / name).read_bytes()

@@ -30,7 +30,7 @@ from avcurate.core.outputs import (
     generator_tag,
     write_output,
 )
-from avcurate.core.store import RunStore, copy_file_atomic, copying
+from avcurate.core.store import RunStore, copy_file_atomic, copy_name, copying
 from avcurate.curation.score import DIMENSIONS
 
 from .agree import first_judge, second_judges
@@ -107,7 +107,7 @@ def _plan_copies(rows: list[dict[str, Any]]) -> dict[Path, str]:
     for row in rows:
         for path in (row.get("video"), row.get("audio")):
             if path and (source := Path(path).resolve()).is_file() and source not in copies:
-                copies[source] = f"{len(copies):04d}-{source.name}"
+                copies[source] = copy_name(f"{len(copies):04d}", source.name)
     return copies
 
 

@@ -95,6 +95,22 @@ def copy_file_atomic(source: Path, target: Path) -> None:
             raise
 
 
+NAME_BYTES = 240  # a file name's room (255 bytes on common filesystems) less `copying`'s 5
+
+
+def copy_name(prefix: str, name: str) -> str:
+    """`PREFIX-NAME` for a copy of the file `name`, its stem cut (suffix kept) so that the
+    copy and its temporary file fit a file name's 255 bytes: a clip named at the limit,
+    which its own folder holds, made the copy fail. `prefix` alone keeps names apart."""
+    full = f"{prefix}-{name}"
+    if len(full.encode()) <= NAME_BYTES:
+        return full
+    suffix = Path(name).suffix if len(Path(name).suffix) <= 16 else ""
+    room = NAME_BYTES - len(f"{prefix}-{suffix}".encode())
+    stem = name[:len(name) - len(suffix)].encode()[:room].decode("utf-8", "ignore")
+    return f"{prefix}-{stem}{suffix}"
+
+
 def copying(target: Path) -> Path:
     """Where a copy to `target` is written before it is renamed into place."""
     return target.with_name(f".{target.name}.tmp")

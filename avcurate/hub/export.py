@@ -45,6 +45,7 @@ from avcurate.core.store import (
     RunStore,
     atomic_write_bytes,
     copy_file_atomic,
+    copy_name,
     copying,
     naming,
 )
@@ -116,7 +117,7 @@ def write_split(table: pa.Table, folder: Path, split: str, max_bytes: int) -> li
 
 def _media_name(path: str) -> str:
     digest = hashlib.sha1(path.encode()).hexdigest()[:10]
-    return f"{digest}-{Path(path).name}"
+    return copy_name(digest, Path(path).name)
 
 
 def place_media(source: str, target: Path, how: str) -> bool:
