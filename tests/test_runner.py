@@ -471,3 +471,29 @@ def test_a_stage_numbered_100_leaves_stage_10_alone(tmp_path, media):
     Runner(Recipe.from_dict(json.loads((run_dir / "manifest.json").read_text())["recipe"]),
            run_dir, show_progress=False)._drop_unfinished_others(run_dir / "100-threshold")
     assert done.is_dir()
+
+
+def test_a_run_of_more_than_99_stages_is_listed_and_reset_by_number(tmp_path):
+    """`{index:02d}` grows a third digit at stage 100. The stage folders were looked for
+    by two digits, so `reset --from 99` dropped stages 99-101 from the manifest but left
+    folders 100 and 101 on disk, and `reset --from 100` found nothing to remove."""
+    from avcurate.core.store import RunStore
+    from avcurate.pipeline.runner import reset_run, stage_index
+
+    records = [{"id": f"r{i}", "video": "x.mp4", "question": f"Q{i}?", "options": ["a", "b"],
+                "answer": "A"} for i in range(2)]
+    run_dir = tmp_path / "run"
+    recipe = jsonl_recipe(tmp_path, records, tmp_path, [StageSpec("dedup")] * 101)
+    assert len(run(recipe, run_dir)) == 102
+    store = RunStore(run_dir)
+    assert [p.name for p in store.stage_dirs(98)] == ["98-dedup", "99-dedup", "100-dedup",
+                                                       "101-dedup"]
+    assert stage_index(run_dir, "100-dedup") == 100
+
+    assert reset_run(run_dir, 100) == ["100-dedup", "101-dedup"]
+    assert not (run_dir / "100-dedup").exists() and not (run_dir / "101-dedup").exists()
+    run(recipe, run_dir)  # redone: the last two stages again, the rest resumed
+    assert reset_run(run_dir, 99) == ["99-dedup", "100-dedup", "101-dedup"]
+    on_disk = sorted(p.name for p in run_dir.iterdir() if p.name[0].isdigit())
+    recorded = sorted(e["dir"] for e in store.load_manifest()["stages"])
+    assert on_disk == recorded and len(recorded) == 99

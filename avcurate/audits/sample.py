@@ -63,7 +63,7 @@ def _categories(store: RunStore, entry: dict[str, Any], table: pa.Table) -> list
     """Each row's category from the stages after the score stage (kept or rejected rows)."""
     found: dict[str, str] = {}
     for stage_dir in store.stage_dirs():
-        if int(stage_dir.name[:2]) <= entry["index"]:
+        if store.stage_number(stage_dir) <= entry["index"]:
             continue
         for path in store.shards(stage_dir) + store.rejects(stage_dir):
             if "category" not in pq.read_schema(path).names:

@@ -19,6 +19,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 import secrets
 import shutil
 from collections.abc import Iterator
@@ -32,6 +33,7 @@ from avcurate.core.arrow_values import empty
 
 MANIFEST = "manifest.json"
 FINGERPRINT = ".fingerprint"  # in every stage folder: the settings that wrote its shards
+_STAGE_DIR = re.compile(r"([0-9]+)-.")  # `NN-name`: two digits or more (stage 100 on)
 
 
 @contextlib.contextmanager
@@ -250,6 +252,14 @@ class RunStore:
         return self.root / f"{index:02d}-{name}"
 
     @staticmethod
+    def stage_number(folder: Path | str) -> int | None:
+        """The index a stage folder's name starts with (`03-balance` → 3, `104-subset` →
+        104), or None for a name that is not `NN-name`. Read from the whole number, not
+        the first two characters: `{index:02d}` grows a third digit at stage 100."""
+        found = _STAGE_DIR.match(Path(folder).name)
+        return int(found.group(1)) if found else None
+
+    @staticmethod
     def shard_path(stage_dir: Path, i: int) -> Path:
         return stage_dir / f"part-{i:05d}.parquet"
 
@@ -272,9 +282,10 @@ class RunStore:
         listed, so `reset`, `--redo` and `--force` never remove it."""
         recorded = ({e.get("dir") for e in self.load_manifest().get("stages", [])}
                     if self.exists() else set())
-        return sorted(p for p in self.root.glob("[0-9][0-9]-*") if p.is_dir()
-                      and int(p.name[:2]) >= start
-                      and ((p / FINGERPRINT).is_file() or p.name in recorded))
+        found = [(n, p) for p in (self.root.iterdir() if self.root.is_dir() else ())
+                 if (n := self.stage_number(p)) is not None and n >= start and p.is_dir()
+                 and ((p / FINGERPRINT).is_file() or p.name in recorded)]
+        return [p for _, p in sorted(found)]  # by number: "100-x" after "99-y"
 
     def unfinished_dirs(self) -> list[Path]:
         """The stage folders the manifest does not record, which is every stage that was

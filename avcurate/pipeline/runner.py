@@ -408,12 +408,12 @@ class Runner:
         model answers stay in the cache. Left beside the new stage, it showed as a second
         stage of that number, and a reset of it by name removed the new stage too. Only
         the stage about to start has this index: done stages all come before it."""
-        index = out_dir.name.split("-", 1)[0]
-        for other in self.store.stage_dirs(int(index)):
-            if other.name.split("-", 1)[0] == index and other != out_dir:
+        index = self.store.stage_number(out_dir)
+        for other in self.store.stage_dirs(index):
+            if self.store.stage_number(other) == index and other != out_dir:
                 shutil.rmtree(other)  # made by avcurate (stage_dirs lists no other folder)
                 self.console.print(f"removed {other.name}: an unfinished stage this run no "
-                                   f"longer makes at {index} (its model answers stay in "
+                                   f"longer makes at {index:02d} (its model answers stay in "
                                    "the cache)", markup=False)
 
     def _finish(self, manifest, entry, out_dir: Path, rows_in: int, seconds: float,
@@ -754,7 +754,7 @@ def redo_plan(run_dir: Path | str, specs: list[StageSpec]) -> tuple[list[str], l
     if at is None:
         return [], []
     dirs = [p.name for p in store.stage_dirs(at + 1)]
-    own = [d for d in dirs if int(d[:2]) <= at + len(specs)]
+    own = [d for d in dirs if store.stage_number(d) <= at + len(specs)]
     return own, [d for d in dirs if d not in own]
 
 
@@ -841,11 +841,11 @@ def stage_index(run_dir: Path | str, name: str) -> int:
     if name.isdigit():
         return int(name)
     if name in dirs:
-        return int(name[:2])
+        return store.stage_number(name)
     hits = [e["index"] for e in entries if e["name"] == name]
     if len(hits) == 1:
         return hits[0]
     if len(hits) > 1:
-        named = [d for d in dirs if int(d[:2]) in hits]
+        named = [d for d in dirs if store.stage_number(d) in hits]
         raise RunError(f"{name!r} names several stages ({', '.join(named)}); give the folder")
     raise RunError(f"no stage {name!r} in {run_dir}; stages: {', '.join(dirs) or 'none'}")
