@@ -229,3 +229,31 @@ def test_omni_trains_on_two_ranks_like_one(thinker, media, tmp_path):
     w1 = load_file(str(tmp_path / "one/final/model.safetensors"))
     w2 = load_file(str(tmp_path / "two/final/model.safetensors"))
     assert set(w1) == set(w2) and all(torch.allclose(w1[k], w2[k], atol=1e-5) for k in w1)
+
+
+def test_a_clip_gone_or_damaged_since_the_export_is_skipped_not_fatal(thinker, media, tmp_path,
+                                                                      capfd):
+    """A missing clip stopped training with a MediaError traceback at the first step that
+    drew its row, losing the steps since the last checkpoint. Such rows are replaced, each
+    printed and listed once with its reason, and training finishes."""
+    import json
+
+    folder, processor = thinker
+    videos = [media["good"], tmp_path / "deleted.mp4", media["good2"], media["corrupt"]]
+    rows = [_row(media) | {"id": f"q{i}", "video": str(v)} for i, v in enumerate(videos)]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "rows.parquet")
+    cfg = TrainConfig(data=str(tmp_path / "rows.parquet"), model=str(folder),
+                      out=str(tmp_path / "out"), policy="omni", frames=2, audio_seconds=2.0,
+                      num_generations=2, prompts_per_step=2, steps=5, lr=1e-2,
+                      max_new_tokens=3, max_prompt_tokens=4096, system_prompt="")
+    history = train(cfg, policy_kwargs={"processor": processor}, progress=False)
+    assert len(history) == 5 and (tmp_path / "out/final/model.safetensors").is_file()
+    listed = [json.loads(x) for x in (tmp_path / "out/skipped_rows.jsonl").read_text()
+              .splitlines()]
+    assert sorted((x["id"], x["reason"]) for x in listed) == [("q1", "missing_media"),
+                                                              ("q3", "unreadable_media")]
+    # 10 draws over 4 rows: the bad rows came up more than once, each printed once
+    assert sum(h["skipped_rows"] for h in history) > 2
+    err = capfd.readouterr().err
+    assert err.count("skipped row q1 ") == 1 and err.count("skipped row q3 ") == 1
+    assert "deleted.mp4: no such file" in err

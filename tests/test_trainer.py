@@ -552,3 +552,57 @@ def test_a_hub_id_without_network_loads_from_the_cache_or_stops_in_one_line(toy,
                            "(http://127.0.0.1:1) cannot be reached (Connection refused) and "
                            "the model is not in the local cache")
     assert not (tmp_path / "absent").exists()
+
+
+def _with_long_questions(data: Path, out: Path) -> Path:
+    """The toy rows and two rows whose question is far longer than the others."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(data).to_pylist()
+    rows += [{"id": f"long{i}", "question": "Pick B. " + "Really? " * 200,
+              "options": ["A", "B", "C", "D"], "answer": "B"} for i in range(2)]
+    pq.write_table(pa.Table.from_pylist(rows), out)
+    return out
+
+
+def test_a_prompt_over_the_limit_is_skipped_alike_on_one_rank_and_two(toy, tmp_path):
+    """A text prompt over --max-prompt-tokens was cut from the left (losing the system
+    prompt, against --help's word). It is now replaced by a row drawn from the slot's own
+    seed, logged once, and counted in the metrics: 2 ranks still equal 1."""
+    data = _with_long_questions(toy[1], tmp_path / "long.parquet")
+    kw = {"data": data, "max-prompt-tokens": 64, "prompts-per-step": 4, "steps": 3,
+          "system-prompt": "Answer with one letter."}
+    _run(_args(toy, tmp_path / "one", **kw), 1)
+    _run(_args(toy, tmp_path / "two", **kw), 2)
+    one, two = _metrics(tmp_path / "one"), _metrics(tmp_path / "two")
+    assert sum(m["skipped_rows"] for m in one) >= 2
+    for a, b in zip(one, two, strict=True):
+        assert (a["skipped_rows"], a["reward_mean"]) == (b["skipped_rows"], b["reward_mean"])
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
+    for folder in ("one", "two"):
+        lines = [json.loads(x) for x in
+                 (tmp_path / folder / "skipped_rows.jsonl").read_text().splitlines()]
+        assert {x["id"] for x in lines} == {"long0", "long1"}, folder
+        assert {x["reason"] for x in lines} == {"prompt_too_long"}
+        if folder == "one":  # two ranks may each find the same row at once
+            assert len(lines) == 2
+
+
+def test_a_limit_no_row_fits_stops_training_in_one_line(toy, tmp_path):
+    lm, data = toy
+    env = os.environ | {"PYTHONPATH": str(TESTS)}
+    result = subprocess.run([sys.executable, "-m", "avcurate", "train", "--data", str(data),
+                             "--model", str(lm), "--out", str(tmp_path / "out"),
+                             "--max-prompt-tokens", "4", "--num-generations", "2",
+                             "--prompts-per-step", "2", "--steps", "2"],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 2, result.stderr[-2000:]
+    said = [x for x in result.stderr.replace("\r", "\n").splitlines()
+            if x.strip() and not x.startswith(("train:", "Loading weights"))]  # the bars
+    assert said == [said[0]] and said[0].startswith(
+        "error: training stopped at step 1: 8 rows drawn one after another could not be "
+        "used, the last for: row t"), said  # not one line per row skipped before it
+    assert "over --max-prompt-tokens 4" in said[0] and "Traceback" not in result.stderr
+    assert not (tmp_path / "out/final").exists()
+    assert len((tmp_path / "out/skipped_rows.jsonl").read_text().splitlines()) >= 2

@@ -44,13 +44,22 @@ def register() -> None:
         if history:
             last = history[-1]
             out.print(f"trained to step {last['step']}: reward mean {last['reward_mean']:.3f}, "
-                      f"{last['tokens_per_s']:.0f} tokens/s; model in {Path(cfg.out) / 'final'}",
-                      markup=False, soft_wrap=True)
+                      f"{last['tokens_per_s']:.0f} tokens/s; model in {Path(cfg.out) / 'final'}"
+                      f"{_skipped(Path(cfg.out))}", markup=False, soft_wrap=True)
 
     doc = ("Train a policy with GSPO/GRPO on an export. Several GPUs: torchrun "
            "--nproc-per-node N -m avcurate train ... (FSDP2).")
     app.command(name="train")(with_signature(command, [CONFIG, *[o.parameter() for o in options]],
                                              doc))
+
+
+def _skipped(folder: Path) -> str:
+    """'; N rows skipped (FILE)' when the training folder lists rows it could not use."""
+    from avcurate.trainer.unusable import SKIPPED
+
+    log = folder / SKIPPED
+    n = len(log.read_text().splitlines()) if log.is_file() else 0
+    return f"; {n} row{'s' * (n != 1)} skipped ({log})" if n else ""
 
 
 def _finish() -> None:

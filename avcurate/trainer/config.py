@@ -75,8 +75,10 @@ class TrainConfig:
     temperature: float = option(1.0, gt=0, max=5, help="Sampling temperature.")
     top_p: float = option(1.0, gt=0, max=1, help="Nucleus sampling.")
     max_new_tokens: int = option(256, min=1, help="Longest completion.")
-    max_prompt_tokens: int = option(1024, min=1, help="Longest prompt; a longer one is an error "
-                                    "naming the row.")
+    max_prompt_tokens: int = option(1024, min=1, help="Longest prompt (media tokens included); "
+                                    "a row over it is skipped, like a row whose media cannot "
+                                    "be read: another row takes its place and it is listed "
+                                    "in OUT/skipped_rows.jsonl.")
     system_prompt: str = option(DEFAULT_SYSTEM_PROMPT, help="System prompt of every rollout.")
     attention_lambda: float = option(0.3, min=0, help="modality_attention: the bonus λ.")
     attention_strict: bool = option(False, help="modality_attention: also require the "

@@ -25,6 +25,7 @@ from avcurate.trainer import rewards as reward_registry
 from avcurate.trainer.collectives import all_max, all_sum
 from avcurate.trainer.rollout import pack, prompt_seed, row_seed, sample_batch
 from avcurate.trainer.state import TrainState
+from avcurate.trainer.unusable import UnusableRow, usable_input
 
 
 @dataclass
@@ -46,17 +47,18 @@ class Group:
 
 
 def sample_groups(state: TrainState, slots: list[tuple[int, int]], step: int,
-                  sampling: dict[str, Any], salt: int = 0) -> list[Group]:
+                  sampling: dict[str, Any], salt: int = 0, throwaway: bool = False
+                  ) -> list[Group]:
     """A group per (row index, global slot index), with the rewards' extra rollouts; `salt`
-    (the resampling round) gives a replacement its own sampling seed.
+    (the resampling round) gives a replacement its own sampling seed; `throwaway`: groups
+    sampled only to keep in step with other ranks, whose skipped rows are not counted.
 
     Every slot's G completions come from one generate call (and the extra rollouts from
     one more), each prompt's media encoded once. Each completion comes from its own seed,
     so the result does not depend on how slots are batched."""
     cfg, policy = state.cfg, state.policy
     G = cfg.num_generations
-    rows = [dict(state.rows[r_idx]) for r_idx, _ in slots]
-    inputs = [policy.inputs(row, "av", cfg.max_prompt_tokens) for row in rows]
+    rows, inputs = _usable(state, slots, step, salt, not throwaway)
     seeds = [prompt_seed(cfg.seed + 101 * salt, step, g_idx) for _, g_idx in slots]
     completions = _sample(state, inputs, seeds, G, sampling)
     for variant in state.variants:  # the extra rollouts the rewards declared
@@ -69,6 +71,28 @@ def sample_groups(state: TrainState, slots: list[tuple[int, int]], step: int,
     return [Group(ids, group, row, media, [tok.decode(c, skip_special_tokens=True)
                                            for c in group])
             for (ids, media), group, row in zip(inputs, completions, rows, strict=True)]
+
+
+def _usable(state: TrainState, slots: list[tuple[int, int]], step: int, salt: int,
+            count: bool) -> tuple[list[dict[str, Any]], list[tuple[torch.Tensor, dict]]]:
+    """Each slot's row and prompt, an unusable row replaced (`unusable.py`). A rank that
+    stops tells the others, which would otherwise wait for it in the next collective."""
+    cfg, policy = state.cfg, state.policy
+    rows, inputs, stop = [], [], None
+    for r_idx, g_idx in slots:
+        try:
+            row, made = usable_input(
+                state.skipped, lambda row: policy.inputs(row, "av", cfg.max_prompt_tokens),
+                state.rows, r_idx, [cfg.seed, step, g_idx, salt], step, count)
+        except UnusableRow as exc:
+            stop = exc
+            break
+        rows.append(row)
+        inputs.append(made)
+    if all_max(int(stop is not None)):
+        raise stop or UnusableRow("unusable", f"training stopped at step {step + 1}: "
+                                  "another rank could not find usable rows")
+    return rows, inputs
 
 
 def _sample(state: TrainState, inputs: list[tuple[torch.Tensor, dict]], seeds: list[int],
@@ -118,9 +142,11 @@ def fill(state: TrainState, slots: list[tuple[int, int]], step: int,
         rounds = round_
         tries = [(replacement_row(cfg.seed, step, slots[k][1], round_, len(state.rows)),
                   slots[k][1]) for k in flat]
-        new = sample_groups(state, tries, step, sampling, salt=round_)
-        if not flat:  # keep in step with the ranks that replace groups: as many generate calls
-            sample_groups(state, [slots[0]], step, sampling, salt=round_)
+        if flat:
+            new = sample_groups(state, tries, step, sampling, salt=round_)
+        else:  # keep in step with the ranks that replace groups: the same calls and collectives
+            sample_groups(state, [slots[0]], step, sampling, salt=round_, throwaway=True)
+            new = []
         score(state, new)
         for k, group in zip(flat, new, strict=True):
             groups[k] = group

@@ -40,6 +40,7 @@ from avcurate.trainer.rewards import Reward, RewardSettings
 from avcurate.trainer.rewards.judge import check_judge
 from avcurate.trainer.rollout import token_logprobs
 from avcurate.trainer.state import TrainState
+from avcurate.trainer.unusable import SKIPPED
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "bf16-mixed": torch.float32}
 
@@ -248,8 +249,9 @@ def recover_checkpoint(folder: Path) -> None:
 
 
 def keep_metrics_until(path: Path, step: int) -> None:
-    """Drop logged steps after `step` (rank 0, on resume): they were logged by a run killed
-    before its next checkpoint and are about to be trained and logged again."""
+    """Drop logged steps after `step` (rank 0, on resume; metrics and skipped rows): they
+    were logged by a run killed before its next checkpoint and are about to be trained and
+    logged again."""
     if not path.exists():
         return
     every = [ln for ln in path.read_text().splitlines() if ln.strip()]
@@ -386,41 +388,54 @@ def train(cfg: TrainConfig, progress: bool = True, policy_kwargs: dict | None = 
     start = load_checkpoint(ckpt, state.model, state.optimizer, state.scheduler, state.rank) \
         if ckpt.exists() else 0
     metrics_path = out / "metrics.jsonl"
+    state.skipped.path = out / SKIPPED
     if state.rank == 0:
         keep_metrics_until(metrics_path, start)
+        keep_metrics_until(state.skipped.path, start)  # rows met in steps to be trained again
+    if dist.is_initialized():
+        dist.barrier()  # before any rank logs a skipped row of the first step
     history = []
     bar = _bar(progress and state.rank == 0, cfg.steps, start)
-    per_rank = cfg.prompts_per_step // state.world
-    for step in range(start, cfg.steps):
-        t0 = time.perf_counter()
-        indices = prompt_indices(len(state.rows), step, cfg.prompts_per_step, cfg.seed)
-        mine = list(range(state.rank * per_rank, (state.rank + 1) * per_rank))
-        try:
-            record = _generation_step(state, [indices[i] for i in mine],
-                                      [step * cfg.prompts_per_step + i for i in mine], step)
-        except EndpointError as exc:
-            _stop_for_judge(state, ckpt, step, start, exc)
-        record |= {"step": step + 1, "lr": state.scheduler.get_last_lr()[0],
-                   "seconds": time.perf_counter() - t0}
-        record["tokens_per_s"] = record.pop("tokens") / record["seconds"]
-        history.append(record)
-        if state.rank == 0 and (step + 1) % cfg.log_every == 0:
-            with metrics_path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
+    try:
+        for step in range(start, cfg.steps):
+            record = _logged_step(state, ckpt, step, start)
+            history.append(record)
+            if state.rank == 0 and (step + 1) % cfg.log_every == 0:
+                with metrics_path.open("a") as f:
+                    f.write(json.dumps(record) + "\n")
+            if bar is not None:
+                bar.set_postfix(reward=f"{record['reward_mean']:.3f}")
+                bar.update(1)
+            if cfg.stop_after and step + 1 - start >= cfg.stop_after and step + 1 < cfg.steps:
+                _save(state, ckpt, step + 1)
+                break  # a time-limited job: the next run resumes exactly here
+            if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
+                _save(state, ckpt, step + 1)
+        else:
+            _save(state, ckpt, cfg.steps)
+            save_final(out / "final", state.policy, state.model, state.rank)
+    finally:  # an error's line then starts on a line of its own, not after the bar
         if bar is not None:
-            bar.set_postfix(reward=f"{record['reward_mean']:.3f}")
-            bar.update(1)
-        if cfg.stop_after and step + 1 - start >= cfg.stop_after and step + 1 < cfg.steps:
-            _save(state, ckpt, step + 1)
-            break  # a time-limited job: the next run resumes exactly here
-        if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
-            _save(state, ckpt, step + 1)
-    else:
-        _save(state, ckpt, cfg.steps)
-        save_final(out / "final", state.policy, state.model, state.rank)
-    if bar is not None:
-        bar.close()
+            bar.close()
     return history
+
+
+def _logged_step(state: TrainState, ckpt: Path, step: int, start: int) -> dict[str, Any]:
+    """One generation step over this rank's share of the step's prompts, and its record."""
+    cfg = state.cfg
+    t0 = time.perf_counter()
+    indices = prompt_indices(len(state.rows), step, cfg.prompts_per_step, cfg.seed)
+    per_rank = cfg.prompts_per_step // state.world
+    mine = list(range(state.rank * per_rank, (state.rank + 1) * per_rank))
+    try:
+        record = _generation_step(state, [indices[i] for i in mine],
+                                  [step * cfg.prompts_per_step + i for i in mine], step)
+    except EndpointError as exc:
+        _stop_for_judge(state, ckpt, step, start, exc)
+    record |= {"step": step + 1, "lr": state.scheduler.get_last_lr()[0],
+               "seconds": time.perf_counter() - t0}
+    record["tokens_per_s"] = record.pop("tokens") / record["seconds"]
+    return record
 
 
 def _stop_for_judge(state: TrainState, ckpt: Path, step: int, start: int,
@@ -495,7 +510,8 @@ def _record(state: TrainState, rollout, total, parts, stats) -> dict[str, Any]:
     record = {"reward_mean": float(np.mean(all_rewards)), "reward_std": float(np.std(all_rewards)),
               "zero_std_groups": float((groups.std(dim=1, unbiased=False) < 1e-6).float().mean()),
               "completion_len": all_sum(rollout.completion_tokens) / len(all_rewards),
-              "tokens": all_sum(rollout.completion_tokens), **stats}
+              "tokens": all_sum(rollout.completion_tokens),
+              "skipped_rows": int(all_sum(state.skipped.take_count())), **stats}
     for name, values in parts.items():
         gathered = gather_list(values)
         record[f"reward/{name}_mean"] = float(np.mean(gathered))

@@ -22,13 +22,14 @@ from avcurate.core.options import OptionError
 from avcurate.core.outputs import OutputError, check_output_folder, check_owned_folder
 from avcurate.core.store import atomic_write_bytes
 from avcurate.trainer.config import TrainConfig
+from avcurate.trainer.unusable import SKIPPED
 
 RECORD = "train.json"
 OPERATIONAL = frozenset({"out", "save_every", "stop_after", "log_every", "judge_base_url",
                          "gradient_checkpointing"})
 # what the trainer writes into --out (checkpoint swaps go through .old and .tmp)
 OURS = frozenset({"checkpoint", "checkpoint.old", "checkpoint.tmp", "metrics.jsonl", "final",
-                  RECORD})
+                  RECORD, SKIPPED})
 
 
 def settings(cfg: TrainConfig) -> dict[str, Any]:

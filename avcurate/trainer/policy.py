@@ -18,6 +18,7 @@ import torch
 
 from avcurate.core.answers import lettered
 from avcurate.core.options import OptionError
+from avcurate.trainer.unusable import UnusableRow
 
 MODALITY_NOTES = {"av": "", "video_only": "(The audio track is not available.)\n",
                   "audio_only": "(The video frames are not available.)\n"}
@@ -57,7 +58,10 @@ class TextPolicy:
                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         ids = self.tokenizer(self.prompt(row, modality), add_special_tokens=False,
                              return_tensors="pt")["input_ids"][0]
-        return ids[-max_tokens:], {}
+        if len(ids) > max_tokens:  # cut from the left, it would lose the system prompt
+            raise UnusableRow("prompt_too_long", f"row {row.get('id', '?')}: the prompt has "
+                              f"{len(ids)} tokens, over --max-prompt-tokens {max_tokens}")
+        return ids, {}
 
     @staticmethod
     @contextlib.contextmanager
@@ -147,10 +151,11 @@ class OmniPolicy:
                              return_tensors="pt", **kw)
         ids = out["input_ids"][0]
         if len(ids) > max_tokens:
-            raise ValueError(f"row {row.get('id', '?')} ({row['video']}): the prompt has "
-                             f"{len(ids)} tokens with its media, over --max-prompt-tokens "
-                             f"{max_tokens} (media tokens cannot be cut); raise it, or lower "
-                             "--frames, --max-pixels or --audio-seconds")
+            raise UnusableRow("prompt_too_long",
+                              f"row {row.get('id', '?')} ({row['video']}): the prompt has "
+                              f"{len(ids)} tokens with its media, over --max-prompt-tokens "
+                              f"{max_tokens} (media tokens cannot be cut); raise it, or lower "
+                              "--frames, --max-pixels or --audio-seconds")
         return ids, {k: v for k, v in out.items() if k in self.CONCAT + self.STACK}
 
     def _prompt(self, row: dict[str, Any], video: bool, audio: bool) -> str:

@@ -7,7 +7,7 @@ each other.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -15,6 +15,7 @@ import torch
 from avcurate.trainer.config import TrainConfig
 from avcurate.trainer.losses import LossConfig
 from avcurate.trainer.rewards import Reward
+from avcurate.trainer.unusable import SkippedRows
 
 
 def compute_context(mixed: bool, world: int, device: torch.device):
@@ -43,6 +44,7 @@ class TrainState:
     variants: tuple[str, ...]  # extra rollouts the rewards declare (e.g. video_only)
     mixed: bool = False  # bfloat16 compute over float32 weights
     device: torch.device = torch.device("cpu")
+    skipped: SkippedRows = field(default_factory=SkippedRows)  # rows no prompt is made of
 
     def compute(self):
         return compute_context(self.mixed, self.world, self.device)
