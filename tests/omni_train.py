@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 
 from omni_stub import StandInOmniProcessor
@@ -34,11 +35,14 @@ def count_weight_reads(out: str) -> None:
 
 
 if __name__ == "__main__":
+    # FOLDER DATA OUT [option=JSON ...]: the options after the three paths override these
     folder, data, out = sys.argv[1:4]
     count_weight_reads(out)
     processor = StandInOmniProcessor(AutoTokenizer.from_pretrained(folder))
-    cfg = TrainConfig(data=data, model=folder, out=out, policy="omni", frames=2,
-                      audio_seconds=2.0, num_generations=4, prompts_per_step=2, steps=2,
-                      lr=1e-2, max_new_tokens=3, max_prompt_tokens=4096, system_prompt="",
-                      beta=0.03, rewards=["accuracy", "modality_attention"])
+    options = {"frames": 2, "audio_seconds": 2.0, "num_generations": 4, "prompts_per_step": 2,
+               "steps": 2, "lr": 1e-2, "max_new_tokens": 3, "max_prompt_tokens": 4096,
+               "system_prompt": "", "beta": 0.03,
+               "rewards": ["accuracy", "modality_attention"]}
+    options |= {k: json.loads(v) for k, v in (a.split("=", 1) for a in sys.argv[4:])}
+    cfg = TrainConfig(data=data, model=folder, out=out, policy="omni", **options)
     train(cfg, policy_kwargs={"processor": processor}, progress=False)

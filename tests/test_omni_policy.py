@@ -257,3 +257,44 @@ def test_a_clip_gone_or_damaged_since_the_export_is_skipped_not_fatal(thinker, m
     err = capfd.readouterr().err
     assert err.count("skipped row q1 ") == 1 and err.count("skipped row q3 ") == 1
     assert "deleted.mp4: no such file" in err
+
+
+def test_a_clip_that_hangs_or_crashes_the_decoder_skips_its_row(thinker, media, tmp_path):
+    """Training decoded clips in the rank's own process: a file that makes decord spin in
+    native code hung the run past Ctrl-C, one that crashes FFmpeg killed it. Clips are now
+    read in a decode worker under --media-timeout; such a row is skipped like a missing
+    clip (media_timeout, media_crash), and training finishes. The decoders here hang and
+    crash on files named stuck* and crash* (`faulty_decoder_env`)."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from faulty_jobs import faulty_decoder_env
+
+    folder, _ = thinker
+    for name in ("stuck.mp4", "crash.mp4"):
+        shutil.copy(media["good2"], tmp_path / name)
+    videos = [media["good"], tmp_path / "stuck.mp4", media["good2"], tmp_path / "crash.mp4"]
+    rows = [_row(media) | {"id": f"q{i}", "video": str(v)} for i, v in enumerate(videos)]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "rows.parquet")
+    out = tmp_path / "out"
+    start = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, str(Path(__file__).parent / "omni_train.py"), str(folder),
+         str(tmp_path / "rows.parquet"), str(out), "steps=4", "beta=0", "num_generations=2",
+         'rewards=["accuracy"]', "media_timeout=3"],
+        capture_output=True, text=True, timeout=300,
+        env=faulty_decoder_env(tmp_path) | {"OMP_NUM_THREADS": "1"})
+    took = time.monotonic() - start
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    assert (out / "final/model.safetensors").is_file()
+    listed = {x["id"]: x for x in map(json.loads, (out / "skipped_rows.jsonl").read_text()
+                                      .splitlines())}
+    assert {k: v["reason"] for k, v in listed.items()} == {"q1": "media_timeout",
+                                                           "q3": "media_crash"}
+    assert "stuck.mp4: no result within 3 s" in listed["q1"]["detail"]
+    assert took < 150  # one time limit for the stuck clip, not a hang

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 from conftest import avcurate_cmd
-from faulty_jobs import job
+from faulty_jobs import faulty_decoder_env, job
 from helpers import read_stage, rows_by_id
 from loopback import openai_server
 
@@ -99,42 +99,6 @@ def test_workers_that_die_on_any_job_stop_the_stage_with_one_line():
         pool.close()
 
 
-def _faulty_decoders(tmp_path: Path) -> dict[str, str]:
-    """The environment of a command whose decord and PyAV get stuck on `stuck*` files and
-    crash on `crash*` files, as `faulty_jobs` does."""
-    hooks = tmp_path / "hooks"
-    hooks.mkdir()
-    (hooks / "sitecustomize.py").write_text('''
-import av, decord
-from faulty_jobs import crash, spin_forever
-
-def _fail_for(path):
-    name = str(path).rsplit("/", 1)[-1]
-    if name.startswith("stuck"):
-        spin_forever()
-    if name.startswith("crash"):
-        crash()
-
-_open, _init, _batch = av.open, decord.VideoReader.__init__, decord.VideoReader.get_batch
-
-def open_(path, *args, **kwargs):
-    _fail_for(path)
-    return _open(path, *args, **kwargs)
-
-def init(self, uri, *args, **kwargs):
-    self._path_for_tests = uri
-    _init(self, uri, *args, **kwargs)
-
-def get_batch(self, indices):
-    _fail_for(self._path_for_tests)
-    return _batch(self, indices)
-
-av.open, decord.VideoReader.__init__, decord.VideoReader.get_batch = open_, init, get_batch
-''')
-    return os.environ | {"PYTHONPATH": os.pathsep.join(
-        [str(hooks), str(TESTS), os.environ.get("PYTHONPATH", "")])}
-
-
 def _recipe(tmp_path: Path, media: dict, stage: str) -> Path:
     clips = tmp_path / "clips"
     clips.mkdir()
@@ -168,7 +132,7 @@ def test_a_file_that_hangs_or_crashes_the_decoder_rejects_its_row(tmp_path, medi
         start = time.monotonic()
         done = subprocess.run(avcurate_cmd("run", str(_recipe(tmp_path, media, spec)),
                                            "-o", str(run_dir), "-q"),
-                              capture_output=True, text=True, env=_faulty_decoders(tmp_path),
+                              capture_output=True, text=True, env=faulty_decoder_env(tmp_path),
                               timeout=240)
         took = time.monotonic() - start
     assert done.returncode == 0, done.stderr

@@ -30,15 +30,17 @@ def register() -> None:
 
     def command(**values: Any) -> None:
         from avcurate.models.errors import EndpointError
+        from avcurate.stages.errors import StageError
         from avcurate.trainer.loop import train
 
         try:
             [given] = collect(options, values, 1)
             cfg = TrainConfig.load(values["config"] or "", **given)
             history = train(cfg)
-        except (OptionError, ValueError, OSError, EndpointError) as exc:
+        except (OptionError, ValueError, OSError, EndpointError, StageError) as exc:
             # OSError: transformers cannot load the model (folder or Hub id), whose messages
-            # run over several lines; or the machine's (a full disk), said as everywhere
+            # run over several lines; or the machine's (a full disk), said as everywhere;
+            # StageError: the omni policy's decode worker dies on every job (trainer/clips.py)
             fail(machine_error(exc) or " ".join(str(exc).split()))
         _finish()
         if history:

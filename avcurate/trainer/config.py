@@ -32,6 +32,10 @@ class TrainConfig:
                                   "the first N seconds of each clip (frames and audio).")
     max_pixels: int = option(200_704, min=784, help="Omni: pixels per frame at most (frames "
                              "are scaled down, aspect kept; 200,704 = 256 patches of 28x28).")
+    media_timeout: float = option(60.0, gt=0, max=86_400, help="Omni: seconds one clip's "
+                                  "frames and audio may take to decode, in a worker process, "
+                                  "before its row is skipped as media_timeout (a file that "
+                                  "hangs the decoder costs its row, not the run).")
     out: str = option("train_out", help="Checkpoints, metrics.jsonl and the final model.")
     algo: str = option("gspo", choices=ALGOS, help="gspo, gspo_token or grpo.")
     rewards: list[str] = option(default_factory=lambda: ["format", "accuracy"], comma=True,

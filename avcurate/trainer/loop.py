@@ -342,7 +342,7 @@ def setup(cfg: TrainConfig, policy_kwargs: dict | None = None) -> TrainState:
     mixed = prec == "bf16-mixed"
     policy_kw = {"dtype": DTYPES[prec], "device": device, "system_prompt": cfg.system_prompt,
                  "frames": cfg.frames, "audio_seconds": cfg.audio_seconds,
-                 "max_pixels": cfg.max_pixels,
+                 "max_pixels": cfg.max_pixels, "media_timeout": cfg.media_timeout,
                  "meta": world > 1 and rank != 0,  # sharded: only rank 0 reads the weights
                  **(policy_kwargs or {})}
     try:
@@ -417,6 +417,7 @@ def train(cfg: TrainConfig, progress: bool = True, policy_kwargs: dict | None = 
     finally:  # an error's line then starts on a line of its own, not after the bar
         if bar is not None:
             bar.close()
+        getattr(state.policy, "close", lambda: None)()  # the omni policy's clip reader
     return history
 
 

@@ -26,7 +26,7 @@ from avcurate.trainer.unusable import SKIPPED
 
 RECORD = "train.json"
 OPERATIONAL = frozenset({"out", "save_every", "stop_after", "log_every", "judge_base_url",
-                         "gradient_checkpointing"})
+                         "gradient_checkpointing", "media_timeout"})
 # what the trainer writes into --out (checkpoint swaps go through .old and .tmp)
 OURS = frozenset({"checkpoint", "checkpoint.old", "checkpoint.tmp", "metrics.jsonl", "final",
                   RECORD, SKIPPED})

@@ -18,6 +18,7 @@ import torch
 
 from avcurate.core.answers import lettered
 from avcurate.core.options import OptionError
+from avcurate.trainer.clips import ClipReader
 from avcurate.trainer.unusable import UnusableRow
 
 MODALITY_NOTES = {"av": "", "video_only": "(The audio track is not available.)\n",
@@ -94,7 +95,7 @@ class OmniPolicy:
     def __init__(self, model_path: str, *, dtype: torch.dtype = torch.float32,
                  device: str | torch.device = "cpu", system_prompt: str = "", processor=None,
                  frames: int = 8, audio_seconds: float = 10.0, max_pixels: int = 200_704,
-                 meta: bool = False) -> None:
+                 meta: bool = False, media_timeout: float | None = None) -> None:
         from transformers import (
             AutoConfig,
             Qwen2_5OmniForConditionalGeneration,
@@ -117,6 +118,7 @@ class OmniPolicy:
         self.tokenizer = processor.tokenizer
         self.system_prompt, self.frames, self.audio_seconds = system_prompt, frames, audio_seconds
         self.max_pixels = max_pixels
+        self.clips = ClipReader(media_timeout)  # None: decoded here (no training run)
         self.device = torch.device(device)
         # a completion must never contain a media placeholder: it would claim features that
         # do not exist when the sequence is scored
@@ -130,17 +132,13 @@ class OmniPolicy:
         the audio, over one window: the first `audio_seconds` of the clip (all of it when
         shorter), so what the model sees and hears happens at the same time. (The frames
         once spanned the whole clip while the audio was its first 10 s.)"""
-        from avcurate.media import audio, frames
+        return self.clips(row["video"] if modality != "audio_only" else None,
+                          row.get("audio") or row["video"] if modality != "video_only" else None,
+                          self.frames, self.audio_seconds, self.max_pixels)
 
-        video, fps = None, None
-        if modality != "audio_only":
-            pixels, times = frames(row["video"], self.frames, within=self.audio_seconds)
-            video = fit_pixels(pixels, self.max_pixels)
-            fps = frame_rate(times)
-        clip = None
-        if modality != "video_only":
-            clip = audio(row.get("audio") or row["video"], self.audio_seconds)
-        return video, fps, clip
+    def close(self) -> None:
+        """Stop the clip reader's worker (if one was started)."""
+        self.clips.close()
 
     def inputs(self, row: dict[str, Any], modality: str, max_tokens: int
                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -291,33 +289,6 @@ def audio_encoded_once(model) -> Iterator[None]:
     finally:
         for handle in handles:
             handle.remove()
-
-
-def frame_rate(times) -> float:
-    """Frames per second of evenly spaced frames, from their timestamps (the processor turns
-    it into seconds per temporal patch; 2 fps, its default, for a single frame)."""
-    if len(times) < 2 or times[-1] <= times[0]:
-        return 2.0
-    return float((len(times) - 1) / (times[-1] - times[0]))
-
-
-def fit_pixels(video, max_pixels: int):
-    """Frames [n, H, W, 3] scaled down (aspect kept, sides multiples of 28, the vision
-    encoder's merged patch) so each has at most `max_pixels` pixels: 8 frames of 720p would
-    otherwise cost thousands of prompt tokens."""
-    import math
-
-    import numpy as np
-
-    n, h, w, _ = video.shape
-    if h * w <= max_pixels:
-        return video
-    scale = math.sqrt(max_pixels / (h * w))
-    size = (max(28, int(h * scale) // 28 * 28), max(28, int(w * scale) // 28 * 28))
-    frames = torch.from_numpy(np.ascontiguousarray(video)).permute(0, 3, 1, 2).float()
-    small = torch.nn.functional.interpolate(frames, size=size, mode="bilinear",
-                                            antialias=True, align_corners=False)
-    return small.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
 def _on_meta(build, model_path: str, dtype: torch.dtype):

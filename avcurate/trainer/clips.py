@@ -1,0 +1,97 @@
+"""A training row's frames and audio, decoded in a worker process under a time limit.
+
+Some real files make decord spin forever in native code with the GIL held
+(dmlc/decord#373, #375), and a damaged file can crash FFmpeg. Curation's stages decode in
+the run's decode workers, where such a file costs its row (`media_timeout`,
+`media_crash`); training decoded in the rank's own process, where the same file hung the
+run past any Ctrl-C, or killed it. The trainer now reads clips through the same kind of
+worker (`WorkerPool`, one per rank), and a lost clip skips its row like a missing one.
+
+This module imports torch only to scale frames down (`fit_pixels`), in the worker.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from avcurate.media.errors import Lost, MediaError
+
+
+def read_clip(job: tuple[str | None, str | None, int, float, int]) -> tuple[Any, ...]:
+    """(frames [n, H, W, 3] | None, their frame rate | None, audio | None) of one clip:
+    `job` is (video or None, audio file or None, frames, seconds, max pixels), the frames
+    spread over the first `seconds` like the audio and scaled down here (a tenth of the
+    bytes to send back for 720p). A file that cannot be read gives ("error", kind,
+    message): the exception itself would not survive the trip (its pickle drops `kind`)."""
+    from avcurate.media import audio, frames
+
+    video, sound, n, seconds, max_pixels = job
+    try:
+        pixels, times = frames(video, n, within=seconds) if video is not None else (None, None)
+        clip = audio(sound, seconds) if sound is not None else None
+    except MediaError as exc:
+        return ("error", exc.kind, str(exc))
+    if pixels is None:
+        return (None, None, clip)
+    return (fit_pixels(pixels, max_pixels), frame_rate(times), clip)
+
+
+class ClipReader:
+    """Reads clips in a decode worker of its own, each within `timeout` seconds; with
+    `timeout` None, in this process (a policy built outside training: tests, benchmarks)."""
+
+    def __init__(self, timeout: float | None) -> None:
+        self.timeout = timeout
+        self._pool = None  # started on first use: a reference policy never reads a clip
+
+    def __call__(self, video: str | None, sound: str | None, n: int, seconds: float,
+                 max_pixels: int) -> tuple[Any, Any, Any]:
+        job = (video, sound, n, seconds, max_pixels)
+        out = read_clip(job) if self.timeout is None else self._worker().map(read_clip, [job])[0]
+        if isinstance(out, Lost):
+            raise MediaError(out.kind, f"{video or sound}: {out.detail}")
+        if isinstance(out[0], str):  # ("error", kind, message)
+            raise MediaError(out[1], out[2])
+        return out
+
+    def _worker(self):
+        if self._pool is None:
+            from avcurate.stages.context import WorkerPool
+
+            self._pool = WorkerPool(1, self.timeout)
+        return self._pool
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
+
+def frame_rate(times) -> float:
+    """Frames per second of evenly spaced frames, from their timestamps (the processor turns
+    it into seconds per temporal patch; 2 fps, its default, for a single frame)."""
+    if len(times) < 2 or times[-1] <= times[0]:
+        return 2.0
+    return float((len(times) - 1) / (times[-1] - times[0]))
+
+
+def fit_pixels(video, max_pixels: int):
+    """Frames [n, H, W, 3] scaled down (aspect kept, sides multiples of 28, the vision
+    encoder's merged patch) so each has at most `max_pixels` pixels: 8 frames of 720p would
+    otherwise cost thousands of prompt tokens. (torch is imported only for a clip that
+    needs it: a worker that never scales a frame does not pay for the import.)"""
+    import math
+
+    import numpy as np
+
+    n, h, w, _ = video.shape
+    if h * w <= max_pixels:
+        return video
+    import torch
+
+    scale = math.sqrt(max_pixels / (h * w))
+    size = (max(28, int(h * scale) // 28 * 28), max(28, int(w * scale) // 28 * 28))
+    frames = torch.from_numpy(np.ascontiguousarray(video)).permute(0, 3, 1, 2).float()
+    small = torch.nn.functional.interpolate(frames, size=size, mode="bilinear",
+                                            antialias=True, align_corners=False)
+    return small.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
