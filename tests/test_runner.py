@@ -473,6 +473,23 @@ def test_a_stage_numbered_100_leaves_stage_10_alone(tmp_path, media):
     assert done.is_dir()
 
 
+def test_shards_past_99999_are_listed_by_number(tmp_path):
+    """Shard names grow a sixth digit at 100,000: listed by name, part-100000 came before
+    part-10001, and each stage (output shard i from its i-th input) reordered the rows of
+    the stage before. Every reader lists them through RunStore."""
+    from avcurate.core.store import RunStore
+
+    numbers = [7, 10000, 10001, 99999, 100000, 100001, 1000000]
+    for i in reversed(numbers):
+        pq.write_table(pa.table({"id": [f"r{i}"]}), RunStore.shard_path(tmp_path, i))
+        (tmp_path / "rejects").mkdir(exist_ok=True)
+        pq.write_table(pa.table({"id": [f"x{i}"]}), RunStore.reject_path(tmp_path, i))
+    assert [int(p.stem[5:]) for p in RunStore.shards(tmp_path)] == numbers
+    assert [int(p.stem[5:]) for p in RunStore.rejects(tmp_path)] == numbers
+    assert pq.read_table(RunStore.shards(tmp_path)).column("id").to_pylist() == \
+        [f"r{i}" for i in numbers]
+
+
 def test_a_run_of_more_than_99_stages_is_listed_and_reset_by_number(tmp_path):
     """`{index:02d}` grows a third digit at stage 100. The stage folders were looked for
     by two digits, so `reset --from 99` dropped stages 99-101 from the manifest but left

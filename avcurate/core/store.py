@@ -22,7 +22,7 @@ import os
 import re
 import secrets
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -182,6 +182,14 @@ def read_parquet(path: str | Path, columns: list[str] | None = None) -> pa.Table
         return f.read(columns=columns)
 
 
+def by_number(paths: Iterable[Path]) -> list[Path]:
+    """Shard files in the order of their numbers. `part-{i:05d}` grows a sixth digit at
+    shard 100,000 (25.6M rows at the default 256 a shard), and by name `part-100000` sorts
+    before `part-10001`: each stage, whose output shard i comes from its i-th input,
+    would then reorder the rows of the one before. Equal-width names sort by name."""
+    return sorted(paths, key=lambda p: (len(p.name), p.name))
+
+
 def damaged_parquet(root: Path) -> list[Path]:
     """The Parquet files under `root` whose footer cannot be read. avcurate writes every
     file whole, so these were cut or changed outside it; looked for only after a read
@@ -269,11 +277,12 @@ class RunStore:
 
     @staticmethod
     def shards(stage_dir: Path) -> list[Path]:
-        return sorted(stage_dir.glob("part-*.parquet"))
+        """A stage's kept shards in the order of their numbers (`by_number`)."""
+        return by_number(stage_dir.glob("part-*.parquet"))
 
     @staticmethod
     def rejects(stage_dir: Path) -> list[Path]:
-        return sorted((stage_dir / "rejects").glob("part-*.parquet"))
+        return by_number((stage_dir / "rejects").glob("part-*.parquet"))
 
     def stage_dirs(self, start: int = 0) -> list[Path]:
         """The run's stage folders from stage `start` on: `NN-name` folders avcurate made,
