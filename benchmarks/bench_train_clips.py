@@ -1,0 +1,73 @@
+"""Training's clip reads: in the rank's own process against a decode worker with a watchdog.
+
+The omni policy reads each row's frames and audio through `trainer.clips.ClipReader`. In
+training it decodes in a worker process that a `--media-timeout` watchdog can end (a
+file that hangs decord costs its row, not the run); outside training (tests, the rollout
+benchmark) in the calling process. This prints what the worker costs per clip: the same
+clips (`--clips` of `--seconds` s, made with PyAV at each `--sizes`), `--frames` frames
+and the same seconds of audio, scaled to the policy's default pixel budget, alternating
+the two ways for `--rounds` rounds, best round each; and the worker's start (its first
+clip, torch imported there for scaling).
+
+    python benchmarks/bench_train_clips.py [--clips 8] [--rounds 3] [--sizes 320x240,1280x720]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+from avcurate.media import synth
+from avcurate.trainer.clips import ClipReader
+
+MAX_PIXELS = 200_704  # TrainConfig.max_pixels' default
+
+
+def _round(reader: ClipReader, clips: list[Path], frames: int, seconds: float) -> float:
+    start = time.perf_counter()
+    for clip in clips:
+        reader(str(clip), str(clip), frames, seconds, MAX_PIXELS)
+    return (time.perf_counter() - start) / len(clips)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clips", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--frames", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--sizes", default="320x240,1280x720")
+    args = parser.parse_args()
+    print(f"{platform.processor() or platform.machine()}, {args.clips} clips of "
+          f"{args.seconds:g} s, {args.frames} frames + {args.seconds:g} s of audio each")
+    with tempfile.TemporaryDirectory() as tmp:
+        for size in args.sizes.split(","):
+            w, h = (int(v) for v in size.split("x"))
+            clips = [synth.write_clip(Path(tmp) / f"{size}-{i}.mp4", seconds=args.seconds,
+                                      size=(w, h), freq=220.0 + 40 * i)
+                     for i in range(args.clips)]
+            here, worker = ClipReader(None), ClipReader(60.0)
+            try:
+                t0 = time.perf_counter()
+                worker(str(clips[0]), str(clips[0]), args.frames, args.seconds, MAX_PIXELS)
+                start = time.perf_counter() - t0
+                here(str(clips[0]), str(clips[0]), args.frames, args.seconds, MAX_PIXELS)
+                best = {"in process": float("inf"), "worker": float("inf")}
+                for _ in range(args.rounds):
+                    best["in process"] = min(best["in process"],
+                                             _round(here, clips, args.frames, args.seconds))
+                    best["worker"] = min(best["worker"],
+                                         _round(worker, clips, args.frames, args.seconds))
+            finally:
+                worker.close()
+            print(f"{size}: in process {best['in process'] * 1000:.1f} ms/clip, worker "
+                  f"{best['worker'] * 1000:.1f} ms/clip ({best['worker'] / best['in process']:.2f}x, "
+                  f"+{(best['worker'] - best['in process']) * 1000:.1f} ms); the worker's "
+                  f"first clip {start:.2f} s")
+
+
+if __name__ == "__main__":
+    main()
