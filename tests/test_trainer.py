@@ -589,6 +589,59 @@ def test_a_prompt_over_the_limit_is_skipped_alike_on_one_rank_and_two(toy, tmp_p
             assert len(lines) == 2
 
 
+def test_many_skipped_rows_print_ten_lines_and_log_every_row(toy, tmp_path, capfd):
+    """A run missing a good part of its rows printed one line per row it skipped (thousands
+    for a tenth of a large set's clips). Ten are printed, then one line says the rest go
+    only to the log, which still lists every row once."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    lm, _ = toy
+    rows = pq.read_table(make_toy_data(tmp_path / "toy.parquet", n=60)).to_pylist()
+    rows += [{"id": f"long{i}", "question": "Pick B. " + "Really? " * 200,
+              "options": ["A", "B", "C", "D"], "answer": "B"} for i in range(40)]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "rows.parquet")
+    history = train(_cfg((lm, tmp_path / "rows.parquet"), tmp_path / "out", steps=4,
+                         num_generations=2, prompts_per_step=8, max_prompt_tokens=64),
+                    progress=False)
+    listed = [json.loads(x)["id"] for x in
+              (tmp_path / "out/skipped_rows.jsonl").read_text().splitlines()]
+    assert len(listed) == len(set(listed)) > 12 and all(x.startswith("long") for x in listed)
+    assert sum(h["skipped_rows"] for h in history) >= len(listed)
+    err = capfd.readouterr().err
+    assert err.count("skipped row long") == 10
+    assert err.count("more rows skipped; from here on they are listed only in") == 1
+
+
+def test_the_skipped_rows_log_is_read_on_as_other_ranks_append(tmp_path):
+    """Each process reads the log on from where it stopped: a row another rank logged
+    meanwhile is not logged again, a half-written line waits, and a log cut on resume is
+    read again from the start."""
+    from avcurate.trainer.unusable import SkippedRows, UnusableRow
+
+    log = tmp_path / "skipped_rows.jsonl"
+    mine = SkippedRows(path=log)
+
+    def skip(index: int) -> None:
+        mine.add(index, {"id": f"r{index}"}, UnusableRow("prompt_too_long", "long"), 0)
+
+    def logged() -> list[int]:
+        return [json.loads(x)["index"] for x in log.read_text().splitlines() if x.strip()]
+
+    skip(1)
+    with log.open("a") as fh:  # another rank: one whole line, one still being written
+        fh.write(json.dumps({"step": 1, "index": 5}) + "\n" + '{"step": 1, "ind')
+    skip(5)
+    with log.open("a") as fh:
+        fh.write('ex": 7}\n')
+    skip(7)
+    assert logged() == [1, 5, 7]
+    log.write_text(json.dumps({"step": 1, "index": 5}) + "\n")  # cut by a resume
+    skip(1)
+    skip(5)
+    assert logged() == [5, 1]
+
+
 def test_a_limit_no_row_fits_stops_training_in_one_line(toy, tmp_path):
     lm, data = toy
     env = os.environ | {"PYTHONPATH": str(TESTS)}

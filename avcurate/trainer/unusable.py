@@ -25,6 +25,8 @@ from avcurate.media.errors import MediaError
 
 SKIPPED = "skipped_rows.jsonl"
 TRIES = 8  # rows a slot draws before training stops: 8 bad rows in a row is not bad luck
+SHOWN = 10  # rows a process prints one by one; a run missing a tenth of its clips would
+# otherwise print thousands of lines, and the log lists every row anyway
 
 
 class UnusableRow(ValueError):
@@ -46,6 +48,9 @@ class SkippedRows:
     found: dict[int, str] = field(default_factory=dict)
     replaced: int = 0
     pending: list[str] = field(default_factory=list)  # said once a row takes their place
+    shown: int = 0  # rows put in `pending` so far
+    _seen: set[int] = field(default_factory=set)  # indexes in the log, read up to _read
+    _read: int = 0
 
     def add(self, index: int, row: dict[str, Any], exc: Exception, step: int) -> None:
         reason = getattr(exc, "reason", None) or getattr(exc, "kind", "unusable")
@@ -61,9 +66,15 @@ class SkippedRows:
             os.write(fd, (json.dumps(line) + "\n").encode())
         finally:
             os.close(fd)
-        self.pending.append(f"skipped row {row.get('id', index)} at step {step + 1} "
-                            f"({reason}): {detail}; another row takes its place (listed in "
-                            f"{self.path})")
+        self._seen.add(index)
+        if self.shown < SHOWN:
+            self.pending.append(f"skipped row {row.get('id', index)} at step {step + 1} "
+                                f"({reason}): {detail}; another row takes its place (listed "
+                                f"in {self.path})")
+        elif self.shown == SHOWN:
+            self.pending.append(f"more rows skipped; from here on they are listed only in "
+                                f"{self.path} (the summary counts them)")
+        self.shown += 1
 
     def say(self) -> None:
         """Print the rows skipped for a slot that found a usable row. A slot that found
@@ -79,10 +90,22 @@ class SkippedRows:
         return replaced
 
     def _logged(self) -> set[int]:
+        """The rows in the log, read on from where the last call stopped: other ranks
+        append to it too, and reading it whole for every new row was quadratic in a run
+        with thousands of missing clips. A line still being written waits for the next
+        call (its row may then be logged twice, as when two ranks find a row at once)."""
         if self.path is None or not self.path.exists():
-            return set()
-        return {json.loads(ln)["index"] for ln in self.path.read_text().splitlines()
-                if ln.strip()}
+            return self._seen
+        with open(self.path, "rb") as fh:
+            if os.fstat(fh.fileno()).st_size < self._read:  # rewritten (a resume's cut)
+                self._seen, self._read = set(), 0
+            fh.seek(self._read)
+            data = fh.read()
+        whole = data.rfind(b"\n") + 1
+        self._seen.update(json.loads(ln)["index"] for ln in data[:whole].splitlines()
+                          if ln.strip())
+        self._read += whole
+        return self._seen
 
 
 def usable_input(skipped: SkippedRows, make: Callable[[dict[str, Any]], Any],
