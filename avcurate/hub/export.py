@@ -92,7 +92,7 @@ def split_rows(files: list[Path], val_ids: set[str], columns: list[str],
     table = pa.concat_tables([pq.read_table(f, columns=read) for f in files]).sort_by("id")
     if where:
         table = table.filter(pa.compute.fill_null(table.column(where), False)).select(columns)
-    in_val = pa.array([i in val_ids for i in table.column("id").to_pylist()], pa.bool_())
+    in_val = pa.compute.is_in(table.column("id"), value_set=pa.array(sorted(val_ids), pa.string()))
     return {"train": table.filter(pa.compute.invert(in_val)), "validation": table.filter(in_val)}
 
 
@@ -148,19 +148,53 @@ def relink_media(table: pa.Table, out: Path, folder: str, copy: str | None,
     for col, sub in MEDIA_DIRS.items():
         if col not in table.column_names:
             continue
-        values = []
-        for path in table.column(col).to_pylist():
-            if not path:
-                values.append(path)
-                continue
-            if copy:
-                rel = f"{sub}/{_media_name(path)}"
-                copied += place_media(path, out / rel, copy)
-                written.add(rel)
-                path = str(out / rel)
-            values.append(Path(os.path.relpath(path, out / folder)).as_posix())
-        table = table.set_column(table.schema.get_field_index(col), col, pa.array(values, pa.string()))
+        paths = table.column(col).combine_chunks()
+        if copy:
+            paths, n = _copy_media(paths, out, sub, copy, written)
+            copied += n
+        table = table.set_column(table.schema.get_field_index(col), col,
+                                 relative_paths(paths, out / folder))
     return table, copied
+
+
+def _copy_media(paths: pa.Array, out: Path, sub: str, how: str, written: set[str]
+                ) -> tuple[pa.Array, int]:
+    """(the copies' absolute paths, how many were placed): each distinct file placed once
+    (a video holds several questions), with a bar on a terminal."""
+    from tqdm.auto import tqdm
+
+    distinct = pa.compute.unique(paths)
+    targets: list[str | None] = []
+    copied = 0
+    for path in tqdm(distinct.to_pylist(), desc=f"copying {sub}", unit="file",
+                     disable=None, leave=False):
+        if not path:
+            targets.append(path)
+            continue
+        rel = f"{sub}/{_media_name(path)}"
+        copied += place_media(path, out / rel, how)
+        written.add(rel)
+        targets.append(str(out / rel))
+    where = pa.compute.index_in(paths, value_set=distinct)
+    return pa.compute.take(pa.array(targets, pa.string()), where), copied
+
+
+def relative_paths(paths: pa.Array, start: Path) -> pa.Array:
+    """`os.path.relpath(path, start)` of each path, null and "" kept as they are. Worked out
+    once per distinct folder and joined to the file names with pyarrow compute: a call per
+    row took 12 of a 1M-row export's 14 s."""
+    pc = pa.compute
+    folders = pc.replace_substring_regex(paths, pattern="[^/]*$", replacement="")
+    names = pc.replace_substring_regex(paths, pattern="^.*/", replacement="")
+    distinct = pc.unique(folders)
+    prefixes = []
+    for folder in distinct.to_pylist():
+        rel = None if folder is None else os.path.relpath(folder or ".", start)
+        prefixes.append(None if rel is None else "" if rel == "." else f"{rel}/")
+    prefix = pc.take(pa.array(prefixes, pa.string()),
+                     pc.index_in(folders, value_set=distinct))
+    joined = pc.binary_join_element_wise(prefix, names, "")
+    return pc.if_else(pc.equal(paths, ""), paths, joined)
 
 
 def check_target(run_dir: Path | str, out: Path | str, overwrite: bool = False,

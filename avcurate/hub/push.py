@@ -41,7 +41,11 @@ class PushResult:
 
 def media_outside(folder: Path) -> int:
     """How many video/audio paths of the export's data files point outside it (each path
-    is relative to its data file's folder; a typed column's path is in its struct)."""
+    is relative to its data file's folder; a typed column's path is in its struct).
+    Resolved once per distinct folder a path names, with its rows counted by pyarrow: a
+    resolve per row took 35 s for 1M rows. (A file that is itself a symlink out of the
+    export counts as inside: the upload reads what it points to.)"""
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     root = folder.resolve()
@@ -49,10 +53,14 @@ def media_outside(folder: Path) -> int:
     for path in folder.glob("data/**/*.parquet"):
         names = [c for c in ("video", "audio") if c in pq.read_schema(path).names]
         for col in pq.read_table(path, columns=names).columns:
-            for v in col.to_pylist():
-                v = v.get("path") if isinstance(v, dict) else v
-                if v and not (path.parent / v).resolve().is_relative_to(root):
-                    count += 1
+            if col.type.num_fields:  # typed media: {bytes, path}
+                col = pc.struct_field(col, "path")
+            col = col.filter(pc.not_equal(col, ""))  # nulls dropped too
+            folders = pc.value_counts(pc.replace_substring_regex(col, "[^/]*$", ""))
+            for sub, n in zip(folders.field("values").to_pylist(),
+                              folders.field("counts").to_pylist(), strict=True):
+                if not (path.parent / sub).resolve().is_relative_to(root):
+                    count += n
     return count
 
 
