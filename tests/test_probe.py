@@ -231,6 +231,28 @@ def test_dry_run_counts_requests_and_samples_and_sends_nothing(tmp_path, clips):
     assert "24 calls to make, 192 samples in all" in shown.stdout
 
 
+def test_a_dry_run_reads_only_the_shards_its_sample_is_in(tmp_path, monkeypatch):
+    """A stage's plan is made from its first 2,000 rows; it read every input shard whole
+    (10M rows, every column, in memory) to use them."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from avcurate.pipeline import dry_run
+
+    files = []
+    for i in range(5):
+        files.append(tmp_path / f"part-{i:05d}.parquet")
+        pq.write_table(pa.table({"id": [f"r{i}-{k}" for k in range(900)]}), files[-1])
+    opened, read = [], pq.read_table
+    monkeypatch.setattr(dry_run.pq, "read_table",
+                        lambda path, **kw: opened.append(path) or read(path, **kw))
+    table = dry_run.first_rows(files, 2000)
+    assert opened == files[:3]
+    assert table.column("id").to_pylist() == [f"r{i}-{k}" for i in range(3)
+                                              for k in range(900)][:2000]
+    assert dry_run.first_rows(files[:1], 0).num_rows == 0
+
+
 def test_limit_probes_a_stratified_sample_as_an_audit_and_leaves_the_run(tmp_path, clips):
     """`--limit N`: N multiple-choice rows, one request per condition each, figures in
     RUN/audits/probe-NAME/ and in `stats`, the run's stages untouched; a rerun sends nothing."""
