@@ -243,8 +243,8 @@ def test_a_dry_run_reads_only_the_shards_its_sample_is_in(tmp_path, monkeypatch)
     for i in range(5):
         files.append(tmp_path / f"part-{i:05d}.parquet")
         pq.write_table(pa.table({"id": [f"r{i}-{k}" for k in range(900)]}), files[-1])
-    opened, read = [], pq.read_table
-    monkeypatch.setattr(dry_run.pq, "read_table",
+    opened, read = [], dry_run.read_parquet
+    monkeypatch.setattr(dry_run, "read_parquet",
                         lambda path, **kw: opened.append(path) or read(path, **kw))
     table = dry_run.first_rows(files, 2000)
     assert opened == files[:3]

@@ -179,12 +179,18 @@ def _copy_media(paths: pa.Array, out: Path, sub: str, how: str, written: set[str
     return pa.compute.take(pa.array(targets, pa.string()), where), copied
 
 
+def path_folders(paths: pa.Array) -> pa.Array:
+    """Each path's folder with its trailing "/" ("" for a bare file name): what the export's
+    relative paths and push's check for media outside the export work out once each."""
+    return pa.compute.replace_substring_regex(paths, pattern="[^/]*$", replacement="")
+
+
 def relative_paths(paths: pa.Array, start: Path) -> pa.Array:
     """`os.path.relpath(path, start)` of each path, null and "" kept as they are. Worked out
     once per distinct folder and joined to the file names with pyarrow compute: a call per
     row took 12 of a 1M-row export's 14 s."""
     pc = pa.compute
-    folders = pc.replace_substring_regex(paths, pattern="[^/]*$", replacement="")
+    folders = path_folders(paths)
     names = pc.replace_substring_regex(paths, pattern="^.*/", replacement="")
     distinct = pc.unique(folders)
     prefixes = []

@@ -48,6 +48,8 @@ def media_outside(folder: Path) -> int:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
+    from avcurate.hub.export import path_folders
+
     root = folder.resolve()
     count = 0
     for path in folder.glob("data/**/*.parquet"):
@@ -56,7 +58,7 @@ def media_outside(folder: Path) -> int:
             if col.type.num_fields:  # typed media: {bytes, path}
                 col = pc.struct_field(col, "path")
             col = col.filter(pc.not_equal(col, ""))  # nulls dropped too
-            folders = pc.value_counts(pc.replace_substring_regex(col, "[^/]*$", ""))
+            folders = pc.value_counts(path_folders(col))
             for sub, n in zip(folders.field("values").to_pylist(),
                               folders.field("counts").to_pylist(), strict=True):
                 if not (path.parent / sub).resolve().is_relative_to(root):

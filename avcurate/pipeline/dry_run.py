@@ -10,7 +10,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from avcurate.core.store import RunStore
+from avcurate.core.store import RunStore, read_parquet
 from avcurate.models.request import AudioPart, ImagePart, ModelRequest, TextPart, VideoPart
 from avcurate.pipeline.recipe import StageSpec
 from avcurate.pipeline.registry import create
@@ -67,7 +67,7 @@ def first_rows(files: list[Path], n: int) -> pa.Table:
     for path in files:
         if tables and have >= n:
             break
-        tables.append(pq.read_table(path))
+        tables.append(read_parquet(path))
         have += tables[-1].num_rows
     return pa.concat_tables(tables).slice(0, n)
 
