@@ -642,6 +642,18 @@ def test_the_skipped_rows_log_is_read_on_as_other_ranks_append(tmp_path):
     assert logged() == [5, 1]
 
 
+def test_the_summary_counts_rows_two_ranks_both_listed_once(tmp_path):
+    """Two ranks that find a row at the same moment both list it (the log is appended
+    without a lock); `train`'s last line counted lines, so such a row counted twice."""
+    from avcurate.cli.train_command import _skipped
+
+    lines = [{"step": 1, "index": 4, "id": "a"}, {"step": 1, "index": 4, "id": "a"},
+             {"step": 2, "index": 9, "id": "b"}]
+    (tmp_path / "skipped_rows.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    assert _skipped(tmp_path) == f"; 2 rows skipped ({tmp_path / 'skipped_rows.jsonl'})"
+    assert _skipped(tmp_path / "none") == ""
+
+
 def test_a_limit_no_row_fits_stops_training_in_one_line(toy, tmp_path):
     lm, data = toy
     env = os.environ | {"PYTHONPATH": str(TESTS)}

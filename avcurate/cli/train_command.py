@@ -56,11 +56,15 @@ def register() -> None:
 
 
 def _skipped(folder: Path) -> str:
-    """'; N rows skipped (FILE)' when the training folder lists rows it could not use."""
+    """'; N rows skipped (FILE)' when the training folder lists rows it could not use.
+    Rows, not lines: two ranks that find a row at the same moment both list it."""
+    import json
+
     from avcurate.trainer.unusable import SKIPPED
 
     log = folder / SKIPPED
-    n = len(log.read_text().splitlines()) if log.is_file() else 0
+    lines = log.read_text().splitlines() if log.is_file() else []
+    n = len({json.loads(line)["index"] for line in lines if line.strip()})
     return f"; {n} row{'s' * (n != 1)} skipped ({log})" if n else ""
 
 
