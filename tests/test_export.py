@@ -113,7 +113,7 @@ def test_a_full_disk_stops_the_export_with_one_line_and_frees_what_it_staged(
     assert not (out / "data").exists()
     clips = sum(media[k].stat().st_size for k in ("good", "good2"))
     small_disk.resize(f"{(clips + 8192) // 4096 * 4096 + 8192}")  # the clips, not the data
-    stopped_at(".avcurate-staging/data")
+    stopped_at(".avcurate-staging/.sort")  # the rows on their way into id order, then data/
     assert sorted(p.read_bytes() for p in (out / "videos").iterdir()) == sorted(
         media[k].read_bytes() for k in ("good", "good2"))  # whole copies, kept
     small_disk.resize("4m")
@@ -431,3 +431,52 @@ def test_push_counts_the_media_paths_that_leave_the_export(balanced_run, tmp_pat
                              pa.array(video, table.schema.field("video").type))
     pq.write_table(table, data)
     assert media_outside(copied) == per_row(copied) == 1
+
+
+def test_rows_spilled_in_many_buckets_come_out_in_id_order_in_equal_shards(tmp_path,
+                                                                           monkeypatch):
+    """An export sorts rows by id through buckets spilled to disk, as it does for a run of
+    millions. With buckets of a few rows, every config comes out as with one bucket: the
+    same rows in id order, the same validation ids. A shard count that does not divide the
+    rows evenly gives fewer shards, never an empty one (which `datasets` cannot read)."""
+    import random
+
+    import pyarrow as pa
+
+    import avcurate.hub.splits as splits
+    from avcurate.core.store import RunStore
+
+    rng = random.Random(7)
+    names = [f"r{i:03d}" for i in range(160)]
+    rng.shuffle(names)  # the run's shards are not in id order
+    rows = [row(n, rng.choice("AB"), vd=0.9, ad=rng.choice([0.2, 0.9]),
+                question="q " + "x" * rng.randrange(400)) for n in names]
+    recipe = scored_recipe(tmp_path, rows, [StageSpec("threshold"), StageSpec("subset")],
+                           shard_size=16)
+    Runner(recipe, tmp_path / "run", show_progress=False).run()
+    whole = export_run(tmp_path / "run", tmp_path / "whole", val_fraction=0.1)
+    train, nbytes = whole.configs["default"]["train"], whole.infos[0]["splits"][0]["num_bytes"]
+    # the first shard count whose equal shards leave the last one without rows, as before
+    count = next(n for n in range(2, train) if -(-train // -(-train // n)) < n)
+    monkeypatch.setattr(splits, "SPILL_BYTES", 3000)
+    out = tmp_path / "spilled"
+    result = export_run(tmp_path / "run", out, val_fraction=0.1, max_shard_bytes=nbytes // count + 1)
+    assert result.configs == whole.configs and not (out / ".avcurate-staging").exists()
+
+    per = -(-train // count)
+    shards = sorted((out / "data").glob("train-*.parquet"))
+    assert [pq.ParquetFile(p).metadata.num_rows for p in shards] == \
+        [per] * (len(shards) - 1) + [train - per * (len(shards) - 1)]
+    assert len(shards) < count and all(f"-of-{len(shards):05d}" in p.name for p in shards)
+    for folder in ("data", "data/audio_visual"):
+        for split in ("train", "validation"):
+            got = pa.concat_tables(pq.read_table(p) for p in
+                                   sorted((out / folder).glob(f"{split}-*.parquet")))
+            [one] = (tmp_path / "whole" / folder).glob(f"{split}-*.parquet")
+            assert got.equals(pq.read_table(one)), (folder, split)
+            ids = got.column("id").to_pylist()
+            assert ids == sorted(ids) and len(ids) > 0
+    final = RunStore(tmp_path / "run").shards(tmp_path / "run" / "02-subset")
+    kept = pa.concat_tables(pq.read_table(f) for f in final)
+    assert sorted(kept.column("id").to_pylist()) == sorted(
+        r["id"] for split in _load(out).values() for r in split)

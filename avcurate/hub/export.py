@@ -39,7 +39,6 @@ import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.parquet as pq
 
-from avcurate.core.counts import parquet_scan
 from avcurate.core.outputs import OutputError, check_output_folder, check_owned_folder
 from avcurate.core.store import (
     RunStore,
@@ -47,11 +46,11 @@ from avcurate.core.store import (
     copy_file_atomic,
     copy_name,
     copying,
-    naming,
 )
 from avcurate.hub.card import CardInputs, write_card
 from avcurate.hub.features import decoder_missing, features_for, info_entry, typed_media
 from avcurate.hub.options import ExportError, ExportOptions, ExportResult, export_options
+from avcurate.hub.splits import ConfigRows, SplitWriter, spill_sorted, validation_ids
 
 TRAINING_COLUMNS = ("id", "source", "question", "options", "answer", "video", "audio", "category",
                     "trace", "video_dependency", "audio_dependency", "question_logic",
@@ -59,60 +58,7 @@ TRAINING_COLUMNS = ("id", "source", "question", "options", "answer", "video", "a
 MEDIA_DIRS = {"video": "videos", "audio": "audios"}
 MARKER = ".avcurate-export.json"
 STAGING = ".avcurate-staging"
-
-
-def _hash_expr() -> str:
-    # a stable 64-bit hash of the id (md5's first 16 hex digits), the same in any process
-    return "('0x' || substr(md5(id), 1, 15))::UBIGINT"
-
-
-def validation_ids(files: list[Path], val_fraction: float) -> set[str]:
-    """Ids of the validation split: per category, the round(n * fraction) smallest id hashes."""
-    import duckdb  # imported where used: ~0.05 s that most commands never need
-
-    con = duckdb.connect()
-    scan = parquet_scan(files)
-    have = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {scan}").fetchall()}
-    strata = "category" if "category" in have else "NULL"
-    ids = con.execute(f"""
-        SELECT id FROM (SELECT id,
-          row_number() OVER (PARTITION BY {strata} ORDER BY {_hash_expr()}, id) AS k,
-          count(*) OVER (PARTITION BY {strata}) AS n FROM {scan})
-        WHERE k <= round(n * {float(val_fraction)})""").fetchall()
-    con.close()
-    return {r[0] for r in ids}
-
-
-def split_rows(files: list[Path], val_ids: set[str], columns: list[str],
-               where: str | None = None) -> dict[str, pa.Table]:
-    """train/validation tables by membership in `val_ids` (shared by every config, so a
-    subset's training rows never include another config's validation rows); `where` names
-    a boolean column that selects the rows (a subset's flag in the final shards)."""
-    read = columns + ([where] if where and where not in columns else [])
-    table = pa.concat_tables([pq.read_table(f, columns=read) for f in files]).sort_by("id")
-    if where:
-        table = table.filter(pa.compute.fill_null(table.column(where), False)).select(columns)
-    in_val = pa.compute.is_in(table.column("id"), value_set=pa.array(sorted(val_ids), pa.string()))
-    return {"train": table.filter(pa.compute.invert(in_val)), "validation": table.filter(in_val)}
-
-
-def _shard_count(table: pa.Table, max_bytes: int) -> int:
-    # Arrow's in-memory size overestimates compressed Parquet: shards stay under the limit
-    return max(1, -(-table.nbytes // max_bytes))
-
-
-def write_split(table: pa.Table, folder: Path, split: str, max_bytes: int) -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    n = _shard_count(table, max_bytes)
-    per = -(-table.num_rows // n) if table.num_rows else 0
-    paths = []
-    for i in range(n):
-        path = folder / f"{split}-{i:05d}-of-{n:05d}.parquet"
-        with naming(path):
-            pq.write_table(table.slice(i * per, per) if per else table, path,
-                           compression="zstd")
-        paths.append(path)
-    return paths
+SPILL = ".sort"  # in the staging folder: a config's rows on their way into id order
 
 
 def _media_name(path: str) -> str:
@@ -139,44 +85,50 @@ def place_media(source: str, target: Path, how: str) -> bool:
     return True
 
 
-def relink_media(table: pa.Table, out: Path, folder: str, copy: str | None,
-                 written: set[str]) -> tuple[pa.Table, int]:
-    """Make media paths relative to the data file's folder `folder` (as the Hub's viewer
-    and `datasets`' folder builders resolve a file path: from the file that names it);
-    copy or hard-link files with `copy` (their export-relative names go into `written`)."""
-    copied = 0
+def copy_media(rows: ConfigRows, out: Path, how: str, written: set[str]
+               ) -> tuple[dict[str, tuple[pa.Array, pa.Array]], int]:
+    """Copy or hard-link each distinct media file of the config once (a video holds several
+    questions), with a bar on a terminal: ({column: (its distinct paths, their copies'
+    absolute paths)}, how many files were placed). Their export-relative names go into
+    `written`."""
+    from tqdm.auto import tqdm
+
+    copies, copied = {}, 0
     for col, sub in MEDIA_DIRS.items():
+        if col not in rows.columns:
+            continue
+        seen = [pa.compute.unique(t.column(col).combine_chunks())
+                for t in rows.in_file_order([col])]
+        distinct = pa.compute.unique(pa.concat_arrays(seen)) if seen else pa.array([], pa.string())
+        targets: list[str | None] = []
+        for path in tqdm(distinct.to_pylist(), desc=f"copying {sub}", unit="file",
+                         disable=None, leave=False):
+            if not path:
+                targets.append(path)
+                continue
+            rel = f"{sub}/{_media_name(path)}"
+            copied += place_media(path, out / rel, how)
+            written.add(rel)
+            targets.append(str(out / rel))
+        copies[col] = (distinct, pa.array(targets, pa.string()))
+    return copies, copied
+
+
+def relink_media(table: pa.Table, start: Path, copies: dict[str, tuple[pa.Array, pa.Array]]
+                 ) -> pa.Table:
+    """Media paths relative to the data file's folder `start` (as the Hub's viewer and
+    `datasets`' folder builders resolve a file path: from the file that names it), the
+    copies' paths for the columns in `copies`."""
+    for col in MEDIA_DIRS:
         if col not in table.column_names:
             continue
         paths = table.column(col).combine_chunks()
-        if copy:
-            paths, n = _copy_media(paths, out, sub, copy, written)
-            copied += n
+        if col in copies:
+            distinct, targets = copies[col]
+            paths = pa.compute.take(targets, pa.compute.index_in(paths, value_set=distinct))
         table = table.set_column(table.schema.get_field_index(col), col,
-                                 relative_paths(paths, out / folder))
-    return table, copied
-
-
-def _copy_media(paths: pa.Array, out: Path, sub: str, how: str, written: set[str]
-                ) -> tuple[pa.Array, int]:
-    """(the copies' absolute paths, how many were placed): each distinct file placed once
-    (a video holds several questions), with a bar on a terminal."""
-    from tqdm.auto import tqdm
-
-    distinct = pa.compute.unique(paths)
-    targets: list[str | None] = []
-    copied = 0
-    for path in tqdm(distinct.to_pylist(), desc=f"copying {sub}", unit="file",
-                     disable=None, leave=False):
-        if not path:
-            targets.append(path)
-            continue
-        rel = f"{sub}/{_media_name(path)}"
-        copied += place_media(path, out / rel, how)
-        written.add(rel)
-        targets.append(str(out / rel))
-    where = pa.compute.index_in(paths, value_set=distinct)
-    return pa.compute.take(pa.array(targets, pa.string()), where), copied
+                                 relative_paths(paths, start))
+    return table
 
 
 def path_folders(paths: pa.Array) -> pa.Array:
@@ -316,7 +268,7 @@ def _stage_export(store: RunStore, manifest: dict[str, Any], final: list[Path], 
     val_ids = validation_ids(final, opts.val_fraction)
     for config, (files, folder, where) in _config_sets(manifest, store, final, have).items():
         if files:
-            _export_config(result, config, split_rows(files, val_ids, columns, where), folder,
+            _export_config(result, config, ConfigRows(files, columns, where), val_ids, folder,
                            staging, opts, written)
     data_files = [w for w in written if w.startswith("data/")]
     result.fingerprint = content_fingerprint(staging, data_files)
@@ -325,31 +277,40 @@ def _stage_export(store: RunStore, manifest: dict[str, Any], final: list[Path], 
     return result, written
 
 
-def _export_config(result: ExportResult, config: str, splits: dict[str, pa.Table], folder: str,
-                   staging: Path, opts: ExportOptions, written: set[str]) -> None:
-    """Write one config's splits; record rows, bytes and features for the card. An empty
-    split gets no file (`datasets` cannot read a Parquet file without rows), and a config
-    without rows is left out with a note."""
-    splits = {k: t for k, t in splits.items() if t.num_rows}
-    if not splits:
-        result.notes.append(f"config {config} has no rows and was left out")
-        return
-    result.configs[config] = {}
-    sizes: dict[str, tuple[int, int]] = {}
+def _export_config(result: ExportResult, config: str, rows: ConfigRows, val_ids: pa.Array,
+                   folder: str, staging: Path, opts: ExportOptions, written: set[str]) -> None:
+    """Write one config's splits (see `hub.splits`); record rows, bytes and features for the
+    card. An empty split gets no file (`datasets` cannot read a Parquet file without rows),
+    and a config without rows is left out with a note."""
+    copies: dict[str, tuple[pa.Array, pa.Array]] = {}
+    if opts.copy_media:
+        copies, copied = copy_media(rows, result.out, opts.copy_media, written)
+        result.media_copied += copied
+
+    def prepare(table: pa.Table) -> pa.Table:
+        table = relink_media(table, result.out / folder, copies)
+        return typed_media(table) if opts.media_features else table
+
+    spilled, spill = spill_sorted(rows, val_ids, prepare, staging / SPILL)
+    sizes = {split: size for split, size in spilled.items() if size.rows}
     parquet_bytes = 0
-    features = None
-    for split, table in splits.items():
-        table, n = relink_media(table, result.out, folder, opts.copy_media, written)
-        result.media_copied += n
-        if opts.media_features:
-            table = typed_media(table)
-        features = features or features_for(table.schema, opts.media_features)
-        for path in write_split(table, staging / folder, split, opts.max_shard_bytes):
+    for split, size in sizes.items():
+        writer = SplitWriter(staging / folder, split, size.rows, size.nbytes,
+                             opts.max_shard_bytes)
+        for table in spill.buckets(split):
+            writer.add(table)
+        for path in writer.close():
             written.add(str(path.relative_to(staging)))
             parquet_bytes += path.stat().st_size
-        result.configs[config][split] = table.num_rows
-        sizes[split] = (table.num_rows, table.nbytes)
-    result.infos.append(info_entry(config, features, sizes, parquet_bytes))
+    shutil.rmtree(staging / SPILL, ignore_errors=True)
+    if not sizes:
+        result.notes.append(f"config {config} has no rows and was left out")
+        return
+    result.configs[config] = {split: size.rows for split, size in sizes.items()}
+    features = features_for(next(iter(sizes.values())).schema, opts.media_features)
+    result.infos.append(info_entry(config, features,
+                                   {k: (v.rows, v.nbytes) for k, v in sizes.items()},
+                                   parquet_bytes))
 
 
 def _sample(staging: Path, data_files: list[str]) -> dict[str, Any] | None:
