@@ -6,6 +6,8 @@ import json
 import os
 import socket
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -266,6 +268,50 @@ def test_export_refuses_a_foreign_folder_and_never_deletes_user_files(balanced_r
                                       "--hardlink"), capture_output=True, text=True)
     assert cli.returncode == 2 and "--hardlink goes with --copy-media" in cli.stderr
     assert not (tmp_path / "x").exists()
+
+
+SLOW_EXPORT = """
+import sys, time
+from pathlib import Path
+import avcurate.hub.export as export
+run, out, go = sys.argv[1:]
+place = export.place_media
+
+def waits_for_go(*args):  # the first copy waits until the test says go
+    while not Path(go).exists():
+        time.sleep(0.02)
+    return place(*args)
+
+export.place_media = waits_for_go
+export.export_run(run, out, copy_media="copy")
+"""
+
+
+def test_a_second_export_into_the_same_folder_is_refused_while_the_first_writes(
+        balanced_run, tmp_path):
+    """Two exports into one folder used to clear each other's staging files and both fail
+    with a missing-file error; now the second stops at once with one line naming the first,
+    and the first finishes a whole export."""
+    out, go = tmp_path / "export", tmp_path / "go"
+    first = subprocess.Popen([sys.executable, "-c", SLOW_EXPORT, str(balanced_run), str(out),
+                              str(go)], stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not (out / ".avcurate-staging").is_dir():
+        assert first.poll() is None and time.time() < deadline, first.stderr.read()
+        time.sleep(0.02)
+    second = subprocess.run(avcurate_cmd("export", str(balanced_run), "--out", str(out)),
+                            capture_output=True, text=True, timeout=120)
+    assert second.returncode == 2
+    [line] = second.stderr.strip().splitlines()
+    assert f"export folder {out} is in use by PID {first.pid}" in " ".join(line.split())
+    assert first.poll() is None and not (out / "data").exists()  # nothing touched
+    go.touch()
+    assert first.wait(timeout=120) == 0, first.stderr.read()
+    assert _load(out)["train"].num_rows > 0
+    again = subprocess.run(avcurate_cmd("export", str(balanced_run), "--out", str(out),
+                                        "--copy-media"), capture_output=True, text=True,
+                           timeout=120)
+    assert again.returncode == 0, again.stderr  # the lock went with its holder
 
 
 def test_a_truncated_copy_is_replaced_and_stale_files_removed(balanced_run, tmp_path):

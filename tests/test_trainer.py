@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -305,6 +306,37 @@ def test_train_cli_and_modality_rollouts(toy, tmp_path):
                           "--model", str(lm), "--rewards", "nope", "--out", str(tmp_path / "x")],
                          capture_output=True, text=True, env=env, timeout=300)
     assert bad.returncode == 2 and "unknown reward 'nope'" in bad.stderr
+
+
+def test_a_second_training_into_the_same_folder_is_refused_while_the_first_runs(toy, tmp_path):
+    """Two trainings into one --out would interleave their checkpoints and metrics: the
+    second stops with one line naming the first, before it loads a model; a first killed
+    with -9 leaves no lock behind, and the same command resumes."""
+    lm, data = toy
+    out = tmp_path / "out"
+    env = os.environ | {"PYTHONPATH": str(TESTS)}
+    args = [sys.executable, "-m", "avcurate", "train", "--data", str(data), "--model", str(lm),
+            "--out", str(out), "--rewards", REWARD, "--num-generations", "2",
+            "--prompts-per-step", "1", "--steps", "100000", "--max-new-tokens", "2"]
+    first = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             text=True, env=env)
+    try:
+        deadline = time.time() + 120
+        while not (out / "train.json").is_file():  # written once its model has loaded
+            assert first.poll() is None and time.time() < deadline, first.stderr.read()
+            time.sleep(0.05)
+        second = subprocess.run(args, capture_output=True, text=True, env=env, timeout=120)
+        assert second.returncode == 2, second.stderr[-2000:]
+        [line] = second.stderr.strip().splitlines()
+        assert f"training folder {out} is in use by PID {first.pid}" in line
+        assert "Loading weights" not in second.stderr and first.poll() is None
+    finally:
+        first.kill()
+        first.wait()
+    resumed = subprocess.run([*args, "--stop-after", "1"], capture_output=True, text=True,
+                             env=env, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert _metrics(out)[-1]["step"] >= 1
 
 
 @pytest.mark.parametrize("data, model, said", [

@@ -25,6 +25,7 @@ from avcurate.cli.common import (
     print_lines,
     print_summary,
 )
+from avcurate.core.lock import RunInUse
 from avcurate.core.store import RunStore
 from avcurate.pipeline.recipe import Recipe, SourceSpec
 from avcurate.pipeline.runner import Runner
@@ -103,7 +104,7 @@ def run(
 
         try:
             result = export_run(out_dir, rec.export["out"], export_opts)
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, RunInUse) as exc:
             fail(f"[export]: {exc}")
         out.print(f"exported to {result.out}: " + "; ".join(
             f"{c} " + ", ".join(f"{k} {v:,}" for k, v in s.items())

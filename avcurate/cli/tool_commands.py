@@ -178,6 +178,7 @@ def export(
     declares configs, features, license and size; --push uploads it (large exports the
     resumable way: re-run the same command to finish an interrupted push).
     """
+    from avcurate.core.lock import RunInUse, run_lock
     from avcurate.hub.export import export_run
     from avcurate.hub.options import export_options
     from avcurate.hub.push import PushError, check_push, push
@@ -204,6 +205,8 @@ def export(
             fail(str(exc))
     try:
         result = export_run(run_dir, out_dir, opts, overwrite=overwrite)
+    except RunInUse as exc:
+        fail(str(exc))
     except (ValueError, FileNotFoundError) as exc:  # Arrow's read errors are ValueErrors too
         fail(damage_in_runs(exc, [str(run_dir)]) or str(exc))
     for config, splits in result.configs.items():
@@ -218,9 +221,10 @@ def export(
               soft_wrap=True)
     if push_to_hub:
         try:
-            pushed = push(result.out, repo_id, private=private, revision=revision,
-                          create_pr=create_pr)
-        except PushError as exc:
+            with run_lock(result.out, what="export folder"):  # no re-export mid-upload
+                pushed = push(result.out, repo_id, private=private, revision=revision,
+                              create_pr=create_pr)
+        except (PushError, RunInUse) as exc:
             fail(str(exc))
         how = "resumable upload; re-run to finish if interrupted" if pushed.large else "one commit"
         out.print(f"pushed {pushed.files} files ({pushed.bytes / 1024**2:,.1f} MB, {how}) "

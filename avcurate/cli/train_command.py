@@ -29,6 +29,7 @@ def register() -> None:
     options = options_for([TrainConfig])
 
     def command(**values: Any) -> None:
+        from avcurate.core.lock import RunInUse
         from avcurate.models.errors import EndpointError
         from avcurate.stages.errors import StageError
         from avcurate.trainer.loop import train
@@ -37,7 +38,7 @@ def register() -> None:
             [given] = collect(options, values, 1)
             cfg = TrainConfig.load(values["config"] or "", **given)
             history = train(cfg)
-        except (OptionError, ValueError, OSError, EndpointError, StageError) as exc:
+        except (OptionError, ValueError, OSError, EndpointError, StageError, RunInUse) as exc:
             # OSError: transformers cannot load the model (folder or Hub id), whose messages
             # run over several lines; or the machine's (a full disk), said as everywhere;
             # StageError: the omni policy's decode worker dies on every job (trainer/clips.py)

@@ -1,9 +1,10 @@
-"""One writer per run folder: an OS-level lock held while a command writes to it.
+"""One writer per folder: an OS-level lock held while a command writes to a run folder,
+an export folder or a training folder.
 
 `filelock` takes an `fcntl`/`msvcrt` lock on `RUN/.avcurate.lock`; the OS drops it when
 the holder exits in any way (kill -9 included), so a stale lock never blocks the next
 run. Who holds it (PID and command line) is written beside it for the error message.
-Readers (status, stats, query, export) never take it. Nested use in one process (a
+Readers of a run folder (status, stats, query, export) never take its lock. Nested use in one process (a
 command that runs a runner) is counted, not re-locked.
 """
 
@@ -57,8 +58,10 @@ def _holder(root: Path) -> str:
 
 
 @contextmanager
-def run_lock(root: Path | str, command: str | None = None) -> Iterator[None]:
-    """Hold the run folder's writer lock, or raise RunInUse at once."""
+def run_lock(root: Path | str, command: str | None = None, *, what: str = "run folder"
+             ) -> Iterator[None]:
+    """Hold the folder's writer lock, or raise RunInUse at once. `what` names the folder
+    in that message: the same lock guards an export folder and a training folder."""
     root = Path(root).resolve()
     if _held.get(root):
         _held[root] += 1
@@ -72,7 +75,7 @@ def run_lock(root: Path | str, command: str | None = None) -> Iterator[None]:
     try:
         lock.acquire(timeout=0)
     except Timeout:
-        raise RunInUse(f"run folder {root} is in use by {_holder(root)}; wait for it to "
+        raise RunInUse(f"{what} {root} is in use by {_holder(root)}; wait for it to "
                        "finish, or use another folder") from None
     _held[root] = 1
     try:

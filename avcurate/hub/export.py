@@ -39,6 +39,7 @@ import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.parquet as pq
 
+from avcurate.core.lock import HOLDER, LOCK, run_lock
 from avcurate.core.outputs import OutputError, check_output_folder, check_owned_folder
 from avcurate.core.store import (
     RunStore,
@@ -178,7 +179,7 @@ def check_target(run_dir: Path | str, out: Path | str, overwrite: bool = False,
         allow = "pass --overwrite" if option == "--out" else \
             "export with `avcurate export RUN --out DIR --overwrite` after the run"
         try:
-            check_owned_folder(out, option, ours=lambda name: name == STAGING,
+            check_owned_folder(out, option, ours=lambda name: name in (STAGING, LOCK, HOLDER),
                                what="an avcurate export",
                                hint=f"choose an empty or new folder, or {allow} (files avcurate "
                                     "did not write are never deleted)")
@@ -237,8 +238,20 @@ def export_run(run_dir: Path | str, out: Path | str, opts: ExportOptions | None 
     opts = opts or export_options(**kwargs)
     store = RunStore(run_dir)
     manifest, final = _final_stage(store, run_dir)
-    previous = check_target(store.root, out, overwrite)
+    check_target(store.root, out, overwrite)  # before the lock makes the folder
     out = Path(out).resolve()
+    with run_lock(out, what="export folder"):
+        # again under the lock: an export that finished meanwhile changed what is ours
+        result = _export_locked(store, manifest, final, out, opts,
+                                check_target(store.root, out, overwrite))
+    if opts.media_features and (note := decoder_missing()):
+        result.notes.append(note)
+    return result
+
+
+def _export_locked(store: RunStore, manifest: dict[str, Any], final: list[Path], out: Path,
+                   opts: ExportOptions, previous: set[str]) -> ExportResult:
+    """Stage the export, then publish it over the `previous` export's files."""
     if not (out / MARKER).is_file():  # claimed before the first write: an export cut short
         _record(out, previous)  # (a long media copy stopped by Ctrl-C) is ours when run again
     staging = out / STAGING
@@ -250,8 +263,6 @@ def export_run(run_dir: Path | str, out: Path | str, opts: ExportOptions | None 
         shutil.rmtree(staging, ignore_errors=True)  # a full disk gets its room back at once
         raise
     _publish(out, staging, written, previous)
-    if opts.media_features and (note := decoder_missing()):
-        result.notes.append(note)
     return result
 
 

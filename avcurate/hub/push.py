@@ -22,7 +22,7 @@ from avcurate.models.http_errors import TRANSPORT_ERRORS
 
 LARGE_FILES = 1000
 LARGE_BYTES = 5 * 1024**3
-IGNORE = [".avcurate-*", ".avcurate-*/**"]
+IGNORE = [".avcurate-*", ".avcurate-*/**", ".avcurate.lock*"]  # marker, staging, lock
 
 
 class PushError(RuntimeError):

@@ -18,7 +18,7 @@ import shutil
 import time
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -34,7 +34,7 @@ from avcurate.trainer.config import TrainConfig
 from avcurate.trainer.data import load_rows
 from avcurate.trainer.hub_model import loadable
 from avcurate.trainer.losses import LossConfig, local_advantages, policy_loss
-from avcurate.trainer.out_folder import check_out, record_settings
+from avcurate.trainer.out_folder import check_out, out_lock, record_settings
 from avcurate.trainer.policy import check_kind, make_policy
 from avcurate.trainer.rewards import Reward, RewardSettings
 from avcurate.trainer.rewards.judge import check_judge
@@ -323,8 +323,12 @@ def build_rewards(cfg: TrainConfig) -> list[Reward]:
     return reward_registry.build(cfg.rewards, settings)
 
 
-def setup(cfg: TrainConfig, policy_kwargs: dict | None = None) -> TrainState:
-    """Distributed setup, seeds, data, policy (+ reference), optimizer, schedule, rewards."""
+def setup(cfg: TrainConfig, policy_kwargs: dict | None = None,
+          held: ExitStack | None = None) -> TrainState:
+    """Distributed setup, seeds, data, policy (+ reference), optimizer, schedule, rewards.
+    `--out`'s writer lock goes into `held` once every check has passed (a refused option
+    leaves no folder) and before the model loads (a second training into the same folder
+    is refused before it spends minutes loading weights)."""
     cfg.check()
     rewards = build_rewards(cfg)  # a typo in a reward name fails before any model loads
     cfg.check_paths()  # after every option's own check: a typo is named first
@@ -333,6 +337,8 @@ def setup(cfg: TrainConfig, policy_kwargs: dict | None = None) -> TrainState:
     check_judge(cfg.judge_backend, cfg.judge_model, cfg.judge_base_url, judged)
     model_path = loadable(cfg.model)  # a Hub id on a machine without network: its cache
     check_kind(cfg.policy, cfg.model, model_path)
+    if held is not None:
+        held.enter_context(out_lock(cfg))
     rank, world, device = setup_distributed()
     if cfg.prompts_per_step % world:
         raise ValueError(f"--prompts-per-step {cfg.prompts_per_step} must divide among {world} ranks")
@@ -376,7 +382,13 @@ def setup(cfg: TrainConfig, policy_kwargs: dict | None = None) -> TrainState:
 def train(cfg: TrainConfig, progress: bool = True, policy_kwargs: dict | None = None
           ) -> list[dict[str, Any]]:
     """Run (or resume) training; `policy_kwargs` reach the adapter (e.g. an omni processor)."""
-    state = setup(cfg, policy_kwargs)
+    with ExitStack() as held:
+        return _train(setup(cfg, policy_kwargs, held), progress)
+
+
+def _train(state: TrainState, progress: bool) -> list[dict[str, Any]]:
+    """The steps from the checkpoint (if any) to the last; the final model."""
+    cfg = state.cfg
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     ckpt = out / "checkpoint"

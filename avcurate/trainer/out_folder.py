@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
+from avcurate.core.lock import HOLDER, LOCK, run_lock
 from avcurate.core.options import OptionError
 from avcurate.core.outputs import OutputError, check_output_folder, check_owned_folder
 from avcurate.core.store import atomic_write_bytes
@@ -29,7 +32,7 @@ OPERATIONAL = frozenset({"out", "save_every", "stop_after", "log_every", "judge_
                          "gradient_checkpointing", "media_timeout"})
 # what the trainer writes into --out (checkpoint swaps go through .old and .tmp)
 OURS = frozenset({"checkpoint", "checkpoint.old", "checkpoint.tmp", "metrics.jsonl", "final",
-                  RECORD, SKIPPED})
+                  RECORD, SKIPPED, LOCK, HOLDER})
 
 
 def settings(cfg: TrainConfig) -> dict[str, Any]:
@@ -66,6 +69,15 @@ def check_out(cfg: TrainConfig) -> None:
         raise OptionError(f"--out {out} holds a checkpoint of a training with other settings "
                           f"({'; '.join(changed)}); give the same settings to resume it, or "
                           "choose another --out")
+
+
+def out_lock(cfg: TrainConfig) -> AbstractContextManager[None]:
+    """One training per folder: rank 0 holds `--out`'s writer lock for the whole run (the
+    ranks of one torchrun job share the folder; a second job's rank 0 is refused, and
+    torchrun then stops its other ranks)."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        return nullcontext()
+    return run_lock(cfg.out, what="training folder")
 
 
 def record_settings(cfg: TrainConfig) -> None:
