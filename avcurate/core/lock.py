@@ -1,11 +1,11 @@
 """One writer per folder: an OS-level lock held while a command writes to a run folder,
 an export folder or a training folder.
 
-`filelock` takes an `fcntl`/`msvcrt` lock on `RUN/.avcurate.lock`; the OS drops it when
-the holder exits in any way (kill -9 included), so a stale lock never blocks the next
-run. Who holds it (PID and command line) is written beside it for the error message.
-Readers of a run folder (status, stats, query, export) never take its lock. Nested use in one process (a
-command that runs a runner) is counted, not re-locked.
+`filelock` takes an `fcntl`/`msvcrt` lock on `FOLDER/.avcurate.lock`; the OS drops it
+when the holder exits in any way (kill -9 included), so a stale lock never blocks the
+next run. Who holds it (PID and command line) is written beside it for the error
+message. Readers of a run folder (status, stats, query, export) never take its lock.
+Nested use in one process (a command that runs a runner) is counted, not re-locked.
 """
 
 from __future__ import annotations
