@@ -48,7 +48,7 @@ def media_outside(folder: Path) -> int:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from avcurate.hub.export import path_folders
+    from avcurate.core.media_paths import path_folders
 
     root = folder.resolve()
     count = 0

@@ -1,16 +1,57 @@
-"""Training rows from an avcurate export (or any Parquet with the QA columns)."""
+"""Training rows from an avcurate export (or any Parquet with the QA columns).
+
+The rows stay in Arrow and a row becomes a dict only when a step draws it. Turning every
+row into a dict up front, with a `Path.resolve()` per media path, took 24 s and 2.7 GB on
+each rank for an export of 532k rows with reasoning traces (`benchmarks/bench_load.py`
+measures both ways).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from avcurate.core.media_paths import absolute_paths
+
 NEEDED = ("question", "options", "answer")
+MEDIA = ("video", "audio")
 
 
-def load_rows(path: str | Path, split: str = "train") -> list[dict[str, Any]]:
+class Rows(Sequence[dict[str, Any]]):
+    """A split's rows, read-only: `rows[i]` is row i as a dict of plain Python values."""
+
+    def __init__(self, table: pa.Table):
+        self.table = table
+
+    def __len__(self) -> int:
+        return self.table.num_rows
+
+    @overload
+    def __getitem__(self, index: int) -> dict[str, Any]: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[dict[str, Any]]: ...
+
+    def __getitem__(self, index: int | slice) -> dict[str, Any] | list[dict[str, Any]]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(f"row {index} of {len(self)}")
+        return self.table.slice(index, 1).to_pylist()[0]
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for batch in self.table.to_batches(max_chunksize=1024):  # never a split's worth of dicts
+            yield from batch.to_pylist()
+
+
+def load_rows(path: str | Path, split: str = "train") -> Rows:
     """Rows of an export's split, or of a Parquet file/folder, media paths made absolute.
 
     A relative media path is resolved from the folder of the data file that holds it (the
@@ -26,29 +67,35 @@ def load_rows(path: str | Path, split: str = "train") -> list[dict[str, Any]]:
     if not files:
         raise FileNotFoundError(f"--data {path}: no Parquet files for split {split!r} (an "
                                 f"avcurate export holds data/{split}-*.parquet)")
-    rows = []
-    for file in files:
-        try:
-            table = pq.read_table(file)
-        except (OSError, ValueError) as exc:  # pyarrow's own line names no option
-            raise ValueError(f"--data {file}: not a readable Parquet file ("
-                             f"{' '.join(str(exc).split())})") from None
-        missing = [c for c in NEEDED if c not in table.column_names]
-        if missing:
-            raise ValueError(f"{file} lacks column(s) {', '.join(missing)}")
-        rows += [_absolute_media(r, file.parent) for r in table.to_pylist()]
-    if not rows:
+    tables = [_read(file) for file in files]
+    try:
+        table = pa.concat_tables(tables, promote_options="default")
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise ValueError(f"--data {path}: its files disagree on their columns' types "
+                         f"({' '.join(str(exc).split())})") from None
+    if not table.num_rows:
         raise ValueError(f"{path} has no rows")
-    return rows
+    return Rows(table)
 
 
-def _absolute_media(row: dict[str, Any], folder: Path) -> dict[str, Any]:
-    for col in ("video", "audio"):
-        value = row.get(col)
-        if isinstance(value, dict):  # datasets' Video()/Audio() storage
-            value = value.get("path")
-        if value and not Path(value).is_absolute():
-            value = str((folder / value).resolve())
-        if col in row:
-            row[col] = value
-    return row
+def _read(file: Path) -> pa.Table:
+    """One data file, its media columns as absolute paths."""
+    try:
+        table = pq.read_table(file)
+    except (OSError, ValueError) as exc:  # pyarrow's own line names no option
+        raise ValueError(f"--data {file}: not a readable Parquet file ("
+                         f"{' '.join(str(exc).split())})") from None
+    missing = [c for c in NEEDED if c not in table.column_names]
+    if missing:
+        raise ValueError(f"{file} lacks column(s) {', '.join(missing)}")
+    for col in MEDIA:
+        if col not in table.column_names:
+            continue
+        paths = table.column(col)
+        if pa.types.is_struct(paths.type):  # datasets' Video()/Audio() storage
+            paths = pc.struct_field(paths, "path")
+        if not pa.types.is_string(paths.type) and not pa.types.is_large_string(paths.type):
+            continue  # not paths (a user's own column of another kind): left as it is
+        table = table.set_column(table.schema.get_field_index(col), col,
+                                 absolute_paths(paths, file.parent))
+    return table

@@ -7,6 +7,7 @@ each other.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,7 +34,7 @@ class TrainState:
     cfg: TrainConfig
     rank: int
     world: int
-    rows: list[dict[str, Any]]
+    rows: Sequence[dict[str, Any]]  # trainer.data.Rows: dicts made when drawn
     policy: Any
     model: torch.nn.Module
     ref: torch.nn.Module | None

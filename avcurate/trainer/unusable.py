@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -109,7 +109,7 @@ class SkippedRows:
 
 
 def usable_input(skipped: SkippedRows, make: Callable[[dict[str, Any]], Any],
-                 rows: list[dict[str, Any]], index: int, seed: list[int], step: int,
+                 rows: Sequence[dict[str, Any]], index: int, seed: list[int], step: int,
                  count: bool = True) -> tuple[dict[str, Any], Any]:
     """(row, make(row)) for row `index`, or for the first usable row drawn in its place
     from `seed` (the slot's: run seed, step, slot, round). Raises UnusableRow after
