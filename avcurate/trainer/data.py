@@ -2,7 +2,7 @@
 
 The rows stay in Arrow and a row becomes a dict only when a step draws it. Turning every
 row into a dict up front, with a `Path.resolve()` per media path, took 24 s and 2.7 GB on
-each rank for an export of 532k rows with reasoning traces (`benchmarks/bench_load.py`
+each rank for an export of 532k rows with reasoning traces (`benchmarks/bench_train_rows.py`
 measures both ways).
 """
 
