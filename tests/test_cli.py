@@ -389,6 +389,82 @@ def test_every_commands_help_reads_as_paragraphs_not_source_lines():
     assert checked >= 10  # demo, reset, export and spotcheck have such paragraphs
 
 
+def _help_texts(command) -> list[str]:
+    """A command's own help and each of its parameters', as written (rich markup)."""
+    return [command.help or "", *(getattr(p, "help", None) or "" for p in command.params)]
+
+
+def test_no_help_text_is_eaten_as_markup():
+    """Help texts are rich markup: a bracketed word left unescaped (`[train]`, `[run]`)
+    was taken for a style tag and vanished from `--help` ("(a  table or ...")."""
+    from typer.main import get_command
+
+    from avcurate.cli import app
+    from avcurate.cli.help_layout import as_printed
+
+    for name, command in get_command(app).commands.items():
+        for text in _help_texts(command):
+            assert as_printed(text) == text.replace("\\[", "["), f"avcurate {name}: {text!r}"
+
+
+@pytest.mark.parametrize("columns", [60, 80, 99, 100, 140])
+def test_help_cuts_no_word_or_option_name_at_any_width(columns):
+    """At 80 columns (a default terminal, `--help | less`) rich squeezed the option table
+    of six commands and cut option names and words with "…" (`--steps-per-generat…`);
+    below the width where the table fits, the help is click's plain layout. Every option
+    name and every help text is printed whole, at any width."""
+    from typer.main import get_command
+    from typer.testing import CliRunner
+
+    from avcurate.cli import app
+    from avcurate.cli.help_layout import as_printed
+
+    def squeezed(text: str) -> str:  # lines joined: no spaces, no panel borders
+        return "".join(c for c in text if not c.isspace() and c not in "│╭╮╰╯─")
+
+    for name, command in get_command(app).commands.items():
+        page = CliRunner().invoke(app, [name, "--help"], env={"COLUMNS": str(columns)}).output
+        whole = squeezed(page)
+        for text in _help_texts(command):
+            assert squeezed(as_printed(text)) in whole, f"avcurate {name} at {columns}: {text!r}"
+        for param in command.params:
+            for flag in [*param.opts, *getattr(param, "secondary_opts", [])]:
+                assert flag in page or not flag.startswith("-"), f"avcurate {name} at {columns}: {flag}"
+        if columns >= 80:
+            assert max(map(len, page.splitlines())) <= columns, f"avcurate {name} at {columns}"
+
+
+def test_plain_help_keeps_list_items_and_examples_on_their_own_lines():
+    """In the plain layout a paragraph is rewrapped, but one with list items or indented
+    example lines keeps its breaks (as `reflow` keeps them for rich)."""
+    import typer
+    from typer.testing import CliRunner
+
+    from avcurate.cli.help_layout import WidthAwareHelp
+
+    tiny = typer.Typer(rich_markup_mode="rich")
+
+    @tiny.command(cls=WidthAwareHelp)
+    def go(very_long_option_name_for_the_table: int = 1) -> None:
+        """Do it.
+
+        Two ways:
+        - the first way
+        - the second way
+
+        A plain paragraph whose words are rewrapped to the width of the terminal it
+        is printed on."""
+
+    @tiny.command(cls=WidthAwareHelp)
+    def other() -> None:
+        """Nothing (a second command keeps `go` a subcommand)."""
+
+    page = CliRunner().invoke(tiny, ["go", "--help"], env={"COLUMNS": "40"}).output
+    assert "Options:" in page and "╭" not in page  # plain: the table would cut at 40
+    assert "\n  Two ways:\n  - the first way\n  - the second way\n" in page
+    assert "the terminal it is" in page  # the source's break after "it" is gone
+
+
 def test_help_shows_each_default_as_it_would_be_typed():
     """A generated option's default reads `[default: 16]`, a flag's as the flag itself
     (click printed every one in parentheses, its mark for a default computed at run time)."""

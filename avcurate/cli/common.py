@@ -15,8 +15,10 @@ from typing import Annotated, Any, NoReturn
 import typer
 from rich.console import Console
 from rich.markup import escape
+from typer.core import TyperCommand
 
 from avcurate.audits.sample import AuditError
+from avcurate.cli.help_layout import WidthAwareHelp
 from avcurate.core.kvcache import CacheDamaged
 from avcurate.core.lock import RunInUse
 from avcurate.core.options import OptionError
@@ -62,9 +64,12 @@ def reflow(doc: str) -> str:
 
 
 def reflow_help(typer_app: typer.Typer) -> None:
-    """Every registered command whose help comes from its docstring, reflowed (see
-    `reflow`); called once all commands are registered."""
+    """Every registered command's help laid out for the terminal's width (`help_layout`)
+    and, where it comes from its docstring, reflowed (see `reflow`); called once all
+    commands are registered."""
     for info in typer_app.registered_commands:
+        if info.cls in (None, TyperCommand):  # typer fills in its own class
+            info.cls = WidthAwareHelp
         if info.help is None and info.callback is not None and info.callback.__doc__:
             info.help = reflow(info.callback.__doc__)
 

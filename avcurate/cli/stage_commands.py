@@ -61,7 +61,7 @@ DRY_RUN = _param("dry_run", Annotated[bool, typer.Option(
 WORKERS = _param("workers", Annotated[int | None, typer.Option(
     help="Processes for decoding media, and for building the rows of a large JSON "
          "annotation file when a run starts. With 1, media is read in this process, "
-         "where a stuck decoder cannot be stopped ([run] media_timeout needs 2 or more).")], None)
+         "where a stuck decoder cannot be stopped (\\[run] media_timeout needs 2 or more).")], None)
 INGEST = [
     _param("source", Annotated[str | None, typer.Option(
         "--source", help="Start a run: annotation format (see `sources`).")]),

@@ -19,7 +19,7 @@ from avcurate.core.options import OptionError
 
 CONFIG = inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=
                            Annotated[Path | None, typer.Option(
-                               help="TOML with any of the options below (a [train] table or "
+                               help="TOML with any of the options below (a \\[train] table or "
                                     "top-level keys); options given here override it.")])
 
 
