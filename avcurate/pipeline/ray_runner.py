@@ -27,6 +27,7 @@ response and media caches are SQLite/files in the run folder, safe for concurren
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import threading
@@ -170,8 +171,11 @@ class RayRunner(Runner):
             self._local = not address
             ours = signal.getsignal(signal.SIGTERM)
             try:
+                # with -q (no progress), Ray's own lines too ("Started a local Ray
+                # instance", its token set-up) are left out; its errors still show
                 self.ray.init(address=self.address, ignore_reinit_error=True,
-                              log_to_driver=False, include_dashboard=False)
+                              log_to_driver=False, include_dashboard=False,
+                              logging_level=logging.INFO if self.show_progress else logging.ERROR)
             except ConnectionError as exc:  # `auto` and no cluster running
                 raise RunError(f"--address {self.address}: {' '.join(str(exc).split())}"
                                ) from None
