@@ -339,6 +339,52 @@ def test_a_second_training_into_the_same_folder_is_refused_while_the_first_runs(
     assert _metrics(out)[-1]["step"] >= 1
 
 
+def test_a_finished_training_run_again_loads_and_writes_nothing(toy, tmp_path):
+    """A re-queued job that finds its training finished used to load the policy, the
+    reference and the optimizer's state, then write the checkpoint and the final model
+    back unchanged, and print no summary. Now nothing loads (the policy's weights are gone
+    here, and loading them would fail) and nothing is written, and the command says so."""
+    import shutil
+
+    lm, data = toy
+    model = tmp_path / "lm"
+    shutil.copytree(lm, model)
+    out = tmp_path / "out"
+    cfg = dict(model=str(model), steps=2, num_generations=4, beta=0.03)
+    assert [h["step"] for h in train(_cfg(toy, out, **cfg), progress=False)] == [1, 2]
+    written = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    (model / "model.safetensors").unlink()
+    assert train(_cfg(toy, out, **cfg), progress=False) == []
+    env = os.environ | {"PYTHONPATH": str(TESTS)}
+    done = subprocess.run([sys.executable, "-m", "avcurate", "train", "--data", str(data),
+                           "--model", str(model), "--out", str(out), "--rewards", REWARD,
+                           "--num-generations", "4", "--prompts-per-step", "2", "--steps", "2",
+                           "--lr", "3e-3", "--max-new-tokens", "3", "--system-prompt", "",
+                           "--warmup-fraction", "0", "--beta", "0.03"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == (f"already trained to step 2, nothing left to do; model in "
+                                   f"{out / 'final'}").split()
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == written
+
+
+def test_a_final_model_is_swapped_in_whole(toy, tmp_path):
+    """The final model is written beside `final/` and swapped in, so a `final/` is whole
+    (what lets a finished training be recognised without loading it). A kill in the
+    middle of the swap (the model before moved aside, the new one half written) is put
+    right by the same command: the whole model back, the halves gone."""
+    out = tmp_path / "out"
+    train(_cfg(toy, out, steps=2), progress=False)
+    whole = _weights(out / "final")
+    (out / "final").rename(out / "final.old")
+    (out / "final.tmp").mkdir()
+    (out / "final.tmp/model.safetensors").write_bytes(b"half")
+    assert train(_cfg(toy, out, steps=2), progress=False) == []
+    assert not (out / "final.old").exists() and not (out / "final.tmp").exists()
+    again = _weights(out / "final")
+    assert all(torch.equal(whole[k], again[k]) for k in whole)
+
+
 @pytest.mark.parametrize("data, model, said", [
     ("{tmp}/nowhere", "{lm}", "--data {tmp}/nowhere: no such file or folder"),
     ("{data}", "{tmp}/no-model", "--model {tmp}/no-model: no such folder"),

@@ -44,11 +44,15 @@ def register() -> None:
             # StageError: the omni policy's decode worker dies on every job (trainer/clips.py)
             fail(machine_error(exc) or " ".join(str(exc).split()))
         _finish()
+        final = Path(cfg.out) / "final"
         if history:
             last = history[-1]
             out.print(f"trained to step {last['step']}: reward mean {last['reward_mean']:.3f}, "
-                      f"{last['tokens_per_s']:.0f} tokens/s; model in {Path(cfg.out) / 'final'}"
+                      f"{last['tokens_per_s']:.0f} tokens/s; model in {final}"
                       f"{_skipped(Path(cfg.out))}", markup=False, soft_wrap=True)
+        else:  # --out holds this training finished: nothing was loaded or written
+            out.print(f"already trained to step {cfg.steps}, nothing left to do; model in "
+                      f"{final}{_skipped(Path(cfg.out))}", markup=False, soft_wrap=True)
 
     doc = ("Train a policy with GSPO/GRPO on an export. Several GPUs: torchrun "
            "--nproc-per-node N -m avcurate train ... (FSDP2).")

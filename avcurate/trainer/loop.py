@@ -201,14 +201,21 @@ def save_checkpoint(folder: Path, model, optimizer, scheduler, step: int, rank: 
     if dist.is_initialized():
         dist.barrier()
     if rank == 0:  # swap in the new checkpoint only once every rank has written its part
-        old = folder.with_name(folder.name + ".old")
-        if folder.exists():
-            folder.rename(old)  # kept until the new one is in place: a kill never leaves none
-        tmp.rename(folder)
-        if old.exists():
-            shutil.rmtree(old)
+        swap_in(tmp, folder)
     if dist.is_initialized():
         dist.barrier()
+
+
+def swap_in(tmp: Path, folder: Path) -> None:
+    """Put the whole folder `tmp` in place of `folder` (rank 0): the one before is moved
+    aside until the new one is in place, so a kill never leaves neither, and `recover`
+    finishes or undoes a swap it interrupted."""
+    old = folder.with_name(folder.name + ".old")
+    if folder.exists():
+        folder.rename(old)
+    tmp.rename(folder)
+    if old.exists():
+        shutil.rmtree(old)
 
 
 FULL_DISK_BYTES = 64 << 20  # free space under which a failed checkpoint write is a full disk
@@ -236,9 +243,10 @@ def reshard_all(model: torch.nn.Module) -> None:
             module.reshard()
 
 
-def recover_checkpoint(folder: Path) -> None:
-    """Before loading (rank 0): finish or undo a swap a kill interrupted. A checkpoint moved
-    aside but not yet replaced is put back; a half-written new one is dropped."""
+def recover(folder: Path) -> None:
+    """Before loading (rank 0): finish or undo a swap (`swap_in`) a kill interrupted. A
+    checkpoint or final model moved aside but not yet replaced is put back; a half-written
+    new one is dropped."""
     old = folder.with_name(folder.name + ".old")
     tmp = folder.with_name(folder.name + ".tmp")
     if old.exists() and not folder.exists():
@@ -325,10 +333,16 @@ def build_rewards(cfg: TrainConfig) -> list[Reward]:
 
 def setup(cfg: TrainConfig, policy_kwargs: dict | None = None,
           held: ExitStack | None = None) -> TrainState:
-    """Distributed setup, seeds, data, policy (+ reference), optimizer, schedule, rewards.
+    """Every check, then everything a step needs (`check`, `build`)."""
+    return build(cfg, *check(cfg, held), policy_kwargs)
+
+
+def check(cfg: TrainConfig, held: ExitStack | None = None) -> tuple[str, list[Reward]]:
+    """Every option, path, reward, judge and the model's kind, before any model loads.
     `--out`'s writer lock goes into `held` once every check has passed (a refused option
     leaves no folder) and before the model loads (a second training into the same folder
-    is refused before it spends minutes loading weights)."""
+    is refused before it spends minutes loading weights). What to load for `--model`, and
+    the rewards."""
     cfg.check()
     rewards = build_rewards(cfg)  # a typo in a reward name fails before any model loads
     cfg.check_paths()  # after every option's own check: a typo is named first
@@ -339,6 +353,12 @@ def setup(cfg: TrainConfig, policy_kwargs: dict | None = None,
     check_kind(cfg.policy, cfg.model, model_path)
     if held is not None:
         held.enter_context(out_lock(cfg))
+    return model_path, rewards
+
+
+def build(cfg: TrainConfig, model_path: str, rewards: list[Reward],
+          policy_kwargs: dict | None = None) -> TrainState:
+    """Distributed setup, seeds, data, policy (+ reference), optimizer, schedule."""
     rank, world, device = setup_distributed()
     if cfg.prompts_per_step % world:
         raise ValueError(f"--prompts-per-step {cfg.prompts_per_step} must divide among {world} ranks")
@@ -381,9 +401,15 @@ def setup(cfg: TrainConfig, policy_kwargs: dict | None = None,
 
 def train(cfg: TrainConfig, progress: bool = True, policy_kwargs: dict | None = None
           ) -> list[dict[str, Any]]:
-    """Run (or resume) training; `policy_kwargs` reach the adapter (e.g. an omni processor)."""
+    """Run (or resume) training; `policy_kwargs` reach the adapter (e.g. an omni processor).
+    The steps this call trained: none when `--out` holds this training finished, which
+    is found before any model loads (a re-queued job would otherwise load the policy, the
+    reference and the optimizer's state only to write them back unchanged)."""
     with ExitStack() as held:
-        return _train(setup(cfg, policy_kwargs, held), progress)
+        checked = check(cfg, held)
+        if finished_at(cfg) is not None:
+            return []
+        return _train(build(cfg, *checked, policy_kwargs), progress)
 
 
 def _train(state: TrainState, progress: bool) -> list[dict[str, Any]]:
@@ -393,7 +419,8 @@ def _train(state: TrainState, progress: bool) -> list[dict[str, Any]]:
     out.mkdir(parents=True, exist_ok=True)
     ckpt = out / "checkpoint"
     if state.rank == 0:
-        recover_checkpoint(ckpt)
+        recover(ckpt)
+        recover(out / "final")
         record_settings(cfg)  # only now: a model that failed to load left nothing to resume
     if dist.is_initialized():
         dist.barrier()
@@ -473,13 +500,32 @@ def _save(state: TrainState, folder: Path, step: int) -> None:
 
 
 def save_final(folder: Path, policy, model, rank: int) -> None:
-    """The trained policy as a plain transformers folder (gathered from all shards)."""
+    """The trained policy as a plain transformers folder (gathered from all shards),
+    written beside `folder` and swapped in whole: a `final/` is always a complete model,
+    which is what lets a re-run of a finished training skip loading it (`finished_at`)."""
     full = full_state_dict(model)
     if rank == 0:
-        policy.model.save_pretrained(folder, state_dict=full)
-        getattr(policy, "processor", policy.tokenizer).save_pretrained(folder)
+        tmp = folder.with_name(folder.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        policy.model.save_pretrained(tmp, state_dict=full)
+        getattr(policy, "processor", policy.tokenizer).save_pretrained(tmp)
+        swap_in(tmp, folder)
     if dist.is_initialized():
         dist.barrier()
+
+
+def finished_at(cfg: TrainConfig) -> int | None:
+    """The last step when `--out` holds this training finished: a checkpoint at the last
+    step and the final model (every rank reads the same files; nothing is written while
+    the folder's lock is held). A swap a kill interrupted is not finished, and the run
+    goes the usual way, which recovers it. A `final/` written by avcurate before it was
+    swapped in whole (2026-11-25) is taken as whole too."""
+    out = Path(cfg.out)
+    trainer = out / "checkpoint" / "trainer.pt"
+    if not (out / "final").is_dir() or not trainer.is_file():
+        return None
+    step = int(torch.load(trainer, weights_only=False)["step"])
+    return step if step == cfg.steps else None
 
 
 def _bar(enabled: bool, total: int, start: int):

@@ -30,9 +30,9 @@ from avcurate.trainer.unusable import SKIPPED
 RECORD = "train.json"
 OPERATIONAL = frozenset({"out", "save_every", "stop_after", "log_every", "judge_base_url",
                          "gradient_checkpointing", "media_timeout"})
-# what the trainer writes into --out (checkpoint swaps go through .old and .tmp)
+# what the trainer writes into --out (checkpoint and final swaps go through .old and .tmp)
 OURS = frozenset({"checkpoint", "checkpoint.old", "checkpoint.tmp", "metrics.jsonl", "final",
-                  RECORD, SKIPPED, LOCK, HOLDER})
+                  "final.old", "final.tmp", RECORD, SKIPPED, LOCK, HOLDER})
 
 
 def settings(cfg: TrainConfig) -> dict[str, Any]:
