@@ -336,6 +336,53 @@ def test_a_truncated_copy_is_replaced_and_stale_files_removed(balanced_run, tmp_
         push(out, "me/x")
 
 
+def test_an_export_of_an_unchanged_run_with_the_same_options_writes_nothing(balanced_run,
+                                                                          tmp_path):
+    """The same export again (a re-queued job, a recipe's [export] after a resumed run)
+    rewrote every row; now, while the run, the options and the export's files are as they
+    were, nothing is written and the last result is given back. Any of them changed, and
+    the export is made again."""
+    import os
+
+    from avcurate.pipeline.recipe import Recipe
+
+    def dates(folder: Path) -> dict[str, int]:
+        return {p.relative_to(folder).as_posix(): p.stat().st_mtime_ns
+                for p in folder.rglob("*") if p.is_file() and ".avcurate" not in p.name}
+
+    out = tmp_path / "export"
+    first = export_run(balanced_run, out, copy_media="copy")
+    made = dates(out)
+    again = export_run(balanced_run, out, copy_media="copy")
+    assert dates(out) == made and again.media_copied == 0
+    assert (again.configs, again.columns, again.fingerprint, again.infos) == (
+        first.configs, first.columns, first.fingerprint, first.infos)
+    assert any("nothing was written" in note for note in again.notes)
+    # a resume that did nothing (the manifest's time of the last command changes) is the
+    # same run
+    recipe = json.loads((balanced_run / "manifest.json").read_text())["recipe"]
+    Runner(Recipe.from_dict(recipe), balanced_run, show_progress=False).run()
+    export_run(balanced_run, out, copy_media="copy")
+    assert dates(out) == made
+
+    def remade(**options) -> bool:
+        before = dates(out)
+        result = export_run(balanced_run, out, **({"copy_media": "copy"} | options))
+        return dates(out) != before and not any("nothing was written" in n for n in result.notes)
+
+    data = sorted((out / "data").glob("train-*.parquet"))[0]
+    data.unlink()  # a file of the export removed by hand
+    assert remade() and data.is_file()
+    assert remade(val_fraction=0.2)  # another option
+    assert remade() and not remade()  # back to the first options, and then the same again
+    source = tmp_path / "clips" / "good.mp4"
+    source.write_bytes(source.read_bytes() + b"\0")  # a source clip changed
+    assert remade()
+    shard = sorted((balanced_run / "03-subset").glob("*.parquet"))[0]
+    os.utime(shard, ns=(shard.stat().st_atime_ns, shard.stat().st_mtime_ns + 10**9))
+    assert remade()  # the run's final shards changed
+
+
 def test_an_export_stopped_half_way_is_finished_by_the_same_command(balanced_run, tmp_path,
                                                                     monkeypatch):
     """Ctrl-C during a first export's media copy: the folder already holds files, and the

@@ -14,6 +14,13 @@ them and renamed into place; media copies go through a temp file and are checked
 size, so a killed export never leaves a truncated video that a re-export would keep. A
 re-export removes the files of the previous export that are no longer part of it.
 
+An export made from the same run (its manifest and final shards as they were) with the
+same options into the same folder is not made again when its files are all there with
+their sizes: the marker records what it was made from, and the result is read back
+(with `--copy-media`, once every media copy is checked against its source as any export
+checks it: a placed copy means the export is made again). A re-queued job, or a recipe's
+[export] after a resumed run, costs seconds instead of rewriting every row.
+
 Media paths in a data file are relative to that file's folder (`../videos/…` under
 `data/`, `../../videos/…` under `data/<subset>/`), the way the Hub resolves a file named
 by another file. The card names each config with the export's content fingerprint: the
@@ -39,6 +46,7 @@ import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.parquet as pq
 
+from avcurate import __version__
 from avcurate.core.lock import HOLDER, LOCK, run_lock
 from avcurate.core.media_paths import join_prefixes
 from avcurate.core.outputs import OutputError, check_output_folder, check_owned_folder
@@ -61,6 +69,7 @@ MEDIA_DIRS = {"video": "videos", "audio": "audios"}
 MARKER = ".avcurate-export.json"
 STAGING = ".avcurate-staging"
 SPILL = ".sort"  # in the staging folder: a config's rows on their way into id order
+FORMAT = 1  # what an export writes: bump when it changes, so older exports are made again
 
 
 def _media_name(path: str) -> str:
@@ -239,6 +248,9 @@ def export_run(run_dir: Path | str, out: Path | str, opts: ExportOptions | None 
 def _export_locked(store: RunStore, manifest: dict[str, Any], final: list[Path], out: Path,
                    opts: ExportOptions, previous: set[str]) -> ExportResult:
     """Stage the export, then publish it over the `previous` export's files."""
+    inputs = _inputs_key(store, manifest, final, out, opts)
+    if (unchanged := _unchanged(store, manifest, final, out, opts, inputs, previous)) is not None:
+        return unchanged
     if not (out / MARKER).is_file():  # claimed before the first write: an export cut short
         _record(out, previous)  # (a long media copy stopped by Ctrl-C) is ours when run again
     staging = out / STAGING
@@ -249,7 +261,7 @@ def _export_locked(store: RunStore, manifest: dict[str, Any], final: list[Path],
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)  # a full disk gets its room back at once
         raise
-    _publish(out, staging, written, previous)
+    _publish(out, staging, written, previous, {"key": inputs, "result": _result_record(result)})
     return result
 
 
@@ -320,7 +332,8 @@ def _sample(staging: Path, data_files: list[str]) -> dict[str, Any] | None:
     return None
 
 
-def _publish(out: Path, staging: Path, written: set[str], previous: set[str]) -> None:
+def _publish(out: Path, staging: Path, written: set[str], previous: set[str],
+             made_from: dict[str, Any]) -> None:
     """Rename the staged files into place, drop the previous export's files that are no
     longer part of it, then record what this export owns. Until then the record holds both
     exports' files, so a stop half-way leaves none of ours unlisted."""
@@ -333,10 +346,61 @@ def _publish(out: Path, staging: Path, written: set[str], previous: set[str]) ->
     for rel in sorted(previous - written):
         (out / rel).unlink(missing_ok=True)
     shutil.rmtree(staging, ignore_errors=True)
-    _record(out, written)
+    made_from["sizes"] = {rel: (out / rel).stat().st_size for rel in sorted(written)}
+    _record(out, written, made_from)
 
 
-def _record(out: Path, files: set[str]) -> None:
-    """Write the marker that makes `out` an avcurate export and lists the files it owns."""
+def _record(out: Path, files: set[str], made_from: dict[str, Any] | None = None) -> None:
+    """Write the marker that makes `out` an avcurate export and lists the files it owns;
+    once the export is whole, also what it was made from (`_unchanged`)."""
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out / MARKER, json.dumps({"files": sorted(files)}, indent=1).encode())
+    record: dict[str, Any] = {"files": sorted(files)}
+    if made_from is not None:
+        record["made_from"] = made_from
+    atomic_write_bytes(out / MARKER, json.dumps(record, indent=1).encode())
+
+
+def _inputs_key(store: RunStore, manifest: dict[str, Any], final: list[Path], out: Path,
+                opts: ExportOptions) -> str:
+    """What an export is made from: avcurate's export format, the run (its manifest but
+    for the time of its last command, which a resume that did nothing changes, and the
+    shards of every config by size and date), the folder and the options."""
+    shards = [(str(f), f.stat().st_size, f.stat().st_mtime_ns)
+              for files, _, _ in _config_sets(manifest, store, final,
+                                              pq.read_schema(final[0]).names).values()
+              for f in files]
+    what = {"format": [FORMAT, __version__], "run": str(store.root.resolve()), "out": str(out),
+            "manifest": {k: v for k, v in manifest.items() if k != "updated_at"},
+            "shards": shards, "options": repr(opts)}
+    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _unchanged(store: RunStore, manifest: dict[str, Any], final: list[Path], out: Path,
+               opts: ExportOptions, inputs: str, previous: set[str]) -> ExportResult | None:
+    """The last export's result when it was made from `inputs` and its files are all in
+    place with their sizes; None when it must be made again. With `--copy-media` the
+    media copies are placed first, as the export would place them (a source whose size
+    changed is copied again): if any was, the data files are made again too."""
+    marker = out / MARKER
+    made = json.loads(marker.read_text()).get("made_from") if marker.is_file() else None
+    if not made or made["key"] != inputs or set(made["sizes"]) != previous:
+        return None
+    for rel, size in made["sizes"].items():
+        if not (out / rel).is_file() or (out / rel).stat().st_size != size:
+            return None
+    if opts.copy_media:
+        columns = pq.read_schema(final[0]).names
+        for files, _, where in _config_sets(manifest, store, final, columns).values():
+            if files and copy_media(ConfigRows(files, columns, where), out, opts.copy_media,
+                                    set())[1]:
+                return None
+    result = ExportResult(out, **made["result"])
+    result.notes.append("the run and the options are those of the export already in this "
+                        "folder, and its files are all there: nothing was written")
+    return result
+
+
+def _result_record(result: ExportResult) -> dict[str, Any]:
+    """What `_unchanged` gives back: the result but its folder and the media placed."""
+    return {"configs": result.configs, "columns": result.columns, "media_copied": 0,
+            "fingerprint": result.fingerprint, "infos": result.infos, "notes": result.notes}
