@@ -11,7 +11,8 @@ on the same paths) against the current function, measured in the same run.
 Then every kept row gets a reasoning trace of about `--trace-bytes` (as after
 merge-traces), and the export is measured again against the in-memory way it used to
 work (every row read, sorted by id and split in memory; replayed here in a process of
-its own), with their outputs compared row for row.
+its own), with their outputs compared row for row; then the same export is run again,
+which finds the run and its options unchanged and writes nothing.
 
     python benchmarks/bench_export.py [--rows 1000000] [--trace-bytes 1500]
 """
@@ -119,6 +120,13 @@ def traces_phase(root: Path, run: Path, size: int) -> None:
     print(f"with traces: avcurate export {wall:.2f} s, peak RSS {peak / 2**20:,.0f} MiB; "
           f"in memory (the way before, replayed) {owall:.2f} s, {opeak / 2**20:,.0f} MiB; "
           f"the same rows ({opeak / peak:.1f}x less memory)", flush=True)
+    dates = {p: p.stat().st_mtime_ns for p in out.rglob("*.parquet")}
+    again, again_peak = measure([sys.executable, "-m", "avcurate", "export", str(run), "--out",
+                                 str(out), "--val-fraction", "0.05"])
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*.parquet")} == dates
+    print(f"the same export again (run, options and folder unchanged): {again:.2f} s, peak "
+          f"RSS {again_peak / 2**20:,.0f} MiB, nothing written ({wall / again:.0f}x less "
+          "time than making it)", flush=True)
 
 
 def timed(fn, *args):
