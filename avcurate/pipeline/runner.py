@@ -344,10 +344,11 @@ class Runner:
                 for k, (stage, fp) in enumerate(stages, start=1)]
 
     def _check_environment(self, stages: list[tuple[Stage, str]],
-                           planned: list[dict[str, Any]], done: int | None = None) -> None:
+                           planned: list[dict[str, Any]], done: int | None = None) -> int:
         """Before anything is written: every stage with work left can run here (its model
         backend's library and key, its input files). Stages a previous run finished are
-        not checked, so a finished run resumes without its model servers."""
+        not checked, so a finished run resumes without its model servers. Returns how
+        many of `planned` (ingest first) are done and stay so."""
         forced_journal()  # a bad AVCURATE_SQLITE_JOURNAL stops the run before it starts
         try:
             check_output_folder(self.store.root, "--out")
@@ -374,6 +375,7 @@ class Runner:
                         reach()
         except StageError as exc:
             raise RunError(str(exc)) from None
+        return done
 
     def _check_not_foreign(self) -> None:
         """A new run goes into a new or empty folder: stage folders, a cache and a manifest
