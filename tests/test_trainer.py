@@ -206,7 +206,7 @@ def _metrics(folder: Path) -> list[dict]:
             for x in (folder / "metrics.jsonl").read_text().splitlines()]
 
 
-def _run(args: list[str], nproc: int) -> None:
+def _run(args: list[str], nproc: int) -> str:
     env = os.environ | {"PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH",
                                                                                   "")]),
                         "OMP_NUM_THREADS": "1"}
@@ -215,6 +215,7 @@ def _run(args: list[str], nproc: int) -> None:
     result = subprocess.run([*launcher, "-m", "avcurate", "train", *args], capture_output=True,
                             text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
 
 
 def _args(toy, out: Path, **kw) -> list[str]:
@@ -284,8 +285,9 @@ def test_checkpoint_resume_is_exact(toy, tmp_path):
 def test_a_one_rank_checkpoint_resumes_on_two_ranks(toy, tmp_path):
     out = tmp_path / "out"
     _run(_args(toy, out, steps=4, **{"stop-after": 2}), 1)
-    _run(_args(toy, out, steps=4), 2)
+    said = _run(_args(toy, out, steps=4), 2)
     assert [m["step"] for m in _metrics(out)] == [1, 2, 3, 4]  # no step logged twice
+    assert said.count("trained to step 4") == 1  # one summary, not one per rank
     assert (out / "final/model.safetensors").exists()
 
 

@@ -8,6 +8,7 @@ Multi-GPU (FSDP2) runs use the same command under torchrun:
 from __future__ import annotations
 
 import inspect
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -44,6 +45,8 @@ def register() -> None:
             # StageError: the omni policy's decode worker dies on every job (trainer/clips.py)
             fail(machine_error(exc) or " ".join(str(exc).split()))
         _finish()
+        if os.environ.get("RANK", "0") != "0":  # under torchrun: one summary, rank 0's (the
+            return  # step's figures are summed over ranks already)
         final = Path(cfg.out) / "final"
         if history:
             last = history[-1]
