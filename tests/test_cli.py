@@ -432,6 +432,8 @@ def test_help_cuts_no_word_or_option_name_at_any_width(columns):
                 assert flag in page or not flag.startswith("-"), f"avcurate {name} at {columns}: {flag}"
         if columns >= 80:
             assert max(map(len, page.splitlines())) <= columns, f"avcurate {name} at {columns}"
+        if name in ("threshold", "decontaminate"):  # a type in brackets, not taken for markup
+            assert "<list[str]>" in page, f"avcurate {name} at {columns}"
 
 
 def test_plain_help_keeps_list_items_and_examples_on_their_own_lines():

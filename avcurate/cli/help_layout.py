@@ -74,14 +74,15 @@ class WidthAwareHelp(TyperCommand):
                     _keep_breaks(p) for p in as_printed(self.help).split("\n\n")))
 
     def _plain_params(self, ctx: Any, formatter: Any) -> None:
-        """Arguments, then options, as rich would print their names and help. Typer
-        escapes the brackets it adds ("[required]") only when it knows the markup is
-        rich (typer >= 0.20 asks the context; earlier ones always did)."""
+        """Arguments, then options: their names and types as typer gives them (plain
+        text: `<list[str]>`), their help as rich would print it. Typer escapes the
+        brackets it adds to the help ("[required]") only when it knows the markup is rich
+        (typer >= 0.20 asks the context; earlier ones always did)."""
         ctx.ensure_object(dict)
         if isinstance(ctx.obj, dict) and hasattr(typer.core, "MARKUP_MODE_KEY"):
             ctx.obj.setdefault(typer.core.MARKUP_MODE_KEY, "rich")
         for title, kind in (("Arguments", TyperArgument), ("Options", TyperOption)):
-            records = [(as_printed(name), as_printed(text)) for param in self.get_params(ctx)
+            records = [(name, as_printed(text)) for param in self.get_params(ctx)
                        if isinstance(param, kind) and (record := param.get_help_record(ctx))
                        for name, text in [record]]
             if records:
