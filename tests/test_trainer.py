@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -310,16 +311,22 @@ def test_train_cli_and_modality_rollouts(toy, tmp_path):
     assert bad.returncode == 2 and "unknown reward 'nope'" in bad.stderr
 
 
+def _endless_training(toy, out: Path) -> tuple[list[str], dict[str, str]]:
+    """The command line of a training that would run for hours (steps of ~0.05 s), and
+    its environment (the test reward's module on the path)."""
+    lm, data = toy
+    return ([sys.executable, "-m", "avcurate", "train", "--data", str(data), "--model", str(lm),
+             "--out", str(out), "--rewards", REWARD, "--num-generations", "2",
+             "--prompts-per-step", "1", "--steps", "100000", "--max-new-tokens", "2"],
+            os.environ | {"PYTHONPATH": str(TESTS)})
+
+
 def test_a_second_training_into_the_same_folder_is_refused_while_the_first_runs(toy, tmp_path):
     """Two trainings into one --out would interleave their checkpoints and metrics: the
     second stops with one line naming the first, before it loads a model; a first killed
     with -9 leaves no lock behind, and the same command resumes."""
-    lm, data = toy
     out = tmp_path / "out"
-    env = os.environ | {"PYTHONPATH": str(TESTS)}
-    args = [sys.executable, "-m", "avcurate", "train", "--data", str(data), "--model", str(lm),
-            "--out", str(out), "--rewards", REWARD, "--num-generations", "2",
-            "--prompts-per-step", "1", "--steps", "100000", "--max-new-tokens", "2"]
+    args, env = _endless_training(toy, out)
     first = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                              text=True, env=env)
     try:
@@ -339,6 +346,57 @@ def test_a_second_training_into_the_same_folder_is_refused_while_the_first_runs(
                              env=env, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert _metrics(out)[-1]["step"] >= 1
+
+
+@pytest.mark.parametrize("sig, status, said", [(signal.SIGINT, 130, "Ctrl-C"),
+                                               (signal.SIGTERM, 143, "SIGTERM")])
+def test_ctrl_c_or_sigterm_stops_training_at_a_step_end_with_a_checkpoint(toy, tmp_path, sig,
+                                                                           status, said):
+    """With no --save-every (a checkpoint only at the end), Ctrl-C or a scheduler's SIGTERM
+    lost every step since the start. Now the step under way ends, a checkpoint is saved
+    at its end, the command stops as on any Ctrl-C or SIGTERM, and the same command goes
+    on from that step: no step lost, none logged twice."""
+    out = tmp_path / "out"
+    args, env = _endless_training(toy, out)
+    first = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env=env)
+    deadline = time.time() + 120
+    while not (out / "metrics.jsonl").is_file() or len(_metrics(out)) < 2:
+        assert first.poll() is None and time.time() < deadline, first.stderr.read()
+        time.sleep(0.05)
+    first.send_signal(sig)
+    _, stderr = first.communicate(timeout=120)
+    assert first.returncode == status, stderr[-2000:]
+    assert "stopping at the end of this step" in stderr and f"stopped by {said}" in stderr
+    assert "Traceback" not in stderr
+    step = torch.load(out / "checkpoint/trainer.pt", weights_only=False)["step"]
+    assert f"checkpoint saved at step {step}" in stderr
+    assert [m["step"] for m in _metrics(out)] == list(range(1, step + 1))
+    resumed = subprocess.run([*args, "--stop-after", "1"], capture_output=True, text=True,
+                             env=env, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert [m["step"] for m in _metrics(out)] == list(range(1, step + 2))
+
+
+def test_the_stop_at_a_step_end_keeps_ignored_signals_and_a_second_one_stops_at_once():
+    from avcurate.trainer.interrupts import StopAtStepEnd
+
+    before = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # as under `nohup`: stays ignored
+    try:
+        with StopAtStepEnd(True) as stop:
+            assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.01)
+            assert stop.asked  # the first: noted, nothing raised
+            with pytest.raises(KeyboardInterrupt):
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(1)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        with StopAtStepEnd(False) as off:  # several ranks: the default handlers stay
+            assert not off.asked and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 def test_a_finished_training_run_again_loads_and_writes_nothing(toy, tmp_path):

@@ -90,7 +90,8 @@ class TrainConfig:
     judge_backend: str = option("", help="Judge backend for soft_accuracy / query_intent.")
     judge_model: str = option("", help="Judge model for soft_accuracy / query_intent.")
     judge_base_url: str = option("", help="Judge server URL.")
-    save_every: int = option(0, min=0, help="Checkpoint every N steps (0: only at the end).")
+    save_every: int = option(0, min=0, help="Checkpoint every N steps (0: only at the end and, "
+                             "in one process, where Ctrl-C or SIGTERM stops the run).")
     stop_after: int = option(0, min=0, help="Stop (with a checkpoint) after this many steps in "
                              "this run, for time-limited jobs.")
     seed: int = option(0, help="Run seed.")

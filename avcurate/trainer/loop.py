@@ -33,6 +33,7 @@ from avcurate.trainer.collectives import all_sum, gather_list
 from avcurate.trainer.config import TrainConfig
 from avcurate.trainer.data import load_rows
 from avcurate.trainer.hub_model import loadable
+from avcurate.trainer.interrupts import StopAtStepEnd, say
 from avcurate.trainer.losses import LossConfig, local_advantages, policy_loss
 from avcurate.trainer.out_folder import check_out, out_lock, record_settings
 from avcurate.trainer.policy import check_kind, make_policy
@@ -436,23 +437,28 @@ def _train(state: TrainState, progress: bool) -> list[dict[str, Any]]:
     history = []
     bar = _bar(progress and state.rank == 0, cfg.steps, start)
     try:
-        for step in range(start, cfg.steps):
-            record = _logged_step(state, ckpt, step, start)
-            history.append(record)
-            if state.rank == 0 and (step + 1) % cfg.log_every == 0:
-                with metrics_path.open("a") as f:
-                    f.write(json.dumps(record) + "\n")
-            if bar is not None:
-                bar.set_postfix(reward=f"{record['reward_mean']:.3f}")
-                bar.update(1)
-            if cfg.stop_after and step + 1 - start >= cfg.stop_after and step + 1 < cfg.steps:
-                _save(state, ckpt, step + 1)
-                break  # a time-limited job: the next run resumes exactly here
-            if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
-                _save(state, ckpt, step + 1)
-        else:
-            _save(state, ckpt, cfg.steps)
-            save_final(out / "final", state.policy, state.model, state.rank)
+        with StopAtStepEnd(state.world == 1) as stop:
+            for step in range(start, cfg.steps):
+                record = _logged_step(state, ckpt, step, start)
+                history.append(record)
+                if state.rank == 0 and (step + 1) % cfg.log_every == 0:
+                    with metrics_path.open("a") as f:
+                        f.write(json.dumps(record) + "\n")
+                if bar is not None:
+                    bar.set_postfix(reward=f"{record['reward_mean']:.3f}")
+                    bar.update(1)
+                if step + 1 == cfg.steps:
+                    break
+                limit = bool(cfg.stop_after) and step + 1 - start >= cfg.stop_after
+                if limit or stop.asked or (cfg.save_every and (step + 1) % cfg.save_every == 0):
+                    _save(state, ckpt, step + 1)
+                if limit:
+                    return history  # a time-limited job: the next run resumes exactly here
+                if stop.asked:
+                    say(f"checkpoint saved at step {step + 1}")
+                    stop.hand_on()  # the command stops as on any Ctrl-C or SIGTERM
+        _save(state, ckpt, cfg.steps)
+        save_final(out / "final", state.policy, state.model, state.rank)
     finally:  # an error's line then starts on a line of its own, not after the bar
         if bar is not None:
             bar.close()
