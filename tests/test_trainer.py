@@ -447,6 +447,10 @@ def test_a_final_model_is_swapped_in_whole(toy, tmp_path):
 
 @pytest.mark.parametrize("data, model, said", [
     ("{tmp}/nowhere", "{lm}", "--data {tmp}/nowhere: no such file or folder"),
+    ("no-org/no-dataset", "{lm}", "no such file or folder (an avcurate export folder, or "
+                                  "Parquet with question/options/answer); a dataset on the "
+                                  "Hugging Face Hub is read from a local copy: `hf download "
+                                  "no-org/no-dataset --repo-type dataset --local-dir DIR`"),
     ("{data}", "{tmp}/no-model", "--model {tmp}/no-model: no such folder"),
     ("{data}", "{tmp}", "--model {tmp}: not a model folder (no config.json)"),
     ("{data}", "{lm}/config.json", "--model {lm}/config.json: no such folder"),

@@ -7,6 +7,7 @@ against them: an unknown key names the closest valid one, a bad value is one lin
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,8 +139,13 @@ class TrainConfig:
         (transformers' own errors name no folder, and a path that is not there reads
         to it as a malformed Hub id)."""
         if not Path(self.data).exists():
+            hint = ""
+            if re.fullmatch(r"[\w-][\w.-]*/[\w.-]+", self.data):  # reads as a Hub id
+                hint = (f"; a dataset on the Hugging Face Hub is read from a local copy: "
+                        f"`hf download {self.data} --repo-type dataset --local-dir DIR`, "
+                        "then --data DIR")
             raise OptionError(f"--data {self.data}: no such file or folder (an avcurate "
-                              "export folder, or Parquet with question/options/answer)")
+                              f"export folder, or Parquet with question/options/answer){hint}")
         if (Path(self.data) / "manifest.json").is_file():  # a run: its rows are in stages
             raise OptionError(f"--data {self.data} is a run folder; train on its export "
                               f"(`avcurate export {self.data} --out DIR`, then --data DIR)")
