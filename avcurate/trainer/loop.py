@@ -447,16 +447,8 @@ def _train(state: TrainState, progress: bool) -> list[dict[str, Any]]:
                 if bar is not None:
                     bar.set_postfix(reward=f"{record['reward_mean']:.3f}")
                     bar.update(1)
-                if step + 1 == cfg.steps:
-                    break
-                limit = bool(cfg.stop_after) and step + 1 - start >= cfg.stop_after
-                if limit or stop.asked or (cfg.save_every and (step + 1) % cfg.save_every == 0):
-                    _save(state, ckpt, step + 1)
-                if limit:
+                if step + 1 < cfg.steps and _ends_here(state, ckpt, stop, step + 1, start):
                     return history  # a time-limited job: the next run resumes exactly here
-                if stop.asked:
-                    say(f"checkpoint saved at step {step + 1}")
-                    stop.hand_on()  # the command stops as on any Ctrl-C or SIGTERM
         _save(state, ckpt, cfg.steps)
         save_final(out / "final", state.policy, state.model, state.rank)
     finally:  # an error's line then starts on a line of its own, not after the bar
@@ -464,6 +456,22 @@ def _train(state: TrainState, progress: bool) -> list[dict[str, Any]]:
             bar.close()
         getattr(state.policy, "close", lambda: None)()  # the omni policy's clip reader
     return history
+
+
+def _ends_here(state: TrainState, ckpt: Path, stop: StopAtStepEnd, done: int, start: int
+               ) -> bool:
+    """After step `done` (not the last): a checkpoint where one is due (every
+    `--save-every`, at `--stop-after`, where Ctrl-C or SIGTERM asked to stop); True when
+    `--stop-after` ends this run here. A stop that was asked is then handed on: the command
+    stops as on any Ctrl-C or SIGTERM."""
+    cfg = state.cfg
+    limit = bool(cfg.stop_after) and done - start >= cfg.stop_after
+    if limit or stop.asked or (cfg.save_every and done % cfg.save_every == 0):
+        _save(state, ckpt, done)
+    if stop.asked and not limit:
+        say(f"checkpoint saved at step {done}")
+        stop.hand_on()
+    return limit
 
 
 def _logged_step(state: TrainState, ckpt: Path, step: int, start: int) -> dict[str, Any]:
