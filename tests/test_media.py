@@ -96,6 +96,26 @@ def test_frames_errors(media, tmp_path):
         frames(media["good"], backend="opencv")
 
 
+def test_ffmpeg_log_lines_never_enter_python(media, tmp_path):
+    """A test run hung for 10 minutes in `avcodec_free_context`: PyAV's Python log callback
+    takes the GIL for every FFmpeg ERROR line, whatever the level set, so a decoder thread
+    logging one while the main thread freed the codec (holding the GIL, waiting for that
+    thread) never returned. FFmpeg's logs are now dropped in C. What shows it: a decode
+    error no longer carries the log line PyAV's callback captured ("last error log")."""
+    from avcurate.core.pyav import pyav
+
+    data = bytearray(media["good"].read_bytes())
+    for i in range(2000, len(data), 97):  # damaged packets: h264 logs an error on each
+        data[i] ^= 0xFF
+    damaged = tmp_path / "damaged.mp4"
+    damaged.write_bytes(data)
+    with pytest.raises(MediaError) as raised:
+        frames(damaged, 8, backend="pyav")
+    assert "cannot decode frames" in str(raised.value)
+    assert "last error log" not in str(raised.value)
+    assert pyav().logging.get_level() is None
+
+
 def test_audio_from_video_is_mono_16k_and_right_pitch(media):
     pcm = audio(media["good2"], seconds=2.0)
     assert pcm.dtype == np.float32 and pcm.ndim == 1
