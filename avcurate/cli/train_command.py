@@ -8,7 +8,6 @@ Multi-GPU (FSDP2) runs use the same command under torchrun:
 from __future__ import annotations
 
 import inspect
-import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -34,6 +33,7 @@ def register() -> None:
         from avcurate.models.errors import EndpointError
         from avcurate.stages.errors import StageError
         from avcurate.trainer.loop import train
+        from avcurate.trainer.out_folder import launched_as_rank_zero
 
         try:
             [given] = collect(options, values, 1)
@@ -45,7 +45,7 @@ def register() -> None:
             # StageError: the omni policy's decode worker dies on every job (trainer/clips.py)
             fail(machine_error(exc) or " ".join(str(exc).split()))
         _finish()
-        if os.environ.get("RANK", "0") != "0":  # under torchrun: one summary, rank 0's (the
+        if not launched_as_rank_zero():  # under torchrun: one summary, rank 0's (the
             return  # step's figures are summed over ranks already)
         final = Path(cfg.out) / "final"
         if history:

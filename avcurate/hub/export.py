@@ -39,6 +39,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -203,10 +204,13 @@ def _final_stage(store: RunStore, run_dir: Path | str) -> tuple[dict[str, Any], 
     return manifest, final
 
 
+ConfigSets = dict[str, tuple[list[Path], str, str | None]]  # config -> files, folder, flag
+
+
 def _config_sets(manifest: dict[str, Any], store: RunStore, final: list[Path], have: list[str]
-                 ) -> dict[str, tuple[list[Path], str, str | None]]:
+                 ) -> ConfigSets:
     """config -> (files, data folder, flag column): the default config and one per subset."""
-    sets: dict[str, tuple[list[Path], str, str | None]] = {"default": (final, "data", None)}
+    sets: ConfigSets = {"default": (final, "data", None)}
     for entry in manifest["stages"]:
         for name, sub in entry.get("subsets", {}).items():
             # a subset marked before later stages (teachers, merge) is read from the final
@@ -248,8 +252,10 @@ def export_run(run_dir: Path | str, out: Path | str, opts: ExportOptions | None 
 def _export_locked(store: RunStore, manifest: dict[str, Any], final: list[Path], out: Path,
                    opts: ExportOptions, previous: set[str]) -> ExportResult:
     """Stage the export, then publish it over the `previous` export's files."""
-    inputs = _inputs_key(store, manifest, final, out, opts)
-    if (unchanged := _unchanged(store, manifest, final, out, opts, inputs, previous)) is not None:
+    have = pq.read_schema(final[0]).names
+    sets = _config_sets(manifest, store, final, have)
+    inputs = _inputs_key(store, manifest, sets, out, opts)
+    if (unchanged := _unchanged(out, opts, inputs, previous, sets, have)) is not None:
         return unchanged
     if not (out / MARKER).is_file():  # claimed before the first write: an export cut short
         _record(out, previous)  # (a long media copy stopped by Ctrl-C) is ours when run again
@@ -257,7 +263,7 @@ def _export_locked(store: RunStore, manifest: dict[str, Any], final: list[Path],
     shutil.rmtree(staging, ignore_errors=True)  # ours: a killed export's leftovers
     staging.mkdir(parents=True)
     try:
-        result, written = _stage_export(store, manifest, final, out, opts)
+        result, written = _stage_export(store, manifest, final, out, opts, have, sets)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)  # a full disk gets its room back at once
         raise
@@ -266,17 +272,17 @@ def _export_locked(store: RunStore, manifest: dict[str, Any], final: list[Path],
 
 
 def _stage_export(store: RunStore, manifest: dict[str, Any], final: list[Path], out: Path,
-                  opts: ExportOptions) -> tuple[ExportResult, set[str]]:
+                  opts: ExportOptions, have: list[str], sets: ConfigSets
+                  ) -> tuple[ExportResult, set[str]]:
     """Write the export's data files and card into the staging folder; return the result
-    and the files written (relative to `out`)."""
+    and the files written (relative to `out`). `have`: the final rows' columns."""
     staging = out / STAGING
-    have = pq.read_schema(final[0]).names
     columns = [c for c in have if not c.startswith("reject_")] if opts.all_columns \
         else [c for c in TRAINING_COLUMNS if c in have]
     result = ExportResult(out, {}, columns, 0)
     written: set[str] = set()
     val_ids = validation_ids(final, opts.val_fraction)
-    for config, (files, folder, where) in _config_sets(manifest, store, final, have).items():
+    for config, (files, folder, where) in sets.items():
         if files:
             _export_config(result, config, ConfigRows(files, columns, where), val_ids, folder,
                            staging, opts, written)
@@ -360,23 +366,21 @@ def _record(out: Path, files: set[str], made_from: dict[str, Any] | None = None)
     atomic_write_bytes(out / MARKER, json.dumps(record, indent=1).encode())
 
 
-def _inputs_key(store: RunStore, manifest: dict[str, Any], final: list[Path], out: Path,
+def _inputs_key(store: RunStore, manifest: dict[str, Any], sets: ConfigSets, out: Path,
                 opts: ExportOptions) -> str:
     """What an export is made from: avcurate's export format, the run (its manifest but
     for the time of its last command, which a resume that did nothing changes, and the
     shards of every config by size and date), the folder and the options."""
-    shards = [(str(f), f.stat().st_size, f.stat().st_mtime_ns)
-              for files, _, _ in _config_sets(manifest, store, final,
-                                              pq.read_schema(final[0]).names).values()
-              for f in files]
+    shards = [(str(f), st.st_size, st.st_mtime_ns)
+              for files, _, _ in sets.values() for f in files for st in [f.stat()]]
     what = {"format": [FORMAT, __version__], "run": str(store.root.resolve()), "out": str(out),
             "manifest": {k: v for k, v in manifest.items() if k != "updated_at"},
             "shards": shards, "options": repr(opts)}
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _unchanged(store: RunStore, manifest: dict[str, Any], final: list[Path], out: Path,
-               opts: ExportOptions, inputs: str, previous: set[str]) -> ExportResult | None:
+def _unchanged(out: Path, opts: ExportOptions, inputs: str, previous: set[str],
+               sets: ConfigSets, have: list[str]) -> ExportResult | None:
     """The last export's result when it was made from `inputs` and its files are all in
     place with their sizes; None when it must be made again. With `--copy-media` the
     media copies are placed first, as the export would place them (a source whose size
@@ -386,18 +390,26 @@ def _unchanged(store: RunStore, manifest: dict[str, Any], final: list[Path], out
     if not made or made["key"] != inputs or set(made["sizes"]) != previous:
         return None
     for rel, size in made["sizes"].items():
-        if not (out / rel).is_file() or (out / rel).stat().st_size != size:
+        if _size(out / rel) != size:
             return None
     if opts.copy_media:
-        columns = pq.read_schema(final[0]).names
-        for files, _, where in _config_sets(manifest, store, final, columns).values():
-            if files and copy_media(ConfigRows(files, columns, where), out, opts.copy_media,
+        for files, _, where in sets.values():
+            if files and copy_media(ConfigRows(files, have, where), out, opts.copy_media,
                                     set())[1]:
                 return None
     result = ExportResult(out, **made["result"])
     result.notes.append("the run and the options are those of the export already in this "
                         "folder, and its files are all there: nothing was written")
     return result
+
+
+def _size(path: Path) -> int | None:
+    """A file's size; None when it is not there (or not a file)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_size if stat.S_ISREG(st.st_mode) else None
 
 
 def _result_record(result: ExportResult) -> dict[str, Any]:

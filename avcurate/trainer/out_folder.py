@@ -71,11 +71,17 @@ def check_out(cfg: TrainConfig) -> None:
                           "choose another --out")
 
 
+def launched_as_rank_zero() -> bool:
+    """Whether this process is rank 0 of its launch (torchrun's RANK), known before the
+    process group is made; a plain process is."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def out_lock(cfg: TrainConfig) -> AbstractContextManager[None]:
     """One training per folder: rank 0 holds `--out`'s writer lock for the whole run (the
     ranks of one torchrun job share the folder; a second job's rank 0 is refused, and
     torchrun then stops its other ranks)."""
-    if int(os.environ.get("RANK", "0")) != 0:
+    if not launched_as_rank_zero():
         return nullcontext()
     return run_lock(cfg.out, what="training folder")
 
