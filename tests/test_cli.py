@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -88,6 +89,26 @@ def test_ingest_stops_when_a_source_is_read_with_the_wrong_format_or_media_root(
     assert ingest("llava-video", media["root"], "c", tmp_path / "mixed.json").returncode == 0
     kept, rejected = read_stage(tmp_path / "c", "00")
     assert (kept.num_rows, rejected.num_rows) == (2, 3)
+
+def test_counts_over_a_thousand_print_with_separators(tmp_path, media):
+    """The reasons table and the HTML report print counts as the funnel table does
+    (1,200, not 1200), so a user comparing them reads the same figure."""
+    good = {"video": "good.mp4", "q": "Color?", "opts": ["red", "blue"], "gt": 0}
+    ann = tmp_path / "big.jsonl"
+    ann.write_text("".join(json.dumps({"uid": f"r{i}", **good} | ({"q": ""} if i % 2 else {}))
+                           + "\n" for i in range(2400)))
+    run_dir = tmp_path / "run"
+    sh("ingest", "--source", "jsonl", "--annotations", str(ann), "--media-root",
+       str(media["root"]), "--out", str(run_dir), "--column", "id=uid", "--column",
+       "question=q", "--column", "options=opts", "--column", "answer=gt", "-q")
+    result = sh("validate", str(run_dir), "-q")
+    assert re.search(r"empty_question\s*│\s*1,200 │", result.stdout), result.stdout
+    html = tmp_path / "r.html"
+    sh("stats", str(run_dir), "--html", str(html))
+    page = html.read_text()
+    assert "<td>empty_question</td><td>1,200</td>" in page
+    assert "<td>2,400</td>" in page and "<td>2400</td>" not in page
+
 
 @pytest.mark.parametrize("name,content", [
     ("zero.json", b""), ("list.json", b"[]"), ("object.json", b"{}"),

@@ -119,8 +119,11 @@ def _table(headers: list[str], rows: list[list[Any]]) -> str:
 
 
 def _fmt(v: Any) -> str:
+    """Counts with thousands separators, as the terminal tables print them."""
     if isinstance(v, float):
         return f"{v:.3f}"
+    if isinstance(v, int) and not isinstance(v, bool):
+        return f"{v:,}"
     return "-" if v is None else str(v)
 
 

@@ -80,7 +80,7 @@ def reasons_table(rows: list[dict[str, Any]]) -> Table:
     table.add_column("rows", justify="right")
     for r in rows:
         for reason, n in r["rejects_by_reason"].items():
-            table.add_row(r["stage"], Text(reason), str(n))
+            table.add_row(r["stage"], Text(reason), _n(n))
     return table
 
 
@@ -113,7 +113,7 @@ def scores_table(scores: dict[str, dict[str, Any]]) -> Table:
         table.add_column(q, justify="right")
     for col, s in scores.items():
         qs = [f"{v:.2f}" if v is not None else "-" for v in s["quantiles"].values()]
-        table.add_row(col, str(s["count"]), f"{s['mean']:.3f}" if s["mean"] is not None else "-",
+        table.add_row(col, _n(s["count"]), f"{s['mean']:.3f}" if s["mean"] is not None else "-",
                       *qs)
     return table
 
@@ -199,10 +199,10 @@ def agreement_tables(audit: dict[str, Any]) -> list[Table]:
         for col in AUDIT_COLUMNS:
             table.add_column(col, justify="left" if col == "dimension" else "right")
         for dim, f in comp["dimensions"].items():
-            table.add_row(dim, str(f["n"]), _f(f["kappa"]), _f(f["spearman"]), _f(f["mad"]))
+            table.add_row(dim, _n(f["n"]), _f(f["kappa"]), _f(f["spearman"]), _f(f["mad"]))
         d = comp["decision"]
         c = d["confusion"]
-        table.add_row("keep/reject", str(d["n"]), _f(d["kappa"]), "-", "-")
+        table.add_row("keep/reject", _n(d["n"]), _f(d["kappa"]), "-", "-")
         table.caption = (f"decision by {' and '.join(audit.get('rules', []))}: agree on "
                          f"{_pct(d['agreement'])}; both keep {c['both_keep']}, both reject "
                          f"{c['both_reject']}, only {comp['a']} keeps {c['only_first_keeps']}, "
