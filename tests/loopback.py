@@ -15,6 +15,14 @@ inject faults when the question text carries a marker:
   [leak] [mismatch] [outside] [noanswer] [short]   the merger's trace always fails that check
   [leak-once]  the merger leaks the answer until it is told what was wrong
   [down]       always 503 (an endpoint that is failing)
+  [filtered]   an empty answer that a content filter stopped (OpenAI: finish_reason
+               "content_filter"; Gemini: the prompt blocked, no candidate)
+
+With `thinking=N` the server is a thinking model (Qwen3, Gemini 2.5): it spends about N
+tokens thinking before each answer, within max_tokens. The OpenAI server writes the
+thinking into the answer (`<think>…</think>`, as vLLM does without a reasoning parser);
+Gemini hides it. An answer the limit leaves no room for is cut: finish_reason "length",
+or MAX_TOKENS with no text.
 
 With `api_key=...` a request without that bearer token gets 401 (GET /models too, unless
 `models_route_open=True`); with `models={...}` a request for another model gets 404, as vLLM
@@ -163,8 +171,10 @@ class _Server(ModelServer):
 
     def __init__(self, handler, latency: float = 0.0, slow_seconds: float = 2.0,
                  api_key: str | None = None, models: set[str] | None = None,
-                 models_route_open: bool = False, text_only: bool = False) -> None:
+                 models_route_open: bool = False, text_only: bool = False,
+                 thinking: int = 0) -> None:
         super().__init__(handler, latency=latency, record=True)
+        self.thinking = thinking  # tokens of thought before each answer (4 characters each)
         self.text_only = text_only  # 400 for any image, audio or video part, as vLLM answers
         # for a model that is not multimodal
         self.down = False  # set it: every call gets 503, as from a proxy whose backend died
@@ -177,7 +187,10 @@ class _Server(ModelServer):
         self.slow_seconds = slow_seconds
 
     def answer(self, prompt, attempt, images, audios, videos, sample) -> str:
-        return answer_for(prompt, attempt, images, audios, videos, sample=sample)
+        text = answer_for(prompt, attempt, images, audios, videos, sample=sample)
+        if not self.thinking:
+            return text
+        return "<think>\n" + "hmm " * (self.thinking - 4) + "\n</think>\n\n" + text
 
 
 class _Faults:
@@ -250,6 +263,11 @@ class OpenAIFaults(_Faults, OpenAIHandler):
                 after is not None and len(self.server.requests) > after):
             self._error(503, "service unavailable")
             return True
+        if "[filtered]" in prompt:
+            self._json(200, {"id": "f", "object": "chat.completion", "model": body["model"],
+                             "choices": [{"index": 0, "finish_reason": "content_filter",
+                                          "message": {"role": "assistant", "content": ""}}]})
+            return True
         if self.server.text_only and any(isinstance(m["content"], list) and any(
                 p["type"] != "text" for p in m["content"]) for m in body["messages"]):
             self._error(400, f"{body['model']} is not a multimodal model")
@@ -319,6 +337,9 @@ class GeminiHandler(_Faults, JSONHandler):
         attempt = self.server.record(body, {k.lower(): v for k, v in self.headers.items()}, prompt)
         if self._fault(prompt, attempt):
             return None
+        if "[filtered]" in prompt:
+            return self._json(200, {"promptFeedback": {"blockReason": "PROHIBITED_CONTENT"},
+                                    "usageMetadata": {"promptTokenCount": 10}})
         inline = [p.get("inlineData") or p.get("inline_data") for p in parts
                   if "inlineData" in p or "inline_data" in p]
         # the SDK may send URL-safe base64 without padding
@@ -329,10 +350,14 @@ class GeminiHandler(_Faults, JSONHandler):
         texts = [answer_for(prompt, attempt, [b for m, b in media if m.startswith("image/")],
                             [b for m, b in media if m.startswith("audio/")],
                             sample=(attempt - 1) * n + k) for k in range(n)]
+        limit = body.get("generationConfig", {}).get("maxOutputTokens") or 1 << 30
+        cut = [self.server.thinking + len(t) // 4 > limit for t in texts]
+        texts = ["" if c else t for t, c in zip(texts, cut, strict=True)]
         text = "".join(texts)
         self._json(200, {
-            "candidates": [{"content": {"role": "model", "parts": [{"text": t}]},
-                            "finishReason": "STOP", "index": k} for k, t in enumerate(texts)],
+            "candidates": [{"content": {"role": "model", "parts": [] if c else [{"text": t}]},
+                            "finishReason": "MAX_TOKENS" if c else "STOP", "index": k}
+                           for k, (t, c) in enumerate(zip(texts, cut, strict=True))],
             "usageMetadata": {"promptTokenCount": len(prompt) // 4,
                               "candidatesTokenCount": len(text) // 4,
                               "totalTokenCount": (len(prompt) + len(text)) // 4}})

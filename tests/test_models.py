@@ -207,6 +207,101 @@ def test_classify(tmp_path, media):
         "jsonl:ann/c1": "no_category", "jsonl:ann/c2": "unclassifiable"}
 
 
+def _questions(media, n):
+    return [{"id": f"t{i}", "video": str(media["good"]), "question": f"How many drum hits {i}? counting",
+             "options": ["x", "y"], "answer": "A"} for i in range(n)]
+
+
+def test_a_thinking_model_cut_at_max_tokens_stops_the_stage(tmp_path, media):
+    """Qwen3 served by vLLM thinks before it answers, and classify's 64 tokens end inside
+    the thinking: every row used to be rejected as `unclassifiable` ("no category in
+    '<think>...'"), with nothing said about the limit. Five answers in a row cut at
+    max_tokens are the setting's fault: the stage stops, rejecting nothing, and says what
+    to change; with room to think, the answers after the thinking are read."""
+    records = _questions(media, 12)
+    with openai_server(thinking=100) as server:
+        stage = StageSpec("classify", {"backend": "openai", "model": "qwen3",
+                                       "base_url": server.url + "/v1", "concurrency": 2})
+        recipe = jsonl_recipe(tmp_path, records, media["root"], [stage])
+        with pytest.raises(RunError) as stopped:
+            run(recipe, tmp_path / "run")
+        calls = len(server.requests)
+        message = str(stopped.value)
+        assert "answers all stopped at max_tokens (64 tokens) before they held a valid " \
+               "answer" in message and "raise max_tokens (--max-tokens)" in message
+        assert "enable_thinking" in message and len(message.splitlines()) == 1
+        assert calls < 5 + 2  # the first five cut answers, and what was in flight beside them
+        assert not list((tmp_path / "run").glob("01-*/rejects/*.parquet"))
+
+        roomy = StageSpec("classify", {"backend": "openai", "model": "qwen3", "max_tokens": 256,
+                                       "base_url": server.url + "/v1", "concurrency": 2})
+        run(jsonl_recipe(tmp_path, records, media["root"], [roomy]), tmp_path / "run",
+            force=True)
+        kept, rej = read_stage(tmp_path / "run", "01")
+    assert kept.num_rows == 12 and rej.num_rows == 0
+    assert set(kept.column("category").to_pylist()) == {"audio-visual counting"}
+
+
+def test_a_few_cut_answers_reject_their_rows_and_say_why(tmp_path, media):
+    """Fewer cut answers than the halt needs: their rows are rejected as before, and the
+    detail now names the limit the answer stopped at."""
+    with openai_server(thinking=100) as server:
+        stage = StageSpec("classify", {"backend": "openai", "model": "qwen3", "max_rounds": 1,
+                                       "base_url": server.url + "/v1"})
+        run(jsonl_recipe(tmp_path, _questions(media, 2), media["root"], [stage]), tmp_path / "run")
+    _, rej = read_stage(tmp_path / "run", "01")
+    assert rej.column("reject_reason").to_pylist() == ["unclassifiable"] * 2
+    assert all(d.endswith("(the answer stopped at max_tokens, 64 tokens)")
+               for d in rej.column("reject_detail").to_pylist())
+    manifest = json.loads((tmp_path / "run/manifest.json").read_text())
+    assert manifest["stages"][1]["usage"]["cut"] == 2
+
+
+def test_gemini_thinking_past_max_tokens_stops_the_stage(tmp_path, media, monkeypatch):
+    """Gemini 2.5 counts its hidden thinking in max_output_tokens: an answer cut there comes
+    back empty with finishReason MAX_TOKENS. The score stage stops and names the limit; the
+    same stage with room for the thinking scores every row."""
+    monkeypatch.setenv("GEMINI_API_KEY", SECRET)
+    with gemini_server(thinking=2000) as server:
+        def stage(**kw):
+            return StageSpec("score", {"backend": "gemini", "model": "gemini-2.5-pro",
+                                       "base_url": server.url, "media": "none"} | kw)
+        with pytest.raises(RunError, match=r"stopped at max_tokens \(1024 tokens\).*raise "
+                                           r"max_tokens \(--max-tokens\)"):
+            run(jsonl_recipe(tmp_path, _questions(media, 8), media["root"], [stage()]),
+                tmp_path / "run")
+        run(jsonl_recipe(tmp_path, _questions(media, 8), media["root"],
+                         [stage(max_tokens=4096)]), tmp_path / "run", force=True)
+    assert read_stage(tmp_path / "run", "01")[0].num_rows == 8
+
+
+@pytest.mark.parametrize("backend", ["openai", "gemini"])
+def test_an_answer_a_content_filter_stopped_says_so(tmp_path, media, monkeypatch, backend):
+    """A prompt the provider's safety filter blocks is that row's: it is rejected, and its
+    detail says the model was stopped, where it said only that '' held no JSON."""
+    monkeypatch.setenv("GEMINI_API_KEY", SECRET)
+    serve = openai_server if backend == "openai" else gemini_server
+    with serve() as server:
+        stage = StageSpec("score", {"backend": backend, "model": "judge", "media": "none",
+                                    "base_url": server.url + ("/v1" if backend == "openai"
+                                                              else "")})
+        run(jsonl_recipe(tmp_path, _records(media, ["", "[filtered]"]), media["root"],
+                         [stage]), tmp_path / "run")
+    kept, rej = read_stage(tmp_path / "run", "01")
+    assert kept.num_rows == 1
+    [row] = rej.to_pylist()
+    stopped = "content_filter" if backend == "openai" else "blocked (PROHIBITED_CONTENT)"
+    assert row["reject_reason"] == "judge_invalid_json"
+    assert row["reject_detail"].endswith(f"(the model stopped: {stopped})")
+
+
+def test_the_merger_names_its_own_token_flag():
+    from avcurate.merger.merge import Merge
+
+    merge = Merge(backend="openai", model="m", base_url="http://127.0.0.1:9/v1")
+    assert merge._limit_name() == "max_tokens (--max-answer-tokens)"
+
+
 def test_custom_taxonomy_and_prompt(tmp_path, media):
     (tmp_path / "tax.toml").write_text('[[category]]\nname = "colors"\ndefinition = "c"\n'
                                        '[[category]]\nname = "sounds"\ndefinition = "s"\n')

@@ -183,7 +183,9 @@ def _print_usage(run_dir: Path, n_stages: int) -> None:
             continue
         out.print(f"{entry['name']}: {usage.get('calls', 0)} calls, {usage.get('cached', 0)} "
                   f"cached, {usage.get('retries', 0)} retries, {usage.get('prompt_tokens', 0):,} "
-                  f"prompt + {usage.get('completion_tokens', 0):,} completion tokens")
+                  f"prompt + {usage.get('completion_tokens', 0):,} completion tokens"
+                  + (f"; {usage['cut']:,} invalid answer(s) stopped at max_tokens"
+                     if usage.get("cut") else ""))
 
 
 AUDIT = [

@@ -166,13 +166,18 @@ class OpenAIHandler(JSONHandler):
         n = int(body.get("n") or 1)
         texts = [self.server.answer(prompt, attempt, images, audios, videos, (attempt - 1) * n + k)
                  for k in range(n)]
+        # max_tokens is honoured as a server honours it (a token taken as 4 characters): an
+        # answer beyond it is cut there, with finish_reason "length"
+        limit = 4 * int(body.get("max_tokens") or 1 << 30)
+        finish = ["length" if len(t) > limit else "stop" for t in texts]
+        texts = [t[:limit] for t in texts]
         text = "".join(texts)
         self._json(200, {
             "id": f"demo-{attempt}", "object": "chat.completion", "created": 0,
             "model": body["model"],
-            "choices": [{"index": k, "finish_reason": "stop",
+            "choices": [{"index": k, "finish_reason": f,
                          "message": {"role": "assistant", "content": t}}
-                        for k, t in enumerate(texts)],
+                        for k, (t, f) in enumerate(zip(texts, finish, strict=True))],
             "usage": {"prompt_tokens": len(prompt) // 4, "completion_tokens": len(text) // 4,
                       "total_tokens": (len(prompt) + len(text)) // 4}})
 

@@ -15,8 +15,10 @@
   one that went down mid-stage: its failed rows would be rejected), calls that all failed
   with not one answered (a setup the server refuses) and, after `min_calls` finished calls,
   a share of failed calls above `max_failure_rate` (default 0.5; with 1, refused calls
-  reject their rows). Rows are never rejected for those: the stage stops and can simply
-  be rerun.
+  reject their rows), and `start_failures` invalid answers in a row that all stopped at
+  max_tokens (a limit too low for the model, typically a thinking model's: the rows would
+  pass with a higher one). Rows are never rejected for those: the stage stops and can
+  simply be rerun.
 - Cache: valid answers are stored by the request's stable hash in the run folder
   (SQLite, safe for several processes), so a second run of the same stage makes zero
   calls. Invalid answers are never cached. Processes sharing the cache (Ray actors,
@@ -57,6 +59,7 @@ class CallStats:
     cached: int = 0
     retries: int = 0
     invalid_answers: int = 0
+    cut: int = 0  # invalid answers that stopped at max_tokens
     failed: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -143,7 +146,7 @@ class Executor:
                  max_attempts: int = 4, cache: KVCache | None = None,
                  backoff_base: float = 0.5, backoff_cap: float = 30.0,
                  max_failure_rate: float = 0.5, start_failures: int = 5,
-                 min_calls: int = 20) -> None:
+                 min_calls: int = 20, limit_name: str = "max_tokens") -> None:
         self.backend = backend
         self.concurrency = concurrency
         self.rpm = rpm
@@ -152,8 +155,9 @@ class Executor:
         self.backoff_base, self.backoff_cap = backoff_base, backoff_cap
         self.max_failure_rate, self.start_failures, self.min_calls = (
             max_failure_rate, start_failures, min_calls)
+        self.limit_name = limit_name  # how the user sets max_tokens, for the halt's hint
         self.stats = CallStats()
-        self._answered = self._failed = self._failed_in_a_row = 0
+        self._answered = self._failed = self._failed_in_a_row = self._cut_in_a_row = 0
         self._sem = asyncio.Semaphore(concurrency)  # bound to the loop on first use
         self._limiter = RateLimiter(rpm)
         self._inflight: dict[str, asyncio.Event] = {}  # keys being asked by this executor
@@ -354,7 +358,17 @@ class Executor:
             value = validate(response)
         except InvalidAnswer as exc:
             self._count(invalid_answers=1)
-            return CallResult(reason=exc.reason, detail=str(exc), response=response, error=exc)
+            detail = str(exc)
+            if response.cut:
+                detail += f" (the answer stopped at max_tokens, {request.max_tokens} tokens)"
+                self._count(cut=1)
+                self._cut_short(request.max_tokens, exc)
+            else:
+                self._cut_in_a_row = 0
+                if response.finish not in ("", "stop"):  # a safety filter, a blocked prompt
+                    detail += f" (the model stopped: {response.finish})"
+            return CallResult(reason=exc.reason, detail=detail, response=response, error=exc)
+        self._cut_in_a_row = 0
         if self.cache is not None:
             self.cache.put(key, {"text": response.text, "json": response.json,
                                  "usage": response.usage} | (
@@ -376,6 +390,22 @@ class Executor:
             self._halt(f"{self._failed} of {finished} calls failed, above the "
                        f"--max-failure-rate {self.max_failure_rate:g} (last: {exc.kind}: "
                        f"{_first_line(exc)})")
+
+    def _cut_short(self, max_tokens: int, exc: InvalidAnswer) -> None:
+        """Stop the stage when `start_failures` invalid answers in a row all stopped at the
+        token limit: the limit is the user's setting, not the rows' fault. A thinking model
+        cut while it thinks gives an empty answer or only its thinking, and a whole stage of
+        rows rejected as 'not JSON' or 'unclassifiable' said nothing about why."""
+        self._cut_in_a_row += 1
+        if self._cut_in_a_row < self.start_failures:
+            return
+        which = "last" if self._answered > self._cut_in_a_row else "first"
+        self._halt(f"the {which} {self._cut_in_a_row} answers all stopped at max_tokens "
+                   f"({max_tokens} tokens) before they held a valid answer (last: "
+                   f"{_first_line(exc)}); raise {self.limit_name}. A "
+                   "thinking model spends it on thinking first: Gemini 2.5 counts its "
+                   "thinking in it, and vLLM serves Qwen3 without thinking with "
+                   "--default-chat-template-kwargs '{\"enable_thinking\": false}'")
 
     def _halt(self, why: str) -> None:
         """Raise the stage-stopping error, and make every other call of this executor (other

@@ -194,11 +194,26 @@ class GeminiBackend:
                              retryable=True, kind="timeout") from exc
         except TRANSPORT_ERRORS as exc:
             raise ModelError(str(exc), retryable=True, kind="connection") from exc
-        texts = [_candidate_text(c) for c in result.candidates or []] or [result.text or ""]
+        candidates = result.candidates or []
+        texts = [_candidate_text(c) for c in candidates] or [result.text or ""]
         meta = result.usage_metadata
         return with_json(ModelResponse(text=texts[0], texts=texts, usage={
             "prompt_tokens": (meta.prompt_token_count or 0) if meta else 0,
-            "completion_tokens": (meta.candidates_token_count or 0) if meta else 0}), request)
+            "completion_tokens": (meta.candidates_token_count or 0) if meta else 0},
+            finish=_finish(result)), request)
+
+
+def _finish(result: types.GenerateContentResponse) -> str:
+    """Why the first answer ended, in `ModelResponse.finish`'s words: MAX_TOKENS is "length"
+    (Gemini 2.5 counts its thinking in max_output_tokens: a cut answer is often empty); a
+    prompt blocked before any answer is "blocked (REASON)"."""
+    if not result.candidates:
+        feedback = result.prompt_feedback
+        reason = feedback.block_reason if feedback is not None else None
+        return f"blocked ({getattr(reason, 'value', reason)})" if reason else ""
+    reason = result.candidates[0].finish_reason
+    name = str(getattr(reason, "value", reason) or "")
+    return {"MAX_TOKENS": "length", "STOP": "stop"}.get(name, name)
 
 
 def _candidate_text(candidate: types.Candidate) -> str:

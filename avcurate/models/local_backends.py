@@ -102,7 +102,8 @@ class TransformersBackend(_InProcess):
         new = out[0, ids["input_ids"].shape[1]:]
         text = self.tokenizer.decode(new, skip_special_tokens=True)
         usage = {"prompt_tokens": int(ids["input_ids"].shape[1]), "completion_tokens": int(len(new))}
-        return with_json(ModelResponse(text=text, usage=usage), request)
+        finish = "length" if len(new) >= request.max_tokens else "stop"
+        return with_json(ModelResponse(text=text, usage=usage, finish=finish), request)
 
 
 
@@ -128,4 +129,5 @@ class VLLMBackend(_InProcess):
         texts = [o.text for o in out.outputs]
         usage = {"prompt_tokens": len(out.prompt_token_ids or []),
                  "completion_tokens": sum(len(o.token_ids) for o in out.outputs)}
-        return with_json(ModelResponse(text=texts[0], texts=texts, usage=usage), request)
+        return with_json(ModelResponse(text=texts[0], texts=texts, usage=usage,
+                                       finish=out.outputs[0].finish_reason or ""), request)

@@ -171,4 +171,5 @@ class OpenAIBackend:
         usage = completion.get("usage") or {}
         return with_json(ModelResponse(text=texts[0], texts=texts, usage={
             "prompt_tokens": int(usage.get("prompt_tokens") or 0),
-            "completion_tokens": int(usage.get("completion_tokens") or 0)}), request)
+            "completion_tokens": int(usage.get("completion_tokens") or 0)},
+            finish=choices[0].get("finish_reason") or ""), request)

@@ -148,6 +148,16 @@ class ModelResponse:
     usage: dict[str, int] = field(default_factory=dict)
     cached: bool = False
     texts: list[str] = field(default_factory=list)  # every answer of a request with n > 1
+    # why the (first) answer ended: "stop" (or "" when the backend does not say), "length"
+    # at the request's max_tokens (OpenAI's finish_reason, Gemini's MAX_TOKENS), else the
+    # backend's own word ("content_filter", Gemini's "SAFETY", "blocked (...)")
+    finish: str = ""
+
+    @property
+    def cut(self) -> bool:
+        """The answer stopped at max_tokens. A thinking model (Gemini 2.5, Qwen3) spends
+        those tokens on its thinking first, so a cut answer is often empty or all thinking."""
+        return self.finish == "length"
 
     def __post_init__(self) -> None:
         if not self.texts:

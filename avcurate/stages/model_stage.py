@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 
 import pyarrow as pa
 
-from avcurate.core.options import option
+from avcurate.core.options import declared, option
 from avcurate.core.schema import with_columns
 from avcurate.media.cache import DecodedMedia, MediaNeeds, decode_rows
 from avcurate.models import (
@@ -151,7 +151,14 @@ class ModelStage(BaseStage):
             self._executor = Executor(
                 make_backend(self.spec()), concurrency=self.concurrency, rpm=self.rpm or None,
                 max_attempts=self.max_attempts, max_failure_rate=self.max_failure_rate,
-                cache=ctx.cache("responses") if self.cache else None)
+                cache=ctx.cache("responses") if self.cache else None,
+                limit_name=self._limit_name())
+
+    def _limit_name(self) -> str:
+        """How this stage's max_tokens is set: its recipe key and its flag (the merger's is
+        --max-answer-tokens, its --max-tokens being the trace's length)."""
+        flag = next(f.metadata["flag"] for f in declared(self) if f.name == "max_tokens")
+        return f"max_tokens ({flag or '--max-tokens'})"
 
     def teardown(self) -> None:
         if self._executor is not None:
