@@ -169,11 +169,16 @@ def test_demo_against_a_server_the_user_names(tmp_path):
 
 
 def test_demo_with_gemini(tmp_path):
+    """Gemini 2.5 thinks within max_output_tokens (2,000 tokens here): with a real model the
+    demo gives every model stage room for it, where classify's 64 tokens ran out before
+    any answer."""
     env = os.environ | {"GEMINI_API_KEY": "test-key"}
-    with gemini_server() as server:
+    with gemini_server(thinking=2000) as server:
         sh("demo", "--out", str(tmp_path / "d"), "-q", "--backend", "gemini", "--model",
            "gemini-2.5-pro", "--base-url", server.url, env=env)
         assert server.requests
+        limits = {b["generationConfig"]["maxOutputTokens"] for b in server.requests}
+    assert limits == {8192}
     final = read_stage(tmp_path / "d/run", "13")[0].to_pylist()
     assert final and {r["judge_model"] for r in final} == {"gemini:gemini-2.5-pro"}
 

@@ -244,12 +244,25 @@ def _video_vista(rng: random.Random) -> list[dict]:
     return records
 
 
-def make_demo(out_dir: Path | str, seed: int = 0) -> Path:
+# With a real model every model stage gets room to think: a thinking model (Gemini 2.5,
+# Qwen3) spends max_tokens on its thinking first, and classify's 64 tokens are gone before
+# the answer. The built-in model's recipe stays as it was, so its demo folders resume.
+THINKING_ROOM = "max_tokens = 8192   # room for a thinking model to think before it answers"
+
+
+def recipe_text(builtin: bool = True) -> str:
+    """The demo recipe for the built-in demo model, or for a real one."""
+    return RECIPE if builtin else RECIPE.replace(MODEL, f"{MODEL}\n{THINKING_ROOM}")
+
+
+def make_demo(out_dir: Path | str, seed: int = 0, *, builtin: bool = True) -> Path:
     """Write media, annotations and `demo.toml` under `out_dir`; return the recipe path."""
     root = Path(out_dir)
     recipe = root / "demo.toml"
     claim(root)
     if _made(root):  # already there (a re-run resumes): rewriting the media would redo it all
+        if recipe.read_text() != recipe_text(builtin):
+            atomic_write_bytes(recipe, recipe_text(builtin).encode())
         return recipe
     rng = random.Random(seed)
     ann = root / "annotations"
@@ -257,7 +270,7 @@ def make_demo(out_dir: Path | str, seed: int = 0) -> Path:
     (ann / "llava_video.json").write_text(json.dumps(_llava(root, rng), indent=1))
     (ann / "avqa.json").write_text(json.dumps(_avqa(root, rng), indent=1))
     (ann / "video_vista.json").write_text(json.dumps(_video_vista(rng), indent=1))
-    recipe.write_text(RECIPE)  # last: its presence says the data is complete
+    recipe.write_text(recipe_text(builtin))  # last: its presence says the data is complete
     return recipe
 
 
@@ -284,5 +297,5 @@ def claim(root: Path) -> None:
 
 def _made(root: Path) -> bool:
     recipe = root / "demo.toml"
-    return recipe.is_file() and recipe.read_text() == RECIPE and all(
+    return recipe.is_file() and recipe.read_text() in (RECIPE, recipe_text(False)) and all(
         (root / "annotations" / f).is_file() for f in ANNOTATIONS)

@@ -111,7 +111,7 @@ def run_tour(out_dir: Path, endpoint: Endpoint, *, show_progress: bool = True,
     from avcurate.reports.stats import collect
 
     endpoint.check()
-    recipe_path = make_demo(out_dir)
+    recipe_path = make_demo(out_dir, builtin=endpoint.builtin)
     run_dir = out_dir / "run"
     with serving(endpoint) as live, environment(live):
         recipe = Recipe.load(recipe_path)
