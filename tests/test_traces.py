@@ -198,6 +198,38 @@ def test_merge_stage_retries_with_feedback_then_rejects(tmp_path, media):
     assert all(s["rows_in"] == s["kept"] + s["rejected"] for s in manifest["stages"])
 
 
+def test_a_thinking_merger_s_own_thinking_is_not_taken_for_the_trace(tmp_path, media):
+    """Qwen3 on vLLM without a reasoning parser writes its own <think> block before the
+    reply: every merged trace had two think blocks and was rejected as trace_format. The
+    trace is what follows the model's thinking; a reply that is no trace stays rejected."""
+    markers = [("red", ""), ("blue", ""), ("red", "[outside]")]
+    with openai_server(thinking=60) as server:
+        stages = _teach(server, "any") + [StageSpec("merge", _model(server))]
+        run(jsonl_recipe(tmp_path, _rows(media, markers), media["root"], stages), tmp_path / "run")
+    kept, rej = read_stage(tmp_path / "run", "04")
+    traces = {r["id"]: r["trace"] for r in kept.to_pylist()}
+    assert set(traces) == {"jsonl:ann/s0", "jsonl:ann/s1"}
+    assert all(t.startswith("<think>") and "hmm" not in t for t in traces.values())
+    assert traces["jsonl:ann/s1"].endswith("<answer>B</answer>")
+    assert rej.column("reject_reason").to_pylist() == ["trace_format"]
+
+
+TRACE = "<think>The red square moves while a medium tone plays.</think><answer>A</answer>"
+
+
+@pytest.mark.parametrize(("reply", "trace"), [
+    (TRACE, TRACE),
+    ("<think>Let me see.</think>\n\n" + TRACE, TRACE),
+    ("Let me see; the template opened the block.</think>\n" + TRACE, TRACE),
+    ("<think>Let me see.</think> prose, then " + TRACE, None),  # no whole trace after it
+    ("<think>Only thinking.</think>", None),
+])
+def test_the_trace_after_a_model_s_own_thinking(reply, trace):
+    from avcurate.merger.merge import without_own_thinking
+
+    assert without_own_thinking(reply) == (trace if trace is not None else reply)
+
+
 def test_teach_and_merge_traces_cli_with_report(tmp_path, media):
     ann = tmp_path / "ann.jsonl"
     markers = [("red", ""), ("blue", ""), ("red", "[v-wrong]"), ("blue", "[leak-once]")]

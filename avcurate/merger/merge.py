@@ -17,6 +17,7 @@ import pyarrow as pa
 
 from avcurate.core.answers import lettered
 from avcurate.core.options import option
+from avcurate.core.traces import parse_trace
 from avcurate.merger.trace import TraceRules, check_trace, count_tokens
 from avcurate.models import InvalidAnswer, ModelResponse
 from avcurate.models.request import Message, ModelRequest, TextPart
@@ -91,7 +92,7 @@ class Merge(ModelStage):
                             max_tokens=self.max_tokens)
 
     def validate(self, response: ModelResponse, row: dict[str, Any]) -> dict[str, Any]:
-        text = response.text.strip()
+        text = without_own_thinking(response.text.strip())
         check, why = check_trace(text, row["answer"], self._rules)
         if check is not None:
             raise InvalidAnswer(f"trace_{check}", why)
@@ -101,3 +102,16 @@ class Merge(ModelStage):
 
     def feedback(self, error: InvalidAnswer) -> str:
         return FEEDBACK.format(why=str(error))
+
+
+def without_own_thinking(text: str) -> str:
+    """The trace a thinking merger wrote after its own thinking. Qwen3 served by vLLM
+    without a reasoning parser writes `<think>its thinking</think>` before any reply (a
+    model whose template opens the block writes only the `</think>`), so every trace it
+    merged had two think blocks and was rejected. When the reply is no trace but what
+    follows its first `</think>` is a whole one, that is the trace; else the reply as is,
+    for the checks to say what is wrong."""
+    if parse_trace(text).ok or "</think>" not in text:
+        return text
+    rest = text.split("</think>", 1)[1].strip()
+    return rest if parse_trace(rest).ok else text
