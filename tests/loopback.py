@@ -22,7 +22,8 @@ With `thinking=N` the server is a thinking model (Qwen3, Gemini 2.5): it spends 
 tokens thinking before each answer, within max_tokens. The OpenAI server writes the
 thinking into the answer (`<think>…</think>`, as vLLM does without a reasoning parser);
 Gemini hides it. An answer the limit leaves no room for is cut: finish_reason "length",
-or MAX_TOKENS with no text.
+or MAX_TOKENS with no text. The thinking holds drafts (`DRAFT`: a letter, a JSON object)
+that are not the answer.
 
 With `api_key=...` a request without that bearer token gets 401 (GET /models too, unless
 `models_route_open=True`); with `models={...}` a request for another model gets 404, as vLLM
@@ -165,6 +166,11 @@ def answer_for(prompt: str, attempt: int, images: list[bytes] = (), audios: list
     return "ok"
 
 
+# what a thinking model tries before it answers: a wrong letter, a JSON object with no valid
+# field (about 16 tokens); a parser that reads it for the answer gets the wrong one
+DRAFT = 'Answer: A? **B**? {"category": "none", "video_dependency": 99} ... '
+
+
 class _Server(ModelServer):
     """The package's model server with the tests' extras: an API key, a served-model list,
     the Gemini Files API's uploads, a slow first answer."""
@@ -190,7 +196,7 @@ class _Server(ModelServer):
         text = answer_for(prompt, attempt, images, audios, videos, sample=sample)
         if not self.thinking:
             return text
-        return "<think>\n" + "hmm " * (self.thinking - 4) + "\n</think>\n\n" + text
+        return "<think>\n" + DRAFT + "hmm " * (self.thinking - 20) + "\n</think>\n\n" + text
 
 
 class _Faults:

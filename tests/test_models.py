@@ -295,6 +295,24 @@ def test_an_answer_a_content_filter_stopped_says_so(tmp_path, media, monkeypatch
     assert row["reject_detail"].endswith(f"(the model stopped: {stopped})")
 
 
+@pytest.mark.parametrize(("text", "value"), [
+    ('{"category": "b"}', {"category": "b"}),
+    ('```json\n{"category": "b"}\n```', {"category": "b"}),
+    ('<think>\nA first draft: {"category": "a"}. No.\n</think>\n\n{"category": "b"}',
+     {"category": "b"}),
+    ('<think>{"category": "a"}, and the tokens ran out', None),
+    ('{"category": "a"} was a draft</think>', None),
+])
+def test_a_json_answer_is_read_after_the_model_s_thinking(text, value):
+    from avcurate.models.request import parse_json_answer
+
+    if value is None:
+        with pytest.raises(ValueError):
+            parse_json_answer(text)
+    else:
+        assert parse_json_answer(text) == value
+
+
 def test_the_merger_names_its_own_token_flag():
     from avcurate.merger.merge import Merge
 

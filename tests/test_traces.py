@@ -58,6 +58,11 @@ def _rows(media, markers):
     ("**A** or maybe **B**", None, "ambiguous"),
     ("Answer: E", None, "none"),
     ("I cannot tell.", None, "none"),
+    # a thinking model's reply: only what follows its thinking is its answer
+    ("<think>\nThe answer is A? No: the tone is low.\n</think>\n\nB", "B", "bare_letter"),
+    ("It might be **A**... it is not.</think>\nAnswer: C", "C", "answer_line"),
+    ("◁think▷Answer: A, I first thought.◁/think▷**D**", "D", "bold"),
+    ("<think>Answer: A, I first thought, and ran out of tokens</think>", None, "none"),
 ])
 def test_extract_answer(text, letter, how):
     parsed = extract_letter(text, ["Crime", "Documentary", "Romance", "Action movie"])

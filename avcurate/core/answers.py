@@ -35,6 +35,20 @@ _BARE = re.compile(r"^\s*\**\s*\(?([A-Z])\)?\s*[.):]?\s*\**\s*$")
 _ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 _ANSWER_LINE = re.compile(r"\banswer\b\s*(?:is\s*)?[:：]?[ \t]*(.+?)[ \t]*$", re.IGNORECASE | re.MULTILINE)
 _BOLD = re.compile(r"\*\*\s*\(?([A-Z])\)?[.):]?\s*\*\*")
+_THINK_END = re.compile(r"</think>|◁/think▷")  # Qwen3 and DeepSeek-R1; Kimi-VL-Thinking
+_THINK_START = re.compile(r"\s*(?:<think>|◁think▷)")
+
+
+def after_thinking(text: str) -> str:
+    """The reply a thinking model gave after its thinking: the text after its last closing
+    think tag; nothing when the thinking never closed (cut at max_tokens); all of it when
+    there is no thinking. A letter or a JSON object the model tried while it thought is
+    not its answer (vLLM without a reasoning parser returns the thinking in the reply; a
+    template that opens the block leaves only the closing tag)."""
+    parts = _THINK_END.split(text)
+    if len(parts) > 1:
+        return parts[-1]
+    return "" if _THINK_START.match(text) else text
 
 
 @dataclass(frozen=True)
@@ -117,7 +131,9 @@ def tagged_letter(completion: str, options: list[str] | None = None) -> str | No
 
 def extract_letter(text: str, options: list[str]) -> Parsed:
     """The letter a free-text reply chose (teachers): its last answer line, else a bold letter,
-    else a reply that is only a letter, else a reply (or answer line) that is an option's text."""
+    else a reply that is only a letter, else a reply (or answer line) that is an option's text;
+    of a thinking model's reply, only what follows its thinking."""
+    text = after_thinking(text)
     lines = list(_ANSWER_LINE.finditer(text))
     if lines:
         parsed = parse_letter(lines[-1].group(1), options)

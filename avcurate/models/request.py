@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from avcurate.core.answers import after_thinking
 from avcurate.core.pyav import pyav
 from avcurate.core.store import file_digest
 
@@ -228,11 +229,13 @@ def with_json(response: ModelResponse, request: ModelRequest) -> ModelResponse:
 
 
 def parse_json_answer(text: str) -> Any:
-    """The JSON object in a model's answer: plain, fenced in ```json, or embedded in prose.
+    """The JSON object in a model's answer: plain, fenced in ```json, or embedded in prose;
+    of a thinking model's answer, only what follows its thinking (a draft it wrote while
+    thinking is not its answer).
 
     Raises ValueError when there is none.
     """
-    stripped = text.strip()
+    stripped = after_thinking(text).strip()
     if stripped.startswith("```"):
         stripped = stripped.split("\n", 1)[-1].rsplit("```", 1)[0]
     try:
