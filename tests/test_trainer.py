@@ -207,10 +207,10 @@ def _metrics(folder: Path) -> list[dict]:
             for x in (folder / "metrics.jsonl").read_text().splitlines()]
 
 
-def _run(args: list[str], nproc: int) -> str:
+def _run(args: list[str], nproc: int, **env_vars: str) -> str:
     env = os.environ | {"PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH",
                                                                                   "")]),
-                        "OMP_NUM_THREADS": "1"}
+                        "OMP_NUM_THREADS": "1"} | env_vars
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
                 "--standalone"] if nproc > 1 else [sys.executable]
     result = subprocess.run([*launcher, "-m", "avcurate", "train", *args], capture_output=True,
@@ -241,6 +241,19 @@ def test_torchrun_two_processes_match_one(toy, tmp_path):
     assert set(w1) == set(w2)
     for k in w1:
         assert torch.allclose(w1[k], w2[k], atol=1e-5), k
+
+
+def test_a_finished_multi_rank_training_ends_without_the_interpreters_teardown(toy, tmp_path):
+    """A rank that finished, saved and left the process group could still abort in the
+    interpreter's teardown (Gloo's threads, pytorch#190489; once in CI), and torchrun then
+    failed the training. Here a reward module's teardown aborts: the run must succeed on
+    both ranks, and the exit handlers (a user's log flush) must still have run."""
+    mark = tmp_path / "atexit"
+    stdout = _run(_args(toy, tmp_path / "two", rewards="teardown_rewards:starts_with_b"), 2,
+                  AVCURATE_TEST_EXIT_MARK=str(mark))
+    assert "trained to step 3" in stdout
+    assert (tmp_path / "two/final/config.json").is_file()
+    assert sorted(p.name for p in tmp_path.glob("atexit.*")) == ["atexit.0", "atexit.1"]
 
 
 def test_torchrun_dynamic_sampling_two_processes_match_one(toy, tmp_path):

@@ -7,9 +7,12 @@ Multi-GPU (FSDP2) runs use the same command under torchrun:
 
 from __future__ import annotations
 
+import atexit
 import inspect
+import os
+import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 
@@ -44,23 +47,29 @@ def register() -> None:
             # run over several lines; or the machine's (a full disk), said as everywhere;
             # StageError: the omni policy's decode worker dies on every job (trainer/clips.py)
             fail(machine_error(exc) or " ".join(str(exc).split()))
-        _finish()
-        if not launched_as_rank_zero():  # under torchrun: one summary, rank 0's (the
-            return  # step's figures are summed over ranks already)
-        final = Path(cfg.out) / "final"
-        if history:
-            last = history[-1]
-            out.print(f"trained to step {last['step']}: reward mean {last['reward_mean']:.3f}, "
-                      f"{last['tokens_per_s']:.0f} tokens/s; model in {final}"
-                      f"{_skipped(Path(cfg.out))}", markup=False, soft_wrap=True)
-        else:  # --out holds this training finished: nothing was loaded or written
-            out.print(f"already trained to step {cfg.steps}, nothing left to do; model in "
-                      f"{final}{_skipped(Path(cfg.out))}", markup=False, soft_wrap=True)
+        worker = _finish()
+        if launched_as_rank_zero():  # under torchrun: one summary, rank 0's (the step's
+            _summary(cfg, history)  # figures are summed over ranks already)
+        if worker:
+            _exit_worker()
 
     doc = ("Train a policy with GSPO/GRPO on an export. Several GPUs: torchrun "
            "--nproc-per-node N -m avcurate train ... (FSDP2).")
     app.command(name="train")(with_signature(command, [CONFIG, *[o.parameter() for o in options]],
                                              doc))
+
+
+def _summary(cfg, history: list[dict[str, Any]]) -> None:
+    """The run's last line: where it got to and where the model is."""
+    final = Path(cfg.out) / "final"
+    if history:
+        last = history[-1]
+        out.print(f"trained to step {last['step']}: reward mean {last['reward_mean']:.3f}, "
+                  f"{last['tokens_per_s']:.0f} tokens/s; model in {final}"
+                  f"{_skipped(Path(cfg.out))}", markup=False, soft_wrap=True)
+    else:  # --out holds this training finished: nothing was loaded or written
+        out.print(f"already trained to step {cfg.steps}, nothing left to do; model in "
+                  f"{final}{_skipped(Path(cfg.out))}", markup=False, soft_wrap=True)
 
 
 def _skipped(folder: Path) -> str:
@@ -76,8 +85,25 @@ def _skipped(folder: Path) -> str:
     return f"; {n} row{'s' * (n != 1)} skipped ({log})" if n else ""
 
 
-def _finish() -> None:
+def _finish() -> bool:
+    """Leave the process group; True when there was one (a worker under torchrun)."""
     import torch.distributed as dist
 
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    if not dist.is_initialized():
+        return False
+    dist.destroy_process_group()
+    return True
+
+
+def _exit_worker() -> NoReturn:
+    """End a torchrun worker whose training is finished, written and said, without the
+    interpreter's teardown, which frees torch's distributed objects in no set order: Gloo's
+    threads can then abort the process ("terminate called without an active exception",
+    pytorch/pytorch#190489; the atexit fix proposed in #179291 was abandoned), and torchrun
+    reports a training that finished and saved as failed (seen once in CI, on rank 1, after
+    `destroy_process_group`). The exit handlers still run (ours close executors; a user's
+    reward module may flush a logger), and so do the streams' flushes."""
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
