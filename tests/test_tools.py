@@ -156,6 +156,18 @@ def test_query_is_read_only_and_scoped_to_the_run(scored_run, tmp_path):
     assert not (tmp_path / "x.csv").exists() and not (tmp_path / "x.db").exists()
 
 
+def test_a_query_with_a_misspelt_name_says_the_name_duckdb_suggests(scored_run):
+    """Only DuckDB's first line was shown, which dropped its suggestion: a misspelt column
+    said 'not found' without naming the column meant."""
+    for sql, hint in [("SELECT reject_reasons FROM rejects",
+                       'Candidate bindings: "reject_reason"'),
+                      ("SELECT * FROM sample", 'Did you mean "samples"?')]:
+        bad = sh("query", str(scored_run), sql, check=False)
+        assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr
+        [line] = bad.stderr.strip().splitlines()
+        assert hint in line and "(views: " in line, line
+
+
 def test_output_files_are_checked_first_and_never_replace_a_users_file(scored_run, tmp_path):
     """`stats --html`, `query --out` and `spotcheck --out` naming a folder, a path under a
     file, or a file avcurate did not write stop with one line, exit 2, before any work and

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from helpers import jsonl_recipe, read_stage, rows_by_id, run
@@ -61,6 +62,21 @@ def test_each_failure_has_its_reason(tmp_path, media, workers):
     dup = [r for r in rej.to_pylist() if r["reject_reason"] == "duplicate_id"][0]
     assert dup["video"].endswith("good2.mp4")  # the later row is the one rejected
     assert reports[1].rows_in == reports[1].kept + reports[1].rejected == 16
+
+
+def test_a_media_reject_says_which_file_and_which_setting(tmp_path, media):
+    """A row rejected for its audio or length named no file (no_audio_stream had no detail
+    at all), so a user could not tell a file missing its track from a wrong setting."""
+    records = [r for r in _records(media) if r["id"] in ("noaudio", "silent", "short")]
+    run(jsonl_recipe(tmp_path, records, media["root"], [StageSpec("validate")]),
+        tmp_path / "run")
+    detail = {r["id"].split("/", 1)[1]: r["reject_detail"]
+              for r in read_stage(tmp_path / "run", "01")[1].to_pylist()}
+    assert detail["noaudio"] == (f"{media['noaudio']} has no audio stream "
+                                 "(--no-require-audio keeps such rows)")
+    assert re.fullmatch(rf"{re.escape(str(media['silent']))}: -\d+\.\d dBFS, under "
+                        r"--silence-db -60\.0", detail["silent"]), detail["silent"]
+    assert detail["short"].endswith("not in [1.0, inf] (--min-duration, --max-duration)")
 
 
 def test_probe_columns_are_added(tmp_path, media):

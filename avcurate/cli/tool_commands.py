@@ -122,7 +122,7 @@ def query(
         fail("queries may read only the run's own files (the views: "
              f"{', '.join(views(con))})")
     except (duckdb.Error, QueryError) as exc:
-        fail(f"{str(exc).splitlines()[0]} (views: {', '.join(views(con))})")
+        fail(f"{_duckdb_message(exc)} (views: {', '.join(views(con))})")
     out.print(result_table(rel.columns, rows, out.width))
     if total > limit:
         out.print(f"[dim]{limit} of {total:,} rows shown (--limit, or --out FILE for all)[/]")
@@ -232,6 +232,15 @@ def export(
         if pushed.pr_url:
             out.print(f"pull request: {pushed.pr_url}")
 
+
+def _duckdb_message(exc: Exception) -> str:
+    """DuckDB's first line, and its hint if it gave one ('Did you mean "validate"?',
+    'Candidate bindings: "reject_reason"'), on one line: the hint is the part that says
+    what to type instead."""
+    first, *rest = str(exc).splitlines()
+    hints = [line.strip() for line in rest
+             if line.strip().startswith(("Did you mean", "Candidate bindings"))]
+    return " ".join([first, *hints])
 
 
 def _listing(rows: list[tuple[str, str]]) -> None:

@@ -192,7 +192,7 @@ class Validate(BaseStage):
         """The media verdict and probe columns of one (video, audio) pair."""
         video = probes.get(video_path) if video_path else None
         sound = probes.get(audio_path) if audio_path else video
-        reason, detail = self._media_check(video_path, video, sound)
+        reason, detail = self._media_check(video_path, video, audio_path or video_path, sound)
         ok = video is not None and "error" not in video
         sound_ok = sound is not None and "error" not in sound
         return MediaOutcome(reason, detail, {
@@ -246,8 +246,8 @@ class Validate(BaseStage):
             return "missing_answer", None
         return None, None
 
-    def _media_check(self, video_path: str | None, video: dict | None, sound: dict | None
-                     ) -> tuple[str | None, str | None]:
+    def _media_check(self, video_path: str | None, video: dict | None, sound_path: str | None,
+                     sound: dict | None) -> tuple[str | None, str | None]:
         if video is None:
             return "missing_media", "no video path"
         if "error" in video:
@@ -261,11 +261,14 @@ class Validate(BaseStage):
             if sound is not None and "error" in sound:
                 return sound["error"], sound["detail"]
             if sound is None or not sound["has_audio"]:
-                return "no_audio_stream", None
+                return "no_audio_stream", (f"{sound_path} has no audio stream "
+                                           "(--no-require-audio keeps such rows)")
             if sound["audio_rms_db"] < self.silence_db:
-                return "silent_audio", f"{sound['audio_rms_db']:.1f} dBFS < {self.silence_db}"
+                return "silent_audio", (f"{sound_path}: {sound['audio_rms_db']:.1f} dBFS, under "
+                                        f"--silence-db {self.silence_db}")
         duration = video["duration_s"]
         upper = self.max_duration_s if self.max_duration_s > 0 else math.inf
         if not self.min_duration_s <= duration <= upper:
-            return "duration_out_of_range", f"{duration:.2f}s not in [{self.min_duration_s}, {upper}]"
+            return "duration_out_of_range", (f"{duration:.2f}s not in [{self.min_duration_s}, "
+                                             f"{upper}] (--min-duration, --max-duration)")
         return None, None
