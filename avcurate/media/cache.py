@@ -105,7 +105,9 @@ def frames_path(run_dir: Path, digest: str, n_frames: int) -> str:
 
 
 def audio_path(run_dir: Path, digest: str, seconds: float | None, offset: float, sr: int) -> str:
-    return _path(run_dir, f"audio|{digest}|{seconds}|{offset}|{sr}")
+    """`mean`: channels averaged to mono (2026-11-25); clips cached before were FFmpeg's
+    downmix, 3 dB louder for stereo, and are decoded again rather than mixed in."""
+    return _path(run_dir, f"audio|{digest}|{seconds}|{offset}|{sr}|mean")
 
 
 def _path(run_dir: Path, key: str) -> str:

@@ -1,9 +1,10 @@
 """Decode what models look at: N evenly spaced frames and a mono audio clip.
 
 decord is the default frame reader (random access by index is what it is good
-at); PyAV is the fallback and the reference in `benchmarks/bench_media.py`.
-Audio files (wav/flac/mp3/ogg) are read with soundfile; audio inside a video
-container with PyAV, whose resampler also handles rate conversion.
+at); PyAV, whose FFmpeg is newer, reads what decord cannot (AV1) and is the
+reference in `benchmarks/bench_media.py`. Audio files (wav/flac/mp3/ogg) are read
+with soundfile; audio inside a video container with PyAV, whose resampler also
+handles rate conversion. Channels are averaged to mono on both paths.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import numpy as np
 
 from avcurate.core.pyav import pyav
 from avcurate.media.errors import MediaError
-from avcurate.media.probe import open_media
+from avcurate.media.probe import MonoResampler, open_media
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".mp3", ".ogg", ".oga", ".aiff", ".aif"}
 
@@ -41,7 +42,14 @@ def frames(
     if not Path(path).is_file():
         raise MediaError("missing_media", f"{path}: no such file")
     if backend == "decord":
-        return _frames_decord(str(path), n, within)
+        try:
+            return _frames_decord(str(path), n, within)
+        except MediaError:
+            # decord's bundled FFmpeg has no AV1 decoder (a common YouTube codec) and cannot
+            # find such a stream at all; validate probes with PyAV and keeps the file, so
+            # without this every model stage would reject it. PyAV's error stands if it too
+            # cannot read the file.
+            return _frames_pyav(str(path), n, within)
     if backend == "pyav":
         return _frames_pyav(str(path), n, within)
     raise ValueError(f"unknown frame backend {backend!r} (use 'decord' or 'pyav')")
@@ -70,31 +78,69 @@ def _frames_decord(path: str, n: int, within: float | None = None
 
 def _frames_pyav(path: str, n: int, within: float | None = None
                  ) -> tuple[np.ndarray, np.ndarray]:
+    """The frames decord would pick, by time: a seek to the keyframe before each one that
+    lies ahead of the decoder, then decoding up to it (reading a long video whole to reach
+    eight frames took a minute for a 10-minute AV1 clip)."""
+    av = pyav()
     with open_media(path) as container:
         if not container.streams.video:
             raise MediaError("no_video_stream", f"{path}: no video stream")
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        total = stream.frames or int(round(float(stream.duration * stream.time_base)
-                                           * float(stream.average_rate)))
-        wanted = frame_indices(_window(total, float(stream.average_rate or 0), within), n)
-        out, times = [], []
-        av = pyav()
+        fps = float(stream.average_rate or 0)
+        total = _frame_count(container, stream, fps)
+        if total <= 0 or fps <= 0:
+            raise MediaError("unreadable_media", f"{path}: no frame rate or duration declared")
+        start = float(stream.start_time * stream.time_base) if stream.start_time else 0.0
+        targets = start + frame_indices(_window(total, fps, within), n) / fps
         try:
-            for i, frame in enumerate(container.decode(stream)):
-                while len(out) < n and wanted[len(out)] == i:
-                    out.append(frame.to_ndarray(format="rgb24"))
-                    times.append(float(frame.time))
-                if len(out) == n:
-                    break
+            out, times = _frames_at(container, stream, targets, 0.5 / fps)
         except av.error.FFmpegError as exc:
             raise MediaError("unreadable_media", f"{path}: cannot decode frames ({exc})") from exc
-    if len(out) < n:  # declared frame count was optimistic: repeat the last frame we got
+    if len(out) < n:  # declared duration was optimistic: repeat the last frame we got
         if not out:
             raise MediaError("unreadable_media", f"{path}: no frame could be decoded")
         out += [out[-1]] * (n - len(out))
         times += [times[-1]] * (n - len(times))
     return np.stack(out), np.asarray(times)
+
+
+SEEK_AHEAD_S = 2.0  # a wanted frame further ahead than this is sought, not decoded up to
+
+
+def _frames_at(container, stream, targets: np.ndarray, slack: float
+               ) -> tuple[list[np.ndarray], list[float]]:
+    """The first frame at or after each target time (within `slack`), in order."""
+    out: list[np.ndarray] = []
+    times: list[float] = []
+    position = -np.inf  # the time of the last frame decoded
+    frames = None
+    for target in targets:
+        if frames is None or target - position > SEEK_AHEAD_S:
+            container.seek(int(max(target - slack, 0) / stream.time_base), stream=stream,
+                           backward=True)
+            frames = container.decode(stream)
+        for frame in frames:
+            position = float(frame.time) if frame.time is not None else position
+            if position >= target - slack:
+                out.append(frame.to_ndarray(format="rgb24"))
+                times.append(position)
+                break
+        else:
+            break  # the stream ended before this time
+    return out, times
+
+
+def _frame_count(container, stream, fps: float) -> int:
+    """Frames the stream declares, else its duration (Matroska and WebM give it only for
+    the whole file) times its rate."""
+    if stream.frames:
+        return int(stream.frames)
+    if stream.duration:
+        seconds = float(stream.duration * stream.time_base)
+    else:
+        seconds = (container.duration or 0) / pyav().time_base
+    return int(round(seconds * fps))
 
 
 def audio(
@@ -142,14 +188,13 @@ def _audio_pyav(path: Path, seconds: float | None, sr: int, offset: float) -> np
         if not container.streams.audio:
             raise MediaError("no_audio_stream", f"{path}: no audio stream")
         stream = container.streams.audio[0]
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=sr)
+        resampler = MonoResampler(sr)
         start = int(offset * sr)
         stop = None if seconds is None else start + int(seconds * sr)
         chunks, have = [], 0
         try:
             for frame in container.decode(stream):
-                for out in resampler.resample(frame):
-                    chunk = out.to_ndarray().reshape(-1)
+                for chunk in resampler.resample(frame):
                     chunks.append(chunk)
                     have += chunk.size
                 if stop is not None and have >= stop:

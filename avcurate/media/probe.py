@@ -54,6 +54,22 @@ def rms_db(samples: np.ndarray) -> float:
     return max(SILENCE_FLOOR_DB, 20 * math.log10(rms)) if rms > 0 else SILENCE_FLOOR_DB
 
 
+class MonoResampler:
+    """Audio frames to mono float32 at `rate` (None: the stream's own), by averaging the
+    channels. FFmpeg's own downmix to mono, for float output, adds stereo channels at 0.707
+    each: a track with equal channels came out 3 dB louder than the same sound in a wav
+    (read by soundfile, which averages), and a loud one clipped in the wav a model is sent.
+    Averaging is also what Whisper's loader (FFmpeg to 16-bit), librosa and torchaudio do."""
+
+    def __init__(self, rate: int | None = None) -> None:
+        self._resampler = pyav().AudioResampler(format="fltp", rate=rate)
+
+    def resample(self, frame) -> list[np.ndarray]:
+        """The mono samples of `frame` (None flushes what the resampler holds)."""
+        return [out.to_ndarray().mean(axis=0, dtype=np.float32)
+                for out in self._resampler.resample(frame)]
+
+
 def open_media(path: str | os.PathLike) -> InputContainer:
     if not Path(path).is_file():
         raise MediaError("missing_media", f"{path}: no such file")
@@ -117,17 +133,16 @@ def _scan(container, streams, audio_stream, loudness_seconds: float):
     chunks: list[np.ndarray] = []
     decoded = 0.0
     av = pyav()
-    resampler = av.AudioResampler(format="flt", layout="mono") if audio_stream else None
+    resampler = MonoResampler() if audio_stream else None
     try:
         for packet in container.demux(*streams):
             if packet.pts is not None and packet.time_base is not None:
                 end = max(end, float((packet.pts + (packet.duration or 0)) * packet.time_base))
             if packet.stream is audio_stream and decoded < loudness_seconds:
                 for frame in packet.decode():
-                    for out in resampler.resample(frame):
-                        chunk = out.to_ndarray().reshape(-1)
+                    for chunk in resampler.resample(frame):
                         chunks.append(chunk)
-                        decoded += chunk.size / out.sample_rate
+                        decoded += chunk.size / frame.sample_rate
     except (av.error.FFmpegError, ValueError) as exc:
         return end, _concat(chunks), str(exc)
     return end, _concat(chunks), None

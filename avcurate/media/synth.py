@@ -50,13 +50,15 @@ def write_clip(
     speed: float = 2.0,
     bitrate: int | None = None,
     square: float = 0.2,
+    channels: int = 1,
 ) -> Path:
     """Encode an H.264/AAC mp4: a colored square moving over a gradient, with a tone.
 
     `audio=False` writes no audio stream; `amp=0` or `freq=None` writes a silent one.
     `speed` (radians per second) sets how the square swings; `bitrate` (bits/s) encodes at
     that rate instead of the default quality (a re-encode of the same picture); `square`
-    is the square's side as a share of the height.
+    is the square's side as a share of the height; `channels=2` puts the tone in both
+    channels of a stereo track, as most web videos carry their sound.
     The moov atom is placed first (faststart), as on the web, so cutting the
     file short makes a *truncated* (not unreadable) video.
     """
@@ -72,7 +74,8 @@ def write_clip(
         v.options = {"preset": "ultrafast"}
         if bitrate:
             v.bit_rate = bitrate
-        a = container.add_stream("aac", rate=sr, layout="mono") if audio else None
+        layout = {1: "mono", 2: "stereo"}[channels]
+        a = container.add_stream("aac", rate=sr, layout=layout) if audio else None
         ramp = np.linspace(0, 90, width, dtype=np.float32)[None, :, None]
         base = np.broadcast_to(ramp, (height, width, 3)).astype(np.uint8)
         side = max(8, int(height * square))
@@ -86,15 +89,19 @@ def write_clip(
         container.mux(v.encode())
         if a is not None:
             pcm = tone(seconds, freq or 440.0, sr, amp if freq else 0.0)
-            encode_pcm(container, a, pcm, sr)
+            encode_pcm(container, a, pcm, sr, channels=channels)
     return path
 
 
-def encode_pcm(container, stream, pcm: np.ndarray, sr: int, chunk: int = 1024) -> None:
+def encode_pcm(container, stream, pcm: np.ndarray, sr: int, chunk: int = 1024,
+               channels: int = 1) -> None:
+    """Mono PCM into `stream`, the same samples in each of its `channels` (1 or 2)."""
     av = pyav()
+    layout = {1: "mono", 2: "stereo"}[channels]
     for start in range(0, len(pcm), chunk):
-        frame = av.AudioFrame.from_ndarray(pcm[None, start:start + chunk], format="flt",
-                                           layout="mono")
+        planes = np.repeat(pcm[None, start:start + chunk], channels, axis=0)
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(planes), format="fltp",
+                                           layout=layout)
         frame.sample_rate, frame.pts = sr, start
         container.mux(stream.encode(frame))
     container.mux(stream.encode(None))
