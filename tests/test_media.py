@@ -7,6 +7,7 @@ import pytest
 from conftest import pcm_peak_freq
 
 from avcurate.media import MediaError, audio, frame_indices, frames, probe
+from avcurate.media.cut import cut
 from avcurate.media.synth import COLORS, write_clip, write_wav
 
 
@@ -141,6 +142,32 @@ def test_a_stereo_track_is_as_loud_as_the_same_sound_in_mono_or_a_wav(tmp_path):
     rms = [np.sqrt(np.mean(audio(p, seconds=1.5, offset=0.2) ** 2)) for p in (stereo, wav)]
     assert rms[0] == pytest.approx(rms[1], rel=0.03) and rms[1] == pytest.approx(0.3 / 2 ** .5,
                                                                                   rel=0.05)
+
+
+@pytest.mark.parametrize("degrees", [90, 180, 270])
+def test_a_phone_videos_rotation_is_applied_by_both_backends(tmp_path, degrees):
+    """A portrait phone video is stored landscape with a display rotation: decord turns
+    its frames, PyAV (now the reader of AV1, and of the spans a reward cuts) gave them
+    sideways."""
+    import av
+
+    path = tmp_path / f"rot{degrees}.mp4"
+    with av.open(str(path), "w") as c:
+        v = c.add_stream("libx264", rate=10)
+        v.width, v.height, v.pix_fmt = 64, 32, "yuv420p"
+        v.set_display_rotation(degrees)
+        img = np.zeros((32, 64, 3), np.uint8)
+        img[:8, :16] = 255  # a white block in the stored frame's top-left corner
+        for _ in range(10):
+            c.mux(v.encode(av.VideoFrame.from_ndarray(img, format="rgb24")))
+        c.mux(v.encode())
+    shown = np.rot90(img, degrees // 90)
+    for backend in ("decord", "pyav"):
+        x, _ = frames(path, 2, backend=backend)
+        assert x.shape[1:] == shown.shape, backend
+        assert np.abs(x[0].astype(int) - shown).mean() < 8, backend
+    [piece] = frames(cut(path, [(0.0, 0.5)], tmp_path / "cut.mp4"), 1)[0]  # a reward's span
+    assert piece.shape == shown.shape and np.abs(piece.astype(int) - shown).mean() < 8
 
 
 def test_frames_far_apart_in_a_long_clip_with_long_keyframe_gaps(tmp_path):

@@ -13,6 +13,7 @@ import numpy as np
 
 from avcurate.core.pyav import pyav
 from avcurate.media.decode import audio as decode_audio
+from avcurate.media.decode import upright
 from avcurate.media.errors import MediaError
 from avcurate.media.probe import open_media
 from avcurate.media.synth import encode_pcm
@@ -63,5 +64,5 @@ def _frames_in(path, spans: list[tuple[float, float]]) -> list[np.ndarray]:
             if t >= spans[-1][1]:
                 break
             if any(s <= t < e for s, e in spans):
-                out.append(frame.to_ndarray(format="rgb24"))
+                out.append(upright(frame))
     return out

@@ -123,12 +123,20 @@ def _frames_at(container, stream, targets: np.ndarray, slack: float
         for frame in frames:
             position = float(frame.time) if frame.time is not None else position
             if position >= target - slack:
-                out.append(frame.to_ndarray(format="rgb24"))
+                out.append(upright(frame))
                 times.append(position)
                 break
         else:
             break  # the stream ended before this time
     return out, times
+
+
+def upright(frame) -> np.ndarray:
+    """The frame as shown: turned by its display rotation (a phone's portrait video is
+    stored landscape), as decord returns it."""
+    pixels = frame.to_ndarray(format="rgb24")
+    turns = round((frame.rotation or 0) / 90) % 4
+    return np.ascontiguousarray(np.rot90(pixels, turns)) if turns else pixels
 
 
 def _frame_count(container, stream, fps: float) -> int:
