@@ -180,6 +180,34 @@ def test_frames_far_apart_in_a_long_clip_with_long_keyframe_gaps(tmp_path):
         assert np.allclose(ta, tb, atol=1e-3) and np.abs(a.astype(int) - b).mean() < 1
 
 
+@pytest.mark.parametrize(("name", "codec", "rate"), [("clicks.m4a", "aac", 16000),
+                                                     ("clicks.webm", "libopus", 48000)])
+def test_audio_from_an_offset_is_sought_and_lands_on_the_same_sample(tmp_path, name, codec,
+                                                                    rate):
+    """An offset was reached by decoding from the start (0.9 s for 15 minutes in, per clip
+    and per span a reward cuts); now a seek, a pre-roll, and the samples from the offset:
+    clicks at known times land where a decode from the start puts them (within 2 ms)."""
+    import av
+
+    from avcurate.media.synth import encode_pcm
+
+    clicks = (2.0, 10.0, 15.0)
+    pcm = np.zeros(20 * rate, np.float32)
+    for t in clicks:
+        pcm[int(t * rate):int(t * rate) + rate // 1000] = 0.8
+    with av.open(str(tmp_path / name), "w") as c:
+        encode_pcm(c, c.add_stream(codec, rate=rate, layout="mono"), pcm, rate, chunk=960)
+    whole = audio(tmp_path / name, seconds=None)
+    for t in clicks:
+        near = whole[int((t - 0.5) * 16000):int((t + 0.5) * 16000)]
+        assert np.argmax(np.abs(near)) / 16000 + t - 0.5 == pytest.approx(t, abs=0.002)
+        clip = audio(tmp_path / name, seconds=0.2, offset=t - 0.1)
+        assert clip.shape == (3200,)
+        assert (t - 0.1) + np.argmax(np.abs(clip)) / 16000 == pytest.approx(t, abs=0.002)
+    rest = audio(tmp_path / name, seconds=None, offset=12.0)
+    assert rest.size == pytest.approx(8 * 16000, abs=1600)
+
+
 def test_frames_errors(media, tmp_path):
     with pytest.raises(MediaError, match="no such file"):
         frames(tmp_path / "x.mp4")
