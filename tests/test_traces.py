@@ -228,6 +228,8 @@ TRACE = "<think>The red square moves while a medium tone plays.</think><answer>A
     ("Let me see; the template opened the block.</think>\n" + TRACE, TRACE),
     ("<think>Let me see.</think> prose, then " + TRACE, None),  # no whole trace after it
     ("<think>Only thinking.</think>", None),
+    ("◁think▷Kimi-VL-Thinking's own thinking.◁/think▷" + TRACE, TRACE),
+    ("◁think▷Thinking cut short, then " + TRACE, None),
 ])
 def test_the_trace_after_a_model_s_own_thinking(reply, trace):
     from avcurate.merger.merge import without_own_thinking

@@ -35,7 +35,7 @@ _BARE = re.compile(r"^\s*\**\s*\(?([A-Z])\)?\s*[.):]?\s*\**\s*$")
 _ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 _ANSWER_LINE = re.compile(r"\banswer\b\s*(?:is\s*)?[:：]?[ \t]*(.+?)[ \t]*$", re.IGNORECASE | re.MULTILINE)
 _BOLD = re.compile(r"\*\*\s*\(?([A-Z])\)?[.):]?\s*\*\*")
-_THINK_END = re.compile(r"</think>|◁/think▷")  # Qwen3 and DeepSeek-R1; Kimi-VL-Thinking
+THINK_END = re.compile(r"</think>|◁/think▷")  # Qwen3 and DeepSeek-R1; Kimi-VL-Thinking
 _THINK_START = re.compile(r"\s*(?:<think>|◁think▷)")
 
 
@@ -45,7 +45,7 @@ def after_thinking(text: str) -> str:
     there is no thinking. A letter or a JSON object the model tried while it thought is
     not its answer (vLLM without a reasoning parser returns the thinking in the reply; a
     template that opens the block leaves only the closing tag)."""
-    parts = _THINK_END.split(text)
+    parts = THINK_END.split(text)
     if len(parts) > 1:
         return parts[-1]
     return "" if _THINK_START.match(text) else text

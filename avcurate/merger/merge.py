@@ -15,7 +15,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from avcurate.core.answers import lettered
+from avcurate.core.answers import THINK_END, lettered
 from avcurate.core.options import option
 from avcurate.core.traces import parse_trace
 from avcurate.merger.trace import TraceRules, check_trace, count_tokens
@@ -109,9 +109,11 @@ def without_own_thinking(text: str) -> str:
     without a reasoning parser writes `<think>its thinking</think>` before any reply (a
     model whose template opens the block writes only the `</think>`), so every trace it
     merged had two think blocks and was rejected. When the reply is no trace but what
-    follows its first `</think>` is a whole one, that is the trace; else the reply as is,
-    for the checks to say what is wrong."""
-    if parse_trace(text).ok or "</think>" not in text:
+    follows its first closing think tag (`</think>`, or Kimi-VL-Thinking's `◁/think▷`) is
+    a whole one, that is the trace; else the reply as is, for the checks to say what is
+    wrong."""
+    parts = THINK_END.split(text, maxsplit=1)
+    if parse_trace(text).ok or len(parts) == 1:
         return text
-    rest = text.split("</think>", 1)[1].strip()
+    rest = parts[1].strip()
     return rest if parse_trace(rest).ok else text
