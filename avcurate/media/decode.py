@@ -94,7 +94,7 @@ def _frames_pyav(path: str, n: int, within: float | None = None
         start = float(stream.start_time * stream.time_base) if stream.start_time else 0.0
         targets = start + frame_indices(_window(total, fps, within), n) / fps
         try:
-            out, times = _frames_at(container, stream, targets, 0.5 / fps)
+            out, times = _frames_at(container, stream, targets, 0.5 / fps, start)
         except av.error.FFmpegError as exc:
             raise MediaError("unreadable_media", f"{path}: cannot decode frames ({exc})") from exc
     if len(out) < n:  # declared duration was optimistic: repeat the last frame we got
@@ -108,17 +108,16 @@ def _frames_pyav(path: str, n: int, within: float | None = None
 SEEK_AHEAD_S = 2.0  # a wanted frame further ahead than this is sought, not decoded up to
 
 
-def _frames_at(container, stream, targets: np.ndarray, slack: float
+def _frames_at(container, stream, targets: np.ndarray, slack: float, start: float
                ) -> tuple[list[np.ndarray], list[float]]:
-    """The first frame at or after each target time (within `slack`), in order."""
+    """The first frame at or after each target time (within `slack`), in order, decoding
+    from the stream's `start`. A file that cannot seek is decoded straight through."""
     out: list[np.ndarray] = []
     times: list[float] = []
-    position = -np.inf  # the time of the last frame decoded
-    frames = None
+    position = start  # the time of the last frame decoded
+    frames = container.decode(stream)
     for target in targets:
-        if frames is None or target - position > SEEK_AHEAD_S:
-            container.seek(int(max(target - slack, 0) / stream.time_base), stream=stream,
-                           backward=True)
+        if target - position > SEEK_AHEAD_S and _seek(container, stream, target - slack):
             frames = container.decode(stream)
         for frame in frames:
             position = float(frame.time) if frame.time is not None else position
@@ -129,6 +128,15 @@ def _frames_at(container, stream, targets: np.ndarray, slack: float
         else:
             break  # the stream ended before this time
     return out, times
+
+
+def _seek(container, stream, at: float) -> bool:
+    """Seek to the keyframe at or before `at` seconds; False when the file cannot seek."""
+    try:
+        container.seek(int(max(at, 0.0) / stream.time_base), stream=stream, backward=True)
+    except pyav().error.FFmpegError:
+        return False
+    return True
 
 
 def upright(frame) -> np.ndarray:
@@ -200,7 +208,8 @@ def _audio_pyav(path: Path, seconds: float | None, sr: int, offset: float) -> np
             raise MediaError("no_audio_stream", f"{path}: no audio stream")
         stream = container.streams.audio[0]
         resampler = MonoResampler(sr)
-        begin = _seek_audio(container, stream, offset) if offset > 0 else 0.0
+        origin = float(stream.start_time * stream.time_base) if stream.start_time else 0.0
+        begin = _seek_audio(container, stream, origin + offset) if offset > 0 else origin
         start = None  # the sample of `offset`, known once the first frame's time is
         stop = None
         chunks, have = [], 0
@@ -208,7 +217,8 @@ def _audio_pyav(path: Path, seconds: float | None, sr: int, offset: float) -> np
             for frame in container.decode(stream):
                 if start is None:
                     first = begin if frame.time is None else float(frame.time)
-                    start = max(0, int(round((offset - first) * sr))) if offset > 0 else 0
+                    start = (max(0, int(round((origin + offset - first) * sr)))
+                             if offset > 0 else 0)
                     stop = None if seconds is None else start + int(seconds * sr)
                 for chunk in resampler.resample(frame):
                     chunks.append(chunk)
@@ -225,14 +235,15 @@ AUDIO_PREROLL_S = 0.5  # decoded before an offset: a codec's first frame after a
 # lacks the overlap of the frame before it (AAC, Opus), so it is decoded and dropped
 
 
-def _seek_audio(container, stream, offset: float) -> float:
-    """Seek to the audio frame at or before `offset` less the pre-roll; where the decoding
-    then starts if the frames carry no time (0.0: a file that cannot seek is read from its
-    start)."""
-    at = max(0.0, offset - AUDIO_PREROLL_S)
+def _seek_audio(container, stream, at: float) -> float:
+    """Seek to the audio frame at or before stream time `at` less the pre-roll; where the
+    decoding then starts if the frames carry no time (the stream's start: a file that
+    cannot seek is read from there)."""
+    origin = float(stream.start_time * stream.time_base) if stream.start_time else 0.0
+    at = max(origin, at - AUDIO_PREROLL_S)
     try:
         container.seek(int(at / stream.time_base), stream=stream, backward=True)
     except pyav().error.FFmpegError:
         container.seek(0)
-        return 0.0
+        return origin
     return at
