@@ -90,6 +90,35 @@ def test_ingest_stops_when_a_source_is_read_with_the_wrong_format_or_media_root(
     kept, rejected = read_stage(tmp_path / "c", "00")
     assert (kept.num_rows, rejected.num_rows) == (2, 3)
 
+def test_media_named_by_url_is_rejected_at_ingest_as_a_url(tmp_path, media):
+    """A URL in the video column was read as a folder 'https:' under the media root: the row
+    passed ingest and validate said missing_media (or stopped: no file exists), with no
+    word that nothing is downloaded. Now ingest rejects it saying so, and a source of URLs
+    only stops with that line."""
+    def record(i, video):
+        return {"id": f"v{i}", "video": video, "q": "Which colour?", "opts": ["red", "blue"],
+                "ans": "A"}
+
+    def ingest(records, out):
+        ann = tmp_path / f"{out}.jsonl"
+        ann.write_text("".join(json.dumps(r) + "\n" for r in records))
+        return sh("ingest", "--source", "jsonl", "--annotations", str(ann), "--media-root",
+                  str(media["root"]), "--out", str(tmp_path / out), "--column", "question=q",
+                  "--column", "options=opts", "--column", "answer=ans", "-q", check=False)
+
+    url = "https://example.com/clips/v1.mp4"
+    mixed = ingest([record(0, "good.mp4"), record(1, url), record(2, "s3://bucket/v2.mp4")],
+                   "mixed")
+    assert mixed.returncode == 0, mixed.stderr
+    rejected = read_stage(tmp_path / "mixed", "00")[1].to_pylist()
+    assert [r["reject_reason"] for r in rejected] == ["unsafe_path"] * 2
+    assert f"'{url}' is a URL; avcurate reads local files only" in rejected[0]["reject_detail"]
+    only_urls = ingest([record(i, url) for i in range(5)], "urls")
+    assert only_urls.returncode == 2
+    [line] = only_urls.stderr.strip().splitlines()
+    assert "is a URL" in line and "Traceback" not in only_urls.stderr
+
+
 def test_counts_over_a_thousand_print_with_separators(tmp_path, media):
     """The reasons table and the HTML report print counts as the funnel table does
     (1,200, not 1200), so a user comparing them reads the same figure."""

@@ -24,6 +24,7 @@ from avcurate.core.schema import sample_row
 
 PLACEHOLDER_RE = re.compile(r"<(image|video|audio)>\s*", re.IGNORECASE)
 OPTION_RE = re.compile(r"^\s*\(?([A-Z])\s*[\.\):：]\s*(.*\S)?\s*$")
+URL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")  # http://, https://, s3://, gs://
 
 
 class UnsafePathError(ValueError):
@@ -154,6 +155,9 @@ class MediaRoot:
 
     def _resolve_uncached(self, rel: str) -> str:
         rel = text(rel, "media path").strip()
+        if URL_RE.match(rel):  # was read as a folder "https:" under the root: missing_media
+            raise UnsafePathError(f"{rel!r} is a URL; avcurate reads local files only: "
+                                  "download the media and give its folder as the media root")
         nfc = unicodedata.normalize("NFC", rel)
         if nfc != rel and ((self.root / nfc).exists() or not (self.root / rel).exists()):
             rel = nfc  # one spelling per file; the as-written one only when only it exists
