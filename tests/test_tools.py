@@ -166,6 +166,10 @@ def test_a_query_with_a_misspelt_name_says_the_name_duckdb_suggests(scored_run):
         assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr
         [line] = bad.stderr.strip().splitlines()
         assert hint in line and "(views: " in line, line
+    # a view the run does not have: DuckDB's guess among its own tables is no help
+    [line] = sh("query", str(scored_run), "SELECT * FROM validate",
+                check=False).stderr.strip().splitlines()
+    assert "does not exist!" in line and "Did you mean" not in line and "(views: " in line
 
 
 def test_output_files_are_checked_first_and_never_replace_a_users_file(scored_run, tmp_path):

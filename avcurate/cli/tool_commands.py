@@ -122,7 +122,8 @@ def query(
         fail("queries may read only the run's own files (the views: "
              f"{', '.join(views(con))})")
     except (duckdb.Error, QueryError) as exc:
-        fail(f"{_duckdb_message(exc)} (views: {', '.join(views(con))})")
+        names = views(con)
+        fail(f"{_duckdb_message(exc, names)} (views: {', '.join(names)})")
     out.print(result_table(rel.columns, rows, out.width))
     if total > limit:
         out.print(f"[dim]{limit} of {total:,} rows shown (--limit, or --out FILE for all)[/]")
@@ -233,14 +234,20 @@ def export(
             out.print(f"pull request: {pushed.pr_url}")
 
 
-def _duckdb_message(exc: Exception) -> str:
-    """DuckDB's first line, and its hint if it gave one ('Did you mean "validate"?',
+def _duckdb_message(exc: Exception, names: list[str]) -> str:
+    """DuckDB's first line, and its hint if it gave one ('Did you mean "samples"?',
     'Candidate bindings: "reject_reason"'), on one line: the hint is the part that says
-    what to type instead."""
+    what to type instead. A table it suggests that is not one of the run's views
+    (`sqlite_master` for `validate` in a run without that stage) is left out."""
     first, *rest = str(exc).splitlines()
-    hints = [line.strip() for line in rest
-             if line.strip().startswith(("Did you mean", "Candidate bindings"))]
+    hints = [line.strip() for line in rest if line.strip().startswith("Candidate bindings")
+             or (line.strip().startswith("Did you mean") and _suggests(line, names))]
     return " ".join([first, *hints])
+
+
+def _suggests(hint: str, names: list[str]) -> bool:
+    """Whether a 'Did you mean "X"?' names one of `names`."""
+    return any(f'"{name}"' in hint for name in names)
 
 
 def _listing(rows: list[tuple[str, str]]) -> None:
