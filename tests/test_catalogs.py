@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from avcurate.catalogs import CATALOGS, Reject, read_source
-from avcurate.catalogs.base import MediaRoot, UnsafePathError, split_question_options
+from avcurate.catalogs.base import NOT_UTF8, MediaRoot, UnsafePathError, split_question_options
 from avcurate.core.answers import normalise_answer
 
 
@@ -255,7 +255,7 @@ def test_one_bad_record_is_one_reject(tmp_path, media):
     details = {k: r.detail for k, r in rejects.items()}
     assert all(r.reason == "malformed_annotation" for r in rejects.values())
     assert "video contains a NUL byte" in details["jsonl:ann/1"]
-    assert details["jsonl:ann/line-3"] == "line 3 holds bytes that are not UTF-8"
+    assert details["jsonl:ann/line-3"] == f"line 3 {NOT_UTF8}" and "iconv" in NOT_UTF8
     assert "question must be text, not dict" in details["jsonl:ann/3"]
     assert "options[0] is missing (null)" in details["jsonl:ann/4"]
     assert "answer must be text, not dict" in details["jsonl:ann/5"]
@@ -274,7 +274,7 @@ def test_a_json_array_with_a_bad_byte_rejects_one_record(tmp_path, media):
     out = list(read_source("avqa", str(ann), str(media["root"])))
     assert [r["id"] for r in out if not isinstance(r, Reject)] == ["avqa:avqa/1"]
     [bad] = [r for r in out if isinstance(r, Reject)]
-    assert bad.detail == "record 1: question_text holds bytes that are not UTF-8"
+    assert bad.detail == f"record 1: question_text {NOT_UTF8}"
 
 
 @pytest.mark.parametrize("layout", ["array", "lines"])

@@ -31,6 +31,10 @@ class UnsafePathError(ValueError):
     """A media path that points outside the media root."""
 
 
+NOT_UTF8 = ("holds bytes that are not UTF-8 (a file saved as Latin-1 or Windows-1252? "
+            "`iconv -f cp1252 -t utf-8` converts it)")
+
+
 class Malformed(ValueError):
     """A record field that is missing, of the wrong type, or holds bytes that cannot be
     stored (NUL, not UTF-8): the record becomes one `malformed_annotation` reject."""
@@ -49,7 +53,7 @@ def text(value: Any, field: str, *, required: bool = True, numbers: bool = False
     if "\x00" in value:
         raise Malformed(f"{field} contains a NUL byte")
     if not value.isascii() and _SURROGATE.search(value):  # ASCII holds no surrogates
-        raise Malformed(f"{field} holds bytes that are not UTF-8")
+        raise Malformed(f"{field} {NOT_UTF8}")
     return value
 
 
@@ -342,8 +346,7 @@ def _jsonl(path: Path) -> Iterator[Any]:
             if not line.strip():
                 continue
             if _SURROGATE.search(line):
-                yield BadLine(n, line[:2000].encode("utf-8", "replace").decode(),
-                              "holds bytes that are not UTF-8")
+                yield BadLine(n, line[:2000].encode("utf-8", "replace").decode(), NOT_UTF8)
                 continue
             try:
                 yield json.loads(line)
