@@ -464,6 +464,59 @@ def test_the_page_in_a_real_browser_round_trips_to_agreement_figures(run_dir, tm
         assert c["only_first_keeps"] == sum(a and not b for a, b in expected)
 
 
+def _clip_as(path: Path, container: str, codec: str, pix_fmt: str = "yuv420p") -> None:
+    """A clip in a container or video codec that browsers do not play, written at `path`."""
+    import av
+    import numpy as np
+
+    with av.open(str(path), "w", format=container) as c:
+        v = c.add_stream(codec, rate=10)
+        v.width, v.height, v.pix_fmt = 64, 48, pix_fmt
+        for _ in range(10):
+            c.mux(v.encode(av.VideoFrame.from_ndarray(np.zeros((48, 64, 3), np.uint8),
+                                                      format="rgb24")))
+        c.mux(v.encode())
+
+
+@pytest.mark.skipif(chromium() is None, reason="no Chromium on this machine (.ci/run installs "
+                                               "it with apt-get)")
+def test_a_clip_the_browser_cannot_play_says_so_beside_its_player(run_dir, tmp_path):
+    """An .avi clip (an error), or MPEG-4 Part 2 or HEVC video (no error, no picture),
+    showed a blank player that a person could take for a clip with nothing in it; the page
+    now says the browser cannot play it and links the file. Clips that play get no line."""
+    import re
+
+    from playwright.sync_api import sync_playwright
+
+    sheet = tmp_path / "sheet.html"
+    done = subprocess.run(avcurate_cmd("spotcheck", str(run_dir), "--out", str(sheet),
+                                       "--sample", "6", "--copy-media"),
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    sources = re.findall(r'<video controls preload="metadata" src="([^"]+)"', sheet.read_text())
+    broken = list(dict.fromkeys(sources))[:2]  # two of the copies the page shows
+    _clip_as(sheet.parent / broken[0], "avi", "mjpeg", "yuvj420p")
+    _clip_as(sheet.parent / broken[1], "mp4", "mpeg4")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
+        page = browser.new_page()
+        page.goto(sheet.as_uri())
+        page.wait_for_function("[...document.querySelectorAll('video')].every(v => "
+                               "v.readyState >= 1 || v.error)", timeout=20000)
+        notes = page.evaluate("[...document.querySelectorAll('section.sample')].map(s => {"
+                              " const n = s.querySelector('.unplayable');"
+                              " return n && [n.textContent, n.querySelector('a').href]; })")
+        browser.close()
+    for src, note in zip(sources, notes, strict=True):
+        if src not in broken:
+            assert note is None, src
+            continue
+        name = src.rsplit("/", 1)[-1]
+        text, href = note
+        assert text.startswith(f"This browser cannot play {name} (its container or video")
+        assert href.endswith(name)
+
+
 def test_an_audit_whose_prompt_file_was_edited_is_not_taken_as_done(run_dir, tmp_path):
     """The second judge's rubric file is part of the audit's settings by its text, not only
     its path: after an edit, the old figures are not shown as the new prompt's."""

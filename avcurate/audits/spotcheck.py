@@ -212,6 +212,7 @@ header{position:sticky;top:0;background:#fff;border-bottom:1px solid #ccc;paddin
 .sample.done{border-color:#54a24b;background:#f6fbf5}
 .media video{max-width:480px;max-height:320px;display:block}
 .cat{font-size:.8em;color:#666;font-weight:normal}
+.unplayable{color:#b35900;font-size:.9em;max-width:480px}
 table.judges{border-collapse:collapse;margin:.5em 0}
 table.judges td,table.judges th{border:1px solid #ddd;padding:2px 6px;text-align:left;vertical-align:top}
 .why{color:#555;font-size:.85em}
@@ -283,6 +284,29 @@ function save(kind) {
   document.body.appendChild(a);
   a.click();
   a.remove();
+}
+// A clip the browser cannot play (an .avi container: an error; MPEG-4 Part 2 or HEVC
+// video: no error, but no picture either) said so beside its player, with a link to open
+// it elsewhere; not a blank player the person may take for a clip with nothing to see.
+function unplayable(el) {
+  if (el.nextElementSibling && el.nextElementSibling.classList.contains("unplayable")) return;
+  const note = document.createElement("p");
+  note.className = "unplayable";
+  const name = decodeURIComponent(el.getAttribute("src").split("/").pop());
+  note.textContent = "This browser cannot play " + name +
+    " (its container or video codec); open it in a media player: ";
+  const link = document.createElement("a");
+  link.href = el.src;
+  link.textContent = name;
+  note.append(link);
+  el.after(note);
+}
+function noPicture(el) { return el.tagName === "VIDEO" && el.readyState >= 1 && !el.videoWidth; }
+for (const el of document.querySelectorAll(".media video[src], .media audio[src]")) {
+  if (!el.getAttribute("src")) continue;
+  el.addEventListener("error", () => unplayable(el));
+  el.addEventListener("loadedmetadata", () => { if (noPicture(el)) unplayable(el); });
+  if (el.error || noPicture(el)) unplayable(el);  // known before this script ran
 }
 restore();
 refresh();
