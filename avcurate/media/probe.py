@@ -59,7 +59,10 @@ class MonoResampler:
     channels. FFmpeg's own downmix to mono, for float output, adds stereo channels at 0.707
     each: a track with equal channels came out 3 dB louder than the same sound in a wav
     (read by soundfile, which averages), and a loud one clipped in the wav a model is sent.
-    Averaging is also what Whisper's loader (FFmpeg to 16-bit), librosa and torchaudio do."""
+    Averaging is what `librosa.load` does, the usual loader of Qwen's audio models; for
+    stereo it is also what Whisper's loader gives (FFmpeg's downmix to 16-bit, which is
+    normalised). A 5.1 track's centre comes out at 1/6 of its level (FFmpeg's normalised
+    downmix: 0.29)."""
 
     def __init__(self, rate: int | None = None) -> None:
         self._resampler = pyav().AudioResampler(format="fltp", rate=rate)
