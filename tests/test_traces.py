@@ -149,6 +149,36 @@ def test_frames_are_decoded_once_for_judge_and_teacher(tmp_path, media, monkeypa
     assert calls == [(str(media["good"]), 8)]  # two rows, two stages, one decode
 
 
+def test_the_media_cache_keeps_frames_as_the_jpegs_sent_and_keys_stay_the_same(tmp_path,
+                                                                              media):
+    """The cache kept raw frames (49.8 MB per 1080p video, terabytes at LLaVA-Video's
+    scale). It keeps the JPEGs a request sends and their pixels' digests: the same bytes go
+    out, a part built from the cache has the raw frame's key, and its file is a fraction of
+    the raw frames' size."""
+    from avcurate.core.images import encode_jpeg
+    from avcurate.models.request import ImagePart
+
+    clip = synth.write_clip(tmp_path / "big.mp4", seconds=4, size=(640, 480), color="green")
+    records = [{"id": "x", "video": str(clip), "question": QUESTION, "options": OPTIONS,
+                "answer": "C"}]
+    with openai_server() as server:
+        run(jsonl_recipe(tmp_path, records, tmp_path, [StageSpec("visual_teacher",
+                                                                 _model(server))]),
+            tmp_path / "run")
+        [request] = server.requests
+    sent = [base64.b64decode(p["image_url"]["url"].split(",", 1)[1])
+            for p in request["messages"][0]["content"] if p["type"] == "image_url"]
+    pixels, times = decode_frames(clip, 8)
+    assert sent == [encode_jpeg(f) for f in pixels]  # what was sent before, byte for byte
+    [cached] = (tmp_path / "run/cache/media").rglob("*.npz")
+    assert cached.stat().st_size < pixels.nbytes / 10  # 7.4 MB of raw frames
+    raw = [ImagePart(f, float(t)) for f, t in zip(pixels, times, strict=True)]
+    kept = [ImagePart.from_jpeg(j, r.digest(), r.timestamp_s) for j, r in zip(sent, raw,
+                                                                                strict=True)]
+    assert [p.digest() for p in kept] == [p.digest() for p in raw]  # cached answers still found
+    assert [p.jpeg_b64 for p in kept] == [p.jpeg_b64 for p in raw]
+
+
 # -- merger --------------------------------------------------------------------------------------
 
 RULES = TraceRules(min_tokens=10, max_tokens=200)

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from avcurate.core.images import encode_jpeg, pixels_digest
 from avcurate.core.kvcache import KVCache
 from avcurate.core.store import atomic_write_bytes, file_digest
 from avcurate.media.decode import audio, frames
@@ -62,7 +63,7 @@ def decode_job(args: tuple[str, str | None, str | None, int, float | None, float
     try:
         if frames_out and not Path(frames_out).exists():
             pix, times = frames(path, n_frames)
-            _save(frames_out, frames=pix, times=times)
+            _save(frames_out, **_as_jpegs(pix), times=times)
         if audio_out and not Path(audio_out).exists():
             try:
                 pcm = audio(path, seconds, sr, offset=offset)
@@ -76,6 +77,17 @@ def decode_job(args: tuple[str, str | None, str | None, int, float | None, float
     return None
 
 
+def _as_jpegs(pixels: np.ndarray) -> dict[str, np.ndarray]:
+    """Frames as the JPEGs a request sends, with the digests of their pixels (what keys a
+    request's cached answer, as for the raw frames). Raw frames took 49.8 MB per 1080p
+    video (8 frames), some terabytes of cache at LLaVA-Video's scale; their JPEGs take
+    a few hundred KB, and are encoded here, in the decode workers, once per file."""
+    jpegs = [encode_jpeg(f) for f in pixels]
+    return {"jpeg": np.frombuffer(b"".join(jpegs), np.uint8),
+            "sizes": np.array([len(j) for j in jpegs], np.int64),
+            "digests": np.array([pixels_digest(f) for f in pixels], "S64")}
+
+
 def _save(path: str, **arrays: np.ndarray) -> None:
     import io
 
@@ -85,23 +97,30 @@ def _save(path: str, **arrays: np.ndarray) -> None:
 
 
 class DecodedMedia:
-    """Frames with their timestamps and/or an audio clip of one file, as decoded once."""
+    """Frames with their timestamps and/or an audio clip of one file, as decoded once.
+    The cache's frames are `images`: (JPEG, digest of its pixels) each; `frames` holds
+    pixels only where media is built in memory (benchmarks)."""
 
     def __init__(self, frames_path: str | None, audio_path: str | None) -> None:
         self.frames = np.zeros((0, 0, 0, 3), np.uint8)
+        self.images: list[tuple[bytes, str]] = []
         self.times = np.zeros(0)
         self.audio = np.zeros(0, np.float32)
         self.sample_rate = 16000
         if frames_path:
             with np.load(frames_path) as data:
-                self.frames, self.times = data["frames"], data["times"]
+                blob, ends = data["jpeg"].tobytes(), np.cumsum(data["sizes"])
+                self.images = [(blob[end - size:end], digest.decode()) for end, size, digest
+                               in zip(ends, data["sizes"], data["digests"], strict=True)]
+                self.times = data["times"]
         if audio_path:
             with np.load(audio_path) as data:
                 self.audio, self.sample_rate = data["audio"], int(data["sr"])
 
 
 def frames_path(run_dir: Path, digest: str, n_frames: int) -> str:
-    return _path(run_dir, f"frames|{digest}|{n_frames}")
+    """`jpeg`: frames kept as JPEGs (2026-11-25); a cache of raw frames is not misread."""
+    return _path(run_dir, f"frames|{digest}|{n_frames}|jpeg")
 
 
 def audio_path(run_dir: Path, digest: str, seconds: float | None, offset: float, sr: int) -> str:

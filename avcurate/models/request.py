@@ -12,20 +12,18 @@ import base64
 import hashlib
 import io
 import json
-import threading
 from dataclasses import dataclass, field
-from fractions import Fraction
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from avcurate.core.answers import after_thinking
-from avcurate.core.pyav import pyav
+from avcurate.core.images import encode_jpeg, pixels_digest
 from avcurate.core.store import file_digest
 
 if TYPE_CHECKING:
-    from av import CodecContext
+    pass
 
 
 @dataclass(frozen=True)
@@ -35,14 +33,23 @@ class TextPart:
 
 @dataclass(frozen=True, eq=False)
 class ImagePart:
-    """An RGB uint8 frame [H, W, 3]; sent as JPEG."""
+    """An RGB uint8 frame [H, W, 3]; sent as JPEG. Built with `from_jpeg` from what the
+    media cache keeps (the JPEG and the digest of the pixels it was encoded from), it is
+    the same part: the same bytes are sent and the same key finds its cached answers."""
 
-    pixels: np.ndarray
+    pixels: np.ndarray | None
     timestamp_s: float | None = None
+    encoded: bytes | None = None
+    pixels_sha256: str | None = None
+
+    @classmethod
+    def from_jpeg(cls, jpeg: bytes, pixels_sha256: str, timestamp_s: float | None = None
+                  ) -> ImagePart:
+        return cls(None, timestamp_s, jpeg, pixels_sha256)
 
     @cached_property
     def jpeg(self) -> bytes:
-        return encode_jpeg(self.pixels)
+        return self.encoded if self.encoded is not None else encode_jpeg(self.pixels)
 
     @cached_property
     def jpeg_b64(self) -> str:
@@ -54,7 +61,7 @@ class ImagePart:
 
     @cached_property
     def _digest(self) -> str:
-        return hashlib.sha256(np.ascontiguousarray(self.pixels).tobytes()).hexdigest()
+        return self.pixels_sha256 or pixels_digest(self.pixels)
 
 
 @dataclass(frozen=True, eq=False)
@@ -173,36 +180,6 @@ def _describe(part: Part) -> dict[str, Any]:
     if isinstance(part, AudioPart):
         return {"audio": part.digest(), "sr": part.sample_rate}
     return {"video": part.digest()}
-
-
-_encoders = threading.local()  # per thread: an open mjpeg encoder per (width, height, quality)
-
-
-def _jpeg_encoder(width: int, height: int, quality: int) -> CodecContext:
-    """An open mjpeg encoder, reused: opening one (or a muxer) per frame cost ~0.9 ms of the
-    ~1 ms a 160x120 frame took; a reused one takes ~0.2 ms and gives the same bytes."""
-    cache = _encoders.__dict__.setdefault("by_size", {})
-    key = (width, height, quality)
-    if key not in cache:
-        codec = pyav().CodecContext.create("mjpeg", "w")
-        codec.width, codec.height, codec.pix_fmt = width, height, "yuvj420p"
-        codec.time_base = Fraction(1, 25)
-        codec.options = {"qmin": str(quality), "qmax": str(quality)}
-        codec.open()
-        cache[key] = codec
-    return cache[key]
-
-
-def encode_jpeg(pixels: np.ndarray, quality: int = 4) -> bytes:
-    """JPEG bytes of an RGB frame, with FFmpeg's mjpeg encoder (no imaging library needed).
-    Odd sizes lose their last row/column (4:2:0 chroma needs even sizes)."""
-    h, w = pixels.shape[:2]
-    frame = pyav().VideoFrame.from_ndarray(np.ascontiguousarray(pixels[: h - h % 2, : w - w % 2]),
-                                       format="rgb24")
-    packets = _jpeg_encoder(w - w % 2, h - h % 2, quality).encode(frame)
-    if len(packets) != 1:  # mjpeg is intra-only, one packet per frame; never seen otherwise
-        raise RuntimeError(f"mjpeg encoder returned {len(packets)} packets for one frame")
-    return bytes(packets[0])
 
 
 def encode_wav(pcm: np.ndarray, sample_rate: int) -> bytes:

@@ -21,7 +21,12 @@ _AUDIO: weakref.WeakKeyDictionary[DecodedMedia, list[AudioPart]] = weakref.WeakK
 def frame_parts(media: DecodedMedia) -> list[ImagePart]:
     """One image part per decoded frame, with its timestamp."""
     if (parts := _FRAMES.get(media)) is None:
-        parts = [ImagePart(f, float(t)) for f, t in zip(media.frames, media.times, strict=True)]
+        if media.images:  # as the media cache keeps them: already encoded
+            parts = [ImagePart.from_jpeg(jpeg, digest, float(t)) for (jpeg, digest), t
+                     in zip(media.images, media.times, strict=True)]
+        else:
+            parts = [ImagePart(f, float(t)) for f, t in zip(media.frames, media.times,
+                                                            strict=True)]
         _FRAMES[media] = parts
     return parts
 
