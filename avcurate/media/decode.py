@@ -91,7 +91,7 @@ def _frames_pyav(path: str, n: int, within: float | None = None
         total = _frame_count(container, stream, fps)
         if total <= 0 or fps <= 0:
             raise MediaError("unreadable_media", f"{path}: no frame rate or duration declared")
-        start = float(stream.start_time * stream.time_base) if stream.start_time else 0.0
+        start = _start_time(stream)
         targets = start + frame_indices(_window(total, fps, within), n) / fps
         try:
             out, times = _frames_at(container, stream, targets, 0.5 / fps, start)
@@ -128,6 +128,11 @@ def _frames_at(container, stream, targets: np.ndarray, slack: float, start: floa
         else:
             break  # the stream ended before this time
     return out, times
+
+
+def _start_time(stream) -> float:
+    """Where the stream's timestamps begin, in seconds (0 when it does not say)."""
+    return float(stream.start_time * stream.time_base) if stream.start_time else 0.0
 
 
 def _seek(container, stream, at: float) -> bool:
@@ -208,7 +213,7 @@ def _audio_pyav(path: Path, seconds: float | None, sr: int, offset: float) -> np
             raise MediaError("no_audio_stream", f"{path}: no audio stream")
         stream = container.streams.audio[0]
         resampler = MonoResampler(sr)
-        origin = float(stream.start_time * stream.time_base) if stream.start_time else 0.0
+        origin = _start_time(stream)
         begin = _seek_audio(container, stream, origin + offset) if offset > 0 else origin
         start = None  # the sample of `offset`, known once the first frame's time is
         stop = None
@@ -239,11 +244,9 @@ def _seek_audio(container, stream, at: float) -> float:
     """Seek to the audio frame at or before stream time `at` less the pre-roll; where the
     decoding then starts if the frames carry no time (the stream's start: a file that
     cannot seek is read from there)."""
-    origin = float(stream.start_time * stream.time_base) if stream.start_time else 0.0
+    origin = _start_time(stream)
     at = max(origin, at - AUDIO_PREROLL_S)
-    try:
-        container.seek(int(at / stream.time_base), stream=stream, backward=True)
-    except pyav().error.FFmpegError:
-        container.seek(0)
-        return origin
-    return at
+    if _seek(container, stream, at):
+        return at
+    container.seek(0)
+    return origin

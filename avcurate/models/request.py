@@ -14,16 +14,13 @@ import io
 import json
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from avcurate.core.answers import after_thinking
 from avcurate.core.images import encode_jpeg, pixels_digest
 from avcurate.core.store import file_digest
-
-if TYPE_CHECKING:
-    pass
 
 
 @dataclass(frozen=True)
