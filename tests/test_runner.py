@@ -89,7 +89,8 @@ def test_changed_recipe_needs_force(tmp_path, media):
     recipe = jsonl_recipe(tmp_path, _records(media), media["root"], [StageSpec("validate")])
     run(recipe, tmp_path / "run")
     recipe.stages = [StageSpec("validate", {"require_audio": False})]
-    with pytest.raises(RunError, match="different recipe"):
+    with pytest.raises(RunError, match=r"01-validate was made with other options "
+                                       r"\(validate.require_audio: True -> False\)"):
         run(recipe, tmp_path / "run")
     run(recipe, tmp_path / "run", force=True)
     kept, rej = read_stage(tmp_path / "run", "01")
@@ -514,3 +515,4 @@ def test_a_run_of_more_than_99_stages_is_listed_and_reset_by_number(tmp_path):
     on_disk = sorted(p.name for p in run_dir.iterdir() if p.name[0].isdigit())
     recorded = sorted(e["dir"] for e in store.load_manifest()["stages"])
     assert on_disk == recorded and len(recorded) == 99
+

@@ -36,7 +36,7 @@ def option(default: Any = MISSING, *, help: str, default_factory: Any = MISSING,
            min: float | None = None, max: float | None = None, gt: float | None = None,
            choices: Iterable[str] | None = None, flag: str | None = None,
            aliases: tuple[str, ...] = (), operational: bool = False, cli: bool = True,
-           comma: bool = False, path: bool = False) -> Any:
+           comma: bool = False, path: bool = False, absent: Any = MISSING) -> Any:
     """A dataclass field with its rules and help.
 
     min/max are inclusive bounds, gt an exclusive lower bound; `flag` is the CLI name when it
@@ -46,11 +46,18 @@ def option(default: Any = MISSING, *, help: str, default_factory: Any = MISSING,
     option is repeatable on the command line unless `comma` (or a list of numbers), then
     it is one comma-separated value; a `path` option names a file, which a recipe gives
     relative to its own folder.
+
+    `absent`, on an option added to a stage after runs were made with it, is the value that
+    does what the stage did before: at that value the option is left out of the stage's
+    fingerprint (a run made before still matches), and a recorded stage without it is read
+    as having run with it (see `absent_options`).
     """
     metadata = {"help": help, "min": min, "max": max, "gt": gt,
                 "choices": tuple(choices) if choices is not None else None, "flag": flag,
                 "aliases": aliases, "operational": operational, "cli": cli, "comma": comma,
                 "path": path}
+    if absent is not MISSING:
+        metadata["absent"] = absent
     if default_factory is not MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -169,10 +176,25 @@ def _type_name(t: Any) -> str:
     return getattr(t, "__name__", str(t))
 
 
-def identity(obj: Any) -> dict[str, Any]:
+def settings(obj: Any) -> dict[str, Any]:
     """The options that define what a stage computes (operational ones left out)."""
     return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)
             if f.init and not f.metadata.get("operational")}
+
+
+def identity(obj: Any) -> dict[str, Any]:
+    """`settings` as hashed: an option added later is left out at its `absent` value, so
+    the hash stays what it was before the option existed."""
+    absent = {f.name: f.metadata["absent"] for f in dataclasses.fields(obj)
+              if "absent" in f.metadata}
+    return {k: v for k, v in settings(obj).items() if k not in absent or v != absent[k]}
+
+
+def absent_options(cls: type, recorded: dict[str, Any]) -> dict[str, Any]:
+    """The `absent` value of each option of `cls` that a stage's recorded options lack: it
+    ran before the option existed, so with the behaviour that value stands for."""
+    return {f.name: f.metadata["absent"] for f in dataclasses.fields(cls)
+            if "absent" in f.metadata and f.name not in recorded}
 
 
 def describe(f: Field) -> str:

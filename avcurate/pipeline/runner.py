@@ -34,7 +34,7 @@ from avcurate.core.arrow_values import empty
 from avcurate.core.counts import reject_reasons
 from avcurate.core.kvcache import forced_journal
 from avcurate.core.lock import HOLDER, LOCK, run_lock
-from avcurate.core.options import identity
+from avcurate.core.options import absent_options, settings
 from avcurate.core.outputs import OutputError, check_output_folder, check_owned_folder
 from avcurate.core.schema import REJECT_FIELDS, SAMPLE_SCHEMA
 from avcurate.core.store import (
@@ -50,7 +50,7 @@ from avcurate.pipeline.held import HeldShards
 from avcurate.pipeline.ingest_pieces import Piece, shards
 from avcurate.pipeline.progress import Progress
 from avcurate.pipeline.recipe import Recipe, SourceSpec, StageSpec
-from avcurate.pipeline.registry import create
+from avcurate.pipeline.registry import create, stage_class
 from avcurate.stages.base import (
     Resources,
     Stage,
@@ -282,6 +282,8 @@ class Runner:
         if entry["name"] == "ingest" and same_sources and same_shards:
             return ("ingested annotation files that changed since (their size or modification "
                     "time)")
+        if diffs := _option_changes(entry, planned):
+            return f"was made with other options ({'; '.join(diffs)})"
         return "was made with a different recipe (sources, options or order)"
 
     def _save(self, manifest: dict[str, Any]) -> None:
@@ -697,11 +699,25 @@ def done_specs(manifest: dict[str, Any]) -> list[StageSpec]:
     out = []
     for k, entry in enumerate(manifest["stages"][1:]):
         if "spec" in entry:
-            out.append(StageSpec(entry["name"], dict(entry["spec"])))
+            spec = StageSpec(entry["name"], dict(entry["spec"]))
         else:  # v0.1 manifests: the recipe's k-th stage is the one that completed
             raw = dict(recipe_stages[k])
-            out.append(StageSpec(raw.pop("name"), raw))
+            spec = StageSpec(raw.pop("name"), raw)
+        out.append(_as_it_ran(spec, entry.get("options", {})))
     return out
+
+
+def _as_it_ran(spec: StageSpec, recorded: dict[str, Any]) -> StageSpec:
+    """`spec` with the `absent` value of each option added since the stage ran (not in its
+    recorded options): compared with today's defaults, the change is named."""
+    try:
+        cls = stage_class(spec.name)
+    except StageError:  # a plugin gone since: its stage is compared as recorded
+        return spec
+    if not dataclasses.is_dataclass(cls):
+        return spec
+    added = absent_options(cls, recorded)
+    return StageSpec(spec.name, {**added, **spec.options}) if added else spec
 
 
 class AlreadyDone(Exception):
@@ -718,9 +734,22 @@ def _find(done: list[StageSpec], specs: list[StageSpec]) -> int | None:
 
 
 def _differences(old: StageSpec, new: StageSpec) -> list[str]:
-    a, b = identity(create(old.name, old.options)), identity(create(new.name, new.options))
+    a, b = settings(create(old.name, old.options)), settings(create(new.name, new.options))
     return [f"{old.name}.{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
             if a.get(k) != b.get(k)]
+
+
+def _option_changes(entry: dict[str, Any], planned: dict[str, Any]) -> list[str]:
+    """How a done stage's options differ from the planned one's, or [] when they cannot be
+    compared (another stage there, a v0.1 entry, a stage that cannot be built now)."""
+    if entry["name"] != planned["name"] or "spec" not in entry or "spec" not in planned:
+        return []
+    try:
+        return _differences(
+            _as_it_ran(StageSpec(entry["name"], entry["spec"]), entry.get("options", {})),
+            StageSpec(planned["name"], planned["spec"]))
+    except StageError:
+        return []
 
 
 def _plans(recipe: Recipe, stages: list[StageSpec]) -> bool:
