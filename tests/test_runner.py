@@ -516,3 +516,42 @@ def test_a_run_of_more_than_99_stages_is_listed_and_reset_by_number(tmp_path):
     recorded = sorted(e["dir"] for e in store.load_manifest()["stages"])
     assert on_disk == recorded and len(recorded) == 99
 
+
+def test_a_run_made_before_an_option_existed_is_read_as_it_ran(tmp_path, media):
+    """`max_pixels` was added to the frame stages after runs were made with them. Such a run
+    (a manifest without it; a fingerprint without it, as max_pixels 0 still hashes) stays
+    done for max_pixels 0, which is what it did; the new default makes a recipe and a stage
+    command both name the option and its two values instead of 'a different recipe'."""
+    from loopback import openai_server
+
+    from avcurate.core.options import identity
+    from avcurate.pipeline.registry import create
+    from avcurate.pipeline.runner import AlreadyDone, extend_run
+
+    with openai_server() as server:
+        model = {"backend": "openai", "model": "m", "base_url": server.url + "/v1"}
+        assert "max_pixels" not in identity(create("visual_teacher", {**model, "max_pixels": 0}))
+        recipe = jsonl_recipe(tmp_path, _records(media, 2), media["root"],
+                              [StageSpec("visual_teacher", {**model, "max_pixels": 0})])
+        run(recipe, tmp_path / "run")
+        path = tmp_path / "run/manifest.json"
+        manifest = json.loads(path.read_text())  # as the code before the option wrote it
+        for where in (manifest["stages"][1]["spec"], manifest["stages"][1]["options"],
+                      manifest["recipe"]["stages"][0]):
+            del where["max_pixels"]
+        path.write_text(json.dumps(manifest))
+        calls = len(server.requests)
+        recipe.stages = [StageSpec("visual_teacher", dict(model))]
+        with pytest.raises(RunError, match=r"01-visual_teacher was made with other options "
+                                           r"\(visual_teacher.max_pixels: 0 -> 2073600\)"):
+            run(recipe, tmp_path / "run")
+        with pytest.raises(RunError, match=r"visual_teacher.max_pixels: 0 -> 2073600"):
+            extend_run(tmp_path / "run", StageSpec("visual_teacher", dict(model)),
+                       show_progress=False)
+        with pytest.raises(AlreadyDone):
+            extend_run(tmp_path / "run", StageSpec("visual_teacher", {**model, "max_pixels": 0}),
+                       show_progress=False)
+        recipe.stages = [StageSpec("visual_teacher", {**model, "max_pixels": 0})]
+        run(recipe, tmp_path / "run")
+        assert len(server.requests) == calls  # done: nothing asked again, nothing redone
+        assert json.loads(path.read_text())["stages"] == manifest["stages"]

@@ -179,6 +179,55 @@ def test_the_media_cache_keeps_frames_as_the_jpegs_sent_and_keys_stay_the_same(t
     assert [p.jpeg_b64 for p in kept] == [p.jpeg_b64 for p in raw]
 
 
+def test_frames_over_the_pixel_cap_are_scaled_down_before_they_are_sent(tmp_path):
+    """Frames went out at the video's own size: a 4K frame is ~10,600 tokens to a Qwen2.5
+    server, and 8 of them overflow its context. A frame over --max-pixels (by default a
+    1080p frame's) is scaled down, aspect kept; 0 sends it as decoded, and each size has
+    its own cache entry."""
+    qhd = synth.write_clip(tmp_path / "qhd.mp4", seconds=2, fps=4, size=(2560, 1440),
+                           color="green")
+    sd = synth.write_clip(tmp_path / "sd.mp4", seconds=2, fps=4, size=(640, 480))
+    records = [{"id": k, "video": str(v), "question": QUESTION, "options": OPTIONS,
+                "answer": "C"} for k, v in (("qhd", qhd), ("sd", sd))]
+    with openai_server() as server:  # score and the teacher in one run, one cache
+        run(jsonl_recipe(tmp_path, records, tmp_path, [
+            StageSpec("score", _model(server, audio_seconds=1.0)),
+            StageSpec("visual_teacher", _model(server, max_pixels=0))]), tmp_path / "run")
+        requests = {"score": [r for r in server.requests if "response_format" in r],
+                    "visual_teacher": [r for r in server.requests if "response_format" not in r]}
+        server.requests.clear()
+        run(jsonl_recipe(tmp_path, records, tmp_path, [StageSpec("probe", _model(
+            server, conditions=["v"], n=1, max_pixels=40_000))]), tmp_path / "probe-run")
+        requests["probe"] = list(server.requests)
+    sent = {stage: {_video_of(r): [_jpeg(p["image_url"]["url"]) for p in
+                                   r["messages"][0]["content"] if p["type"] == "image_url"]
+                    for r in rs} for stage, rs in requests.items()}
+    sizes = {stage: {k: {f.shape[:2] for f in v} for k, v in by.items()}
+             for stage, by in sent.items()}
+    assert sizes["score"] == {"green": {(1080, 1920)}, "red": {(480, 640)}}  # 1440p over the cap
+    assert sizes["visual_teacher"] == {"green": {(1440, 2560)}, "red": {(480, 640)}}
+    for (h, w), aspect in ((*sizes["probe"]["green"], 16 / 9), (*sizes["probe"]["red"], 4 / 3)):
+        assert 0.95 * 40_000 < h * w <= 40_000 and abs(w / h - aspect) < 0.02
+    full, _ = decode_frames(qhd, 8)  # the same pictures, smaller: alike cell by cell
+    assert np.abs(_cells(np.stack(sent["score"]["green"])) - _cells(full)).mean() < 3
+    # frames of each size and each clip's audio: the teacher did not get the judge's frames
+    assert len(list((tmp_path / "run/cache/media").rglob("*.npz"))) == 2 * 2 + 2
+
+
+def _video_of(request: dict) -> str:
+    """Which test clip a request shows, by the colour of its first frame."""
+    [first] = [p for p in request["messages"][0]["content"] if p["type"] == "image_url"][:1]
+    r, g, b = _jpeg(first["image_url"]["url"]).reshape(-1, 3).mean(0)
+    return "green" if g > r else "red"
+
+
+def _cells(frames: np.ndarray, rows: int = 9, cols: int = 16) -> np.ndarray:
+    """Mean colour of each cell of a rows x cols grid, per frame."""
+    n, h, w, c = frames.shape
+    grid = frames[:, : h // rows * rows, : w // cols * cols].astype(float)
+    return grid.reshape(n, rows, h // rows, cols, w // cols, c).mean(axis=(2, 4))
+
+
 # -- merger --------------------------------------------------------------------------------------
 
 RULES = TraceRules(min_tokens=10, max_tokens=200)

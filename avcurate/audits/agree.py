@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 from rich.console import Console
 
 from avcurate.core.lock import run_lock
-from avcurate.core.options import OptionError, check_fields, identity, option
+from avcurate.core.options import OptionError, absent_options, check_fields, identity, option
 from avcurate.core.store import RunStore
 from avcurate.curation.score import Score
 from avcurate.filters.rules import Comparison, RuleError, parse_rules
@@ -34,7 +34,8 @@ from .sample import AuditError, parse_sample, score_entry, scored_rows, strata, 
 
 # the first judge's settings a second judge shares unless told otherwise: same rubric,
 # same view of the media, same scale. Where and which model it is are never inherited.
-SHARED = ("prompt", "media", "frames", "audio_seconds", "weights", "temperature", "max_tokens")
+SHARED = ("prompt", "media", "frames", "max_pixels", "audio_seconds", "weights", "temperature",
+          "max_tokens")
 
 
 @dataclass
@@ -84,7 +85,8 @@ def decision_rules(manifest: dict[str, Any], given: list[Comparison] | None
 
 def second_judge(entry: dict[str, Any], given: dict[str, Any]) -> Score:
     """The second judge: the first judge's rubric settings plus what the user gave."""
-    first = entry.get("options", {})
+    recorded = entry.get("options", {})
+    first = absent_options(Score, recorded) | recorded  # as it ran before an option existed
     fields = {f.name for f in dataclasses.fields(Score) if f.init}
     shared = {k: first[k] for k in SHARED if k in first and k in fields}
     return Score(**(shared | given))

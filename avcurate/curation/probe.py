@@ -32,7 +32,7 @@ from avcurate.models import MULTI_SAMPLE, ModelResponse
 from avcurate.models.request import AudioPart, ImagePart, Message, ModelRequest, TextPart
 from avcurate.stages.base import StageError
 from avcurate.stages.context import StageContext
-from avcurate.stages.media_parts import audio_parts, frame_parts
+from avcurate.stages.media_parts import audio_parts, frame_parts, max_pixels_option
 from avcurate.stages.model_stage import History, ModelStage
 from avcurate.stages.prompts import load_prompt, render
 
@@ -69,6 +69,7 @@ class Probe(ModelStage):
     temperature: float = option(1.0, min=0, max=2, help="Sampling temperature of the answers.")
     max_tokens: int = option(256, min=1, help="Longest answer, tokens.")
     frames: int = option(8, min=1, help="Evenly spaced frames (conditions av, v).")
+    max_pixels: int = max_pixels_option("conditions av, v")
     audio_seconds: float = option(10.0, gt=0, help="Seconds of audio (conditions av, a).")
     audio_offset: float = option(0.0, min=0, help="Where the audio clip starts, seconds.")
     prompt: str = option("", path=True, help="Probe prompt file (default: the packaged one).")
@@ -92,7 +93,7 @@ class Probe(ModelStage):
     def media_needs(self) -> MediaNeeds:
         wants_v = any("v" in c for c in self.conditions)
         wants_a = any("a" in c for c in self.conditions)
-        return MediaNeeds(frames=self.frames if wants_v else 0,
+        return MediaNeeds(frames=self.frames if wants_v else 0, max_pixels=self.max_pixels,
                           seconds=self.audio_seconds if wants_a else 0,
                           offset=self.audio_offset)
 
@@ -101,7 +102,8 @@ class Probe(ModelStage):
         mc = [r for r in rows if r.get("options")]
         if not needs or not mc:
             return [None] * len(rows)
-        pictures = decode_rows(mc, lambda r: r["video"], MediaNeeds(frames=needs.frames), ctx) \
+        pictures = decode_rows(mc, lambda r: r["video"], MediaNeeds(
+            frames=needs.frames, max_pixels=needs.max_pixels), ctx) \
             if needs.frames else [None] * len(mc)
         sounds = decode_rows(mc, lambda r: r.get("audio") or r["video"],
                              MediaNeeds(seconds=needs.seconds, offset=needs.offset), ctx) \

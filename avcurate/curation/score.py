@@ -20,7 +20,7 @@ from avcurate.media.cache import DecodedMedia, MediaNeeds
 from avcurate.models import InvalidAnswer, ModelResponse
 from avcurate.models.request import Message, ModelRequest, TextPart, VideoPart
 from avcurate.stages.base import StageError
-from avcurate.stages.media_parts import audio_parts, frame_parts
+from avcurate.stages.media_parts import audio_parts, frame_parts, max_pixels_option
 from avcurate.stages.model_stage import History, ModelStage
 from avcurate.stages.prompts import load_prompt, render
 
@@ -50,6 +50,7 @@ class Score(ModelStage):
     media: str = option("frames+audio", choices=MEDIA_MODES,
                         help="What the judge sees: frames+audio, video or none.")
     frames: int = option(8, min=1, help="Evenly spaced frames (frames+audio).")
+    max_pixels: int = max_pixels_option("frames+audio")
     audio_seconds: float = option(30.0, gt=0, help="Seconds of audio (frames+audio).")
     weights: list[float] = option(default_factory=lambda: [0.25, 0.25, 0.25, 0.25], min=0,
                                   help="Composite weights for video, audio, logic, accuracy "
@@ -66,7 +67,8 @@ class Score(ModelStage):
 
     def media_needs(self) -> MediaNeeds:
         if self.media == "frames+audio":
-            return MediaNeeds(self.frames, self.audio_seconds)
+            return MediaNeeds(frames=self.frames, max_pixels=self.max_pixels,
+                              seconds=self.audio_seconds)
         return MediaNeeds()
 
     def build(self, row: dict[str, Any], media: DecodedMedia | None, history: History

@@ -2,7 +2,7 @@
 
 The judge and both AVRT teachers look at the same frames and the same clip;
 this cache (in the run folder) makes sure each file is decoded once per
-(frames, seconds) setting, whichever stage asks first. Content hashes are
+(frames, frame size, seconds) setting, whichever stage asks first. Content hashes are
 memoised per (path, size, mtime) so big files are hashed once.
 """
 
@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from avcurate.core.images import encode_jpeg, pixels_digest
+from avcurate.core.images import encode_jpeg, pixels_digest, shrink
 from avcurate.core.kvcache import KVCache
 from avcurate.core.store import atomic_write_bytes, file_digest
 from avcurate.media.decode import audio, frames
@@ -49,7 +49,7 @@ def content_digest(path: str, digests: KVCache) -> str:
     return found
 
 
-def decode_job(args: tuple[str, str | None, str | None, int, float | None, float, int]
+def decode_job(args: tuple[str, str | None, str | None, int, int, float | None, float, int]
                ) -> dict | None:
     """Decode what is missing of one file into the cache (runs in a worker process).
 
@@ -59,11 +59,11 @@ def decode_job(args: tuple[str, str | None, str | None, int, float | None, float
     """
     from avcurate.media.errors import MediaError
 
-    path, frames_out, audio_out, n_frames, seconds, offset, sr = args
+    path, frames_out, audio_out, n_frames, max_pixels, seconds, offset, sr = args
     try:
         if frames_out and not Path(frames_out).exists():
             pix, times = frames(path, n_frames)
-            _save(frames_out, **_as_jpegs(pix), times=times)
+            _save(frames_out, **_as_jpegs(shrink(pix, max_pixels)), times=times)
         if audio_out and not Path(audio_out).exists():
             try:
                 pcm = audio(path, seconds, sr, offset=offset)
@@ -118,9 +118,11 @@ class DecodedMedia:
                 self.audio, self.sample_rate = data["audio"], int(data["sr"])
 
 
-def frames_path(run_dir: Path, digest: str, n_frames: int) -> str:
-    """`jpeg`: frames kept as JPEGs (2026-11-25); a cache of raw frames is not misread."""
-    return _path(run_dir, f"frames|{digest}|{n_frames}|jpeg")
+def frames_path(run_dir: Path, digest: str, n_frames: int, max_pixels: int = 0) -> str:
+    """`jpeg`: frames kept as JPEGs (2026-11-25); a cache of raw frames is not misread.
+    A cap on their pixels is part of the key (none: the key as before there was one)."""
+    cap = f"|max{max_pixels}" if max_pixels else ""
+    return _path(run_dir, f"frames|{digest}|{n_frames}|jpeg{cap}")
 
 
 def audio_path(run_dir: Path, digest: str, seconds: float | None, offset: float, sr: int) -> str:
@@ -139,6 +141,7 @@ class MediaNeeds:
     """What a stage decodes per row: N evenly spaced frames and/or seconds of audio."""
 
     frames: int = 0
+    max_pixels: int = 0  # per frame, scaled down to fit; 0 = as decoded
     seconds: float = 0.0  # 0 = no audio
     offset: float = 0.0
     sample_rate: int = 16000
@@ -208,11 +211,12 @@ def decode_rows(rows: list[dict], media_path: Callable[[dict], str | None], need
         except Unreadable as exc:
             out.append({"error": "missing_media", "detail": str(exc)})
             continue
-        fpath = frames_path(pool.run_dir, digest, needs.frames) if needs.frames else None
+        fpath = frames_path(pool.run_dir, digest, needs.frames, needs.max_pixels) \
+            if needs.frames else None
         apath = audio_path(pool.run_dir, digest, needs.seconds, needs.offset,
                            needs.sample_rate) if needs.seconds != 0 else None
-        jobs[(fpath, apath)] = (path, fpath, apath, needs.frames, needs.seconds, needs.offset,
-                                needs.sample_rate)
+        jobs[(fpath, apath)] = (path, fpath, apath, needs.frames, needs.max_pixels,
+                                needs.seconds, needs.offset, needs.sample_rate)
         out.append((fpath, apath))
     errors = decode_once(jobs, pool)
     loaded: dict[tuple, DecodedMedia] = {}  # rows of one file share one object (and its parts)

@@ -26,7 +26,7 @@ from avcurate.models import InvalidAnswer, ModelResponse
 from avcurate.models.request import Message, ModelRequest, TextPart
 from avcurate.stages.base import BaseStage, ShardResult
 from avcurate.stages.context import StageContext
-from avcurate.stages.media_parts import audio_parts, frame_parts
+from avcurate.stages.media_parts import audio_parts, frame_parts, max_pixels_option
 from avcurate.stages.model_stage import History, ModelStage
 from avcurate.stages.prompts import load_prompt, render
 
@@ -106,9 +106,10 @@ class VisualTeacher(Teacher):
     adds = teacher_columns("visual")
     version = "1"
     frames: int = option(8, min=1, help="Evenly spaced frames for the visual teacher.")
+    max_pixels: int = max_pixels_option()
 
     def media_needs(self) -> MediaNeeds:
-        return MediaNeeds(frames=self.frames)
+        return MediaNeeds(frames=self.frames, max_pixels=self.max_pixels)
 
     def prompt_values(self) -> dict[str, str]:
         return {"n_frames": str(self.frames)}
