@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -634,11 +635,18 @@ def test_a_judge_reward_checks_its_judge_before_the_model_loads(toy, tmp_path):
 def test_a_judge_that_goes_away_mid_run_keeps_the_steps_done(toy, tmp_path, monkeypatch):
     """The judge's server fails every call from step 3 on (503s): training stops with one
     message instead of training on made-up zeros, steps 1-2 are checkpointed, and the same
-    run resumes at step 3 once a judge answers again."""
+    run resumes at step 3 once a judge answers again. Each training closes its judge's
+    HTTP client when it ends, stopped or not (it was left to the interpreter's exit: a
+    notebook training twice kept a loop thread and a connection pool per run)."""
     from loopback import openai_server
 
     from avcurate.models.errors import EndpointError
     from avcurate.trainer import loop
+
+    def judges_open() -> int:
+        return sum(t.name == "avcurate-executor" for t in threading.enumerate())
+
+    before = judges_open()
 
     monkeypatch.syspath_prepend(str(TESTS))
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
@@ -657,6 +665,7 @@ def test_a_judge_that_goes_away_mid_run_keeps_the_steps_done(toy, tmp_path, monk
         train(_cfg(toy, tmp_path / "out", judge_base_url=server.url + "/v1", **judged),
               progress=False)
     monkeypatch.setattr(loop, "_generation_step", real_step)
+    assert judges_open() == before
     assert torch.load(tmp_path / "out/checkpoint/trainer.pt")["step"] == 2
     with openai_server() as again:  # the judge's URL is operational: a new port is fine
         history = train(_cfg(toy, tmp_path / "out", judge_base_url=again.url + "/v1",
@@ -664,6 +673,7 @@ def test_a_judge_that_goes_away_mid_run_keeps_the_steps_done(toy, tmp_path, monk
         asked = len(again.requests)
         train(_cfg(toy, tmp_path / "straight", judge_base_url=again.url + "/v1", **judged),
               progress=False)
+    assert judges_open() == before
     assert [h["step"] for h in history] == [3, 4] and asked == 2 * 2
     straight, resumed = _metrics(tmp_path / "straight"), _metrics(tmp_path / "out")
     assert [m["step"] for m in resumed] == [1, 2, 3, 4]  # exactly as an unbroken run

@@ -332,6 +332,15 @@ def build_rewards(cfg: TrainConfig) -> list[Reward]:
     return reward_registry.build(cfg.rewards, settings)
 
 
+def close_judges(rewards: list[Reward]) -> None:
+    """Close the judge the rewards share, when one was built: the HTTP client and its loop
+    thread end with the training, not at the interpreter's exit (a notebook that trains
+    twice kept both of the first run's)."""
+    for settings in {id(s): s for r in rewards
+                     if isinstance(s := getattr(r, "settings", None), RewardSettings)}.values():
+        settings.close()
+
+
 def setup(cfg: TrainConfig, policy_kwargs: dict | None = None,
           held: ExitStack | None = None) -> TrainState:
     """Every check, then everything a step needs (`check`, `build`)."""
@@ -408,6 +417,7 @@ def train(cfg: TrainConfig, progress: bool = True, policy_kwargs: dict | None = 
     reference and the optimizer's state only to write them back unchanged)."""
     with ExitStack() as held:
         checked = check(cfg, held)
+        held.callback(close_judges, checked[1])
         if finished_at(cfg) is not None:
             return []
         return _train(build(cfg, *checked, policy_kwargs), progress)

@@ -45,6 +45,12 @@ class RewardSettings:
             self._judge = Judge(self.judge_backend, self.judge_model, self.judge_base_url or None)
         return self._judge
 
+    def close(self) -> None:
+        """Close the judge, if one was built (a later `judge()` builds it again)."""
+        if self._judge is not None:
+            self._judge.close()
+            self._judge = None
+
 
 @runtime_checkable
 class Reward(Protocol):

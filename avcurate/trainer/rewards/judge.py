@@ -66,6 +66,10 @@ class Judge:
         self.executor = Executor(make_backend(spec), concurrency=spec.concurrency,
                                  max_attempts=spec.max_attempts)
 
+    def close(self) -> None:
+        """End the HTTP client and its loop thread (a later call starts them again)."""
+        self.executor.close()
+
     def scores(self, prompts: list[str], media: list[list] | None = None) -> list[float]:
         requests = [ModelRequest((Message("user", (*(media[i] if media else []), TextPart(p))),),
                                  json_schema=SCORE_SCHEMA)
