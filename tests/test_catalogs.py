@@ -263,6 +263,32 @@ def test_one_bad_record_is_one_reject(tmp_path, media):
         pa.Table.from_pylist([r.to_row()])
 
 
+def test_media_named_in_nfd_on_disk_is_found_from_nfc_annotations(tmp_path, media):
+    """Clips unpacked from an archive made on a Mac are named in NFD (an accent as its own
+    code point; Hangul as jamo), and annotations written by Python in NFC: such rows were
+    missing_media. Either spelling finds the file, and both give one path."""
+    import shutil
+    import unicodedata
+
+    names = ["caf\u00e9.mp4", "\ud55c\uad6d\uc5b4.mp4"]  # cafe + accent; Korean
+    for name in names:
+        shutil.copy(media["good"], tmp_path / unicodedata.normalize("NFD", name))
+    records = [{"id": f"{i}-{form}", "video": unicodedata.normalize(form, name),
+                "question": "Q?", "options": ["a", "b"], "answer": "A"}
+               for i, name in enumerate(names) for form in ("NFC", "NFD")]
+    ann = tmp_path / "ann.jsonl"
+    ann.write_text("".join(json.dumps(r) + "\n" for r in records))
+    cols = {k: k for k in ("id", "video", "question", "options", "answer")}
+    rows = list(read_source("jsonl", str(ann), str(tmp_path), columns=cols))
+    assert not [r for r in rows if isinstance(r, Reject)]
+    paths = [r["video"] for r in rows]
+    assert all(os.path.isfile(p) for p in paths), paths
+    assert paths[0] == paths[1] != paths[2] == paths[3]
+    root = MediaRoot(tmp_path)  # a file on disk in NFC is still named in NFC
+    shutil.copy(media["good"], tmp_path / "\u00e9t\u00e9.mp4")
+    assert root.resolve("e\u0301te\u0301.mp4") == str(tmp_path.resolve() / "\u00e9t\u00e9.mp4")
+
+
 def test_a_json_array_with_a_bad_byte_rejects_one_record(tmp_path, media):
     good = str(media["good"].relative_to(media["root"]))
     body = (b'[{"id": 1, "video_name": "' + good.encode() + b'", "question_text": "Q?", '

@@ -162,9 +162,7 @@ class MediaRoot:
         if URL_RE.match(rel):  # was read as a folder "https:" under the root: missing_media
             raise UnsafePathError(f"{rel!r} is a URL; avcurate reads local files only: "
                                   "download the media and give its folder as the media root")
-        nfc = unicodedata.normalize("NFC", rel)
-        if nfc != rel and ((self.root / nfc).exists() or not (self.root / rel).exists()):
-            rel = nfc  # one spelling per file; the as-written one only when only it exists
+        rel = self._spelling(rel)
         head, name = os.path.split(rel)
         if name in ("", ".", ".."):
             candidate = os.path.realpath(os.path.join(self.root, rel))
@@ -175,6 +173,20 @@ class MediaRoot:
         if candidate != str(self.root) and not candidate.startswith(self._inside):
             raise UnsafePathError(f"{rel!r} resolves outside the media root {self.root}")
         return candidate
+
+    def _spelling(self, rel: str) -> str:
+        """The Unicode spelling of `rel` that names a file: NFC, unless only another form
+        exists. Files unpacked from an archive made on a Mac are often named in NFD
+        ("e" + combining accent; Hangul in jamo) while annotations written by Python are
+        NFC: the as-written name was missing_media. Either spelling of one file resolves
+        to the same path. ASCII paths (most) take no lookup."""
+        if rel.isascii():
+            return rel
+        nfc, nfd = unicodedata.normalize("NFC", rel), unicodedata.normalize("NFD", rel)
+        forms = list(dict.fromkeys([nfc, rel, nfd]))  # NFC first, then as written
+        if len(forms) == 1:
+            return rel
+        return next((f for f in forms if (self.root / f).exists()), nfc)
 
     def _folder_uncached(self, head: str) -> str:
         return os.path.realpath(os.path.join(self.root, head))
