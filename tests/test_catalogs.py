@@ -289,6 +289,22 @@ def test_media_named_in_nfd_on_disk_is_found_from_nfc_annotations(tmp_path, medi
     assert root.resolve("e\u0301te\u0301.mp4") == str(tmp_path.resolve() / "\u00e9t\u00e9.mp4")
 
 
+def test_a_windows_path_in_the_annotations_finds_its_file(tmp_path, media):
+    """`videos\\clip.mp4`, as annotations written on Windows say it, was a file name with
+    a backslash here: missing_media. It now names videos/clip.mp4; the root still holds."""
+    import shutil
+
+    (tmp_path / "videos").mkdir()
+    shutil.copy(media["good"], tmp_path / "videos/clip.mp4")
+    root = MediaRoot(tmp_path)
+    assert root.resolve("videos\\clip.mp4") == str(tmp_path.resolve() / "videos/clip.mp4")
+    assert root.resolve("videos\\other.mp4").endswith("videos\\other.mp4")  # missing: as is
+    (tmp_path / "up.mp4").write_bytes(b"x")
+    inner = MediaRoot(tmp_path / "videos")
+    with pytest.raises(UnsafePathError, match="outside the media root"):
+        inner.resolve("..\\up.mp4")
+
+
 def test_a_json_array_with_a_bad_byte_rejects_one_record(tmp_path, media):
     good = str(media["good"].relative_to(media["root"]))
     body = (b'[{"id": 1, "video_name": "' + good.encode() + b'", "question_text": "Q?", '

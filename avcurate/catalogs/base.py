@@ -162,7 +162,7 @@ class MediaRoot:
         if URL_RE.match(rel):  # was read as a folder "https:" under the root: missing_media
             raise UnsafePathError(f"{rel!r} is a URL; avcurate reads local files only: "
                                   "download the media and give its folder as the media root")
-        rel = self._spelling(rel)
+        rel = self._spelling(self._separators(rel))
         head, name = os.path.split(rel)
         if name in ("", ".", ".."):
             candidate = os.path.realpath(os.path.join(self.root, rel))
@@ -173,6 +173,14 @@ class MediaRoot:
         if candidate != str(self.root) and not candidate.startswith(self._inside):
             raise UnsafePathError(f"{rel!r} resolves outside the media root {self.root}")
         return candidate
+
+    def _separators(self, rel: str) -> str:
+        """`rel` with Windows separators as `/` when only that names a file: annotations
+        written on Windows say `videos\\clip.mp4`, which here is one odd file name."""
+        if "\\" not in rel or (self.root / rel).exists():
+            return rel
+        posix = rel.replace("\\", "/")
+        return posix if (self.root / posix).exists() else rel
 
     def _spelling(self, rel: str) -> str:
         """The Unicode spelling of `rel` that names a file: NFC, unless only another form
