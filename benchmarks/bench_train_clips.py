@@ -7,7 +7,7 @@ benchmark) in the calling process. This prints what the worker costs per clip: t
 clips (`--clips` of `--seconds` s, made with PyAV at each `--sizes`), `--frames` frames
 and the same seconds of audio, scaled to the policy's default pixel budget, alternating
 the two ways for `--rounds` rounds, best round each; and the worker's start (its first
-clip, torch imported there for scaling).
+clip) and its peak RSS (Linux's VmHWM) over every clip it read.
 
     python benchmarks/bench_train_clips.py [--clips 8] [--rounds 3] [--sizes 320x240,1280x720]
 """
@@ -19,6 +19,8 @@ import platform
 import tempfile
 import time
 from pathlib import Path
+
+import psutil
 
 from avcurate.media import synth
 from avcurate.trainer.clips import ClipReader
@@ -61,12 +63,27 @@ def main() -> None:
                                              _round(here, clips, args.frames, args.seconds))
                     best["worker"] = min(best["worker"],
                                          _round(worker, clips, args.frames, args.seconds))
+                peak = _children_peak_mib()
             finally:
                 worker.close()
             print(f"{size}: in process {best['in process'] * 1000:.1f} ms/clip, worker "
                   f"{best['worker'] * 1000:.1f} ms/clip ({best['worker'] / best['in process']:.2f}x, "
                   f"+{(best['worker'] - best['in process']) * 1000:.1f} ms); the worker's "
-                  f"first clip {start:.2f} s")
+                  f"first clip {start:.2f} s, its peak RSS {peak:,.0f} MiB")
+
+
+def _children_peak_mib() -> float:
+    """The largest peak RSS (Linux's VmHWM) among this process's children: the decode
+    worker's high-water mark over every clip it read."""
+    peaks = [0.0]
+    for child in psutil.Process().children(recursive=True):
+        try:
+            status = Path(f"/proc/{child.pid}/status").read_text()
+        except OSError:
+            continue
+        peaks += [int(line.split()[1]) / 1024 for line in status.splitlines()
+                  if line.startswith("VmHWM:")]
+    return max(peaks)
 
 
 if __name__ == "__main__":

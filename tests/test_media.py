@@ -263,3 +263,30 @@ def test_audio_errors(media):
     with pytest.raises(MediaError) as exc:
         audio(media["corrupt"])
     assert exc.value.kind == "unreadable_media"
+
+
+@pytest.mark.parametrize(("size", "budget"), [((1280, 720), 200_704), ((2560, 1440), 2_073_600)])
+def test_frames_scaled_to_a_pixel_budget_keep_their_picture(tmp_path, size, budget):
+    """Training's clip frames (sides multiples of 28 within the policy's budget) and a model
+    stage's (even sides within --max-pixels) are the decoded pictures made smaller, with the
+    aspect kept: alike cell by cell, on uint8 frames throughout."""
+    from avcurate.core.images import shrink
+    from avcurate.trainer.clips import read_clip
+
+    clip = write_clip(tmp_path / "c.mp4", seconds=2, fps=4, size=size, color="blue")
+    full, _ = frames(clip, 8)
+    trained, _, _ = read_clip((str(clip), None, 8, 2.0, budget))
+    sent = shrink(full, budget)
+    assert trained.dtype == sent.dtype == np.uint8
+    (h, w), (sh, sw) = trained.shape[1:3], sent.shape[1:3]
+    assert h % 28 == w % 28 == 0 and h * w <= budget and abs(w / h - size[0] / size[1]) < 0.1
+    assert sh % 2 == sw % 2 == 0 and 0.98 * budget < sh * sw <= budget
+    assert abs(sw / sh - size[0] / size[1]) < 0.01
+
+    def cells(x: np.ndarray) -> np.ndarray:  # mean colour per cell of a 7 x 7 grid
+        n, hh, ww, _ = x.shape
+        x = x[:, : hh // 7 * 7, : ww // 7 * 7].astype(float)
+        return x.reshape(n, 7, hh // 7, 7, ww // 7, 3).mean(axis=(2, 4))
+
+    for small in (trained, sent):
+        assert np.abs(cells(small) - cells(full)).mean() < 3

@@ -62,13 +62,20 @@ def fit_size(width: int, height: int, max_pixels: int) -> tuple[int, int]:
 
 
 def shrink(frames: np.ndarray, max_pixels: int) -> np.ndarray:
-    """Frames [n, H, W, 3] scaled down to at most `max_pixels` pixels each, with FFmpeg's
-    area filter (what a downscale wants: every source pixel counts, no aliasing); the
-    frames as they are when they fit. A 4K frame is 8.3M pixels: sent as it is, a Qwen2.5
-    server's image processor makes ~10,600 tokens of it (one per 28x28 pixels), and 8 such
-    frames overflow a 32K context."""
+    """Frames [n, H, W, 3] scaled down to at most `max_pixels` pixels each (`fit_size`);
+    the frames as they are when they fit. A 4K frame is 8.3M pixels: sent as it is, a
+    Qwen2.5 server's image processor makes ~10,600 tokens of it (one per 28x28 pixels),
+    and 8 such frames overflow a 32K context."""
     n, h, w, _ = frames.shape
-    width, height = fit_size(w, h, max_pixels)
+    return resize(frames, *fit_size(w, h, max_pixels))
+
+
+def resize(frames: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Frames [n, H, W, 3] at width x height, one frame at a time through FFmpeg's area
+    filter (what a downscale wants: every source pixel counts, no aliasing); as they are
+    when already that size. uint8 throughout: torch's interpolate needed float copies of
+    the whole clip, ~900 MB for 8 4K frames, where this needs one small frame's worth."""
+    n, h, w, _ = frames.shape
     if (width, height) == (w, h):
         return frames
     out = np.empty((n, height, width, 3), np.uint8)
