@@ -6,6 +6,7 @@ import base64
 import json
 import subprocess
 
+import numpy as np
 import pytest
 from conftest import avcurate_cmd
 from helpers import jsonl_recipe, read_stage, rows_by_id, run
@@ -464,3 +465,33 @@ def test_a_row_whose_request_failed_for_good_is_not_completed_by_its_other_reque
     assert result.kept.column("both").to_pylist() == ["b:0+b:1"]
     assert result.rejected.column("reject_reason").to_pylist() == ["model_error"]
     assert "a:1" in stage._executor.asked and stage._executor.asked.count("a:1") == 1
+
+
+def test_the_dry_runs_token_estimate_counts_frames_by_their_size(tmp_path):
+    """The estimate counted 258 tokens for any frame (Gemini's figure): a Qwen2.5 server
+    behind the OpenAI protocol makes one per 28x28 pixels, ~2,700 for a 1080p frame. The
+    same rows with frames 4 times larger now cost that much more for it, and the same for
+    Gemini; the JPEG's own size is read from its header."""
+    import re
+
+    from avcurate.core.images import encode_jpeg, jpeg_size
+    from avcurate.media import synth
+    from avcurate.pipeline.dry_run import dry_run
+
+    for w, h in ((320, 240), (1918, 1080), (7, 5)):
+        assert jpeg_size(encode_jpeg(np.zeros((h, w, 3), np.uint8))) == (w - w % 2, h - h % 2)
+    tokens = {}
+    for w, h in ((320, 240), (640, 480)):
+        clip = synth.write_clip(tmp_path / f"{w}.mp4", seconds=2, fps=4, size=(w, h))
+        records = [{"id": "x", "video": clip.name, "question": "Which colour?",
+                    "options": ["red", "blue"], "answer": "A"}]
+        folder = tmp_path / f"run{w}"
+        folder.mkdir()
+        run(jsonl_recipe(folder, records, tmp_path, []), folder / "run")
+        for backend in ("openai", "gemini"):
+            text = dry_run(folder / "run", StageSpec("score", {
+                "backend": backend, "model": "m", "audio_seconds": 1.0}))
+            tokens[backend, w] = int(re.search(r"about ([\d,]+) input tokens", text)[1]
+                                     .replace(",", ""))
+    assert tokens["openai", 640] - tokens["openai", 320] == 8 * (23 * 18 - 12 * 9)
+    assert tokens["gemini", 640] == tokens["gemini", 320]

@@ -17,6 +17,26 @@ if TYPE_CHECKING:
     from av import CodecContext
 
 
+# the start-of-frame markers, which carry the size (not DHT C4, JPG C8, DAC CC)
+_SOF = set(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def jpeg_size(data: bytes) -> tuple[int, int]:
+    """(width, height) of a JPEG, from its frame header: the markers before the image data
+    are walked, nothing is decoded. (A few lines, not an imaging library for one header.)"""
+    at = 2  # past SOI
+    while at + 9 <= len(data) and data[at] == 0xFF:
+        marker = data[at + 1]
+        if marker == 0xFF:  # fill byte
+            at += 1
+            continue
+        if marker in _SOF:
+            return (int.from_bytes(data[at + 7:at + 9], "big"),
+                    int.from_bytes(data[at + 5:at + 7], "big"))
+        at += 2 + int.from_bytes(data[at + 2:at + 4], "big")
+    raise ValueError("not a JPEG with a frame header")
+
+
 def pixels_digest(pixels: np.ndarray) -> str:
     """The sha256 of a frame's raw pixels: an image part's content hash in request keys."""
     return hashlib.sha256(np.ascontiguousarray(pixels).tobytes()).hexdigest()

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from avcurate.core.answers import after_thinking
-from avcurate.core.images import encode_jpeg, pixels_digest
+from avcurate.core.images import encode_jpeg, jpeg_size, pixels_digest
 from avcurate.core.store import file_digest
 
 
@@ -59,6 +59,13 @@ class ImagePart:
     @cached_property
     def _digest(self) -> str:
         return self.pixels_sha256 or pixels_digest(self.pixels)
+
+    @cached_property
+    def size(self) -> tuple[int, int]:
+        """(width, height) as sent."""
+        if self.encoded is not None:
+            return jpeg_size(self.encoded)
+        return self.pixels.shape[1] // 2 * 2, self.pixels.shape[0] // 2 * 2  # encode_jpeg's
 
 
 @dataclass(frozen=True, eq=False)
