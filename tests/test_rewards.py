@@ -93,11 +93,32 @@ def test_combine_weights_and_errors():
         combine(["fromat"], None, ["x"], [ROW])
 
 
-def test_cut_segments(tmp_path):
-    clip = write_clip(tmp_path / "c.mp4", seconds=6, color="red", freq=440)
+@pytest.mark.parametrize("fps", [10, 25, 60])
+def test_cut_segments_keep_their_time_at_any_frame_rate(tmp_path, fps):
+    """The spans play at their own speed, in sync with their sound: every decoded frame was
+    written one per 1/25 s, so a 60 fps span played 2.4x slower than its audio. Each frame
+    of the cut shows what the source showed at that moment."""
+    import av
+    import numpy as np
+
+    clip = write_clip(tmp_path / "c.mp4", seconds=6, fps=fps, color="red", freq=440)
     out = cut(clip, [(4, 5), (0.5, 2)], tmp_path / "cut.mp4")
     info = probe(out)
-    assert info.duration_s == pytest.approx(2.5, abs=0.15) and info.has_audio
+    assert info.duration_s == pytest.approx(2.5, abs=0.1) and info.has_audio
+    with av.open(str(out)) as c:
+        video, sound = c.streams.video[0], c.streams.audio[0]
+        assert float(video.duration * video.time_base) == pytest.approx(2.5, abs=0.1)
+        assert float(sound.duration * sound.time_base) == pytest.approx(2.5, abs=0.1)
+        shown = [(f.time, f.to_ndarray(format="rgb24")) for f in c.decode(video=0)]
+    with av.open(str(clip)) as c:
+        source = [(f.time, f.to_ndarray(format="rgb24")) for f in c.decode(video=0)]
+    for joined in (0.3, 1.2, 1.7, 2.3):  # 0.5-2 s of the source, then 4-5 s
+        at = 0.5 + joined if joined < 1.5 else 4 + joined - 1.5
+        here = max((f for f in shown if f[0] <= joined + 1e-6), key=lambda f: f[0])[1]
+        there = max((f for f in source if f[0] <= at + 1e-6), key=lambda f: f[0])[1]
+        later = max((f for f in source if f[0] <= at + 0.4), key=lambda f: f[0])[1]
+        assert np.abs(here.astype(int) - there).mean() < 3
+        assert np.abs(here.astype(int) - later).mean() > 3 * np.abs(here.astype(int) - there).mean()
 
 
 def test_query_intent_and_soft_accuracy_with_a_judge(tmp_path):
