@@ -121,7 +121,15 @@ def test_cut_segments_keep_their_time_at_any_frame_rate(tmp_path, fps):
         assert np.abs(here.astype(int) - later).mean() > 3 * np.abs(here.astype(int) - there).mean()
 
 
-def test_query_intent_and_soft_accuracy_with_a_judge(tmp_path):
+def test_query_intent_and_soft_accuracy_with_a_judge(tmp_path, monkeypatch):
+    """The judge scores each span and the joined spans; the cuts live only while the batch
+    is judged (they stayed in a shared /tmp folder for good, and a video replaced at the
+    same path was judged from its old cuts)."""
+    import tempfile
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     clip = write_clip(tmp_path / "red.mp4", seconds=6, color="red", freq=440)
     row = dict(ROW, video=str(clip), duration_s=6.0)
     right = ("<time>0-1</time><caption>a red square moves</caption><time>2-3</time>"
@@ -135,7 +143,11 @@ def test_query_intent_and_soft_accuracy_with_a_judge(tmp_path):
                                               [row] * 2)
         videos = [p for req in server.requests for p in req["messages"][0]["content"]
                   if p["type"] == "video_url"]
+        assert list(scratch.iterdir()) == []  # the batch's cuts are gone once judged
+        write_clip(clip, seconds=6, color="blue", freq=440)  # another video, same path
+        again = get("query_intent", settings)([right, wrong], [row] * 2)
     # 2 pairs: consistency 1.0 (red clip, red captions) / 0.0; completeness = 2 s / 2 s = 1.0
     assert qi == pytest.approx([1.0, 0.5, 0.0], abs=0.05)
     assert len(videos) == 6  # two spans + one joined clip per completion with pairs
     assert soft == [1.0, 0.0]
+    assert again == pytest.approx([0.5, 1.0], abs=0.05)  # judged from the blue clip

@@ -33,18 +33,27 @@ COMPLETENESS = ("Here are the parts of a video someone picked as the evidence fo
                 'padding. Reply with JSON only: {{"score": a number from 0 (useless) to 1 '
                 "(complete and focused)}}")
 
-_WORKDIR = Path(tempfile.gettempdir()) / "avcurate-qi"
+class _Clips:
+    """The cuts of one batch of completions, in a folder of their own that is removed once
+    the judge has scored them. They were kept in one shared `/tmp/avcurate-qi` for good:
+    it grew with every training, another user's folder there made every cut fail (a
+    reward of 0, silently), and a video replaced at the same path met its old cuts."""
 
+    def __init__(self, folder: str) -> None:
+        self.folder = Path(folder)
+        self.made: dict[tuple[str, tuple], str | None] = {}
 
-def _clip(video: str, spans: list[tuple[float, float]]) -> str | None:
-    key = hashlib.sha1(f"{video}|{spans}".encode()).hexdigest()[:16]
-    out = _WORKDIR / f"{key}.mp4"
-    if not out.exists():
-        try:
-            cut(video, spans, out)
-        except (ValueError, OSError, MediaError):  # a span outside the clip: nothing to judge
-            return None
-    return str(out)
+    def get(self, video: str, spans: list[tuple[float, float]]) -> str | None:
+        """The clip of `spans` of `video`, cut once per batch; None when there is nothing
+        to judge (a span outside the clip, an unreadable file)."""
+        key = (video, tuple(spans))
+        if key not in self.made:
+            out = self.folder / f"{hashlib.sha1(repr(key).encode()).hexdigest()[:16]}.mp4"
+            try:
+                self.made[key] = str(cut(video, spans, out))
+            except (ValueError, OSError, MediaError):
+                self.made[key] = None
+        return self.made[key]
 
 
 @dataclass
@@ -61,24 +70,24 @@ class QueryIntent:
 
 
 def query_intent_scores(completions, rows, judge) -> list[float]:
-    prompts, media, owners = [], [], []
-    for i, (c, r) in enumerate(zip(completions, rows, strict=True)):
-        pairs = time_caption_pairs(c)
-        if not pairs or not r.get("video"):
-            continue
-        for s, e, caption in pairs:
-            clip = _clip(r["video"], [(s, e)])
-            if clip:
-                prompts.append(CONSISTENCY.format(caption=caption))
-                media.append([VideoPart(clip)])
-                owners.append((i, "cons"))
-        joined = _clip(r["video"], [(s, e) for s, e, _ in pairs])
-        if joined:
-            prompts.append(COMPLETENESS.format(question=r["question"],
-                                               options=lettered(r.get("options"))))
-            media.append([VideoPart(joined)])
-            owners.append((i, "comp"))
-    scores = judge(prompts, media) if prompts else []
+    with tempfile.TemporaryDirectory(prefix="avcurate-qi-") as folder:
+        clips = _Clips(folder)
+        prompts, media, owners = [], [], []
+        for i, (c, r) in enumerate(zip(completions, rows, strict=True)):
+            pairs = time_caption_pairs(c)
+            if not pairs or not r.get("video"):
+                continue
+            for s, e, caption in pairs:
+                if clip := clips.get(r["video"], [(s, e)]):
+                    prompts.append(CONSISTENCY.format(caption=caption))
+                    media.append([VideoPart(clip)])
+                    owners.append((i, "cons"))
+            if joined := clips.get(r["video"], [(s, e) for s, e, _ in pairs]):
+                prompts.append(COMPLETENESS.format(question=r["question"],
+                                                   options=lettered(r.get("options"))))
+                media.append([VideoPart(joined)])
+                owners.append((i, "comp"))
+        scores = judge(prompts, media) if prompts else []
     cons: dict[int, list[float]] = {}
     comp: dict[int, float] = {}
     for (i, kind), s in zip(owners, scores, strict=True):
