@@ -495,3 +495,47 @@ def test_the_dry_runs_token_estimate_counts_frames_by_their_size(tmp_path):
                                      .replace(",", ""))
     assert tokens["openai", 640] - tokens["openai", 320] == 8 * (23 * 18 - 12 * 9)
     assert tokens["gemini", 640] == tokens["gemini", 320]
+
+
+def test_whole_videos_in_prepared_requests_stay_within_the_executors_budget(tmp_path, media):
+    """`--media video` puts each whole file, in base64, into its prepared body, and up to
+    2 x concurrency bodies per shard, three shards at once, were held: ~25 GB for 200 MB
+    videos. Bodies now wait while the executor's prepared videos would pass its budget
+    (one alone always goes): here room for two files keeps two requests going, not four."""
+    import shutil
+
+    from avcurate.models.errors import EndpointError
+    from avcurate.models.executor import Executor
+    from avcurate.models.openai_backend import OpenAIBackend
+    from avcurate.models.request import Message, ModelRequest, TextPart, VideoPart
+
+    paths = []
+    for i in range(8):
+        paths.append(tmp_path / f"v{i}.mp4")
+        shutil.copy(media["good"], paths[-1])
+    size = paths[0].stat().st_size
+    requests = [ModelRequest((Message("user", (VideoPart(str(p)), TextPart(f"Q{i}?"))),))
+                for i, p in enumerate(paths)]
+    peaks = {}
+    for budget in (None, int(2.5 * size)):
+        with openai_server(latency=0.3) as server:
+            executor = Executor(OpenAIBackend("m", server.url + "/v1"), concurrency=4,
+                                video_budget=budget)
+            try:
+                results = executor.run(requests, lambda r: r.text)
+            finally:
+                executor.close()
+            assert [r.reason for r in results] == [None] * 8
+            assert executor.videos.held == 0  # every request's bytes given back
+            peaks[budget] = server.peak_in_flight
+    assert peaks == {None: 4, int(2.5 * size): 2}
+    with openai_server() as server:  # a call stopped with requests never started
+        executor = Executor(OpenAIBackend("m", server.url + "/v1"), concurrency=1,
+                            max_attempts=1, video_budget=int(2.5 * size))
+        try:
+            server.down = True
+            with pytest.raises(EndpointError, match="all failed"):
+                executor.run(requests, lambda r: r.text)
+            assert executor.videos.held == 0  # or the executor's next call would wait
+        finally:
+            executor.close()

@@ -36,6 +36,8 @@ import asyncio
 import atexit
 import contextlib
 import contextvars
+import functools
+import os
 import random
 import threading
 import time
@@ -128,6 +130,41 @@ LEASE_POLL_SECONDS = 0.1  # how often a process waiting on a peer's call looks f
 _OPEN: weakref.WeakSet[Executor] = weakref.WeakSet()  # executors with a live loop
 
 
+def default_video_budget() -> int:
+    """Bytes of whole video files an executor's prepared requests may hold: an eighth of
+    the machine's memory, at least 1 GiB."""
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not a POSIX system
+        memory = 8 << 30
+    return max(1 << 30, memory // 8)
+
+
+class ByteBudget:
+    """Bytes held by requests prepared and not yet answered, across every thread using one
+    executor. With `--media video` each prepared body holds its whole file in base64, and
+    up to 2 x concurrency requests per shard, three shards at once, are prepared: 96
+    bodies of 200 MB videos were ~25 GB. A request waits while others hold the budget;
+    one alone always goes, however large."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.held = limit, 0
+        self._cond = threading.Condition()
+
+    def take(self, n: int, timeout: float) -> bool:
+        with self._cond:
+            if self.held and self.held + n > self.limit and not self._cond.wait_for(
+                    lambda: not self.held or self.held + n <= self.limit, timeout):
+                return False
+            self.held += n
+            return True
+
+    def give(self, n: int) -> None:
+        with self._cond:
+            self.held -= n
+            self._cond.notify_all()
+
+
 @atexit.register
 def _close_open() -> None:
     """Close the executors nobody closed (e.g. a trainer's judge) while their loop threads
@@ -135,6 +172,45 @@ def _close_open() -> None:
     for executor in list(_OPEN):
         with contextlib.suppress(Exception):  # exiting anyway: a failed close must not mask it
             executor.close()
+
+
+class _Prepared:
+    """The requests one `run` call has prepared and not yet seen answered: each holds a
+    place among 2 x concurrency (the encoded bodies one call keeps) and its video bytes in
+    the executor's budget (shared by every call), and frees both once, when answered or
+    when the call ends without starting it."""
+
+    def __init__(self, budget: ByteBudget, places: int, stopped: Callable[[], bool]) -> None:
+        self.budget, self.stopped = budget, stopped
+        self.places = threading.BoundedSemaphore(places)
+        self.sizes: dict[int, int] = {}
+        self.lock = threading.Lock()
+
+    def hold(self, i: int, size: int) -> bool:
+        """Wait for a place and `size` bytes for request `i`; False once the call stopped."""
+        while not self.places.acquire(timeout=0.05):
+            if self.stopped():
+                return False
+        while not self.budget.take(size, timeout=0.05):
+            if self.stopped():
+                self.places.release()
+                return False
+        with self.lock:
+            self.sizes[i] = size
+        return True
+
+    def free(self, i: int) -> None:
+        with self.lock:
+            size = self.sizes.pop(i, None)
+        if size is not None:
+            self.budget.give(size)
+            self.places.release()
+
+    def free_all(self) -> None:
+        with self.lock:
+            left = list(self.sizes)
+        for i in left:
+            self.free(i)
 
 
 _CALL_STATS: contextvars.ContextVar[CallStats | None] = contextvars.ContextVar(
@@ -146,8 +222,10 @@ class Executor:
                  max_attempts: int = 4, cache: KVCache | None = None,
                  backoff_base: float = 0.5, backoff_cap: float = 30.0,
                  max_failure_rate: float = 0.5, start_failures: int = 5,
-                 min_calls: int = 20, limit_name: str = "max_tokens") -> None:
+                 min_calls: int = 20, limit_name: str = "max_tokens",
+                 video_budget: int | None = None) -> None:
         self.backend = backend
+        self.videos = ByteBudget(video_budget or default_video_budget())
         self.concurrency = concurrency
         self.rpm = rpm
         self.max_attempts = max_attempts
@@ -189,23 +267,23 @@ class Executor:
         future = asyncio.run_coroutine_threadsafe(self._run_all(queue, len(requests), stats),
                                                   loop)
         prepare = getattr(self.backend, "prepare", None)
-        ahead = threading.BoundedSemaphore(2 * self.concurrency)  # prepared, not yet answered
+        held = _Prepared(self.videos, 2 * self.concurrency, future.done)
         try:
-            for request, key, check in zip(requests, keys, validators, strict=True):
-                while not ahead.acquire(timeout=0.05):  # bounds the encoded bodies held
-                    if future.done():
-                        break
-                if future.done():  # stopped (a systemic error): no point preparing the rest
-                    break
+            for i, (request, key, check) in enumerate(zip(requests, keys, validators,
+                                                          strict=True)):
                 hit = cached.get(key)
+                if not held.hold(i, request.video_bytes() if hit is None else 0):
+                    break  # stopped (a systemic error): no point preparing the rest
                 if hit is None and prepare is not None:
                     prepare(request)
-                loop.call_soon_threadsafe(queue.put_nowait,
-                                          ((request, key, hit, check), ahead.release))
+                loop.call_soon_threadsafe(queue.put_nowait, (
+                    (request, key, hit, check), functools.partial(held.free, i)))
             return future.result()
         except BaseException:
             future.cancel()  # e.g. Ctrl-C in the calling thread: stop this call's requests
             raise
+        finally:  # requests never started (a stopped call) give their bytes back too
+            held.free_all()
 
     def _ensure_loop(self) -> asyncio.AbstractEventLoop:
         with self._start_lock:

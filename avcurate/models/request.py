@@ -9,9 +9,11 @@ enter it by content hash), which keys the response cache.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import io
 import json
+import os
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -127,6 +129,17 @@ class ModelRequest:
     # and taken (popped) by its `call`; not part of the request's identity
     prepared: dict[str, Any] = field(default_factory=dict, compare=False, hash=False,
                                      repr=False)
+
+    def video_bytes(self) -> int:
+        """The size of the video files this request sends whole: what its encoded body holds,
+        a third more in base64 (frames and audio clips are small beside them)."""
+        total = 0
+        for m in self.messages:
+            for p in m.parts:
+                if isinstance(p, VideoPart):
+                    with contextlib.suppress(OSError):  # a missing file fails at the call
+                        total += os.stat(p.path).st_size
+        return total
 
     def describe(self) -> dict[str, Any]:
         """A JSON-able description with media replaced by content hashes (the cache key's input)."""
