@@ -121,6 +121,26 @@ def test_cut_segments_keep_their_time_at_any_frame_rate(tmp_path, fps):
         assert np.abs(here.astype(int) - later).mean() > 3 * np.abs(here.astype(int) - there).mean()
 
 
+def test_a_span_far_into_a_long_clip_is_sought_and_overlaps_are_shown_once(tmp_path):
+    """A span 25 s into a clip with keyframes 10 s apart is cut from a seek, not from
+    decoding everything before it, and shows the source's frames of that moment; spans
+    that overlap make one stretch of the joined clip (it was 4 s for (1, 3) and (2, 4))."""
+    import av
+    import numpy as np
+
+    clip = write_clip(tmp_path / "long.mp4", seconds=30, size=(96, 64), gop=250)
+    out = cut(clip, [(25.0, 26.0)], tmp_path / "far.mp4")
+    with av.open(str(out)) as c:
+        shown = [(f.time, f.to_ndarray(format="rgb24")) for f in c.decode(video=0)]
+    with av.open(str(clip)) as c:
+        source = {round(f.time, 2): f.to_ndarray(format="rgb24") for f in c.decode(video=0)}
+    assert len(shown) == 25
+    for t, picture in shown:
+        assert np.abs(picture.astype(int) - source[round(25.0 + t, 2)]).mean() < 3
+    assert probe(cut(clip, [(1, 3), (2, 4)], tmp_path / "overlap.mp4")).duration_s == \
+        pytest.approx(3.0, abs=0.1)
+
+
 def test_query_intent_and_soft_accuracy_with_a_judge(tmp_path, monkeypatch):
     """The judge scores each span and the joined spans; the cuts live only while the batch
     is judged (they stayed in a shared /tmp folder for good, and a video replaced at the

@@ -23,8 +23,8 @@ import numpy as np
 
 from avcurate.core.images import fit_size, resize
 from avcurate.core.pyav import pyav
+from avcurate.media.decode import SEEK_AHEAD_S, seek_back, stream_start, upright
 from avcurate.media.decode import audio as decode_audio
-from avcurate.media.decode import upright
 from avcurate.media.errors import MediaError
 from avcurate.media.probe import open_media
 from avcurate.media.synth import encode_pcm
@@ -37,7 +37,7 @@ def cut(path: str | os.PathLike, spans: list[tuple[float, float]], out: str | os
         sr: int = 16000, max_pixels: int = MAX_PIXELS) -> Path:
     """Write the spans of `path` (sorted, each [start, end) seconds) as one mp4 at `out`,
     atomically: a reward's cache takes an existing file as a finished one."""
-    spans = sorted((max(0.0, s), e) for s, e in spans if e > s)
+    spans = _merged(spans)
     if not spans:
         raise ValueError("no non-empty span to cut")
     pcm = np.concatenate([decode_audio(path, e - s, sr, offset=s) for s, e in spans]) \
@@ -93,18 +93,45 @@ def _has_audio(path) -> bool:
         return bool(c.streams.audio)
 
 
+def _merged(spans: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The non-empty spans in time order, overlapping ones as one: the joined clip shows
+    each moment once (its sound was cut twice, its picture once)."""
+    out: list[tuple[float, float]] = []
+    for s, e in sorted((max(0.0, s), e) for s, e in spans if e > max(0.0, s)):
+        if out and s <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], e))
+        else:
+            out.append((s, e))
+    return out
+
+
 def _frames_in(path, spans: list[tuple[float, float]]) -> Iterator[tuple[np.ndarray, float]]:
     """(upright frame, its time on the joined timeline) for each frame inside a span,
-    decoded once, in order, one at a time."""
+    decoded once, in order, one at a time. Times count from the stream's start, as the
+    audio's offsets do; a span further ahead than SEEK_AHEAD_S is sought, not decoded up
+    to (a span 50 minutes in decoded 50 minutes of frames)."""
     offsets = np.concatenate([[0.0], np.cumsum([e - s for s, e in spans])])
     with open_media(path) as c:
         if not c.streams.video:
             raise MediaError("no_video_stream", f"{path}: no video stream")
-        for frame in c.decode(video=0):
-            t = frame.time or 0.0
-            if t >= spans[-1][1]:
-                break
-            for k, (s, e) in enumerate(spans):
-                if s <= t < e:
+        stream = c.streams.video[0]
+        stream.thread_type = "AUTO"
+        start = stream_start(stream)
+        frames, position = c.decode(stream), 0.0
+        pending = None  # (time, frame) decoded past the span it was read for
+        for k, (s, e) in enumerate(spans):
+            if pending is not None and pending[0] >= e:
+                continue  # past this span as well
+            if pending is not None:
+                (t, frame), pending = pending, None
+                if t >= s:
                     yield upright(frame), float(offsets[k] + t - s)
+            if s - position > SEEK_AHEAD_S and seek_back(c, stream, start + s):
+                frames = c.decode(stream)
+            for frame in frames:
+                position = (frame.time if frame.time is not None else start + position) - start
+                if position >= e:
+                    pending = (position, frame)
                     break
+                if position >= s:
+                    yield upright(frame), float(offsets[k] + position - s)

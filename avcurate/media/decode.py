@@ -91,7 +91,7 @@ def _frames_pyav(path: str, n: int, within: float | None = None
         total = _frame_count(container, stream, fps)
         if total <= 0 or fps <= 0:
             raise MediaError("unreadable_media", f"{path}: no frame rate or duration declared")
-        start = _start_time(stream)
+        start = stream_start(stream)
         targets = start + frame_indices(_window(total, fps, within), n) / fps
         try:
             out, times = _frames_at(container, stream, targets, 0.5 / fps, start)
@@ -117,7 +117,7 @@ def _frames_at(container, stream, targets: np.ndarray, slack: float, start: floa
     position = start  # the time of the last frame decoded
     frames = container.decode(stream)
     for target in targets:
-        if target - position > SEEK_AHEAD_S and _seek(container, stream, target - slack):
+        if target - position > SEEK_AHEAD_S and seek_back(container, stream, target - slack):
             frames = container.decode(stream)
         for frame in frames:
             position = float(frame.time) if frame.time is not None else position
@@ -130,12 +130,12 @@ def _frames_at(container, stream, targets: np.ndarray, slack: float, start: floa
     return out, times
 
 
-def _start_time(stream) -> float:
+def stream_start(stream) -> float:
     """Where the stream's timestamps begin, in seconds (0 when it does not say)."""
     return float(stream.start_time * stream.time_base) if stream.start_time else 0.0
 
 
-def _seek(container, stream, at: float) -> bool:
+def seek_back(container, stream, at: float) -> bool:
     """Seek to the keyframe at or before `at` seconds; False when the file cannot seek."""
     try:
         container.seek(int(max(at, 0.0) / stream.time_base), stream=stream, backward=True)
@@ -213,7 +213,7 @@ def _audio_pyav(path: Path, seconds: float | None, sr: int, offset: float) -> np
             raise MediaError("no_audio_stream", f"{path}: no audio stream")
         stream = container.streams.audio[0]
         resampler = MonoResampler(sr)
-        origin = _start_time(stream)
+        origin = stream_start(stream)
         begin = _seek_audio(container, stream, origin + offset) if offset > 0 else origin
         start = None  # the sample of `offset`, known once the first frame's time is
         stop = None
@@ -244,9 +244,9 @@ def _seek_audio(container, stream, at: float) -> float:
     """Seek to the audio frame at or before stream time `at` less the pre-roll; where the
     decoding then starts if the frames carry no time (the stream's start: a file that
     cannot seek is read from there)."""
-    origin = _start_time(stream)
+    origin = stream_start(stream)
     at = max(origin, at - AUDIO_PREROLL_S)
-    if _seek(container, stream, at):
+    if seek_back(container, stream, at):
         return at
     container.seek(0)
     return origin
