@@ -189,6 +189,7 @@ class _Server(ModelServer):
         self.models_route_open = models_route_open
         self.model_list_requests = 0  # GET /models: the runner's check before a model stage
         self.uploads: list[bytes] = []
+        self.deleted: list[str] = []  # Files API names deleted, in order
         self.trickles: list[tuple[bool, float]] = []  # [trickle]: (client hung up, seconds)
         self.slow_seconds = slow_seconds
 
@@ -282,8 +283,8 @@ class OpenAIFaults(_Faults, OpenAIHandler):
 
 
 class GeminiHandler(_Faults, JSONHandler):
-    """generateContent, plus the Files API's resumable upload (start, then upload+finalize)
-    and file lookup, which google-genai uses for large videos."""
+    """generateContent, plus the Files API's resumable upload (start, then upload+finalize),
+    file lookup and delete, which google-genai uses for large videos."""
 
     def _error(self, code, message, headers=None):
         status = {429: "RESOURCE_EXHAUSTED", 500: "INTERNAL"}.get(code, "INVALID_ARGUMENT")
@@ -329,6 +330,10 @@ class GeminiHandler(_Faults, JSONHandler):
         name = path.split("/v1beta/", 1)[-1]
         self._json(200, {"name": name, "uri": f"{self.server.url}/v1beta/{name}",
                          "mimeType": "video/mp4", "state": "ACTIVE"})
+
+    def do_DELETE(self) -> None:
+        self.server.deleted.append("/".join(self.path.split("?")[0].split("/")[-2:]))
+        self._json(200, {})
 
     def do_POST(self) -> None:
         if "/upload" in self.path:

@@ -539,3 +539,44 @@ def test_whole_videos_in_prepared_requests_stay_within_the_executors_budget(tmp_
             assert executor.videos.held == 0  # or the executor's next call would wait
         finally:
             executor.close()
+
+
+def test_gemini_uploads_a_large_video_once_and_deletes_its_uploads(tmp_path, media, monkeypatch):
+    """Each request showing a large video uploaded it again, and no upload was deleted: a
+    project holds 20 GB of files, which a `--media video` stage over a few hundred clips
+    filled. Now one upload per file serves every request that shows it, uploads past the
+    budget go least recently used first, a changed file is uploaded again, and the stage's
+    end deletes the rest."""
+    import os
+    import shutil
+
+    from avcurate.models.executor import Executor
+    from avcurate.models.gemini_backend import GeminiBackend
+    from avcurate.models.request import Message, ModelRequest, TextPart, VideoPart
+
+    monkeypatch.setenv("GEMINI_API_KEY", SECRET)
+    clips = [tmp_path / "a.mp4", tmp_path / "b.mp4"]
+    for clip in clips:
+        shutil.copy(media["good"], clip)
+    size = clips[0].stat().st_size
+
+    def asks(clip, n):
+        return [ModelRequest((Message("user", (VideoPart(str(clip)), TextPart(f"Q{i}?"))),))
+                for i in range(n)]
+
+    with gemini_server(latency=0.2) as server:
+        backend = GeminiBackend("g", server.url, inline_limit=1000)
+        backend.uploads.budget = int(1.5 * size)  # room for one clip's upload
+        executor = Executor(backend, concurrency=3)
+        try:
+            results = executor.run(asks(clips[0], 3), lambda r: r.text)
+            assert [r.reason for r in results] == [None] * 3
+            assert len(server.uploads) == 1 and server.deleted == []  # three questions, one upload
+            executor.run(asks(clips[1], 2), lambda r: r.text)
+            assert len(server.uploads) == 2 and server.deleted == ["files/1"]  # over budget: a's
+            os.utime(clips[1], ns=(0, 10**18))  # the file changed: its old upload is stale
+            executor.run(asks(clips[1], 1), lambda r: r.text)
+            assert len(server.uploads) == 3 and server.deleted == ["files/1", "files/2"]
+        finally:
+            executor.close()
+    assert server.deleted == ["files/1", "files/2", "files/3"]  # the stage's end: none left

@@ -1,14 +1,14 @@
 """Gemini through google-genai.
 
 Small media go inline; a video larger than `inline_limit` bytes is uploaded
-through the Files API and referenced by URI. JSON answers use
+through the Files API and referenced by URI (once per file, deleted when the stage
+ends: `gemini_uploads`). JSON answers use
 `response_mime_type="application/json"` with the schema. The key comes from
 GEMINI_API_KEY or GOOGLE_API_KEY and is never stored.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
 from pathlib import Path
 
@@ -16,6 +16,7 @@ from google import genai
 from google.genai import errors, types
 
 from avcurate.models.errors import GEMINI_KEY_MISSING, BackendUnavailable, ModelError
+from avcurate.models.gemini_uploads import Key, Uploads
 from avcurate.models.http_errors import TIMEOUT_ERRORS, TRANSPORT_ERRORS
 from avcurate.models.reachable import unreachable, url_connect_error
 from avcurate.models.request import (
@@ -104,6 +105,7 @@ class GeminiBackend:
                  inline_limit: int = INLINE_LIMIT) -> None:
         self.model, self.base_url, self.timeout, self.inline_limit = model, base_url, timeout, inline_limit
         self._client: genai.Client | None = None
+        self.uploads = Uploads(self.client)
 
     def client(self) -> genai.Client:
         if self._client is None:
@@ -115,6 +117,7 @@ class GeminiBackend:
 
     async def aclose(self) -> None:
         if self._client is not None:
+            await self.uploads.close()
             await self._client.aio.aclose()
             self._client = None
 
@@ -128,18 +131,20 @@ class GeminiBackend:
                 elif isinstance(part, AudioPart):
                     part.wav  # noqa: B018
 
-    async def _parts(self, request: ModelRequest) -> tuple[str | None, list[types.Content]]:
+    async def _parts(self, request: ModelRequest, uploaded: list[Key]
+                     ) -> tuple[str | None, list[types.Content]]:
+        """The system text and the contents; the keys of the uploads used go to `uploaded`."""
         system, contents = None, []
         for m in request.messages:
             if m.role == "system":
                 system = "\n".join(p.text for p in m.parts if isinstance(p, TextPart))
                 continue
-            parts = [await self._part(p) for p in m.parts]
+            parts = [await self._part(p, uploaded) for p in m.parts]
             contents.append(types.Content(role="model" if m.role == "assistant" else "user",
                                           parts=parts))
         return system, contents
 
-    async def _part(self, part) -> types.Part:
+    async def _part(self, part, uploaded: list[Key]) -> types.Part:
         if isinstance(part, TextPart):
             return types.Part.from_text(text=part.text)
         if isinstance(part, ImagePart):
@@ -150,16 +155,10 @@ class GeminiBackend:
             path = Path(part.path)
             if path.stat().st_size <= self.inline_limit:
                 return types.Part.from_bytes(data=path.read_bytes(), mime_type="video/mp4")
-            return await self._upload(path)
+            key, uri = await self.uploads.part(path)
+            uploaded.append(key)
+            return uri
         raise TypeError(f"unsupported part {part!r}")
-
-    async def _upload(self, path: Path) -> types.Part:
-        """Large videos go through the Files API; wait until the file is processed."""
-        file = await self.client().aio.files.upload(file=str(path))
-        while file.state is not None and str(file.state).endswith("PROCESSING"):
-            await asyncio.sleep(2)
-            file = await self.client().aio.files.get(name=file.name)
-        return types.Part.from_uri(file_uri=file.uri, mime_type=file.mime_type or "video/mp4")
 
     def config(self, request: ModelRequest, system: str | None) -> types.GenerateContentConfig:
         kw = {}
@@ -173,8 +172,9 @@ class GeminiBackend:
             top_p=request.top_p, system_instruction=system, **kw)
 
     async def call(self, request: ModelRequest) -> ModelResponse:
+        uploaded: list[Key] = []
         try:
-            system, contents = await self._parts(request)
+            system, contents = await self._parts(request, uploaded)
             result = await self.client().aio.models.generate_content(
                 model=self.model, contents=contents, config=self.config(request, system))
         except errors.APIError as exc:
@@ -194,6 +194,9 @@ class GeminiBackend:
                              retryable=True, kind="timeout") from exc
         except TRANSPORT_ERRORS as exc:
             raise ModelError(str(exc), retryable=True, kind="connection") from exc
+        finally:
+            for key in uploaded:
+                self.uploads.release(key)
         candidates = result.candidates or []
         texts = [_candidate_text(c) for c in candidates] or [result.text or ""]
         meta = result.usage_metadata
