@@ -21,8 +21,8 @@ from pathlib import Path
 import av
 import numpy as np
 
+from avcurate.core.images import FULL_HD_PIXELS
 from avcurate.media.cache import DecodedMedia, decode_job
-from avcurate.stages.media_parts import FULL_HD
 
 WIDTH, HEIGHT, FRAMES = 3840, 2160, 8
 
@@ -66,7 +66,7 @@ def main() -> None:
         clip = folder / "uhd.mp4"
         make_clip(clip)
         print(f"a {WIDTH}x{HEIGHT} clip, {FRAMES} frames, {clip.stat().st_size / 1e6:.1f} MB")
-        times: dict[int, list[float]] = {0: [], FULL_HD: []}
+        times: dict[int, list[float]] = {0: [], FULL_HD_PIXELS: []}
         shape: dict[int, tuple[tuple[int, int], int]] = {}
         for _ in range(args.rounds):
             for cap in times:

@@ -5,6 +5,7 @@ this form, and the request parts, which send them."""
 from __future__ import annotations
 
 import hashlib
+import math
 import threading
 from fractions import Fraction
 from typing import TYPE_CHECKING
@@ -72,13 +73,18 @@ def encode_jpeg(pixels: np.ndarray, quality: int = 4) -> bytes:
     return bytes(packets[0])
 
 
-def fit_size(width: int, height: int, max_pixels: int) -> tuple[int, int]:
-    """(width, height) scaled down, aspect kept, to at most `max_pixels` pixels (even sides,
-    as 4:2:0 JPEG needs); as it is when it fits or `max_pixels` is 0 (no cap)."""
+FULL_HD_PIXELS = 1920 * 1080  # the frame stages' default cap, and the reward cuts'
+
+
+def fit_size(width: int, height: int, max_pixels: int, step: int = 2) -> tuple[int, int]:
+    """(width, height) scaled down, aspect kept, to at most `max_pixels` pixels, each side a
+    multiple of `step` (2: as 4:2:0 JPEG needs; 28: a Qwen vision encoder's merged patch);
+    as it is when it fits or `max_pixels` is 0 (no cap)."""
     if not max_pixels or width * height <= max_pixels:
         return width, height
-    scale = (max_pixels / (width * height)) ** 0.5
-    return max(2, int(width * scale) // 2 * 2), max(2, int(height * scale) // 2 * 2)
+    scale = math.sqrt(max_pixels / (width * height))
+    return (max(step, int(width * scale) // step * step),
+            max(step, int(height * scale) // step * step))
 
 
 def shrink(frames: np.ndarray, max_pixels: int) -> np.ndarray:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from avcurate.core.images import fit_size, resize
+from avcurate.core.images import FULL_HD_PIXELS, fit_size, resize
 from avcurate.core.pyav import pyav
 from avcurate.media.decode import SEEK_AHEAD_S, seek_back, stream_start, upright
 from avcurate.media.decode import audio as decode_audio
@@ -30,13 +30,12 @@ from avcurate.media.probe import open_media
 from avcurate.media.synth import encode_pcm
 
 FPS = 25
-MAX_PIXELS = 1920 * 1080
 
 
 def cut(path: str | os.PathLike, spans: list[tuple[float, float]], out: str | os.PathLike,
-        sr: int = 16000, max_pixels: int = MAX_PIXELS) -> Path:
+        sr: int = 16000, max_pixels: int = FULL_HD_PIXELS) -> Path:
     """Write the spans of `path` (sorted, each [start, end) seconds) as one mp4 at `out`,
-    atomically: a reward's cache takes an existing file as a finished one."""
+    atomically: a stopped cut leaves no half-written clip under that name."""
     spans = _merged(spans)
     if not spans:
         raise ValueError("no non-empty span to cut")
@@ -66,9 +65,9 @@ def _write(path, spans: list[tuple[float, float]], target: Path, pcm: np.ndarray
             index = math.floor(joined * FPS + 1e-6)  # the 1/25 s it starts in
             if index <= last:  # more than 25 fps: the first frame of each 1/25 s
                 continue
-            h, w = img.shape[0] - img.shape[0] % 2, img.shape[1] - img.shape[1] % 2
-            width, height = fit_size(w, h, max_pixels)
-            if container is None:
+            if container is None:  # every frame of a stream has the first one's size
+                h, w = img.shape[0] - img.shape[0] % 2, img.shape[1] - img.shape[1] % 2
+                width, height = fit_size(w, h, max_pixels)
                 container = stack.enter_context(av.open(str(target), "w", format="mp4"))
                 video = container.add_stream("libx264", rate=FPS)
                 video.width, video.height, video.pix_fmt = width, height, "yuv420p"

@@ -11,11 +11,10 @@ from __future__ import annotations
 import weakref
 from typing import Any
 
+from avcurate.core.images import FULL_HD_PIXELS
 from avcurate.core.options import option
 from avcurate.media.cache import DecodedMedia
 from avcurate.models.request import AudioPart, ImagePart
-
-FULL_HD = 1920 * 1080
 
 
 def max_pixels_option(applies: str = "") -> Any:
@@ -23,7 +22,7 @@ def max_pixels_option(applies: str = "") -> Any:
     frame's pixels: what most datasets hold is sent as it is (and keeps its cached
     answers), while a 4K frame, ~10,600 tokens to a Qwen2.5 server, is scaled down to
     ~2,600. `absent=0`: runs made before the cap existed sent frames as decoded."""
-    return option(FULL_HD, min=0, absent=0,
+    return option(FULL_HD_PIXELS, min=0, absent=0,
                   help="Pixels per frame at most" + (f" ({applies})" if applies else "")
                        + ": a larger frame is scaled down, aspect kept, before it is sent "
                          "(the default is a 1080p frame's); 0 sends frames as decoded.")

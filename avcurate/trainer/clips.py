@@ -14,7 +14,6 @@ in every rank's worker at once) and took 3-5x as long.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from avcurate.media.errors import Lost, MediaError
@@ -82,10 +81,7 @@ def fit_pixels(video, max_pixels: int):
     """Frames [n, H, W, 3] scaled down (aspect kept, sides multiples of 28, the vision
     encoder's merged patch) so each has at most `max_pixels` pixels: 8 frames of 720p would
     otherwise cost thousands of prompt tokens."""
-    from avcurate.core.images import resize
+    from avcurate.core.images import fit_size, resize
 
     n, h, w, _ = video.shape
-    if h * w <= max_pixels:
-        return video
-    scale = math.sqrt(max_pixels / (h * w))
-    return resize(video, max(28, int(w * scale) // 28 * 28), max(28, int(h * scale) // 28 * 28))
+    return resize(video, *fit_size(w, h, max_pixels, step=28))
