@@ -189,6 +189,7 @@ class _Server(ModelServer):
         self.models_route_open = models_route_open
         self.model_list_requests = 0  # GET /models: the runner's check before a model stage
         self.uploads: list[bytes] = []
+        self.upload_types: list[str] = []  # the media type each upload was started with
         self.deleted: list[str] = []  # Files API names deleted, in order
         self.trickles: list[tuple[bool, float]] = []  # [trickle]: (client hung up, seconds)
         self.slow_seconds = slow_seconds
@@ -295,6 +296,7 @@ class GeminiHandler(_Faults, JSONHandler):
         length = int(self.headers.get("Content-Length") or 0)
         data = self.rfile.read(length) if length else b""
         if command == "start":
+            self.server.upload_types.append(self.headers.get("X-Goog-Upload-Header-Content-Type"))
             self.send_response(200)
             self.send_header("X-Goog-Upload-URL", f"{self.server.url}/upload-session/1")
             self.send_header("X-Goog-Upload-Status", "active")
@@ -303,8 +305,8 @@ class GeminiHandler(_Faults, JSONHandler):
             return
         self.server.uploads.append(data)
         name = f"files/{len(self.server.uploads)}"
-        file = {"name": name, "uri": f"{self.server.url}/v1beta/{name}", "mimeType": "video/mp4",
-                "sizeBytes": str(len(data)), "state": "ACTIVE"}
+        file = {"name": name, "uri": f"{self.server.url}/v1beta/{name}",
+                "mimeType": self.server.upload_types[-1], "sizeBytes": str(len(data)), "state": "ACTIVE"}
         self._json(200, {"file": file}, {"X-Goog-Upload-Status": "final"})
 
     def _refused_key(self) -> bool:

@@ -580,3 +580,41 @@ def test_gemini_uploads_a_large_video_once_and_deletes_its_uploads(tmp_path, med
         finally:
             executor.close()
     assert server.deleted == ["files/1", "files/2", "files/3"]  # the stage's end: none left
+
+
+def test_a_whole_video_goes_out_under_its_containers_media_type(tmp_path, monkeypatch):
+    """`--media video` labelled every file `video/mp4`, so a MOV or WebM clip reached Gemini
+    under the wrong type, and a Matroska clip (a container Gemini does not take) was sent
+    anyway. Now each file goes under its container's type, inline or uploaded, and a
+    Matroska clip is refused for its row before any call, with the way round it."""
+    import asyncio
+
+    from avcurate.media import synth
+    from avcurate.models.errors import ModelError
+    from avcurate.models.gemini_backend import GeminiBackend
+    from avcurate.models.openai_backend import OpenAIBackend
+    from avcurate.models.request import Message, ModelRequest, TextPart, VideoPart
+
+    mov = synth.write_clip(tmp_path / "clip.MOV", seconds=1)
+    mkv = synth.write_clip(tmp_path / "clip.mkv", seconds=1)
+
+    def ask(path):
+        return ModelRequest((Message("user", (VideoPart(str(path)), TextPart("Describe."))),))
+
+    [video] = [p for p in OpenAIBackend("m").render(ask(mov))["messages"][0]["content"]
+               if p["type"] == "video_url"]
+    assert video["video_url"]["url"].startswith("data:video/quicktime;base64,")
+    monkeypatch.setenv("GEMINI_API_KEY", SECRET)
+    with gemini_server() as server:
+        asyncio.run(GeminiBackend("g", server.url).call(ask(mov)))
+        asyncio.run(GeminiBackend("g", server.url, inline_limit=1000).call(ask(mov)))
+        with pytest.raises(ModelError) as refused:
+            asyncio.run(GeminiBackend("g", server.url).call(ask(mkv)))
+        inline, uploaded = (r["contents"][0]["parts"][0] for r in server.requests)
+    sent = [part.get(camel) or part.get(snake) for part, camel, snake in (
+        (inline, "inlineData", "inline_data"), (uploaded, "fileData", "file_data"))]
+    assert [s.get("mimeType", s.get("mime_type")) for s in sent] == ["video/mov"] * 2
+    assert server.upload_types == ["video/mov"]
+    assert len(server.requests) == 2 and refused.value.kind == "unsupported_video"
+    assert not refused.value.retryable and not refused.value.systemic
+    assert ".mkv" in str(refused.value) and "--media frames" in str(refused.value)

@@ -28,6 +28,7 @@ from avcurate.models.request import (
     VideoPart,
     with_json,
 )
+from avcurate.models.video_types import gemini_refusal, gemini_video_type
 
 INLINE_LIMIT = 20 * 1024 * 1024
 GEMINI_API = "https://generativelanguage.googleapis.com"
@@ -153,9 +154,12 @@ class GeminiBackend:
             return types.Part.from_bytes(data=part.wav, mime_type="audio/wav")
         if isinstance(part, VideoPart):
             path = Path(part.path)
+            if (mime := gemini_video_type(part.path)) is None:
+                raise ModelError(gemini_refusal(part.path), retryable=False,
+                                 kind="unsupported_video")  # this row's file, not the setup
             if path.stat().st_size <= self.inline_limit:
-                return types.Part.from_bytes(data=path.read_bytes(), mime_type="video/mp4")
-            key, uri = await self.uploads.part(path)
+                return types.Part.from_bytes(data=path.read_bytes(), mime_type=mime)
+            key, uri = await self.uploads.part(path, mime)
             uploaded.append(key)
             return uri
         raise TypeError(f"unsupported part {part!r}")

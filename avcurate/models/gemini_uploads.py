@@ -44,7 +44,7 @@ class Uploads:
         self.client, self.budget = client, budget
         self.kept: OrderedDict[Key, _Upload] = OrderedDict()  # least recently used first
 
-    async def part(self, path: Path) -> tuple[Key, types.Part]:
+    async def part(self, path: Path, mime: str) -> tuple[Key, types.Part]:
         """The file as a part of a request, uploaded unless it already is; the caller gives
         the key back to `release` once its request is answered."""
         st = path.stat()
@@ -55,7 +55,7 @@ class Uploads:
             await self._delete(key)
             entry = None
         if entry is None:  # kept before the first await: a second request shares it
-            entry = self.kept[key] = _Upload(asyncio.ensure_future(self._upload(path, key)),
+            entry = self.kept[key] = _Upload(asyncio.ensure_future(self._upload(path, key, mime)),
                                              st.st_size)
         self.kept.move_to_end(key)
         entry.users += 1
@@ -67,7 +67,7 @@ class Uploads:
                 self.kept.pop(key, None)  # a failed upload: the retry uploads again
             raise
         return key, types.Part.from_uri(file_uri=file.uri,
-                                        mime_type=file.mime_type or "video/mp4")
+                                        mime_type=file.mime_type or mime)
 
     def release(self, key: Key) -> None:
         if (entry := self.kept.get(key)) is not None:
@@ -78,11 +78,11 @@ class Uploads:
         for key in list(self.kept):
             await self._delete(key)
 
-    async def _upload(self, path: Path, key: Key) -> types.File:
+    async def _upload(self, path: Path, key: Key, mime: str) -> types.File:
         """Make room, upload, then wait until the server has processed the file."""
         await self._make_room(key)
         files = self.client().aio.files
-        file = await files.upload(file=str(path))
+        file = await files.upload(file=str(path), config=types.UploadFileConfig(mime_type=mime))
         while file.state is not None and str(file.state).endswith("PROCESSING"):
             await asyncio.sleep(2)
             file = await files.get(name=file.name)

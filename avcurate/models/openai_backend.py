@@ -30,6 +30,7 @@ from avcurate.models.request import (
     b64,
     with_json,
 )
+from avcurate.models.video_types import video_type
 
 
 def _transport_error(exc: openai.APIConnectionError, timeout: float) -> ModelError:
@@ -137,7 +138,8 @@ class OpenAIBackend:
             if self.video_as == "file":
                 url = Path(part.path).resolve().as_uri()
             else:
-                url = f"data:video/mp4;base64,{b64(Path(part.path).read_bytes())}"
+                data = b64(Path(part.path).read_bytes())
+                url = f"data:{video_type(part.path)};base64,{data}"
             return {"type": "video_url", "video_url": {"url": url}}
         raise TypeError(f"unsupported part {part!r}")
 
