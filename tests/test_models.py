@@ -580,6 +580,10 @@ def test_gemini_uploads_a_large_video_once_and_deletes_its_uploads(tmp_path, med
         finally:
             executor.close()
     assert server.deleted == ["files/1", "files/2", "files/3"]  # the stage's end: none left
+    # on Ray each of n actors keeps 1/n of the project's room (as of the stage's --rpm)
+    from avcurate.models import ModelSpec, make_backend
+    from avcurate.models.gemini_uploads import UPLOAD_BUDGET
+    assert make_backend(ModelSpec("gemini", "g"), share=0.25).uploads.budget == UPLOAD_BUDGET // 4
 
 
 def test_a_whole_video_goes_out_under_its_containers_media_type(tmp_path, monkeypatch):

@@ -183,6 +183,24 @@ def test_larger_set_with_a_model_stage_and_global_stages(ray_env, tmp_path):
     assert not any("fused_with" in s for s in local)
 
 
+def test_the_actors_share_a_stages_rpm(ray_env, tmp_path):
+    """`--rpm` is the endpoint's limit (a provider's quota), but each actor spaced its own
+    calls by it, so two actors sent twice as many per minute. Each now keeps 1/actors of
+    it: at 480 per minute, no two seconds of the run hold more than 16 calls (two more
+    for the actors' first calls, which open a connection and so may land late)."""
+    rows = [row(f"r{i:03d}", "counting", question=f"How many drum hits {i}? counting")
+            for i in range(32)]
+    with openai_server() as server:
+        recipe = scored_recipe(tmp_path, rows, [StageSpec("classify", {
+            "backend": "openai", "model": "q", "base_url": server.url + "/v1",
+            "concurrency": 4, "rpm": 480})], shard_size=4)
+        _ray_runner(recipe, tmp_path / "ray")
+        arrivals = sorted(server.arrivals)
+    assert len(arrivals) == 32
+    in_two_seconds = [sum(t <= u < t + 2 for u in arrivals) for t in arrivals]
+    assert max(in_two_seconds) <= 18, [round(u - arrivals[0], 3) for u in arrivals]
+
+
 def test_killed_driver_resumes_without_loss_or_duplicates(ray_env, tmp_path, media,
                                                           plugin_path):
     recipe = slow_recipe(tmp_path, media, n=30, clips=["good", "good2", "silent"], seconds=0.5)

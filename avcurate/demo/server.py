@@ -43,6 +43,7 @@ class ModelServer(ThreadingHTTPServer):
         self.requests: list[dict] = []
         self.headers_seen: list[dict] = []
         self.attempts: Counter[str] = Counter()
+        self.arrivals: list[float] = []  # time.monotonic() as each request was read
         self.in_flight = self.peak_in_flight = 0  # requests being answered now / at most
         self.lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -77,6 +78,7 @@ class ModelServer(ThreadingHTTPServer):
     def record(self, body: dict, headers: dict, prompt: str) -> int:
         """Count (and with `record`, keep) a request; returns its attempt number for the prompt."""
         with self.lock:
+            self.arrivals.append(time.monotonic())
             if self.record_bodies:
                 self.requests.append(body)
                 self.headers_seen.append(headers)

@@ -126,16 +126,20 @@ def check_reachable(backend: str, base_url: str | None) -> None:
         check_gemini(base_url)
 
 
-def make_backend(spec: ModelSpec, **kw: Any):
-    """Build the backend object for `spec` (imports heavy libraries only when used)."""
+def make_backend(spec: ModelSpec, share: float = 1.0, **kw: Any):
+    """Build the backend object for `spec` (imports heavy libraries only when used).
+    `share`: this process's part of the endpoint's limits, when several processes call
+    it at once (Ray actors)."""
     if spec.backend == "openai":
         from avcurate.models.openai_backend import OpenAIBackend
 
         return OpenAIBackend(spec.model, spec.base_url, spec.timeout, **kw)
     if spec.backend == "gemini":
         from avcurate.models.gemini_backend import GeminiBackend
+        from avcurate.models.gemini_uploads import UPLOAD_BUDGET
 
-        return GeminiBackend(spec.model, spec.base_url, spec.timeout, **kw)
+        return GeminiBackend(spec.model, spec.base_url, spec.timeout,
+                             upload_budget=int(UPLOAD_BUDGET * share), **kw)
     from avcurate.models.local_backends import TransformersBackend, VLLMBackend
 
     cls = TransformersBackend if spec.backend == "transformers" else VLLMBackend

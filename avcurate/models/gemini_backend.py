@@ -16,7 +16,7 @@ from google import genai
 from google.genai import errors, types
 
 from avcurate.models.errors import GEMINI_KEY_MISSING, BackendUnavailable, ModelError
-from avcurate.models.gemini_uploads import Key, Uploads
+from avcurate.models.gemini_uploads import UPLOAD_BUDGET, Key, Uploads
 from avcurate.models.http_errors import TIMEOUT_ERRORS, TRANSPORT_ERRORS
 from avcurate.models.reachable import unreachable, url_connect_error
 from avcurate.models.request import (
@@ -103,10 +103,10 @@ class GeminiBackend:
     name = "gemini"
 
     def __init__(self, model: str, base_url: str | None = None, timeout: float = 300.0,
-                 inline_limit: int = INLINE_LIMIT) -> None:
+                 inline_limit: int = INLINE_LIMIT, upload_budget: int = UPLOAD_BUDGET) -> None:
         self.model, self.base_url, self.timeout, self.inline_limit = model, base_url, timeout, inline_limit
         self._client: genai.Client | None = None
-        self.uploads = Uploads(self.client)
+        self.uploads = Uploads(self.client, upload_budget)
 
     def client(self) -> genai.Client:
         if self._client is None:

@@ -88,13 +88,14 @@ class ChainJob:
     """
 
     def __init__(self, members: list[Member], run_dir: str, workers: int,
-                 pool: WorkerPool | None = None, media_timeout: float = MEDIA_TIMEOUT_S
-                 ) -> None:
+                 pool: WorkerPool | None = None, media_timeout: float = MEDIA_TIMEOUT_S,
+                 share: float = 1.0) -> None:
         self.members = members
         self._own_pool = pool is None
         self.pool = pool or WorkerPool(workers, media_timeout)
         self.contexts = [StageContext(run_dir=Path(run_dir), stage_dir=Path(m.stage_dir),
-                                      workers=workers, pool=self.pool) for m in members]
+                                      workers=workers, pool=self.pool, share=share)
+                         for m in members]
         self.gates = [threading.BoundedSemaphore(max(1, getattr(m.stage, "parallel_shards", 1)))
                       for m in members]
         for member, ctx in zip(members, self.contexts, strict=True):

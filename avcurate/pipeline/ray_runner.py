@@ -103,9 +103,10 @@ class _Worker:
     """A long-lived actor: runs shards of any chain, keeping each chain's set-up (model
     clients, caches) until the driver closes it, and one decode pool for all of them."""
 
-    def __init__(self, env: dict[str, str], workers: int, media_timeout: float) -> None:
+    def __init__(self, env: dict[str, str], workers: int, media_timeout: float,
+                 share: float) -> None:
         os.environ.update(env)
-        self.workers = workers
+        self.workers, self.share = workers, share
         self.pool = WorkerPool(workers, media_timeout)
         self.jobs: dict[str, ChainJob] = {}
         self.lock = threading.Lock()
@@ -114,7 +115,8 @@ class _Worker:
         with self.lock:  # the first shard of a chain sets it up; the others wait for that
             if key not in self.jobs:
                 members, run_dir = args
-                self.jobs[key] = ChainJob(members, run_dir, self.workers, self.pool)
+                self.jobs[key] = ChainJob(members, run_dir, self.workers, self.pool,
+                                          share=self.share)
             job = self.jobs[key]
         return job.shard(index, path)
 
@@ -390,7 +392,9 @@ class RayRunner(Runner):
         if not self._actors:
             worker = self.ray.remote(num_cpus=ACTOR_CPUS,
                                      max_concurrency=MAX_SHARDS_PER_ACTOR)(_Worker)
+            # each actor keeps its share of an endpoint's --rpm and upload room: the
+            # user's limit is the endpoint's, not each actor's
             self._actors = [worker.remote(worker_env(), self._decode_workers(),
-                                          self.recipe.media_timeout)
+                                          self.recipe.media_timeout, 1 / self.actors)
                             for _ in range(self.actors)]
         return self._actors

@@ -328,6 +328,9 @@ class StageContext:
     workers: int = 1
     pool: WorkerPool | None = None  # the run's; None: this context starts and closes its own
     media_timeout: float = MEDIA_TIMEOUT_S  # for the pool this context starts
+    share: float = 1.0
+    """This process's part of each endpoint's limits (`--rpm`, Gemini's room for uploads):
+    1/actors on Ray, where each actor runs a model stage with an executor of its own."""
     _own_pool: WorkerPool | None = field(default=None, repr=False)
     _caches: dict[str, KVCache] = field(default_factory=dict, repr=False)
     # shards of one stage may be processed in several threads at once (ModelStage)

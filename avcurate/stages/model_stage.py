@@ -73,7 +73,8 @@ class ModelStage(BaseStage):
                            help="Server URL, e.g. http://localhost:8000/v1.")
     concurrency: int = option(16, min=1, operational=True, help="Requests in flight at once.")
     rpm: float = option(0.0, min=0, operational=True,
-                        help="At most this many requests per minute (0 = no limit).")
+                        help="At most this many requests per minute, Ray actors together "
+                        "(0 = no limit).")
     timeout: float = option(120.0, gt=0, operational=True,
                             help="Seconds to wait for an answer (opening the "
                             "connection gets at most 5 of them).")
@@ -149,7 +150,8 @@ class ModelStage(BaseStage):
     def setup(self, ctx: StageContext) -> None:
         if self._executor is None:
             self._executor = Executor(
-                make_backend(self.spec()), concurrency=self.concurrency, rpm=self.rpm or None,
+                make_backend(self.spec(), share=ctx.share), concurrency=self.concurrency,
+                rpm=self.rpm * ctx.share or None,
                 max_attempts=self.max_attempts, max_failure_rate=self.max_failure_rate,
                 cache=ctx.cache("responses") if self.cache else None,
                 limit_name=self._limit_name())
