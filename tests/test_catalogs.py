@@ -148,6 +148,100 @@ def test_parquet_with_mapping(tmp_path):
     assert rows[0]["id"] != rows[1]["id"]
 
 
+NEXTQA_CSV = (  # NExT-QA's layout: a video id, five option columns, the answer's position
+    "video,frame_count,question,answer,qid,type,a0,a1,a2,a3,a4\n"
+    "0007,100,what does the man do after he falls,2,1,TN,laughs,cries,stands up,runs,sits\n"
+    '0008,90,"how many dogs, in total",1,2,CW,1,2,3,4,5\n'
+    '1234,80,why is the boy happy,3,3,CW,toy,cake,"a ""big"" gift",sun,\n'
+    "0008,90,one cell too many,1,4,CW,1,2,3,4,5,6\n"
+    "0009,70,no answer here,,5,CW,x,y,z,,\n")
+
+
+def test_a_csv_with_one_option_per_column(tmp_path):
+    """A CSV of the NExT-QA kind: cells stay text (the id 0007 keeps its zeros in the path),
+    quoted commas and quotes are read as written, options come from five columns with
+    empty cells skipped, and a line with too many cells or an empty answer is one reject.
+    Its whole-number answers are read as positions only when the source says so."""
+    ann = tmp_path / "nextqa.csv"
+    ann.write_bytes(b"\xef\xbb\xbf" + NEXTQA_CSV.encode())  # as a spreadsheet saves "CSV UTF-8"
+    cols = {"id": "qid", "video": "{video}.mp4", "options": "a0,a1,a2,a3,a4"}
+    with pytest.raises(ValueError, match="every answer .* is a whole number: say whether"):
+        _read("csv", ann, tmp_path, columns=cols)
+    rows, rejects = _read("csv", ann, tmp_path, columns=cols, answers="index")
+    assert [r["video"].rsplit("/", 1)[1] for r in rows] == ["0007.mp4", "0008.mp4", "1234.mp4"]
+    assert [r["answer"] for r in rows] == ["C", "B", "D"]
+    assert rows[1]["question"] == "how many dogs, in total"
+    assert rows[2]["options"] == ["toy", "cake", 'a "big" gift', "sun"]
+    assert json.loads(rows[0]["meta"]) == {"source_id": "1", "video": "0007", "frame_count": "100",
+                                           "type": "TN"}
+    assert sorted(r.detail for r in rejects) == [
+        "line 5 has 12 cells where the header names 11 columns",
+        "record 4: answer is missing (null)"]
+    rows, _ = _read("csv", ann, tmp_path, columns=cols, answers="index1")
+    assert [r["answer"] for r in rows] == ["B", "A", "C"]
+    rows, _ = _read("csv", ann, tmp_path, columns=cols, answers="text")
+    assert [r["answer"] for r in rows] == ["2", "A", "3"]  # "1" is the first option's text
+
+
+@pytest.mark.parametrize("mapping, said", [
+    ({"question": "q"}, "no column 'q' in the header"),
+    ({"options": "a0,a1,b2"}, "no column 'b2' in the header"),
+    ({"video": "clips/{vid}.mp4"}, "no column 'vid' in the header"),
+])
+def test_a_csv_mapping_naming_a_column_it_lacks_is_refused_before_any_row(tmp_path, mapping,
+                                                                            said):
+    ann = tmp_path / "nextqa.csv"
+    ann.write_text(NEXTQA_CSV)
+    with pytest.raises(ValueError, match=said + r" of .*\(it has video, frame_count, "):
+        read_source("csv", str(ann), str(tmp_path), answers="index", **{
+            "columns": {"video": "{video}.mp4"} | mapping})
+
+
+def test_a_tsv_with_text_answers_needs_no_answers_setting(tmp_path):
+    ann = tmp_path / "mine.tsv"
+    ann.write_text("path\tquestion\toptions\tanswer\tsecs\n"
+                   'a.mp4\tWhich, of these?\t["x", "y"]\ty\t12.5\n'
+                   "b.mp4\tWhat?\t\tA dog barks.\tlong\n")
+    rows, rejects = _read("csv", ann, tmp_path, columns={"video": "path", "duration_s": "secs"})
+    assert [(r["answer"], r["options"], r["duration_s"]) for r in rows] == [
+        ("B", ["x", "y"], 12.5), ("A dog barks.", None, None)] and not rejects
+
+
+@pytest.mark.parametrize("layout", ["jsonl", "csv"])
+def test_extra_columns_take_their_declared_types_and_a_wrong_value_rejects_its_row(
+        tmp_path, layout):
+    """Typed `extra_columns` from JSON values or CSV cells (all text). A value that is not of
+    its type stopped the whole ingest when the shard was written ("Could not convert 'high'
+    ... to double"); now it rejects its own record, naming the column."""
+    from helpers import read_stage, run
+
+    from avcurate.pipeline.recipe import Recipe, SourceSpec
+
+    good = {"path": "a.mp4", "question": "Q?", "answer": "yes", "score": "0.5", "n": "3",
+            "ok": "true", "tags": '["x", "y"]'}
+    bad = dict(good, question="Q2?", score="high")
+    if layout == "jsonl":
+        good |= {"score": 0.5, "n": 3.0, "ok": True, "tags": ["x", "y"]}
+        bad |= {"score": "high", "n": 3, "ok": True, "tags": ["x", "y"]}
+        ann = tmp_path / "mine.jsonl"
+        ann.write_text("".join(json.dumps(r) + "\n" for r in (good, bad)))
+    else:
+        import csv
+
+        ann = tmp_path / "mine.csv"
+        with ann.open("w", newline="") as f:
+            csv.writer(f).writerows([list(good), list(good.values()), list(bad.values())])
+    extras = {"score": "double", "n": "int", "ok": "bool", "tags": "list<string>"}
+    source = SourceSpec(layout, str(ann), str(tmp_path), {
+        "columns": {"video": "path"}, "extra_columns": extras})
+    run(Recipe([source], []), tmp_path / "run")
+    kept, rejected = read_stage(tmp_path / "run", "00")
+    assert kept.select(list(extras)).to_pylist() == [
+        {"score": 0.5, "n": 3, "ok": True, "tags": ["x", "y"]}]
+    assert rejected.column("reject_detail").to_pylist() == [
+        "record 1: score must be double, not str 'high'"]
+
+
 def test_bad_mapping_is_a_clear_error(tmp_path):
     ann = tmp_path / "x.jsonl"
     ann.write_text("{}\n")
@@ -345,7 +439,7 @@ def test_a_compressed_annotation_file_is_named_as_such(tmp_path, media):
 
 @pytest.mark.parametrize("kind, said", [
     ("utf16", "is UTF-16 text; save it as UTF-8"),
-    ("video", "is a binary file, not JSON, JSON lines or Parquet"),
+    ("video", "is a binary file, not JSON, JSON lines, CSV or Parquet"),
     ("parquet", "is a Parquet file: this format is read from JSON"),
 ])
 def test_an_annotation_file_that_is_not_utf8_text_is_named_for_what_it_is(tmp_path, media,

@@ -159,6 +159,35 @@ def test_ingest_stops_on_an_annotation_file_with_no_record(tmp_path, name, conte
     assert not list((tmp_path / "run").rglob("part-*.parquet"))
 
 
+def test_a_csv_is_ingested_from_the_command_line_and_a_recipe(tmp_path, media):
+    """`--source csv` with one option per column: whole-number answers without `--answers`
+    stop the command with one line before the run folder is made; with it, and with the
+    same source in a recipe, the rows come in with their answers as letters."""
+    ann = tmp_path / "mine.csv"
+    ann.write_text("clip,q,gt,o1,o2\ngood.mp4,Color?,0,red,blue\ngood2.mp4,Color?,1,red,blue\n")
+    args = ["ingest", "--source", "csv", "--annotations", str(ann), "--media-root",
+            str(media["root"]), "--column", "video=clip", "--column", "question=q",
+            "--column", "answer=gt", "--column", "options=o1,o2", "-q", "--out"]
+    refused = sh(*args, str(tmp_path / "run"), check=False)
+    assert refused.returncode == 2 and not (tmp_path / "run").exists()
+    [line] = refused.stderr.strip().splitlines()
+    assert "'gt' column is a whole number: say whether" in line and "--answers index" in line
+    sh(*args, str(tmp_path / "run"), "--answers", "index")
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(f"""[[sources]]
+name = "csv"
+annotations = "{ann}"
+media_root = "{media['root']}"
+answers = "index"
+columns = {{video = "clip", question = "q", answer = "gt", options = ["o1", "o2"]}}
+""")
+    sh("run", str(recipe), "--out", str(tmp_path / "run2"), "-q")
+    for run_dir in ("run", "run2"):
+        table = pq.read_table(tmp_path / run_dir / "00-ingest/part-00000.parquet")
+        assert table.column("answer").to_pylist() == ["A", "B"]
+        assert table.column("options").to_pylist() == [["red", "blue"]] * 2
+
+
 def test_clear_errors(tmp_path):
     missing = sh("status", str(tmp_path / "nope"), check=False)
     assert missing.returncode == 2 and "not an avcurate run" in missing.stderr

@@ -115,18 +115,23 @@ def test_every_benchmark_format_is_read_with_its_catalog(tmp_path):
          "multi_choice": ["a", "b"], "answer": 0}]))
     (tmp_path / "mine.jsonl").write_text(json.dumps(
         {"clip": "abc", "q": "Is it loud?", "opts": ["yes", "no"], "gt": 0}) + "\n")
+    # a CSV of option positions: its answers play no part, so it needs no `answers`
+    (tmp_path / "nextqa.csv").write_text("video,question,answer,a0,a1\n"
+                                         "4010069381,why does the dog bark,1,hungry,scared\n")
     stage = Decontaminate(benchmarks=[
         f"daily-omni={tmp_path / 'daily.json'}:{tmp_path / 'daily'}",
         f"worldsense={tmp_path / 'ws.json'}",
         f"avqa={tmp_path / 'avqa.json'}",
-        f"mine@jsonl={tmp_path / 'mine.jsonl'}"],
+        f"mine@jsonl={tmp_path / 'mine.jsonl'}", f"nextqa@csv={tmp_path / 'nextqa.csv'}"],
         benchmark_columns={"mine": {"id": "clip", "video": "{clip}.mp4", "question": "q",
-                                    "options": "opts", "answer": "gt"}},
+                                    "options": "opts", "answer": "gt"},
+                           "nextqa": {"video": "{video}.mp4", "options": "a0,a1"}},
         match_frames=False)
     index = stage.build_index(StageContext(tmp_path / "run", tmp_path / "run/01"))
     assert {(i.benchmark, i.source_id) for i in index.items} == {
         ("daily-omni", "vid9_video"), ("worldsense", "zb3c8xrar2o"),
-        ("avqa", "-hg3omg_89c"), ("mine", "abc")}
+        ("avqa", "-hg3omg_89c"), ("mine", "abc"), ("nextqa", "4010069381")}
+    stage.check()  # the CSV's header and answers pass the check before a run
     assert index.match_question(normalise_question("what sound plays"), 0.6).item.benchmark \
         == "worldsense"
 

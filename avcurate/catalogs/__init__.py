@@ -16,7 +16,13 @@ from avcurate.catalogs.avqa import read_avqa, read_daily_omni
 from avcurate.catalogs.base import MediaRoot, Reject, SourceFile, file_tag
 from avcurate.catalogs.conversations import read_llava_video
 from avcurate.catalogs.music_avqa import read_music_avqa
-from avcurate.catalogs.tabular import check_columns, read_tabular
+from avcurate.catalogs.tabular import (
+    check_answers,
+    check_columns,
+    check_csv,
+    read_csv,
+    read_tabular,
+)
 from avcurate.catalogs.video_mme import read_video_mme
 from avcurate.catalogs.video_vista import read_video_vista
 from avcurate.catalogs.worldsense import read_worldsense
@@ -29,9 +35,10 @@ class Catalog:
     description: str
     reader: Callable[..., Iterator[dict | Reject]]
     options: tuple[str, ...] = ()     # options of a [[sources]] table besides `tag`
+    check_file: Callable[..., None] | None = None  # (path, **options): ValueError if unusable
 
 
-TABULAR_OPTIONS = ("columns", "extra_columns", "explode")
+TABULAR_OPTIONS = ("columns", "extra_columns", "explode", "answers")
 
 CATALOGS: dict[str, Catalog] = {
     c.name: c
@@ -56,6 +63,9 @@ CATALOGS: dict[str, Catalog] = {
                 read_tabular, TABULAR_OPTIONS),
         Catalog("parquet", "any Parquet file plus a column mapping (as for jsonl)",
                 read_tabular, TABULAR_OPTIONS),
+        Catalog("csv", "any CSV file (TSV: .tsv) with a header line, plus a column mapping "
+                "(as for jsonl; options = \"a0,a1,a2\" for one option per column)",
+                read_csv, TABULAR_OPTIONS, check_csv),
     ]
 }
 
@@ -76,15 +86,18 @@ def check_source(name: str, options: dict[str, Any]) -> None:
         raise ValueError(f"source {name!r}: tag must be a short name without '/', not {tag!r}")
     if "columns" in options:
         check_columns(options["columns"])
+    check_answers(options.get("answers"))
     explode = options.get("explode")
     if explode is not None and (not isinstance(explode, str) or not explode.strip()):
         raise ValueError(f"source {name!r}: explode must be a field name or a key pattern")
 
 
-def check_files(annotations: str, media_root: str | None) -> None:
+def check_files(annotations: str, media_root: str | None, name: str | None = None,
+                options: dict[str, Any] | None = None) -> None:
     """Raise ValueError when an annotation file is not there (or is a folder) or a media
-    root, when given, is not a folder: for ingest's sources and decontaminate's
-    benchmarks alike, before anything is written."""
+    root, when given, is not a folder, or the file cannot be read as the catalog `name`
+    with `options` (a CSV's header): for ingest's sources and decontaminate's benchmarks
+    alike, before anything is written."""
     if Path(annotations).is_dir():
         raise ValueError(f"annotations {annotations} is a folder; name the annotation file in "
                          "it")
@@ -92,6 +105,8 @@ def check_files(annotations: str, media_root: str | None) -> None:
         raise ValueError(f"annotations file {annotations} does not exist")
     if media_root and not Path(media_root).is_dir():
         raise ValueError(f"media root {media_root} is not a folder")
+    if name in CATALOGS and (check := CATALOGS[name].check_file) is not None:
+        check(annotations, **(options or {}))
 
 
 def source_tag(annotations: str, options: dict[str, Any]) -> str:

@@ -298,14 +298,14 @@ def check_text(path: Path) -> None:
     for kind, prefix in COMPRESSED.items():
         if start.startswith(prefix):
             raise ValueError(f"{path} is {kind}-compressed; decompress it first (annotation "
-                             "files are read as plain JSON, JSON lines or Parquet)")
+                             "files are read as plain JSON, JSON lines, CSV or Parquet)")
     if start.startswith((b"\xff\xfe", b"\xfe\xff")):
         raise ValueError(f"{path} is UTF-16 text; save it as UTF-8")
     if start.startswith(PARQUET):
         raise ValueError(f"{path} is a Parquet file: this format is read from JSON (your own "
                          "Parquet: --source parquet, with --column where names differ)")
     if b"\x00" in start and not _utf8(start):  # NULs in UTF-8 text: a damaged line, rejected
-        raise ValueError(f"{path} is a binary file, not JSON, JSON lines or Parquet (a media "
+        raise ValueError(f"{path} is a binary file, not JSON, JSON lines, CSV or Parquet (a media "
                          "file given as the annotations?)")
 
 

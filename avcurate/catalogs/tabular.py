@@ -1,4 +1,4 @@
-"""Any JSON-lines, JSON or Parquet file, with a column mapping.
+"""Any JSON-lines, JSON, Parquet or CSV/TSV file, with a column mapping.
 
 `columns` maps sample-table columns to the file's own column names, e.g.
 `{question = "q", options = "choices", answer = "label", video = "path"}`. A `video`
@@ -14,7 +14,17 @@ A JSON object keyed by id gives each record its key as `_key`.
 Columns the mapping does not use are kept in `meta`, except those named in
 `extra_columns = {name = "type"}`, which become flat columns of their own (for
 data scored or categorised elsewhere). Options may be a list or a JSON string of
-a list; an integer answer is read as a 0-based option index.
+a list, or spread over several columns: `options = ["a0", "a1", "a2"]` (or
+`"a0,a1,a2"`; empty cells are skipped).
+
+An integer answer is read as a 0-based option index, a text answer as a letter or an
+option's text. `answers` says it for the whole file instead: "index" (0-based, also
+for digits in text), "index1" (1-based) or "text" (an integer is an option's text).
+
+A CSV file's cells are all text (see `csv_files`), so "2" could be either; a CSV whose
+answers are all whole numbers must say which with `answers`, checked before any row is
+written, rather than have its labels guessed. Every column the mapping names must be
+in the CSV's header.
 """
 
 from __future__ import annotations
@@ -23,6 +33,8 @@ import fnmatch
 import json
 from collections.abc import Iterator
 from typing import Any
+
+import pyarrow as pa
 
 from avcurate.catalogs.base import (
     FIELD_RE,
@@ -38,17 +50,39 @@ from avcurate.catalogs.base import (
     positional,
     records_of,
     text,
+    texts,
 )
+from avcurate.catalogs.csv_files import csv_header, csv_records
 from avcurate.core.answers import normalise_answer
-from avcurate.core.schema import sample_row
+from avcurate.core.schema import arrow_type, sample_row
 
 MAPPABLE = ("id", "video", "audio", "question", "options", "answer", "duration_s")
 REQUIRED = ("video", "question", "answer")
+ANSWERS = ("index", "index1", "text")
 
 
-def check_columns(columns: Any) -> dict[str, str]:
+def check_answers(answers: Any) -> None:
+    if answers is not None and answers not in ANSWERS:
+        raise ValueError(f"answers must be {', '.join(ANSWERS)} (\"index\": the option's "
+                         f"position from 0, \"index1\": from 1), not {answers!r}")
+
+
+Mapping = dict[str, "str | list[str]"]  # `options` alone may name several columns
+
+
+def check_columns(columns: Any) -> Mapping:
     """The mapping, checked before any record is read."""
-    if not isinstance(columns, dict) or not all(isinstance(v, str) for v in columns.values()):
+    columns = dict(columns) if isinstance(columns, dict) else columns
+    if isinstance(columns, dict) and isinstance(options := columns.get("options"), str) \
+            and "," in options:
+        columns["options"] = options.split(",")  # --column options=a0,a1,a2
+    if isinstance(columns, dict) and isinstance(options := columns.get("options"), list):
+        if not options or not all(isinstance(o, str) and o.strip() for o in options):
+            raise ValueError("options must name one column, or a list of the columns "
+                             "holding one option each, e.g. options = [\"a0\", \"a1\", \"a2\"]")
+        columns["options"] = [o.strip() for o in options]
+    if not isinstance(columns, dict) or not all(
+            isinstance(v, str) or k == "options" for k, v in columns.items()):
         raise ValueError("columns must map sample columns to field names, e.g. "
                          "columns = {question = \"q\", video = \"{videoID}.mp4\"}")
     unknown = set(columns) - set(MAPPABLE)
@@ -61,28 +95,85 @@ def check_columns(columns: Any) -> dict[str, str]:
     return {k: k for k in MAPPABLE} | columns
 
 
-def read_tabular(src: SourceFile, columns: dict[str, str] | None = None,
-                 extra_columns: dict[str, str] | None = None, explode: str | None = None
+def _names(mapping: Mapping) -> list[str]:
+    """The plain field names a mapping reads (templates' fields are not counted)."""
+    return [n for v in mapping.values() for n in (v if isinstance(v, list) else [v])
+            if not FIELD_RE.search(n)]
+
+
+def read_csv(src: SourceFile, columns: dict[str, Any] | None = None,
+             extra_columns: dict[str, str] | None = None, explode: str | None = None,
+             answers: str | None = None) -> Iterator[dict | Reject]:
+    """A CSV (or, by its suffix, TSV) file, once `check_csv` has passed it."""
+    check_csv(src.path, columns=columns, extra_columns=extra_columns, answers=answers)
+    return read_tabular(src, columns, extra_columns, explode, answers,
+                        records=csv_records(src.path))
+
+
+def check_csv(path: str, columns: dict[str, Any] | None = None,
+              extra_columns: dict[str, str] | None = None, answers: str | None = None,
+              **_: Any) -> None:
+    """Refuse, before the run folder is made, a mapping naming a column the header lacks
+    (a misspelt column would reject every row) and whole-number answers with no
+    `answers` to say what they count."""
+    mapping = check_columns(dict(columns or {}))
+    check_answers(answers)
+    header = csv_header(path)
+    given = {k: v for k, v in mapping.items() if k in (columns or {}) or k in REQUIRED}
+    wanted = _names(given) + [n for k in ("video", "audio") if isinstance(given.get(k), str)
+                              for n in FIELD_RE.findall(given[k])] + list(extra_columns or {})
+    if missing := [n for n in dict.fromkeys(wanted) if n not in header]:
+        raise ValueError(f"no column {', '.join(map(repr, missing))} in the header of "
+                         f"{path} (it has {', '.join(header)}); map them with --column "
+                         "SAMPLE_COLUMN=FILE_COLUMN or a source's columns = {...}")
+    has_options = isinstance(mapping["options"], list) or mapping["options"] in header
+    if answers is None and has_options and _all_numbers(path, mapping["answer"]):
+        raise ValueError(f"every answer in {path}'s {mapping['answer']!r} column is a "
+                         "whole number: say whether it is the option's position from 0 "
+                         "(--answers index, or answers = \"index\" in the recipe's source), "
+                         "from 1 (index1), or the option's text (text)")
+
+
+def _all_numbers(path: str, column: str) -> bool:
+    """Whether every answer in the CSV is a whole number (one pass, stopping at the first
+    that is not; a file of text answers costs a line or two)."""
+    found = False
+    for rec in csv_records(path):
+        value = rec.get(column) if isinstance(rec, dict) else None
+        if value is None:
+            continue
+        if not value.strip().isdigit():
+            return False
+        found = True
+    return found
+
+
+def read_tabular(src: SourceFile, columns: dict[str, Any] | None = None,
+                 extra_columns: dict[str, str] | None = None, explode: str | None = None,
+                 answers: str | None = None, records: Iterator[Any] | None = None
                  ) -> Iterator[dict | Reject]:
     mapping = check_columns(dict(columns or {}))
-    extras = list(extra_columns or {})
-    used = {v for v in mapping.values() if not FIELD_RE.search(v)} | set(extras)
+    check_answers(answers)
+    extras = {name: arrow_type(kind) for name, kind in (extra_columns or {}).items()}
+    used = set(_names(mapping)) | set(extras)
+    cells = records is not None  # a CSV's: every value is text
 
     def build(n: int, rec: dict) -> list[dict | Reject]:
         out: list[dict | Reject] = []
         for item, sub in _explode(rec, explode):
             key = _key(rec if item is None else sub, n, mapping, item)
             try:
-                row = _row(src, sub, key, mapping, used)
+                row = _row(src, sub, key, mapping, used, cells, answers)
+                row |= {k: _extra(sub.get(k), kind, k) for k, kind in extras.items()}
             except Malformed as exc:
                 if item is None:
                     raise
                 out.append(src.reject(key, "malformed_annotation", f"{item}: {exc}", sub))
                 continue
-            out.append(row | {k: sub.get(k) for k in extras})
+            out.append(row)
         return out
 
-    return per_record(src, records_of(src.path), build)
+    return per_record(src, records_of(src.path) if records is None else records, build)
 
 
 def _explode(rec: dict, explode: str | None) -> list[tuple[str | None, dict]]:
@@ -119,8 +210,12 @@ def _key(rec: dict, n: int, mapping: dict[str, str], item: str | None) -> str:
     return key if item is None or own is not None else f"{key}/{item}"
 
 
-def _field(rec: dict, mapping: dict[str, str], column: str) -> Any:
+def _field(rec: dict, mapping: Mapping, column: str) -> Any:
     name = mapping[column]
+    if isinstance(name, list):  # options spread over columns, one each; empty ones skipped
+        if not any(n in rec for n in name):
+            raise Malformed(f"none of the option fields {', '.join(name)}")
+        return [rec[n] for n in name if rec.get(n) not in (None, "")]
     if column in ("video", "audio") and FIELD_RE.search(name):
         return fill(name, rec, column)
     if name not in rec:
@@ -130,8 +225,8 @@ def _field(rec: dict, mapping: dict[str, str], column: str) -> Any:
     return rec[name]
 
 
-def _row(src: SourceFile, rec: dict, key: str, mapping: dict[str, str],
-         used: set[str]) -> dict:
+def _row(src: SourceFile, rec: dict, key: str, mapping: Mapping,
+         used: set[str], cells: bool = False, answers: str | None = None) -> dict:
     get = {k: _field(rec, mapping, k) for k in MAPPABLE}
     options = get["options"]
     if isinstance(options, str):
@@ -139,15 +234,63 @@ def _row(src: SourceFile, rec: dict, key: str, mapping: dict[str, str],
             options = json.loads(options)
         except json.JSONDecodeError:
             raise Malformed(f"{mapping['options']} is not a JSON list") from None
-    options = choices(options, mapping["options"]) if options is not None else None
+    options = choices(options, str(mapping["options"])) if options is not None else None
     audio = text(get["audio"], mapping["audio"], required=False)
-    duration = get["duration_s"]
+    answer = _answer(answer_value(get["answer"], mapping["answer"]), answers)
+    duration = _number(get["duration_s"]) if cells else get["duration_s"]
     return sample_row(
         id=src.sid(key), source=src.source,
         video=src.media.resolve(text(get["video"], mapping["video"])),
         audio=src.media.resolve(audio) if audio else None,
         question=text(get["question"], mapping["question"]), options=options or None,
-        answer=normalise_answer(answer_value(get["answer"], mapping["answer"]), options or []),
+        answer=normalise_answer(answer, options or []),
         duration_s=float(duration) if isinstance(duration, int | float) else None,
         meta={"source_id": key, **{k: v for k, v in rec.items() if k not in used}},
     )
+
+
+def _answer(answer: str | int, answers: str | None) -> str | int:
+    """The answer as the file's `answers` setting reads it (None: by its type)."""
+    if answers == "text":
+        return str(answer)
+    if answers is None or isinstance(answer, int):
+        return answer - (answers == "index1") if isinstance(answer, int) else answer
+    if not answer.strip().isdigit():
+        raise Malformed(f"answer {answer!r} is not an option's position (answers = "
+                        f"{answers!r})")
+    return int(answer) - (answers == "index1")
+
+
+def _number(value: Any) -> float | None:
+    try:
+        return float(value) if isinstance(value, str) else value
+    except ValueError:
+        return None
+
+
+BOOLS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
+
+
+def _extra(value: Any, kind: pa.DataType, name: str) -> Any:
+    """An `extra_columns` value as its declared type, from a JSON value or a CSV cell's
+    text. One that is not of it rejects its record (Malformed), where the shard's write
+    would have stopped the whole ingest."""
+    if value is None:
+        return None
+    try:
+        if pa.types.is_string(kind):
+            return text(value, name, numbers=True)
+        if pa.types.is_list(kind):
+            return texts(json.loads(value) if isinstance(value, str) else value, name)
+        if isinstance(value, bool):
+            if pa.types.is_boolean(kind):
+                return value
+        elif pa.types.is_boolean(kind):
+            return BOOLS[str(value).strip().lower()]
+        elif pa.types.is_floating(kind):
+            return float(value)
+        elif isinstance(value, float) and value.is_integer() or isinstance(value, int | str):
+            return int(value)
+    except (ValueError, TypeError, KeyError):
+        pass
+    raise Malformed(f"{name} must be {kind}, not {type(value).__name__} {str(value)[:40]!r}")

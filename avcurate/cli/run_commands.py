@@ -172,17 +172,23 @@ def status(
 @app.command()
 def ingest(
     source: Annotated[str, typer.Option(help="Annotation format; see `avcurate sources`.")],
-    annotations: Annotated[Path, typer.Option(help="Annotation file (JSON, JSONL or Parquet).")],
+    annotations: Annotated[Path, typer.Option(help="Annotation file (JSON, JSONL, Parquet or CSV).")],
     media_root: Annotated[Path, typer.Option(help="Folder the media paths are relative to; "
                                                   "paths escaping it are rejected.")],
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Run folder to create.")],
     column: Annotated[list[str] | None, typer.Option(
-        help="For jsonl/parquet: SAMPLE_COLUMN=FILE_COLUMN, repeatable "
+        help="For jsonl/parquet/csv: SAMPLE_COLUMN=FILE_COLUMN, repeatable "
              "(id, video, audio, question, options, answer, duration_s); video/audio "
-             "may be a path template such as video={videoID}.mp4.")] = None,
+             "may be a path template such as video={videoID}.mp4; options=a0,a1,a2 reads "
+             "one option per column.")] = None,
     explode: Annotated[str | None, typer.Option(
-        help="For jsonl/parquet: a field holding nested questions, or a key pattern "
+        help="For jsonl/parquet/csv: a field holding nested questions, or a key pattern "
              "such as 'task*'; one row per nested question.")] = None,
+    answers: Annotated[str | None, typer.Option(
+        help="For jsonl/parquet/csv: how answers name their option, for the whole file: "
+             "index (position from 0), index1 (from 1) or text; default: an integer is an "
+             "index from 0, text a letter or an option's text (a CSV of whole-number "
+             "answers must say).")] = None,
     tag: Annotated[str | None, typer.Option(
         help="Names the file in sample ids (default: the file name without extension).")
     ] = None,
@@ -195,7 +201,8 @@ def ingest(
     if shard_size < 1:
         fail(f"--shard-size must be at least 1, not {shard_size}")
     options = ({"columns": parse_columns(column)} if column else {}) \
-        | ({"explode": explode} if explode else {}) | ({"tag": tag} if tag else {})
+        | ({"explode": explode} if explode else {}) | ({"tag": tag} if tag else {}) \
+        | ({"answers": answers} if answers else {})
     try:
         check_source(source, options)
     except ValueError as exc:

@@ -142,14 +142,18 @@ class Decontaminate(BaseStage):
 
     def _source_options(self, spec: BenchmarkSpec) -> dict[str, Any]:
         columns = self.benchmark_columns.get(spec.name)
-        return {"columns": columns} if columns else {}
+        # a benchmark's answers play no part here: read as text, a CSV of option
+        # positions needs no `answers` to be compared
+        text = {"answers": "text"} if "answers" in CATALOGS[spec.format].options else {}
+        return ({"columns": columns} if columns else {}) | text
 
     def check(self) -> None:
         """The benchmark files are there, before the run folder is touched (a `--redo`
         with a mistyped path must not remove the stage it would redo)."""
         for spec in self._specs:
             try:
-                check_files(spec.annotations, spec.media_root)
+                check_files(spec.annotations, spec.media_root, spec.format,
+                            self._source_options(spec))
             except ValueError as exc:
                 raise StageError(f"stage 'decontaminate': benchmark {spec.name!r}: {exc}"
                                  ) from None

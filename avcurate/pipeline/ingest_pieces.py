@@ -44,7 +44,7 @@ SAMPLE = 64  # a source's first items, held back until they show it is read righ
 # rather than the records': the wrong format named, or the wrong media root.
 MISTAKES = {
     "malformed_annotation": "is the file in the format named (`avcurate sources` lists them) "
-                            "and, for jsonl or parquet, does the column mapping (--column, "
+                            "and, for jsonl, parquet or csv, does the column mapping (--column, "
                             "columns) name its fields?",
     "unsafe_path": "is the media root right? Every media path must resolve inside it",
 }

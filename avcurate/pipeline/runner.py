@@ -662,7 +662,7 @@ def check_paths(spec: SourceSpec) -> None:
     """A source's annotation file and media root exist (checked before the run folder is
     made, and again when the source is read)."""
     try:
-        check_files(spec.annotations, spec.media_root)
+        check_files(spec.annotations, spec.media_root, spec.name, spec.options)
     except ValueError as exc:
         raise RunError(f"source {spec.name!r}: {exc}") from None
 
