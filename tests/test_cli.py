@@ -172,6 +172,11 @@ def test_a_csv_is_ingested_from_the_command_line_and_a_recipe(tmp_path, media):
     assert refused.returncode == 2 and not (tmp_path / "run").exists()
     [line] = refused.stderr.strip().splitlines()
     assert "'gt' column is a whole number: say whether" in line and "--answers index" in line
+    bogus = sh(*args, str(tmp_path / "run"), "--answers", "zero-based", check=False)
+    assert bogus.returncode == 2 and not (tmp_path / "run").exists()
+    assert bogus.stderr.strip() == ("error: answers must be index, index1, text (\"index\": the "
+                                    "option's position from 0, \"index1\": from 1), not "
+                                    "'zero-based'")
     sh(*args, str(tmp_path / "run"), "--answers", "index")
     recipe = tmp_path / "r.toml"
     recipe.write_text(f"""[[sources]]
