@@ -170,6 +170,7 @@ def test_a_csv_with_one_option_per_column(tmp_path):
     rows, rejects = _read("csv", ann, tmp_path, columns=cols, answers="index")
     assert [r["video"].rsplit("/", 1)[1] for r in rows] == ["0007.mp4", "0008.mp4", "1234.mp4"]
     assert [r["answer"] for r in rows] == ["C", "B", "D"]
+    assert [r["id"] for r in rows] == ["csv:nextqa/1", "csv:nextqa/2", "csv:nextqa/3"]
     assert rows[1]["question"] == "how many dogs, in total"
     assert rows[2]["options"] == ["toy", "cake", 'a "big" gift', "sun"]
     assert json.loads(rows[0]["meta"]) == {"source_id": "1", "video": "0007", "frame_count": "100",

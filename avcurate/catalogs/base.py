@@ -207,7 +207,7 @@ class MediaRoot:
         return next((p for p in resolved if Path(p).is_file()), resolved[0])
 
 
-ANNOTATION_SUFFIXES = (".json", ".jsonl", ".parquet")
+ANNOTATION_SUFFIXES = (".json", ".jsonl", ".parquet", ".csv", ".tsv", ".tab")
 
 
 def file_tag(path: str | os.PathLike) -> str:
