@@ -219,6 +219,18 @@ def own_jsonl(root: Path) -> int:
     return 1
 
 
+def own_csv(root: Path) -> int:
+    """NExT-QA's columns: the video id (zeros kept), five options, the answer's position."""
+    for video in ("0007", "4010069381"):
+        clip(root / f"mine/videos/{video}.mp4")
+    (root / "mine").mkdir(exist_ok=True)
+    (root / "mine/train.csv").write_text(
+        "video,frame_count,width,height,question,answer,qid,type,a0,a1,a2,a3,a4\n"
+        "0007,45,64,48,what is red,0,1,DO,the square,the sky,grass,water,sand\n"
+        '4010069381,45,64,48,"what plays, at the start",3,2,TP,drum,piano,voice,tone,\n')
+    return 2
+
+
 def own_nested(root: Path) -> int:
     clip(root / "nested/videos/Zb3C8XrAR2o.mp4")
     write_json(root / "nested/videos.json", WORLDSENSE)
@@ -238,6 +250,7 @@ BUILDERS: dict[str, Callable[[Path], int]] = {
     "WorldSense": worldsense,
     "your JSON lines": own_jsonl,
     "your nested JSON": own_nested,
+    "your CSV (NExT-QA's columns)": own_csv,
 }
 
 
