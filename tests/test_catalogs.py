@@ -438,6 +438,16 @@ def test_a_compressed_annotation_file_is_named_as_such(tmp_path, media):
         list(read_source("avqa", str(ann), str(media["root"])))
 
 
+@pytest.mark.parametrize("source", ["jsonl", "avqa"])
+def test_a_csv_given_to_a_json_format_names_the_csv_source(tmp_path, source):
+    """Every line of it was rejected as "not JSON"; the format to use is named instead."""
+    ann = tmp_path / "mine.csv"
+    ann.write_text(NEXTQA_CSV)
+    with pytest.raises(ValueError, match="mine.csv is a CSV file, which this format does not "
+                                         "read: use --source csv"):
+        list(read_source(source, str(ann), str(tmp_path)))
+
+
 @pytest.mark.parametrize("kind, said", [
     ("utf16", "is UTF-16 text; save it as UTF-8"),
     ("video", "is a binary file, not JSON, JSON lines, CSV or Parquet"),

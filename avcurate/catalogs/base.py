@@ -275,6 +275,10 @@ def load_records(path: str | os.PathLike) -> list[Any] | Iterator[Any]:
     """
     path = Path(path)
     check_text(path)
+    if path.suffix.lower() in (".csv", ".tsv", ".tab"):
+        raise ValueError(f"{path} is a CSV file, which this format does not read: use "
+                         "--source csv (a [[sources]] name = \"csv\"), with --column to map "
+                         "its columns")
     # utf-8-sig: a byte-order mark (as Windows tools write one) is dropped, not a record error
     with path.open("r", encoding="utf-8-sig", errors="surrogateescape") as f:
         head = f.read(1 << 16).lstrip()
