@@ -350,6 +350,16 @@ BAD = [
     (["query", "{run}", "SELECT 1", "--limit", "-1"], "--limit must be at least 0"),
     (["stats", "{root}/nope"], "is not an avcurate run"),
     (["status", "{root}/nope"], "is not an avcurate run"),
+    # what the command-line parser itself refuses was a usage line, a hint and a box
+    (["balance", "{run}", "--max-ratio", "abc"],
+     "Invalid value for '--max-ratio': Input should be a valid number"),
+    (["score", "{run}", "--model", "m", "--max-pixels", "1.5"],
+     "Invalid value for '--max-pixels': Input should be a valid integer"),
+    (["balance", "{run}", "--max-ratoi", "3"],
+     "No such option: --max-ratoi (Possible options: --max-per-category, --max-ratio) (see "
+     "`avcurate balance --help`)"),
+    (["scroe", "{run}"], "No such command 'scroe'. Did you mean 'score'"),
+    (["balance"], "Missing argument 'RUN_DIR' (see `avcurate balance --help`)"),
     (["reset", "{run}", "--from", "balance", "--yes"], "no stage 'balance'"),
     (["run", "{root}/missing.toml", "--out", "{root}/r4"], "no recipe at"),
     (["run", "{root}/bad.toml", "--out", "{root}/r5", "--executor", "spark"], "--executor must be"),

@@ -12,6 +12,8 @@ import os
 import signal
 import sys
 
+import typer
+
 # The command line imports ~90 modules of ours and the libraries under them, and nothing
 # they build is garbage: the garbage collector is paused while they import (~120 passes
 # over the growing heap otherwise), then what they built is frozen out of collections,
@@ -53,24 +55,44 @@ _stopped_by = ["Ctrl-C"]  # or the SIGTERM that `_stop_on_sigterm` took as one
 
 def main() -> None:
     """The console script: a process of its own, so Arrow's memory pool and the handling
-    of SIGTERM are ours to pick."""
+    of SIGTERM are ours to pick.
+
+    Typer runs the command without its own exit handling (`standalone_mode=False`) so that a
+    mistake its parser finds (`--max-ratio abc`, a missing option, a misspelt command) is
+    one line like every other bad value, instead of a usage line, a hint and a boxed
+    message."""
     use_jemalloc()
     _stop_on_sigterm()
     try:
-        app()
-    except SystemExit as exc:
-        if exc.code == INTERRUPTED:  # typer exits silently; say what the stop left behind
-            err.print(f"[bold yellow]stopped[/] by {_stopped_by[0]}. What finished is kept "
-                      "and nothing was left half-written: the same command again goes on "
-                      "from where it stopped.", soft_wrap=True, highlight=False)
-            if _stopped_by[0] == "SIGTERM":
-                sys.exit(128 + signal.SIGTERM)  # the status a shell gives a SIGTERM'd command
-        raise
+        status = app(standalone_mode=False, prog_name="avcurate")  # an Exit's code, or None
+    except typer.TyperException as exc:  # the base of its parser's errors (typer >= 0.29)
+        sys.exit(_usage_error(exc))
+    except typer.Abort:  # a confirmation refused, or its prompt closed
+        err.print("Aborted!", highlight=False)
+        sys.exit(1)
     except Exception as exc:
         if (line := damage_in_runs(exc, sys.argv[1:]) or machine_error(exc)) is None:
             raise
-        print_error(line)  # outside the app: typer.Exit would not be turned into a status
+        print_error(line)
         sys.exit(2)
+    if status == INTERRUPTED:  # typer stops silently; say what the stop left behind
+        err.print(f"[bold yellow]stopped[/] by {_stopped_by[0]}. What finished is kept "
+                  "and nothing was left half-written: the same command again goes on "
+                  "from where it stopped.", soft_wrap=True, highlight=False)
+        if _stopped_by[0] == "SIGTERM":
+            sys.exit(128 + signal.SIGTERM)  # the status a shell gives a SIGTERM'd command
+    sys.exit(status if isinstance(status, int) else 0)
+
+
+def _usage_error(exc: typer.TyperException) -> int:
+    """Print a parser's error as one line naming the command's help; its exit code.
+    With no arguments at all, the help itself was printed: nothing more is said."""
+    if type(exc).__name__ == "NoArgsIsHelpError":
+        return exc.exit_code
+    ctx = getattr(exc, "ctx", None)
+    where = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+    print_error(" ".join(exc.format_message().split()).rstrip(".") + where)
+    return exc.exit_code
 
 
 def _stop_on_sigterm() -> None:
