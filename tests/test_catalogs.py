@@ -184,6 +184,20 @@ def test_a_csv_with_one_option_per_column(tmp_path):
     assert [r["answer"] for r in rows] == ["2", "A", "3"]  # "1" is the first option's text
 
 
+def test_answers_says_how_a_json_files_answers_name_their_option(tmp_path):
+    """A JSON file of 1-based positions read with answers = "index1"; a record whose answer
+    is not a position under it is rejected, naming it, not read as a letter."""
+    ann = tmp_path / "mine.jsonl"
+    ann.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"video": "a.mp4", "question": "Q1?", "options": ["x", "y", "z"], "answer": 3},
+        {"video": "a.mp4", "question": "Q2?", "options": ["x", "y", "z"], "answer": "1"},
+        {"video": "a.mp4", "question": "Q3?", "options": ["x", "y", "z"], "answer": "B"}]))
+    rows, rejects = _read("jsonl", ann, tmp_path, answers="index1")
+    assert [r["answer"] for r in rows] == ["C", "A"]
+    assert [r.detail for r in rejects] == [
+        "record 2: answer 'B' is not an option's position (answers = 'index1')"]
+
+
 @pytest.mark.parametrize("mapping, said", [
     ({"question": "q"}, "no column 'q' in the header"),
     ({"options": "a0,a1,b2"}, "no column 'b2' in the header"),

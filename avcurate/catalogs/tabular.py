@@ -251,14 +251,16 @@ def _row(src: SourceFile, rec: dict, key: str, mapping: Mapping,
 
 def _answer(answer: str | int, answers: str | None) -> str | int:
     """The answer as the file's `answers` setting reads it (None: by its type)."""
+    if answers is None:
+        return answer
     if answers == "text":
         return str(answer)
-    if answers is None or isinstance(answer, int):
-        return answer - (answers == "index1") if isinstance(answer, int) else answer
-    if not answer.strip().isdigit():
-        raise Malformed(f"answer {answer!r} is not an option's position (answers = "
-                        f"{answers!r})")
-    return int(answer) - (answers == "index1")
+    if isinstance(answer, str):
+        if not answer.strip().isdigit():
+            raise Malformed(f"answer {answer!r} is not an option's position (answers = "
+                            f"{answers!r})")
+        answer = int(answer)
+    return answer - (answers == "index1")
 
 
 def _number(value: Any) -> float | None:
