@@ -207,7 +207,8 @@ class MediaRoot:
         return next((p for p in resolved if Path(p).is_file()), resolved[0])
 
 
-ANNOTATION_SUFFIXES = (".json", ".jsonl", ".parquet", ".csv", ".tsv", ".tab")
+CSV_SUFFIXES = (".csv", ".tsv", ".tab")
+ANNOTATION_SUFFIXES = (".json", ".jsonl", ".parquet", *CSV_SUFFIXES)
 
 
 def file_tag(path: str | os.PathLike) -> str:
@@ -275,7 +276,7 @@ def load_records(path: str | os.PathLike) -> list[Any] | Iterator[Any]:
     """
     path = Path(path)
     check_text(path)
-    if path.suffix.lower() in (".csv", ".tsv", ".tab"):
+    if path.suffix.lower() in CSV_SUFFIXES:
         raise ValueError(f"{path} is a CSV file, which this format does not read: use "
                          "--source csv (a [[sources]] name = \"csv\"), with --column to map "
                          "its columns")

@@ -46,13 +46,14 @@ def csv_records(path: str | os.PathLike) -> Iterator[dict | BadLine]:
     header = csv_header(path)
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # a long rationale in one cell
     with _opened(path) as f:
-        reader = csv.reader(f, **_dialect(path))
+        dialect = _dialect(path)
+        reader = csv.reader(f, **dialect)
         next(reader)
         for cells in reader:
             if not cells:
                 continue  # a blank line
             if len(cells) > len(header):
-                line = ",".join(cells)[:2000]
+                line = dialect["delimiter"].join(cells)[:2000]
                 yield BadLine(reader.line_num, line, f"has {len(cells)} cells where the header "
                               f"names {len(header)} columns")
                 continue

@@ -22,11 +22,10 @@ GEMINI_VIDEO_TYPES = {
 def video_type(path: str) -> str:
     """The file's video media type for an OpenAI-compatible server (vLLM reads the bytes
     whatever the subtype says); `video/mp4` for a name neither table knows."""
-    name = PurePath(path).name.lower()
-    guessed, _ = mimetypes.guess_type(name)
+    guessed, _ = mimetypes.guess_type(PurePath(path).name.lower())
     if guessed and guessed.startswith("video/"):
         return guessed
-    return GEMINI_VIDEO_TYPES.get(PurePath(name).suffix, "video/mp4")  # .3gp reads as audio
+    return gemini_video_type(path) or "video/mp4"  # .3gp reads as audio
 
 
 def gemini_video_type(path: str) -> str | None:
