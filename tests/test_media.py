@@ -148,7 +148,7 @@ def test_a_stereo_track_is_as_loud_as_the_same_sound_in_mono_or_a_wav(tmp_path):
 def test_a_phone_videos_rotation_is_applied_by_both_backends(tmp_path, degrees):
     """A portrait phone video is stored landscape with a display rotation: decord turns
     its frames, PyAV (now the reader of AV1, and of the spans a reward cuts) gave them
-    sideways."""
+    sideways, and the probe gave the stored size."""
     import av
 
     path = tmp_path / f"rot{degrees}.mp4"
@@ -162,6 +162,8 @@ def test_a_phone_videos_rotation_is_applied_by_both_backends(tmp_path, degrees):
             c.mux(v.encode(av.VideoFrame.from_ndarray(img, format="rgb24")))
         c.mux(v.encode())
     shown = np.rot90(img, degrees // 90)
+    info = probe(path)  # validate's width and height columns: the size shown, not stored
+    assert (info.height, info.width) == shown.shape[:2]
     for backend in ("decord", "pyav"):
         x, _ = frames(path, 2, backend=backend)
         assert x.shape[1:] == shown.shape, backend

@@ -22,7 +22,7 @@ from avcurate.core.answers import letter_index
 from avcurate.core.options import option
 from avcurate.core.schema import BASE_COLUMNS, with_columns
 from avcurate.media.errors import Lost, MediaError
-from avcurate.media.probe import probe
+from avcurate.media.probe import PROBE_VERSION, probe
 from avcurate.stages.base import BaseStage, ShardResult, StageError
 from avcurate.stages.context import StageContext
 from avcurate.stages.shards import ShardTable
@@ -214,7 +214,7 @@ class Validate(BaseStage):
             new = sorted(paths)
         keys = {p: file_key(p) for p in new}
         cache = ctx.cache("probe")
-        settings = f"|{self.loudness_seconds}|{self.truncation_tolerance}"
+        settings = f"|{self.loudness_seconds}|{self.truncation_tolerance}|v{PROBE_VERSION}"
         present = {p: k + settings for p, k in keys.items() if k is not None}
         cached = cache.get_many(list(present.values()))
         out = {p: {"error": "missing_media", "detail": f"{p}: no such file"}

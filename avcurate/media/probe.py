@@ -3,7 +3,8 @@
 PyAV is used because it reads the container's declared duration *and* lets us
 demux packets without decoding them, which is how a truncated file shows:
 the last packet ends far before the declared duration. Decoding is limited to
-the first `loudness_seconds` of audio.
+the first `loudness_seconds` of audio and the first video frame (for its display
+rotation: the size reported is the one shown, as the frames models see are).
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ if TYPE_CHECKING:
     from av.container import InputContainer
 
 SILENCE_FLOOR_DB = -120.0
+PROBE_VERSION = 2
+"""Part of a probe's cache key: bumped when the same file would probe differently (2: width
+and height as shown, after the display rotation), so a run's cached probes are not reused."""
 
 
 @dataclass(frozen=True)
@@ -106,7 +110,7 @@ def probe(
         if not streams:
             raise MediaError("unreadable_media", f"{path}: no audio or video stream")
         declared = _declared_duration(container, streams)
-        end, pcm, error = _scan(container, streams, audio, loudness_seconds)
+        end, pcm, error, turned = _scan(container, streams, audio, loudness_seconds)
     if error and end == 0.0:
         raise MediaError("unreadable_media", f"{path}: no packet could be read ({error})")
     slack = max(1.0, truncation_tolerance * declared)
@@ -119,24 +123,37 @@ def probe(
         has_audio=audio is not None,
         fps=float(video.average_rate) if video is not None and video.average_rate else None,
         frame_count=(video.frames or None) if video is not None else None,
-        width=video.codec_context.width if video is not None else None,
-        height=video.codec_context.height if video is not None else None,
+        **_shown_size(video, turned),
         audio_rate=audio.codec_context.sample_rate if audio is not None else None,
         audio_rms_db=rms_db(pcm) if audio is not None else None,
         truncated=truncated,
     )
 
 
-def _scan(container, streams, audio_stream, loudness_seconds: float):
-    """Demux every packet (cheap) and decode the first seconds of audio (for loudness).
+def _shown_size(video, turned: bool) -> dict[str, int | None]:
+    """Width and height as the video is shown: a phone's portrait clip is stored landscape
+    with a quarter-turn rotation, and its frames reach models upright (`decode.upright`)."""
+    if video is None:
+        return {"width": None, "height": None}
+    width, height = video.codec_context.width, video.codec_context.height
+    return {"width": height, "height": width} if turned else {"width": width, "height": height}
 
-    Returns (end of the last readable packet in seconds, mono PCM, error text or None).
+
+def _scan(container, streams, audio_stream, loudness_seconds: float):
+    """Demux every packet (cheap), decode the first seconds of audio (for loudness) and the
+    video up to its first frame (the display rotation is a property of decoded frames in
+    PyAV; the stream does not expose it).
+
+    Returns (end of the last readable packet in seconds, mono PCM, error text or None,
+    whether the first frame is shown a quarter turn from how it is stored).
     """
     end = 0.0
     chunks: list[np.ndarray] = []
     decoded = 0.0
     av = pyav()
     resampler = MonoResampler() if audio_stream else None
+    video_stream = next((s for s in streams if s.type == "video"), None)
+    rotation: float | None = None if video_stream is not None else 0.0
     try:
         for packet in container.demux(*streams):
             if packet.pts is not None and packet.time_base is not None:
@@ -146,9 +163,26 @@ def _scan(container, streams, audio_stream, loudness_seconds: float):
                     for chunk in resampler.resample(frame):
                         chunks.append(chunk)
                         decoded += chunk.size / frame.sample_rate
+            elif rotation is None and packet.stream is video_stream:
+                rotation = _first_rotation(packet)
     except (av.error.FFmpegError, ValueError) as exc:
-        return end, _concat(chunks), str(exc)
-    return end, _concat(chunks), None
+        return end, _concat(chunks), str(exc), _quarter_turn(rotation)
+    return end, _concat(chunks), None, _quarter_turn(rotation)
+
+
+def _first_rotation(packet) -> float | None:
+    """The display rotation of the first frame `packet` completes; None while the decoder
+    has none yet. A packet the decoder refuses says nothing about rotation (0): truncation
+    is judged from the demuxed packets, not from decoding."""
+    try:
+        decoded = packet.decode()
+    except (pyav().error.FFmpegError, ValueError):
+        return 0.0
+    return float(decoded[0].rotation or 0) if decoded else None
+
+
+def _quarter_turn(rotation: float | None) -> bool:
+    return round((rotation or 0) / 90) % 2 == 1
 
 
 def _concat(chunks: list[np.ndarray]) -> np.ndarray:
