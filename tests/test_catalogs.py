@@ -212,6 +212,18 @@ def test_a_csv_mapping_naming_a_column_it_lacks_is_refused_before_any_row(tmp_pa
             "columns": {"video": "{video}.mp4"} | mapping})
 
 
+def test_a_csv_naming_a_mapped_column_twice_is_refused(tmp_path):
+    """A record keeps one cell per column name: with two `question` columns one of them was
+    silently dropped (the last was read). A repeated column nothing reads is no matter."""
+    ann = tmp_path / "twice.csv"
+    ann.write_text("video,question,answer,question,note,note\na.mp4,Q1?,yes,Q2?,x,y\n")
+    with pytest.raises(ValueError, match=r"names 'question' more than once: rename one"):
+        read_source("csv", str(ann), str(tmp_path))
+    ann.write_text("video,question,answer,note,note\na.mp4,Q1?,yes,x,y\n")
+    rows, rejects = _read("csv", ann, tmp_path)
+    assert [r["question"] for r in rows] == ["Q1?"] and not rejects
+
+
 def test_a_tsv_with_text_answers_needs_no_answers_setting(tmp_path):
     ann = tmp_path / "mine.tsv"
     ann.write_text("path\tquestion\toptions\tanswer\tsecs\n"

@@ -126,6 +126,11 @@ def check_csv(path: str, columns: dict[str, Any] | None = None,
         raise ValueError(f"no column {', '.join(map(repr, missing))} in the header of "
                          f"{path} (it has {', '.join(header)}); map them with --column "
                          "SAMPLE_COLUMN=FILE_COLUMN or a source's columns = {...}")
+    if twice := [n for n in dict.fromkeys(wanted) if header.count(n) > 1]:
+        # a record keeps one cell per name, so one of the two columns would be dropped
+        raise ValueError(f"the header of {path} names {', '.join(map(repr, twice))} more "
+                         "than once: rename one of them, so that the mapping says which "
+                         "column it means")
     has_options = isinstance(mapping["options"], list) or mapping["options"] in header
     if answers is None and has_options and _all_numbers(path, mapping["answer"]):
         raise ValueError(f"every answer in {path}'s {mapping['answer']!r} column is a "
