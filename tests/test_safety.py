@@ -436,6 +436,50 @@ def test_gemini_connection_errors_are_retried_by_the_stage_only(validated):
     assert _stages(validated) == ["00-ingest", "01-validate"]
 
 
+def test_a_port_that_takes_connections_and_never_answers_stops_the_stage_after_one_wave(
+        validated):
+    """Something holds the port and never replies (or the server is still loading). Each
+    call used to wait out its --timeout on each of its --max-attempts before the breaker
+    counted it: 8 minutes at the defaults. Now the first wave of tries that all time out
+    before anything answered stops the stage, rows untouched, with one line."""
+    connections: list[socket.socket] = []
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(64)
+        s.settimeout(0.2)
+        ended = threading.Event()
+
+        def hold() -> None:
+            """Accept every connection and never write a byte."""
+            while not ended.is_set():
+                with contextlib.suppress(TimeoutError):
+                    connections.append(s.accept()[0])
+
+        holder = threading.Thread(target=hold, daemon=True)
+        holder.start()
+        try:
+            result = sh(*_score(validated, f"http://127.0.0.1:{s.getsockname()[1]}/v1",
+                                "--timeout", "1", "--max-attempts", "4",
+                                "--concurrency", "3"), env={"OPENAI_API_KEY": KEY})
+        finally:
+            ended.set()
+            holder.join(10)
+            for conn in connections:
+                conn.close()
+    assert result.returncode == 2, result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(
+        "error: 02-score stopped (openai:judge: the first 3 tries all got no answer within "
+        "the --timeout of 1 s; is it the server's port, and is the server done loading? "
+        "Raise --timeout if its answers take longer)"), line
+    assert "No row was rejected for it" in line, line
+    # the check before the stage (its GET /models waits out its own 5 s), one wave of 3
+    # tries, and the next rows' first tries, which take a slot as a timed-out try leaves
+    # it; before, the first 3 calls made all 4 of their tries (25 connections here)
+    assert len(connections) <= 1 + 3 + 3
+    assert _stages(validated) == ["00-ingest", "01-validate"]
+
+
 def test_failure_rate_breaker(tmp_path, media):
     records = [{"id": f"r{i}", "video": str(media["good"]), "question": f"Q {i}?"
                 + (" [down]" if i % 3 else ""), "options": ["a", "b"], "answer": "A"}

@@ -12,7 +12,9 @@
   media for a text-only local backend)
   stops everything at once with `EndpointError`, as do `start_failures` calls in a row
   that fail for the transport after their retries (an unreachable or wrong endpoint, or
-  one that went down mid-stage: its failed rows would be rejected), calls that all failed
+  one that went down mid-stage: its failed rows would be rejected), a first wave of tries
+  that all timed out before anything answered (a port that takes connections and never
+  replies), calls that all failed
   with not one answered (a setup the server refuses) and, after `min_calls` finished calls,
   a share of failed calls above `max_failure_rate` (default 0.5; with 1, refused calls
   reject their rows), and `start_failures` invalid answers in a row that all stopped at
@@ -236,6 +238,7 @@ class Executor:
         self.limit_name = limit_name  # how the user sets max_tokens, for the halt's hint
         self.stats = CallStats()
         self._answered = self._failed = self._failed_in_a_row = self._cut_in_a_row = 0
+        self._silent = 0  # tries that timed out before any call was answered
         self._sem = asyncio.Semaphore(concurrency)  # bound to the loop on first use
         self._limiter = RateLimiter(rpm)
         self._inflight: dict[str, asyncio.Event] = {}  # keys being asked by this executor
@@ -469,6 +472,24 @@ class Executor:
                        f"--max-failure-rate {self.max_failure_rate:g} (last: {exc.kind}: "
                        f"{_first_line(exc)})")
 
+    def _never_answered(self, exc: ModelError) -> None:
+        """Stop the stage when its first tries all time out and nothing has answered yet:
+        a port held by something that takes connections and never replies (or a server
+        still loading) is not the rows' fault, and waiting out every try of every call
+        (the breaker counts calls after their retries) took 8 minutes at the default
+        --timeout 120 and --max-attempts 4 before the stage stopped. One wave of tries in
+        flight is enough to judge (at least 2, at most `start_failures`); a stage that has
+        had an answer counts timeouts as before."""
+        if exc.kind != "timeout" or self._answered:
+            return
+        self._silent += 1
+        if self._silent >= max(2, min(self.start_failures, self.concurrency)):
+            timeout = getattr(self.backend, "timeout", None)
+            within = f" within the --timeout of {timeout:g} s" if timeout else ""
+            self._halt(f"the first {self._silent} tries all got no answer{within}; is it "
+                       "the server's port, and is the server done loading? Raise --timeout "
+                       "if its answers take longer")
+
     def _cut_short(self, max_tokens: int, exc: InvalidAnswer) -> None:
         """Stop the stage when `start_failures` invalid answers in a row all stopped at the
         token limit: the limit is the user's setting, not the rows' fault. A thinking model
@@ -515,6 +536,7 @@ class Executor:
                     except ModelError as exc:
                         if exc.systemic:  # stop the others before this slot is freed
                             self._halt(f"{exc.kind}: {_first_line(exc)}")
+                        self._never_answered(exc)
                         raise
                 usage = response.usage
                 self._count(prompt_tokens=usage.get("prompt_tokens", 0),
