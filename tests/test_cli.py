@@ -193,6 +193,29 @@ columns = {{video = "clip", question = "q", answer = "gt", options = ["o1", "o2"
         assert table.column("options").to_pylist() == [["red", "blue"]] * 2
 
 
+def test_ingest_takes_a_glob_with_media_beside_each_file(tmp_path, media):
+    """A quoted glob: one source per file, each file's clips under its own folder."""
+    import shutil
+
+    for part, color in (("part1", "red"), ("part2", "blue")):
+        folder = tmp_path / "data" / part
+        folder.mkdir(parents=True)
+        shutil.copy(media["good"], folder / "clip.mp4")
+        (folder / f"{part}.jsonl").write_text(json.dumps(
+            {"video": "clip.mp4", "question": f"Color in {part}?", "answer": color}) + "\n")
+    args = ["ingest", "--source", "jsonl", "--annotations", str(tmp_path / "data/*/*.jsonl"),
+            "--media-root", "{annotations_dir}", "-q", "--out"]
+    sh(*args, str(tmp_path / "run"))
+    rows = pq.read_table(tmp_path / "run/00-ingest/part-00000.parquet").to_pylist()
+    assert [(r["id"], r["video"]) for r in rows] == [
+        ("jsonl:part1/0", str(tmp_path / "data/part1/clip.mp4")),
+        ("jsonl:part2/0", str(tmp_path / "data/part2/clip.mp4"))]
+    none = sh(*args[:4], str(tmp_path / "data/*/*.json"), *args[5:], str(tmp_path / "r2"),
+              check=False)
+    assert none.returncode == 2 and not (tmp_path / "r2").exists()
+    assert none.stderr.startswith("error: no annotation file matches '")
+
+
 def test_clear_errors(tmp_path):
     missing = sh("status", str(tmp_path / "nope"), check=False)
     assert missing.returncode == 2 and "not an avcurate run" in missing.stderr

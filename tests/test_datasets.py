@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from avcurate.media import synth
-from avcurate.pipeline.recipe import Recipe, RecipeError
+from avcurate.pipeline.recipe import Recipe, RecipeError, StageSpec
 from tests.helpers import read_stage, run
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -73,8 +73,20 @@ def llava(bucket: Path, kind: str) -> int:
                         {"from": "gpt", "value": "A red square on a plain background."},
                         {"from": "human", "value": "What can be heard?"},
                         {"from": "gpt", "value": "A steady tone."}]}]
-    write_json(bucket / f"0_30_s_academic_{kind}_v0_1_qa_processed.json", records)
+    prefix = bucket.name.removesuffix("_v0_1")  # each bucket's files are named for it
+    write_json(bucket / f"{prefix}_{kind}_v0_1_qa_processed.json", records)
     return 2 if kind == "mc" else 2
+
+
+def llava_all(root: Path) -> int:
+    """Two buckets of LLaVA-Video-178K, each with its mc and oe files, its clips beside them
+    (under the same relative path), and a caption file the glob leaves out."""
+    count = 0
+    for bucket in ("0_30_s_academic_v0_1", "30_60_s_youtube_v0_1"):
+        folder = root / "LLaVA-Video-178K" / bucket
+        count += llava(folder, "mc") + llava(folder, "oe")
+        write_json(folder / f"{bucket.removesuffix('_v0_1')}_cap_processed.json", [{}])
+    return count
 
 
 def video_vista_bench(root: Path) -> int:
@@ -240,6 +252,7 @@ def own_nested(root: Path) -> int:
 BUILDERS: dict[str, Callable[[Path], int]] = {
     "LLaVA-Video-178K (mc)": lambda r: llava(r / "LLaVA-Video-178K/0_30_s_academic_v0_1", "mc"),
     "LLaVA-Video-178K (oe)": lambda r: llava(r / "LLaVA-Video-178K/0_30_s_academic_v0_1", "oe"),
+    "LLaVA-Video-178K (every bucket)": llava_all,
     "Video-Vista (benchmark)": video_vista_bench,
     "Video-Vista (training)": video_vista_train,
     "AVQA": avqa,
@@ -297,6 +310,66 @@ def test_two_files_of_one_source_need_their_own_tag(tmp_path):
                                       spec | {"annotations": str(b)}]})
     Recipe.from_dict({"sources": [spec | {"annotations": str(a)},
                                   spec | {"annotations": str(b), "tag": "b-train"}]})
+
+
+def test_a_glob_of_annotation_files_is_one_source_each_with_media_beside_each(tmp_path):
+    """LLaVA-Video-178K ships ~40 annotation files, one folder per bucket with its clips:
+    one [[sources]] table with a glob reads them all, each with its own folder as media
+    root, in a fixed order."""
+    llava_all(tmp_path)
+    spec = readme_sources()["LLaVA-Video-178K (every bucket)"]
+    recipe = Recipe.from_dict({"sources": [spec]}, base=tmp_path)
+    root = tmp_path / "LLaVA-Video-178K"
+    assert [(Path(s.annotations).relative_to(root).as_posix(), s.media_root)
+            for s in recipe.sources] == [
+        ("0_30_s_academic_v0_1/0_30_s_academic_mc_v0_1_qa_processed.json",
+         str(root / "0_30_s_academic_v0_1")),
+        ("0_30_s_academic_v0_1/0_30_s_academic_oe_v0_1_qa_processed.json",
+         str(root / "0_30_s_academic_v0_1")),
+        ("30_60_s_youtube_v0_1/30_60_s_youtube_mc_v0_1_qa_processed.json",
+         str(root / "30_60_s_youtube_v0_1")),
+        ("30_60_s_youtube_v0_1/30_60_s_youtube_oe_v0_1_qa_processed.json",
+         str(root / "30_60_s_youtube_v0_1"))]
+    recipe.stages = [StageSpec("validate")]
+    run(recipe, tmp_path / "run")
+    kept, rejected = read_stage(tmp_path / "run", "01")
+    assert rejected.num_rows == 0 and kept.num_rows == 8
+    for row in kept.to_pylist():  # each file's clip from its own bucket
+        tag = row["id"].split(":", 1)[1].split("/")[0]
+        bucket = re.sub(r"_(mc|oe)_v0_1_qa_processed$", "_v0_1", tag)
+        assert row["video"].startswith(f"{root / bucket}/"), row
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({"annotations": "LLaVA-Video-178K/*/*_qa.json"},
+     r"no annotation file matches 'LLaVA-Video-178K/\*/\*_qa.json' \(looked for /"),
+    ({"tag": "all"}, r"matches 4 files, which cannot share one tag"),
+    ({"media_root": 3}, r"a \[\[sources\]\] table's name, annotations and media_root are text"),
+])
+def test_a_glob_that_cannot_be_read_is_refused_when_the_recipe_loads(tmp_path, spec, message):
+    llava_all(tmp_path)
+    with pytest.raises(RecipeError, match=message):
+        Recipe.from_dict({"sources": [readme_sources()["LLaVA-Video-178K (every bucket)"]
+                                      | spec]}, base=tmp_path)
+
+
+def test_a_glob_matching_two_files_of_one_name_is_refused(tmp_path):
+    for folder in ("a", "b"):
+        write_json(tmp_path / folder / "train.json", [])
+    with pytest.raises(RecipeError, match=r"'\*/train.json' matches .*/a/train.json and "
+                       r".*/b/train.json, whose sample ids would be the same"):
+        Recipe.from_dict({"sources": [{"name": "avqa", "annotations": "*/train.json",
+                                       "media_root": "{annotations_dir}"}]}, base=tmp_path)
+
+
+def test_a_file_whose_name_looks_like_a_glob_is_that_file(tmp_path):
+    """A name with brackets (or a run's stored recipe naming it) is not a pattern."""
+    ann = tmp_path / "train[1].json"
+    write_json(ann, [])
+    write_json(tmp_path / "train1.json", [])
+    recipe = Recipe.from_dict({"sources": [{"name": "avqa", "annotations": "train[1].json",
+                                            "media_root": "."}]}, base=tmp_path)
+    assert [s.annotations for s in recipe.sources] == [str(ann)]
 
 
 def _read(name, ann, root, **kw):

@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.markup import escape
 
-from avcurate.catalogs import check_source
 from avcurate.cli.common import (
     Force,
     Quiet,
@@ -27,7 +26,7 @@ from avcurate.cli.common import (
 )
 from avcurate.core.lock import RunInUse
 from avcurate.core.store import RunStore
-from avcurate.pipeline.recipe import Recipe, SourceSpec
+from avcurate.pipeline.recipe import Recipe, RecipeError, check_tags, source_specs
 from avcurate.pipeline.runner import Runner
 from avcurate.reports.tables import reasons_table, stage_rows, summary_table
 
@@ -172,9 +171,12 @@ def status(
 @app.command()
 def ingest(
     source: Annotated[str, typer.Option(help="Annotation format; see `avcurate sources`.")],
-    annotations: Annotated[Path, typer.Option(help="Annotation file (JSON, JSONL, Parquet or CSV).")],
-    media_root: Annotated[Path, typer.Option(help="Folder the media paths are relative to; "
-                                                  "paths escaping it are rejected.")],
+    annotations: Annotated[Path, typer.Option(
+        help="Annotation file (JSON, JSONL, Parquet or CSV), or a quoted glob of them "
+             "('LLaVA-Video-178K/*/*_qa_processed.json'): one source per file.")],
+    media_root: Annotated[Path, typer.Option(
+        help="Folder the media paths are relative to; paths escaping it are rejected. "
+             "{annotations_dir} is each annotation file's own folder.")],
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Run folder to create.")],
     column: Annotated[list[str] | None, typer.Option(
         help="For jsonl/parquet/csv: SAMPLE_COLUMN=FILE_COLUMN, repeatable "
@@ -197,18 +199,19 @@ def ingest(
     yes: Yes = False,
     quiet: Quiet = False,
 ) -> None:
-    """Normalise one annotation file into the sample table (stage 00-ingest)."""
+    """Normalise annotation files into the sample table (stage 00-ingest)."""
     if shard_size < 1:
         fail(f"--shard-size must be at least 1, not {shard_size}")
     options = ({"columns": parse_columns(column)} if column else {}) \
         | ({"explode": explode} if explode else {}) | ({"tag": tag} if tag else {}) \
         | ({"answers": answers} if answers else {})
-    try:
-        check_source(source, options)
-    except ValueError as exc:
+    try:  # as a recipe's [[sources]] table is read: a glob, {annotations_dir}
+        specs = source_specs({"name": source, "annotations": str(annotations),
+                              "media_root": str(media_root)} | options, Path.cwd())
+        check_tags(specs)
+    except RecipeError as exc:
         fail(str(exc))
-    spec = SourceSpec(source, str(annotations.resolve()), str(media_root.resolve()), options)
-    rec = Recipe([spec], [], shard_size=shard_size)
+    rec = Recipe(specs, [], shard_size=shard_size)
     guard(Runner(rec, out_dir, force=force, show_progress=not quiet,
                  confirm_removal=confirm_force(yes)).run)
     print_summary(out_dir, f"Ingested into {out_dir}")

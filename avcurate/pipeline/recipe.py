@@ -24,10 +24,13 @@ Every key of a `[[stages]]` table other than `name` is an option of that stage;
 every key of a `[[sources]]` table other than name/annotations/media_root is an
 option of that catalog (e.g. `columns = {question = "q"}` for jsonl/parquet, or
 `tag = "train"` to name the file in sample ids); unknown ones are refused.
+`annotations` may be a glob (one source per matching file, same options), and
+`media_root = "{annotations_dir}/videos"` is relative to each file's folder.
 """
 
 from __future__ import annotations
 
+import glob
 import os
 import re
 import tomllib
@@ -130,7 +133,7 @@ class Recipe:
         _known(data, TOP_LEVEL, "the recipe")
         run = dict(data.get("run", {}))
         _known(run, ("shard_size", "workers", "media_timeout"), "[run]")
-        sources = [_source(s, base) for s in _tables(data, "sources")]
+        sources = [f for s in _tables(data, "sources") for f in source_specs(s, base)]
         if not sources:
             raise RecipeError("a recipe needs at least one [[sources]] table")
         check_tags(sources)
@@ -195,19 +198,64 @@ def _stage_paths(name: str, options: dict[str, Any], base: Path | None) -> dict[
     return resolve(options, base) if base is not None and resolve else options
 
 
-def _source(s: dict[str, Any], base: Path | None) -> SourceSpec:
+GLOB_RE = re.compile(r"[*?\[]")
+ANNOTATIONS_DIR = "{annotations_dir}"
+
+
+def source_specs(s: dict[str, Any], base: Path | None) -> list[SourceSpec]:
+    """One [[sources]] table's sources: one per annotation file its `annotations` names, a
+    path or a glob (`LLaVA-Video-178K/*/*_qa_processed.json`, `**` for any depth), each
+    with the table's options; `{annotations_dir}` in `media_root` (or `audio_root`) is the
+    folder of each file, as a release that keeps its clips beside each file needs."""
     missing = [k for k in ("name", "annotations", "media_root") if k not in s]
     if missing:
         raise RecipeError(f"a [[sources]] table is missing {', '.join(missing)}")
+    if not all(isinstance(s[k], str) for k in ("name", "annotations", "media_root")):
+        raise RecipeError("a [[sources]] table's name, annotations and media_root are text")
     options = {k: v for k, v in s.items() if k not in ("name", "annotations", "media_root")}
-    if isinstance(options.get("audio_root"), str):
-        options["audio_root"] = absolute_path(options["audio_root"], base)
     try:
         check_source(s["name"], options)
     except ValueError as exc:
         raise RecipeError(str(exc)) from None
-    return SourceSpec(s["name"], absolute_path(s["annotations"], base),
-                      absolute_path(s["media_root"], base), options)
+    files = _annotation_files(s["annotations"], base)
+    if len(files) > 1 and "tag" in options:
+        raise RecipeError(f"{s['annotations']!r} matches {len(files)} files, which cannot "
+                          "share one tag (it names a file in sample ids): drop the tag")
+    tags: dict[str, str] = {}
+    for f in files:
+        if (other := tags.setdefault(source_tag(f, options), f)) != f:
+            raise RecipeError(
+                f"{s['annotations']!r} matches {other} and {f}, whose sample ids would be "
+                "the same (ids name a file without its folder): give each its own "
+                "[[sources]] table and tag")
+    return [SourceSpec(s["name"], f, _root(s["media_root"], f, base),
+                       _roots(options, f, base)) for f in files]
+
+
+def _annotation_files(annotations: str, base: Path | None) -> list[str]:
+    """The files `annotations` names: itself when it is a file or has no glob characters
+    (a missing file is named when the sources are checked), else every file it matches,
+    sorted (none is an error: a pattern matching nothing would ingest nothing)."""
+    path = absolute_path(annotations, base)
+    if not GLOB_RE.search(annotations) or os.path.isfile(path):
+        return [path]
+    files = sorted(f for f in glob.glob(path, recursive=True) if os.path.isfile(f))
+    if not files:
+        raise RecipeError(f"no annotation file matches {annotations!r} (looked for {path})")
+    return files
+
+
+def _root(root: str, annotations: str, base: Path | None) -> str:
+    """A media or audio root, `{annotations_dir}` replaced by the annotation file's folder."""
+    if ANNOTATIONS_DIR not in root:
+        return absolute_path(root, base)
+    return str(Path(root.replace(ANNOTATIONS_DIR, os.path.dirname(annotations))).resolve())
+
+
+def _roots(options: dict[str, Any], annotations: str, base: Path | None) -> dict[str, Any]:
+    if isinstance(options.get("audio_root"), str):
+        return options | {"audio_root": _root(options["audio_root"], annotations, base)}
+    return options
 
 
 def check_tags(sources: list[SourceSpec]) -> None:
