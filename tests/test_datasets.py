@@ -370,6 +370,9 @@ def test_a_file_whose_name_looks_like_a_glob_is_that_file(tmp_path):
     recipe = Recipe.from_dict({"sources": [{"name": "avqa", "annotations": "train[1].json",
                                             "media_root": "."}]}, base=tmp_path)
     assert [s.annotations for s in recipe.sources] == [str(ann)]
+    ann.unlink()  # a run's stored recipe names files already matched: never a pattern again
+    stored = Recipe.from_dict(recipe.to_dict(), stored=True)
+    assert [s.annotations for s in stored.sources] == [str(ann)]
 
 
 def _read(name, ann, root, **kw):

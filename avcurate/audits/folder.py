@@ -104,7 +104,7 @@ def audit_stage(store: RunStore, path: Path, fp: str, stage: Stage, sample: pa.T
         reach()
     open_folder(path, fp, redo)
     asked = sample.drop_columns([c for c in stage.adds if c in sample.column_names])
-    recipe = Recipe.from_dict(store.load_manifest()["recipe"])
+    recipe = Recipe.from_dict(store.load_manifest()["recipe"], stored=True)
     with Progress(console or Console(stderr=True), enabled=show_progress) as progress:
         usage = _ask(store.root, path, stage, asked, workers=recipe.workers,
                      media_timeout=recipe.media_timeout, progress=progress)

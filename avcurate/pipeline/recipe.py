@@ -128,12 +128,16 @@ class Recipe:
         return out
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], base: Path | None = None) -> Recipe:
-        """Build a recipe; relative paths are resolved against `base` (the recipe's folder)."""
+    def from_dict(cls, data: dict[str, Any], base: Path | None = None, *,
+                  stored: bool = False) -> Recipe:
+        """Build a recipe; relative paths are resolved against `base` (the recipe's folder).
+        `stored`: a run's own recipe (its manifest's), whose sources are files already
+        matched, so a name with glob characters is never read as a pattern again."""
         _known(data, TOP_LEVEL, "the recipe")
         run = dict(data.get("run", {}))
         _known(run, ("shard_size", "workers", "media_timeout"), "[run]")
-        sources = [f for s in _tables(data, "sources") for f in source_specs(s, base)]
+        sources = [f for s in _tables(data, "sources")
+                   for f in source_specs(s, base, expand=not stored)]
         if not sources:
             raise RecipeError("a recipe needs at least one [[sources]] table")
         check_tags(sources)
@@ -202,7 +206,8 @@ GLOB_RE = re.compile(r"[*?\[]")
 ANNOTATIONS_DIR = "{annotations_dir}"
 
 
-def source_specs(s: dict[str, Any], base: Path | None) -> list[SourceSpec]:
+def source_specs(s: dict[str, Any], base: Path | None, expand: bool = True
+                 ) -> list[SourceSpec]:
     """One [[sources]] table's sources: one per annotation file its `annotations` names, a
     path or a glob (`LLaVA-Video-178K/*/*_qa_processed.json`, `**` for any depth), each
     with the table's options; `{annotations_dir}` in `media_root` (or `audio_root`) is the
@@ -217,7 +222,8 @@ def source_specs(s: dict[str, Any], base: Path | None) -> list[SourceSpec]:
         check_source(s["name"], options)
     except ValueError as exc:
         raise RecipeError(str(exc)) from None
-    files = _annotation_files(s["annotations"], base)
+    files = (_annotation_files(s["annotations"], base) if expand
+             else [absolute_path(s["annotations"], base)])
     if len(files) > 1 and "tag" in options:
         raise RecipeError(f"{s['annotations']!r} matches {len(files)} files, which cannot "
                           "share one tag (it names a file in sample ids): drop the tag")

@@ -807,7 +807,7 @@ def extend_run(run_dir: Path | str, spec: StageSpec | list[StageSpec], *, redo: 
     store = RunStore(run_dir)
     with run_lock(store.root):
         manifest = store.load_manifest()
-        recipe = Recipe.from_dict(manifest["recipe"])
+        recipe = Recipe.from_dict(manifest["recipe"], stored=True)
         done = done_specs(manifest)
         at = _find(done, specs)
         last = at is not None and at + len(specs) == len(done)
