@@ -212,6 +212,30 @@ def test_a_csv_mapping_naming_a_column_it_lacks_is_refused_before_any_row(tmp_pa
             "columns": {"video": "{video}.mp4"} | mapping})
 
 
+def test_strip_prefix_drops_the_authors_folder_from_media_paths(tmp_path):
+    """Files written on the authors' machine name their clips by absolute path (on Windows,
+    with backslashes): each escaped the media root and was rejected. `strip_prefix` drops
+    the folder; the reject without it names the option."""
+    (tmp_path / "clips").mkdir()
+    for name in ("a.mp4", "b.mp4"):
+        (tmp_path / "clips" / name).write_bytes(b"x")
+    ann = tmp_path / "qa.jsonl"
+    ann.write_text("\n".join(json.dumps({"video": v, "question": "Q?", "answer": "yes"}) for v in (
+        "/mnt/data/videos/a.mp4", "D:\\data\\videos\\b.mp4", "/elsewhere/a.mp4")) + "\n")
+    clips = tmp_path / "clips"
+    _, rejects = _read("jsonl", ann, clips)
+    assert [r.detail for r in rejects] == [
+        f"record {n}: '{v}' resolves outside the media root {clips}; set the source's "
+        "strip_prefix (--strip-prefix) to the folder its authors wrote before each path"
+        for n, v in ((0, "/mnt/data/videos/a.mp4"), (2, "/elsewhere/a.mp4"))]
+    for prefix in ("/mnt/data/videos", "/mnt/data/videos/"):
+        rows, rejects = _read("jsonl", ann, clips, strip_prefix=prefix)
+        assert str(clips / "a.mp4") in [r["video"] for r in rows]
+        assert [r.raw_id for r in rejects] == ["jsonl:qa/2"]  # not under the prefix
+    rows, _ = _read("jsonl", ann, clips, strip_prefix="D:\\data\\videos")
+    assert str(clips / "b.mp4") in [r["video"] for r in rows]
+
+
 def test_a_csv_naming_a_mapped_column_twice_is_refused(tmp_path):
     """A record keeps one cell per column name: with two `question` columns one of them was
     silently dropped (the last was read). A repeated column nothing reads is no matter."""

@@ -239,6 +239,8 @@ def test_sources_and_help():
     listing = sh("sources").stdout
     for name in ("llava-video", "video-vista", "avqa", "daily-omni", "jsonl", "parquet"):
         assert name in listing
+    assert "Every source also takes tag (names the file in sample ids) and strip_prefix" \
+        in " ".join(listing.split())
     assert "resumes" in sh("run", "--help").stdout
     # in 80 columns the descriptions line up, wrapped lines included
     shown = subprocess.run(avcurate_cmd("stages"), capture_output=True, text=True, check=True,
@@ -342,6 +344,8 @@ BAD = [
       "--shard-size", "0"], "--shard-size must be at least 1"),
     (["ingest", "--source", "avqa", "--annotations", "a", "--media-root", "m", "--out", "o",
       "--explode", "tasks"], "source 'avqa' has no option 'explode'"),
+    (["ingest", "--source", "avqa", "--annotations", "a", "--media-root", "m", "--out", "o",
+      "--strip-prefix", "/"], "strip_prefix must be the folder written before each media path"),
     (["ingest", "--source", "jsonl", "--annotations", "a", "--media-root", "m", "--out", "o",
       "--tag", "a/b"], "tag must be a short name without '/'"),
     (["probe", "{run}", "--model", "m", "--conditions", "av,xyz"],

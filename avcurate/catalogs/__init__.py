@@ -34,11 +34,12 @@ class Catalog:
     name: str
     description: str
     reader: Callable[..., Iterator[dict | Reject]]
-    options: tuple[str, ...] = ()     # options of a [[sources]] table besides `tag`
+    options: tuple[str, ...] = ()     # options of a [[sources]] table besides COMMON_OPTIONS
     check_file: Callable[..., None] | None = None  # (path, **options): ValueError if unusable
 
 
 TABULAR_OPTIONS = ("columns", "extra_columns", "explode", "answers")
+COMMON_OPTIONS = ("tag", "strip_prefix")  # options of every source, handled here
 
 CATALOGS: dict[str, Catalog] = {
     c.name: c
@@ -76,7 +77,7 @@ def check_source(name: str, options: dict[str, Any]) -> None:
     if name not in CATALOGS:
         raise ValueError(f"unknown source {name!r}{did_you_mean(name, list(CATALOGS))}; "
                          f"available: {', '.join(CATALOGS)}")
-    known = ("tag", *CATALOGS[name].options)
+    known = (*COMMON_OPTIONS, *CATALOGS[name].options)
     for key in options:
         if key not in known:
             raise ValueError(f"source {name!r} has no option {key!r}"
@@ -84,6 +85,10 @@ def check_source(name: str, options: dict[str, Any]) -> None:
     tag = options.get("tag")
     if tag is not None and (not isinstance(tag, str) or not tag.strip() or "/" in tag):
         raise ValueError(f"source {name!r}: tag must be a short name without '/', not {tag!r}")
+    prefix = options.get("strip_prefix")
+    if prefix is not None and (not isinstance(prefix, str) or not prefix.strip("/\\ ")):
+        raise ValueError(f"source {name!r}: strip_prefix must be the folder written before "
+                         f"each media path (such as '/mnt/data/videos'), not {prefix!r}")
     if "columns" in options:
         check_columns(options["columns"])
     check_answers(options.get("answers"))
@@ -118,9 +123,10 @@ def read_source(name: str, annotations: str, media_root: str, **options: Any
                 ) -> Iterator[dict | Reject]:
     """Rows and rejects of one annotation file in the format `name`."""
     check_source(name, options)
-    src = SourceFile(name, annotations, MediaRoot(media_root), source_tag(annotations, options))
+    media = MediaRoot(media_root, options.get("strip_prefix"))
+    src = SourceFile(name, annotations, media, source_tag(annotations, options))
     catalog = CATALOGS[name]
-    return catalog.reader(src, **{k: v for k, v in options.items() if k != "tag"})
+    return catalog.reader(src, **{k: v for k, v in options.items() if k not in COMMON_OPTIONS})
 
 
 __all__ = ["CATALOGS", "Catalog", "MediaRoot", "Reject", "SourceFile", "check_files", "check_source",

@@ -143,8 +143,12 @@ class MediaRoot:
     all caught because the *resolved* path must stay under the resolved root.
     """
 
-    def __init__(self, root: str | os.PathLike) -> None:
+    def __init__(self, root: str | os.PathLike, strip_prefix: str | None = None) -> None:
         self.root = Path(root).expanduser().resolve()
+        # the folder the file's authors wrote before each path (`/mnt/data/videos/`), so
+        # their paths resolve under this root; compared as written, separators aside
+        self.strip_prefix = (strip_prefix.replace("\\", "/").rstrip("/") + "/"
+                             if strip_prefix else None)
         self._inside = str(self.root).rstrip(os.sep) + os.sep
         # datasets ask many questions per clip: each distinct path is resolved once, and
         # each distinct folder once (a million clips in a few folders cost one lstat
@@ -162,6 +166,8 @@ class MediaRoot:
         if URL_RE.match(rel):  # was read as a folder "https:" under the root: missing_media
             raise UnsafePathError(f"{rel!r} is a URL; avcurate reads local files only: "
                                   "download the media and give its folder as the media root")
+        if self.strip_prefix and rel.replace("\\", "/").startswith(self.strip_prefix):
+            rel = rel[len(self.strip_prefix):]
         rel = self._spelling(self._separators(rel))
         head, name = os.path.split(rel)
         if name in ("", ".", ".."):
@@ -171,7 +177,9 @@ class MediaRoot:
             if os.path.islink(candidate):
                 candidate = os.path.realpath(candidate)
         if candidate != str(self.root) and not candidate.startswith(self._inside):
-            raise UnsafePathError(f"{rel!r} resolves outside the media root {self.root}")
+            hint = ("; set the source's strip_prefix (--strip-prefix) to the folder its "
+                    "authors wrote before each path" if os.path.isabs(rel) else "")
+            raise UnsafePathError(f"{rel!r} resolves outside the media root {self.root}{hint}")
         return candidate
 
     def _separators(self, rel: str) -> str:

@@ -194,6 +194,10 @@ def ingest(
     tag: Annotated[str | None, typer.Option(
         help="Names the file in sample ids (default: the file name without extension).")
     ] = None,
+    strip_prefix: Annotated[str | None, typer.Option(
+        help="The folder the file's authors wrote before each media path "
+             "('/mnt/data/videos'): dropped, so the paths resolve under --media-root.")
+    ] = None,
     shard_size: Annotated[int, typer.Option(help="Rows per shard (the unit of resume).")] = 256,
     force: Force = False,
     yes: Yes = False,
@@ -204,7 +208,8 @@ def ingest(
         fail(f"--shard-size must be at least 1, not {shard_size}")
     options = ({"columns": parse_columns(column)} if column else {}) \
         | ({"explode": explode} if explode else {}) | ({"tag": tag} if tag else {}) \
-        | ({"answers": answers} if answers else {})
+        | ({"answers": answers} if answers else {}) \
+        | ({"strip_prefix": strip_prefix} if strip_prefix is not None else {})
     try:  # as a recipe's [[sources]] table is read: a glob, {annotations_dir}
         specs = source_specs({"name": source, "annotations": str(annotations),
                               "media_root": str(media_root)} | options, Path.cwd())
