@@ -159,6 +159,44 @@ def test_gemini_backend(tmp_path, media, monkeypatch):
     _no_secret_anywhere(tmp_path / "run")
 
 
+@pytest.mark.parametrize("thinking, sent", [("128", {"thinkingbudget": 128}),
+                                             ("low", {"thinkinglevel": "LOW"})])
+def test_gemini_thinking_is_sent_and_keys_the_cache(tmp_path, media, monkeypatch, thinking,
+                                                    sent):
+    """Gemini 2.5 thinks before it answers, billed and counted in max_output_tokens; a
+    judge over a million rows needs its budget set (3 models take a level instead)."""
+    monkeypatch.setenv("GEMINI_API_KEY", SECRET)
+    stage = {"backend": "gemini", "model": "gemini-2.5-pro", "media": "none",
+             "thinking": thinking}
+    with gemini_server() as server:
+        run(jsonl_recipe(tmp_path, _records(media, [""]), media["root"],
+                         [StageSpec("score", {"base_url": server.url} | stage)]),
+            tmp_path / "run")
+        [body] = server.requests
+    config = body["generationConfig"]
+    thinking_config = config.get("thinkingConfig") or config["thinking_config"]
+    # the SDK writes some keys in snake case, some in camel case
+    assert {k.replace("_", "").lower(): v for k, v in thinking_config.items()
+            if v is not None} == sent
+    from avcurate.models.request import Message, ModelRequest, TextPart
+
+    plain = ModelRequest((Message("user", (TextPart("Q?"),)),))
+    assert plain.key("gemini", "g") != ModelRequest(plain.messages, thinking=thinking).key(
+        "gemini", "g")
+
+
+@pytest.mark.parametrize("stage, message", [
+    ({"backend": "openai", "thinking": "128"}, "thinking is Gemini's setting"),
+    ({"backend": "gemini", "thinking": "lots"}, "thinking must be a token budget"),
+])
+def test_a_thinking_setting_gemini_cannot_take_stops_the_plan(tmp_path, media, stage, message):
+    with pytest.raises(RunError, match=message):
+        run(jsonl_recipe(tmp_path, _records(media, [""]), media["root"],
+                         [StageSpec("score", {"model": "m", "media": "none"} | stage)]),
+            tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
 def test_gemini_without_key_stops_before_any_row(tmp_path, media, monkeypatch):
     """No key is the command's problem, not the rows': the run stops when it is planned,
     even with the model stage after others, before the run folder is made."""

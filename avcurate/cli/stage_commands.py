@@ -34,7 +34,7 @@ from avcurate.pipeline.registry import stage_class
 from avcurate.pipeline.runner import Runner
 from avcurate.reports.tables import category_table
 
-MODEL_FIELDS = ("backend", "model", "base_url", "concurrency", "rpm", "prompt")
+MODEL_FIELDS = ("backend", "model", "base_url", "concurrency", "rpm", "prompt", "thinking")
 
 
 def _param(name: str, annotation: Any, default: Any = None) -> inspect.Parameter:

@@ -104,8 +104,8 @@ class Classify(ModelStage):
                       options=lettered(row["options"]) or "(open-ended question)")
         schema = {"type": "object", "required": ["category"], "properties": {"category": {
             "type": "string", "enum": [*self._taxonomy, NONE]}}}
-        return ModelRequest((Message("user", (TextPart(text),)),), temperature=self.temperature,
-                            max_tokens=self.max_tokens, json_schema=schema)
+        return ModelRequest((Message("user", (TextPart(text),)),), **self.sampling(),
+                            json_schema=schema)
 
     def validate(self, response: ModelResponse, row: dict[str, Any]) -> dict[str, Any] | Decline:
         answer = response.json

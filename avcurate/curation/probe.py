@@ -132,8 +132,7 @@ class Probe(ModelStage):
         text = render(self._template, media_note=MEDIA_NOTES[condition],
                       question=row["question"] or "", options=lettered(row["options"]))
         parts.append(TextPart(text))
-        return ModelRequest((Message("user", tuple(parts)),), temperature=self.temperature,
-                            max_tokens=self.max_tokens)
+        return ModelRequest((Message("user", tuple(parts)),), **self.sampling())
 
     def validate(self, response: ModelResponse, row: dict[str, Any]) -> dict[str, int]:
         """Correct and unparsed answers among this request's answers (never invalid: a hedge

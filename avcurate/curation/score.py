@@ -82,8 +82,8 @@ class Score(ModelStage):
         elif media is not None:
             parts += frame_parts(media) + audio_parts(media)
         parts.append(TextPart(text))
-        return ModelRequest((Message("user", tuple(parts)),), temperature=self.temperature,
-                            max_tokens=self.max_tokens, json_schema=SCHEMA)
+        return ModelRequest((Message("user", tuple(parts)),), **self.sampling(),
+                            json_schema=SCHEMA)
 
     def validate(self, response: ModelResponse, row: dict[str, Any]) -> dict[str, Any]:
         answer = response.json

@@ -88,8 +88,7 @@ class Merge(ModelStage):
         for reply, note in history:
             messages += [Message("assistant", (TextPart(reply),)),
                          Message("user", (TextPart(note),))]
-        return ModelRequest(tuple(messages), temperature=self.temperature,
-                            max_tokens=self.max_tokens)
+        return ModelRequest(tuple(messages), **self.sampling())
 
     def validate(self, response: ModelResponse, row: dict[str, Any]) -> dict[str, Any]:
         text = without_own_thinking(response.text.strip())

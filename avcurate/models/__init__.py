@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -60,10 +61,12 @@ class ModelSpec:
     rpm: float = 0.0
     timeout: float = 120.0
     max_attempts: int = 4
+    thinking: str = ""
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
             raise ValueError(f"unknown backend {self.backend!r}; use one of {', '.join(BACKENDS)}")
+        check_thinking(self.backend, self.thinking)
         if not self.model:
             raise ValueError("a model name is required (--model)")
         if self.base_url and "@" in urlsplit(self.base_url).netloc:
@@ -74,6 +77,24 @@ class ModelSpec:
         if self.base_url and not self.base_url.startswith(("http://", "https://")):
             raise ValueError(f"base_url {self.base_url!r} is not an http(s) URL "
                              "(e.g. http://localhost:8000/v1)")
+
+
+THINKING_LEVELS = ("minimal", "low", "medium", "high")
+
+
+def check_thinking(backend: str, thinking: str) -> None:
+    """Refuse a thinking setting the backend cannot send, or one that is neither a token
+    budget nor a level, before any row is read (Gemini itself would refuse every call)."""
+    if not thinking:
+        return
+    if backend != "gemini":
+        raise ValueError("thinking is Gemini's setting (--backend gemini); a Qwen3 model on "
+                         "vLLM stops thinking when served with --default-chat-template-kwargs "
+                         "'{\"enable_thinking\": false}'")
+    if thinking.lower() not in THINKING_LEVELS and not re.fullmatch(r"-1|\d+", thinking):
+        raise ValueError(f"thinking must be a token budget (a whole number, -1 for the "
+                         f"model's choice) or a level ({', '.join(THINKING_LEVELS)}), not "
+                         f"{thinking!r}")
 
 
 def check_backend(spec: ModelSpec) -> None:

@@ -503,7 +503,7 @@ class Executor:
                    f"({max_tokens} tokens) before they held a valid answer (last: "
                    f"{_first_line(exc)}); raise {self.limit_name}. A "
                    "thinking model spends it on thinking first: Gemini 2.5 counts its "
-                   "thinking in it, and vLLM serves Qwen3 without thinking with "
+                   "thinking in it (--thinking sets a budget), and vLLM serves Qwen3 without thinking with "
                    "--default-chat-template-kwargs '{\"enable_thinking\": false}'")
 
     def _halt(self, why: str) -> None:

@@ -171,6 +171,8 @@ class GeminiBackend:
                   "response_schema": _schema_for_gemini(request.json_schema)}
         if request.n > 1:
             kw["candidate_count"] = request.n
+        if request.thinking:
+            kw["thinking_config"] = _thinking(request.thinking)
         return types.GenerateContentConfig(
             temperature=request.temperature, max_output_tokens=request.max_tokens,
             top_p=request.top_p, system_instruction=system, **kw)
@@ -208,6 +210,14 @@ class GeminiBackend:
             "prompt_tokens": (meta.prompt_token_count or 0) if meta else 0,
             "completion_tokens": (meta.candidates_token_count or 0) if meta else 0},
             finish=_finish(result)), request)
+
+
+def _thinking(setting: str) -> types.ThinkingConfig:
+    """A token budget ("128", "-1") for 2.5 models or a level ("low") for 3 models, as
+    `check_thinking` accepted it."""
+    if setting.lstrip("-").isdigit():
+        return types.ThinkingConfig(thinking_budget=int(setting))
+    return types.ThinkingConfig(thinking_level=setting.upper())
 
 
 def _finish(result: types.GenerateContentResponse) -> str:

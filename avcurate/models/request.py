@@ -124,6 +124,7 @@ class ModelRequest:
     top_p: float = 1.0
     json_schema: dict[str, Any] | None = None
     n: int = 1        # answers wanted from this one request (OpenAI `n`, Gemini candidate_count)
+    thinking: str = ""  # Gemini's thinking budget ("128") or level ("low"); "" = the default
     sample: int = 0   # which of several identical requests this is (separate cache entries)
     # a backend's encoded form of this request, made by its `prepare` outside the event loop
     # and taken (popped) by its `call`; not part of the request's identity
@@ -151,7 +152,8 @@ class ModelRequest:
         }
         # only when set, so the keys of single-answer requests cached before stay valid
         return out | ({"n": self.n} if self.n != 1 else {}) \
-            | ({"sample": self.sample} if self.sample else {})
+            | ({"sample": self.sample} if self.sample else {}) \
+            | ({"thinking": self.thinking} if self.thinking else {})
 
     def key(self, backend: str, model: str) -> str:
         payload = json.dumps({"backend": backend, "model": model, **self.describe()},

@@ -90,6 +90,10 @@ class ModelStage(BaseStage):
     cache: bool = option(True, operational=True, help="Use and fill the run's response cache.")
     temperature: float = option(0.0, min=0, max=2, help="Sampling temperature.")
     max_tokens: int = option(1024, min=1, help="Longest answer, tokens.")
+    thinking: str = option("", help="Gemini's thinking: a token budget (2.5 models: 0 turns "
+                           "it off where the model allows, -1 lets it choose) or a level (3 "
+                           "models: minimal, low, medium, high); empty: the model's default. "
+                           "Gemini counts its thinking in the answer's token limit.")
 
     _executor: Executor | None = field(default=None, init=False, repr=False, compare=False)
 
@@ -123,7 +127,12 @@ class ModelStage(BaseStage):
 
     def spec(self) -> ModelSpec:
         return ModelSpec(self.backend, self.model, self.base_url or None, self.concurrency,
-                         self.rpm, self.timeout, self.max_attempts)
+                         self.rpm, self.timeout, self.max_attempts, self.thinking)
+
+    def sampling(self) -> dict[str, Any]:
+        """The settings every request of the stage is sent with (and cached under)."""
+        return {"temperature": self.temperature, "max_tokens": self.max_tokens,
+                "thinking": self.thinking}
 
     # -- hooks ---------------------------------------------------------------------------
     def media_needs(self) -> MediaNeeds:

@@ -81,8 +81,7 @@ class Teacher(ModelStage):
         text = render(self._template, question=row["question"] or "",
                       options=lettered(row["options"]), **self.prompt_values())
         parts = [*self.media_parts(media), TextPart(text)]
-        return ModelRequest((Message("user", tuple(parts)),), temperature=self.temperature,
-                            max_tokens=self.max_tokens)
+        return ModelRequest((Message("user", tuple(parts)),), **self.sampling())
 
     def validate(self, response: ModelResponse, row: dict[str, Any]) -> dict[str, Any]:
         parsed = extract_letter(response.text, row["options"] or [])
