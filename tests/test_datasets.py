@@ -353,6 +353,19 @@ def test_a_glob_that_cannot_be_read_is_refused_when_the_recipe_loads(tmp_path, s
                                       | spec]}, base=tmp_path)
 
 
+def test_a_file_read_twice_as_one_source_is_refused(tmp_path):
+    """A glob matching a file another table names already ingested its rows twice, under
+    the same ids."""
+    write_json(tmp_path / "train.json", [])
+    write_json(tmp_path / "val.json", [])
+    spec = {"name": "avqa", "media_root": "."}
+    with pytest.raises(RecipeError, match=r"train.json is read twice as source 'avqa'"):
+        Recipe.from_dict({"sources": [spec | {"annotations": "train.json"},
+                                      spec | {"annotations": "*.json"}]}, base=tmp_path)
+    Recipe.from_dict({"sources": [spec | {"annotations": "train.json"},
+                                  spec | {"annotations": "v*.json"}]}, base=tmp_path)
+
+
 def test_a_glob_matching_two_files_of_one_name_is_refused(tmp_path):
     for folder in ("a", "b"):
         write_json(tmp_path / folder / "train.json", [])

@@ -265,9 +265,17 @@ def _roots(options: dict[str, Any], annotations: str, base: Path | None) -> dict
 
 
 def check_tags(sources: list[SourceSpec]) -> None:
-    """Two files of one source must not share an id tag (their ids would collide)."""
+    """Two files of one source must not share an id tag (their ids would collide), and no
+    file is read twice as one source (two tables, or a glob matching a file named before:
+    its rows would come in twice, under the same ids)."""
     seen: dict[tuple[str, str], str] = {}
+    files: set[tuple[str, str]] = set()
     for s in sources:
+        if (s.name, s.annotations) in files:
+            raise RecipeError(f"{s.annotations} is read twice as source {s.name!r} (two "
+                              "[[sources]] tables, or a glob matching it again): its rows "
+                              "would be ingested twice; name it once")
+        files.add((s.name, s.annotations))
         key = (s.name, source_tag(s.annotations, s.options))
         other = seen.setdefault(key, s.annotations)
         if other != s.annotations:
