@@ -59,6 +59,18 @@ def test_frame_indices_are_evenly_spaced():
         frame_indices(0, 8)
 
 
+@pytest.mark.parametrize("total, fps", [(100, 25.0), (3, 30.0), (751, 29.97), (48, 24.0)])
+def test_frames_picked_by_time_at_a_constant_rate_are_the_evenly_spaced_ones(total, fps):
+    from avcurate.media.decode import timed_indices
+
+    starts = np.arange(total) / fps
+    spans = np.stack([starts, starts + 1 / fps], axis=1)
+    for n in (1, 4, 8, 32):
+        assert timed_indices(spans, n).tolist() == frame_indices(total, n).tolist()
+    with pytest.raises(ValueError):
+        timed_indices(np.zeros((0, 2)), 8)
+
+
 @pytest.mark.parametrize("backend", ["decord", "pyav"])
 def test_frames_shape_timestamps_and_content(media, backend):
     x, times = frames(media["good"], 8, backend=backend)
@@ -170,6 +182,33 @@ def test_a_phone_videos_rotation_is_applied_by_both_backends(tmp_path, degrees):
         assert np.abs(x[0].astype(int) - shown).mean() < 8, backend
     [piece] = frames(cut(path, [(0.0, 0.5)], tmp_path / "cut.mp4"), 1)[0]  # a reward's span
     assert piece.shape == shown.shape and np.abs(piece.astype(int) - shown).mean() < 8
+
+
+def test_frames_of_a_variable_frame_rate_video_are_evenly_spaced_in_time(tmp_path):
+    """A phone or a screen recorder writes frames as fast as the picture changes: here 5 s
+    at 30 fps, then 10 s at 2 fps. decord's frames were picked by position, so 7 of 8 came
+    from the first 5 s of the 15; they are now picked by time, as PyAV's are."""
+    from fractions import Fraction
+
+    import av
+
+    path = tmp_path / "vfr.mp4"
+    with av.open(str(path), "w") as c:
+        v = c.add_stream("libx264", rate=30)
+        v.width, v.height, v.pix_fmt = 64, 48, "yuv420p"
+        v.codec_context.time_base = Fraction(1, 1000)
+        for t in [i / 30 for i in range(150)] + [5 + i / 2 for i in range(20)]:
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), int(t * 16), np.uint8),
+                                               format="rgb24")  # its grey level: its second
+            frame.pts, frame.time_base = round(t * 1000), Fraction(1, 1000)
+            c.mux(v.encode(frame))
+        c.mux(v.encode())
+    for backend in ("decord", "pyav"):
+        x, times = frames(path, 8, backend=backend)
+        assert (times < 5).sum() == 3 and times[-1] > 12, (backend, times)
+        assert np.all(np.diff(times) > 1), (backend, times)
+        shown = x[:, 0, 0, 0] / 16  # each frame is the one of its time
+        assert np.abs(shown - times).max() < 0.5, (backend, shown, times)
 
 
 def test_frames_far_apart_in_a_long_clip_with_long_keyframe_gaps(tmp_path):
