@@ -517,6 +517,19 @@ def test_a_run_of_more_than_99_stages_is_listed_and_reset_by_number(tmp_path):
     assert on_disk == recorded and len(recorded) == 99
 
 
+@pytest.mark.parametrize("name", ["score", "classify", "probe", "visual_teacher",
+                                  "audio_teacher", "merge"])
+def test_thinking_unset_leaves_a_model_stages_identity_as_before_the_option(name):
+    """Every model stage gained `thinking`; unset, it is not hashed, so the runs made before
+    it stay done (and their cache keys: a request sends it only when set)."""
+    from avcurate.core.options import identity
+    from avcurate.pipeline.registry import create
+
+    model = {"backend": "gemini", "model": "g"}
+    assert "thinking" not in identity(create(name, model))
+    assert identity(create(name, model | {"thinking": "128"}))["thinking"] == "128"
+
+
 def test_a_run_made_before_an_option_existed_is_read_as_it_ran(tmp_path, media):
     """`max_pixels` was added to the frame stages after runs were made with them. Such a run
     (a manifest without it; a fingerprint without it, as max_pixels 0 still hashes) stays

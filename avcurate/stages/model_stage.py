@@ -90,10 +90,12 @@ class ModelStage(BaseStage):
     cache: bool = option(True, operational=True, help="Use and fill the run's response cache.")
     temperature: float = option(0.0, min=0, max=2, help="Sampling temperature.")
     max_tokens: int = option(1024, min=1, help="Longest answer, tokens.")
-    thinking: str = option("", help="Gemini's thinking: a token budget (2.5 models: 0 turns "
-                           "it off where the model allows, -1 lets it choose) or a level (3 "
-                           "models: minimal, low, medium, high); empty: the model's default. "
-                           "Gemini counts its thinking in the answer's token limit.")
+    # absent="": runs made before the option existed keep their fingerprints
+    thinking: str = option("", absent="", help="Gemini's thinking: a token budget (2.5 "
+                           "models: 0 turns it off where the model allows, -1 lets it "
+                           "choose) or a level (3 models: minimal, low, medium, high); "
+                           "empty: the model's default. Gemini counts its thinking in the "
+                           "answer's token limit.")
 
     _executor: Executor | None = field(default=None, init=False, repr=False, compare=False)
 
