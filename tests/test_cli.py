@@ -216,6 +216,23 @@ def test_ingest_takes_a_glob_with_media_beside_each_file(tmp_path, media):
     assert none.stderr.startswith("error: no annotation file matches '")
 
 
+def test_ingest_records_its_paths_resolved_as_before(tmp_path, media):
+    """Runs ingested before globs recorded the annotation file and media root with their
+    symlinks resolved; the same command must still match them (not 'another recipe')."""
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "qa.jsonl").write_text(json.dumps(
+        {"video": "good.mp4", "question": "Color?", "answer": "red"}) + "\n")
+    (tmp_path / "link").symlink_to(real)
+    args = ["ingest", "--source", "jsonl", "--annotations", str(tmp_path / "link/qa.jsonl"),
+            "--media-root", str(media["root"]), "-q", "--out", str(tmp_path / "run")]
+    sh(*args)
+    [source] = json.loads((tmp_path / "run/manifest.json").read_text())["recipe"]["sources"]
+    assert source["annotations"] == str(real / "qa.jsonl")
+    assert source["media_root"] == str(media["root"].resolve())
+    assert sh(*args).returncode == 0  # the same command again: already done
+
+
 def test_clear_errors(tmp_path):
     missing = sh("status", str(tmp_path / "nope"), check=False)
     assert missing.returncode == 2 and "not an avcurate run" in missing.stderr

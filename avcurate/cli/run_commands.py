@@ -26,7 +26,14 @@ from avcurate.cli.common import (
 )
 from avcurate.core.lock import RunInUse
 from avcurate.core.store import RunStore
-from avcurate.pipeline.recipe import Recipe, RecipeError, check_tags, source_specs
+from avcurate.pipeline.recipe import (
+    ANNOTATIONS_DIR,
+    GLOB_RE,
+    Recipe,
+    RecipeError,
+    check_tags,
+    source_specs,
+)
 from avcurate.pipeline.runner import Runner
 from avcurate.reports.tables import reasons_table, stage_rows, summary_table
 
@@ -210,9 +217,14 @@ def ingest(
         | ({"explode": explode} if explode else {}) | ({"tag": tag} if tag else {}) \
         | ({"answers": answers} if answers else {}) \
         | ({"strip_prefix": strip_prefix} if strip_prefix is not None else {})
+    # paths resolved as before globs (symlinks too), so a run ingested by an earlier
+    # version with the same arguments still matches its recorded recipe
+    ann, root = str(annotations), str(media_root)
+    ann = ann if GLOB_RE.search(ann) else str(annotations.resolve())
+    root = root if ANNOTATIONS_DIR in root else str(media_root.resolve())
     try:  # as a recipe's [[sources]] table is read: a glob, {annotations_dir}
-        specs = source_specs({"name": source, "annotations": str(annotations),
-                              "media_root": str(media_root)} | options, Path.cwd())
+        specs = source_specs({"name": source, "annotations": ann, "media_root": root}
+                             | options, Path.cwd())
         check_tags(specs)
     except RecipeError as exc:
         fail(str(exc))
