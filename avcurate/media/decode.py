@@ -68,10 +68,10 @@ def _frames_decord(path: str, n: int, within: float | None = None
 
     try:
         reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
-        idx = timed_indices(reader.get_frame_timestamp(np.arange(len(reader)).tolist()), n,
-                            within)
+        spans = reader.get_frame_timestamp(list(range(len(reader))))
+        idx = timed_indices(spans, n, within)
         batch = reader.get_batch(idx.tolist()).asnumpy()
-        times = reader.get_frame_timestamp(idx.tolist())[:, 0]
+        times = spans[idx, 0]  # every frame's times are read already
     except (decord.DECORDError, RuntimeError) as exc:  # decord raises both for bad input
         raise MediaError("unreadable_media", f"{path}: cannot decode frames ({exc})") from exc
     return batch, times.astype(np.float64)
