@@ -61,12 +61,10 @@ class ModelSpec:
     rpm: float = 0.0
     timeout: float = 120.0
     max_attempts: int = 4
-    thinking: str = ""
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
             raise ValueError(f"unknown backend {self.backend!r}; use one of {', '.join(BACKENDS)}")
-        check_thinking(self.backend, self.thinking)
         if not self.model:
             raise ValueError("a model name is required (--model)")
         if self.base_url and "@" in urlsplit(self.base_url).netloc:
@@ -170,4 +168,4 @@ def make_backend(spec: ModelSpec, share: float = 1.0, **kw: Any):
 __all__ = ["BACKENDS", "MULTI_SAMPLE", "AudioPart", "BackendUnavailable", "EndpointError",
            "Executor", "ImagePart", "InvalidAnswer",
            "Message", "ModelError", "ModelRequest", "ModelResponse", "ModelSpec", "TextPart",
-           "VideoPart", "check_reachable", "make_backend"]
+           "VideoPart", "check_backend", "check_reachable", "check_thinking", "make_backend"]

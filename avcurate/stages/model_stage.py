@@ -37,6 +37,7 @@ from avcurate.models import (
     ModelSpec,
     check_backend,
     check_reachable,
+    check_thinking,
     make_backend,
 )
 from avcurate.models.errors import InvalidAnswer
@@ -103,6 +104,7 @@ class ModelStage(BaseStage):
         super().__post_init__()
         try:
             self.spec()  # an unknown backend or a missing model fails when the recipe is planned
+            check_thinking(self.backend, self.thinking)  # a request setting, not the spec's
         except ValueError as exc:
             raise StageError(f"stage {self.name!r}: {exc}") from None
 
@@ -129,7 +131,7 @@ class ModelStage(BaseStage):
 
     def spec(self) -> ModelSpec:
         return ModelSpec(self.backend, self.model, self.base_url or None, self.concurrency,
-                         self.rpm, self.timeout, self.max_attempts, self.thinking)
+                         self.rpm, self.timeout, self.max_attempts)
 
     def sampling(self) -> dict[str, Any]:
         """The settings every request of the stage is sent with (and cached under)."""
