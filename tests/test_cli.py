@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 
@@ -681,3 +682,40 @@ def test_outputs_inside_a_runs_stage_folder_or_cache_are_refused(ingested, media
     assert sorted(p.name for p in stage.iterdir()) == before
     beside = ingested / "report.html"  # next to the run, as before
     assert sh("stats", str(run_dir), "--html", str(beside)).returncode == 0 and beside.is_file()
+
+
+def test_a_recipe_default_that_fails_names_its_unset_variable(tmp_path, media):
+    """`${NAME:-default}` with NAME not exported (or misspelt) ran on the default; the line
+    that stops the run names the variable, and only the one whose default it shows."""
+    (tmp_path / "a.jsonl").write_text(json.dumps(
+        {"id": "x", "video": "good.mp4", "question": "Q?", "options": ["a", "b"],
+         "answer": "A"}) + "\n")
+    def recipe(annotations: str, stages: str = "") -> str:
+        (tmp_path / "r.toml").write_text(
+            f'[[sources]]\nname = "jsonl"\nannotations = "{annotations}"\n'
+            f'media_root = "${{T_ROOT:-{media["good"].parent}}}"\n{stages}')
+        return str(tmp_path / "r.toml")
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("T_")}
+    def stops(path: str, *, extra: dict[str, str] | None = None) -> str:
+        done = subprocess.run(avcurate_cmd("run", path, "--out", str(tmp_path / "run"), "-q"),
+                              capture_output=True, text=True, env=env | (extra or {}))
+        assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+        return done.stderr
+    line = stops(recipe("${T_ANN:-../data/qa.jsonl}"))  # relative, resolved in the message
+    assert f"{tmp_path.parent / 'data' / 'qa.jsonl'} does not exist" in line
+    assert "$T_ANN is not set" in line and "T_ROOT" not in line
+    line = stops(recipe("${T_ANN:-data/*/qa.jsonl}"))  # a glob matching nothing: at load
+    assert "no annotation file matches" in line and "$T_ANN is not set" in line
+    line = stops(recipe("${T_ANN:-data/qa.jsonl}"), extra={"T_ANN": str(tmp_path / "b.jsonl")})
+    assert "b.jsonl does not exist" in line and "not set" not in line  # it was set
+    assert not (tmp_path / "run").exists()  # each stopped before the run folder was made
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    line = stops(recipe(str(tmp_path / "a.jsonl"),
+                        f'[[stages]]\nname = "score"\nmodel = "m"\n'
+                        f'base_url = "${{T_URL:-http://127.0.0.1:{port}/v1}}"\n'))
+    assert f"http://127.0.0.1:{port}/v1" in line and "$T_URL is not set" in line
+    assert "T_ROOT" not in line

@@ -19,7 +19,7 @@ from conftest import avcurate_cmd
 from helpers import jsonl_recipe, read_stage, rows_by_id, run, slow_recipe
 
 from avcurate.pipeline.ingest_pieces import _build_block as build_block
-from avcurate.pipeline.recipe import Recipe, RecipeError, StageSpec
+from avcurate.pipeline.recipe import Recipe, RecipeError, StageSpec, unset_note
 from avcurate.pipeline.registry import register
 from avcurate.pipeline.runner import RunError
 from avcurate.stages import BaseStage, ShardResult, StageError
@@ -192,6 +192,20 @@ def test_recipe_toml_paths_are_relative_to_the_file(tmp_path):
     with pytest.raises(RecipeError, match="at least one"):
         Recipe.load(tmp_path / "nosrc.toml")
 
+
+
+@pytest.mark.parametrize(("message", "named"), [
+    ("model 'Qwen/Qwen3-32B' is not served at http://h:8/v1.", "$MODEL, $URL are"),
+    ("model 'Qwen/Qwen3-32B-Instruct' is not served", None),  # another model's name
+    ("cannot reach http://h:8/v1/models (refused)", "$URL is"),  # a folder of the URL
+    ("the license is unknown", None),  # not a path, URL or model id: never matched
+    ("media root /r/data/vids is not a folder", "$ROOT is"),  # resolved against the recipe
+])
+def test_a_message_names_the_unset_variables_whose_default_it_shows(message, named):
+    defaults = {"MODEL": ("Qwen/Qwen3-32B", "/r/Qwen/Qwen3-32B"), "URL": ("http://h:8/v1",),
+                "LICENSE": ("unknown", "/r/unknown"), "ROOT": ("../data/vids", "/r/data/vids")}
+    note = unset_note(message, defaults)
+    assert (note == "" if named is None else note.startswith(f" ({named} not set")), note
 
 def _all_rows(run_dir: Path) -> dict[str, list]:
     out = {}

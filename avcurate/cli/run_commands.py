@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import shlex
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
 
 from avcurate.cli.common import (
+    USER_ERRORS,
     Force,
     Quiet,
     RunDir,
@@ -97,13 +98,13 @@ def run(
     if executor == "ray":
         from avcurate.pipeline.ray_runner import RayRunner
 
-        runner = guard(RayRunner, rec, out_dir, force=force, show_progress=not quiet,
+        runner = _guarded(rec, RayRunner, rec, out_dir, force=force, show_progress=not quiet,
                        confirm_removal=confirm_force(yes), address=address, actors=ray_actors,
                        cpus_per_task=ray_cpus_per_task)
     else:
         runner = Runner(rec, out_dir, force=force, show_progress=not quiet,
                         confirm_removal=confirm_force(yes))
-    guard(runner.run)
+    _guarded(rec, runner.run)
     print_summary(out_dir, f"Run {out_dir}")
     if export_opts is not None:
         from avcurate.hub.export import export_run
@@ -111,12 +112,22 @@ def run(
         try:
             result = export_run(out_dir, rec.export["out"], export_opts)
         except (ValueError, TypeError, RunInUse) as exc:
-            fail(f"[export]: {exc}")
+            fail(rec.explain(f"[export]: {exc}"))
         out.print(f"exported to {result.out}: " + "; ".join(
             f"{c} " + ", ".join(f"{k} {v:,}" for k, v in s.items())
             for c, s in result.configs.items()), markup=False)
     out.print(f"Inspect it with: [bold]avcurate status {escape(shlex.quote(str(out_dir)))}[/]",
               soft_wrap=True)
+
+
+def _guarded(rec: Recipe, fn, *args: Any, **kwargs: Any) -> Any:
+    """`guard` for a recipe's run: the line also names the unset variables whose default
+    it shows (a missing file at the recipe's default path is most often an `export`
+    forgotten or misspelt)."""
+    try:
+        return fn(*args, **kwargs)
+    except USER_ERRORS as exc:
+        fail(rec.explain(str(exc)))
 
 
 def _checked_export(rec: Recipe, out_dir: Path) -> ExportOptions | None:
@@ -131,8 +142,8 @@ def _checked_export(rec: Recipe, out_dir: Path) -> ExportOptions | None:
     try:
         opts = export_options(**{k: v for k, v in rec.export.items() if k != "out"})
     except (ValueError, TypeError) as exc:
-        fail(f"[export]: {exc}")
-    guard(check_target, out_dir, rec.export["out"], option="[export] out")
+        fail(rec.explain(f"[export]: {exc}"))
+    _guarded(rec, check_target, out_dir, rec.export["out"], option="[export] out")
     return opts
 
 
@@ -143,7 +154,7 @@ def _print_plan(rec: Recipe, out_dir: Path, force: bool) -> None:
 
     from avcurate.pipeline.plan import plan_run
 
-    plan = guard(plan_run, rec, out_dir, force=force)
+    plan = _guarded(rec, plan_run, rec, out_dir, force=force)
     table = Table(title=Text(f"Plan for {out_dir}"), title_justify="left")
     for column in ("stage", "would be", "detail"):
         table.add_column(column)

@@ -369,7 +369,7 @@ class Executor:
         transport = self._failed_in_a_row == self._failed
         if not transport and self.max_failure_rate >= 1:
             return
-        hint = "is the server up and the URL right?" if transport else (
+        hint = self._server_question() if transport else (
             "does the server take what the stage sends (the model, --media)? "
             "--max-failure-rate 1 rejects the rows instead")
         self._halt(f"the first {self._failed} calls all failed ({last}); {hint}")
@@ -465,7 +465,7 @@ class Executor:
         if self._failed_in_a_row >= self.start_failures:  # before the first answer or after
             which = "last" if self._answered else "first"  # (a server that went down)
             self._halt(f"the {which} {self._failed_in_a_row} calls all failed ({exc.kind}: "
-                       f"{_first_line(exc)}); is the server up and the URL right?")
+                       f"{_first_line(exc)}); {self._server_question()}")
         finished = self._answered + self._failed
         if finished >= self.min_calls and self._failed / finished > self.max_failure_rate:
             self._halt(f"{self._failed} of {finished} calls failed, above the "
@@ -505,6 +505,13 @@ class Executor:
                    "thinking model spends it on thinking first: Gemini 2.5 counts its "
                    "thinking in it (--thinking sets a budget), and vLLM serves Qwen3 without thinking with "
                    "--default-chat-template-kwargs '{\"enable_thinking\": false}'")
+
+    def _server_question(self) -> str:
+        """What to check when no call got through: the server, named by its URL (the
+        transport's own error names only a host and port)."""
+        url = getattr(self.backend, "base_url", None)
+        return f"is the server at {url} up and the URL right?" if url else \
+            "is the server up and the URL right?"
 
     def _halt(self, why: str) -> None:
         """Raise the stage-stopping error, and make every other call of this executor (other

@@ -52,12 +52,13 @@ class RecipeError(ValueError):
 ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
-def expand_env(value: Any) -> Any:
-    """Replace ${NAME} / ${NAME:-default} in every string of a parsed recipe."""
+def expand_env(value: Any, taken: dict[str, str] | None = None) -> Any:
+    """Replace ${NAME} / ${NAME:-default} in every string of a parsed recipe; each NAME
+    that was not set and gave its default is recorded in `taken` (NAME -> default)."""
     if isinstance(value, dict):
-        return {k: expand_env(v) for k, v in value.items()}
+        return {k: expand_env(v, taken) for k, v in value.items()}
     if isinstance(value, list):
-        return [expand_env(v) for v in value]
+        return [expand_env(v, taken) for v in value]
     if not isinstance(value, str):
         return value
 
@@ -66,6 +67,8 @@ def expand_env(value: Any) -> Any:
         if found is None and m.group(2) is None:
             raise RecipeError(f"the recipe uses ${{{m.group(1)}}} but it is not set "
                               f"(or write ${{{m.group(1)}:-default}})")
+        if found is None and taken is not None:
+            taken[m.group(1)] = m.group(2)
         return found if found is not None else m.group(2)
 
     return ENV_RE.sub(sub, value)
@@ -100,6 +103,14 @@ class Recipe:
     workers: int = 2
     export: dict[str, Any] | None = None
     media_timeout: float = MEDIA_TIMEOUT_S
+    # variables the recipe file named, not set, that gave their default (NAME -> the
+    # forms the default may take in a message): not part of what the recipe is
+    defaults: dict[str, tuple[str, ...]] = field(default_factory=dict, compare=False,
+                                                 repr=False)
+
+    def explain(self, message: str) -> str:
+        """`message`, with the unset variables whose default it names (see `unset_note`)."""
+        return message + unset_note(message, self.defaults)
 
     def extra_columns(self) -> dict[str, Any]:
         """Columns that jsonl/parquet sources pass through as-is (name -> Arrow type)."""
@@ -162,13 +173,42 @@ class Recipe:
     @classmethod
     def load(cls, path: str | Path) -> Recipe:
         path = Path(path)
+        taken: dict[str, str] = {}
         try:
-            data = expand_env(tomllib.loads(path.read_text(encoding="utf-8")))
+            data = expand_env(tomllib.loads(path.read_text(encoding="utf-8")), taken)
         except FileNotFoundError as exc:
             raise RecipeError(f"no recipe at {path}") from exc
         except tomllib.TOMLDecodeError as exc:
             raise RecipeError(f"{path} is not valid TOML: {exc}") from exc
-        return cls.from_dict(data, base=path.resolve().parent)
+        base = path.resolve().parent
+        defaults = {name: (value, absolute_path(value, base)) for name, value in taken.items()}
+        try:
+            recipe = cls.from_dict(data, base=base)
+        except RecipeError as exc:
+            raise RecipeError(f"{exc}{unset_note(str(exc), defaults)}") from None
+        recipe.defaults = defaults
+        return recipe
+
+
+def unset_note(message: str, defaults: dict[str, tuple[str, ...]]) -> str:
+    """A note naming each unset variable whose default (a path, URL or model id: it has a
+    "/") stands whole in `message`, as written or resolved against the recipe's folder, or
+    failing that, a folder default that starts a path in it: "annotations file
+    .../data/AVQA/train_qa.json does not exist" most often means that AVQA_ANNOTATIONS was
+    not exported (or was misspelt), which the message alone hides."""
+    def named(form: str, after: str) -> bool:
+        return "/" in form and re.search(
+            rf"(?<![\w./-]){re.escape(form)}{after}", message) is not None
+
+    names: list[str] = []
+    for after in (r"(?![\w/-])(?!\.\w)", "/"):  # whole, else a folder of a path named
+        names = names or [name for name, forms in defaults.items()
+                          if any(named(form, after) for form in forms)]
+    if not names:
+        return ""
+    listed = ", ".join(f"${name}" for name in names)
+    return (f" ({listed} {'is' if len(names) == 1 else 'are'} not set: the recipe's "
+            "default was used)")
 
 
 TOP_LEVEL = ("run", "sources", "stages", "export")
