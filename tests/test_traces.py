@@ -63,6 +63,23 @@ def _rows(media, markers):
     ("It might be **A**... it is not.</think>\nAnswer: C", "C", "answer_line"),
     ("◁think▷Answer: A, I first thought.◁/think▷**D**", "D", "bold"),
     ("<think>Answer: A, I first thought, and ran out of tokens</think>", None, "none"),
+    # what models write when they do not follow the prompt's "Answer: (X) text"
+    ("<think>A film about love.</think><answer>C</answer>", "C", "answer_tag"),
+    ("Reasoning: it is factual.\nThe correct option is B.", "B", "answer_line"),
+    ("答案：D", "D", "answer_line"),
+    ("Answer: (B) Documentary\nB is the correct option because it is factual.", "B",
+     "answer_line"),  # the last answer line that names a letter
+    ("answer: c", "C", "answer_line"),
+    ("The answer is a", "A", "answer_line"),
+    ("Answer: a dog", None, "none"),
+    ("So the final answer is $\\boxed{A}$.", "A", "boxed"),
+    ("\\boxed{\\text{D}}", "D", "boxed"),
+    ("\\boxed{A}, or maybe \\boxed{B}", None, "ambiguous"),
+    ("It is a love story: **C. Romance**", "C", "bold"),
+    ("**A. Crime** is ruled out and **B. Documentary** fits", None, "ambiguous"),
+    ("D) Action movie\nThe chase and the explosions say so.", "D", "letter_echo"),
+    ("D) Comedy", None, "none"),  # a letter with another text
+    ("A dog chases a car.", None, "none"),
 ])
 def test_extract_answer(text, letter, how):
     parsed = extract_letter(text, ["Crime", "Documentary", "Romance", "Action movie"])

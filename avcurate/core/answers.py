@@ -33,8 +33,13 @@ _TEXT_MARK = re.compile(r"^\s*[.):：]")
 _WORD_AFTER = re.compile(r"^\s+[a-z]")
 _BARE = re.compile(r"^\s*\**\s*\(?([A-Z])\)?\s*[.):]?\s*\**\s*$")
 _ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
-_ANSWER_LINE = re.compile(r"\banswer\b\s*(?:is\s*)?[:：]?[ \t]*(.+?)[ \t]*$", re.IGNORECASE | re.MULTILINE)
-_BOLD = re.compile(r"\*\*\s*\(?([A-Z])\)?[.):]?\s*\*\*")
+_ANSWER_LINE = re.compile(r"(?:\banswer\b|\b(?:correct|right|best)\s+(?:option|choice)\b|答案)"
+                          r"\s*(?:is\s*)?[:：]?[ \t]*(.+?)[ \t]*$", re.IGNORECASE | re.MULTILINE)
+_LOWER = re.compile(r"\s*\**\s*([a-z])\s*[.)]?\s*\**\s*")  # "answer: b", the whole line
+_BOLD = re.compile(r"\*\*([^*\n]+)\*\*")
+_BOXED = re.compile(r"\\boxed\{\s*(?:\\text\{)?\s*\(?([A-Z])\)?\s*\}?\s*\}")
+# a letter and then its option's text, nothing else: "C) green", "**C. green**"
+_ECHO = re.compile(r"\s*\**\s*\(?([A-Z])\)?\s*[.):：]?\s*(.*?)\s*\**\s*")
 THINK_END = re.compile(r"</think>|◁/think▷")  # Qwen3 and DeepSeek-R1; Kimi-VL-Thinking
 _THINK_START = re.compile(r"\s*(?:<think>|◁think▷)")
 
@@ -130,24 +135,43 @@ def tagged_letter(completion: str, options: list[str] | None = None) -> str | No
 
 
 def extract_letter(text: str, options: list[str]) -> Parsed:
-    """The letter a free-text reply chose (teachers): its last answer line, else a bold letter,
-    else a reply that is only a letter, else a reply (or answer line) that is an option's text;
-    of a thinking model's reply, only what follows its thinking."""
+    """The letter a free-text reply chose (teachers, the probe), read in this order:
+    - its one `<answer>` block, as the trainer reads it;
+    - its last answer line ("Answer: (B) blue", "the correct option is B", "答案：B");
+    - a `\\boxed{B}`, as models trained on maths end;
+    - a bold letter ("**B**", "**B. blue**");
+    - a reply that is only a letter, or whose first line is a letter and its option's text
+      ("B) blue", then an explanation);
+    - a reply (or answer line) that is an option's text.
+    Two different letters in one of these forms are a hedge; of a thinking model's reply,
+    only what follows its thinking counts."""
     text = after_thinking(text)
+    if len(blocks := _ANSWER_TAG.findall(text)) == 1:
+        parsed = parse_letter(blocks[0], options)
+        if parsed.letter is not None or parsed.how == "ambiguous":
+            return Parsed(parsed.letter, "answer_tag" if parsed.letter else "ambiguous")
     lines = list(_ANSWER_LINE.finditer(text))
-    if lines:
-        parsed = parse_letter(lines[-1].group(1), options)
+    for line in reversed(lines):  # the last that names a letter ("...is the correct option
+        said = line.group(1)      # because" after it names none)
+        parsed = parse_letter(said, options)
         if parsed.how == "letter":
             return Parsed(parsed.letter, "answer_line")
         if parsed.letter is not None or parsed.how == "ambiguous":
             return parsed
-    bold = {m.group(1) for m in _BOLD.finditer(text)}
-    if len(bold) > 1:
-        return Parsed(None, "ambiguous")
-    if len(bold) == 1 and _valid(found := bold.pop(), options):
-        return Parsed(found, "bold")
+        if (m := _LOWER.fullmatch(said)) and _valid(found := m.group(1).upper(), options):
+            return Parsed(found, "answer_line")
+    for how, found in (("boxed", {m.group(1) for m in _BOXED.finditer(text)}),
+                       ("bold", {f for m in _BOLD.finditer(text)
+                                 if (f := _echoed(m.group(1), options, bare=True))})):
+        if len(found) > 1:
+            return Parsed(None, "ambiguous")
+        if len(found) == 1 and _valid(one := found.pop(), options):
+            return Parsed(one, how)
     if (m := _BARE.match(text)) and _valid(m.group(1), options):
         return Parsed(m.group(1), "bare_letter")
+    first = text.strip().split("\n", 1)[0]
+    if found := _echoed(first, options, bare=False):
+        return Parsed(found, "letter_echo")
     normed = [_norm_option(o) for o in options]
     for candidate in [text, *reversed([m.group(1) for m in lines])]:
         said = _norm(candidate)
@@ -155,6 +179,18 @@ def extract_letter(text: str, options: list[str]) -> Parsed:
         if len(hits) == 1:
             return Parsed(LETTERS[hits[0]], "option_text")
     return Parsed(None, "none")
+
+
+def _echoed(text: str, options: list[str], *, bare: bool) -> str | None:
+    """The letter of `text` when it is a valid letter followed by exactly its option's text
+    ("C) green"), or, with `bare`, the letter alone ("C", "(C)", "C.")."""
+    m = _ECHO.fullmatch(text)
+    if m is None or not _valid(found := m.group(1), options):
+        return None
+    rest = m.group(2)
+    if bare and not rest:
+        return found
+    return found if rest and _norm(rest) == _norm_option(options[LETTERS.index(found)]) else None
 
 
 def normalise_answer(answer: Any, options: list[str]) -> str | None:
