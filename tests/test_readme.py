@@ -56,3 +56,29 @@ def test_every_command_and_option_the_readme_shows_exists():
             if not re.search(rf"(?<![\w-]){flag}(?![\w-])", pages[command]):
                 missing.append(f"avcurate {command} {flag}")
     assert not missing, sorted(set(missing))
+
+
+def _toml_blocks(path: str) -> list[str]:
+    parts = (REPO / path).read_text().split("```toml\n")[1:]
+    return [p.split("```", 1)[0] for p in parts]
+
+
+def test_the_readmes_recipe_and_training_config_are_accepted(tmp_path):
+    """The README's recipe tables and the trainer README's [train] table load, with every
+    stage option and training key valid (a renamed option fails here, not for a user)."""
+    from avcurate.pipeline.recipe import Recipe
+    from avcurate.pipeline.registry import create
+    from avcurate.trainer.config import TrainConfig
+
+    recipes = [b for b in _toml_blocks("README.md") if "[[sources]]" in b]
+    assert recipes
+    for k, text in enumerate(recipes):
+        (tmp_path / f"r{k}.toml").write_text(text)
+        recipe = Recipe.load(tmp_path / f"r{k}.toml")
+        for spec in recipe.stages:
+            create(spec.name, spec.options)
+    configs = [b for b in _toml_blocks("avcurate/trainer/README.md") if "[train]" in b]
+    assert configs
+    for k, text in enumerate(configs):
+        (tmp_path / f"t{k}.toml").write_text(text)
+        TrainConfig.load(tmp_path / f"t{k}.toml").check()
