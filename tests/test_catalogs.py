@@ -399,11 +399,12 @@ def test_one_bad_record_is_one_reject(tmp_path, media):
     assert [r["id"] for r in rows] == ["jsonl:ann/ok", "jsonl:ann/caf\u00e9", "jsonl:ann/caf\u00e9"]
     details = {k: r.detail for k, r in rejects.items()}
     assert all(r.reason == "malformed_annotation" for r in rejects.values())
-    assert "video contains a NUL byte" in details["jsonl:ann/1"]
+    # each named by its own id, as a kept record is; a line that is not JSON, by its line
+    assert "record 1: video contains a NUL byte" in details["jsonl:ann/nul"]
     assert details["jsonl:ann/line-3"] == f"line 3 {NOT_UTF8}" and "iconv" in NOT_UTF8
-    assert "question must be text, not dict" in details["jsonl:ann/3"]
-    assert "options[0] is missing (null)" in details["jsonl:ann/4"]
-    assert "answer must be text, not dict" in details["jsonl:ann/5"]
+    assert "record 3: question must be text, not dict" in details["jsonl:ann/dict"]
+    assert "record 4: options[0] is missing (null)" in details["jsonl:ann/nulls"]
+    assert "record 5: answer must be text, not dict" in details["jsonl:ann/ans"]
     for r in rejects.values():  # rejects are storable rows too
         pa.Table.from_pylist([r.to_row()])
 
@@ -539,3 +540,37 @@ def test_nul_bytes_in_a_text_file_reject_their_line_only(tmp_path, media):
     out = list(read_source("avqa", str(ann), str(media["root"])))
     assert [r["id"] for r in out if not isinstance(r, Reject)] == ["avqa:avqa/1", "avqa:avqa/2"]
     assert [r.reason for r in out if isinstance(r, Reject)] == ["malformed_annotation"]
+
+
+# A record with its own id "2" (kept), then at position 2 a record whose id is "3" and whose
+# options are broken: its reject must be named "3", not "2" (its position), which is the kept
+# record's id. Each format's fields, with `options` the one that breaks.
+OWN_ID_FORMATS = {
+    "jsonl": ("p.jsonl", "id", lambda i, opts: {"id": i, "video": "v.mp4", "question": "Q?",
+                                                "options": opts, "answer": "A"}),
+    "avqa": ("train_qa.json", "id", lambda i, opts: {
+        "id": int(i), "video_name": "v", "question_text": "Q?", "multi_choice": opts,
+        "answer": 0}),
+    "video-mme": ("test.json", "question_id", lambda i, opts: {
+        "question_id": i, "videoID": "v", "question": "Q?", "options": opts, "answer": "A"}),
+    "video-vista": ("VideoVista.json", "question_id", lambda i, opts: {
+        "question_id": i, "video_name": "v.mp4", "Question": "Q?", "Answer_Choices": opts,
+        "Answer": 0}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(OWN_ID_FORMATS))
+def test_a_rejected_record_is_named_by_its_own_id_not_its_position(tmp_path, name):
+    """A reject's id is the one its record would have had (the file's own id), so no
+    rejected record takes the id of a kept one and the id finds the record in the file."""
+    file, _, record = OWN_ID_FORMATS[name]
+    (tmp_path / "v.mp4").write_bytes(b"x")
+    records = [record("7", ["a", "b"]), record("2", ["a", "b"]), record("3", 5),
+               record("4", ["a", "b"])]
+    text = "\n".join(map(json.dumps, records)) if file.endswith("jsonl") else json.dumps(records)
+    (tmp_path / file).write_text(text)
+    rows, rejects = _read(name, tmp_path / file, tmp_path)
+    tag = file.split(".")[0]
+    assert [r["id"] for r in rows] == [f"{name}:{tag}/{i}" for i in ("7", "2", "4")]
+    assert [(r.raw_id, r.detail.split(":")[0]) for r in rejects] == [(f"{name}:{tag}/3",
+                                                                      "record 2")]

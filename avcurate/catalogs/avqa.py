@@ -52,7 +52,7 @@ def read_avqa(src: SourceFile, audio_root: str | None = None) -> Iterator[dict |
             meta={"source_id": key, **{k: rec[k] for k in AVQA_META if k in rec}},
         )
 
-    return per_record(src, load_records(src.path), build)
+    return per_record(src, load_records(src.path), build, lambda n, rec: own_key(rec, "id", n))
 
 
 def read_daily_omni(src: SourceFile) -> Iterator[dict | Reject]:

@@ -7,6 +7,7 @@ ingest stage can account for every record it read.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -424,12 +425,16 @@ def split_question_options(text: str) -> tuple[str, list[str], str]:
 
 
 Build = Callable[[int, dict], "dict | Reject | list[dict | Reject]"]
+RecordKey = Callable[[int, dict], str]
 
 
-def per_record(src: SourceFile, records: Iterable[Any], build: Build) -> RecordRows:
+def per_record(src: SourceFile, records: Iterable[Any], build: Build,
+               key: RecordKey | None = None) -> RecordRows:
     """Rows of every record; a line that is not JSON, a record that is not an object, or a
-    `Malformed` field becomes one reject naming the line, record or field."""
-    return RecordRows(src, records, build)
+    `Malformed` field becomes one reject naming the line, record or field. `key(n, record)`
+    is the catalog's id key of a record (its own id), which a rejected record's id uses
+    too; without it, or when the record has none, a reject is keyed by its position."""
+    return RecordRows(src, records, build, key)
 
 
 class RecordRows:
@@ -442,8 +447,9 @@ class RecordRows:
     (`pipeline.ingest_pieces`) and still write exactly the shards one process writes.
     """
 
-    def __init__(self, src: SourceFile, records: Iterable[Any], build: Build) -> None:
-        self.src, self.records, self.build = src, records, build
+    def __init__(self, src: SourceFile, records: Iterable[Any], build: Build,
+                 key: RecordKey | None = None) -> None:
+        self.src, self.records, self.build, self.key = src, records, build, key
         self._iter: Iterator[dict | Reject] | None = None
 
     def __iter__(self) -> RecordRows:
@@ -476,12 +482,23 @@ class RecordRows:
             try:
                 out = build(n, rec)
             except Malformed as exc:
-                yield src.reject(n, "malformed_annotation", f"record {n}: {exc}", rec)
+                yield src.reject(self._key(n, rec), "malformed_annotation", f"record {n}: {exc}",
+                                 rec)
                 continue
             except UnsafePathError as exc:
-                yield src.reject(n, "unsafe_path", f"record {n}: {exc}", rec)
+                yield src.reject(self._key(n, rec), "unsafe_path", f"record {n}: {exc}", rec)
                 continue
             yield from (out if isinstance(out, list) else [out])
+
+    def _key(self, n: int, rec: dict) -> str:
+        """A rejected record's id key: the one a good record gets from its own id field, so
+        the reject names the record the file's own way and never takes the id of another
+        record whose own id is this one's position ("3" rejected as "2", beside a kept "2");
+        its position when it has no readable id."""
+        if self.key is not None:
+            with contextlib.suppress(Malformed):
+                return self.key(n, rec)
+        return positional(n)
 
 
 def records_of(path: str | os.PathLike) -> list[Any] | Iterator[Any]:

@@ -54,7 +54,8 @@ def read_music_avqa(src: SourceFile) -> Iterator[dict | Reject]:
                   "question_template": template, "type": _list(rec.get("type"), "type")},
         )
 
-    return per_record(src, load_records(src.path), build)
+    return per_record(src, load_records(src.path), build,
+                      lambda n, rec: own_key(rec, "question_id", n))
 
 
 def fill_placeholders(template: str, values: Any) -> str:

@@ -178,7 +178,8 @@ def read_tabular(src: SourceFile, columns: dict[str, Any] | None = None,
             out.append(row)
         return out
 
-    return per_record(src, records_of(src.path) if records is None else records, build)
+    return per_record(src, records_of(src.path) if records is None else records, build,
+                      lambda n, rec: _key(rec, n, mapping, None))
 
 
 def _explode(rec: dict, explode: str | None) -> list[tuple[str | None, dict]]:

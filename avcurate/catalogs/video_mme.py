@@ -44,4 +44,5 @@ def read_video_mme(src: SourceFile) -> Iterator[dict | Reject]:
                   **{k: rec[k] for k in META if k in rec}},
         )
 
-    return per_record(src, records_of(src.path), build)
+    return per_record(src, records_of(src.path), build,
+                      lambda n, rec: own_key(rec, "question_id", n))

@@ -24,6 +24,7 @@ from avcurate.catalogs.base import (
     need,
     own_key,
     per_record,
+    positional,
     text,
 )
 from avcurate.catalogs.conversations import conversation_rows
@@ -39,7 +40,10 @@ def read_video_vista(src: SourceFile) -> Iterator[dict | Reject]:
             return conversation_rows(src, n, rec, ("Type",))
         return _benchmark_row(src, n, rec)
 
-    return per_record(src, load_records(src.path), build)
+    def key(n: int, rec: dict) -> str:  # a benchmark record's own id; training ones have none
+        return positional(n) if "conversations" in rec else own_key(rec, "question_id", n)
+
+    return per_record(src, load_records(src.path), build, key)
 
 
 def _benchmark_row(src: SourceFile, n: int, rec: dict) -> dict:
