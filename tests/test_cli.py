@@ -697,11 +697,11 @@ def test_a_recipe_default_that_fails_names_its_unset_variable(tmp_path, media):
         return str(tmp_path / "r.toml")
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("T_")}
-    def stops(path: str, *, extra: dict[str, str] | None = None) -> str:
+    def stops(path: str, *, extra: dict[str, str] | None = None, lines: int = 1) -> str:
         done = subprocess.run(avcurate_cmd("run", path, "--out", str(tmp_path / "run"), "-q"),
                               capture_output=True, text=True, env=env | (extra or {}))
         assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
-        assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+        assert len(done.stderr.strip().splitlines()) == lines, done.stderr
         return done.stderr
     line = stops(recipe("${T_ANN:-../data/qa.jsonl}"))  # relative, resolved in the message
     assert f"{tmp_path.parent / 'data' / 'qa.jsonl'} does not exist" in line
@@ -714,8 +714,11 @@ def test_a_recipe_default_that_fails_names_its_unset_variable(tmp_path, media):
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    line = stops(recipe(str(tmp_path / "a.jsonl"),
-                        f'[[stages]]\nname = "score"\nmodel = "m"\n'
-                        f'base_url = "${{T_URL:-http://127.0.0.1:{port}/v1}}"\n'))
-    assert f"http://127.0.0.1:{port}/v1" in line and "$T_URL is not set" in line
-    assert "T_ROOT" not in line
+    warned, line = stops(recipe(str(tmp_path / "a.jsonl"),
+                                f'[[stages]]\nname = "score"\nmodel = "m"\n'
+                                f'base_url = "${{T_URL:-http://127.0.0.1:{port}/v1}}"\n'),
+                         lines=2).splitlines()
+    assert warned.startswith("warning: stage 'score'") and "The run starts anyway" in warned
+    for said in (warned, line):
+        assert f"http://127.0.0.1:{port}/v1" in said and "$T_URL is not set" in said
+        assert "T_ROOT" not in said

@@ -187,6 +187,35 @@ def test_a_stage_command_asks_every_server_it_names_before_any_row(validated):
     assert not list(validated.glob("02-*"))
 
 
+def test_a_later_stages_unreachable_server_is_a_warning_when_the_run_starts(tmp_path, media):
+    """A recipe: validate, then score on a wrong port. The run is told at its start, not
+    after validate (hours on a real dataset), and goes on, since a server may still be
+    loading; score then stops it. With the server up, nothing is said."""
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps(
+        {"id": f"r{i}", "video": media["good"].name, "question": f"Q{i}?",
+         "options": ["red", "blue"], "answer": "A"}) + "\n" for i in range(3)))
+    port = _closed_port()
+    path = tmp_path / "r.toml"
+    path.write_text(f'[[sources]]\nname = "jsonl"\nannotations = "a.jsonl"\n'
+                    f'media_root = "{media["root"]}"\n[[stages]]\nname = "validate"\n'
+                    f'[[stages]]\nname = "score"\nmodel = "judge"\nmedia = "none"\n'
+                    f'base_url = "http://127.0.0.1:{port}/v1"\n')
+    result = sh("run", str(path), "--out", str(tmp_path / "run"), "-q")
+    warning, error = result.stderr.splitlines()
+    assert warning == (
+        f"warning: stage 'score': model 'judge': cannot reach http://127.0.0.1:{port}/v1 "
+        "(Connection refused); is the server up and the URL right? The run starts anyway (a "
+        "server may still be loading) and stops at that stage if it is still unreachable "
+        "then.")
+    assert result.returncode == 2 and error.startswith("error: 02-score stopped"), error
+    assert _stages(tmp_path / "run") == ["00-ingest", "01-validate"]  # it went on to score
+    with openai_server() as server:
+        path.write_text(path.read_text().replace(f"http://127.0.0.1:{port}/v1",
+                                                 server.url + "/v1"))
+        result = sh("run", str(path), "--out", str(tmp_path / "run2"), "-q")
+    assert result.returncode == 0 and "warning" not in result.stderr, result.stderr
+
+
 @pytest.mark.parametrize("backend", ["openai", "gemini"])
 def test_a_host_that_drops_connections_is_found_in_seconds(validated, backend):
     """A firewalled or wrong address never completes the TCP handshake: the check gives up

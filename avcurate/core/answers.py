@@ -6,10 +6,14 @@ So they agree on every spelling:
 
 - accepted: `B`, `(B)`, `(b)`, `B.`, `B)`, `B: text`, `B. text`, `**B**`, `Answer: B`,
   `Option B`, or the exact text of one option;
+- in a free-text reply (teachers, the probe: `extract_letter`) also one `<answer>` block,
+  `the correct option is B`, `答案：B`, `\\boxed{B}`, `**B. text**`, and a first line that
+  is `B)` and its option's text;
 - a hedge is no answer: `B or C`, `B and C`, `B, C`, `B/C`, `B C D`, two `<answer>`
-  blocks, two different bold letters, an answer line naming two letters.
+  blocks, two different bold or boxed letters, an answer line naming two letters.
 
-A bare lower-case letter is not an answer ("a dog" is not option A); in parentheses it is.
+A bare lower-case letter is not an answer ("a dog" is not option A); in parentheses, or
+alone after an answer line's `Answer:`, it is.
 """
 
 from __future__ import annotations

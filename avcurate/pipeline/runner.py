@@ -368,16 +368,44 @@ class Runner:
                 if check := getattr(stage, "check", None):  # not in v0.1's protocol
                     check()
             # the stage that starts now, when it calls a server: reachable (before --redo or
-            # --force removes anything). In a recipe, later ones are not asked: their servers
-            # may still be loading while the stages before them run. A stage command's
-            # stages (teach's two teachers) are all asked: it names servers that are up.
+            # --force removes anything). In a recipe, later ones only earn a warning (below):
+            # their servers may still be loading while the stages before them run. A stage
+            # command's stages (teach's two teachers) are all asked: it names servers that
+            # are up.
             if 0 < done <= len(stages):
                 for stage, _ in stages[done - 1:] if self.reach_all else [stages[done - 1]]:
                     if reach := getattr(stage, "reach", None):
                         reach()
         except StageError as exc:
             raise RunError(str(exc)) from None
+        if not self.reach_all:
+            self._warn_unreachable([s for s, _ in stages[max(0, done):]])
         return done
+
+    def _warn_unreachable(self, later: list[Stage]) -> None:
+        """The servers of the model stages after the one starting now, asked once, all at
+        once (a refused port answers at once, a silent host within the connect timeout):
+        one that cannot be reached is a warning, not a stop, since a server may still be
+        loading while the stages before its own run, and its stage stops the run if it
+        still cannot be reached then. A wrong port or host is seen before hours of
+        validate, not after them."""
+        asked = [reach for stage in later if (reach := getattr(stage, "reach", None))]
+        if not asked:
+            return
+
+        def problem(reach: Callable[[], None]) -> str | None:
+            try:
+                reach()
+            except StageError as exc:
+                return str(exc)
+            return None
+
+        with ThreadPoolExecutor(len(asked)) as pool:
+            for said in filter(None, pool.map(problem, asked)):
+                self.console.print(
+                    f"warning: {self.recipe.explain(said)} The run starts anyway (a server may "
+                    "still be loading) and stops at that stage if it is still unreachable then.",
+                    markup=False, highlight=False, soft_wrap=True, style="yellow")
 
     def _check_not_foreign(self) -> None:
         """A new run goes into a new or empty folder: stage folders, a cache and a manifest
