@@ -301,7 +301,9 @@ class Runner:
         planned += [{"name": s.name, "fingerprint": fp, "spec": spec.options,
                      "content": stage_content(s)}
                     for (s, fp), spec in zip(stages, self.recipe.stages, strict=True)]
-        self._check_environment(stages, planned, redo_from)
+        done = self._check_environment(stages, planned, redo_from)
+        if not self.reach_all:  # last: said only of a run that passed every check
+            self._warn_unreachable([s for s, _ in stages[max(0, done):]])
         return stages, planned
 
     def run(self) -> list[StageReport]:
@@ -368,7 +370,7 @@ class Runner:
                 if check := getattr(stage, "check", None):  # not in v0.1's protocol
                     check()
             # the stage that starts now, when it calls a server: reachable (before --redo or
-            # --force removes anything). In a recipe, later ones only earn a warning (below):
+            # --force removes anything). In a recipe, later ones only earn a warning (preflight):
             # their servers may still be loading while the stages before them run. A stage
             # command's stages (teach's two teachers) are all asked: it names servers that
             # are up.
@@ -378,8 +380,6 @@ class Runner:
                         reach()
         except StageError as exc:
             raise RunError(str(exc)) from None
-        if not self.reach_all:
-            self._warn_unreachable([s for s, _ in stages[max(0, done):]])
         return done
 
     def _warn_unreachable(self, later: list[Stage]) -> None:
