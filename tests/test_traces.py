@@ -70,7 +70,7 @@ def _rows(media, markers):
     ("Answer: (B) Documentary\nB is the correct option because it is factual.", "B",
      "answer_line"),  # the last answer line that names a letter
     ("answer: c", "C", "answer_line"),
-    ("The answer is a", "A", "answer_line"),
+    ("The answer is a", None, "none"),  # a reply cut after its article, maybe
     ("Answer: a dog", None, "none"),
     ("So the final answer is $\\boxed{A}$.", "A", "boxed"),
     ("\\boxed{\\text{D}}", "D", "boxed"),

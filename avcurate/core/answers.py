@@ -162,8 +162,10 @@ def extract_letter(text: str, options: list[str]) -> Parsed:
             return Parsed(parsed.letter, "answer_line")
         if parsed.letter is not None or parsed.how == "ambiguous":
             return parsed
-        if (m := _LOWER.fullmatch(said)) and _valid(found := m.group(1).upper(), options):
-            return Parsed(found, "answer_line")
+        colon = any(c in text[line.start():line.start(1)] for c in ":：")
+        if colon and (m := _LOWER.fullmatch(said)) and _valid(found := m.group(1).upper(),
+                                                              options):
+            return Parsed(found, "answer_line")  # "Answer: b"; not "the answer is a" (cut)
     for how, found in (("boxed", {m.group(1) for m in _BOXED.finditer(text)}),
                        ("bold", {f for m in _BOLD.finditer(text)
                                  if (f := _echoed(m.group(1), options, bare=True))})):
