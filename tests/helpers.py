@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pyarrow as pa
@@ -73,3 +74,9 @@ def slow_recipe(tmp: Path, media: dict, *, n: int, clips: list[str], seconds: fl
         f'[[stages]]\nname = "validate"\n[[stages]]\nname = "slow"\nseconds = {seconds}\n'
         + extra_stages)
     return recipe
+
+
+def chromium() -> str | None:
+    """The system Chromium that browser tests drive (.ci/run installs it with apt-get)."""
+    return shutil.which("chromium") or shutil.which("chromium-browser") or \
+        shutil.which("google-chrome")

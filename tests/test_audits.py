@@ -26,7 +26,7 @@ from avcurate.demo.model import question_in
 from avcurate.media import synth
 from avcurate.pipeline.recipe import StageSpec
 from tests.conftest import avcurate_cmd
-from tests.helpers import jsonl_recipe, read_stage, run, run_files
+from tests.helpers import chromium, jsonl_recipe, read_stage, run, run_files
 from tests.loopback import OpenAIFaults, _Server, openai_server
 
 DIMS = ("video_dependency", "audio_dependency", "question_logic", "answer_accuracy")
@@ -392,11 +392,6 @@ def test_clip_copies_on_a_full_disk_are_whole_or_absent(run_dir, small_disk):
                           for c in copies)
     assert sorted(c.name for c in copies) == sorted(planned)  # the half copy was replaced
     assert not list(media.glob(".*.tmp"))
-
-
-def chromium() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser") or \
-        shutil.which("google-chrome")
 
 
 @pytest.mark.skipif(chromium() is None, reason="no Chromium on this machine (.ci/run installs "

@@ -136,8 +136,8 @@ def test_counts_over_a_thousand_print_with_separators(tmp_path, media):
     html = tmp_path / "r.html"
     sh("stats", str(run_dir), "--html", str(html))
     page = html.read_text()
-    assert "<td>empty_question</td><td>1,200</td>" in page
-    assert "<td>2,400</td>" in page and "<td>2400</td>" not in page
+    assert '<td>empty_question</td><td class="num">1,200</td>' in page
+    assert '<td class="num">2,400</td>' in page and ">2400</td>" not in page
 
 
 @pytest.mark.parametrize("name,content", [

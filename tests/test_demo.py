@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, avcurate_cmd
-from helpers import imported_modules, read_stage
+from helpers import chromium, imported_modules, read_stage
 from loopback import gemini_server, openai_server
 
 from avcurate.demo.model import DemoModel, options_in
@@ -154,6 +154,49 @@ def test_demo_runs_every_stage_with_the_demo_model_and_resumes(demo_run, tmp_pat
     sh("demo", "--out", str(out), "-q", "--train")
     assert before == _mtimes(run_dir) | {out / "train/metrics.jsonl":
                                          (out / "train/metrics.jsonl").stat().st_mtime_ns}
+
+
+@pytest.mark.skipif(chromium() is None, reason="no Chromium on this machine (.ci/run installs "
+                                               "it with apt-get)")
+def test_the_report_in_a_real_browser_shows_every_label_whole(demo_run):
+    """Each chart's text lies inside its chart (a scatter's title ran past its plot's width
+    and was cut: "n = 3" for "n = 37"), and in every table numbers are right-aligned and
+    text left-aligned, on one line."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto((demo_run.out / "report.html").as_uri())
+        charts, clipped = page.evaluate("""() => {
+            const svgs = [...document.querySelectorAll('svg')];
+            const cut = svgs.flatMap(svg => {
+                const box = svg.getBoundingClientRect();
+                return [...svg.querySelectorAll('text')].filter(t => {
+                    const r = t.getBoundingClientRect();
+                    return r.left < box.left - 0.5 || r.right > box.right + 0.5
+                        || r.top < box.top - 0.5 || r.bottom > box.bottom + 0.5;
+                }).map(t => t.textContent);
+            });
+            return [svgs.length, cut];
+        }""")
+        funnel = page.evaluate("""() => {
+            const table = [...document.querySelectorAll('table')].find(
+                t => t.rows[0].cells[0].textContent === 'stage'
+                     && t.rows[0].cells[1].textContent === 'status');
+            return [...table.rows].map(r => [...r.cells].map(c => getComputedStyle(c).textAlign));
+        }""")
+        wrapped = page.evaluate("""() => [...document.querySelectorAll('td, th')].filter(c => {
+            const range = document.createRange();
+            range.selectNodeContents(c);
+            return new Set([...range.getClientRects()].map(r => Math.round(r.top))).size > 1;
+        }).map(c => c.textContent)""")
+        browser.close()
+    assert charts >= 5 and clipped == []  # the funnel, categories, scores, the probe's scatters
+    header, *rows = funnel
+    assert header == ["left", "left", "right", "right", "right", "right"]
+    assert all(row == header for row in rows)
+    assert wrapped == []  # "llava-video" was cut at its hyphen in the sources table
 
 
 def test_demo_against_a_server_the_user_names(tmp_path):

@@ -49,10 +49,12 @@ def bars(title: str, series: dict[str, dict[str, float]], width: int = 720) -> s
 
 def scatter(title: str, points: list[tuple[float, float]], xlabel: str, ylabel: str,
             size: int = 320) -> str:
-    """A scatter plot of points in [0, 1] x [0, 1] (a little jitter-free SVG)."""
+    """A scatter plot of points in [0, 1] x [0, 1] (a little jitter-free SVG), as wide as
+    its title needs (~7.5 px a character of 12 px bold text; its plot stays `size` wide)."""
     pad = 40
     span = size - 2 * pad
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{size}" height="{size + 20}" '
+    width = max(size, round(7.5 * len(title)) + 8)
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{size + 20}" '
              f'role="img" aria-label="{escape(title)}">',
              f'<text x="0" y="14" font-weight="bold" font-size="12">{escape(title)}</text>',
              f'<rect x="{pad}" y="{pad}" width="{span}" height="{span}" fill="none" '
@@ -112,10 +114,20 @@ def _audit(audit: dict[str, Any]) -> list[str]:
 
 
 def _table(headers: list[str], rows: list[list[Any]]) -> str:
-    head = "".join(f"<th>{escape(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{escape(_fmt(c))}</td>" for c in row) + "</tr>"
+    """Numbers right-aligned under a right-aligned header (digits line up), text (stages,
+    reasons, model names) left-aligned, as a reader scans each."""
+    numeric = [all(_number(row[k]) or row[k] is None for row in rows)
+               and any(_number(row[k]) for row in rows) for k in range(len(headers))]
+    cls = [' class="num"' if n else "" for n in numeric]
+    head = "".join(f"<th{c}>{escape(h)}</th>" for h, c in zip(headers, cls, strict=True))
+    body = "".join("<tr>" + "".join(f"<td{c}>{escape(_fmt(v))}</td>"
+                                    for v, c in zip(row, cls, strict=True)) + "</tr>"
                    for row in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
 
 
 def _fmt(v: Any) -> str:
@@ -167,7 +179,8 @@ def render(stats: dict[str, Any]) -> str:
             [src, *(v.get(k, 0) for k in keys)] for src, v in stats["sources"].items()])]
     style = ("body{font-family:system-ui,sans-serif;max-width:960px;margin:2em auto;color:#222}"
              "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;"
-             "padding:3px 8px;text-align:right}th{background:#f3f3f3}svg{display:block;margin:1em 0}")
+             "padding:3px 8px;text-align:left;white-space:nowrap}.num{text-align:right}"
+             "th{background:#f3f3f3}svg{display:block;margin:1em 0}")
     return (f"<!doctype html><html><head><meta charset='utf-8'>{generator_tag(GENERATOR)}"
             f"<title>avcurate report</title>"
             f"<style>{style}</style></head><body>{''.join(sections)}</body></html>")
