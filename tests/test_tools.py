@@ -219,4 +219,8 @@ def test_a_long_label_is_cut_before_it_is_escaped():
     label = "x" * 29 + "R&B and soul"
     svg = bars("Categories", {"before": {label: 3}})
     texts = [t.text for t in ElementTree.fromstring(svg).iter("{http://www.w3.org/2000/svg}text")]
-    assert label[:32] in texts  # the label's first 32 characters, "&" whole
+    assert label[:31] + "…" in texts  # its first 31 characters, "&" whole, and an ellipsis
+    titles = [t.text for t in ElementTree.fromstring(svg).iter("{http://www.w3.org/2000/svg}title")]
+    assert f"{label}: 3" in titles  # whole in the bar's tooltip
+    short = bars("Categories", {"before": {"x" * 32: 1}})
+    assert "x" * 32 + "<" in short  # a label that fits is not cut

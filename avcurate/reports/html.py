@@ -35,7 +35,7 @@ def bars(title: str, series: dict[str, dict[str, float]], width: int = 720) -> s
     for r, label in enumerate(labels):
         y = 44 + r * row_h
         parts.append(f'<text x="{left - 6}" y="{y + 11}" font-size="11" text-anchor="end">'
-                     f'{escape(str(label)[:32])}</text>')
+                     f'{escape(_short(str(label)))}</text>')
         for i, (_, values) in enumerate(series.items()):
             v = values.get(label, 0)
             w = (width - left - 70) * v / peak
@@ -45,6 +45,12 @@ def bars(title: str, series: dict[str, dict[str, float]], width: int = 720) -> s
                          f'<text x="{left + w + 4:.1f}" y="{yy + 10}" font-size="10">{v:g}</text>')
     parts.append("</svg>")
     return "".join(parts)
+
+
+def _short(label: str, most: int = 32) -> str:
+    """A bar's label as it fits left of the bars, cut with an ellipsis (the bar's tooltip
+    has it whole)."""
+    return label if len(label) <= most else label[:most - 1] + "…"
 
 
 def scatter(title: str, points: list[tuple[float, float]], xlabel: str, ylabel: str,
