@@ -72,6 +72,8 @@ def classify_answer(question: str, categories: list[str]) -> dict[str, str]:
         return {"category": "basket weaving"}
     for cat in categories:
         if any(word in question.lower() for word in cat.split()):
+            if "[styled]" in question:  # as a model writes it without the enum's schema
+                return {"category": f"**{cat.title().replace('-', ' ')}.**"}
             return {"category": cat.upper() if "[upper]" in question else cat}
     return {"category": categories[0]}
 

@@ -8,6 +8,7 @@ replaces it). A name outside the taxonomy is retried, then rejected as
 from __future__ import annotations
 
 import json
+import re
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
@@ -69,6 +70,13 @@ def _category(entry: dict[str, Any], i: int, where: str, seen: dict[str, str]
     return name, definition.strip()
 
 
+def _loose(name: str) -> str:
+    """A category name as a model may style it without the schema's enum ("**Audio Visual
+    Counting.**", "audio_visual_counting"): lower case, words only. A taxonomy whose names
+    are alike this way keeps only its exact names."""
+    return " ".join(re.sub(r"[\W_]+", " ", name.lower()).split())
+
+
 @dataclass
 class Classify(ModelStage):
     """Put each question into one category of the taxonomy (text-only LLM)."""
@@ -85,6 +93,8 @@ class Classify(ModelStage):
 
     _taxonomy: dict[str, str] = field(default_factory=dict, init=False, repr=False, compare=False)
     _template: str = field(default="", init=False, repr=False, compare=False)
+    _lookup: dict[str, str] = field(default_factory=dict, init=False, repr=False, compare=False)
+    _loose: dict[str, str] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -92,6 +102,11 @@ class Classify(ModelStage):
             self._taxonomy = load_taxonomy(self.taxonomy)
         except ValueError as exc:
             raise StageError(f"stage 'classify': taxonomy {exc}") from None
+        self._lookup = {n.lower(): n for n in self._taxonomy}
+        loose: dict[str, list[str]] = {}
+        for n in self._taxonomy:
+            loose.setdefault(_loose(n), []).append(n)
+        self._loose = {k: names[0] for k, names in loose.items() if len(names) == 1}
         self._template = load_prompt(self.prompt, "avcurate.curation", "classify.md", self.name)
 
     def content(self) -> dict[str, str]:
@@ -112,9 +127,9 @@ class Classify(ModelStage):
         if not isinstance(answer, dict) or not isinstance(answer.get("category"), str):
             raise InvalidAnswer("unclassifiable", f"no category in {response.text[:120]!r}")
         name = answer["category"].strip().lower()
-        if name == NONE:  # a valid answer that rejects the row
+        if _loose(name) == NONE:  # a valid answer that rejects the row
             return Decline("no_category", "the model found no fitting category")
-        lookup = {n.lower(): n for n in self._taxonomy}
-        if name not in lookup:
+        found = self._lookup.get(name) or self._loose.get(_loose(name))
+        if found is None:
             raise InvalidAnswer("unclassifiable", f"{answer['category']!r} is not in the taxonomy")
-        return {"category": lookup[name], "classifier_model": f"{self.backend}:{self.model}"}
+        return {"category": found, "classifier_model": f"{self.backend}:{self.model}"}
