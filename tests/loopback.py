@@ -62,7 +62,10 @@ def score_answer(question: str) -> dict[str, Any]:
         return {d: 14 for d in DIMENSIONS} | {f"{d}_rationale": "x" for d in DIMENSIONS}
     scores = {"video_dependency": 6 + h % 5, "audio_dependency": 6 + (h >> 4) % 5,
               "question_logic": 8 + (h >> 8) % 3, "answer_accuracy": 10 if h % 7 else 9}
-    return scores | {f"{d}_rationale": f"{d} looks like {v}." for d, v in scores.items()}
+    rationales = {f"{d}_rationale": f"{d} looks like {v}." for d, v in scores.items()}
+    if "[strings]" in question:  # as a model writes them without the schema's types
+        scores = {d: f"{v}/10" if k % 2 else str(v) for k, (d, v) in enumerate(scores.items())}
+    return scores | rationales
 
 
 def classify_answer(question: str, categories: list[str]) -> dict[str, str]:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from conftest import avcurate_cmd
 from helpers import jsonl_recipe, read_stage, rows_by_id, run
-from loopback import gemini_server, openai_server, wav_seconds
+from loopback import DIMENSIONS, gemini_server, openai_server, wav_seconds
 
 from avcurate.models import BackendUnavailable, ModelSpec, make_backend
 from avcurate.pipeline.recipe import StageSpec
@@ -27,7 +27,7 @@ def _records(media, markers):
 
 
 MARKERS = ["", "[429]", "[500]", "[slow]", "[trickle]", "[flaky]", "[nonjson]", "[range]",
-           "[missing]"]
+           "[missing]", "[strings]"]
 
 
 def _score(server, **kw):
@@ -56,7 +56,8 @@ def test_score_every_row_kept_or_rejected_under_faults(tmp_path, media, monkeypa
     assert hung_up and seconds < 5
     ids = {r: m for r, m in zip([f"jsonl:ann/q{i}" for i in range(len(MARKERS))], MARKERS, strict=True)}
     assert {ids[i] for i in kept.column("id").to_pylist()} == {"", "[429]", "[500]", "[slow]",
-                                                                "[trickle]", "[flaky]"}
+                                                                "[trickle]", "[flaky]",
+                                                                "[strings]"}
     reasons = {ids[r["id"]]: r["reject_reason"] for r in rej.to_pylist()}
     assert reasons == {"[nonjson]": "judge_invalid_json", "[range]": "judge_out_of_range",
                        "[missing]": "missing_media"}
@@ -68,6 +69,8 @@ def test_score_every_row_kept_or_rejected_under_faults(tmp_path, media, monkeypa
     assert set(json.loads(row["score_rationale"])) == {"video_dependency", "audio_dependency",
                                                        "question_logic", "answer_accuracy"}
     assert row["judge_model"] == "openai:judge"
+    texts = rows_by_id(kept)[f"jsonl:ann/q{MARKERS.index('[strings]')}"]  # "8", "9/10"
+    assert all(texts[d] in (0.6, 0.7, 0.8, 0.9, 1.0) for d in DIMENSIONS)
     manifest = json.loads((tmp_path / "run/manifest.json").read_text())
     usage = manifest["stages"][1]["usage"]
     assert usage["retries"] >= 4 and usage["invalid_answers"] >= 1 + 3 + 3

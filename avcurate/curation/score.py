@@ -9,6 +9,7 @@ normalised to sum to 1, equal by default). The paper's judge was Gemini-2.5-Pro.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +35,9 @@ SCHEMA = {
         (f"{d}_rationale", {"type": "string"}))},
     "required": [k for d in DIMENSIONS for k in (d, f"{d}_rationale")],
 }
+
+
+SCORE_TEXT = re.compile(r"\s*(\d+(?:\.0*)?)\s*(?:/\s*10)?\s*")
 
 
 @dataclass
@@ -95,6 +99,8 @@ class Score(ModelStage):
         scores = {}
         for d in DIMENSIONS:
             v = answer[d]
+            if isinstance(v, str) and (m := SCORE_TEXT.fullmatch(v)):  # "8", "8/10": a model
+                v = float(m.group(1))                                # without the schema
             if isinstance(v, bool) or not isinstance(v, int | float) or v != int(v) or not 0 <= v <= 10:
                 raise InvalidAnswer("judge_out_of_range", f"{d} = {v!r} is not an integer in 0..10")
             scores[d] = int(v) / 10
