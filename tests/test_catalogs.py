@@ -574,3 +574,29 @@ def test_a_rejected_record_is_named_by_its_own_id_not_its_position(tmp_path, nam
     assert [r["id"] for r in rows] == [f"{name}:{tag}/{i}" for i in ("7", "2", "4")]
     assert [(r.raw_id, r.detail.split(":")[0]) for r in rejects] == [(f"{name}:{tag}/3",
                                                                       "record 2")]
+
+
+def test_options_in_one_cell_as_pandas_or_a_person_writes_them(tmp_path):
+    """A CSV written by pandas' `to_csv` holds a list column as a Python list
+    (`['red', "it's blue"]`); a hand-made one often as lettered lines. Both are read as the
+    options; anything else (`red|blue`, or code) is one reject naming the forms taken."""
+    import csv
+
+    ann = tmp_path / "mine.csv"
+    with ann.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["uid", "path", "q", "choices", "label"])
+        w.writerow(["1", "a.mp4", "Q1?", "['red', \"it's blue\"]", "B"])
+        w.writerow(["2", "a.mp4", "Q2?", "A. red\nB. blue\nC. green", "C"])
+        w.writerow(["3", "a.mp4", "Q3?", '["red", "blue"]', "A"])
+        w.writerow(["4", "a.mp4", "Q4?", "red|blue", "A"])
+        w.writerow(["5", "a.mp4", "Q5?", "[__import__('os').getcwd()]", "A"])
+    cols = {"id": "uid", "video": "path", "question": "q", "options": "choices",
+            "answer": "label"}
+    rows, rejects = _read("csv", ann, tmp_path, columns=cols)
+    assert [(r["options"], r["answer"]) for r in rows] == [
+        (["red", "it's blue"], "B"), (["red", "blue", "green"], "C"), (["red", "blue"], "A")]
+    assert [(r.raw_id, r.detail) for r in rejects] == [
+        (f"csv:mine/{i}", f"record {i - 1}: choices is not a list: a JSON list, a Python list "
+                          "(['a', 'b']) or one lettered line per option (A. a / B. b)")
+        for i in (4, 5)]

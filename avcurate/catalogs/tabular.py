@@ -29,6 +29,8 @@ in the CSV's header.
 
 from __future__ import annotations
 
+import ast
+import contextlib
 import fnmatch
 import json
 from collections.abc import Iterator
@@ -49,6 +51,7 @@ from avcurate.catalogs.base import (
     per_record,
     positional,
     records_of,
+    split_question_options,
     text,
     texts,
 )
@@ -236,10 +239,7 @@ def _row(src: SourceFile, rec: dict, key: str, mapping: Mapping,
     get = {k: _field(rec, mapping, k) for k in MAPPABLE}
     options = get["options"]
     if isinstance(options, str):
-        try:
-            options = json.loads(options)
-        except json.JSONDecodeError:
-            raise Malformed(f"{mapping['options']} is not a JSON list") from None
+        options = _options_text(options, str(mapping["options"]))
     options = choices(options, str(mapping["options"])) if options is not None else None
     audio = text(get["audio"], mapping["audio"], required=False)
     answer = _answer(answer_value(get["answer"], mapping["answer"]), answers)
@@ -253,6 +253,24 @@ def _row(src: SourceFile, rec: dict, key: str, mapping: Mapping,
         duration_s=float(duration) if isinstance(duration, int | float) else None,
         meta={"source_id": key, **{k: v for k, v in rec.items() if k not in used}},
     )
+
+
+def _options_text(value: str, field: str) -> list[Any]:
+    """Options held in one text cell: a JSON list (`["red", "blue"]`), a Python list as
+    pandas' `to_csv` writes one (`['red', 'blue']`), or one lettered line per option
+    (`A. red` / `B. blue`)."""
+    with contextlib.suppress(json.JSONDecodeError):
+        return json.loads(value)
+    if value.lstrip().startswith("["):
+        with contextlib.suppress(ValueError, SyntaxError, MemoryError, RecursionError):
+            found = ast.literal_eval(value)  # literals only: never runs code
+            if isinstance(found, list | tuple):
+                return list(found)
+    question, options, rest = split_question_options(value)
+    if options and not question and not rest:
+        return options
+    raise Malformed(f"{field} is not a list: a JSON list, a Python list (['a', 'b']) or one "
+                    "lettered line per option (A. a / B. b)")
 
 
 def _answer(answer: str | int, answers: str | None) -> str | int:
