@@ -553,3 +553,21 @@ def test_clips_named_at_the_file_name_limit_are_copied_beside_the_page(tmp_path,
     assert all(len(p.name.encode()) <= 240 and p.suffix == ".mp4" for p in made)
     assert sorted(p.read_bytes() for p in made) == sorted(
         (tmp_path / n).read_bytes() for n in names)
+
+
+@pytest.mark.parametrize("separator", [",", ";", "\t"])
+def test_labels_saved_again_by_a_spreadsheet_are_read(tmp_path, separator):
+    """The person opens the page's CSV in a spreadsheet and saves it: with a byte-order mark,
+    CRLF line ends, the locale's separator (";" in much of Europe, or tabs), and a note
+    holding a line break and the separator. The same labels come out."""
+    from avcurate.audits.labels import FIELDS, read_labels
+
+    rows = [["q01", "8", "3", "10", "10", "keep", f"fine{separator} mostly"],
+            ["q02", "", "", "", "", "reject", "the key is wrong\nsee the clip at 0:02"],
+            ["q03", "", "", "", "", "", ""]]  # not labelled
+    path = tmp_path / "labels.csv"
+    with path.open("w", encoding="utf-8-sig", newline="") as f:
+        csv.writer(f, delimiter=separator, lineterminator="\r\n").writerows([FIELDS, *rows])
+    labels = read_labels(path, {"q01", "q02", "q03"})
+    assert labels["id"] == ["q01", "q02"] and labels["keep"] == [True, False]
+    assert labels["video_dependency"] == [0.8, None] and labels["answer_accuracy"] == [1.0, None]

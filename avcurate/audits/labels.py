@@ -11,6 +11,7 @@ A row with neither a score nor a decision was not labelled and is skipped.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from pathlib import Path
@@ -41,7 +42,11 @@ def _records(path: Path) -> list[dict[str, Any]]:
             raise AuditError(f"{path.name}: expected a list of label objects (or "
                              '{"labels": [...]})')
         return data
-    reader = csv.DictReader(text.splitlines())
+    header = text.split("\n", 1)[0]
+    # a spreadsheet saves with its locale's separator (";" in much of Europe, or tabs); a
+    # quoted note may hold line breaks, which only the csv module's own reading keeps whole
+    delimiter = max(",;\t", key=header.count) if any(map(header.count, ";\t")) else ","
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
     if not reader.fieldnames or "id" not in reader.fieldnames:
         raise AuditError(f"{path.name}: the first line must name the columns, with 'id' "
                          f"(expected {','.join(FIELDS)})")
