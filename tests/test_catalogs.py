@@ -600,3 +600,23 @@ def test_options_in_one_cell_as_pandas_or_a_person_writes_them(tmp_path):
         (f"csv:mine/{i}", f"record {i - 1}: choices is not a list: a JSON list, a Python list "
                           "(['a', 'b']) or one lettered line per option (A. a / B. b)")
         for i in (4, 5)]
+
+
+def test_a_csv_saved_with_semicolons_is_read_by_its_header(tmp_path):
+    """A spreadsheet where the comma is the decimal mark saves "CSV" with `;` between
+    cells; the header's separator is the file's (a cell may still hold a comma or `;`)."""
+    import csv
+
+    ann = tmp_path / "eu.csv"
+    with ann.open("w", encoding="utf-8-sig", newline="") as f:
+        w = csv.writer(f, delimiter=";", lineterminator="\r\n")
+        w.writerow(["uid", "path", "q", "choices", "label", "length"])
+        w.writerow(["1", "a.mp4", "Who sings; and when?", '["a, b", "c"]', "A", "3,5"])
+        w.writerow(["2", "a.mp4", "Q2?", '["x", "y"]', "B", "12,0"])
+    cols = {"id": "uid", "video": "path", "question": "q", "options": "choices",
+            "answer": "label"}
+    rows, rejects = _read("csv", ann, tmp_path, columns=cols)
+    assert not rejects
+    assert [(r["question"], r["options"], r["answer"]) for r in rows] == [
+        ("Who sings; and when?", ["a, b", "c"], "A"), ("Q2?", ["x", "y"], "B")]
+    assert json.loads(rows[0]["meta"])["length"] == "3,5"  # kept as the text it is

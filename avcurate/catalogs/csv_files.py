@@ -1,4 +1,5 @@
 """Records of a CSV or TSV file: one per line after the header, which names the columns.
+The separator is a tab for .tsv, else the one the header uses (`,`, `;` or a tab).
 
 Read with the standard library's `csv` module, streaming, every cell kept as the text it
 is: a type-guessing reader (pyarrow's, pandas') would turn a video id `0007` into 7 and
@@ -27,7 +28,13 @@ def _opened(path: str | os.PathLike):
 
 
 def _dialect(path: str | os.PathLike) -> dict[str, str]:
-    return {"delimiter": "\t" if Path(path).suffix.lower() in TAB_SUFFIXES else ","}
+    """Tabs for .tsv; else the separator the header line uses most of `,`, `;` and tab (a
+    spreadsheet saves "CSV" with `;` where the comma is the decimal mark: much of Europe)."""
+    if Path(path).suffix.lower() in TAB_SUFFIXES:
+        return {"delimiter": "\t"}
+    with _opened(path) as f:
+        header = f.readline()
+    return {"delimiter": max(",;\t", key=header.count) if header.strip() else ","}
 
 
 def csv_header(path: str | os.PathLike) -> list[str]:
