@@ -620,3 +620,27 @@ def test_a_csv_saved_with_semicolons_is_read_by_its_header(tmp_path):
     assert [(r["question"], r["options"], r["answer"]) for r in rows] == [
         ("Who sings; and when?", ["a, b", "c"], "A"), ("Q2?", ["x", "y"], "B")]
     assert json.loads(rows[0]["meta"])["length"] == "3,5"  # kept as the text it is
+
+
+def test_options_keyed_by_their_letters_are_read_in_letter_order(tmp_path):
+    """`{"A": "red", "B": "blue"}` (a JSON object, or a Parquet struct) is the options in
+    letter order, whatever order the keys come in; other objects are one reject."""
+    records = [{"id": 1, "video": "a.mp4", "question": "Q?", "options": {"B": "blue", "A": "red"},
+                "answer": "B"},
+               {"id": 2, "video": "a.mp4", "question": "Q?", "options": {"(a)": "x", "(b)": "y",
+                                                                        "(c)": "z"},
+                "answer": "C"},
+               {"id": 3, "video": "a.mp4", "question": "Q?", "options": {"A": "x", "C": "z"},
+                "answer": "A"},
+               {"id": 4, "video": "a.mp4", "question": "Q?", "options": {"text": "x"},
+                "answer": "A"}]
+    ann = tmp_path / "qa.jsonl"
+    ann.write_text("".join(json.dumps(r) + "\n" for r in records))
+    pq.write_table(pa.Table.from_pylist(records[:1]), tmp_path / "qa.parquet")  # a struct
+    rows, rejects = _read("jsonl", ann, tmp_path)
+    assert [(r["options"], r["answer"]) for r in rows] == [(["red", "blue"], "B"),
+                                                           (["x", "y", "z"], "C")]
+    assert [(r.raw_id, "keys are not the letters" in r.detail) for r in rejects] == [
+        ("jsonl:qa/3", True), ("jsonl:qa/4", True)]
+    rows, _ = _read("parquet", tmp_path / "qa.parquet", tmp_path)
+    assert [(r["options"], r["answer"]) for r in rows] == [(["red", "blue"], "B")]

@@ -56,7 +56,7 @@ from avcurate.catalogs.base import (
     texts,
 )
 from avcurate.catalogs.csv_files import csv_header, csv_records
-from avcurate.core.answers import normalise_answer
+from avcurate.core.answers import LETTERS, normalise_answer
 from avcurate.core.schema import arrow_type, sample_row
 
 MAPPABLE = ("id", "video", "audio", "question", "options", "answer", "duration_s")
@@ -240,6 +240,8 @@ def _row(src: SourceFile, rec: dict, key: str, mapping: Mapping,
     options = get["options"]
     if isinstance(options, str):
         options = _options_text(options, str(mapping["options"]))
+    if isinstance(options, dict):
+        options = _lettered_options(options, str(mapping["options"]))
     options = choices(options, str(mapping["options"])) if options is not None else None
     audio = text(get["audio"], mapping["audio"], required=False)
     answer = _answer(answer_value(get["answer"], mapping["answer"]), answers)
@@ -253,6 +255,17 @@ def _row(src: SourceFile, rec: dict, key: str, mapping: Mapping,
         duration_s=float(duration) if isinstance(duration, int | float) else None,
         meta={"source_id": key, **{k: v for k, v in rec.items() if k not in used}},
     )
+
+
+def _lettered_options(value: dict, field: str) -> list[Any]:
+    """Options keyed by their letters (`{"A": "red", "B": "blue"}`), in letter order; the
+    keys must be A, B, ... with none missing (any other object is not a list of options)."""
+    keys = [str(k).strip().strip("()").strip(".").upper() for k in value]
+    if sorted(keys) != list(LETTERS[:len(keys)]):
+        raise Malformed(f"{field} is an object whose keys are not the letters A, B, ...: "
+                        f"{list(value)[:6]}")
+    by_letter = dict(zip(keys, value.values(), strict=True))
+    return [by_letter[k] for k in LETTERS[:len(keys)]]
 
 
 def _options_text(value: str, field: str) -> list[Any]:
