@@ -636,11 +636,13 @@ def test_options_keyed_by_their_letters_are_read_in_letter_order(tmp_path):
                 "answer": "A"}]
     ann = tmp_path / "qa.jsonl"
     ann.write_text("".join(json.dumps(r) + "\n" for r in records))
-    pq.write_table(pa.Table.from_pylist(records[:1]), tmp_path / "qa.parquet")  # a struct
+    struct = [records[0], records[0] | {"id": 5, "options": {"A": "x", "B": "y", "C": "z"}}]
+    pq.write_table(pa.Table.from_pylist(struct), tmp_path / "qa.parquet")  # C null in row 1
     rows, rejects = _read("jsonl", ann, tmp_path)
     assert [(r["options"], r["answer"]) for r in rows] == [(["red", "blue"], "B"),
                                                            (["x", "y", "z"], "C")]
     assert [(r.raw_id, "keys are not the letters" in r.detail) for r in rejects] == [
         ("jsonl:qa/3", True), ("jsonl:qa/4", True)]
     rows, _ = _read("parquet", tmp_path / "qa.parquet", tmp_path)
-    assert [(r["options"], r["answer"]) for r in rows] == [(["red", "blue"], "B")]
+    assert [(r["options"], r["answer"]) for r in rows] == [(["red", "blue"], "B"),
+                                                           (["x", "y", "z"], "B")]

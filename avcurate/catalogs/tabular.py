@@ -259,13 +259,15 @@ def _row(src: SourceFile, rec: dict, key: str, mapping: Mapping,
 
 def _lettered_options(value: dict, field: str) -> list[Any]:
     """Options keyed by their letters (`{"A": "red", "B": "blue"}`), in letter order; the
-    keys must be A, B, ... with none missing (any other object is not a list of options)."""
-    keys = [str(k).strip().strip("()").strip(".").upper() for k in value]
-    if sorted(keys) != list(LETTERS[:len(keys)]):
+    keys must be A, B, ... with none missing (any other object is not a list of options).
+    An empty one is no option: a Parquet struct column has every row's letters, null
+    where a row has fewer options."""
+    given = {str(k).strip().strip("()").strip(".").upper(): v for k, v in value.items()
+             if v not in (None, "")}
+    if sorted(given) != list(LETTERS[:len(given)]):
         raise Malformed(f"{field} is an object whose keys are not the letters A, B, ...: "
                         f"{list(value)[:6]}")
-    by_letter = dict(zip(keys, value.values(), strict=True))
-    return [by_letter[k] for k in LETTERS[:len(keys)]]
+    return [given[k] for k in LETTERS[:len(given)]]
 
 
 def _options_text(value: str, field: str) -> list[Any]:
