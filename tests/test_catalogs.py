@@ -646,3 +646,22 @@ def test_options_keyed_by_their_letters_are_read_in_letter_order(tmp_path):
     rows, _ = _read("parquet", tmp_path / "qa.parquet", tmp_path)
     assert [(r["options"], r["answer"]) for r in rows] == [(["red", "blue"], "B"),
                                                            (["x", "y", "z"], "B")]
+
+
+def test_an_answer_in_a_list_of_one_is_that_answer(tmp_path):
+    """Datasets that allow several reference answers store one as `["B"]`; a list of one is
+    that answer, a list of several one reject (a question here has one answer)."""
+    records = [{"id": 1, "video": "a.mp4", "question": "Q?", "options": ["x", "y"],
+                "answer": ["B"]},
+               {"id": 2, "video": "a.mp4", "question": "Q?", "answer": ["a red car"]},
+               {"id": 3, "video": "a.mp4", "question": "Q?", "options": ["x", "y"],
+                "answer": ["A", "B"]},
+               {"id": 4, "video": "a.mp4", "question": "Q?", "options": ["x", "y"],
+                "answer": []}]
+    ann = tmp_path / "qa.jsonl"
+    ann.write_text("".join(json.dumps(r) + "\n" for r in records))
+    rows, rejects = _read("jsonl", ann, tmp_path)
+    assert [r["answer"] for r in rows] == ["B", "a red car"]
+    assert [(r.raw_id, r.detail) for r in rejects] == [
+        ("jsonl:qa/3", "record 2: answer is a list of 2 answers; a question here has exactly one"),
+        ("jsonl:qa/4", "record 3: answer is a list of 0 answers; a question here has exactly one")]

@@ -66,7 +66,14 @@ def texts(value: Any, field: str) -> list[str]:
 
 
 def answer_value(value: Any, field: str) -> str | int:
-    """An answer as annotated: text or an option index. A null answer is malformed."""
+    """An answer as annotated: text or an option index, or a list of one of them (as
+    datasets with several reference answers store one). A null answer is malformed, and so
+    is a list of several: a question here has one answer."""
+    if isinstance(value, list | tuple):
+        if len(value) != 1:
+            raise Malformed(f"{field} is a list of {len(value)} answers; a question here has "
+                            "exactly one")
+        value = value[0]
     if isinstance(value, int) and not isinstance(value, bool):
         return value
     return text(value, field)
