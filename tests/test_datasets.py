@@ -402,8 +402,10 @@ def _read(name, ann, root, **kw):
      "missing field(s) 'question_text'"),
     ("daily-omni", [{"Question": None, "Choice": ["A. x", "B. y"], "Answer": "A",
                      "video_id": "v"}], "Question is missing (null)"),
-    ("daily-omni", [{"Question": "Q?", "Choice": ["A. x", "B. y"], "Answer": ["A"],
-                     "video_id": "v"}], "Answer must be text, not list"),
+    ("daily-omni", [{"Question": "Q?", "Choice": ["A. x", "B. y"], "Answer": ["A", "B"],
+                     "video_id": "v"}], "Answer is a list of 2 answers"),
+    ("daily-omni", [{"Question": "Q?", "Choice": ["A. x", "B. y"], "Answer": {"A": 1},
+                     "video_id": "v"}], "Answer must be text, not dict"),
     ("video-vista", [{"id": 1, "video": "a.mp4", "conversations": [
         {"from": "human", "value": "Q?"}, {"from": "gpt", "value": None}]}],
      "conversations[1].value is missing (null)"),
