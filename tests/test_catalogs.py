@@ -665,3 +665,17 @@ def test_an_answer_in_a_list_of_one_is_that_answer(tmp_path):
     assert [(r.raw_id, r.detail) for r in rejects] == [
         ("jsonl:qa/3", "record 2: answer is a list of 2 answers; a question here has exactly one"),
         ("jsonl:qa/4", "record 3: answer is a list of 0 answers; a question here has exactly one")]
+
+
+def test_records_wrapped_in_an_object_are_found(tmp_path):
+    """Releases wrap their records: `{"version": ..., "annotations": [...]}`, COCO's
+    `{"info": {...}, "questions": [...]}`. The one list of objects is the records."""
+    recs = [{"id": i, "video": "a.mp4", "question": "Q?", "options": ["x", "y"], "answer": "A"}
+            for i in range(3)]
+    for wrapper in ({"version": "1.0", "annotations": recs},
+                    {"info": {"year": 2024}, "license": [], "questions": recs},
+                    {"data": recs}):
+        (tmp_path / "qa.json").write_text(json.dumps(wrapper))
+        rows, rejects = _read("jsonl", tmp_path / "qa.json", tmp_path)
+        assert [r["id"] for r in rows] == ["jsonl:qa/0", "jsonl:qa/1", "jsonl:qa/2"], wrapper
+        assert not rejects

@@ -303,7 +303,7 @@ def load_records(path: str | os.PathLike) -> list[Any] | Iterator[Any]:
         return _jsonl(path)
     data = _parse(path)
     if isinstance(data, dict):
-        data = data["data"] if isinstance(data.get("data"), list) else _keyed(data)
+        data = _wrapped(data) or _keyed(data)
     if not isinstance(data, list):
         raise ValueError(f"{path}: expected a JSON array of records")
     return data
@@ -354,6 +354,17 @@ def _parse(path: Path) -> Any:
         return json.loads(raw.decode("utf-8-sig", errors="surrogateescape"))
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path} is not valid JSON (line {exc.lineno}: {exc.msg})") from None
+
+
+def _wrapped(data: dict) -> list | None:
+    """The records of a file that wraps them in an object: its `data` list, else its one
+    list of objects beside other fields (`{"version": "1.0", "annotations": [...]}`,
+    `{"info": {...}, "questions": [...]}`); None when it is not so wrapped."""
+    if isinstance(data.get("data"), list):
+        return data["data"]
+    lists = [v for v in data.values() if isinstance(v, list) and v
+             and all(isinstance(r, dict) for r in v)]
+    return lists[0] if len(lists) == 1 else None
 
 
 def _keyed(data: dict) -> list:
