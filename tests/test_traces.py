@@ -349,6 +349,14 @@ def test_teach_and_merge_traces_cli_with_report(tmp_path, media):
             "--audio-model", "af3", "--audio-base-url", url, "--audio-seconds", "2", "-q"),
             capture_output=True, text=True)
         assert teach.returncode == 0, teach.stderr
+        other = subprocess.run(avcurate_cmd(  # teach again with another visual model
+            "teach", run_dir, "--visual-model", "kimi2", "--visual-base-url", url,
+            "--audio-model", "af3", "--audio-base-url", url, "--audio-seconds", "2", "-q"),
+            capture_output=True, text=True)
+        assert other.returncode == 2 and other.stderr.startswith(
+            "error: 01-visual_teacher, 02-audio_teacher, 03-teacher_filter were done with "
+            "other settings (visual_teacher.model: 'kimi' -> 'kimi2'). To redo them:"), \
+            other.stderr
         merged = subprocess.run(avcurate_cmd("merge-traces", run_dir, "--model", "qwen",
                                              "--base-url", url, "-q"),
                                 capture_output=True, text=True)

@@ -861,8 +861,9 @@ def extend_run(run_dir: Path | str, spec: StageSpec | list[StageSpec], *, redo: 
                     if last or not _plans(recipe, done + specs):
                         raise
                     raise RunError(f"{exc} (in place of {dirs[0]}){again}") from None
-                raise RunError(f"{', '.join(dirs)} was done with other settings ("
-                               + "; ".join(diffs) + f"). To redo it: the same command with "
+                were, them = ("was", "it") if len(dirs) == 1 else ("were", "them")
+                raise RunError(f"{', '.join(dirs)} {were} done with other settings ("
+                               + "; ".join(diffs) + f"). To redo {them}: the same command with "
                                f"--redo, or `avcurate reset {run_dir} --from {dirs[0]}`"
                                + again)
             runner = Runner(recipe, run_dir, reach_all=True, **runner_kw)
