@@ -171,6 +171,49 @@ def test_unreachable_endpoint_stops_before_the_stage_starts(validated):
     assert not (validated / "02-score").exists()
 
 
+@contextlib.contextmanager
+def _routes_under_v1() -> Iterator[str]:
+    """A server that, like vLLM, answers only under /v1: anything else is a JSON 404."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+        def _answer(self) -> None:
+            if self.path.startswith("/v1/"):
+                body, code = {"object": "list", "data": [{"id": "judge"}]}, 200
+            else:
+                body, code = {"detail": "Not Found"}, 404
+            data = json.dumps(body).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        do_GET = do_POST = _answer
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_base_url_without_v1_is_named_with_the_url_to_use(validated):
+    """`--base-url http://host:8000` for a vLLM server: its chat route is under /v1, so the
+    first call's 404 stops the stage, and the line gives the URL with /v1."""
+    with _routes_under_v1() as url:
+        result = sh(*_score(validated, url))
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert f"no chat route at {url}: OpenAI-compatible servers (vLLM, SGLang) answer under " \
+           f"/v1, --base-url {url}/v1" in result.stderr
+    assert _stages(validated) == ["00-ingest", "01-validate"]
+
+
 def test_a_stage_command_asks_every_server_it_names_before_any_row(validated):
     """teach names two servers: a wrong audio URL stops the command before the visual
     teacher asks anything (it used to answer every row first, then stop at the audio)."""

@@ -15,6 +15,7 @@ import os
 import socket
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import openai
 
@@ -143,6 +144,14 @@ class OpenAIBackend:
             return {"type": "video_url", "video_url": {"url": url}}
         raise TypeError(f"unsupported part {part!r}")
 
+    def _route_hint(self, status: int) -> str:
+        """For a 404 from a base URL with no path: vLLM, SGLang and most OpenAI-compatible
+        servers answer under /v1, which `--base-url http://host:8000` leaves out."""
+        if status != 404 or not self.base_url or urlsplit(self.base_url).path.strip("/"):
+            return ""
+        return (f"; no chat route at {self.base_url.rstrip('/')}: OpenAI-compatible servers "
+                f"(vLLM, SGLang) answer under /v1, --base-url {self.base_url.rstrip('/')}/v1")
+
     async def call(self, request: ModelRequest) -> ModelResponse:
         try:
             # The body is already a plain chat-completions payload; posting it through the
@@ -166,8 +175,9 @@ class OpenAIBackend:
             raise _transport_error(exc, self.timeout) from exc
         except openai.APIStatusError as exc:
             retryable = exc.status_code >= 500 or exc.status_code == 408
-            raise ModelError(str(exc), retryable=retryable, kind=f"http_{exc.status_code}",
-                             retry_after=_retry_after(exc)) from exc
+            raise ModelError(str(exc) + self._route_hint(exc.status_code), retryable=retryable,
+                             kind=f"http_{exc.status_code}", retry_after=_retry_after(exc)
+                             ) from exc
         choices = completion.get("choices") or [{}]
         texts = [(c.get("message") or {}).get("content") or "" for c in choices]
         usage = completion.get("usage") or {}
