@@ -146,6 +146,12 @@ def test_missing_columns_are_caught_before_any_work(tmp_path, media):
     with pytest.raises(RunError, match="composite_score"):
         run(recipe, tmp_path / "run")
     assert not (tmp_path / "run" / "00-ingest").exists()
+    merge = jsonl_recipe(tmp_path, _records(media), media["root"],
+                         [StageSpec("merge", {"model": "m"})])
+    with pytest.raises(RunError, match=r"audio_reasoning, which no earlier stage adds; add the "
+                                       r"stage that produces them before it \(visual_teacher, "
+                                       r"audio_teacher\)$"):
+        run(merge, tmp_path / "run")
 
 
 def test_invariant_violations_stop_the_run(tmp_path, media):

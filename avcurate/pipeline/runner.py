@@ -50,7 +50,7 @@ from avcurate.pipeline.held import HeldShards
 from avcurate.pipeline.ingest_pieces import Piece, shards
 from avcurate.pipeline.progress import Progress
 from avcurate.pipeline.recipe import Recipe, SourceSpec, StageSpec
-from avcurate.pipeline.registry import create, stage_class
+from avcurate.pipeline.registry import BUILTINS, create, stage_class
 from avcurate.stages.base import (
     Resources,
     Stage,
@@ -110,6 +110,14 @@ def ingest_fingerprint(recipe: Recipe) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
+def _makers(columns: list[str]) -> str:
+    """The built-in stages that add `columns`, as the hint of a missing-column error: what
+    to run first is then named, not left to the README."""
+    makers = [name for name, cls in BUILTINS.items()
+              if set(columns) & set(getattr(cls, "adds", {}))]
+    return f" ({', '.join(makers)})" if makers else ""
+
+
 def plan(recipe: Recipe) -> list[tuple[Stage, str]]:
     """Build every stage and check, before any work, that each one's inputs will exist."""
     stages: list[tuple[Stage, str]] = []
@@ -124,7 +132,7 @@ def plan(recipe: Recipe) -> list[tuple[Stage, str]]:
         if missing:
             raise RunError(
                 f"stage {spec.name!r} needs column(s) {', '.join(missing)}, which no earlier "
-                f"stage adds; add the stage that produces them before it"
+                f"stage adds; add the stage that produces them before it{_makers(missing)}"
             )
         for column in getattr(stage, "numeric", ()):  # not in v0.1's protocol
             if not _holds_numbers(types[column]):
