@@ -74,6 +74,8 @@ def _rows(media, markers):
     ("Answer: a dog", None, "none"),
     ("So the final answer is $\\boxed{A}$.", "A", "boxed"),
     ("\\boxed{\\text{D}}", "D", "boxed"),
+    ("\\boxed{B. Documentary}", "B", "boxed"),  # with its option's text
+    ("\\boxed{B. Comedy}", None, "none"),  # with another text
     ("\\boxed{A}, or maybe \\boxed{B}", None, "ambiguous"),
     ("It is a love story: **C. Romance**", "C", "bold"),
     ("**A. Crime** is ruled out and **B. Documentary** fits", None, "ambiguous"),

@@ -41,7 +41,8 @@ _ANSWER_LINE = re.compile(r"(?:\banswer\b|\b(?:correct|right|best)\s+(?:option|c
                           r"\s*(?:is\s*)?[:：]?[ \t]*(.+?)[ \t]*$", re.IGNORECASE | re.MULTILINE)
 _LOWER = re.compile(r"\s*\**\s*([a-z])\s*[.)]?\s*\**\s*")  # "answer: b", the whole line
 _BOLD = re.compile(r"\*\*([^*\n]+)\*\*")
-_BOXED = re.compile(r"\\boxed\{\s*(?:\\text\{)?\s*\(?([A-Z])\)?\s*\}?\s*\}")
+_BOXED = re.compile(r"\\boxed\{((?:[^{}]|\{[^{}]*\})*)\}")  # one level of {} inside: \text{B}
+_TEXT_CMD = re.compile(r"\\(?:text|textbf|mathrm)\{([^{}]*)\}")
 # a letter and then its option's text, nothing else: "C) green", "**C. green**"
 _ECHO = re.compile(r"\s*\**\s*\(?([A-Z])\)?\s*[.):：]?\s*(.*?)\s*\**\s*")
 THINK_END = re.compile(r"</think>|◁/think▷")  # Qwen3 and DeepSeek-R1; Kimi-VL-Thinking
@@ -166,7 +167,9 @@ def extract_letter(text: str, options: list[str]) -> Parsed:
         if colon and (m := _LOWER.fullmatch(said)) and _valid(found := m.group(1).upper(),
                                                               options):
             return Parsed(found, "answer_line")  # "Answer: b"; not "the answer is a" (cut)
-    for how, found in (("boxed", {m.group(1) for m in _BOXED.finditer(text)}),
+    boxed = {f for m in _BOXED.finditer(text)
+             if (f := _echoed(_TEXT_CMD.sub(r"\1", m.group(1)), options, bare=True))}
+    for how, found in (("boxed", boxed),
                        ("bold", {f for m in _BOLD.finditer(text)
                                  if (f := _echoed(m.group(1), options, bare=True))})):
         if len(found) > 1:
