@@ -17,6 +17,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from avcurate.catalogs.csv_files import header_delimiter
 from avcurate.curation.score import DIMENSIONS
 
 from .sample import AuditError
@@ -42,11 +43,10 @@ def _records(path: Path) -> list[dict[str, Any]]:
             raise AuditError(f"{path.name}: expected a list of label objects (or "
                              '{"labels": [...]})')
         return data
-    header = text.split("\n", 1)[0]
     # a spreadsheet saves with its locale's separator (";" in much of Europe, or tabs); a
     # quoted note may hold line breaks, which only the csv module's own reading keeps whole
-    delimiter = max(",;\t", key=header.count) if any(map(header.count, ";\t")) else ","
-    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
+    reader = csv.DictReader(io.StringIO(text, newline=""),
+                            delimiter=header_delimiter(text.split("\n", 1)[0]))
     if not reader.fieldnames or "id" not in reader.fieldnames:
         raise AuditError(f"{path.name}: the first line must name the columns, with 'id' "
                          f"(expected {','.join(FIELDS)})")

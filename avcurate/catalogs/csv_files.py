@@ -33,8 +33,12 @@ def _dialect(path: str | os.PathLike) -> dict[str, str]:
     if Path(path).suffix.lower() in TAB_SUFFIXES:
         return {"delimiter": "\t"}
     with _opened(path) as f:
-        header = f.readline()
-    return {"delimiter": max(",;\t", key=header.count) if header.strip() else ","}
+        return {"delimiter": header_delimiter(f.readline())}
+
+
+def header_delimiter(header: str) -> str:
+    """The separator a CSV's header line uses most of `,`, `;` and a tab (`,` when none)."""
+    return max(",;\t", key=header.count) if any(map(header.count, ",;\t")) else ","
 
 
 def csv_header(path: str | os.PathLike) -> list[str]:
