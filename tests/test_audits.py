@@ -571,3 +571,15 @@ def test_labels_saved_again_by_a_spreadsheet_are_read(tmp_path, separator):
     labels = read_labels(path, {"q01", "q02", "q03"})
     assert labels["id"] == ["q01", "q02"] and labels["keep"] == [True, False]
     assert labels["video_dependency"] == [0.8, None] and labels["answer_accuracy"] == [1.0, None]
+
+
+def test_a_bad_label_after_a_note_on_two_lines_is_named_by_its_own_line(tmp_path):
+    """A note holding a line break takes two lines of the file: the line named for a bad
+    score further down is the file's own line, as an editor shows it."""
+    from avcurate.audits.labels import read_labels
+    from avcurate.audits.sample import AuditError
+
+    path = tmp_path / "labels.csv"
+    path.write_text('id,video_dependency,note\nq01,8,"two\nlines"\nq02,eleven,\n')
+    with pytest.raises(AuditError, match=r"labels.csv line 4: video_dependency = 'eleven'"):
+        read_labels(path, {"q01", "q02"})

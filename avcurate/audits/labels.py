@@ -26,7 +26,9 @@ FIELDS = ("id", *DIMENSIONS, "decision", "note")
 DECISIONS = {"keep": True, "reject": False, "": None}
 
 
-def _records(path: Path) -> list[dict[str, Any]]:
+def _records(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """Each label record with where it is in the file ("item 3", or "line 7": where its
+    first line is, which a note holding line breaks moves down)."""
     try:
         text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
@@ -42,7 +44,7 @@ def _records(path: Path) -> list[dict[str, Any]]:
         if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
             raise AuditError(f"{path.name}: expected a list of label objects (or "
                              '{"labels": [...]})')
-        return data
+        return [(f"item {n}", record) for n, record in enumerate(data, start=1)]
     # a spreadsheet saves with its locale's separator (";" in much of Europe, or tabs); a
     # quoted note may hold line breaks, which only the csv module's own reading keeps whole
     reader = csv.DictReader(io.StringIO(text, newline=""),
@@ -50,7 +52,11 @@ def _records(path: Path) -> list[dict[str, Any]]:
     if not reader.fieldnames or "id" not in reader.fieldnames:
         raise AuditError(f"{path.name}: the first line must name the columns, with 'id' "
                          f"(expected {','.join(FIELDS)})")
-    return list(reader)
+    records, before = [], reader.line_num  # the header's last line
+    for record in reader:
+        records.append((f"line {before + 1}", record))
+        before = reader.line_num
+    return records
 
 
 def _score(value: Any, where: str, column: str) -> float | None:
@@ -72,8 +78,8 @@ def read_labels(path: Path, known: set[str]) -> dict[str, list]:
     out: dict[str, list] = {k: [] for k in ("id", *DIMENSIONS, "keep")}
     seen: set[str] = set()
     unknown = []
-    for n, record in enumerate(_records(path), start=2 if path.suffix != ".json" else 1):
-        where = f"{path.name} {'line' if path.suffix != '.json' else 'item'} {n}"
+    for at, record in _records(path):
+        where = f"{path.name} {at}"
         sid = str(record.get("id") or "").strip()
         if not sid:
             raise AuditError(f"{where}: no id")
