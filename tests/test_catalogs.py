@@ -574,6 +574,12 @@ def test_a_rejected_record_is_named_by_its_own_id_not_its_position(tmp_path, nam
     assert [r["id"] for r in rows] == [f"{name}:{tag}/{i}" for i in ("7", "2", "4")]
     assert [(r.raw_id, r.detail.split(":")[0]) for r in rejects] == [(f"{name}:{tag}/3",
                                                                       "record 2")]
+    # an own id that cannot be read: named apart from every own id, as a bad line is
+    records[2] = record("3", 5) | {OWN_ID_FORMATS[name][1]: {"not": "an id"}}
+    (tmp_path / file).write_text(
+        "\n".join(map(json.dumps, records)) if file.endswith("jsonl") else json.dumps(records))
+    _, rejects = _read(name, tmp_path / file, tmp_path)
+    assert [r.raw_id for r in rejects] == [f"{name}:{tag}/record-2"]
 
 
 def test_options_in_one_cell_as_pandas_or_a_person_writes_them(tmp_path):

@@ -7,7 +7,6 @@ ingest stage can account for every record it read.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import os
@@ -512,11 +511,15 @@ class RecordRows:
         """A rejected record's id key: the one a good record gets from its own id field, so
         the reject names the record the file's own way and never takes the id of another
         record whose own id is this one's position ("3" rejected as "2", beside a kept "2");
-        its position when it has no readable id."""
-        if self.key is not None:
-            with contextlib.suppress(Malformed):
-                return self.key(n, rec)
-        return positional(n)
+        `record-N` when its id field cannot be read (a position could be another record's
+        own id), as a line that is not JSON is `line-N`; its position in a format whose
+        records have no own id."""
+        if self.key is None:
+            return positional(n)
+        try:
+            return self.key(n, rec)
+        except Malformed:
+            return f"record-{n}"
 
 
 def records_of(path: str | os.PathLike) -> list[Any] | Iterator[Any]:
