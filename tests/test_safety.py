@@ -174,25 +174,19 @@ def test_unreachable_endpoint_stops_before_the_stage_starts(validated):
 @contextlib.contextmanager
 def _routes_under_v1() -> Iterator[str]:
     """A server that, like vLLM, answers only under /v1: anything else is a JSON 404."""
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from http.server import ThreadingHTTPServer
 
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args) -> None:
-            pass
+    from avcurate.demo.server import JSONHandler
 
-        def _answer(self) -> None:
+    class Handler(JSONHandler):
+        def do_GET(self) -> None:
             if self.path.startswith("/v1/"):
-                body, code = {"object": "list", "data": [{"id": "judge"}]}, 200
-            else:
-                body, code = {"detail": "Not Found"}, 404
-            data = json.dumps(body).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+                return self._json(200, {"object": "list", "data": [{"id": "judge"}]})
+            return self._json(404, {"detail": "Not Found"})
 
-        do_GET = do_POST = _answer
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.do_GET()
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
