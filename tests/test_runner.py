@@ -170,6 +170,16 @@ def test_unknown_stage_and_option_are_clear(tmp_path, media):
     recipe.stages = [StageSpec("validate", {"silence": -50})]
     with pytest.raises(RunError, match="unknown option 'silence'; did you mean 'silence_db'"):
         run(recipe, tmp_path / "run")
+    # a command's name where its stages belong
+    recipe.stages = [StageSpec("teach")]
+    with pytest.raises(RunError, match="^'teach' is the command `avcurate teach`; in a recipe it "
+                                       "is the stages 'visual_teacher', 'audio_teacher', "
+                                       "'teacher_filter', each its own"):
+        run(recipe, tmp_path / "run")
+    recipe.stages = [StageSpec("merge_traces")]
+    with pytest.raises(RunError, match="^'merge_traces' is the command `avcurate merge-traces`; "
+                                       "in a recipe it is the stage 'merge'$"):
+        run(recipe, tmp_path / "run")
 
 
 def test_recipe_toml_paths_are_relative_to_the_file(tmp_path):

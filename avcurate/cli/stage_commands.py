@@ -30,7 +30,7 @@ from avcurate.cli.generate import CliOption, collect, options_for, with_signatur
 from avcurate.core.options import OptionError, declared
 from avcurate.core.store import RunStore
 from avcurate.pipeline.recipe import Recipe, SourceSpec, StageSpec
-from avcurate.pipeline.registry import stage_class
+from avcurate.pipeline.registry import COMMAND_STAGES, stage_class
 from avcurate.pipeline.runner import Runner
 from avcurate.reports.tables import category_table
 
@@ -259,15 +259,16 @@ COMMANDS = [
                  "'pass_rate > 0' 'pass_rate < 1' 'blind_answerable <= 0.25'.\n\nWith --limit N "
                  "it probes a stratified sample only, as an audit that leaves the run as it "
                  "is.", model=True, extra=AUDIT, audit=_probe_audit),
-    StageCommand("teach", ["visual_teacher", "audio_teacher", "teacher_filter"],
+    StageCommand("teach", list(COMMAND_STAGES["teach"]),
                  "AVRT's single-modality teachers: a vision model on frames, an audio model on "
                  "the clip, then keep the rows they got right.\n\nAVRT used Kimi-VL-Thinking "
                  "(vision) and Audio Flamingo 3 think (audio), e.g. each served by `vllm serve` "
                  "and reached with --*-backend openai --*-base-url http://HOST:PORT/v1.",
                  prefixes=["visual", "audio", ""], model=True),
-    StageCommand("merge-traces", ["merge"], "Merge the teachers' reasoning into "
-                 "<think>…</think><answer>X</answer> traces (AVRT used Qwen2.5-14B-Instruct), "
-                 "check every trace, and print the trace report.", model=True,
+    StageCommand("merge-traces", list(COMMAND_STAGES["merge-traces"]),
+                 "Merge the teachers' reasoning into <think>…</think><answer>X</answer> traces "
+                 "(AVRT used Qwen2.5-14B-Instruct), check every trace, and print the trace "
+                 "report.", model=True,
                  after=_trace_report),
     StageCommand("threshold", ["threshold"], "Keep rows passing every rule; rejects name the "
                  "first rule a row failed."),

@@ -36,6 +36,9 @@ BUILTINS: dict[str, type] = {cls.name: cls for cls in (
     Validate, Threshold, Balance, Subset, Dedup, Score, Classify, Probe, VisualTeacher,
     AudioTeacher, TeacherFilter, Merge, Decontaminate)}
 _EXTRA: dict[str, type] = {}
+# the commands whose names are not their stages' (the others run the stage of their name)
+COMMAND_STAGES = {"teach": ("visual_teacher", "audio_teacher", "teacher_filter"),
+                  "merge-traces": ("merge",)}
 
 
 def register(cls: type) -> type:
@@ -74,6 +77,12 @@ def stage_class(name: str) -> type:
     """The class of stage `name` (loading a plugin on first use), with a clear error for typos."""
     stages = available()
     if name not in stages:
+        if (command := name.replace("_", "-")) in COMMAND_STAGES:
+            names = COMMAND_STAGES[command]
+            what = (f"the stage {names[0]!r}" if len(names) == 1 else
+                    f"the stages {', '.join(map(repr, names))}, each its own [[stages]] table")
+            raise StageError(f"{name!r} is the command `avcurate {command}`; in a recipe it is "
+                             f"{what}")
         raise StageError(f"unknown stage {name!r}{did_you_mean(name, stages)} "
                          f"(available: {', '.join(sorted(stages))})")
     cls = stages[name]
