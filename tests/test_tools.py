@@ -224,3 +224,16 @@ def test_a_long_label_is_cut_before_it_is_escaped():
     assert f"{label}: 3" in titles  # whole in the bar's tooltip
     short = bars("Categories", {"before": {"x" * 32: 1}})
     assert "x" * 32 + "<" in short  # a label that fits is not cut
+
+
+def test_query_right_aligns_numbers_and_left_aligns_text(scored_run):
+    """Counts line up by their last digit, as in every other table avcurate prints; text
+    stays left-aligned, and a column mixing numbers with text is text."""
+    text = sh("query", str(scored_run), "SELECT category, count(*) AS n, "
+              "CASE WHEN count(*) > 3 THEN 'many' ELSE '2' END AS k FROM samples "
+              "GROUP BY 1 ORDER BY 2 DESC").stdout
+    rows = {cells[0].strip(): cells for line in text.splitlines() if line.startswith("│")
+            for cells in [line.split("│")[1:-1]]}
+    assert rows["speech"][1].endswith("26 ") and rows["counting"][1].endswith(" 2 ")
+    assert rows["speech"][0].startswith(" speech ")
+    assert rows["counting"][2].startswith(" 2 ")  # k is text: '2' beside 'many'

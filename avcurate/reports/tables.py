@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import shlex
+from decimal import Decimal
 from typing import Any
 
 import pyarrow.compute as pc
@@ -133,14 +134,21 @@ def _cell(value: Any) -> Text:
     return Text(("NULL" if value is None else str(value))[:80])
 
 
+def _numeric(rows: list[tuple], i: int) -> bool:
+    """Column `i` holds numbers only (NULLs aside), so it is right-aligned: counts line up."""
+    values = [row[i] for row in rows if row[i] is not None]
+    return bool(values) and all(isinstance(v, int | float | Decimal) and not isinstance(v, bool)
+                                for v in values)
+
+
 def result_table(columns: list[str], rows: list[tuple], width: int = 80) -> Table:
     """A query's rows as a table when its columns fit in `width` (a few characters each at
     least), else one record per row, a column per line: `SELECT * FROM samples` has some
     forty columns, which squeezed into a terminal became a grid of empty cells."""
     if sum(min(len(c), 10) + 3 for c in columns) + 1 <= width:
         table = Table()
-        for c in columns:
-            table.add_column(Text(c))
+        for i, c in enumerate(columns):
+            table.add_column(Text(c), justify="right" if _numeric(rows, i) else "left")
         for row in rows:
             table.add_row(*map(_cell, row))
         return table
