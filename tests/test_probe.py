@@ -212,6 +212,8 @@ def test_stats_show_what_the_probe_measured(tmp_path, clips):
                             "--html", str(html)], capture_output=True, text=True, check=True)
     assert "Probe: accuracy per condition (6 questions)" in shown.stdout
     assert "Spearman rho" in shown.stdout
+    assert "questions per pass rate with frames+audio: 1 at 0.000, 1 at 0.250, 4 at 1.000" in (
+        " ".join(shown.stdout.split()))
     page = html.read_text()
     assert "Probe: measured difficulty" in page and page.count("<circle") == 12
 

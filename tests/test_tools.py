@@ -237,3 +237,26 @@ def test_query_right_aligns_numbers_and_left_aligns_text(scored_run):
     assert rows["speech"][1].endswith("26 ") and rows["counting"][1].endswith(" 2 ")
     assert rows["speech"][0].startswith(" speech ")
     assert rows["counting"][2].startswith(" 2 ")  # k is text: '2' beside 'many'
+
+
+def test_stats_per_source_names_each_stage_in_run_order(scored_run):
+    """The per-source columns are input, kept, then each stage's rejects in the order the
+    stages ran, every stage's name whole in a 100-column terminal (they were cut to
+    'rejected_b…' and sorted by name)."""
+    sh("dedup", str(scored_run), "-q")
+    sh("threshold", str(scored_run), "-q")
+    sh("balance", str(scored_run), "--max-ratio", "2", "--min-count", "3", "-q")
+    stats = json.loads(sh("stats", str(scored_run), "--json").stdout)
+    assert list(stats["sources"]["jsonl"]) == ["input", "kept", "rejected_dedup",
+                                               "rejected_threshold", "rejected_balance"]
+    text = subprocess.run(avcurate_cmd("stats", str(scored_run)), capture_output=True,
+                          text=True, check=True, env=os.environ | {"COLUMNS": "100"}).stdout
+    table = text[text.index("Per source"):].splitlines()
+    header = [" ".join(cells) for cells in zip(*(
+        [c.strip() for c in line.split("┃")[1:-1]] for line in table[2:4]), strict=True)]
+    assert header == [" source", " input", " kept", "rejected dedup", "rejected threshold",
+                      "rejected balance"]
+    html = (sh("stats", str(scored_run), "--html", str(scored_run / "r.html")) and
+            (scored_run / "r.html").read_text())
+    assert html.index("rejected_dedup") < html.index("rejected_threshold") < html.index(
+        "rejected_balance")

@@ -180,7 +180,7 @@ def render(stats: dict[str, Any]) -> str:
     if stats.get("audit"):
         sections += _audit(stats["audit"])
     if stats["sources"]:
-        keys = sorted({k for v in stats["sources"].values() for k in v})
+        keys = list(dict.fromkeys(k for v in stats["sources"].values() for k in v))
         sections += ["<h2>Sources</h2>", _table(["source", *keys], [
             [src, *(v.get(k, 0) for k in keys)] for src, v in stats["sources"].items()])]
     style = ("body{font-family:system-ui,sans-serif;max-width:960px;margin:2em auto;color:#222}"

@@ -34,7 +34,7 @@ def collect(run_dir: Path | str) -> dict[str, Any]:
         "stages": stage_rows(store),
         "categories": _categories(con, manifest, cols),
         "scores": score_summary(con, cols),
-        "sources": _sources(con),
+        "sources": _sources(con, manifest),
         "subsets": {k: v for e in manifest["stages"] for k, v in e.get("subsets", {}).items()},
         "traces": trace_report(run_dir),
         "probe": _probe(run_dir, con),
@@ -87,18 +87,21 @@ def score_summary(con, cols) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _sources(con) -> dict[str, dict[str, int]]:
+def _sources(con, manifest: dict[str, Any]) -> dict[str, dict[str, int]]:
+    """Per source: input, kept, then rows rejected by each stage in the run's order (a
+    source's row is input = kept + every rejected_<stage>)."""
     kept = dict(con.execute("SELECT source, count(*) FROM samples GROUP BY 1").fetchall())
-    rejected = []
+    rejected: dict[tuple[str, str], int] = {}
     if "rejects" in views(con):
-        rejected = con.execute("SELECT source, reject_stage, count(*) FROM rejects "
-                               "GROUP BY 1, 2 ORDER BY 1, 2").fetchall()
+        rejected = {(str(src), stage): n for src, stage, n in con.execute(
+            "SELECT source, reject_stage, count(*) FROM rejects GROUP BY 1, 2").fetchall()}
+    order = list(dict.fromkeys(e["name"] for e in manifest["stages"]))
+    stages = sorted({stage for _, stage in rejected},
+                    key=lambda s: (order.index(s) if s in order else len(order), s))
     out: dict[str, dict[str, int]] = {}
-    for source, n in kept.items():
-        out.setdefault(str(source), {})["kept"] = n
-    for source, stage, n in rejected:
-        out.setdefault(str(source), {})[f"rejected_{stage}"] = n
-    for counts in out.values():
-        counts.setdefault("kept", 0)
-        counts["input"] = sum(counts.values())
+    for source in sorted({str(s) for s in kept} | {src for src, _ in rejected}):
+        counts = {"kept": kept.get(source, 0)}
+        counts |= {f"rejected_{s}": rejected[source, s] for s in stages
+                   if (source, s) in rejected}
+        out[source] = {"input": sum(counts.values())} | counts
     return out

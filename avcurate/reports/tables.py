@@ -120,12 +120,15 @@ def scores_table(scores: dict[str, dict[str, Any]]) -> Table:
 
 
 def sources_table(sources: dict[str, dict[str, int]]) -> Table:
+    """Rows per source: input, kept, and rejected by each stage in the run's order, the stage
+    under "rejected" in its header so that eight columns fit a terminal unshortened."""
     table = Table(title="Per source", title_justify="left")
-    keys = sorted({k for v in sources.values() for k in v} - {"input", "kept"})
-    for col in ["source", "input", "kept", *keys]:
-        table.add_column(col, justify="left" if col == "source" else "right")
+    keys = list(dict.fromkeys(k for v in sources.values() for k in v))
+    table.add_column("source")
+    for key in keys:
+        table.add_column(key.replace("rejected_", "rejected\n"), justify="right")
     for src, v in sources.items():
-        table.add_row(Text(src), *(f"{v.get(k, 0):,}" for k in ["input", "kept", *keys]))
+        table.add_row(Text(src), *(f"{v.get(k, 0):,}" for k in keys))
     return table
 
 
@@ -176,7 +179,8 @@ def probe_table(probe: dict[str, Any]) -> Table:
         table.add_row(Text(cat), f"{row['rows']:,}", *(_pct(row[c]) for c in CONDITION_NAMES))
     hist = probe.get("pass_rate_histogram", {})
     blind = probe.get("blind_answerable_share", {})
-    caption = [f"pass rate: {', '.join(f'{p}: {n}' for p, n in hist.items())}",
+    caption = ["questions per pass rate with frames+audio: "
+               f"{', '.join(f'{n:,} at {p}' for p, n in hist.items())}",
                f"answerable blind (above chance): {_pct(blind.get('above_chance'))}, "
                f"by more than 0.25: {_pct(blind.get('above_0.25'))}"]
     for modality, agree in probe.get("judge_vs_measured", {}).items():
