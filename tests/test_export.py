@@ -72,6 +72,10 @@ def test_card(balanced_run, tmp_path):
                  "| speech | 70 | 60 |", "Score summary", "composite_score", "## Columns",
                  "## Recipe"):
         assert part in text, part
+    # numbers right-aligned where a column holds only numbers (Markdown's `---:`)
+    assert "| category | before | after |\n|---|---:|---:|" in text
+    assert "| stage | in | kept | rejected | top reject reasons |\n|---|---:|---:|---:|---|" in text
+    assert "| column | meaning |\n|---|---|" in text
 
 
 def test_sharding_copy_media_and_all_columns(balanced_run, tmp_path, media):

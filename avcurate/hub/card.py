@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,8 +62,21 @@ def size_category(n: int) -> str:
     return "n>10M"
 
 
+NUMBER = re.compile(r"-?\d[\d,]*(\.\d+)?%?")
+
+
+def _is_number(cell: Any) -> bool:
+    return (isinstance(cell, int | float) and not isinstance(cell, bool)) or (
+        isinstance(cell, str) and NUMBER.fullmatch(cell) is not None)
+
+
 def _table(headers: list[str], rows: list[list[Any]]) -> str:
-    out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    """A Markdown table; a column of numbers only is right-aligned (`---:`), so counts line
+    up on the Hub's page as in the terminal."""
+    columns = [[r[i] for r in rows if r[i] is not None] for i in range(len(headers))]
+    numeric = [bool(cells) and all(map(_is_number, cells)) for cells in columns]
+    out = ["| " + " | ".join(headers) + " |",
+           "|" + "".join("---:|" if n else "---|" for n in numeric)]
     out += ["| " + " | ".join("-" if c is None else str(c).replace("|", "\\|") for c in row)
             + " |" for row in rows]
     return "\n".join(out)
