@@ -836,3 +836,29 @@ def test_a_limit_no_row_fits_stops_training_in_one_line(toy, tmp_path):
     assert "over --max-prompt-tokens 4" in said[0] and "Traceback" not in result.stderr
     assert not (tmp_path / "out/final").exists()
     assert len((tmp_path / "out/skipped_rows.jsonl").read_text().splitlines()) >= 2
+
+
+def test_open_ended_rows_under_the_accuracy_reward_are_named_before_training(toy, tmp_path,
+                                                                            capfd):
+    """Rows without options earn 0 from the letter-reading accuracy reward whatever the
+    policy writes; training says how many there are, once, before its first step, and
+    says nothing when the rewards do not read letters or every row has options."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    lm, data = toy
+    rows = pq.read_table(data).to_pylist()[:6]
+    rows += [{"id": f"open{i}", "question": "What colour is the sky?", "options": None,
+              "answer": "blue"} for i in range(3)]
+    rows += [{"id": "empty", "question": "Name it.", "options": [], "answer": "a bell"}]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "rows.parquet")
+    mixed = (lm, tmp_path / "rows.parquet")
+    train(_cfg(mixed, tmp_path / "acc", steps=1, num_generations=2,
+               rewards=["format", "accuracy"]), progress=False)
+    err = capfd.readouterr().err
+    assert err.count("4 of 10 training rows are open-ended (no options)") == 1
+    assert "soft_accuracy" in err
+    train(_cfg(mixed, tmp_path / "own", steps=1, num_generations=2), progress=False)
+    train(_cfg(toy, tmp_path / "mc", steps=1, num_generations=2, rewards=["accuracy"]),
+          progress=False)
+    assert "open-ended" not in capfd.readouterr().err

@@ -51,6 +51,18 @@ class Rows(Sequence[dict[str, Any]]):
             yield from batch.to_pylist()
 
 
+def open_ended(rows: Rows) -> int:
+    """Rows without options: a reward that reads an option letter (accuracy) scores them 0
+    whatever the policy answers, so a training on many of them learns from nothing."""
+    options = rows.table.column("options")
+    if pa.types.is_null(options.type):
+        return rows.table.num_rows
+    if not pa.types.is_list(options.type) and not pa.types.is_large_list(options.type):
+        return 0  # options of another shape: not ours to judge
+    lengths = pc.list_value_length(options)
+    return lengths.null_count + pc.sum(pc.equal(lengths, 0), min_count=0).as_py()
+
+
 def load_rows(path: str | Path, split: str = "train") -> Rows:
     """Rows of an export's split, or of a Parquet file/folder, media paths made absolute.
 

@@ -31,7 +31,7 @@ from avcurate.trainer import groups as rollout_groups
 from avcurate.trainer import rewards as reward_registry
 from avcurate.trainer.collectives import all_sum, gather_list
 from avcurate.trainer.config import TrainConfig
-from avcurate.trainer.data import load_rows
+from avcurate.trainer.data import Rows, load_rows, open_ended
 from avcurate.trainer.hub_model import loadable
 from avcurate.trainer.interrupts import StopAtStepEnd, say
 from avcurate.trainer.losses import LossConfig, local_advantages, policy_loss
@@ -366,6 +366,16 @@ def check(cfg: TrainConfig, held: ExitStack | None = None) -> tuple[str, list[Re
     return model_path, rewards
 
 
+def warn_open_ended(rows: Rows, rewards: list[Reward]) -> None:
+    """Say, before training, when rows without options meet the letter-reading accuracy
+    reward: they earn 0 on every completion, a silent waste of their generations."""
+    n = open_ended(rows)
+    if n and "accuracy" in [r.name for r in rewards]:
+        say(f"note: {n:,} of {len(rows):,} training rows are open-ended (no options); the "
+            "accuracy reward reads an option letter and gives them 0 whatever the answer. "
+            "Add soft_accuracy (a judge grades the answer) or train on multiple-choice rows.")
+
+
 def build(cfg: TrainConfig, model_path: str, rewards: list[Reward],
           policy_kwargs: dict | None = None) -> TrainState:
     """Distributed setup, seeds, data, policy (+ reference), optimizer, schedule."""
@@ -374,6 +384,8 @@ def build(cfg: TrainConfig, model_path: str, rewards: list[Reward],
         raise ValueError(f"--prompts-per-step {cfg.prompts_per_step} must divide among {world} ranks")
     seed_all(cfg.seed)
     rows = load_rows(cfg.data)
+    if rank == 0:
+        warn_open_ended(rows, rewards)
     prec = precision(cfg.dtype, device)
     mixed = prec == "bf16-mixed"
     policy_kw = {"dtype": DTYPES[prec], "device": device, "system_prompt": cfg.system_prompt,
