@@ -260,3 +260,18 @@ def test_stats_per_source_names_each_stage_in_run_order(scored_run):
             (scored_run / "r.html").read_text())
     assert html.index("rejected_dedup") < html.index("rejected_threshold") < html.index(
         "rejected_balance")
+
+
+@pytest.mark.parametrize("dry", [False, True])
+def test_a_stage_command_before_its_inputs_names_the_command_to_run_first(scored_run, dry):
+    """`merge-traces` on a run without teacher columns: one line naming `avcurate teach RUN`
+    (the command, not recipe stages to add), for the dry run as for the run, which used to
+    end in a KeyError traceback; nothing is added to the run."""
+    before = (scored_run / "manifest.json").read_text()
+    result = sh("merge-traces", str(scored_run), "--model", "m", "--base-url",
+                "http://127.0.0.1:9/v1", *(["--dry-run"] if dry else []), check=False)
+    assert result.returncode != 0 and "Traceback" not in result.stderr + result.stdout
+    [line] = [x for x in result.stderr.splitlines() if x.strip()]
+    assert line.startswith("error: stage 'merge' needs column(s) visual_description")
+    assert line.endswith(f"run `avcurate teach {scored_run}` first")
+    assert (scored_run / "manifest.json").read_text() == before

@@ -28,7 +28,7 @@ from avcurate.hub.licenses import LicenseError
 from avcurate.hub.options import ExportError
 from avcurate.pipeline.recipe import RecipeError, StageSpec
 from avcurate.pipeline.registry import create
-from avcurate.pipeline.runner import AlreadyDone, RunError, extend_run
+from avcurate.pipeline.runner import AlreadyDone, MissingColumns, RunError, extend_run
 from avcurate.reports.tables import emptied_stage, reasons_table, stage_rows, summary_table
 from avcurate.stages.base import StageError
 
@@ -201,6 +201,15 @@ def require_run(run_dir: Path) -> None:
         fail(store.not_a_run())
 
 
+def as_commands(fn: Callable[..., Any], run_dir: Path, *args: Any, **kwargs: Any) -> Any:
+    """`fn(run_dir, ...)` for a stage command: a missing column is said as the commands
+    to run on `run_dir` first, not as stages to add to a recipe the user never wrote."""
+    try:
+        return fn(run_dir, *args, **kwargs)
+    except MissingColumns as exc:
+        raise RunError(exc.for_commands(run_dir)) from None
+
+
 def run_more(run_dir: Path, specs: list[StageSpec], force: bool, quiet: bool,
              workers: int | None = None, redo: bool = False, yes: bool = False,
              append: bool = False) -> bool:
@@ -216,7 +225,7 @@ def run_more(run_dir: Path, specs: list[StageSpec], force: bool, quiet: bool,
         manifest["recipe"].setdefault("run", {})["workers"] = workers
         store.save_manifest(manifest)
     try:
-        guard(extend_run, run_dir, specs, redo=redo, append=append, force=force,
+        guard(as_commands, extend_run, run_dir, specs, redo=redo, append=append, force=force,
               show_progress=not quiet,
               confirm_redo=lambda: confirm_redo(run_dir, specs, yes))
     except AlreadyDone as exc:

@@ -20,6 +20,7 @@ from avcurate.cli.common import (
     Quiet,
     Yes,
     app,
+    as_commands,
     check_specs,
     fail,
     guard,
@@ -126,7 +127,8 @@ class StageCommand:
         if values.get("dry_run"):
             from avcurate.pipeline.dry_run import dry_run
 
-            out.print(guard(dry_run, run_dir, specs[0]), highlight=False, soft_wrap=True)
+            out.print(guard(as_commands, dry_run, run_dir, specs[0]), highlight=False,
+                      soft_wrap=True)
             return
         if self.audit is not None and values.get("limit") is not None:
             self.audit(run_dir, specs, values)

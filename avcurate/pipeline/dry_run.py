@@ -14,6 +14,7 @@ from avcurate.core.store import RunStore, read_parquet
 from avcurate.models.request import AudioPart, ImagePart, ModelRequest, TextPart, VideoPart
 from avcurate.pipeline.recipe import StageSpec
 from avcurate.pipeline.registry import create
+from avcurate.pipeline.runner import MissingColumns
 from avcurate.stages.context import StageContext
 from avcurate.stages.model_stage import ModelStage
 
@@ -96,6 +97,9 @@ def dry_run(run_dir, spec: StageSpec) -> str:
     last = store.load_manifest()["stages"][-1]
     inputs = store.shards(store.root / last["dir"])
     rows = sum(pq.ParquetFile(p).metadata.num_rows for p in inputs)
+    if inputs and (missing := [c for c in stage.requires
+                               if c not in pq.read_schema(inputs[0]).names]):
+        raise MissingColumns(spec.name, missing)  # as a run of the stage would say
     ctx = StageContext(run_dir=store.root, stage_dir=store.root / "dry-run")
     try:
         sample_rows = min(rows, EXACT_UP_TO)

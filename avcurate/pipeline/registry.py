@@ -41,6 +41,13 @@ COMMAND_STAGES = {"teach": ("visual_teacher", "audio_teacher", "teacher_filter")
                   "merge-traces": ("merge",)}
 
 
+def command_of(stage: str) -> str:
+    """The `avcurate` command that runs a built-in stage: its own name, or the command
+    that runs it with others (`teach` for the teachers)."""
+    return next((command for command, stages in COMMAND_STAGES.items() if stage in stages),
+                stage.replace("_", "-"))
+
+
 def register(cls: type) -> type:
     """Make a stage class available by its `name` in this process (tests, notebooks)."""
     if not cls.name:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import platform
+import shlex
 import shutil
 import sys
 import time
@@ -50,7 +51,7 @@ from avcurate.pipeline.held import HeldShards
 from avcurate.pipeline.ingest_pieces import Piece, shards
 from avcurate.pipeline.progress import Progress
 from avcurate.pipeline.recipe import Recipe, SourceSpec, StageSpec
-from avcurate.pipeline.registry import BUILTINS, create, stage_class
+from avcurate.pipeline.registry import BUILTINS, command_of, create, stage_class
 from avcurate.stages.base import (
     Resources,
     Stage,
@@ -110,12 +111,31 @@ def ingest_fingerprint(recipe: Recipe) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def _makers(columns: list[str]) -> str:
-    """The built-in stages that add `columns`, as the hint of a missing-column error: what
-    to run first is then named, not left to the README."""
-    makers = [name for name, cls in BUILTINS.items()
-              if set(columns) & set(getattr(cls, "adds", {}))]
-    return f" ({', '.join(makers)})" if makers else ""
+def makers(columns: list[str]) -> list[str]:
+    """The built-in stages that add any of `columns`: what to run first is then named in a
+    missing-column error, not left to the README."""
+    return [name for name, cls in BUILTINS.items()
+            if set(columns) & set(getattr(cls, "adds", {}))]
+
+
+class MissingColumns(RunError):
+    """A stage planned where no earlier stage adds the columns it reads; said for a recipe
+    here, and by the stage commands as the commands to run first (`for_commands`)."""
+
+    def __init__(self, stage: str, missing: list[str]) -> None:
+        self.stage, self.missing, self.makers = stage, missing, makers(missing)
+        hint = f" ({', '.join(self.makers)})" if self.makers else ""
+        super().__init__(f"stage {stage!r} needs column(s) {', '.join(missing)}, which no "
+                         f"earlier stage adds; add the stage that produces them before it{hint}")
+
+    def for_commands(self, run_dir: Path | str) -> str:
+        """The same fault said to someone typing stage commands on `run_dir`."""
+        if not self.makers:
+            return str(self)
+        run = shlex.quote(str(run_dir))
+        commands = list(dict.fromkeys(f"`avcurate {command_of(m)} {run}`" for m in self.makers))
+        return (f"stage {self.stage!r} needs column(s) {', '.join(self.missing)}, which no "
+                f"stage of {run_dir} has added yet; run {' and '.join(commands)} first")
 
 
 def plan(recipe: Recipe) -> list[tuple[Stage, str]]:
@@ -130,10 +150,7 @@ def plan(recipe: Recipe) -> list[tuple[Stage, str]]:
             raise RunError(str(exc)) from exc
         missing = [c for c in stage.requires if c not in types]
         if missing:
-            raise RunError(
-                f"stage {spec.name!r} needs column(s) {', '.join(missing)}, which no earlier "
-                f"stage adds; add the stage that produces them before it{_makers(missing)}"
-            )
+            raise MissingColumns(spec.name, missing)
         for column in getattr(stage, "numeric", ()):  # not in v0.1's protocol
             if not _holds_numbers(types[column]):
                 raise RunError(f"stage {spec.name!r}: rule column {column!r} holds "
