@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from conftest import pcm_peak_freq
@@ -256,6 +258,18 @@ def test_frames_errors(media, tmp_path):
         frames(media["corrupt"])
     with pytest.raises(ValueError, match="unknown frame backend"):
         frames(media["good"], backend="opencv")
+
+
+def test_a_damaged_file_read_by_decord_prints_no_ffmpeg_line(media, tmp_path, capfd):
+    """decord's bundled FFmpeg printed its own lines for a damaged file ("partial file",
+    "moov atom not found") through the progress bars, beside the row's reject; they are
+    silenced as PyAV's are."""
+    truncated = tmp_path / "cut.mp4"
+    truncated.write_bytes(media["good"].read_bytes()[:3000])
+    with pytest.raises(MediaError):
+        frames(truncated, 4, backend="decord")
+    err = capfd.readouterr().err  # FFmpeg's lines start "[mov,mp4,... @ 0x55b2...]"
+    assert re.search(r"\[[^\]]+ @ 0x[0-9a-f]+\]", err) is None, err
 
 
 def test_ffmpeg_log_lines_never_enter_python(media, tmp_path):

@@ -9,8 +9,10 @@ handles rate conversion. Channels are averaged to mono on both paths.
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 
@@ -62,10 +64,20 @@ def _window(total: int, fps: float, within: float | None) -> int:
     return max(1, min(total, int(round(within * fps))))
 
 
-def _frames_decord(path: str, n: int, within: float | None = None
-                   ) -> tuple[np.ndarray, np.ndarray]:
+@functools.cache
+def _decord() -> ModuleType:
+    """decord, its bundled FFmpeg's log silenced: a damaged file printed FFmpeg's line
+    ("moov atom not found") through the progress bars while its row got the reason anyway.
+    decord's own C++ line ("ERROR opening: ...") cannot be turned off from Python."""
     import decord
 
+    decord.logging.set_level(decord.logging.QUIET)
+    return decord
+
+
+def _frames_decord(path: str, n: int, within: float | None = None
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    decord = _decord()
     try:
         reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
         spans = reader.get_frame_timestamp(list(range(len(reader))))
