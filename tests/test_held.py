@@ -108,3 +108,29 @@ def test_held_tables_stay_within_the_budget_and_go_when_no_stage_needs_them(tmp_
     assert shards.read(paths[0]) is not table and shards.read(paths[1]) is table
     shards.put(paths[2], table)  # the room of the ones let go is free again
     assert shards.read(paths[2]) is table
+
+
+def test_a_global_stage_sees_held_and_read_shards_as_the_same_rows(tmp_path):
+    """`ShardTable` scans the shards held in memory and reads the others from their files;
+    each row keeps its shard, position and file either way, so balance's and dedup's
+    decisions (made in `prepare`) are the same as when every shard is read back."""
+    from avcurate.stages.shards import ShardTable
+
+    tables = [pa.table({"id": [f"s{s}r{r}" for r in range(n)], "x": [float(s * 10 + r)
+                                                                      for r in range(n)]})
+              for s, n in enumerate([3, 0, 4, 2])]
+    paths = [tmp_path / f"part-{i:05d}.parquet" for i in range(len(tables))]
+    for path, table in zip(paths, tables, strict=True):
+        write_parquet_atomic(table, path)
+    shards = HeldShards()
+    for i in (0, 3):  # held: the first and the last; read: the empty one and the third
+        shards.put(paths[i], tables[i])
+    query = "SELECT _shard, _row, _file, id, x FROM rows ORDER BY _shard, _row"
+    with ShardTable(paths) as read, ShardTable(paths, shards.peek) as mixed:
+        assert mixed.con.sql(query).fetchall() == read.con.sql(query).fetchall()
+        ranked = "row_number() OVER (ORDER BY x DESC)"
+        assert {k: v.to_pylist() for k, v in mixed.per_shard(ranked).items()} == {
+            k: v.to_pylist() for k, v in read.per_shard(ranked).items()}
+        assert mixed.sizes == read.sizes == [3, 0, 4, 2]
+        assert mixed.con.sql("SELECT count(*) FROM rows").fetchall() == [(9,)]
+    assert shards.read(paths[0]) is tables[0]  # a peek leaves the table for process's read

@@ -107,7 +107,7 @@ class Balance(BaseStage):
         """Count the categories, plan the caps, and rank only the rows of capped
         categories: the shards' rows beyond a cap are all that is kept (per shard, as
         row positions); dropped categories and nulls are told apart in `process`."""
-        with ShardTable(inputs) as rows:
+        with ShardTable(inputs, ctx.held_table) as rows:
             counts = dict(rows.con.execute("SELECT category, count(*) FROM rows WHERE category "
                                            "IS NOT NULL GROUP BY 1").fetchall())
             caps = plan_caps(counts, min_count=self.min_count, max_ratio=self.max_ratio,

@@ -35,7 +35,7 @@ class Dedup(BaseStage):
                                           compare=False)
 
     def prepare(self, ctx: StageContext, inputs: list[Path]) -> None:
-        with ShardTable(inputs) as rows:
+        with ShardTable(inputs, ctx.held_table) as rows:
             order = ("composite_score DESC NULLS LAST, " if "composite_score" in rows.columns()
                      else "") + "id"
             question, option = NORMALISE.format(x="question"), NORMALISE.format(x="o")

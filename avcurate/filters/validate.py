@@ -150,7 +150,7 @@ class Validate(BaseStage):
         for column in ("video", "audio") if self.require_audio else ("video",):
             stop_if_all_missing(inputs, column)
         prefix = str(ctx.run_dir) + os.sep  # details name the first row relative to the run
-        with ShardTable(inputs) as rows:
+        with ShardTable(inputs, ctx.held_table) as rows:
             firsts = rows.per_shard(
                 "CASE WHEN row_number() OVER w > 1 THEN first_value(_file || '#' || _row) OVER w "
                 "END", window="w AS (PARTITION BY id ORDER BY _shard, _row)")

@@ -61,6 +61,14 @@ class HeldShards:
             return held[0]
         return read_parquet(path)
 
+    def peek(self, path: Path) -> pa.Table | None:
+        """The table held for `path` when the file is unchanged, still held for its read: a
+        global stage's `prepare` (balance's ranking) looks at every shard before `process`
+        reads each one."""
+        with self._lock:
+            held = self._held.get(path)
+        return held[0] if held is not None and held[1] == _identity(path) else None
+
     def keep_only(self, paths: list[Path]) -> None:
         """Let go of every table but those of `paths` (the stage about to run's inputs):
         a table no stage will read again is not held to the end of the run."""

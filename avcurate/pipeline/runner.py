@@ -557,7 +557,8 @@ class Runner:
         kept_schema = output_schema(stage, in_schema)
         rej_schema = reject_schema(kept_schema)
         ctx = StageContext(run_dir=self.store.root, stage_dir=out_dir,
-                           workers=self.recipe.workers, pool=self._pool)
+                           workers=self.recipe.workers, pool=self._pool,
+                           held_table=self._held.peek if self._held is not None else None)
         self._begin(out_dir, fp)
         start = time.perf_counter()
         resumed = 0

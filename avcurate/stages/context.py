@@ -17,12 +17,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from multiprocessing import forkserver, resource_tracker
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from avcurate.core.kvcache import KVCache
 from avcurate.core.lock import pid_alive
 from avcurate.media.errors import Lost
 from avcurate.stages.errors import StageError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 
 def leave_interrupts_to_parent() -> None:
@@ -331,6 +334,9 @@ class StageContext:
     share: float = 1.0
     """This process's part of each endpoint's limits (`--rpm`, Gemini's room for uploads):
     1/actors on Ray, where each actor runs a model stage with an executor of its own."""
+    held_table: Callable[[Path], pa.Table | None] | None = field(default=None, repr=False)
+    """The local runner's kept table of an input shard it wrote this run (None: read the
+    file), for a global stage's `prepare` (`ShardTable`)."""
     _own_pool: WorkerPool | None = field(default=None, repr=False)
     _caches: dict[str, KVCache] = field(default_factory=dict, repr=False)
     # shards of one stage may be processed in several threads at once (ModelStage)
