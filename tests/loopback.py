@@ -183,8 +183,11 @@ class _Server(ModelServer):
     def __init__(self, handler, latency: float = 0.0, slow_seconds: float = 2.0,
                  api_key: str | None = None, models: set[str] | None = None,
                  models_route_open: bool = False, text_only: bool = False,
-                 thinking: int = 0) -> None:
+                 thinking: int = 0, content_parts: bool = False) -> None:
         super().__init__(handler, latency=latency, record=True)
+        # OpenAI: each answer's content as a list of parts, a "thinking" part before the
+        # text, as some OpenAI-compatible servers and proxies send it
+        self.content_parts = content_parts
         self.thinking = thinking  # tokens of thought before each answer (4 characters each)
         self.text_only = text_only  # 400 for any image, audio or video part, as vLLM answers
         # for a model that is not multimodal
@@ -248,6 +251,15 @@ class _Faults:
 
 
 class OpenAIFaults(_Faults, OpenAIHandler):
+    def _json(self, code: int, payload: dict, headers: dict | None = None) -> None:
+        if self.server.content_parts and "choices" in payload:
+            for choice in payload["choices"]:
+                text = choice["message"]["content"]
+                choice["message"]["content"] = [
+                    {"type": "thinking", "thinking": [{"type": "text", "text": "Answer: A?"}]},
+                    {"type": "text", "text": text[:5]}, {"type": "text", "text": text[5:]}]
+        super()._json(code, payload, headers)
+
     def _refused_key(self) -> bool:
         if self.server.api_key and self.headers.get("Authorization") != f"Bearer {self.server.api_key}":
             self._error(401, "Incorrect API key provided")

@@ -319,6 +319,20 @@ def test_gemini_thinking_past_max_tokens_stops_the_stage(tmp_path, media, monkey
     assert read_stage(tmp_path / "run", "01")[0].num_rows == 8
 
 
+def test_an_answer_sent_as_a_list_of_content_parts_is_read(tmp_path, media):
+    """Some OpenAI-compatible servers and proxies send `content` as a list of parts: the
+    text parts are the answer (a thinking part beside them is not); before, the list
+    itself was taken for the answer and the row was lost."""
+    with openai_server(content_parts=True) as server:
+        stage = StageSpec("score", {"model": "judge", "media": "none",
+                                    "base_url": server.url + "/v1"})
+        run(jsonl_recipe(tmp_path, _records(media, ["", ""]), media["root"], [stage]),
+            tmp_path / "run")
+    kept, rej = read_stage(tmp_path / "run", "01")
+    assert kept.num_rows == 2 and rej.num_rows == 0
+    assert kept.column("composite_score").null_count == 0
+
+
 @pytest.mark.parametrize("backend", ["openai", "gemini"])
 def test_an_answer_a_content_filter_stopped_says_so(tmp_path, media, monkeypatch, backend):
     """A prompt the provider's safety filter blocks is that row's: it is rejected, and its

@@ -53,6 +53,19 @@ def _transport_error(exc: openai.APIConnectionError, timeout: float) -> ModelErr
     return ModelError(detail, retryable=True, kind="timeout")
 
 
+def message_text(content: Any) -> str:
+    """An answer's text: a string, or the text parts of a list of content parts, as some
+    OpenAI-compatible servers and proxies send it (`[{"type": "text", "text": ...}]`, with
+    "thinking" or "reasoning" parts beside it, which are not the answer)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(p["text"] for p in content if isinstance(p, dict)
+                       and p.get("type", "text") in ("text", "output_text")
+                       and isinstance(p.get("text"), str))
+    return ""
+
+
 def _retry_after(exc: openai.APIStatusError) -> float | None:
     value = exc.response.headers.get("retry-after") if exc.response is not None else None
     try:
@@ -179,7 +192,7 @@ class OpenAIBackend:
                              kind=f"http_{exc.status_code}", retry_after=_retry_after(exc)
                              ) from exc
         choices = completion.get("choices") or [{}]
-        texts = [(c.get("message") or {}).get("content") or "" for c in choices]
+        texts = [message_text((c.get("message") or {}).get("content")) for c in choices]
         usage = completion.get("usage") or {}
         return with_json(ModelResponse(text=texts[0], texts=texts, usage={
             "prompt_tokens": int(usage.get("prompt_tokens") or 0),
