@@ -15,6 +15,8 @@ inject faults when the question text carries a marker:
   [leak] [mismatch] [outside] [noanswer] [short]   the merger's trace always fails that check
   [leak-once]  the merger leaks the answer until it is told what was wrong
   [down]       always 503 (an endpoint that is failing)
+  [error200]   OpenAI: the first attempt gets a 200 whose body is an error, as OpenRouter
+               passes on a provider's failure
   [filtered]   an empty answer that a content filter stopped (OpenAI: finish_reason
                "content_filter"; Gemini: the prompt blocked, no candidate)
 
@@ -287,6 +289,9 @@ class OpenAIFaults(_Faults, OpenAIHandler):
         if "[down]" in prompt or self.server.down or (
                 after is not None and len(self.server.requests) > after):
             self._error(503, "service unavailable")
+            return True
+        if "[error200]" in prompt and attempt == 1:
+            self._json(200, {"error": {"message": "Provider returned error", "code": 502}})
             return True
         if "[filtered]" in prompt:
             self._json(200, {"id": "f", "object": "chat.completion", "model": body["model"],

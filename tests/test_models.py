@@ -333,6 +333,20 @@ def test_an_answer_sent_as_a_list_of_content_parts_is_read(tmp_path, media):
     assert kept.column("composite_score").null_count == 0
 
 
+def test_a_200_whose_body_is_an_error_is_a_failed_call_and_retried(tmp_path, media):
+    """OpenRouter and other proxies answer 200 with {"error": ...} when the provider
+    failed: that is a failed call, retried, not an empty answer that costs one of the row's
+    answer rounds (with one round, the row was rejected as judge_invalid_json)."""
+    with openai_server() as server:
+        stage = StageSpec("score", {"model": "judge", "media": "none", "max_rounds": 1,
+                                    "base_url": server.url + "/v1"})
+        run(jsonl_recipe(tmp_path, _records(media, ["[error200]"]), media["root"], [stage]),
+            tmp_path / "run")
+        prompts = [r for r in server.requests if "[error200]" in json.dumps(r)]
+    kept, rej = read_stage(tmp_path / "run", "01")
+    assert kept.num_rows == 1 and rej.num_rows == 0 and len(prompts) == 2
+
+
 @pytest.mark.parametrize("backend", ["openai", "gemini"])
 def test_an_answer_a_content_filter_stopped_says_so(tmp_path, media, monkeypatch, backend):
     """A prompt the provider's safety filter blocks is that row's: it is rejected, and its

@@ -53,6 +53,18 @@ def _transport_error(exc: openai.APIConnectionError, timeout: float) -> ModelErr
     return ModelError(detail, retryable=True, kind="timeout")
 
 
+def _error_in_body(error: Any) -> ModelError:
+    """A 200 whose body is an error instead of choices, as OpenRouter and other proxies pass
+    on a provider's failure: a failed call (retried unless its code says it is final), not
+    an empty answer that the row is rejected for."""
+    message, code = (error.get("message") or json.dumps(error), error.get("code")) \
+        if isinstance(error, dict) else (str(error), None)
+    status = code if isinstance(code, int) and 100 <= code < 600 else None
+    return ModelError(f"the server answered 200 with an error: {message}",
+                      retryable=status is None or status >= 500 or status in (408, 429),
+                      kind=f"http_{status}" if status else "server_error")
+
+
 def message_text(content: Any) -> str:
     """An answer's text: a string, or the text parts of a list of content parts, as some
     OpenAI-compatible servers and proxies send it (`[{"type": "text", "text": ...}]`, with
@@ -191,6 +203,8 @@ class OpenAIBackend:
             raise ModelError(str(exc) + self._route_hint(exc.status_code), retryable=retryable,
                              kind=f"http_{exc.status_code}", retry_after=_retry_after(exc)
                              ) from exc
+        if not completion.get("choices") and completion.get("error"):
+            raise _error_in_body(completion["error"])
         choices = completion.get("choices") or [{}]
         texts = [message_text((c.get("message") or {}).get("content")) for c in choices]
         usage = completion.get("usage") or {}
