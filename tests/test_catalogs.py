@@ -673,6 +673,35 @@ def test_an_answer_in_a_list_of_one_is_that_answer(tmp_path):
         ("jsonl:qa/4", "record 3: answer is a list of 0 answers; a question here has exactly one")]
 
 
+def test_nan_is_a_null_and_trailing_null_options_are_no_option(tmp_path):
+    """`json.dumps` of rows from pandas writes NaN for an empty cell: it is a null, not the
+    text "nan" (an option "nan" was kept, and a NaN duration stayed NaN). Nulls at the end
+    of the options are the unused slots of a fixed number of options; one between options
+    is a record error."""
+    records = [{"id": 1, "video": "a.mp4", "question": "Q?", "options": ["x", "y", float("nan"),
+                                                                          None],
+                "answer": "B", "duration_s": float("nan")},
+               {"id": 2, "video": "a.mp4", "question": float("nan"), "options": ["x", "y"],
+                "answer": "A"},
+               {"id": 3, "video": "a.mp4", "question": "Q?", "options": ["x", None, "z"],
+                "answer": "A"},
+               {"id": 4, "video": "a.mp4", "question": "Q?", "options": ["x", "y"],
+                "answer": float("nan")}]
+    ann = tmp_path / "qa.jsonl"
+    ann.write_text("".join(json.dumps(r) + "\n" for r in records))  # NaN, as json.dumps writes
+    assert "NaN" in ann.read_text()
+    rows, rejects = _read("jsonl", ann, tmp_path,
+                          columns={"id": "id", "video": "video", "question": "question",
+                                   "options": "options", "answer": "answer",
+                                   "duration_s": "duration_s"})
+    assert [(r["options"], r["answer"], r["duration_s"]) for r in rows] == [(["x", "y"], "B",
+                                                                             None)]
+    assert [(r.raw_id, r.detail) for r in rejects] == [
+        ("jsonl:qa/2", "record 1: question is missing (NaN)"),
+        ("jsonl:qa/3", "record 2: options[1] is missing (null)"),
+        ("jsonl:qa/4", "record 3: answer is missing (NaN)")]
+
+
 def test_records_wrapped_in_an_object_are_found(tmp_path):
     """Releases wrap their records: `{"version": ..., "annotations": [...]}`, COCO's
     `{"info": {...}, "questions": [...]}`. The one list of objects is the records."""

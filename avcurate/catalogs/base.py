@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import re
 import unicodedata
@@ -41,10 +42,11 @@ class Malformed(ValueError):
 
 
 def text(value: Any, field: str, *, required: bool = True, numbers: bool = False) -> str | None:
-    """A string field, checked: no silent `str()` of dicts, lists or nulls."""
-    if value is None:
+    """A string field, checked: no silent `str()` of dicts, lists or nulls. A NaN (what
+    pandas writes for an empty cell, and `json.dumps` passes on) is a null, not "nan"."""
+    if value is None or _nan(value):
         if required:
-            raise Malformed(f"{field} is missing (null)")
+            raise Malformed(f"{field} is missing ({'NaN' if value is not None else 'null'})")
         return None
     if numbers and isinstance(value, int | float) and not isinstance(value, bool):
         value = str(value)
@@ -58,10 +60,19 @@ def text(value: Any, field: str, *, required: bool = True, numbers: bool = False
 
 
 def texts(value: Any, field: str) -> list[str]:
-    """A list of strings (numbers allowed, as option texts may be numbers)."""
+    """A list of strings (numbers allowed, as option texts may be numbers). Nulls at its
+    end are no option, as a fixed number of option slots leaves them for a question with
+    fewer options; a null between two options is a record error."""
     if not isinstance(value, list):
         raise Malformed(f"{field} must be a list, not {type(value).__name__}")
-    return [text(v, f"{field}[{i}]", numbers=True) for i, v in enumerate(value)]
+    end = len(value)
+    while end and (value[end - 1] is None or _nan(value[end - 1])):
+        end -= 1
+    return [text(v, f"{field}[{i}]", numbers=True) for i, v in enumerate(value[:end])]
+
+
+def _nan(value: Any) -> bool:
+    return isinstance(value, float) and math.isnan(value)
 
 
 def answer_value(value: Any, field: str) -> str | int:

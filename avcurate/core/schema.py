@@ -9,6 +9,7 @@ their own columns (declared in `Stage.adds`); rejected rows carry
 from __future__ import annotations
 
 import json
+import math
 import unicodedata
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -75,7 +76,7 @@ def sample_row(
         "question": question,
         "options": list(options) if options is not None else None,
         "answer": answer,
-        "duration_s": duration_s,
+        "duration_s": duration_s if duration_s is None or math.isfinite(duration_s) else None,
         "meta": _json(dict(meta or {})),
     }
 
