@@ -62,12 +62,13 @@ def text(value: Any, field: str, *, required: bool = True, numbers: bool = False
 def texts(value: Any, field: str) -> list[str]:
     """A list of strings (numbers allowed, as option texts may be numbers). Nulls at its
     end are no option, as a fixed number of option slots leaves them for a question with
-    fewer options; a null between two options is a record error."""
+    fewer options; a null between two options, or only nulls, is a record error."""
     if not isinstance(value, list):
         raise Malformed(f"{field} must be a list, not {type(value).__name__}")
     end = len(value)
     while end and (value[end - 1] is None or _nan(value[end - 1])):
         end -= 1
+    end = end or len(value)  # nothing but nulls: named as the record error it is
     return [text(v, f"{field}[{i}]", numbers=True) for i, v in enumerate(value[:end])]
 
 
