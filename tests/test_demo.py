@@ -161,7 +161,7 @@ def test_demo_runs_every_stage_with_the_demo_model_and_resumes(demo_run, tmp_pat
 def test_the_report_in_a_real_browser_shows_every_label_whole(demo_run):
     """Each chart's text lies inside its chart (a scatter's title ran past its plot's width
     and was cut: "n = 3" for "n = 37"), and in every table numbers are right-aligned and
-    text left-aligned, on one line."""
+    text left-aligned, on one line (or the lines a header breaks into), within the page."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
@@ -189,14 +189,22 @@ def test_the_report_in_a_real_browser_shows_every_label_whole(demo_run):
         wrapped = page.evaluate("""() => [...document.querySelectorAll('td, th')].filter(c => {
             const range = document.createRange();
             range.selectNodeContents(c);
-            return new Set([...range.getClientRects()].map(r => Math.round(r.top))).size > 1;
+            const lines = new Set([...range.getClientRects()].map(r => Math.round(r.top)));
+            return lines.size > c.querySelectorAll('br').length + 1;
         }).map(c => c.textContent)""")
+        too_wide = page.evaluate("""() => {
+            const body = document.body.getBoundingClientRect();
+            return [...document.querySelectorAll('table')].filter(
+                t => t.getBoundingClientRect().right > body.right + 0.5
+            ).map(t => t.rows[0].textContent);
+        }""")
         browser.close()
     assert charts >= 5 and clipped == []  # the funnel, categories, scores, the probe's scatters
     header, *rows = funnel
     assert header == ["left", "left", "right", "right", "right", "right"]
     assert all(row == header for row in rows)
     assert wrapped == []  # "llava-video" was cut at its hyphen in the sources table
+    assert too_wide == []  # the sources table ran past the page with "rejected_validate"...
 
 
 def test_demo_against_a_server_the_user_names(tmp_path):

@@ -258,8 +258,8 @@ def test_stats_per_source_names_each_stage_in_run_order(scored_run):
                       "rejected balance"]
     html = (sh("stats", str(scored_run), "--html", str(scored_run / "r.html")) and
             (scored_run / "r.html").read_text())
-    assert html.index("rejected_dedup") < html.index("rejected_threshold") < html.index(
-        "rejected_balance")
+    assert html.index("rejected<br>dedup") < html.index("rejected<br>threshold") < html.index(
+        "rejected<br>balance")
 
 
 @pytest.mark.parametrize("dry", [False, True])

@@ -125,7 +125,8 @@ def _table(headers: list[str], rows: list[list[Any]]) -> str:
     numeric = [all(_number(row[k]) or row[k] is None for row in rows)
                and any(_number(row[k]) for row in rows) for k in range(len(headers))]
     cls = [' class="num"' if n else "" for n in numeric]
-    head = "".join(f"<th{c}>{escape(h)}</th>" for h, c in zip(headers, cls, strict=True))
+    head = "".join(f"<th{c}>{'<br>'.join(map(escape, h.split(chr(10))))}</th>"
+                   for h, c in zip(headers, cls, strict=True))  # a "\n" in a header: its break
     body = "".join("<tr>" + "".join(f"<td{c}>{escape(_fmt(v))}</td>"
                                     for v, c in zip(row, cls, strict=True)) + "</tr>"
                    for row in rows)
@@ -181,7 +182,8 @@ def render(stats: dict[str, Any]) -> str:
         sections += _audit(stats["audit"])
     if stats["sources"]:
         keys = list(dict.fromkeys(k for v in stats["sources"].values() for k in v))
-        sections += ["<h2>Sources</h2>", _table(["source", *keys], [
+        heads = [k.replace("rejected_", "rejected\n") for k in keys]  # narrow enough to fit
+        sections += ["<h2>Sources</h2>", _table(["source", *heads], [
             [src, *(v.get(k, 0) for k in keys)] for src, v in stats["sources"].items()])]
     style = ("body{font-family:system-ui,sans-serif;max-width:960px;margin:2em auto;color:#222}"
              "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;"
