@@ -8,6 +8,7 @@ fixed share of the time; the measured columns must come out as designed.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -216,6 +217,10 @@ def test_stats_show_what_the_probe_measured(tmp_path, clips):
         " ".join(shown.stdout.split()))
     page = html.read_text()
     assert "Probe: measured difficulty" in page and page.count("<circle") == 12
+    svgs = re.findall(r"<svg[^>]*aria-label=\"\w+ dependency: Spearman.*?</svg>", page)
+    assert len(svgs) == 2  # each scatter shows its scale's ends on both axes
+    assert all(sorted(re.findall(r'fill="#666"[^>]*>([01])</text>', svg)) == ["0", "0", "1", "1"]
+               for svg in svgs)
 
 
 def test_dry_run_counts_requests_and_samples_and_sends_nothing(tmp_path, clips):

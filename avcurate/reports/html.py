@@ -69,6 +69,11 @@ def scatter(title: str, points: list[tuple[float, float]], xlabel: str, ylabel: 
              f'{escape(xlabel)}</text>',
              f'<text x="12" y="{size / 2}" font-size="11" text-anchor="middle" '
              f'transform="rotate(-90 12 {size / 2})">{escape(ylabel)}</text>']
+    tick = 'font-size="10" fill="#666"'  # the scale's ends: both axes run from 0 to 1
+    parts += [f'<text x="{pad + span * v}" y="{pad + span + 12}" {tick} '
+              f'text-anchor="middle">{v}</text>' for v in (0, 1)]
+    parts += [f'<text x="{pad - 4}" y="{pad + span * (1 - v) + 4}" {tick} '
+              f'text-anchor="end">{v}</text>' for v in (0, 1)]
     for x, y in points:
         cx, cy = pad + span * float(x), pad + span * (1 - float(y))
         parts.append(f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="3" fill="{PALETTE[0]}" '
