@@ -57,6 +57,20 @@ def test_threshold_defaults_and_first_failed_rule(tmp_path):
                         "comp": "failed(composite_score >= 0.7)", "null": "failed(composite_score >= 0.7)"}
 
 
+def test_a_rule_failed_for_want_of_a_value_says_so(tmp_path):
+    """A row rejected because the rule's column is null (an open-ended question the probe
+    never measured) has a detail saying the value is missing; a row that was measured and
+    failed has none, and the reason is the rule either way."""
+    rows = [row("measured", ql=0.5), row("unmeasured", ql=None), row("ok")]
+    run(scored_recipe(tmp_path, rows, [StageSpec("threshold")]), tmp_path / "run")
+    _, rej = read_stage(tmp_path / "run", "01")
+    got = {r["id"].split("/", 1)[1]: (r["reject_reason"], r["reject_detail"])
+           for r in rej.to_pylist()}
+    assert got == {"measured": ("failed(question_logic >= 0.8)", ""),
+                   "unmeasured": ("failed(question_logic >= 0.8)",
+                                  "question_logic is null: the row has no value to compare")}
+
+
 def test_threshold_custom_rules(tmp_path):
     rows = [row("a", vd=0.9), row("b", vd=0.2)]
     kept, rejected, _ = outcome(tmp_path, rows, [StageSpec("threshold", {

@@ -76,13 +76,33 @@ def columns_of(rules: list[Comparison]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(r.column for r in rules))
 
 
-def first_failure(table: pa.Table, rules: list[Comparison], fmt: str = "{}") -> pa.Array:
-    """Per row: the text of the first rule it fails (through `fmt`), or null when it passes
-    them all. Vectorised: one mask per rule, then one `take` from the rules' names."""
-    failed = np.full(table.num_rows, len(rules), dtype=np.int64)  # len(rules): passed all
+def failed_rule(table: pa.Table, rules: list[Comparison]) -> np.ndarray:
+    """Per row: the index of the first rule it fails, len(rules) when it passes them all.
+    Vectorised: one mask per rule."""
+    failed = np.full(table.num_rows, len(rules), dtype=np.int64)
     for i in range(len(rules) - 1, -1, -1):  # last to first: the first failure wins
         failed[~rules[i].mask(table)] = i
+    return failed
+
+
+def first_failure(table: pa.Table, rules: list[Comparison], fmt: str = "{}",
+                  failed: np.ndarray | None = None) -> pa.Array:
+    """Per row: the text of the first rule it fails (through `fmt`), or null when it passes
+    them all: one `take` from the rules' names."""
+    failed = failed_rule(table, rules) if failed is None else failed
     return strings([fmt.format(r) for r in rules] + [None]).take(from_numpy(failed))
+
+
+def null_details(table: pa.Table, rules: list[Comparison], failed: np.ndarray) -> pa.Array:
+    """Per row: a note when the first rule it failed had no value to compare (null or NaN:
+    a score the row never got, as the probe gives none to an open-ended question), else
+    null. Without it such a row's "failed(blind_answerable <= 0.25)" read as measured."""
+    which = np.full(table.num_rows, len(rules), dtype=np.int64)
+    for i, rule in enumerate(rules):
+        empty = to_numpy(pc.is_null(table.column(rule.column), nan_is_null=True))
+        which[(failed == i) & empty] = i
+    notes = [f"{r.column} is null: the row has no value to compare" for r in rules]
+    return strings([*notes, None]).take(from_numpy(which))
 
 
 def all_pass(table: pa.Table, rules: list[Comparison]) -> np.ndarray:

@@ -13,7 +13,15 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 
 from avcurate.core.options import option
-from avcurate.filters.rules import Comparison, RuleError, columns_of, first_failure, parse_rules
+from avcurate.filters.rules import (
+    Comparison,
+    RuleError,
+    columns_of,
+    failed_rule,
+    first_failure,
+    null_details,
+    parse_rules,
+)
 from avcurate.stages.base import BaseStage, ShardResult, StageError
 from avcurate.stages.context import StageContext
 
@@ -45,4 +53,7 @@ class Threshold(BaseStage):
         self.requires = self.numeric = columns_of(self._parsed)
 
     def process(self, table: pa.Table, ctx: StageContext, shard: int) -> ShardResult:
-        return ShardResult.split(table, self.name, first_failure(table, self._parsed, "failed({})"))
+        failed = failed_rule(table, self._parsed)
+        return ShardResult.split(table, self.name,
+                                 first_failure(table, self._parsed, "failed({})", failed),
+                                 null_details(table, self._parsed, failed))
