@@ -150,6 +150,9 @@ def test_push_errors_are_one_line_and_keep_the_export(balanced_run, tmp_path):
     assert offline.returncode == 2 and "cannot reach the Hub" in offline.stderr
     assert f"at {env['HF_ENDPOINT']} (ConnectError: " in offline.stderr  # and what happened
     assert "Connection refused" in offline.stderr
+    assert offline.stderr.strip().endswith(f"the export in {out} is kept, and the same command "
+                                           "pushes it once the Hub answers")
+    assert (out / "README.md").is_file()
     assert len(offline.stderr.strip().splitlines()) == 1
     assert SECRET not in offline.stdout + offline.stderr
     for path in out.rglob("*"):

@@ -115,14 +115,15 @@ def push(folder: Path | str, repo_id: str, *, private: bool = False,
         hint = {401: " (the token was refused)", 403: " (the token cannot write there)",
                 404: " (no such repo or branch)"}.get(status, "")
         raise PushError(f"the Hub refused the push of {repo_id} (HTTP {status}){hint}; "
-                        f"the export in {folder} is unchanged") from None
+                        f"nothing was pushed, and the export in {folder} is kept: the same "
+                        "command pushes it once that is fixed") from None
     except (OSError, *TRANSPORT_ERRORS) as exc:  # refused, DNS, timeouts
         from huggingface_hub import constants
 
         why = " ".join(str(exc).split())[:200]  # the transport's own words: refused, DNS...
         raise PushError(f"cannot reach the Hub at {constants.ENDPOINT} ({type(exc).__name__}"
-                        f"{': ' + why if why else ''}); the export in {folder} is "
-                        "unchanged") from None
+                        f"{': ' + why if why else ''}); the export in {folder} is kept, "
+                        "and the same command pushes it once the Hub answers") from None
 
 
 def _upload(folder: Path, repo_id: str, secret: str, private: bool, revision: str | None,
