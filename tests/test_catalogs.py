@@ -349,9 +349,17 @@ def test_media_root_resolves_as_path_resolve_does(tmp_path):
 @pytest.mark.parametrize(("answer", "expected"), [
     ("B", "B"), ("B.", "B"), ("(B)", "B"), ("B. two", "B"), (1, "B"), ("two", "B"),
     ("Two.", "B"), ("E", "E"), ("A dog", "A dog"), (9, "9"),
+    # an answer key written in lower case or brackets is that letter ...
+    ("b", "B"), ("b.", "B"), ("(c)", "C"), ("[B]", "B"), ("option b", "B"), ("answer: c", "C"),
+    # ... when it is one of the options; else it stays as written, for validate to reject
+    ("e", "e"), ("x", "x"), ("a dog", "a dog"),
 ])
 def test_normalise_answer(answer, expected):
     assert normalise_answer(answer, ["one", "two", "three"]) == expected
+
+
+def test_a_lower_case_letter_that_is_an_options_text_is_that_option():
+    assert normalise_answer("b", ["c", "a", "b"]) == "C"  # the option whose text is "b"
 
 
 def test_split_question_options_needs_consecutive_letters():

@@ -220,4 +220,18 @@ def normalise_answer(answer: Any, options: list[str]) -> str | None:
     if len(text) == 1 and text in LETTERS and text.lower() not in map(_norm_option, options):
         return text  # the common case, a bare letter: parse_letter would give it back as is
     # the letter is authoritative even when the echoed option text differs
-    return parse_letter(text, options).letter or text
+    return parse_letter(text, options).letter or _lower_letter(text, options) or text
+
+
+_LOWER = re.compile(r"^[(\[]?([a-z])[)\]]?\.?$")
+
+
+def _lower_letter(text: str, options: list[str]) -> str | None:
+    """A bare letter an annotation wrote in lower case or brackets ('b', 'option b', '[B]'),
+    when no option's text is that letter: a file's own answer key, not a model's prose, so
+    a lone 'a' here is a letter, not the English article."""
+    m = _LOWER.match(_PREFIX.sub("", text).strip().lower())
+    if m is None or m.group(1) in map(_norm_option, options):
+        return None
+    found = m.group(1).upper()
+    return found if _valid(found, options) else None
