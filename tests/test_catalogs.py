@@ -358,6 +358,27 @@ def test_normalise_answer(answer, expected):
     assert normalise_answer(answer, ["one", "two", "three"]) == expected
 
 
+@pytest.mark.parametrize(("options", "expected"), [
+    (["a) red", "b) blue", "c) green"], ["red", "blue", "green"]),  # lower case
+    (["(a) red", "(b) blue"], ["red", "blue"]),
+    (["A - red", "B - blue"], ["red", "blue"]),  # a dash
+    (["A. red", "B: blue", "(C) green"], ["red", "blue", "green"]),
+    (["A.B.C. News", "CNN", "BBC"], ["A.B.C. News", "CNN", "BBC"]),  # a name, not a letter
+    (["I. Robot", "Alien"], ["I. Robot", "Alien"]),
+    (["B. blue", "A. red"], ["B. blue", "A. red"]),  # letters out of order: kept as written
+])
+def test_option_letters_are_removed_only_when_every_option_has_its_own(tmp_path, options,
+                                                                       expected):
+    """A list whose options all start with their own letters in order is lettered, in any
+    case or style; an option that merely begins like a letter among plain texts ('A.B.C.
+    News') lost its 'A.' before."""
+    ann = tmp_path / "qa.jsonl"
+    ann.write_text(json.dumps({"id": 1, "video": "a.mp4", "question": "Q?", "options": options,
+                               "answer": 0}) + "\n")
+    rows, rejects = _read("jsonl", ann, tmp_path)
+    assert not rejects and rows[0]["options"] == expected
+
+
 def test_a_lower_case_letter_that_is_an_options_text_is_that_option():
     assert normalise_answer("b", ["c", "a", "b"]) == "C"  # the option whose text is "b"
 

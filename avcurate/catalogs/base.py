@@ -276,9 +276,19 @@ def own_key(rec: dict, field: str, n: int) -> str:
     return ident(rec[field], field) if field in rec else positional(n)
 
 
+_LETTERED = re.compile(r"^\s*\(?([A-Za-z])\s*(?:[.):：]|\)?\s+-)\s*(.*\S)?\s*$")
+
+
 def choices(value: Any, field: str) -> list[str]:
-    """Option texts with any `A.`/`(A)` prefix removed."""
-    return [strip_letter(o) for o in texts(value, field)]
+    """Option texts, their letters removed ('A. red', '(b) blue', 'c) green', 'D - grey')
+    when every option starts with its own letter in order: one option that only begins like
+    one ('A.B.C. News', 'I. Robot' among plain texts) keeps its text whole."""
+    options = texts(value, field)
+    found = [_LETTERED.match(o) for o in options]
+    if all(m is not None and m[1].upper() == LETTERS[i] for i, m in enumerate(found[:26])) \
+            and len(options) <= 26:
+        return [(m[2] or "").strip() for m in found if m is not None]
+    return [o.strip() for o in options]
 
 
 def positional(n: int, clip: Any = None) -> str:
@@ -419,12 +429,6 @@ def _jsonl(path: Path) -> Iterator[Any]:
 
 def strip_placeholders(text: str) -> str:
     return PLACEHOLDER_RE.sub("", text).strip()
-
-
-def strip_letter(option: str) -> str:
-    """'A. red' / '(A) red' / 'A) red' -> 'red'."""
-    m = OPTION_RE.match(option)
-    return (m.group(2) or "").strip() if m else option.strip()
 
 
 def split_question_options(text: str) -> tuple[str, list[str], str]:
