@@ -10,6 +10,7 @@ inject faults when the question text carries a marker:
   [range]      always answers scores of 14 (out of range)
   [none]       classification: "none"
   [weird]      classification: a category that is not in the taxonomy
+  [plain]      classification: "Category: <name>." as plain text, no JSON
   [v-wrong] [a-wrong]          that teacher picks a wrong option
   [v-ambiguous] [a-ambiguous]  that teacher answers "A or B"
   [leak] [mismatch] [outside] [noanswer] [short]   the merger's trace always fails that check
@@ -167,6 +168,8 @@ def answer_for(prompt: str, attempt: int, images: list[bytes] = (), audios: list
         return "Well, the sample looks fine to me overall."
     if "Taxonomy:" in prompt:
         cats = re.findall(r"^- (.+?):", prompt, re.MULTILINE)
+        if "[plain]" in question:  # the name alone, as a model without the JSON schema says it
+            return f"Category: {classify_answer(question, cats)['category'].capitalize()}."
         return json.dumps(classify_answer(question, cats))
     if "four scales" in prompt:
         return "```json\n" + json.dumps(score_answer(question)) + "\n```"

@@ -234,7 +234,8 @@ def test_vllm_backend_without_vllm_stops_before_any_row(tmp_path, media):
 def test_classify(tmp_path, media):
     questions = ["How many drum hits? counting", "[none] ???", "[weird] ???",
                  "Who is the speaker on the left? speaker [upper]",
-                 "How many bells ring? counting [styled]"]
+                 "How many bells ring? counting [styled]",
+                 "How many claps? counting [plain]", "[nonjson] counting"]
     records = [{"id": f"c{i}", "video": str(media["good"]), "question": q,
                 "options": ["x", "y"], "answer": "A"} for i, q in enumerate(questions)]
     with openai_server() as server:
@@ -246,9 +247,11 @@ def test_classify(tmp_path, media):
     assert prompt.count("\n- ") == 16  # the default taxonomy, one line per category
     cats = {r["id"]: r["category"] for r in kept.to_pylist()}
     assert cats == {"jsonl:ann/c0": "audio-visual counting", "jsonl:ann/c3": "speaker identification",
-                    "jsonl:ann/c4": "audio-visual counting"}  # "**Audio Visual Counting.**"
+                    "jsonl:ann/c4": "audio-visual counting",  # "**Audio Visual Counting.**"
+                    "jsonl:ann/c5": "audio-visual counting"}  # "Category: Audio-visual ..."
     assert {r["id"]: r["reject_reason"] for r in rej.to_pylist()} == {
-        "jsonl:ann/c1": "no_category", "jsonl:ann/c2": "unclassifiable"}
+        "jsonl:ann/c1": "no_category", "jsonl:ann/c2": "unclassifiable",
+        "jsonl:ann/c6": "unclassifiable"}  # a sentence is not a category's name
 
 
 def _questions(media, n):

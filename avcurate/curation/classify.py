@@ -16,7 +16,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from avcurate.core.answers import lettered
+from avcurate.core.answers import after_thinking, lettered
 from avcurate.core.options import did_you_mean, option
 from avcurate.models import InvalidAnswer, ModelResponse
 from avcurate.models.request import Message, ModelRequest, TextPart
@@ -68,6 +68,9 @@ def _category(entry: dict[str, Any], i: int, where: str, seen: dict[str, str]
             f"is reserved (the model answers {NONE!r} for a question that fits no category)"
         raise ValueError(f"{where}: category {name!r} {why}")
     return name, definition.strip()
+
+
+_CATEGORY_LABEL = re.compile(r"^(?:the\s+)?category(?:\s+is)?\s*[:：]?\s*", re.IGNORECASE)
 
 
 def _loose(name: str) -> str:
@@ -124,12 +127,23 @@ class Classify(ModelStage):
 
     def validate(self, response: ModelResponse, row: dict[str, Any]) -> dict[str, Any] | Decline:
         answer = response.json
-        if not isinstance(answer, dict) or not isinstance(answer.get("category"), str):
+        if isinstance(answer, dict) and isinstance(answer.get("category"), str):
+            said = answer["category"]
+        elif (said := self._named(response.text)) is None:
             raise InvalidAnswer("unclassifiable", f"no category in {response.text[:120]!r}")
-        name = answer["category"].strip().lower()
+        name = said.strip().lower()
         if _loose(name) == NONE:  # a valid answer that rejects the row
             return Decline("no_category", "the model found no fitting category")
         found = self._lookup.get(name) or self._loose.get(_loose(name))
         if found is None:
-            raise InvalidAnswer("unclassifiable", f"{answer['category']!r} is not in the taxonomy")
+            raise InvalidAnswer("unclassifiable", f"{said!r} is not in the taxonomy")
         return {"category": found, "classifier_model": f"{self.backend}:{self.model}"}
+
+    def _named(self, text: str) -> str | None:
+        """A reply that is a category's name and nothing else ("Audio-visual counting.",
+        "Category: speaker identification"), as a server without structured output or a
+        small model that skipped the JSON gives it; None for anything longer."""
+        body = _CATEGORY_LABEL.sub("", after_thinking(text).strip())
+        key = _loose(body)
+        return body if key == NONE or key in self._loose or body.lower() in self._lookup \
+            else None
