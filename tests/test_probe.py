@@ -98,6 +98,13 @@ def test_measured_columns_come_out_as_designed(tmp_path, clips):
         assert len(server.requests) == sent
     again, _ = read_stage(tmp_path / "run", "01")
     assert again.to_pylist() == kept.to_pylist()
+    # the stats say the open-ended row was kept but not asked
+    from avcurate.reports.stats import collect
+    from avcurate.reports.tables import probe_table
+
+    summary = collect(tmp_path / "run")["probe"]
+    assert summary["rows"] == len(QUESTIONS) and summary["not_probed"] == 1
+    assert str(probe_table(summary).title).endswith("questions; 1 open-ended row not asked)")
 
 
 def test_the_difficulty_band_drops_exactly_the_always_and_never_right_rows(tmp_path, clips):

@@ -12,6 +12,7 @@ from typing import Any
 
 from avcurate.core.outputs import generator_tag
 from avcurate.curation.probe import CONDITION_NAMES
+from avcurate.reports.tables import not_probed
 
 GENERATOR = "avcurate stats"  # names the command in the page, so it may replace it
 PALETTE = ("#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2")
@@ -90,6 +91,8 @@ def _probe(probe: dict[str, Any]) -> list[str]:
     blind = probe.get("blind_answerable_share", {})
     audit = f" (a sample: audit {escape(probe['audit'])})" if probe.get("audit") else ""
     out = [f"<h2>Probe: measured difficulty and modality dependency{audit}</h2>",
+           f"<p>{probe['rows']:,} multiple-choice questions asked"
+           f"{escape(not_probed(probe))}.</p>",
            _table(["category", "rows", *CONDITION_NAMES.values()], rows),
            bars("Rows per pass rate (accuracy with frames+audio)",
                 {"rows": probe.get("pass_rate_histogram", {})}),

@@ -167,10 +167,17 @@ def _pct(v: float | None) -> str:
     return "-" if v is None else f"{v:.0%}"
 
 
+def not_probed(probe: dict[str, Any]) -> str:
+    """'; N open-ended rows not asked' when the probe's stage kept rows it did not probe."""
+    n = probe.get("not_probed") or 0
+    return f"; {n:,} open-ended row{'' if n == 1 else 's'} not asked" if n else ""
+
+
 def probe_table(probe: dict[str, Any]) -> Table:
     """Accuracy per media condition (overall and per category), what `avcurate probe` measured."""
     audit = f", a sample: audit {probe['audit']}" if probe.get("audit") else ""
-    table = Table(title=f"Probe: accuracy per condition ({probe['rows']:,} questions{audit})")
+    table = Table(title=f"Probe: accuracy per condition ({probe['rows']:,} questions"
+                        f"{not_probed(probe)}{audit})")
     for name in ("category", "rows", *CONDITION_NAMES.values()):
         table.add_column(name, justify="left" if name == "category" else "right")
     acc = probe.get("accuracy", {})
