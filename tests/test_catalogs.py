@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -314,6 +315,47 @@ def test_media_root_refuses_escapes(tmp_path):
     for bad in ["../secret.mp4", "ok/../../secret.mp4", str(outside), "link.mp4", ""]:
         with pytest.raises(UnsafePathError):
             media.resolve(bad)
+
+
+def test_links_that_leave_the_root_are_read_when_they_are_the_users(tmp_path):
+    """A link under the media root that leads out of it is refused (a dataset archive's link
+    to ~/.ssh would be sent to a model), and its error says how to allow it; with
+    follow_links (the user's links: a farm of links to shared storage) it is read, by the
+    path as written. `..` and absolute paths elsewhere stay refused either way."""
+    root, store = tmp_path / "root", tmp_path / "store"
+    root.mkdir()
+    store.mkdir()
+    (store / "clip.mp4").write_bytes(b"x")
+    os.symlink(store / "clip.mp4", root / "a.mp4")
+    os.symlink(store, root / "shared")
+    with pytest.raises(UnsafePathError, match=r"'a.mp4' is a link to .*store/clip.mp4, outside "
+                                              r"the media root .*follow_links = true"):
+        MediaRoot(root).resolve("a.mp4")
+    media = MediaRoot(root, follow_links=True)
+    assert media.resolve("a.mp4") == str(root.resolve() / "a.mp4")
+    assert media.resolve("shared/clip.mp4") == str(root.resolve() / "shared/clip.mp4")
+    for bad in ["../store/clip.mp4", str(store / "clip.mp4"), "shared/../../store/clip.mp4"]:
+        with pytest.raises(UnsafePathError, match="resolves outside"):
+            media.resolve(bad)
+
+
+def test_a_hugging_face_cache_snapshot_is_a_media_root(tmp_path):
+    """`snapshot_download` gives a snapshot folder whose files link to the repo's `blobs/`
+    beside it: every clip of such a root was unsafe_path. Those links are read (by the
+    clip's own name, with its extension); a link elsewhere is still refused."""
+    repo = tmp_path / "hub/datasets--org--clips"
+    (repo / "blobs").mkdir(parents=True)
+    (repo / "blobs/3f2a9c").write_bytes(b"x")
+    snap = repo / "snapshots/0123abcd/videos"
+    snap.mkdir(parents=True)
+    os.symlink("../../../blobs/3f2a9c", snap / "clip.mp4")  # as huggingface_hub links them
+    (tmp_path / "elsewhere.mp4").write_bytes(b"x")
+    os.symlink(tmp_path / "elsewhere.mp4", snap / "other.mp4")
+    media = MediaRoot(repo / "snapshots/0123abcd")
+    assert media.resolve("videos/clip.mp4") == str(snap.resolve() / "clip.mp4")
+    assert Path(media.resolve("videos/clip.mp4")).read_bytes() == b"x"
+    with pytest.raises(UnsafePathError, match="is a link to"):
+        media.resolve("videos/other.mp4")
 
 
 def test_media_root_resolves_as_path_resolve_does(tmp_path):

@@ -50,6 +50,31 @@ def test_ingest_then_validate(tmp_path, media):
 
 
 
+def test_follow_links_reads_a_farm_of_links_to_shared_storage(tmp_path, media):
+    """Clips linked into the media root from shared storage: refused as unsafe_path with a
+    line naming --follow-links; with it (or follow_links = true in a recipe) every row is
+    kept by its link's path, and validate reads the clip through the link."""
+    farm = tmp_path / "farm"
+    farm.mkdir()
+    (farm / "clip.mp4").symlink_to(media["good"])
+    ann = tmp_path / "qa.jsonl"
+    ann.write_text(json.dumps({"id": "a", "video": "clip.mp4", "question": "Color?",
+                               "options": ["red", "blue"], "answer": "A"}) + "\n")
+    base = ["ingest", "--source", "jsonl", "--annotations", str(ann), "--media-root", str(farm),
+            "-q"]
+    refused = sh(*base, "--out", str(tmp_path / "no"), check=False)
+    assert refused.returncode == 2 and "(--follow-links)" in refused.stderr
+    sh(*base, "--out", str(tmp_path / "run"), "--follow-links")
+    sh("validate", str(tmp_path / "run"), "-q")
+    kept, _ = read_stage(tmp_path / "run", "01")
+    assert kept.column("video").to_pylist() == [str(farm.resolve() / "clip.mp4")]
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(f'[[sources]]\nname = "jsonl"\nannotations = "{ann}"\n'
+                      f'media_root = "{farm}"\nfollow_links = true\n')
+    sh("run", str(recipe), "--out", str(tmp_path / "recipe_run"), "-q")
+    assert read_stage(tmp_path / "recipe_run", "00")[0].num_rows == 1
+
+
 def test_ingest_stops_when_a_source_is_read_with_the_wrong_format_or_media_root(tmp_path, media):
     """Every one of a source's first records rejected as malformed (the wrong --source) or
     as escaping the media root (the wrong --media-root) is the user's mistake: one line,
@@ -257,8 +282,9 @@ def test_sources_and_help():
     listing = sh("sources").stdout
     for name in ("llava-video", "video-vista", "avqa", "daily-omni", "jsonl", "parquet"):
         assert name in listing
-    assert "Every source also takes tag (names the file in sample ids) and strip_prefix" \
-        in " ".join(listing.split())
+    assert "Every source also takes tag (names the file in sample ids), strip_prefix" \
+        in " ".join(listing.split()) and "follow_links (read media through links" in (
+            " ".join(listing.split()))
     assert "resumes" in sh("run", "--help").stdout
     # in 80 columns the descriptions line up, wrapped lines included
     shown = subprocess.run(avcurate_cmd("stages"), capture_output=True, text=True, check=True,

@@ -39,7 +39,7 @@ class Catalog:
 
 
 TABULAR_OPTIONS = ("columns", "extra_columns", "explode", "answers")
-COMMON_OPTIONS = ("tag", "strip_prefix")  # options of every source, handled here
+COMMON_OPTIONS = ("tag", "strip_prefix", "follow_links")  # of every source, handled here
 
 CATALOGS: dict[str, Catalog] = {
     c.name: c
@@ -89,6 +89,9 @@ def check_source(name: str, options: dict[str, Any]) -> None:
     if prefix is not None and (not isinstance(prefix, str) or not prefix.strip("/\\ ")):
         raise ValueError(f"source {name!r}: strip_prefix must be the folder written before "
                          f"each media path (such as '/mnt/data/videos'), not {prefix!r}")
+    if not isinstance(options.get("follow_links", False), bool):
+        raise ValueError(f"source {name!r}: follow_links must be true or false, not "
+                         f"{options['follow_links']!r}")
     if "columns" in options:
         check_columns(options["columns"])
     check_answers(options.get("answers"))
@@ -123,7 +126,7 @@ def read_source(name: str, annotations: str, media_root: str, **options: Any
                 ) -> Iterator[dict | Reject]:
     """Rows and rejects of one annotation file in the format `name`."""
     check_source(name, options)
-    media = MediaRoot(media_root, options.get("strip_prefix"))
+    media = MediaRoot(media_root, options.get("strip_prefix"), options.get("follow_links", False))
     src = SourceFile(name, annotations, media, source_tag(annotations, options))
     catalog = CATALOGS[name]
     return catalog.reader(src, **{k: v for k, v in options.items() if k not in COMMON_OPTIONS})

@@ -35,7 +35,8 @@ def read_avqa(src: SourceFile, audio_root: str | None = None) -> Iterator[dict |
     which becomes the row's audio track: relative to `audio_root` (default: the media
     root), or an absolute path inside it.
     """
-    audios = MediaRoot(audio_root, src.media.strip_prefix) if audio_root else src.media
+    audios = MediaRoot(audio_root, src.media.strip_prefix, src.media.follow_links) \
+        if audio_root else src.media
 
     def build(n: int, rec: dict) -> dict:
         need(rec, "video_name", "question_text", "multi_choice", "answer")

@@ -159,11 +159,21 @@ class MediaRoot:
     """Resolves annotation media paths under one root, refusing any that escape it.
 
     `..`, absolute paths elsewhere and symlinks pointing outside the root are
-    all caught because the *resolved* path must stay under the resolved root.
+    all caught because the *resolved* path must stay under the resolved root: a dataset
+    archive's link to ~/.ssh would otherwise be sent to a model, or copied into an export.
+
+    Two kinds of links leave it with leave: a Hugging Face cache snapshot's files, which
+    link to the repo's `blobs/` beside `snapshots/` (found by that layout), and, with
+    `follow_links` (the user's word that the links under the root are theirs), any link.
+    The path written to the rows is then the link's own (`clip.mp4`, not `blobs/<hash>`),
+    so its name and extension stay; the path itself may not leave the root (`..`).
     """
 
-    def __init__(self, root: str | os.PathLike, strip_prefix: str | None = None) -> None:
+    def __init__(self, root: str | os.PathLike, strip_prefix: str | None = None,
+                 follow_links: bool = False) -> None:
         self.root = Path(root).expanduser().resolve()
+        self.follow_links = follow_links
+        self._blobs = _hub_blobs(self.root)
         # the folder the file's authors wrote before each path (`/mnt/data/videos/`), so
         # their paths resolve under this root; compared as written, separators aside
         self.strip_prefix = (strip_prefix.replace("\\", "/").rstrip("/") + "/"
@@ -195,11 +205,19 @@ class MediaRoot:
             candidate = os.path.join(self._folder(head), name)
             if os.path.islink(candidate):
                 candidate = os.path.realpath(candidate)
-        if candidate != str(self.root) and not candidate.startswith(self._inside):
-            hint = ("; set the source's strip_prefix (--strip-prefix) to the folder its "
-                    "authors wrote before each path" if os.path.isabs(rel) else "")
-            raise UnsafePathError(f"{rel!r} resolves outside the media root {self.root}{hint}")
-        return candidate
+        if candidate == str(self.root) or candidate.startswith(self._inside):
+            return candidate
+        written = os.path.normpath(os.path.join(self.root, rel))  # the path, links unfollowed
+        if written.startswith(self._inside):  # a link under the root leads out
+            if self.follow_links or (self._blobs and candidate.startswith(self._blobs)):
+                return written
+            raise UnsafePathError(
+                f"{rel!r} is a link to {candidate}, outside the media root {self.root}; if "
+                "the links under it are yours, set the source's follow_links = true "
+                "(--follow-links)")
+        hint = ("; set the source's strip_prefix (--strip-prefix) to the folder its "
+                "authors wrote before each path" if os.path.isabs(rel) else "")
+        raise UnsafePathError(f"{rel!r} resolves outside the media root {self.root}{hint}")
 
     def _separators(self, rel: str) -> str:
         """`rel` with Windows separators as `/` when only that names a file: annotations
@@ -425,6 +443,15 @@ def _jsonl(path: Path) -> Iterator[Any]:
                 yield json.loads(line)
             except json.JSONDecodeError as exc:
                 yield BadLine(n, line[:2000], f"is not JSON: {exc}")
+
+
+def _hub_blobs(root: Path) -> str | None:
+    """The `blobs/` folder of the Hugging Face cache repo whose snapshot holds `root`
+    (`.../datasets--org--name/snapshots/<rev>/...`), where the snapshot's files link to."""
+    for folder in (root, *root.parents):
+        if folder.name == "snapshots" and (folder.parent / "blobs").is_dir():
+            return str(folder.parent / "blobs") + os.sep
+    return None
 
 
 def strip_placeholders(text: str) -> str:

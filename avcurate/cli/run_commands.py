@@ -216,6 +216,10 @@ def ingest(
         help="The folder the file's authors wrote before each media path "
              "('/mnt/data/videos'): dropped, so the paths resolve under --media-root.")
     ] = None,
+    follow_links: Annotated[bool, typer.Option(
+        "--follow-links", help="Read media through links under --media-root that lead out of "
+                               "it (yours, such as a farm of links to shared storage); "
+                               "without it such a row is unsafe_path.")] = False,
     shard_size: Annotated[int, typer.Option(help="Rows per shard (the unit of resume).")] = 256,
     force: Force = False,
     yes: Yes = False,
@@ -227,7 +231,8 @@ def ingest(
     options = ({"columns": parse_columns(column)} if column else {}) \
         | ({"explode": explode} if explode else {}) | ({"tag": tag} if tag else {}) \
         | ({"answers": answers} if answers else {}) \
-        | ({"strip_prefix": strip_prefix} if strip_prefix is not None else {})
+        | ({"strip_prefix": strip_prefix} if strip_prefix is not None else {}) \
+        | ({"follow_links": True} if follow_links else {})
     # paths resolved as before globs (symlinks too), so a run ingested by an earlier
     # version with the same arguments still matches its recorded recipe
     ann, root = str(annotations), str(media_root)

@@ -269,10 +269,12 @@ def sources() -> None:
     _listing([(c.name, escape(c.description) + (f" [dim](options: {', '.join(c.options)})[/]"
                                                 if c.options else ""))
               for c in CATALOGS.values()])
-    out.print("Every source also takes tag (names the file in sample ids) and strip_prefix "
-              "(the folder its authors wrote before each media path, dropped). annotations "
-              "may be a glob; {annotations_dir} in media_root is each file's folder.",
-              markup=False)
+    out.print("Every source also takes tag (names the file in sample ids), strip_prefix "
+              "(the folder its authors wrote before each media path, dropped) and "
+              "follow_links (read media through links under media_root that lead out of "
+              "it; a Hugging Face cache snapshot's links to its blobs are always read). "
+              "annotations may be a glob; {annotations_dir} in media_root is each file's "
+              "folder.", markup=False)
 
 
 @app.command()
