@@ -339,6 +339,20 @@ def test_links_that_leave_the_root_are_read_when_they_are_the_users(tmp_path):
             media.resolve(bad)
 
 
+def test_a_file_uri_is_the_local_path_it_names(tmp_path):
+    """Some exporters write local media as `file:///data/x.mp4`: that is a path, not a URL
+    to download (it was refused as one); its escapes are decoded, and it must lie under
+    the media root as any path must. A file URI naming another host stays refused."""
+    (tmp_path / "a b.mp4").write_bytes(b"x")
+    media = MediaRoot(tmp_path)
+    assert media.resolve(f"file://{tmp_path}/a%20b.mp4") == str(tmp_path.resolve() / "a b.mp4")
+    assert media.resolve(f"file://localhost{tmp_path}/a%20b.mp4").endswith("a b.mp4")
+    with pytest.raises(UnsafePathError, match="resolves outside"):
+        media.resolve("file:///etc/passwd")
+    with pytest.raises(UnsafePathError, match="is a URL"):
+        media.resolve("file://server/share/a.mp4")
+
+
 def test_a_hugging_face_cache_snapshot_is_a_media_root(tmp_path):
     """`snapshot_download` gives a snapshot folder whose files link to the repo's `blobs/`
     beside it: every clip of such a root was unsafe_path. Those links are read (by the

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import orjson
 
@@ -191,7 +192,7 @@ class MediaRoot:
         return self._resolve(rel)
 
     def _resolve_uncached(self, rel: str) -> str:
-        rel = text(rel, "media path").strip()
+        rel = _file_uri(text(rel, "media path").strip())
         if URL_RE.match(rel):  # was read as a folder "https:" under the root: missing_media
             raise UnsafePathError(f"{rel!r} is a URL; avcurate reads local files only: "
                                   "download the media and give its folder as the media root")
@@ -443,6 +444,15 @@ def _jsonl(path: Path) -> Iterator[Any]:
                 yield json.loads(line)
             except json.JSONDecodeError as exc:
                 yield BadLine(n, line[:2000], f"is not JSON: {exc}")
+
+
+def _file_uri(path: str) -> str:
+    """The local path a `file://` URI names (`file:///data/x.mp4`, `file://localhost/...`,
+    percent-escapes decoded), as some exporters write local media; anything else as it is."""
+    if path[:7].lower() != "file://":
+        return path
+    parts = urlsplit(path)
+    return unquote(parts.path) if parts.netloc in ("", "localhost") else path
 
 
 def _hub_blobs(root: Path) -> str | None:
