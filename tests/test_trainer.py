@@ -862,3 +862,18 @@ def test_open_ended_rows_under_the_accuracy_reward_are_named_before_training(toy
     train(_cfg(toy, tmp_path / "mc", steps=1, num_generations=2, rewards=["accuracy"]),
           progress=False)
     assert "open-ended" not in capfd.readouterr().err
+
+
+def test_a_reward_that_gives_none_stops_training_naming_it(toy, tmp_path):
+    """A custom reward's None (or NaN) made every advantage of its group NaN, then the
+    weights, with no word; it stops training with one line naming the reward, through the
+    command line, and no traceback."""
+    lm, data = toy
+    result = subprocess.run(
+        [sys.executable, "-m", "avcurate", "train", "--data", str(data), "--model", str(lm),
+         "--out", str(tmp_path / "out"), "--rewards", "toy_rewards:none_for_long",
+         "--steps", "2", "--num-generations", "2", "--max-new-tokens", "6"],
+        capture_output=True, text=True, env=os.environ | {"PYTHONPATH": str(TESTS)})
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "reward 'toy_rewards:none_for_long' gave None for completion" in result.stderr
+    assert "a reward must be a finite number" in result.stderr

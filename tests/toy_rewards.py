@@ -15,3 +15,8 @@ def flat_on_odd_rows(completions, rows):
     dynamic sampling must replace exactly the odd rows' groups."""
     varied = first_char_code(completions, rows)
     return [0.0 if int(r["id"][1:]) % 2 else v for v, r in zip(varied, rows, strict=True)]
+
+
+def none_for_long(completions, rows):
+    """A custom reward that cannot score some completions and says None (a user's mistake)."""
+    return [None if len(c) > 3 else 1.0 for c in completions]

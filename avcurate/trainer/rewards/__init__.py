@@ -14,6 +14,7 @@ registered with `@reward("name")`, or named as `package.module:function`, works 
 from __future__ import annotations
 
 import importlib
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -141,6 +142,20 @@ def combine(rewards: Sequence[Reward | str], weights: Sequence[float] | None,
         if len(values) != len(completions):
             raise ValueError(f"reward {r.name!r} returned {len(values)} values for "
                              f"{len(completions)} completions")
-        parts[r.name] = [float(v) for v in values]
+        parts[r.name] = [_score(r.name, i, v) for i, v in enumerate(values)]
         total = [t + w * v for t, v in zip(total, parts[r.name], strict=True)]
     return total, parts
+
+
+def _score(name: str, i: int, value: Any) -> float:
+    """One reward value as a finite float: a None or a NaN (a custom reward that could not
+    score a completion) would turn every advantage of its group, then the weights, into
+    NaN without a word; it stops training naming the reward instead."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not math.isfinite(number):
+        raise ValueError(f"reward {name!r} gave {value!r} for completion {i}; a reward must "
+                         "be a finite number (give 0 to a completion it cannot score)")
+    return number
