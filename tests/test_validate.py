@@ -25,6 +25,9 @@ def _records(media):
         rec("separate_audio", media["noaudio"], audio=str(media["wav"])),
         rec("empty_q", media["good"], question="   "),
         rec("one_option", media["good"], options=["red"], answer="A"),
+        # letters name 26 options at most; a 27th crashed every prompt that letters them
+        rec("many_options", media["good"], options=[f"shade {i}" for i in range(27)],
+            answer="B"),
         rec("bad_answer", media["good"], answer="D"),
         rec("open_no_answer", media["good"], options=None, answer=""),
         rec("good", media["good2"]),  # duplicate id: the first one is kept
@@ -41,6 +44,7 @@ def _records(media):
 
 EXPECTED = {
     "empty_q": "empty_question", "one_option": "too_few_options",
+    "many_options": "too_many_options",
     "bad_answer": "answer_not_in_options", "open_no_answer": "missing_answer",
     "good": "duplicate_id", "missing": "missing_media", "corrupt": "unreadable_media",
     "truncated": "truncated", "noaudio": "no_audio_stream", "silent": "silent_audio",
@@ -61,7 +65,7 @@ def test_each_failure_has_its_reason(tmp_path, media, workers):
     assert all(r["reject_stage"] == "validate" for r in rej.to_pylist())
     dup = [r for r in rej.to_pylist() if r["reject_reason"] == "duplicate_id"][0]
     assert dup["video"].endswith("good2.mp4")  # the later row is the one rejected
-    assert reports[1].rows_in == reports[1].kept + reports[1].rejected == 16
+    assert reports[1].rows_in == reports[1].kept + reports[1].rejected == 17
 
 
 def test_a_media_reject_says_which_file_and_which_setting(tmp_path, media):

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from avcurate.core.answers import letter_index
+from avcurate.core.answers import LETTERS, letter_index
 from avcurate.core.options import option
 from avcurate.core.schema import BASE_COLUMNS, with_columns
 from avcurate.media.errors import Lost, MediaError
@@ -30,6 +30,7 @@ from avcurate.stages.shards import ShardTable
 REASONS = {
     "empty_question": "the question is empty",
     "too_few_options": "a multiple-choice question with fewer than two options",
+    "too_many_options": "more options than the letters A-Z can name (26)",
     "answer_not_in_options": "the answer is not one of the options",
     "missing_answer": "an open-ended question with no answer",
     "duplicate_id": "another row has the same id (the first one is kept)",
@@ -240,6 +241,8 @@ class Validate(BaseStage):
         if options is not None and len(options) > 0:
             if len(options) < 2:
                 return "too_few_options", f"{len(options)} option(s)"
+            if len(options) > len(LETTERS):  # every prompt letters them: Z is the last
+                return "too_many_options", f"{len(options)} options"
             if letter_index(answer, len(options)) is None:
                 return "answer_not_in_options", f"answer {answer!r} for {len(options)} options"
         elif not (answer or "").strip():
