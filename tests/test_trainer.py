@@ -877,3 +877,22 @@ def test_a_reward_that_gives_none_stops_training_naming_it(toy, tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert "reward 'toy_rewards:none_for_long' gave None for completion" in result.stderr
     assert "a reward must be a finite number" in result.stderr
+
+
+def test_a_row_with_more_options_than_letters_is_skipped(toy, tmp_path):
+    """A Parquet of the user's own (never validated) may hold a question with 27 options:
+    A-Z name 26, and making its prompt raised an IndexError that ended the run. It is
+    skipped and logged as too_many_options, as any row no prompt can be made of."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    lm, data = toy
+    rows = pq.read_table(data).to_pylist()[:8]
+    rows += [{"id": "wide", "question": "Pick B.", "options": [f"o{i}" for i in range(27)],
+              "answer": "B"}]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "rows.parquet")
+    train(_cfg((lm, tmp_path / "rows.parquet"), tmp_path / "out", steps=3, num_generations=2,
+               prompts_per_step=4), progress=False)
+    [line] = [json.loads(x) for x in
+              (tmp_path / "out/skipped_rows.jsonl").read_text().splitlines()]
+    assert (line["id"], line["reason"]) == ("wide", "too_many_options")
