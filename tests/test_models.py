@@ -14,7 +14,7 @@ from loopback import DIMENSIONS, gemini_server, openai_server, wav_seconds
 
 from avcurate.models import BackendUnavailable, ModelSpec, make_backend
 from avcurate.pipeline.recipe import StageSpec
-from avcurate.pipeline.runner import RunError
+from avcurate.pipeline.runner import RunError, extend_run
 
 SECRET = "sk-test-SECRET-0123456789"
 
@@ -252,6 +252,31 @@ def test_classify(tmp_path, media):
     assert {r["id"]: r["reject_reason"] for r in rej.to_pylist()} == {
         "jsonl:ann/c1": "no_category", "jsonl:ann/c2": "unclassifiable",
         "jsonl:ann/c6": "unclassifiable"}  # a sentence is not a category's name
+
+
+def test_a_row_with_more_options_than_letters_is_rejected_before_any_call(tmp_path, media):
+    """A recipe without validate passed a 27-option question to a model stage, whose
+    prompt letters the options: an IndexError ended the stage. The row is rejected before
+    any call (too_many_options); the other rows are asked as usual, the dry run too."""
+    records = [{"id": "wide", "video": str(media["good"]), "question": "How many? counting",
+                "options": [f"o{i}" for i in range(27)], "answer": "B"},
+               {"id": "ok", "video": str(media["good"]), "question": "How many? counting",
+                "options": ["x", "y"], "answer": "A"}]
+    run(jsonl_recipe(tmp_path, records, media["root"], []), tmp_path / "run")  # ingest only
+    with openai_server() as server:
+        dry = subprocess.run(avcurate_cmd("classify", str(tmp_path / "run"), "--model", "qwen",
+                                          "--base-url", server.url + "/v1", "--dry-run"),
+                             capture_output=True, text=True)
+        assert "1 calls to make" in dry.stdout, dry.stdout + dry.stderr
+        stage = StageSpec("classify", {"model": "qwen", "base_url": server.url + "/v1"})
+        extend_run(tmp_path / "run", stage, show_progress=False)
+        asked = len(server.requests)
+    kept, rej = read_stage(tmp_path / "run", "01")
+    assert kept.column("id").to_pylist() == ["jsonl:ann/ok"] and asked == 1
+    [row] = rej.to_pylist()
+    assert row["reject_reason"] == "too_many_options"
+    assert row["reject_detail"].startswith("27 options, more than the letters A-Z name")
+    assert dry.returncode == 0 and "Traceback" not in dry.stderr, dry.stderr
 
 
 def _questions(media, n):

@@ -26,6 +26,7 @@ from typing import Any, ClassVar
 
 import pyarrow as pa
 
+from avcurate.core.answers import LETTERS
 from avcurate.core.options import declared, option
 from avcurate.core.schema import with_columns
 from avcurate.media.cache import DecodedMedia, MediaNeeds, decode_rows
@@ -47,6 +48,16 @@ from avcurate.stages.base import BaseStage, Resources, ShardResult, StageError, 
 from avcurate.stages.context import StageContext
 
 History = list[tuple[str, str]]  # (the model's reply, the feedback it was given)
+
+
+def too_many_options(row: dict[str, Any]) -> str | None:
+    """Why a row's options cannot be lettered (more than A-Z name), else None: such a row
+    is rejected before any call, where building its prompt raised an IndexError that ended
+    the stage (validate rejects it first in a run that has it)."""
+    options = row.get("options")
+    if options is None or len(options) <= len(LETTERS):
+        return None
+    return f"{len(options)} options, more than the letters A-Z name (run validate first)"
 
 
 @dataclass(frozen=True)
@@ -212,6 +223,8 @@ class ModelStage(BaseStage):
         for i, m in enumerate(media):
             if isinstance(m, dict):
                 reasons[i], details[i] = m["error"], m["detail"]
+            elif (unlettered := too_many_options(rows[i])) is not None:
+                reasons[i], details[i] = "too_many_options", unlettered
             else:
                 pending[i] = None  # all of them
         for _ in range(self.max_rounds):
@@ -281,6 +294,6 @@ class ModelStage(BaseStage):
         """The first-round requests of every row (none where media failed), for --dry-run."""
         rows = table.to_pylist()
         media = self.decode(rows, ctx)
-        requests = [[] if isinstance(m, dict) else self.build_all(r, m, [])
-                    for r, m in zip(rows, media, strict=True)]
+        requests = [[] if isinstance(m, dict) or too_many_options(r) else
+                    self.build_all(r, m, []) for r, m in zip(rows, media, strict=True)]
         return requests, sum(isinstance(m, dict) for m in media)
