@@ -748,3 +748,15 @@ def test_a_recipe_default_that_fails_names_its_unset_variable(tmp_path, media):
     for said in (warned, line):
         assert f"http://127.0.0.1:{port}/v1" in said and "$T_URL is not set" in said
         assert "T_ROOT" not in said
+
+
+def test_train_without_torch_installed_is_one_line(tmp_path):
+    """`pip install avcurate` without the train extra, then `avcurate train`: a line naming
+    what to install, not a ModuleNotFoundError traceback."""
+    code = ("import sys; sys.modules['torch'] = None; sys.argv = ['avcurate', 'train', "
+            f"'--data', {str(tmp_path)!r}, '--model', {str(tmp_path)!r}]; "
+            "from avcurate.cli import main; main()")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.startswith("error: avcurate train needs torch, which is not installed")
+    assert "pip install 'avcurate[train]'" in result.stderr

@@ -35,8 +35,14 @@ def register() -> None:
         from avcurate.core.lock import RunInUse
         from avcurate.models.errors import EndpointError
         from avcurate.stages.errors import StageError
-        from avcurate.trainer.loop import train
         from avcurate.trainer.out_folder import launched_as_rank_zero
+
+        try:
+            from avcurate.trainer.loop import train
+        except ImportError as exc:  # installed without the train extra: a line, no traceback
+            fail(f"avcurate train needs {exc.name or 'torch and transformers'}, which is not "
+                 "installed: pip install torch==2.13.0 (the CPU wheel; on a GPU machine your "
+                 "CUDA build), then pip install 'avcurate[train]'")
 
         try:
             [given] = collect(options, values, 1)
