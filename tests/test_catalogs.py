@@ -669,8 +669,9 @@ def test_a_rejected_record_is_named_by_its_own_id_not_its_position(tmp_path, nam
 
 def test_options_in_one_cell_as_pandas_or_a_person_writes_them(tmp_path):
     """A CSV written by pandas' `to_csv` holds a list column as a Python list
-    (`['red', "it's blue"]`); a hand-made one often as lettered lines. Both are read as the
-    options; anything else (`red|blue`, or code) is one reject naming the forms taken."""
+    (`['red', "it's blue"]`); a hand-made one as lettered lines, plain lines or options
+    between bars (`red | blue`, which was a reject). All are read as the options; anything
+    else (code) is one reject naming the forms taken."""
     import csv
 
     ann = tmp_path / "mine.csv"
@@ -680,17 +681,19 @@ def test_options_in_one_cell_as_pandas_or_a_person_writes_them(tmp_path):
         w.writerow(["1", "a.mp4", "Q1?", "['red', \"it's blue\"]", "B"])
         w.writerow(["2", "a.mp4", "Q2?", "A. red\nB. blue\nC. green", "C"])
         w.writerow(["3", "a.mp4", "Q3?", '["red", "blue"]', "A"])
-        w.writerow(["4", "a.mp4", "Q4?", "red|blue", "A"])
+        w.writerow(["4", "a.mp4", "Q4?", "red | blue|green ", "A"])
         w.writerow(["5", "a.mp4", "Q5?", "[__import__('os').getcwd()]", "A"])
+        w.writerow(["6", "a.mp4", "Q6?", "red\nblue, or teal\n", "B"])
     cols = {"id": "uid", "video": "path", "question": "q", "options": "choices",
             "answer": "label"}
     rows, rejects = _read("csv", ann, tmp_path, columns=cols)
     assert [(r["options"], r["answer"]) for r in rows] == [
-        (["red", "it's blue"], "B"), (["red", "blue", "green"], "C"), (["red", "blue"], "A")]
+        (["red", "it's blue"], "B"), (["red", "blue", "green"], "C"), (["red", "blue"], "A"),
+        (["red", "blue", "green"], "A"), (["red", "blue, or teal"], "B")]
     assert [(r.raw_id, r.detail) for r in rejects] == [
-        (f"csv:mine/{i}", f"record {i - 1}: choices is not a list: a JSON list, a Python list "
-                          "(['a', 'b']) or one lettered line per option (A. a / B. b)")
-        for i in (4, 5)]
+        ("csv:mine/5", "record 4: choices is not a list: a JSON list, a Python list "
+                       "(['a', 'b']), one lettered line per option (A. a / B. b), one option "
+                       "per line, or options between bars (a | b)")]
 
 
 def test_a_csv_saved_with_semicolons_is_read_by_its_header(tmp_path):

@@ -272,8 +272,9 @@ def _lettered_options(value: dict, field: str) -> list[Any]:
 
 def _options_text(value: str, field: str) -> list[Any]:
     """Options held in one text cell: a JSON list (`["red", "blue"]`), a Python list as
-    pandas' `to_csv` writes one (`['red', 'blue']`), or one lettered line per option
-    (`A. red` / `B. blue`)."""
+    pandas' `to_csv` writes one (`['red', 'blue']`), one lettered line per option
+    (`A. red` / `B. blue`), one option per line, or options between bars (`red | blue`),
+    as spreadsheets are filled by hand."""
     with contextlib.suppress(json.JSONDecodeError):
         return json.loads(value)
     if value.lstrip().startswith("["):
@@ -284,8 +285,13 @@ def _options_text(value: str, field: str) -> list[Any]:
     question, options, rest = split_question_options(value)
     if options and not question and not rest:
         return options
-    raise Malformed(f"{field} is not a list: a JSON list, a Python list (['a', 'b']) or one "
-                    "lettered line per option (A. a / B. b)")
+    for separator in ("\n", "|"):  # a line or a bar between options, never inside one
+        parts = [p.strip() for p in value.strip().split(separator)]
+        if len(parts) >= 2 and all(parts):
+            return parts
+    raise Malformed(f"{field} is not a list: a JSON list, a Python list (['a', 'b']), one "
+                    "lettered line per option (A. a / B. b), one option per line, or "
+                    "options between bars (a | b)")
 
 
 def _answer(answer: str | int, answers: str | None) -> str | int:
