@@ -475,6 +475,9 @@ def test_a_final_model_is_swapped_in_whole(toy, tmp_path):
                            "avcurate export holds data/train-*.parquet)"),
     ("{tmp}/half/config.json", "{lm}", "--data {tmp}/half/config.json: not a readable "
                                        "Parquet file (Could not open Parquet input source"),
+    # options stored as JSON text were lettered one character at a time, silently
+    ("{tmp}/text_options.parquet", "{lm}", "--data {tmp}/text_options.parquet: options is "
+                                           "string, not a list of strings"),
 ])
 def test_train_names_a_wrong_data_or_model_path_in_one_line(toy, tmp_path, data, model, said):
     lm, data_path = toy
@@ -483,6 +486,11 @@ def test_train_names_a_wrong_data_or_model_path_in_one_line(toy, tmp_path, data,
     (tmp_path / "half" / "config.json").write_bytes((lm / "config.json").read_bytes())
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "manifest.json").write_text('{"stages": []}')
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"question": ["Q?"], "options": ['["a", "b"]'], "answer": ["A"]}),
+                   tmp_path / "text_options.parquet")
     result = subprocess.run([sys.executable, "-m", "avcurate", "train", "--data",
                              data.format(**values), "--model", model.format(**values),
                              "--out", str(tmp_path / "out"), "--steps", "1"],

@@ -100,6 +100,15 @@ def _read(file: Path) -> pa.Table:
     missing = [c for c in NEEDED if c not in table.column_names]
     if missing:
         raise ValueError(f"{file} lacks column(s) {', '.join(missing)}")
+    options = table.schema.field("options").type
+    if not pa.types.is_null(options) and not (
+            (pa.types.is_list(options) or pa.types.is_large_list(options))
+            and (pa.types.is_string(options.value_type) or pa.types.is_null(options.value_type)
+                 or pa.types.is_large_string(options.value_type))):
+        # a text column would be lettered one character at a time, silently
+        raise ValueError(f"--data {file}: options is {options}, not a list of strings; store "
+                         "each row's options as a list (as an avcurate export does), or null "
+                         "for an open-ended question")
     for col in MEDIA:
         if col not in table.column_names:
             continue
