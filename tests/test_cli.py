@@ -73,6 +73,12 @@ def test_follow_links_reads_a_farm_of_links_to_shared_storage(tmp_path, media):
                       f'media_root = "{farm}"\nfollow_links = true\n')
     sh("run", str(recipe), "--out", str(tmp_path / "recipe_run"), "-q")
     assert read_stage(tmp_path / "recipe_run", "00")[0].num_rows == 1
+    recipe.write_text(recipe.read_text().replace("follow_links = true", 'follow_links = "yes"'))
+    bad = sh("run", str(recipe), "--out", str(tmp_path / "bad_run"), "-q", check=False)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert bad.stderr.strip().splitlines() == [
+        "error: source 'jsonl': follow_links must be true or false, not 'yes'"]
+    assert not (tmp_path / "bad_run").exists()
 
 
 def test_ingest_stops_when_a_source_is_read_with_the_wrong_format_or_media_root(tmp_path, media):
