@@ -21,7 +21,7 @@ from urllib.parse import unquote, urlsplit
 
 import orjson
 
-from avcurate.core.answers import LETTERS
+from avcurate.core.answers import LETTERS, letterable
 from avcurate.core.schema import sample_row
 
 PLACEHOLDER_RE = re.compile(r"<(image|video|audio)>\s*", re.IGNORECASE)
@@ -304,8 +304,8 @@ def choices(value: Any, field: str) -> list[str]:
     one ('A.B.C. News', 'I. Robot' among plain texts) keeps its text whole."""
     options = texts(value, field)
     found = [_LETTERED.match(o) for o in options]
-    if all(m is not None and m[1].upper() == LETTERS[i] for i, m in enumerate(found[:26])) \
-            and len(options) <= 26:
+    if letterable(options) and all(m is not None and m[1].upper() == LETTERS[i]
+                                   for i, m in enumerate(found)):
         return [(m[2] or "").strip() for m in found if m is not None]
     return [o.strip() for o in options]
 

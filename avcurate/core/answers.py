@@ -78,6 +78,12 @@ def letter(index: int) -> str:
     return LETTERS[index]
 
 
+def letterable(options: list[str] | None) -> bool:
+    """Whether A-Z can letter every option (26 at most; none for an open-ended question):
+    a prompt of more would run out of letters."""
+    return options is None or len(options) <= len(LETTERS)
+
+
 def lettered(options: list[str] | None) -> str:
     """Options as the lettered lines prompts show: "A. first\nB. second"."""
     return "\n".join(f"{letter(i)}. {o}" for i, o in enumerate(options or []))

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from avcurate.core.answers import LETTERS, letter_index
+from avcurate.core.answers import letter_index, letterable
 from avcurate.core.options import option
 from avcurate.core.schema import BASE_COLUMNS, with_columns
 from avcurate.media.errors import Lost, MediaError
@@ -241,7 +241,7 @@ class Validate(BaseStage):
         if options is not None and len(options) > 0:
             if len(options) < 2:
                 return "too_few_options", f"{len(options)} option(s)"
-            if len(options) > len(LETTERS):  # every prompt letters them: Z is the last
+            if not letterable(options):  # every prompt letters them: Z is the last
                 return "too_many_options", f"{len(options)} options"
             if letter_index(answer, len(options)) is None:
                 return "answer_not_in_options", f"answer {answer!r} for {len(options)} options"

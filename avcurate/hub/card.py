@@ -21,7 +21,7 @@ from typing import Any
 from avcurate.core.store import RunStore
 from avcurate.hub.options import ExportOptions, ExportResult
 from avcurate.models import demo_notice, models_used
-from avcurate.reports.tables import stage_rows
+from avcurate.reports.tables import is_number, numbers_only, stage_rows
 
 COLUMN_DOCS = {
     "id": "stable sample id, `<source>:<id in the source annotations>`",
@@ -66,15 +66,14 @@ NUMBER = re.compile(r"-?\d[\d,]*(\.\d+)?%?")
 
 
 def _is_number(cell: Any) -> bool:
-    return (isinstance(cell, int | float) and not isinstance(cell, bool)) or (
-        isinstance(cell, str) and NUMBER.fullmatch(cell) is not None)
+    """A number, or one written as text ("0.740", "1,204", "12%"), as the card's cells are."""
+    return is_number(cell) or (isinstance(cell, str) and NUMBER.fullmatch(cell) is not None)
 
 
 def _table(headers: list[str], rows: list[list[Any]]) -> str:
     """A Markdown table; a column of numbers only is right-aligned (`---:`), so counts line
     up on the Hub's page as in the terminal."""
-    columns = [[r[i] for r in rows if r[i] is not None] for i in range(len(headers))]
-    numeric = [bool(cells) and all(map(_is_number, cells)) for cells in columns]
+    numeric = [numbers_only((r[i] for r in rows), _is_number) for i in range(len(headers))]
     out = ["| " + " | ".join(headers) + " |",
            "|" + "".join("---:|" if n else "---|" for n in numeric)]
     out += ["| " + " | ".join("-" if c is None else str(c).replace("|", "\\|") for c in row)

@@ -123,10 +123,11 @@ class MissingColumns(RunError):
     here, and by the stage commands as the commands to run first (`for_commands`)."""
 
     def __init__(self, stage: str, missing: list[str]) -> None:
-        self.stage, self.missing, self.makers = stage, missing, makers(missing)
+        self.needs = f"stage {stage!r} needs column(s) {', '.join(missing)}"
+        self.makers = makers(missing)
         hint = f" ({', '.join(self.makers)})" if self.makers else ""
-        super().__init__(f"stage {stage!r} needs column(s) {', '.join(missing)}, which no "
-                         f"earlier stage adds; add the stage that produces them before it{hint}")
+        super().__init__(f"{self.needs}, which no earlier stage adds; add the stage that "
+                         f"produces them before it{hint}")
 
     def for_commands(self, run_dir: Path | str) -> str:
         """The same fault said to someone typing stage commands on `run_dir`."""
@@ -134,8 +135,8 @@ class MissingColumns(RunError):
             return str(self)
         run = shlex.quote(str(run_dir))
         commands = list(dict.fromkeys(f"`avcurate {command_of(m)} {run}`" for m in self.makers))
-        return (f"stage {self.stage!r} needs column(s) {', '.join(self.missing)}, which no "
-                f"stage of {run_dir} has added yet; run {' and '.join(commands)} first")
+        return (f"{self.needs}, which no stage of {run_dir} has added yet; run "
+                f"{' and '.join(commands)} first")
 
 
 def plan(recipe: Recipe) -> list[tuple[Stage, str]]:

@@ -12,7 +12,7 @@ from typing import Any
 
 from avcurate.core.outputs import generator_tag
 from avcurate.curation.probe import CONDITION_NAMES
-from avcurate.reports.tables import not_probed
+from avcurate.reports.tables import not_probed, numbers_only
 
 GENERATOR = "avcurate stats"  # names the command in the page, so it may replace it
 PALETTE = ("#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2")
@@ -130,8 +130,7 @@ def _audit(audit: dict[str, Any]) -> list[str]:
 def _table(headers: list[str], rows: list[list[Any]]) -> str:
     """Numbers right-aligned under a right-aligned header (digits line up), text (stages,
     reasons, model names) left-aligned, as a reader scans each."""
-    numeric = [all(_number(row[k]) or row[k] is None for row in rows)
-               and any(_number(row[k]) for row in rows) for k in range(len(headers))]
+    numeric = [numbers_only(row[k] for row in rows) for k in range(len(headers))]
     cls = [' class="num"' if n else "" for n in numeric]
     head = "".join(f"<th{c}>{'<br>'.join(map(escape, h.split(chr(10))))}</th>"
                    for h, c in zip(headers, cls, strict=True))  # a "\n" in a header: its break
@@ -139,10 +138,6 @@ def _table(headers: list[str], rows: list[list[Any]]) -> str:
                                     for v, c in zip(row, cls, strict=True)) + "</tr>"
                    for row in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _number(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool)
 
 
 def _fmt(v: Any) -> str:

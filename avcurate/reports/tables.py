@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import shlex
+from collections.abc import Callable, Iterable
 from decimal import Decimal
 from typing import Any
 
@@ -137,11 +138,15 @@ def _cell(value: Any) -> Text:
     return Text(("NULL" if value is None else str(value))[:80])
 
 
-def _numeric(rows: list[tuple], i: int) -> bool:
-    """Column `i` holds numbers only (NULLs aside), so it is right-aligned: counts line up."""
-    values = [row[i] for row in rows if row[i] is not None]
-    return bool(values) and all(isinstance(v, int | float | Decimal) and not isinstance(v, bool)
-                                for v in values)
+def is_number(value: Any) -> bool:
+    return isinstance(value, int | float | Decimal) and not isinstance(value, bool)
+
+
+def numbers_only(values: Iterable[Any], number: Callable[[Any], bool] = is_number) -> bool:
+    """A column of numbers only, nulls aside (and not only nulls): right-aligned, so counts
+    line up, in the terminal's tables, the HTML report's and the card's."""
+    present = [v for v in values if v is not None]
+    return bool(present) and all(map(number, present))
 
 
 def result_table(columns: list[str], rows: list[tuple], width: int = 80) -> Table:
@@ -151,7 +156,8 @@ def result_table(columns: list[str], rows: list[tuple], width: int = 80) -> Tabl
     if sum(min(len(c), 10) + 3 for c in columns) + 1 <= width:
         table = Table()
         for i, c in enumerate(columns):
-            table.add_column(Text(c), justify="right" if _numeric(rows, i) else "left")
+            table.add_column(Text(c), justify="right" if numbers_only(row[i] for row in rows)
+                             else "left")
         for row in rows:
             table.add_row(*map(_cell, row))
         return table

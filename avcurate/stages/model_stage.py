@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 
 import pyarrow as pa
 
-from avcurate.core.answers import LETTERS
+from avcurate.core.answers import letterable
 from avcurate.core.options import declared, option
 from avcurate.core.schema import with_columns
 from avcurate.media.cache import DecodedMedia, MediaNeeds, decode_rows
@@ -55,7 +55,7 @@ def too_many_options(row: dict[str, Any]) -> str | None:
     is rejected before any call, where building its prompt raised an IndexError that ended
     the stage (validate rejects it first in a run that has it)."""
     options = row.get("options")
-    if options is None or len(options) <= len(LETTERS):
+    if letterable(options):
         return None
     return f"{len(options)} options, more than the letters A-Z name (run validate first)"
 

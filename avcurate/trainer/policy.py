@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from avcurate.core.answers import LETTERS, lettered
+from avcurate.core.answers import letterable, lettered
 from avcurate.core.options import OptionError
 from avcurate.trainer.clips import ClipReader
 from avcurate.trainer.unusable import UnusableRow
@@ -30,7 +30,7 @@ def question_text(row: dict[str, Any]) -> str:
     (a Parquet of the user's own, never validated) is skipped as unusable, not an
     IndexError that ended the run."""
     options = row.get("options")
-    if options is not None and len(options) > len(LETTERS):
+    if not letterable(options):
         raise UnusableRow("too_many_options", f"row {row.get('id', '?')}: {len(options)} "
                           f"options, more than the letters A-Z name")
     return f"{row['question']}\n{lettered(options)}".strip()
