@@ -171,6 +171,7 @@ def test_two_answer_blocks_are_no_answer():
 ])
 def test_accepted_spellings_agree_across_consumers(text, expected):
     assert parse_letter(text, OPTIONS).letter == expected
+    assert extract_letter(text, OPTIONS).letter == expected  # teachers and the probe
     row = {"options": OPTIONS, "answer": "B"}
     assert get("accuracy")([f"<answer>{text}</answer>"], [row]) == [float(expected == "B")]
 

@@ -70,6 +70,16 @@ def _rows(media, markers):
     ("Answer: (B) Documentary\nB is the correct option because it is factual.", "B",
      "answer_line"),  # the last answer line that names a letter
     ("answer: c", "C", "answer_line"),
+    ("Answer: **c**", "C", "answer_line"),
+    ("Option D", "D", "bare_letter"),  # asked for "just the letter"
+    ("Choice: (B)", "B", "bare_letter"),
+    ("Option E", None, "none"),
+    # a model tuned for structured output answers in JSON, even when asked for a letter
+    ('{"answer": "C"}', "C", "json"),
+    ('```json\n{"Answer": "D. Action movie"}\n```', "D", "json"),
+    ('{"reasoning": "The answer is A? No, it is factual.", "answer": "B"}', "B", "json"),
+    ('{"answer": "A or B"}', None, "ambiguous"),
+    ('{"answer": "Comedy"}', None, "none"),
     ("The answer is a", None, "none"),  # a reply cut after its article, maybe
     ("Answer: a dog", None, "none"),
     ("So the final answer is $\\boxed{A}$.", "A", "boxed"),

@@ -7,8 +7,8 @@ So they agree on every spelling:
 - accepted: `B`, `(B)`, `(b)`, `B.`, `B)`, `B: text`, `B. text`, `**B**`, `Answer: B`,
   `Option B`, or the exact text of one option;
 - in a free-text reply (teachers, the probe: `extract_letter`) also one `<answer>` block,
-  `the correct option is B`, `答案：B`, `\\boxed{B}`, `**B. text**`, and a first line that
-  is `B)` and its option's text;
+  `the correct option is B`, `答案：B`, `\\boxed{B}`, `**B. text**`, a first line that
+  is `B)` and its option's text, and a reply that is one JSON object (`{"answer": "B"}`);
 - a hedge is no answer: `B or C`, `B and C`, `B, C`, `B/C`, `B C D`, two `<answer>`
   blocks, two different bold or boxed letters, an answer line naming two letters.
 
@@ -19,6 +19,7 @@ alone after an answer line's `Answer:`, it is.
 from __future__ import annotations
 
 import functools
+import json
 import re
 import string
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ _HEDGE = re.compile(r"^\s*(?:(?:,|/|&|\bor\b|\band\b)\s*)?\(?[A-Z]\)?(?![A-Za-z0
 _JOINED = re.compile(r"^\s*(?:(?:,|/|&|\bor\b|\band\b)\s*\(?[A-Z]\)?(?![A-Za-z0-9'])|\([A-Z]\))")
 _TEXT_MARK = re.compile(r"^\s*[.):：]")
 _WORD_AFTER = re.compile(r"^\s+[a-z]")
-_BARE = re.compile(r"^\s*\**\s*\(?([A-Z])\)?\s*[.):]?\s*\**\s*$")
+_BARE = re.compile(r"^\s*\**\s*(?:\(([A-Za-z])\)|\(?([A-Z])\)?)\s*[.):]?\s*\**\s*$")
 _ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 _ANSWER_LINE = re.compile(r"(?:\banswer\b|\b(?:correct|right|best)\s+(?:option|choice)\b|答案)"
                           r"\s*(?:is\s*)?[:：]?[ \t]*(.+?)[ \t]*$", re.IGNORECASE | re.MULTILINE)
@@ -65,8 +66,9 @@ def after_thinking(text: str) -> str:
 class Parsed:
     """A parse: the letter (None when there is none) and how it was read.
 
-    how: letter, option_text, answer_line, bold, ambiguous, none (the audit trail teachers
-    store; `ambiguous` marks hedges so reports can count them apart from silence).
+    how: letter, option_text, answer_tag, json, answer_line, boxed, bold, bare_letter,
+    letter_echo, ambiguous, none (the audit trail teachers store; `ambiguous` marks hedges
+    so reports can count them apart from silence).
     """
 
     letter: str | None
@@ -148,11 +150,12 @@ def tagged_letter(completion: str, options: list[str] | None = None) -> str | No
 def extract_letter(text: str, options: list[str]) -> Parsed:
     """The letter a free-text reply chose (teachers, the probe), read in this order:
     - its one `<answer>` block, as the trainer reads it;
+    - the answer field of a reply that is one JSON object;
     - its last answer line ("Answer: (B) blue", "the correct option is B", "答案：B");
     - a `\\boxed{B}`, as models trained on maths end;
     - a bold letter ("**B**", "**B. blue**");
-    - a reply that is only a letter, or whose first line is a letter and its option's text
-      ("B) blue", then an explanation);
+    - a reply that is only a letter ("B", "(b)", "Option B"), or whose first line is a
+      letter and its option's text ("B) blue", then an explanation);
     - a reply (or answer line) that is an option's text.
     Two different letters in one of these forms are a hedge; of a thinking model's reply,
     only what follows its thinking counts."""
@@ -161,6 +164,9 @@ def extract_letter(text: str, options: list[str]) -> Parsed:
         parsed = parse_letter(blocks[0], options)
         if parsed.letter is not None or parsed.how == "ambiguous":
             return Parsed(parsed.letter, "answer_tag" if parsed.letter else "ambiguous")
+    if (said := _json_answer(text)) is not None:
+        parsed = parse_letter(said, options)
+        return Parsed(parsed.letter, "json" if parsed.letter else parsed.how)
     lines = list(_ANSWER_LINE.finditer(text))
     for line in reversed(lines):  # the last that names a letter ("...is the correct option
         said = line.group(1)      # because" after it names none)
@@ -182,8 +188,9 @@ def extract_letter(text: str, options: list[str]) -> Parsed:
             return Parsed(None, "ambiguous")
         if len(found) == 1 and _valid(one := found.pop(), options):
             return Parsed(one, how)
-    if (m := _BARE.match(text)) and _valid(m.group(1), options):
-        return Parsed(m.group(1), "bare_letter")
+    if (m := _BARE.match(_PREFIX.sub("", text.strip()))) and \
+            _valid(found := (m.group(1) or m.group(2)).upper(), options):
+        return Parsed(found, "bare_letter")  # "B", "(b)", "Option B", "Choice: B"
     first = text.strip().split("\n", 1)[0]
     if found := _echoed(first, options, bare=False):
         return Parsed(found, "letter_echo")
@@ -194,6 +201,27 @@ def extract_letter(text: str, options: list[str]) -> Parsed:
         if len(hits) == 1:
             return Parsed(LETTERS[hits[0]], "option_text")
     return Parsed(None, "none")
+
+
+def _json_answer(text: str) -> str | None:
+    """The answer field of a reply that is one JSON object and nothing else (`{"answer":
+    "B"}`, also fenced in ```json): the habit of models tuned for structured output,
+    asked for a letter. Its first text field among answer, choice, option and letter,
+    whatever their case; None for any other reply."""
+    body = text.strip()
+    if body.startswith("```"):
+        body = body.split("\n", 1)[-1].rsplit("```", 1)[0].strip()
+    if not body.startswith("{"):
+        return None
+    try:
+        obj = json.loads(body)
+    except ValueError:
+        return None
+    fields = {str(k).lower(): v for k, v in obj.items()} if isinstance(obj, dict) else {}
+    for key in ("answer", "choice", "option", "letter"):
+        if isinstance(fields.get(key), str):
+            return fields[key]
+    return None
 
 
 def _echoed(text: str, options: list[str], *, bare: bool) -> str | None:
@@ -229,14 +257,14 @@ def normalise_answer(answer: Any, options: list[str]) -> str | None:
     return parse_letter(text, options).letter or _lower_letter(text, options) or text
 
 
-_LOWER = re.compile(r"^[(\[]?([a-z])[)\]]?\.?$")
+_KEY_LETTER = re.compile(r"^[(\[]?([a-z])[)\]]?\.?$")
 
 
 def _lower_letter(text: str, options: list[str]) -> str | None:
     """A bare letter an annotation wrote in lower case or brackets ('b', 'option b', '[B]'),
     when no option's text is that letter: a file's own answer key, not a model's prose, so
     a lone 'a' here is a letter, not the English article."""
-    m = _LOWER.match(_PREFIX.sub("", text).strip().lower())
+    m = _KEY_LETTER.match(_PREFIX.sub("", text).strip().lower())
     if m is None or m.group(1) in map(_norm_option, options):
         return None
     found = m.group(1).upper()
