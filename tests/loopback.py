@@ -8,6 +8,7 @@ inject faults when the question text carries a marker:
   [flaky]      first answer is not JSON, then a good one
   [nonjson]    always answers prose, never JSON
   [range]      always answers scores of 14 (out of range)
+  [nan]        always answers a score of NaN (JSON as Python writes a float NaN)
   [none]       classification: "none"
   [weird]      classification: a category that is not in the taxonomy
   [plain]      classification: "Category: <name>." as plain text, no JSON
@@ -63,6 +64,8 @@ def score_answer(question: str) -> dict[str, Any]:
     h = int(hashlib.sha1(question.encode()).hexdigest(), 16)
     if "[range]" in question:
         return {d: 14 for d in DIMENSIONS} | {f"{d}_rationale": "x" for d in DIMENSIONS}
+    if "[nan]" in question:
+        return {d: float("nan") for d in DIMENSIONS} | {f"{d}_rationale": "x" for d in DIMENSIONS}
     scores = {"video_dependency": 6 + h % 5, "audio_dependency": 6 + (h >> 4) % 5,
               "question_logic": 8 + (h >> 8) % 3, "answer_accuracy": 10 if h % 7 else 9}
     rationales = {f"{d}_rationale": f"{d} looks like {v}." for d, v in scores.items()}

@@ -27,7 +27,7 @@ def _records(media, markers):
 
 
 MARKERS = ["", "[429]", "[500]", "[slow]", "[trickle]", "[flaky]", "[nonjson]", "[range]",
-           "[missing]", "[strings]"]
+           "[missing]", "[strings]", "[nan]"]
 
 
 def _score(server, **kw):
@@ -60,7 +60,7 @@ def test_score_every_row_kept_or_rejected_under_faults(tmp_path, media, monkeypa
                                                                 "[strings]"}
     reasons = {ids[r["id"]]: r["reject_reason"] for r in rej.to_pylist()}
     assert reasons == {"[nonjson]": "judge_invalid_json", "[range]": "judge_out_of_range",
-                       "[missing]": "missing_media"}
+                       "[missing]": "missing_media", "[nan]": "judge_out_of_range"}
     row = rows_by_id(kept)["jsonl:ann/q0"]
     assert 0 <= row["video_dependency"] <= 1 and row["answer_accuracy"] in (0.9, 1.0)
     expected = sum(row[d] for d in ("video_dependency", "audio_dependency", "question_logic",

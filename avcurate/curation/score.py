@@ -9,6 +9,7 @@ normalised to sum to 1, equal by default). The paper's judge was Gemini-2.5-Pro.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -101,7 +102,8 @@ class Score(ModelStage):
             v = answer[d]
             if isinstance(v, str) and (m := SCORE_TEXT.fullmatch(v)):  # "8", "8/10": a model
                 v = float(m.group(1))                                # without the schema
-            if isinstance(v, bool) or not isinstance(v, int | float) or v != int(v) or not 0 <= v <= 10:
+            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) \
+                    or v != int(v) or not 0 <= v <= 10:  # NaN, Infinity: JSON as Python reads it
                 raise InvalidAnswer("judge_out_of_range", f"{d} = {v!r} is not an integer in 0..10")
             scores[d] = int(v) / 10
         total = sum(self.weights)
