@@ -152,6 +152,17 @@ def test_missing_columns_are_caught_before_any_work(tmp_path, media):
                                        r"stage that produces them before it \(visual_teacher, "
                                        r"audio_teacher\)$"):
         run(merge, tmp_path / "run")
+    # a column no stage adds is a typo: its neighbour is named, or else the columns there are
+    typo = jsonl_recipe(tmp_path, _records(media), media["root"], [
+        StageSpec("validate"), StageSpec("threshold", {"rules": ["audio_rms >= -40"]})])
+    with pytest.raises(RunError, match=r"needs column\(s\) audio_rms, which no stage adds; did "
+                                       r"you mean audio_rms_db\?$"):
+        run(typo, tmp_path / "run")
+    typo.stages[1] = StageSpec("threshold", {"rules": ["zzz >= 1"]})
+    with pytest.raises(RunError, match=r"which no stage adds \(the columns there: answer, audio, "
+                                       r"audio_rms_db, .*, video, width\)$"):
+        run(typo, tmp_path / "run")
+    assert not (tmp_path / "run" / "00-ingest").exists()
 
 
 def test_invariant_violations_stop_the_run(tmp_path, media):

@@ -97,9 +97,9 @@ def dry_run(run_dir, spec: StageSpec) -> str:
     last = store.load_manifest()["stages"][-1]
     inputs = store.shards(store.root / last["dir"])
     rows = sum(pq.ParquetFile(p).metadata.num_rows for p in inputs)
-    if inputs and (missing := [c for c in stage.requires
-                               if c not in pq.read_schema(inputs[0]).names]):
-        raise MissingColumns(spec.name, missing)  # as a run of the stage would say
+    have = pq.read_schema(inputs[0]).names if inputs else []
+    if inputs and (missing := [c for c in stage.requires if c not in have]):
+        raise MissingColumns(spec.name, missing, have)  # as a run of the stage would say
     ctx = StageContext(run_dir=store.root, stage_dir=store.root / "dry-run")
     try:
         sample_rows = min(rows, EXACT_UP_TO)

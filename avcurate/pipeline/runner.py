@@ -8,6 +8,7 @@ again ends with exactly the rows an uninterrupted run produces.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import gc
 import platform
 import shlex
@@ -15,7 +16,7 @@ import shutil
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -122,12 +123,14 @@ class MissingColumns(RunError):
     """A stage planned where no earlier stage adds the columns it reads; said for a recipe
     here, and by the stage commands as the commands to run first (`for_commands`)."""
 
-    def __init__(self, stage: str, missing: list[str]) -> None:
+    def __init__(self, stage: str, missing: list[str], have: Iterable[str] = ()) -> None:
         self.needs = f"stage {stage!r} needs column(s) {', '.join(missing)}"
         self.makers = makers(missing)
-        hint = f" ({', '.join(self.makers)})" if self.makers else ""
+        if not self.makers:  # no stage adds them: a typo ("composite" in a rule), most often
+            super().__init__(f"{self.needs}, which no stage adds{_closest(missing, have)}")
+            return
         super().__init__(f"{self.needs}, which no earlier stage adds; add the stage that "
-                         f"produces them before it{hint}")
+                         f"produces them before it ({', '.join(self.makers)})")
 
     def for_commands(self, run_dir: Path | str) -> str:
         """The same fault said to someone typing stage commands on `run_dir`."""
@@ -137,6 +140,16 @@ class MissingColumns(RunError):
         commands = list(dict.fromkeys(f"`avcurate {command_of(m)} {run}`" for m in self.makers))
         return (f"{self.needs}, which no stage of {run_dir} has added yet; run "
                 f"{' and '.join(commands)} first")
+
+
+def _closest(missing: list[str], have: Iterable[str]) -> str:
+    """The columns `missing` may have meant, or the ones there are (a plugin's columns are
+    not in `makers`, and a typo's neighbour is the likeliest fix)."""
+    have = sorted(set(have))
+    close = [m for c in missing for m in difflib.get_close_matches(c, have, n=1, cutoff=0.6)]
+    if close:
+        return f"; did you mean {' or '.join(dict.fromkeys(close))}?"
+    return f" (the columns there: {', '.join(have)})" if have else ""
 
 
 def plan(recipe: Recipe) -> list[tuple[Stage, str]]:
@@ -151,7 +164,7 @@ def plan(recipe: Recipe) -> list[tuple[Stage, str]]:
             raise RunError(str(exc)) from exc
         missing = [c for c in stage.requires if c not in types]
         if missing:
-            raise MissingColumns(spec.name, missing)
+            raise MissingColumns(spec.name, missing, types)
         for column in getattr(stage, "numeric", ()):  # not in v0.1's protocol
             if not _holds_numbers(types[column]):
                 raise RunError(f"stage {spec.name!r}: rule column {column!r} holds "
