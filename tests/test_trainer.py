@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -499,6 +500,60 @@ def test_train_names_a_wrong_data_or_model_path_in_one_line(toy, tmp_path, data,
     [line] = result.stderr.strip().splitlines()
     assert line.startswith("error: ") and said.format(**values) in line
     assert not (tmp_path / "out" / "metrics.jsonl").exists()
+
+
+def _with_template(lm: Path, folder: Path, template: str | None) -> Path:
+    """A copy of the tiny LM whose tokenizer has `template` as its chat template (None: no
+    template, as a base model's)."""
+    shutil.copytree(lm, folder)
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    if template is not None:
+        config["chat_template"] = template
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    for jinja in folder.glob("*.jinja"):
+        jinja.unlink()
+    return folder
+
+
+NO_SYSTEM = ("{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not "
+             "supported') }}{% endif %}{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}"
+             "{% endfor %}<assistant>")
+
+
+def test_a_template_without_a_system_turn_gets_the_system_prompt_in_the_user_turn(toy, tmp_path):
+    """Gemma's chat template, and some Mistral ones, raise "System role not supported":
+    training ended at its first step with a jinja traceback."""
+    from avcurate.trainer.policy import TextPolicy
+
+    lm, data = toy
+    model = _with_template(lm, tmp_path / "no_system", NO_SYSTEM)
+    policy = TextPolicy(str(model), system_prompt="Think first.")
+    assert policy.prompt({"question": "Which?", "options": ["x", "y"]}) == \
+        "<user>Think first.\n\nWhich?\nA. x\nB. y<assistant>"
+    result = subprocess.run([sys.executable, "-m", "avcurate", "train", "--data", str(data),
+                             "--model", str(model), "--out", str(tmp_path / "out"), "--steps",
+                             "1", "--num-generations", "2", "--prompts-per-step", "1",
+                             "--max-new-tokens", "4"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "note: the model's chat template takes no system turn (System role not supported); " \
+           "the system prompt opens the user turn instead" in result.stderr
+    assert (tmp_path / "out" / "final" / "config.json").is_file()
+
+
+def test_a_model_without_a_chat_template_is_one_line_before_its_weights_load(toy, tmp_path):
+    lm, data = toy
+    model = _with_template(lm, tmp_path / "base", None)
+    (model / "model.safetensors").write_bytes(b"not weights")  # never read: the line comes first
+    result = subprocess.run([sys.executable, "-m", "avcurate", "train", "--data", str(data),
+                             "--model", str(model), "--out", str(tmp_path / "out"), "--steps",
+                             "1"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines() == [
+        f"error: --model {model} cannot be loaded: its tokenizer has no chat template (a base "
+        "model?); the text policy's prompts are chat turns: train an instruct model, or add a "
+        "chat_template to its tokenizer_config.json"]
 
 
 def test_an_omni_policy_on_a_text_model_is_one_line(toy, tmp_path):

@@ -398,6 +398,8 @@ def build(cfg: TrainConfig, model_path: str, rewards: list[Reward],
     except (OSError, ValueError) as exc:  # transformers' messages name no folder, and wrap
         raise ValueError(f"--model {cfg.model} cannot be loaded: "
                          f"{' '.join(str(exc).split())}") from exc
+    if rank == 0 and getattr(policy, "note", None):
+        say(policy.note)
     if cfg.gradient_checkpointing:  # transformers 5 renamed it; 4.x has the old name only
         enable = getattr(policy.model, "activation_checkpointing_enable", None)
         if enable is not None:

@@ -47,20 +47,50 @@ class TextPolicy:
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.system_prompt = system_prompt
+        # before the weights load: a bad template is found in seconds, not after minutes
+        self.note = self._check_template()
         if meta:  # the weights come from rank 0 when the model is sharded (loop.shard)
             self.model = _on_meta(AutoModelForCausalLM.from_config, model_path, dtype)
         else:
             self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(device)
-        self.system_prompt = system_prompt
         self.device = torch.device(device)
         self.suppress_tokens: list[int] = []
 
+    def _check_template(self) -> str | None:
+        """Stop when the tokenizer has no chat template (a base model: its prompts would be
+        chat turns it never saw); when the template refuses a system turn (Gemma's, some
+        Mistral ones raise "System role not supported"), put the system prompt at the top
+        of the user turn instead, and return a note saying so."""
+        from jinja2 import TemplateError
+
+        if not self.tokenizer.chat_template:
+            raise OptionError("its tokenizer has no chat template (a base model?); the text "
+                              "policy's prompts are chat turns: train an instruct model, or "
+                              "add a chat_template to its tokenizer_config.json")
+        self.system_turn = bool(self.system_prompt)
+        try:
+            self._chat("question")
+            return None
+        except TemplateError as exc:
+            refused = exc
+        self.system_turn = False
+        try:
+            self._chat("question")
+        except TemplateError as exc:
+            raise OptionError(f"its chat template cannot render a question ({exc})") from None
+        return (f"note: the model's chat template takes no system turn ({refused}); the "
+                "system prompt opens the user turn instead")
+
+    def _chat(self, user: str) -> str:
+        system = [{"role": "system", "content": self.system_prompt}] if self.system_turn else []
+        if self.system_prompt and not self.system_turn:
+            user = f"{self.system_prompt}\n\n{user}"
+        return self.tokenizer.apply_chat_template(system + [{"role": "user", "content": user}],
+                                                  tokenize=False, add_generation_prompt=True)
+
     def prompt(self, row: dict[str, Any], modality: str = "av") -> str:
-        user = f"{MODALITY_NOTES[modality]}{question_text(row)}"
-        messages = ([{"role": "system", "content": self.system_prompt}] if self.system_prompt
-                    else []) + [{"role": "user", "content": user}]
-        return self.tokenizer.apply_chat_template(messages, tokenize=False,
-                                                  add_generation_prompt=True)
+        return self._chat(f"{MODALITY_NOTES[modality]}{question_text(row)}")
 
     def inputs(self, row: dict[str, Any], modality: str, max_tokens: int
                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
