@@ -105,14 +105,25 @@ def test_a_folder_that_is_not_a_model_stops_before_the_stage_with_one_line(tiny_
     for f in tiny_model.iterdir():
         (corrupt / f.name).write_bytes(b"garbage" if f.suffix == ".safetensors" else
                                        f.read_bytes())
+    base = tmp_path / "base"  # a base model: no chat template
+    base.mkdir()
+    for f in tiny_model.iterdir():
+        text = f.read_bytes()
+        if f.name == "tokenizer_config.json":
+            config = json.loads(text)
+            config.pop("chat_template", None)
+            text = json.dumps(config).encode()
+        if f.suffix != ".jinja":
+            (base / f.name).write_bytes(text)
     for model, message in [(tmp_path / "nope", "is not a local model folder"),
                            (no_config, "has no config.json, so it is not a model folder"),
-                           (corrupt, f"cannot load {corrupt} (SafetensorError: ")]:
+                           (corrupt, f"cannot load {corrupt} (SafetensorError: "),
+                           (base, f"{base} has no chat template (a base model?)")]:
         done = sh("classify", str(tmp_path / "run"), "--backend", "transformers", "--model",
                   str(model), "-q", check=False)
         assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
         [line] = done.stderr.strip().splitlines()
         assert message in line
         began = sorted(p.name for p in (tmp_path / "run").glob("0*"))[1:]
-        assert began == (["01-classify"] if model == corrupt else [])  # loading: in the stage
+        assert began == (["01-classify"] if model in (corrupt, base) else [])  # in the stage
     assert not any((tmp_path / "run/01-classify").glob("*.parquet"))

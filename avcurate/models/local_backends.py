@@ -39,6 +39,18 @@ def local_model_problem(model: str) -> str | None:
     return None
 
 
+def _loaded(model: str, load: Any) -> Any:
+    """`load(model)`, any failure said on one line in the library's own words (a tokenizer
+    it cannot build, an architecture it does not know, a corrupt weights file)."""
+    try:
+        return load(model)
+    except Exception as exc:  # noqa: BLE001 (any failure here is the folder's: transformers
+        # raises OSError, ValueError, KeyError..., safetensors its own SafetensorError)
+        why = " ".join(str(exc).split())[:300]
+        raise BackendUnavailable(f"transformers backend: cannot load {model} "
+                                 f"({type(exc).__name__}: {why})") from None
+
+
 class _InProcess:
     """One generation at a time (the model is not re-entrant), in a worker thread.
 
@@ -73,16 +85,12 @@ class TransformersBackend(_InProcess):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.model = model
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(model)
-            self.lm = AutoModelForCausalLM.from_pretrained(model).to(device).eval()
-        except Exception as exc:  # noqa: BLE001 (any failure here is the folder's: transformers
-            # raises OSError, ValueError, KeyError..., safetensors its own SafetensorError)
-            # in their own words (a tokenizer it cannot build, an architecture it does not
-            # know, a corrupt weights file), on one line
-            why = " ".join(str(exc).split())[:300]
-            raise BackendUnavailable(f"transformers backend: cannot load {model} "
-                                     f"({type(exc).__name__}: {why})") from None
+        self.tokenizer = _loaded(model, AutoTokenizer.from_pretrained)
+        if not self.tokenizer.chat_template:  # before the weights: every prompt is a chat turn
+            raise BackendUnavailable(f"transformers backend: {model} has no chat template (a "
+                                     "base model?); the stages' prompts are chat turns: use "
+                                     "an instruct model")
+        self.lm = _loaded(model, AutoModelForCausalLM.from_pretrained).to(device).eval()
         self._lock = threading.Lock()  # one generation at a time, whatever the event loop
 
     def _generate(self, request: ModelRequest) -> ModelResponse:
