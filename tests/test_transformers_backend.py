@@ -70,6 +70,23 @@ def test_classify_stage_through_a_local_model(tmp_path, media, tiny_model):
     assert usage["calls"] == 3 and usage["completion_tokens"] > 0
 
 
+def test_a_prompt_past_the_models_context_rejects_its_row_alone(tmp_path, media, tiny_model):
+    """Past its positions a model with learned ones raised an IndexError that ended the
+    stage with a traceback; one with RoPE answered from garbage."""
+    long = " ".join(["What color is the square?"] * 1000)  # over 4,096 tokens
+    records = [{"id": f"r{i}", "video": str(media["good"]), "question": q, "options": ["a", "b"],
+                "answer": "A"} for i, q in enumerate(["Short?", long, "Also short?"])]
+    stage = StageSpec("classify", {"backend": "transformers", "model": str(tiny_model),
+                                   "max_attempts": 1, "max_rounds": 1, "max_tokens": 6})
+    run(jsonl_recipe(tmp_path, records, media["root"], [stage]), tmp_path / "run")
+    _, rej = read_stage(tmp_path / "run", "01")
+    reasons = {r["id"]: (r["reject_reason"], r["reject_detail"]) for r in rej.to_pylist()}
+    reason, detail = reasons.pop("jsonl:ann/r1")
+    assert reason == "model_error" and detail.startswith("context_length: the prompt has ")
+    assert detail.endswith("and with max_tokens 6 it exceeds the model's context of 4096")
+    assert {r for r, _ in reasons.values()} == {"unclassifiable"}  # the others were asked
+
+
 def test_local_backend_refuses_media_and_missing_folders(tiny_model, tmp_path, media):
     with pytest.raises(BackendUnavailable, match="not a local model folder"):
         make_backend(ModelSpec("transformers", str(tmp_path / "nope")))

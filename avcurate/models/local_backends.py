@@ -98,6 +98,14 @@ class TransformersBackend(_InProcess):
 
         ids = self.tokenizer.apply_chat_template(_chat(request), add_generation_prompt=True,
                                                  return_tensors="pt", return_dict=True)
+        prompt = int(ids["input_ids"].shape[1])
+        context = getattr(self.lm.config, "max_position_embeddings", None)
+        if isinstance(context, int) and prompt + request.max_tokens > context:
+            # the row's fault, as a server's 400 for it is: past its positions a model
+            # with learned ones raises an IndexError, and one with RoPE reads garbage
+            raise ModelError(f"the prompt has {prompt} tokens, and with max_tokens "
+                             f"{request.max_tokens} it exceeds the model's context of "
+                             f"{context}", retryable=False, kind="context_length")
         kw: dict[str, Any] = {"max_new_tokens": request.max_tokens,
                               "pad_token_id": self.tokenizer.pad_token_id
                               or self.tokenizer.eos_token_id}
@@ -109,7 +117,7 @@ class TransformersBackend(_InProcess):
             out = self.lm.generate(**ids.to(self.lm.device), **kw)
         new = out[0, ids["input_ids"].shape[1]:]
         text = self.tokenizer.decode(new, skip_special_tokens=True)
-        usage = {"prompt_tokens": int(ids["input_ids"].shape[1]), "completion_tokens": int(len(new))}
+        usage = {"prompt_tokens": prompt, "completion_tokens": int(len(new))}
         finish = "length" if len(new) >= request.max_tokens else "stop"
         return with_json(ModelResponse(text=text, usage=usage, finish=finish), request)
 
