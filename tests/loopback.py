@@ -14,6 +14,8 @@ inject faults when the question text carries a marker:
   [plain]      classification: "Category: <name>." as plain text, no JSON
   [v-wrong] [a-wrong]          that teacher picks a wrong option
   [v-ambiguous] [a-ambiguous]  that teacher answers "A or B"
+  [v-markdown] [a-markdown]    that teacher labels its parts in bold ("**Reasoning:**")
+  [v-headings] [a-headings]    that teacher heads its parts as Markdown ("### Reasoning")
   [leak] [mismatch] [outside] [noanswer] [short]   the merger's trace always fails that check
   [leak-once]  the merger leaks the answer until it is told what was wrong
   [down]       always 503 (an endpoint that is failing)
@@ -97,7 +99,13 @@ def teacher_answer(kind: str, prompt: str, question: str, media: list[bytes]) ->
     if f"[{tag}-wrong]" in question:
         pick = next(x for x, _ in options if x != pick)
     final = "Answer: A or B" if f"[{tag}-ambiguous]" in question else None
-    return teacher_reply(kind, seen, pick, options, p, final)
+    reply = teacher_reply(kind, seen, pick, options, p, final)
+    labels = r"^((?:Visual|Audio) Description|Reasoning|Answer): "
+    if f"[{tag}-markdown]" in question:
+        reply = re.sub(labels, r"**\1:** ", reply, flags=re.MULTILINE)
+    if f"[{tag}-headings]" in question:
+        reply = re.sub(labels, r"### \1\n", reply, flags=re.MULTILINE)
+    return reply
 
 
 def probe_answer(prompt: str, question: str, images: list[bytes], audios: list[bytes],

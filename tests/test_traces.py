@@ -71,6 +71,8 @@ def _rows(media, markers):
      "answer_line"),  # the last answer line that names a letter
     ("answer: c", "C", "answer_line"),
     ("Answer: **c**", "C", "answer_line"),
+    ("**Answer:**\n\n(B) Documentary", "B", "answer_line"),  # bold label, answer below
+    ("### Answer:\nD. Action movie", "D", "answer_line"),  # a Markdown heading
     ("Option D", "D", "bare_letter"),  # asked for "just the letter"
     ("Choice: (B)", "B", "bare_letter"),
     ("Option E", None, "none"),
@@ -102,7 +104,8 @@ def test_extract_answer(text, letter, how):
 
 def test_teachers_and_both_correct_filter(tmp_path, media):
     markers = [("red", ""), ("blue", ""), ("red", "[v-wrong]"), ("blue", "[a-wrong]"),
-               ("red", "[v-wrong] [a-wrong]"), ("blue", "[v-ambiguous]")]
+               ("red", "[v-wrong] [a-wrong]"), ("blue", "[v-ambiguous]"),
+               ("red", "[v-markdown] [a-headings]"), ("blue", "[v-headings] [a-markdown]")]
     with openai_server() as server:
         run(jsonl_recipe(tmp_path, _rows(media, markers), media["root"], _teach(server)),
             tmp_path / "run")
@@ -118,9 +121,18 @@ def test_teachers_and_both_correct_filter(tmp_path, media):
     audio_kept, _ = read_stage(tmp_path / "run", "02")
     assert "medium-pitched tone" in audio_kept.to_pylist()[0]["audio_description"]
     kept, rej = read_stage(tmp_path / "run", "03")
-    assert kept.column("id").to_pylist() == ["jsonl:ann/s0", "jsonl:ann/s1"]
+    assert kept.column("id").to_pylist() == ["jsonl:ann/s0", "jsonl:ann/s1", "jsonl:ann/s6",
+                                             "jsonl:ann/s7"]
     assert {r["id"]: r["reject_reason"] for r in rej.to_pylist()} == {
         "jsonl:ann/s2": "visual_wrong", "jsonl:ann/s3": "audio_wrong", "jsonl:ann/s4": "both_wrong"}
+    # parts labelled as chat models format them: each part read without its markup
+    rows = {r["id"]: r for r in kept.to_pylist()}
+    for row in (rows["jsonl:ann/s6"], rows["jsonl:ann/s7"]):
+        for p in ("visual", "audio"):
+            description, reasoning = row[f"{p}_description"], row[f"{p}_reasoning"]
+            assert description.startswith(("The frames show", "I hear")), description
+            assert reasoning.startswith("Only option") and "\n" not in reasoning, reasoning
+            assert row[f"{p}_parse"] == "answer_line"
 
 
 @pytest.mark.parametrize(("require", "kept"), [("either", 4), ("any", 5)])

@@ -39,7 +39,8 @@ _WORD_AFTER = re.compile(r"^\s+[a-z]")
 _BARE = re.compile(r"^\s*\**\s*(?:\(([A-Za-z])\)|\(?([A-Z])\)?)\s*[.):]?\s*\**\s*$")
 _ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 _ANSWER_LINE = re.compile(r"(?:\banswer\b|\b(?:correct|right|best)\s+(?:option|choice)\b|答案)"
-                          r"\s*(?:is\s*)?[:：]?[ \t]*(.+?)[ \t]*$", re.IGNORECASE | re.MULTILINE)
+                          r"\s*(?:is\s*)?\**[:：]?\**\s*(.+?)[ \t]*$",  # the answer may be
+                          re.IGNORECASE | re.MULTILINE)  # bold, or below a heading "### Answer"
 _LOWER = re.compile(r"\s*\**\s*([a-z])\s*[.)]?\s*\**\s*")  # "answer: b", the whole line
 _BOLD = re.compile(r"\*\*([^*\n]+)\*\*")
 _BOXED = re.compile(r"\\boxed\{((?:[^{}]|\{[^{}]*\})*)\}")  # one level of {} inside: \text{B}

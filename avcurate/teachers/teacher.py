@@ -30,7 +30,13 @@ from avcurate.stages.media_parts import audio_parts, frame_parts, max_pixels_opt
 from avcurate.stages.model_stage import History, ModelStage
 from avcurate.stages.prompts import load_prompt, render
 
-SECTION = r"(?:^|\n)\s*\**{name}\**\s*[:：]\s*(.*?)(?=\n\s*\**(?:{stops})\**\s*[:：]|\Z)"
+# a part's label, at the start of a line: "Reasoning:", "**Reasoning:**", "**Reasoning**:",
+# "1. Reasoning:", or a Markdown heading "### Reasoning" with the part on the lines below
+# (`#{{1,6}}`: braces doubled, SECTION is a str.format template)
+LABEL = (r"[ \t]*(?:#{{1,6}}[ \t]*|\d+[.)][ \t]*)?\**[ \t]*(?:{names})[ \t]*\**"
+         r"(?:[ \t]*[:：][ \t]*\**|[ \t]*\n)")
+SECTION = (r"(?:^|\n)" + LABEL.replace("{names}", "{name}") + r"\s*(.*?)(?=\n"
+           + LABEL.replace("{names}", "{stops}") + r"|\Z)")
 
 
 def section(text: str, name: str, stops: tuple[str, ...]) -> str:
