@@ -12,6 +12,7 @@ inject faults when the question text carries a marker:
   [none]       classification: "none"
   [weird]      classification: a category that is not in the taxonomy
   [plain]      classification: "Category: <name>." as plain text, no JSON
+  [bold-plain] classification: "**Category:** <name>", the same in Markdown
   [v-wrong] [a-wrong]          that teacher picks a wrong option
   [v-ambiguous] [a-ambiguous]  that teacher answers "A or B"
   [v-markdown] [a-markdown]    that teacher labels its parts in bold ("**Reasoning:**")
@@ -181,6 +182,8 @@ def answer_for(prompt: str, attempt: int, images: list[bytes] = (), audios: list
         cats = re.findall(r"^- (.+?):", prompt, re.MULTILINE)
         if "[plain]" in question:  # the name alone, as a model without the JSON schema says it
             return f"Category: {classify_answer(question, cats)['category'].capitalize()}."
+        if "[bold-plain]" in question:  # the same in Markdown
+            return f"**Category:** {classify_answer(question, cats)['category']}"
         return json.dumps(classify_answer(question, cats))
     if "four scales" in prompt:
         return "```json\n" + json.dumps(score_answer(question)) + "\n```"

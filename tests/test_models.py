@@ -235,7 +235,8 @@ def test_classify(tmp_path, media):
     questions = ["How many drum hits? counting", "[none] ???", "[weird] ???",
                  "Who is the speaker on the left? speaker [upper]",
                  "How many bells ring? counting [styled]",
-                 "How many claps? counting [plain]", "[nonjson] counting"]
+                 "How many claps? counting [plain]", "[nonjson] counting",
+                 "How many knocks? counting [bold-plain]"]
     records = [{"id": f"c{i}", "video": str(media["good"]), "question": q,
                 "options": ["x", "y"], "answer": "A"} for i, q in enumerate(questions)]
     with openai_server() as server:
@@ -248,7 +249,8 @@ def test_classify(tmp_path, media):
     cats = {r["id"]: r["category"] for r in kept.to_pylist()}
     assert cats == {"jsonl:ann/c0": "audio-visual counting", "jsonl:ann/c3": "speaker identification",
                     "jsonl:ann/c4": "audio-visual counting",  # "**Audio Visual Counting.**"
-                    "jsonl:ann/c5": "audio-visual counting"}  # "Category: Audio-visual ..."
+                    "jsonl:ann/c5": "audio-visual counting",  # "Category: Audio-visual ..."
+                    "jsonl:ann/c7": "audio-visual counting"}  # "**Category:** audio-visual ..."
     assert {r["id"]: r["reject_reason"] for r in rej.to_pylist()} == {
         "jsonl:ann/c1": "no_category", "jsonl:ann/c2": "unclassifiable",
         "jsonl:ann/c6": "unclassifiable"}  # a sentence is not a category's name

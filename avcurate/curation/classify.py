@@ -70,7 +70,9 @@ def _category(entry: dict[str, Any], i: int, where: str, seen: dict[str, str]
     return name, definition.strip()
 
 
-_CATEGORY_LABEL = re.compile(r"^(?:the\s+)?category(?:\s+is)?\s*[:：]?\s*", re.IGNORECASE)
+# "Category: ", "**Category:** ", "### Category" and its line break: what precedes the name
+_CATEGORY_LABEL = re.compile(r"^[#*\s]*(?:the\s+)?category(?:\s+is)?\s*\**\s*[:：]?\s*\**\s*",
+                             re.IGNORECASE)
 
 
 def _loose(name: str) -> str:
