@@ -76,6 +76,12 @@ def _rows(media, markers):
     ("Option D", "D", "bare_letter"),  # asked for "just the letter"
     ("Choice: (B)", "B", "bare_letter"),
     ("Option E", None, "none"),
+    # asked for just the letter, a model often explains it on the lines after (or before)
+    ("B\n\nThe film follows a real trial.", "B", "bare_letter"),
+    ("(c)\nA love story.", "C", "bare_letter"),
+    ("It follows a real trial, so:\nB", "B", "bare_letter"),
+    ("A\nor maybe\nB", None, "ambiguous"),
+    ("D - Action movie", "D", "letter_echo"),
     # a model tuned for structured output answers in JSON, even when asked for a letter
     ('{"answer": "C"}', "C", "json"),
     ('```json\n{"Answer": "D. Action movie"}\n```', "D", "json"),

@@ -7,10 +7,12 @@ So they agree on every spelling:
 - accepted: `B`, `(B)`, `(b)`, `B.`, `B)`, `B: text`, `B. text`, `**B**`, `Answer: B`,
   `Option B`, or the exact text of one option;
 - in a free-text reply (teachers, the probe: `extract_letter`) also one `<answer>` block,
-  `the correct option is B`, `答案：B`, `\\boxed{B}`, `**B. text**`, a first line that
-  is `B)` and its option's text, and a reply that is one JSON object (`{"answer": "B"}`);
+  `the correct option is B`, `答案：B`, `\\boxed{B}`, `**B. text**`, a line that is only
+  a letter above or below an explanation, a first line that is `B)` and its option's
+  text, and a reply that is one JSON object (`{"answer": "B"}`);
 - a hedge is no answer: `B or C`, `B and C`, `B, C`, `B/C`, `B C D`, two `<answer>`
-  blocks, two different bold or boxed letters, an answer line naming two letters.
+  blocks, two different bold or boxed letters or letter lines, an answer line naming two
+  letters.
 
 A bare lower-case letter is not an answer ("a dog" is not option A); in parentheses, or
 alone after an answer line's `Answer:`, it is.
@@ -46,7 +48,7 @@ _BOLD = re.compile(r"\*\*([^*\n]+)\*\*")
 _BOXED = re.compile(r"\\boxed\{((?:[^{}]|\{[^{}]*\})*)\}")  # one level of {} inside: \text{B}
 _TEXT_CMD = re.compile(r"\\(?:text|textbf|mathrm)\{([^{}]*)\}")
 # a letter and then its option's text, nothing else: "C) green", "**C. green**"
-_ECHO = re.compile(r"\s*\**\s*\(?([A-Z])\)?\s*[.):：]?\s*(.*?)\s*\**\s*")
+_ECHO = re.compile(r"\s*\**\s*\(?([A-Z])\)?\s*[.):：-]?\s*(.*?)\s*\**\s*")
 THINK_END = re.compile(r"</think>|◁/think▷")  # Qwen3 and DeepSeek-R1; Kimi-VL-Thinking
 _THINK_START = re.compile(r"\s*(?:<think>|◁think▷)")
 
@@ -155,8 +157,9 @@ def extract_letter(text: str, options: list[str]) -> Parsed:
     - its last answer line ("Answer: (B) blue", "the correct option is B", "答案：B");
     - a `\\boxed{B}`, as models trained on maths end;
     - a bold letter ("**B**", "**B. blue**");
-    - a reply that is only a letter ("B", "(b)", "Option B"), or whose first line is a
-      letter and its option's text ("B) blue", then an explanation);
+    - a line that is only a letter ("B", "(b)", "Option B"), above or below an
+      explanation; two such lines with different letters are a hedge;
+    - a first line that is a letter and its option's text ("B) blue", then an explanation);
     - a reply (or answer line) that is an option's text.
     Two different letters in one of these forms are a hedge; of a thinking model's reply,
     only what follows its thinking counts."""
@@ -189,9 +192,13 @@ def extract_letter(text: str, options: list[str]) -> Parsed:
             return Parsed(None, "ambiguous")
         if len(found) == 1 and _valid(one := found.pop(), options):
             return Parsed(one, how)
-    if (m := _BARE.match(_PREFIX.sub("", text.strip()))) and \
-            _valid(found := (m.group(1) or m.group(2)).upper(), options):
-        return Parsed(found, "bare_letter")  # "B", "(b)", "Option B", "Choice: B"
+    bare = {found for line in text.split("\n")
+            if (m := _BARE.match(_PREFIX.sub("", line.strip())))
+            and _valid(found := (m.group(1) or m.group(2)).upper(), options)}
+    if len(bare) == 1:  # a line that is only a letter ("B", "(b)", "Option B"), before or
+        return Parsed(bare.pop(), "bare_letter")  # after the model's explanation
+    if len(bare) > 1:
+        return Parsed(None, "ambiguous")
     first = text.strip().split("\n", 1)[0]
     if found := _echoed(first, options, bare=False):
         return Parsed(found, "letter_echo")
