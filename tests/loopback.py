@@ -202,8 +202,9 @@ class _Server(ModelServer):
     def __init__(self, handler, latency: float = 0.0, slow_seconds: float = 2.0,
                  api_key: str | None = None, models: set[str] | None = None,
                  models_route_open: bool = False, text_only: bool = False,
-                 thinking: int = 0, content_parts: bool = False) -> None:
+                 thinking: int = 0, content_parts: bool = False, ignore_n: bool = False) -> None:
         super().__init__(handler, latency=latency, record=True)
+        self.ignore_n = ignore_n  # OpenAI: one answer per request whatever its n (as Ollama)
         # OpenAI: each answer's content as a list of parts, a "thinking" part before the
         # text, as some OpenAI-compatible servers and proxies send it
         self.content_parts = content_parts
@@ -299,6 +300,8 @@ class OpenAIFaults(_Faults, OpenAIHandler):
     def intercept(self, body: dict, prompt: str, attempt: int) -> bool:
         if self._refused_key():
             return True
+        if self.server.ignore_n and "n" in body:
+            body["ignored_n"] = body.pop("n")  # kept where the test can see it was sent
         if self.server.models is not None and body["model"] not in self.server.models:
             self._error(404, f"The model `{body['model']}` does not exist.")
             return True

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -18,6 +19,7 @@ from avcurate import curation
 from avcurate.media import synth
 from avcurate.pipeline.recipe import StageSpec
 from avcurate.pipeline.runner import extend_run
+from tests.conftest import avcurate_cmd
 from tests.helpers import jsonl_recipe, read_stage, rows_by_id, run
 from tests.loopback import gemini_server, openai_server
 
@@ -139,6 +141,17 @@ def test_separate_requests_where_n_is_not_used_and_gemini_candidate_count(tmp_pa
     sep = {r["id"]: r for r in read_stage(tmp_path / "sep", "01")[0].to_pylist()}
     assert sep["jsonl:ann/colour"]["probe_acc_v"] is None  # condition not run
     assert sep["jsonl:ann/blind"]["probe_acc_t"] == 1.0 and sep["jsonl:ann/blind"]["probe_n"] == 4
+    # a server that ignores n (Ollama's OpenAI API) sends one answer: the rest are asked for
+    with openai_server(ignore_n=True) as server:
+        run(jsonl_recipe(tmp_path, records(clips), clips, [probe(server)]), tmp_path / "one_n")
+        assert len(server.requests) == 8 * 4 * len(QUESTIONS)
+        # n = 8, then 7 for the rest, ..., then the last one alone
+        assert {b.get("ignored_n") for b in server.requests} == {None, *range(2, 9)}
+    manifest = json.loads((tmp_path / "one_n" / "manifest.json").read_text())
+    assert manifest["stages"][1]["usage"]["short_n"] == 4 * len(QUESTIONS)
+    one_n = read_stage(tmp_path / "one_n", "01")[0]
+    columns = [c for c in one_n.column_names if c.startswith("probe_") or c == "pass_rate"]
+    assert one_n.select(columns).to_pylist() == one.select(columns).to_pylist()
     monkeypatch.setenv("GEMINI_API_KEY", "test-key")
     with gemini_server() as server:
         run(jsonl_recipe(tmp_path, records(clips), clips, [probe(server, backend="gemini")]),
@@ -148,6 +161,20 @@ def test_separate_requests_where_n_is_not_used_and_gemini_candidate_count(tmp_pa
     gem = read_stage(tmp_path / "gem", "01")[0]
     columns = [c for c in gem.column_names if c.startswith("probe_") or c == "pass_rate"]
     assert gem.select(columns).to_pylist() == one.select(columns).to_pylist()
+
+
+def test_the_probe_command_says_when_the_server_ignored_n(tmp_path, clips):
+    run(jsonl_recipe(tmp_path, records(clips, with_open=False)[:2], clips, []), tmp_path / "run")
+    with openai_server(ignore_n=True) as server:
+        done = subprocess.run(avcurate_cmd("probe", str(tmp_path / "run"), "--model", "policy",
+                                           "--base-url", server.url + "/v1", "--n", "3",
+                                           "--conditions", "av,t", "-q"),
+                              capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "probe: 12 calls" in done.stdout  # 2 questions, 2 conditions, 3 answers each
+    assert ("4 call(s) got fewer answers than the n asked for (the server ignores n) and asked "
+            "again for the rest, one call at a time: --no-multi-sample (multi_sample = false) "
+            "sends them side by side") in " ".join(done.stdout.split())
 
 
 def test_faults_behave_as_in_every_model_stage(tmp_path, clips):

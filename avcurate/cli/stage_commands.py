@@ -187,7 +187,11 @@ def _print_usage(run_dir: Path, n_stages: int) -> None:
                   f"cached, {usage.get('retries', 0)} retries, {usage.get('prompt_tokens', 0):,} "
                   f"prompt + {usage.get('completion_tokens', 0):,} completion tokens"
                   + (f"; {usage['cut']:,} invalid answer(s) stopped at max_tokens"
-                     if usage.get("cut") else ""))
+                     if usage.get("cut") else "")
+                  + (f"; {usage['short_n']:,} call(s) got fewer answers than the n asked for "
+                     "(the server ignores n) and asked again for the rest, one call at a "
+                     "time: --no-multi-sample (multi_sample = false) sends them side by side"
+                     if usage.get("short_n") else ""))
 
 
 AUDIT = [

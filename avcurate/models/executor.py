@@ -45,7 +45,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
@@ -64,6 +64,7 @@ class CallStats:
     retries: int = 0
     invalid_answers: int = 0
     cut: int = 0  # invalid answers that stopped at max_tokens
+    short_n: int = 0  # calls that got fewer of their n answers (refilled by more calls)
     failed: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -428,7 +429,7 @@ class Executor:
 
     async def _ask(self, request, key, validate) -> CallResult:
         try:
-            response = await self._call_with_retries(request)
+            response = await self._all_answers(request, await self._call_with_retries(request))
         except ModelError as exc:
             self._count(failed=1)
             self._breaker(exc)
@@ -455,6 +456,22 @@ class Executor:
                                  "usage": response.usage} | (
                 {"texts": response.texts} if len(response.texts) > 1 else {}))
         return CallResult(value=value, response=response)
+
+    async def _all_answers(self, request: ModelRequest, response: ModelResponse
+                           ) -> ModelResponse:
+        """The `request.n` answers asked for. A server that ignores n (Ollama's OpenAI API,
+        some proxies) sends one; the others are asked for by more calls, in turn, and the
+        call is counted (`short_n`): the probe's figures were over one answer, unsaid."""
+        if len(response.texts) >= request.n:
+            return response
+        self._count(short_n=1)
+        texts, usage = list(response.texts), dict(response.usage)
+        while len(texts) < request.n:
+            more = await self._call_with_retries(replace(request, n=request.n - len(texts),
+                                                         prepared={}))
+            texts += more.texts[:request.n - len(texts)]
+            usage = {k: usage.get(k, 0) + more.usage.get(k, 0) for k in usage.keys() | more.usage}
+        return replace(response, texts=texts, usage=usage)
 
     def _breaker(self, exc: ModelError) -> None:
         """Stop the stage when failures add up to the endpoint's, not the rows' (a systemic
