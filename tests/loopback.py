@@ -202,8 +202,11 @@ class _Server(ModelServer):
     def __init__(self, handler, latency: float = 0.0, slow_seconds: float = 2.0,
                  api_key: str | None = None, models: set[str] | None = None,
                  models_route_open: bool = False, text_only: bool = False,
-                 thinking: int = 0, content_parts: bool = False, ignore_n: bool = False) -> None:
+                 thinking: int = 0, content_parts: bool = False, ignore_n: bool = False,
+                 reasoning_model: bool = False) -> None:
         super().__init__(handler, latency=latency, record=True)
+        # OpenAI: refuse what OpenAI's reasoning models (o-series, gpt-5) refuse, in their words
+        self.reasoning_model = reasoning_model
         self.ignore_n = ignore_n  # OpenAI: one answer per request whatever its n (as Ollama)
         # OpenAI: each answer's content as a list of parts, a "thinking" part before the
         # text, as some OpenAI-compatible servers and proxies send it
@@ -270,6 +273,22 @@ class _Faults:
         self.close_connection = True
 
 
+def _unsupported(body: dict) -> tuple[str, str, str] | None:
+    """What OpenAI answers a reasoning model's request that sets max_tokens, top_p or a
+    temperature other than 1: (param, code, message)."""
+    if "max_tokens" in body:
+        return ("max_tokens", "unsupported_parameter", "Unsupported parameter: 'max_tokens' is "
+                "not supported with this model. Use 'max_completion_tokens' instead.")
+    if "top_p" in body:
+        return ("top_p", "unsupported_parameter",
+                "Unsupported parameter: 'top_p' is not supported with this model.")
+    if body.get("temperature", 1) != 1:
+        return ("temperature", "unsupported_value", f"Unsupported value: 'temperature' does "
+                f"not support {body['temperature']} with this model. Only the default (1) "
+                "value is supported.")
+    return None
+
+
 class OpenAIFaults(_Faults, OpenAIHandler):
     def _json(self, code: int, payload: dict, headers: dict | None = None) -> None:
         if self.server.content_parts and "choices" in payload:
@@ -299,6 +318,11 @@ class OpenAIFaults(_Faults, OpenAIHandler):
 
     def intercept(self, body: dict, prompt: str, attempt: int) -> bool:
         if self._refused_key():
+            return True
+        if self.server.reasoning_model and (refused := _unsupported(body)):
+            param, code, message = refused
+            self._json(400, {"error": {"message": message, "type": "invalid_request_error",
+                                       "param": param, "code": code}})
             return True
         if self.server.ignore_n and "n" in body:
             body["ignored_n"] = body.pop("n")  # kept where the test can see it was sent

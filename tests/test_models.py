@@ -256,6 +256,31 @@ def test_classify(tmp_path, media):
         "jsonl:ann/c6": "unclassifiable"}  # a sentence is not a category's name
 
 
+def test_an_openai_reasoning_model_is_sent_what_it_takes(tmp_path, media):
+    """OpenAI's reasoning models (o-series, gpt-5) refuse max_tokens for
+    max_completion_tokens, refuse top_p, and take no temperature but 1: every call of a
+    stage was a 400, and no option could change what was sent."""
+    records = [{"id": f"c{i}", "video": str(media["good"]), "question": f"How many hits {i}? "
+                "counting", "options": ["x", "y"], "answer": "A"} for i in range(3)]
+    spec = {"backend": "openai", "model": "gpt-5", "max_attempts": 1, "concurrency": 1}
+    with openai_server(reasoning_model=True) as server:
+        stage = StageSpec("classify", spec | {"base_url": server.url + "/v1", "temperature": 1.0})
+        run(jsonl_recipe(tmp_path, records, media["root"], [stage]), tmp_path / "run")
+        sent = [sorted(set(b) & {"max_tokens", "max_completion_tokens", "top_p"})
+                for b in server.requests]
+    kept, rej = read_stage(tmp_path / "run", "01")
+    assert kept.num_rows == 3 and rej.num_rows == 0
+    assert sent == [["max_tokens"]] + [["max_completion_tokens"]] * 3  # refused once, by name
+    # at the judges' temperature 0: the stage stops with the server's line and what to set
+    with openai_server(reasoning_model=True) as server:
+        stage = StageSpec("classify", spec | {"base_url": server.url + "/v1"})
+        with pytest.raises(RunError, match=r"'temperature' does not support 0.0 with this model\. "
+                                           r"Only the default \(1\) value is supported.*; this "
+                                           r"model takes only some temperatures \(OpenAI's "
+                                           r"reasoning models only 1\): set --temperature"):
+            run(jsonl_recipe(tmp_path, records, media["root"], [stage]), tmp_path / "run0")
+
+
 def test_a_row_with_more_options_than_letters_is_rejected_before_any_call(tmp_path, media):
     """A recipe without validate passed a 27-option question to a model stage, whose
     prompt letters the options: an IndexError ended the stage. The row is rejected before

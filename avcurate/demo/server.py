@@ -170,7 +170,7 @@ class OpenAIHandler(JSONHandler):
                  for k in range(n)]
         # max_tokens is honoured as a server honours it (a token taken as 4 characters): an
         # answer beyond it is cut there, with finish_reason "length"
-        limit = 4 * int(body.get("max_tokens") or 1 << 30)
+        limit = 4 * int(body.get("max_completion_tokens") or body.get("max_tokens") or 1 << 30)
         finish = ["length" if len(t) > limit else "stop" for t in texts]
         texts = [t[:limit] for t in texts]
         text = "".join(texts)

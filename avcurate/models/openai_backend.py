@@ -108,6 +108,10 @@ class OpenAIBackend:
         self.model, self.base_url, self.timeout, self.video_as = model, base_url, timeout, video_as
         self._client: openai.AsyncOpenAI | None = None
         self.structured = True  # turned off when the server rejects response_format
+        # OpenAI's reasoning models (o-series, gpt-5) refuse max_tokens for
+        # max_completion_tokens, which older OpenAI-compatible servers do not know: the
+        # first is sent until a server refuses it by name
+        self.token_limit = "max_tokens"
 
     def client(self) -> openai.AsyncOpenAI:
         if self._client is None:
@@ -127,7 +131,11 @@ class OpenAIBackend:
         """Encode the request now, in the caller's thread (see `Executor.run`): frames and
         audio to JPEG/wav and base64, the body to JSON bytes (~0.5 ms for a body with 10 s of
         audio). `call`, in the executor's loop, then only sends it."""
-        request.prepared[self.name] = (self.structured, self._body(request))
+        request.prepared[self.name] = (self._shape(), self._body(request))
+
+    def _shape(self) -> tuple[bool, str]:
+        """What this server has been found to take, which a prepared body was made for."""
+        return self.structured, self.token_limit
 
     def _body(self, request: ModelRequest) -> bytes:
         return json.dumps(self.render(request)).encode()
@@ -139,7 +147,9 @@ class OpenAIBackend:
                     for m in request.messages]
         body: dict[str, Any] = {"model": self.model, "messages": messages,
                                 "temperature": request.temperature,
-                                "max_tokens": request.max_tokens, "top_p": request.top_p}
+                                self.token_limit: request.max_tokens}
+        if request.top_p != 1.0:  # every server's default; reasoning models refuse it at all
+            body["top_p"] = request.top_p
         if request.n > 1:
             body["n"] = request.n
         if request.json_schema is not None:
@@ -183,16 +193,22 @@ class OpenAIBackend:
             # client's low-level `post` keeps its auth, base URL, timeouts and error types but
             # skips the SDK's per-request param transformation (~1.5 ms of CPU per call,
             # measured in benchmarks/bench_scoring.py), and we read the JSON ourselves.
-            structured, body = request.prepared.pop(self.name, (None, None))
-            if body is None or structured != self.structured:  # not prepared, or the
-                body = self._body(request)  # server's support for structured output changed
+            shape, body = request.prepared.pop(self.name, (None, None))
+            if body is None or shape != self._shape():  # not prepared, or made before the
+                body = self._body(request)  # server refused structured output or max_tokens
             completion = await answer_within(self.timeout, self.client().post(
                 "/chat/completions", content=body, cast_to=object))
         except openai.BadRequestError as exc:
             if request.json_schema is not None and self.structured and "response_format" in str(exc):
                 self.structured = False  # this server has no structured output: fall back
                 return await self.call(request)
-            raise ModelError(str(exc), retryable=False, kind="bad_request") from exc
+            if exc.param == "max_tokens" and self.token_limit == "max_tokens":
+                self.token_limit = "max_completion_tokens"  # a reasoning model: the same limit
+                return await self.call(request)
+            hint = ("; this model takes only some temperatures (OpenAI's reasoning models only "
+                    "1): set --temperature (temperature in a recipe) to one it takes"
+                    if exc.param == "temperature" else "")
+            raise ModelError(str(exc) + hint, retryable=False, kind="bad_request") from exc
         except openai.RateLimitError as exc:
             raise ModelError(str(exc), retryable=True, kind="rate_limited",
                              retry_after=_retry_after(exc)) from exc
