@@ -203,8 +203,13 @@ class _Server(ModelServer):
                  api_key: str | None = None, models: set[str] | None = None,
                  models_route_open: bool = False, text_only: bool = False,
                  thinking: int = 0, content_parts: bool = False, ignore_n: bool = False,
-                 reasoning_model: bool = False) -> None:
+                 reasoning_model: bool = False, one_answer: bool = False,
+                 no_structured: bool = False) -> None:
         super().__init__(handler, latency=latency, record=True)
+        self.no_structured = no_structured  # OpenAI: a 400 for response_format (older servers)
+        # a 400 for more than one answer a request, as Gemini 3 models answer candidateCount
+        # > 1 (OpenAI: for n > 1, naming the parameter); Gemini's refusals are only counted
+        self.one_answer, self.refused_n = one_answer, 0
         # OpenAI: refuse what OpenAI's reasoning models (o-series, gpt-5) refuse, in their words
         self.reasoning_model = reasoning_model
         self.ignore_n = ignore_n  # OpenAI: one answer per request whatever its n (as Ollama)
@@ -324,6 +329,15 @@ class OpenAIFaults(_Faults, OpenAIHandler):
             self._json(400, {"error": {"message": message, "type": "invalid_request_error",
                                        "param": param, "code": code}})
             return True
+        if self.server.no_structured and "response_format" in body:
+            self._error(400, "response_format is not supported by this server")
+            return True
+        if self.server.one_answer and body.get("n", 1) > 1:
+            self.server.refused_n += 1
+            self._json(400, {"error": {"message": "Unsupported value: 'n' must be 1 for this "
+                                       "model.", "type": "invalid_request_error", "param": "n",
+                                       "code": "unsupported_value"}})
+            return True
         if self.server.ignore_n and "n" in body:
             body["ignored_n"] = body.pop("n")  # kept where the test can see it was sent
         if self.server.models is not None and body["model"] not in self.server.models:
@@ -413,6 +427,9 @@ class GeminiHandler(_Faults, JSONHandler):
             return None
         parts = [p for c in body.get("contents", []) for p in c.get("parts", [])]
         prompt = "\n".join(p["text"] for p in parts if "text" in p)
+        if self.server.one_answer and body.get("generationConfig", {}).get("candidateCount", 1) > 1:
+            self.server.refused_n += 1
+            return self._error(400, "Multiple candidates is not enabled for this model")
         attempt = self.server.record(body, {k.lower(): v for k, v in self.headers.items()}, prompt)
         if self._fault(prompt, attempt):
             return None

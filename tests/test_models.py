@@ -256,6 +256,24 @@ def test_classify(tmp_path, media):
         "jsonl:ann/c6": "unclassifiable"}  # a sentence is not a category's name
 
 
+def test_a_server_without_structured_output_gets_the_schema_in_the_prompt(tmp_path, media):
+    """Every request in flight when the server first refused response_format is sent again
+    without it; the schema goes in the prompt. (Only the first was: the others were rows
+    rejected as model_error.)"""
+    with openai_server(no_structured=True, latency=0.2) as server:
+        stage = StageSpec("score", _score(server).options | {"concurrency": 4})
+        run(jsonl_recipe(tmp_path, _records(media, [f"q{i}" for i in range(6)]), media["root"],
+                         [stage]),
+            tmp_path / "run")
+        refused = [b for b in server.requests if "response_format" in b]
+        later = [b for b in server.requests if "response_format" not in b]
+    kept, rej = read_stage(tmp_path / "run", "01")
+    assert kept.num_rows == 6 and rej.num_rows == 0
+    assert 1 <= len(refused) <= 4 and len(later) == 6  # refused: those in flight at first
+    assert all("Reply with one JSON object that follows this JSON schema" in
+               b["messages"][-1]["content"][-1]["text"] for b in later)
+
+
 def test_an_openai_reasoning_model_is_sent_what_it_takes(tmp_path, media):
     """OpenAI's reasoning models (o-series, gpt-5) refuse max_tokens for
     max_completion_tokens, refuse top_p, and take no temperature but 1: every call of a

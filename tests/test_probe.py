@@ -152,7 +152,22 @@ def test_separate_requests_where_n_is_not_used_and_gemini_candidate_count(tmp_pa
     one_n = read_stage(tmp_path / "one_n", "01")[0]
     columns = [c for c in one_n.column_names if c.startswith("probe_") or c == "pass_rate"]
     assert one_n.select(columns).to_pylist() == one.select(columns).to_pylist()
+    # a server that refuses n by name: one answer a call from then on
+    with openai_server(one_answer=True) as server:
+        run(jsonl_recipe(tmp_path, records(clips), clips, [probe(server)]), tmp_path / "no_n")
+        refused = server.refused_n  # at most the 4 requests in flight when the first was
+        assert 1 <= refused <= 4 and sum("n" in b for b in server.requests) == refused
+    no_n = read_stage(tmp_path / "no_n", "01")[0]
+    assert set(no_n.column("probe_n").to_pylist()) == {8, None}  # None: the open-ended row
     monkeypatch.setenv("GEMINI_API_KEY", "test-key")
+    # Gemini 3 models refuse candidate_count > 1 ("Multiple candidates is not enabled")
+    with gemini_server(one_answer=True) as server:
+        run(jsonl_recipe(tmp_path, records(clips), clips, [probe(server, backend="gemini")]),
+            tmp_path / "gem1")
+        assert 1 <= server.refused_n <= 4  # the requests in flight when the first was refused
+        assert all("candidateCount" not in b["generationConfig"] for b in server.requests)
+    gem1 = read_stage(tmp_path / "gem1", "01")[0]
+    assert gem1.select(columns).to_pylist() == one.select(columns).to_pylist()
     with gemini_server() as server:
         run(jsonl_recipe(tmp_path, records(clips), clips, [probe(server, backend="gemini")]),
             tmp_path / "gem")
@@ -172,9 +187,9 @@ def test_the_probe_command_says_when_the_server_ignored_n(tmp_path, clips):
                               capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "probe: 12 calls" in done.stdout  # 2 questions, 2 conditions, 3 answers each
-    assert ("4 call(s) got fewer answers than the n asked for (the server ignores n) and asked "
-            "again for the rest, one call at a time: --no-multi-sample (multi_sample = false) "
-            "sends them side by side") in " ".join(done.stdout.split())
+    assert ("4 call(s) got fewer answers than the n asked for (the server ignores or refuses "
+            "n) and asked again for the rest, one call at a time: --no-multi-sample "
+            "(multi_sample = false) sends them side by side") in " ".join(done.stdout.split())
 
 
 def test_faults_behave_as_in_every_model_stage(tmp_path, clips):

@@ -189,8 +189,8 @@ def _print_usage(run_dir: Path, n_stages: int) -> None:
                   + (f"; {usage['cut']:,} invalid answer(s) stopped at max_tokens"
                      if usage.get("cut") else "")
                   + (f"; {usage['short_n']:,} call(s) got fewer answers than the n asked for "
-                     "(the server ignores n) and asked again for the rest, one call at a "
-                     "time: --no-multi-sample (multi_sample = false) sends them side by side"
+                     "(the server ignores or refuses n) and asked again for the rest, one call "
+                     "at a time: --no-multi-sample (multi_sample = false) sends them side by side"
                      if usage.get("short_n") else ""))
 
 

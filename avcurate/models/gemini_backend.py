@@ -107,6 +107,9 @@ class GeminiBackend:
         self.model, self.base_url, self.timeout, self.inline_limit = model, base_url, timeout, inline_limit
         self._client: genai.Client | None = None
         self.uploads = Uploads(self.client, upload_budget)
+        # Gemini 3 models answer candidate_count > 1 with a 400 ("Multiple candidates is not
+        # enabled for this model"): then one is asked for, and the executor asks for the rest
+        self.one_candidate = False
 
     def client(self) -> genai.Client:
         if self._client is None:
@@ -169,7 +172,7 @@ class GeminiBackend:
         if request.json_schema is not None:
             kw = {"response_mime_type": "application/json",
                   "response_schema": _schema_for_gemini(request.json_schema)}
-        if request.n > 1:
+        if request.n > 1 and not self.one_candidate:
             kw["candidate_count"] = request.n
         if request.thinking:
             kw["thinking_config"] = _thinking(request.thinking)
@@ -179,12 +182,16 @@ class GeminiBackend:
 
     async def call(self, request: ModelRequest) -> ModelResponse:
         uploaded: list[Key] = []
+        several = request.n > 1 and not self.one_candidate  # candidate_count sent
         try:
             system, contents = await self._parts(request, uploaded)
             result = await self.client().aio.models.generate_content(
                 model=self.model, contents=contents, config=self.config(request, system))
         except errors.APIError as exc:
             code = exc.code or 0
+            if code == 400 and several and "candidate" in (exc.message or "").lower():
+                self.one_candidate = True
+                return await self.call(request)
             retry_after = None
             if getattr(exc, "response", None) is not None and hasattr(exc.response, "headers"):
                 value = exc.response.headers.get("retry-after")

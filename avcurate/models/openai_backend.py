@@ -112,6 +112,7 @@ class OpenAIBackend:
         # max_completion_tokens, which older OpenAI-compatible servers do not know: the
         # first is sent until a server refuses it by name
         self.token_limit = "max_tokens"
+        self.multi = True  # sends n; turned off when a server refuses n by name
 
     def client(self) -> openai.AsyncOpenAI:
         if self._client is None:
@@ -133,9 +134,9 @@ class OpenAIBackend:
         audio). `call`, in the executor's loop, then only sends it."""
         request.prepared[self.name] = (self._shape(), self._body(request))
 
-    def _shape(self) -> tuple[bool, str]:
+    def _shape(self) -> tuple[bool, str, bool]:
         """What this server has been found to take, which a prepared body was made for."""
-        return self.structured, self.token_limit
+        return self.structured, self.token_limit, self.multi
 
     def _body(self, request: ModelRequest) -> bytes:
         return json.dumps(self.render(request)).encode()
@@ -150,7 +151,7 @@ class OpenAIBackend:
                                 self.token_limit: request.max_tokens}
         if request.top_p != 1.0:  # every server's default; reasoning models refuse it at all
             body["top_p"] = request.top_p
-        if request.n > 1:
+        if request.n > 1 and self.multi:
             body["n"] = request.n
         if request.json_schema is not None:
             if structured:
@@ -179,6 +180,21 @@ class OpenAIBackend:
             return {"type": "video_url", "video_url": {"url": url}}
         raise TypeError(f"unsupported part {part!r}")
 
+    def _fall_back(self, request: ModelRequest, shape: tuple[bool, str, bool],
+                   exc: openai.BadRequestError) -> bool:
+        """Whether the server refused something the body held that it can do without: then
+        it is not sent again (structured output, n, max_tokens for max_completion_tokens)."""
+        structured, token_limit, multi = shape
+        if request.json_schema is not None and structured and "response_format" in str(exc):
+            self.structured = False  # no structured output: the schema goes in the prompt
+        elif exc.param == "n" and request.n > 1 and multi:
+            self.multi = False  # one answer a call: the executor asks for the rest
+        elif exc.param == "max_tokens" and token_limit == "max_tokens":
+            self.token_limit = "max_completion_tokens"  # a reasoning model: the same limit
+        else:
+            return False
+        return True
+
     def _route_hint(self, status: int) -> str:
         """For a 404 from a base URL with no path: vLLM, SGLang and most OpenAI-compatible
         servers answer under /v1, which `--base-url http://host:8000` leaves out."""
@@ -188,23 +204,19 @@ class OpenAIBackend:
                 f"(vLLM, SGLang) answer under /v1, --base-url {self.base_url.rstrip('/')}/v1")
 
     async def call(self, request: ModelRequest) -> ModelResponse:
+        shape, body = request.prepared.pop(self.name, (None, None))
+        if body is None or shape != self._shape():  # not prepared, or made before the server
+            shape, body = self._shape(), self._body(request)  # refused something it held
         try:
             # The body is already a plain chat-completions payload; posting it through the
             # client's low-level `post` keeps its auth, base URL, timeouts and error types but
             # skips the SDK's per-request param transformation (~1.5 ms of CPU per call,
             # measured in benchmarks/bench_scoring.py), and we read the JSON ourselves.
-            shape, body = request.prepared.pop(self.name, (None, None))
-            if body is None or shape != self._shape():  # not prepared, or made before the
-                body = self._body(request)  # server refused structured output or max_tokens
             completion = await answer_within(self.timeout, self.client().post(
                 "/chat/completions", content=body, cast_to=object))
         except openai.BadRequestError as exc:
-            if request.json_schema is not None and self.structured and "response_format" in str(exc):
-                self.structured = False  # this server has no structured output: fall back
-                return await self.call(request)
-            if exc.param == "max_tokens" and self.token_limit == "max_tokens":
-                self.token_limit = "max_completion_tokens"  # a reasoning model: the same limit
-                return await self.call(request)
+            if self._fall_back(request, shape, exc):  # by what this body held: the requests
+                return await self.call(request)       # in flight with it are refused too
             hint = ("; this model takes only some temperatures (OpenAI's reasoning models only "
                     "1): set --temperature (temperature in a recipe) to one it takes"
                     if exc.param == "temperature" else "")
