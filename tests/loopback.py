@@ -204,9 +204,11 @@ class _Server(ModelServer):
                  models_route_open: bool = False, text_only: bool = False,
                  thinking: int = 0, content_parts: bool = False, ignore_n: bool = False,
                  reasoning_model: bool = False, one_answer: bool = False,
-                 no_structured: bool = False) -> None:
+                 no_structured: int = 0) -> None:
         super().__init__(handler, latency=latency, record=True)
-        self.no_structured = no_structured  # OpenAI: a 400 for response_format (older servers)
+        # OpenAI: this status (400; 422 as TGI answers) for any response_format, as older
+        # servers without structured output answer
+        self.no_structured = no_structured
         # a 400 for more than one answer a request, as Gemini 3 models answer candidateCount
         # > 1 (OpenAI: for n > 1, naming the parameter); Gemini's refusals are only counted
         self.one_answer, self.refused_n = one_answer, 0
@@ -330,7 +332,8 @@ class OpenAIFaults(_Faults, OpenAIHandler):
                                        "param": param, "code": code}})
             return True
         if self.server.no_structured and "response_format" in body:
-            self._error(400, "response_format is not supported by this server")
+            self._error(self.server.no_structured, "Failed to deserialize the JSON body: "
+                        "response_format: unknown variant `json_schema`")
             return True
         if self.server.one_answer and body.get("n", 1) > 1:
             self.server.refused_n += 1

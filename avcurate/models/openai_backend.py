@@ -181,7 +181,7 @@ class OpenAIBackend:
         raise TypeError(f"unsupported part {part!r}")
 
     def _fall_back(self, request: ModelRequest, shape: tuple[bool, str, bool],
-                   exc: openai.BadRequestError) -> bool:
+                   exc: openai.APIStatusError) -> bool:
         """Whether the server refused something the body held that it can do without: then
         it is not sent again (structured output, n, max_tokens for max_completion_tokens)."""
         structured, token_limit, multi = shape
@@ -214,7 +214,7 @@ class OpenAIBackend:
             # measured in benchmarks/bench_scoring.py), and we read the JSON ourselves.
             completion = await answer_within(self.timeout, self.client().post(
                 "/chat/completions", content=body, cast_to=object))
-        except openai.BadRequestError as exc:
+        except (openai.BadRequestError, openai.UnprocessableEntityError) as exc:  # 422: TGI, FastAPI
             if self._fall_back(request, shape, exc):  # by what this body held: the requests
                 return await self.call(request)       # in flight with it are refused too
             hint = ("; this model takes only some temperatures (OpenAI's reasoning models only "
