@@ -204,8 +204,9 @@ class _Server(ModelServer):
                  models_route_open: bool = False, text_only: bool = False,
                  thinking: int = 0, content_parts: bool = False, ignore_n: bool = False,
                  reasoning_model: bool = False, one_answer: bool = False,
-                 no_structured: int = 0) -> None:
+                 no_structured: int = 0, image_limit: int = 0) -> None:
         super().__init__(handler, latency=latency, record=True)
+        self.image_limit = image_limit  # OpenAI: a 400 for more images, as vLLM's default
         # OpenAI: this status (400; 422 as TGI answers) for any response_format, as older
         # servers without structured output answer
         self.no_structured = no_structured
@@ -330,6 +331,13 @@ class OpenAIFaults(_Faults, OpenAIHandler):
             param, code, message = refused
             self._json(400, {"error": {"message": message, "type": "invalid_request_error",
                                        "param": param, "code": code}})
+            return True
+        images = sum(p["type"] == "image_url" for m in body["messages"]
+                     if isinstance(m["content"], list) for p in m["content"])
+        if self.server.image_limit and images > self.server.image_limit:
+            self._json(400, {"object": "error", "message": f"At most {self.server.image_limit} "
+                             "image(s) may be provided in one request.", "type":
+                             "BadRequestError", "param": None, "code": 400})
             return True
         if self.server.no_structured and "response_format" in body:
             self._error(self.server.no_structured, "Failed to deserialize the JSON body: "

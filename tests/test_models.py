@@ -276,6 +276,20 @@ def test_a_server_without_structured_output_gets_the_schema_in_the_prompt(tmp_pa
                b["messages"][-1]["content"][-1]["text"] for b in later)
 
 
+def test_a_vllm_server_that_takes_fewer_frames_says_how_to_start_it(tmp_path, media):
+    """vLLM took one image a request by default (--limit-mm-per-prompt): every call of a
+    frames stage was a 400 whose line named no way out."""
+    with openai_server(image_limit=1) as server:
+        stage = StageSpec("score", _score(server).options | {"frames": 4})
+        with pytest.raises(RunError, match=r"At most 1 image\(s\) may be provided in one "
+                                           r"request\.; a request here sends 4 image, 1 audio: "
+                                           r"start vLLM with --limit-mm-per-prompt "
+                                           r"'\{\"image\": 4, \"audio\": 1\}', or send fewer "
+                                           r"\(--frames\)"):
+            run(jsonl_recipe(tmp_path, _records(media, ["a", "b"]), media["root"], [stage]),
+                tmp_path / "run")
+
+
 def test_an_openai_reasoning_model_is_sent_what_it_takes(tmp_path, media):
     """OpenAI's reasoning models (o-series, gpt-5) refuse max_tokens for
     max_completion_tokens, refuse top_p, and take no temperature but 1: every call of a

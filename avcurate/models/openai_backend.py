@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
+from collections import Counter
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -96,6 +98,24 @@ def _http_client():
         return openai.DefaultAioHttpClient()
     except RuntimeError:
         return None
+
+
+_MEDIA_KIND = {ImagePart: "image", AudioPart: "audio", VideoPart: "video"}  # vLLM's names
+_MEDIA_LIMIT = re.compile(r"at most \d+ (image|audio|video)|limit.mm.per.prompt", re.IGNORECASE)
+
+
+def _refusal_hint(exc: openai.APIStatusError, request: ModelRequest) -> str:
+    """What to change for a 400 the user's settings caused: every call would get it."""
+    if exc.param == "temperature":
+        return ("; this model takes only some temperatures (OpenAI's reasoning models only 1): "
+                "set --temperature (temperature in a recipe) to one it takes")
+    if _MEDIA_LIMIT.search(str(exc)):
+        sent = Counter(_MEDIA_KIND[type(p)] for m in request.messages for p in m.parts
+                       if type(p) in _MEDIA_KIND)
+        limits = json.dumps(dict(sent))
+        return (f"; a request here sends {', '.join(f'{n} {k}' for k, n in sent.items())}: "
+                f"start vLLM with --limit-mm-per-prompt '{limits}', or send fewer (--frames)")
+    return ""
 
 
 class OpenAIBackend:
@@ -217,10 +237,8 @@ class OpenAIBackend:
         except (openai.BadRequestError, openai.UnprocessableEntityError) as exc:  # 422: TGI, FastAPI
             if self._fall_back(request, shape, exc):  # by what this body held: the requests
                 return await self.call(request)       # in flight with it are refused too
-            hint = ("; this model takes only some temperatures (OpenAI's reasoning models only "
-                    "1): set --temperature (temperature in a recipe) to one it takes"
-                    if exc.param == "temperature" else "")
-            raise ModelError(str(exc) + hint, retryable=False, kind="bad_request") from exc
+            raise ModelError(str(exc) + _refusal_hint(exc, request), retryable=False,
+                             kind="bad_request") from exc
         except openai.RateLimitError as exc:
             raise ModelError(str(exc), retryable=True, kind="rate_limited",
                              retry_after=_retry_after(exc)) from exc
