@@ -304,7 +304,9 @@ def test_an_openai_reasoning_model_is_sent_what_it_takes(tmp_path, media):
                 for b in server.requests]
     kept, rej = read_stage(tmp_path / "run", "01")
     assert kept.num_rows == 3 and rej.num_rows == 0
-    assert sent == [["max_tokens"]] + [["max_completion_tokens"]] * 3  # refused once, by name
+    # refused once each, by name
+    assert sent == [["max_tokens", "top_p"], ["max_completion_tokens", "top_p"]] + \
+        [["max_completion_tokens"]] * 3
     # at the judges' temperature 0: the stage stops with the server's line and what to set
     with openai_server(reasoning_model=True) as server:
         stage = StageSpec("classify", spec | {"base_url": server.url + "/v1"})

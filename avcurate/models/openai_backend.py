@@ -133,6 +133,9 @@ class OpenAIBackend:
         # first is sent until a server refuses it by name
         self.token_limit = "max_tokens"
         self.multi = True  # sends n; turned off when a server refuses n by name
+        # top_p always goes (vLLM takes a missing one from the model's generation_config,
+        # not 1) until a server refuses it by name, as OpenAI's reasoning models do
+        self.top_p = True
 
     def client(self) -> openai.AsyncOpenAI:
         if self._client is None:
@@ -154,9 +157,9 @@ class OpenAIBackend:
         audio). `call`, in the executor's loop, then only sends it."""
         request.prepared[self.name] = (self._shape(), self._body(request))
 
-    def _shape(self) -> tuple[bool, str, bool]:
+    def _shape(self) -> tuple[bool, str, bool, bool]:
         """What this server has been found to take, which a prepared body was made for."""
-        return self.structured, self.token_limit, self.multi
+        return self.structured, self.token_limit, self.multi, self.top_p
 
     def _body(self, request: ModelRequest) -> bytes:
         return json.dumps(self.render(request)).encode()
@@ -169,7 +172,7 @@ class OpenAIBackend:
         body: dict[str, Any] = {"model": self.model, "messages": messages,
                                 "temperature": request.temperature,
                                 self.token_limit: request.max_tokens}
-        if request.top_p != 1.0:  # every server's default; reasoning models refuse it at all
+        if self.top_p:
             body["top_p"] = request.top_p
         if request.n > 1 and self.multi:
             body["n"] = request.n
@@ -200,17 +203,20 @@ class OpenAIBackend:
             return {"type": "video_url", "video_url": {"url": url}}
         raise TypeError(f"unsupported part {part!r}")
 
-    def _fall_back(self, request: ModelRequest, shape: tuple[bool, str, bool],
+    def _fall_back(self, request: ModelRequest, shape: tuple[bool, str, bool, bool],
                    exc: openai.APIStatusError) -> bool:
         """Whether the server refused something the body held that it can do without: then
-        it is not sent again (structured output, n, max_tokens for max_completion_tokens)."""
-        structured, token_limit, multi = shape
+        it is not sent again (structured output, n, max_tokens for max_completion_tokens,
+        top_p)."""
+        structured, token_limit, multi, top_p = shape
         if request.json_schema is not None and structured and "response_format" in str(exc):
             self.structured = False  # no structured output: the schema goes in the prompt
         elif exc.param == "n" and request.n > 1 and multi:
             self.multi = False  # one answer a call: the executor asks for the rest
         elif exc.param == "max_tokens" and token_limit == "max_tokens":
             self.token_limit = "max_completion_tokens"  # a reasoning model: the same limit
+        elif exc.param == "top_p" and top_p and request.top_p == 1.0:
+            self.top_p = False  # refused at all: left to the default, which is 1
         else:
             return False
         return True
