@@ -3,6 +3,7 @@ generateContent wire formats. They answer deterministically from the request, an
 inject faults when the question text carries a marker:
 
   [429]        first request answered 429 with Retry-After, then normally
+  [quota]      Gemini: first request answered 429 naming its wait in the body (RetryInfo)
   [500]        first request answered 500, then normally
   [slow]       first request sleeps past the client's timeout, then normally
   [flaky]      first answer is not JSON, then a good one
@@ -444,6 +445,12 @@ class GeminiHandler(_Faults, JSONHandler):
         attempt = self.server.record(body, {k.lower(): v for k, v in self.headers.items()}, prompt)
         if self._fault(prompt, attempt):
             return None
+        if "[quota]" in prompt and attempt == 1:  # the wait in the body, as the Gemini API says it
+            return self._json(429, {"error": {"code": 429, "status": "RESOURCE_EXHAUSTED",
+                                              "message": "You exceeded your current quota. "
+                                              "Please retry in 1.9s.", "details": [
+                {"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": []},
+                {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "2s"}]}})
         if "[filtered]" in prompt:
             return self._json(200, {"promptFeedback": {"blockReason": "PROHIBITED_CONTENT"},
                                     "usageMetadata": {"promptTokenCount": 10}})

@@ -162,6 +162,20 @@ def test_gemini_backend(tmp_path, media, monkeypatch):
     _no_secret_anywhere(tmp_path / "run")
 
 
+def test_gemini_waits_as_long_as_a_quota_429_says(tmp_path, media, monkeypatch):
+    """The Gemini API names a 429's wait in its body (RetryInfo), not in a header: the
+    retries came at the backoff's first sub-second waits, all inside the quota's."""
+    monkeypatch.setenv("GEMINI_API_KEY", SECRET)
+    with gemini_server() as server:
+        stage = StageSpec("score", {"backend": "gemini", "model": "gemini-2.5-pro",
+                                    "base_url": server.url, "media": "none", "max_attempts": 2})
+        run(jsonl_recipe(tmp_path, _records(media, ["[quota]"]), media["root"], [stage]),
+            tmp_path / "run")
+        first, second = server.arrivals
+    assert read_stage(tmp_path / "run", "01")[0].num_rows == 1
+    assert second - first >= 1.9
+
+
 @pytest.mark.parametrize("thinking, sent", [("128", {"thinkingbudget": 128}),
                                              ("low", {"thinkinglevel": "LOW"})])
 def test_gemini_thinking_is_sent_and_keys_the_cache(tmp_path, media, monkeypatch, thinking,

@@ -10,6 +10,7 @@ GEMINI_API_KEY or GOOGLE_API_KEY and is never stored.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from google import genai
@@ -192,10 +193,11 @@ class GeminiBackend:
             if code == 400 and several and "candidate" in (exc.message or "").lower():
                 self.one_candidate = True
                 return await self.call(request)
-            retry_after = None
+            retry_after = _retry_delay(exc)
             if getattr(exc, "response", None) is not None and hasattr(exc.response, "headers"):
                 value = exc.response.headers.get("retry-after")
-                retry_after = float(value) if value and value.replace(".", "", 1).isdigit() else None
+                if value and value.replace(".", "", 1).isdigit():
+                    retry_after = float(value)
             kind = "rate_limited" if code == 429 else f"http_{code}"
             if code == 400 and refused_key(exc):  # a key error, not this row's
                 kind = "api_key_invalid"
@@ -217,6 +219,19 @@ class GeminiBackend:
             "prompt_tokens": (meta.prompt_token_count or 0) if meta else 0,
             "completion_tokens": (meta.candidates_token_count or 0) if meta else 0},
             finish=_finish(result)), request)
+
+
+def _retry_delay(exc: errors.APIError) -> float | None:
+    """The wait a 429 names in its body (google.rpc.RetryInfo's retryDelay, "37s"): the
+    Gemini API says it there, not in a Retry-After header, and a quota's wait is often
+    longer than the backoff's first tries."""
+    body = exc.details[0] if isinstance(exc.details, list) and exc.details else exc.details
+    error = body.get("error") if isinstance(body, dict) else None
+    for detail in (error.get("details") if isinstance(error, dict) else None) or []:
+        if isinstance(detail, dict) and str(detail.get("@type", "")).endswith("RetryInfo") \
+                and (m := re.fullmatch(r"(\d+(?:\.\d+)?)s", str(detail.get("retryDelay")))):
+            return float(m.group(1))
+    return None
 
 
 def _thinking(setting: str) -> types.ThinkingConfig:
