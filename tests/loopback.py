@@ -3,6 +3,7 @@ generateContent wire formats. They answer deterministically from the request, an
 inject faults when the question text carries a marker:
 
   [429]        first request answered 429 with Retry-After, then normally
+  [429ms]      first request answered 429 with retry-after-ms (OpenAI, Azure) only
   [quota]      Gemini: first request answered 429 naming its wait in the body (RetryInfo)
   [500]        first request answered 500, then normally
   [slow]       first request sleeps past the client's timeout, then normally
@@ -250,6 +251,9 @@ class _Faults:
         """Inject the first-attempt faults; True when a fault response was sent."""
         if "[429]" in prompt and attempt == 1:
             self._error(429, "rate limited", {"Retry-After": "0.2"})
+            return True
+        if "[429ms]" in prompt and attempt == 1:  # OpenAI's and Azure's header, in ms
+            self._error(429, "rate limited", {"retry-after-ms": "1500"})
             return True
         if "[500]" in prompt and attempt == 1:
             self._error(500, "internal error")

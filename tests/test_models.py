@@ -162,6 +162,18 @@ def test_gemini_backend(tmp_path, media, monkeypatch):
     _no_secret_anywhere(tmp_path / "run")
 
 
+def test_openai_waits_as_long_as_retry_after_ms_says(tmp_path, media):
+    """OpenAI and Azure name a 429's wait in retry-after-ms; it was not read."""
+    with openai_server() as server:
+        stage = StageSpec("score", {"backend": "openai", "model": "judge", "media": "none",
+                                    "base_url": server.url + "/v1", "max_attempts": 2})
+        run(jsonl_recipe(tmp_path, _records(media, ["[429ms]"]), media["root"], [stage]),
+            tmp_path / "run")
+        first, second = server.arrivals
+    assert read_stage(tmp_path / "run", "01")[0].num_rows == 1
+    assert second - first >= 1.4
+
+
 def test_gemini_waits_as_long_as_a_quota_429_says(tmp_path, media, monkeypatch):
     """The Gemini API names a 429's wait in its body (RetryInfo), not in a header: the
     retries came at the backoff's first sub-second waits, all inside the quota's."""
