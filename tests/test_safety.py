@@ -208,6 +208,19 @@ def test_a_base_url_without_v1_is_named_with_the_url_to_use(validated):
     assert _stages(validated) == ["00-ingest", "01-validate"]
 
 
+@pytest.mark.parametrize("route", ["/chat/completions", "/chat/completions/", "/completions"])
+def test_a_base_url_that_names_the_chat_route_is_one_line_before_any_row(validated, route):
+    """A URL pasted from a curl example (`.../v1/chat/completions`): the client adds the
+    route again, and every call was a 404 at `/v1/chat/completions/chat/completions`."""
+    with _routes_under_v1() as url:
+        result = sh(*_score(validated, f"{url}/v1{route}"))
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"error: stage 'score': the base URL {url}/v1{route.rstrip('/')} ends in "
+        f"{route.rstrip('/')}, which the client adds itself: give the server's root, {url}/v1"]
+    assert _stages(validated) == ["00-ingest", "01-validate"]
+
+
 def test_a_stage_command_asks_every_server_it_names_before_any_row(validated):
     """teach names two servers: a wrong audio URL stops the command before the visual
     teacher asks anything (it used to answer every row first, then stop at the audio)."""

@@ -95,6 +95,10 @@ def check_thinking(backend: str, thinking: str) -> None:
                          f"{thinking!r}")
 
 
+# routes an OpenAI client appends to its base URL; a URL pasted from a curl example ends in one
+ROUTES = ("/chat/completions", "/completions", "/responses")
+
+
 def check_backend(spec: ModelSpec) -> None:
     """Fail now, with one line, when `spec` cannot work in this environment: its library is
     missing or its key is not set. Runs when a run is planned, so a recipe whose fourth
@@ -107,6 +111,10 @@ def check_backend(spec: ModelSpec) -> None:
         import avcurate.models.openai_backend  # noqa: F401
 
         # the OpenAI client also takes its URL from OPENAI_BASE_URL
+        base = (spec.base_url or os.environ.get("OPENAI_BASE_URL") or "").rstrip("/")
+        if route := next((r for r in ROUTES if base.endswith(r)), None):
+            raise BackendUnavailable(f"the base URL {base} ends in {route}, which the client "
+                                     f"adds itself: give the server's root, {base[:-len(route)]}")
         if not (spec.base_url or os.environ.get("OPENAI_BASE_URL")) \
                 and not os.environ.get("OPENAI_API_KEY"):
             raise BackendUnavailable(f"model {spec.model!r}: set OPENAI_API_KEY for OpenAI's API, "
