@@ -193,8 +193,10 @@ def answer_for(prompt: str, attempt: int, images: list[bytes] = (), audios: list
 
 
 # what a thinking model tries before it answers: a wrong letter, a JSON object with no valid
-# field (about 16 tokens); a parser that reads it for the answer gets the wrong one
-DRAFT = 'Answer: A? **B**? {"category": "none", "video_dependency": 99} ... '
+# field, a teacher's labelled parts (about 30 tokens); a parser that reads it for the answer
+# gets the wrong one
+DRAFT = ('Answer: A? **B**? {"category": "none", "video_dependency": 99} ...\n'
+         'Visual Description: DRAFT\nAudio Description: DRAFT\nReasoning: DRAFT\n')
 
 
 class _Server(ModelServer):
@@ -239,7 +241,7 @@ class _Server(ModelServer):
         text = answer_for(prompt, attempt, images, audios, videos, sample=sample)
         if not self.thinking:
             return text
-        return "<think>\n" + DRAFT + "hmm " * (self.thinking - 20) + "\n</think>\n\n" + text
+        return "<think>\n" + DRAFT + "hmm " * (self.thinking - 34) + "\n</think>\n\n" + text
 
 
 class _Faults:

@@ -141,6 +141,20 @@ def test_teachers_and_both_correct_filter(tmp_path, media):
             assert row[f"{p}_parse"] == "answer_line"
 
 
+def test_a_thinking_teacher_s_parts_are_those_after_its_thinking(tmp_path, media):
+    """Kimi-VL-Thinking (AVRT's visual teacher) on vLLM without a reasoning parser writes its
+    thinking into the reply, drafts of the labelled parts included: those drafts were
+    stored as the description and reasoning the merger reads."""
+    with openai_server(thinking=60) as server:
+        run(jsonl_recipe(tmp_path, _rows(media, [("red", ""), ("blue", "")]), media["root"],
+                         _teach(server)[:2]), tmp_path / "run")
+    for stage, p in (("01", "visual"), ("02", "audio")):
+        for row in read_stage(tmp_path / "run", stage)[0].to_pylist():
+            assert "DRAFT" not in row[f"{p}_description"] + row[f"{p}_reasoning"], row
+            assert row[f"{p}_reasoning"].startswith("Only option")
+            assert row[f"{p}_raw"].startswith("<think>")  # the reply as it came, kept
+
+
 @pytest.mark.parametrize(("require", "kept"), [("either", 4), ("any", 5)])
 def test_filter_modes(tmp_path, media, require, kept):
     markers = [("red", ""), ("blue", ""), ("red", "[v-wrong]"), ("blue", "[a-wrong]"),

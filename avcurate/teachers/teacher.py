@@ -19,7 +19,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from avcurate.core.answers import extract_letter, letter_index, lettered
+from avcurate.core.answers import after_thinking, extract_letter, letter_index, lettered
 from avcurate.core.options import option
 from avcurate.media.cache import DecodedMedia, MediaNeeds
 from avcurate.models import InvalidAnswer, ModelResponse
@@ -95,8 +95,9 @@ class Teacher(ModelStage):
             raise InvalidAnswer(f"{self.modality}_no_answer",
                                 f"{parsed.how} answer in {response.text[-160:]!r}")
         p = self.modality
-        return {f"{p}_description": section(response.text, self.label, ("Reasoning", "Answer")),
-                f"{p}_reasoning": section(response.text, "Reasoning", ("Answer",)) or response.text,
+        reply = after_thinking(response.text)  # a thinking model's drafts are not its parts
+        return {f"{p}_description": section(reply, self.label, ("Reasoning", "Answer")),
+                f"{p}_reasoning": section(reply, "Reasoning", ("Answer",)) or reply.strip(),
                 f"{p}_answer": parsed.letter, f"{p}_correct": parsed.letter == row["answer"],
                 f"{p}_parse": parsed.how, f"{p}_model": f"{self.backend}:{self.model}",
                 f"{p}_raw": response.text}
