@@ -91,6 +91,8 @@ def test_unknown_model_stops_the_stage(validated):
     with openai_server(models={"judge"}) as server:
         result = sh(*_score(validated, server.url + "/v1"), "--model", "jugde")
     assert result.returncode == 2 and "http_404" in result.stderr and "jugde" in result.stderr
+    # the names it does serve (`vllm serve --served-model-name` names a model its own way)
+    assert "; the server serves judge: give one as --model" in result.stderr, result.stderr
     assert _stages(validated) == ["00-ingest", "01-validate"]
 
 

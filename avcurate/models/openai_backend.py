@@ -224,6 +224,19 @@ class OpenAIBackend:
             return False
         return True
 
+    async def _models_hint(self, exc: openai.APIStatusError) -> str:
+        """For a 404 naming the model (`vllm serve --served-model-name` serves another name
+        than the Hub id): the names the server does serve, from its model list."""
+        if exc.status_code != 404 or self.model not in str(exc):
+            return ""
+        try:
+            served = sorted(m.id for m in (await answer_within(
+                CONNECT_TIMEOUT, self.client().models.list())).data)
+        except Exception:  # noqa: BLE001 (only a hint: the 404 stands without it)
+            return ""
+        return f"; the server serves {', '.join(served[:10])}: give one as --model" \
+            if served else ""
+
     def _route_hint(self, status: int) -> str:
         """For a 404 from a base URL with no path: vLLM, SGLang and most OpenAI-compatible
         servers answer under /v1, which `--base-url http://host:8000` leaves out."""
@@ -255,7 +268,8 @@ class OpenAIBackend:
             raise _transport_error(exc, self.timeout) from exc
         except openai.APIStatusError as exc:
             retryable = exc.status_code >= 500 or exc.status_code == 408
-            raise ModelError(str(exc) + self._route_hint(exc.status_code), retryable=retryable,
+            hint = self._route_hint(exc.status_code) or await self._models_hint(exc)
+            raise ModelError(str(exc) + hint, retryable=retryable,
                              kind=f"http_{exc.status_code}", retry_after=_retry_after(exc)
                              ) from exc
         if not completion.get("choices") and completion.get("error"):
