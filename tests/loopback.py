@@ -208,8 +208,11 @@ class _Server(ModelServer):
                  models_route_open: bool = False, text_only: bool = False,
                  thinking: int = 0, content_parts: bool = False, ignore_n: bool = False,
                  reasoning_model: bool = False, one_answer: bool = False,
-                 no_structured: int = 0, image_limit: int = 0) -> None:
+                 no_structured: int = 0, image_limit: int = 0,
+                 upload_state: str = "ACTIVE") -> None:
         super().__init__(handler, latency=latency, record=True)
+        # Gemini Files API: the state every upload is in, and stays in (FAILED, PROCESSING)
+        self.upload_state = upload_state
         self.image_limit = image_limit  # OpenAI: a 400 for more images, as vLLM's default
         # OpenAI: this status (400; 422 as TGI answers) for any response_format, as older
         # servers without structured output answer
@@ -404,8 +407,14 @@ class GeminiHandler(_Faults, JSONHandler):
         self.server.uploads.append(data)
         name = f"files/{len(self.server.uploads)}"
         file = {"name": name, "uri": f"{self.server.url}/v1beta/{name}",
-                "mimeType": self.server.upload_types[-1], "sizeBytes": str(len(data)), "state": "ACTIVE"}
+                "mimeType": self.server.upload_types[-1], "sizeBytes": str(len(data)),
+                **self._upload_state()}
         self._json(200, {"file": file}, {"X-Goog-Upload-Status": "final"})
+
+    def _upload_state(self) -> dict:
+        state = self.server.upload_state
+        return {"state": state} | ({"error": {"code": 400, "message": "Unsupported video codec"}}
+                                   if state == "FAILED" else {})
 
     def _refused_key(self) -> bool:
         """Google's answer to a wrong key: 400 INVALID_ARGUMENT with the reason
@@ -429,7 +438,7 @@ class GeminiHandler(_Faults, JSONHandler):
             return self._json(200, {"models": [{"name": f"models/{m}"} for m in names]})
         name = path.split("/v1beta/", 1)[-1]
         self._json(200, {"name": name, "uri": f"{self.server.url}/v1beta/{name}",
-                         "mimeType": "video/mp4", "state": "ACTIVE"})
+                         "mimeType": "video/mp4", **self._upload_state()})
 
     def do_DELETE(self) -> None:
         self.server.deleted.append("/".join(self.path.split("?")[0].split("/")[-2:]))

@@ -598,6 +598,33 @@ def test_gemini_large_video_goes_through_the_files_api(media, monkeypatch):
         "/v1beta/files/1")
 
 
+@pytest.mark.parametrize("state, said", [
+    ("FAILED", "upload_failed: the Gemini Files API could not process good.mp4 (Unsupported "
+               "video codec)"),
+    ("PROCESSING", "upload_timeout: the Gemini Files API was still processing good.mp4 after "
+                   "0.5 s")])
+def test_a_video_the_files_api_cannot_process_rejects_its_row(media, monkeypatch, state, said):
+    """A file the server failed to process went into the request, whose 400 named no cause;
+    one it kept processing was polled for ever, holding its row and the stage."""
+    from avcurate.models import gemini_uploads
+    from avcurate.models.executor import Executor
+    from avcurate.models.gemini_backend import GeminiBackend
+    from avcurate.models.request import Message, ModelRequest, TextPart, VideoPart
+
+    monkeypatch.setenv("GEMINI_API_KEY", SECRET)
+    monkeypatch.setattr(gemini_uploads, "POLL_SECONDS", 0.05)
+    with gemini_server(upload_state=state) as server:
+        backend = GeminiBackend("g", server.url, timeout=0.5, inline_limit=1000)
+        executor = Executor(backend, max_failure_rate=1.0)
+        try:
+            [result] = executor.run([ModelRequest((Message("user", (
+                VideoPart(str(media["good"])), TextPart("Describe it."))),))], lambda r: r.text)
+        finally:
+            executor.close()
+        assert not server.requests  # no generateContent with a file that cannot be read
+    assert result.reason == "model_error" and result.detail == said
+
+
 def test_a_row_whose_request_failed_for_good_is_not_completed_by_its_other_requests(tmp_path):
     """With several requests per row, a call that failed after its retries rejects the row
     even when another of its requests is asked again and then answered."""

@@ -107,7 +107,7 @@ class GeminiBackend:
                  inline_limit: int = INLINE_LIMIT, upload_budget: int = UPLOAD_BUDGET) -> None:
         self.model, self.base_url, self.timeout, self.inline_limit = model, base_url, timeout, inline_limit
         self._client: genai.Client | None = None
-        self.uploads = Uploads(self.client, upload_budget)
+        self.uploads = Uploads(self.client, upload_budget, wait_limit=timeout)
         # Gemini 3 models answer candidate_count > 1 with a 400 ("Multiple candidates is not
         # enabled for this model"): then one is asked for, and the executor asks for the rest
         self.one_candidate = False

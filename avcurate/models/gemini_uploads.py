@@ -24,8 +24,11 @@ from pathlib import Path
 from google import genai
 from google.genai import types
 
+from avcurate.models.errors import ModelError
+
 UPLOAD_BUDGET = 10 << 30  # bytes of uploads kept at once: half a project's 20 GB
 REUSE_SECONDS = 24 * 3600  # the server keeps a file 48 h
+POLL_SECONDS = 2.0  # between looks at a file the server is still processing
 
 
 @dataclass
@@ -40,8 +43,10 @@ Key = tuple[str, int, int]
 
 
 class Uploads:
-    def __init__(self, client: Callable[[], genai.Client], budget: int = UPLOAD_BUDGET) -> None:
+    def __init__(self, client: Callable[[], genai.Client], budget: int = UPLOAD_BUDGET,
+                 wait_limit: float = 300.0) -> None:
         self.client, self.budget = client, budget
+        self.wait_limit = wait_limit  # seconds a file may stay PROCESSING (the backend's timeout)
         self.kept: OrderedDict[Key, _Upload] = OrderedDict()  # least recently used first
 
     async def part(self, path: Path, mime: str) -> tuple[Key, types.Part]:
@@ -83,9 +88,19 @@ class Uploads:
         await self._make_room(key)
         files = self.client().aio.files
         file = await files.upload(file=str(path), config=types.UploadFileConfig(mime_type=mime))
-        while file.state is not None and str(file.state).endswith("PROCESSING"):
-            await asyncio.sleep(2)
+        deadline = time.monotonic() + self.wait_limit
+        while _state(file) == "PROCESSING":
+            if time.monotonic() > deadline:  # a file stuck there held its row, and the stage
+                raise ModelError(f"the Gemini Files API was still processing {path.name} "
+                                 f"after {self.wait_limit:g} s", retryable=False,
+                                 kind="upload_timeout")
+            await asyncio.sleep(POLL_SECONDS)
             file = await files.get(name=file.name)
+        if _state(file) == "FAILED":  # a request naming it gets a 400 that names no cause
+            why = file.error.message if file.error is not None and file.error.message else ""
+            raise ModelError(f"the Gemini Files API could not process {path.name}"
+                             + (f" ({why})" if why else ""), retryable=False,
+                             kind="upload_failed")
         return file
 
     async def _make_room(self, new: Key) -> None:
@@ -104,3 +119,8 @@ class Uploads:
             return
         with contextlib.suppress(Exception):  # gone already, or expired: nothing to free
             await self.client().aio.files.delete(name=entry.task.result().name)
+
+
+def _state(file: types.File) -> str:
+    """PROCESSING, ACTIVE or FAILED (the enum's name, whatever the SDK's version made of it)."""
+    return str(getattr(file.state, "value", file.state) or "").rsplit(".", 1)[-1]
