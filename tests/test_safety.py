@@ -210,6 +210,42 @@ def test_a_base_url_without_v1_is_named_with_the_url_to_use(validated):
     assert _stages(validated) == ["00-ingest", "01-validate"]
 
 
+def test_a_web_page_where_the_api_should_be_stops_the_stage_with_one_line(validated):
+    """A base URL that leads to a web UI or a proxy's login page: every call got a 200 of
+    HTML, and the stage ended with an AttributeError traceback."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Page(BaseHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            body = b"<html><body>Sign in</body></html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.do_GET()
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    try:
+        result = sh(*_score(validated, url))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert ("not_an_api: the server answered '<html><body>Sign in</body></html>', not a chat "
+            f"completion in JSON; is {url} an OpenAI-compatible API") in line
+    assert _stages(validated) == ["00-ingest", "01-validate"]
+
+
 @pytest.mark.parametrize("route", ["/chat/completions", "/chat/completions/", "/completions"])
 def test_a_base_url_that_names_the_chat_route_is_one_line_before_any_row(validated, route):
     """A URL pasted from a curl example (`.../v1/chat/completions`): the client adds the

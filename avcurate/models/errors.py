@@ -29,7 +29,7 @@ class ModelError(Exception):
 
 
 SYSTEMIC_KINDS = frozenset({"no_api_key", "api_key_invalid", "http_401", "http_403",
-                            "http_404", "unsupported_media"})
+                            "http_404", "unsupported_media", "not_an_api"})
 TRANSPORT_KINDS = frozenset({"timeout", "connection", "rate_limited"})
 
 

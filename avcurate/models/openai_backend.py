@@ -272,6 +272,11 @@ class OpenAIBackend:
             raise ModelError(str(exc) + hint, retryable=retryable,
                              kind=f"http_{exc.status_code}", retry_after=_retry_after(exc)
                              ) from exc
+        if not isinstance(completion, dict):  # a web page, a proxy's login form: every call
+            raise ModelError(  # would get the same, so the stage stops (not_an_api)
+                f"the server answered {str(completion)[:80]!r}, not a chat completion in "
+                f"JSON; is {self.base_url or 'the base URL'} an OpenAI-compatible API (vLLM "
+                "serves one under /v1)?", retryable=False, kind="not_an_api")
         if not completion.get("choices") and completion.get("error"):
             raise _error_in_body(completion["error"])
         choices = completion.get("choices") or [{}]
