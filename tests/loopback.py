@@ -24,6 +24,7 @@ inject faults when the question text carries a marker:
   [down]       always 503 (an endpoint that is failing)
   [error200]   OpenAI: the first attempt gets a 200 whose body is an error, as OpenRouter
                passes on a provider's failure
+  [nullparts]  OpenAI: the first answer has nulls where objects belong (choices, message)
   [filtered]   an empty answer that a content filter stopped (OpenAI: finish_reason
                "content_filter"; Gemini: the prompt blocked, no candidate)
 
@@ -368,6 +369,10 @@ class OpenAIFaults(_Faults, OpenAIHandler):
         if "[down]" in prompt or self.server.down or (
                 after is not None and len(self.server.requests) > after):
             self._error(503, "service unavailable")
+            return True
+        if "[nullparts]" in prompt and attempt == 1:  # nulls where objects belong
+            self._json(200, {"choices": [None, {"message": None, "finish_reason": None}],
+                             "usage": {"prompt_tokens": "12", "completion_tokens": None}})
             return True
         if "[error200]" in prompt and attempt == 1:
             self._json(200, {"error": {"message": "Provider returned error", "code": 502}})

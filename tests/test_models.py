@@ -27,7 +27,7 @@ def _records(media, markers):
 
 
 MARKERS = ["", "[429]", "[500]", "[slow]", "[trickle]", "[flaky]", "[nonjson]", "[range]",
-           "[missing]", "[strings]", "[nan]"]
+           "[missing]", "[strings]", "[nan]", "[nullparts]"]
 
 
 def _score(server, **kw):
@@ -57,7 +57,7 @@ def test_score_every_row_kept_or_rejected_under_faults(tmp_path, media, monkeypa
     ids = {r: m for r, m in zip([f"jsonl:ann/q{i}" for i in range(len(MARKERS))], MARKERS, strict=True)}
     assert {ids[i] for i in kept.column("id").to_pylist()} == {"", "[429]", "[500]", "[slow]",
                                                                 "[trickle]", "[flaky]",
-                                                                "[strings]"}
+                                                                "[strings]", "[nullparts]"}
     reasons = {ids[r["id"]]: r["reject_reason"] for r in rej.to_pylist()}
     assert reasons == {"[nonjson]": "judge_invalid_json", "[range]": "judge_out_of_range",
                        "[missing]": "missing_media", "[nan]": "judge_out_of_range"}

@@ -67,6 +67,22 @@ def _error_in_body(error: Any) -> ModelError:
                       kind=f"http_{status}" if status else "server_error")
 
 
+def _listed(value: Any) -> list:
+    return value if isinstance(value, list) else []
+
+
+def _object(value: Any) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
+def _count(value: Any) -> int:
+    """A token count as servers send it (a number, a numeric string, null)."""
+    try:
+        return int(value or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
 def message_text(content: Any) -> str:
     """An answer's text: a string, or the text parts of a list of content parts, as some
     OpenAI-compatible servers and proxies send it (`[{"type": "text", "text": ...}]`, with
@@ -279,10 +295,12 @@ class OpenAIBackend:
                 "serves one under /v1)?", retryable=False, kind="not_an_api")
         if not completion.get("choices") and completion.get("error"):
             raise _error_in_body(completion["error"])
-        choices = completion.get("choices") or [{}]
-        texts = [message_text((c.get("message") or {}).get("content")) for c in choices]
-        usage = completion.get("usage") or {}
+        # read as leniently as servers write: a missing part is an empty answer, which the
+        # stage's validator asks again (a None where an object belongs was a traceback)
+        choices = [c for c in _listed(completion.get("choices")) if isinstance(c, dict)] or [{}]
+        texts = [message_text(_object(c.get("message")).get("content")) for c in choices]
+        usage = _object(completion.get("usage"))
         return with_json(ModelResponse(text=texts[0], texts=texts, usage={
-            "prompt_tokens": int(usage.get("prompt_tokens") or 0),
-            "completion_tokens": int(usage.get("completion_tokens") or 0)},
-            finish=choices[0].get("finish_reason") or ""), request)
+            "prompt_tokens": _count(usage.get("prompt_tokens")),
+            "completion_tokens": _count(usage.get("completion_tokens"))},
+            finish=str(choices[0].get("finish_reason") or "")), request)
