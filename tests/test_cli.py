@@ -151,6 +151,38 @@ def test_media_named_by_url_is_rejected_at_ingest_as_a_url(tmp_path, media):
     assert "is a URL" in line and "Traceback" not in only_urls.stderr
 
 
+def test_a_url_for_the_annotations_or_the_media_root_is_one_line_and_file_urls_are_paths(
+        tmp_path, media):
+    """`--media-root s3://bucket/videos` was read as a folder 's3:' under the current one
+    ("media root /home/me/s3:/bucket/videos is not a folder"); a recipe's too."""
+    ann = tmp_path / "a.jsonl"
+    ann.write_text(json.dumps({"id": "v", "video": "good.mp4", "q": "Which colour?",
+                               "opts": ["red", "blue"], "ans": "A"}) + "\n")
+    columns = ["--column", "question=q", "--column", "options=opts", "--column", "answer=ans"]
+    for annotation_file, root, said in [
+            (str(ann), "s3://bucket/videos", "media root s3://bucket/videos is a URL"),
+            ("gs://bucket/a.jsonl", str(media["root"]), "annotations gs://bucket/a.jsonl is a URL")]:
+        done = sh("ingest", "--source", "jsonl", "--annotations", annotation_file, "--media-root",
+                  root, "--out", str(tmp_path / "run"), *columns, "-q", check=False)
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.strip().splitlines() == [
+            f"error: source 'jsonl': {said}; avcurate reads local files: download or sync it "
+            "(`hf download`, `aws s3 sync`, `gcloud storage rsync`) or mount the bucket "
+            "(s3fs, gcsfuse), and give the local path"]
+        assert not (tmp_path / "run").exists()
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(f'[[sources]]\nname = "jsonl"\nannotations = "{ann}"\n'
+                      'media_root = "https://host/videos"\n')
+    done = sh("run", str(recipe), "--out", str(tmp_path / "run"), check=False)
+    assert done.returncode == 2 and "media root https://host/videos is a URL" in done.stderr
+    # a file:// URL is the local path it names, on the command line as in a recipe
+    done = sh("ingest", "--source", "jsonl", "--annotations", ann.as_uri(), "--media-root",
+              media["root"].as_uri(), "--out", str(tmp_path / "run"), *columns, "-q",
+              check=False)
+    assert done.returncode == 0, done.stderr
+    assert read_stage(tmp_path / "run", "00")[0].column("id").to_pylist() == ["jsonl:a/v"]
+
+
 def test_counts_over_a_thousand_print_with_separators(tmp_path, media):
     """The reasons table and the HTML report print counts as the funnel table does
     (1,200, not 1200), so a user comparing them reads the same figure."""

@@ -192,7 +192,7 @@ class MediaRoot:
         return self._resolve(rel)
 
     def _resolve_uncached(self, rel: str) -> str:
-        rel = _file_uri(text(rel, "media path").strip())
+        rel = file_uri_path(text(rel, "media path").strip())
         if URL_RE.match(rel):  # was read as a folder "https:" under the root: missing_media
             raise UnsafePathError(f"{rel!r} is a URL; avcurate reads local files only: "
                                   "download the media and give its folder as the media root")
@@ -446,7 +446,7 @@ def _jsonl(path: Path) -> Iterator[Any]:
                 yield BadLine(n, line[:2000], f"is not JSON: {exc}")
 
 
-def _file_uri(path: str) -> str:
+def file_uri_path(path: str) -> str:
     """The local path a `file://` URI names (`file:///data/x.mp4`, `file://localhost/...`,
     percent-escapes decoded), as some exporters write local media; anything else as it is."""
     if path[:7].lower() != "file://":

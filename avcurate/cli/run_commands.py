@@ -30,6 +30,7 @@ from avcurate.core.store import RunStore
 from avcurate.pipeline.recipe import (
     ANNOTATIONS_DIR,
     GLOB_RE,
+    URL_RE,
     Recipe,
     RecipeError,
     check_tags,
@@ -236,8 +237,8 @@ def ingest(
     # paths resolved as before globs (symlinks too), so a run ingested by an earlier
     # version with the same arguments still matches its recorded recipe
     ann, root = str(annotations), str(media_root)
-    ann = ann if GLOB_RE.search(ann) else str(annotations.resolve())
-    root = root if ANNOTATIONS_DIR in root else str(media_root.resolve())
+    ann = ann if GLOB_RE.search(ann) or URL_RE.match(ann) else str(annotations.resolve())
+    root = root if ANNOTATIONS_DIR in root or URL_RE.match(root) else str(media_root.resolve())
     try:  # as a recipe's [[sources]] table is read: a glob, {annotations_dir}
         specs = source_specs({"name": source, "annotations": ann, "media_root": root}
                              | options, Path.cwd())

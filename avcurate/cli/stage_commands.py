@@ -30,7 +30,7 @@ from avcurate.cli.common import (
 from avcurate.cli.generate import CliOption, collect, options_for, with_signature
 from avcurate.core.options import OptionError, declared
 from avcurate.core.store import RunStore
-from avcurate.pipeline.recipe import Recipe, SourceSpec, StageSpec
+from avcurate.pipeline.recipe import Recipe, SourceSpec, StageSpec, file_path, url_refusal
 from avcurate.pipeline.registry import COMMAND_STAGES, stage_class
 from avcurate.pipeline.runner import Runner
 from avcurate.reports.tables import category_table
@@ -171,8 +171,11 @@ def _ingest_first(run_dir: Path | None, values: dict[str, Any]) -> Path:
         flags = {"annotations": "--annotations", "media_root": "--media-root", "out_dir": "--out"}
         fail(f"--source needs {', '.join(flags[m] for m in missing)}")
     columns = {"columns": parse_columns(values["column"])} if values.get("column") else {}
-    src = SourceSpec(values["source"], str(Path(values["annotations"]).resolve()),
-                     str(Path(values["media_root"]).resolve()), columns)
+    for key in ("annotations", "media_root"):
+        if why := url_refusal(key.replace("_", " "), str(values[key])):
+            fail(f"source {values['source']!r}: {why}")
+    src = SourceSpec(values["source"], str(Path(file_path(str(values["annotations"]))).resolve()),
+                     str(Path(file_path(str(values["media_root"]))).resolve()), columns)
     guard(Runner(Recipe([src], [StageSpec("validate")]), values["out_dir"],
                  force=values["force"], show_progress=not values["quiet"]).run)
     return values["out_dir"]

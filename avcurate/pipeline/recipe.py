@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from avcurate.catalogs import check_source, source_tag
+from avcurate.catalogs.base import file_uri_path
 from avcurate.core.options import absolute_path, did_you_mean
 from avcurate.pipeline.registry import stage_class
 from avcurate.stages.context import MEDIA_TIMEOUT_S
@@ -243,6 +244,30 @@ def _stage_paths(name: str, options: dict[str, Any], base: Path | None) -> dict[
 
 
 GLOB_RE = re.compile(r"[*?\[]")
+# a scheme (two letters at least: "C:/" is a Windows drive), with "//" or, as Path leaves a
+# URL given on the command line, one "/"
+URL_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):/+")
+
+
+def file_path(value: str) -> str:
+    """The local path a `file://` URL names; `file:/data/x` (such a URL given on the command
+    line, its "//" folded by Path) names /data/x. Any other text as it is."""
+    if value[:5].lower() != "file:":
+        return value
+    return file_uri_path(value) if value[5:7] == "//" else value[5:]
+
+
+def url_refusal(what: str, value: str) -> str | None:
+    """Why a source's path cannot be `value` when it is a URL (s3://, gs://, https://):
+    avcurate reads local files, and a URL read as a relative path named a folder under the
+    current one ("media root /home/me/s3:/bucket is not a folder")."""
+    m = URL_RE.match(value)
+    if m is None or m.group(1).lower() == "file":
+        return None
+    shown = URL_RE.sub(lambda g: f"{g.group(1)}://", value, count=1)
+    return (f"{what} {shown} is a URL; avcurate reads local files: download or sync it "
+            "(`hf download`, `aws s3 sync`, `gcloud storage rsync`) or mount the bucket "
+            "(s3fs, gcsfuse), and give the local path")
 ANNOTATIONS_DIR = "{annotations_dir}"
 
 
@@ -257,6 +282,12 @@ def source_specs(s: dict[str, Any], base: Path | None, expand: bool = True
         raise RecipeError(f"a [[sources]] table is missing {', '.join(missing)}")
     if not all(isinstance(s[k], str) for k in ("name", "annotations", "media_root")):
         raise RecipeError("a [[sources]] table's name, annotations and media_root are text")
+    s = s | {k: file_path(v) for k in ("annotations", "media_root", "audio_root")
+             if isinstance(v := s.get(k), str)}
+    for key in ("annotations", "media_root", "audio_root"):
+        value = s.get(key)
+        if isinstance(value, str) and (why := url_refusal(key.replace("_", " "), value)):
+            raise RecipeError(f"source {s['name']!r}: {why}")
     options = {k: v for k, v in s.items() if k not in ("name", "annotations", "media_root")}
     try:
         check_source(s["name"], options)
