@@ -183,6 +183,30 @@ def test_a_url_for_the_annotations_or_the_media_root_is_one_line_and_file_urls_a
     assert read_stage(tmp_path / "run", "00")[0].column("id").to_pylist() == ["jsonl:a/v"]
 
 
+def test_an_output_given_as_a_url_is_one_line_and_writes_nothing(tmp_path, media,
+                                                                   monkeypatch):
+    """`export --out s3://bucket/x` made a folder `s3:` here and wrote the export in it."""
+    ann = tmp_path / "a.jsonl"
+    ann.write_text(json.dumps({"id": "v", "video": "good.mp4", "q": "Which colour?",
+                               "opts": ["red", "blue"], "ans": "A"}) + "\n")
+    run_dir = tmp_path / "run"
+    sh("ingest", "--source", "jsonl", "--annotations", str(ann), "--media-root",
+       str(media["root"]), "--out", str(run_dir), "--column", "question=q", "--column",
+       "options=opts", "--column", "answer=ans", "-q")
+    monkeypatch.chdir(tmp_path)
+    for command in (["export", str(run_dir), "--out", "s3://bucket/export"],
+                    ["query", str(run_dir), "SELECT 1", "--out", "s3://bucket/export"],
+                    ["stats", str(run_dir), "--html", "s3://bucket/export"],
+                    ["demo", "--out", "s3://bucket/export", "-q"]):
+        done = sh(*command, check=False)
+        option = "--html" if "--html" in command else "--out"
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.strip().splitlines()[-1] == (
+            f"error: {option} s3://bucket/export is a URL; avcurate writes local files: write "
+            "here, then copy it there (`aws s3 sync`, `gcloud storage rsync`)"), command
+    assert not (tmp_path / "s3:").exists()
+
+
 def test_counts_over_a_thousand_print_with_separators(tmp_path, media):
     """The reasons table and the HTML report print counts as the funnel table does
     (1,200, not 1200), so a user comparing them reads the same figure."""

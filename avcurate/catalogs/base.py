@@ -17,12 +17,12 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import orjson
 
 from avcurate.core.answers import LETTERS, letterable
 from avcurate.core.schema import sample_row
+from avcurate.core.urls import file_uri_path
 
 PLACEHOLDER_RE = re.compile(r"<(image|video|audio)>\s*", re.IGNORECASE)
 OPTION_RE = re.compile(r"^\s*\(?([A-Z])\s*[\.\):：]\s*(.*\S)?\s*$")
@@ -444,15 +444,6 @@ def _jsonl(path: Path) -> Iterator[Any]:
                 yield json.loads(line)
             except json.JSONDecodeError as exc:
                 yield BadLine(n, line[:2000], f"is not JSON: {exc}")
-
-
-def file_uri_path(path: str) -> str:
-    """The local path a `file://` URI names (`file:///data/x.mp4`, `file://localhost/...`,
-    percent-escapes decoded), as some exporters write local media; anything else as it is."""
-    if path[:7].lower() != "file://":
-        return path
-    parts = urlsplit(path)
-    return unquote(parts.path) if parts.netloc in ("", "localhost") else path
 
 
 def _hub_blobs(root: Path) -> str | None:

@@ -27,10 +27,10 @@ from avcurate.cli.common import (
 )
 from avcurate.core.lock import RunInUse
 from avcurate.core.store import RunStore
+from avcurate.core.urls import URL_RE
 from avcurate.pipeline.recipe import (
     ANNOTATIONS_DIR,
     GLOB_RE,
-    URL_RE,
     Recipe,
     RecipeError,
     check_tags,

@@ -30,7 +30,8 @@ from avcurate.cli.common import (
 from avcurate.cli.generate import CliOption, collect, options_for, with_signature
 from avcurate.core.options import OptionError, declared
 from avcurate.core.store import RunStore
-from avcurate.pipeline.recipe import Recipe, SourceSpec, StageSpec, file_path, url_refusal
+from avcurate.core.urls import file_path, url_refusal
+from avcurate.pipeline.recipe import Recipe, SourceSpec, StageSpec
 from avcurate.pipeline.registry import COMMAND_STAGES, stage_class
 from avcurate.pipeline.runner import Runner
 from avcurate.reports.tables import category_table

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from avcurate.core.store import FINGERPRINT, MANIFEST, atomic_write_bytes
+from avcurate.core.urls import shown_url
 
 
 class OutputError(ValueError):
@@ -26,11 +27,20 @@ def generator_tag(generator: str) -> str:
     return f'<meta name="generator" content="{generator}">'
 
 
+def check_not_url(path: Path | str, option: str) -> None:
+    """Raise OutputError when `path` is a URL (s3://, gs://): read as a path, it made a
+    folder `s3:` under the current one and wrote there."""
+    if (shown := shown_url(str(path))) is not None:
+        raise OutputError(f"{option} {shown} is a URL; avcurate writes local files: write "
+                          "here, then copy it there (`aws s3 sync`, `gcloud storage rsync`)")
+
+
 def check_output(path: Path, option: str, *, generator: str | None = None,
                  overwrite: bool = False) -> None:
     """Raise OutputError when `path` cannot be written, or is a file that was not written
     by `generator` (an HTML page's tag) and `overwrite` is not given. Missing folders on
     the way are fine: the write makes them."""
+    check_not_url(path, option)
     if path.is_dir():
         raise OutputError(f"{option} {path} is a folder; name a file in it")
     _check_outside_stages(path, option)
@@ -48,6 +58,7 @@ def check_output_folder(path: Path, option: str) -> None:
     """Raise OutputError when the folder `path` (a run, an export, a training folder)
     cannot be made or written: it is a file, lies under a file, or its nearest existing
     folder is not writable. What may already be in it is each command's own rule."""
+    check_not_url(path, option)
     if path.exists() and not path.is_dir():
         raise OutputError(f"{option} {path} is a file; it names a folder")
     _check_outside_stages(path, option)

@@ -50,7 +50,12 @@ import pyarrow.parquet as pq
 from avcurate import __version__
 from avcurate.core.lock import HOLDER, LOCK, run_lock
 from avcurate.core.media_paths import join_prefixes
-from avcurate.core.outputs import OutputError, check_output_folder, check_owned_folder
+from avcurate.core.outputs import (
+    OutputError,
+    check_not_url,
+    check_output_folder,
+    check_owned_folder,
+)
 from avcurate.core.store import (
     RunStore,
     atomic_write_bytes,
@@ -159,6 +164,7 @@ def check_target(run_dir: Path | str, out: Path | str, overwrite: bool = False,
     the run folder or a folder holding it, writable, and empty or an export of ours (unless
     `overwrite`). Reads only, so `run` checks its recipe's [export] folder before the first
     stage, not after the last one."""
+    check_not_url(out, option)  # before resolving, which makes it a path here
     out, root = Path(out).resolve(), Path(run_dir).resolve()
     if out == root or root.is_relative_to(out):
         raise ExportError(f"{option} {out} would hold the run folder itself; choose another "

@@ -39,8 +39,8 @@ from pathlib import Path
 from typing import Any
 
 from avcurate.catalogs import check_source, source_tag
-from avcurate.catalogs.base import file_uri_path
 from avcurate.core.options import absolute_path, did_you_mean
+from avcurate.core.urls import file_path, url_refusal
 from avcurate.pipeline.registry import stage_class
 from avcurate.stages.context import MEDIA_TIMEOUT_S
 from avcurate.stages.errors import StageError
@@ -244,30 +244,6 @@ def _stage_paths(name: str, options: dict[str, Any], base: Path | None) -> dict[
 
 
 GLOB_RE = re.compile(r"[*?\[]")
-# a scheme (two letters at least: "C:/" is a Windows drive), with "//" or, as Path leaves a
-# URL given on the command line, one "/"
-URL_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):/+")
-
-
-def file_path(value: str) -> str:
-    """The local path a `file://` URL names; `file:/data/x` (such a URL given on the command
-    line, its "//" folded by Path) names /data/x. Any other text as it is."""
-    if value[:5].lower() != "file:":
-        return value
-    return file_uri_path(value) if value[5:7] == "//" else value[5:]
-
-
-def url_refusal(what: str, value: str) -> str | None:
-    """Why a source's path cannot be `value` when it is a URL (s3://, gs://, https://):
-    avcurate reads local files, and a URL read as a relative path named a folder under the
-    current one ("media root /home/me/s3:/bucket is not a folder")."""
-    m = URL_RE.match(value)
-    if m is None or m.group(1).lower() == "file":
-        return None
-    shown = URL_RE.sub(lambda g: f"{g.group(1)}://", value, count=1)
-    return (f"{what} {shown} is a URL; avcurate reads local files: download or sync it "
-            "(`hf download`, `aws s3 sync`, `gcloud storage rsync`) or mount the bucket "
-            "(s3fs, gcsfuse), and give the local path")
 ANNOTATIONS_DIR = "{annotations_dir}"
 
 
