@@ -467,6 +467,9 @@ def test_a_final_model_is_swapped_in_whole(toy, tmp_path):
                                   "Hugging Face Hub is read from a local copy: `hf download "
                                   "no-org/no-dataset --repo-type dataset --local-dir DIR`"),
     ("{data}", "{tmp}/no-model", "--model {tmp}/no-model: no such folder"),
+    ("hf://datasets/org/name", "{lm}", "--data hf://datasets/org/name is a URL; avcurate reads "
+                                       "local files: download it (`hf download`"),
+    ("{data}", "s3://bucket/model", "--model s3://bucket/model is a URL"),
     ("{data}", "{tmp}", "--model {tmp}: not a model folder (no config.json)"),
     ("{data}", "{lm}/config.json", "--model {lm}/config.json: no such folder"),
     ("{data}", "{tmp}/half", "--model {tmp}/half cannot be loaded: "),  # transformers says why

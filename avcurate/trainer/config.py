@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from avcurate.core.options import OptionError, check_fields, check_keys, option
+from avcurate.core.urls import url_refusal
 
 ALGOS = ("gspo", "gspo_token", "grpo")
 DEFAULT_SYSTEM_PROMPT = ("Think about the question first, inside <think></think>, then give only "
@@ -138,6 +139,10 @@ class TrainConfig:
         """The data and the model folder are there, checked before anything is loaded
         (transformers' own errors name no folder, and a path that is not there reads
         to it as a malformed Hub id)."""
+        for flag, value in (("--data", self.data), ("--model", self.model)):
+            if why := url_refusal(flag, value, "download it (`hf download`, `aws s3 sync`) "
+                                  "and give the local folder"):
+                raise OptionError(why)
         if not Path(self.data).exists():
             hint = ""
             if re.fullmatch(r"[\w-][\w.-]*/[\w.-]+", self.data):  # reads as a Hub id
