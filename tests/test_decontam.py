@@ -157,12 +157,24 @@ def test_bad_benchmark_specs_are_one_line_errors_before_any_row(tmp_path):
     for args, message in [(["--benchmark", "nope"], "NAME[@FORMAT]=ANNOTATIONS"),
                           (["--benchmark", "mine=x.json"], "has no format"),
                           (["--benchmark", f"video-mme={tmp_path}/missing.parquet"],
-                           "does not exist")]:
+                           "does not exist"),
+                          # a URL's "https:" was taken for a file name, its rest for media
+                          (["--benchmark", "vm@video-mme=https://hf.co/x/test.parquet"],
+                           "benchmark 'vm': annotations https://hf.co/x/test.parquet is a URL"),
+                          (["--benchmark", f"video-mme={tmp_path}/t.parquet:s3://b/videos"],
+                           "benchmark 'video-mme': media root s3://b/videos is a URL")]:
         done = subprocess.run(avcurate_cmd("decontaminate", str(run_dir), *args, "-q"),
                               capture_output=True, text=True)
         assert done.returncode == 2 and message in done.stderr, done.stderr
         assert "Traceback" not in done.stderr
     assert not list(run_dir.glob("01-*"))  # all found before the run folder is touched
+    recipe = tmp_path / "r.toml"  # a recipe's paths are made absolute: not a URL's parts
+    recipe.write_text(f'[[sources]]\nname = "jsonl"\nannotations = "{ann}"\nmedia_root = '
+                      f'"{media}"\ncolumns = {{ id = "id" }}\n[[stages]]\nname = '
+                      '"decontaminate"\nbenchmarks = ["vm@video-mme=gs://b/test.parquet"]\n')
+    done = subprocess.run(avcurate_cmd("run", str(recipe), "--out", str(tmp_path / "r2"), "-q"),
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and "annotations gs://b/test.parquet is a URL" in done.stderr
 
 
 def test_a_recipes_benchmark_paths_are_relative_to_the_recipe(tmp_path):

@@ -19,6 +19,7 @@ import pyarrow as pa
 
 from avcurate.catalogs import CATALOGS, Reject, check_files, check_source, read_source
 from avcurate.core.options import absolute_path, option
+from avcurate.core.urls import shown_url, url_refusal
 from avcurate.decontam.fingerprints import normalise_question, source_id, video_hashes
 from avcurate.decontam.index import BenchmarkIndex, Item, Match
 from avcurate.media.errors import Lost, MediaError
@@ -41,6 +42,9 @@ class BenchmarkSpec:
                              f"NAME[@FORMAT]=ANNOTATIONS[:MEDIA_ROOT], not {text!r}")
         name, _, fmt = name.strip().partition("@")
         annotations, _, media = rest.partition(":")
+        for what, value in (("annotations", rest.strip()), ("media root", media.strip())):
+            if why := url_refusal(f"benchmark {name!r}: {what}", value):  # "https" was taken
+                raise StageError(f"stage 'decontaminate': {why}")  # for a file name
         return cls(name, fmt or name, annotations.strip(), media.strip())
 
 
@@ -49,8 +53,8 @@ def _resolve_benchmark(text: str, base: Path) -> str:
     malformed one is returned as written, for the stage to refuse with its own message."""
     head, eq, rest = text.partition("=")
     annotations, _, media = (part.strip() for part in rest.partition(":"))
-    if not eq or not annotations:
-        return text
+    if not eq or not annotations or shown_url(rest.strip()) or shown_url(media):
+        return text  # a URL too: the stage says so
     return f"{head}={absolute_path(annotations, base)}" + (
         f":{absolute_path(media, base)}" if media else "")
 
