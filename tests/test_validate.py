@@ -29,6 +29,9 @@ def _records(media):
         rec("many_options", media["good"], options=[f"shade {i}" for i in range(27)],
             answer="B"),
         rec("bad_answer", media["good"], answer="D"),
+        # generated distractors repeat the answer now and then; a blank option is no choice
+        rec("same_twice", media["good"], options=["red", "blue", "Red "], answer="A"),
+        rec("blank_option", media["good"], options=["red", " ", "blue"], answer="A"),
         rec("open_no_answer", media["good"], options=None, answer=""),
         rec("good", media["good2"]),  # duplicate id: the first one is kept
         rec("missing", media["root"] / "nowhere.mp4"),
@@ -46,6 +49,7 @@ EXPECTED = {
     "empty_q": "empty_question", "one_option": "too_few_options",
     "many_options": "too_many_options",
     "bad_answer": "answer_not_in_options", "open_no_answer": "missing_answer",
+    "same_twice": "duplicate_options", "blank_option": "empty_option",
     "good": "duplicate_id", "missing": "missing_media", "corrupt": "unreadable_media",
     "truncated": "truncated", "noaudio": "no_audio_stream", "silent": "silent_audio",
     "quiet": "silent_audio", "short": "duration_out_of_range",
@@ -65,7 +69,10 @@ def test_each_failure_has_its_reason(tmp_path, media, workers):
     assert all(r["reject_stage"] == "validate" for r in rej.to_pylist())
     dup = [r for r in rej.to_pylist() if r["reject_reason"] == "duplicate_id"][0]
     assert dup["video"].endswith("good2.mp4")  # the later row is the one rejected
-    assert reports[1].rows_in == reports[1].kept + reports[1].rejected == 17
+    assert reports[1].rows_in == reports[1].kept + reports[1].rejected == 19
+    details = {r["id"].split("/", 1)[1]: r["reject_detail"] for r in rej.to_pylist()}
+    assert details["same_twice"] == "options A and C are both 'Red'"
+    assert details["blank_option"] == "option B is blank"
 
 
 def test_a_media_reject_says_which_file_and_which_setting(tmp_path, media):

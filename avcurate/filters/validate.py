@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from avcurate.core.answers import letter_index, letterable
+from avcurate.core.answers import letter, letter_index, letterable
 from avcurate.core.options import option
 from avcurate.core.schema import BASE_COLUMNS, with_columns
 from avcurate.media.errors import Lost, MediaError
@@ -31,6 +31,8 @@ REASONS = {
     "empty_question": "the question is empty",
     "too_few_options": "a multiple-choice question with fewer than two options",
     "too_many_options": "more options than the letters A-Z can name (26)",
+    "empty_option": "an option is blank",
+    "duplicate_options": "two options are the same text (either letter would be right)",
     "answer_not_in_options": "the answer is not one of the options",
     "missing_answer": "an open-ended question with no answer",
     "duplicate_id": "another row has the same id (the first one is kept)",
@@ -243,6 +245,8 @@ class Validate(BaseStage):
                 return "too_few_options", f"{len(options)} option(s)"
             if not letterable(options):  # every prompt letters them: Z is the last
                 return "too_many_options", f"{len(options)} options"
+            if problem := _options_problem(options):
+                return problem
             if letter_index(answer, len(options)) is None:
                 return "answer_not_in_options", f"answer {answer!r} for {len(options)} options"
         elif not (answer or "").strip():
@@ -275,3 +279,21 @@ class Validate(BaseStage):
             return "duration_out_of_range", (f"{duration:.2f}s not in [{self.min_duration_s}, "
                                              f"{upper}] (--min-duration, --max-duration)")
         return None, None
+
+
+def _options_problem(options: list[str]) -> tuple[str, str] | None:
+    """A blank option, or two options that are one text (case aside): generated
+    distractors repeat the answer now and then, and a model that picks the other copy of
+    the right text is scored wrong, by the teachers and by the trainer's reward."""
+    lowered = [str(text or "").lower() for text in options]  # ingest stripped each option
+    if len(set(lowered)) == len(lowered) and all(lowered):  # the common case, at ~0.4 µs
+        return None
+    seen: dict[str, int] = {}
+    for i, text in enumerate(options):
+        key = str(text or "").lower()
+        if not key:
+            return "empty_option", f"option {letter(i)} is blank"
+        if (first := seen.setdefault(key, i)) != i:
+            return "duplicate_options", (f"options {letter(first)} and {letter(i)} are both "
+                                         f"{text!r}")
+    return None
