@@ -109,7 +109,13 @@ def test_a_stage_that_keeps_no_row_is_a_warning_with_what_its_rows_held(tmp_path
     assert "warning: 01-threshold kept none of its 4 rows (4 failed(composite_score >= 7)); " \
            "composite_score ran from 0.5 to 0.9." in said
     assert f"avcurate reset {tmp_path / 'run'} --from 01-threshold" in said
-    assert "warning" not in threshold("composite_score >= 0.7", "--redo")
+    redone = threshold("composite_score >= 0.7", "--redo")
+    assert "warning" not in redone
+    # what a redo changes is said: options not given are the command's defaults, not the run's
+    assert "--redo runs 01-threshold again; with other settings than 01-threshold was done " \
+           "with: threshold.rules: ['composite_score >= 7'] -> ['composite_score >= 0.7']" \
+           in redone
+    assert "with other settings" not in threshold("composite_score >= 0.7", "--redo")
 
 
 # -- balance ------------------------------------------------------------------------

@@ -166,16 +166,23 @@ def check_specs(specs: list[StageSpec]) -> None:
         guard(create, spec.name, spec.options)
 
 
-def confirm_redo(run_dir: Path, specs: list[StageSpec], yes: bool) -> None:
+def confirm_redo(run_dir: Path, specs: list[StageSpec], yes: bool, diffs: list[str]) -> None:
     """A `--redo` also removes the stages made after the redone ones (a redone dedup takes
-    every later stage with it): name them and ask first, as `avcurate reset` does."""
+    every later stage with it): name them and ask first, as `avcurate reset` does. Settings
+    other than the stage was done with are named too: the options not given are the
+    command's defaults, not the run's (a `balance --redo` after a recipe's max_ratio 1.2
+    ran at 3)."""
     from avcurate.pipeline.runner import redo_plan
 
     own, later = guard(redo_plan, run_dir, specs)
+    changed = (f"; with other settings than {', '.join(own)} was done with: "
+               f"{'; '.join(diffs)}" if diffs else "")
     if later:
         ask_before_removing(f"--redo removes {', '.join(own)} and the {len(later)} later "
                             f"stage(s) made from it: {', '.join(later)} (caches kept: running "
-                            "them again re-sends nothing already answered)", yes)
+                            f"them again re-sends nothing already answered){changed}", yes)
+    elif changed:
+        out.print(f"--redo runs {', '.join(own)} again{changed}", markup=False)
 
 
 def confirm_force(yes: bool) -> Callable[[str, list[str]], None]:
@@ -227,7 +234,7 @@ def run_more(run_dir: Path, specs: list[StageSpec], force: bool, quiet: bool,
     try:
         guard(as_commands, extend_run, run_dir, specs, redo=redo, append=append, force=force,
               show_progress=not quiet,
-              confirm_redo=lambda: confirm_redo(run_dir, specs, yes))
+              confirm_redo=lambda diffs: confirm_redo(run_dir, specs, yes, diffs))
     except AlreadyDone as exc:
         print_summary(run_dir, f"Run {run_dir}")
         out.print(str(exc), markup=False)

@@ -48,7 +48,8 @@ COMMON = [
     _param("redo", Annotated[bool, typer.Option(
         "--redo", help="Run the stage again even if the run already did it (removes it and the "
                        "stages after it first, asking when there are later ones; cached model "
-                       "answers are reused).")], False),
+                       "answers are reused). Options not given take this command's defaults, "
+                       "not the run's; the settings that change are named first.")], False),
     _param("append", Annotated[bool, typer.Option(
         "--append", help="Add the stage after the run's last stage even though the run did it "
                          "earlier (a second threshold after the teachers); the same command "

@@ -858,7 +858,8 @@ def redo_plan(run_dir: Path | str, specs: list[StageSpec]) -> tuple[list[str], l
 
 
 def extend_run(run_dir: Path | str, spec: StageSpec | list[StageSpec], *, redo: bool = False,
-               append: bool = False, confirm_redo: Callable[[], None] | None = None,
+               append: bool = False,
+               confirm_redo: Callable[[list[str]], None] | None = None,
                **runner_kw: Any) -> list[StageReport]:
     """Run stages on an existing run (what `avcurate validate RUN_DIR` etc. do).
 
@@ -909,7 +910,7 @@ def extend_run(run_dir: Path | str, spec: StageSpec | list[StageSpec], *, redo: 
             runner = Runner(recipe, run_dir, reach_all=True, **runner_kw)
             runner.preflight(redo_from=at + 1)  # a bad setting stops before anything is removed
             if confirm_redo is not None:
-                confirm_redo()
+                confirm_redo(diffs)  # what changes, for the user to see before it is done
             reset_run(store.root, at + 1)
             return runner.run()
         recipe.stages = done + specs
