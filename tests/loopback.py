@@ -210,8 +210,9 @@ class _Server(ModelServer):
                  thinking: int = 0, content_parts: bool = False, ignore_n: bool = False,
                  reasoning_model: bool = False, one_answer: bool = False,
                  no_structured: int = 0, image_limit: int = 0,
-                 upload_state: str = "ACTIVE") -> None:
+                 upload_state: str = "ACTIVE", context: int = 0) -> None:
         super().__init__(handler, latency=latency, record=True)
+        self.context = context  # OpenAI: a 400 for a longer request (a body byte as a token)
         # Gemini Files API: the state every upload is in, and stays in (FAILED, PROCESSING)
         self.upload_state = upload_state
         self.image_limit = image_limit  # OpenAI: a 400 for more images, as vLLM's default
@@ -342,6 +343,13 @@ class OpenAIFaults(_Faults, OpenAIHandler):
             param, code, message = refused
             self._json(400, {"error": {"message": message, "type": "invalid_request_error",
                                        "param": param, "code": code}})
+            return True
+        asked = len(json.dumps(body)) + int(body.get("max_tokens") or 0)
+        if self.server.context and asked > self.server.context:
+            self._json(400, {"object": "error", "message": "This model's maximum context length "
+                             f"is {self.server.context} tokens. However, you requested {asked} "
+                             "tokens. Please reduce the length of the messages or completion.",
+                             "type": "BadRequestError", "param": None, "code": 400})
             return True
         images = sum(p["type"] == "image_url" for m in body["messages"]
                      if isinstance(m["content"], list) for p in m["content"])

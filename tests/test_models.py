@@ -316,6 +316,17 @@ def test_a_vllm_server_that_takes_fewer_frames_says_how_to_start_it(tmp_path, me
                 tmp_path / "run")
 
 
+def test_requests_longer_than_the_context_stop_the_stage_with_what_shortens_them(tmp_path,
+                                                                                  media):
+    with openai_server(context=2000) as server:
+        stage = StageSpec("score", _score(server).options | {"frames": 4})
+        with pytest.raises(RunError, match=r"maximum context length is 2000 tokens.*; fewer or "
+                                           r"smaller frames \(--frames, --max-pixels\), less "
+                                           r"audio \(--audio-seconds\) or a lower --max-tokens"):
+            run(jsonl_recipe(tmp_path, _records(media, ["a", "b"]), media["root"], [stage]),
+                tmp_path / "run")
+
+
 def test_an_openai_reasoning_model_is_sent_what_it_takes(tmp_path, media):
     """OpenAI's reasoning models (o-series, gpt-5) refuse max_tokens for
     max_completion_tokens, refuse top_p, and take no temperature but 1: every call of a

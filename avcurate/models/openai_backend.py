@@ -128,6 +128,9 @@ def _refusal_hint(exc: openai.APIStatusError, request: ModelRequest) -> str:
     if exc.param == "temperature":
         return ("; this model takes only some temperatures (OpenAI's reasoning models only 1): "
                 "set --temperature (temperature in a recipe) to one it takes")
+    if "maximum context length" in str(exc):  # vLLM's and OpenAI's words for a long prompt
+        return ("; fewer or smaller frames (--frames, --max-pixels), less audio "
+                "(--audio-seconds) or a lower --max-tokens make a request fit")
     if _MEDIA_LIMIT.search(str(exc)):
         sent = Counter(_MEDIA_KIND[type(p)] for m in request.messages for p in m.parts
                        if type(p) in _MEDIA_KIND)
