@@ -174,6 +174,29 @@ def test_openai_waits_as_long_as_retry_after_ms_says(tmp_path, media):
     assert second - first >= 1.4
 
 
+def test_a_gemini_3_judge_below_temperature_1_gets_google_s_advice(tmp_path, media):
+    """Google's guidance for Gemini 3: keep temperature at 1.0, lower may loop. The judges'
+    default is 0, sent without a word."""
+    run(jsonl_recipe(tmp_path, _records(media, ["a"]), media["root"], []), tmp_path / "run")
+    env = {**__import__("os").environ, "GEMINI_API_KEY": SECRET}
+    with gemini_server() as server:
+        def score(model, *extra):
+            done = subprocess.run(avcurate_cmd("score", str(tmp_path / "run"), "--backend",
+                                               "gemini", "--model", model, "--base-url",
+                                               server.url, "--media", "none", "-q", "--redo",
+                                               "-y", *extra),
+                                  capture_output=True, text=True, env=env)
+            assert done.returncode == 0, done.stderr
+            return " ".join((done.stdout + done.stderr).split())
+        assert ("note: stage 'score': Google recommends temperature 1.0 for Gemini 3 models "
+                "(gemini-3-pro-preview); lower may loop or degrade their reasoning. It is sent "
+                "0: --temperature 1 (temperature = 1.0 in a recipe) follows the advice"
+                ) in score("gemini-3-pro-preview")
+        assert score("gemini-3-pro-preview").count("Google recommends") == 1  # a redo: once
+        assert "Google recommends" not in score("gemini-3-pro-preview", "--temperature", "1")
+        assert "Google recommends" not in score("gemini-2.5-pro")
+
+
 def test_gemini_waits_as_long_as_a_quota_429_says(tmp_path, media, monkeypatch):
     """The Gemini API names a 429's wait in its body (RetryInfo), not in a header: the
     retries came at the backoff's first sub-second waits, all inside the quota's."""

@@ -270,6 +270,7 @@ class Runner:
         self.reach_all = reach_all
         self._pool: WorkerPool | None = None  # the run's decode workers, while it runs
         self._held: HeldShards | None = None  # kept shards for the next stage, while it runs
+        self._advised: set[str] = set()  # notes of `advice` already printed
 
     # -- manifest -----------------------------------------------------------------
     # A stage is recorded in the manifest only once it is complete. A stage folder on disk
@@ -341,6 +342,12 @@ class Runner:
                      "content": stage_content(s)}
                     for (s, fp), spec in zip(stages, self.recipe.stages, strict=True)]
         done = self._check_environment(stages, planned, redo_from)
+        to_run = [s for s, _ in stages[max(0, done - 1):]]  # done counts ingest
+        for note in (n for stage in to_run for n in getattr(stage, "advice", lambda: [])()):
+            if note not in self._advised:  # once, though a redo plans twice
+                self._advised.add(note)
+                self.console.print(f"note: {note}", markup=False, highlight=False,
+                                   soft_wrap=True, style="yellow")
         if not self.reach_all:  # last: said only of a run that passed every check
             self._warn_unreachable([s for s, _ in stages[max(0, done):]])
         return stages, planned

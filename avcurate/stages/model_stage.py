@@ -21,6 +21,7 @@ the stage gives it). A row costs at most max_rounds x max_attempts calls.
 from __future__ import annotations
 
 import functools
+import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -58,6 +59,10 @@ def too_many_options(row: dict[str, Any]) -> str | None:
     if letterable(options):
         return None
     return f"{len(options)} options, more than the letters A-Z name (run validate first)"
+
+
+# Gemini 3 and later: Google's guidance is to keep their default temperature, 1.0
+GEMINI_3 = re.compile(r"gemini-([3-9]|\d{2,})")
 
 
 @dataclass(frozen=True)
@@ -131,6 +136,15 @@ class ModelStage(BaseStage):
             check_backend(self.spec())
         except BackendUnavailable as exc:
             raise StageError(f"stage {self.name!r}: {exc}") from None
+
+    def advice(self) -> list[str]:
+        """Settings that run but work against the model: said before the stage runs."""
+        if self.backend == "gemini" and GEMINI_3.search(self.model) and self.temperature < 1:
+            return [f"stage {self.name!r}: Google recommends temperature 1.0 for Gemini 3 "
+                    f"models ({self.model}); lower may loop or degrade their reasoning. It is "
+                    f"sent {self.temperature:g}: --temperature 1 (temperature = 1.0 in a "
+                    "recipe) follows the advice"]
+        return []
 
     def reach(self) -> None:
         """Before the stage runs next: its server answers and takes the key (see
