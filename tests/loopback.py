@@ -24,6 +24,7 @@ inject faults when the question text carries a marker:
   [down]       always 503 (an endpoint that is failing)
   [error200]   OpenAI: the first attempt gets a 200 whose body is an error, as OpenRouter
                passes on a provider's failure
+  [empty]      OpenAI: always an empty answer that ended normally (finish_reason "stop")
   [nullparts]  OpenAI: the first answer has nulls where objects belong (choices, message)
   [filtered]   an empty answer that a content filter stopped (OpenAI: finish_reason
                "content_filter"; Gemini: the prompt blocked, no candidate)
@@ -377,6 +378,11 @@ class OpenAIFaults(_Faults, OpenAIHandler):
         if "[down]" in prompt or self.server.down or (
                 after is not None and len(self.server.requests) > after):
             self._error(503, "service unavailable")
+            return True
+        if "[empty]" in prompt:  # the model ends its turn at once: a base model, a bad template
+            self._json(200, {"id": "e", "object": "chat.completion", "model": body["model"],
+                             "choices": [{"index": 0, "finish_reason": "stop",
+                                          "message": {"role": "assistant", "content": ""}}]})
             return True
         if "[nullparts]" in prompt and attempt == 1:  # nulls where objects belong
             self._json(200, {"choices": [None, {"message": None, "finish_reason": None}],

@@ -350,6 +350,24 @@ def test_requests_longer_than_the_context_stop_the_stage_with_what_shortens_them
                 tmp_path / "run")
 
 
+def test_a_stage_whose_first_answers_are_all_empty_stops(tmp_path, media):
+    """A base model under a chat template (or a template the server does not apply) ends
+    its turn at once: every row was rejected as judge_invalid_json after its rounds, for
+    the setup's fault. Empty answers among valid ones still reject only their rows."""
+    with openai_server() as server:
+        stage = StageSpec("score", _score(server).options | {"media": "none"})
+        with pytest.raises(RunError, match=r"the first 5 answers were all empty \(last: not a "
+                                           r"JSON object: ''\); does the server return the "
+                                           r"model's text\?"):
+            run(jsonl_recipe(tmp_path, _records(media, [f"[empty] {i}" for i in range(8)]),
+                             media["root"], [stage]), tmp_path / "run")
+        mixed = [f"q{i}" for i in range(6)] + ["[empty] 1"]
+        run(jsonl_recipe(tmp_path, _records(media, mixed), media["root"], [stage]),
+            tmp_path / "run2")
+    kept, rej = read_stage(tmp_path / "run2", "01")
+    assert kept.num_rows == 6 and rej.column("reject_reason").to_pylist() == ["judge_invalid_json"]
+
+
 def test_an_openai_reasoning_model_is_sent_what_it_takes(tmp_path, media):
     """OpenAI's reasoning models (o-series, gpt-5) refuse max_tokens for
     max_completion_tokens, refuse top_p, and take no temperature but 1: every call of a

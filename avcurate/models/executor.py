@@ -17,7 +17,9 @@
   replies), calls that all failed
   with not one answered (a setup the server refuses) and, after `min_calls` finished calls,
   a share of failed calls above `max_failure_rate` (default 0.5; with 1, refused calls
-  reject their rows), and `start_failures` invalid answers in a row that all stopped at
+  reject their rows), the first `start_failures` answers all empty (a model that ends its
+  turn at once, a filter that blocks every prompt), and `start_failures` invalid answers
+  in a row that all stopped at
   max_tokens (a limit too low for the model, typically a thinking model's: the rows would
   pass with a higher one). Rows are never rejected for those: the stage stops and can
   simply be rerun.
@@ -240,6 +242,7 @@ class Executor:
         self.stats = CallStats()
         self._answered = self._failed = self._failed_in_a_row = self._cut_in_a_row = 0
         self._silent = 0  # tries that timed out before any call was answered
+        self._valid = self._empty = 0  # valid answers so far; empty ones
         self._sem = asyncio.Semaphore(concurrency)  # bound to the loop on first use
         self._limiter = RateLimiter(rpm)
         self._inflight: dict[str, asyncio.Event] = {}  # keys being asked by this executor
@@ -449,8 +452,10 @@ class Executor:
                 self._cut_in_a_row = 0
                 if response.finish not in ("", "stop"):  # a safety filter, a blocked prompt
                     detail += f" (the model stopped: {response.finish})"
+                self._all_empty(response, detail)
             return CallResult(reason=exc.reason, detail=detail, response=response, error=exc)
         self._cut_in_a_row = 0
+        self._valid += 1
         if self.cache is not None:
             self.cache.put(key, {"text": response.text, "json": response.json,
                                  "usage": response.usage} | (
@@ -522,6 +527,19 @@ class Executor:
                    "thinking model spends it on thinking first: Gemini 2.5 counts its "
                    "thinking in it (--thinking sets a budget), and vLLM serves Qwen3 without thinking with "
                    "--default-chat-template-kwargs '{\"enable_thinking\": false}'")
+
+    def _all_empty(self, response: ModelResponse, detail: str) -> None:
+        """Stop the stage when its first `start_failures` answers were all empty, before any
+        valid one: a model that ends at once (a base model under a chat template, a
+        template the server does not apply) or a filter that blocks every prompt is the
+        setup's fault, and every row was rejected for it after its rounds."""
+        if self._valid or any(t.strip() for t in response.texts):
+            return
+        self._empty += 1
+        if self._empty >= self.start_failures and self._empty == self._answered:
+            self._halt(f"the first {self._answered} answers were all empty (last: {detail}); "
+                       "does the server return the model's text? A base model, or a chat "
+                       "template that ends the turn at once, answers nothing")
 
     def _server_question(self) -> str:
         """What to check when no call got through: the server, named by its URL (the
