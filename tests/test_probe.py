@@ -18,7 +18,7 @@ import pytest
 from avcurate import curation
 from avcurate.media import synth
 from avcurate.pipeline.recipe import StageSpec
-from avcurate.pipeline.runner import extend_run
+from avcurate.pipeline.runner import RunError, extend_run
 from tests.conftest import avcurate_cmd
 from tests.helpers import jsonl_recipe, read_stage, rows_by_id, run
 from tests.loopback import gemini_server, openai_server
@@ -190,6 +190,14 @@ def test_the_probe_command_says_when_the_server_ignored_n(tmp_path, clips):
     assert ("4 call(s) got fewer answers than the n asked for (the server ignores or refuses "
             "n) and asked again for the rest, one call at a time: --no-multi-sample "
             "(multi_sample = false) sends them side by side") in " ".join(done.stdout.split())
+
+
+def test_a_probe_answered_with_nothing_stops(tmp_path, clips):
+    """The probe's answers are never invalid (an empty one counts as wrong), so a server
+    that answers nothing gave every question a pass rate of 0 without a word."""
+    rows = [r | {"question": f"[empty] {r['question']}"} for r in records(clips, False)]
+    with openai_server() as server, pytest.raises(RunError, match="first 5 answers were all empty"):
+        run(jsonl_recipe(tmp_path, rows, clips, [probe(server, n=2)]), tmp_path / "run")
 
 
 def test_faults_behave_as_in_every_model_stage(tmp_path, clips):

@@ -242,7 +242,7 @@ class Executor:
         self.stats = CallStats()
         self._answered = self._failed = self._failed_in_a_row = self._cut_in_a_row = 0
         self._silent = 0  # tries that timed out before any call was answered
-        self._valid = self._empty = 0  # valid answers so far; empty ones
+        self._spoke = self._empty = 0  # answers with text so far; empty ones
         self._sem = asyncio.Semaphore(concurrency)  # bound to the loop on first use
         self._limiter = RateLimiter(rpm)
         self._inflight: dict[str, asyncio.Event] = {}  # keys being asked by this executor
@@ -439,6 +439,7 @@ class Executor:
             return CallResult(reason="model_error", detail=f"{exc.kind}: {exc}")
         self._answered += 1
         self._failed_in_a_row = 0
+        self._all_empty(response)
         try:
             value = validate(response)
         except InvalidAnswer as exc:
@@ -452,10 +453,8 @@ class Executor:
                 self._cut_in_a_row = 0
                 if response.finish not in ("", "stop"):  # a safety filter, a blocked prompt
                     detail += f" (the model stopped: {response.finish})"
-                self._all_empty(response, detail)
             return CallResult(reason=exc.reason, detail=detail, response=response, error=exc)
         self._cut_in_a_row = 0
-        self._valid += 1
         if self.cache is not None:
             self.cache.put(key, {"text": response.text, "json": response.json,
                                  "usage": response.usage} | (
@@ -528,18 +527,24 @@ class Executor:
                    "thinking in it (--thinking sets a budget), and vLLM serves Qwen3 without thinking with "
                    "--default-chat-template-kwargs '{\"enable_thinking\": false}'")
 
-    def _all_empty(self, response: ModelResponse, detail: str) -> None:
+    def _all_empty(self, response: ModelResponse) -> None:
         """Stop the stage when its first `start_failures` answers were all empty, before any
-        valid one: a model that ends at once (a base model under a chat template, a
-        template the server does not apply) or a filter that blocks every prompt is the
-        setup's fault, and every row was rejected for it after its rounds."""
-        if self._valid or any(t.strip() for t in response.texts):
+        with text: a model that ends its turn at once (a base model under a chat template,
+        a template the server does not apply) or a filter that blocks every prompt is the
+        setup's fault. Every row was rejected for it after its rounds (the probe counted
+        every answer wrong). A cut answer is `_cut_short`'s to judge."""
+        if any(t.strip() for t in response.texts):
+            self._spoke += 1
+            return
+        if response.cut:
             return
         self._empty += 1
-        if self._empty >= self.start_failures and self._empty == self._answered:
-            self._halt(f"the first {self._answered} answers were all empty (last: {detail}); "
-                       "does the server return the model's text? A base model, or a chat "
-                       "template that ends the turn at once, answers nothing")
+        if not self._spoke and self._empty >= self.start_failures:
+            why = f", the model stopped: {response.finish}" if response.finish not in (
+                "", "stop") else ""
+            self._halt(f"the first {self._empty} answers were all empty{why}; does the server "
+                       "return the model's text? A base model, or a chat template that ends "
+                       "the turn at once, answers nothing")
 
     def _server_question(self) -> str:
         """What to check when no call got through: the server, named by its URL (the
