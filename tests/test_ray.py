@@ -312,8 +312,9 @@ def test_a_stage_that_stops_on_ray_is_one_line_naming_it(ray_env, tmp_path):
         assert server.requests  # the stage started, and its calls failed
     assert done.returncode == 2 and done.stderr.splitlines() == [  # -q: no Ray start-up lines
         "error: 02-classify stopped (openai:not-served: http_404: Error code: 404 - The model "
-        "`not-served` does not exist.). No row was rejected for it and the stage is not done; "
-        "fix the cause and run the same command again (finished shards are kept)."]
+        "`not-served` does not exist.; the server serves served: give one as --model). No row "
+        "was rejected for it and the stage is not done; fix the cause and run the same command "
+        "again (finished shards are kept)."]
 
 
 def test_a_chain_refused_before_any_row_leaves_no_stage_folder(ray_env, tmp_path):
