@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import subprocess
 import sys
 import textwrap
@@ -32,7 +33,9 @@ def media(tmp_path_factory) -> dict[str, Path]:
         "truncated": synth.truncate(synth.write_clip(root / "truncated.mp4", seconds=6), 0.4),
     }
     corrupt = root / "corrupt.mp4"
-    corrupt.write_bytes(os.urandom(4096))
+    # fixed bytes: fresh random ones were now and then read by FFmpeg as some stream (a
+    # fresh-clone CI run once probed them as a file without audio)
+    corrupt.write_bytes(random.Random(0).randbytes(4096))
     files["corrupt"] = corrupt
     tone = synth.tone(3.0, 300.0, sr=44100)
     files["wav"] = synth.write_wav(root / "tone.wav", tone, sr=44100)
