@@ -170,6 +170,15 @@ def test_a_url_for_the_annotations_or_the_media_root_is_one_line_and_file_urls_a
             "(`hf download`, `aws s3 sync`, `gcloud storage rsync`) or mount the bucket "
             "(s3fs, gcsfuse), and give the local path"]
         assert not (tmp_path / "run").exists()
+    # a stage command that starts a run (`score --source ...`) reads its paths the same way
+    done = sh("score", "--source", "jsonl", "--annotations", str(ann), "--media-root",
+              "s3://bucket/videos", "--out", str(tmp_path / "run"), "--model", "m",
+              "--base-url", "http://127.0.0.1:9/v1", check=False)
+    assert done.returncode == 2 and done.stderr.strip().splitlines() == [
+        "error: source 'jsonl': media root s3://bucket/videos is a URL; avcurate reads local "
+        "files: download or sync it (`hf download`, `aws s3 sync`, `gcloud storage rsync`) or "
+        "mount the bucket (s3fs, gcsfuse), and give the local path"]
+    assert not (tmp_path / "run").exists()
     recipe = tmp_path / "r.toml"
     recipe.write_text(f'[[sources]]\nname = "jsonl"\nannotations = "{ann}"\n'
                       'media_root = "https://host/videos"\n')

@@ -30,8 +30,7 @@ from avcurate.cli.common import (
 from avcurate.cli.generate import CliOption, collect, options_for, with_signature
 from avcurate.core.options import OptionError, declared
 from avcurate.core.store import RunStore
-from avcurate.core.urls import file_path, url_refusal
-from avcurate.pipeline.recipe import Recipe, SourceSpec, StageSpec
+from avcurate.pipeline.recipe import Recipe, RecipeError, SourceSpec, StageSpec, local_paths
 from avcurate.pipeline.registry import COMMAND_STAGES, stage_class
 from avcurate.pipeline.runner import Runner
 from avcurate.reports.tables import category_table
@@ -173,11 +172,13 @@ def _ingest_first(run_dir: Path | None, values: dict[str, Any]) -> Path:
         flags = {"annotations": "--annotations", "media_root": "--media-root", "out_dir": "--out"}
         fail(f"--source needs {', '.join(flags[m] for m in missing)}")
     columns = {"columns": parse_columns(values["column"])} if values.get("column") else {}
-    for key in ("annotations", "media_root"):
-        if why := url_refusal(key.replace("_", " "), str(values[key])):
-            fail(f"source {values['source']!r}: {why}")
-    src = SourceSpec(values["source"], str(Path(file_path(str(values["annotations"]))).resolve()),
-                     str(Path(file_path(str(values["media_root"]))).resolve()), columns)
+    try:  # as a recipe's source: a file:// URL is its path, another URL is refused
+        paths = local_paths(values["source"], {k: str(values[k])
+                                               for k in ("annotations", "media_root")})
+    except RecipeError as exc:
+        fail(str(exc))
+    src = SourceSpec(values["source"], str(Path(paths["annotations"]).resolve()),
+                     str(Path(paths["media_root"]).resolve()), columns)
     guard(Runner(Recipe([src], [StageSpec("validate")]), values["out_dir"],
                  force=values["force"], show_progress=not values["quiet"]).run)
     return values["out_dir"]

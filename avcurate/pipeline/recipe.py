@@ -247,6 +247,16 @@ GLOB_RE = re.compile(r"[*?\[]")
 ANNOTATIONS_DIR = "{annotations_dir}"
 
 
+def local_paths(name: str, paths: dict[str, str]) -> dict[str, str]:
+    """A source's paths (annotations, media_root, ...), a `file://` URL as the path it
+    names; RecipeError for another URL, which would be read as a folder under this one."""
+    paths = {key: file_path(value) for key, value in paths.items()}
+    for key, value in paths.items():
+        if why := url_refusal(key.replace("_", " "), value):
+            raise RecipeError(f"source {name!r}: {why}")
+    return paths
+
+
 def source_specs(s: dict[str, Any], base: Path | None, expand: bool = True
                  ) -> list[SourceSpec]:
     """One [[sources]] table's sources: one per annotation file its `annotations` names, a
@@ -258,12 +268,8 @@ def source_specs(s: dict[str, Any], base: Path | None, expand: bool = True
         raise RecipeError(f"a [[sources]] table is missing {', '.join(missing)}")
     if not all(isinstance(s[k], str) for k in ("name", "annotations", "media_root")):
         raise RecipeError("a [[sources]] table's name, annotations and media_root are text")
-    s = s | {k: file_path(v) for k in ("annotations", "media_root", "audio_root")
-             if isinstance(v := s.get(k), str)}
-    for key in ("annotations", "media_root", "audio_root"):
-        value = s.get(key)
-        if isinstance(value, str) and (why := url_refusal(key.replace("_", " "), value)):
-            raise RecipeError(f"source {s['name']!r}: {why}")
+    s = s | local_paths(s["name"], {k: s[k] for k in ("annotations", "media_root", "audio_root")
+                                    if isinstance(s.get(k), str)})
     options = {k: v for k, v in s.items() if k not in ("name", "annotations", "media_root")}
     try:
         check_source(s["name"], options)
