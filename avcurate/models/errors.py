@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Awaitable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -31,6 +32,16 @@ class ModelError(Exception):
 SYSTEMIC_KINDS = frozenset({"no_api_key", "api_key_invalid", "http_401", "http_403",
                             "http_404", "unsupported_media", "not_an_api"})
 TRANSPORT_KINDS = frozenset({"timeout", "connection", "rate_limited"})
+
+
+def header_wait(headers: Any) -> float | None:
+    """The wait in seconds a server's headers ask for before a retry: `retry-after-ms`
+    (OpenAI, Azure) or `retry-after` in seconds (an HTTP date is not read), else None."""
+    for name, scale in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
+        value = headers.get(name) if headers is not None else None
+        if isinstance(value, str) and re.fullmatch(r"\d+(?:\.\d+)?", value.strip()):
+            return float(value) / scale
+    return None
 
 
 class EndpointError(RuntimeError):

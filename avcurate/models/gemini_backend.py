@@ -16,7 +16,12 @@ from pathlib import Path
 from google import genai
 from google.genai import errors, types
 
-from avcurate.models.errors import GEMINI_KEY_MISSING, BackendUnavailable, ModelError
+from avcurate.models.errors import (
+    GEMINI_KEY_MISSING,
+    BackendUnavailable,
+    ModelError,
+    header_wait,
+)
 from avcurate.models.gemini_uploads import UPLOAD_BUDGET, Key, Uploads
 from avcurate.models.http_errors import TIMEOUT_ERRORS, TRANSPORT_ERRORS
 from avcurate.models.reachable import unreachable, url_connect_error
@@ -193,11 +198,9 @@ class GeminiBackend:
             if code == 400 and several and "candidate" in (exc.message or "").lower():
                 self.one_candidate = True
                 return await self.call(request)
-            retry_after = _retry_delay(exc)
-            if getattr(exc, "response", None) is not None and hasattr(exc.response, "headers"):
-                value = exc.response.headers.get("retry-after")
-                if value and value.replace(".", "", 1).isdigit():
-                    retry_after = float(value)
+            retry_after = header_wait(getattr(getattr(exc, "response", None), "headers", None))
+            if retry_after is None:
+                retry_after = _retry_delay(exc)  # the Gemini API says it in the body
             kind = "rate_limited" if code == 429 else f"http_{code}"
             if code == 400 and refused_key(exc):  # a key error, not this row's
                 kind = "api_key_invalid"

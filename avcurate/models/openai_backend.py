@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 import openai
 
-from avcurate.models.errors import ModelError, answer_within
+from avcurate.models.errors import ModelError, answer_within, header_wait
 from avcurate.models.reachable import CONNECT_TIMEOUT
 from avcurate.models.request import (
     AudioPart,
@@ -97,14 +97,7 @@ def message_text(content: Any) -> str:
 
 
 def _retry_after(exc: openai.APIStatusError) -> float | None:
-    """The server's wait in seconds: `retry-after-ms` (OpenAI, Azure) or `retry-after`."""
-    headers = exc.response.headers if exc.response is not None else {}
-    for name, scale in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
-        try:
-            return float(headers[name]) / scale
-        except (KeyError, ValueError):
-            continue
-    return None
+    return header_wait(exc.response.headers if exc.response is not None else None)
 
 
 def _http_client():
