@@ -962,3 +962,42 @@ def test_a_row_with_more_options_than_letters_is_skipped(toy, tmp_path):
     [line] = [json.loads(x) for x in
               (tmp_path / "out/skipped_rows.jsonl").read_text().splitlines()]
     assert (line["id"], line["reason"]) == ("wide", "too_many_options")
+
+
+def test_a_prompt_over_the_models_context_is_skipped_and_said_before_training(tmp_path):
+    """--max-prompt-tokens and --max-new-tokens were never held against the model's
+    positions: a prompt near the context was sampled past it (an IndexError with learned
+    positions, positions never trained with RoPE). The command now says so before
+    training, and such a row is skipped as context_length like a row over the limit."""
+    from tiny_lm import CHARS
+
+    from avcurate.demo.tiny_policy import make_tiny_policy
+
+    lm = make_tiny_policy(tmp_path / "lm", chars=CHARS, max_positions=160)
+    data = _with_long_questions(make_toy_data(tmp_path / "toy.parquet"), tmp_path / "long.parquet")
+    env = os.environ | {"PYTHONPATH": str(TESTS)}
+    result = subprocess.run(
+        [sys.executable, "-m", "avcurate", "train", *_args((lm, data), tmp_path / "out"),
+         "--max-prompt-tokens", "4096", "--max-new-tokens", "8", "--steps", "3",
+         "--prompts-per-step", "4"],
+        capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (f"note: --model {lm} has a context of 160 positions, so with --max-new-tokens 8 a "
+            "prompt over 152 tokens is skipped (context_length), below --max-prompt-tokens "
+            "4,096") in result.stderr
+    lines = [json.loads(x) for x in (tmp_path / "out/skipped_rows.jsonl").read_text().splitlines()]
+    assert {x["id"] for x in lines} == {"long0", "long1"}
+    assert {x["reason"] for x in lines} == {"context_length"}
+
+
+def test_new_tokens_that_fill_the_context_stop_before_the_model_loads(toy, tmp_path):
+    lm, data = toy
+    env = os.environ | {"PYTHONPATH": str(TESTS)}
+    result = subprocess.run([sys.executable, "-m", "avcurate", "train", "--data", str(data),
+                             "--model", str(lm), "--out", str(tmp_path / "out"),
+                             "--max-new-tokens", "2048"],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip() == (f"error: --max-new-tokens 2048 leaves no room for a prompt: "
+                                     f"--model {lm} has a context of 2,048 positions")
+    assert not (tmp_path / "out").exists()

@@ -15,7 +15,7 @@ def make_tiny_lm(folder: Path, *, layers: int = 2, hidden: int = 64, seed: int =
     from avcurate.demo.tiny_policy import make_tiny_policy
 
     return make_tiny_policy(folder, chars=CHARS, layers=layers, hidden=hidden, seed=seed,
-                            max_positions=512)
+                            max_positions=2048)
 
 
 def make_toy_data(path: Path, n: int = 8) -> Path:

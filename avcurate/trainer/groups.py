@@ -77,13 +77,12 @@ def _usable(state: TrainState, slots: list[tuple[int, int]], step: int, salt: in
             count: bool) -> tuple[list[dict[str, Any]], list[tuple[torch.Tensor, dict]]]:
     """Each slot's row and prompt, an unusable row replaced (`unusable.py`). A rank that
     stops tells the others, which would otherwise wait for it in the next collective."""
-    cfg, policy = state.cfg, state.policy
+    cfg = state.cfg
     rows, inputs, stop = [], [], None
     for r_idx, g_idx in slots:
         try:
-            row, made = usable_input(
-                state.skipped, lambda row: policy.inputs(row, "av", cfg.max_prompt_tokens),
-                state.rows, r_idx, [cfg.seed, step, g_idx, salt], step, count)
+            row, made = usable_input(state.skipped, lambda row: _prompt(state, row), state.rows,
+                                     r_idx, [cfg.seed, step, g_idx, salt], step, count)
         except UnusableRow as exc:
             stop = exc
             break
@@ -93,6 +92,21 @@ def _usable(state: TrainState, slots: list[tuple[int, int]], step: int, salt: in
         raise stop or UnusableRow("unusable", f"training stopped at step {step + 1}: "
                                   "another rank could not find usable rows")
     return rows, inputs
+
+
+def _prompt(state: TrainState, row: dict[str, Any]) -> tuple[torch.Tensor, dict]:
+    """The row's prompt ids and media. A prompt that leaves the model's context too little
+    room for `--max-new-tokens` is unusable: past its positions a model with learned
+    positions fails with an IndexError, and a RoPE one samples from positions it never saw
+    (see `policy.check_model`, which says so before training)."""
+    cfg, policy = state.cfg, state.policy
+    ids, media = policy.inputs(row, "av", cfg.max_prompt_tokens)
+    context = getattr(policy, "context", None)
+    if context is not None and len(ids) + cfg.max_new_tokens > context:
+        raise UnusableRow("context_length", f"row {row.get('id', '?')}: the prompt has "
+                          f"{len(ids)} tokens, and with --max-new-tokens {cfg.max_new_tokens} "
+                          f"it is over the model's context of {context:,} positions")
+    return ids, media
 
 
 def _sample(state: TrainState, inputs: list[tuple[torch.Tensor, dict]], seeds: list[int],

@@ -36,7 +36,7 @@ from avcurate.trainer.hub_model import loadable
 from avcurate.trainer.interrupts import StopAtStepEnd, say
 from avcurate.trainer.losses import LossConfig, local_advantages, policy_loss
 from avcurate.trainer.out_folder import check_out, out_lock, record_settings
-from avcurate.trainer.policy import check_kind, make_policy
+from avcurate.trainer.policy import check_model, context_note, make_policy
 from avcurate.trainer.rewards import Reward, RewardSettings
 from avcurate.trainer.rewards.judge import check_judge
 from avcurate.trainer.rollout import token_logprobs
@@ -360,7 +360,7 @@ def check(cfg: TrainConfig, held: ExitStack | None = None) -> tuple[str, list[Re
     judged = [r.name for r in rewards if getattr(r, "needs_judge", False)]
     check_judge(cfg.judge_backend, cfg.judge_model, cfg.judge_base_url, judged)
     model_path = loadable(cfg.model)  # a Hub id on a machine without network: its cache
-    check_kind(cfg.policy, cfg.model, model_path)
+    check_model(cfg.policy, cfg.model, model_path, cfg.max_new_tokens)
     if held is not None:
         held.enter_context(out_lock(cfg))
     return model_path, rewards
@@ -398,8 +398,12 @@ def build(cfg: TrainConfig, model_path: str, rewards: list[Reward],
     except (OSError, ValueError) as exc:  # transformers' messages name no folder, and wrap
         raise ValueError(f"--model {cfg.model} cannot be loaded: "
                          f"{' '.join(str(exc).split())}") from exc
-    if rank == 0 and getattr(policy, "note", None):
-        say(policy.note)
+    notes = [getattr(policy, "note", None),
+             context_note(cfg.model, getattr(policy, "context", None), cfg.max_new_tokens,
+                          cfg.max_prompt_tokens)]
+    for note in notes if rank == 0 else []:
+        if note:
+            say(note)
     if cfg.gradient_checkpointing:  # transformers 5 renamed it; 4.x has the old name only
         enable = getattr(policy.model, "activation_checkpointing_enable", None)
         if enable is not None:

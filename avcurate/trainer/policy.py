@@ -54,6 +54,7 @@ class TextPolicy:
             self.model = _on_meta(AutoModelForCausalLM.from_config, model_path, dtype)
         else:
             self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(device)
+        self.context = context_of(self.model.config)
         self.device = torch.device(device)
         self.suppress_tokens: list[int] = []
 
@@ -147,6 +148,7 @@ class OmniPolicy:
         else:
             model = cls.from_pretrained(model_path, dtype=dtype).to(device)
         self.model = model.thinker if full else model  # the full model: train its thinker
+        self.context = context_of(self.model.config)
         if processor is None:
             from transformers import AutoProcessor
 
@@ -344,19 +346,47 @@ def _on_meta(build, model_path: str, dtype: torch.dtype):
 OMNI_TYPES = ("qwen2_5_omni", "qwen2_5_omni_thinker")
 
 
-def check_kind(kind: str, model: str, model_path: str) -> None:
-    """Raise OptionError when `--policy omni` names a model that is not a Qwen2.5-Omni one.
-    transformers would build an Omni thinker of its default (7B) size around the other
-    model's weights, warn that the types differ, and the process ran out of memory."""
-    if kind != "omni":
-        return
+def context_of(config) -> int | None:
+    """The positions a model's text decoder has (`max_position_embeddings`, GPT-2's
+    `n_positions` through its attribute map), None when its config names none."""
+    text = config.get_text_config(decoder=True)
+    positions = getattr(text, "max_position_embeddings", None)
+    return int(positions) if isinstance(positions, int) and positions > 0 else None
+
+
+def check_model(kind: str, model: str, model_path: str, max_new_tokens: int) -> None:
+    """Check `--model`'s config against the options before any weights load: its kind, and
+    room in its context for a completion. An unreadable config passes: loading the policy
+    says why, in its own line."""
     from transformers import AutoConfig
 
     try:
-        model_type = AutoConfig.from_pretrained(model_path).model_type
+        config = AutoConfig.from_pretrained(model_path)
     except (OSError, ValueError):
-        return  # unreadable: loading the policy says why, in its own line
-    if model_type not in OMNI_TYPES:
+        return
+    check_kind(kind, model, config.model_type)
+    context = context_of(config)
+    if context is not None and max_new_tokens >= context:
+        raise OptionError(f"--max-new-tokens {max_new_tokens} leaves no room for a prompt: "
+                          f"--model {model} has a context of {context:,} positions")
+
+
+def context_note(model: str, context: int | None, max_new_tokens: int,
+                 max_prompt_tokens: int) -> str | None:
+    """A note when long prompts will be skipped for the model's context (`context_length`)
+    rather than for `--max-prompt-tokens`, which would otherwise read as the limit."""
+    if context is None or max_prompt_tokens + max_new_tokens <= context:
+        return None
+    return (f"note: --model {model} has a context of {context:,} positions, so with "
+            f"--max-new-tokens {max_new_tokens} a prompt over {context - max_new_tokens:,} "
+            f"tokens is skipped (context_length), below --max-prompt-tokens {max_prompt_tokens:,}")
+
+
+def check_kind(kind: str, model: str, model_type: str) -> None:
+    """Raise OptionError when `--policy omni` names a model that is not a Qwen2.5-Omni one.
+    transformers would build an Omni thinker of its default (7B) size around the other
+    model's weights, warn that the types differ, and the process ran out of memory."""
+    if kind == "omni" and model_type not in OMNI_TYPES:
         raise OptionError(f"--policy omni takes a Qwen2.5-Omni model ({' or '.join(OMNI_TYPES)}); "
                           f"--model {model} is a {model_type!r} model: give --policy text, or "
                           "an Omni model")
