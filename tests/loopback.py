@@ -21,6 +21,7 @@ inject faults when the question text carries a marker:
   [v-headings] [a-headings]    that teacher heads its parts as Markdown ("### Reasoning")
   [leak] [mismatch] [outside] [noanswer] [short]   the merger's trace always fails that check
   [leak-once]  the merger leaks the answer until it is told what was wrong
+  [fenced]     the merger writes its trace inside a ```xml code block
   [down]       always 503 (an endpoint that is failing)
   [error200]   OpenAI: the first attempt gets a 200 whose body is an error, as OpenRouter
                passes on a provider's failure
@@ -140,6 +141,8 @@ def merge_answer(prompt: str, question: str) -> str:
         trace = "Sure! " + trace
     if "[noanswer]" in question:
         trace = f"<think>{think}</think> So: {answer}"
+    if "[fenced]" in question:
+        trace = f"```xml\n{trace}\n```"
     return trace
 
 

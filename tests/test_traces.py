@@ -347,15 +347,18 @@ def test_a_thinking_merger_s_own_thinking_is_not_taken_for_the_trace(tmp_path, m
     """Qwen3 on vLLM without a reasoning parser writes its own <think> block before the
     reply: every merged trace had two think blocks and was rejected as trace_format. The
     trace is what follows the model's thinking; a reply that is no trace stays rejected."""
-    markers = [("red", ""), ("blue", ""), ("red", "[outside]")]
+    markers = [("red", ""), ("blue", ""), ("red", "[outside]"), ("blue", "[fenced]")]
     with openai_server(thinking=60) as server:
         stages = _teach(server, "any") + [StageSpec("merge", _model(server))]
         run(jsonl_recipe(tmp_path, _rows(media, markers), media["root"], stages), tmp_path / "run")
     kept, rej = read_stage(tmp_path / "run", "04")
     traces = {r["id"]: r["trace"] for r in kept.to_pylist()}
-    assert set(traces) == {"jsonl:ann/s0", "jsonl:ann/s1"}
+    assert set(traces) == {"jsonl:ann/s0", "jsonl:ann/s1", "jsonl:ann/s3"}
     assert all(t.startswith("<think>") and "hmm" not in t for t in traces.values())
     assert traces["jsonl:ann/s1"].endswith("<answer>B</answer>")
+    # a trace in a code block (after the thinking) is taken out of it, in one round
+    assert traces["jsonl:ann/s3"].endswith("<answer>B</answer>") and "`" not in traces["jsonl:ann/s3"]
+    assert {r["id"]: r["merge_attempts"] for r in kept.to_pylist()}["jsonl:ann/s3"] == 1
     assert rej.column("reject_reason").to_pylist() == ["trace_format"]
 
 
@@ -370,11 +373,16 @@ TRACE = "<think>The red square moves while a medium tone plays.</think><answer>A
     ("<think>Only thinking.</think>", None),
     ("◁think▷Kimi-VL-Thinking's own thinking.◁/think▷" + TRACE, TRACE),
     ("◁think▷Thinking cut short, then " + TRACE, None),
+    (f"```xml\n{TRACE}\n```", TRACE),
+    (f"```\n{TRACE}\n```", TRACE),
+    (f"<think>Let me see.</think>\n```xml\n{TRACE}\n```", TRACE),
+    (f"Here it is:\n```xml\n{TRACE}\n```", None),  # prose outside the block
+    (f"```xml\n{TRACE}\nSo A.\n```", None),  # the block holds more than a trace
 ])
-def test_the_trace_after_a_model_s_own_thinking(reply, trace):
-    from avcurate.merger.merge import without_own_thinking
+def test_the_trace_after_a_model_s_own_thinking_and_out_of_a_code_block(reply, trace):
+    from avcurate.merger.merge import unwrapped
 
-    assert without_own_thinking(reply) == (trace if trace is not None else reply)
+    assert unwrapped(reply) == (trace if trace is not None else reply)
 
 
 def test_teach_and_merge_traces_cli_with_report(tmp_path, media):

@@ -65,6 +65,18 @@ def after_thinking(text: str) -> str:
     return "" if _THINK_START.match(text) else text
 
 
+def unfenced(text: str) -> str:
+    """The inside of a reply written as one Markdown code block (```json, ```xml or a bare
+    fence), as chat-tuned models wrap a structured reply; any other reply as it is. Both
+    stripped. A block cut off before its closing fence (max_tokens) still loses its
+    opening line."""
+    body = text.strip()
+    if not body.startswith("```"):
+        return body
+    inside = body.split("\n", 1)[1] if "\n" in body else body[3:]  # the tag's line goes
+    return inside.rsplit("```", 1)[0].strip() if "```" in inside else inside.strip()
+
+
 @dataclass(frozen=True)
 class Parsed:
     """A parse: the letter (None when there is none) and how it was read.
@@ -216,9 +228,7 @@ def _json_answer(text: str) -> str | None:
     "B"}`, also fenced in ```json): the habit of models tuned for structured output,
     asked for a letter. Its first text field among answer, choice, option and letter,
     whatever their case; None for any other reply."""
-    body = text.strip()
-    if body.startswith("```"):
-        body = body.split("\n", 1)[-1].rsplit("```", 1)[0].strip()
+    body = unfenced(text)
     if not body.startswith("{"):
         return None
     try:

@@ -15,7 +15,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from avcurate.core.answers import THINK_END, lettered
+from avcurate.core.answers import THINK_END, lettered, unfenced
 from avcurate.core.options import option
 from avcurate.core.traces import parse_trace
 from avcurate.merger.trace import TraceRules, check_trace, count_tokens
@@ -91,7 +91,7 @@ class Merge(ModelStage):
         return ModelRequest(tuple(messages), **self.sampling())
 
     def validate(self, response: ModelResponse, row: dict[str, Any]) -> dict[str, Any]:
-        text = without_own_thinking(response.text.strip())
+        text = unwrapped(response.text.strip())
         check, why = check_trace(text, row["answer"], self._rules)
         if check is not None:
             raise InvalidAnswer(f"trace_{check}", why)
@@ -103,16 +103,20 @@ class Merge(ModelStage):
         return FEEDBACK.format(why=str(error))
 
 
-def without_own_thinking(text: str) -> str:
-    """The trace a thinking merger wrote after its own thinking. Qwen3 served by vLLM
-    without a reasoning parser writes `<think>its thinking</think>` before any reply (a
-    model whose template opens the block writes only the `</think>`), so every trace it
-    merged had two think blocks and was rejected. When the reply is no trace but what
-    follows its first closing think tag (`</think>`, or Kimi-VL-Thinking's `◁/think▷`) is
-    a whole one, that is the trace; else the reply as is, for the checks to say what is
-    wrong."""
+def unwrapped(text: str) -> str:
+    """The trace in a merger's reply, so that no format round is spent on its wrapping:
+    - after the model's own thinking. Qwen3 served by vLLM without a reasoning parser
+      writes `<think>its thinking</think>` before any reply (a model whose template opens
+      the block writes only the `</think>`), so every trace it merged had two think
+      blocks. What follows its first closing think tag (`</think>`, or
+      Kimi-VL-Thinking's `◁/think▷`) is the reply;
+    - inside a code block when the reply is one (```xml), as chat-tuned models wrap
+      tagged output.
+    Only a whole trace is taken out; any other reply is returned as is, for the checks
+    to say what is wrong."""
     parts = THINK_END.split(text, maxsplit=1)
-    if parse_trace(text).ok or len(parts) == 1:
-        return text
-    rest = parts[1].strip()
-    return rest if parse_trace(rest).ok else text
+    for reply in [text] if len(parts) == 1 else [text, parts[1].strip()]:
+        for candidate in (reply, unfenced(reply)):
+            if parse_trace(candidate).ok:
+                return candidate
+    return text

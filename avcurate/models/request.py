@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from avcurate.core.answers import after_thinking
+from avcurate.core.answers import after_thinking, unfenced
 from avcurate.core.images import encode_jpeg, jpeg_size, pixels_digest
 from avcurate.core.store import file_digest
 
@@ -231,9 +231,7 @@ def parse_json_answer(text: str) -> Any:
 
     Raises ValueError when there is none.
     """
-    stripped = after_thinking(text).strip()
-    if stripped.startswith("```"):
-        stripped = stripped.split("\n", 1)[-1].rsplit("```", 1)[0]
+    stripped = unfenced(after_thinking(text))
     try:
         return json.loads(stripped)
     except json.JSONDecodeError:
