@@ -510,6 +510,7 @@ BAD = [
      "`avcurate balance --help`)"),
     (["scroe", "{run}"], "No such command 'scroe'. Did you mean 'score'"),
     (["balance"], "Missing argument 'RUN_DIR' (see `avcurate balance --help`)"),
+    (["export"], "Missing argument 'RUN_DIR' (see `avcurate export --help`)"),  # was 'run_dir'
     (["reset", "{run}", "--from", "balance", "--yes"], "no stage 'balance'"),
     (["run", "{root}/missing.toml", "--out", "{root}/r4"], "no recipe at"),
     (["run", "{root}/bad.toml", "--out", "{root}/r5", "--executor", "spark"], "--executor must be"),

@@ -87,7 +87,7 @@ def register_agree() -> None:
 
 @app.command()
 def spotcheck(
-    run_dir: Annotated[Path, typer.Argument(help="A run with a finished score stage.")],
+    run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="A run with a finished score stage.")],
     out_file: Annotated[Path, typer.Option("--out", "-o", help="The HTML page to write.")],
     sample: Annotated[str, typer.Option(help="Rows on the page: a number (stratified by "
                                              "category and score bucket) or 'all'.")] = "50",

@@ -40,7 +40,8 @@ app = typer.Typer(
 out = Console()
 err = Console(stderr=True)
 
-RunDir = Annotated[Path, typer.Argument(help="A run folder (made by `avcurate run` or `ingest`).")]
+RunDir = Annotated[Path, typer.Argument(  # metavar: errors name it as --help shows it
+    metavar="RUN_DIR", help="A run folder (made by `avcurate run` or `ingest`).")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 Force = Annotated[bool, typer.Option(
     "--force", help="If the run folder was made with a different recipe, recompute from the "
