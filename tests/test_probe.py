@@ -106,6 +106,11 @@ def test_measured_columns_come_out_as_designed(tmp_path, clips):
 
     summary = collect(tmp_path / "run")["probe"]
     assert summary["rows"] == len(QUESTIONS) and summary["not_probed"] == 1
+    # the answers with no letter, counted wrong, are told apart from the wrong ones
+    unlettered = sum(r["probe_unparsed"] for k, r in rows.items() if k != "open")
+    assert summary["answers"] == 4 * 8 * len(QUESTIONS) and summary["unparsed"] == unlettered
+    usage = json.loads((tmp_path / "run/manifest.json").read_text())["stages"][1]["usage"]
+    assert (usage["answers"], usage["unlettered"]) == (4 * 8 * len(QUESTIONS), unlettered)
     assert str(probe_table(summary).title).endswith("questions; 1 open-ended row not asked)")
 
 
@@ -192,6 +197,38 @@ def test_the_probe_command_says_when_the_server_ignored_n(tmp_path, clips):
             "(multi_sample = false) sends them side by side") in " ".join(done.stdout.split())
 
 
+def test_the_probe_warns_when_many_answers_name_no_letter(tmp_path, clips):
+    """An answer with no option letter counts as wrong. A model that reasons first and is
+    cut at max_tokens, or one answering in prose, lowered every figure the probe measured,
+    and only the per-row probe_unparsed column knew."""
+    rows = [r for r in records(clips, with_open=False) if r["id"] in ("colour", "never")]
+    run(jsonl_recipe(tmp_path, rows, clips, []), tmp_path / "run")
+    with openai_server() as server:
+        done = subprocess.run(avcurate_cmd("probe", str(tmp_path / "run"), "--model", "policy",
+                                           "--base-url", server.url + "/v1", "--n", "2",
+                                           "--conditions", "av,t", "-q"),
+                              capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    said = " ".join(done.stdout.split())
+    assert ("warning: 01-probe: 4 of 8 answers (50%) named no option letter and count as "
+            "wrong, which lowers every figure it measured. A model that reasons before it "
+            "answers may be cut at max_tokens (256: raise --max-tokens)") in said
+    shown = subprocess.run(avcurate_cmd("stats", str(tmp_path / "run")), capture_output=True,
+                           text=True)
+    assert "answers with no option letter (counted wrong): 4 of 8 (50%)" in " ".join(
+        shown.stdout.split())
+
+
+def test_a_probe_whose_answers_all_name_a_letter_has_no_such_warning(tmp_path, clips):
+    run(jsonl_recipe(tmp_path, records(clips, with_open=False)[:1], clips, []), tmp_path / "run")
+    with openai_server() as server:
+        done = subprocess.run(avcurate_cmd("probe", str(tmp_path / "run"), "--model", "policy",
+                                           "--base-url", server.url + "/v1", "--n", "2", "-q"),
+                              capture_output=True, text=True)
+    assert done.returncode == 0 and "01-probe" in done.stdout, done.stderr
+    assert "no option letter" not in done.stdout and "warning" not in done.stdout
+
+
 def test_a_probe_answered_with_nothing_stops(tmp_path, clips):
     """The probe's answers are never invalid (an empty one counts as wrong), so a server
     that answers nothing gave every question a pass rate of 0 without a word."""
@@ -272,8 +309,11 @@ def test_stats_show_what_the_probe_measured(tmp_path, clips):
     assert "Spearman rho" in shown.stdout
     assert "questions per pass rate with frames+audio: 1 at 0.000, 1 at 0.250, 4 at 1.000" in (
         " ".join(shown.stdout.split()))
+    line = "answers with no option letter (counted wrong): 32 of 192 (17%)"  # [never]'s 4 x 8
+    assert line in " ".join(shown.stdout.split())
     page = html.read_text()
     assert "Probe: measured difficulty" in page and page.count("<circle") == 12
+    assert f"<p>A{line[1:]}.</p>" in page
     svgs = re.findall(r"<svg[^>]*aria-label=\"\w+ dependency: Spearman.*?</svg>", page)
     assert len(svgs) == 2  # each scatter shows its scale's ends on both axes
     assert all(sorted(re.findall(r'fill="#666"[^>]*>([01])</text>', svg)) == ["0", "0", "1", "1"]

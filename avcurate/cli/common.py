@@ -29,7 +29,13 @@ from avcurate.hub.options import ExportError
 from avcurate.pipeline.recipe import RecipeError, StageSpec
 from avcurate.pipeline.registry import create
 from avcurate.pipeline.runner import AlreadyDone, MissingColumns, RunError, extend_run
-from avcurate.reports.tables import emptied_stage, reasons_table, stage_rows, summary_table
+from avcurate.reports.tables import (
+    emptied_stage,
+    reasons_table,
+    stage_rows,
+    summary_table,
+    unlettered_answers,
+)
 from avcurate.stages.base import StageError
 
 app = typer.Typer(
@@ -157,8 +163,10 @@ def print_summary(run_dir: Path, title: str) -> None:
     out.print(summary_table(rows, title))
     if any(r["rejects_by_reason"] for r in rows):
         out.print(reasons_table(rows))
-    if (warning := emptied_stage(store, rows)) is not None:
-        out.print(f"[bold yellow]warning:[/] {escape(warning)}", soft_wrap=True, highlight=False)
+    for warning in (emptied_stage(store, rows), unlettered_answers(store)):
+        if warning is not None:
+            out.print(f"[bold yellow]warning:[/] {escape(warning)}", soft_wrap=True,
+                      highlight=False)
 
 
 def check_specs(specs: list[StageSpec]) -> None:

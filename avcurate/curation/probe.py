@@ -155,6 +155,16 @@ class Probe(ModelStage):
         return derived(acc, len(row["options"])) | {"probe_n": min(answered),
                                                     "probe_unparsed": unparsed}
 
+    def answer_counts(self, values: list[Any]) -> dict[str, int]:
+        """The answers given and those with no option letter (counted wrong): a share of
+        them that is high says the setup, not the questions, shaped the figures (a model
+        that reasons first cut at max_tokens, or one answering in prose); see
+        `reports.tables.unlettered_warning`."""
+        answered = [v for v in values if v and v.get("probe_n") is not None]
+        return {"answers": sum(v["probe_n"] * sum(v[f"probe_acc_{c}"] is not None
+                                                  for c in self.conditions) for v in answered),
+                "unlettered": sum(v["probe_unparsed"] for v in answered)}
+
 
 def derived(acc: dict[str, float | None], n_options: int) -> dict[str, Any]:
     """The accuracy columns and what they imply; null where a condition was not run."""

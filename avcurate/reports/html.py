@@ -12,7 +12,7 @@ from typing import Any
 
 from avcurate.core.outputs import generator_tag
 from avcurate.curation.probe import CONDITION_NAMES
-from avcurate.reports.tables import not_probed, numbers_only
+from avcurate.reports.tables import not_probed, numbers_only, unlettered_line
 
 GENERATOR = "avcurate stats"  # names the command in the page, so it may replace it
 PALETTE = ("#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2")
@@ -98,6 +98,8 @@ def _probe(probe: dict[str, Any]) -> list[str]:
                 {"rows": probe.get("pass_rate_histogram", {})}),
            f"<p>Answerable without any media (above chance): {_fmt(blind.get('above_chance'))}; "
            f"by more than 0.25: {_fmt(blind.get('above_0.25'))}.</p>"]
+    if (line := unlettered_line(probe)) is not None:
+        out.append(f"<p>{escape(line[0].upper() + line[1:])}.</p>")
     for modality, agree in probe.get("judge_vs_measured", {}).items():
         rho = agree["spearman"]
         out.append(scatter(f"{modality} dependency: Spearman rho = "

@@ -32,6 +32,9 @@ def probe_summary(con, views: list[str]) -> dict[str, Any]:
             f"SELECT avg((blind_answerable > 0)::INT), avg((blind_answerable > 0.25)::INT) "
             f"{probed} AND blind_answerable IS NOT NULL").fetchone(),
         "unparsed": con.execute(f"SELECT sum(probe_unparsed) {probed}").fetchone()[0],
+        "answers": con.execute("SELECT sum(probe_n * ({})) {}".format(
+            " + ".join(f"(probe_acc_{c} IS NOT NULL)::INT" for c in CONDITIONS), probed)
+                               ).fetchone()[0],
         # kept rows the probe asked nothing: open-ended questions have no letter to grade
         "not_probed": con.execute("SELECT count(*) FROM probe WHERE probe_n IS NULL"
                                   ).fetchone()[0],

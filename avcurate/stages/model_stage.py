@@ -301,7 +301,12 @@ class ModelStage(BaseStage):
         if self.rounds_column:
             cols[self.rounds_column] = pa.array(used, pa.int64())
         return ShardResult.split(with_columns(table, cols), self.name, reasons, details,
-                                 stats.to_dict())
+                                 stats.to_dict() | self.answer_counts(values))
+
+    def answer_counts(self, values: list[Any]) -> dict[str, int]:
+        """Counts of this shard's answers to record beside its calls' usage (summed over
+        shards into the manifest); none by default."""
+        return {}
 
     def first_requests(self, table: pa.Table, ctx: StageContext
                        ) -> tuple[list[list[ModelRequest]], int]:
