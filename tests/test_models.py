@@ -888,3 +888,26 @@ def test_a_whole_video_goes_out_under_its_containers_media_type(tmp_path, monkey
     assert len(server.requests) == 2 and refused.value.kind == "unsupported_video"
     assert not refused.value.retryable and not refused.value.systemic
     assert ".mkv" in str(refused.value) and "--media frames" in str(refused.value)
+
+
+def test_a_call_that_finds_a_cause_after_the_stop_raises_the_first_one():
+    """Calls answered before a stop cancels them may find a cause too: a sixth empty answer
+    on another shard's thread raised "the first 6 answers were all empty", and the stage
+    named whichever shard failed last (a flake of the test above). Every later cause now
+    raises the first."""
+    from avcurate.models.errors import EndpointError
+    from avcurate.models.executor import Executor
+    from avcurate.models.openai_backend import OpenAIBackend
+    from avcurate.models.request import ModelResponse
+
+    executor = Executor(OpenAIBackend("m", "http://127.0.0.1:9/v1"))
+    try:
+        for _ in range(4):
+            executor._all_empty(ModelResponse(""))
+        with pytest.raises(EndpointError, match="the first 5 answers were all empty") as first:
+            executor._all_empty(ModelResponse(""))
+        with pytest.raises(EndpointError) as later:
+            executor._all_empty(ModelResponse(""))
+        assert later.value is first.value
+    finally:
+        executor.close()

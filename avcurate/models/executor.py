@@ -555,10 +555,11 @@ class Executor:
 
     def _halt(self, why: str) -> None:
         """Raise the stage-stopping error, and make every other call of this executor (other
-        shards, other threads) fail with it too."""
-        exc = EndpointError(f"{self.backend.name}:{self.backend.model}: {why}")
-        self.stop(exc)
-        raise exc
+        shards, other threads) fail with it too. A call that answers before the others are
+        cancelled may find a cause too (a sixth empty answer): it raises the first one, so
+        the stage names the cause as it was first seen."""
+        self.stop(EndpointError(f"{self.backend.name}:{self.backend.model}: {why}"))
+        raise self._stopped
 
     async def _call_with_retries(self, request) -> ModelResponse:
         def wait(state) -> float:
