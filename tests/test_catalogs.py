@@ -802,3 +802,70 @@ def test_records_wrapped_in_an_object_are_found(tmp_path):
         rows, rejects = _read("jsonl", tmp_path / "qa.json", tmp_path)
         assert [r["id"] for r in rows] == ["jsonl:qa/0", "jsonl:qa/1", "jsonl:qa/2"], wrapper
         assert not rejects
+
+
+def _hub_parquet(path: Path, rows: list[dict], embed: bool) -> Path:
+    """A Parquet file as `datasets` writes a Video()/Audio() dataset: each media cell a
+    struct of bytes and path, the bytes embedded as `push_to_hub` does by default."""
+    import datasets
+    from datasets.table import embed_table_storage
+
+    ds = datasets.Dataset.from_list(rows)
+    ds = ds.cast_column("video", datasets.Video(decode=False))
+    if "audio" in ds.column_names:
+        ds = ds.cast_column("audio", datasets.Audio(decode=False))
+    table = embed_table_storage(ds.data.table) if embed else ds.data.table
+    pq.write_table(table, path)
+    return path
+
+
+def test_media_embedded_in_a_hub_parquet_file_is_written_out_once_and_validated(tmp_path, media):
+    """A Hub dataset with Video() or Audio() columns holds its clips in its Parquet files
+    (`push_to_hub` embeds them): every row was rejected, "video must be text, not dict",
+    and a row's unmapped bytes went into its meta as text. Ingest now writes each embedded
+    file once into RUN/media, named by its content, and validate reads it like any clip."""
+    import subprocess
+
+    from helpers import read_stage
+
+    from tests.conftest import avcurate_cmd
+
+    rows = [{"id": f"q{i}", "video": str(media[clip]), "audio": str(media["wav"]),
+             "question": f"Q{i}?", "options": ["a", "b"], "answer": "A", "raw": b"\x00\x01"}
+            for i, clip in enumerate(["good", "good", "good2"])]
+    ann = _hub_parquet(tmp_path / "train-00000-of-00001.parquet", rows, embed=True)
+    elsewhere = tmp_path / "empty_root"
+    elsewhere.mkdir()
+    run_dir = tmp_path / "run"
+    done = subprocess.run(avcurate_cmd(
+        "ingest", "--source", "parquet", "--annotations", str(ann), "--media-root",
+        str(elsewhere), "--out", str(run_dir), "-q"), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    checked = subprocess.run(avcurate_cmd("validate", str(run_dir), "-q"), capture_output=True,
+                             text=True)
+    assert checked.returncode == 0, checked.stderr
+    kept, rejected = read_stage(run_dir, "01")
+    assert rejected.num_rows == 0 and kept.num_rows == 3
+    assert all(kept.column("has_audio").to_pylist())
+    videos, audios = kept.column("video").to_pylist(), kept.column("audio").to_pylist()
+    assert videos[0] == videos[1] != videos[2]  # one file per distinct clip
+    written = sorted(p for p in (run_dir / "media").rglob("*") if p.is_file())
+    assert sorted(map(str, written)) == sorted({*videos, audios[0]})
+    assert Path(videos[2]).read_bytes() == media["good2"].read_bytes()
+    assert Path(videos[0]).suffix == ".mp4" and Path(audios[0]).suffix == ".wav"
+    assert json.loads(kept.column("meta")[0].as_py())["raw"] == "<2 bytes>"
+
+
+def test_a_hub_media_column_without_bytes_is_its_path(tmp_path, media):
+    """A `datasets` media struct with no bytes (saved without embedding; avcurate's own
+    export with --media-features) names its file: resolved under the media root."""
+    rows = [{"id": "q0", "video": str(media["good"]), "question": "Q?", "options": ["a", "b"],
+             "answer": "B"}]
+    ann = _hub_parquet(tmp_path / "rows.parquet", rows, embed=False)
+    [row] = list(read_source("parquet", str(ann), str(media["root"])))
+    assert row["video"] == str(media["good"].resolve()) and row["answer"] == "B"
+    outside = _hub_parquet(tmp_path / "embedded.parquet", rows, embed=True)
+    [reject] = list(read_source("parquet", str(outside), str(media["root"])))
+    assert isinstance(reject, Reject) and "written out only by ingest" in reject.detail
+    raw = json.loads(json.loads(reject.to_row()["meta"])["raw"])  # the clip's size, not bytes
+    assert raw["video"]["bytes"] == f"<{media['good'].stat().st_size:,} bytes>"

@@ -232,3 +232,30 @@ def test_cli_caches_fingerprints_and_resumes(tmp_path):
     assert typo.returncode == 2 and "tset.parquet does not exist" in typo.stderr
     assert json.loads((run_dir / "manifest.json").read_text())["stages"] == manifest["stages"]
     assert sorted(p.name for p in (run_dir / "01-decontaminate").rglob("*.parquet")) == kept
+
+
+def test_a_benchmark_holding_its_clips_is_matched_by_their_frames(tmp_path):
+    """A benchmark from the Hub with a Video() column holds its clips in its Parquet file:
+    each of its rows was dropped from the index ("video must be text"), so a training clip
+    re-encoded from one went through. Its clips are written out and hashed like files."""
+    import datasets
+    from datasets.table import embed_table_storage
+
+    _benchmark(tmp_path)
+    clip = tmp_path / "vmme/data/fFjv93ACGo8.mp4"
+    bench = datasets.Dataset.from_list([{
+        "id": "b1", "video": str(clip), "question": "Where does the square go?",
+        "options": ["left", "right"], "answer": "A"}]).cast_column("video", datasets.Video(
+            decode=False))
+    pq.write_table(embed_table_storage(bench.data.table), tmp_path / "hub.parquet")
+    clip.unlink()  # the clip is only in the Parquet file now
+    media, rows = _rows(tmp_path)
+    rows = [r for r in rows if r["id"] in ("reencoded", "motion", "clean")]
+    spec = f"hub@parquet={tmp_path / 'hub.parquet'}:{tmp_path}"
+    recipe = jsonl_recipe(tmp_path, rows, media, [StageSpec("decontaminate", {
+        "benchmarks": [spec], "match_ids": False, "match_questions": False})])
+    run(recipe, tmp_path / "run")
+    _, rej = read_stage(tmp_path / "run", "01")
+    assert [(r["id"].split("/", 1)[1], r["reject_reason"]) for r in rej.to_pylist()] == [
+        ("reencoded", "contaminated:hub")]
+    assert "parquet:hub/b1 (frames: " in rej.column("reject_detail")[0].as_py()

@@ -15,6 +15,7 @@ from typing import Any
 from avcurate.catalogs.avqa import read_avqa, read_daily_omni
 from avcurate.catalogs.base import MediaRoot, Reject, SourceFile, file_tag
 from avcurate.catalogs.conversations import read_llava_video
+from avcurate.catalogs.embedded import EmbeddedMedia
 from avcurate.catalogs.music_avqa import read_music_avqa
 from avcurate.catalogs.tabular import (
     check_answers,
@@ -122,12 +123,14 @@ def source_tag(annotations: str, options: dict[str, Any]) -> str:
     return options.get("tag") or file_tag(annotations)
 
 
-def read_source(name: str, annotations: str, media_root: str, **options: Any
-                ) -> Iterator[dict | Reject]:
-    """Rows and rejects of one annotation file in the format `name`."""
+def read_source(name: str, annotations: str, media_root: str, embedded: str | None = None,
+                **options: Any) -> Iterator[dict | Reject]:
+    """Rows and rejects of one annotation file in the format `name`; media held in the
+    file (`catalogs/embedded.py`) are written under `embedded` (ingest: RUN/media)."""
     check_source(name, options)
     media = MediaRoot(media_root, options.get("strip_prefix"), options.get("follow_links", False))
-    src = SourceFile(name, annotations, media, source_tag(annotations, options))
+    src = SourceFile(name, annotations, media, source_tag(annotations, options),
+                     EmbeddedMedia(Path(embedded)) if embedded else None)
     catalog = CATALOGS[name]
     return catalog.reader(src, **{k: v for k, v in options.items() if k not in COMMON_OPTIONS})
 

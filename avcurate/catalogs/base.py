@@ -20,6 +20,7 @@ from typing import Any
 
 import orjson
 
+from avcurate.catalogs.embedded import EmbeddedMedia, is_media_struct, summarised
 from avcurate.core.answers import LETTERS, letterable
 from avcurate.core.schema import sample_row
 from avcurate.core.urls import file_uri_path
@@ -148,7 +149,9 @@ class Reject:
     raw: Any
 
     def to_row(self) -> dict[str, Any]:
-        raw = json.dumps(self.raw, ensure_ascii=True, default=str)  # safe for any bytes
+        record = {k: summarised(v) for k, v in self.raw.items()} \
+            if isinstance(self.raw, dict) else self.raw  # a clip's bytes: their size
+        raw = json.dumps(record, ensure_ascii=True, default=str)  # safe for any bytes
         row = sample_row(id=self.raw_id, source=self.source, video=None, question=None,
                          meta={"raw": raw[:20000]})
         row |= {"reject_stage": "ingest", "reject_reason": self.reason,
@@ -282,6 +285,21 @@ class SourceFile:
     path: str
     media: MediaRoot
     tag: str
+    embedded: EmbeddedMedia | None = None  # where media held in the file are written out
+
+    def media_file(self, value: Any, field: str, *, required: bool = True) -> str | None:
+        """A media field as the path of a file: a path resolved under the media root, or a
+        `datasets` media struct (`embedded.py`): its path when it has no bytes, else its
+        bytes written out, when this read has somewhere to write them."""
+        if is_media_struct(value):
+            data, value = value.get("bytes"), value.get("path")
+            if data is not None:
+                if self.embedded is None:
+                    raise Malformed(f"{field} holds the file's bytes (a datasets Video or Audio "
+                                    "column), which are written out only by ingest")
+                return self.embedded.write(bytes(data), value)
+        path = text(value, field, required=required)
+        return self.media.resolve(path) if path else None
 
     def sid(self, key: Any, turn: int | None = None) -> str:
         return f"{self.source}:{self.tag}/{key}" + ("" if turn is None else f"#{turn}")
@@ -578,8 +596,18 @@ def _starts_with(path: str | os.PathLike, magic: bytes) -> bool:
         return f.read(len(magic)) == magic
 
 
+BATCH_BYTES = 64 << 20  # a Parquet batch's rows as Python objects, about at most
+
+
 def _parquet_records(path: str | os.PathLike) -> Iterator[Any]:
+    """Records in batches of up to 4,096 rows, fewer when rows are large: a file that holds
+    its clips (a `datasets` Video column) has megabytes a row, and 4,096 of them at once
+    were gigabytes of memory."""
     import pyarrow.parquet as pq
 
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=4096):
+    file = pq.ParquetFile(path)
+    meta = file.metadata
+    size = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+    rows = max(1, min(4096, BATCH_BYTES * max(meta.num_rows, 1) // max(size, 1)))
+    for batch in file.iter_batches(batch_size=rows):
         yield from batch.to_pylist()

@@ -56,6 +56,7 @@ from avcurate.catalogs.base import (
     texts,
 )
 from avcurate.catalogs.csv_files import csv_header, csv_records
+from avcurate.catalogs.embedded import summarised
 from avcurate.core.answers import LETTERS, normalise_answer
 from avcurate.core.schema import arrow_type, sample_row
 
@@ -243,17 +244,16 @@ def _row(src: SourceFile, rec: dict, key: str, mapping: Mapping,
     if isinstance(options, dict):
         options = _lettered_options(options, str(mapping["options"]))
     options = choices(options, str(mapping["options"])) if options is not None else None
-    audio = text(get["audio"], mapping["audio"], required=False)
     answer = _answer(answer_value(get["answer"], mapping["answer"]), answers)
     duration = _number(get["duration_s"]) if cells else get["duration_s"]
     return sample_row(
         id=src.sid(key), source=src.source,
-        video=src.media.resolve(text(get["video"], mapping["video"])),
-        audio=src.media.resolve(audio) if audio else None,
+        video=src.media_file(get["video"], mapping["video"]),
+        audio=src.media_file(get["audio"], mapping["audio"], required=False),
         question=text(get["question"], mapping["question"]), options=options or None,
         answer=normalise_answer(answer, options or []),
         duration_s=float(duration) if isinstance(duration, int | float) else None,
-        meta={"source_id": key, **{k: v for k, v in rec.items() if k not in used}},
+        meta={"source_id": key, **{k: summarised(v) for k, v in rec.items() if k not in used}},
     )
 
 

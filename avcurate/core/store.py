@@ -33,6 +33,7 @@ from avcurate.core.arrow_values import empty
 
 MANIFEST = "manifest.json"
 FINGERPRINT = ".fingerprint"  # in every stage folder: the settings that wrote its shards
+EMBEDDED_MEDIA = "media"  # the files ingest wrote out of annotations that held them
 _STAGE_DIR = re.compile(r"([0-9]+)-.")  # `NN-name`: two digits or more (stage 100 on)
 
 

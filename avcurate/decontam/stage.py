@@ -19,6 +19,7 @@ import pyarrow as pa
 
 from avcurate.catalogs import CATALOGS, Reject, check_files, check_source, read_source
 from avcurate.core.options import absolute_path, option
+from avcurate.core.store import EMBEDDED_MEDIA
 from avcurate.core.urls import shown_url, url_refusal
 from avcurate.decontam.fingerprints import normalise_question, source_id, video_hashes
 from avcurate.decontam.index import BenchmarkIndex, Item, Match
@@ -171,8 +172,11 @@ class Decontaminate(BaseStage):
         index = BenchmarkIndex(ngram=self.ngram)
         for spec in self._specs:
             try:
+                # a benchmark holding its clips (a Hub dataset's Video column) has them
+                # written out with the run's own (`catalogs/embedded.py`)
                 rows = [r for r in read_source(spec.format, spec.annotations, spec.media_root
                                                or str(Path(spec.annotations).parent),
+                                               str(ctx.run_dir / EMBEDDED_MEDIA),
                                                **self._source_options(spec))
                         if not isinstance(r, Reject)]
             except (ValueError, OSError) as exc:

@@ -40,6 +40,7 @@ from avcurate.core.options import absent_options, settings
 from avcurate.core.outputs import OutputError, check_output_folder, check_owned_folder
 from avcurate.core.schema import REJECT_FIELDS, SAMPLE_SCHEMA
 from avcurate.core.store import (
+    EMBEDDED_MEDIA,
     FINGERPRINT,
     MANIFEST,
     RunStore,
@@ -541,7 +542,8 @@ class Runner:
         # presence marks the shard done
         with collector_paused(), quick_handoff(), ThreadPoolExecutor(1) as writer:
             pending: deque[Future] = deque()
-            readers = ((f"source {s.name!r} ({s.annotations})", _read(s))
+            readers = ((f"source {s.name!r} ({s.annotations})",
+                        _read(s, self.store.root / EMBEDDED_MEDIA))
                        for s in self.recipe.sources)
             for i, shard in enumerate(_checked(shards(readers, self.recipe.shard_size, schema,
                                                       reject_schema_, self.recipe.workers))):
@@ -742,11 +744,13 @@ def check_paths(spec: SourceSpec) -> None:
         raise RunError(f"source {spec.name!r}: {exc}") from None
 
 
-def _read(spec: SourceSpec) -> Iterator[dict | Reject]:
-    """A source's rows and rejects (a catalog's `RecordRows`, which ingest may split)."""
+def _read(spec: SourceSpec, embedded: Path) -> Iterator[dict | Reject]:
+    """A source's rows and rejects (a catalog's `RecordRows`, which ingest may split);
+    media held in its file are written under `embedded`."""
     check_paths(spec)
     try:
-        return read_source(spec.name, spec.annotations, spec.media_root, **spec.options)
+        return read_source(spec.name, spec.annotations, spec.media_root, str(embedded),
+                           **spec.options)
     except (ValueError, TypeError) as exc:
         raise RunError(f"source {spec.name!r} ({spec.annotations}): {exc}") from exc
 
