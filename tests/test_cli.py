@@ -347,6 +347,14 @@ def test_clear_errors(tmp_path):
     no_file.write_text('[[sources]]\nname = "avqa"\nannotations = "folder"\nmedia_root = "."\n')
     result = sh("run", str(no_file), "--out", str(tmp_path / "r2"), check=False)
     assert result.returncode == 2 and "is a folder; name the annotation file in it" in result.stderr
+    for name in ("train-00000-of-00002.parquet", "train-00001-of-00002.parquet"):
+        (tmp_path / "folder/data" / name).parent.mkdir(exist_ok=True)
+        (tmp_path / "folder/data" / name).write_bytes(b"PAR1")
+    (tmp_path / "folder/README.md").write_text("card")
+    (tmp_path / "folder/dataset_info.json").write_text("{}")
+    result = sh("run", str(no_file), "--out", str(tmp_path / "r2"), check=False)
+    assert result.returncode == 2 and "name the annotation file in it, or a glob of them: " \
+        f"'{tmp_path / 'folder/**/*.parquet'}' (2 files)" in " ".join(result.stderr.split())
 
 
 def test_sources_and_help():

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from avcurate.catalogs.avqa import read_avqa, read_daily_omni
-from avcurate.catalogs.base import MediaRoot, Reject, SourceFile, file_tag
+from avcurate.catalogs.base import ANNOTATION_SUFFIXES, MediaRoot, Reject, SourceFile, file_tag
 from avcurate.catalogs.conversations import read_llava_video
 from avcurate.catalogs.embedded import EmbeddedMedia
 from avcurate.catalogs.music_avqa import read_music_avqa
@@ -109,13 +109,30 @@ def check_files(annotations: str, media_root: str | None, name: str | None = Non
     alike, before anything is written."""
     if Path(annotations).is_dir():
         raise ValueError(f"annotations {annotations} is a folder; name the annotation file in "
-                         "it")
+                         f"it{_glob_hint(Path(annotations))}")
     if not Path(annotations).is_file():
         raise ValueError(f"annotations file {annotations} does not exist")
     if media_root and not Path(media_root).is_dir():
         raise ValueError(f"media root {media_root} is not a folder")
     if name in CATALOGS and (check := CATALOGS[name].check_file) is not None:
         check(annotations, **(options or {}))
+
+
+def _glob_hint(folder: Path, limit: int = 10_000) -> str:
+    """For a folder given as the annotations: the glob of the most common kind of
+    annotation file in it (a Hub dataset's `data/train-*.parquet` beside its
+    `dataset_info.json`), with their count; nothing when no kind is the most common."""
+    found: dict[str, int] = {}
+    for k, path in enumerate(folder.rglob("*")):
+        if k >= limit:  # a media folder given by mistake: not worth walking whole
+            break
+        if path.suffix.lower() in ANNOTATION_SUFFIXES and not path.name.startswith("."):
+            found[path.suffix.lower()] = found.get(path.suffix.lower(), 0) + 1
+    counts = sorted(found.values(), reverse=True)
+    if not counts or counts[1:2] == counts[:1]:
+        return ""
+    suffix, n = max(found.items(), key=lambda kv: kv[1])
+    return f", or a glob of them: '{folder / '**' / ('*' + suffix)}' ({n} file{'s' * (n > 1)})"
 
 
 def source_tag(annotations: str, options: dict[str, Any]) -> str:
