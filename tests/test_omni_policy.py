@@ -298,3 +298,36 @@ def test_a_clip_that_hangs_or_crashes_the_decoder_skips_its_row(thinker, media, 
                                                            "q3": "media_crash"}
     assert "stuck.mp4: no result within 3 s" in listed["q1"]["detail"]
     assert took < 150  # one time limit for the stuck clip, not a hang
+
+
+def test_omni_trains_on_a_hub_dataset_that_holds_its_clips(thinker, media, tmp_path):
+    """`train --data` on a Hub dataset whose Parquet holds its clips (a `datasets` Video()
+    column, embedded by push_to_hub) read each clip's path, a bare file name, and skipped
+    every row as missing media. The clips are written out under OUT/media and trained on;
+    the text policy, which reads no media, never reads their bytes."""
+    import shutil
+
+    import datasets
+    from datasets.table import embed_table_storage
+
+    from avcurate.trainer.data import load_rows
+
+    clip = tmp_path / "clip.mp4"
+    shutil.copy(media["good"], clip)
+    rows = datasets.Dataset.from_list([_row(media) | {"video": str(clip), "id": f"r{i}"}
+                                       for i in range(2)])
+    table = embed_table_storage(rows.cast_column("video", datasets.Video(decode=False)).data.table)
+    hub = tmp_path / "hub"
+    (hub / "data").mkdir(parents=True)
+    pq.write_table(table, hub / "data/train-00000-of-00001.parquet")
+    clip.unlink()  # only the Parquet file holds it now
+    assert load_rows(hub)[0]["video"] == str((hub / "data/clip.mp4").resolve())  # a path only
+    folder, processor = thinker
+    cfg = TrainConfig(data=str(hub), model=str(folder), out=str(tmp_path / "out"), policy="omni",
+                      frames=2, audio_seconds=2.0, num_generations=2, prompts_per_step=2,
+                      steps=2, lr=1e-2, max_new_tokens=3, max_prompt_tokens=4096,
+                      system_prompt="", rewards=["accuracy"])
+    history = train(cfg, policy_kwargs={"processor": processor}, progress=False)
+    assert len(history) == 2 and sum(h["skipped_rows"] for h in history) == 0
+    [written] = [p for p in (tmp_path / "out/media").rglob("*") if p.is_file()]
+    assert written.read_bytes() == media["good"].read_bytes() and written.suffix == ".mp4"

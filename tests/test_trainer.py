@@ -478,7 +478,7 @@ def test_a_final_model_is_swapped_in_whole(toy, tmp_path):
     ("{tmp}/half", "{lm}", "--data {tmp}/half: no Parquet files for split 'train' (an "
                            "avcurate export holds data/train-*.parquet)"),
     ("{tmp}/half/config.json", "{lm}", "--data {tmp}/half/config.json: not a readable "
-                                       "Parquet file (Could not open Parquet input source"),
+                                       "Parquet file (Parquet magic bytes not found"),
     # options stored as JSON text were lettered one character at a time, silently
     ("{tmp}/text_options.parquet", "{lm}", "--data {tmp}/text_options.parquet: options is "
                                            "string, not a list of strings"),

@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from avcurate.catalogs.embedded import EmbeddedMedia, is_media_struct, summarised
+from avcurate.catalogs.embedded import EmbeddedMedia, batch_rows, is_media_struct, summarised
 from avcurate.core.answers import LETTERS, letterable
 from avcurate.core.schema import sample_row
 from avcurate.core.urls import file_uri_path
@@ -596,18 +596,10 @@ def _starts_with(path: str | os.PathLike, magic: bytes) -> bool:
         return f.read(len(magic)) == magic
 
 
-BATCH_BYTES = 64 << 20  # a Parquet batch's rows as Python objects, about at most
-
-
 def _parquet_records(path: str | os.PathLike) -> Iterator[Any]:
-    """Records in batches of up to 4,096 rows, fewer when rows are large: a file that holds
-    its clips (a `datasets` Video column) has megabytes a row, and 4,096 of them at once
-    were gigabytes of memory."""
+    """Records in batches (`embedded.batch_rows`: fewer rows when rows hold clips)."""
     import pyarrow.parquet as pq
 
     file = pq.ParquetFile(path)
-    meta = file.metadata
-    size = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
-    rows = max(1, min(4096, BATCH_BYTES * max(meta.num_rows, 1) // max(size, 1)))
-    for batch in file.iter_batches(batch_size=rows):
+    for batch in file.iter_batches(batch_size=batch_rows(file.metadata)):
         yield from batch.to_pylist()

@@ -49,6 +49,31 @@ class EmbeddedMedia:
         return str(target)
 
 
+BATCH_BYTES = 64 << 20  # a Parquet batch's rows as Python objects, about at most
+
+
+def batch_rows(meta: Any, most: int = 4096) -> int:
+    """Rows per batch for reading a Parquet file of this metadata row by row: up to `most`,
+    fewer when rows are large. A file that holds its clips has megabytes a row, and 4,096
+    of them at once were gigabytes of memory."""
+    size = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+    return max(1, min(most, BATCH_BYTES * max(meta.num_rows, 1) // max(size, 1)))
+
+
+def embedded_columns(meta: Any, names: tuple[str, ...]) -> list[str]:
+    """Which of the media columns `names` of a Parquet file hold bytes in some row, from its
+    column statistics alone (a column without them counts as holding some)."""
+    found = []
+    for name in names:
+        chunks = [meta.row_group(g).column(c) for g in range(meta.num_row_groups)
+                  for c in range(meta.row_group(g).num_columns)
+                  if meta.row_group(g).column(c).path_in_schema == f"{name}.bytes"]
+        if any(ch.statistics is None or not ch.statistics.has_null_count
+               or ch.statistics.null_count < ch.num_values for ch in chunks):
+            found.append(name)
+    return found
+
+
 def summarised(value: Any) -> Any:
     """`value` for a row's `meta` JSON: bytes (an unmapped media column's) replaced by
     their size, as a video's bytes written as text there made every row megabytes."""

@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from avcurate.catalogs.embedded import EmbeddedMedia, batch_rows, embedded_columns
 from avcurate.core.media_paths import absolute_paths
 
 NEEDED = ("question", "options", "answer")
@@ -63,11 +64,14 @@ def open_ended(rows: Rows) -> int:
     return lengths.null_count + pc.sum(pc.equal(lengths, 0), min_count=0).as_py()
 
 
-def load_rows(path: str | Path, split: str = "train") -> Rows:
+def load_rows(path: str | Path, split: str = "train", media_dir: Path | None = None) -> Rows:
     """Rows of an export's split, or of a Parquet file/folder, media paths made absolute.
 
     A relative media path is resolved from the folder of the data file that holds it (the
     export's convention, and the Hub's); a typed media column ({bytes, path}) gives its path.
+    A Hub dataset that holds its clips in that column (`push_to_hub` embeds them) has them
+    written out under `media_dir` (`catalogs/embedded.py`), for a policy that reads media;
+    without `media_dir` their bytes are not read at all.
     """
     path = Path(path)
     if (path / "data").is_dir():
@@ -79,7 +83,7 @@ def load_rows(path: str | Path, split: str = "train") -> Rows:
     if not files:
         raise FileNotFoundError(f"--data {path}: no Parquet files for split {split!r} (an "
                                 f"avcurate export holds data/{split}-*.parquet)")
-    tables = [_read(file) for file in files]
+    tables = [_read(file, media_dir) for file in files]
     try:
         table = pa.concat_tables(tables, promote_options="default")
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
@@ -90,10 +94,12 @@ def load_rows(path: str | Path, split: str = "train") -> Rows:
     return Rows(table)
 
 
-def _read(file: Path) -> pa.Table:
+def _read(file: Path, media_dir: Path | None) -> pa.Table:
     """One data file, its media columns as absolute paths."""
     try:
-        table = pq.read_table(file)
+        table = _table(pq.ParquetFile(file), media_dir)
+    except ClipsNotWritten:
+        raise
     except (OSError, ValueError) as exc:  # pyarrow's own line names no option
         raise ValueError(f"--data {file}: not a readable Parquet file ("
                          f"{' '.join(str(exc).split())})") from None
@@ -120,3 +126,39 @@ def _read(file: Path) -> pa.Table:
         table = table.set_column(table.schema.get_field_index(col), col,
                                  absolute_paths(paths, file.parent))
     return table
+
+
+def _table(parquet: pq.ParquetFile, media_dir: Path | None) -> pa.Table:
+    """The file's rows; a media column that holds clips as the paths of their files written
+    out under `media_dir`, or, without it, as its paths alone (the bytes never read)."""
+    embedded = embedded_columns(parquet.metadata, MEDIA)
+    if not embedded:
+        return parquet.read()
+    if media_dir is None:
+        return parquet.read(columns=[f"{c}.path" if c in embedded else c
+                                     for c in parquet.schema_arrow.names])
+    store = EmbeddedMedia(media_dir)
+
+    def written(cell: dict | None) -> str | None:
+        if not cell or cell.get("bytes") is None:
+            return cell and cell.get("path")
+        try:
+            return store.write(cell["bytes"], cell.get("path"))
+        except OSError as exc:  # a full disk: not the data file's fault
+            raise ClipsNotWritten(f"the clips held in --data cannot be written to {media_dir} "
+                                  f"({exc.strerror or exc})") from None
+
+    parts = []
+    for batch in parquet.iter_batches(batch_size=batch_rows(parquet.metadata)):
+        part = pa.Table.from_batches([batch])
+        for col in embedded:
+            files = [written(cell) for cell in part.column(col).to_pylist()]
+            part = part.set_column(part.schema.get_field_index(col), col,
+                                   pa.array(files, pa.string()))
+        parts.append(part)
+    return pa.concat_tables(parts) if parts else parquet.schema_arrow.empty_table()
+
+
+class ClipsNotWritten(ValueError):
+    """The clips a data file holds could not be written out (told apart from a data file
+    that cannot be read)."""

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from avcurate.core.store import EMBEDDED_MEDIA
 from avcurate.models.errors import EndpointError
 from avcurate.trainer import groups as rollout_groups
 from avcurate.trainer import rewards as reward_registry
@@ -383,7 +384,9 @@ def build(cfg: TrainConfig, model_path: str, rewards: list[Reward],
     if cfg.prompts_per_step % world:
         raise ValueError(f"--prompts-per-step {cfg.prompts_per_step} must divide among {world} ranks")
     seed_all(cfg.seed)
-    rows = load_rows(cfg.data)
+    # clips a Hub dataset holds in its files are written out for a policy that reads them
+    rows = load_rows(cfg.data, media_dir=Path(cfg.out) / EMBEDDED_MEDIA
+                     if cfg.policy == "omni" else None)
     if rank == 0:
         warn_open_ended(rows, rewards)
     prec = precision(cfg.dtype, device)

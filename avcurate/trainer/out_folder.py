@@ -23,7 +23,7 @@ from typing import Any
 from avcurate.core.lock import HOLDER, LOCK, run_lock
 from avcurate.core.options import OptionError
 from avcurate.core.outputs import OutputError, check_output_folder, check_owned_folder
-from avcurate.core.store import atomic_write_bytes
+from avcurate.core.store import EMBEDDED_MEDIA, atomic_write_bytes
 from avcurate.trainer.config import TrainConfig
 from avcurate.trainer.unusable import SKIPPED
 
@@ -32,7 +32,7 @@ OPERATIONAL = frozenset({"out", "save_every", "stop_after", "log_every", "judge_
                          "gradient_checkpointing", "media_timeout"})
 # what the trainer writes into --out (checkpoint and final swaps go through .old and .tmp)
 OURS = frozenset({"checkpoint", "checkpoint.old", "checkpoint.tmp", "metrics.jsonl", "final",
-                  "final.old", "final.tmp", RECORD, SKIPPED, LOCK, HOLDER})
+                  "final.old", "final.tmp", RECORD, SKIPPED, LOCK, HOLDER, EMBEDDED_MEDIA})
 
 
 def settings(cfg: TrainConfig) -> dict[str, Any]:
