@@ -80,7 +80,9 @@ class TrainConfig:
                                       "flat one; what is still flat after the last is kept).")
     temperature: float = option(1.0, gt=0, max=5, help="Sampling temperature.")
     top_p: float = option(1.0, gt=0, max=1, help="Nucleus sampling.")
-    max_new_tokens: int = option(256, min=1, help="Longest completion.")
+    max_new_tokens: int = option(256, min=1, help="Longest completion; a row whose prompt "
+                                 "and this together pass the model's context is skipped "
+                                 "(context_length).")
     max_prompt_tokens: int = option(1024, min=1, help="Longest prompt (media tokens included); "
                                     "a row over it is skipped, like a row whose media cannot "
                                     "be read: another row takes its place and it is listed "
