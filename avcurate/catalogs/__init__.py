@@ -63,7 +63,9 @@ CATALOGS: dict[str, Catalog] = {
         Catalog("jsonl", "any JSON-lines (or JSON) file plus a column mapping "
                 "(columns = {question = \"q\", video = \"{vid}.mp4\"}, explode = \"tasks\")",
                 read_tabular, TABULAR_OPTIONS),
-        Catalog("parquet", "any Parquet file plus a column mapping (as for jsonl)",
+        Catalog("parquet", "any Parquet file plus a column mapping (as for jsonl); a Hub "
+                "dataset's Video()/Audio() columns too, clips held in the file written out "
+                "to RUN/media",
                 read_tabular, TABULAR_OPTIONS),
         Catalog("csv", "any CSV file (TSV: .tsv) with a header line, plus a column mapping "
                 "(as for jsonl; options = \"a0,a1,a2\" for one option per column)",
