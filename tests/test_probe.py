@@ -210,12 +210,12 @@ def test_the_probe_warns_when_many_answers_name_no_letter(tmp_path, clips):
                               capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     said = " ".join(done.stdout.split())
-    assert ("warning: 01-probe: 4 of 8 answers (50%) named no option letter and count as "
+    assert ("warning: 01-probe: 4 of 8 answers (50%) named no single option letter and count as "
             "wrong, which lowers every figure it measured. A model that reasons before it "
             "answers may be cut at max_tokens (256: raise --max-tokens)") in said
     shown = subprocess.run(avcurate_cmd("stats", str(tmp_path / "run")), capture_output=True,
                            text=True)
-    assert "answers with no option letter (counted wrong): 4 of 8 (50%)" in " ".join(
+    assert "answers with no single option letter (counted wrong): 4 of 8 (50%)" in " ".join(
         shown.stdout.split())
 
 
@@ -309,7 +309,7 @@ def test_stats_show_what_the_probe_measured(tmp_path, clips):
     assert "Spearman rho" in shown.stdout
     assert "questions per pass rate with frames+audio: 1 at 0.000, 1 at 0.250, 4 at 1.000" in (
         " ".join(shown.stdout.split()))
-    line = "answers with no option letter (counted wrong): 32 of 192 (17%)"  # [never]'s 4 x 8
+    line = "answers with no single option letter (counted wrong): 32 of 192 (17%)"  # [never]'s 4 x 8
     assert line in " ".join(shown.stdout.split())
     page = html.read_text()
     assert "Probe: measured difficulty" in page and page.count("<circle") == 12

@@ -207,11 +207,12 @@ def probe_table(probe: dict[str, Any]) -> Table:
 
 
 def unlettered_line(probe: dict[str, Any]) -> str | None:
-    """How many of the probe's answers named no option letter (counted wrong), if any."""
+    """How many of the probe's answers named no single option letter (counted wrong)."""
     none, answers = probe.get("unparsed") or 0, probe.get("answers") or 0
     if not none or not answers:
         return None
-    return f"answers with no option letter (counted wrong): {none:,} of {answers:,} ({none / answers:.0%})"
+    return (f"answers with no single option letter (counted wrong): {none:,} of {answers:,} "
+            f"({none / answers:.0%})")
 
 
 AUDIT_COLUMNS = ("dimension", "n", "kappa (quadratic)", "Spearman rho", "mean |diff| (0-10)")
@@ -251,10 +252,10 @@ UNLETTERED_SHARE = 0.1  # of a stage's answers with no option letter: worth a wa
 
 def unlettered_answers(store: RunStore) -> str | None:
     """A warning when a done stage (the probe) recorded that a tenth or more of its
-    answers named no option letter. Each counts as wrong, so the accuracies, pass rates
-    and dependencies it measured are the setup's as much as the questions': most often a
-    model that reasons before it answers, cut at max_tokens, or one answering in a form
-    avcurate does not read."""
+    answers named no single option letter (none, or a hedge). Each counts as wrong, so the
+    accuracies, pass rates and dependencies it measured are the setup's as much as the
+    questions': most often a model that reasons before it answers, cut at max_tokens, or
+    one answering in a form avcurate does not read."""
     for entry in store.load_manifest().get("stages", []):
         usage = entry.get("usage") or {}
         answers, none = usage.get("answers", 0), usage.get("unlettered", 0)
@@ -262,8 +263,8 @@ def unlettered_answers(store: RunStore) -> str | None:
                 none / answers >= UNLETTERED_SHARE:
             limit = (entry.get("options") or {}).get("max_tokens")
             return (f"{entry['dir']}: {none:,} of {answers:,} answers ({none / answers:.0%}) "
-                    "named no option letter and count as wrong, which lowers every figure "
-                    "it measured. A model that reasons before it answers may be cut at "
+                    "named no single option letter and count as wrong, which lowers every "
+                    "figure it measured. A model that reasons before it answers may be cut at "
                     f"max_tokens ({limit}: raise --max-tokens), or it answers in a form "
                     "avcurate does not read (the probe_unparsed column counts them per row)")
     return None
