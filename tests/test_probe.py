@@ -416,3 +416,22 @@ def test_limit_probes_a_stratified_sample_as_an_audit_and_leaves_the_run(tmp_pat
         assert edited.returncode == 2 and "--redo" in edited.stderr
         redone = limit(server, "--prompt", str(prompt), "--name", "custom", "--redo")
         assert redone.returncode == 0 and len(server.requests) == 12, redone.stderr
+
+
+def test_a_probe_whose_answers_are_cut_before_a_letter_stops_early(tmp_path, clips):
+    """A reasoning model probed at the default 256 tokens is cut while it thinks: every
+    answer named no letter and counted wrong, and the probe went on over every row (8
+    answers a condition each) to measure every question as never answered. A run of such
+    requests now stops the stage with the limit to raise; with room, the same rows pass."""
+    rows = records(clips, with_open=False)[:3] * 3
+    rows = [r | {"id": f"{r['id']}{k}"} for k, r in enumerate(rows)]
+    with openai_server(thinking=100) as server:
+        spec = probe(server, n=2, max_tokens=50, concurrency=1)
+        with pytest.raises(RunError, match=r"the first 5 answers all stopped at max_tokens "
+                                           r"\(50 tokens\).*raise max_tokens \(--max-tokens\)"):
+            run(jsonl_recipe(tmp_path, rows, clips, [spec]), tmp_path / "run")
+        assert len(server.requests) == 5  # not 4 conditions x 9 rows
+        roomy = probe(server, n=2, max_tokens=400)
+        run(jsonl_recipe(tmp_path, rows, clips, [roomy]), tmp_path / "run2")
+    kept, rejected = read_stage(tmp_path / "run2", "01")
+    assert rejected.num_rows == 0 and sum(kept.column("probe_unparsed").to_pylist()) == 0

@@ -28,7 +28,7 @@ import pyarrow as pa
 from avcurate.core.answers import extract_letter, lettered
 from avcurate.core.options import option
 from avcurate.media.cache import DecodedMedia, MediaNeeds, decode_rows
-from avcurate.models import MULTI_SAMPLE, ModelResponse
+from avcurate.models import MULTI_SAMPLE, InvalidAnswer, ModelResponse
 from avcurate.models.request import AudioPart, ImagePart, Message, ModelRequest, TextPart
 from avcurate.stages.base import StageError
 from avcurate.stages.context import StageContext
@@ -135,9 +135,16 @@ class Probe(ModelStage):
         return ModelRequest((Message("user", tuple(parts)),), **self.sampling())
 
     def validate(self, response: ModelResponse, row: dict[str, Any]) -> dict[str, int]:
-        """Correct and unparsed answers among this request's answers (never invalid: a hedge
-        or a missing letter is an answer that counts as wrong)."""
+        """Correct and unparsed answers among this request's answers: a hedge or a missing
+        letter is an answer that counts as wrong. Only a request whose answers all stopped
+        at max_tokens before any named a letter is invalid (asked again, like any stage's
+        cut answer): the limit, not the question, made them wrong, and a run of them stops
+        the stage at once (a reasoning model's thinking cut at 256 tokens), where it went
+        on to the end and measured every question as never answered."""
         letters = [extract_letter(t, row["options"]).letter for t in response.texts]
+        if response.cut and all(x is None for x in letters):
+            raise InvalidAnswer("probe_cut", "the answers stopped at max_tokens before any "
+                                "named an option letter")
         return {"answers": len(letters), "correct": sum(x == row["answer"] for x in letters),
                 "unparsed": sum(x is None for x in letters)}
 
