@@ -854,6 +854,15 @@ def test_media_embedded_in_a_hub_parquet_file_is_written_out_once_and_validated(
     assert Path(videos[2]).read_bytes() == media["good2"].read_bytes()
     assert Path(videos[0]).suffix == ".mp4" and Path(audios[0]).suffix == ".wav"
     assert json.loads(kept.column("meta")[0].as_py())["raw"] == "<2 bytes>"
+    # an ingest made again clears what a killed write left in RUN/media, and keeps the files
+    stale = Path(videos[0]).parent / f".{Path(videos[0]).name}.0123456789abcdef.tmp"
+    stale.write_bytes(b"half a clip")
+    again = subprocess.run(avcurate_cmd(
+        "ingest", "--source", "parquet", "--annotations", str(ann), "--media-root",
+        str(elsewhere), "--out", str(run_dir), "--strip-prefix", "/elsewhere", "--force",
+        "--yes", "-q"), capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    assert not stale.exists() and all(Path(v).is_file() for v in videos)
 
 
 def test_a_hub_media_column_without_bytes_is_its_path(tmp_path, media):

@@ -531,6 +531,8 @@ class Runner:
         sources = {"sources": [s.to_dict() for s in self.recipe.sources]}
         entry = self._new_entry(0, "ingest", fp, sources, sources)
         self._begin(out_dir, fp)
+        for tmp in (self.store.root / EMBEDDED_MEDIA).glob("*/.*.tmp"):  # a killed write
+            tmp.unlink(missing_ok=True)
         start = time.perf_counter()
         schema = pa.schema(list(SAMPLE_SCHEMA) + [pa.field(n, t) for n, t in
                                                   self.recipe.extra_columns().items()])
