@@ -231,3 +231,56 @@ def test_separate_audio_files_all_missing_stop_unless_audio_is_not_required(tmp_
                               [StageSpec("validate", {"require_audio": False})])
     run(video_only, tmp_path / "run2")
     assert read_stage(tmp_path / "run2", "01")[0].num_rows == 3
+
+
+def test_clips_left_in_their_archives_are_named_with_the_way_to_unpack_them(tmp_path, media):
+    """LLaVA-Video-178K ships each bucket's clips as .tar.gz parts beside its annotations,
+    which name the unpacked paths. Downloaded as they are, every clip was missing and the
+    stop said to check the media root; with some clips unpacked, the rest were rejected as
+    missing_media without a word. Both now name the archives and how to unpack them."""
+    import shutil
+    import subprocess
+    import tarfile
+
+    from conftest import avcurate_cmd
+
+    bucket = tmp_path / "0_30_s_academic_v0_1"
+    bucket.mkdir()
+    with tarfile.open(bucket / "0_30_s_academic_v0_1_videos_1.tar.gz", "w:gz") as tar:
+        tar.add(media["good"], arcname="academic_source/good.mp4")
+    ann = bucket / "qa.jsonl"
+    ann.write_text("".join(json.dumps({"id": f"q{i}", "video": "academic_source/good.mp4",
+                                       "question": f"Q{i}?", "options": ["a", "b"],
+                                       "answer": "A"}) + "\n" for i in range(3)))
+    run_dir = tmp_path / "run"
+
+    def avcurate(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(avcurate_cmd(*args), capture_output=True, text=True)
+
+    made = avcurate("ingest", "--source", "jsonl", "--annotations", str(ann), "--media-root",
+                    str(bucket), "--out", str(run_dir), "-q")
+    assert made.returncode == 0, made.stderr
+    stopped = avcurate("validate", str(run_dir), "-q")
+    assert stopped.returncode == 2 and (
+        "so every row would be rejected as missing_media. The media root holds archives "
+        "(0_30_s_academic_v0_1_videos_1.tar.gz): unpack them where they are (tar -xf FILE -C "
+        "FOLDER, unzip FILE -d FOLDER), then run validate again. Nothing was rejected."
+    ) in " ".join(stopped.stderr.split())
+    # some clips unpacked (another part's, say), most still in their archive: a warning
+    shutil.copy(media["good2"], bucket / "other.mp4")
+    lines = ann.read_text().splitlines()
+    ann.write_text("\n".join(lines + [lines[0].replace("academic_source/good.mp4", "other.mp4")
+                                      .replace('"q0"', '"q3"')]) + "\n")
+    made = avcurate("ingest", "--source", "jsonl", "--annotations", str(ann), "--media-root",
+                    str(bucket), "--out", str(tmp_path / "run2"), "-q")
+    checked = avcurate("validate", str(tmp_path / "run2"), "-q")
+    assert checked.returncode == 0, checked.stderr
+    assert (f"warning: 01-validate: 3 of 4 rows' clips are missing (missing_media), and the "
+            "media root holds archives (0_30_s_academic_v0_1_videos_1.tar.gz): unpack them "
+            "where they are (tar -xf FILE -C FOLDER, unzip FILE -d FOLDER), then: avcurate "
+            f"validate {tmp_path / 'run2'} --redo") in " ".join(checked.stdout.split())
+    with tarfile.open(bucket / "0_30_s_academic_v0_1_videos_1.tar.gz") as tar:
+        tar.extractall(bucket, filter="data")
+    redone = avcurate("validate", str(tmp_path / "run2"), "--redo", "-q")
+    assert redone.returncode == 0 and "archives" not in redone.stdout, redone.stderr
+    assert read_stage(tmp_path / "run2", "01")[0].num_rows == 4

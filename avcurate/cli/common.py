@@ -29,6 +29,7 @@ from avcurate.hub.options import ExportError
 from avcurate.pipeline.recipe import RecipeError, StageSpec
 from avcurate.pipeline.registry import create
 from avcurate.pipeline.runner import AlreadyDone, MissingColumns, RunError, extend_run
+from avcurate.reports.media_hints import archived_media
 from avcurate.reports.tables import (
     emptied_stage,
     reasons_table,
@@ -163,7 +164,8 @@ def print_summary(run_dir: Path, title: str) -> None:
     out.print(summary_table(rows, title))
     if any(r["rejects_by_reason"] for r in rows):
         out.print(reasons_table(rows))
-    for warning in (emptied_stage(store, rows), unlettered_answers(store)):
+    for warning in (emptied_stage(store, rows), archived_media(store, rows),
+                    unlettered_answers(store)):
         if warning is not None:
             out.print(f"[bold yellow]warning:[/] {escape(warning)}", soft_wrap=True,
                       highlight=False)

@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 from avcurate.core.answers import letter, letter_index, letterable
 from avcurate.core.options import option
 from avcurate.core.schema import BASE_COLUMNS, with_columns
+from avcurate.media.archives import archives_in, nearest_folders, unpack_hint
 from avcurate.media.errors import Lost, MediaError
 from avcurate.media.probe import PROBE_VERSION, probe
 from avcurate.stages.base import BaseStage, ShardResult, StageError
@@ -99,11 +100,14 @@ def stop_if_all_missing(inputs: list[Path], column: str) -> None:
                 return
             seen.add(name)
     if seen:
+        archived = unpack_hint(archives_in(nearest_folders(sorted(seen))))
+        fix = (f"{archived[0].upper()}{archived[1:]}, then run validate again" if archived
+               else "Check the source's media root (media_root, --media-root), then ingest "
+               "again: re-run with --force, or into a new --out")
         raise StageError(
-            f"stage 'validate': none of the {len(seen)} {column} file(s) the rows name exists (e.g. "
-            f"{min(seen)}), so every row would be rejected as missing_media. Check the "
-            "source's media root (media_root, --media-root), then ingest again: re-run "
-            "with --force, or into a new --out. Nothing was rejected.")
+            f"stage 'validate': none of the {len(seen)} {column} file(s) the rows name exists "
+            f"(e.g. {min(seen)}), so every row would be rejected as missing_media. {fix}. "
+            "Nothing was rejected.")
 
 
 @dataclass
