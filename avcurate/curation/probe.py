@@ -166,7 +166,7 @@ class Probe(ModelStage):
         """The answers given and those with no option letter (counted wrong): a share of
         them that is high says the setup, not the questions, shaped the figures (a model
         that reasons first cut at max_tokens, or one answering in prose); see
-        `reports.tables.unlettered_warning`."""
+        `reports.tables.unlettered_answers`."""
         answered = [v for v in values if v and v.get("probe_n") is not None]
         return {"answers": sum(v["probe_n"] * sum(v[f"probe_acc_{c}"] is not None
                                                   for c in self.conditions) for v in answered),

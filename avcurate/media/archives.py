@@ -3,7 +3,7 @@
 Datasets on the Hub often ship their clips as archives beside the annotations
 (LLaVA-Video-178K: `0_30_s_academic_v0_1_videos_1.tar.gz` in each bucket's folder, the
 annotations naming the unpacked paths). Downloaded as they are, every clip is missing, and
-the message about it said to check the media root, which is right.
+validate's stop said only to check the media root, whose path was right.
 """
 
 from __future__ import annotations

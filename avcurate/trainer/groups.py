@@ -98,7 +98,7 @@ def _prompt(state: TrainState, row: dict[str, Any]) -> tuple[torch.Tensor, dict]
     """The row's prompt ids and media. A prompt that leaves the model's context too little
     room for `--max-new-tokens` is unusable: past its positions a model with learned
     positions fails with an IndexError, and a RoPE one samples from positions it never saw
-    (see `policy.check_model`, which says so before training)."""
+    (`policy.context_note` says so before training)."""
     cfg, policy = state.cfg, state.policy
     ids, media = policy.inputs(row, "av", cfg.max_prompt_tokens)
     context = getattr(policy, "context", None)
