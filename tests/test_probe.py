@@ -217,6 +217,10 @@ def test_the_probe_warns_when_many_answers_name_no_letter(tmp_path, clips):
                            text=True)
     assert "answers with no single option letter (counted wrong): 4 of 8 (50%)" in " ".join(
         shown.stdout.split())
+    status = subprocess.run(avcurate_cmd("status", str(tmp_path / "run")), capture_output=True,
+                            text=True)  # the warning stays where the run is looked at again
+    assert status.returncode == 0 and "warning: 01-probe: 4 of 8 answers (50%)" in " ".join(
+        status.stdout.split())
 
 
 def test_a_probe_whose_answers_all_name_a_letter_has_no_such_warning(tmp_path, clips):

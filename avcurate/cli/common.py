@@ -164,6 +164,13 @@ def print_summary(run_dir: Path, title: str) -> None:
     out.print(summary_table(rows, title))
     if any(r["rejects_by_reason"] for r in rows):
         out.print(reasons_table(rows))
+    print_warnings(store, rows)
+
+
+def print_warnings(store: RunStore, rows: list[dict[str, Any]]) -> None:
+    """What the run's counts suggest went wrong in its setting up (after a command that ran
+    stages, and in `avcurate status`): a stage that kept nothing, clips left in their
+    archives, a probe whose answers often named no letter."""
     for warning in (emptied_stage(store, rows), archived_media(store, rows),
                     unlettered_answers(store)):
         if warning is not None:

@@ -24,6 +24,7 @@ from avcurate.cli.common import (
     out,
     print_lines,
     print_summary,
+    print_warnings,
 )
 from avcurate.core.lock import RunInUse
 from avcurate.core.store import RunStore
@@ -183,6 +184,7 @@ def status(
     out.print(summary_table(rows, f"Run {run_dir}"))
     if any(r["rejects_by_reason"] for r in rows):
         out.print(reasons_table(rows))
+    print_warnings(RunStore(run_dir), rows)
     if any(r["balanced"] is False for r in rows):
         raise typer.Exit(1)
 
