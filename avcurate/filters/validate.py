@@ -100,7 +100,7 @@ def stop_if_all_missing(inputs: list[Path], column: str) -> None:
                 return
             seen.add(name)
     if seen:
-        archived = unpack_hint(archives_in(nearest_folders(sorted(seen))))
+        archived = unpack_hint(archives_in(nearest_folders(seen)))
         fix = (f"{archived[0].upper()}{archived[1:]}, then run validate again" if archived
                else "Check the source's media root (media_root, --media-root), then ingest "
                "again: re-run with --force, or into a new --out")

@@ -8,6 +8,7 @@ validate's stop said only to check the media root, whose path was right.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from itertools import islice
 from pathlib import Path
@@ -28,12 +29,16 @@ def archives_in(folders: Iterable[Path]) -> list[Path]:
     return sorted(found)
 
 
+PARENTS = 1000  # distinct folders of missing files walked up at most
+
+
 def nearest_folders(paths: Iterable[str]) -> list[Path]:
-    """The nearest existing folder above each missing file (the media root, or the part
-    of a clip's folders that exists), in order, each once."""
+    """The nearest existing folder above the missing files (the media root, or the part of
+    the clips' folders that exists), each once. Each distinct folder is walked up once, and
+    at most `PARENTS` of them: a million missing clips in a few folders cost a few stats."""
     out: dict[Path, None] = {}
-    for path in paths:
-        folder = Path(path).parent
+    for parent in islice(sorted({os.path.dirname(p) for p in paths}), PARENTS):
+        folder = Path(parent)
         while not folder.is_dir() and folder != folder.parent:
             folder = folder.parent
         out[folder] = None
