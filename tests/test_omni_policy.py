@@ -322,6 +322,9 @@ def test_omni_trains_on_a_hub_dataset_that_holds_its_clips(thinker, media, tmp_p
     pq.write_table(table, hub / "data/train-00000-of-00001.parquet")
     clip.unlink()  # only the Parquet file holds it now
     assert load_rows(hub)[0]["video"] == str((hub / "data/clip.mp4").resolve())  # a path only
+    (tmp_path / "a_file").write_text("")  # a folder that cannot be made: one line, no traceback
+    with pytest.raises(ValueError, match=r"^the clips held in --data cannot be written to "):
+        load_rows(hub, media_dir=tmp_path / "a_file/media")
     folder, processor = thinker
     cfg = TrainConfig(data=str(hub), model=str(folder), out=str(tmp_path / "out"), policy="omni",
                       frames=2, audio_seconds=2.0, num_generations=2, prompts_per_step=2,
