@@ -259,3 +259,97 @@ def test_a_benchmark_holding_its_clips_is_matched_by_their_frames(tmp_path):
     assert [(r["id"].split("/", 1)[1], r["reject_reason"]) for r in rej.to_pylist()] == [
         ("reencoded", "contaminated:hub")]
     assert "parquet:hub/b1 (frames: " in rej.column("reject_detail")[0].as_py()
+
+
+def test_a_benchmark_whose_answers_are_withheld_is_still_compared(tmp_path):
+    """Test splits often withhold their answers (EgoSchema, LongVideoBench, MLVU): every
+    record was rejected as malformed ("answer is missing") and dropped from the index, so
+    decontaminating against one caught nothing. Its clips and questions are compared; as a
+    source for training, the same file still needs its answers."""
+    from avcurate.catalogs import Reject, read_source
+    from avcurate.decontam.stage import Decontaminate
+    from avcurate.stages.context import StageContext
+
+    _benchmark(tmp_path)
+    table = pq.read_table(tmp_path / "vmme/test.parquet")
+    pq.write_table(table.drop_columns(["answer"]), tmp_path / "vmme/test.parquet")
+    (tmp_path / "ego.jsonl").write_text(json.dumps(
+        {"q_uid": "e1", "question": "What does the person cut first?", "option 0": "bread",
+         "option 1": "cheese"}) + "\n" + json.dumps(
+        {"q_uid": "e2", "question": "Why does the dog bark?", "option 0": "a", "option 1": "b",
+         "answer": None}) + "\n")
+    (tmp_path / "lvb.csv").write_text("vid,q,a0,a1\nabc,Where is the red cup?,left,right\n")
+    ego = {"id": "q_uid", "video": "{q_uid}.mp4", "options": ["option 0", "option 1"]}
+    lvb = {"id": "vid", "video": "{vid}.mp4", "question": "q", "options": "a0,a1"}
+    stage = Decontaminate(benchmarks=[
+        f"video-mme={tmp_path / 'vmme/test.parquet'}:{tmp_path / 'vmme'}",
+        f"ego@jsonl={tmp_path / 'ego.jsonl'}", f"lvb@csv={tmp_path / 'lvb.csv'}"],
+        benchmark_columns={"ego": ego, "lvb": lvb})
+    stage.check()  # a CSV header with no answer column passes for a benchmark
+    index = stage.build_index(StageContext(tmp_path / "run", tmp_path / "run/01"))
+    assert sorted((i.benchmark, i.id) for i in index.items) == [
+        ("ego", "jsonl:ego/e1"), ("ego", "jsonl:ego/e2"), ("lvb", "csv:lvb/abc"),
+        ("video-mme", "video-mme:test/001-1"), ("video-mme", "video-mme:test/002-1")]
+    assert stage.summary()["benchmarks"]["video-mme"] == {
+        "items": 2, "videos": 2, "videos_hashed": 2}
+    assert index.match_question(normalise_question("why does the dog bark"), 0.6).item.id == \
+        "jsonl:ego/e2"
+
+    # read as a source, a record with no answer is still rejected
+    read = list(read_source("video-mme", str(tmp_path / "vmme/test.parquet"),
+                            str(tmp_path / "vmme")))
+    assert [(r.reason, r.detail) for r in read] == [
+        ("malformed_annotation", "record 0: missing field(s) 'answer'"),
+        ("malformed_annotation", "record 1: missing field(s) 'answer'")]
+    assert all(isinstance(r, Reject) for r in read)
+
+
+def test_unreadable_benchmark_records_are_counted_and_warned_of(tmp_path):
+    """A benchmark's records its catalog could not read were dropped from the index without
+    a word: rows sharing their clip or question went through. They are counted in the
+    manifest and named in a warning after the command and in `status`; a file none of
+    whose records could be read (another format than the one named) stops the stage with
+    one line before any row is touched."""
+    media, rows = _rows(tmp_path)
+    ann = tmp_path / "a.jsonl"
+    ann.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run_dir = tmp_path / "run"
+    cols = ["--column", "id=id", "--column", "video=video", "--column", "question=question",
+            "--column", "options=options", "--column", "answer=answer"]
+    subprocess.run(avcurate_cmd("ingest", "--source", "jsonl", "--annotations", str(ann),
+                                "--media-root", str(media), "--out", str(run_dir), "-q", *cols),
+                   check=True, capture_output=True)
+    bench = tmp_path / "bench.json"
+    bench.write_text(json.dumps([
+        {"videoID": "Zb3C8XrAR2o", "question_id": "1", "question": "Who?", "options": ["A. x"]},
+        {"videoID": "abc", "question_id": "2", "options": ["A. x"]},
+        {"question_id": "3", "question": "Why?", "options": ["A. x"]}]))
+    done = subprocess.run(avcurate_cmd("decontaminate", str(run_dir), "--no-match-frames",
+                                       "--benchmark", f"video-mme={bench}:{tmp_path}"),
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "contaminated │    1" in done.stdout  # by the readable record's YouTube id
+    warning = ("warning: 01-decontaminate: 2 of benchmark 'video-mme''s 3 records could not "
+               "be read (2 malformed_annotation; the first: record 1: missing field(s) "
+               "'question'), so rows sharing their clip or question are not caught")
+    assert warning in " ".join(done.stdout.split())
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["stages"][-1]["benchmarks"]["video-mme"]["unread"] == {
+        "malformed_annotation": 2}
+    status = subprocess.run(avcurate_cmd("status", str(run_dir)), capture_output=True,
+                            text=True, check=True)
+    assert warning in " ".join(status.stdout.split())
+
+    # a file in another format: every record unreadable, the stage stops before any row
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps([{"clip": "c1", "q": "What plays?"}] * 3))
+    wrong = subprocess.run(avcurate_cmd("decontaminate", str(run_dir), "--no-match-frames",
+                                        "--benchmark", f"bench@video-mme={other}", "--redo",
+                                        "--yes"), capture_output=True, text=True)
+    assert wrong.returncode != 0
+    assert wrong.stderr.strip().splitlines() == [
+        "error: stage 'decontaminate': benchmark 'bench': none of its first 3 records could "
+        "be read as video-mme (the first: record 0: missing field(s) 'videoID', 'question', "
+        "'options'); check its format (NAME@FORMAT=ANNOTATIONS) and, for jsonl, parquet or "
+        "csv, its columns"]
+    assert json.loads((run_dir / "manifest.json").read_text())["stages"] == manifest["stages"]

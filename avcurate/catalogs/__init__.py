@@ -104,11 +104,11 @@ def check_source(name: str, options: dict[str, Any]) -> None:
 
 
 def check_files(annotations: str, media_root: str | None, name: str | None = None,
-                options: dict[str, Any] | None = None) -> None:
+                options: dict[str, Any] | None = None, need_answers: bool = True) -> None:
     """Raise ValueError when an annotation file is not there (or is a folder) or a media
     root, when given, is not a folder, or the file cannot be read as the catalog `name`
     with `options` (a CSV's header): for ingest's sources and decontaminate's benchmarks
-    alike, before anything is written."""
+    (`need_answers` False: see `SourceFile`) alike, before anything is written."""
     if Path(annotations).is_dir():
         raise ValueError(f"annotations {annotations} is a folder; name the annotation file in "
                          f"it{_glob_hint(Path(annotations))}")
@@ -117,7 +117,7 @@ def check_files(annotations: str, media_root: str | None, name: str | None = Non
     if media_root and not Path(media_root).is_dir():
         raise ValueError(f"media root {media_root} is not a folder")
     if name in CATALOGS and (check := CATALOGS[name].check_file) is not None:
-        check(annotations, **(options or {}))
+        check(annotations, **(options or {}), need_answers=need_answers)
 
 
 def _glob_hint(folder: Path, limit: int = 10_000) -> str:
@@ -143,13 +143,14 @@ def source_tag(annotations: str, options: dict[str, Any]) -> str:
 
 
 def read_source(name: str, annotations: str, media_root: str, embedded: str | None = None,
-                **options: Any) -> Iterator[dict | Reject]:
+                need_answers: bool = True, **options: Any) -> Iterator[dict | Reject]:
     """Rows and rejects of one annotation file in the format `name`; media held in the
-    file (`catalogs/embedded.py`) are written under `embedded` (ingest: RUN/media)."""
+    file (`catalogs/embedded.py`) are written under `embedded` (ingest: RUN/media). A
+    benchmark is read with `need_answers` False: its answers may be withheld."""
     check_source(name, options)
     media = MediaRoot(media_root, options.get("strip_prefix"), options.get("follow_links", False))
     src = SourceFile(name, annotations, media, source_tag(annotations, options),
-                     EmbeddedMedia(Path(embedded)) if embedded else None)
+                     EmbeddedMedia(Path(embedded)) if embedded else None, need_answers)
     catalog = CATALOGS[name]
     return catalog.reader(src, **{k: v for k, v in options.items() if k not in COMMON_OPTIONS})
 

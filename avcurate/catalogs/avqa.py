@@ -9,7 +9,6 @@ from avcurate.catalogs.base import (
     MediaRoot,
     Reject,
     SourceFile,
-    answer_value,
     choices,
     ident,
     load_records,
@@ -19,7 +18,6 @@ from avcurate.catalogs.base import (
     positional,
     text,
 )
-from avcurate.core.answers import normalise_answer
 from avcurate.core.schema import sample_row
 
 AVQA_META = ("question_relation", "question_type", "video_name", "video_id", "dataset_name")
@@ -39,7 +37,7 @@ def read_avqa(src: SourceFile, audio_root: str | None = None) -> Iterator[dict |
         if audio_root else src.media
 
     def build(n: int, rec: dict) -> dict:
-        need(rec, "video_name", "question_text", "multi_choice", "answer")
+        need(rec, "video_name", "question_text", "multi_choice", *src.answer_fields("answer"))
         key = own_key(rec, "id", n)
         name = text(rec["video_name"], "video_name", numbers=True)
         options = choices(rec["multi_choice"], "multi_choice")
@@ -49,7 +47,7 @@ def read_avqa(src: SourceFile, audio_root: str | None = None) -> Iterator[dict |
             video=src.media.resolve(name if Path(name).suffix else f"{name}.mp4"),
             audio=audios.resolve(text(audio, "audio_path")) if audio is not None else None,
             question=text(rec["question_text"], "question_text"), options=options,
-            answer=normalise_answer(answer_value(rec["answer"], "answer"), options),
+            answer=src.answer(rec.get("answer"), "answer", options),
             meta={"source_id": key, **{k: rec[k] for k in AVQA_META if k in rec}},
         )
 
@@ -65,7 +63,7 @@ def read_daily_omni(src: SourceFile) -> Iterator[dict | Reject]:
     question id, so the key is the record's position and its video id.
     """
     def build(n: int, rec: dict) -> dict:
-        need(rec, "Question", "Choice", "Answer", "video_id")
+        need(rec, "Question", "Choice", *src.answer_fields("Answer"), "video_id")
         vid = ident(rec["video_id"], "video_id")
         choice = rec["Choice"]
         values = list(choice.values()) if isinstance(choice, dict) else choice
@@ -76,7 +74,7 @@ def read_daily_omni(src: SourceFile) -> Iterator[dict | Reject]:
             id=src.sid(key), source=src.source, video=src.media.resolve(f"{vid}/{vid}_video.mp4"),
             audio=audio if Path(audio).is_file() else None,
             question=text(rec["Question"], "Question"), options=options,
-            answer=normalise_answer(answer_value(rec["Answer"], "Answer"), options),
+            answer=src.answer(rec.get("Answer"), "Answer", options),
             meta={"source_id": key, **{k: rec[k] for k in DAILY_OMNI_META if k in rec}},
         )
 

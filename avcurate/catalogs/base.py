@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 
 from avcurate.catalogs.embedded import EmbeddedMedia, batch_rows, is_media_struct, summarised
-from avcurate.core.answers import LETTERS, letterable
+from avcurate.core.answers import LETTERS, letterable, normalise_answer
 from avcurate.core.schema import sample_row
 from avcurate.core.urls import file_uri_path
 
@@ -286,6 +286,9 @@ class SourceFile:
     media: MediaRoot
     tag: str
     embedded: EmbeddedMedia | None = None  # where media held in the file are written out
+    # False for a benchmark read to decontaminate against: test splits often withhold their
+    # answers (EgoSchema, LongVideoBench, MLVU), and its clips and questions are what count
+    need_answers: bool = True
 
     def media_file(self, value: Any, field: str, *, required: bool = True) -> str | None:
         """A media field as the path of a file: a path resolved under the media root, or a
@@ -300,6 +303,20 @@ class SourceFile:
                 return self.embedded.write(bytes(data), value)
         path = text(value, field, required=required)
         return self.media.resolve(path) if path else None
+
+    def answer_fields(self, *fields: str) -> tuple[str, ...]:
+        """The answer fields a record must have (for `need`): none when answers may be
+        withheld."""
+        return fields if self.need_answers else ()
+
+    def answer(self, value: Any, field: str, options: list[str] | None,
+               read: Callable[[str | int], str | int] = lambda a: a) -> str | None:
+        """A record's answer as `normalise_answer` gives it (`read`: how the file's
+        `answers` setting reads the value first); None for a withheld one where that may
+        be."""
+        if not self.need_answers and (value is None or _nan(value) or value == ""):
+            return None
+        return normalise_answer(read(answer_value(value, field)), options or [])
 
     def sid(self, key: Any, turn: int | None = None) -> str:
         return f"{self.source}:{self.tag}/{key}" + ("" if turn is None else f"#{turn}")

@@ -43,7 +43,6 @@ from avcurate.catalogs.base import (
     Malformed,
     Reject,
     SourceFile,
-    answer_value,
     check_template,
     choices,
     fill,
@@ -57,7 +56,7 @@ from avcurate.catalogs.base import (
 )
 from avcurate.catalogs.csv_files import csv_header, csv_records
 from avcurate.catalogs.embedded import summarised
-from avcurate.core.answers import LETTERS, normalise_answer
+from avcurate.core.answers import LETTERS
 from avcurate.core.schema import arrow_type, sample_row
 
 MAPPABLE = ("id", "video", "audio", "question", "options", "answer", "duration_s")
@@ -109,21 +108,23 @@ def read_csv(src: SourceFile, columns: dict[str, Any] | None = None,
              extra_columns: dict[str, str] | None = None, explode: str | None = None,
              answers: str | None = None) -> Iterator[dict | Reject]:
     """A CSV (or, by its suffix, TSV) file, once `check_csv` has passed it."""
-    check_csv(src.path, columns=columns, extra_columns=extra_columns, answers=answers)
+    check_csv(src.path, columns=columns, extra_columns=extra_columns, answers=answers,
+              need_answers=src.need_answers)
     return read_tabular(src, columns, extra_columns, explode, answers,
                         records=csv_records(src.path))
 
 
 def check_csv(path: str, columns: dict[str, Any] | None = None,
               extra_columns: dict[str, str] | None = None, answers: str | None = None,
-              **_: Any) -> None:
+              need_answers: bool = True, **_: Any) -> None:
     """Refuse, before the run folder is made, a mapping naming a column the header lacks
     (a misspelt column would reject every row) and whole-number answers with no
     `answers` to say what they count."""
     mapping = check_columns(dict(columns or {}))
     check_answers(answers)
     header = csv_header(path)
-    given = {k: v for k, v in mapping.items() if k in (columns or {}) or k in REQUIRED}
+    given = {k: v for k, v in mapping.items()
+             if k in (columns or {}) or k in _required(need_answers)}
     wanted = _names(given) + [n for k in ("video", "audio") if isinstance(given.get(k), str)
                               for n in FIELD_RE.findall(given[k])] + list(extra_columns or {})
     if missing := [n for n in dict.fromkeys(wanted) if n not in header]:
@@ -220,7 +221,13 @@ def _key(rec: dict, n: int, mapping: dict[str, str], item: str | None) -> str:
     return key if item is None or own is not None else f"{key}/{item}"
 
 
-def _field(rec: dict, mapping: Mapping, column: str) -> Any:
+def _required(need_answers: bool) -> tuple[str, ...]:
+    """The sample columns every record must have: a benchmark's answers may be withheld."""
+    return REQUIRED if need_answers else tuple(c for c in REQUIRED if c != "answer")
+
+
+def _field(rec: dict, mapping: Mapping, column: str, required: tuple[str, ...] = REQUIRED
+           ) -> Any:
     name = mapping[column]
     if isinstance(name, list):  # options spread over columns, one each; empty ones skipped
         if not any(n in rec for n in name):
@@ -229,7 +236,7 @@ def _field(rec: dict, mapping: Mapping, column: str) -> Any:
     if column in ("video", "audio") and FIELD_RE.search(name):
         return fill(name, rec, column)
     if name not in rec:
-        if column in REQUIRED:
+        if column in required:
             raise Malformed(f"no {name!r} field (mapped to {column})")
         return None
     return rec[name]
@@ -237,21 +244,22 @@ def _field(rec: dict, mapping: Mapping, column: str) -> Any:
 
 def _row(src: SourceFile, rec: dict, key: str, mapping: Mapping,
          used: set[str], cells: bool = False, answers: str | None = None) -> dict:
-    get = {k: _field(rec, mapping, k) for k in MAPPABLE}
+    required = _required(src.need_answers)
+    get = {k: _field(rec, mapping, k, required) for k in MAPPABLE}
     options = get["options"]
     if isinstance(options, str):
         options = _options_text(options, str(mapping["options"]))
     if isinstance(options, dict):
         options = _lettered_options(options, str(mapping["options"]))
     options = choices(options, str(mapping["options"])) if options is not None else None
-    answer = _answer(answer_value(get["answer"], mapping["answer"]), answers)
     duration = _number(get["duration_s"]) if cells else get["duration_s"]
     return sample_row(
         id=src.sid(key), source=src.source,
         video=src.media_file(get["video"], mapping["video"]),
         audio=src.media_file(get["audio"], mapping["audio"], required=False),
         question=text(get["question"], mapping["question"]), options=options or None,
-        answer=normalise_answer(answer, options or []),
+        answer=src.answer(get["answer"], str(mapping["answer"]), options,
+                          lambda a: _answer(a, answers)),
         duration_s=float(duration) if isinstance(duration, int | float) else None,
         meta={"source_id": key, **{k: summarised(v) for k, v in rec.items() if k not in used}},
     )

@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from avcurate.catalogs.base import (
     Reject,
     SourceFile,
-    answer_value,
     choices,
     ident,
     need,
@@ -22,7 +21,6 @@ from avcurate.catalogs.base import (
     records_of,
     text,
 )
-from avcurate.core.answers import normalise_answer
 from avcurate.core.schema import sample_row
 
 META = ("video_id", "duration", "domain", "sub_category", "task_type", "url", "videoID")
@@ -31,7 +29,7 @@ FOLDERS = ("", "data/", "video/", "videos/")
 
 def read_video_mme(src: SourceFile) -> Iterator[dict | Reject]:
     def build(n: int, rec: dict) -> dict:
-        need(rec, "videoID", "question", "options", "answer")
+        need(rec, "videoID", "question", "options", *src.answer_fields("answer"))
         key = own_key(rec, "question_id", n)
         vid = ident(rec["videoID"], "videoID")
         options = choices(rec["options"], "options")
@@ -39,7 +37,7 @@ def read_video_mme(src: SourceFile) -> Iterator[dict | Reject]:
             id=src.sid(key), source=src.source,
             video=src.media.first([f"{folder}{vid}.mp4" for folder in FOLDERS]),
             question=text(rec["question"], "question"), options=options,
-            answer=normalise_answer(answer_value(rec["answer"], "answer"), options),
+            answer=src.answer(rec.get("answer"), "answer", options),
             meta={"source_id": key, "kind": "multiple_choice",
                   **{k: rec[k] for k in META if k in rec}},
         )

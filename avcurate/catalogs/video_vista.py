@@ -18,7 +18,6 @@ from pathlib import Path
 from avcurate.catalogs.base import (
     Reject,
     SourceFile,
-    answer_value,
     choices,
     load_records,
     need,
@@ -28,7 +27,6 @@ from avcurate.catalogs.base import (
     text,
 )
 from avcurate.catalogs.conversations import conversation_rows
-from avcurate.core.answers import normalise_answer
 from avcurate.core.schema import sample_row
 
 BENCH_META = ("question_id", "Type", "category", "time")
@@ -47,7 +45,7 @@ def read_video_vista(src: SourceFile) -> Iterator[dict | Reject]:
 
 
 def _benchmark_row(src: SourceFile, n: int, rec: dict) -> dict:
-    need(rec, "Question", "Answer_Choices", "Answer", "video_name")
+    need(rec, "Question", "Answer_Choices", *src.answer_fields("Answer"), "video_name")
     key = own_key(rec, "question_id", n)
     name = text(rec["video_name"], "video_name")
     options = choices(rec["Answer_Choices"], "Answer_Choices")
@@ -55,7 +53,7 @@ def _benchmark_row(src: SourceFile, n: int, rec: dict) -> dict:
     return sample_row(
         id=src.sid(key), source=src.source, video=_video(src, name, category),
         question=text(rec["Question"], "Question"), options=options,
-        answer=normalise_answer(answer_value(rec["Answer"], "Answer"), options),
+        answer=src.answer(rec.get("Answer"), "Answer", options),
         duration_s=float(rec["time"]) if isinstance(rec.get("time"), int | float) else None,
         meta={"source_id": key, "kind": "multiple_choice",
               **{k: rec[k] for k in BENCH_META if k in rec}},

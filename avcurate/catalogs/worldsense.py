@@ -20,7 +20,6 @@ from avcurate.catalogs.base import (
     Malformed,
     Reject,
     SourceFile,
-    answer_value,
     choices,
     ident,
     load_records,
@@ -28,7 +27,6 @@ from avcurate.catalogs.base import (
     per_record,
     text,
 )
-from avcurate.core.answers import normalise_answer
 from avcurate.core.schema import sample_row
 
 TASK = re.compile(r"task\d+")
@@ -62,12 +60,12 @@ def _task(src: SourceFile, key: str, task: object, video: str, audio: str | None
           shared: dict) -> dict:
     if not isinstance(task, dict):
         raise Malformed("is not an object")
-    need(task, "question", "candidates", "answer")
+    need(task, "question", "candidates", *src.answer_fields("answer"))
     options = choices(task["candidates"], "candidates")
     return sample_row(
         id=src.sid(key), source=src.source, video=video, audio=audio,
         question=text(task["question"], "question"), options=options,
-        answer=normalise_answer(answer_value(task["answer"], "answer"), options),
+        answer=src.answer(task.get("answer"), "answer", options),
         meta={"source_id": key, "kind": "multiple_choice", **shared,
               **{k: task[k] for k in TASK_META if k in task}},
     )

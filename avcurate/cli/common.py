@@ -36,6 +36,7 @@ from avcurate.reports.tables import (
     stage_rows,
     summary_table,
     unlettered_answers,
+    unread_benchmarks,
 )
 from avcurate.stages.base import StageError
 
@@ -170,9 +171,10 @@ def print_summary(run_dir: Path, title: str) -> None:
 def print_warnings(store: RunStore, rows: list[dict[str, Any]]) -> None:
     """What the run's counts suggest went wrong in its setting up (after a command that ran
     stages, and in `avcurate status`): a stage that kept nothing, clips left in their
-    archives, a probe whose answers often named no letter."""
+    archives, a probe whose answers often named no letter, benchmark records decontamination
+    could not read."""
     for warning in (emptied_stage(store, rows), archived_media(store, rows),
-                    unlettered_answers(store)):
+                    unlettered_answers(store), unread_benchmarks(store)):
         if warning is not None:
             out.print(f"[bold yellow]warning:[/] {escape(warning)}", soft_wrap=True,
                       highlight=False)

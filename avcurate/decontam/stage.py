@@ -10,7 +10,11 @@ the run's `fingerprints` cache, so a re-run or a second stage hashes nothing twi
 
 from __future__ import annotations
 
+import itertools
 import os
+import tempfile
+from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -158,10 +162,36 @@ class Decontaminate(BaseStage):
         for spec in self._specs:
             try:
                 check_files(spec.annotations, spec.media_root, spec.format,
-                            self._source_options(spec))
-            except ValueError as exc:
+                            self._source_options(spec), need_answers=False)
+                self._check_readable(spec)
+            except (ValueError, OSError) as exc:
                 raise StageError(f"stage 'decontaminate': benchmark {spec.name!r}: {exc}"
                                  ) from None
+
+    def _check_readable(self, spec: BenchmarkSpec, most: int = 100) -> None:
+        """Raise ValueError when none of a benchmark's first `most` records can be read:
+        the file is in another format than the one named (or, for jsonl, parquet or csv,
+        its columns are not mapped), and would match nothing. Clips held in the file are
+        written out to a temporary folder here, as the run folder is not touched yet."""
+        with tempfile.TemporaryDirectory(prefix="avcurate-check-") as clips:
+            read = self._records(spec, clips)
+            unread = []
+            for record in itertools.islice(read, most):
+                if not isinstance(record, Reject):
+                    return
+                unread.append(record)
+        if unread:
+            raise ValueError(f"none of its first {len(unread):,} records could be read as "
+                             f"{spec.format} (the first: {unread[0].detail}); check its format "
+                             "(NAME@FORMAT=ANNOTATIONS) and, for jsonl, parquet or csv, its "
+                             "columns")
+
+    def _records(self, spec: BenchmarkSpec, clips: str) -> Iterator[dict | Reject]:
+        """A benchmark's rows and rejects; answers may be withheld (a test split's): a
+        record is compared by its clip and question."""
+        return read_source(spec.format, spec.annotations,
+                           spec.media_root or str(Path(spec.annotations).parent), clips,
+                           need_answers=False, **self._source_options(spec))
 
     # -- the index, built once per run (prepare) ---------------------------------------------
     def prepare(self, ctx: StageContext, inputs: list[Path]) -> None:
@@ -171,17 +201,7 @@ class Decontaminate(BaseStage):
         self.check()  # again where the index is built: a worker on another node, say
         index = BenchmarkIndex(ngram=self.ngram)
         for spec in self._specs:
-            try:
-                # a benchmark holding its clips (a Hub dataset's Video column) has them
-                # written out with the run's own (`catalogs/embedded.py`)
-                rows = [r for r in read_source(spec.format, spec.annotations, spec.media_root
-                                               or str(Path(spec.annotations).parent),
-                                               str(ctx.run_dir / EMBEDDED_MEDIA),
-                                               **self._source_options(spec))
-                        if not isinstance(r, Reject)]
-            except (ValueError, OSError) as exc:
-                raise StageError(f"stage 'decontaminate': benchmark {spec.name!r}: {exc}"
-                                 ) from None
+            rows, unread = self._read(spec, ctx)
             hashes = hash_videos(ctx, [r["video"] for r in rows if r.get("video")], self.frames) \
                 if self.match_frames else {}
             for r in rows:
@@ -191,8 +211,19 @@ class Decontaminate(BaseStage):
             videos = {r["video"] for r in rows if r.get("video")}
             self._summary[spec.name] = {
                 "items": len(rows), "videos": len(videos),
-                "videos_hashed": sum(1 for v in videos if hashes.get(v))}
+                "videos_hashed": sum(1 for v in videos if hashes.get(v))} | _unread(unread)
         return index
+
+    def _read(self, spec: BenchmarkSpec, ctx: StageContext) -> tuple[list[dict], list[Reject]]:
+        """A benchmark's rows and the records its catalog could not read."""
+        try:
+            # a benchmark holding its clips (a Hub dataset's Video column) has them written
+            # out with the run's own (`catalogs/embedded.py`)
+            read = list(self._records(spec, str(ctx.run_dir / EMBEDDED_MEDIA)))
+        except (ValueError, OSError) as exc:
+            raise StageError(f"stage 'decontaminate': benchmark {spec.name!r}: {exc}") from None
+        return ([r for r in read if not isinstance(r, Reject)],
+                [r for r in read if isinstance(r, Reject)])
 
     # -- rows ---------------------------------------------------------------------------------
     def match(self, row: dict[str, Any], hashes: list[int] | None) -> Match | None:
@@ -223,3 +254,13 @@ class Decontaminate(BaseStage):
 
     def summary(self) -> dict:
         return {"benchmarks": self._summary}
+
+
+def _unread(rejects: list[Reject]) -> dict[str, Any]:
+    """A benchmark's records left out of the index, for the manifest: counts by reason and
+    the first one's detail (`reports.tables.unread_benchmarks` warns of them). Records its
+    authors excluded (MUSIC-AVQA's deleted questions) are not counted."""
+    unread = [r for r in rejects if r.reason != "excluded_by_source"]
+    if not unread:
+        return {}
+    return {"unread": dict(Counter(r.reason for r in unread)), "unread_first": unread[0].detail}
