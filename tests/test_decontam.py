@@ -61,6 +61,20 @@ def _rows(root, edited="what COLOUR is the square, while the low tone plays -- a
     ]
 
 
+def _ingested(root):
+    """A run holding `_rows` as ingested by the CLI."""
+    media, rows = _rows(root)
+    ann = root / "a.jsonl"
+    ann.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run_dir = root / "run"
+    cols = ["--column", "id=id", "--column", "video=video", "--column", "question=question",
+            "--column", "options=options", "--column", "answer=answer"]
+    subprocess.run(avcurate_cmd("ingest", "--source", "jsonl", "--annotations", str(ann),
+                                "--media-root", str(media), "--out", str(run_dir), "-q", *cols),
+                   check=True, capture_output=True)
+    return run_dir
+
+
 def _run(tmp_path, question=None, **options):
     spec = _benchmark(tmp_path)
     media, rows = _rows(tmp_path, *([question] if question else []))
@@ -200,16 +214,8 @@ def test_a_recipes_benchmark_paths_are_relative_to_the_recipe(tmp_path):
 
 def test_cli_caches_fingerprints_and_resumes(tmp_path):
     spec = _benchmark(tmp_path)
-    media, rows = _rows(tmp_path)
     spec = spec.replace("vmme/test.parquet", str(tmp_path / "vmme/test.parquet"))
-    ann = tmp_path / "a.jsonl"
-    ann.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    run_dir = tmp_path / "run"
-    cols = ["--column", "id=id", "--column", "video=video", "--column", "question=question",
-            "--column", "options=options", "--column", "answer=answer"]
-    subprocess.run(avcurate_cmd("ingest", "--source", "jsonl", "--annotations", str(ann),
-                                "--media-root", str(media), "--out", str(run_dir), "-q", *cols),
-                   check=True, capture_output=True)
+    run_dir = _ingested(tmp_path)
     done = subprocess.run(avcurate_cmd("decontaminate", str(run_dir), "--benchmark", spec),
                           capture_output=True, text=True, check=True)
     assert "contaminated │    3" in done.stdout
@@ -310,15 +316,7 @@ def test_unreadable_benchmark_records_are_counted_and_warned_of(tmp_path):
     manifest and named in a warning after the command and in `status`; a file none of
     whose records could be read (another format than the one named) stops the stage with
     one line before any row is touched."""
-    media, rows = _rows(tmp_path)
-    ann = tmp_path / "a.jsonl"
-    ann.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    run_dir = tmp_path / "run"
-    cols = ["--column", "id=id", "--column", "video=video", "--column", "question=question",
-            "--column", "options=options", "--column", "answer=answer"]
-    subprocess.run(avcurate_cmd("ingest", "--source", "jsonl", "--annotations", str(ann),
-                                "--media-root", str(media), "--out", str(run_dir), "-q", *cols),
-                   check=True, capture_output=True)
+    run_dir = _ingested(tmp_path)
     bench = tmp_path / "bench.json"
     bench.write_text(json.dumps([
         {"videoID": "Zb3C8XrAR2o", "question_id": "1", "question": "Who?", "options": ["A. x"]},
@@ -353,3 +351,44 @@ def test_unreadable_benchmark_records_are_counted_and_warned_of(tmp_path):
         "'options'); check its format (NAME@FORMAT=ANNOTATIONS) and, for jsonl, parquet or "
         "csv, its columns"]
     assert json.loads((run_dir / "manifest.json").read_text())["stages"] == manifest["stages"]
+
+
+def test_benchmark_videos_that_cannot_be_hashed_are_warned_of(tmp_path):
+    """Video-MME ships its clips as zip archives: left packed (or never downloaded), its
+    videos could not be hashed and the picture signal compared against nothing, unsaid. The
+    manifest counts them; a warning names the first, and the archives to unpack."""
+    import zipfile
+
+    spec = _benchmark(tmp_path)
+    spec = spec.replace("vmme/test.parquet", str(tmp_path / "vmme/test.parquet"))
+    packed = tmp_path / "vmme/data/Zb3C8XrAR2o.mp4"
+    with zipfile.ZipFile(tmp_path / "vmme/videos_chunked_01.zip", "w") as z:
+        z.write(packed, "data/Zb3C8XrAR2o.mp4")
+    packed.unlink()
+    run_dir = _ingested(tmp_path)
+    done = subprocess.run(avcurate_cmd("decontaminate", str(run_dir), "--benchmark", spec),
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    bench = json.loads((run_dir / "manifest.json").read_text())["stages"][-1]["benchmarks"]
+    assert bench["video-mme"] | {"archives": None} == {
+        "items": 2, "videos": 2, "videos_hashed": 1, "videos_missing": 1,
+        "videos_unreadable": 0, "video_unhashed_first": str(tmp_path / "vmme/Zb3C8XrAR2o.mp4"),
+        "archives": None}
+    assert bench["video-mme"]["archives"] == [str(tmp_path / "vmme/videos_chunked_01.zip")]
+    warning = (f"warning: 01-decontaminate: 1 of benchmark 'video-mme''s 2 videos could not "
+               f"be hashed (1 missing; the first: {tmp_path}/vmme/Zb3C8XrAR2o.mp4), so "
+               "re-encoded or renamed copies of them are not caught by their picture; the "
+               "media root holds archives (videos_chunked_01.zip): unpack them where they "
+               "are (tar -xf FILE -C FOLDER, unzip FILE -d FOLDER), then redo the stage "
+               "(--redo)")
+    assert warning in " ".join(done.stdout.split())
+
+    # unpacked, the redone stage hashes both and says nothing
+    with zipfile.ZipFile(tmp_path / "vmme/videos_chunked_01.zip") as z:
+        z.extractall(tmp_path / "vmme")
+    redone = subprocess.run(avcurate_cmd("decontaminate", str(run_dir), "--benchmark", spec,
+                                         "--redo", "--yes"), capture_output=True, text=True)
+    assert redone.returncode == 0, redone.stderr
+    assert "warning" not in redone.stdout
+    assert json.loads((run_dir / "manifest.json").read_text())["stages"][-1]["benchmarks"][
+        "video-mme"] == {"items": 2, "videos": 2, "videos_hashed": 2}

@@ -29,6 +29,7 @@ from avcurate.hub.options import ExportError
 from avcurate.pipeline.recipe import RecipeError, StageSpec
 from avcurate.pipeline.registry import create
 from avcurate.pipeline.runner import AlreadyDone, MissingColumns, RunError, extend_run
+from avcurate.reports.benchmark_hints import benchmark_warnings
 from avcurate.reports.media_hints import archived_media
 from avcurate.reports.tables import (
     emptied_stage,
@@ -36,7 +37,6 @@ from avcurate.reports.tables import (
     stage_rows,
     summary_table,
     unlettered_answers,
-    unread_benchmarks,
 )
 from avcurate.stages.base import StageError
 
@@ -171,10 +171,10 @@ def print_summary(run_dir: Path, title: str) -> None:
 def print_warnings(store: RunStore, rows: list[dict[str, Any]]) -> None:
     """What the run's counts suggest went wrong in its setting up (after a command that ran
     stages, and in `avcurate status`): a stage that kept nothing, clips left in their
-    archives, a probe whose answers often named no letter, benchmark records decontamination
-    could not read."""
+    archives, a probe whose answers often named no letter, benchmark records and videos
+    decontamination could not use."""
     for warning in (emptied_stage(store, rows), archived_media(store, rows),
-                    unlettered_answers(store), unread_benchmarks(store)):
+                    unlettered_answers(store), *benchmark_warnings(store)):
         if warning is not None:
             out.print(f"[bold yellow]warning:[/] {escape(warning)}", soft_wrap=True,
                       highlight=False)

@@ -27,6 +27,7 @@ from avcurate.core.store import EMBEDDED_MEDIA
 from avcurate.core.urls import shown_url, url_refusal
 from avcurate.decontam.fingerprints import normalise_question, source_id, video_hashes
 from avcurate.decontam.index import BenchmarkIndex, Item, Match
+from avcurate.media.archives import archives_in, nearest_folders
 from avcurate.media.errors import Lost, MediaError
 from avcurate.stages.base import BaseStage, ShardResult, StageError
 from avcurate.stages.context import StageContext
@@ -211,7 +212,8 @@ class Decontaminate(BaseStage):
             videos = {r["video"] for r in rows if r.get("video")}
             self._summary[spec.name] = {
                 "items": len(rows), "videos": len(videos),
-                "videos_hashed": sum(1 for v in videos if hashes.get(v))} | _unread(unread)
+                "videos_hashed": sum(1 for v in videos if hashes.get(v))} | _unread(unread) \
+                | (_unhashed(sorted(videos), hashes) if self.match_frames else {})
         return index
 
     def _read(self, spec: BenchmarkSpec, ctx: StageContext) -> tuple[list[dict], list[Reject]]:
@@ -254,6 +256,19 @@ class Decontaminate(BaseStage):
 
     def summary(self) -> dict:
         return {"benchmarks": self._summary}
+
+
+def _unhashed(videos: list[str], hashes: dict[str, list[int] | None]) -> dict[str, Any]:
+    """A benchmark's videos the picture signal could not use, for the manifest: those not
+    there (clips never downloaded or still in their archives: the archives found near them
+    are named) and those that could not be decoded (`reports.benchmark_hints` warns)."""
+    missing = [v for v in videos if v not in hashes]
+    unreadable = [v for v in videos if v in hashes and not hashes[v]]
+    if not missing and not unreadable:
+        return {}
+    return {"videos_missing": len(missing), "videos_unreadable": len(unreadable),
+            "video_unhashed_first": (missing or unreadable)[0],
+            "archives": [str(p) for p in archives_in(nearest_folders(missing))][:10]}
 
 
 def _unread(rejects: list[Reject]) -> dict[str, Any]:

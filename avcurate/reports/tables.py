@@ -270,22 +270,6 @@ def unlettered_answers(store: RunStore) -> str | None:
     return None
 
 
-def unread_benchmarks(store: RunStore) -> str | None:
-    """A warning when decontamination could not read some of a benchmark's records (a
-    missing question, an unreadable video path): those are not in its index, so rows that
-    share their clip or question are not caught."""
-    for entry in store.load_manifest().get("stages", []):
-        for name, bench in (entry.get("benchmarks") or {}).items():
-            if unread := bench.get("unread"):
-                n = sum(unread.values())
-                reasons = ", ".join(f"{c:,} {r}" for r, c in unread.items())
-                return (f"{entry['dir']}: {n:,} of benchmark {name!r}'s {n + bench['items']:,} "
-                        f"records could not be read ({reasons}; the first: "
-                        f"{bench.get('unread_first')}), so rows sharing their clip or question "
-                        "are not caught")
-    return None
-
-
 def emptied_stage(store: RunStore, rows: list[dict[str, Any]]) -> str | None:
     """A warning when a done stage kept none of the rows it was given: almost always a
     setting on the wrong scale (`composite_score >= 7` where scores run 0 to 1), which the
