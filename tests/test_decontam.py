@@ -392,3 +392,50 @@ def test_benchmark_videos_that_cannot_be_hashed_are_warned_of(tmp_path):
     assert "warning" not in redone.stdout
     assert json.loads((run_dir / "manifest.json").read_text())["stages"][-1]["benchmarks"][
         "video-mme"] == {"items": 2, "videos": 2, "videos_hashed": 2}
+
+
+def test_a_benchmark_split_over_files_is_given_as_a_glob(tmp_path):
+    """MVBench ships one JSON file per task, and a Hub dataset's test split is often several
+    Parquet files: `--benchmark` took one file, so a user had to list each. A quoted glob
+    reads every file it matches (ids tagged by file); one matching nothing, or a matched
+    file that cannot be read, stops the command with one line naming it."""
+    from avcurate.decontam.stage import Decontaminate
+    from avcurate.stages.context import StageContext
+
+    tasks = tmp_path / "mvbench/json"
+    tasks.mkdir(parents=True)
+    (tmp_path / "mvbench/video").mkdir()
+    for task, question in (("action_count", "How many times does the man jump?"),
+                           ("object_shuffle", "Where is the ball hidden at the end?")):
+        (tasks / f"{task}.json").write_text(json.dumps([
+            {"video": f"{task}_1.mp4", "question": question, "candidates": ["a", "b"],
+             "answer": "a"}]))
+    _benchmark(tmp_path)
+    table = pq.read_table(tmp_path / "vmme/test.parquet")
+    for k in range(2):
+        pq.write_table(table.slice(k, 1), tmp_path / f"vmme/test-0000{k}-of-00002.parquet")
+    columns = {"mvbench": {"video": "{video}", "options": "candidates"}}
+    stage = Decontaminate(benchmarks=[
+        f"mvbench@jsonl={tasks}/*.json:{tmp_path / 'mvbench/video'}",
+        f"video-mme={tmp_path}/vmme/test-*.parquet:{tmp_path / 'vmme'}"],
+        benchmark_columns=columns, match_frames=False)
+    stage.check()
+    index = stage.build_index(StageContext(tmp_path / "run", tmp_path / "run/01"))
+    assert sorted(i.id for i in index.items) == [
+        "jsonl:action_count/0", "jsonl:object_shuffle/0",
+        "video-mme:test-00000-of-00002/001-1", "video-mme:test-00001-of-00002/002-1"]
+    assert index.match_question(normalise_question("where is the ball hidden at the end"),
+                                0.6).item.id == "jsonl:object_shuffle/0"
+    assert stage.summary()["benchmarks"]["mvbench"]["items"] == 2
+
+    (tasks / "notes.json").write_text(json.dumps([{"task": "x"}]))
+    run_dir = _ingested(tmp_path)
+    for spec, message in [
+            (f"mvbench@jsonl={tasks}/*.json", f"benchmark 'mvbench': {tasks}/notes.json: none "
+             "of its first 1 records could be read as jsonl"),
+            (f"mvbench@jsonl={tasks}/*.jsonl", f"benchmark 'mvbench': no annotation file "
+             f"matches '{tasks}/*.jsonl'")]:
+        done = subprocess.run(avcurate_cmd("decontaminate", str(run_dir), "--benchmark", spec),
+                              capture_output=True, text=True)
+        assert done.returncode == 2
+        assert len(done.stderr.strip().splitlines()) == 1 and message in done.stderr

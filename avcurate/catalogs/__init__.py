@@ -7,6 +7,9 @@ benchmarks that decontamination compares against.
 
 from __future__ import annotations
 
+import glob
+import os
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,6 +140,22 @@ def _glob_hint(folder: Path, limit: int = 10_000) -> str:
     return f", or a glob of them: '{folder / '**' / ('*' + suffix)}' ({n} file{'s' * (n > 1)})"
 
 
+GLOB_RE = re.compile(r"[*?\[]")
+
+
+def annotation_files(path: str) -> list[str]:
+    """The files `path` names: itself when it is a file or has no glob characters (a
+    missing file is named when the files are checked), else every file it matches, sorted
+    (a Hub dataset's `data/test-*.parquet`, MVBench's `json/*.json`); ValueError when none
+    does: a pattern matching nothing would read nothing."""
+    if not GLOB_RE.search(path) or os.path.isfile(path):
+        return [path]
+    files = sorted(f for f in glob.glob(path, recursive=True) if os.path.isfile(f))
+    if not files:
+        raise ValueError(f"no annotation file matches {path!r}")
+    return files
+
+
 def source_tag(annotations: str, options: dict[str, Any]) -> str:
     """The id tag of a source: its `tag` option, else the annotation file's name."""
     return options.get("tag") or file_tag(annotations)
@@ -155,5 +174,5 @@ def read_source(name: str, annotations: str, media_root: str, embedded: str | No
     return catalog.reader(src, **{k: v for k, v in options.items() if k not in COMMON_OPTIONS})
 
 
-__all__ = ["CATALOGS", "Catalog", "MediaRoot", "Reject", "SourceFile", "check_files", "check_source",
-           "read_source", "source_tag"]
+__all__ = ["CATALOGS", "GLOB_RE", "Catalog", "MediaRoot", "Reject", "SourceFile",
+           "annotation_files", "check_files", "check_source", "read_source", "source_tag"]

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.markup import escape
 
+from avcurate.catalogs import GLOB_RE
 from avcurate.cli.common import (
     USER_ERRORS,
     Force,
@@ -31,7 +32,6 @@ from avcurate.core.store import RunStore
 from avcurate.core.urls import URL_RE
 from avcurate.pipeline.recipe import (
     ANNOTATIONS_DIR,
-    GLOB_RE,
     Recipe,
     RecipeError,
     check_tags,

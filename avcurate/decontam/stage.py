@@ -21,7 +21,14 @@ from typing import Any
 
 import pyarrow as pa
 
-from avcurate.catalogs import CATALOGS, Reject, check_files, check_source, read_source
+from avcurate.catalogs import (
+    CATALOGS,
+    Reject,
+    annotation_files,
+    check_files,
+    check_source,
+    read_source,
+)
 from avcurate.core.options import absolute_path, option
 from avcurate.core.store import EMBEDDED_MEDIA
 from avcurate.core.urls import shown_url, url_refusal
@@ -104,7 +111,9 @@ class Decontaminate(BaseStage):
 
     benchmarks: list[str] = option(default_factory=list, flag="--benchmark", help=(
         "NAME[@FORMAT]=ANNOTATIONS[:MEDIA_ROOT], repeatable; FORMAT is a source catalog "
-        "(daily-omni, avqa, worldsense, video-mme, jsonl, parquet, ...), default NAME."))
+        "(daily-omni, avqa, worldsense, video-mme, jsonl, parquet, ...), default NAME; "
+        "ANNOTATIONS may be a quoted glob ('mvbench/json/*.json'); MEDIA_ROOT defaults to "
+        "each file's folder."))
     benchmark_columns: dict[str, dict[str, str]] = option(default_factory=dict, cli=False, help=(
         "Column mappings of jsonl/parquet benchmarks, by NAME (as a source's `columns`)."))
     match_ids: bool = option(True, help="Signal (a): the same source id (YouTube id or file "
@@ -158,26 +167,31 @@ class Decontaminate(BaseStage):
         return ({"columns": columns} if columns else {}) | text
 
     def check(self) -> None:
-        """The benchmark files are there, before the run folder is touched (a `--redo`
-        with a mistyped path must not remove the stage it would redo)."""
+        """The benchmark files are there and readable, before the run folder is touched (a
+        `--redo` with a mistyped path must not remove the stage it would redo)."""
         for spec in self._specs:
             try:
-                check_files(spec.annotations, spec.media_root, spec.format,
-                            self._source_options(spec), need_answers=False)
-                self._check_readable(spec)
+                files = annotation_files(spec.annotations)
+                for path in files:
+                    where = f"{path}: " if len(files) > 1 else ""
+                    try:
+                        check_files(path, spec.media_root, spec.format,
+                                    self._source_options(spec), need_answers=False)
+                        self._check_readable(spec, path)
+                    except ValueError as exc:
+                        raise ValueError(f"{where}{exc}") from None
             except (ValueError, OSError) as exc:
                 raise StageError(f"stage 'decontaminate': benchmark {spec.name!r}: {exc}"
                                  ) from None
 
-    def _check_readable(self, spec: BenchmarkSpec, most: int = 100) -> None:
-        """Raise ValueError when none of a benchmark's first `most` records can be read:
-        the file is in another format than the one named (or, for jsonl, parquet or csv,
-        its columns are not mapped), and would match nothing. Clips held in the file are
-        written out to a temporary folder here, as the run folder is not touched yet."""
+    def _check_readable(self, spec: BenchmarkSpec, path: str, most: int = 100) -> None:
+        """Raise ValueError when none of a benchmark file's first `most` records can be
+        read: the file is in another format than the one named (or, for jsonl, parquet or
+        csv, its columns are not mapped), and would match nothing. Clips held in the file
+        are written out to a temporary folder here, as the run folder is not touched yet."""
         with tempfile.TemporaryDirectory(prefix="avcurate-check-") as clips:
-            read = self._records(spec, clips)
             unread = []
-            for record in itertools.islice(read, most):
+            for record in itertools.islice(self._records(spec, path, clips), most):
                 if not isinstance(record, Reject):
                     return
                 unread.append(record)
@@ -187,12 +201,12 @@ class Decontaminate(BaseStage):
                              "(NAME@FORMAT=ANNOTATIONS) and, for jsonl, parquet or csv, its "
                              "columns")
 
-    def _records(self, spec: BenchmarkSpec, clips: str) -> Iterator[dict | Reject]:
-        """A benchmark's rows and rejects; answers may be withheld (a test split's): a
-        record is compared by its clip and question."""
-        return read_source(spec.format, spec.annotations,
-                           spec.media_root or str(Path(spec.annotations).parent), clips,
-                           need_answers=False, **self._source_options(spec))
+    def _records(self, spec: BenchmarkSpec, path: str, clips: str) -> Iterator[dict | Reject]:
+        """One benchmark file's rows and rejects; answers may be withheld (a test split's):
+        a record is compared by its clip and question. The media root defaults to the
+        file's folder."""
+        return read_source(spec.format, path, spec.media_root or str(Path(path).parent),
+                           clips, need_answers=False, **self._source_options(spec))
 
     # -- the index, built once per run (prepare) ---------------------------------------------
     def prepare(self, ctx: StageContext, inputs: list[Path]) -> None:
@@ -221,7 +235,9 @@ class Decontaminate(BaseStage):
         try:
             # a benchmark holding its clips (a Hub dataset's Video column) has them written
             # out with the run's own (`catalogs/embedded.py`)
-            read = list(self._records(spec, str(ctx.run_dir / EMBEDDED_MEDIA)))
+            clips = str(ctx.run_dir / EMBEDDED_MEDIA)
+            read = [r for path in annotation_files(spec.annotations)
+                    for r in self._records(spec, path, clips)]
         except (ValueError, OSError) as exc:
             raise StageError(f"stage 'decontaminate': benchmark {spec.name!r}: {exc}") from None
         return ([r for r in read if not isinstance(r, Reject)],

@@ -30,7 +30,6 @@ option of that catalog (e.g. `columns = {question = "q"}` for jsonl/parquet, or
 
 from __future__ import annotations
 
-import glob
 import os
 import re
 import tomllib
@@ -38,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from avcurate.catalogs import check_source, source_tag
+from avcurate.catalogs import GLOB_RE, annotation_files, check_source, source_tag
 from avcurate.core.options import absolute_path, did_you_mean
 from avcurate.core.urls import file_path, url_refusal
 from avcurate.pipeline.registry import stage_class
@@ -243,7 +242,6 @@ def _stage_paths(name: str, options: dict[str, Any], base: Path | None) -> dict[
     return resolve(options, base) if base is not None and resolve else options
 
 
-GLOB_RE = re.compile(r"[*?\[]")
 ANNOTATIONS_DIR = "{annotations_dir}"
 
 
@@ -296,12 +294,13 @@ def _annotation_files(annotations: str, base: Path | None) -> list[str]:
     (a missing file is named when the sources are checked), else every file it matches,
     sorted (none is an error: a pattern matching nothing would ingest nothing)."""
     path = absolute_path(annotations, base)
-    if not GLOB_RE.search(annotations) or os.path.isfile(path):
+    if not GLOB_RE.search(annotations):
         return [path]
-    files = sorted(f for f in glob.glob(path, recursive=True) if os.path.isfile(f))
-    if not files:
-        raise RecipeError(f"no annotation file matches {annotations!r} (looked for {path})")
-    return files
+    try:
+        return annotation_files(path)
+    except ValueError:
+        raise RecipeError(f"no annotation file matches {annotations!r} (looked for {path})"
+                          ) from None
 
 
 def _root(root: str, annotations: str, base: Path | None) -> str:
