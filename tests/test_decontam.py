@@ -225,6 +225,18 @@ def test_cli_caches_fingerprints_and_resumes(tmp_path):
     from avcurate.core.kvcache import KVCache
 
     assert len(KVCache(run_dir / "cache/fingerprints.sqlite")) == 2 + 4  # benchmark + row videos
+    # what it caught, by benchmark and signal, as `stats` gives it (the text, JSON and HTML)
+    stats = subprocess.run(avcurate_cmd("stats", str(run_dir), "--json"), capture_output=True,
+                           text=True, check=True)
+    assert json.loads(stats.stdout)["decontamination"] == [{
+        "stage": "01-decontaminate", "benchmark": "video-mme", "records": 2, "unread": 0,
+        "videos": 2, "videos_hashed": 2, "rows_in": 5, "caught": 3, "by_id": 1,
+        "by_frames": 1, "by_question": 1}]
+    html = tmp_path / "r.html"
+    stats = subprocess.run(avcurate_cmd("stats", str(run_dir), "--html", str(html)),
+                           capture_output=True, text=True, check=True)
+    assert "│ video-mme │       2 │ 2 of 2 │ 3 of 5 │     1 │       1 │        1 │" in stats.stdout
+    assert "<tr><td>video-mme</td><td>2</td><td>2 of 2</td><td>3 of 5</td>" in html.read_text()
     again = subprocess.run(avcurate_cmd("decontaminate", str(run_dir), "--benchmark", spec),
                            capture_output=True, text=True, check=True)
     assert "01-decontaminate" in again.stdout

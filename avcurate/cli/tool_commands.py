@@ -34,7 +34,8 @@ def stats(
                                                    "with charts.")] = None,
 ) -> None:
     """Funnel, reject reasons, categories before/after balancing, score quantiles, sources,
-    what the probe measured, and the latest judge agreement audit."""
+    what the probe measured, what decontamination caught, and the latest judge agreement
+    audit."""
     from avcurate.reports import html as html_report
     from avcurate.reports.stats import collect
 
@@ -61,6 +62,10 @@ def stats(
     out.print(sources_table(data["sources"]))
     if data.get("probe", {}).get("rows"):
         out.print(probe_table(data["probe"]))
+    if data.get("decontamination"):
+        from avcurate.reports.decontam import decontam_table
+
+        out.print(decontam_table(data["decontamination"]))
     for table in agreement_tables(data.get("audit") or {}):
         out.print(table)
     if data.get("traces"):

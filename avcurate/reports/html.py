@@ -12,6 +12,7 @@ from typing import Any
 
 from avcurate.core.outputs import generator_tag
 from avcurate.curation.probe import CONDITION_NAMES
+from avcurate.reports.decontam import decontam_rows
 from avcurate.reports.tables import not_probed, numbers_only, unlettered_line
 
 GENERATOR = "avcurate stats"  # names the command in the page, so it may replace it
@@ -183,6 +184,10 @@ def render(stats: dict[str, Any]) -> str:
                                [[c, *s["quantiles"].values()] for c, s in stats["scores"].items()]))
     if stats.get("probe", {}).get("rows"):
         sections += _probe(stats["probe"])
+    if stats.get("decontamination"):
+        sections += ["<h2>Decontamination</h2>",
+                     "<p>Rows caught by each benchmark, and by which signal first.</p>",
+                     _table(*decontam_rows(stats["decontamination"]))]
     if stats.get("audit"):
         sections += _audit(stats["audit"])
     if stats["sources"]:

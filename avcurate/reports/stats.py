@@ -1,5 +1,5 @@
 """Statistics of a run: funnel, reject reasons, categories, score distributions, sources,
-what the probe measured, and the latest audit of the judge."""
+what the probe measured, what decontamination caught, and the latest audit of the judge."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any
 from avcurate.core.store import RunStore
 from avcurate.models import demo_notice, models_used
 from avcurate.reports.audit_summaries import latest
+from avcurate.reports.decontam import decontam_report
 from avcurate.reports.probe import probe_summary
 from avcurate.reports.query import connect, views
 from avcurate.reports.tables import stage_rows
@@ -38,6 +39,7 @@ def collect(run_dir: Path | str) -> dict[str, Any]:
         "subsets": {k: v for e in manifest["stages"] for k, v in e.get("subsets", {}).items()},
         "traces": trace_report(run_dir),
         "probe": _probe(run_dir, con),
+        "decontamination": decontam_report(store),
         "models": models_used(manifest),
         "notice": demo_notice(manifest),
         "audit": latest(run_dir),
