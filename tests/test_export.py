@@ -418,9 +418,17 @@ def test_an_export_stopped_half_way_is_finished_by_the_same_command(balanced_run
 
 
 def test_card_has_no_local_paths_or_endpoints(tmp_path, media):
+    """No endpoint and no local path in the card; a decontamination benchmark's paths, held
+    in one NAME=ANNOTATIONS:MEDIA_ROOT text, went into it whole."""
     rows = [row(f"r{i}", "speech") for i in range(6)]
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "bench/test.jsonl").write_text(json.dumps(
+        {"id": "b1", "video": "b1.mp4", "question": "Which planet is largest?"}) + "\n")
+    benchmark = f"mine@jsonl={tmp_path / 'bench/test.jsonl'}:{tmp_path / 'bench'}"
     with openai_server() as server:
-        stages = [StageSpec("classify", {"model": "qwen", "base_url": server.url + "/v1"})]
+        stages = [StageSpec("decontaminate", {"benchmarks": [benchmark],
+                                              "match_frames": False}),
+                  StageSpec("classify", {"model": "qwen", "base_url": server.url + "/v1"})]
         Runner(scored_recipe(tmp_path, rows, stages), tmp_path / "run", show_progress=False).run()
         url = server.url
     export_run(tmp_path / "run", tmp_path / "export")
@@ -428,6 +436,8 @@ def test_card_has_no_local_paths_or_endpoints(tmp_path, media):
     assert url not in card and "127.0.0.1" not in card and str(tmp_path) not in card
     assert "qwen" in card  # model names stay
     assert "Media files are not included" in card
+    assert 'benchmarks = ["mine@jsonl=test.jsonl:bench"]' in card  # the filters' table
+    assert '"mine@jsonl=bench/test.jsonl:bench",' in card  # the recipe: relative to the run's
 
 
 def test_export_refuses_a_run_whose_last_stage_stopped(tmp_path):

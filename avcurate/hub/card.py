@@ -93,6 +93,15 @@ def public_recipe(recipe: dict[str, Any], base: Path | None = None) -> dict[str,
             return Path(os.path.relpath(value, base)).as_posix()
         return Path(value).name
 
+    def named_paths(value: str) -> str:
+        """NAME=PATH[:PATH] (a decontamination benchmark: `video-mme=/data/t.parquet:/data`)
+        with its paths made public; any other text as it is."""
+        head, eq, rest = value.partition("=")
+        parts = rest.split(":")
+        if not eq or not any(parts) or not all(os.path.isabs(p) for p in parts if p):
+            return value
+        return f"{head}=" + ":".join(path(p) if p else p for p in parts)
+
     def clean(value: Any) -> Any:
         if isinstance(value, dict):
             return {k: clean(v) for k, v in value.items()
@@ -102,7 +111,7 @@ def public_recipe(recipe: dict[str, Any], base: Path | None = None) -> dict[str,
             return [clean(v) for v in value if v is not None]
         if isinstance(value, str) and os.path.isabs(value):
             return path(value)
-        return value
+        return named_paths(value) if isinstance(value, str) else value
 
     return clean(recipe)
 
