@@ -438,6 +438,8 @@ def test_card_has_no_local_paths_or_endpoints(tmp_path, media):
     assert "Media files are not included" in card
     assert 'benchmarks = ["mine@jsonl=test.jsonl:bench"]' in card  # the filters' table
     assert '"mine@jsonl=bench/test.jsonl:bench",' in card  # the recipe: relative to the run's
+    # what decontamination compared and caught; the picture signal was switched off
+    assert "| mine | 1 | off | 0 of 6 | 0 | off | 0 |" in card
 
 
 def test_export_refuses_a_run_whose_last_stage_stopped(tmp_path):

@@ -5,8 +5,8 @@ dataset viewer and `datasets` read exactly what they expect: configs, `dataset_i
 every config's features and split sizes, pretty name, license, language, size, task
 categories and tags. The body says what a reader needs to trust and use the data: how to
 load each config, a sample record, the media, the stage funnel, the filters and models,
-categories, scores, columns, and the recipe that produced it (as a TOML file, with paths
-made relative and endpoints removed).
+categories, the benchmarks it was decontaminated against, scores, columns, and the recipe
+that produced it (as a TOML file, with paths made relative and endpoints removed).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from typing import Any
 from avcurate.core.store import RunStore
 from avcurate.hub.options import ExportOptions, ExportResult
 from avcurate.models import demo_notice, models_used
+from avcurate.reports.decontam import decontam_report, decontam_rows
 from avcurate.reports.tables import is_number, numbers_only, stage_rows
 
 COLUMN_DOCS = {
@@ -250,6 +251,12 @@ def _made_section(inp: CardInputs) -> list[str]:
                       _table(["category", "before", "after"],
                              [[c, n, e["categories_after"].get(c, 0)]
                               for c, n in e["categories_before"].items()]), ""]
+    if report := decontam_report(inp.store):
+        headers, rows = decontam_rows(report)
+        parts += ["Decontamination: training rows sharing a video (by source id or picture) or a "
+                  "question with these benchmarks were removed (each counted under the first "
+                  "signal that caught it):", "",
+                  _table([h.replace("\n", " ") for h in headers], rows), ""]
     if scores := _score_summary(inp.store):
         parts += ["Score summary (final rows):", "", _table(
             ["score", "mean", "p10", "p50", "p90"],

@@ -15,7 +15,8 @@ from rich.text import Text
 
 from avcurate.core.store import RunStore
 
-SIGNALS = ("id", "frames", "question")
+SWITCHES = {"id": "match_ids", "frames": "match_frames", "question": "match_questions"}
+SIGNALS = tuple(SWITCHES)
 # a reject's detail names the benchmark item, then the signal: "ITEM (frames: 7/8 ...)"
 SIGNAL_RE = r"\((?P<signal>" + "|".join(SIGNALS) + r"): "
 PREFIX = "contaminated:"
@@ -28,15 +29,17 @@ def decontam_report(store: RunStore) -> list[dict[str, Any]]:
         if not entry.get("benchmarks") or entry.get("status", "done") != "done":
             continue
         caught = _caught(store, entry["dir"])
+        options = entry.get("options") or {}
+        on = {s: options.get(switch, True) for s, switch in SWITCHES.items()}
         for name, bench in entry["benchmarks"].items():
             signals = caught.get(name, {})
             out.append({
                 "stage": entry["dir"], "benchmark": name, "records": bench.get("items", 0),
                 "unread": sum((bench.get("unread") or {}).values()),
                 "videos": bench.get("videos", 0),
-                "videos_hashed": bench.get("videos_hashed", 0),
+                "videos_hashed": bench.get("videos_hashed", 0) if on["frames"] else None,
                 "rows_in": entry.get("rows_in"), "caught": sum(signals.values()),
-                **{f"by_{s}": signals.get(s, 0) for s in SIGNALS}})
+                **{f"by_{s}": signals.get(s, 0) if on[s] else None for s in SIGNALS}})
     return out
 
 
@@ -66,15 +69,20 @@ HEADERS = ("stage", "benchmark", "records", "videos\nhashed", "rows\ncaught", "b
 def decontam_rows(report: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
     """The report as a table's headers and rows (the terminal's and the HTML report's):
     records read (and those not), videos hashed of those named, rows caught of the stage's
-    input. The stage is a column only when the run decontaminated more than once."""
+    input; a signal switched off is "off". The stage is a column only when the run
+    decontaminated more than once."""
     rows = [[r["stage"], r["benchmark"],
              f"{r['records']:,}" + (f" ({r['unread']:,} unread)" if r["unread"] else ""),
-             f"{r['videos_hashed']:,} of {r['videos']:,}",
+             "off" if r["videos_hashed"] is None else f"{r['videos_hashed']:,} of {r['videos']:,}",
              f"{r['caught']:,} of {r['rows_in']:,}" if r["rows_in"] else f"{r['caught']:,}",
-             r["by_id"], r["by_frames"], r["by_question"]] for r in report]
+             *(_off(r[f"by_{s}"]) for s in SIGNALS)] for r in report]
     if len({r["stage"] for r in report}) > 1:
         return list(HEADERS), rows
     return list(HEADERS[1:]), [row[1:] for row in rows]
+
+
+def _off(count: int | None) -> int | str:
+    return "off" if count is None else count
 
 
 def decontam_table(report: list[dict[str, Any]]) -> Table:
