@@ -499,6 +499,8 @@ BAD = [
       "--answers", "1"], "answers must be index, index1, text"),
     (["export", "{run}", "--out", "{root}/e", "--val-fraction", "1.5"],
      "--val-fraction must be in [0, 1)"),
+    (["export", "{run}", "--out", "{root}/e", "--split-by", "clip"],
+     "--split-by must be one of video, id, not 'clip'"),
     (["export", "{run}", "--out", "{root}/e", "--license", "cc-by-99"], "not a Hub license id"),
     (["export", "{run}", "--out", "{root}/e", "--language", "en,??"], "not a language code"),
     (["export", "{run}", "--out", "{root}/e", "--revision", "dev"], "go with --push"),

@@ -31,7 +31,7 @@ def _load(path: Path, config: str | None = None):
 
 def test_export_layout_splits_and_datasets_load(balanced_run, tmp_path, media):
     out = tmp_path / "export"
-    result = export_run(balanced_run, out, val_fraction=0.1)
+    result = export_run(balanced_run, out, val_fraction=0.1, split_by="id")
     assert result.configs == {"default": {"train": 72, "validation": 8},
                               "audio_visual": {"train": 54, "validation": 6}}
     assert sorted(p.name for p in (out / "data").glob("*.parquet")) == [
@@ -51,10 +51,41 @@ def test_export_layout_splits_and_datasets_load(balanced_run, tmp_path, media):
     assert video == "../../clips/good.mp4" or video == "../../clips/good2.mp4"
     assert (out / "data" / video).resolve() == (tmp_path / "clips" / Path(video).name)
     assert (out / "data/audio_visual" / sub["train"][0]["video"]).resolve().is_file()
-    again = export_run(balanced_run, tmp_path / "export2", val_fraction=0.1)
+    again = export_run(balanced_run, tmp_path / "export2", val_fraction=0.1, split_by="id")
     assert again.configs == result.configs
     assert pq.read_table(tmp_path / "export2/data/validation-00000-of-00001.parquet").column(
         "id").to_pylist() == val["id"]  # deterministic
+
+
+def test_validation_holds_whole_clips_so_none_is_in_both_splits(tmp_path):
+    """Datasets ask several questions about one clip (LLaVA-Video about seven). A split by
+    row put most validation clips in training too, so validation rewarded what training had
+    shown. By default every question of a clip is on one side, the categories are each
+    represented, and the split stays near --val-fraction; `split_by="id"` splits rows."""
+    rows = [row(f"{cat}{c:02d}-{q}", cat, video=f"clips/{cat}{c:02d}.mp4")
+            for cat, clips in (("speech", 40), ("music", 15)) for c in range(clips)
+            for q in range(4)]
+    Runner(scored_recipe(tmp_path, rows, [StageSpec("threshold")]), tmp_path / "run",
+           show_progress=False).run()
+
+    def sides(split_by):
+        export_run(tmp_path / "run", tmp_path / split_by, val_fraction=0.2, split_by=split_by)
+        return {split: pq.read_table(sorted((tmp_path / split_by / "data").glob(
+            f"{split}-*.parquet"))[0]).to_pylist() for split in ("train", "validation")}
+
+    by_clip = sides("video")
+    assert "every question about a clip is in the same split" in (
+        tmp_path / "video/README.md").read_text()
+    clips = {k: {r["video"] for r in v} for k, v in by_clip.items()}
+    assert not clips["train"] & clips["validation"]
+    val = by_clip["validation"]
+    assert sorted({r["category"] for r in val}) == ["music", "speech"]
+    assert 32 - 4 < sum(r["category"] == "speech" for r in val) <= 32  # of 160 rows, 20%
+    assert 12 - 4 < sum(r["category"] == "music" for r in val) <= 12  # of 60
+    by_row = sides("id")
+    assert len(by_row["validation"]) == 32 + 12
+    leaked = {r["video"] for r in by_row["train"]} & {r["video"] for r in by_row["validation"]}
+    assert len(leaked) > 10  # what the split by row did
 
 
 def test_card(balanced_run, tmp_path):
@@ -103,7 +134,8 @@ def test_a_full_disk_stops_the_export_with_one_line_and_frees_what_it_staged(
     naming the file it was writing, no staged or half-copied file left to take the room,
     and the same command exports everything once there is room."""
     out = small_disk.path / "export"
-    cmd = avcurate_cmd("export", str(balanced_run), "--out", str(out), "--copy-media")
+    cmd = avcurate_cmd("export", str(balanced_run), "--out", str(out), "--copy-media",
+                       "--split-by", "id")
 
     def stopped_at(folder: str) -> None:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)

@@ -67,22 +67,22 @@ def _other_run(tmp_path: Path, n: int, comp: float) -> Path:
 def test_reexports_load_fresh_with_the_default_cache(balanced_run, tmp_path):
     out, hf_home = tmp_path / "export", tmp_path / "hf-home"
     configs = ("default", "audio_visual")
-    export_run(balanced_run, out, val_fraction=0.1)
+    export_run(balanced_run, out, val_fraction=0.1, split_by="id")
     first = _load_fresh(out, hf_home, *configs)
     assert first["default"]["train"][0] == 72 and first["audio_visual"]["train"][0] == 54
     other = _other_run(tmp_path, 20, 0.8)
-    export_run(other, out, val_fraction=0.1)  # the same folder, the same HF_HOME
+    export_run(other, out, val_fraction=0.1, split_by="id")  # the same folder, the same HF_HOME
     second = _load_fresh(out, hf_home, *configs)
     assert {c: {s: v[0] for s, v in d.items()} for c, d in second.items()} == {
         "default": {"train": 36, "validation": 4}, "audio_visual": {"train": 18, "validation": 2}}
     assert second["default"]["train"][1].startswith("jsonl:scored/x")
     # same rows and ids, only a score changed: still the current export
     same_ids = _other_run(tmp_path, 20, 0.9)
-    export_run(same_ids, out, val_fraction=0.1)
+    export_run(same_ids, out, val_fraction=0.1, split_by="id")
     third = _load_fresh(out, hf_home, *configs)
     assert third["default"]["train"][:2] == second["default"]["train"][:2]
     assert third["default"]["train"][2] == pytest.approx(36 * 0.9)
-    export_run(balanced_run, out, val_fraction=0.1)  # back to the first: its rows again
+    export_run(balanced_run, out, val_fraction=0.1, split_by="id")  # back to the first: its rows again
     assert _load_fresh(out, hf_home, *configs) == first
 
 
@@ -91,7 +91,8 @@ def test_card_is_a_valid_dataset_card_with_features_and_body(balanced_run, tmp_p
 
     out = tmp_path / "export"
     result = export_run(balanced_run, out, license="CC-BY-4.0", pretty_name="Speech and music",
-                        language="en,zh", repo_id="me/av-data", copy_media="copy")
+                        language="en,zh", repo_id="me/av-data", copy_media="copy",
+                        split_by="id")
     card = DatasetCard.load(out / "README.md")
     data = card.data.to_dict()
     assert data["license"] == "cc-by-4.0" and data["pretty_name"] == "Speech and music"
@@ -253,7 +254,8 @@ def test_trainer_reads_export_media_from_the_data_files_folder(balanced_run, tmp
 
     for typed in (False, True):
         out = tmp_path / f"export-{typed}"
-        export_run(balanced_run, out, copy_media="copy", media_features=typed)
+        export_run(balanced_run, out, copy_media="copy", media_features=typed,
+                   split_by="id")
         rows = load_rows(out)
         assert all(Path(r["video"]).is_file() and Path(r["video"]).parent == out / "videos"
                    for r in rows)

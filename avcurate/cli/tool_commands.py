@@ -140,7 +140,12 @@ def export(
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for the Hub-layout "
                                                               "dataset.")],
     val_fraction: Annotated[float, typer.Option(help="Share of rows in the validation split "
-                                                     "(by id hash, per category).")] = 0.05,
+                                                     "(by hash, per category).")] = 0.05,
+    split_by: Annotated[str, typer.Option(help="video: every question about a clip on the "
+                                               "same side, so no clip is in both splits "
+                                               "(the split is then about --val-fraction); "
+                                               "id: each row by itself (exactly "
+                                               "--val-fraction).")] = "video",
     shard_mb: Annotated[int, typer.Option(help="Largest Parquet shard, MB.")] = 500,
     copy_media: Annotated[bool, typer.Option(help="Copy media under videos/ and audios/.")]
     = False,
@@ -197,7 +202,8 @@ def export(
         fail("--hardlink goes with --copy-media (without it no media file is placed)")
     copy = ("hardlink" if hardlink else "copy") if copy_media else None
     # the options (the repo id's form among them) before the token: a typo comes first
-    opts = guard(export_options, val_fraction=val_fraction, max_shard_bytes=shard_mb * 1024**2,
+    opts = guard(export_options, val_fraction=val_fraction, split_by=split_by,
+                 max_shard_bytes=shard_mb * 1024**2,
                  copy_media=copy, media_features=media_features, all_columns=all_columns,
                  license=license, license_name=license_name, license_link=license_link,
                  pretty_name=pretty_name, language=language, repo_id=repo_id)

@@ -173,7 +173,7 @@ def _body(inp: CardInputs) -> list[str]:
     parts += ["## Configs and splits", "",
               _table(["config", "train", "validation"],
                      [[c, s.get("train", 0), s.get("validation", 0)]
-                      for c, s in res.configs.items()]), "",
+                      for c, s in res.configs.items()]), "", _split_line(opts), "",
               "## Load it", "", "```python", "from datasets import load_dataset", ""]
     where = opts.repo_id or "path/to/this/folder"
     for config in res.configs:
@@ -190,6 +190,15 @@ def _body(inp: CardInputs) -> list[str]:
               "endpoints and keys removed):", "",
               "```toml", recipe_toml(inp.manifest, inp.store).rstrip(), "```", ""]
     return parts
+
+
+def _split_line(opts: ExportOptions) -> str:
+    """How validation rows were chosen, so a reader knows whether a clip can be in both."""
+    if opts.split_by == "video":
+        return (f"Validation holds about {opts.val_fraction:.0%} of each category, chosen by a "
+                "hash of the clip: every question about a clip is in the same split.")
+    return (f"Validation holds {opts.val_fraction:.0%} of each category, chosen by a hash of "
+            "each row's id: questions about one clip may be in both splits.")
 
 
 def _sample_section(sample: dict[str, Any] | None) -> list[str]:

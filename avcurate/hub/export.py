@@ -27,10 +27,11 @@ by another file. The card names each config with the export's content fingerprin
 `datasets` cache key of a local folder is derived from the card (not from the data files'
 dates), so without it a re-export into the same folder loads the previous rows.
 
-The validation split is chosen by a hash of the id (stable across runs and
-machines), stratified by category when the rows have one: within each
-category the rows with the smallest hashes, round(n * val_fraction) of them,
-go to validation.
+The validation split is chosen by a hash of each row's clip (or, with `split_by` "id", of
+its id), stable across runs and machines, stratified by category when the rows have one:
+within each category the rows with the smallest hashes, round(n * val_fraction) of them,
+go to validation, and by clip, every other row of the clips they show
+(`splits.validation_ids`).
 """
 
 from __future__ import annotations
@@ -287,7 +288,7 @@ def _stage_export(store: RunStore, manifest: dict[str, Any], final: list[Path], 
         else [c for c in TRAINING_COLUMNS if c in have]
     result = ExportResult(out, {}, columns, 0)
     written: set[str] = set()
-    val_ids = validation_ids(final, opts.val_fraction)
+    val_ids = validation_ids(final, opts.val_fraction, opts.split_by)
     for config, (files, folder, where) in sets.items():
         if files:
             _export_config(result, config, ConfigRows(files, columns, where), val_ids, folder,

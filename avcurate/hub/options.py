@@ -9,6 +9,8 @@ from typing import Any
 
 from avcurate.hub.licenses import License, check_license
 
+SPLIT_BY = ("video", "id")
+
 
 class ExportError(ValueError):
     """An export that cannot be made as asked (bad option, foreign folder, no rows); one line."""
@@ -30,6 +32,7 @@ class ExportOptions:
     """What an export writes besides the rows; checked before any file is touched."""
 
     val_fraction: float = 0.05
+    split_by: str = "video"  # "video": a clip's questions all on one side; "id": each row
     max_shard_bytes: int = 500 * 1024**2
     copy_media: str | None = None  # "copy" | "hardlink"
     media_features: bool = False
@@ -42,6 +45,9 @@ class ExportOptions:
     def check(self) -> None:
         if not 0 <= self.val_fraction < 1:
             raise ExportError("--val-fraction must be in [0, 1)")
+        if self.split_by not in SPLIT_BY:
+            raise ExportError(f"--split-by must be one of {', '.join(SPLIT_BY)}, not "
+                              f"{self.split_by!r}")
         if self.copy_media not in (None, "copy", "hardlink"):
             raise ExportError("copy_media must be 'copy' or 'hardlink'")
         if self.max_shard_bytes < 1:
