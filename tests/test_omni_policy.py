@@ -204,8 +204,11 @@ def test_omni_trains_on_two_ranks_like_one(thinker, media, tmp_path):
     from pathlib import Path
 
     folder, _ = thinker
-    data = tmp_path / "rows.parquet"
-    pq.write_table(pa.table({k: [v, v] for k, v in _row(media).items()}), data)
+    data = tmp_path / "export"  # an export's layout: a validation split to evaluate on
+    (data / "data").mkdir(parents=True)
+    for split, n in (("train", 2), ("validation", 3)):
+        pq.write_table(pa.table({k: [v] * n for k, v in _row(media).items()}),
+                       data / f"data/{split}-00000-of-00001.parquet")
     tests = Path(__file__).parent
     env = os.environ | {"PYTHONPATH": os.pathsep.join([str(tests), os.environ.get("PYTHONPATH",
                                                                                   "")]),
@@ -214,11 +217,20 @@ def test_omni_trains_on_two_ranks_like_one(thinker, media, tmp_path):
     for out, launcher in (("one", [sys.executable]),
                           ("two", [sys.executable, "-m", "torch.distributed.run",
                                    "--nproc-per-node", "2", "--standalone"])):
-        result = subprocess.run([*launcher, script, str(folder), str(data), str(tmp_path / out)],
+        result = subprocess.run([*launcher, script, str(folder), str(data), str(tmp_path / out),
+                                 "eval_every=2", "eval_rows=3"],
                                 capture_output=True, text=True, env=env, timeout=600)
         assert result.returncode == 0, result.stderr[-3000:]
     metrics = {out: [json.loads(x) for x in (tmp_path / out / "metrics.jsonl").read_text()
                      .splitlines()] for out in ("one", "two")}
+    # evaluation too: rank 1 answers one row and repeats it to keep in step with rank 0's two
+    evals = {out: [{k: v for k, v in json.loads(x).items() if k != "seconds"}
+                   for x in (tmp_path / out / "eval.jsonl").read_text().splitlines()]
+             for out in ("one", "two")}
+    assert [e["step"] for e in evals["one"]] == [0, 2] and evals["one"][0]["eval_rows"] == 3
+    assert "eval/modality_attention_mean" in evals["one"][0]
+    for a, b in zip(evals["one"], evals["two"], strict=True):
+        assert a == pytest.approx(b, abs=1e-5)
     reads = {f.name: int(f.read_text()) for f in tmp_path.glob("two.reads-*")}
     assert reads == {"two.reads-0": 2, "two.reads-1": 0}  # the policy and the reference model
     for a, b in zip(metrics["one"], metrics["two"], strict=True):

@@ -308,18 +308,24 @@ def test_a_one_rank_checkpoint_resumes_on_two_ranks(toy, tmp_path):
 
 
 def test_train_cli_and_modality_rollouts(toy, tmp_path):
+    """The modality rollouts a reward asks for, in training and (greedy) in evaluation."""
     lm, data = toy
     env = os.environ | {"PYTHONPATH": str(TESTS)}
-    result = subprocess.run([sys.executable, "-m", "avcurate", "train", "--data", str(data),
+    export = _export_layout(toy, tmp_path / "export")
+    result = subprocess.run([sys.executable, "-m", "avcurate", "train", "--data", str(export),
                              "--model", str(lm), "--out", str(tmp_path / "cli"),
                              "--rewards", f"format,accuracy,modality_attention,{REWARD}",
                              "--reward-weights", "1,1,1,1", "--num-generations", "4",
-                             "--prompts-per-step", "2", "--steps", "2", "--max-new-tokens", "3"],
+                             "--prompts-per-step", "2", "--steps", "2", "--max-new-tokens", "3",
+                             "--eval-every", "2", "--eval-rows", "3"],
                             capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "trained to step 2" in result.stdout
     metrics = _metrics(tmp_path / "cli")
     assert "reward/modality_attention_mean" in metrics[0]
+    evals = _evals(tmp_path / "cli")
+    assert [e["step"] for e in evals] == [0, 2]
+    assert all(0 <= e["eval/modality_attention_mean"] <= 1.3 for e in evals)
     bad = subprocess.run([sys.executable, "-m", "avcurate", "train", "--data", str(data),
                           "--model", str(lm), "--rewards", "nope", "--out", str(tmp_path / "x")],
                          capture_output=True, text=True, env=env, timeout=300)
@@ -1001,3 +1007,87 @@ def test_new_tokens_that_fill_the_context_stop_before_the_model_loads(toy, tmp_p
     assert result.stderr.strip() == (f"error: --max-new-tokens 2048 leaves no room for a prompt: "
                                      f"--model {lm} has a context of 2,048 positions")
     assert not (tmp_path / "out").exists()
+
+
+def _export_layout(toy, root: Path) -> Path:
+    """The toy rows as an export: data/train-* and a validation split of 5 rows."""
+    from tiny_lm import make_toy_data
+
+    (root / "data").mkdir(parents=True)
+    shutil.copy(toy[1], root / "data/train-00000-of-00001.parquet")
+    make_toy_data(root / "data/validation-00000-of-00001.parquet", n=5)
+    return root
+
+
+def _evals(folder: Path) -> list[dict]:
+    return [{k: v for k, v in json.loads(x).items() if k != "seconds"}
+            for x in (folder / "eval.jsonl").read_text().splitlines()]
+
+
+def test_evaluation_on_the_validation_split_follows_learning_and_changes_nothing_else(
+        toy, tmp_path, monkeypatch, capfd):
+    """The export sets a validation split aside, and training never looked at it: the only
+    figure was the reward of the rollouts it learnt from. `--eval-every` answers validation
+    rows greedily before training, every N steps and after the last; the training itself
+    (its rollouts, metrics and weights) is the same with or without it."""
+    monkeypatch.syspath_prepend(str(TESTS))
+    data = _export_layout(toy, tmp_path / "export")
+    plain = train(_cfg(toy, tmp_path / "plain", data=str(data)), progress=False)
+    evaluated = train(_cfg(toy, tmp_path / "eval", data=str(data), eval_every=10, eval_rows=4),
+                      progress=False)
+    assert [h["reward_mean"] for h in plain] == [h["reward_mean"] for h in evaluated]
+    w1, w2 = _weights(tmp_path / "plain/final"), _weights(tmp_path / "eval/final")
+    assert all(torch.equal(w1[k], w2[k]) for k in w1)
+    evals = _evals(tmp_path / "eval")
+    assert [e["step"] for e in evals] == [0, 10, 20, 30]
+    assert {e["eval_rows"] for e in evals} == {4} and {e["eval_left_out"] for e in evals} == {0}
+    means = [e["eval_reward_mean"] for e in evals]
+    assert means[-1] > means[0] and means[-1] == 1.0, means  # greedy: the mode is learnt
+    assert means == [e[f"eval/{REWARD}_mean"] for e in evals]
+    said = capfd.readouterr().err
+    assert f"eval after step 30: reward 1.000 ({REWARD} 1.000) over 4 validation rows" in said
+    assert not (tmp_path / "plain/eval.jsonl").exists()
+
+
+def test_evaluation_on_two_ranks_matches_one(toy, tmp_path):
+    """The rows are dealt to the ranks in turn (3 rows: two on rank 0, one on rank 1, which
+    repeats its prompt to make the same generate calls): the same figures as one rank."""
+    data = _export_layout(toy, tmp_path / "export")
+    for n, name in ((1, "one"), (2, "two")):
+        _run(_args(toy, tmp_path / name, data=data, steps=2, **{"eval-every": 1,
+                                                                "eval-rows": 3}), n)
+    one, two = _evals(tmp_path / "one"), _evals(tmp_path / "two")
+    assert [e["step"] for e in one] == [0, 1, 2] and {e["eval_rows"] for e in one} == {3}
+    for a, b in zip(one, two, strict=True):
+        assert a == pytest.approx(b, abs=1e-6)
+
+
+def test_evaluation_without_a_validation_split_is_one_line_before_the_model_loads(toy,
+                                                                                  tmp_path):
+    lm, data = toy
+    result = subprocess.run([sys.executable, "-m", "avcurate", "train", "--data", str(data),
+                             "--model", str(lm), "--out", str(tmp_path / "out"),
+                             "--eval-every", "5"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines() == [
+        f"error: --eval-every needs a validation split, and --data {data} has none (an "
+        "avcurate export holds data/validation-*.parquet when made with --val-fraction above "
+        "0)"]
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_resumed_training_evaluates_each_step_once(toy, tmp_path):
+    """An evaluation comes before its step's checkpoint: a run stopped after step 1 and
+    resumed has each evaluation once, as a straight run does."""
+    data = _export_layout(toy, tmp_path / "export")
+    args = dict(data=data, steps=3, **{"eval-every": 1, "eval-rows": 2})
+    _run(_args(toy, tmp_path / "straight", **args), 1)
+    _run(_args(toy, tmp_path / "resumed", **args, **{"stop-after": 1}), 1)
+    assert [e["step"] for e in _evals(tmp_path / "resumed")] == [0, 1]
+    with (tmp_path / "resumed/eval.jsonl").open("a") as f:  # killed before checkpoint 2
+        f.write(json.dumps({"step": 2, "eval_rows": 2, "eval_reward_mean": 9.0}) + "\n")
+    _run(_args(toy, tmp_path / "resumed", **args), 1)
+    resumed, straight = _evals(tmp_path / "resumed"), _evals(tmp_path / "straight")
+    assert [e["step"] for e in resumed] == [0, 1, 2, 3]
+    for a, b in zip(resumed, straight, strict=True):
+        assert a == pytest.approx(b, abs=1e-6)

@@ -106,6 +106,12 @@ class TrainConfig:
                              "optimizer in bfloat16 (small updates are lost: at lr 1e-6 most "
                              "weights never change); auto: bf16-mixed on GPU, float32 on CPU.")
     log_every: int = option(1, min=1, help="Write metrics every N steps.")
+    eval_every: int = option(0, min=0, help="Evaluate on the export's validation split "
+                             "before training, every N steps and after the last (0: never): "
+                             "one greedy completion for each of the first --eval-rows rows, "
+                             "scored by the training rewards, a line each in OUT/eval.jsonl.")
+    eval_rows: int = option(256, min=1, help="Validation rows each evaluation answers (the "
+                                             "first N, the same each time).")
 
     def __post_init__(self) -> None:
         check_fields(self, "train")
@@ -156,6 +162,12 @@ class TrainConfig:
         if (Path(self.data) / "manifest.json").is_file():  # a run: its rows are in stages
             raise OptionError(f"--data {self.data} is a run folder; train on its export "
                               f"(`avcurate export {self.data} --out DIR`, then --data DIR)")
+        from avcurate.trainer.data import split_files  # pyarrow: not for `--help`
+
+        if self.eval_every and not split_files(self.data, "validation"):
+            raise OptionError(f"--eval-every needs a validation split, and --data {self.data} "
+                              "has none (an avcurate export holds data/validation-*.parquet "
+                              "when made with --val-fraction above 0)")
         local = Path(self.model).expanduser()
         if (local.is_absolute() or self.model.startswith(".")) and not local.is_dir():
             raise OptionError(f"--model {self.model}: no such folder (the policy's local "

@@ -64,6 +64,18 @@ def open_ended(rows: Rows) -> int:
     return lengths.null_count + pc.sum(pc.equal(lengths, 0), min_count=0).as_py()
 
 
+def split_files(path: str | Path, split: str) -> list[Path]:
+    """The Parquet files of an export's `split`; a config's folder (data/<config>) without
+    them gives all its files for the train split; a file is itself, for the train split."""
+    path = Path(path)
+    if (path / "data").is_dir():
+        return sorted((path / "data").glob(f"{split}-*.parquet"))
+    if path.is_dir():
+        return sorted(path.glob(f"{split}-*.parquet")) or (
+            sorted(path.glob("*.parquet")) if split == "train" else [])
+    return [path] if split == "train" else []
+
+
 def load_rows(path: str | Path, split: str = "train", media_dir: Path | None = None) -> Rows:
     """Rows of an export's split, or of a Parquet file/folder, media paths made absolute.
 
@@ -74,12 +86,7 @@ def load_rows(path: str | Path, split: str = "train", media_dir: Path | None = N
     without `media_dir` their bytes are not read at all.
     """
     path = Path(path)
-    if (path / "data").is_dir():
-        files = sorted((path / "data").glob(f"{split}-*.parquet"))
-    elif path.is_dir():  # a config's folder (data/<config>) holds every split: take one
-        files = sorted(path.glob(f"{split}-*.parquet")) or sorted(path.glob("*.parquet"))
-    else:
-        files = [path]
+    files = split_files(path, split)
     if not files:
         raise FileNotFoundError(f"--data {path}: no Parquet files for split {split!r} (an "
                                 f"avcurate export holds data/{split}-*.parquet)")

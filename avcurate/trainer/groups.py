@@ -81,7 +81,7 @@ def _usable(state: TrainState, slots: list[tuple[int, int]], step: int, salt: in
     rows, inputs, stop = [], [], None
     for r_idx, g_idx in slots:
         try:
-            row, made = usable_input(state.skipped, lambda row: _prompt(state, row), state.rows,
+            row, made = usable_input(state.skipped, lambda row: row_prompt(state, row), state.rows,
                                      r_idx, [cfg.seed, step, g_idx, salt], step, count)
         except UnusableRow as exc:
             stop = exc
@@ -94,7 +94,7 @@ def _usable(state: TrainState, slots: list[tuple[int, int]], step: int, salt: in
     return rows, inputs
 
 
-def _prompt(state: TrainState, row: dict[str, Any]) -> tuple[torch.Tensor, dict]:
+def row_prompt(state: TrainState, row: dict[str, Any]) -> tuple[torch.Tensor, dict]:
     """The row's prompt ids and media. A prompt that leaves the model's context too little
     room for `--max-new-tokens` is unusable: past its positions a model with learned
     positions fails with an IndexError, and a RoPE one samples from positions it never saw

@@ -33,6 +33,8 @@ from avcurate.trainer import rewards as reward_registry
 from avcurate.trainer.collectives import all_sum, gather_list
 from avcurate.trainer.config import TrainConfig
 from avcurate.trainer.data import Rows, load_rows, open_ended
+from avcurate.trainer.evaluate import EVAL_FILE, due, evaluate
+from avcurate.trainer.evaluate import log as log_evaluation
 from avcurate.trainer.hub_model import loadable
 from avcurate.trainer.interrupts import StopAtStepEnd, say
 from avcurate.trainer.losses import LossConfig, local_advantages, policy_loss
@@ -385,8 +387,9 @@ def build(cfg: TrainConfig, model_path: str, rewards: list[Reward],
         raise ValueError(f"--prompts-per-step {cfg.prompts_per_step} must divide among {world} ranks")
     seed_all(cfg.seed)
     # clips a Hub dataset holds in its files are written out for a policy that reads them
-    rows = load_rows(cfg.data, media_dir=Path(cfg.out) / EMBEDDED_MEDIA
-                     if cfg.policy == "omni" else None)
+    media_dir = Path(cfg.out) / EMBEDDED_MEDIA if cfg.policy == "omni" else None
+    rows = load_rows(cfg.data, media_dir=media_dir)
+    held_out = load_rows(cfg.data, "validation", media_dir) if cfg.eval_every else None
     if rank == 0:
         warn_open_ended(rows, rewards)
     prec = precision(cfg.dtype, device)
@@ -427,7 +430,8 @@ def build(cfg: TrainConfig, model_path: str, rewards: list[Reward],
     loss_cfg = LossConfig(cfg.algo, cfg.eps_low, cfg.eps_high, cfg.beta, cfg.aggregation,
                           cfg.max_new_tokens)
     return TrainState(cfg, rank, world, rows, policy, model, ref, optimizer, scheduler, loss_cfg,
-                      rewards, reward_registry.rollouts_needed(rewards), mixed, device)
+                      rewards, reward_registry.rollouts_needed(rewards), mixed, device,
+                      eval_rows=held_out)
 
 
 def train(cfg: TrainConfig, progress: bool = True, policy_kwargs: dict | None = None
@@ -463,12 +467,17 @@ def _train(state: TrainState, progress: bool) -> list[dict[str, Any]]:
     if state.rank == 0:
         keep_metrics_until(metrics_path, start)
         keep_metrics_until(state.skipped.path, start)  # rows met in steps to be trained again
+        # an evaluation follows its step's metrics and comes before its checkpoint; the one
+        # before any step is made again with the first step
+        keep_metrics_until(out / EVAL_FILE, start if start else -1)
     if dist.is_initialized():
         dist.barrier()  # before any rank logs a skipped row of the first step
     history = []
     bar = _bar(progress and state.rank == 0, cfg.steps, start)
     try:
         with StopAtStepEnd(state.world == 1) as stop:
+            if start == 0:
+                _evaluated(state, out, 0)
             for step in range(start, cfg.steps):
                 record = _logged_step(state, ckpt, step, start)
                 history.append(record)
@@ -478,6 +487,7 @@ def _train(state: TrainState, progress: bool) -> list[dict[str, Any]]:
                 if bar is not None:
                     bar.set_postfix(reward=f"{record['reward_mean']:.3f}")
                     bar.update(1)
+                _evaluated(state, out, step + 1)
                 if step + 1 < cfg.steps and _ends_here(state, ckpt, stop, step + 1, start):
                     return history  # a time-limited job: the next run resumes exactly here
         _save(state, ckpt, cfg.steps)
@@ -487,6 +497,15 @@ def _train(state: TrainState, progress: bool) -> list[dict[str, Any]]:
             bar.close()
         getattr(state.policy, "close", lambda: None)()  # the omni policy's clip reader
     return history
+
+
+def _evaluated(state: TrainState, out: Path, done: int) -> None:
+    """The evaluation due after `done` steps, if any (`evaluate.py`), logged by rank 0."""
+    if state.eval_rows is None or not due(state.cfg, done):
+        return
+    record = evaluate(state, state.eval_rows, done)
+    if state.rank == 0:
+        log_evaluation(out / EVAL_FILE, record)
 
 
 def _ends_here(state: TrainState, ckpt: Path, stop: StopAtStepEnd, done: int, start: int

@@ -29,9 +29,10 @@ from avcurate.trainer.unusable import SKIPPED
 
 RECORD = "train.json"
 OPERATIONAL = frozenset({"out", "save_every", "stop_after", "log_every", "judge_base_url",
-                         "gradient_checkpointing", "media_timeout"})
+                         "gradient_checkpointing", "media_timeout", "eval_every", "eval_rows"})
 # what the trainer writes into --out (checkpoint and final swaps go through .old and .tmp)
-OURS = frozenset({"checkpoint", "checkpoint.old", "checkpoint.tmp", "metrics.jsonl", "final",
+OURS = frozenset({"checkpoint", "checkpoint.old", "checkpoint.tmp", "metrics.jsonl", "eval.jsonl",
+                  "final",
                   "final.old", "final.tmp", RECORD, SKIPPED, LOCK, HOLDER, EMBEDDED_MEDIA})
 
 

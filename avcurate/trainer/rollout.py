@@ -73,10 +73,11 @@ class SeededSampler:
 @torch.no_grad()
 def sample_batch(model, tokenizer, prompts: list[torch.Tensor], seeds: list[int], *,
                  temperature: float, top_p: float, max_new_tokens: int,
-                 extras: dict | None = None, suppress_tokens: list[int] | None = None
-                 ) -> list[torch.Tensor]:
+                 extras: dict | None = None, suppress_tokens: list[int] | None = None,
+                 greedy: bool = False) -> list[torch.Tensor]:
     """One completion (token ids, up to and including EOS) per (prompt, seed), in one
-    generate call: prompts left-padded, each row sampled from its own seed."""
+    generate call: prompts left-padded, each row sampled from its own seed (`greedy`: the
+    most likely token at each position instead, for evaluation)."""
     from transformers import LogitsProcessorList
 
     synced = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
@@ -89,10 +90,10 @@ def sample_batch(model, tokenizer, prompts: list[torch.Tensor], seeds: list[int]
     media = on_device(extras, model.device)
     if suppress_tokens:
         media["suppress_tokens"] = suppress_tokens
-    sampler = SeededSampler(seeds, temperature, top_p, model.device)
+    processors = [] if greedy else [SeededSampler(seeds, temperature, top_p, model.device)]
     out = model.generate(input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
                          **media, do_sample=False, temperature=None, top_p=None, top_k=None,
-                         logits_processor=LogitsProcessorList([sampler]),
+                         logits_processor=LogitsProcessorList(processors),
                          max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
                          eos_token_id=tokenizer.eos_token_id, synced_gpus=synced)
     completions = []

@@ -46,6 +46,7 @@ class TrainState:
     mixed: bool = False  # bfloat16 compute over float32 weights
     device: torch.device = torch.device("cpu")
     skipped: SkippedRows = field(default_factory=SkippedRows)  # rows no prompt is made of
+    eval_rows: Sequence[dict[str, Any]] | None = None  # the validation rows (--eval-every)
 
     def compute(self):
         return compute_context(self.mixed, self.world, self.device)
