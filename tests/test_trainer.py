@@ -325,6 +325,9 @@ def test_train_cli_and_modality_rollouts(toy, tmp_path):
     assert "reward/modality_attention_mean" in metrics[0]
     evals = _evals(tmp_path / "cli")
     assert [e["step"] for e in evals] == [0, 2]
+    assert (f"; validation reward {evals[0]['eval_reward_mean']:.3f} at step 0 -> "
+            f"{evals[1]['eval_reward_mean']:.3f} at step 2 ({tmp_path / 'cli/eval.jsonl'})"
+            ) in " ".join(result.stdout.split())
     assert all(0 <= e["eval/modality_attention_mean"] <= 1.3 for e in evals)
     bad = subprocess.run([sys.executable, "-m", "avcurate", "train", "--data", str(data),
                           "--model", str(lm), "--rewards", "nope", "--out", str(tmp_path / "x")],

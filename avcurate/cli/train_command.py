@@ -72,10 +72,29 @@ def _summary(cfg, history: list[dict[str, Any]]) -> None:
         last = history[-1]
         out.print(f"trained to step {last['step']}: reward mean {last['reward_mean']:.3f}, "
                   f"{last['tokens_per_s']:.0f} tokens/s; model in {final}"
-                  f"{_skipped(Path(cfg.out))}", markup=False, soft_wrap=True)
+                  f"{_evaluated(Path(cfg.out))}{_skipped(Path(cfg.out))}", markup=False,
+                  soft_wrap=True)
     else:  # --out holds this training finished: nothing was loaded or written
         out.print(f"already trained to step {cfg.steps}, nothing left to do; model in "
-                  f"{final}{_skipped(Path(cfg.out))}", markup=False, soft_wrap=True)
+                  f"{final}{_evaluated(Path(cfg.out))}{_skipped(Path(cfg.out))}", markup=False,
+                  soft_wrap=True)
+
+
+def _evaluated(folder: Path) -> str:
+    """'; validation reward FIRST -> LAST at step N (FILE)' when the training evaluated."""
+    import json
+
+    from avcurate.trainer.evaluate import EVAL_FILE
+
+    log = folder / EVAL_FILE
+    lines = [json.loads(ln) for ln in (log.read_text().splitlines() if log.is_file() else [])
+             if ln.strip()]
+    scored = [e for e in lines if "eval_reward_mean" in e]
+    if not scored:
+        return ""
+    first, last = scored[0], scored[-1]
+    return (f"; validation reward {first['eval_reward_mean']:.3f} at step {first['step']} -> "
+            f"{last['eval_reward_mean']:.3f} at step {last['step']} ({log})")
 
 
 def _skipped(folder: Path) -> str:
