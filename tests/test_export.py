@@ -86,6 +86,14 @@ def test_validation_holds_whole_clips_so_none_is_in_both_splits(tmp_path):
     assert len(by_row["validation"]) == 32 + 12
     leaked = {r["video"] for r in by_row["train"]} & {r["video"] for r in by_row["validation"]}
     assert len(leaked) > 10  # what the split by row did
+    # the same rows in a run elsewhere (their clips' paths differ): the same split
+    moved = tmp_path / "elsewhere"
+    moved.mkdir()
+    Runner(scored_recipe(moved, rows, [StageSpec("threshold")]), moved / "run",
+           show_progress=False).run()
+    export_run(moved / "run", moved / "export", val_fraction=0.2)
+    again = pq.read_table(sorted((moved / "export/data").glob("validation-*.parquet"))[0])
+    assert sorted(again.column("id").to_pylist()) == sorted(r["id"] for r in val)
 
 
 def test_card(balanced_run, tmp_path):

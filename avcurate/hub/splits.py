@@ -52,7 +52,8 @@ def validation_ids(files: list[Path], val_fraction: float, split_by: str = "vide
     smallest hashes. An Arrow array, not a Python set: at 10M rows that set alone took a
     gigabyte.
 
-    `split_by` "video" hashes each row's clip (its video, else its audio, else its id), and
+    `split_by` "video" hashes each row's clip (its video, else its audio, else its id; by
+    its folder's and its own name, so the split is the same wherever the run lies), and
     a clip picked in any category takes all its rows along: datasets ask several questions
     about one clip (LLaVA-Video about seven), and a clip on both sides lets validation reward
     what was memorised in training. A clip is picked when all its rows of a category fit in
@@ -66,7 +67,10 @@ def validation_ids(files: list[Path], val_fraction: float, split_by: str = "vide
     have = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {scan}").fetchall()}
     strata = "category" if "category" in have else "NULL"
     media = [c for c in ("video", "audio") if c in have]
-    group = f"coalesce({', '.join(media)}, id)" if split_by == "video" and media else "id"
+    # a clip by its folder and file name: its whole path names the machine it is on, and
+    # the split must be the same wherever the run is (two clips sharing both are grouped)
+    group = (f"regexp_extract(coalesce({', '.join(media)}, id), '([^/]*/)?[^/]*$')"
+             if split_by == "video" and media else "id")
     # a clip is picked when all its rows of the category fit in the category's share: its
     # last row's rank (`last`) is within it
     ids = con.sql(f"""
