@@ -289,7 +289,7 @@ def _unhashed(videos: list[str], hashes: dict[str, list[int] | None]) -> dict[st
 
 def _unread(rejects: list[Reject]) -> dict[str, Any]:
     """A benchmark's records left out of the index, for the manifest: counts by reason and
-    the first one's detail (`reports.tables.unread_benchmarks` warns of them). Records its
+    the first one's detail (`reports.benchmark_hints` warns of them). Records its
     authors excluded (MUSIC-AVQA's deleted questions) are not counted."""
     unread = [r for r in rejects if r.reason != "excluded_by_source"]
     if not unread:

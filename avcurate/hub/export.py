@@ -29,9 +29,8 @@ dates), so without it a re-export into the same folder loads the previous rows.
 
 The validation split is chosen by a hash of each row's clip (or, with `split_by` "id", of
 its id), stable across runs and machines, stratified by category when the rows have one:
-within each category the rows with the smallest hashes, round(n * val_fraction) of them,
-go to validation, and by clip, every other row of the clips they show
-(`splits.validation_ids`).
+within each category, in hash order, the clips whose rows all fit in round(n *
+val_fraction) go to validation with every row they have (`splits.validation_ids`).
 """
 
 from __future__ import annotations

@@ -72,7 +72,7 @@ def validation_ids(files: list[Path], val_fraction: float, split_by: str = "vide
     group = (f"regexp_extract(coalesce({', '.join(media)}, id), '([^/]*/)?[^/]*$')"
              if split_by == "video" and media else "id")
     # a clip is picked when all its rows of the category fit in the category's share: its
-    # last row's rank (`last`) is within it
+    # last row's rank, max(k), is within it
     ids = con.sql(f"""
         WITH r AS (SELECT id, {strata} AS s, {group} AS g FROM {scan}),
         ranked AS (SELECT s, g,

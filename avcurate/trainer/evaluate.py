@@ -63,14 +63,10 @@ def evaluate(state: TrainState, rows: Rows, done: int) -> dict[str, Any]:
         return record | {"seconds": time.perf_counter() - t0}
     per_call = max(1, cfg.prompts_per_step * cfg.num_generations // state.world)
     calls = int(all_max(math.ceil(len(prompts) / per_call)))
-    padded = prompts + [prompts[0]] * (calls * per_call - len(prompts))
-    texts, tokens = _answers(state, padded, calls, per_call, "av")
-    texts, tokens = texts[:len(kept)], tokens[:len(kept)]
+    texts, tokens = _answers(state, prompts, calls, per_call)
     for variant in state.variants:  # the rewards' extra rollouts, greedy too
         alt = [policy.inputs(row, variant, cfg.max_prompt_tokens) for row in kept]
-        alt += [alt[0]] * (calls * per_call - len(alt))
-        for row, text in zip(kept, _answers(state, alt, calls, per_call, variant)[0],
-                             strict=False):
+        for row, text in zip(kept, _answers(state, alt, calls, per_call)[0], strict=True):
             row[f"{variant}_completion"] = text
     total, parts = reward_registry.combine(state.rewards, cfg.reward_weights or None, texts,
                                            kept)
@@ -83,12 +79,15 @@ def evaluate(state: TrainState, rows: Rows, done: int) -> dict[str, Any]:
 
 
 def _answers(state: TrainState, inputs: list[tuple[torch.Tensor, dict]], calls: int,
-             per_call: int, variant: str) -> tuple[list[str], list[int]]:
-    """One greedy completion per (prompt ids, media): texts and token counts."""
+             per_call: int) -> tuple[list[str], list[int]]:
+    """One greedy completion per (prompt ids, media): texts and token counts. `calls`
+    generate calls of `per_call` prompts, the first prompt repeated to fill them (every
+    rank makes the same calls); the repeats' answers are dropped."""
     policy, cfg = state.policy, state.cfg
+    padded = inputs + [inputs[0]] * (calls * per_call - len(inputs))
     texts, tokens = [], []
     for c in range(calls):
-        chunk = inputs[c * per_call:(c + 1) * per_call]
+        chunk = padded[c * per_call:(c + 1) * per_call]
         with torch.no_grad(), state.compute(), \
                 policy.rollout_media(state.model, [m for _, m in chunk], 1) as extras:
             out = sample_batch(state.model, policy.tokenizer, [ids for ids, _ in chunk],
@@ -97,7 +96,7 @@ def _answers(state: TrainState, inputs: list[tuple[torch.Tensor, dict]], calls: 
                                suppress_tokens=policy.suppress_tokens)
         texts += [policy.tokenizer.decode(o, skip_special_tokens=True) for o in out]
         tokens += [len(o) for o in out]
-    return texts, tokens
+    return texts[:len(inputs)], tokens[:len(inputs)]
 
 
 def log(path: Path, record: dict[str, Any]) -> None:
