@@ -94,6 +94,19 @@ def test_validation_holds_whole_clips_so_none_is_in_both_splits(tmp_path):
     export_run(moved / "run", moved / "export", val_fraction=0.2)
     again = pq.read_table(sorted((moved / "export/data").glob("validation-*.parquet"))[0])
     assert sorted(again.column("id").to_pylist()) == sorted(r["id"] for r in val)
+    # a share too small for any clip's four questions: no validation split, and both the
+    # command and the card say so and why (the card once promised "about 2%")
+    done = subprocess.run(avcurate_cmd("export", str(moved / "run"), "--out",
+                                       str(tmp_path / "none"), "--val-fraction", "0.02"),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert not list((tmp_path / "none/data").glob("validation-*"))
+    why = "no category's 2% share could hold a whole clip's questions"
+    assert f"note: no validation split ({why}): every row is in train" in " ".join(
+        done.stdout.split())
+    card = (tmp_path / "none/README.md").read_text()
+    assert f"There is no validation split ({why}): every row is in train." in card
+    assert "Validation holds" not in card
 
 
 def test_card(balanced_run, tmp_path):
@@ -121,6 +134,9 @@ def test_sharding_copy_media_and_all_columns(balanced_run, tmp_path, media):
     out = tmp_path / "export"
     result = export_run(balanced_run, out, max_shard_bytes=2000, copy_media="copy",
                         all_columns=True, val_fraction=0.0)
+    card = (out / "README.md").read_text()
+    assert "There is no validation split (`--val-fraction 0`): every row is in train." in card
+    assert not result.notes  # not asked for: nothing to note
     shards = sorted((out / "data").glob("train-*.parquet"))
     assert len(shards) > 1 and all(f"-of-{len(shards):05d}" in p.name for p in shards)
     assert sum(pq.ParquetFile(p).metadata.num_rows for p in shards) == 80

@@ -206,6 +206,8 @@ def test_an_export_folder_that_cannot_take_the_export_stops_the_run_before_any_r
     done = subprocess.run(avcurate_cmd("run", str(recipe), "--out", str(tmp_path / "run")),
                           capture_output=True, text=True)
     assert done.returncode == 0 and (mine / "README.md").is_file(), done.stderr
+    # one row: 5% of it makes no validation split, and the run's export says so
+    assert "note: no validation split" in done.stdout
 
 
 def test_license_other_with_name_and_link(balanced_run, tmp_path):

@@ -157,6 +157,12 @@ def print_lines(lines: list[str]) -> None:
         out.print(line, soft_wrap=command, highlight=not command)
 
 
+def print_notes(notes: list[str]) -> None:
+    """An export's notes (what the user should know about it), one line each."""
+    for note in notes:
+        out.print(f"[yellow]note:[/] {escape(note)}")
+
+
 def print_summary(run_dir: Path, title: str) -> None:
     """The run's table, after a command ran stages (their counts as recorded when each
     completed; `avcurate status` recounts from the shards)."""

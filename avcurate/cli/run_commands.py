@@ -24,6 +24,7 @@ from avcurate.cli.common import (
     guard,
     out,
     print_lines,
+    print_notes,
     print_summary,
     print_warnings,
 )
@@ -118,6 +119,7 @@ def run(
         out.print(f"exported to {result.out}: " + "; ".join(
             f"{c} " + ", ".join(f"{k} {v:,}" for k, v in s.items())
             for c, s in result.configs.items()), markup=False)
+        print_notes(result.notes)
     out.print(f"Inspect it with: [bold]avcurate status {escape(shlex.quote(str(out_dir)))}[/]",
               soft_wrap=True)
 

@@ -11,7 +11,7 @@ from rich.markup import escape
 
 from avcurate import __version__
 from avcurate.catalogs import CATALOGS
-from avcurate.cli.common import RunDir, app, damage_in_runs, err, fail, guard, out
+from avcurate.cli.common import RunDir, app, damage_in_runs, err, fail, guard, out, print_notes
 from avcurate.core.outputs import OutputError, check_output, write_output
 from avcurate.pipeline.registry import available
 from avcurate.reports.tables import (
@@ -227,8 +227,7 @@ def export(
     out.print(f"exported to {result.out} ({len(result.columns)} columns"
               + (f", {result.media_copied} media files" if copy else "")
               + f", export {result.fingerprint})", markup=False, soft_wrap=True)
-    for note in result.notes:
-        out.print(f"[yellow]note:[/] {escape(note)}")
+    print_notes(result.notes)
     out.print(f"load it with: datasets.load_dataset({str(result.out)!r})", markup=False,
               soft_wrap=True)
     if push_to_hub:

@@ -20,6 +20,7 @@ from typing import Any
 
 from avcurate.core.store import RunStore
 from avcurate.hub.options import ExportOptions, ExportResult
+from avcurate.hub.splits import no_validation_reason
 from avcurate.models import demo_notice, models_used
 from avcurate.reports.decontam import decontam_report, decontam_rows
 from avcurate.reports.tables import is_number, numbers_only, stage_rows
@@ -173,7 +174,7 @@ def _body(inp: CardInputs) -> list[str]:
     parts += ["## Configs and splits", "",
               _table(["config", "train", "validation"],
                      [[c, s.get("train", 0), s.get("validation", 0)]
-                      for c, s in res.configs.items()]), "", _split_line(opts), "",
+                      for c, s in res.configs.items()]), "", _split_line(opts, res), "",
               "## Load it", "", "```python", "from datasets import load_dataset", ""]
     where = opts.repo_id or "path/to/this/folder"
     for config in res.configs:
@@ -192,8 +193,14 @@ def _body(inp: CardInputs) -> list[str]:
     return parts
 
 
-def _split_line(opts: ExportOptions) -> str:
-    """How validation rows were chosen, so a reader knows whether a clip can be in both."""
+def _split_line(opts: ExportOptions, res: ExportResult) -> str:
+    """How validation rows were chosen, so a reader knows whether a clip can be in both.
+
+    Said from what was written: with `--val-fraction 0`, or categories too small for a
+    share of their clips, there is no validation split and the line must not promise one."""
+    if not res.configs.get("default", {}).get("validation"):
+        why = no_validation_reason(opts.val_fraction, opts.split_by)
+        return f"There is no validation split ({why}): every row is in train."
     if opts.split_by == "video":
         return (f"Validation holds about {opts.val_fraction:.0%} of each category, chosen by a "
                 "hash of the clip: every question about a clip is in the same split.")

@@ -66,7 +66,13 @@ from avcurate.core.store import (
 from avcurate.hub.card import CardInputs, write_card
 from avcurate.hub.features import decoder_missing, features_for, info_entry, typed_media
 from avcurate.hub.options import ExportError, ExportOptions, ExportResult, export_options
-from avcurate.hub.splits import ConfigRows, SplitWriter, spill_sorted, validation_ids
+from avcurate.hub.splits import (
+    ConfigRows,
+    SplitWriter,
+    no_validation_reason,
+    spill_sorted,
+    validation_ids,
+)
 
 TRAINING_COLUMNS = ("id", "source", "question", "options", "answer", "video", "audio", "category",
                     "trace", "video_dependency", "audio_dependency", "question_logic",
@@ -288,6 +294,10 @@ def _stage_export(store: RunStore, manifest: dict[str, Any], final: list[Path], 
     result = ExportResult(out, {}, columns, 0)
     written: set[str] = set()
     val_ids = validation_ids(final, opts.val_fraction, opts.split_by)
+    if opts.val_fraction and not len(val_ids):  # asked for and not made: say so, and why
+        why = no_validation_reason(opts.val_fraction, opts.split_by)
+        result.notes.append(f"no validation split ({why}): every row is in train; a larger "
+                            "--val-fraction, or --split-by id, makes one")
     for config, (files, folder, where) in sets.items():
         if files:
             _export_config(result, config, ConfigRows(files, columns, where), val_ids, folder,

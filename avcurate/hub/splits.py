@@ -85,6 +85,14 @@ def validation_ids(files: list[Path], val_fraction: float, split_by: str = "vide
     return ids.column("id").combine_chunks().cast(pa.string())
 
 
+def no_validation_reason(val_fraction: float, split_by: str) -> str:
+    """Why an export has no validation split, for the card and the command's notes."""
+    if val_fraction == 0:
+        return "`--val-fraction 0`"
+    unit = "a whole clip's questions" if split_by == "video" else "a row"
+    return f"no category's {val_fraction:.0%} share could hold {unit}"
+
+
 @dataclass
 class ConfigRows:
     """The rows of one config: `files`, the rows whose `where` flag is set (all without
