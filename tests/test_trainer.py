@@ -245,6 +245,27 @@ def test_torchrun_two_processes_match_one(toy, tmp_path):
         assert torch.allclose(w1[k], w2[k], atol=1e-5), k
 
 
+def test_more_processes_than_gpus_is_one_line_before_any_process_group(monkeypatch):
+    """torchrun --nproc-per-node 2 on a one-GPU machine: CUDA's "invalid device ordinal"
+    on rank 1 (a traceback, rank 0 waiting) becomes one line on every rank, naming the
+    count and the fix, before NCCL is asked for anything. The GPU count is the one thing
+    faked here (this machine has none); on a GPU machine the same check ran for real."""
+    from avcurate.trainer import loop
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.distributed, "init_process_group",
+                        lambda *a, **k: pytest.fail("a process group before the check"))
+    for key, value in {"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "LOCAL_RANK": "1"}.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(ValueError) as said:
+        loop.setup_distributed()
+    assert str(said.value) == (
+        "torchrun started 2 processes on this node, which has 1 GPU visible: one process per "
+        "GPU (--nproc-per-node 1), or CUDA_VISIBLE_DEVICES= to train on the CPU")
+    loop.check_gpus(8, 8)  # one process per GPU: nothing to say
+
+
 def test_a_finished_multi_rank_training_ends_without_the_interpreters_teardown(toy, tmp_path):
     """A rank that finished, saved and left the process group could still abort in the
     interpreter's teardown (Gloo's threads, pytorch#190489; once in CI), and torchrun then

@@ -60,8 +60,12 @@ def precision(cfg_dtype: str, device: torch.device) -> str:
 
 def setup_distributed() -> tuple[int, int, torch.device]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    if torch.cuda.is_available():
+        check_gpus(int(os.environ.get("LOCAL_WORLD_SIZE", "1")), torch.cuda.device_count())
     if world > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        # NCCL for the GPUs' tensors (FSDP's gathers), Gloo for the few CPU values summed
+        # or gathered between ranks (rewards, counts, figures): NCCL takes no CPU tensor
+        backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
         dist.init_process_group(backend)
     rank = dist.get_rank() if dist.is_initialized() else 0
     if torch.cuda.is_available():
@@ -69,6 +73,17 @@ def setup_distributed() -> tuple[int, int, torch.device]:
         torch.cuda.set_device(local)
         return rank, world, torch.device("cuda", local)
     return rank, world, torch.device("cpu")
+
+
+def check_gpus(processes: int, gpus: int) -> None:
+    """One process per GPU, said before any process group forms: NCCL ranks cannot share a
+    GPU, and CUDA's own error for the process without one ("invalid device ordinal", a
+    traceback on that rank while the others wait) names neither the count nor the fix."""
+    if processes > gpus:
+        raise ValueError(
+            f"torchrun started {processes} processes on this node, which has {gpus} GPU"
+            f"{'' if gpus == 1 else 's'} visible: one process per GPU (--nproc-per-node "
+            f"{gpus}), or CUDA_VISIBLE_DEVICES= to train on the CPU")
 
 
 def shard(model: torch.nn.Module, world: int, device: torch.device,
@@ -611,8 +626,9 @@ def _generation_step(state: TrainState, row_ids: list[int], global_ids: list[int
         slots = list(zip(row_ids, global_ids, strict=True))
         groups, figures = rollout_groups.fill(state, slots, step, sampling)
     rollout, total, parts = rollout_groups.to_rollout(groups, policy.tokenizer)
-    rewards = torch.tensor(total, dtype=torch.float32)
-    advantages = local_advantages(rewards, G, cfg.advantage)
+    rollout = rollout.to(state.device)
+    rewards = torch.tensor(total, dtype=torch.float32)  # gathered over gloo on the CPU
+    advantages = local_advantages(rewards, G, cfg.advantage).to(state.device)
     media = policy.batch_extras(rollout.extras)
     with torch.no_grad(), state.compute():
         # with one optimizer step per generation the policy that sampled is the one being

@@ -25,10 +25,17 @@ class Rollout:
     extras: list[dict] = field(default_factory=list)  # per sequence: media inputs (omni)
 
     def select(self, index: list[int]) -> Rollout:
-        idx = torch.tensor(index)
+        idx = torch.tensor(index, device=self.input_ids.device)
         return Rollout(self.input_ids[idx], self.attention_mask[idx], self.completion_mask[idx],
                        [self.completions[i] for i in index], self.completion_tokens,
                        [self.extras[i] for i in index] if self.extras else [])
+
+    def to(self, device: torch.device) -> Rollout:
+        """The token tensors on the model's device (packed on the CPU): the masks meet the
+        log-probs there, in the loss."""
+        return Rollout(self.input_ids.to(device), self.attention_mask.to(device),
+                       self.completion_mask.to(device), self.completions,
+                       self.completion_tokens, self.extras)
 
 
 def prompt_seed(seed: int, step: int, prompt_index: int) -> int:
