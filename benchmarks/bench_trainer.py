@@ -2,14 +2,15 @@
 and, when `trl` is installed, avcurate against TRL's GRPOTrainer side by side.
 
 On CPU: a tiny Llama built from a config (4 layers x 256, the tests' character
-vocabulary). With a GPU, add `--gpu` for a 0.5B-class model built from a config (Qwen2-0.5B's
-shape, random weights) in bfloat16. Record the figures with the hardware in
-benchmarks/README.md.
+vocabulary), float32. With a GPU, add `--gpu` for a 0.5B-class model built from a config
+(Qwen2-0.5B's shape, random weights) in bf16 mixed precision (float32 weights, bfloat16
+compute: avcurate's default on a GPU, and TRL's `bf16=True`). Record the figures with the
+hardware in benchmarks/README.md.
 
 The TRL comparison (`pip install trl`): the same model folder, the same prompts (the toy
 task through the same chat template), 4 prompts x 8 completions per step, one optimizer
 step per generation, GSPO's sequence-level ratio (`importance_sampling_level="sequence"`),
-beta 0, float32; for each max completion length the two run alternately in this process
+beta 0, the same precision; for each max completion length the two run alternately in this process
 (`--rounds` times) and the figure is completion tokens per second of step time (model
 loading excluded), the best round of each.
 
@@ -61,7 +62,7 @@ def run_avcurate(model: Path, data: Path, out: Path, steps: int, length: int, gp
     cfg = TrainConfig(data=str(data), model=str(model), out=str(out),
                       rewards=["toy_rewards:starts_with_b"], num_generations=G,
                       prompts_per_step=PROMPTS, steps=steps, lr=1e-4, max_new_tokens=length,
-                      system_prompt="", dtype="bfloat16" if gpu else "float32",
+                      system_prompt="", dtype="bf16-mixed" if gpu else "float32",
                       warmup_fraction=0.0)
     timings = {"rollout": 0.0, "update": 0.0}
     real_sample, real_updates = groups._sample, loop._updates
@@ -86,10 +87,11 @@ def run_avcurate(model: Path, data: Path, out: Path, steps: int, length: int, gp
     tokens = sum(h["completion_len"] * PROMPTS * G for h in history)
     seconds = sum(h["seconds"] for h in history)
     return {"tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds,
-            "rollout_s": timings["rollout"], "update_s": timings["update"]}
+            "rollout_s": timings["rollout"], "update_s": timings["update"],
+            "mean_len": tokens / (PROMPTS * G * len(history)), "step_s": seconds / len(history)}
 
 
-def run_trl(model: Path, out: Path, steps: int, length: int) -> dict[str, float]:
+def run_trl(model: Path, out: Path, steps: int, length: int, gpu: bool) -> dict[str, float]:
     """TRL's GRPOTrainer in the GSPO setting on the same model and prompts."""
     from datasets import Dataset
     from toy_rewards import starts_with_b
@@ -127,7 +129,7 @@ def run_trl(model: Path, out: Path, steps: int, length: int) -> dict[str, float]
                         max_completion_length=length, importance_sampling_level="sequence",
                         loss_type="grpo",  # per-sequence token means, as GSPO (and we) do
                         beta=0.0, learning_rate=1e-4, use_cpu=not torch.cuda.is_available(),
-                        bf16=False, report_to="none", logging_steps=1, save_strategy="no",
+                        bf16=gpu, report_to="none", logging_steps=1, save_strategy="no",
                         temperature=1.0, top_p=1.0, disable_tqdm=True, seed=0)
     trainer = GRPOTrainer(model=AutoModelForCausalLM.from_pretrained(model),
                           reward_funcs=reward, args=config, train_dataset=data,
@@ -137,7 +139,8 @@ def run_trl(model: Path, out: Path, steps: int, length: int) -> dict[str, float]
         trainer.train()  # quietly: it prints every step's log dict
     tokens = sum(length_ * PROMPTS * G for length_ in lengths)
     seconds = sum(step_times)
-    return {"tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds}
+    return {"tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds,
+            "mean_len": tokens / (PROMPTS * G * len(lengths)), "step_s": seconds / len(step_times)}
 
 
 def main() -> None:
@@ -161,7 +164,7 @@ def main() -> None:
                             args.gpu)
         device = torch.cuda.get_device_name() if args.gpu and torch.cuda.is_available() else \
             f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-        print(f"{'0.5B-class Qwen2 (random init, bf16)' if args.gpu else 'tiny Llama (4x256)'}"
+        print(f"{'0.5B-class Qwen2 (random init, bf16-mixed)' if args.gpu else 'tiny Llama (4x256)'}"
               f" on {device}, torch {torch.__version__}")
         print(f"{args.steps} steps x {PROMPTS} prompts x {G} completions, up to "
               f"{args.max_new_tokens} new tokens")
@@ -175,20 +178,26 @@ def main() -> None:
         import trl
 
         print(f"\nvs TRL {trl.__version__} GRPOTrainer (GSPO: sequence-level ratio), "
-              f"{PROMPTS} prompts x {G}, {args.steps} steps, float32, best of {args.rounds}:")
+              f"{PROMPTS} prompts x {G}, {args.steps} steps, "
+              f"{'bf16-mixed' if args.gpu else 'float32'}, best of {args.rounds}:")
         for length in (int(x) for x in args.lengths.split(",")):
-            ours, theirs = [], []
+            ours, theirs, shapes = [], [], []
             for k in range(args.rounds):
-                ours.append(run_avcurate(model, data, root / f"a{length}-{k}", args.steps,
-                                         length, args.gpu)["tokens_per_s"])
-                theirs.append(run_trl(model, root / f"t{length}-{k}", args.steps,
-                                      length)["tokens_per_s"])
+                a = run_avcurate(model, data, root / f"a{length}-{k}", args.steps, length,
+                                 args.gpu)
+                t = run_trl(model, root / f"t{length}-{k}", args.steps, length, args.gpu)
+                ours.append(a["tokens_per_s"])
+                theirs.append(t["tokens_per_s"])
+                # tokens/s counts the tokens kept (to EOS); a step lasts until the batch's
+                # longest completion ends, so the mean lengths and step times say the rest
+                shapes.append(f"mean length {a['mean_len']:.1f} vs {t['mean_len']:.1f}, "
+                              f"step {a['step_s']:.2f} s vs {t['step_s']:.2f} s")
             ratio = max(ours) / max(theirs)
             print(f"  max completion {length:>4}: avcurate {max(ours):7.0f} tokens/s, TRL "
                   f"{max(theirs):7.0f} tokens/s -> {ratio:.2f}x (target >= 1.0x: "
                   f"{'met' if ratio >= 1.0 else 'NOT met'}); rounds: avcurate "
                   f"{', '.join(f'{x:.0f}' for x in ours)}, TRL "
-                  f"{', '.join(f'{x:.0f}' for x in theirs)}")
+                  f"{', '.join(f'{x:.0f}' for x in theirs)}; " + "; ".join(shapes))
 
 
 if __name__ == "__main__":
