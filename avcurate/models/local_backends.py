@@ -73,13 +73,21 @@ class _InProcess:
             return self._generate(request)
 
 
+def default_device() -> str:
+    """The first GPU when there is one (a judge left on the CPU of a GPU machine runs tens
+    of times slower, unsaid), else the CPU."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 class TransformersBackend(_InProcess):
     """A local causal LM directory: chat template + generate, one request at a time."""
 
     name = "transformers"
 
     def __init__(self, model: str, base_url: str | None = None, timeout: float = 600.0,
-                 device: str = "cpu") -> None:
+                 device: str | None = None) -> None:
         if why := local_model_problem(model):
             raise BackendUnavailable(why)
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -90,7 +98,8 @@ class TransformersBackend(_InProcess):
             raise BackendUnavailable(f"transformers backend: {model} has no chat template (a "
                                      "base model?); the stages' prompts are chat turns: use "
                                      "an instruct model")
-        self.lm = _loaded(model, AutoModelForCausalLM.from_pretrained).to(device).eval()
+        self.lm = _loaded(model, AutoModelForCausalLM.from_pretrained).to(
+            device or default_device()).eval()
         self._lock = threading.Lock()  # one generation at a time, whatever the event loop
 
     def _generate(self, request: ModelRequest) -> ModelResponse:

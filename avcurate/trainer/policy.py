@@ -275,8 +275,9 @@ def audio_encoded_once(model) -> Iterator[None]:
     A model without an audio tower, or one whose tower cannot say its output lengths,
     runs unchanged."""
     # transformers 5.24 holds the towers under `model`, 5.17 on the thinker itself
-    tower = getattr(getattr(model, "model", None), "audio_tower", None) or \
-        getattr(model, "audio_tower", None)
+    tower = getattr(getattr(model, "model", None), "audio_tower", None)
+    if tower is None:
+        tower = getattr(model, "audio_tower", None)
     lengths = getattr(tower, "_get_feat_extract_output_lengths", None)
     if tower is None or lengths is None:
         yield
