@@ -118,6 +118,22 @@ def test_bf16_mixed_precision_updates_weights_like_float32(toy, tmp_path, monkey
     assert _weights(tmp_path / "bf16-mixed/final")["lm_head.weight"].dtype == torch.float32
 
 
+def test_auto_precision_is_bf16_mixed_only_where_the_gpu_computes_in_bfloat16(monkeypatch):
+    """A T4 or V100 emulates bfloat16 (torch says it is "supported" counting emulation),
+    far slower than float32: `auto` takes float32 there. The GPU's abilities are faked
+    (this machine has none); an explicit --dtype is taken as given."""
+    from avcurate.trainer.loop import precision
+
+    gpu, cpu = torch.device("cuda", 0), torch.device("cpu")
+    for native, want in ((True, "bf16-mixed"), (False, "float32")):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported",
+                            lambda including_emulation=True, native=native:
+                            native or including_emulation)
+        assert precision("auto", gpu) == want
+        assert precision("bf16-mixed", gpu) == "bf16-mixed"
+    assert precision("auto", cpu) == "float32"
+
+
 def test_gradient_checkpointing_trains_the_same(toy, tmp_path, monkeypatch):
     """Recomputing activations in backward changes memory, not the result."""
     import avcurate.trainer.loop as loop

@@ -104,7 +104,8 @@ class TrainConfig:
                              "bfloat16 compute (FSDP2 MixedPrecisionPolicy with float32 "
                              "gradient reduction; autocast on one rank); bfloat16: weights and "
                              "optimizer in bfloat16 (small updates are lost: at lr 1e-6 most "
-                             "weights never change); auto: bf16-mixed on GPU, float32 on CPU.")
+                             "weights never change); auto: bf16-mixed on a GPU with native bfloat16 "
+                             "(Ampere or later), else float32.")
     log_every: int = option(1, min=1, help="Write metrics every N steps.")
     eval_every: int = option(0, min=0, help="Evaluate on the export's validation split "
                              "before training, every N steps and after the last (0: never): "

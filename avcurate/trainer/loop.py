@@ -50,9 +50,12 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "bf16-mixed": to
 
 
 def precision(cfg_dtype: str, device: torch.device) -> str:
-    """The precision `auto` means here: bf16-mixed on a GPU, float32 elsewhere."""
+    """The precision `auto` means here: bf16-mixed on a GPU that computes in bfloat16
+    (Ampere and later), float32 elsewhere. Older GPUs (a T4, a V100) only emulate bfloat16,
+    far slower than float32; `--dtype bf16-mixed` still asks for it there."""
     if cfg_dtype == "auto":
-        return "bf16-mixed" if device.type == "cuda" else "float32"
+        native = device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
+        return "bf16-mixed" if native else "float32"
     return cfg_dtype
 
 
