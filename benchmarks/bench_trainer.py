@@ -88,7 +88,8 @@ def run_avcurate(model: Path, data: Path, out: Path, steps: int, length: int, gp
     seconds = sum(h["seconds"] for h in history)
     return {"tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds,
             "rollout_s": timings["rollout"], "update_s": timings["update"],
-            "mean_len": tokens / (PROMPTS * G * len(history)), "step_s": seconds / len(history)}
+            "mean_len": tokens / (PROMPTS * G * len(history)), "step_s": seconds / len(history),
+            "first_len": history[0]["completion_len"]}
 
 
 def run_trl(model: Path, out: Path, steps: int, length: int, gpu: bool) -> dict[str, float]:
@@ -140,7 +141,8 @@ def run_trl(model: Path, out: Path, steps: int, length: int, gpu: bool) -> dict[
     tokens = sum(length_ * PROMPTS * G for length_ in lengths)
     seconds = sum(step_times)
     return {"tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds,
-            "mean_len": tokens / (PROMPTS * G * len(lengths)), "step_s": seconds / len(step_times)}
+            "mean_len": tokens / (PROMPTS * G * len(lengths)), "step_s": seconds / len(step_times),
+            "first_len": lengths[0]}
 
 
 def main() -> None:
@@ -190,8 +192,10 @@ def main() -> None:
                 theirs.append(t["tokens_per_s"])
                 # tokens/s counts the tokens kept (to EOS); a step lasts until the batch's
                 # longest completion ends, so the mean lengths and step times say the rest
-                shapes.append(f"mean length {a['mean_len']:.1f} vs {t['mean_len']:.1f}, "
-                              f"step {a['step_s']:.2f} s vs {t['step_s']:.2f} s")
+                # (the first step's lengths: sampled from the same weights, before any update)
+                shapes.append(f"mean length {a['mean_len']:.1f} vs {t['mean_len']:.1f} (first "
+                              f"step {a['first_len']:.1f} vs {t['first_len']:.1f}), step "
+                              f"{a['step_s']:.2f} s vs {t['step_s']:.2f} s")
             ratio = max(ours) / max(theirs)
             print(f"  max completion {length:>4}: avcurate {max(ours):7.0f} tokens/s, TRL "
                   f"{max(theirs):7.0f} tokens/s -> {ratio:.2f}x (target >= 1.0x: "
