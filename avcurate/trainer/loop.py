@@ -63,15 +63,15 @@ def precision(cfg_dtype: str, device: torch.device) -> str:
 
 def setup_distributed() -> tuple[int, int, torch.device]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if torch.cuda.is_available():
+    cuda = torch.cuda.is_available()
+    if cuda:
         check_gpus(int(os.environ.get("LOCAL_WORLD_SIZE", "1")), torch.cuda.device_count())
     if world > 1 and not dist.is_initialized():
         # NCCL for the GPUs' tensors (FSDP's gathers), Gloo for the few CPU values summed
         # or gathered between ranks (rewards, counts, figures): NCCL takes no CPU tensor
-        backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend)
+        dist.init_process_group("cpu:gloo,cuda:nccl" if cuda else "gloo")
     rank = dist.get_rank() if dist.is_initialized() else 0
-    if torch.cuda.is_available():
+    if cuda:
         local = int(os.environ.get("LOCAL_RANK", "0"))
         torch.cuda.set_device(local)
         return rank, world, torch.device("cuda", local)
