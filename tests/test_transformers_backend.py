@@ -144,3 +144,78 @@ def test_a_folder_that_is_not_a_model_stops_before_the_stage_with_one_line(tiny_
         began = sorted(p.name for p in (tmp_path / "run").glob("0*"))[1:]
         assert began == (["01-classify"] if model in (corrupt, base) else [])  # in the stage
     assert not any((tmp_path / "run/01-classify").glob("*.parquet"))
+
+
+@pytest.fixture
+def slowed(tiny_model):
+    """The tiny model's backend with each forward pass held by `hold(seconds)`, and never
+    ending at its end-of-sequence token: a generation that runs as long as it is let."""
+    import threading
+    import time
+
+    backend = make_backend(ModelSpec("transformers", str(tiny_model)))
+    gate = threading.Event()  # set: every held forward pass goes on at once
+    state = {"seconds": 0.0, "forwards": 0}
+
+    def hold(module, args, output):
+        state["forwards"] += 1
+        if state["seconds"]:
+            gate.wait(state["seconds"])
+        output.logits[..., backend.tokenizer.eos_token_id] = float("-inf")
+        return output
+
+    handle = backend.lm.register_forward_hook(hold)
+    yield backend, state, time.monotonic
+    gate.set()
+    handle.remove()
+
+
+def _ask(max_tokens: int) -> ModelRequest:
+    return ModelRequest((Message("user", (TextPart("What color is the square?"),)),),
+                        max_tokens=max_tokens)
+
+
+def test_a_generation_past_its_timeout_is_stopped_and_the_model_freed(slowed):
+    """The backend took a timeout and never used it: a slow local model held its stage for
+    as long as it generated. Now the call fails as a timed-out HTTP call does, and the
+    generation stops at its next token, so the next call does not wait for it."""
+    from avcurate.models import ModelError
+
+    backend, state, now = slowed
+    backend.timeout, state["seconds"] = 0.6, 0.2  # 40 tokens would take 8 s
+    began = now()
+    with pytest.raises(ModelError) as err:
+        asyncio.run(backend.call(_ask(40)))
+    assert err.value.kind == "timeout" and err.value.retryable
+    assert now() - began < 2.5
+    stopped_at = state["forwards"]
+    assert 2 <= stopped_at < 10
+    state["seconds"] = 0.0
+    response = asyncio.run(backend.call(_ask(4)))
+    assert response.usage["completion_tokens"] == 4
+    assert state["forwards"] == stopped_at + 4  # the timed-out generation ran no further
+
+
+def test_a_generation_that_cannot_stop_marks_the_model_stuck_and_stops_the_stage(slowed):
+    """A generation stuck in native code (seen once in CI: a prefill spinning in torch's
+    thread pool) hung the stage, and `asyncio.run`'s join of its thread hung the process.
+    Now the stage stops with one line, and later calls fail at once."""
+    from avcurate.models import EndpointError, ModelError
+    from avcurate.models.executor import Executor
+
+    backend, state, now = slowed
+    backend.timeout, backend.stop_grace, state["seconds"] = 0.3, 0.3, 5.0
+    executor = Executor(backend, concurrency=2, max_attempts=1)
+    began = now()
+    try:
+        with pytest.raises(EndpointError, match="stuck") as err:
+            executor.run([_ask(3)] * 3, lambda response: response.text)
+    finally:
+        executor.close()
+    assert now() - began < 5
+    assert "\n" not in str(err.value) and "restart the run" in str(err.value)
+    began = now()
+    with pytest.raises(ModelError) as again:
+        asyncio.run(backend.call(_ask(3)))
+    assert again.value.kind == "local_model_stuck" and not again.value.retryable
+    assert now() - began < 0.5

@@ -507,9 +507,11 @@ class Executor:
         if self._silent >= max(2, min(self.start_failures, self.concurrency)):
             timeout = getattr(self.backend, "timeout", None)
             within = f" within the --timeout of {timeout:g} s" if timeout else ""
-            self._halt(f"the first {self._silent} tries all got no answer{within}; is it "
-                       "the server's port, and is the server done loading? Raise --timeout "
-                       "if its answers take longer")
+            hint = ("raise --timeout if the model's answers take longer on this machine"
+                    if getattr(self.backend, "in_process", False) else "is it the server's "
+                    "port, and is the server done loading? Raise --timeout if its answers "
+                    "take longer")
+            self._halt(f"the first {self._silent} tries all got no answer{within}; {hint}")
 
     def _cut_short(self, max_tokens: int, exc: InvalidAnswer) -> None:
         """Stop the stage when `start_failures` invalid answers in a row all stopped at the
@@ -549,6 +551,9 @@ class Executor:
     def _server_question(self) -> str:
         """What to check when no call got through: the server, named by its URL (the
         transport's own error names only a host and port)."""
+        if getattr(self.backend, "in_process", False):
+            return ("the model runs in this process: is --timeout long enough for its "
+                    "answers on this machine?")
         url = getattr(self.backend, "base_url", None)
         return f"is the server at {url} up and the URL right?" if url else \
             "is the server up and the URL right?"

@@ -9,11 +9,12 @@ openai backend.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from pathlib import Path
 from typing import Any
 
-from avcurate.models.errors import VLLM_HINT, BackendUnavailable, ModelError
+from avcurate.models.errors import VLLM_HINT, BackendUnavailable, ModelError, answer_within
 from avcurate.models.request import ModelRequest, ModelResponse, TextPart, with_json
 
 
@@ -52,25 +53,103 @@ def _loaded(model: str, load: Any) -> Any:
 
 
 class _InProcess:
-    """One generation at a time (the model is not re-entrant), in a worker thread.
+    """One generation at a time (the model is not re-entrant), each in a daemon thread of
+    its own, bounded by the backend's timeout as an HTTP answer is.
 
-    A thread lock, not an asyncio one: the executor runs each batch in a fresh event loop.
+    Why not `asyncio.to_thread`: its pool's threads are joined when the event loop closes
+    and when the interpreter exits, so one generation stuck in native code (seen once in
+    CI: a tiny Llama's prefill spinning in torch's CPU thread pool) held its stage, its
+    run and the process's exit forever, with no message. A daemon thread is left behind
+    instead, the call fails with a timeout, and a generation that does not stop when told
+    marks the backend stuck: every later call fails at once and the stage stops with one
+    line. A thread lock, not an asyncio one: the executor runs each batch in a fresh
+    event loop.
     """
 
     _lock: threading.Lock
+    timeout: float
+    in_process = True  # the executor's hints name the local model, not a server
+    stop_grace: float = 30.0  # seconds a timed-out generation has to stop before "stuck"
+    _stuck: str | None = None
 
-    def _generate(self, request: ModelRequest) -> ModelResponse:
+    def _generate(self, request: ModelRequest, cancelled: threading.Event) -> ModelResponse:
         raise NotImplementedError
 
     async def aclose(self) -> None:
         return None
 
     async def call(self, request: ModelRequest) -> ModelResponse:
-        return await asyncio.to_thread(self._serialised, request)
+        if self._stuck:
+            raise self._stuck_error()
+        loop = asyncio.get_running_loop()
+        started, done = loop.create_future(), loop.create_future()
+        cancelled = threading.Event()
+        threading.Thread(target=self._serialised, daemon=True, name="avcurate-generate",
+                         args=(request, cancelled, loop, started, done)).start()
+        try:
+            await started  # queued behind the generation in progress: not timed
+            return await answer_within(self.timeout, asyncio.shield(done))
+        except ModelError as exc:
+            if exc.kind == "timeout":  # stop the generation at its next token
+                cancelled.set()
+                await self._stopped(done)
+            raise
+        except BaseException:  # the stage stopped (cancelled): free the model for the rest
+            cancelled.set()
+            raise
 
-    def _serialised(self, request: ModelRequest) -> ModelResponse:
-        with self._lock:
-            return self._generate(request)
+    async def _stopped(self, done: asyncio.Future) -> None:
+        """Wait for a timed-out generation to stop; one that does not within `stop_grace`
+        marks the backend stuck, and its call fails with that systemic error."""
+        try:
+            async with asyncio.timeout(self.stop_grace):
+                await asyncio.wait([done])
+        except TimeoutError:
+            self._stuck = (f"a generation did not stop {self.stop_grace:g} s after its "
+                           f"{self.timeout:g} s timeout and still holds the model (a hang in "
+                           "its native code?); restart the run")
+            raise self._stuck_error() from None
+
+    def _stuck_error(self) -> ModelError:
+        return ModelError(f"the local model is stuck: {self._stuck}", retryable=False,
+                          kind="local_model_stuck")
+
+    def _serialised(self, request: ModelRequest, cancelled: threading.Event,
+                    loop: asyncio.AbstractEventLoop, started: asyncio.Future,
+                    done: asyncio.Future) -> None:
+        """Wait for the model (giving up when the call was abandoned or the model is stuck),
+        generate, and hand the outcome back to the caller's loop."""
+        while not self._lock.acquire(timeout=0.1):
+            if cancelled.is_set() or self._stuck:
+                _settle(loop, started, exc=self._stuck_error() if self._stuck else None)
+                return
+        try:
+            _settle(loop, started)
+            if cancelled.is_set():
+                return
+            try:
+                response = self._generate(request, cancelled)
+            except BaseException as exc:  # noqa: BLE001 (handed to the caller, raised there)
+                _settle(loop, done, exc=exc)
+            else:
+                _settle(loop, done, response)
+        finally:
+            self._lock.release()
+
+
+def _settle(loop: asyncio.AbstractEventLoop, future: asyncio.Future, result: Any = None,
+            exc: BaseException | None = None) -> None:
+    """Set `future` from a worker thread, unless its caller gave up on it (or its loop is
+    gone: a stage stopped and closed it)."""
+    def settle() -> None:
+        if future.done():
+            return
+        if exc is not None:
+            future.set_exception(exc)
+        else:
+            future.set_result(result)
+    with contextlib.suppress(RuntimeError):  # the loop is closed
+        loop.call_soon_threadsafe(settle)
 
 
 def default_device() -> str:
@@ -92,7 +171,7 @@ class TransformersBackend(_InProcess):
             raise BackendUnavailable(why)
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        self.model = model
+        self.model, self.timeout = model, timeout
         self.tokenizer = _loaded(model, AutoTokenizer.from_pretrained)
         if not self.tokenizer.chat_template:  # before the weights: every prompt is a chat turn
             raise BackendUnavailable(f"transformers backend: {model} has no chat template (a "
@@ -102,7 +181,7 @@ class TransformersBackend(_InProcess):
             device or default_device()).eval()
         self._lock = threading.Lock()  # one generation at a time, whatever the event loop
 
-    def _generate(self, request: ModelRequest) -> ModelResponse:
+    def _generate(self, request: ModelRequest, cancelled: threading.Event) -> ModelResponse:
         import torch
 
         ids = self.tokenizer.apply_chat_template(_chat(request), add_generation_prompt=True,
@@ -123,13 +202,28 @@ class TransformersBackend(_InProcess):
         else:
             kw |= {"do_sample": False}
         with torch.no_grad():
-            out = self.lm.generate(**ids.to(self.lm.device), **kw)
+            out = self.lm.generate(**ids.to(self.lm.device), **kw,
+                                   stopping_criteria=[_stop_when(cancelled)])
         new = out[0, ids["input_ids"].shape[1]:]
         text = self.tokenizer.decode(new, skip_special_tokens=True)
         usage = {"prompt_tokens": prompt, "completion_tokens": int(len(new))}
         finish = "length" if len(new) >= request.max_tokens else "stop"
         return with_json(ModelResponse(text=text, usage=usage, finish=finish), request)
 
+
+def _stop_when(cancelled: threading.Event) -> Any:
+    """A stopping criterion that ends the generation at its next token once its call timed
+    out or was abandoned, so the model is free for the next one."""
+    from transformers import StoppingCriteria
+
+    class Cancelled(StoppingCriteria):
+        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+            import torch
+
+            return torch.full((input_ids.shape[0],), cancelled.is_set(), dtype=torch.bool,
+                              device=input_ids.device)
+
+    return Cancelled()
 
 
 class VLLMBackend(_InProcess):
@@ -142,12 +236,14 @@ class VLLMBackend(_InProcess):
             import vllm
         except ImportError as exc:
             raise BackendUnavailable(f"the vllm backend needs vLLM: {VLLM_HINT}") from exc
-        self.model = model
+        self.model, self.timeout = model, timeout
         self.llm = vllm.LLM(model=model)
         self._vllm = vllm
         self._lock = threading.Lock()  # one generation at a time, whatever the event loop
 
-    def _generate(self, request: ModelRequest) -> ModelResponse:
+    def _generate(self, request: ModelRequest, cancelled: threading.Event) -> ModelResponse:
+        """Not stopped by `cancelled`: `LLM.chat` takes no stopping hook, so a timed-out
+        generation runs to its end (within `stop_grace`, or the backend is stuck)."""
         params = self._vllm.SamplingParams(temperature=request.temperature, top_p=request.top_p,
                                            max_tokens=request.max_tokens, n=request.n)
         [out] = self.llm.chat(_chat(request), params, use_tqdm=False)
