@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import queue
 import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,25 +54,36 @@ def _loaded(model: str, load: Any) -> Any:
                                  f"({type(exc).__name__}: {why})") from None
 
 
+@dataclass
+class _Job:
+    """One call's request, and the futures its worker settles on the caller's loop."""
+
+    request: ModelRequest
+    loop: asyncio.AbstractEventLoop
+    started: asyncio.Future  # the model took it: the timeout runs from here
+    done: asyncio.Future
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+
 class _InProcess:
-    """One generation at a time (the model is not re-entrant), each in a daemon thread of
-    its own, bounded by the backend's timeout as an HTTP answer is.
+    """One generation at a time (the model is not re-entrant), in one daemon worker thread
+    per backend, each bounded by the backend's timeout as an HTTP answer is.
 
     Why not `asyncio.to_thread`: its pool's threads are joined when the event loop closes
     and when the interpreter exits, so one generation stuck in native code (seen once in
     CI: a tiny Llama's prefill spinning in torch's CPU thread pool) held its stage, its
-    run and the process's exit forever, with no message. A daemon thread is left behind
-    instead, the call fails with a timeout, and a generation that does not stop when told
-    marks the backend stuck: every later call fails at once and the stage stops with one
-    line. A thread lock, not an asyncio one: the executor runs each batch in a fresh
-    event loop.
+    run and the process's exit forever, with no message. Now the call fails with a
+    timeout, and a generation that does not stop when told marks the backend stuck: every
+    call waiting or to come fails at once, the stage stops with one line, and the daemon
+    thread does not hold the exit. One long-lived worker, not a thread per call, so
+    torch's CPU thread pool is made once, as before.
     """
 
-    _lock: threading.Lock
     timeout: float
     in_process = True  # the executor's hints name the local model, not a server
     stop_grace: float = 30.0  # seconds a timed-out generation has to stop before "stuck"
     _stuck: str | None = None
+    _jobs: queue.SimpleQueue | None = None
 
     def _generate(self, request: ModelRequest, cancelled: threading.Event) -> ModelResponse:
         raise NotImplementedError
@@ -79,62 +92,68 @@ class _InProcess:
         return None
 
     async def call(self, request: ModelRequest) -> ModelResponse:
-        if self._stuck:
-            raise self._stuck_error()
         loop = asyncio.get_running_loop()
-        started, done = loop.create_future(), loop.create_future()
-        cancelled = threading.Event()
-        threading.Thread(target=self._serialised, daemon=True, name="avcurate-generate",
-                         args=(request, cancelled, loop, started, done)).start()
+        job = _Job(request, loop, loop.create_future(), loop.create_future())
+        self._submit(job)
         try:
-            await started  # queued behind the generation in progress: not timed
-            return await answer_within(self.timeout, asyncio.shield(done))
+            await job.started  # queued behind the generation in progress: not timed
+            return await answer_within(self.timeout, asyncio.shield(job.done))
         except ModelError as exc:
             if exc.kind == "timeout":  # stop the generation at its next token
-                cancelled.set()
-                await self._stopped(done)
+                job.cancelled.set()
+                await self._stopped(job.done)
             raise
         except BaseException:  # the stage stopped (cancelled): free the model for the rest
-            cancelled.set()
+            job.cancelled.set()
             raise
+
+    def _submit(self, job: _Job) -> None:
+        with _SUBMIT:  # not between another call's stuck check and its drain
+            if self._stuck:
+                raise self._stuck_error()
+            if self._jobs is None:
+                self._jobs = queue.SimpleQueue()
+                threading.Thread(target=self._work, args=(self._jobs,), daemon=True,
+                                 name=f"avcurate-{self.name}").start()
+            self._jobs.put(job)
+
+    def _work(self, jobs: queue.SimpleQueue) -> None:
+        """The worker: each job in turn, unless its caller gave up while it waited."""
+        while True:
+            job = jobs.get()
+            _settle(job.loop, job.started)
+            if job.cancelled.is_set():
+                continue
+            try:
+                response = self._generate(job.request, job.cancelled)
+            except BaseException as exc:  # noqa: BLE001 (handed to the caller, raised there)
+                _settle(job.loop, job.done, exc=exc)
+            else:
+                _settle(job.loop, job.done, response)
 
     async def _stopped(self, done: asyncio.Future) -> None:
         """Wait for a timed-out generation to stop; one that does not within `stop_grace`
-        marks the backend stuck, and its call fails with that systemic error."""
+        marks the backend stuck and fails the calls waiting for it, and its own call fails
+        with that systemic error."""
         try:
             async with asyncio.timeout(self.stop_grace):
                 await asyncio.wait([done])
         except TimeoutError:
-            self._stuck = (f"a generation did not stop {self.stop_grace:g} s after its "
-                           f"{self.timeout:g} s timeout and still holds the model (a hang in "
-                           "its native code?); restart the run")
+            with _SUBMIT:
+                self._stuck = (f"a generation did not stop {self.stop_grace:g} s after its "
+                               f"{self.timeout:g} s timeout and still holds the model (a hang "
+                               "in its native code?); restart the run")
+                while self._jobs is not None and not self._jobs.empty():
+                    waiting = self._jobs.get_nowait()
+                    _settle(waiting.loop, waiting.started, exc=self._stuck_error())
             raise self._stuck_error() from None
 
     def _stuck_error(self) -> ModelError:
         return ModelError(f"the local model is stuck: {self._stuck}", retryable=False,
                           kind="local_model_stuck")
 
-    def _serialised(self, request: ModelRequest, cancelled: threading.Event,
-                    loop: asyncio.AbstractEventLoop, started: asyncio.Future,
-                    done: asyncio.Future) -> None:
-        """Wait for the model (giving up when the call was abandoned or the model is stuck),
-        generate, and hand the outcome back to the caller's loop."""
-        while not self._lock.acquire(timeout=0.1):
-            if cancelled.is_set() or self._stuck:
-                _settle(loop, started, exc=self._stuck_error() if self._stuck else None)
-                return
-        try:
-            _settle(loop, started)
-            if cancelled.is_set():
-                return
-            try:
-                response = self._generate(request, cancelled)
-            except BaseException as exc:  # noqa: BLE001 (handed to the caller, raised there)
-                _settle(loop, done, exc=exc)
-            else:
-                _settle(loop, done, response)
-        finally:
-            self._lock.release()
+
+_SUBMIT = threading.Lock()  # jobs are queued, and a stuck backend's queue drained, under it
 
 
 def _settle(loop: asyncio.AbstractEventLoop, future: asyncio.Future, result: Any = None,
@@ -179,7 +198,6 @@ class TransformersBackend(_InProcess):
                                      "an instruct model")
         self.lm = _loaded(model, AutoModelForCausalLM.from_pretrained).to(
             device or default_device()).eval()
-        self._lock = threading.Lock()  # one generation at a time, whatever the event loop
 
     def _generate(self, request: ModelRequest, cancelled: threading.Event) -> ModelResponse:
         import torch
@@ -239,7 +257,6 @@ class VLLMBackend(_InProcess):
         self.model, self.timeout = model, timeout
         self.llm = vllm.LLM(model=model)
         self._vllm = vllm
-        self._lock = threading.Lock()  # one generation at a time, whatever the event loop
 
     def _generate(self, request: ModelRequest, cancelled: threading.Event) -> ModelResponse:
         """Not stopped by `cancelled`: `LLM.chat` takes no stopping hook, so a timed-out
