@@ -219,3 +219,62 @@ def test_a_generation_that_cannot_stop_marks_the_model_stuck_and_stops_the_stage
         asyncio.run(backend.call(_ask(3)))
     assert again.value.kind == "local_model_stuck" and not again.value.retryable
     assert now() - began < 0.5
+
+
+EXIT_MID_GENERATION = """
+import asyncio, sys, threading, time
+import torch
+from avcurate.models import Message, ModelRequest, ModelSpec, TextPart, make_backend
+backend = make_backend(ModelSpec("transformers", sys.argv[1]))
+forwards, big = [], torch.ones(1500, 1500)
+def hold(module, args, output):  # most of each step in native code, as a real model's
+    forwards.append(big @ big)
+    output.logits[..., backend.tokenizer.eos_token_id] = float("-inf")
+    return output
+backend.lm.register_forward_hook(hold)
+request = ModelRequest((Message("user", (TextPart("What color is the square?"),)),),
+                       max_tokens=3000)
+threading.Thread(target=asyncio.run, args=(backend.call(request),), daemon=True).start()
+while len(forwards) < 3:
+    time.sleep(0.01)
+print("exiting", flush=True)
+sys.exit(0)
+"""
+
+
+def test_the_process_exits_cleanly_in_the_middle_of_a_generation(tiny_model):
+    """Ctrl-C during a local model's generation ended `avcurate` with exit status 134
+    ("terminate called without an active exception"): the worker thread was still in
+    torch's native code when the interpreter finalised. Before that, asyncio's executor
+    thread held the exit until the whole generation ended. Now the generation is stopped
+    at its next token and the process exits at once, with its own status."""
+    import subprocess
+    import sys
+    import time
+
+    began = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", EXIT_MID_GENERATION, str(tiny_model)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "exiting" in done.stdout and "terminate called" not in done.stderr
+    assert time.monotonic() - began < 60  # 3,000 steps take minutes
+
+
+def test_a_backend_nobody_holds_is_freed_with_its_model(tiny_model):
+    """The worker thread holds its backend only while it generates: a recipe's local judge
+    must not stay in memory (on the GPU) for the rest of the run after its stage."""
+    import gc
+    import threading
+    import time
+    import weakref
+
+    backend = make_backend(ModelSpec("transformers", str(tiny_model)))
+    before = set(threading.enumerate())
+    asyncio.run(backend.call(_ask(2)))
+    [worker] = set(threading.enumerate()) - before
+    model = weakref.ref(backend.lm)
+    del backend
+    gc.collect()
+    assert model() is None
+    time.sleep(0.2)
+    assert not worker.is_alive()  # the worker thread ended with it

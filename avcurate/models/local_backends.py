@@ -9,9 +9,11 @@ openai backend.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import queue
 import threading
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,6 +86,9 @@ class _InProcess:
     stop_grace: float = 30.0  # seconds a timed-out generation has to stop before "stuck"
     _stuck: str | None = None
     _jobs: queue.SimpleQueue | None = None
+    _idle: threading.Event  # set while the worker waits for a job
+    _current: _Job | None = None
+    _exiting = False
 
     def _generate(self, request: ModelRequest, cancelled: threading.Event) -> ModelResponse:
         raise NotImplementedError
@@ -112,24 +117,44 @@ class _InProcess:
             if self._stuck:
                 raise self._stuck_error()
             if self._jobs is None:
-                self._jobs = queue.SimpleQueue()
-                threading.Thread(target=self._work, args=(self._jobs,), daemon=True,
-                                 name=f"avcurate-{self.name}").start()
+                self._jobs, self._idle = queue.SimpleQueue(), threading.Event()
+                self._idle.set()
+                _WORKING.add(self)
+                threading.Thread(target=_serve, args=(weakref.ref(self), self._jobs),
+                                 daemon=True, name=f"avcurate-{self.name}").start()
+                weakref.finalize(self, self._jobs.put, None)  # the worker ends with it
             self._jobs.put(job)
 
-    def _work(self, jobs: queue.SimpleQueue) -> None:
-        """The worker: each job in turn, unless its caller gave up while it waited."""
-        while True:
-            job = jobs.get()
+    def _run(self, job: _Job) -> None:
+        """One job in the worker, unless its caller gave up while it waited or the process
+        is exiting."""
+        self._current = job
+        self._idle.clear()
+        try:
             _settle(job.loop, job.started)
-            if job.cancelled.is_set():
-                continue
+            if job.cancelled.is_set() or self._exiting:
+                return
             try:
                 response = self._generate(job.request, job.cancelled)
             except BaseException as exc:  # noqa: BLE001 (handed to the caller, raised there)
                 _settle(job.loop, job.done, exc=exc)
             else:
                 _settle(job.loop, job.done, response)
+        finally:
+            self._current = None
+            self._idle.set()
+
+    def _finish_for_exit(self) -> None:
+        """Stop the generation in progress and wait (up to `stop_grace`) until it has: a
+        daemon thread still in torch's native code when the interpreter finalises aborts
+        the process ("terminate called without an active exception"), so Ctrl-C during a
+        generation ended with exit status 134 instead of the run's own."""
+        self._exiting = True
+        if self._stuck:  # it will not stop
+            return
+        if (job := self._current) is not None:
+            job.cancelled.set()
+        self._idle.wait(self.stop_grace)
 
     async def _stopped(self, done: asyncio.Future) -> None:
         """Wait for a timed-out generation to stop; one that does not within `stop_grace`
@@ -153,7 +178,25 @@ class _InProcess:
                           kind="local_model_stuck")
 
 
+def _serve(backend: weakref.ref[_InProcess], jobs: queue.SimpleQueue) -> None:
+    """A backend's worker thread. It holds its backend only while it runs a job, so a
+    backend nobody uses any more is freed with its model (a recipe's second local judge
+    does not sit beside the first), and its finaliser's None ends the thread."""
+    while (job := jobs.get()) is not None:
+        if (held := backend()) is None:
+            return
+        held._run(job)
+        del held
+
+
 _SUBMIT = threading.Lock()  # jobs are queued, and a stuck backend's queue drained, under it
+_WORKING: weakref.WeakSet[_InProcess] = weakref.WeakSet()  # backends with a worker thread
+
+
+@atexit.register
+def _finish_workers() -> None:
+    for backend in list(_WORKING):
+        backend._finish_for_exit()
 
 
 def _settle(loop: asyncio.AbstractEventLoop, future: asyncio.Future, result: Any = None,
