@@ -167,7 +167,9 @@ class _InProcess:
             with _SUBMIT:
                 self._stuck = (f"a generation did not stop {self.stop_grace:g} s after its "
                                f"{self.timeout:g} s timeout and still holds the model (a hang "
-                               "in its native code?); restart the run")
+                               "in its native code, or an answer far slower than --timeout); "
+                               "restart the run, with a larger --timeout if answers are that "
+                               "slow")
                 while self._jobs is not None and not self._jobs.empty():
                     waiting = self._jobs.get_nowait()
                     _settle(waiting.loop, waiting.started, exc=self._stuck_error())
