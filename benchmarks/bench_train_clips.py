@@ -10,11 +10,17 @@ the two ways for `--rounds` rounds, best round each; and the worker's start (its
 clip) and its peak RSS (Linux's VmHWM) over every clip it read.
 
     python benchmarks/bench_train_clips.py [--clips 8] [--rounds 3] [--sizes 320x240,1280x720]
+
+It also prints evaluation's reads: two evaluations over the same clips, each clip read
+three ways (the clip, then the modality reward's no-audio and no-video variants) through
+the decode worker, as `trainer.evaluate` reads them, with the clips kept in memory
+(`ClipReader.keeping`) and without (every evaluation before the change).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import platform
 import tempfile
 import time
@@ -33,6 +39,27 @@ def _round(reader: ClipReader, clips: list[Path], frames: int, seconds: float) -
     for clip in clips:
         reader(str(clip), str(clip), frames, seconds, MAX_PIXELS)
     return (time.perf_counter() - start) / len(clips)
+
+
+VARIANTS = ((True, True), (True, False), (False, True))  # the clip, no audio, no video
+
+
+def _evaluations(keep: bool, clips: list[Path], frames: int, seconds: float
+                 ) -> tuple[list[float], int]:
+    """Seconds of each of two evaluations' reads, and the reads the worker made."""
+    reader, took = ClipReader(60.0), []
+    try:
+        for _ in range(2):
+            start = time.perf_counter()
+            with reader.keeping() if keep else contextlib.nullcontext():
+                for clip in clips:
+                    for video, audio in VARIANTS:
+                        reader(str(clip) if video else None, str(clip) if audio else None,
+                               frames, seconds, MAX_PIXELS)
+            took.append(time.perf_counter() - start)
+    finally:
+        reader.close()
+    return took, reader.decoded
 
 
 def main() -> None:
@@ -70,6 +97,11 @@ def main() -> None:
                   f"{best['worker'] * 1000:.1f} ms/clip ({best['worker'] / best['in process']:.2f}x, "
                   f"+{(best['worker'] - best['in process']) * 1000:.1f} ms); the worker's "
                   f"first clip {start:.2f} s, its peak RSS {peak:,.0f} MiB")
+            for keep in (False, True):
+                (first, second), reads = _evaluations(keep, clips, args.frames, args.seconds)
+                print(f"  evaluation, {len(clips)} rows x 3 variants, clips "
+                      f"{'kept' if keep else 'read each time'}: first {first:.2f} s, second "
+                      f"{second:.2f} s, {reads} reads")
 
 
 def _children_peak_mib() -> float:

@@ -361,3 +361,80 @@ def test_omni_trains_on_a_hub_dataset_that_holds_its_clips(thinker, media, tmp_p
     assert len(history) == 2 and sum(h["skipped_rows"] for h in history) == 0
     [written] = [p for p in (tmp_path / "out/media").rglob("*") if p.is_file()]
     assert written.read_bytes() == media["good"].read_bytes() and written.suffix == ".mp4"
+
+
+def test_evaluation_clips_are_read_once_and_kept(thinker, media, tmp_path):
+    """Every evaluation read its validation clips again, and each reward variant (no audio,
+    no video) read the same clip once more. Inside `keeping()` the frames and the audio are
+    kept apart, a variant takes its medium from the full read, a failed read is kept too,
+    and what comes back is what a fresh read gives."""
+    from avcurate.media.errors import MediaError
+
+    folder, processor = thinker
+    policy = OmniPolicy(str(folder), processor=processor, frames=4, audio_seconds=2.0)
+    row = _row(media)
+    variants = ("av", "video_only", "audio_only")
+    fresh = {v: policy.inputs(row, v, 4096) for v in variants}
+    clips = policy.clips
+    assert clips.decoded == 3
+    for _ in range(2):  # two evaluations
+        with clips.keeping():
+            kept = {v: policy.inputs(row, v, 4096) for v in variants}
+        for v in variants:
+            assert torch.equal(kept[v][0], fresh[v][0]) and kept[v][1].keys() == fresh[v][1].keys()
+            assert all(torch.equal(kept[v][1][k], fresh[v][1][k]) for k in fresh[v][1])
+    assert clips.decoded == 4  # the full clip once; the variants and the second time from memory
+    from avcurate.trainer.clips import read_clip
+
+    frames, _, pcm = read_clip((row["video"], row["video"], 4, 2.0, policy.max_pixels))
+    assert clips.kept_bytes == frames.nbytes + pcm.nbytes
+    policy.inputs(row, "av", 4096)
+    assert clips.decoded == 5  # training's reads are not kept nor served from memory
+    gone = row | {"video": str(tmp_path / "deleted.mp4")}
+    with clips.keeping():
+        for _ in range(2):
+            with pytest.raises(MediaError, match="deleted.mp4"):
+                policy.inputs(gone, "av", 4096)
+    assert clips.decoded == 6
+    clips.keep_bytes = clips.kept_bytes  # full: another clip is read each time
+    other = _row(media) | {"video": str(media["good2"])}
+    with clips.keeping():
+        policy.inputs(other, "av", 4096)
+        policy.inputs(other, "video_only", 4096)
+    assert clips.decoded == 8
+
+
+def test_evaluations_during_training_read_each_clip_once(thinker, media, tmp_path,
+                                                          monkeypatch):
+    """Three evaluations with the no-audio and no-video variants of the modality reward:
+    each validation clip is read once in all."""
+    import shutil
+
+    from avcurate.trainer import clips as clip_module
+
+    folder, processor = thinker
+    train_clip = tmp_path / "train.mp4"
+    shutil.copy(media["good"], train_clip)
+    data = tmp_path / "export"
+    (data / "data").mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist([_row(media) | {"video": str(train_clip)}] * 2),
+                   data / "data/train-00000-of-00001.parquet")
+    pq.write_table(pa.Table.from_pylist([_row(media) | {"video": str(media[k])}
+                                         for k in ("good", "good2")]),
+                   data / "data/validation-00000-of-00001.parquet")
+    reads = []
+    real = clip_module.read_clip
+    monkeypatch.setattr(clip_module, "read_clip", lambda job: reads.append(job) or real(job))
+    cfg = TrainConfig(data=str(data), model=str(folder), out=str(tmp_path / "out"),
+                      policy="omni", frames=2, audio_seconds=2.0, num_generations=2,
+                      prompts_per_step=2, steps=2, lr=1e-2, max_new_tokens=3,
+                      max_prompt_tokens=4096, system_prompt="", eval_every=1,
+                      rewards=["accuracy", "modality_attention"])
+    monkeypatch.syspath_prepend(str(__import__("pathlib").Path(__file__).parent))
+    train(cfg, policy_kwargs={"processor": processor, "media_timeout": None}, progress=False)
+    evals = (tmp_path / "out/eval.jsonl").read_text().splitlines()
+    assert len(evals) == 3  # before the first step, after each
+    held_out = [job for job in reads if str(train_clip) not in job[:2]]
+    # 3 evaluations x 2 rows x (the clip, no audio, no video) were 18 reads
+    assert len(held_out) == 2 and {job[0] for job in held_out} == {str(media["good"]),
+                                                                  str(media["good2"])}

@@ -14,6 +14,8 @@ in every rank's worker at once) and took 3-5x as long.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 from avcurate.media.errors import Lost, MediaError
@@ -38,17 +40,77 @@ def read_clip(job: tuple[str | None, str | None, int, float, int]) -> tuple[Any,
     return (fit_pixels(pixels, max_pixels), frame_rate(times), clip)
 
 
+EVAL_CLIP_BYTES = 3 << 29  # 1.5 GiB: the default 256 rows at the default --frames, --max-pixels
+
+
 class ClipReader:
     """Reads clips in a decode worker of its own, each within `timeout` seconds; with
-    `timeout` None, in this process (a policy built outside training: tests, benchmarks)."""
+    `timeout` None, in this process (a policy built outside training: tests, benchmarks).
 
-    def __init__(self, timeout: float | None) -> None:
+    Inside `keeping()` (evaluation) what is read is kept, up to `keep_bytes`, and served
+    from memory after: every evaluation answers the same validation rows, and each of the
+    rewards' variants (no audio, no video) asked for the same clip again, so a 720p clip
+    cost ~0.5 s of decoding per variant per evaluation (256 rows: minutes, with the GPU
+    idle). The frames and the audio are kept apart, so a variant takes its medium from
+    the full clip's read. A failed read is kept too: a clip that hangs the decoder costs
+    one `--media-timeout`, not one per evaluation. The first reads are kept, none evicted
+    (the rows come in the same order each time, and a least-recently-used cache smaller
+    than them would keep none of the ones asked for next). Training's reads are not kept:
+    a training row comes round once an epoch.
+    """
+
+    def __init__(self, timeout: float | None, keep_bytes: int = EVAL_CLIP_BYTES) -> None:
         self.timeout = timeout
         self._pool = None  # started on first use: a reference policy never reads a clip
+        self.keep_bytes, self.kept_bytes, self.decoded = keep_bytes, 0, 0
+        self._kept: dict[tuple, Any] = {}
+        self._keeping = False
+
+    @contextlib.contextmanager
+    def keeping(self) -> Iterator[None]:
+        self._keeping = True
+        try:
+            yield
+        finally:
+            self._keeping = False
 
     def __call__(self, video: str | None, sound: str | None, n: int, seconds: float,
                  max_pixels: int) -> tuple[Any, Any, Any]:
+        if not self._keeping:
+            return self._read(video, sound, n, seconds, max_pixels)
+        job = ("job", video, sound, n, seconds, max_pixels)
+        if isinstance(failed := self._kept.get(job), MediaError):
+            raise failed
+        see = ("video", video, n, seconds, max_pixels) if video is not None else None
+        hear = ("audio", sound, seconds) if sound is not None else None
+        seen, heard = see is None or see in self._kept, hear is None or hear in self._kept
+        pixels = fps = clip = None
+        if not (seen and heard):  # read only what is not kept
+            try:
+                pixels, fps, clip = self._read(None if seen else video,
+                                               None if heard else sound, n, seconds, max_pixels)
+            except MediaError as exc:
+                self._keep(job, exc, 0)
+                raise
+            if not seen:
+                self._keep(see, (pixels, fps), getattr(pixels, "nbytes", 0))
+            if not heard:
+                self._keep(hear, clip, getattr(clip, "nbytes", 0))
+        if see is not None and seen:
+            pixels, fps = self._kept[see]
+        if hear is not None and heard:
+            clip = self._kept[hear]
+        return pixels, fps, clip
+
+    def _keep(self, key: tuple, value: Any, size: int) -> None:
+        if self.kept_bytes + size <= self.keep_bytes:
+            self._kept[key] = value
+            self.kept_bytes += size
+
+    def _read(self, video: str | None, sound: str | None, n: int, seconds: float,
+              max_pixels: int) -> tuple[Any, Any, Any]:
         job = (video, sound, n, seconds, max_pixels)
+        self.decoded += 1
         out = read_clip(job) if self.timeout is None else self._worker().map(read_clip, [job])[0]
         if isinstance(out, Lost):
             raise MediaError(out.kind, f"{video or sound}: {out.detail}")
