@@ -44,19 +44,19 @@ EVAL_CLIP_BYTES = 3 << 29  # 1.5 GiB: the default 256 rows at the default --fram
 
 
 class ClipReader:
-    """Reads clips in a decode worker of its own, each within `timeout` seconds; with
-    `timeout` None, in this process (a policy built outside training: tests, benchmarks).
+    """Reads clips in a decode worker of its own, each within `timeout` seconds; with `timeout`
+    None, in this process (a policy built outside training: tests, benchmarks).
 
     Inside `keeping()` (evaluation) what is read is kept, up to `keep_bytes`, and served
     from memory after: every evaluation answers the same validation rows, and each of the
-    rewards' variants (no audio, no video) asked for the same clip again, so a 720p clip
-    cost ~0.5 s of decoding per variant per evaluation (256 rows: minutes, with the GPU
-    idle). The frames and the audio are kept apart, so a variant takes its medium from
-    the full clip's read. A failed read is kept too: a clip that hangs the decoder costs
-    one `--media-timeout`, not one per evaluation. The first reads are kept, none evicted
-    (the rows come in the same order each time, and a least-recently-used cache smaller
-    than them would keep none of the ones asked for next). Training's reads are not kept:
-    a training row comes round once an epoch.
+    rewards' variants (no audio, no video) asked for the same clip again, so a 720p row cost
+    ~0.25 s of decoding per evaluation (256 rows: a minute, with the GPU idle). The frames
+    and the audio are kept apart, so a variant takes its medium from the full clip's read. A
+    failed read is kept too: a clip that hangs the decoder costs one `--media-timeout`, not
+    one per evaluation. The first reads are kept, none evicted (the rows come in the same
+    order each time, and a least-recently-used cache smaller than them would keep none of
+    the ones asked for next). Training's reads are not kept: a training row comes round once
+    an epoch.
     """
 
     def __init__(self, timeout: float | None, keep_bytes: int = EVAL_CLIP_BYTES) -> None:
@@ -80,7 +80,7 @@ class ClipReader:
             return self._read(video, sound, n, seconds, max_pixels)
         job = ("job", video, sound, n, seconds, max_pixels)
         if isinstance(failed := self._kept.get(job), MediaError):
-            raise failed
+            raise MediaError(failed.kind, str(failed))  # a new one: no traceback piling up
         see = ("video", video, n, seconds, max_pixels) if video is not None else None
         hear = ("audio", sound, seconds) if sound is not None else None
         seen, heard = see is None or see in self._kept, hear is None or hear in self._kept
