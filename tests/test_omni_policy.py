@@ -368,6 +368,8 @@ def test_evaluation_clips_are_read_once_and_kept(thinker, media, tmp_path):
     no video) read the same clip once more. Inside `keeping()` the frames and the audio are
     kept apart, a variant takes its medium from the full read, a failed read is kept too,
     and what comes back is what a fresh read gives."""
+    import shutil
+
     from avcurate.media.errors import MediaError
 
     folder, processor = thinker
@@ -396,12 +398,21 @@ def test_evaluation_clips_are_read_once_and_kept(thinker, media, tmp_path):
             with pytest.raises(MediaError, match="deleted.mp4"):
                 policy.inputs(gone, "av", 4096)
     assert clips.decoded == 6
+    changing = tmp_path / "changing.mp4"  # a clip replaced between evaluations
+    shutil.copy(media["good"], changing)
+    with clips.keeping():
+        before = policy.inputs(row | {"video": str(changing)}, "av", 4096)
+    shutil.copy(media["good2"], changing)
+    with clips.keeping():
+        after = policy.inputs(row | {"video": str(changing)}, "av", 4096)
+    assert clips.decoded == 8
+    assert not torch.equal(before[1]["input_features"], after[1]["input_features"])
     clips.keep_bytes = clips.kept_bytes  # full: another clip is read each time
     other = _row(media) | {"video": str(media["good2"])}
     with clips.keeping():
         policy.inputs(other, "av", 4096)
         policy.inputs(other, "video_only", 4096)
-    assert clips.decoded == 8
+    assert clips.decoded == 10
 
 
 def test_evaluations_during_training_read_each_clip_once(thinker, media, tmp_path,

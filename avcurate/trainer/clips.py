@@ -15,6 +15,7 @@ in every rank's worker at once) and took 3-5x as long.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -78,11 +79,12 @@ class ClipReader:
                  max_pixels: int) -> tuple[Any, Any, Any]:
         if not self._keeping:
             return self._read(video, sound, n, seconds, max_pixels)
-        job = ("job", video, sound, n, seconds, max_pixels)
+        v, a = (_stamped(path) for path in (video, sound))  # a file changed is read again
+        job = ("job", v, a, n, seconds, max_pixels)
         if isinstance(failed := self._kept.get(job), MediaError):
             raise MediaError(failed.kind, str(failed))  # a new one: no traceback piling up
-        see = ("video", video, n, seconds, max_pixels) if video is not None else None
-        hear = ("audio", sound, seconds) if sound is not None else None
+        see = ("video", v, n, seconds, max_pixels) if video is not None else None
+        hear = ("audio", a, seconds) if sound is not None else None
         seen, heard = see is None or see in self._kept, hear is None or hear in self._kept
         pixels = fps = clip = None
         if not (seen and heard):  # read only what is not kept
@@ -129,6 +131,18 @@ class ClipReader:
         if self._pool is not None:
             self._pool.close()
             self._pool = None
+
+
+def _stamped(path: str | None) -> tuple | None:
+    """`path` with its size and modification time (None for them when the file is gone):
+    the key of what was read from it."""
+    if path is None:
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return (path, None)
+    return (path, st.st_size, st.st_mtime_ns)
 
 
 def frame_rate(times) -> float:
