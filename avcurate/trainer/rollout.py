@@ -8,7 +8,7 @@ reproduce a 1-process run, and lets a step's prompts share one generate call.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.distributed as dist
@@ -33,9 +33,9 @@ class Rollout:
     def to(self, device: torch.device) -> Rollout:
         """The token tensors on the model's device (packed on the CPU): the masks meet the
         log-probs there, in the loss."""
-        return Rollout(self.input_ids.to(device), self.attention_mask.to(device),
-                       self.completion_mask.to(device), self.completions,
-                       self.completion_tokens, self.extras)
+        return replace(self, input_ids=self.input_ids.to(device),
+                       attention_mask=self.attention_mask.to(device),
+                       completion_mask=self.completion_mask.to(device))
 
 
 def prompt_seed(seed: int, step: int, prompt_index: int) -> int:
