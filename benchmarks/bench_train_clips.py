@@ -14,7 +14,9 @@ clip) and its peak RSS (Linux's VmHWM) over every clip it read.
 It also prints evaluation's reads: two evaluations over the same clips, each clip read
 three ways (the clip, then the modality reward's no-audio and no-video variants) through
 the decode worker, as `trainer.evaluate` reads them, with the clips kept in memory
-(`ClipReader.keeping`) and without (every evaluation before the change).
+(`ClipReader.keeping`) and without (every evaluation before the change); then two
+training steps with the same variants, each step's reads held for its variants
+(`ClipReader.holding`, as `trainer.groups` reads them) and read each time (before).
 """
 
 from __future__ import annotations
@@ -44,14 +46,20 @@ def _round(reader: ClipReader, clips: list[Path], frames: int, seconds: float) -
 VARIANTS = ((True, True), (True, False), (False, True))  # the clip, no audio, no video
 
 
-def _evaluations(keep: bool, clips: list[Path], frames: int, seconds: float
-                 ) -> tuple[list[float], int]:
-    """Seconds of each of two evaluations' reads, and the reads the worker made."""
+SCOPES = {"read each time": contextlib.nullcontext, "kept": ClipReader.keeping,
+          "held for the step": ClipReader.holding}
+
+
+def _passes(scope: str, clips: list[Path], frames: int, seconds: float
+            ) -> tuple[list[float], int]:
+    """Seconds of each of two passes' reads (evaluations or training steps) in `scope`,
+    and the reads the worker made."""
     reader, took = ClipReader(60.0), []
+    enter = SCOPES[scope]
     try:
         for _ in range(2):
             start = time.perf_counter()
-            with reader.keeping() if keep else contextlib.nullcontext():
+            with enter() if scope == "read each time" else enter(reader):
                 for clip in clips:
                     for video, audio in VARIANTS:
                         reader(str(clip) if video else None, str(clip) if audio else None,
@@ -97,11 +105,12 @@ def main() -> None:
                   f"{best['worker'] * 1000:.1f} ms/clip ({best['worker'] / best['in process']:.2f}x, "
                   f"+{(best['worker'] - best['in process']) * 1000:.1f} ms); the worker's "
                   f"first clip {start:.2f} s, its peak RSS {peak:,.0f} MiB")
-            for keep in (False, True):
-                (first, second), reads = _evaluations(keep, clips, args.frames, args.seconds)
-                print(f"  evaluation, {len(clips)} rows x 3 variants, clips "
-                      f"{'kept' if keep else 'read each time'}: first {first:.2f} s, second "
-                      f"{second:.2f} s, {reads} reads")
+            for what, scopes in (("evaluation", ("read each time", "kept")),
+                                 ("training step", ("read each time", "held for the step"))):
+                for scope in scopes:
+                    (first, second), reads = _passes(scope, clips, args.frames, args.seconds)
+                    print(f"  {what}, {len(clips)} rows x 3 variants, clips {scope}: first "
+                          f"{first:.2f} s, second {second:.2f} s, {reads} reads")
 
 
 def _children_peak_mib() -> float:

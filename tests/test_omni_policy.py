@@ -393,11 +393,12 @@ def test_evaluation_clips_are_read_once_and_kept(thinker, media, tmp_path):
     policy.inputs(row, "av", 4096)
     assert clips.decoded == 5  # training's reads are not kept nor served from memory
     gone = row | {"video": str(tmp_path / "deleted.mp4")}
-    with clips.keeping():
-        for _ in range(2):
-            with pytest.raises(MediaError, match="deleted.mp4"):
-                policy.inputs(gone, "av", 4096)
-    assert clips.decoded == 6
+    for decoded in (6, 7, 7):  # tried once more in the next evaluation, then left out
+        with clips.keeping():
+            for _ in range(2):
+                with pytest.raises(MediaError, match="deleted.mp4"):
+                    policy.inputs(gone, "av", 4096)
+        assert clips.decoded == decoded
     changing = tmp_path / "changing.mp4"  # a clip replaced between evaluations
     shutil.copy(media["good"], changing)
     with clips.keeping():
@@ -405,14 +406,47 @@ def test_evaluation_clips_are_read_once_and_kept(thinker, media, tmp_path):
     shutil.copy(media["good2"], changing)
     with clips.keeping():
         after = policy.inputs(row | {"video": str(changing)}, "av", 4096)
-    assert clips.decoded == 8
+    assert clips.decoded == 9
     assert not torch.equal(before[1]["input_features"], after[1]["input_features"])
-    clips.keep_bytes = clips.kept_bytes  # full: another clip is read each time
+    clips.keep_bytes = clips.kept_bytes  # full: another clip is held for its evaluation only
     other = _row(media) | {"video": str(media["good2"])}
-    with clips.keeping():
-        policy.inputs(other, "av", 4096)
-        policy.inputs(other, "video_only", 4096)
-    assert clips.decoded == 10
+    for decoded in (10, 11):
+        with clips.keeping():
+            policy.inputs(other, "av", 4096)
+            policy.inputs(other, "video_only", 4096)
+        assert clips.decoded == decoded and clips.kept_bytes == clips.keep_bytes
+
+
+def test_an_evaluation_clip_that_failed_once_is_read_again(thinker, media, monkeypatch):
+    """A kept failure lasted the whole training: a read that timed out once (a slow network
+    mount) left its row out of every evaluation after. It is tried again in the next
+    evaluation, and what it reads then is kept."""
+    from avcurate.media.errors import MediaError
+    from avcurate.trainer import clips as clip_module
+
+    folder, processor = thinker
+    policy = OmniPolicy(str(folder), processor=processor, frames=4, audio_seconds=2.0)
+    row = _row(media)
+    real, calls = clip_module.read_clip, []
+
+    def slow_once(job):
+        calls.append(job)
+        if len(calls) == 1:
+            return ("error", "media_timeout", f"{job[0]}: no result within 60 s")
+        return real(job)
+
+    monkeypatch.setattr(clip_module, "read_clip", slow_once)
+    with policy.clips.keeping():  # the first evaluation: the row is left out, read once
+        for _ in range(2):
+            with pytest.raises(MediaError, match="no result within 60 s"):
+                policy.inputs(row, "av", 4096)
+    assert len(calls) == 1
+    for _ in range(2):  # the next evaluations answer it, from one more read
+        with policy.clips.keeping():
+            ids, extra = policy.inputs(row, "av", 4096)
+            policy.inputs(row, "audio_only", 4096)
+        assert ids.numel() > 0 and "pixel_values_videos" in extra
+    assert len(calls) == 2
 
 
 def test_evaluations_during_training_read_each_clip_once(thinker, media, tmp_path,
@@ -449,3 +483,44 @@ def test_evaluations_during_training_read_each_clip_once(thinker, media, tmp_pat
     # 3 evaluations x 2 rows x (the clip, no audio, no video) were 18 reads
     assert len(held_out) == 2 and {job[0] for job in held_out} == {str(media["good"]),
                                                                   str(media["good2"])}
+    # 2 steps x 2 rows x (the clip, no audio, no video) were 12 reads of the one training clip
+    assert len([job for job in reads if str(train_clip) in job[:2]]) == 2
+
+
+def test_the_variants_of_a_training_row_take_its_read(thinker, media, tmp_path, monkeypatch):
+    """The modality reward's no-audio and no-video rollouts read each training clip twice
+    more, and a clip that failed on one of those reads (here a mount gone slow after the
+    first read: every read after it times out) stopped training with a traceback, past
+    the row-skipping that covers the prompt's read. The variants now take the clip the
+    prompt read; the row is skipped when it is drawn again."""
+    import json
+
+    from avcurate.trainer import clips as clip_module
+
+    folder, processor = thinker
+    slow = tmp_path / "slow.mp4"
+    slow.write_bytes(media["good"].read_bytes())
+    rows = [_row(media) | {"id": "slow", "video": str(slow)},
+            _row(media) | {"id": "good", "video": str(media["good2"])}]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "rows.parquet")
+    reads = []
+    real = clip_module.read_clip
+
+    def slow_after_first(job):
+        reads.append(job)
+        if str(slow) in job[:2] and len([j for j in reads if str(slow) in j[:2]]) > 1:
+            return ("error", "media_timeout", f"{slow}: no result within 60 s")
+        return real(job)
+
+    monkeypatch.setattr(clip_module, "read_clip", slow_after_first)
+    cfg = TrainConfig(data=str(tmp_path / "rows.parquet"), model=str(folder),
+                      out=str(tmp_path / "out"), policy="omni", frames=2, audio_seconds=2.0,
+                      num_generations=2, prompts_per_step=2, steps=2, lr=1e-2,
+                      max_new_tokens=3, max_prompt_tokens=4096, system_prompt="",
+                      rewards=["accuracy", "modality_attention"])
+    history = train(cfg, policy_kwargs={"processor": processor, "media_timeout": None},
+                    progress=False)
+    assert len(history) == 2
+    [skipped] = map(json.loads, (tmp_path / "out/skipped_rows.jsonl").read_text().splitlines())
+    assert (skipped["id"], skipped["reason"], skipped["step"]) == ("slow", "media_timeout", 2)
+    assert all(job[0] and job[1] for job in reads)  # no variant read a clip again

@@ -15,7 +15,6 @@ counted). A row training could not use either (a missing clip, a prompt over
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import sys
@@ -28,6 +27,7 @@ import torch
 
 from avcurate.media.errors import MediaError
 from avcurate.trainer import rewards as reward_registry
+from avcurate.trainer.clips import clip_scope
 from avcurate.trainer.collectives import all_max, all_sum
 from avcurate.trainer.data import Rows
 from avcurate.trainer.groups import row_prompt
@@ -46,19 +46,25 @@ def due(cfg, done: int) -> bool:
 
 def evaluate(state: TrainState, rows: Rows, done: int) -> dict[str, Any]:
     """The policy's mean rewards on the first `--eval-rows` rows, after `done` steps."""
-    cfg, policy = state.cfg, state.policy
     t0 = time.perf_counter()
     state.model.eval()  # as for rollouts; the step after sets train mode for its updates
+    with clip_scope(state.policy, "keep"):  # the variants read what the prompts read
+        return _evaluate(state, rows, done, t0)
+
+
+def _evaluate(state: TrainState, rows: Rows, done: int, t0: float) -> dict[str, Any]:
+    """`evaluate` inside the clip reader's scope: a row whose clip cannot be read is left
+    out, and once a row is in, its variants cannot fail to read (they take the prompt's)."""
+    cfg, policy = state.cfg, state.policy
     n = min(cfg.eval_rows, len(rows))
     prompts, kept, left_out = [], [], 0
-    with _keeping_clips(policy):
-        for i in range(state.rank, n, state.world):
-            row = dict(rows[i])
-            try:
-                prompts.append(row_prompt(state, row))
-                kept.append(row)
-            except (MediaError, UnusableRow):
-                left_out += 1
+    for i in range(state.rank, n, state.world):
+        row = dict(rows[i])
+        try:
+            prompts.append(row_prompt(state, row))
+            kept.append(row)
+        except (MediaError, UnusableRow):
+            left_out += 1
     record: dict[str, Any] = {"step": done, "eval_rows": int(all_sum(len(kept))),
                               "eval_left_out": int(all_sum(left_out))}
     if all_max(int(not kept)):  # a rank with nothing to answer cannot keep in step
@@ -67,8 +73,7 @@ def evaluate(state: TrainState, rows: Rows, done: int) -> dict[str, Any]:
     calls = int(all_max(math.ceil(len(prompts) / per_call)))
     texts, tokens = _answers(state, prompts, calls, per_call)
     for variant in state.variants:  # the rewards' extra rollouts, greedy too
-        with _keeping_clips(policy):
-            alt = [policy.inputs(row, variant, cfg.max_prompt_tokens) for row in kept]
+        alt = [policy.inputs(row, variant, cfg.max_prompt_tokens) for row in kept]
         for row, text in zip(kept, _answers(state, alt, calls, per_call)[0], strict=True):
             row[f"{variant}_completion"] = text
     total, parts = reward_registry.combine(state.rewards, cfg.reward_weights or None, texts,
@@ -79,13 +84,6 @@ def evaluate(state: TrainState, rows: Rows, done: int) -> dict[str, Any]:
         record[f"eval/{name}_mean"] = all_sum(float(np.sum(values))) / count
     record["eval_completion_len"] = all_sum(float(sum(tokens))) / count
     return record | {"seconds": time.perf_counter() - t0}
-
-
-def _keeping_clips(policy: Any) -> contextlib.AbstractContextManager:
-    """Evaluation's clips kept in memory between evaluations (`ClipReader.keeping`); a
-    text policy reads none."""
-    clips = getattr(policy, "clips", None)
-    return clips.keeping() if clips is not None else contextlib.nullcontext()
 
 
 def _answers(state: TrainState, inputs: list[tuple[torch.Tensor, dict]], calls: int,

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from avcurate.trainer import rewards as reward_registry
+from avcurate.trainer.clips import clip_scope
 from avcurate.trainer.collectives import all_max, all_sum
 from avcurate.trainer.rollout import pack, prompt_seed, row_seed, sample_batch
 from avcurate.trainer.state import TrainState
@@ -55,7 +56,15 @@ def sample_groups(state: TrainState, slots: list[tuple[int, int]], step: int,
 
     Every slot's G completions come from one generate call (and the extra rollouts from
     one more), each prompt's media encoded once. Each completion comes from its own seed,
-    so the result does not depend on how slots are batched."""
+    so the result does not depend on how slots are batched. The extra rollouts take the
+    clips the prompts read: each read again, a clip that then failed (a slow mount past
+    --media-timeout, a file replaced) stopped training with a traceback."""
+    with clip_scope(state.policy, "hold"):
+        return _sample_groups(state, slots, step, sampling, salt, throwaway)
+
+
+def _sample_groups(state: TrainState, slots: list[tuple[int, int]], step: int,
+                   sampling: dict[str, Any], salt: int, throwaway: bool) -> list[Group]:
     cfg, policy = state.cfg, state.policy
     G = cfg.num_generations
     rows, inputs = _usable(state, slots, step, salt, not throwaway)
