@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -217,6 +218,22 @@ def test_demo_against_a_server_the_user_names(tmp_path):
     assert models == {"served-model"}
     assert "Demo model" not in (tmp_path / "d/report.html").read_text()
     assert "Demo data" not in (tmp_path / "d/export/README.md").read_text()
+    # the folder moved: refused in one line naming the move, and --force (which `demo` did
+    # not have, though the refusal told the user to give it) redoes it from the run's cache
+    shutil.move(tmp_path / "d", tmp_path / "moved")
+    args = ("demo", "--out", str(tmp_path / "moved"), "-q", "--model", "served-model")
+    with openai_server() as server:
+        url = ("--base-url", server.url + "/v1")
+        refused = sh(*args, *url, check=False)
+        assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1
+        assert f"ingested its sources from {tmp_path / 'd'}, and the recipe now names them " \
+               f"under {tmp_path / 'moved'}" in " ".join(refused.stderr.split())
+        assert "Use --force" in refused.stderr
+        sh(*args, *url, "--force")
+        assert server.requests == []  # every answer came from the run's cache
+    final, _ = read_stage(tmp_path / "moved/run", "13")
+    assert final.num_rows and all(v.startswith(str(tmp_path / "moved/"))
+                                  for v in final["video"].to_pylist())
 
 
 def test_demo_with_gemini(tmp_path):

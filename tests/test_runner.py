@@ -111,6 +111,30 @@ def test_an_annotation_file_changed_since_ingest_is_named_as_such(tmp_path, medi
         run(recipe, tmp_path / "run")
 
 
+def test_sources_moved_or_changed_since_ingest_are_named(tmp_path, media):
+    """A project folder moved (annotations and run together) was refused as "a different
+    recipe (sources, options or order)", naming nothing. The refusal now says where the
+    sources were and are, or which source setting changed."""
+    import shutil
+
+    (tmp_path / "old").mkdir()
+    recipe = jsonl_recipe(tmp_path / "old", _records(media), media["root"], [])
+    run(recipe, tmp_path / "run")
+    shutil.move(tmp_path / "old", tmp_path / "new" / "place")
+    source = recipe.sources[0]
+    source.annotations = str(tmp_path / "new/place/ann.jsonl")
+    with pytest.raises(RunError) as caught:
+        run(recipe, tmp_path / "run")
+    assert f"00-ingest ingested its sources from {tmp_path / 'old'}, and the recipe now names " \
+           f"them under {tmp_path / 'new/place'} (a moved or copied folder" in str(caught.value)
+    assert "Use --force" in str(caught.value)
+    source.options = {"columns": {**source.options["columns"], "question": "prompt"}}
+    with pytest.raises(RunError, match=r"00-ingest was made with other sources \(jsonl.annota"
+                                       r"tions: .*old/ann.jsonl' -> .*new/place/ann.jsonl'; "
+                                       r"jsonl.columns: "):
+        run(recipe, tmp_path / "run")
+
+
 @register
 @dataclass
 class _NeedsScores(BaseStage):

@@ -270,6 +270,11 @@ def demo(
                                                "http://localhost:8000/v1.")] = "",
     train: Annotated[bool, typer.Option(help="Also run a few GSPO steps of a tiny policy "
                                              "(needs torch: the train extra).")] = False,
+    force: Annotated[bool, typer.Option(
+        "--force", help="If the folder holds a demo run made with other settings (another "
+                        "--model) or moved from another folder, recompute from the first "
+                        "stage that differs instead of stopping.")] = False,
+    yes: Yes = False,
     quiet: Quiet = False,
 ) -> None:
     """Make ~40 real clips in three annotation formats and run every stage on them: validate,
@@ -290,7 +295,8 @@ def demo(
     except ValueError as exc:
         fail(str(exc))
     try:
-        result = guard(run_tour, out_dir, endpoint, show_progress=not quiet, train=train)
+        result = guard(run_tour, out_dir, endpoint, show_progress=not quiet, train=train,
+                       force=force, confirm_removal=confirm_force(yes))
     except ValueError as exc:  # the export's or the trainer's refusal, as one line
         fail(str(exc))
     rows = stage_rows(RunStore(result.run_dir))

@@ -12,7 +12,7 @@ import contextlib
 import json
 import os
 import shlex
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -102,8 +102,11 @@ class TourResult:
 
 
 def run_tour(out_dir: Path, endpoint: Endpoint, *, show_progress: bool = True,
-             train: bool = False) -> TourResult:
-    """Every stage, the report and the export; re-running resumes (nothing recomputed)."""
+             train: bool = False, force: bool = False,
+             confirm_removal: Callable[[str, list[str]], None] | None = None) -> TourResult:
+    """Every stage, the report and the export; re-running resumes (nothing recomputed).
+    `force`: a run made with other settings (another model) or moved from another folder is
+    recomputed from its first stage that differs, as `avcurate run --force` does."""
     from avcurate.hub.export import export_run
     from avcurate.pipeline.recipe import Recipe
     from avcurate.pipeline.runner import Runner
@@ -115,7 +118,8 @@ def run_tour(out_dir: Path, endpoint: Endpoint, *, show_progress: bool = True,
     run_dir = out_dir / "run"
     with serving(endpoint) as live, environment(live):
         recipe = Recipe.load(recipe_path)
-        Runner(recipe, run_dir, show_progress=show_progress).run()
+        Runner(recipe, run_dir, force=force, show_progress=show_progress,
+               confirm_removal=confirm_removal).run()
     report = out_dir / "report.html"  # the demo's own folder (make_demo claimed it)
     write_output(report, html.render(collect(run_dir)).encode("utf-8"))
     # the demo's clips are synthetic (made by make_demo): the card may name a real license

@@ -302,7 +302,8 @@ class Runner:
             raise RunError(
                 f"{self.store.root} already holds a run whose stage {done[k]['dir']} "
                 f"{self._difference(manifest, done[k], planned[k])}. Use --force to recompute from "
-                f"that stage on, or choose another --out."
+                f"that stage on (model answers cached in the run are reused), or choose another "
+                f"--out."
             )
         return k
 
@@ -323,6 +324,9 @@ class Runner:
         if entry["name"] == "ingest" and same_sources and same_shards:
             return ("ingested annotation files that changed since (their size or modification "
                     "time)")
+        if entry["name"] == "ingest" and not same_sources and "spec" in entry:
+            return source_changes(entry["spec"].get("sources", []),
+                                  [s.to_dict() for s in self.recipe.sources])
         if diffs := _option_changes(entry, planned):
             return f"was made with other options ({'; '.join(diffs)})"
         return "was made with a different recipe (sources, options or order)"
@@ -831,6 +835,37 @@ def _option_changes(entry: dict[str, Any], planned: dict[str, Any]) -> list[str]
             StageSpec(planned["name"], planned["spec"]))
     except StageError:
         return []
+
+
+def source_changes(was: list[dict[str, Any]], now: list[dict[str, Any]]) -> str:
+    """Why a run's ingest does not match the recipe's sources, in words: another set of
+    sources, the same ones moved to another folder (a project folder moved or copied:
+    its rows still name the clips at the old place), or the settings that changed."""
+    names = [s.get("name") for s in was], [s.get("name") for s in now]
+    if names[0] != names[1]:
+        return f"ingested other sources ({', '.join(map(str, names[0]))})"
+    changes = [(f"{a['name']}.{k}", a.get(k), b.get(k)) for a, b in zip(was, now, strict=True)
+               for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    moves = {_moved(old, new) for _, old, new in changes}
+    if len(moves) == 1 and None not in moves:
+        [(old, new)] = moves
+        return (f"ingested its sources from {old}, and the recipe now names them under {new} "
+                f"(a moved or copied folder, whose rows still name the clips under {old})")
+    listed = "; ".join(f"{k}: {old!r} -> {new!r}" for k, old, new in changes[:3])
+    more = f"; and {len(changes) - 3} more" if len(changes) > 3 else ""
+    return f"was made with other sources ({listed}{more})"
+
+
+def _moved(old: Any, new: Any) -> tuple[str, str] | None:
+    """(old folder, new folder) when two paths differ only in the folder their common end
+    lies under (/a/x/ann.json and /b/ann.json: /a/x, /b); None for anything else."""
+    if not (isinstance(old, str) and isinstance(new, str)):
+        return None
+    a, b = Path(old).parts, Path(new).parts
+    k = 0
+    while k < min(len(a), len(b)) - 1 and a[-1 - k] == b[-1 - k]:
+        k += 1
+    return (str(Path(*a[:len(a) - k])), str(Path(*b[:len(b) - k]))) if k else None
 
 
 def _plans(recipe: Recipe, stages: list[StageSpec]) -> bool:
