@@ -49,6 +49,42 @@ def test_ingest_then_validate(tmp_path, media):
     assert status["stages"][1]["rejects_by_reason"] == {"silent_audio": 1}
 
 
+def test_stage_commands_go_on_after_the_annotation_file_changed_or_went(tmp_path, media):
+    """A stage command checked the run's annotation files as a recipe does: once the file
+    was deleted after ingest (it is in the shards now), copied without its time or
+    touched, every stage command on the run stopped ("does not exist", "ingested
+    annotation files that changed since"), and the run could not go on. The run's ingest
+    now stands, with a note; --force still ingests the file again."""
+    ann = tmp_path / "mine.jsonl"
+    ann.write_text("".join(json.dumps({"uid": u, "clip": "good.mp4", "q": f"Colour {u}?",
+                                       "opts": ["red", "blue"], "gt": 0}) + "\n"
+                           for u in "ab"))
+    run_dir = tmp_path / "run"
+    sh("ingest", "--source", "jsonl", "--annotations", str(ann), "--media-root",
+       str(media["root"]), "--out", str(run_dir), "--column", "id=uid", "--column",
+       "video=clip", "--column", "question=q", "--column", "options=opts", "--column",
+       "answer=gt", "-q")
+    ann.rename(tmp_path / "elsewhere.jsonl")
+    gone = sh("validate", str(run_dir), "-q", check=False)
+    assert gone.returncode == 0, gone.stderr
+    assert f"the annotation file(s) this run ingested are gone ({ann})" in \
+        " ".join(gone.stderr.split())
+    (tmp_path / "elsewhere.jsonl").rename(ann)
+    os.utime(ann, ns=(ann.stat().st_atime_ns, ann.stat().st_mtime_ns + 10**9))
+    changed = sh("dedup", str(run_dir), "-q", check=False)
+    assert changed.returncode == 0, changed.stderr
+    assert "changed since" in changed.stderr
+    assert sh("dedup", str(run_dir), "-q").returncode == 0  # done: nothing to do
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert [e["name"] for e in manifest["stages"]] == ["ingest", "validate", "dedup"]
+    ingested_from = manifest["stages"][0]["fingerprint"]  # the file's size and time then
+    assert read_stage(run_dir, "02")[0].num_rows == 2
+    sh("threshold", str(run_dir), "--rule", "duration_s > 0", "--force", "-q")
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert [e["name"] for e in manifest["stages"]] == ["ingest", "validate", "dedup", "threshold"]
+    assert manifest["stages"][0]["fingerprint"] != ingested_from  # ingested again
+
+
 
 def test_follow_links_reads_a_farm_of_links_to_shared_storage(tmp_path, media):
     """Clips linked into the media root from shared storage: refused as unsafe_path with a

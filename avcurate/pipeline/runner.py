@@ -153,10 +153,11 @@ def _closest(missing: list[str], have: Iterable[str]) -> str:
     return f" (the columns there: {', '.join(have)})" if have else ""
 
 
-def plan(recipe: Recipe) -> list[tuple[Stage, str]]:
-    """Build every stage and check, before any work, that each one's inputs will exist."""
+def plan(recipe: Recipe, ingest: str | None = None) -> list[tuple[Stage, str]]:
+    """Build every stage and check, before any work, that each one's inputs will exist;
+    the fingerprints chain from `ingest` (default: the recipe's sources as they are now)."""
     stages: list[tuple[Stage, str]] = []
-    parent = ingest_fingerprint(recipe)
+    parent = ingest or ingest_fingerprint(recipe)
     types = {f.name: f.type for f in SAMPLE_SCHEMA} | recipe.extra_columns()
     for spec in recipe.stages:
         try:
@@ -256,7 +257,7 @@ class Runner:
     def __init__(self, recipe: Recipe, run_dir: Path | str, *, force: bool = False,
                  console: Console | None = None, show_progress: bool = True,
                  confirm_removal: Callable[[str, list[str]], None] | None = None,
-                 reach_all: bool = False) -> None:
+                 reach_all: bool = False, keep_ingest: bool = False) -> None:
         self.recipe = recipe
         self.store = RunStore(run_dir)
         self.force = force
@@ -269,6 +270,8 @@ class Runner:
         # ask every stage with work left whether its server answers, not only the next one
         # (a stage command: the servers it names are meant to be up now)
         self.reach_all = reach_all
+        # a stage command: the run's ingest stands whatever became of its annotation files
+        self.keep_ingest = keep_ingest
         self._pool: WorkerPool | None = None  # the run's decode workers, while it runs
         self._held: HeldShards | None = None  # kept shards for the next stage, while it runs
         self._advised: set[str] = set()  # notes of `advice` already printed
@@ -341,8 +344,9 @@ class Runner:
                   ) -> tuple[list[tuple[Stage, str]], list[dict[str, Any]]]:
         """The recipe's stages and fingerprints, once every stage with work left (from
         stage `redo_from` on, when given) has passed its environment check."""
-        stages = plan(self.recipe)
-        planned = [{"name": "ingest", "fingerprint": ingest_fingerprint(self.recipe)}]
+        ingest = self._ingest_fingerprint()
+        stages = plan(self.recipe, ingest)
+        planned = [{"name": "ingest", "fingerprint": ingest}]
         planned += [{"name": s.name, "fingerprint": fp, "spec": spec.options,
                      "content": stage_content(s)}
                     for (s, fp), spec in zip(stages, self.recipe.stages, strict=True)]
@@ -356,6 +360,29 @@ class Runner:
         if not self.reach_all:  # last: said only of a run that passed every check
             self._warn_unreachable([s for s, _ in stages[max(0, done):]])
         return stages, planned
+
+    def _ingest_fingerprint(self) -> str:
+        """The recipe's ingest identity (its sources and their files' size and time); with
+        `keep_ingest`, the run's own. Stages added to a run by a stage command read the rows
+        the run holds, and its annotation files may since have been deleted, moved, copied
+        without their times or edited: each of those stopped every stage command on the run,
+        which checked the files as a recipe does. Files changed or gone are said in a note."""
+        now = ingest_fingerprint(self.recipe)
+        if not (self.keep_ingest and self.store.exists()):
+            return now
+        done = done_entries(self.store.load_manifest())
+        if not done or done[0]["name"] != "ingest" or done[0]["fingerprint"] == now:
+            return now
+        files = [s.annotations for s in self.recipe.sources]
+        gone = [f for f in files if not Path(f).exists()]
+        note = (f"the annotation file(s) this run ingested {'are gone' if gone else 'changed since'}"
+                f" ({', '.join(gone or files)}); its stages go on from the rows it holds "
+                "(--force ingests the files again and makes every stage anew)")
+        if note not in self._advised:
+            self._advised.add(note)
+            self.console.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True,
+                               style="yellow")
+        return done[0]["fingerprint"]
 
     def run(self) -> list[StageReport]:
         stages, planned = self.preflight()
@@ -906,7 +933,7 @@ def redo_plan(run_dir: Path | str, specs: list[StageSpec]) -> tuple[list[str], l
 
 
 def extend_run(run_dir: Path | str, spec: StageSpec | list[StageSpec], *, redo: bool = False,
-               append: bool = False,
+               append: bool = False, force: bool = False,
                confirm_redo: Callable[[list[str]], None] | None = None,
                **runner_kw: Any) -> list[StageReport]:
     """Run stages on an existing run (what `avcurate validate RUN_DIR` etc. do).
@@ -918,7 +945,8 @@ def extend_run(run_dir: Path | str, spec: StageSpec | list[StageSpec], *, redo: 
     the stages are appended after the run's completed stages (resuming a killed one).
     With `append`, only done stages at the end of the run count as these: one done earlier
     (the run's first threshold) gets another after the last stage, and running the same
-    command again finds that one done.
+    command again finds that one done. The run's ingest stands as it is (a note says when
+    its annotation files changed or are gone); `force` ingests them again.
     """
     specs = spec if isinstance(spec, list) else [spec]
     store = RunStore(run_dir)
@@ -955,14 +983,16 @@ def extend_run(run_dir: Path | str, spec: StageSpec | list[StageSpec], *, redo: 
                                + "; ".join(diffs) + f"). To redo {them}: the same command with "
                                f"--redo, or `avcurate reset {run_dir} --from {dirs[0]}`"
                                + again)
-            runner = Runner(recipe, run_dir, reach_all=True, **runner_kw)
+            runner = Runner(recipe, run_dir, reach_all=True, force=force, keep_ingest=not force,
+                            **runner_kw)
             runner.preflight(redo_from=at + 1)  # a bad setting stops before anything is removed
             if confirm_redo is not None:
                 confirm_redo(diffs)  # what changes, for the user to see before it is done
             reset_run(store.root, at + 1)
             return runner.run()
         recipe.stages = done + specs
-        return Runner(recipe, run_dir, reach_all=True, **runner_kw).run()
+        return Runner(recipe, run_dir, reach_all=True, force=force, keep_ingest=not force,
+                      **runner_kw).run()
 
 
 def reset_run(run_dir: Path | str, index: int) -> list[str]:
