@@ -909,6 +909,11 @@ def test_second_writer_is_refused_readers_are_not_and_kill_9_frees_the_lock(tmp_
     assert f"in use by PID {proc.pid}" in second.stderr and "avcurate run" in second.stderr
     again = sh("run", str(recipe), "--out", str(run_dir), "-q")
     assert again.returncode == 2 and "in use" in again.stderr
+    manifest = (run_dir / "manifest.json").read_bytes()
+    workers = sh("validate", str(run_dir), "--append", "--workers", "3")
+    assert workers.returncode == 2 and "in use" in workers.stderr
+    # --workers was written into the manifest before the lock was asked for
+    assert (run_dir / "manifest.json").read_bytes() == manifest
     status = sh("status", str(run_dir), "--json")  # readers never block
     assert status.returncode == 0
     assert {"stage": "02-slow", "status": "incomplete"}.items() <= json.loads(
@@ -918,6 +923,8 @@ def test_second_writer_is_refused_readers_are_not_and_kill_9_frees_the_lock(tmp_
     resumed = sh("run", str(recipe), "--out", str(run_dir), "-q")
     assert resumed.returncode == 0, resumed.stderr
     assert _stages(run_dir) == ["00-ingest", "01-validate", "02-slow"]
+    assert sh("validate", str(run_dir), "--append", "--workers", "3", "-q").returncode == 0
+    assert json.loads((run_dir / "manifest.json").read_text())["recipe"]["run"]["workers"] == 3
 
 
 def _worker_pool_of(proc: subprocess.Popen) -> list:

@@ -250,16 +250,11 @@ def run_more(run_dir: Path, specs: list[StageSpec], force: bool, quiet: bool,
     were already done with these settings (nothing ran)."""
     require_run(run_dir)
     check_specs(specs)
-    if workers is not None:
-        if workers < 1:
-            fail(f"--workers must be at least 1, not {workers}")
-        store = RunStore(run_dir)
-        manifest = store.load_manifest()
-        manifest["recipe"].setdefault("run", {})["workers"] = workers
-        store.save_manifest(manifest)
+    if workers is not None and workers < 1:
+        fail(f"--workers must be at least 1, not {workers}")
     try:
         guard(as_commands, extend_run, run_dir, specs, redo=redo, append=append, force=force,
-              show_progress=not quiet,
+              workers=workers, show_progress=not quiet,
               confirm_redo=lambda diffs: confirm_redo(run_dir, specs, yes, diffs))
     except AlreadyDone as exc:
         print_summary(run_dir, f"Run {run_dir}")

@@ -933,7 +933,7 @@ def redo_plan(run_dir: Path | str, specs: list[StageSpec]) -> tuple[list[str], l
 
 
 def extend_run(run_dir: Path | str, spec: StageSpec | list[StageSpec], *, redo: bool = False,
-               append: bool = False, force: bool = False,
+               append: bool = False, force: bool = False, workers: int | None = None,
                confirm_redo: Callable[[list[str]], None] | None = None,
                **runner_kw: Any) -> list[StageReport]:
     """Run stages on an existing run (what `avcurate validate RUN_DIR` etc. do).
@@ -946,13 +946,16 @@ def extend_run(run_dir: Path | str, spec: StageSpec | list[StageSpec], *, redo: 
     With `append`, only done stages at the end of the run count as these: one done earlier
     (the run's first threshold) gets another after the last stage, and running the same
     command again finds that one done. The run's ingest stands as it is (a note says when
-    its annotation files changed or are gone); `force` ingests them again.
+    its annotation files changed or are gone); `force` ingests them again. `workers` (the
+    run's decode workers from here on) is recorded by the run, under its lock: written
+    before it, a command refused for a run in progress overwrote that run's manifest.
     """
     specs = spec if isinstance(spec, list) else [spec]
     store = RunStore(run_dir)
     with run_lock(store.root):
         manifest = store.load_manifest()
         recipe = Recipe.from_dict(manifest["recipe"], stored=True)
+        recipe.workers = recipe.workers if workers is None else workers
         done = done_specs(manifest)
         at = _find(done, specs)
         last = at is not None and at + len(specs) == len(done)
