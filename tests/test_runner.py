@@ -111,6 +111,31 @@ def test_an_annotation_file_changed_since_ingest_is_named_as_such(tmp_path, medi
         run(recipe, tmp_path / "run")
 
 
+def test_a_recipe_goes_on_when_its_annotation_file_is_gone(tmp_path, media, capsys):
+    """An annotation file deleted after its ingest (a download in a temporary folder)
+    stopped every later run of the recipe ("does not exist"), though there was nothing to
+    ingest again and the rows were in the run. The run goes on from them, with a note; a
+    file that is there but changed still stops the run, and --force still needs the file."""
+    recipe = jsonl_recipe(tmp_path, _records(media), media["root"], [StageSpec("validate")])
+    run(recipe, tmp_path / "run")
+    ingested = json.loads((tmp_path / "run/manifest.json").read_text())["stages"][0]
+    ann = Path(recipe.sources[0].annotations)
+    ann.unlink()
+    capsys.readouterr()
+    recipe.stages.append(StageSpec("dedup"))
+    reports = run(recipe, tmp_path / "run")
+    assert [r.name for r in reports][-1] == "dedup"
+    assert f"the annotation file(s) this run ingested are gone ({ann}); its stages go on " \
+           "from the rows it holds" in " ".join(capsys.readouterr().err.split())
+    manifest = json.loads((tmp_path / "run/manifest.json").read_text())
+    assert manifest["stages"][0] == ingested
+    assert [e["name"] for e in manifest["stages"]] == ["ingest", "validate", "dedup"]
+    with pytest.raises(RunError, match="does not exist"):
+        run(recipe, tmp_path / "run", force=True)
+    assert json.loads((tmp_path / "run/manifest.json").read_text())["stages"] == \
+        manifest["stages"]
+
+
 def test_sources_moved_or_changed_since_ingest_are_named(tmp_path, media):
     """A project folder moved (annotations and run together) was refused as "a different
     recipe (sources, options or order)", naming nothing. The refusal now says where the

@@ -322,9 +322,7 @@ class Runner:
                     f"{entry['name']})")
         same_sources = entry.get("spec", {}).get("sources") == [
             s.to_dict() for s in self.recipe.sources]
-        same_shards = manifest.get("recipe", {}).get("run", {}).get("shard_size") == \
-            self.recipe.shard_size
-        if entry["name"] == "ingest" and same_sources and same_shards:
+        if entry["name"] == "ingest" and self._same_sources(manifest, entry):
             return ("ingested annotation files that changed since (their size or modification "
                     "time)")
         if entry["name"] == "ingest" and not same_sources and "spec" in entry:
@@ -362,27 +360,40 @@ class Runner:
         return stages, planned
 
     def _ingest_fingerprint(self) -> str:
-        """The recipe's ingest identity (its sources and their files' size and time); with
-        `keep_ingest`, the run's own. Stages added to a run by a stage command read the rows
-        the run holds, and its annotation files may since have been deleted, moved, copied
-        without their times or edited: each of those stopped every stage command on the run,
-        which checked the files as a recipe does. Files changed or gone are said in a note."""
+        """The recipe's ingest identity (its sources and their files' size and time), or the
+        run's own where the run's ingest stands: for a stage command (`keep_ingest`), and
+        for a recipe whose annotation files are gone (the same sources, nothing to ingest
+        again). Stages added to a run read the rows it holds, and its annotation files may
+        since have been deleted, moved, copied without their times or edited: each of those
+        stopped every command on the run. Files changed or gone are said in a note."""
         now = ingest_fingerprint(self.recipe)
-        if not (self.keep_ingest and self.store.exists()):
+        if not self.store.exists():
             return now
-        done = done_entries(self.store.load_manifest())
+        manifest = self.store.load_manifest()
+        done = done_entries(manifest)
         if not done or done[0]["name"] != "ingest" or done[0]["fingerprint"] == now:
             return now
         files = [s.annotations for s in self.recipe.sources]
         gone = [f for f in files if not Path(f).exists()]
+        if not (self.keep_ingest or (gone and not self.force
+                                     and self._same_sources(manifest, done[0]))):
+            return now
         note = (f"the annotation file(s) this run ingested {'are gone' if gone else 'changed since'}"
-                f" ({', '.join(gone or files)}); its stages go on from the rows it holds "
-                "(--force ingests the files again and makes every stage anew)")
+                f" ({', '.join(gone or files)}); its stages go on from the rows it holds"
+                + ("" if gone else " (--force ingests the files again and makes every stage "
+                                   "anew)"))
         if note not in self._advised:
             self._advised.add(note)
             self.console.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True,
                                style="yellow")
         return done[0]["fingerprint"]
+
+    def _same_sources(self, manifest: dict[str, Any], ingest: dict[str, Any]) -> bool:
+        """Whether the run's ingest read the recipe's sources with its shard size (then only
+        the files' size or time can tell them apart)."""
+        return ingest.get("spec", {}).get("sources") == [
+            s.to_dict() for s in self.recipe.sources] and \
+            manifest.get("recipe", {}).get("run", {}).get("shard_size") == self.recipe.shard_size
 
     def run(self) -> list[StageReport]:
         stages, planned = self.preflight()
