@@ -226,8 +226,8 @@ def test_demo_against_a_server_the_user_names(tmp_path):
         url = ("--base-url", server.url + "/v1")
         refused = sh(*args, *url, check=False)
         assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1
-        assert f"ingested its sources from {tmp_path / 'd'}, and the recipe now names them " \
-               f"under {tmp_path / 'moved'}" in " ".join(refused.stderr.split())
+        assert f"ingested its sources under {tmp_path / 'd'}, and the recipe names the same " \
+               f"files under {tmp_path / 'moved'}" in " ".join(refused.stderr.split())
         assert "Use --force" in refused.stderr
         sh(*args, *url, "--force")
         assert server.requests == []  # every answer came from the run's cache

@@ -150,8 +150,9 @@ def test_sources_moved_or_changed_since_ingest_are_named(tmp_path, media):
     source.annotations = str(tmp_path / "new/place/ann.jsonl")
     with pytest.raises(RunError) as caught:
         run(recipe, tmp_path / "run")
-    assert f"00-ingest ingested its sources from {tmp_path / 'old'}, and the recipe now names " \
-           f"them under {tmp_path / 'new/place'} (a moved or copied folder" in str(caught.value)
+    assert f"00-ingest ingested its sources under {tmp_path / 'old'}, and the recipe names " \
+           f"the same files under {tmp_path / 'new/place'} (a moved or copied folder?" \
+           in str(caught.value)
     assert "Use --force" in str(caught.value)
     source.options = {"columns": {**source.options["columns"], "question": "prompt"}}
     with pytest.raises(RunError, match=r"00-ingest was made with other sources \(jsonl.annota"

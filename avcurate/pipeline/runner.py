@@ -887,8 +887,8 @@ def source_changes(was: list[dict[str, Any]], now: list[dict[str, Any]]) -> str:
     moves = {_moved(old, new) for _, old, new in changes}
     if len(moves) == 1 and None not in moves:
         [(old, new)] = moves
-        return (f"ingested its sources from {old}, and the recipe now names them under {new} "
-                f"(a moved or copied folder, whose rows still name the clips under {old})")
+        return (f"ingested its sources under {old}, and the recipe names the same files under "
+                f"{new} (a moved or copied folder? the run's rows name the clips under {old})")
     listed = "; ".join(f"{k}: {old!r} -> {new!r}" for k, old, new in changes[:3])
     more = f"; and {len(changes) - 3} more" if len(changes) > 3 else ""
     return f"was made with other sources ({listed}{more})"
