@@ -46,8 +46,8 @@ def _round(reader: ClipReader, clips: list[Path], frames: int, seconds: float) -
 VARIANTS = ((True, True), (True, False), (False, True))  # the clip, no audio, no video
 
 
-SCOPES = {"read each time": contextlib.nullcontext, "kept": ClipReader.keeping,
-          "held for the step": ClipReader.holding}
+SCOPES = {"read each time": lambda reader: contextlib.nullcontext(),
+          "kept": ClipReader.keeping, "held for the step": ClipReader.holding}
 
 
 def _passes(scope: str, clips: list[Path], frames: int, seconds: float
@@ -55,11 +55,10 @@ def _passes(scope: str, clips: list[Path], frames: int, seconds: float
     """Seconds of each of two passes' reads (evaluations or training steps) in `scope`,
     and the reads the worker made."""
     reader, took = ClipReader(60.0), []
-    enter = SCOPES[scope]
     try:
         for _ in range(2):
             start = time.perf_counter()
-            with enter() if scope == "read each time" else enter(reader):
+            with SCOPES[scope](reader):
                 for clip in clips:
                     for video, audio in VARIANTS:
                         reader(str(clip) if video else None, str(clip) if audio else None,

@@ -270,7 +270,8 @@ class Runner:
         # ask every stage with work left whether its server answers, not only the next one
         # (a stage command: the servers it names are meant to be up now)
         self.reach_all = reach_all
-        # a stage command: the run's ingest stands whatever became of its annotation files
+        # a stage command: the run's ingest stands whatever became of its annotation files,
+        # unless `force` (which ingests them again)
         self.keep_ingest = keep_ingest
         self._pool: WorkerPool | None = None  # the run's decode workers, while it runs
         self._held: HeldShards | None = None  # kept shards for the next stage, while it runs
@@ -320,14 +321,12 @@ class Runner:
                 files := changed_content(entry, planned["content"])):
             return (f"read a file whose text changed since ({', '.join(files)} of "
                     f"{entry['name']})")
-        same_sources = entry.get("spec", {}).get("sources") == [
-            s.to_dict() for s in self.recipe.sources]
-        if entry["name"] == "ingest" and self._same_sources(manifest, entry):
-            return ("ingested annotation files that changed since (their size or modification "
-                    "time)")
-        if entry["name"] == "ingest" and not same_sources and "spec" in entry:
-            return source_changes(entry["spec"].get("sources", []),
-                                  [s.to_dict() for s in self.recipe.sources])
+        if entry["name"] == "ingest" and "spec" in entry:
+            if self._same_sources(manifest, entry):
+                return ("ingested annotation files that changed since (their size or "
+                        "modification time)")
+            if (was := entry["spec"].get("sources", [])) != (now := self._source_specs()):
+                return source_changes(was, now)
         if diffs := _option_changes(entry, planned):
             return f"was made with other options ({'; '.join(diffs)})"
         return "was made with a different recipe (sources, options or order)"
@@ -375,8 +374,8 @@ class Runner:
             return now
         files = [s.annotations for s in self.recipe.sources]
         gone = [f for f in files if not Path(f).exists()]
-        if not (self.keep_ingest or (gone and not self.force
-                                     and self._same_sources(manifest, done[0]))):
+        stands = self.keep_ingest or (gone and self._same_sources(manifest, done[0]))
+        if self.force or not stands:
             return now
         note = (f"the annotation file(s) this run ingested {'are gone' if gone else 'changed since'}"
                 f" ({', '.join(gone or files)}); its stages go on from the rows it holds"
@@ -391,9 +390,12 @@ class Runner:
     def _same_sources(self, manifest: dict[str, Any], ingest: dict[str, Any]) -> bool:
         """Whether the run's ingest read the recipe's sources with its shard size (then only
         the files' size or time can tell them apart)."""
-        return ingest.get("spec", {}).get("sources") == [
-            s.to_dict() for s in self.recipe.sources] and \
+        return ingest.get("spec", {}).get("sources") == self._source_specs() and \
             manifest.get("recipe", {}).get("run", {}).get("shard_size") == self.recipe.shard_size
+
+    def _source_specs(self) -> list[dict[str, Any]]:
+        """The recipe's sources as ingest records them in its manifest entry."""
+        return [s.to_dict() for s in self.recipe.sources]
 
     def run(self) -> list[StageReport]:
         stages, planned = self.preflight()
@@ -570,7 +572,7 @@ class Runner:
             progress.skip("ingest", entry["kept"] + entry["rejected"])
             return StageReport(0, "ingest", entry["rows_in"], entry["kept"], entry["rejected"],
                                0.0, entry["shards"])
-        sources = {"sources": [s.to_dict() for s in self.recipe.sources]}
+        sources = {"sources": self._source_specs()}
         entry = self._new_entry(0, "ingest", fp, sources, sources)
         self._begin(out_dir, fp)
         for tmp in (self.store.root / EMBEDDED_MEDIA).glob("*/.*.tmp"):  # a killed write
@@ -966,7 +968,8 @@ def extend_run(run_dir: Path | str, spec: StageSpec | list[StageSpec], *, redo: 
     with run_lock(store.root):
         manifest = store.load_manifest()
         recipe = Recipe.from_dict(manifest["recipe"], stored=True)
-        recipe.workers = recipe.workers if workers is None else workers
+        if workers is not None:
+            recipe.workers = workers
         done = done_specs(manifest)
         at = _find(done, specs)
         last = at is not None and at + len(specs) == len(done)
@@ -997,7 +1000,7 @@ def extend_run(run_dir: Path | str, spec: StageSpec | list[StageSpec], *, redo: 
                                + "; ".join(diffs) + f"). To redo {them}: the same command with "
                                f"--redo, or `avcurate reset {run_dir} --from {dirs[0]}`"
                                + again)
-            runner = Runner(recipe, run_dir, reach_all=True, force=force, keep_ingest=not force,
+            runner = Runner(recipe, run_dir, reach_all=True, force=force, keep_ingest=True,
                             **runner_kw)
             runner.preflight(redo_from=at + 1)  # a bad setting stops before anything is removed
             if confirm_redo is not None:
@@ -1005,7 +1008,7 @@ def extend_run(run_dir: Path | str, spec: StageSpec | list[StageSpec], *, redo: 
             reset_run(store.root, at + 1)
             return runner.run()
         recipe.stages = done + specs
-        return Runner(recipe, run_dir, reach_all=True, force=force, keep_ingest=not force,
+        return Runner(recipe, run_dir, reach_all=True, force=force, keep_ingest=True,
                       **runner_kw).run()
 
 
