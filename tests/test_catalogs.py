@@ -605,6 +605,28 @@ def test_an_annotation_file_that_is_not_utf8_text_is_named_for_what_it_is(tmp_pa
         list(read_source("avqa", str(ann), str(media["root"])))
 
 
+@pytest.mark.parametrize("cut", [-3, -25, "comma"])
+def test_a_broken_json_file_says_where_and_whether_it_was_cut_short(tmp_path, media, cut):
+    """A file cut off mid-record (an interrupted download of a large annotation file) is
+    named as cut short, wherever it stops; a syntax error inside names its line and column."""
+    records = [{"id": i, "video_name": "good.mp4", "question_text": f"Q{i}?",
+                "multi_choice": ["a", "b"], "answer": 0} for i in range(4)]
+    text = json.dumps(records, indent=1)
+    ann = tmp_path / "avqa.json"
+    if cut == "comma":
+        text = text.replace('"Q2?",', '"Q2?",,')
+        at = text.index(",,") + 1  # the second comma: 1-based, its line's
+        line, column = text[:at].count("\n") + 1, at - text.rfind("\n", 0, at)
+        said = f"{ann} is not valid JSON (line {line}, column {column}: Expecting property"
+    else:
+        text = text[:cut]
+        said = f"{ann} is not valid JSON: it ends at line {text.count(chr(10)) + 1} before"
+    ann.write_text(text)
+    with pytest.raises(ValueError) as broken:
+        list(read_source("avqa", str(ann), str(media["root"])))
+    assert str(broken.value).startswith(said), str(broken.value)
+
+
 def test_a_parquet_file_without_its_suffix_is_read_as_parquet(tmp_path, media):
     rows = [{"id": "a", "video": "good.mp4", "question": "Q?", "options": ["x", "y"],
              "answer": 1}]

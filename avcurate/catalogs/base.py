@@ -428,7 +428,18 @@ def _parse(path: Path) -> Any:
     try:
         return json.loads(raw.decode("utf-8-sig", errors="surrogateescape"))
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{path} is not valid JSON (line {exc.lineno}: {exc.msg})") from None
+        raise ValueError(_json_error(path, exc)) from None
+
+
+def _json_error(path: Path, exc: json.JSONDecodeError) -> str:
+    """Where the JSON breaks; for a file that stops before its JSON does, that it is cut
+    short: annotation files of hundreds of MB often are (an interrupted download or copy),
+    and "line 61: Expecting value" does not say so. `json` names an unterminated string
+    only when the text ends inside it."""
+    if not exc.doc[exc.pos:].strip() or exc.msg.startswith("Unterminated string"):
+        return (f"{path} is not valid JSON: it ends at line {exc.lineno} before its JSON "
+                "does (cut short by an interrupted download or copy?)")
+    return f"{path} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})"
 
 
 def _wrapped(data: dict) -> list | None:
