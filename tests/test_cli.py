@@ -872,6 +872,35 @@ def test_a_recipe_default_that_fails_names_its_unset_variable(tmp_path, media):
         assert "T_ROOT" not in said
 
 
+def test_a_run_the_recipe_does_not_match_is_refused_before_any_server_is_asked(tmp_path,
+                                                                                media):
+    """A recipe whose validate differs from the run's, with a score stage after it whose
+    server is down: one line, the refusal. The warning about the server of a stage that
+    would not run came first, as if the run were about to start."""
+    (tmp_path / "a.jsonl").write_text(json.dumps(
+        {"id": "x", "video": "good.mp4", "question": "Q?", "options": ["a", "b"],
+         "answer": "A"}) + "\n")
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    head = (f'[[sources]]\nname = "jsonl"\nannotations = "{tmp_path / "a.jsonl"}"\n'
+            f'media_root = "{media["good"].parent}"\n[[stages]]\nname = "validate"\n')
+    score = f'[[stages]]\nname = "score"\nmodel = "m"\nbase_url = "http://127.0.0.1:{port}/v1"\n'
+    for name, text in (("head", head), ("other", head + "min_duration_s = 3.0\n" + score)):
+        (tmp_path / f"{name}.toml").write_text(text)
+    run_dir = tmp_path / "run"
+    made = subprocess.run(avcurate_cmd("run", str(tmp_path / "head.toml"), "--out", str(run_dir),
+                                       "-q"), capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr
+    for extra in ([], ["--dry-run"]):
+        refused = subprocess.run(avcurate_cmd("run", str(tmp_path / "other.toml"), "--out",
+                                              str(run_dir), "-q", *extra),
+                                 capture_output=True, text=True)
+        assert refused.returncode == 2, refused.stderr
+        [line] = refused.stderr.strip().splitlines()
+        assert "01-validate was made with other options" in line and str(port) not in line
+
+
 def test_train_without_torch_installed_is_one_line(tmp_path):
     """`pip install avcurate` without the train extra, then `avcurate train`: a line naming
     what to install, not a ModuleNotFoundError traceback."""

@@ -450,9 +450,10 @@ class Runner:
         except OutputError as exc:
             raise RunError(str(exc)) from None
         self._check_not_foreign()
-        if done is None:
-            done = (matching_prefix(done_entries(self.store.load_manifest()), planned)
-                    if self.store.exists() else 0)
+        if done is None:  # a run this recipe does not match stops here, before the checks
+            # of stages it would not run and the warnings about their servers
+            done = self.kept_prefix(self.store.load_manifest(), planned) \
+                if self.store.exists() else 0
         if done == 0:  # ingest will run: its files are there
             for spec in self.recipe.sources:
                 check_paths(spec)
