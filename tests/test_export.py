@@ -152,6 +152,47 @@ def test_sharding_copy_media_and_all_columns(balanced_run, tmp_path, media):
     assert first.stat().st_ino == (tmp_path / "clips/good.mp4").stat().st_ino
 
 
+def _on_a_terminal(cmd: list[str], env: dict[str, str]) -> tuple[int, str]:
+    """Run `cmd` with a pseudo-terminal (100 columns) as its stdin, stdout and stderr; its
+    exit status and everything it wrote there."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
+    proc = subprocess.Popen(cmd, stdin=follower, stdout=follower, stderr=follower,
+                            env=os.environ | env)
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 1 << 16)
+        except OSError:  # EIO: the command and its children closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(leader)
+    return proc.wait(timeout=60), b"".join(chunks).decode(errors="replace")
+
+
+def test_an_export_shows_each_configs_rows_on_a_terminal_only(balanced_run, tmp_path):
+    """A config's rows are read, then written in id order, under a bar (10M rows with
+    traces take minutes, which passed in silence); in a pipe or a log there is none."""
+    status, shown = _on_a_terminal(avcurate_cmd("export", str(balanced_run), "--out",
+                                                str(tmp_path / "tty")),
+                                   {"TQDM_MININTERVAL": "0"})  # every step drawn: it is quick
+    assert status == 0, shown
+    # 80 final rows read and written; the subset's 60 of them written
+    assert "exporting default: 100%" in shown and "160/160" in shown, shown
+    assert "exporting audio_visual: 100%" in shown and "140/140" in shown, shown
+    piped = subprocess.run(avcurate_cmd("export", str(balanced_run), "--out",
+                                        str(tmp_path / "pipe")), capture_output=True, text=True)
+    assert piped.returncode == 0 and "exporting" not in piped.stdout + piped.stderr
+
+
 def test_a_full_disk_stops_the_export_with_one_line_and_frees_what_it_staged(
         balanced_run, small_disk, media):
     """A disk that fills up while the data files or the media copies are written: one line

@@ -102,12 +102,17 @@ class ConfigRows:
     columns: list[str]
     where: str | None = None
 
-    def in_file_order(self, columns: list[str] | None = None) -> Iterator[pa.Table]:
-        """The rows as they lie in the files, in batches."""
+    def in_file_order(self, columns: list[str] | None = None,
+                      read: Callable[[int], object] | None = None) -> Iterator[pa.Table]:
+        """The rows as they lie in the files, in batches; `read` is told how many rows of
+        the files each batch covered (before `where`)."""
         columns = columns or self.columns
-        read = columns + ([self.where] if self.where and self.where not in columns else [])
+        wanted = columns + ([self.where] if self.where and self.where not in columns else [])
         for path in self.files:
-            for batch in pq.ParquetFile(path).iter_batches(batch_size=BATCH_ROWS, columns=read):
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=BATCH_ROWS,
+                                                           columns=wanted):
+                if read is not None:
+                    read(batch.num_rows)
                 table = pa.Table.from_batches([batch])
                 if self.where:
                     table = table.filter(pc.fill_null(table.column(self.where), False))
@@ -186,15 +191,17 @@ class Spill:
 
 
 def spill_sorted(rows: ConfigRows, val_ids: pa.Array, prepare: Callable[[pa.Table], pa.Table],
-                 folder: Path) -> tuple[dict[str, SplitSize], Spill]:
+                 folder: Path, read: Callable[[int], object] | None = None
+                 ) -> tuple[dict[str, SplitSize], Spill]:
     """Read the config's rows once, prepare them, and spill them into id-order buckets;
     return each split's rows, Arrow bytes and schema, and the spill to read them back from.
-    A bucket holds about `SPILL_BYTES` of rows (from the first batch's bytes per row)."""
+    A bucket holds about `SPILL_BYTES` of rows (from the first batch's bytes per row).
+    `read` is told the rows of the files read, batch by batch (a progress bar)."""
     ranks = id_ranks(rows, val_ids)
     sizes = {split: SplitSize() for split in SPLITS}
     spill: Spill | None = None
     folder.mkdir(parents=True, exist_ok=True)
-    for table in rows.in_file_order():
+    for table in rows.in_file_order(read=read):
         for split, part in by_split(table, val_ids).items():
             if not part.num_rows:
                 continue
